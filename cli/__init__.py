@@ -1,0 +1,1 @@
+"""connstats command line."""

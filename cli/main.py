@@ -1,0 +1,8 @@
+"""The ``connstats`` command: sub-apps composed in one place."""
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def main() -> None:
+    app()

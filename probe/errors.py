@@ -1,0 +1,46 @@
+"""The one exception hierarchy of connstats.
+
+    ConnstatsError            base: the CLI prints ``error: <message>`` and exits 1
+    ├── KernelError           BPF cannot be compiled, loaded or attached (root, headers, kernel)
+    ├── DeviceError           an interface that does not exist or cannot be used
+    ├── ConfigError           a setting that makes no sense
+    ├── TransportError        NATS unreachable, refused or misconfigured
+    ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
+    │   └── StoreUnavailable  a transient store failure: retry later
+    └── MessageError          a flow message that does not follow the schema
+
+Every message reads ``what happened; what to do``. Library errors are translated at
+one boundary each with ``raise ... from exc`` so the cause stays in debug logs.
+"""
+
+
+class ConnstatsError(Exception):
+    """Base of every error connstats raises on purpose."""
+
+
+class KernelError(ConnstatsError):
+    """The kernel side (BPF compile, load, attach) failed."""
+
+
+class DeviceError(ConnstatsError):
+    """A network interface is missing or unusable."""
+
+
+class ConfigError(ConnstatsError):
+    """A setting is invalid."""
+
+
+class TransportError(ConnstatsError):
+    """NATS could not be reached or refused an operation."""
+
+
+class StoreError(ConnstatsError):
+    """The store rejected data or cannot be used."""
+
+
+class StoreUnavailable(StoreError):
+    """The store failed in a way that is worth retrying (connection, 429, 5xx, locked)."""
+
+
+class MessageError(ConnstatsError):
+    """A message does not match the wire schema."""

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// connstats TC classifier: counts packets and bytes per connection per device.
+//
+// The structs below are the schema. probe/kernel.py mirrors them as numpy
+// dtypes; keep both in step.
+//
+// Settings arrive as cflags (-DFLOW_CAPACITY=..., ...). Maps are double-buffered:
+// `active_buffer[0]` says which of flows_0/flows_1 the program writes. The
+// poller flips it, waits for an RCU grace period, then drains the other one.
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+
+#ifndef FLOW_CAPACITY
+#define FLOW_CAPACITY 131072
+#endif
+// Devices with ifindex < DEVICE_SLOTS keep their config in an array (an inlined
+// lookup); the rare higher ifindexes use the devices_high hash.
+#ifndef DEVICE_SLOTS
+#define DEVICE_SLOTS 65536
+#endif
+#ifndef DEVICE_HIGH_CAPACITY
+#define DEVICE_HIGH_CAPACITY 16384
+#endif
+#ifndef OVERFLOW_CAPACITY
+#define OVERFLOW_CAPACITY 8192
+#endif
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT_HEADERS 6
+// Bytes to make linear when headers straddle the skb's linear part.
+#define PULL_LEN 256
+
+struct flow_key {
+    __u32 ifindex;
+    __u8 direction;   // DIR_*, after the device's direction mode
+    __u8 family;      // 4, 6, or 0 for non-IP frames
+    __u8 proto;       // IP protocol number
+    __u8 pad;         // always 0
+    __u8 src[16];     // IPv4 uses the first 4 bytes, the rest is 0
+    __u8 dst[16];
+    __u16 sport;      // host byte order; 0 when the protocol has no ports
+    __u16 dport;
+};
+
+struct flow_counters {
+    __u64 packets;
+    __u64 bytes;          // skb->len at the hook, L2 header included
+    __u64 first_seen_ns;  // CLOCK_MONOTONIC
+    __u64 last_seen_ns;
+    __u64 tcp_flags;      // OR of the TCP flag bytes seen (64 bits for atomic OR)
+};
+
+// All zero is the default: normal direction, Ethernet header.
+struct device_config {
+    __u8 inverted;  // 1: report ingress as egress and vice versa (veth)
+    __u8 no_l2;     // 1: packets start at the IP header (tun, wireguard)
+    __u8 pad[2];
+};
+
+struct overflow_key {
+    __u32 ifindex;
+    __u8 buffer;
+    __u8 direction;
+    __u16 pad;
+};
+
+struct overflow_counters {
+    __u64 packets;
+    __u64 bytes;
+};
+
+struct vlan_tag {
+    __be16 tci;
+    __be16 proto;
+};
+
+struct ipv6_ext {
+    __u8 nexthdr;
+    __u8 hdrlen;
+    __be16 frag_off;  // meaningful for the fragment header only
+};
+
+BPF_TABLE("hash", struct flow_key, struct flow_counters, flows_0, FLOW_CAPACITY);
+BPF_TABLE("hash", struct flow_key, struct flow_counters, flows_1, FLOW_CAPACITY);
+BPF_ARRAY(active_buffer, __u32, 1);
+BPF_ARRAY(devices, struct device_config, DEVICE_SLOTS);
+BPF_HASH(devices_high, __u32, struct device_config, DEVICE_HIGH_CAPACITY);
+BPF_PERCPU_HASH(overflow, struct overflow_key, struct overflow_counters, OVERFLOW_CAPACITY);
+
+// Parse result: 0 when done, or the number of header bytes that were not in
+// the linear part of the skb.
+static __always_inline __u32 parse_l4(void *data, void *end, __u32 off,
+                                      struct flow_key *key, __u32 *tcp_flags)
+{
+    __u8 proto = key->proto;
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP &&
+        proto != IPPROTO_SCTP && proto != IPPROTO_UDPLITE)
+        return 0;
+    off &= 0xffff;
+    __u8 *l4 = data + off;
+    if ((void *)(l4 + 4) > end)
+        return off + (proto == IPPROTO_TCP ? 14 : 4);
+    key->sport = ((__u16)l4[0] << 8) | l4[1];
+    key->dport = ((__u16)l4[2] << 8) | l4[3];
+    if (proto == IPPROTO_TCP) {
+        if ((void *)(l4 + 14) > end)
+            return off + 14;
+        *tcp_flags = l4[13];
+    }
+    return 0;
+}
+
+static __always_inline __u32 parse_ipv4(void *data, void *end, __u32 off,
+                                        struct flow_key *key, __u32 *tcp_flags)
+{
+    struct iphdr *ip = data + off;
+    if ((void *)(ip + 1) > end)
+        return off + sizeof(*ip);
+    key->family = 4;
+    key->proto = ip->protocol;
+    __builtin_memcpy(key->src, &ip->saddr, 4);
+    __builtin_memcpy(key->dst, &ip->daddr, 4);
+    if (ip->frag_off & bpf_htons(0x1fff))
+        return 0;  // not the first fragment: no L4 header here
+    return parse_l4(data, end, off + ip->ihl * 4, key, tcp_flags);
+}
+
+static __always_inline int is_ipv6_ext(__u8 nexthdr)
+{
+    return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+           nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT ||
+           nexthdr == IPPROTO_AH;
+}
+
+static __always_inline __u32 parse_ipv6(void *data, void *end, __u32 off,
+                                        struct flow_key *key, __u32 *tcp_flags)
+{
+    struct ipv6hdr *ip6 = data + off;
+    if ((void *)(ip6 + 1) > end)
+        return off + sizeof(*ip6);
+    key->family = 6;
+    __builtin_memcpy(key->src, &ip6->saddr, 16);
+    __builtin_memcpy(key->dst, &ip6->daddr, 16);
+    __u8 nexthdr = ip6->nexthdr;
+    off += sizeof(*ip6);
+#pragma unroll
+    for (int i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
+        if (!is_ipv6_ext(nexthdr))
+            break;
+        off &= 0x3fff;
+        struct ipv6_ext *ext = data + off;
+        if ((void *)(ext + 1) > end)
+            return off + sizeof(*ext);
+        if (nexthdr == IPPROTO_FRAGMENT) {
+            if (ext->frag_off & bpf_htons(0xfff8)) {
+                key->proto = ext->nexthdr;  // not the first fragment
+                return 0;
+            }
+            off += 8;
+        } else if (nexthdr == IPPROTO_AH) {
+            off += (ext->hdrlen + 2) * 4;
+        } else {
+            off += (ext->hdrlen + 1) * 8;
+        }
+        nexthdr = ext->nexthdr;
+    }
+    key->proto = nexthdr;
+    return parse_l4(data, end, off, key, tcp_flags);
+}
+
+static __always_inline __u32 parse_packet(struct __sk_buff *skb, __be16 ethertype,
+                                          __u32 l2_len, struct flow_key *key,
+                                          __u32 *tcp_flags)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    __u32 off = 0;
+    if (l2_len) {
+        struct ethhdr *eth = data;
+        if ((void *)(eth + 1) > end)
+            return ETH_HLEN;
+        ethertype = eth->h_proto;
+        off = ETH_HLEN;
+#pragma unroll
+        for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+            if (ethertype != bpf_htons(ETH_P_8021Q) &&
+                ethertype != bpf_htons(ETH_P_8021AD))
+                break;
+            struct vlan_tag *tag = data + off;
+            if ((void *)(tag + 1) > end)
+                return off + sizeof(*tag);
+            ethertype = tag->proto;
+            off += sizeof(*tag);
+        }
+    }
+    if (ethertype == bpf_htons(ETH_P_IP))
+        return parse_ipv4(data, end, off, key, tcp_flags);
+    if (ethertype == bpf_htons(ETH_P_IPV6))
+        return parse_ipv6(data, end, off, key, tcp_flags);
+    return 0;  // non-IP: family 0, counted per device and direction
+}
+
+static __always_inline void count_overflow(struct flow_key *key, __u32 buffer,
+                                           __u32 len)
+{
+    struct overflow_key okey = {.ifindex = key->ifindex,
+                                .buffer = buffer,
+                                .direction = key->direction};
+    struct overflow_counters *o = overflow.lookup(&okey);
+    if (o) {
+        // Per-CPU value: no other writer.
+        o->packets += 1;
+        o->bytes += len;
+        return;
+    }
+    struct overflow_counters first = {.packets = 1, .bytes = len};
+    overflow.update(&okey, &first);
+}
+
+static __always_inline void add_to(struct flow_counters *c, __u32 len,
+                                   __u64 tcp_flags, __u64 now)
+{
+    __sync_fetch_and_add(&c->packets, 1);
+    __sync_fetch_and_add(&c->bytes, len);
+    if (now > c->last_seen_ns)
+        c->last_seen_ns = now;
+    if ((c->tcp_flags | tcp_flags) != c->tcp_flags)
+        __sync_fetch_and_or(&c->tcp_flags, tcp_flags);
+}
+
+static __always_inline void count(struct flow_key *key, __u32 len, __u32 tcp_flags)
+{
+    __u32 zero = 0;
+    __u32 *active = active_buffer.lookup(&zero);
+    __u32 buffer = active ? *active : 0;
+    __u64 now = bpf_ktime_get_coarse_ns();
+    struct flow_counters *c = buffer ? flows_1.lookup(key) : flows_0.lookup(key);
+    if (c) {
+        add_to(c, len, tcp_flags, now);
+        return;
+    }
+    struct flow_counters first = {.packets = 1, .bytes = len,
+                                  .first_seen_ns = now, .last_seen_ns = now,
+                                  .tcp_flags = tcp_flags};
+    int err = buffer ? flows_1.insert(key, &first) : flows_0.insert(key, &first);
+    if (err == 0)
+        return;
+    if (err == -EEXIST) {  // another CPU inserted it first
+        c = buffer ? flows_1.lookup(key) : flows_0.lookup(key);
+        if (c) {
+            add_to(c, len, tcp_flags, now);
+            return;
+        }
+    }
+    count_overflow(key, buffer, len);
+}
+
+static __always_inline int classify(struct __sk_buff *skb, __u8 hook_direction)
+{
+    __u32 ifindex = skb->ifindex;
+    struct device_config *dev = ifindex < DEVICE_SLOTS ? devices.lookup(&ifindex)
+                                                       : devices_high.lookup(&ifindex);
+    __u32 l2_len = dev && dev->no_l2 ? 0 : ETH_HLEN;
+    struct flow_key key = {};
+    key.ifindex = ifindex;
+    key.direction = hook_direction ^ (dev ? dev->inverted : 0);
+    __u32 len = skb->len;
+    __be16 ethertype = skb->protocol;  // used when the device has no L2 header
+    __u32 tcp_flags = 0;
+    __u32 need = parse_packet(skb, ethertype, l2_len, &key, &tcp_flags);
+    if (need && need <= len && bpf_skb_pull_data(skb, len < PULL_LEN ? len : PULL_LEN) == 0)
+        parse_packet(skb, ethertype, l2_len, &key, &tcp_flags);
+    count(&key, len, tcp_flags);
+    return TC_ACT_UNSPEC;
+}
+
+int connstats_ingress(struct __sk_buff *skb)
+{
+    return classify(skb, DIR_INGRESS);
+}
+
+int connstats_egress(struct __sk_buff *skb)
+{
+    return classify(skb, DIR_EGRESS);
+}

@@ -1,0 +1,222 @@
+"""Load the classifier and talk to its maps through libbpf.
+
+This is the only module that imports bcc. The numpy dtypes below mirror the C
+structs in ``flows.bpf.c`` field for field.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KernelError
+
+BPF_SOURCE = Path(__file__).with_name("flows.bpf.c")
+DEFAULT_CAPACITY = 131_072
+
+FLOW_KEY = np.dtype(
+    [
+        ("ifindex", "<u4"),
+        ("direction", "u1"),
+        ("family", "u1"),
+        ("proto", "u1"),
+        ("pad", "u1"),
+        ("src", "V16"),
+        ("dst", "V16"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+    ]
+)
+FLOW_COUNTERS = np.dtype(
+    [
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("first_seen_ns", "<u8"),
+        ("last_seen_ns", "<u8"),
+        ("tcp_flags", "<u8"),
+    ]
+)
+assert FLOW_KEY.itemsize == 44 and FLOW_COUNTERS.itemsize == 40
+
+_SYS_MEMBARRIER = 324  # x86_64
+_MEMBARRIER_CMD_GLOBAL = 1
+_FALLBACK_GRACE_SECONDS = 0.05
+
+
+class _TestRunOpts(ctypes.Structure):
+    """``struct bpf_test_run_opts`` of libbpf 1.x."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def _load_libbpf() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_map_lookup_and_delete_batch.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
+    ]
+    lib.bpf_map_lookup_and_delete_batch.restype = ctypes.c_int
+    lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+    lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+    return lib
+
+
+_libbpf: ctypes.CDLL | None = None
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def libbpf() -> ctypes.CDLL:
+    global _libbpf
+    if _libbpf is None:
+        try:
+            _libbpf = _load_libbpf()
+        except OSError as exc:
+            raise KernelError(
+                "libbpf.so.1 not found; install the Debian package libbpf1 (make install does)"
+            ) from exc
+    return _libbpf
+
+
+def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
+    """Look up and delete every entry of a hash map in batches; return (keys, values).
+
+    The map must have no writers (the poller drains only the inactive buffer).
+    """
+    keys = np.empty(capacity, dtype=key_dtype)
+    values = np.empty(capacity, dtype=value_dtype)
+    lib = libbpf()
+    batch_in = ctypes.c_uint32(0)
+    batch_out = ctypes.c_uint32(0)
+    count = ctypes.c_uint32(0)
+    total = 0
+    first = True
+    while total < capacity:
+        count.value = capacity - total
+        rc = lib.bpf_map_lookup_and_delete_batch(
+            map_fd,
+            None if first else ctypes.byref(batch_in),
+            ctypes.byref(batch_out),
+            keys.ctypes.data + total * key_dtype.itemsize,
+            values.ctypes.data + total * value_dtype.itemsize,
+            ctypes.byref(count),
+            None,
+        )
+        err = ctypes.get_errno()
+        total += count.value
+        if rc != 0:
+            if err == errno.ENOENT:
+                break
+            raise KernelError(f"draining BPF map failed: {os.strerror(err)}; is the kernel >= 5.6?")
+        first = False
+        batch_in.value = batch_out.value
+    return keys[:total], values[:total]
+
+
+def wait_for_grace_period() -> None:
+    """Wait until no BPF program can still hold a pointer into the old buffer.
+
+    ``membarrier(MEMBARRIER_CMD_GLOBAL)`` returns after an RCU grace period, and TC
+    programs run inside RCU read-side sections. Where it is refused (nohz_full,
+    seccomp), sleep: programs run for nanoseconds, so 50 ms is a wide margin.
+    """
+    if _libc.syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        time.sleep(_FALLBACK_GRACE_SECONDS)
+
+
+def test_run(prog_fd: int, packet: bytes, repeat: int, ctx: bytes | None = None):
+    """Run a program ``repeat`` times on ``packet`` in the kernel; return (retval, ns per run)."""
+    data = ctypes.create_string_buffer(packet, len(packet))
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts))
+    opts.data_in = ctypes.addressof(data)
+    opts.data_size_in = len(packet)
+    opts.repeat = repeat
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        opts.ctx_in = ctypes.addressof(ctx_buf)
+        opts.ctx_size_in = len(ctx)
+    if libbpf().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return opts.retval, opts.duration
+
+
+@dataclass
+class ClassifierProgram:
+    """The loaded classifier: two program fds and its maps, from one BPF object."""
+
+    bpf: object
+    capacity: int
+    ingress_fd: int
+    egress_fd: int
+
+    def flow_map_fd(self, buffer: int) -> int:
+        return self.bpf[f"flows_{buffer}".encode()].map_fd
+
+    @property
+    def active_buffer(self):
+        return self.bpf[b"active_buffer"]
+
+    @property
+    def devices(self):
+        return self.bpf[b"devices"]
+
+    @property
+    def overflow(self):
+        return self.bpf[b"overflow"]
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def load_classifier(capacity: int = DEFAULT_CAPACITY) -> ClassifierProgram:
+    """Compile and load the classifier with ``capacity`` connections per buffer."""
+    if capacity < 1:
+        raise KernelError(f"capacity must be at least 1, not {capacity}")
+    if os.geteuid() != 0:
+        raise KernelError("loading BPF needs root (or CAP_BPF+CAP_NET_ADMIN); run with sudo")
+    try:
+        from bcc import BPF
+    except ImportError as exc:
+        raise KernelError(
+            "cannot import bcc; install python3-bpfcc and use a venv made with "
+            "--system-site-packages (make install does both)"
+        ) from exc
+    cflags = [f"-DFLOW_CAPACITY={capacity}", "-Wno-unused-function"]
+    try:
+        bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+        ingress = bpf.load_func(b"connstats_ingress", BPF.SCHED_CLS)
+        egress = bpf.load_func(b"connstats_egress", BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception
+        raise KernelError(_explain_bcc_failure(exc)) from exc
+    return ClassifierProgram(bpf, capacity, ingress.fd, egress.fd)
+
+
+def _explain_bcc_failure(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if "kernel headers" in str(exc) or "modules" in str(exc):
+        return (
+            "BCC cannot find kernel headers; run `make install` or link "
+            f"/lib/modules/{os.uname().release}/{{build,source}} to installed headers ({text})"
+        )
+    return f"loading the BPF classifier failed: {text}; run `connstats doctor`"

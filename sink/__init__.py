@@ -1,0 +1,1 @@
+"""connstats sink: consumes flow messages from JetStream and stores them."""
