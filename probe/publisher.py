@@ -1,0 +1,340 @@
+"""The probe's publisher: intervals in, chunked JetStream messages out, through an outbox.
+
+``submit()`` splits one interval's records into chunks that fit the server's
+``max_payload``, encodes each with ``encode_message`` and appends it to the ``Outbox``
+with the message id ``<host>/<boot_id>/<interval_seq>/<chunk>``. ``drain_forever`` sends
+the oldest messages, up to ``max_in_flight`` at a time, and removes a message only once
+its PubAck arrived. After a timeout or a lost connection it waits until every message of
+the window is answered or timed out, then resends from the oldest unacknowledged one
+with the same message id: the server drops the copies it already stored (duplicate
+window), and the stream keeps the probe's order.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.js.api import Header, PubAck
+
+from .errors import TransportError
+from .outbox import Outbox, OutboxMessage
+from .record import Envelope, FlowRecord, encode_message, record_to_wire
+from .subjects import (
+    NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
+    flows_subject, message_id,
+)
+
+log = logging.getLogger(__name__)
+
+_SAMPLE = 512  # records sized to estimate a chunk's length before encoding it
+
+
+# -- chunking: a pure function -------------------------------------------------------------
+
+
+def encode_interval(envelope: Envelope, records: Sequence[FlowRecord],
+                    max_bytes: int) -> list[tuple[Envelope, bytes]]:
+    """Encode one interval as chunks of at most ``max_bytes`` each, in record order.
+
+    Overflow counts belong to the interval, so only chunk 0 carries them.
+    """
+    if not records:
+        return [_encode_chunk(envelope, records, 0, 1, 0)]
+    estimate = _largest_sampled_record(records)
+    per_chunk = max(1, (max_bytes - _envelope_bytes(envelope)) // (estimate + 1))
+    chunks = _encode_even_chunks(envelope, records, per_chunk)
+    if all(len(payload) <= max_bytes for _, payload in chunks):
+        return chunks
+    return _encode_measured_chunks(envelope, records, max_bytes)
+
+
+def _encode_chunk(envelope: Envelope, records: Sequence[FlowRecord], chunk: int,
+                  chunks: int, offset: int) -> tuple[Envelope, bytes]:
+    part = replace(envelope, chunk=chunk, chunks=chunks, record_offset=offset,
+                   overflow=envelope.overflow if chunk == 0 else ())
+    return part, encode_message(part, records)
+
+
+def _encode_even_chunks(envelope: Envelope, records: Sequence[FlowRecord],
+                        per_chunk: int) -> list[tuple[Envelope, bytes]]:
+    count = math.ceil(len(records) / per_chunk)
+    per_chunk = math.ceil(len(records) / count)  # spread evenly
+    return [_encode_chunk(envelope, records[i * per_chunk:(i + 1) * per_chunk], i, count, i * per_chunk)
+            for i in range(count)]
+
+
+def _encode_measured_chunks(envelope: Envelope, records: Sequence[FlowRecord],
+                            max_bytes: int) -> list[tuple[Envelope, bytes]]:
+    """Slow path for uneven records: measure each one and cut greedily."""
+    budget = max_bytes - _envelope_bytes(envelope)
+    bounds, start, used = [], 0, 0
+    for index, record in enumerate(records):
+        size = len(orjson.dumps(record_to_wire(record))) + 1
+        if used + size > budget and index > start:
+            bounds.append((start, index))
+            start, used = index, 0
+        used += size
+    bounds.append((start, len(records)))
+    return [_encode_chunk(envelope, records[a:b], i, len(bounds), a) for i, (a, b) in enumerate(bounds)]
+
+
+def _largest_sampled_record(records: Sequence[FlowRecord]) -> int:
+    step = max(1, len(records) // _SAMPLE)
+    return max(len(orjson.dumps(record_to_wire(records[i]))) for i in range(0, len(records), step))
+
+
+def _envelope_bytes(envelope: Envelope) -> int:
+    """An upper bound of a chunk's length without its records."""
+    widest = 10**15
+    return len(encode_message(replace(envelope, chunk=widest, chunks=widest, record_offset=widest), ())) + 16
+
+
+def payload_limit(max_payload: int) -> int:
+    """Room for a message's JSON within the server's ``max_payload``, leaving headroom for headers."""
+    return max_payload - max(1024, max_payload // 32)
+
+
+# -- the publisher ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    host: str = field(default_factory=socket.gethostname)  # for events; flows use envelope.host
+    state_dir: str | os.PathLike | None = None  # outbox spool; None keeps it in memory only
+    memory_cap: int = 64 << 20
+    disk_cap: int = 1 << 30
+    max_in_flight: int = 64
+    ack_timeout: float = 5.0
+    retry_min: float = 0.1
+    retry_max: float = 5.0
+    stream: StreamSettings = StreamSettings()
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    published_messages: int
+    published_records: int
+    duplicates: int  # PubAcks that said the server had the message already
+    retries: int  # messages sent again after a timeout or a lost connection
+    rejected: int  # messages the server refused for good (dropped, logged)
+    dropped_messages: int  # outbox overflow
+    dropped_records: int
+    outbox_depth: int
+    outbox_bytes: int
+
+
+class FlowPublisher:
+    """Publishes flow messages to JetStream; ``async with FlowPublisher(options) as p``."""
+
+    def __init__(self, nats_options: NatsOptions, settings: PublisherSettings | None = None) -> None:
+        self.options = nats_options
+        self.settings = settings or PublisherSettings()
+        self.outbox = Outbox(self.settings.state_dir, memory_cap=self.settings.memory_cap,
+                             disk_cap=self.settings.disk_cap)
+        self._nc: Client | None = None
+        self._js: Any = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._submit_lock = asyncio.Lock()
+        self._counts = dict(published_messages=0, published_records=0, duplicates=0, retries=0, rejected=0)
+        self._reported_drops = 0
+
+    async def __aenter__(self) -> FlowPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect, make sure the stream exists, and start draining the outbox."""
+        self._nc = await connect(self.options, disconnected_cb=self._on_disconnect,
+                                 reconnected_cb=self._on_reconnect)
+        self._js = self._nc.jetstream(timeout=self.options.request_timeout)
+        try:
+            await ensure_stream(self._js, flow_stream_config(self.settings.stream))
+        except TransportError:
+            await self._nc.close()
+            raise
+        self._update_empty()
+        self._task = asyncio.create_task(self.drain_forever(), name="connstats-publisher")
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Send what can be sent within ``flush_timeout``, keep the rest in the spool, disconnect."""
+        if self._task is not None:
+            await self.flush(flush_timeout)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.outbox.close()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    # -- input -----------------------------------------------------------------------------
+
+    async def submit(self, envelope: Envelope, records: Sequence[FlowRecord]) -> int:
+        """Chunk, encode and queue one interval's records (sorted by the caller); return the chunk count."""
+        async with self._submit_lock:
+            limit = payload_limit(self._max_payload())
+            chunks = await asyncio.to_thread(encode_interval, envelope, records, limit)
+            subject = flows_subject(envelope.host)
+            for part, payload in chunks:
+                msg_id = message_id(part.host, part.boot_id, part.interval_seq, part.chunk)
+                self.outbox.put(msg_id, subject, payload, _records_in(part, chunks, len(records)))
+            self._empty.clear()
+            self._wake.set()
+            return len(chunks)
+
+    async def publish_event(self, event: dict[str, Any], timeout: float = 2.0) -> bool:
+        """Best effort: publish an attach/detach (or other) event now; False if it failed."""
+        body = {"host": self.settings.host, "time_ns": time.time_ns(), **event}
+        try:
+            await self._js.publish(events_subject(self.settings.host), orjson.dumps(body), timeout=timeout)
+            return True
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            log.warning("event %s not published: %r; it is not retried", event.get("event"), exc)
+            return False
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty; False if it was not within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    @property
+    def stats(self) -> PublisherStats:
+        return PublisherStats(
+            **self._counts, dropped_messages=self.outbox.dropped_messages,
+            dropped_records=self.outbox.dropped_records, outbox_depth=len(self.outbox),
+            outbox_bytes=self.outbox.depth_bytes,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def drain_forever(self) -> None:
+        """Send the outbox in order, forever; never raises on NATS trouble."""
+        delay = self.settings.retry_min
+        while True:
+            if not self.outbox:
+                self._update_empty()
+                await self._report_drops()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._wait_connected()
+            if await self.send_window(self.outbox.peek(self.settings.max_in_flight)):
+                delay = self.settings.retry_min
+                await self._report_drops()
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max)
+            self._update_empty()
+
+    async def send_window(self, window: list[OutboxMessage]) -> bool:
+        """Send ``window``, wait for every answer, drop the acknowledged prefix; True if all of it."""
+        pending = await self._send_all(window)
+        answers = await asyncio.gather(*(self._await_ack(f) for f in pending), return_exceptions=True)
+        done = 0
+        for message, answer in zip(window, answers):
+            if not self._settle(message, answer):
+                break
+            done += 1
+        if done:
+            self.outbox.remove_through(window[done - 1].seq)
+        self._counts["retries"] += len(pending) - done
+        return done == len(window)
+
+    async def _send_all(self, window: list[OutboxMessage]) -> list[asyncio.Future]:
+        pending = []
+        for message in window:
+            if not self._nc.is_connected:
+                break
+            try:
+                future = await self._js.publish_async(
+                    message.subject, message.payload, headers={Header.MSG_ID: message.msg_id})
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("publish of %s failed: %r", message.msg_id, exc)
+                break
+            pending.append(future)
+        return pending
+
+    async def _await_ack(self, future: asyncio.Future) -> PubAck:
+        return await asyncio.wait_for(future, self.settings.ack_timeout)
+
+    def _settle(self, message: OutboxMessage, answer: Any) -> bool:
+        """Account for one answer; True if the message is done with (stored or refused for good)."""
+        if isinstance(answer, PubAck):
+            self._counts["published_messages"] += 1
+            self._counts["published_records"] += message.records
+            self._counts["duplicates"] += bool(answer.duplicate)
+            return True
+        if _is_permanent(answer):
+            self._counts["rejected"] += 1
+            log.error("JetStream refused %s for good (%s); dropped it, check the stream limits",
+                      message.msg_id, answer)
+            return True
+        return False
+
+    async def _report_drops(self) -> None:
+        dropped = self.outbox.dropped_messages
+        if dropped == self._reported_drops or not (self._nc and self._nc.is_connected):
+            return
+        log.warning("outbox overflowed during the outage: %d messages (%d records) dropped in total",
+                    dropped, self.outbox.dropped_records)
+        event = {"event": "outbox_overflow", "dropped_messages": dropped,
+                 "dropped_records": self.outbox.dropped_records,
+                 "dropped_since_last_report": dropped - self._reported_drops}
+        if await self.publish_event(event):
+            self._reported_drops = dropped
+
+    # -- connection state ---------------------------------------------------------------------
+
+    async def _wait_connected(self) -> None:
+        while not self._nc.is_connected:
+            await asyncio.sleep(0.05)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("NATS connection lost; %d messages wait in the outbox", len(self.outbox))
+
+    async def _on_reconnect(self) -> None:
+        url = self._nc.connected_url
+        where = f"{url.hostname}:{url.port}" if url else "?"
+        log.info("NATS connection back (%s); sending %d messages from the outbox", where, len(self.outbox))
+        self._wake.set()
+
+    def _max_payload(self) -> int:
+        return self._nc.max_payload if self._nc is not None else 1 << 20
+
+    def _update_empty(self) -> None:
+        if self.outbox:
+            self._empty.clear()
+        else:
+            self._empty.set()
+
+
+def _records_in(part: Envelope, chunks: list[tuple[Envelope, bytes]], total: int) -> int:
+    following = part.chunk + 1
+    end = chunks[following][0].record_offset if following < len(chunks) else total
+    return end - part.record_offset
+
+
+def _is_permanent(error: Any) -> bool:
+    """A refusal that resending cannot fix (too large, no such stream); timeouts and 503s are not."""
+    if isinstance(error, nats.errors.MaxPayloadError):
+        return True
+    if isinstance(error, nats.js.errors.ServiceUnavailableError):
+        return False
+    return isinstance(error, nats.js.errors.APIError) and error.code is not None and 400 <= error.code < 500

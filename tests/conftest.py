@@ -1,0 +1,4 @@
+"""Fixtures shared by every test tier; each family lives in tests/fixtures/."""
+from tests.fixtures.netns import *  # noqa: F401,F403
+from tests.fixtures.probe import *  # noqa: F401,F403
+from tests.fixtures.nats import *  # noqa: F401,F403
