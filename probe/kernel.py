@@ -32,6 +32,19 @@ FLOW_KEY = np.dtype(
         ("dport", "<u2"),
     ]
 )
+FLOW4_KEY = np.dtype(
+    [
+        ("ifindex", "<u4"),
+        ("direction", "u1"),
+        ("family", "u1"),
+        ("proto", "u1"),
+        ("pad", "u1"),
+        ("src", "V4"),
+        ("dst", "V4"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+    ]
+)
 FLOW_COUNTERS = np.dtype(
     [
         ("packets", "<u8"),
@@ -41,7 +54,7 @@ FLOW_COUNTERS = np.dtype(
         ("tcp_flags", "<u8"),
     ]
 )
-assert FLOW_KEY.itemsize == 44 and FLOW_COUNTERS.itemsize == 40
+assert FLOW_KEY.itemsize == 44 and FLOW4_KEY.itemsize == 20 and FLOW_COUNTERS.itemsize == 40
 
 _SYS_MEMBARRIER = 324  # x86_64
 _MEMBARRIER_CMD_GLOBAL = 1
@@ -133,6 +146,17 @@ def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.d
     return keys[:total], values[:total]
 
 
+def widen_ipv4_keys(keys4: np.ndarray) -> np.ndarray:
+    """Copy ``FLOW4_KEY`` entries into the common ``FLOW_KEY`` layout (addresses zero-padded)."""
+    narrow = keys4.view(np.uint8).reshape(-1, FLOW4_KEY.itemsize)
+    wide = np.zeros((len(keys4), FLOW_KEY.itemsize), dtype=np.uint8)
+    wide[:, 0:8] = narrow[:, 0:8]  # ifindex, direction, family, proto, pad
+    wide[:, 8:12] = narrow[:, 8:12]  # src
+    wide[:, 24:28] = narrow[:, 12:16]  # dst
+    wide[:, 40:44] = narrow[:, 16:20]  # sport, dport
+    return wide.view(FLOW_KEY).reshape(-1)
+
+
 def wait_for_grace_period() -> None:
     """Wait until no BPF program can still hold a pointer into the old buffer.
 
@@ -170,8 +194,8 @@ class ClassifierProgram:
     ingress_fd: int
     egress_fd: int
 
-    def flow_map_fd(self, buffer: int) -> int:
-        return self.bpf[f"flows_{buffer}".encode()].map_fd
+    def flow_map_fd(self, family: int, buffer: int) -> int:
+        return self.bpf[f"flows{family}_{buffer}".encode()].map_fd
 
     @property
     def active_buffer(self):

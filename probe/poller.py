@@ -14,7 +14,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .kernel import FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, drain_map, wait_for_grace_period
+from .kernel import (
+    FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, drain_map, wait_for_grace_period,
+    widen_ipv4_keys,
+)
 from .record import DIRECTIONS, FlowRecord, OverflowCount, records_from_arrays
 
 
@@ -66,8 +69,7 @@ class MapPoller:
         self._set_active(1 - drained)
         flip_wall, flip_mono = time.time_ns(), time.monotonic_ns()
         wait_for_grace_period()
-        keys, values = drain_map(self._program.flow_map_fd(drained), self._program.capacity,
-                                 FLOW_KEY, FLOW_COUNTERS)
+        keys, values = self._drain_flows(drained)
         overflow = self._drain_overflow(drained)
         interval = DrainedInterval(
             seq=self._seq, start_ns=self._last_flip_ns, end_ns=flip_wall, keys=keys,
@@ -77,6 +79,14 @@ class MapPoller:
         self._seq += 1
         self._last_flip_ns = flip_wall
         return interval
+
+    def _drain_flows(self, buffer: int) -> tuple[np.ndarray, np.ndarray]:
+        capacity = self._program.capacity
+        keys4, values4 = drain_map(self._program.flow_map_fd(4, buffer), capacity, FLOW4_KEY, FLOW_COUNTERS)
+        keys6, values6 = drain_map(self._program.flow_map_fd(6, buffer), capacity, FLOW_KEY, FLOW_COUNTERS)
+        if not len(keys6):
+            return widen_ipv4_keys(keys4), values4
+        return np.concatenate([widen_ipv4_keys(keys4), keys6]), np.concatenate([values4, values6])
 
     def _set_active(self, buffer: int) -> None:
         table = self._program.active_buffer

@@ -1,0 +1,102 @@
+"""The probe's kernel half as one object, and the loop that turns intervals into messages.
+
+    load classifier ─ attach devices ─┐
+                                      └─ every interval: poll (flip, grace, drain)
+                                           └─ records ─ publish(envelope, records)
+    on stop: detach, then one last drain, so no counted packet is left behind
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+from .devices import AttachedDevice, DeviceRegistry
+from .kernel import DEFAULT_CAPACITY, load_classifier
+from .poller import DrainedInterval, MapPoller
+from .record import Envelope, FlowRecord
+
+log = logging.getLogger("connstats.probe")
+
+Publish = Callable[[Envelope, Sequence[FlowRecord]], Awaitable[None]]
+
+
+@dataclass
+class ProbeSettings:
+    ifaces: list[str] = field(default_factory=list)
+    interval: float = 10.0
+    capacity: int = DEFAULT_CAPACITY
+    direction: str = "auto"
+    host: str = field(default_factory=socket.gethostname)
+
+
+class KernelProbe:
+    """Classifier, attached devices and poller; synchronous, so it runs in a worker thread."""
+
+    def __init__(self, settings: ProbeSettings) -> None:
+        self.settings = settings
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.program = load_classifier(settings.capacity)
+        self.devices = DeviceRegistry(self.program)
+        self.poller = MapPoller(self.program)
+
+    def attach(self, name: str, mode: str | None = None) -> AttachedDevice:
+        device = self.devices.attach(name, mode or self.settings.direction)
+        log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
+                 device.link.kind or "device", "inverted" if device.inverted else "normal")
+        return device
+
+    def detach(self, name: str) -> AttachedDevice:
+        device = self.devices.detach(name)
+        log.info("detached %s (ifindex %d)", device.name, device.ifindex)
+        return device
+
+    def poll(self) -> tuple[Envelope, list[FlowRecord]]:
+        interval = self.poller.poll()
+        return self.envelope(interval), interval.records(self.devices.names())
+
+    def envelope(self, interval: DrainedInterval) -> Envelope:
+        return Envelope(
+            host=self.settings.host, boot_id=self.boot_id, interval_seq=interval.seq,
+            interval_start=interval.start_ns, interval_end=interval.end_ns,
+            overflow=interval.overflow_counts(self.devices.names()),
+        )
+
+    def close(self) -> tuple[Envelope, list[FlowRecord]]:
+        """Detach everywhere, then drain the last partial interval (nothing counted is lost)."""
+        self.devices.detach_all()
+        last = self.poll()
+        self.devices.close()
+        self.program.close()
+        return last
+
+
+async def poll_forever(probe: KernelProbe, publish: Publish, stop: asyncio.Event) -> None:
+    """Poll every interval until ``stop`` is set; then publish the final partial interval."""
+    loop = asyncio.get_running_loop()
+    next_tick = loop.time() + probe.settings.interval
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_tick - loop.time()))
+        except asyncio.TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        next_tick += probe.settings.interval
+        envelope, records = await asyncio.to_thread(probe.poll)
+        _log_interval(envelope, records)
+        await publish(envelope, records)
+    envelope, records = await asyncio.to_thread(probe.close)
+    _log_interval(envelope, records)
+    await publish(envelope, records)
+
+
+def _log_interval(envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    packets = sum(r.packets for r in records)
+    nbytes = sum(r.bytes for r in records)
+    lost = sum(o.packets for o in envelope.overflow)
+    log.info("interval %d: %d connections, %d packets, %d bytes%s", envelope.interval_seq,
+             len(records), packets, nbytes, f", {lost} packets over capacity" if lost else "")
