@@ -90,6 +90,8 @@ def _load_libbpf() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
     ]
     lib.bpf_map_lookup_and_delete_batch.restype = ctypes.c_int
+    lib.bpf_map_lookup_batch.argtypes = lib.bpf_map_lookup_and_delete_batch.argtypes
+    lib.bpf_map_lookup_batch.restype = ctypes.c_int
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
     lib.bpf_prog_test_run_opts.restype = ctypes.c_int
     return lib
@@ -116,9 +118,17 @@ def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.d
 
     The map must have no writers (the poller drains only the inactive buffer).
     """
+    return _batch(libbpf().bpf_map_lookup_and_delete_batch, map_fd, capacity, key_dtype, value_dtype)
+
+
+def read_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
+    """Read every entry of a hash map without deleting it (a live, approximate view)."""
+    return _batch(libbpf().bpf_map_lookup_batch, map_fd, capacity, key_dtype, value_dtype)
+
+
+def _batch(operation, map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
     keys = np.empty(capacity, dtype=key_dtype)
     values = np.empty(capacity, dtype=value_dtype)
-    lib = libbpf()
     batch_in = ctypes.c_uint32(0)
     batch_out = ctypes.c_uint32(0)
     count = ctypes.c_uint32(0)
@@ -126,7 +136,7 @@ def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.d
     first = True
     while total < capacity:
         count.value = capacity - total
-        rc = lib.bpf_map_lookup_and_delete_batch(
+        rc = operation(
             map_fd,
             None if first else ctypes.byref(batch_in),
             ctypes.byref(batch_out),
@@ -140,7 +150,7 @@ def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.d
         if rc != 0:
             if err == errno.ENOENT:
                 break
-            raise KernelError(f"draining BPF map failed: {os.strerror(err)}; is the kernel >= 5.6?")
+            raise KernelError(f"reading a BPF map in batches failed: {os.strerror(err)}; is the kernel >= 5.6?")
         first = False
         batch_in.value = batch_out.value
     return keys[:total], values[:total]

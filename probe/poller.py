@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from .kernel import (
-    FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, drain_map, wait_for_grace_period,
-    widen_ipv4_keys,
+    FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, drain_map, read_map,
+    wait_for_grace_period, widen_ipv4_keys,
 )
 from .record import DIRECTIONS, FlowRecord, OverflowCount, records_from_arrays
 
@@ -36,10 +36,11 @@ class DrainedInterval:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def records(self, ifnames: Mapping[int, str]) -> list[FlowRecord]:
+    def records(self, ifnames: Mapping[int, str],
+                labels: Mapping[int, tuple[str, str, str]] = {}) -> list[FlowRecord]:
         return records_from_arrays(
             self.keys, self.values, interval_start=self.start_ns, interval_end=self.end_ns,
-            mono_to_wall_ns=self.mono_to_wall_ns, ifnames=ifnames,
+            mono_to_wall_ns=self.mono_to_wall_ns, ifnames=ifnames, labels=labels,
         )
 
     def overflow_counts(self, ifnames: Mapping[int, str]) -> tuple[OverflowCount, ...]:
@@ -80,10 +81,19 @@ class MapPoller:
         self._last_flip_ns = flip_wall
         return interval
 
-    def _drain_flows(self, buffer: int) -> tuple[np.ndarray, np.ndarray]:
+    def peek(self) -> DrainedInterval:
+        """The current interval so far, read without resetting it (for live views)."""
+        now_wall, now_mono = time.time_ns(), time.monotonic_ns()
+        keys, values = self._drain_flows(self._active, read_map)
+        return DrainedInterval(
+            seq=self._seq, start_ns=self._last_flip_ns, end_ns=now_wall, keys=keys, values=values,
+            overflow=(), mono_to_wall_ns=now_wall - now_mono,
+        )
+
+    def _drain_flows(self, buffer: int, read=drain_map) -> tuple[np.ndarray, np.ndarray]:
         capacity = self._program.capacity
-        keys4, values4 = drain_map(self._program.flow_map_fd(4, buffer), capacity, FLOW4_KEY, FLOW_COUNTERS)
-        keys6, values6 = drain_map(self._program.flow_map_fd(6, buffer), capacity, FLOW_KEY, FLOW_COUNTERS)
+        keys4, values4 = read(self._program.flow_map_fd(4, buffer), capacity, FLOW4_KEY, FLOW_COUNTERS)
+        keys6, values6 = read(self._program.flow_map_fd(6, buffer), capacity, FLOW_KEY, FLOW_COUNTERS)
         if not len(keys6):
             return widen_ipv4_keys(keys4), values4
         return np.concatenate([widen_ipv4_keys(keys4), keys6]), np.concatenate([values4, values6])

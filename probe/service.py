@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
@@ -34,7 +35,11 @@ class ProbeSettings:
 
 
 class KernelProbe:
-    """Classifier, attached devices and poller; synchronous, so it runs in a worker thread."""
+    """Classifier, attached devices and poller.
+
+    Its methods block (netlink, map syscalls), so the daemon calls them in worker
+    threads; one lock keeps attach, detach and poll from interleaving.
+    """
 
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
@@ -42,21 +47,36 @@ class KernelProbe:
         self.program = load_classifier(settings.capacity)
         self.devices = DeviceRegistry(self.program)
         self.poller = MapPoller(self.program)
+        # ifindex -> (container_id, container_name, container_image), kept after detach
+        # so the final drain of a device that went away is still labelled.
+        self.labels: dict[int, tuple[str, str, str]] = {}
+        self._lock = threading.Lock()
 
-    def attach(self, name: str, mode: str | None = None) -> AttachedDevice:
-        device = self.devices.attach(name, mode or self.settings.direction)
+    def attach(self, name: str | int, mode: str | None = None) -> AttachedDevice:
+        with self._lock:
+            device = self.devices.attach(name, mode or self.settings.direction)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
 
-    def detach(self, name: str) -> AttachedDevice:
-        device = self.devices.detach(name)
+    def detach(self, name: str | int) -> AttachedDevice:
+        with self._lock:
+            device = self.devices.detach(name)
         log.info("detached %s (ifindex %d)", device.name, device.ifindex)
         return device
 
     def poll(self) -> tuple[Envelope, list[FlowRecord]]:
-        interval = self.poller.poll()
-        return self.envelope(interval), interval.records(self.devices.names())
+        with self._lock:
+            interval = self.poller.poll()
+            return self.envelope(interval), self._records(interval)
+
+    def peek(self) -> list[FlowRecord]:
+        """The current, not yet published interval's counters."""
+        with self._lock:
+            return self._records(self.poller.peek())
+
+    def _records(self, interval: DrainedInterval) -> list[FlowRecord]:
+        return interval.records(self.devices.names(), self.labels)
 
     def envelope(self, interval: DrainedInterval) -> Envelope:
         return Envelope(
@@ -67,7 +87,8 @@ class KernelProbe:
 
     def close(self) -> tuple[Envelope, list[FlowRecord]]:
         """Detach everywhere, then drain the last partial interval (nothing counted is lost)."""
-        self.devices.detach_all()
+        with self._lock:
+            self.devices.detach_all()
         last = self.poll()
         self.devices.close()
         self.program.close()

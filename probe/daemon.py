@@ -1,0 +1,115 @@
+"""The probe process, wired in one place.
+
+    KernelProbe ── poll every interval ──> FlowPublisher ──> JetStream
+         ^                           └──> interval listeners (totals for the HTTP API)
+         └── attach / detach / list / stats <── control plane (NATS request/reply, HTTP)
+                                          <── watchers (netlink links, Docker containers)
+
+Services (control plane, HTTP API, watchers) are small objects with ``start()`` and
+``close()``; they call back into the daemon's methods below.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from .devices import AttachedDevice
+from .publisher import FlowPublisher, PublisherSettings
+from .record import Envelope, FlowRecord
+from .service import KernelProbe, ProbeSettings, poll_forever
+from .subjects import NatsOptions
+
+log = logging.getLogger("connstats.probe")
+
+IntervalListener = Callable[[Envelope, Sequence[FlowRecord]], None]
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+ServiceFactory = Callable[["ProbeDaemon"], Service]
+
+
+@dataclass
+class DaemonSettings:
+    probe: ProbeSettings
+    nats: NatsOptions
+    publisher: PublisherSettings
+    shutdown_flush_seconds: float = 10.0
+    services: list[ServiceFactory] = field(default_factory=list)
+
+
+class ProbeDaemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.kernel: KernelProbe | None = None
+        self.publisher: FlowPublisher | None = None
+        self.interval_listeners: list[IntervalListener] = []
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Load, attach, then poll and publish until ``stop``; the last interval is not lost."""
+        self.kernel = await asyncio.to_thread(KernelProbe, self.settings.probe)
+        services: list[Service] = []
+        try:
+            async with FlowPublisher(self.settings.nats, self.settings.publisher) as publisher:
+                self.publisher = publisher
+                for name in self.settings.probe.ifaces:
+                    await self.attach(name)
+                services = await _start_all(self, self.settings.services)
+                self.ready.set()
+                await poll_forever(self.kernel, self._publish, stop)
+                if not await publisher.flush(self.settings.shutdown_flush_seconds):
+                    log.warning("NATS did not take every interval before shutdown; "
+                                "the rest stays in the outbox spool for the next start")
+        finally:
+            for service in reversed(services):
+                await service.close()
+            if self.kernel.devices.devices():  # poll_forever did not get to close()
+                await asyncio.to_thread(self.kernel.close)
+
+    async def _publish(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+        for listener in self.interval_listeners:
+            listener(envelope, records)
+        await self.publisher.submit(envelope, records)
+
+    # -- what the control plane and the watchers call ------------------------------------
+
+    async def attach(self, name: str | int, mode: str | None = None,
+                     labels: tuple[str, str, str] | None = None) -> AttachedDevice:
+        device = await asyncio.to_thread(self.kernel.attach, name, mode)
+        if labels is not None:
+            self.kernel.labels[device.ifindex] = labels
+        await self._event("attached", device)
+        return device
+
+    async def detach(self, name: str | int, reason: str = "detached") -> AttachedDevice:
+        device = await asyncio.to_thread(self.kernel.detach, name)
+        await self._event(reason, device)
+        return device
+
+    def devices(self) -> list[AttachedDevice]:
+        return self.kernel.devices.devices()
+
+    async def live_records(self) -> list[FlowRecord]:
+        return await asyncio.to_thread(self.kernel.peek)
+
+    async def _event(self, event: str, device: AttachedDevice, **extra: Any) -> None:
+        if self.publisher is not None:
+            await self.publisher.publish_event(
+                {"event": event, "ifname": device.name, "ifindex": device.ifindex,
+                 "direction_mode": device.mode, "inverted": device.inverted, **extra})
+
+
+async def _start_all(daemon: ProbeDaemon, factories: list[ServiceFactory]) -> list[Service]:
+    started: list[Service] = []
+    for factory in factories:
+        service = factory(daemon)
+        await service.start()
+        started.append(service)
+    return started
