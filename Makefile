@@ -36,7 +36,7 @@ test: install
 	$(VENV)/bin/pytest -q $(ARGS)
 
 bench: install
-	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,103 @@
+"""The record type, its builder from kernel arrays, and the wire format."""
+import numpy as np
+import orjson
+import pytest
+
+from connstats.probe.errors import MessageError
+from connstats.probe.kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
+from connstats.probe.record import (
+    Envelope, FlowRecord, OverflowCount, decode_message, encode_message, proto_name,
+    proto_number, records_from_arrays,
+)
+
+
+def record(**changes) -> FlowRecord:
+    fields = dict(
+        interval_start=1_000, interval_end=2_000, ifindex=7, ifname="veth0", direction="egress",
+        family=4, proto=6, src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=40000, dst_port=443,
+        packets=3, bytes=180, first_seen=1_100, last_seen=1_900, tcp_flags=0x18,
+    )
+    fields.update(changes)
+    return FlowRecord(**fields)
+
+
+ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_start=1_000,
+                    interval_end=2_000, overflow=(OverflowCount(7, "veth0", "egress", 2, 120),))
+
+
+def test_wire_format_is_the_documented_json():
+    data = encode_message(ENVELOPE, [record(container_name="web")])
+    assert orjson.loads(data) == {
+        "schema": 1, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
+        "interval_start": 1_000, "interval_end": 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
+        "overflow": [{"ifindex": 7, "ifname": "veth0", "direction": "egress", "packets": 2, "bytes": 120}],
+        "records": [{
+            "ifname": "veth0", "ifindex": 7, "direction": "egress", "proto": "tcp", "family": 4,
+            "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 40000, "dst_port": 443,
+            "packets": 3, "bytes": 180, "first_seen": 1_100, "last_seen": 1_900, "tcp_flags": 24,
+            "container_id": "", "container_name": "web", "container_image": "",
+        }],
+    }
+
+
+def test_round_trip_keeps_every_field():
+    records = [record(), record(proto=17, src_port=53, family=6, src_ip="fd00::1", dst_ip="fd00::2"),
+               record(proto=1, src_port=0, dst_port=0), record(proto=47)]
+    envelope, decoded = decode_message(encode_message(ENVELOPE, records))
+    assert envelope == ENVELOPE
+    assert decoded == records
+
+
+@pytest.mark.parametrize("number,name", [(6, "tcp"), (17, "udp"), (1, "icmp"), (58, "58"), (0, "0")])
+def test_protocol_names(number, name):
+    assert proto_name(number) == name
+    assert proto_number(name) == number
+
+
+def bad(mutate) -> bytes:
+    doc = orjson.loads(encode_message(ENVELOPE, [record()]))
+    mutate(doc)
+    return orjson.dumps(doc)
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (bad(lambda d: d.update(schema=2)), "schema version 2"),
+    (bad(lambda d: d.pop("host")), "envelope lacks 'host'"),
+    (bad(lambda d: d.update(interval_seq="5")), "'interval_seq' is str"),
+    (bad(lambda d: d["records"][0].pop("bytes")), "record lacks 'bytes'"),
+    (bad(lambda d: d["records"][0].update(packets=1.5)), "'packets' is float"),
+    (bad(lambda d: d["records"][0].update(extra=1)), "unknown key 'extra'"),
+    (bad(lambda d: d["records"][0].update(direction="up")), "direction 'up'"),
+    (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol"),
+    (bad(lambda d: d["records"].append(3)), "record is a int"),
+    (bad(lambda d: d["overflow"].append({"ifindex": 1})), "overflow entry lacks"),
+])
+def test_malformed_messages_say_what_is_wrong(payload, reason):
+    with pytest.raises(MessageError, match=reason):
+        decode_message(payload)
+
+
+def test_records_from_arrays_decodes_both_families_and_wall_clock():
+    keys4 = np.zeros(2, dtype=FLOW4_KEY)
+    keys4["ifindex"], keys4["direction"], keys4["family"], keys4["proto"] = 7, [0, 1], 4, 17
+    keys4["src"] = [b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"]
+    keys4["dst"] = b"\x0a\x00\x00\x09"
+    keys4["sport"], keys4["dport"] = [5353, 40000], [53, 53]
+    keys6 = np.zeros(1, dtype=FLOW_KEY)
+    keys6["ifindex"], keys6["family"], keys6["proto"] = 8, 6, 6
+    keys6["src"] = bytes.fromhex("fd000000000000000000000000000001")
+    keys6["dst"] = bytes.fromhex("fd000000000000000000000000000002")
+    keys = np.concatenate([widen_ipv4_keys(keys4), keys6])
+    values = np.zeros(3, dtype=FLOW_COUNTERS)
+    values["packets"], values["bytes"] = [1, 2, 3], [100, 200, 300]
+    values["first_seen_ns"], values["last_seen_ns"], values["tcp_flags"] = 10, 20, [0, 0, 0x12]
+    records = records_from_arrays(keys, values, interval_start=5, interval_end=50, mono_to_wall_ns=1_000,
+                                  ifnames={7: "veth7", 8: "veth8"}, labels={8: ("c1d", "db", "postgres:16")})
+    assert records == [
+        FlowRecord(5, 50, 7, "veth7", "ingress", 4, 17, "10.0.0.1", "10.0.0.9", 5353, 53, 1, 100, 1010, 1020, 0),
+        FlowRecord(5, 50, 7, "veth7", "egress", 4, 17, "10.0.0.2", "10.0.0.9", 40000, 53, 2, 200, 1010, 1020, 0),
+        FlowRecord(5, 50, 8, "veth8", "ingress", 6, 6, "fd00::1", "fd00::2", 0, 0, 3, 300, 1010, 1020, 0x12,
+                   "c1d", "db", "postgres:16"),
+    ]
