@@ -144,8 +144,8 @@ static __always_inline __u32 parse_ipv4(void *data, void *end, __u32 off,
     key->proto = ip->protocol;
     __builtin_memcpy(key->src, &ip->saddr, 4);
     __builtin_memcpy(key->dst, &ip->daddr, 4);
-    if (ip->frag_off & bpf_htons(0x1fff))
-        return 0;  // not the first fragment: no L4 header here
+    if (ip->ihl < 5 || (ip->frag_off & bpf_htons(0x1fff)))
+        return 0;  // malformed, or not the first fragment: no L4 header here
     return parse_l4(data, end, off + ip->ihl * 4, key, tcp_flags);
 }
 
