@@ -247,6 +247,8 @@ def _record_from_wire(r: Any, start: int, end: int) -> FlowRecord:
     if direction not in DIRECTIONS:
         raise MessageError(f"direction {direction!r} is not ingress or egress")
     family, src, dst, sport, dport, packets, nbytes, first, last, flags, cid, cname, cimage = rest
+    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
+        raise MessageError(f"port {sport if not 0 <= sport <= 65535 else dport} is not in 0-65535")
     return _make_record(
         start, end, ifindex, ifname, direction, family, proto_number(proto), src, dst,
         sport, dport, packets, nbytes, first, last, flags, cid, cname, cimage,

@@ -72,6 +72,8 @@ def bad(mutate) -> bytes:
     (bad(lambda d: d["records"][0].update(direction="up")), "direction 'up'"),
     (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol"),
     (bad(lambda d: d["records"].append(3)), "record is a int"),
+    (bad(lambda d: d["records"][0].update(dst_port=70000)), "port 70000 is not in 0-65535"),
+    (bad(lambda d: d["records"][0].update(src_port=-1)), "port -1 is not in 0-65535"),
     (bad(lambda d: d["overflow"].append({"ifindex": 1})), "overflow entry lacks"),
 ])
 def test_malformed_messages_say_what_is_wrong(payload, reason):

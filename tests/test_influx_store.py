@@ -1,0 +1,404 @@
+"""encode_lines (table-driven, exact lines) and InfluxStore against the InfluxDB v2 test server."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import http.client
+import socket
+import threading
+
+import pytest
+from influxdb_client import Point, WritePrecision
+
+from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.sink.influx_store import (
+    InfluxConfig, InfluxStore, encode_lines, escape_string, escape_tag, service_port,
+)
+from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer, ParsedPoint, parse_line
+
+SECOND = 1_000_000_000
+T0 = 1_700_000_000 * SECOND
+ENVELOPE = Envelope(host="node-1", boot_id="boot", interval_seq=7, interval_start=T0,
+                    interval_end=T0 + 10 * SECOND)
+BASE = FlowRecord(T0, T0 + 10 * SECOND, 3, "veth0", "egress", 4, 6, "10.0.0.2", "93.184.216.34",
+                  51234, 443, 12, 3456, T0 + 5, T0 + 9, 0x1B)
+FIELDS = ('bytes=3456i,dst_ip="93.184.216.34",dst_port=443i,family=4i,first_seen={f}i,ifindex=3i,'
+          'last_seen={l}i,packets=12i,src_ip="10.0.0.2",src_port=51234i,tcp_flags=27i').format(
+              f=T0 + 5, l=T0 + 9)
+TAGS = "connstats_flow,direction=egress,host=node-1,ifname=veth0,proto=tcp,service_port=443"
+
+
+def flow(**changes) -> FlowRecord:
+    return dataclasses.replace(BASE, **changes)
+
+
+# -- encode_lines ---------------------------------------------------------------------------
+
+ENCODE_CASES = {
+    "tcp to a well-known port": (ENVELOPE, [BASE], frozenset(), [f"{TAGS} {FIELDS} {T0}"]),
+    "empty ifname omits the tag": (
+        ENVELOPE, [flow(ifname="")], frozenset(),
+        [f"connstats_flow,direction=egress,host=node-1,proto=tcp,service_port=443 {FIELDS} {T0}"],
+    ),
+    "escaped host and ifname": (
+        dataclasses.replace(ENVELOPE, host="rack 1,node=2"), [flow(ifname="we\\ird")], frozenset(),
+        [r"connstats_flow,direction=egress,host=rack\ 1\,node\=2,ifname=we\\ird,proto=tcp,"
+         rf"service_port=443 {FIELDS} {T0}"],
+    ),
+    "string fields escape quotes and backslashes": (
+        ENVELOPE, [flow(src_ip='a"b\\c')], frozenset(),
+        [f"{TAGS} {FIELDS.replace('10.0.0.2', 'a' + chr(92) + chr(34) + 'b' + chr(92) * 2 + 'c')} {T0}"],
+    ),
+    "timestamps add record_offset and index": (
+        dataclasses.replace(ENVELOPE, chunk=1, chunks=2, record_offset=5000),
+        [BASE, flow(src_port=51235), flow(src_port=51236)], frozenset(),
+        [f"{TAGS} {FIELDS.replace('src_port=51234i', f'src_port={p}i')} {T0 + 5000 + i}"
+         for i, p in enumerate((51234, 51235, 51236))],
+    ),
+    "container labels: name is a tag, id and image are fields": (
+        ENVELOPE, [flow(container_id="c0ffee", container_name="web 1", container_image="nginx:1.27")],
+        frozenset(),
+        [f"connstats_flow,container_name=web\\ 1,{TAGS[len('connstats_flow,'):]} "
+         f'{FIELDS.replace("bytes=3456i,", "bytes=3456i,container_id=" + chr(34) + "c0ffee" + chr(34) + ",container_image=" + chr(34) + "nginx:1.27" + chr(34) + ",")} {T0}'],
+    ),
+    "no records, no lines": (ENVELOPE, [], frozenset(), []),
+}
+
+
+@pytest.mark.parametrize("envelope, records, ports, expected", ENCODE_CASES.values(), ids=ENCODE_CASES.keys())
+def test_encode_lines(envelope, records, ports, expected):
+    assert encode_lines(envelope, records, ports) == expected
+
+
+TAG_CASES = {
+    "udp dns reply, both ports known: lower": (dict(proto=17, src_port=53, dst_port=123), "udp", "53"),
+    "configured port": (dict(src_port=8080, dst_port=40000), "tcp", "8080"),
+    "unknown ports": (dict(src_port=40000, dst_port=50000), "tcp", "other"),
+    "icmp has no ports": (dict(proto=1, src_port=0, dst_port=0), "icmp", "other"),
+    "sctp by number": (dict(proto=132, src_port=40000, dst_port=3868), "132", "3868"),
+    "ipv6 ingress": (dict(family=6, direction="ingress", src_ip="fd00::1", dst_ip="fd00::2",
+                          src_port=22, dst_port=60000), "tcp", "22"),
+}
+
+
+@pytest.mark.parametrize("changes, proto, port", TAG_CASES.values(), ids=TAG_CASES.keys())
+def test_encode_lines_tags(changes, proto, port):
+    record = flow(**changes)
+    (line,) = encode_lines(ENVELOPE, [record], frozenset({8080, 3868}))
+    assert parse_line(line) == ParsedPoint(
+        "connstats_flow",
+        {"direction": record.direction, "host": "node-1", "ifname": "veth0", "proto": proto,
+         "service_port": port},
+        {"bytes": 3456, "dst_ip": record.dst_ip, "dst_port": record.dst_port, "family": record.family,
+         "first_seen": T0 + 5, "ifindex": 3, "last_seen": T0 + 9, "packets": 12,
+         "src_ip": record.src_ip, "src_port": record.src_port, "tcp_flags": 27},
+        T0,
+    )
+
+
+SERVICE_PORT_CASES = [
+    (51234, 443, frozenset(), "443"),
+    (443, 51234, frozenset(), "443"),
+    (22, 443, frozenset(), "22"),
+    (1023, 1024, frozenset(), "1023"),
+    (1024, 1025, frozenset(), "other"),
+    (9092, 40000, frozenset({9092}), "9092"),
+    (9092, 80, frozenset({9092}), "80"),
+    (9092, 8080, frozenset({9092, 8080}), "8080"),
+    (0, 0, frozenset(), "other"),
+    (0, 80, frozenset(), "80"),
+    (65535, 1, frozenset({65535}), "1"),
+]
+
+
+@pytest.mark.parametrize("src, dst, ports, expected", SERVICE_PORT_CASES)
+def test_service_port(src, dst, ports, expected):
+    assert service_port(src, dst, ports) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("plain", "plain"), ("a b", r"a\ b"), ("a,b", r"a\,b"), ("a=b", r"a\=b"),
+    ("a\\", "a\\\\"), ("a\nb", r"a\nb"), ("eth0.100", "eth0.100"),
+])
+def test_escape_tag(value, expected):
+    assert escape_tag(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("10.0.0.1", "10.0.0.1"), ('a"b', r'a\"b'), ("a\\b", r"a\\b"), ("", ""),
+])
+def test_escape_string(value, expected):
+    assert escape_string(value) == expected
+
+
+def test_port_above_65535_is_a_message_error():
+    with pytest.raises(MessageError):
+        encode_lines(ENVELOPE, [flow(dst_port=70000)])
+
+
+def test_encode_lines_matches_the_client_point_serialiser():
+    records = [flow(src_port=40000 + i, packets=i, bytes=i * 1500, proto=(6, 17, 1)[i % 3])
+               for i in range(30)]
+    expected = [_point(ENVELOPE, r, T0 + i).to_line_protocol() for i, r in enumerate(records)]
+    assert encode_lines(ENVELOPE, records) == expected
+
+
+def _point(envelope: Envelope, r: FlowRecord, timestamp: int) -> Point:
+    point = Point("connstats_flow").time(timestamp, WritePrecision.NS)
+    for key, value in (("host", envelope.host), ("ifname", r.ifname), ("direction", r.direction),
+                       ("proto", r.proto_name), ("service_port", service_port(r.src_port, r.dst_port))):
+        point.tag(key, value)
+    for key in ("src_ip", "dst_ip", "src_port", "dst_port", "packets", "bytes", "first_seen",
+                "last_seen", "tcp_flags", "family", "ifindex"):
+        point.field(key, getattr(r, key))
+    return point
+
+
+# -- InfluxStore against the test server ----------------------------------------------------
+
+
+def many(count: int) -> list[FlowRecord]:
+    return [flow(src_ip=f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", src_port=1024 + i % 60000,
+                 packets=i + 1, bytes=64 * (i + 1)) for i in range(count)]
+
+
+@pytest.fixture
+async def influx(influx_server):
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows",
+                          timeout=2.0)
+    store = InfluxStore(config)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_write_sends_exactly_the_encoded_lines(influx, influx_server):
+    records = many(3)
+    await influx.write(ENVELOPE, records)
+    assert influx_server.lines == encode_lines(ENVELOPE, records)
+    (request,) = influx_server.writes
+    assert (request.org, request.bucket, request.precision, request.gzip) == (TEST_ORG, "flows", "ns", True)
+    assert sum(p.fields["bytes"] for p in influx_server.points()) == 64 * 6
+
+
+async def test_empty_message_sends_no_request(influx, influx_server):
+    await influx.write(ENVELOPE, [])
+    assert (influx_server.requests, influx_server.lines) == (0, [])
+
+
+async def test_write_posts_chunks_of_at_most_5000_lines(influx, influx_server):
+    records = many(12_345)
+    await influx.write(ENVELOPE, records)
+    assert [len(w.lines) for w in influx_server.writes] == [5000, 5000, 2345]
+    assert influx_server.requests == 3
+    assert influx_server.lines == encode_lines(ENVELOPE, records)
+    assert sum(p.fields["packets"] for p in influx_server.points()) == 12_345 * 12_346 // 2
+
+
+async def test_replay_sends_identical_points(influx, influx_server):
+    envelope = dataclasses.replace(ENVELOPE, record_offset=10)
+    await influx.write(envelope, many(4))
+    await influx.write(envelope, many(4))
+    first, second = influx_server.writes
+    assert first.lines == second.lines
+    assert [parse_line(line).time for line in first.lines] == [T0 + 10, T0 + 11, T0 + 12, T0 + 13]
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+async def test_overload_and_server_errors_are_unavailable_and_not_retried(influx, influx_server, status):
+    influx_server.fail_next(status, 1)
+    with pytest.raises(StoreUnavailable) as caught:
+        await influx.write(ENVELOPE, many(2))
+    assert influx_server.requests == 1
+    assert influx_server.lines == []
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"InfluxDB at {influx_server.url} answered {status} ")
+    await influx.write(ENVELOPE, many(2))
+    assert len(influx_server.lines) == 2
+
+
+async def test_failure_until_reset(influx, influx_server):
+    influx_server.fail_until_reset(503)
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable):
+            await influx.write(ENVELOPE, many(1))
+    influx_server.reset()
+    await influx.write(ENVELOPE, many(1))
+    assert (influx_server.requests, len(influx_server.lines)) == (4, 1)
+
+
+async def test_failure_in_a_later_chunk_is_unavailable_and_the_replay_completes(influx, influx_server):
+    records = many(5001)
+    influx_server.fail_next(503, 1, after=1)
+    with pytest.raises(StoreUnavailable):
+        await influx.write(ENVELOPE, records)
+    assert [len(w.lines) for w in influx_server.writes] == [5000]
+    await influx.write(ENVELOPE, records)
+    assert [len(w.lines) for w in influx_server.writes] == [5000, 5000, 1]
+    assert influx_server.lines[5000:] == encode_lines(ENVELOPE, records)
+    assert influx_server.requests == 4
+
+
+async def test_bad_request_is_a_permanent_store_error(influx, influx_server):
+    influx_server.fail_next(400, 1)
+    with pytest.raises(StoreError) as caught:
+        await influx.write(ENVELOPE, many(1))
+    assert type(caught.value) is StoreError
+    assert str(caught.value) == (
+        f"InfluxDB at {influx_server.url} answered 400 Bad Request (failing on purpose); "
+        "check the data and settings"
+    )
+
+
+async def test_wrong_token_is_a_store_error_without_the_token(influx_server):
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token="s3cret-token", bucket="flows")
+    store = InfluxStore(config)
+    try:
+        with pytest.raises(StoreError) as caught:
+            await store.write(ENVELOPE, many(1))
+    finally:
+        await store.close()
+    assert type(caught.value) is StoreError
+    assert "s3cret" not in str(caught.value) and "s3cret" not in repr(config)
+    assert str(caught.value) == (
+        f"InfluxDB at {influx_server.url} answered 401 Unauthorized (unauthorized access); "
+        "check INFLUXDB_V2_TOKEN and its permissions"
+    )
+
+
+async def test_credentials_in_the_url_stay_out_of_messages(influx_server):
+    url = influx_server.url.replace("http://", "http://user:pa55word@")
+    store = InfluxStore(InfluxConfig(url=url, org=TEST_ORG, token=TEST_TOKEN))
+    try:
+        influx_server.fail_next(503, 1)
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.write(ENVELOPE, many(1))
+    finally:
+        await store.close()
+    assert "pa55word" not in str(caught.value)
+    assert f"InfluxDB at {influx_server.url} answered 503" in str(caught.value)
+
+
+def _free_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_server_down_is_unavailable():
+    url = _free_port_url()
+    store = InfluxStore(InfluxConfig(url=url, org=TEST_ORG, token=TEST_TOKEN, timeout=1.0))
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.write(ENVELOPE, many(1))
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+    assert str(caught.value) == (
+        f"InfluxDB at {url} unreachable (NewConnectionError); check that it runs and the URL"
+    )
+
+
+async def test_server_that_never_answers_times_out_as_unavailable():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        store = InfluxStore(InfluxConfig(url=url, org=TEST_ORG, token=TEST_TOKEN, timeout=0.3))
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.write(ENVELOPE, many(1))
+        finally:
+            await store.close()
+    assert str(caught.value) == (
+        f"InfluxDB at {url} unreachable (ReadTimeoutError); check that it runs and the URL"
+    )
+
+
+async def test_ping(influx, influx_server):
+    await influx.ping()
+    influx_server.fail_next(503, 1)
+    with pytest.raises(StoreUnavailable) as caught:
+        await influx.ping()
+    assert "\n" not in str(caught.value)
+    assert influx_server.requests == 2
+
+
+async def test_query_returns_rows_and_sends_params(influx, influx_server):
+    records = many(3)
+    await influx.write(ENVELOPE, records)
+    flux = 'from(bucket: bucket) |> range(start: -1h) |> filter(fn: (r) => r.host == host)'
+    rows = await influx.query(flux, {"bucket": "flows", "host": "node-1"})
+    assert [(r["_time"], r["src_ip"], r["packets"], r["bytes"], r["service_port"]) for r in rows] == [
+        (datetime.datetime.fromtimestamp(T0 // SECOND, datetime.timezone.utc), "10.0.0.0", 1, 64, "443"),
+        (datetime.datetime.fromtimestamp(T0 // SECOND, datetime.timezone.utc), "10.0.0.1", 2, 128, "443"),
+        (datetime.datetime.fromtimestamp(T0 // SECOND, datetime.timezone.utc), "10.0.0.2", 3, 192, "443"),
+    ]
+    (sent,) = influx_server.queries
+    assert sent["query"] == flux
+    externs = {s["assignment"]["id"]["name"]: s["assignment"]["init"] for s in sent["extern"]["body"]}
+    assert externs == {
+        "bucket": {"type": "StringLiteral", "value": "flows"},
+        "host": {"type": "StringLiteral", "value": "node-1"},
+    }
+
+
+def test_test_server_stops_with_a_keep_alive_connection_open():
+    before = threading.active_count()
+    server = InfluxTestServer().start()
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=5)
+    try:
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() == (
+            b'{"name": "influxdb", "message": "ready for queries and writes", "status": "pass", '
+            b'"checks": [], "version": "2.7.0", "commit": "test"}'
+        )
+        server.stop()
+        assert threading.active_count() == before
+    finally:
+        connection.close()
+
+
+async def test_query_naming_a_params_record_is_refused_as_influxdb_does(influx, influx_server):
+    with pytest.raises(StoreError) as caught:
+        await influx.query("from(bucket: params.bucket) |> range(start: -1h)", {"bucket": "flows"})
+    assert type(caught.value) is StoreError
+    assert str(caught.value) == (
+        f"InfluxDB at {influx_server.url} answered 400 Bad Request "
+        "(error @1:1-1:7: undefined identifier params); check the data and settings"
+    )
+
+
+def test_config_from_env(monkeypatch):
+    monkeypatch.setenv("INFLUXDB_V2_URL", "http://influx:8086")
+    monkeypatch.setenv("INFLUXDB_V2_ORG", "ops")
+    monkeypatch.setenv("INFLUXDB_V2_TOKEN", "tok")
+    monkeypatch.delenv("CONNSTATS_INFLUX_BUCKET", raising=False)
+    assert InfluxConfig.from_env() == InfluxConfig("http://influx:8086", "ops", "tok", "connstats")
+    monkeypatch.setenv("CONNSTATS_INFLUX_BUCKET", "net")
+    assert InfluxConfig.from_env().bucket == "net"
+    assert InfluxConfig.from_env(bucket="other").bucket == "other"
+    assert "tok" not in repr(InfluxConfig.from_env())
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("INFLUXDB_V2_URL", "INFLUXDB_V2_URL is not set; set it to the InfluxDB URL, e.g. http://localhost:8086"),
+    ("INFLUXDB_V2_ORG", "INFLUXDB_V2_ORG is not set; set it to the organization name"),
+    ("INFLUXDB_V2_TOKEN", "INFLUXDB_V2_TOKEN is not set; set it to an API token that can write the bucket"),
+])
+def test_config_from_env_names_what_is_missing(monkeypatch, missing, message):
+    for name in ("INFLUXDB_V2_URL", "INFLUXDB_V2_ORG", "INFLUXDB_V2_TOKEN"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.delenv(missing)
+    with pytest.raises(StoreError) as caught:
+        InfluxConfig.from_env()
+    assert str(caught.value) == message
+
+
+def test_invalid_url_is_a_store_error():
+    with pytest.raises(StoreError) as caught:
+        InfluxStore(InfluxConfig(url="http://user:pa55@[::1", org=TEST_ORG, token=TEST_TOKEN))
+    assert str(caught.value) == "the InfluxDB URL is not valid (Invalid IPv6 URL); fix INFLUXDB_V2_URL"

@@ -1,0 +1,263 @@
+"""SqliteStore against real SQLite files in tmp_path: rows, idempotency, WAL, locks, retention."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+
+import pytest
+
+from connstats.probe.errors import StoreError, StoreUnavailable
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows
+
+SECOND = 1_000_000_000
+T0 = 1_700_000_000 * SECOND
+INTERVAL = 10 * SECOND
+
+
+def message(count: int, start: int = T0, host: str = "node-1") -> tuple[Envelope, list[FlowRecord]]:
+    """``count`` distinct TCP connections in the interval starting at ``start``.
+
+    Record i has i + 1 packets and 100 * (i + 1) bytes.
+    """
+    envelope = Envelope(host=host, boot_id="boot", interval_seq=start // INTERVAL,
+                        interval_start=start, interval_end=start + INTERVAL)
+    records = [
+        FlowRecord(start, start + INTERVAL, 3, "veth0", "egress", 4, 6,
+                   f"10.0.{i // 250}.{i % 250 + 1}", "10.9.0.1", 30000 + i % 30000, 443,
+                   i + 1, 100 * (i + 1), start + 1, start + 2, 0x18)
+        for i in range(count)
+    ]
+    return envelope, records
+
+
+def totals(path) -> tuple[int, int, int]:
+    """(rows, packets, bytes) as a separate reader sees them."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*), total(packets), total(bytes) FROM flows").fetchone()
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SqliteStore(tmp_path / "flows.db", busy_timeout=0.2)
+    await store.ping()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_write_stores_every_record_with_exact_totals(store):
+    await store.write(*message(1000))
+    assert totals(store.path) == (1000, 500_500, 50_050_000)
+
+
+async def test_columns_hold_the_record_and_empty_container_fields(store):
+    envelope, records = message(1)
+    await store.write(envelope, records)
+    with sqlite3.connect(store.path) as db:
+        db.row_factory = sqlite3.Row
+        row = dict(db.execute("SELECT * FROM flows").fetchone())
+    assert row == {
+        "host": "node-1", "ifindex": 3, "ifname": "veth0", "direction": "egress", "family": 4,
+        "proto": 6, "src_ip": "10.0.0.1", "dst_ip": "10.9.0.1", "src_port": 30000,
+        "dst_port": 443, "packets": 1, "bytes": 100, "first_seen": T0 + 1, "last_seen": T0 + 2,
+        "tcp_flags": 0x18, "interval_start": T0, "interval_end": T0 + INTERVAL,
+        "container_id": "", "container_name": "", "container_image": "",
+    }
+
+
+def test_flow_rows_is_one_tuple_per_record_in_column_order():
+    envelope, records = message(2)
+    assert flow_rows(envelope, records) == [
+        ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.1", "10.9.0.1", 30000, 443, 1, 100,
+         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""),
+        ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.9.0.1", 30001, 443, 2, 200,
+         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""),
+    ]
+
+
+async def test_writing_the_same_message_twice_leaves_no_duplicates(store):
+    envelope, records = message(500)
+    await store.write(envelope, records)
+    await store.write(envelope, records)
+    assert totals(store.path) == (500, 125_250, 12_525_000)
+
+
+async def test_same_connection_in_two_intervals_and_two_hosts_are_four_rows(store):
+    for start in (T0, T0 + INTERVAL):
+        for host in ("node-1", "node-2"):
+            await store.write(*message(1, start=start, host=host))
+    assert totals(store.path) == (4, 4, 400)
+
+
+async def test_concurrent_writes_all_land(store):
+    await asyncio.gather(*(store.write(*message(100, start=T0 + k * INTERVAL)) for k in range(8)))
+    assert totals(store.path) == (800, 8 * 5050, 8 * 505_000)
+
+
+async def test_file_is_in_wal_mode_with_schema_version(store):
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert indexes == {"flows_by_ifname"}  # the table itself is keyed (WITHOUT ROWID)
+
+
+async def test_reader_reads_while_a_write_transaction_is_open(store):
+    await store.write(*message(10))
+    writer = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM flows")
+        assert totals(store.path) == (10, 55, 5500)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def test_write_succeeds_while_a_reader_holds_a_snapshot(store):
+    await store.write(*message(10))
+    reader = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM flows").fetchone() == (10,)
+        await store.write(*message(10, start=T0 + INTERVAL))
+        assert reader.execute("SELECT count(*) FROM flows").fetchone() == (10,)
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert totals(store.path) == (20, 110, 11000)
+
+
+async def test_locked_database_is_unavailable_then_write_succeeds(store):
+    envelope, records = message(300)
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.write(envelope, records)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert "\n" not in str(caught.value)
+    assert "busy" in str(caught.value)
+    assert totals(store.path) == (0, 0, 0)
+    await store.write(envelope, records)
+    assert totals(store.path) == (300, 45_150, 4_515_000)
+
+
+async def test_ping_on_a_locked_database_is_unavailable(tmp_path):
+    path = tmp_path / "flows.db"
+    locker = sqlite3.connect(path, isolation_level=None)
+    store = SqliteStore(path, busy_timeout=0.1)
+    try:
+        locker.execute("PRAGMA journal_mode=WAL")
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        locker.execute("ROLLBACK")
+        await store.ping()
+    finally:
+        locker.close()
+        await store.close()
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def test_retention_deletes_old_rows_at_most_once_a_minute(tmp_path):
+    clock = Clock(T0 + 3 * 3600 * SECOND)
+    store = SqliteStore(tmp_path / "flows.db", retention_seconds=3600, clock=clock)
+    try:
+        await store.write(*message(5, start=T0))  # prunes first (nothing), then inserts old rows
+        await store.write(*message(7, start=clock.now - INTERVAL))
+        assert totals(store.path) == (12, 15 + 28, 1500 + 2800)
+        clock.now += 59 * SECOND
+        await store.write(*message(1, start=clock.now - INTERVAL))
+        assert totals(store.path) == (13, 44, 4400)
+        clock.now += 2 * SECOND
+        await store.write(*message(1, start=clock.now - INTERVAL))
+        assert totals(store.path) == (9, 30, 3000)
+    finally:
+        await store.close()
+
+
+async def test_retention_keeps_rows_ending_inside_the_window(tmp_path):
+    clock = Clock(T0 + 3600 * SECOND + INTERVAL)
+    store = SqliteStore(tmp_path / "flows.db", retention_seconds=3600, clock=clock)
+    try:
+        await store.write(*message(2, start=T0))  # ends exactly at the cut-off
+        await store.write(*message(3, start=T0 - INTERVAL))
+        clock.now += 61 * SECOND
+        await store.write(*message(1, start=clock.now))
+        assert totals(store.path) == (1, 1, 100)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("where", ["missing/dir/flows.db", "a-file/flows.db"])
+async def test_unusable_path_is_a_one_line_store_error(tmp_path, where):
+    (tmp_path / "a-file").write_text("not a directory")
+    store = SqliteStore(tmp_path / where)
+    with pytest.raises(StoreError) as caught:
+        await store.ping()
+    await store.close()
+    assert type(caught.value) is StoreError
+    assert str(caught.value) == (
+        f"SQLite directory {(tmp_path / where).parent} does not exist; create it or choose another path"
+    )
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path):
+    path = tmp_path / "flows.db"
+    path.write_bytes(b"x" * 4096)
+    store = SqliteStore(path)
+    with pytest.raises(StoreError) as caught:
+        await store.ping()
+    await store.close()
+    assert type(caught.value) is StoreError
+    assert str(caught.value) == (
+        f"SQLite {path} failed: file is not a database; check the path, its permissions and free space"
+    )
+
+
+async def test_newer_schema_version_is_refused(tmp_path):
+    path = tmp_path / "flows.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = SqliteStore(path)
+    with pytest.raises(StoreError) as caught:
+        await store.ping()
+    await store.close()
+    assert str(caught.value) == (
+        f"{path} has schema version {SCHEMA_VERSION + 1}, newer than {SCHEMA_VERSION}; upgrade connstats"
+    )
+
+
+async def test_reopening_keeps_rows_and_schema(tmp_path):
+    path = tmp_path / "flows.db"
+    for _ in range(2):
+        store = SqliteStore(path)
+        await store.write(*message(4))
+        await store.close()
+    assert totals(path) == (4, 10, 1000)
+
+
+async def test_records_differing_only_in_counters_are_one_row(store):
+    envelope, records = message(1)
+    await store.write(envelope, records)
+    await store.write(envelope, [dataclasses.replace(records[0], packets=99, bytes=9900)])
+    assert totals(store.path) == (1, 1, 100)
+
+
+async def test_empty_message_writes_nothing(store):
+    envelope, _ = message(0)
+    await store.write(envelope, [])
+    assert totals(store.path) == (0, 0, 0)
