@@ -50,6 +50,7 @@ class ProbeDaemon:
         self.kernel: KernelProbe | None = None
         self.publisher: FlowPublisher | None = None
         self.interval_listeners: list[IntervalListener] = []
+        self.detach_listeners: list[Callable[[AttachedDevice], Awaitable[None]]] = []
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,16 +82,18 @@ class ProbeDaemon:
     # -- what the control plane and the watchers call ------------------------------------
 
     async def attach(self, name: str | int, mode: str | None = None,
-                     labels: tuple[str, str, str] | None = None) -> AttachedDevice:
-        device = await asyncio.to_thread(self.kernel.attach, name, mode)
-        if labels is not None:
-            self.kernel.labels[device.ifindex] = labels
-        await self._event("attached", device)
+                     labels: tuple[str, str, str] | None = None, **event_fields: Any) -> AttachedDevice:
+        """Attach and publish an "attached" event carrying ``event_fields`` (source, netns, ...)."""
+        device = await asyncio.to_thread(self.kernel.attach, name, mode, labels)
+        await self._event("attached", device, **event_fields)
         return device
 
-    async def detach(self, name: str | int, reason: str = "detached") -> AttachedDevice:
+    async def detach(self, name: str | int, reason: str = "detached", **event_fields: Any) -> AttachedDevice:
+        """Detach, forget the device's since-attach totals, publish ``reason`` as the event."""
         device = await asyncio.to_thread(self.kernel.detach, name)
-        await self._event(reason, device)
+        for forget in self.detach_listeners:
+            await forget(device)
+        await self._event(reason, device, **event_fields)
         return device
 
     def devices(self) -> list[AttachedDevice]:

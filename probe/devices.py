@@ -157,6 +157,10 @@ class DeviceRegistry:
     def names(self) -> dict[int, str]:
         return self._names
 
+    def forget_name(self, ifindex: int) -> None:
+        if ifindex not in self._attached:
+            self._names.pop(ifindex, None)
+
     def attach_many(self, names: Iterable[str], mode: str = "auto") -> list[AttachedDevice]:
         return [self.attach(name, mode) for name in names]
 

@@ -50,11 +50,19 @@ class KernelProbe:
         # ifindex -> (container_id, container_name, container_image), kept after detach
         # so the final drain of a device that went away is still labelled.
         self.labels: dict[int, tuple[str, str, str]] = {}
+        self._released: set[int] = set()  # detached; forget names and labels after one more drain
         self._lock = threading.Lock()
 
-    def attach(self, name: str | int, mode: str | None = None) -> AttachedDevice:
+    def attach(self, name: str | int, mode: str | None = None,
+               labels: tuple[str, str, str] | None = None) -> AttachedDevice:
+        """Attach; ``labels`` (container id, name, image) apply from the first packet on."""
         with self._lock:
             device = self.devices.attach(name, mode or self.settings.direction)
+            self._released.discard(device.ifindex)
+            if labels is not None and any(labels):
+                self.labels[device.ifindex] = labels
+            elif labels is not None:  # nobody behind it (any more): drop an old owner's labels
+                self.labels.pop(device.ifindex, None)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
@@ -62,13 +70,23 @@ class KernelProbe:
     def detach(self, name: str | int) -> AttachedDevice:
         with self._lock:
             device = self.devices.detach(name)
+            self._released.add(device.ifindex)
         log.info("detached %s (ifindex %d)", device.name, device.ifindex)
         return device
 
     def poll(self) -> tuple[Envelope, list[FlowRecord]]:
         with self._lock:
             interval = self.poller.poll()
-            return self.envelope(interval), self._records(interval)
+            envelope, records = self.envelope(interval), self._records(interval)
+            self._forget_released()
+            return envelope, records
+
+    def _forget_released(self) -> None:
+        """Devices detached before this drain have had their last counts labelled: forget them."""
+        for ifindex in self._released:
+            self.devices.forget_name(ifindex)
+            self.labels.pop(ifindex, None)
+        self._released.clear()
 
     def peek(self) -> list[FlowRecord]:
         """The current, not yet published interval's counters."""

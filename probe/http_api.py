@@ -1,0 +1,236 @@
+"""The probe's HTTP API, compatible with the earlier tool's endpoints.
+
+    POST /traffic_count_attach_device            {"iface": "veth0", "action": "add"|"remove"}
+    GET  /traffic_device_connection_stats         every attached device's connections
+    GET  /traffic_device_connection_stats/<id>    one device's (id = ifindex)
+
+Answers are JSON. Connection stats are an object keyed ``connection_<id>`` (the id is
+stable for as long as the connection is tracked) holding the earlier tool's fields
+(``device_id``, ``src_port``, ``dst_port``, ``direction``, ``protocol``, ``timestamp``,
+``total_packets``, ``total_bytes``) and added ones (``src_ip``, ``dst_ip``, ``ifname``,
+``family``, ``first_seen``, ``container_name``). Counters are since attach: the published
+intervals plus the current one. ``timestamp`` and ``first_seen`` are integer nanoseconds
+since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5xx only
+for a failure of the probe itself), never a traceback.
+
+The API has no authentication: it listens on loopback (127.0.0.1:9102) unless told
+otherwise with ``--http ADDR:PORT``.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from .devices import AttachedDevice
+from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
+from .record import proto_name
+from .totals import ConnectionTotal, ConnectionTotals, current_view, totals_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:9102"
+ACTIONS = ("add", "remove")
+MAX_BODY_BYTES = 64 * 1024
+
+
+class RequestError(Exception):
+    """A request the API refuses: its status and one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); raise ``ConfigError``."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"HTTP address {text!r} is not ADDR:PORT; use e.g. {DEFAULT_HTTP_ADDRESS}")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+# -- the response format: pure functions ----------------------------------------------------
+
+
+def protocol_text(proto: int) -> str:
+    """"TCP", "UDP", "ICMP", or the protocol number as a string."""
+    return proto_name(proto).upper()
+
+
+def connection_to_json(t: ConnectionTotal) -> dict[str, Any]:
+    return {
+        "device_id": t.ifindex, "src_port": t.src_port, "dst_port": t.dst_port,
+        "direction": t.direction, "protocol": protocol_text(t.proto), "timestamp": t.last_seen,
+        "total_packets": t.packets, "total_bytes": t.bytes,
+        "src_ip": t.src_ip, "dst_ip": t.dst_ip, "ifname": t.ifname, "family": t.family,
+        "first_seen": t.first_seen, "container_name": t.container_name,
+    }
+
+
+def connections_to_json(totals: list[ConnectionTotal]) -> dict[str, dict[str, Any]]:
+    return {f"connection_{t.id}": connection_to_json(t) for t in totals}
+
+
+def device_to_json(device: AttachedDevice, action: str) -> dict[str, Any]:
+    return {"iface": device.name, "device_id": device.ifindex, "action": action,
+            "attached": action == "add", "direction_mode": device.mode,
+            "inverted": device.inverted}
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def _connections_response(totals: list[ConnectionTotal]) -> web.Response:
+    """Encoded in a worker thread: ~1 s for 100k connections that the event loop need not wait on."""
+    body = await asyncio.to_thread(lambda: orjson.dumps(connections_to_json(totals)))
+    return web.Response(body=body, content_type="application/json")
+
+
+# -- the service ----------------------------------------------------------------------------
+
+
+class HttpApi:
+    """The aiohttp app as a daemon service: ``start()`` listens, ``close()`` stops."""
+
+    def __init__(self, daemon: Any, host: str, port: int, totals: ConnectionTotals) -> None:
+        self.daemon = daemon
+        self.host = host
+        self.port = port
+        self.totals = totals
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/traffic_count_attach_device", self.attach_device)
+        app.router.add_get("/traffic_device_connection_stats", self.all_devices)
+        app.router.add_get("/traffic_device_connection_stats/{device_id}", self.one_device)
+        return app
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot listen on {self.host}:{self.port} for HTTP: {reason}; "
+                              "pick another --http ADDR:PORT") from exc
+        self._runner = runner
+        self.port = runner.addresses[0][1]  # the real one when asked for port 0
+        if not _is_loopback(self.host):
+            log.warning("HTTP API on %s:%d has no authentication; anyone who reaches it "
+                        "can attach and detach devices", self.host, self.port)
+        log.info("HTTP API on http://%s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def attach_device(self, request: web.Request) -> web.Response:
+        iface, action, mode = _attach_request(await _json_body(request))
+        if action == "add":
+            device = await self.daemon.attach(iface, mode)
+        else:
+            device = await self.daemon.detach(iface)  # its totals are forgotten on detach
+        return _json(device_to_json(device, action))
+
+    async def all_devices(self, request: web.Request) -> web.Response:
+        return await _connections_response(await self._view(self.daemon.devices()))
+
+    async def one_device(self, request: web.Request) -> web.Response:
+        text = request.match_info["device_id"]
+        if not (text.isascii() and text.isdigit()):
+            raise RequestError(400, f"device id {text!r} is not an ifindex; use a number")
+        devices = [d for d in self.daemon.devices() if d.ifindex == int(text)]
+        if not devices:
+            raise RequestError(404, f"device {text} is not attached; attach it first")
+        return await _connections_response(await self._view(devices))
+
+    async def _view(self, devices: list[AttachedDevice]) -> list[ConnectionTotal]:
+        since = {d.ifindex: d.since_ns for d in devices}
+        return await current_view(self.totals, self.daemon.live_records, set(since), since)
+
+
+def http_service(address: str = DEFAULT_HTTP_ADDRESS,
+                 totals: ConnectionTotals | None = None) -> Callable[[Any], HttpApi]:
+    """A ``DaemonSettings.services`` factory for the HTTP API on ``address``."""
+    host, port = parse_address(address)
+
+    def factory(daemon: Any) -> HttpApi:
+        return HttpApi(daemon, host, port, totals if totals is not None else totals_for(daemon))
+
+    return factory
+
+
+# -- request parsing and errors -----------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"request body is not JSON ({exc.msg}); send "
+                                '{"iface": "<name>", "action": "add"|"remove"}') from exc
+
+
+def _attach_request(body: Any) -> tuple[str, str, str | None]:
+    if not isinstance(body, dict):
+        raise RequestError(400, 'request body is not a JSON object; send {"iface": ..., "action": ...}')
+    iface, action, mode = body.get("iface"), body.get("action"), body.get("mode")
+    if not isinstance(iface, str) or not iface:
+        raise RequestError(400, '"iface" is missing or not a string; name a network interface')
+    if action not in ACTIONS:
+        raise RequestError(400, f'"action" is {action!r}; use "add" or "remove"')
+    if mode is not None and not isinstance(mode, str):
+        raise RequestError(400, '"mode" is not a string; use auto, normal or inverted')
+    return iface, action, mode
+
+
+_STATUS = {DeviceError: 400, ConfigError: 400, KernelError: 500}
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Every failure answers ``{"error": "..."}``: 4xx for the client's, 5xx for ours."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _json({"error": str(exc)}, exc.status)
+    except ConnstatsError as exc:
+        status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
+        return _json({"error": str(exc)}, status)
+    except web.HTTPException as exc:  # unknown path, wrong method, body too large
+        if exc.status < 400:
+            raise
+        response = _json({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return _json({"error": "internal error; see the probe's log"}, 500)

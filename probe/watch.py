@@ -1,0 +1,422 @@
+"""Attach to devices as they come and go: a netlink link watcher, as a daemon service.
+
+    RTMGRP_LINK socket (non-blocking, on the loop) ─┐
+    initial dump, then a dump every resync_seconds ─┴─> latest LinkState per ifindex
+        └─> dirty ifindexes ─> one worker: attach (matches --auto, not --exclude, up)
+                                           detach "gone" (deleted, renamed, replaced)
+                                           retry a failed attach with backoff
+
+A device is identified by (netns, ifindex, name): ifindexes repeat across namespaces
+and are reused, so a device that comes back under its old name with a new ifindex is
+a new device and is attached again. Labels (container or namespace, see
+containers.py) stay in ``KernelProbe.labels`` after a detach, so the last interval of
+a device that went away is drained and published labelled.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import fnmatch
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from .containers import (
+    NO_LABELS, ContainerIndex, acquire_index, attach_labelled, detach_quietly, owner_fields, owner_labels,
+    publish_event, release_index,
+)
+from .errors import ConfigError
+
+log = logging.getLogger("connstats.probe.watch")
+
+IFF_UP = 0x1
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 8 << 20  # a burst of a few thousand link messages fits
+DEFAULT_EXCLUDE = ("lo",)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """One device's identity: its namespace (inode), ifindex and name."""
+
+    netns: int
+    ifindex: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    key: DeviceKey
+    kind: str  # "veth", "bridge", ... "" for physical devices
+    up: bool
+    peer_nsid: int | None  # IFLA_LINK_NETNSID: the peer lives in another namespace
+
+    @property
+    def ifindex(self) -> int:
+        return self.key.ifindex
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+
+def link_state(msg: Any, netns: int) -> LinkState:
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
+    return LinkState(DeviceKey(netns, msg["index"], msg.get_attr("IFLA_IFNAME") or ""),
+                     kind or "", bool(msg["flags"] & IFF_UP), msg.get_attr("IFLA_LINK_NETNSID"))
+
+
+def own_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+@dataclass(frozen=True)
+class LinkPatterns:
+    """Which devices to attach: names matching an ``auto`` glob and no ``exclude`` glob."""
+
+    auto: tuple[str, ...]
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+
+    def __post_init__(self) -> None:
+        for pattern in (*self.auto, *self.exclude):
+            if not pattern or "/" in pattern:
+                raise ConfigError(f"device pattern {pattern!r} is not a name glob; use e.g. 'veth*'")
+
+    def matches(self, name: str) -> bool:
+        return (any(fnmatch.fnmatchcase(name, p) for p in self.auto)
+                and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first: float = 0.5
+    factor: float = 2.0
+    ceiling: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
+        return min(self.ceiling, self.first * self.factor ** max(0, failures - 1))
+
+
+@dataclass
+class WatchSettings:
+    patterns: LinkPatterns
+    resync_seconds: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+# -- the netlink side ----------------------------------------------------------------------
+
+
+class LinkMonitor:
+    """A non-blocking rtnetlink socket in the RTMGRP_LINK group; read it when readable."""
+
+    def __init__(self, receive_buffer: int = RECEIVE_BUFFER) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
+        except OSError:  # without CAP_NET_ADMIN: whatever rmem_max allows
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.bind((0, RTMGRP_LINK))
+        self.sock.setblocking(False)
+        self._marshal = MarshalRtnl()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> tuple[list[Any], bool]:
+        """Every message queued now, and whether the kernel dropped some (ENOBUFS)."""
+        messages, overflowed = [], False
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return messages, overflowed
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                overflowed = True
+                continue
+            messages.extend(m for m in self._marshal.parse(data)
+                            if m["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dump_links(netns: int) -> dict[int, LinkState]:
+    with IPRoute() as ipr:
+        return {msg["index"]: link_state(msg, netns) for msg in ipr.get_links()}
+
+
+# -- the watcher -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Failure:
+    key: DeviceKey
+    count: int
+    retry_at: float
+
+
+class LinkWatcher:
+    """Keeps the daemon attached to exactly the matching devices that exist.
+
+    ``links`` is the latest known state per ifindex, ``attached`` what this watcher
+    attached. The netlink handler and the resync only update ``links`` and mark
+    ifindexes dirty; one worker task settles each dirty ifindex, so a burst of events
+    for one device costs one attach.
+    """
+
+    def __init__(self, daemon: Any, settings: WatchSettings, *, monitor: bool = True) -> None:
+        self.daemon = daemon
+        self.settings = settings
+        self.netns = own_netns()
+        self.links: dict[int, LinkState] = {}
+        self.attached: dict[int, LinkState] = {}
+        self.stats = {"attached": 0, "gone": 0, "detached": 0, "failed": 0, "vanished": 0,
+                      "resyncs": 0, "overflows": 0}
+        self._use_monitor = monitor
+        self.dump = dump_links  # (netns) -> {ifindex: LinkState}; blocking, run in a thread
+        self.exists = still_there  # (DeviceKey) -> bool; blocking, run in a thread
+        self._monitor: LinkMonitor | None = None
+        self._index: ContainerIndex | None = None
+        self._failures: dict[int, _Failure] = {}
+        self._released: dict[int, DeviceKey] = {}  # detached by someone else: leave alone
+        self._vanished: dict[int, DeviceKey] = {}  # deleted since last settled
+        self._dirty: set[int] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._resync_now = asyncio.Event()
+        self._touched: set[int] = set()  # ifindexes netlink spoke of while a dump ran
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._index = acquire_index(self.daemon)
+        try:
+            if self._use_monitor:
+                self._monitor = LinkMonitor()  # subscribe before the dump: no gap
+                asyncio.get_running_loop().add_reader(self._monitor.fileno(), self._on_readable)
+            await self.resync()
+        except BaseException:
+            await self.close()
+            raise
+        self._tasks = [asyncio.create_task(self._work_forever(), name="link-worker"),
+                       asyncio.create_task(self._resync_forever(), name="link-resync")]
+        log.info("auto-attaching devices matching %s (excluding %s)",
+                 " ".join(self.settings.patterns.auto) or "nothing",
+                 " ".join(self.settings.patterns.exclude) or "nothing")
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            asyncio.get_running_loop().remove_reader(self._monitor.fileno())
+            self._monitor.close()
+            self._monitor = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._index is not None:
+            await release_index(self.daemon)
+            self._index = None
+
+    async def settled(self, timeout: float | None = None) -> None:
+        """Wait until no ifindex is waiting to be handled (for tests and benchmarks)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    # -- what changes the picture --------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            messages, overflowed = self._monitor.read()
+        except OSError as exc:
+            log.warning("reading link events failed: %s; resyncing", exc)
+            messages, overflowed = [], True
+        for msg in messages:
+            self.apply(link_state(msg, self.netns), gone=msg["header"]["type"] == RTM_DELLINK)
+        if overflowed:
+            self.stats["overflows"] += 1
+            log.warning("link events were dropped by the kernel; resyncing")
+            self._resync_now.set()
+
+    def apply(self, link: LinkState, gone: bool = False) -> None:
+        """One link message: ``link`` is now the state of its ifindex (or it is gone)."""
+        if gone:
+            if self.links.get(link.ifindex, link).key == link.key:
+                self.links.pop(link.ifindex, None)
+            self._vanished[link.ifindex] = link.key
+        else:
+            self.links[link.ifindex] = link
+        self._touched.add(link.ifindex)
+        self._mark(link.ifindex)
+
+    async def resync(self) -> None:
+        """Replace the picture with a fresh dump, keeping what netlink said meanwhile."""
+        self._touched = set()
+        dumped = await asyncio.to_thread(self.dump, self.netns)
+        for ifindex in set(self.links) - set(dumped) - self._touched:
+            del self.links[ifindex]
+        for ifindex, link in dumped.items():
+            if ifindex not in self._touched:
+                self.links[ifindex] = link
+        self.stats["resyncs"] += 1
+        self._forget_foreign_detaches()
+        for ifindex in {*self.links, *self.attached, *self._failures}:
+            self._mark(ifindex)
+
+    def _forget_foreign_detaches(self) -> None:
+        """A device detached by someone else (control plane) is left alone."""
+        present = {d.ifindex: d.name for d in self.daemon.devices()}
+        for ifindex, link in list(self.attached.items()):
+            if present.get(ifindex) != link.name:
+                del self.attached[ifindex]
+                self._released[ifindex] = link.key
+                log.info("%s was detached by hand; not attaching it again", link.name)
+
+    def _mark(self, ifindex: int) -> None:
+        self._dirty.add(ifindex)
+        self._idle.clear()
+        self._wake.set()
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    async def _work_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._dirty:
+                self._idle.set()
+                await self._wake.wait()
+            self._wake.clear()
+            for ifindex in sorted(self._dirty):
+                self._dirty.discard(ifindex)
+                try:
+                    await self.settle(ifindex, loop.time())
+                except Exception:  # never let one device stop the watcher
+                    log.exception("handling device %d failed", ifindex)
+
+    async def settle(self, ifindex: int, now: float) -> None:
+        """Make ``ifindex`` attached iff its current device is wanted."""
+        link, mine = self.links.get(ifindex), self.attached.get(ifindex)
+        vanished = self._vanished.pop(ifindex, None)
+        if mine is None and vanished is not None:
+            await self._release_foreign(vanished, link)
+        if mine is not None and (link is None or link.key != mine.key):
+            await self._detach(mine, "gone")
+        elif mine is not None and not self.settings.patterns.matches(link.name):
+            await self._detach(mine, "detached")
+        if link is None or not link.up or not self.settings.patterns.matches(link.name):
+            self._failures.pop(ifindex, None)
+            if link is None or self._released.get(ifindex) != link.key:
+                self._released.pop(ifindex, None)
+            return
+        if ifindex in self.attached or self._released.get(ifindex) == link.key:
+            return
+        self._released.pop(ifindex, None)
+        failure = self._failures.get(ifindex)
+        if failure is not None and failure.key == link.key and now < failure.retry_at:
+            return  # a retry is scheduled
+        await self._attach(link)
+
+    async def _attach(self, link: LinkState) -> None:
+        netns, container = (await asyncio.to_thread(self._index.owner, link.peer_nsid)
+                            if link.peer_nsid is not None else (None, None))
+        if any(d.ifindex == link.ifindex and d.name == link.name for d in self.daemon.devices()):
+            self._adopt(link, owner_labels(netns, container))
+            return
+        fields = owner_fields(netns, container)
+        try:
+            await attach_labelled(self.daemon, link.ifindex, owner_labels(netns, container),
+                                  "auto", **fields)
+        except Exception as exc:
+            await self._failed(link, exc, fields)
+            return
+        self._failures.pop(link.ifindex, None)
+        self.attached[link.ifindex] = link
+        self.stats["attached"] += 1
+
+    def _adopt(self, link: LinkState, labels: tuple[str, str, str]) -> None:
+        """Already attached (``--iface``, by hand, by Docker): track it, attach nothing twice."""
+        if link.ifindex not in self.daemon.kernel.labels and labels != NO_LABELS:
+            self.daemon.kernel.labels[link.ifindex] = labels
+        self._failures.pop(link.ifindex, None)
+        self.attached[link.ifindex] = link
+
+    async def _failed(self, link: LinkState, exc: Exception, fields: dict[str, Any]) -> None:
+        if not await asyncio.to_thread(self.exists, link.key):
+            log.debug("%s went away while being attached", link.name)
+            self.stats["vanished"] += 1
+            if self.links.get(link.ifindex) == link:
+                self.links.pop(link.ifindex)
+            return
+        previous = self._failures.get(link.ifindex)
+        count = previous.count + 1 if previous and previous.key == link.key else 1
+        delay = self.settings.backoff.delay(count)
+        loop = asyncio.get_running_loop()
+        self._failures[link.ifindex] = _Failure(link.key, count, loop.time() + delay)
+        loop.call_later(delay, self._mark, link.ifindex)
+        self.stats["failed"] += 1
+        log.warning("attaching %s (ifindex %d) failed: %s; retry %d in %.1f s",
+                    link.name, link.ifindex, exc, count, delay)
+        await publish_event(self.daemon, {
+            "event": "failed", "ifname": link.name, "ifindex": link.ifindex, "reason": str(exc),
+            "attempt": count, "retry_in": delay, "source": "auto", **fields})
+
+    async def _release_foreign(self, key: DeviceKey, link: LinkState | None) -> None:
+        """A device attached by hand or by another watcher was deleted: detach it too."""
+        if link is not None and link.key == key:
+            return
+        if any(d.ifindex == key.ifindex and d.name == key.name for d in self.daemon.devices()):
+            if await detach_quietly(self.daemon, key.ifindex, "gone", source="auto") is not None:
+                self.stats["gone"] += 1
+
+    async def _detach(self, link: LinkState, reason: str) -> None:
+        del self.attached[link.ifindex]
+        device = await detach_quietly(self.daemon, link.ifindex, reason, source="auto")
+        if device is not None:
+            self.stats[reason] += 1
+
+    async def _resync_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._resync_now.wait(), self.settings.resync_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._resync_now.clear()
+            try:
+                await self.resync()
+            except Exception as exc:
+                log.warning("link resync failed: %s; trying again in %.0f s", exc,
+                            self.settings.resync_seconds)
+
+
+def still_there(key: DeviceKey) -> bool:
+    """Whether the device ``key`` still exists (same ifindex, same name)."""
+    try:
+        with IPRoute() as ipr:
+            links = ipr.get_links(key.ifindex)
+    except Exception:
+        return False
+    return bool(links) and links[0].get_attr("IFLA_IFNAME") == key.name
+
+
+def link_watcher(auto: Sequence[str], exclude: Iterable[str] = (),
+                 resync_seconds: float = 30.0, backoff: Backoff | None = None):
+    """A daemon service factory: ``DaemonSettings(services=[link_watcher(["veth*"])])``.
+
+    ``exclude`` globs are added to the default exclusion (``lo``).
+    """
+    patterns = LinkPatterns(tuple(auto), (*DEFAULT_EXCLUDE, *exclude))
+    settings = WatchSettings(patterns, resync_seconds, backoff or Backoff())
+
+    def factory(daemon: Any) -> LinkWatcher:
+        return LinkWatcher(daemon, settings)
+
+    return factory

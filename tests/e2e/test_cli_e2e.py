@@ -1,0 +1,290 @@
+"""End to end: the installed ``.venv/bin/connstats`` run as a user would, against real processes,
+real BPF on test veths, a real nats-server and a real SQLite file.
+
+Every process a test starts is stopped by its pid at teardown, also when the test fails;
+the namespaces and links come from the ``test_network`` fixture, which deletes them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.nats import free_port
+from tests.fixtures.netns import require_root
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+CONNSTATS = REPO / ".venv" / "bin" / "connstats"
+UDP_V4_OVERHEAD = 14 + 20 + 8
+NO_HTTP_CLASH = ("--http", "127.0.0.1:0")  # the HTTP API on a free port, not 9102
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in children] + [d for c in children for d in descendants(int(c))]
+
+
+class Running:
+    """One started command; its stdout and stderr go to files in the test's directory."""
+
+    def __init__(self, argv: list[str], env: dict, logs: Path, name: str) -> None:
+        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                            cwd=REPO)
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            if self.process.poll() is not None:
+                pytest.fail(f"exited with {self.process.returncode} before {text!r}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} within {timeout} s:\n{self.stderr}")
+            time.sleep(0.05)
+
+    def interrupt(self, pid: int | None = None, timeout: float = 60.0) -> int:
+        os.kill(pid or self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGKILL the process and what it started (``make run`` starts ``connstats up``), by pid."""
+        if self.process.poll() is None:
+            for pid in [*descendants(self.process.pid), self.process.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.process.wait(10)
+
+
+@pytest.fixture
+def cs_env(tmp_path):
+    """The environment of a user on a clean machine: a fresh state directory and config file."""
+    require_root()
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNSTATS_", "INFLUXDB_V2_"))}
+    env.update(CONNSTATS_STATE_DIR=str(tmp_path / "state"), CONNSTATS_CONFIG=str(config))
+    return env
+
+
+@pytest.fixture
+def start(cs_env, tmp_path):
+    """``start(*args)`` runs ``connstats ARGS`` in the background; all are stopped at teardown."""
+    started: list[Running] = []
+
+    def run(*args: str, argv: list[str] | None = None) -> Running:
+        process = Running(argv or [str(CONNSTATS), *args], cs_env, tmp_path, f"p{len(started)}")
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        process.stop()
+
+
+def connstats(env: dict, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CONNSTATS), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("first_seen", "last_seen")} for row in rows]
+
+
+def udp_row(ifname: str, direction: str, a, b, sport: int, dport: int, count: int, size: int) -> dict:
+    return {"ifname": ifname, "direction": direction, "proto": "udp", "src_ip": a.ipv4, "src_port": sport,
+            "dst_ip": b.ipv4, "dst_port": dport, "packets": count, "bytes": count * (UDP_V4_OVERHEAD + size)}
+
+
+@pytest.fixture
+def quiet_network(test_network):
+    a, b = test_network.hosts
+    a.quiet([b])
+    b.quiet([a])
+    return a, b
+
+
+# -- up: the whole pipeline -------------------------------------------------------------------
+
+
+def test_up_stores_exact_udp_totals_and_drains_on_sigint(quiet_network, cs_env, start):
+    a, b = quiet_network
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "0.5", *NO_HTTP_CLASH)
+    up.wait_for("connstats up: watching")
+    state = Path(cs_env["CONNSTATS_STATE_DIR"])
+    url = (state / "nats.url").read_text().strip()
+    assert url.startswith("nats://127.0.0.1:")
+
+    listed = connstats(cs_env, "list", "--format", "json")  # finds NATS through <state>/nats.url
+    assert [(d["name"], d["direction"]) for d in json.loads(listed.stdout)] == sorted(
+        [(a.host_if, "inverted"), (b.host_if, "inverted")],
+        key=lambda n: int(Path(f"/sys/class/net/{n[0]}/ifindex").read_text()))
+
+    a.traffic("udp", b.ipv4, 5353, 40001, 1000, 100)
+    a.traffic("udp", b.ipv4, 5353, 40002, 300, 1200)
+    assert up.interrupt() == 0  # at once: the last, partial interval must be drained and stored
+    assert "Traceback" not in up.stderr
+    assert not (state / "nats.url").exists()
+    assert (state / "flows.sqlite").is_file() and (state / "jetstream").is_dir()
+
+    history = connstats(cs_env, "history", "--port", "5353", "--format", "json")
+    assert history.returncode == 0, history.stderr
+    rows = json.loads(history.stdout)
+    assert without_times(rows) == [
+        udp_row(a.host_if, "egress", a, b, 40002, 5353, 300, 1200),
+        udp_row(b.host_if, "ingress", a, b, 40002, 5353, 300, 1200),
+        udp_row(a.host_if, "egress", a, b, 40001, 5353, 1000, 100),
+        udp_row(b.host_if, "ingress", a, b, 40001, 5353, 1000, 100),
+    ]
+    assert all(r["first_seen"].endswith("Z") and r["first_seen"] <= r["last_seen"] for r in rows)
+    by_iface = connstats(cs_env, "history", "--port", "5353", "--group-by", "iface", "--format", "json")
+    assert without_times(json.loads(by_iface.stdout)) == [
+        {"ifname": a.host_if, "direction": "egress", "packets": 1300, "bytes": 1000 * 142 + 300 * 1242},
+        {"ifname": b.host_if, "direction": "ingress", "packets": 1300, "bytes": 1000 * 142 + 300 * 1242},
+    ]
+
+
+def test_top_shows_bounded_intervals_under_80_columns(quiet_network, cs_env, start):
+    a, b = quiet_network
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "0.5", *NO_HTTP_CLASH)
+    up.wait_for("connstats up: watching")
+    traffic = a.popen_traffic("udp-paced", b.ipv4, 5353, 40003, 2000, 100, 3)
+    try:
+        top = connstats(cs_env, "top", "--count", "3", timeout=30)
+    finally:
+        traffic.wait(30)
+    assert up.interrupt() == 0
+    assert top.returncode == 0, top.stderr
+    lines = top.stdout.splitlines()
+    assert len([line for line in lines if " interval " in line]) == 3
+    assert max(len(line) for line in lines) < 80
+
+
+# -- probe, with the control plane ---------------------------------------------------------------
+
+
+def test_attach_list_stats_detach_through_a_running_probe(quiet_network, cs_env, start, nats_server):
+    a, b = quiet_network
+    target = ("--nats", nats_server.url, "--host", "e2e-probe")
+    probe = start("probe", "--iface", a.host_if, "--interval", "60", *target, *NO_HTTP_CLASH)
+    probe.wait_for("connstats probe: watching")
+
+    attached = connstats(cs_env, "attach", b.host_if, "--direction", "normal", *target)
+    index_b = int(Path(f"/sys/class/net/{b.host_if}/ifindex").read_text())
+    index_a = int(Path(f"/sys/class/net/{a.host_if}/ifindex").read_text())
+    assert (attached.returncode, attached.stdout) == (0, f"attached {b.host_if} (ifindex {index_b}, veth, direction normal)\n")
+    listed = json.loads(connstats(cs_env, "list", "--format", "json", *target).stdout)
+    assert sorted((d["name"], d["ifindex"], d["kind"], d["mode"], d["direction"]) for d in listed) == sorted([
+        (a.host_if, index_a, "veth", "auto", "inverted"), (b.host_if, index_b, "veth", "normal", "normal")])
+
+    a.traffic("udp", b.ipv4, 6000, 41000, 500, 200)
+    stats = connstats(cs_env, "stats", "--format", "json", *target)
+    assert stats.returncode == 0, stats.stderr
+    flows = [r for r in json.loads(stats.stdout) if r["dst_port"] == 6000]
+    assert sorted((r["ifname"], r["direction"], r["packets"], r["bytes"]) for r in flows) == sorted([
+        (a.host_if, "egress", 500, 500 * 242), (b.host_if, "egress", 500, 500 * 242)])
+    only_a = json.loads(connstats(cs_env, "stats", a.host_if, "-f", "json", *target).stdout)
+    assert {r["ifname"] for r in only_a} == {a.host_if}
+    assert [(r["packets"], r["bytes"]) for r in only_a if r["dst_port"] == 6000] == [(500, 500 * 242)]
+
+    detached = connstats(cs_env, "detach", b.host_if, *target)
+    assert detached.stdout == f"detached {b.host_if} (ifindex {index_b}, veth, direction normal)\n"
+    assert [d["name"] for d in json.loads(connstats(cs_env, "list", "-f", "json", *target).stdout)] == [a.host_if]
+
+    assert_one_line_error(connstats(cs_env, "attach", "nope0", *target), "no network interface 'nope0'; see `ip link`")
+    assert_one_line_error(connstats(cs_env, "detach", b.host_if, *target),
+                          f"'{b.host_if}' is not attached; see `connstats list`")
+    assert probe.interrupt() == 0
+    assert "Traceback" not in probe.stderr
+    assert "pref 3159" not in subprocess.run(["tc", "filter", "show", "dev", a.host_if, "ingress"],
+                                              capture_output=True, text=True).stdout
+
+
+# -- expected failures: one line, exit status 1, no traceback -------------------------------------
+
+
+def test_no_probe_answering(cs_env, nats_server):
+    assert_one_line_error(connstats(cs_env, "list", "--nats", nats_server.url, "--host", "nobody"),
+                          f"no probe answers for host 'nobody' on {nats_server.url}; start `connstats up` or "
+                          "`connstats probe` there, or check --host and --nats")
+
+
+def test_nats_unreachable(cs_env):
+    url = f"nats://127.0.0.1:{free_port()}"
+    for command in (("list",), ("stats",), ("top", "--count", "1"), ("sink",)):
+        assert_one_line_error(connstats(cs_env, *command, "--nats", url),
+                              f"cannot connect to NATS at {url}: NoServersError; check the URL, that "
+                              "nats-server runs, and the credentials")
+
+
+def test_bad_store_path(cs_env, nats_server, test_network):
+    bad = "sqlite:/nonexistent-connstats/flows.sqlite"
+    message = "SQLite directory /nonexistent-connstats does not exist; create it or choose another path"
+    assert_one_line_error(connstats(cs_env, "sink", "--nats", nats_server.url, "--store", bad), message)
+    a = test_network.hosts[0]
+    assert_one_line_error(connstats(cs_env, "up", "--iface", a.host_if, "--store", bad, *NO_HTTP_CLASH), message)
+    assert not (Path(cs_env["CONNSTATS_STATE_DIR"]) / "nats.url").exists()  # its nats-server was stopped
+    assert_one_line_error(connstats(cs_env, "history", "--store", bad),
+                          "no flow database at /nonexistent-connstats/flows.sqlite; start `connstats up` or "
+                          "`connstats sink`, or check --store")
+
+
+def test_unknown_interface_for_up(cs_env):
+    assert_one_line_error(connstats(cs_env, "up", "--iface", "nope0"), "no network interface 'nope0'; see `ip link`")
+
+
+# -- make run ------------------------------------------------------------------------------------
+
+
+def test_make_run_starts_and_stops_cleanly(quiet_network, start):
+    a, _ = quiet_network
+    args = f"ARGS=--iface {a.host_if} --interval 0.5 --http 127.0.0.1:0"
+    make = start(argv=["make", "-s", "-C", str(REPO), "run", args])
+    make.wait_for("connstats up: watching", timeout=300)
+    time.sleep(1.5)  # a few intervals
+    (up,) = [pid for pid in descendants(make.process.pid)
+             if b"connstats\x00up" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert make.interrupt(pid=up) == 0  # Ctrl-C reaches `connstats up`; make then exits 0 too
+    assert "interval 2:" in make.stderr and "Traceback" not in make.stderr
+
+
+# -- doctor --------------------------------------------------------------------------------------
+
+
+def test_doctor_passes_here_and_names_the_fix_for_nats(cs_env, nats_server):
+    good = connstats(cs_env, "doctor", "--nats", nats_server.url)
+    assert good.returncode == 0, good.stdout
+    assert [line.split(":")[0] for line in good.stdout.splitlines()] == [
+        "[pass] privileges", "[pass] bcc", "[pass] kernel headers", "[pass] BPF load", "[pass] TC attach",
+        "[pass] NATS", "[pass] store"]
+    assert not Path("/sys/class/net/csdoctor0").exists()
+    url = f"nats://127.0.0.1:{free_port()}"
+    bad = connstats(cs_env, "doctor", "--nats", url)
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines()[5:7] == [
+        f"[FAIL] NATS: cannot connect to NATS at {url}: NoServersError; check the URL, that nats-server "
+        "runs, and the credentials",
+        "       fix: start `connstats up` (it runs an embedded nats-server), or `nats-server -js`, or pass --nats URL",
+    ]

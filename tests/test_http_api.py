@@ -1,0 +1,257 @@
+"""The seed-compatible HTTP API on a real ProbeDaemon: real classifier, real veths, real NATS.
+
+Traffic goes from test namespace a to b (tests/fixtures/netns.py); on the host-side veths
+a's datagrams are "egress" on a's veth and "ingress" on b's. A UDP datagram over IPv4 is
+14 + 20 + 8 bytes plus its payload.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from connstats.probe.daemon import DaemonSettings, ProbeDaemon
+from connstats.probe.errors import ConfigError
+from connstats.probe.http_api import (
+    DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
+)
+from connstats.probe.publisher import PublisherSettings
+from connstats.probe.service import ProbeSettings
+from connstats.probe.subjects import NatsOptions
+from connstats.probe.totals import ConnectionTotal
+from tests.fixtures.netns import require_root
+
+UDP_V4_OVERHEAD = 14 + 20 + 8
+INTERVAL = 0.2
+ATTACH = "/traffic_count_attach_device"
+STATS = "/traffic_device_connection_stats"
+
+
+# -- pure parts -------------------------------------------------------------------------------
+
+
+def test_parse_address():
+    assert parse_address(DEFAULT_HTTP_ADDRESS) == ("127.0.0.1", 9102)
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
+    for bad in ("9102", ":9102", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000"):
+        with pytest.raises(ConfigError, match="is not ADDR:PORT"):
+            parse_address(bad)
+
+
+def test_connection_json_has_the_seed_fields_and_the_added_ones():
+    total = ConnectionTotal(3, 12, "vethab", "ingress", 6, 6, "fd00::1", "fd00::2", 443, 50000,
+                            9, 1234, 1_790_000_000_000_000_001, 1_790_000_001_000_000_002, "web")
+    assert connection_to_json(total) == {
+        "device_id": 12, "src_port": 443, "dst_port": 50000, "direction": "ingress",
+        "protocol": "TCP", "timestamp": 1_790_000_001_000_000_002, "total_packets": 9,
+        "total_bytes": 1234, "src_ip": "fd00::1", "dst_ip": "fd00::2", "ifname": "vethab",
+        "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web",
+    }
+    assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "58", "0"]
+
+
+# -- a real daemon ------------------------------------------------------------------------------
+
+
+class RunningProbe:
+    """A ProbeDaemon running in the test's loop, its HTTP API, and a client session."""
+
+    def __init__(self, daemon: ProbeDaemon, api: HttpApi, session: aiohttp.ClientSession) -> None:
+        self.daemon = daemon
+        self.api = api
+        self.session = session
+
+    async def get(self, path: str) -> tuple[int, dict]:
+        async with self.session.get(self.api.url + path) as response:
+            assert response.content_type == "application/json"
+            return response.status, await response.json()
+
+    async def post(self, path: str, body: bytes | str) -> tuple[int, dict]:
+        data = body.encode() if isinstance(body, str) else body
+        async with self.session.post(self.api.url + path, data=data,
+                                     headers={"Content-Type": "application/json"}) as response:
+            assert response.content_type == "application/json"
+            return response.status, await response.json()
+
+    async def attach(self, iface: str, action: str = "add") -> dict:
+        status, body = await self.post(ATTACH, f'{{"iface": "{iface}", "action": "{action}"}}')
+        assert status == 200, body
+        return body
+
+    async def connection(self, device_id: int, **match) -> tuple[str, dict]:
+        status, body = await self.get(f"{STATS}/{device_id}")
+        assert status == 200, body
+        found = [(k, v) for k, v in body.items() if all(v[f] == x for f, x in match.items())]
+        assert len(found) == 1, body
+        return found[0]
+
+    async def settled(self, device_id: int, packets: int, **match) -> tuple[str, dict]:
+        """The one matching connection once it shows ``packets`` (the kernel counts as the
+        datagrams are forwarded); then the exact fields are for the test to assert."""
+        deadline = time.monotonic() + 5
+        while True:
+            key, value = await self.connection(device_id, **match)
+            if value["total_packets"] == packets or time.monotonic() > deadline:
+                return key, value
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def running_probe(nats_server, test_network):
+    require_root()
+    apis: list[HttpApi] = []
+    make_api = http_service("127.0.0.1:0")
+
+    def capture(daemon):
+        apis.append(make_api(daemon))
+        return apis[-1]
+
+    settings = DaemonSettings(
+        probe=ProbeSettings(interval=INTERVAL, capacity=1024, host="http-test"),
+        nats=NatsOptions(servers=(nats_server.url,), connect_timeout=2.0),
+        publisher=PublisherSettings(host="http-test"),
+        shutdown_flush_seconds=2.0,
+        services=[capture],
+    )
+    daemon = ProbeDaemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    session = aiohttp.ClientSession()
+    try:
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises the daemon's start-up error
+        assert daemon.ready.is_set(), "the probe daemon did not start within 30 s"
+        yield RunningProbe(daemon, apis[0], session)
+    finally:
+        await session.close()
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+def without_times(connection: dict) -> dict:
+    return {k: v for k, v in connection.items() if k not in ("timestamp", "first_seen")}
+
+
+async def wait_intervals(count: int) -> None:
+    await asyncio.sleep(count * INTERVAL + 0.05)
+
+
+async def test_totals_since_attach_are_exact_and_stay_exact_across_intervals(running_probe, test_network):
+    probe = running_probe
+    a, b = test_network.hosts
+    added = await probe.attach(a.host_if)
+    device_a = added["device_id"]
+    assert added == {"iface": a.host_if, "device_id": device_a, "action": "add", "attached": True,
+                     "direction_mode": "auto", "inverted": True}
+    device_b = (await probe.attach(b.host_if))["device_id"]
+
+    a.traffic("udp", b.ipv4, 5353, 40001, 50, 100)
+    a.traffic("udp", b.ipv4, 5353, 40002, 20, 1200)
+    udp = dict(protocol="UDP", dst_port=5353)
+    key, first = await probe.settled(device_a, 50, src_port=40001, **udp)
+    assert (first["total_packets"], first["total_bytes"]) == (50, 50 * (UDP_V4_OVERHEAD + 100))
+    assert (first["device_id"], first["ifname"], first["direction"], first["family"]) == (
+        device_a, a.host_if, "egress", 4)
+    assert (first["src_ip"], first["dst_ip"], first["container_name"]) == (a.ipv4, b.ipv4, "")
+    assert first["first_seen"] <= first["timestamp"] <= time.time_ns()
+    _, second = await probe.settled(device_a, 20, src_port=40002, **udp)
+    assert (second["total_packets"], second["total_bytes"]) == (20, 20 * (UDP_V4_OVERHEAD + 1200))
+    _, on_b = await probe.settled(device_b, 50, src_port=40001, **udp)
+    assert (on_b["direction"], on_b["total_bytes"]) == ("ingress", 50 * (UDP_V4_OVERHEAD + 100))
+
+    await wait_intervals(3)  # every datagram is now in a published interval, none in the live one
+    again_key, again = await probe.connection(device_a, src_port=40001, **udp)
+    assert (again_key, without_times(again)) == (key, without_times(first))
+    # Live and published records convert kernel time to wall time at different moments.
+    assert abs(again["timestamp"] - first["timestamp"]) < 1_000_000
+    a.traffic("udp", b.ipv4, 5353, 40001, 5, 100)
+    _, more = await probe.settled(device_a, 55, src_port=40001, **udp)
+    assert (more["total_packets"], more["total_bytes"]) == (55, 55 * (UDP_V4_OVERHEAD + 100))
+
+    status, everything = await probe.get(STATS)
+    assert status == 200
+    assert everything[key]["total_packets"] == 55
+    assert {v["device_id"] for v in everything.values()} == {device_a, device_b}
+    status, only_b = await probe.get(f"{STATS}/{device_b}")
+    assert {v["device_id"] for v in only_b.values()} == {device_b}
+    assert set(only_b) == {k for k, v in everything.items() if v["device_id"] == device_b}
+
+
+async def test_remove_forgets_the_totals_and_add_starts_from_zero(running_probe, test_network):
+    probe = running_probe
+    a, b = test_network.hosts
+    device_a = (await probe.attach(a.host_if))["device_id"]
+    a.traffic("udp", b.ipv4, 5353, 40011, 30, 64)
+    udp = dict(protocol="UDP", src_port=40011, dst_port=5353)
+    _, before = await probe.settled(device_a, 30, **udp)
+    assert before["total_packets"] == 30
+
+    removed = await probe.attach(a.host_if, "remove")
+    assert (removed["device_id"], removed["attached"]) == (device_a, False)
+    assert await probe.get(f"{STATS}/{device_a}") == (
+        404, {"error": f"device {device_a} is not attached; attach it first"})
+    assert (await probe.get(STATS)) == (200, {})
+    a.traffic("udp", b.ipv4, 5353, 40011, 4, 64)  # not attached: not counted
+
+    await probe.attach(a.host_if)  # most likely within the interval of the detach
+    a.traffic("udp", b.ipv4, 5353, 40011, 7, 64)
+    _, after = await probe.settled(device_a, 7, **udp)
+    assert (after["total_packets"], after["total_bytes"]) == (7, 7 * (UDP_V4_OVERHEAD + 64))
+    await wait_intervals(3)
+    _, later = await probe.connection(device_a, **udp)
+    assert (later["total_packets"], later["total_bytes"]) == (7, 7 * (UDP_V4_OVERHEAD + 64))
+
+
+async def test_bad_requests_answer_4xx_with_a_json_error(running_probe, test_network):
+    probe = running_probe
+    a, _ = test_network.hosts
+    cases = [
+        ("{not json", 400, "request body is not JSON"),
+        ("[1, 2]", 400, "request body is not a JSON object"),
+        ('{"action": "add"}', 400, '"iface" is missing or not a string'),
+        (f'{{"iface": "{a.host_if}", "action": "attach"}}', 400, "\"action\" is 'attach'; use \"add\" or \"remove\""),
+        (f'{{"iface": "{a.host_if}", "action": "add", "mode": "sideways"}}', 400,
+         "direction mode 'sideways' is not one of auto, normal, inverted"),
+        ('{"iface": "no-such-if0", "action": "add"}', 400, "no network interface 'no-such-if0'"),
+        (f'{{"iface": "{a.host_if}", "action": "remove"}}', 400, f"'{a.host_if}' is not attached"),
+    ]
+    for body, status, message in cases:
+        got_status, got = await probe.post(ATTACH, body)
+        assert (got_status, list(got)) == (status, ["error"]), body
+        assert got["error"].startswith(message), (body, got)
+        assert "\n" not in got["error"] and "Traceback" not in got["error"]
+    assert probe.daemon.devices() == []
+
+    assert await probe.get(f"{STATS}/4294967295") == (
+        404, {"error": "device 4294967295 is not attached; attach it first"})
+    assert await probe.get(f"{STATS}/eth0") == (
+        400, {"error": "device id 'eth0' is not an ifindex; use a number"})
+    assert await probe.get("/traffic_count") == (404, {"error": "not found: GET /traffic_count"})
+    assert await probe.get(ATTACH) == (405, {"error": f"method not allowed: GET {ATTACH}"})
+    status, _ = await probe.post(ATTACH, b"{" + b" " * (64 * 1024) + b"}")
+    assert status == 413
+
+
+async def test_a_taken_port_is_a_one_line_config_error():
+    class NoDaemon:
+        interval_listeners: list = []
+        detach_listeners: list = []
+
+    first = http_service("127.0.0.1:0")(NoDaemon())
+    await first.start()
+    try:
+        second = http_service(f"127.0.0.1:{first.port}")(NoDaemon())
+        with pytest.raises(ConfigError, match=rf"^cannot listen on 127.0.0.1:{first.port} for HTTP: "
+                                              r"Address already in use; pick another --http ADDR:PORT$"):
+            await second.start()
+    finally:
+        await first.close()

@@ -1,0 +1,199 @@
+"""ConnectionTotals: counters since attach, eviction, forgetting a device, live views (pure)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.totals import (
+    SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device, totals_for,
+)
+
+SECOND = 1_000_000_000
+T0 = 2_000_000_000 * SECOND  # in the future, after any real clock reading of a test
+
+
+def envelope(seq: int) -> Envelope:
+    """Interval ``seq`` covers [T0 + seq s, T0 + (seq + 1) s)."""
+    return Envelope(host="n1", boot_id="b", interval_seq=seq, interval_start=T0 + seq * SECOND,
+                    interval_end=T0 + (seq + 1) * SECOND)
+
+
+def rec(seq: int, packets: int, *, ifindex: int = 7, direction: str = "egress", proto: int = 17,
+        sport: int = 40001, dport: int = 5353, first: int = 100, last: int = 900,
+        live: int = 0, container: str = "") -> FlowRecord:
+    """A record of interval ``seq``; ``first``/``last`` are ms into it; 100 bytes a packet.
+
+    ``live`` is the ms into the interval of a live read (0: the published interval).
+    """
+    start = T0 + seq * SECOND
+    end = start + (live * 1_000_000 if live else SECOND)
+    return FlowRecord(start, end, ifindex, f"veth{ifindex}", direction, 4, proto, "10.0.0.1",
+                      "10.0.0.2", sport, dport, packets, packets * 100,
+                      start + first * 1_000_000, start + last * 1_000_000, 0,
+                      container_name=container)
+
+
+def counts(view) -> dict:
+    return {(t.ifindex, t.direction, t.src_port): (t.packets, t.bytes) for t in view}
+
+
+def test_intervals_add_up_per_connection_with_first_and_last_seen():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3, first=200, last=300), rec(0, 5, direction="ingress")])
+    totals(envelope(1), [rec(1, 4, first=10, last=20)])
+    totals(envelope(2), [])
+    totals(envelope(3), [rec(3, 1, sport=40002), rec(3, 2, ifindex=8)])
+
+    view = totals.view()
+    assert counts(view) == {(7, "egress", 40001): (7, 700), (7, "ingress", 40001): (5, 500),
+                            (7, "egress", 40002): (1, 100), (8, "egress", 40001): (2, 200)}
+    first = view[0]
+    assert (first.id, first.first_seen, first.last_seen) == (1, T0 + 200_000_000, T0 + SECOND + 20_000_000)
+    assert [t.id for t in view] == [1, 2, 3, 4]
+    assert (first.ifname, first.family, first.proto, first.src_ip, first.dst_ip, first.dst_port) == (
+        "veth7", 4, 17, "10.0.0.1", "10.0.0.2", 5353)
+    assert (len(totals), totals.intervals, totals.ingested_until) == (4, 4, T0 + 4 * SECOND)
+
+
+def test_the_key_is_device_direction_protocol_addresses_and_ports():
+    r = rec(0, 1)
+    assert connection_key(r) == (7, "egress", 17, "10.0.0.1", "10.0.0.2", 40001, 5353)
+
+
+def test_beyond_the_cap_the_least_recently_seen_are_evicted_and_counted():
+    totals = ConnectionTotals(max_entries=3)
+    totals(envelope(0), [rec(0, 1, sport=p, last=900 - p) for p in range(1, 6)])  # port 1 newest
+    assert sorted(t.src_port for t in totals.view()) == [1, 2, 3]
+    assert (len(totals), totals.evicted) == (3, 2)
+    totals(envelope(1), [rec(1, 1, sport=9, last=1)])  # newer than every entry from interval 0
+    assert sorted(t.src_port for t in totals.view()) == [1, 2, 9]
+    assert totals.evicted == 3
+    with pytest.raises(ValueError):
+        ConnectionTotals(max_entries=0)
+
+
+def test_view_adds_the_live_interval_and_keeps_the_id_it_is_published_with():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3)])
+    live = [rec(1, 2, live=950, last=400, container="web"), rec(1, 6, sport=40009, live=950)]
+
+    view = totals.view(live)
+    assert counts(view) == {(7, "egress", 40001): (5, 500), (7, "egress", 40009): (6, 600)}
+    assert [(t.id, t.last_seen, t.container_name) for t in view] == [
+        (1, T0 + SECOND + 400_000_000, "web"), (2, T0 + SECOND + 900_000_000, "")]
+    assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}  # a view changes nothing
+
+    totals(envelope(1), [rec(1, 2), rec(1, 6, sport=40009)])
+    assert [(t.id, t.src_port, t.packets) for t in totals.view()] == [(1, 40001, 5), (2, 40009, 6)]
+
+
+def test_view_filters_devices_and_connections_older_than_the_attachment():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 1), rec(0, 2, ifindex=8), rec(0, 4, ifindex=9)])
+    assert counts(totals.view(ifindexes={8, 9})) == {(8, "egress", 40001): (2, 200), (9, "egress", 40001): (4, 400)}
+    since = {7: T0 + 2 * SECOND, 8: T0}  # 7 was attached again after its last packet
+    assert counts(totals.view(ifindexes={7, 8}, since_ns=since)) == {(8, "egress", 40001): (2, 200)}
+    within_slack = {7: T0 + 900_000_000 + SINCE_SLACK_NS}
+    assert counts(totals.view(ifindexes={7}, since_ns=within_slack)) == {(7, "egress", 40001): (1, 100)}
+
+
+def test_forget_drops_a_device_and_its_residue_but_counts_a_new_attachment():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 10), rec(0, 1, ifindex=8)])
+    # Detached during interval 1, when the kernel held 4 packets of it; read at T0 + 1.5 s.
+    residue = [rec(1, 4, live=500), rec(1, 9, ifindex=8, live=500)]
+    assert totals.forget(7, residue, until_ns=T0 + 1_500_000_000) == 1
+    assert counts(totals.view()) == {(8, "egress", 40001): (1, 100)}
+    # Attached again in interval 1: 6 more packets on the old connection, 2 on a new one.
+    live = [rec(1, 10, live=950), rec(1, 2, sport=40002, live=950), rec(1, 9, ifindex=8, live=950)]
+    assert counts(totals.view(live)) == {(7, "egress", 40001): (6, 600), (7, "egress", 40002): (2, 200),
+                                         (8, "egress", 40001): (10, 1000)}
+    totals(envelope(1), [rec(1, 10), rec(1, 2, sport=40002), rec(1, 9, ifindex=8)])
+    totals(envelope(2), [rec(2, 3)])
+    assert counts(totals.view()) == {(7, "egress", 40001): (9, 900), (7, "egress", 40002): (2, 200),
+                                     (8, "egress", 40001): (10, 1000)}
+
+
+def test_forget_drops_intervals_that_ended_before_the_live_read():
+    totals = ConnectionTotals()
+    # Interval 0 was polled but not yet added when the device was detached and read.
+    totals.forget(7, [rec(1, 2, live=200)], until_ns=T0 + 1_200_000_000)
+    totals(envelope(0), [rec(0, 5), rec(0, 1, ifindex=8)])  # ended before the read: dropped
+    totals(envelope(1), [rec(1, 2)])  # the residue and nothing else
+    totals(envelope(2), [rec(2, 1)])
+    assert counts(totals.view()) == {(7, "egress", 40001): (1, 100), (8, "egress", 40001): (1, 100)}
+
+
+def test_forget_with_an_empty_live_read_drops_only_what_ended_before_it():
+    totals = ConnectionTotals()
+    totals.forget(7, [], until_ns=T0 + 1_200_000_000)
+    totals(envelope(0), [rec(0, 5)])
+    totals(envelope(1), [rec(1, 3)])  # ended after the read: the new attachment's packets
+    assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}
+
+
+class FakeLive:
+    """``daemon.live_records`` that returns a scripted sequence of reads."""
+
+    def __init__(self, *reads) -> None:
+        self.reads = list(reads)
+        self.calls = 0
+
+    async def __call__(self):
+        self.calls += 1
+        return self.reads.pop(0) if len(self.reads) > 1 else self.reads[0]
+
+
+async def test_current_view_reads_again_when_the_live_interval_was_already_added():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3)])
+    totals(envelope(1), [rec(1, 2)])
+    stale = [rec(1, 2, live=950)]  # read before the poll that published interval 1
+    fresh = [rec(2, 1, live=950)]
+    live = FakeLive(stale, fresh)
+    assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (6, 600)}
+    assert live.calls == 2
+
+
+async def test_current_view_waits_for_an_interval_the_listener_has_not_seen():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3)])
+    live = FakeLive([rec(2, 1, live=950)])  # interval 1 polled but not yet added
+
+    async def add_interval_1():
+        await asyncio.sleep(0.03)
+        totals(envelope(1), [rec(1, 2)])
+
+    task = asyncio.create_task(add_interval_1())
+    assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (6, 600)}
+    await task
+    assert live.calls > 1
+
+
+async def test_current_view_serves_the_totals_alone_when_the_live_read_never_fits():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3)])
+    live = FakeLive([rec(5, 1, live=950)])
+    assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (3, 300)}
+
+
+async def test_forget_device_reads_the_live_interval_after_the_detach():
+    totals = ConnectionTotals()
+    totals(envelope(0), [rec(0, 3)])
+    await forget_device(totals, FakeLive([rec(1, 2, live=950)]), 7)
+    totals(envelope(1), [rec(1, 2)])
+    totals(envelope(2), [rec(2, 5)])
+    assert counts(totals.view()) == {(7, "egress", 40001): (5, 500)}
+
+
+def test_totals_for_registers_one_listener_per_daemon():
+    class Daemon:
+        interval_listeners: list = []
+        detach_listeners: list = []
+
+    daemon = Daemon()
+    first = totals_for(daemon)
+    assert totals_for(daemon) is first
+    assert daemon.interval_listeners == [first]

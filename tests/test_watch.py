@@ -1,0 +1,264 @@
+"""The link watcher's decisions, with fake links and a fake kernel (no root, no netlink)."""
+import asyncio
+
+import pytest
+
+from connstats.probe.containers import Netns
+from connstats.probe.devices import AttachedDevice, LinkInfo
+from connstats.probe.errors import ConfigError, DeviceError
+from connstats.probe.watch import (
+    Backoff, DeviceKey, LinkPatterns, LinkState, LinkWatcher, WatchSettings, link_watcher,
+)
+
+NETNS = 4026531833
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.labels: dict[int, tuple] = {}
+        self.attached: dict[int, AttachedDevice] = {}
+        self.names: dict[int, str] = {}
+        self.fail: dict[int, Exception] = {}  # ifindex -> what attach raises
+
+    def attach(self, ifindex: int, mode=None, labels=None) -> AttachedDevice:
+        if ifindex in self.fail:
+            raise self.fail[ifindex]
+        device = AttachedDevice(LinkInfo(ifindex, self.names[ifindex], "veth", True), "auto", True, 1)
+        self.attached[ifindex] = device
+        if labels is not None and any(labels):
+            self.labels[ifindex] = labels
+        elif labels is not None:
+            self.labels.pop(ifindex, None)
+        return device
+
+    def detach(self, ifindex: int) -> AttachedDevice:
+        if ifindex not in self.attached:
+            raise DeviceError(f"{ifindex} is not attached")
+        return self.attached.pop(ifindex)
+
+
+class FakePublisher:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    async def publish_event(self, body: dict) -> bool:
+        self.events.append(body)
+        return True
+
+
+class FakeDaemon:
+    def __init__(self) -> None:
+        self.kernel = FakeKernel()
+        self.events: list[dict] = []
+        self.publisher = FakePublisher(self.events)
+
+    def devices(self):
+        return sorted(self.kernel.attached.values(), key=lambda d: d.ifindex)
+
+    async def attach(self, name, mode=None, labels=None, **fields) -> AttachedDevice:
+        device = self.kernel.attach(name, mode, labels)
+        await self._event("attached", device, **fields)
+        return device
+
+    async def detach(self, name, reason="detached", **fields) -> AttachedDevice:
+        device = self.kernel.detach(name)
+        await self._event(reason, device, **fields)
+        return device
+
+    async def _event(self, event: str, device: AttachedDevice, **extra) -> None:
+        self.events.append({"event": event, "ifname": device.name, "ifindex": device.ifindex, **extra})
+
+
+class FakeIndex:
+    def __init__(self, owners: dict | None = None) -> None:
+        self.owners = owners or {}
+
+    def owner(self, nsid):
+        return self.owners.get(nsid, (None, None))
+
+
+def link(ifindex: int, name: str, up: bool = True, nsid: int | None = None) -> LinkState:
+    return LinkState(DeviceKey(NETNS, ifindex, name), "veth", up, nsid)
+
+
+@pytest.fixture
+def watcher():
+    daemon = FakeDaemon()
+    w = LinkWatcher(daemon, WatchSettings(LinkPatterns(("veth*", "cs?"), ("lo", "vethskip*")),
+                                          backoff=Backoff(first=0.05, ceiling=0.2)), monitor=False)
+    w._index = FakeIndex()
+    w.exists = lambda key: True
+    return w
+
+
+async def see(watcher, state: LinkState, gone: bool = False) -> None:
+    watcher.daemon.kernel.names[state.ifindex] = state.name
+    watcher.apply(state, gone=gone)
+    for ifindex in sorted(watcher._dirty):
+        watcher._dirty.discard(ifindex)
+        await watcher.settle(ifindex, asyncio.get_running_loop().time())
+
+
+def summary(daemon) -> list[tuple]:
+    return [(e["event"], e["ifname"], e["ifindex"]) for e in daemon.events]
+
+
+@pytest.mark.parametrize("name, wanted", [
+    ("veth1a2b", True), ("csX", True), ("csXY", False), ("eth0", False), ("lo", False),
+    ("vethskip1", False), ("VETH1", False),
+])
+def test_patterns_match_auto_globs_minus_excludes(name, wanted):
+    assert LinkPatterns(("veth*", "cs?"), ("lo", "vethskip*")).matches(name) is wanted
+
+
+def test_lo_is_excluded_by_default_and_bad_globs_are_refused():
+    service = link_watcher(["*"], exclude=["docker0"])(FakeDaemon())
+    assert service.settings.patterns.exclude == ("lo", "docker0")
+    assert not service.settings.patterns.matches("lo")
+    assert service.settings.patterns.matches("eth0")
+    with pytest.raises(ConfigError):
+        LinkPatterns(("net/eth0",))
+    with pytest.raises(ConfigError):
+        LinkPatterns(("",))
+
+
+def test_backoff_doubles_up_to_its_ceiling():
+    assert [Backoff(0.5, 2.0, 30.0).delay(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+async def test_a_matching_device_is_attached_when_it_comes_up(watcher):
+    await see(watcher, link(7, "veth7", up=False))
+    assert watcher.daemon.devices() == []
+    await see(watcher, link(7, "veth7", up=True))
+    assert [d.ifindex for d in watcher.daemon.devices()] == [7]
+    assert summary(watcher.daemon) == [("attached", "veth7", 7)]
+    await see(watcher, link(7, "veth7", up=False))  # down again: still attached
+    assert [d.ifindex for d in watcher.daemon.devices()] == [7]
+
+
+async def test_excluded_and_unmatched_devices_are_left_alone(watcher):
+    await see(watcher, link(3, "eth0"))
+    await see(watcher, link(4, "vethskip9"))
+    await see(watcher, link(1, "lo"))
+    assert watcher.daemon.devices() == [] and watcher.daemon.events == []
+
+
+async def test_a_deleted_device_is_detached_as_gone_and_keeps_its_labels(watcher):
+    watcher._index = FakeIndex({5: (Netns(4026532000, 5, 0, "blue"), None)})
+    await see(watcher, link(9, "veth9", nsid=5))
+    assert watcher.daemon.kernel.labels[9] == ("", "blue", "")
+    await see(watcher, link(9, "veth9", nsid=5), gone=True)
+    assert watcher.daemon.devices() == []
+    assert watcher.daemon.kernel.labels[9] == ("", "blue", "")  # the final drain is labelled
+    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
+    assert (watcher.daemon.events[0]["netns"], watcher.daemon.events[0]["netns_name"]) == (4026532000, "blue")
+    assert watcher.stats["gone"] == 1
+
+
+async def test_same_name_with_a_new_ifindex_is_attached_again(watcher):
+    await see(watcher, link(9, "veth9"))
+    await see(watcher, link(9, "veth9"), gone=True)
+    await see(watcher, link(12, "veth9"))
+    assert [d.ifindex for d in watcher.daemon.devices()] == [12]
+    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "veth9", 12)]
+
+
+async def test_a_reused_ifindex_is_a_new_device(watcher):
+    await see(watcher, link(9, "veth9", nsid=1))
+    watcher.apply(link(9, "veth9"), gone=True)  # both before the worker runs
+    await see(watcher, link(9, "vethB"))
+    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "vethB", 9)]
+    assert watcher.attached[9].name == "vethB"
+
+
+async def test_a_rename_out_of_the_pattern_detaches(watcher):
+    await see(watcher, link(9, "veth9"))
+    await see(watcher, link(9, "eth1"))
+    assert watcher.daemon.devices() == []
+    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
+
+
+async def test_a_failed_attach_is_reported_and_retried_with_backoff(watcher):
+    watcher.daemon.kernel.fail[9] = DeviceError("device 9 cannot take a clsact qdisc")
+    await see(watcher, link(9, "veth9"))
+    assert watcher.daemon.devices() == []
+    [failed] = watcher.daemon.events
+    assert (failed["event"], failed["ifname"], failed["reason"], failed["attempt"], failed["retry_in"]) == (
+        "failed", "veth9", "device 9 cannot take a clsact qdisc", 1, 0.05)
+    await see(watcher, link(9, "veth9"))  # an event before the retry is due changes nothing
+    assert len(watcher.daemon.events) == 1
+    del watcher.daemon.kernel.fail[9]
+    await asyncio.sleep(0.08)  # the retry is due and marked dirty
+    assert 9 in watcher._dirty
+    await watcher.settle(9, asyncio.get_running_loop().time())
+    assert [d.ifindex for d in watcher.daemon.devices()] == [9]
+    assert watcher.stats["failed"] == 1 and watcher.stats["attached"] == 1
+
+
+async def test_a_device_that_vanished_during_attach_is_not_retried(watcher):
+    watcher.daemon.kernel.fail[9] = DeviceError("device 9 is gone")
+    watcher.exists = lambda key: False
+    await see(watcher, link(9, "veth9"))
+    assert watcher.daemon.events == [] and 9 not in watcher.links and 9 not in watcher._failures
+    assert watcher.stats["vanished"] == 1
+
+
+async def test_resync_heals_missed_events_and_respects_foreign_detaches(watcher):
+    await see(watcher, link(9, "veth9"))
+    await see(watcher, link(10, "veth10"))
+    watcher.daemon.kernel.detach(10)  # the control plane detached it
+    watcher.daemon.kernel.names[11] = "veth11"
+    watcher.dump = lambda netns: {10: link(10, "veth10"), 11: link(11, "veth11")}  # 9 left unseen
+    await watcher.resync()
+    for ifindex in sorted(watcher._dirty):
+        watcher._dirty.discard(ifindex)
+        await watcher.settle(ifindex, 0.0)
+    assert [d.ifindex for d in watcher.daemon.devices()] == [11]
+    assert summary(watcher.daemon)[2:] == [("gone", "veth9", 9), ("attached", "veth11", 11)]
+
+
+async def test_resync_keeps_what_netlink_said_while_the_dump_ran(watcher):
+    def dump(netns):
+        watcher.apply(link(9, "veth9"), gone=True)  # deleted while the dump was running
+        return {9: link(9, "veth9")}
+
+    watcher.dump = dump
+    await watcher.resync()
+    assert 9 not in watcher.links
+
+
+async def test_a_deleted_device_attached_by_someone_else_is_released_too(watcher):
+    watcher.daemon.kernel.names[30] = "eth3"
+    watcher.daemon.kernel.attach(30)  # by hand (control plane); not a pattern match
+    await see(watcher, link(30, "eth3"))
+    assert [d.ifindex for d in watcher.daemon.devices()] == [30]
+    await see(watcher, link(30, "eth3"), gone=True)
+    assert watcher.daemon.devices() == []
+    assert summary(watcher.daemon) == [("gone", "eth3", 30)]
+
+
+async def test_a_veth_docker_knows_gets_the_container_labels(watcher):
+    from connstats.probe.containers import Container
+
+    container = Container("c0ffee", "web-1", "nginx:1.25", 812)
+    watcher._index = FakeIndex({5: (Netns(4026532000, 5, 812, ""), container)})
+    await see(watcher, link(9, "veth9", nsid=5))
+    assert watcher.daemon.kernel.labels[9] == ("c0ffee", "web-1", "nginx:1.25")
+    [event] = watcher.daemon.events
+    assert (event["container_id"], event["container_name"], event["pid"], event["netns"]) == (
+        "c0ffee", "web-1", 812, 4026532000)
+
+
+async def test_a_device_with_no_owner_loses_stale_labels_of_its_ifindex(watcher):
+    watcher.daemon.kernel.labels[9] = ("old", "former-owner", "img")
+    await see(watcher, link(9, "veth9"))
+    assert 9 not in watcher.daemon.kernel.labels
+
+
+async def test_a_device_attached_before_the_watcher_is_adopted_not_attached_twice(watcher):
+    watcher.daemon.kernel.names[9] = "veth9"
+    watcher.daemon.kernel.attach(9)  # --iface veth9 at start
+    await see(watcher, link(9, "veth9"))
+    assert watcher.daemon.events == [] and 9 in watcher.attached
+    await see(watcher, link(9, "veth9"), gone=True)
+    assert summary(watcher.daemon) == [("gone", "veth9", 9)]
