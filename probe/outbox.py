@@ -8,7 +8,8 @@ a crash loses at most the memory part (set ``memory_cap=0`` to spool everything)
 
 When both caps are reached the OLDEST messages are dropped, like a ring buffer: after a
 long outage the most recent traffic is what operators look at first, and it is also the
-part of the history that is still within the stream's de-duplication window. Every
+part of the history that is still within the stream's de-duplication window. Messages
+being sent (the last ``peek``) are not dropped: they may be stored already. Every
 dropped message and its records are counted (``dropped_messages``, ``dropped_records``);
 the publisher logs the totals and reports them as an event once NATS is back.
 
@@ -78,6 +79,7 @@ class Outbox:
         self.dropped_messages = 0
         self.dropped_records = 0
         self._next_seq = 1
+        self._sending_through = 0  # seq of the last message handed out by peek()
         if self._dir is not None:
             self._open_spool()
 
@@ -95,7 +97,11 @@ class Outbox:
         return message
 
     def peek(self, limit: int) -> list[OutboxMessage]:
-        """The oldest ``limit`` messages, without removing them."""
+        """The oldest ``limit`` messages, without removing them.
+
+        They count as being sent until the next ``peek``: overflow drops skip them, as
+        they may be stored already and their memory is held by the sender anyway.
+        """
         head = [m for _, m in zip(range(limit), self._memory)]
         for entry in self._spool:
             if len(head) >= limit:
@@ -103,6 +109,7 @@ class Outbox:
             if entry.loaded is None:
                 entry.loaded = self._read(entry)
             head.append(entry.loaded)
+        self._sending_through = head[-1].seq if head else 0
         return head
 
     def remove_through(self, seq: int) -> None:
@@ -119,8 +126,8 @@ class Outbox:
         spilled = len(self._memory)
         while self._memory:
             message = self._memory.pop()  # newest first; each gets its own seq file
-            self._write(message)
             self.memory_bytes -= message.size
+            self._spool_or_drop(message, front=True)
         if spilled:
             _fsync_dir(self._dir)
             log.info("outbox: spilled %d messages to %s", spilled, self._dir)
@@ -154,11 +161,24 @@ class Outbox:
                 self.memory_bytes += message.size
                 return
             if self.disk_bytes + message.size <= self.disk_cap:
-                self._spool.append(self._write(message))
+                self._spool_or_drop(message)
                 return
             if not self._drop_oldest():
                 self._count_drop(message.records)
                 return
+
+    def _spool_or_drop(self, message: OutboxMessage, *, front: bool = False) -> None:
+        try:
+            entry = self._write(message)
+        except OSError as exc:  # disk full, directory gone: count it like an overflow
+            self._count_drop(message.records)
+            log.error("outbox: cannot spool %s to %s (%s); dropped it, free space or fix --state-dir",
+                      message.msg_id, self._dir, exc.strerror or exc)
+            return
+        if front:
+            self._spool.appendleft(entry)
+        else:
+            self._spool.append(entry)
 
     def _fill_memory_from_spool(self) -> None:
         """Move the oldest spooled messages to memory while they fit, keeping FIFO order."""
@@ -170,21 +190,33 @@ class Outbox:
             self.memory_bytes += message.size
 
     def _drop_oldest(self) -> bool:
-        if self._memory:
-            message = self._memory.popleft()
+        """Drop the oldest message that is not being sent right now; False if there is none."""
+        index = self._first_unsent(self._memory)
+        if index < len(self._memory):
+            message = self._memory[index]
+            del self._memory[index]
             self.memory_bytes -= message.size
             records = message.records
-        elif self._spool:
-            entry = self._spool.popleft()
+        else:
+            index = self._first_unsent(self._spool)
+            if index == len(self._spool):
+                return False
+            entry = self._spool[index]
+            del self._spool[index]
             self._delete(entry)
             records = entry.records
-        else:
-            return False
         if self.dropped_messages == 0:
             log.warning("outbox full (%d bytes in memory, %d on disk); dropping the oldest messages",
                         self.memory_cap, self.disk_cap)
         self._count_drop(records)
         return True
+
+    def _first_unsent(self, queue: deque) -> int:
+        """How many messages at the head of ``queue`` were handed out by the last ``peek``."""
+        index = 0
+        while index < len(queue) and queue[index].seq <= self._sending_through:
+            index += 1
+        return index
 
     def _count_drop(self, records: int) -> None:
         self.dropped_messages += 1

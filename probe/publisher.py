@@ -173,10 +173,11 @@ class FlowPublisher:
     async def close(self, flush_timeout: float = 5.0) -> None:
         """Send what can be sent within ``flush_timeout``, keep the rest in the spool, disconnect."""
         if self._task is not None:
-            await self.flush(flush_timeout)
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            if self._nc.is_connected:  # else waiting is pointless: the spool keeps the rest
+                await self.flush(flush_timeout)
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         self.outbox.close()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -199,6 +200,9 @@ class FlowPublisher:
     async def publish_event(self, event: dict[str, Any], timeout: float = 2.0) -> bool:
         """Best effort: publish an attach/detach (or other) event now; False if it failed."""
         body = {"host": self.settings.host, "time_ns": time.time_ns(), **event}
+        if self._nc is None or not self._nc.is_connected:
+            log.warning("event %s not published: NATS is not connected; it is not retried", event.get("event"))
+            return False
         try:
             await self._js.publish(events_subject(self.settings.host), orjson.dumps(body), timeout=timeout)
             return True
@@ -235,13 +239,20 @@ class FlowPublisher:
                 await self._wake.wait()
                 continue
             await self._wait_connected()
-            if await self.send_window(self.outbox.peek(self.settings.max_in_flight)):
+            if await self._send_oldest():
                 delay = self.settings.retry_min
                 await self._report_drops()
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max)
             self._update_empty()
+
+    async def _send_oldest(self) -> bool:
+        try:
+            return await self.send_window(self.outbox.peek(self.settings.max_in_flight))
+        except (OSError, ValueError, KeyError) as exc:  # an unreadable spool file, a bug: keep going
+            log.exception("sending the outbox failed: %r; retrying", exc)
+            return False
 
     async def send_window(self, window: list[OutboxMessage]) -> bool:
         """Send ``window``, wait for every answer, drop the acknowledged prefix; True if all of it."""
@@ -258,6 +269,7 @@ class FlowPublisher:
         return done == len(window)
 
     async def _send_all(self, window: list[OutboxMessage]) -> list[asyncio.Future]:
+        """Start publishing ``window`` in order; stop at the first message that cannot be sent now."""
         pending = []
         for message in window:
             if not self._nc.is_connected:
@@ -266,8 +278,11 @@ class FlowPublisher:
                 future = await self._js.publish_async(
                     message.subject, message.payload, headers={Header.MSG_ID: message.msg_id})
             except (nats.errors.Error, OSError) as exc:
-                log.debug("publish of %s failed: %r", message.msg_id, exc)
-                break
+                if not _is_permanent(exc):
+                    log.debug("publish of %s failed: %r", message.msg_id, exc)
+                    break
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)  # settled as refused, so it cannot block the outbox
             pending.append(future)
         return pending
 
@@ -307,6 +322,8 @@ class FlowPublisher:
             await asyncio.sleep(0.05)
 
     async def _on_disconnect(self) -> None:
+        if self._task is None:  # closing
+            return
         log.warning("NATS connection lost; %d messages wait in the outbox", len(self.outbox))
 
     async def _on_reconnect(self) -> None:

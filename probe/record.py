@@ -165,7 +165,7 @@ def records_from_arrays(
 
 # -- the wire format -------------------------------------------------------------
 
-_RECORD_KEYS = (
+_RECORD_KEYS = (  # wire order
     "ifname", "ifindex", "direction", "proto", "family", "src_ip", "dst_ip",
     "src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen", "tcp_flags",
     "container_id", "container_name", "container_image",
@@ -232,7 +232,11 @@ def decode_message(data: bytes) -> tuple[Envelope, list[FlowRecord]]:
 
 
 _RECORD_KEYSET = frozenset(_RECORD_KEYS)
-_record_values = operator.itemgetter(*_RECORD_KEYS)
+# The wire keys in FlowRecord's field order, so one itemgetter yields constructor arguments.
+_FIELD_ORDER = tuple(f.name for f in fields(FlowRecord))[2:]
+_FIELD_TYPES = tuple(dict(zip(_RECORD_KEYS, _RECORD_TYPES))[k] for k in _FIELD_ORDER)
+_field_values = operator.itemgetter(*_FIELD_ORDER)
+_DIRECTION_SET = frozenset(DIRECTIONS)
 
 
 def _record_from_wire(r: Any, start: int, end: int) -> FlowRecord:
@@ -240,19 +244,17 @@ def _record_from_wire(r: Any, start: int, end: int) -> FlowRecord:
     # one itemgetter, one tuple-of-types compare. Errors are worked out afterwards.
     if type(r) is not dict or r.keys() != _RECORD_KEYSET:
         raise MessageError(_describe_bad_record(r))
-    values = _record_values(r)
-    if tuple(map(type, values)) != _RECORD_TYPES:
+    v = _field_values(r)
+    if tuple(map(type, v)) != _FIELD_TYPES:
         raise MessageError(_describe_bad_record(r))
-    ifname, ifindex, direction, proto, *rest = values
-    if direction not in DIRECTIONS:
-        raise MessageError(f"direction {direction!r} is not ingress or egress")
-    family, src, dst, sport, dport, packets, nbytes, first, last, flags, cid, cname, cimage = rest
-    if not (0 <= sport <= 65535 and 0 <= dport <= 65535):
-        raise MessageError(f"port {sport if not 0 <= sport <= 65535 else dport} is not in 0-65535")
-    return _make_record(
-        start, end, ifindex, ifname, direction, family, proto_number(proto), src, dst,
-        sport, dport, packets, nbytes, first, last, flags, cid, cname, cimage,
-    )
+    proto = PROTO_NUMBERS.get(v[4])
+    if proto is None:
+        proto = proto_number(v[4])
+    if v[2] not in _DIRECTION_SET:
+        raise MessageError(f"direction {v[2]!r} is not ingress or egress")
+    if not (0 <= v[7] <= 65535 and 0 <= v[8] <= 65535):
+        raise MessageError(f"port {v[7] if not 0 <= v[7] <= 65535 else v[8]} is not in 0-65535")
+    return _make_record(start, end, v[0], v[1], v[2], v[3], proto, *v[5:])
 
 
 def _describe_bad_record(r: Any) -> str:

@@ -140,10 +140,20 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
         log.info("created stream %s for %s", config.name, ", ".join(config.subjects or ()))
-    except nats.js.errors.BadRequestError:
-        await js.stream_info(config.name)  # created meanwhile by another process
+    except nats.js.errors.BadRequestError as exc:
+        if not await _stream_exists(js, config.name):  # else: created meanwhile by another process
+            raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
+                                 "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
         raise TransportError(f"cannot create stream {config.name}: {exc!r}; check JetStream limits and permissions") from exc
+
+
+async def _stream_exists(js: JetStreamContext, name: str) -> bool:
+    try:
+        await js.stream_info(name)
+        return True
+    except (nats.errors.Error, OSError):
+        return False
 
 
 def sink_consumer_config(durable: str = DEFAULT_DURABLE, *, ack_wait: float = 30.0,

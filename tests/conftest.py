@@ -2,3 +2,6 @@
 from tests.fixtures.netns import *  # noqa: F401,F403
 from tests.fixtures.probe import *  # noqa: F401,F403
 from tests.fixtures.nats import *  # noqa: F401,F403
+from tests.fixtures.influx import *  # noqa: F401,F403
+from tests.fixtures.docker import *  # noqa: F401,F403
+from tests.fixtures.secure_nats import *  # noqa: F401,F403
