@@ -222,6 +222,28 @@ def test_attach_list_stats_detach_through_a_running_probe(quiet_network, cs_env,
                                               capture_output=True, text=True).stdout
 
 
+def test_probe_and_sink_as_separate_processes(quiet_network, cs_env, start, nats_server, tmp_path):
+    a, b = quiet_network
+    store = f"sqlite:{tmp_path / 'central.sqlite'}"
+    sink = start("sink", "--nats", nats_server.url, "--store", store)
+    sink.wait_for("sink consuming")
+    probe = start("probe", "--iface", a.host_if, "--interval", "0.5", "--nats", nats_server.url, *NO_HTTP_CLASH)
+    probe.wait_for("connstats probe: watching")
+    a.traffic("udp", b.ipv4, 7000, 42000, 250, 64)
+    assert probe.interrupt() == 0
+    expected = [udp_row(a.host_if, "egress", a, b, 42000, 7000, 250, 64)]
+    deadline = time.monotonic() + 30
+    while True:  # the sink stores what the probe published, shortly after
+        result = connstats(cs_env, "history", "--store", store, "--port", "7000", "--format", "json")
+        rows = without_times(json.loads(result.stdout)) if result.returncode == 0 else None
+        if rows == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == expected
+    assert sink.interrupt() == 0
+    assert "Traceback" not in sink.stderr + probe.stderr
+
+
 # -- expected failures: one line, exit status 1, no traceback -------------------------------------
 
 

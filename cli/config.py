@@ -1,0 +1,172 @@
+"""Settings for every command, from four places in this order of precedence:
+
+    1. the command-line flag            --nats nats://10.0.0.5:4222
+    2. the environment                  CONNSTATS_NATS=nats://10.0.0.5:4222
+    3. the TOML file (--config FILE)    [nats] url = "nats://10.0.0.5:4222"
+       default /etc/connstats/config.toml, or CONNSTATS_CONFIG
+    4. the built-in default
+
+A missing default config file is fine; a missing file given with ``--config`` is not.
+The state directory is ``/var/lib/connstats`` for root (``$XDG_STATE_HOME/connstats``
+otherwise) unless ``CONNSTATS_STATE_DIR`` or ``state_dir`` in the file says else. ``up``
+writes the NATS URL it uses to ``<state>/nats.url``, so that every other command on the
+machine finds the running NATS without flags (after the flag, env and file).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from connstats.probe.errors import ConfigError
+from connstats.probe.subjects import NatsOptions
+
+DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_HTTP = "127.0.0.1:9102"
+NATS_URL_FILE = "nats.url"
+SQLITE_FILE = "flows.sqlite"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its environment variable, its place in the TOML file, its parser."""
+
+    env: str
+    table: str  # "" for the top level of the file
+    key: str
+    parse: Callable[[Any], Any] = str
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a number") from None
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{value!r} is not a list of interface names")
+
+
+SETTINGS: dict[str, Setting] = {
+    "nats": Setting("CONNSTATS_NATS", "nats", "url"),
+    "nats_creds": Setting("CONNSTATS_NATS_CREDS", "nats", "creds"),
+    "tls_ca": Setting("CONNSTATS_TLS_CA", "nats", "tls_ca"),
+    "tls_cert": Setting("CONNSTATS_TLS_CERT", "nats", "tls_cert"),
+    "tls_key": Setting("CONNSTATS_TLS_KEY", "nats", "tls_key"),
+    "host": Setting("CONNSTATS_HOST", "", "host"),
+    "state_dir": Setting("CONNSTATS_STATE_DIR", "", "state_dir"),
+    "iface": Setting("CONNSTATS_IFACE", "probe", "ifaces", _names),
+    "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
+    "http": Setting("CONNSTATS_HTTP", "probe", "http"),
+    "store": Setting("CONNSTATS_STORE", "sink", "store"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The file's contents and the environment; ``get`` applies the precedence."""
+
+    file: dict[str, Any]
+    env: dict[str, str]
+    path: Path | None
+
+    def get(self, name: str, flag: Any = None, default: Any = None) -> Any:
+        setting = SETTINGS[name]
+        if flag is not None and flag != []:
+            return flag
+        if self.env.get(setting.env):
+            return _parsed(setting, self.env[setting.env], f"${setting.env}")
+        table = self.file.get(setting.table, {}) if setting.table else self.file
+        if isinstance(table, dict) and table.get(setting.key) is not None:
+            where = f"{self.path}: {setting.table + '.' if setting.table else ''}{setting.key}"
+            return _parsed(setting, table[setting.key], where)
+        return default
+
+    # -- derived settings ------------------------------------------------------------------
+
+    def host(self, flag: str | None = None) -> str:
+        return self.get("host", flag) or socket.gethostname()
+
+    def state_dir(self) -> Path:
+        configured = self.get("state_dir")
+        if configured:
+            return Path(configured)
+        if os.geteuid() == 0:
+            return Path("/var/lib/connstats")
+        base = self.env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "connstats"
+
+    def nats_url(self, flag: str | None = None) -> str:
+        """Flag, env, file, then the URL ``up`` left in the state directory, then the default."""
+        url = self.get("nats", flag)
+        if url:
+            return url
+        written = self.state_dir() / NATS_URL_FILE
+        try:
+            return written.read_text().strip() or DEFAULT_NATS_URL
+        except OSError:
+            return DEFAULT_NATS_URL
+
+    def nats_options(self, flag: str | None = None, *, creds: str | None = None,
+                     tls_ca: str | None = None, tls_cert: str | None = None,
+                     tls_key: str | None = None, name: str = "connstats") -> NatsOptions:
+        servers = tuple(u.strip() for u in self.nats_url(flag).split(",") if u.strip())
+        return NatsOptions(
+            servers=servers, creds_file=self.get("nats_creds", creds),
+            tls_ca=self.get("tls_ca", tls_ca), tls_cert=self.get("tls_cert", tls_cert),
+            tls_key=self.get("tls_key", tls_key), name=name,
+        )
+
+    def store_spec(self, flag: str | None = None) -> str:
+        """``sqlite:PATH`` or ``influxdb``; InfluxDB when ``INFLUXDB_V2_URL`` is set."""
+        spec = self.get("store", flag)
+        if spec:
+            return spec
+        if self.env.get("INFLUXDB_V2_URL"):
+            return "influxdb"
+        return f"sqlite:{self.state_dir() / SQLITE_FILE}"
+
+
+def _parsed(setting: Setting, value: Any, where: str) -> Any:
+    try:
+        return setting.parse(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}; fix the setting") from None
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (``path``, else ``$CONNSTATS_CONFIG``, else the default if present)."""
+    env = dict(os.environ if env is None else env)
+    explicit = path or env.get("CONNSTATS_CONFIG")
+    file_path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+    if not file_path.exists():
+        if explicit:
+            raise ConfigError(f"config file {file_path} does not exist; check --config")
+        return Config({}, env, None)
+    try:
+        document = tomllib.loads(file_path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file_path}: {exc.__class__.__name__}; check its permissions") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file_path} is not valid TOML ({exc}); fix it") from exc
+    return Config(document, env, file_path)
+
+
+def parse_store(spec: str) -> tuple[str, str]:
+    """``sqlite:PATH`` -> ("sqlite", PATH); ``influxdb`` -> ("influxdb", "")."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        return "sqlite", rest
+    if kind in ("influxdb", "influx") and not rest:
+        return "influxdb", ""
+    raise ConfigError(f"store {spec!r} is not sqlite:PATH or influxdb; check --store")
+

@@ -1,0 +1,135 @@
+"""``connstats up``, ``connstats probe`` and ``connstats sink``: the long-running commands."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import typer
+
+from connstats.probe.daemon import ProbeDaemon
+from connstats.probe.errors import ConfigError
+from connstats.probe.subjects import _redacted
+
+from . import pipeline
+from .config import DEFAULT_HTTP, Config
+from .live import LiveSummary
+from .options import (
+    ConfigFile, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
+    TlsKey, load_config,
+)
+
+app = typer.Typer()
+DEFAULT_INTERVAL = 10.0
+
+
+def setup_logging(live: bool) -> None:
+    """INFO lines to stderr; on a terminal the live summary replaces the per-interval lines."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if live:
+        logging.getLogger("connstats.probe").setLevel(logging.WARNING)
+
+
+def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
+               host: str | None, http: str | None) -> pipeline.ProbePlan:
+    ifaces = config.get("iface", iface)
+    watch = not ifaces
+    if ifaces:
+        pipeline.check_interfaces(ifaces)
+    else:
+        ifaces = pipeline.default_interfaces()
+    if not ifaces:
+        raise ConfigError("no network interface other than loopback is up; name one with --iface")
+    seconds = config.get("interval", interval, DEFAULT_INTERVAL)
+    if seconds < 0.05:
+        raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
+    state_dir = pipeline.prepare_state_dir(config.state_dir())
+    address = config.get("http", http)
+    return pipeline.ProbePlan(
+        host=config.host(host), ifaces=ifaces, interval=seconds,
+        nats=flags.options(config, name="connstats-probe"), state_dir=state_dir,
+        http=address or DEFAULT_HTTP, http_explicit=address is not None, watch=watch,
+    )
+
+
+def _banner(command: str, plan: pipeline.ProbePlan, daemon: ProbeDaemon, extra: str) -> str:
+    names = ", ".join(d.name for d in daemon.devices()) or "no interface"
+    return (f"connstats {command}: watching {names} every {plan.interval:g} s as host {plan.host}\n"
+            f"  {extra}Ctrl-C to stop")
+
+
+@app.command()
+def up(
+    iface: Ifaces = None, interval: Interval = None, store: Store = None, nats: Nats = None,
+    host: Host = None, http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+) -> None:
+    """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
+
+    Without --nats it starts an embedded nats-server (loopback, JetStream, port 4222 if
+    free) and writes its URL to <state>/nats.url, where every other command finds it.
+    """
+    cfg = load_config(config)
+    flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
+    plan = probe_plan(cfg, flags, iface, interval, host, http)
+    nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
+    store_spec = cfg.store_spec(store)
+    live = sys.stdout.isatty()
+    setup_logging(live)
+    summary: list[LiveSummary] = []
+
+    def on_ready(daemon: ProbeDaemon) -> None:
+        where = "embedded " if nats_url is None else ""
+        banner = _banner("up", plan, daemon, f"NATS {where}{_redacted(plan.nats.servers)}; store {store_spec}; ")
+        print(banner, file=sys.stderr, flush=True)
+        if live:
+            summary[0].banner = banner
+
+    def hook(daemon: ProbeDaemon) -> None:
+        if live:
+            summary.append(LiveSummary(""))
+            daemon.interval_listeners.append(summary[0])
+
+    asyncio.run(pipeline.run_up(plan, store_spec, nats_url, on_ready, hook))
+
+
+@app.command()
+def probe(
+    iface: Ifaces = None, interval: Interval = None, nats: Nats = None, host: Host = None,
+    http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+) -> None:
+    """Run only the probe: count connections on interfaces and publish them to NATS."""
+    cfg = load_config(config)
+    plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host, http)
+    live = sys.stdout.isatty()
+    setup_logging(live)
+    daemon = pipeline.probe_daemon(plan)
+    if live:
+        daemon.interval_listeners.append(LiveSummary(""))
+
+    def on_ready(daemon: ProbeDaemon) -> None:
+        banner = _banner("probe", plan, daemon, f"NATS {_redacted(plan.nats.servers)}; ")
+        print(banner, file=sys.stderr, flush=True)
+        for listener in daemon.interval_listeners:
+            if isinstance(listener, LiveSummary):
+                listener.banner = banner
+
+    asyncio.run(pipeline.run_probe(plan, on_ready, daemon))
+
+
+@app.command()
+def sink(
+    nats: Nats = None, store: Store = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+) -> None:
+    """Run only the sink: consume flow records from NATS into SQLite or InfluxDB."""
+    cfg = load_config(config)
+    options = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(cfg, name="connstats-sink")
+    spec = cfg.store_spec(store)
+    if spec.startswith("sqlite:") and cfg.get("store", store) is None:
+        pipeline.prepare_state_dir(cfg.state_dir())
+    setup_logging(False)
+    backend = pipeline.make_store(spec)
+    asyncio.run(pipeline.run_sink_only(options, backend))

@@ -1,0 +1,105 @@
+"""``connstats history``: totals from the store, per connection (or port, iface, proto)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from connstats.probe.record import proto_number
+from connstats.sink.history import GROUPS, HistoryQuery, influx_history, parse_duration, parse_time, sqlite_history
+
+from .config import Config, parse_store
+from .live import endpoint
+from .options import ConfigFile, Format, OutputFormat, Store, load_config
+from .render import Column, render
+
+app = typer.Typer()
+
+
+class GroupBy(str, Enum):
+    connection = "connection"
+    port = "port"
+    iface = "iface"
+    proto = "proto"
+
+
+class Direction(str, Enum):
+    ingress = "ingress"
+    egress = "egress"
+
+
+_KINDS = {"src_port": "int", "dst_port": "int", "port": "int", "packets": "int", "bytes": "int",
+          "first_seen": "time", "last_seen": "time", "time": "time"}
+
+
+def data_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
+    names = (("time",) if every else ()) + keys + ("packets", "bytes", "first_seen", "last_seen")
+    return [Column(n, n, _KINDS.get(n, "text")) for n in names]
+
+
+def table_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
+    """Compact for the terminal: endpoints as ip:port, human byte counts."""
+    columns = [Column("time", "TIME", "time")] if every else []
+    if keys == GROUPS["connection"]:
+        columns += [Column("ifname", "IFACE", width=12), Column("dir", "DIR"), Column("proto", "PROTO"),
+                    Column("source", "SOURCE", width=21), Column("destination", "DESTINATION", width=21)]
+    else:
+        columns += [Column(k, k.upper(), _KINDS.get(k, "text")) for k in keys]
+    return columns + [Column("packets", "PKTS", "int"), Column("bytes", "BYTES", "bytes"),
+                      Column("last_seen", "LAST SEEN", "time")]
+
+
+def query_store(config: Config, store: str | None, query: HistoryQuery) -> list[dict]:
+    kind, path = parse_store(config.store_spec(store))
+    if kind == "sqlite":
+        return sqlite_history(path, query)
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+
+    async def run() -> list[dict]:
+        backend = InfluxStore(InfluxConfig.from_env())
+        try:
+            return await influx_history(backend, query)
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def history(
+    since: Annotated[str, typer.Option(metavar="WHEN", help="start: a duration ago (15m, 2h, 1d) or RFC 3339")] = "24h",
+    until: Annotated[str, typer.Option(metavar="WHEN", help="end: a duration ago, RFC 3339, or now")] = "now",
+    iface: Annotated[Optional[str], typer.Option("--iface", "-i", metavar="NAME")] = None,
+    port: Annotated[Optional[int], typer.Option(metavar="PORT", help="either side")] = None,
+    proto: Annotated[Optional[str], typer.Option(metavar="PROTO", help="tcp, udp, icmp or a number")] = None,
+    direction: Annotated[Optional[Direction], typer.Option(help="as seen from the container on a veth")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", metavar="NAME", help="only this probe's host")] = None,
+    container: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this container")] = None,
+    group_by: Annotated[GroupBy, typer.Option("--group-by", help="one row per ...")] = GroupBy.connection,
+    every: Annotated[Optional[str], typer.Option(metavar="DURATION", help="time buckets, e.g. 1m")] = None,
+    top: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="only the N busiest rows (per bucket)")] = None,
+    format: Format = OutputFormat.table, store: Store = None, config: ConfigFile = None,
+) -> None:
+    """Traffic totals from the store over a time range, busiest first."""
+    cfg = load_config(config)
+    now = time.time_ns()
+    query = HistoryQuery(
+        since=parse_time(since, now), until=parse_time(until, now), iface=iface, port=port,
+        proto=proto_number(proto.lower()) if proto else None,
+        direction=direction.value if direction else None, host=host, container=container,
+        group_by=group_by.value, every=parse_duration(every) if every else None, top=top,
+    )
+    rows = query_store(cfg, store, query)
+    every_given = query.every is not None
+    if format is not OutputFormat.table:
+        render(rows, data_columns(query.keys, every_given), format)
+        return
+    for row in rows:
+        if "src_ip" in row:
+            row["source"] = endpoint(row["src_ip"], row["src_port"])
+            row["destination"] = endpoint(row["dst_ip"], row["dst_port"])
+            row["dir"] = "in" if row["direction"] == "ingress" else "out"
+    render(rows, table_columns(query.keys, every_given), format, empty="no traffic in this range")

@@ -1,0 +1,65 @@
+"""Options shared by several commands, defined once.
+
+Every option defaults to ``None`` so that ``Config.get`` can tell "not given" apart and
+fall back to the environment, the config file and the default (see ``config.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from .config import Config, load_config
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+ConfigFile = Annotated[Optional[str], typer.Option(
+    "--config", metavar="FILE", help="TOML config file [default: /etc/connstats/config.toml]")]
+Nats = Annotated[Optional[str], typer.Option(
+    "--nats", metavar="URL", help="NATS server URL(s), comma-separated [default: <state>/nats.url, "
+    "else nats://127.0.0.1:4222]")]
+NatsCreds = Annotated[Optional[str], typer.Option("--nats-creds", metavar="FILE", help="NATS credentials file")]
+TlsCa = Annotated[Optional[str], typer.Option("--tls-ca", metavar="FILE", help="CA bundle for NATS TLS")]
+TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE", help="client certificate for NATS TLS")]
+TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE", help="client key for NATS TLS")]
+Host = Annotated[Optional[str], typer.Option("--host", metavar="NAME", help="host name the probe publishes as "
+                                             "[default: this machine's host name]")]
+Ifaces = Annotated[Optional[list[str]], typer.Option(
+    "--iface", "-i", metavar="NAME", help="interface to attach to (repeatable) [default: every "
+    "non-loopback interface that is up]")]
+Interval = Annotated[Optional[float], typer.Option(
+    "--interval", metavar="SECONDS", min=0.05, help="seconds per interval, fractions allowed [default: 10]")]
+Store = Annotated[Optional[str], typer.Option(
+    "--store", metavar="sqlite:PATH|influxdb", help="where flows are stored [default: "
+    "influxdb if INFLUXDB_V2_URL is set, else sqlite:<state>/flows.sqlite]")]
+Http = Annotated[Optional[str], typer.Option(
+    "--http", metavar="ADDR:PORT", help="serve the HTTP API here [default: 127.0.0.1:9102]")]
+Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
+
+
+@dataclass(frozen=True)
+class NatsFlags:
+    """The NATS connection flags of one command, kept together."""
+
+    url: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def options(self, config: Config, name: str = "connstats"):
+        return config.nats_options(self.url, creds=self.creds, tls_ca=self.tls_ca,
+                                   tls_cert=self.tls_cert, tls_key=self.tls_key, name=name)
+
+
+__all__ = [
+    "Config", "ConfigFile", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
+    "NatsFlags", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
+]

@@ -1,0 +1,246 @@
+"""The probe's control plane: NATS request/reply on ``connstats.v1.ctl.<host>.<verb>``.
+
+    connstats attach eth0 ──request──> connstats.v1.ctl.<host>.attach ──> ControlService
+                          <──reply──── {"ok": true, "device": {...}}      └─> ProbeDaemon.attach
+
+Verbs and their request bodies (JSON objects; an empty body is ``{}``):
+
+    attach  {"iface": NAME, "direction": "auto"|"normal"|"inverted"}  -> {"device": DEVICE}
+    detach  {"iface": NAME}                                            -> {"device": DEVICE}
+    list    {}                                                         -> {"devices": [DEVICE]}
+    stats   {"iface": NAME?, "limit": N?}  the current, unpublished interval
+            -> {"interval_start", "now", "connections", "packets", "bytes", "records": [...]}
+    ping    {}                                                         -> {"host", "devices"}
+
+Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "...", "kind": "DeviceError"}``;
+a malformed request gets an error reply and never stops the service.
+``ControlClient`` turns the replies, "no responders", timeouts and NATS permission
+violations into ``ConnstatsError``s with one-line messages.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+import nats.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from . import errors
+from .devices import AttachedDevice
+from .errors import ConfigError, ConnstatsError, TransportError
+from .record import record_to_wire
+from .subjects import PREFIX, NatsOptions, _redacted, connect, control_subject, host_token
+
+log = logging.getLogger(__name__)
+
+VERBS = ("attach", "detach", "list", "stats", "ping")
+DEFAULT_STATS_LIMIT = 1000
+
+
+def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
+    return {
+        "name": device.name, "ifindex": device.ifindex, "kind": device.link.kind,
+        "mode": device.mode, "direction": "inverted" if device.inverted else "normal",
+        "since": device.since_ns,
+    }
+
+
+class ControlService:
+    """Answers control requests for one host; a daemon ``Service`` (``start``/``close``)."""
+
+    def __init__(self, daemon: Any, options: NatsOptions, host: str) -> None:
+        self.daemon = daemon
+        self.options = options
+        self.host = host
+        self.subject = f"{PREFIX}.ctl.{host_token(host)}.*"
+        self._nc: Client | None = None
+        self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
+            "attach": self._attach, "detach": self._detach, "list": self._list,
+            "stats": self._stats, "ping": self._ping,
+        }
+
+    async def start(self) -> None:
+        self._nc = await connect(self.options, name="connstats-control")
+        await self._nc.subscribe(self.subject, cb=self._on_request)
+        await self._nc.flush()
+        log.info("control plane listening on %s", self.subject)
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (nats.errors.Error, asyncio.TimeoutError, OSError):
+                await self._nc.close()
+
+    async def _on_request(self, msg: Msg) -> None:
+        reply = await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data)
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(orjson.dumps(reply))
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("control reply on %s not sent: %r", msg.subject, exc)
+
+    async def answer(self, verb: str, data: bytes) -> dict[str, Any]:
+        """The reply to one request; never raises."""
+        handler = self._handlers.get(verb)
+        if handler is None:
+            return _failure(ConfigError(f"unknown control verb {verb!r}; use one of {', '.join(VERBS)}"))
+        try:
+            body = _request_body(data)
+            return {"ok": True, **await handler(body)}
+        except ConnstatsError as exc:
+            return _failure(exc)
+        except Exception as exc:  # a bug must not take the probe down with it
+            log.exception("control %s failed", verb)
+            return {"ok": False, "error": f"internal error in the probe: {exc!r}; see the probe's log",
+                    "kind": "ConnstatsError"}
+
+    # -- the verbs ----------------------------------------------------------------------
+
+    async def _attach(self, body: dict) -> dict:
+        device = await self.daemon.attach(_text(body, "iface"), _text(body, "direction", "auto"))
+        return {"device": device_to_wire(device)}
+
+    async def _detach(self, body: dict) -> dict:
+        device = await self.daemon.detach(_text(body, "iface"))
+        return {"device": device_to_wire(device)}
+
+    async def _list(self, body: dict) -> dict:
+        return {"devices": [device_to_wire(d) for d in self.daemon.devices()]}
+
+    async def _ping(self, body: dict) -> dict:
+        return {"host": self.host, "devices": len(self.daemon.devices())}
+
+    async def _stats(self, body: dict) -> dict:
+        iface = _text(body, "iface", None)
+        limit = body.get("limit", DEFAULT_STATS_LIMIT)
+        if type(limit) is not int or limit < 0:
+            raise ConfigError("limit must be a non-negative integer")
+        if iface is not None and iface not in {d.name for d in self.daemon.devices()}:
+            raise errors.DeviceError(f"{iface!r} is not attached; see `connstats list`")
+        records = [r for r in await self.daemon.live_records() if iface is None or r.ifname == iface]
+        records.sort(key=lambda r: (-r.bytes, -r.packets))
+        reply = {
+            "interval_start": records[0].interval_start if records else None,
+            "now": records[0].interval_end if records else None,
+            "connections": len(records), "packets": sum(r.packets for r in records),
+            "bytes": sum(r.bytes for r in records),
+            "records": [record_to_wire(r) for r in records[:limit]],
+        }
+        return self._fitting(reply)
+
+    def _fitting(self, reply: dict) -> dict:
+        """Drop the smallest records until the reply fits the server's max_payload."""
+        room = (self._nc.max_payload if self._nc else 1 << 20) - 1024
+        while reply["records"] and len(orjson.dumps(reply)) > room:
+            reply["records"] = reply["records"][: len(reply["records"]) // 2]
+        return reply
+
+
+def control_service(options: NatsOptions, host: str) -> Callable[[Any], ControlService]:
+    """A ``ServiceFactory`` for ``DaemonSettings.services``."""
+    return lambda daemon: ControlService(daemon, options, host)
+
+
+def _request_body(data: bytes) -> dict:
+    if not data.strip():
+        return {}
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ConfigError("the request is not JSON; send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request is not a JSON object; send a JSON object")
+    return body
+
+
+_REQUIRED = object()
+
+
+def _text(body: dict, key: str, default: Any = _REQUIRED) -> Any:
+    value = body.get(key, default)
+    if value is _REQUIRED:
+        raise ConfigError(f"the request lacks {key!r}")
+    if value is not default and not isinstance(value, str):
+        raise ConfigError(f"{key!r} must be a string")
+    return value
+
+
+def _failure(exc: ConnstatsError) -> dict[str, Any]:
+    return {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+
+
+# -- the client ---------------------------------------------------------------------------
+
+_ERROR_KINDS = {cls.__name__: cls for cls in vars(errors).values()
+                if isinstance(cls, type) and issubclass(cls, ConnstatsError)}
+
+
+class ControlClient:
+    """Sends control requests to the probe of one host; ``async with ControlClient(...) as c``."""
+
+    def __init__(self, options: NatsOptions, host: str, timeout: float = 5.0) -> None:
+        self.options = options
+        self.host = host
+        self.timeout = timeout
+        self._nc: Client | None = None
+        self._refused: asyncio.Future | None = None
+
+    async def __aenter__(self) -> ControlClient:
+        self._refused = asyncio.get_running_loop().create_future()
+        self._nc = await connect(self.options, name="connstats-cli", error_cb=self._on_error,
+                                 allow_reconnect=False)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def request(self, verb: str, body: dict | None = None) -> dict[str, Any]:
+        """Send one request; return the reply without ``ok``, or raise the probe's error."""
+        subject = control_subject(self.host, verb)
+        request = asyncio.ensure_future(
+            self._nc.request(subject, orjson.dumps(body or {}), timeout=self.timeout))
+        done, _ = await asyncio.wait({request, self._refused}, return_when=asyncio.FIRST_COMPLETED)
+        if request not in done:
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+            raise TransportError(f"NATS refused the request on {subject} ({self._refused.result()}); "
+                                 "ask for permission to publish to connstats.v1.ctl.> and subscribe to _INBOX.>")
+        try:
+            msg = request.result()
+        except nats.errors.NoRespondersError:
+            raise TransportError(
+                f"no probe answers for host {self.host!r} on {_redacted(self.options.servers)}; "
+                "start `connstats up` or `connstats probe` there, or check --host and --nats") from None
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            raise TransportError(
+                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s; "
+                "check that it runs and is not overloaded") from None
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(f"the request on {subject} failed: {exc!r}; check NATS") from exc
+        return _reply(msg.data)
+
+    async def _on_error(self, exc: Exception) -> None:
+        text = str(exc)
+        if "permissions violation" in text.lower() and not self._refused.done():
+            self._refused.set_result(text.removeprefix("nats: ").strip("'"))
+        log.debug("nats: %r", exc)
+
+
+def _reply(data: bytes) -> dict[str, Any]:
+    try:
+        reply = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise TransportError("the probe's reply is not JSON; is something else answering on connstats.v1.ctl?") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise TransportError("the probe's reply has no 'ok'; is something else answering on connstats.v1.ctl?")
+    if not reply["ok"]:
+        kind = _ERROR_KINDS.get(str(reply.get("kind")), ConnstatsError)
+        raise kind(str(reply.get("error") or "the probe refused the request"))
+    reply.pop("ok")
+    return reply

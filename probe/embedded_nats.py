@@ -1,0 +1,117 @@
+"""An embedded nats-server for ``connstats up`` when no ``--nats`` is given.
+
+Loopback only, JetStream on, its store under ``<state>/jetstream``, port 4222 if free and
+a free port otherwise; its log goes to ``<state>/nats-server.log``. The server runs in
+its own session (a Ctrl-C on the terminal reaches only ``up``, which drains first and
+then stops it) and gets SIGKILL from the kernel if ``up`` dies without stopping it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .errors import ConfigError, TransportError
+
+DEFAULT_PORT = 4222
+_PR_SET_PDEATHSIG = 1
+
+
+def find_nats_server() -> str:
+    path = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
+    if path is None:
+        raise ConfigError("nats-server is not installed; `apt-get install nats-server` (make install does), "
+                          "or pass --nats URL of a running server")
+    return path
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int = DEFAULT_PORT) -> int:
+    if port_is_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedNats:
+    """``start()`` returns once the server answers; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, state_dir: Path, preferred_port: int = DEFAULT_PORT) -> None:
+        self.state_dir = Path(state_dir)
+        self.preferred_port = preferred_port
+        self.port = 0
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 10.0) -> str:
+        binary = find_nats_server()
+        self.port = pick_port(self.preferred_port)
+        store = self.state_dir / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        command = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port),
+                   "-n", "connstats-embedded"]
+        with (self.state_dir / "nats-server.log").open("ab") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
+        self._wait_ready(timeout)
+        return self.url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise TransportError(f"the embedded nats-server exited with {code}; "
+                                     f"see {self.state_dir / 'nats-server.log'}")
+            if self._answers():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise TransportError(f"the embedded nats-server did not answer on port {self.port} within "
+                             f"{timeout:g} s; see {self.state_dir / 'nats-server.log'}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(4).startswith(b"INFO")
+        except OSError:
+            return False

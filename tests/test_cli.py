@@ -1,0 +1,329 @@
+"""The command line with typer's CliRunner: parsing, configuration, rendering and one-line errors."""
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from connstats.cli.config import Config, load_config, parse_store
+from connstats.cli.doctor import Check, CheckFailed, effective_capabilities, run_checks
+from connstats.cli.main import app
+from connstats.cli.options import OutputFormat
+from connstats.cli.render import Column, render, rfc3339
+from connstats.cli.top import IntervalAssembler
+from connstats.probe.control import ControlService
+from connstats.probe.errors import ConfigError
+from connstats.probe.record import Envelope
+from connstats.probe.subjects import NatsOptions
+from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.nats import free_port
+from tests.test_control import SINCE, FakeDaemon, auth_nats, record  # noqa: F401 (fixture)
+from tests.test_history import C1, C2, C3, C4, write_all
+
+runner = CliRunner()
+
+
+def run(*args: str, env: dict | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    """No real config file, no real state directory, no InfluxDB."""
+    for name in ("CONNSTATS_CONFIG", "CONNSTATS_NATS", "CONNSTATS_HOST", "CONNSTATS_STORE", "INFLUXDB_V2_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONNSTATS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("connstats.cli.config.DEFAULT_CONFIG_FILE", tmp_path / "no-config.toml")
+
+
+def test_help_lists_every_command_in_order():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = [line.split()[1] for line in result.stdout.splitlines()
+                if line.startswith("│ ") and line[2] != " " and line.split()[1] != "--help"]
+    assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "doctor"]
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+TOML = """
+host = "from-file"
+[nats]
+url = "nats://file:4222"
+[probe]
+ifaces = ["eth0", "eth1"]
+interval = 2.5
+[sink]
+store = "sqlite:/file/flows.sqlite"
+"""
+
+
+def test_precedence_flag_env_file_default(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(TOML)
+    config = load_config(path, env={"CONNSTATS_NATS": "nats://env:4222", "CONNSTATS_IFACE": "a, b"})
+    assert config.nats_url("nats://flag:4222") == "nats://flag:4222"
+    assert config.nats_url() == "nats://env:4222"
+    assert config.get("iface", ["x"]) == ["x"]
+    assert config.get("iface") == ["a", "b"]
+    assert config.host() == "from-file"
+    assert config.get("interval") == 2.5
+    assert config.store_spec() == "sqlite:/file/flows.sqlite"
+    empty = load_config(tmp_path / "absent.toml" if False else None, env={})
+    assert empty.get("interval", None, 10.0) == 10.0
+
+
+def test_nats_url_falls_back_to_the_file_up_writes(tmp_path):
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
+    assert config.nats_url() == "nats://127.0.0.1:4222"
+    (tmp_path / "nats.url").write_text("nats://127.0.0.1:4333\n")
+    assert config.nats_url() == "nats://127.0.0.1:4333"
+    assert config.store_spec() == f"sqlite:{tmp_path / 'flows.sqlite'}"
+
+
+def test_influxdb_url_in_the_environment_selects_influxdb():
+    assert Config({}, {"INFLUXDB_V2_URL": "http://influx:8086"}, None).store_spec() == "influxdb"
+
+
+def test_bad_values_name_where_they_come_from(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[probe]\ninterval = "soon"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={}).get("interval")
+    assert str(caught.value) == f"{path}: probe.interval: 'soon' is not a number; fix the setting"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"CONNSTATS_INTERVAL": "x"}).get("interval")
+    assert str(caught.value) == "$CONNSTATS_INTERVAL: 'x' is not a number; fix the setting"
+
+
+@pytest.mark.parametrize("spec, parsed", [("sqlite:/a/b.sqlite", ("sqlite", "/a/b.sqlite")),
+                                          ("influxdb", ("influxdb", ""))])
+def test_parse_store(spec, parsed):
+    assert parse_store(spec) == parsed
+
+
+# -- one-line errors, exit status 1 ------------------------------------------------------------
+
+
+def assert_one_line_error(result, message: str) -> None:
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+
+
+def test_missing_config_file(tmp_path):
+    result = run("history", "--config", str(tmp_path / "nope.toml"))
+    assert_one_line_error(result, f"config file {tmp_path / 'nope.toml'} does not exist; check --config")
+
+
+def test_invalid_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("host = \n")
+    result = run("history", "--config", str(path))
+    assert_one_line_error(result, f"config file {path} is not valid TOML (Invalid value (at line 1, column 8)); fix it")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--since", "yesterday"), "'yesterday' is neither a duration (15m) nor an RFC 3339 time (2026-11-22T01:00:00Z)"),
+    (("--store", "mysql:x"), "store 'mysql:x' is not sqlite:PATH or influxdb; check --store"),
+    (("--proto", "gre2"), "unknown protocol 'gre2'; use tcp, udp, icmp or a number 0-255"),
+    (("--store", "sqlite:/nonexistent/flows.sqlite"),
+     "no flow database at /nonexistent/flows.sqlite; start `connstats up` or `connstats sink`, or check --store"),
+])
+def test_history_errors(args, message):
+    assert_one_line_error(run("history", *args), message)
+
+
+def test_nats_unreachable_is_one_line():
+    port = free_port()
+    result = run("list", "--nats", f"nats://127.0.0.1:{port}")
+    assert_one_line_error(result, f"cannot connect to NATS at nats://127.0.0.1:{port}: NoServersError; "
+                                  "check the URL, that nats-server runs, and the credentials")
+
+
+def test_no_probe_answering(nats_server):
+    result = run("attach", "eth0", "--host", "ghost", "--nats", nats_server.url)
+    assert_one_line_error(result, f"no probe answers for host 'ghost' on {nats_server.url}; start "
+                                  "`connstats up` or `connstats probe` there, or check --host and --nats")
+
+
+@pytest.mark.parametrize("args", [("attach",), ("attach", "eth0", "--direction", "sideways"),
+                                  ("history", "--group-by", "host"), ("up", "--interval", "0")])
+def test_usage_errors_exit_2(args):
+    result = run(*args)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr + result.stdout
+
+
+# -- history through the command line ------------------------------------------------------------
+
+
+@pytest.fixture
+async def flows_db(tmp_path):
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    await write_all(store)
+    await store.close()
+    return f"sqlite:{tmp_path / 'flows.sqlite'}"
+
+
+def history_json(store: str, *args: str) -> list:
+    result = run("history", "--store", store, "--since", "2023-11-14T00:00:00Z",
+                 "--until", "2023-11-15T00:00:00Z", "--format", "json", *args)
+    assert result.exit_code == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
+def as_output(row: dict) -> dict:
+    return {**row, "first_seen": rfc3339(row["first_seen"]), "last_seen": rfc3339(row["last_seen"])}
+
+
+def test_history_json(flows_db):
+    assert history_json(flows_db) == [as_output(r) for r in (C2, C3, C1, C4)]
+    assert history_json(flows_db, "--port", "53", "--proto", "UDP") == [as_output(C1)]
+    assert history_json(flows_db, "--group-by", "proto", "--every", "10s", "--top", "1") == [
+        {"time": "2023-11-14T22:13:20.000000000Z", "proto": "tcp", "packets": 10, "bytes": 5000,
+         "first_seen": "2023-11-14T22:13:20.000000001Z", "last_seen": "2023-11-14T22:13:20.000000002Z"},
+        {"time": "2023-11-14T22:13:30.000000000Z", "proto": "tcp", "packets": 8, "bytes": 900,
+         "first_seen": "2023-11-14T22:13:30.000000001Z", "last_seen": "2023-11-14T22:13:30.000000002Z"},
+    ]
+
+
+def test_history_table_and_csv(flows_db):
+    common = ("history", "--store", flows_db, "--since", "2023-11-14T00:00:00Z", "--until", "2023-11-15T00:00:00Z")
+    table = run(*common, "--top", "2")
+    assert table.stdout == (
+        "IFACE DIR PROTO SOURCE         DESTINATION    PKTS BYTES LAST SEEN\n"
+        "veth0 out tcp   10.0.0.1:40000 10.0.0.3:443     10  4.9K 2023-11-14T22:13:20Z\n"
+        "veth1 in  tcp   10.0.0.3:443   10.0.0.1:40000    8   900 2023-11-14T22:13:30Z\n")
+    csv_out = run(*common, "--group-by", "iface", "--format", "csv")
+    assert csv_out.stdout == (
+        "ifname,direction,packets,bytes,first_seen,last_seen\n"
+        "veth0,egress,17,5700,2023-11-14T22:13:20.000000001Z,2023-11-14T22:13:30.000000002Z\n"
+        "veth1,ingress,8,900,2023-11-14T22:13:30.000000001Z,2023-11-14T22:13:30.000000002Z\n"
+        "eth0,ingress,2,196,2023-11-14T22:13:30.000000001Z,2023-11-14T22:13:30.000000002Z\n")
+    empty = run("history", "--store", flows_db, "--since", "1h")
+    assert (empty.exit_code, empty.stdout) == (0, "no traffic in this range\n")
+
+
+# -- control commands against a control service in its own thread --------------------------------
+
+
+@pytest.fixture
+def fake_probe(nats_server):
+    """A ControlService on a FakeDaemon, in a thread with its own event loop (CliRunner runs asyncio.run)."""
+    daemon = FakeDaemon()
+    loop = asyncio.new_event_loop()
+    service = ControlService(daemon, NatsOptions(servers=(nats_server.url,)), "node-1")
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(service.start(), loop).result(10)
+    try:
+        yield daemon, ("--host", "node-1", "--nats", nats_server.url)
+    finally:
+        asyncio.run_coroutine_threadsafe(service.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_attach_list_stats_detach(fake_probe):
+    daemon, target = fake_probe
+    assert run("attach", "veth0", *target).stdout == "attached veth0 (ifindex 3, veth, direction inverted)\n"
+    assert run("attach", "eth0", "--direction", "normal", *target).stdout == \
+        "attached eth0 (ifindex 4, device, direction normal)\n"
+    since = rfc3339(SINCE, digits=0)
+    assert run("list", *target).stdout == (
+        "IFACE IFINDEX KIND MODE   DIRECTION SINCE\n"
+        f"veth0       3 veth auto   inverted  {since}\n"
+        f"eth0        4      normal normal    {since}\n")
+    listed = orjson.loads(run("list", "--format", "json", *target).stdout)
+    assert [(d["name"], d["direction"], d["since"]) for d in listed] == [
+        ("veth0", "inverted", rfc3339(SINCE)), ("eth0", "normal", rfc3339(SINCE))]
+    assert run("stats", *target).stdout == (
+        "3 connections, 8 packets, 1300 bytes so far this interval\n"
+        "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES\n"
+        "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900\n"
+        "web       out udp   10.0.0.1:1002 10.0.0.2:53    2   300\n"
+        "web       out udp   10.0.0.1:1000 10.0.0.2:53    1   100\n")
+    stats_json = orjson.loads(run("stats", "veth0", "--format", "json", *target).stdout)
+    assert [(r["src_port"], r["packets"], r["bytes"], r["container_name"]) for r in stats_json] == [
+        (1002, 2, 300, "web"), (1000, 1, 100, "web")]
+    assert run("detach", "veth0", *target).stdout == "detached veth0 (ifindex 3, veth, direction inverted)\n"
+
+
+def test_control_errors_are_one_line(fake_probe):
+    daemon, target = fake_probe
+    assert_one_line_error(run("attach", "nope0", *target), "no network interface 'nope0'; see `ip link`")
+    assert_one_line_error(run("detach", "eth0", *target), "'eth0' is not attached; see `connstats list`")
+    assert_one_line_error(run("stats", "eth9", *target), "'eth9' is not attached; see `connstats list`")
+
+
+# -- the renderer, top's assembler, doctor's report --------------------------------------------------
+
+
+def test_render_formats():
+    rows = [{"name": "a", "n": 5, "t": SINCE}, {"name": "bbbbbbbbbbbb", "n": 12345, "t": 0}]
+    columns = [Column("name", "NAME", width=6), Column("n", "N", "int"), Column("t", "T", "time")]
+    out = io.StringIO()
+    render(rows, columns, OutputFormat.table, out)
+    assert out.getvalue() == ("NAME       N T\n"
+                              "a          5 2026-09-21T14:13:20Z\n"
+                              "bbbbb… 12345 -\n")
+    out = io.StringIO()
+    render(rows, columns, OutputFormat.csv, out)
+    assert out.getvalue() == "name,n,t\na,5,2026-09-21T14:13:20.000000000Z\nbbbbbbbbbbbb,12345,\n"
+    out = io.StringIO()
+    render(rows, columns, OutputFormat.json, out)
+    assert orjson.loads(out.getvalue()) == [{"name": "a", "n": 5, "t": "2026-09-21T14:13:20.000000000Z"},
+                                            {"name": "bbbbbbbbbbbb", "n": 12345, "t": ""}]
+
+
+def test_top_shows_an_interval_once_all_chunks_arrived():
+    assembler = IntervalAssembler(iface="veth0")
+    base = Envelope("h", "b", 7, SINCE, SINCE + 5, chunks=2)
+    first = [record("veth0", 1, 1, 10), record("eth0", 2, 1, 10)]
+    second = [record("veth0", 3, 1, 10)]
+    assert assembler.add(Envelope("h", "b", 7, SINCE, SINCE + 5, chunk=1, chunks=2, record_offset=2), second) is None
+    envelope, records = assembler.add(base, first)
+    assert envelope == base and [r.src_port for r in records] == [1, 3]
+
+
+def test_doctor_reports_pass_fail_and_skip():
+    def ok(state):
+        return "fine"
+
+    def broken(state):
+        raise CheckFailed("it is broken", "repair it")
+
+    lines = []
+    checks = (Check("one", ok), Check("two", broken), Check("three", ok, ("two",)), Check("four", ok))
+    assert run_checks({}, checks, lines.append) is False
+    assert lines == ["[pass] one: fine", "[FAIL] two: it is broken\n       fix: repair it",
+                     "[skip] three: needs two", "[pass] four: fine"]
+
+
+def test_effective_capabilities():
+    assert effective_capabilities("Name:\tx\nCapEff:\t000000c000001000\n") == {12, 38, 39}
+
+
+def test_permission_violation_is_one_line_without_the_password(auth_nats):
+    loop = asyncio.new_event_loop()
+    url = f"nats://127.0.0.1:{auth_nats}"
+    service = ControlService(FakeDaemon(), NatsOptions(servers=(url,), user="probe", password="probe-pw"), "node-1")
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(service.start(), loop).result(10)
+    try:
+        result = run("list", "--host", "node-1", "--nats", f"nats://viewer:viewer-pw@127.0.0.1:{auth_nats}")
+    finally:
+        asyncio.run_coroutine_threadsafe(service.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    assert_one_line_error(result, 'NATS refused the request on connstats.v1.ctl.node-1.list (permissions violation '
+                                  'for publish to "connstats.v1.ctl.node-1.list"); ask for permission to publish to '
+                                  'connstats.v1.ctl.> and subscribe to _INBOX.>')
+    ghost = run("list", "--host", "ghost", "--nats", f"nats://probe:probe-pw@127.0.0.1:{auth_nats}")
+    assert_one_line_error(ghost, f"no probe answers for host 'ghost' on nats://***@127.0.0.1:{auth_nats}; start "
+                                 "`connstats up` or `connstats probe` there, or check --host and --nats")

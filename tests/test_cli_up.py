@@ -1,0 +1,124 @@
+"""The parts of ``up`` that need no kernel: the embedded nats-server and the shutdown wait."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import nats
+
+import pytest
+
+from connstats.cli.pipeline import (
+    ProbePlan, check_interfaces, default_interfaces, http_services, wait_until_stored, watcher_services,
+    write_private,
+)
+from connstats.probe.errors import ConfigError, DeviceError
+from connstats.probe.embedded_nats import EmbeddedNats, pick_port
+from connstats.probe.publisher import FlowPublisher, PublisherSettings
+from connstats.probe.subjects import NatsOptions
+from connstats.sink.consumer import ConsumerSettings
+from connstats.sink.daemon import run_sink
+from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
+
+
+def test_pick_port_prefers_the_given_port_and_falls_back_when_taken():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = pick_port(port)
+        assert other != port and 0 < other < 65536
+    assert pick_port(port) == port
+
+
+async def test_embedded_server_has_jetstream_on_loopback_and_stops(tmp_path):
+    with socket.socket() as taken:  # the preferred port is busy: another one is used
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        server = EmbeddedNats(tmp_path, preferred_port=busy)
+        url = server.start()
+        try:
+            assert url == f"nats://127.0.0.1:{server.port}" and server.port != busy
+            nc = await nats.connect(url)
+            info = await nc.jetstream().account_info()
+            await nc.close()
+            assert info.limits is not None
+            assert (tmp_path / "jetstream").is_dir()
+            listening = open("/proc/net/tcp").read()
+            assert f"0100007F:{server.port:04X}" in listening  # 127.0.0.1 only
+            assert f"00000000:{server.port:04X}" not in listening
+        finally:
+            pid = server.pid
+            server.stop()
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+async def test_wait_until_stored_follows_the_consumer_ack_floor(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    host = "node-1.example"
+    store = MemoryStore()
+    stop = asyncio.Event()
+    settings = ConsumerSettings(fetch_timeout=0.2)
+    sink = asyncio.create_task(run_sink(options, store, settings, stop=stop, handle_signals=False))
+    async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
+        for seq in range(5):
+            envelope = sample_envelope(seq, host=host)
+            await publisher.submit(envelope, sample_records(envelope, 100))
+        assert await publisher.flush(10)
+    assert await wait_until_stored(options, host, timeout=10) is True
+    assert store.record_count() == 500
+    stop.set()
+    await sink
+
+
+async def test_wait_until_stored_gives_up_after_the_timeout(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    host = "node-2"
+    store = MemoryStore()
+    stop = asyncio.Event()
+    stop.set()  # the sink creates its consumer, then stops at once: nothing is acked
+    await run_sink(options, store, ConsumerSettings(fetch_timeout=0.2), stop=stop, handle_signals=False)
+    async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
+        envelope = sample_envelope(0, host=host)
+        await publisher.submit(envelope, sample_records(envelope, 3))
+        assert await publisher.flush(10)
+    assert await wait_until_stored(options, host, timeout=0.3) is False
+    assert await wait_until_stored(options, "never-published", timeout=0.3) is True
+
+
+# -- how the probe is put together ---------------------------------------------------------------
+
+
+def plan(tmp_path, **changes) -> ProbePlan:
+    return ProbePlan(host="h", ifaces=["lo"], interval=1.0, nats=NatsOptions(), state_dir=tmp_path, **changes)
+
+
+def test_the_link_watcher_is_wired_only_without_iface(tmp_path):
+    assert watcher_services(plan(tmp_path)) == []
+    [factory] = watcher_services(plan(tmp_path, watch=True))
+    assert type(factory(object())).__name__ == "LinkWatcher"
+
+
+def test_the_http_api_only_when_an_address_is_set(tmp_path):
+    assert http_services(plan(tmp_path)) == []
+    [factory] = http_services(plan(tmp_path, http="127.0.0.1:0"))
+    assert callable(factory)
+    with pytest.raises(ConfigError):
+        http_services(plan(tmp_path, http="no-port"))
+
+
+def test_interfaces(tmp_path):
+    names = default_interfaces()
+    assert "lo" not in names
+    assert all(int(open(f"/sys/class/net/{n}/flags").read(), 16) & 1 for n in names)
+    check_interfaces(["lo"])
+    with pytest.raises(DeviceError) as caught:
+        check_interfaces(["lo", "nope0"])
+    assert str(caught.value) == "no network interface 'nope0'; see `ip link`"
+
+
+def test_the_url_file_is_private(tmp_path):
+    write_private(tmp_path / "nats.url", "nats://u:p@h:4222\n")
+    assert (tmp_path / "nats.url").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,233 @@
+"""The control plane: ControlService on a fake daemon and ControlClient, over a real nats-server."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import nats
+import orjson
+import pytest
+
+from connstats.probe.control import ControlClient, ControlService
+from connstats.probe.devices import AttachedDevice, LinkInfo
+from connstats.probe.errors import DeviceError, TransportError
+from connstats.probe.record import FlowRecord
+from connstats.probe.subjects import NatsOptions, control_subject
+from tests.fixtures.nats import NATS_SERVER, free_port
+
+SINCE = 1_790_000_000_000_000_000
+HOST = "node-1.example"
+
+
+def record(ifname: str, src_port: int, packets: int, nbytes: int) -> FlowRecord:
+    return FlowRecord(SINCE, SINCE + 5, 3 if ifname == "veth0" else 4, ifname, "egress", 4, 17,
+                      "10.0.0.1", "10.0.0.2", src_port, 53, packets, nbytes, SINCE + 1, SINCE + 2, 0,
+                      "", "web" if ifname == "veth0" else "", "")
+
+
+class FakeDaemon:
+    """What ControlService calls on ProbeDaemon, without a kernel."""
+
+    LINKS = {"veth0": LinkInfo(3, "veth0", "veth", True), "eth0": LinkInfo(4, "eth0", "", True)}
+
+    def __init__(self) -> None:
+        self.attached: dict[str, AttachedDevice] = {}
+        self.records = [record("veth0", 1000, 1, 100), record("eth0", 1001, 5, 900), record("veth0", 1002, 2, 300)]
+        self.fail_with: Exception | None = None
+
+    async def attach(self, name, mode=None):
+        if self.fail_with:
+            raise self.fail_with
+        if name not in self.LINKS:
+            raise DeviceError(f"no network interface {name!r}; see `ip link`")
+        link = self.LINKS[name]
+        inverted = mode == "inverted" or (mode == "auto" and link.kind == "veth")
+        self.attached[name] = AttachedDevice(link, mode, inverted, SINCE)
+        return self.attached[name]
+
+    async def detach(self, name, reason="detached"):
+        if name not in self.attached:
+            raise DeviceError(f"{name!r} is not attached; see `connstats list`")
+        return self.attached.pop(name)
+
+    def devices(self):
+        return sorted(self.attached.values(), key=lambda d: d.ifindex)
+
+    async def live_records(self):
+        return list(self.records)
+
+
+@pytest.fixture
+async def control(nats_server):
+    daemon = FakeDaemon()
+    options = NatsOptions(servers=(nats_server.url,))
+    service = ControlService(daemon, options, HOST)
+    await service.start()
+    try:
+        yield daemon, options
+    finally:
+        await service.close()
+
+
+async def ask(options, verb, body=None, host=HOST, timeout=2.0):
+    async with ControlClient(options, host, timeout) as client:
+        return await client.request(verb, body)
+
+
+VETH0 = {"name": "veth0", "ifindex": 3, "kind": "veth", "mode": "auto", "direction": "inverted", "since": SINCE}
+
+
+async def test_attach_list_detach(control):
+    daemon, options = control
+    assert await ask(options, "attach", {"iface": "veth0", "direction": "auto"}) == {"device": VETH0}
+    assert await ask(options, "attach", {"iface": "eth0", "direction": "normal"}) == {"device": {
+        "name": "eth0", "ifindex": 4, "kind": "", "mode": "normal", "direction": "normal", "since": SINCE}}
+    listed = await ask(options, "list")
+    assert [d["name"] for d in listed["devices"]] == ["veth0", "eth0"]
+    assert await ask(options, "detach", {"iface": "veth0"}) == {"device": VETH0}
+    assert [d["name"] for d in (await ask(options, "list"))["devices"]] == ["eth0"]
+    assert await ask(options, "ping") == {"host": HOST, "devices": 1}
+
+
+async def test_probe_errors_come_back_as_the_same_error(control):
+    _, options = control
+    with pytest.raises(DeviceError) as caught:
+        await ask(options, "attach", {"iface": "nope0"})
+    assert str(caught.value) == "no network interface 'nope0'; see `ip link`"
+    with pytest.raises(DeviceError) as caught:
+        await ask(options, "detach", {"iface": "eth0"})
+    assert str(caught.value) == "'eth0' is not attached; see `connstats list`"
+
+
+async def test_stats_busiest_first_with_iface_and_limit(control):
+    daemon, options = control
+    await ask(options, "attach", {"iface": "veth0", "direction": "auto"})
+    await ask(options, "attach", {"iface": "eth0", "direction": "auto"})
+    everything = await ask(options, "stats")
+    assert (everything["connections"], everything["packets"], everything["bytes"]) == (3, 8, 1300)
+    assert [r["src_port"] for r in everything["records"]] == [1001, 1002, 1000]
+    assert everything["records"][1]["container_name"] == "web"
+    one = await ask(options, "stats", {"iface": "veth0", "limit": 1})
+    assert (one["connections"], one["packets"], one["bytes"]) == (2, 3, 400)
+    assert [r["src_port"] for r in one["records"]] == [1002]
+    with pytest.raises(DeviceError):
+        await ask(options, "stats", {"iface": "eth9"})
+
+
+@pytest.mark.parametrize("payload, error", [
+    (b"{not json", "the request is not JSON; send a JSON object"),
+    (b"[1, 2]", "the request is not a JSON object; send a JSON object"),
+    (b'{"direction": "auto"}', "the request lacks 'iface'"),
+    (b'{"iface": 7}', "'iface' must be a string"),
+])
+async def test_bad_requests_get_an_error_reply_and_the_service_goes_on(control, nats_server, payload, error):
+    _, options = control
+    nc = await nats.connect(nats_server.url)
+    try:
+        reply = await nc.request(control_subject(HOST, "attach"), payload, timeout=2)
+        assert orjson.loads(reply.data) == {"ok": False, "error": error, "kind": "ConfigError"}
+        unknown = await nc.request(control_subject(HOST, "reboot"), b"", timeout=2)
+        assert orjson.loads(unknown.data) == {
+            "ok": False, "kind": "ConfigError",
+            "error": "unknown control verb 'reboot'; use one of attach, detach, list, stats, ping"}
+    finally:
+        await nc.close()
+    assert await ask(options, "list") == {"devices": []}
+
+
+async def test_a_bug_in_the_daemon_is_an_error_reply_not_a_crash(control):
+    daemon, options = control
+    daemon.fail_with = RuntimeError("boom")
+    with pytest.raises(Exception) as caught:
+        await ask(options, "attach", {"iface": "veth0"})
+    assert str(caught.value) == "internal error in the probe: RuntimeError('boom'); see the probe's log"
+    daemon.fail_with = None
+    assert (await ask(options, "attach", {"iface": "veth0", "direction": "auto"}))["device"] == VETH0
+
+
+async def test_no_probe_answering(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    with pytest.raises(TransportError) as caught:
+        await ask(options, "list", host="ghost")
+    assert str(caught.value) == (f"no probe answers for host 'ghost' on {nats_server.url}; start "
+                                 "`connstats up` or `connstats probe` there, or check --host and --nats")
+
+
+async def test_a_probe_that_does_not_answer_times_out(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe(control_subject("mute", "list"))  # takes requests, never replies
+        await nc.flush()
+        started = time.monotonic()
+        with pytest.raises(TransportError) as caught:
+            await ask(options, "list", host="mute", timeout=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        await nc.close()
+    assert str(caught.value) == ("the probe for host 'mute' did not answer within 0.3 s; check that it "
+                                 "runs and is not overloaded")
+
+
+async def test_nats_unreachable():
+    options = NatsOptions(servers=(f"nats://127.0.0.1:{free_port()}",), connect_timeout=0.5)
+    with pytest.raises(TransportError) as caught:
+        await ask(options, "list")
+    assert str(caught.value).startswith("cannot connect to NATS at nats://127.0.0.1:")
+
+
+# -- permissions --------------------------------------------------------------------------------
+
+AUTH_CONFIG = """
+authorization {
+  users = [
+    {user: probe, password: probe-pw}
+    {user: viewer, password: viewer-pw, permissions: {publish: {deny: ["connstats.v1.ctl.>"]}}}
+  ]
+}
+"""
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            return s.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def auth_nats(tmp_path):
+    port = free_port()
+    config = tmp_path / "auth.conf"
+    config.write_text(AUTH_CONFIG)
+    process = subprocess.Popen([NATS_SERVER, "-c", str(config), "-a", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not answers(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+async def test_permission_violation_is_named(auth_nats):
+    probe = NatsOptions(servers=(f"nats://127.0.0.1:{auth_nats}",), user="probe", password="probe-pw")
+    service = ControlService(FakeDaemon(), probe, HOST)
+    await service.start()
+    try:
+        viewer = NatsOptions(servers=(f"nats://127.0.0.1:{auth_nats}",), user="viewer", password="viewer-pw")
+        started = time.monotonic()
+        with pytest.raises(TransportError) as caught:
+            await ask(viewer, "list", timeout=3)
+        assert time.monotonic() - started < 2  # named as soon as the server says so, not at the timeout
+        assert await ask(probe, "list") == {"devices": []}
+    finally:
+        await service.close()
+    assert str(caught.value) == (
+        'NATS refused the request on connstats.v1.ctl.node-1%2Eexample.list (permissions violation for '
+        'publish to "connstats.v1.ctl.node-1%2eexample.list"); ask for permission to publish to '
+        'connstats.v1.ctl.> and subscribe to _INBOX.>')

@@ -1,0 +1,256 @@
+"""History queries: SQL on real SQLite files written by SqliteStore, Flux against the InfluxDB
+test server, and the pure builders. Exact rows, exact totals."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from connstats.probe.errors import ConfigError, StoreError
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.sink.history import (
+    HistoryQuery, aggregate, build_flux, build_sql, influx_history, parse_duration, parse_time,
+    sqlite_history,
+)
+from connstats.sink.influx_store import InfluxConfig, InfluxStore
+from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+SECOND = 1_000_000_000
+T0 = 1_700_000_000 * SECOND
+T1 = T0 + 10 * SECOND
+ALL = dict(since=T0 - 3600 * SECOND, until=T0 + 3600 * SECOND)
+
+
+def rec(start: int, ifname: str, direction: str, proto: int, src: str, sport: int, dst: str,
+        dport: int, packets: int, nbytes: int, container: str = "") -> FlowRecord:
+    return FlowRecord(start, start + 10 * SECOND, 7 if ifname == "veth0" else 8, ifname, direction,
+                      4, proto, src, dst, sport, dport, packets, nbytes, start + 1, start + 2, 0,
+                      "", container, "")
+
+
+# c1 appears in both intervals; c4 belongs to another host.
+INTERVAL_1 = [
+    rec(T0, "veth0", "egress", 17, "10.0.0.1", 5000, "10.0.0.2", 53, 3, 300),
+    rec(T0, "veth0", "egress", 6, "10.0.0.1", 40000, "10.0.0.3", 443, 10, 5000),
+]
+INTERVAL_2 = [
+    rec(T1, "veth0", "egress", 17, "10.0.0.1", 5000, "10.0.0.2", 53, 4, 400),
+    rec(T1, "veth1", "ingress", 6, "10.0.0.3", 443, "10.0.0.1", 40000, 8, 900),
+]
+OTHER_HOST = [rec(T1, "eth0", "ingress", 1, "10.0.0.9", 0, "10.0.0.1", 0, 2, 196)]
+
+C1 = {"ifname": "veth0", "direction": "egress", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 5000,
+      "dst_ip": "10.0.0.2", "dst_port": 53, "packets": 7, "bytes": 700, "first_seen": T0 + 1, "last_seen": T1 + 2}
+C2 = {"ifname": "veth0", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 40000,
+      "dst_ip": "10.0.0.3", "dst_port": 443, "packets": 10, "bytes": 5000, "first_seen": T0 + 1, "last_seen": T0 + 2}
+C3 = {"ifname": "veth1", "direction": "ingress", "proto": "tcp", "src_ip": "10.0.0.3", "src_port": 443,
+      "dst_ip": "10.0.0.1", "dst_port": 40000, "packets": 8, "bytes": 900, "first_seen": T1 + 1, "last_seen": T1 + 2}
+C4 = {"ifname": "eth0", "direction": "ingress", "proto": "icmp", "src_ip": "10.0.0.9", "src_port": 0,
+      "dst_ip": "10.0.0.1", "dst_port": 0, "packets": 2, "bytes": 196, "first_seen": T1 + 1, "last_seen": T1 + 2}
+
+
+def envelope(start: int, host: str = "node-1") -> Envelope:
+    return Envelope(host=host, boot_id="boot", interval_seq=start // SECOND, interval_start=start,
+                    interval_end=start + 10 * SECOND)
+
+
+async def write_all(store) -> None:
+    await store.write(envelope(T0), INTERVAL_1)
+    await store.write(envelope(T1), INTERVAL_2)
+    await store.write(envelope(T1, "node-2"), OTHER_HOST)
+
+
+@pytest.fixture
+async def db(tmp_path):
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    await write_all(store)
+    await store.close()
+    return tmp_path / "flows.sqlite"
+
+
+# -- SQLite ----------------------------------------------------------------------------------
+
+
+def test_default_is_one_row_per_connection_sorted_by_bytes(db):
+    assert sqlite_history(db, HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+
+
+@pytest.mark.parametrize("filters, expected", [
+    ({"port": 53}, [C1]),
+    ({"port": 443}, [C2, C3]),  # either side
+    ({"proto": 17}, [C1]),
+    ({"direction": "ingress"}, [C3, C4]),
+    ({"iface": "veth1"}, [C3]),
+    ({"host": "node-2"}, [C4]),
+    ({"iface": "veth0", "proto": 6}, [C2]),
+    ({"container": "web"}, []),
+    ({"iface": "x' OR 1=1 --"}, []),  # bound, never spliced into the SQL
+])
+def test_filters(db, filters, expected):
+    assert sqlite_history(db, HistoryQuery(**ALL, **filters)) == expected
+
+
+def test_range_selects_intervals_that_overlap_it(db):
+    first_only = sqlite_history(db, HistoryQuery(since=T0, until=T1))
+    assert [(r["dst_port"], r["packets"], r["bytes"]) for r in first_only] == [(443, 10, 5000), (53, 3, 300)]
+
+
+def test_group_by_port_uses_the_lower_port(db):
+    rows = sqlite_history(db, HistoryQuery(**ALL, group_by="port"))
+    assert [(r["proto"], r["port"], r["packets"], r["bytes"]) for r in rows] == [
+        ("tcp", 443, 18, 5900), ("udp", 53, 7, 700), ("icmp", 0, 2, 196)]
+
+
+def test_group_by_iface_and_proto(db):
+    by_iface = sqlite_history(db, HistoryQuery(**ALL, group_by="iface"))
+    assert [(r["ifname"], r["direction"], r["packets"], r["bytes"]) for r in by_iface] == [
+        ("veth0", "egress", 17, 5700), ("veth1", "ingress", 8, 900), ("eth0", "ingress", 2, 196)]
+    by_proto = sqlite_history(db, HistoryQuery(**ALL, group_by="proto"))
+    assert [(r["proto"], r["packets"], r["bytes"]) for r in by_proto] == [
+        ("tcp", 18, 5900), ("udp", 7, 700), ("icmp", 2, 196)]
+
+
+def test_every_makes_time_buckets_and_top_applies_per_bucket(db):
+    query = HistoryQuery(**ALL, group_by="proto", every=10 * SECOND, top=1)
+    rows = sqlite_history(db, query)
+    assert [(r["time"], r["proto"], r["packets"], r["bytes"]) for r in rows] == [
+        (T0, "tcp", 10, 5000), (T1, "tcp", 8, 900)]
+
+
+def test_top_without_every(db):
+    assert sqlite_history(db, HistoryQuery(**ALL, top=2)) == [C2, C3]
+
+
+def test_reads_while_a_writer_holds_a_transaction(db):
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE flows SET bytes = 1")
+        assert sqlite_history(db, HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_missing_database(tmp_path):
+    with pytest.raises(StoreError) as caught:
+        sqlite_history(tmp_path / "none.sqlite", HistoryQuery(**ALL))
+    assert str(caught.value) == (f"no flow database at {tmp_path / 'none.sqlite'}; start `connstats up` "
+                                 "or `connstats sink`, or check --store")
+
+
+def test_file_without_flows(tmp_path):
+    path = tmp_path / "other.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(StoreError) as caught:
+        sqlite_history(path, HistoryQuery(**ALL))
+    assert str(caught.value) == f"{path} holds no flows table; is it a connstats database?"
+
+
+def test_build_sql_binds_every_value():
+    sql, params = build_sql(HistoryQuery(since=1, until=2, iface="eth0", port=53, top=5))
+    assert sql == (
+        "SELECT ifname AS ifname, direction AS direction, proto AS proto, src_ip AS src_ip, "
+        "src_port AS src_port, dst_ip AS dst_ip, dst_port AS dst_port, SUM(packets) AS packets, "
+        "SUM(bytes) AS bytes, MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM flows "
+        "WHERE interval_end > :since AND interval_start < :until AND ifname = :iface AND "
+        "(src_port = :port OR dst_port = :port) GROUP BY ifname, direction, proto, src_ip, src_port, "
+        "dst_ip, dst_port ORDER BY bytes DESC, packets DESC, ifname, direction, proto, src_ip, "
+        "src_port, dst_ip, dst_port LIMIT :top")
+    assert params == {"since": 1, "until": 2, "iface": "eth0", "port": 53, "top": 5}
+
+
+# -- InfluxDB ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def influx(influx_server):
+    store = InfluxStore(InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_influx_gives_the_same_rows_as_sqlite(influx, db):
+    await write_all(influx)
+    assert await influx_history(influx, HistoryQuery(**ALL)) == sqlite_history(db, HistoryQuery(**ALL))
+    query = HistoryQuery(**ALL, group_by="port", top=2)
+    assert await influx_history(influx, query) == sqlite_history(db, query)
+
+
+async def test_influx_sends_user_input_only_as_params(influx, influx_server):
+    evil = 'x") |> drop() //'
+    query = HistoryQuery(**ALL, iface=evil, port=53, proto=17, direction="egress", host="node-1",
+                         container="web")
+    await influx_history(influx, query)
+    (sent,) = influx_server.queries
+    assert evil not in sent["query"] and "53" not in sent["query"] and "node-1" not in sent["query"]
+    externs = {s["assignment"]["id"]["name"]: s["assignment"]["init"] for s in sent["extern"]["body"]}
+    assert {k: v.get("value") for k, v in externs.items() if k not in ("p_start", "p_stop")} == {
+        "p_bucket": "flows", "p_measurement": "connstats_flow", "p_iface": evil, "p_port": "53",
+        "p_proto": "udp", "p_direction": "egress", "p_host": "node-1", "p_container": "web",
+    }
+    assert externs["p_port"]["type"] == "IntegerLiteral"
+    assert externs["p_start"] == {"type": "DateTimeLiteral", "value": "2023-11-14T21:13:20.000000000Z"}
+
+
+def test_build_flux_text():
+    flux, params = build_flux(HistoryQuery(since=T0, until=T1, port=443), "flows")
+    assert flux == "\n".join([
+        "from(bucket: p_bucket)",
+        "  |> range(start: p_start, stop: p_stop)",
+        "  |> filter(fn: (r) => r._measurement == p_measurement)",
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
+        "  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)",
+        '  |> keep(columns: ["_time", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", '
+        '"dst_port", "packets", "bytes", "first_seen", "last_seen"])',
+    ])
+    assert params["p_port"] == 443 and params["p_bucket"] == "flows"
+
+
+def test_aggregate_buckets_points_by_time():
+    points = [{**C1, "proto": "udp", "_time": T0 + 5}, {**C1, "proto": "udp", "_time": T1 + 5}]
+    rows = aggregate(points, HistoryQuery(**ALL, every=10 * SECOND))
+    assert [(r["time"], r["packets"], r["bytes"]) for r in rows] == [(T0, 7, 700), (T1, 7, 700)]
+
+
+# -- times and validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, ns", [
+    ("15m", 900 * SECOND), ("1h30m", 5400 * SECOND), ("0.5s", SECOND // 2), ("2d", 172800 * SECOND),
+])
+def test_parse_duration(text, ns):
+    assert parse_duration(text) == ns
+
+
+def test_parse_time():
+    now = T0
+    assert parse_time("15m", now) == T0 - 900 * SECOND
+    assert parse_time("now", now) == T0
+    assert parse_time("2023-11-14T22:13:20Z", now) == T0
+    assert parse_time("2023-11-14T23:13:20.5+01:00", now) == T0 + SECOND // 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("yesterday", "'yesterday' is neither a duration (15m) nor an RFC 3339 time (2026-11-22T01:00:00Z)"),
+    ("2023-11-14T22:13:20", "'2023-11-14T22:13:20' has no time zone; add Z or an offset like +01:00"),
+])
+def test_parse_time_errors(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_time(text, T0)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto"),
+    ({"port": 70000}, "--port 70000 is not between 0 and 65535"),
+    ({"until": ALL["since"]}, "--until must be later than --since"),
+    ({"every": 0}, "--every must be a positive duration, e.g. 1m"),
+])
+def test_query_validation(changes, message):
+    with pytest.raises(ConfigError) as caught:
+        HistoryQuery(**{**ALL, **changes})
+    assert str(caught.value) == message
