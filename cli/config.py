@@ -68,6 +68,9 @@ SETTINGS: dict[str, Setting] = {
     "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
     "http": Setting("CONNSTATS_HTTP", "probe", "http"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
+    "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
+    "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
+    "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),
 }
 
 

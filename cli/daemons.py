@@ -7,15 +7,18 @@ import sys
 
 import typer
 
+from dataclasses import dataclass
+
+from connstats.probe.containers import DEFAULT_DOCKER_SOCKET
 from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.errors import ConfigError
-from connstats.probe.subjects import _redacted
+from connstats.probe.subjects import redacted
 
 from . import pipeline
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    ConfigFile, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
+    Auto, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
     TlsKey, load_config,
 )
 
@@ -31,16 +34,26 @@ def setup_logging(live: bool) -> None:
         logging.getLogger("connstats.probe").setLevel(logging.WARNING)
 
 
+@dataclass(frozen=True)
+class WatchFlags:
+    """Which devices to attach as they appear."""
+
+    auto: list[str] | None = None
+    exclude: list[str] | None = None
+    docker_socket: str | None = None
+
+
 def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
-               host: str | None, http: str | None) -> pipeline.ProbePlan:
-    ifaces = config.get("iface", iface)
-    watch = not ifaces
+               host: str | None, http: str | None, watch: WatchFlags = WatchFlags()) -> pipeline.ProbePlan:
+    ifaces = config.get("iface", iface) or []
+    auto = config.get("auto", watch.auto) or ([] if ifaces else ["*"])
     if ifaces:
         pipeline.check_interfaces(ifaces)
-    else:
+    elif not config.get("auto", watch.auto):
         ifaces = pipeline.default_interfaces()
-    if not ifaces:
+    if not ifaces and not auto:
         raise ConfigError("no network interface other than loopback is up; name one with --iface")
+    docker_socket = config.get("docker_socket", watch.docker_socket, DEFAULT_DOCKER_SOCKET)
     seconds = config.get("interval", interval, DEFAULT_INTERVAL)
     if seconds < 0.05:
         raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
@@ -49,7 +62,9 @@ def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interv
     return pipeline.ProbePlan(
         host=config.host(host), ifaces=ifaces, interval=seconds,
         nats=flags.options(config, name="connstats-probe"), state_dir=state_dir,
-        http=address or DEFAULT_HTTP, http_explicit=address is not None, watch=watch,
+        http=address or DEFAULT_HTTP, http_explicit=address is not None, auto=auto,
+        exclude=config.get("exclude", watch.exclude, []),
+        docker_socket=None if docker_socket == "none" else docker_socket,
     )
 
 
@@ -64,6 +79,7 @@ def up(
     iface: Ifaces = None, interval: Interval = None, store: Store = None, nats: Nats = None,
     host: Host = None, http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+    auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -72,7 +88,7 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    plan = probe_plan(cfg, flags, iface, interval, host, http)
+    plan = probe_plan(cfg, flags, iface, interval, host, http, WatchFlags(auto, exclude, docker_socket))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     store_spec = cfg.store_spec(store)
     live = sys.stdout.isatty()
@@ -81,7 +97,7 @@ def up(
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
-        banner = _banner("up", plan, daemon, f"NATS {where}{_redacted(plan.nats.servers)}; store {store_spec}; ")
+        banner = _banner("up", plan, daemon, f"NATS {where}{redacted(plan.nats.servers)}; store {store_spec}; ")
         print(banner, file=sys.stderr, flush=True)
         if live:
             summary[0].banner = banner
@@ -99,10 +115,12 @@ def probe(
     iface: Ifaces = None, interval: Interval = None, nats: Nats = None, host: Host = None,
     http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+    auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS."""
     cfg = load_config(config)
-    plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host, http)
+    plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host,
+                      http, WatchFlags(auto, exclude, docker_socket))
     live = sys.stdout.isatty()
     setup_logging(live)
     daemon = pipeline.probe_daemon(plan)
@@ -110,7 +128,7 @@ def probe(
         daemon.interval_listeners.append(LiveSummary(""))
 
     def on_ready(daemon: ProbeDaemon) -> None:
-        banner = _banner("probe", plan, daemon, f"NATS {_redacted(plan.nats.servers)}; ")
+        banner = _banner("probe", plan, daemon, f"NATS {redacted(plan.nats.servers)}; ")
         print(banner, file=sys.stderr, flush=True)
         for listener in daemon.interval_listeners:
             if isinstance(listener, LiveSummary):

@@ -41,6 +41,15 @@ Store = Annotated[Optional[str], typer.Option(
     "influxdb if INFLUXDB_V2_URL is set, else sqlite:<state>/flows.sqlite]")]
 Http = Annotated[Optional[str], typer.Option(
     "--http", metavar="ADDR:PORT", help="serve the HTTP API here [default: 127.0.0.1:9102]")]
+Auto = Annotated[Optional[list[str]], typer.Option(
+    "--auto", metavar="PATTERN", help="attach devices whose name matches this glob as they come "
+    "up (repeatable) [default: every device, when no --iface is given]")]
+Exclude = Annotated[Optional[list[str]], typer.Option(
+    "--exclude", metavar="PATTERN", help="never auto-attach devices matching this glob (repeatable; "
+    "lo always)")]
+DockerSocket = Annotated[Optional[str], typer.Option(
+    "--docker-socket", metavar="PATH", help="Docker Engine socket to watch containers on; "
+    "'none' to disable [default: /var/run/docker.sock when present]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
 
 
@@ -60,6 +69,6 @@ class NatsFlags:
 
 
 __all__ = [
-    "Config", "ConfigFile", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
+    "Auto", "Config", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
     "NatsFlags", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
 ]

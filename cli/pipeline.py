@@ -40,7 +40,6 @@ log = logging.getLogger("connstats.cli")
 IFF_UP = 0x1
 ARPHRD_LOOPBACK = 772
 HTTP_API_MODULE = "connstats.probe.http_api"
-WATCH_MODULE = "connstats.probe.watch"
 
 
 @dataclass
@@ -54,7 +53,9 @@ class ProbePlan:
     state_dir: Path
     http: str | None = None  # ADDR:PORT, or None for no HTTP API
     http_explicit: bool = False  # given by the user: a missing HTTP module is an error
-    watch: bool = False  # no --iface: keep attaching interfaces as they come up
+    auto: list[str] = field(default_factory=list)  # globs to attach as they come up
+    exclude: list[str] = field(default_factory=list)
+    docker_socket: str | None = None  # None: do not watch Docker
     drain_timeout: float = 15.0  # up: how long to wait for the sink at shutdown
     services: list[ServiceFactory] = field(default_factory=list)
 
@@ -104,21 +105,17 @@ def http_services(plan: ProbePlan) -> list[ServiceFactory]:
 
 
 def watcher_services(plan: ProbePlan) -> list[ServiceFactory]:
-    """Services that attach devices as they appear: the hook for watchers.
+    """Services that attach devices as they appear: links matching ``--auto`` (every one
+    but ``lo`` when no ``--iface`` was given), and Docker containers' veths, labelled."""
+    from connstats.probe.containers import docker_watcher
+    from connstats.probe.watch import link_watcher
 
-    ``up`` and ``probe`` without ``--iface`` attach every interface that is up at start,
-    and the link watcher (``probe/watch.py``) keeps attaching new ones (every name but ``lo``).
-    """
-    if not plan.watch:
-        return []
-    try:
-        from connstats.probe.watch import link_watcher
-    except ImportError as exc:
-        if exc.name != WATCH_MODULE:
-            raise
-        log.warning("no link watcher in this build; interfaces that come up later are not attached")
-        return []
-    return [link_watcher(["*"])]
+    services = []
+    if plan.auto:
+        services.append(link_watcher(plan.auto, exclude=plan.exclude))
+    if plan.docker_socket:
+        services.append(docker_watcher(plan.docker_socket))
+    return services
 
 
 def probe_daemon(plan: ProbePlan) -> ProbeDaemon:

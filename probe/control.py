@@ -32,7 +32,7 @@ from . import errors
 from .devices import AttachedDevice
 from .errors import ConfigError, ConnstatsError, TransportError
 from .record import record_to_wire
-from .subjects import PREFIX, NatsOptions, _redacted, connect, control_subject, host_token
+from .subjects import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class ControlClient:
             msg = request.result()
         except nats.errors.NoRespondersError:
             raise TransportError(
-                f"no probe answers for host {self.host!r} on {_redacted(self.options.servers)}; "
+                f"no probe answers for host {self.host!r} on {redacted(self.options.servers)}; "
                 "start `connstats up` or `connstats probe` there, or check --host and --nats") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             raise TransportError(

@@ -221,7 +221,7 @@ def _connect_arguments(options: NatsOptions) -> dict[str, Any]:
     return arguments
 
 
-def _redacted(servers: tuple[str, ...]) -> str:
+def redacted(servers: tuple[str, ...]) -> str:
     return ", ".join(re.sub(r"//[^@/]*@", "//***@", s) for s in servers)
 
 
@@ -236,7 +236,7 @@ async def connect(options: NatsOptions, **callbacks: Any) -> Client:
         client = await nats.connect(**arguments)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise TransportError(
-            f"cannot connect to NATS at {_redacted(options.servers)}: {type(exc).__name__}; "
+            f"cannot connect to NATS at {redacted(options.servers)}: {type(exc).__name__}; "
             "check the URL, that nats-server runs, and the credentials"
         ) from exc
     # nats-py would retry the first connect forever with -1, so the limit is lifted only

@@ -13,6 +13,9 @@ from connstats.cli.pipeline import (
     ProbePlan, check_interfaces, default_interfaces, http_services, wait_until_stored, watcher_services,
     write_private,
 )
+from connstats.cli.config import Config
+from connstats.cli.daemons import WatchFlags, probe_plan
+from connstats.cli.options import NatsFlags
 from connstats.probe.errors import ConfigError, DeviceError
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
@@ -95,10 +98,27 @@ def plan(tmp_path, **changes) -> ProbePlan:
     return ProbePlan(host="h", ifaces=["lo"], interval=1.0, nats=NatsOptions(), state_dir=tmp_path, **changes)
 
 
-def test_the_link_watcher_is_wired_only_without_iface(tmp_path):
-    assert watcher_services(plan(tmp_path)) == []
-    [factory] = watcher_services(plan(tmp_path, watch=True))
-    assert type(factory(object())).__name__ == "LinkWatcher"
+def watchers(tmp_path, **flags) -> tuple[list[str], list[str], list[str]]:
+    """(ifaces, auto patterns, watcher service names) of a probe plan built from ``flags``."""
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
+    iface = flags.pop("iface", None)
+    built = probe_plan(config, NatsFlags(), iface, None, "h", None, WatchFlags(**flags))
+    names = [type(factory(object())).__name__ for factory in watcher_services(built)]
+    return built.ifaces, built.auto, names
+
+
+def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
+    no_docker = dict(docker_socket="none")
+    # no --iface: what is up now, and every device that comes up later
+    ifaces, auto, names = watchers(tmp_path, **no_docker)
+    assert (ifaces, auto, names) == (default_interfaces(), ["*"], ["LinkWatcher"])
+    # --iface only: exactly those, no link watcher
+    assert watchers(tmp_path, iface=["lo"], **no_docker) == (["lo"], [], [])
+    # --auto: only what matches, as it comes up
+    assert watchers(tmp_path, auto=["veth*"], exclude=["vethx*"], **no_docker) == ([], ["veth*"], ["LinkWatcher"])
+    # a Docker socket adds the container watcher (it waits quietly while the socket is absent)
+    socket_path = str(tmp_path / "docker.sock")
+    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path)[2] == ["DockerWatcher"]
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):
