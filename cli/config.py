@@ -48,6 +48,16 @@ def _float(value: Any) -> float:
         raise ConfigError(f"{value!r} is not a number") from None
 
 
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise ConfigError(f"{number} is not a positive number")
+    return number
+
+
 def _names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [name.strip() for name in value.split(",") if name.strip()]
@@ -68,6 +78,7 @@ SETTINGS: dict[str, Setting] = {
     "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
     "http": Setting("CONNSTATS_HTTP", "probe", "http"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
+    "capacity": Setting("CONNSTATS_CAPACITY", "probe", "capacity", _positive_int),
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from connstats.probe.containers import DEFAULT_DOCKER_SOCKET
 from connstats.probe.daemon import ProbeDaemon
+from connstats.probe.kernel import DEFAULT_CAPACITY
 from connstats.probe.errors import ConfigError
 from connstats.probe.subjects import redacted
 
@@ -18,7 +19,7 @@ from . import pipeline
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
+    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
     TlsKey, load_config,
 )
 
@@ -35,25 +36,26 @@ def setup_logging(live: bool) -> None:
 
 
 @dataclass(frozen=True)
-class WatchFlags:
-    """Which devices to attach as they appear."""
+class ProbeFlags:
+    """Probe flags beyond NATS: which devices to attach as they appear, and map capacity."""
 
     auto: list[str] | None = None
     exclude: list[str] | None = None
     docker_socket: str | None = None
+    capacity: int | None = None
 
 
 def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
-               host: str | None, http: str | None, watch: WatchFlags = WatchFlags()) -> pipeline.ProbePlan:
+               host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags()) -> pipeline.ProbePlan:
     ifaces = config.get("iface", iface) or []
-    auto = config.get("auto", watch.auto) or ([] if ifaces else ["*"])
+    auto = config.get("auto", probe_flags.auto) or ([] if ifaces else ["*"])
     if ifaces:
         pipeline.check_interfaces(ifaces)
-    elif not config.get("auto", watch.auto):
+    elif not config.get("auto", probe_flags.auto):
         ifaces = pipeline.default_interfaces()
     if not ifaces and not auto:
         raise ConfigError("no network interface other than loopback is up; name one with --iface")
-    docker_socket = config.get("docker_socket", watch.docker_socket, DEFAULT_DOCKER_SOCKET)
+    docker_socket = config.get("docker_socket", probe_flags.docker_socket, DEFAULT_DOCKER_SOCKET)
     seconds = config.get("interval", interval, DEFAULT_INTERVAL)
     if seconds < 0.05:
         raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
@@ -63,8 +65,9 @@ def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interv
         host=config.host(host), ifaces=ifaces, interval=seconds,
         nats=flags.options(config, name="connstats-probe"), state_dir=state_dir,
         http=address or DEFAULT_HTTP, http_explicit=address is not None, auto=auto,
-        exclude=config.get("exclude", watch.exclude, []),
+        exclude=config.get("exclude", probe_flags.exclude, []),
         docker_socket=None if docker_socket == "none" else docker_socket,
+        capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
     )
 
 
@@ -80,6 +83,7 @@ def up(
     host: Host = None, http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
+    capacity: Capacity = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -88,7 +92,7 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    plan = probe_plan(cfg, flags, iface, interval, host, http, WatchFlags(auto, exclude, docker_socket))
+    plan = probe_plan(cfg, flags, iface, interval, host, http, ProbeFlags(auto, exclude, docker_socket, capacity))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     store_spec = cfg.store_spec(store)
     live = sys.stdout.isatty()
@@ -116,11 +120,12 @@ def probe(
     http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
+    capacity: Capacity = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS."""
     cfg = load_config(config)
     plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host,
-                      http, WatchFlags(auto, exclude, docker_socket))
+                      http, ProbeFlags(auto, exclude, docker_socket, capacity))
     live = sys.stdout.isatty()
     setup_logging(live)
     daemon = pipeline.probe_daemon(plan)

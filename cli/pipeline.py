@@ -27,6 +27,7 @@ from connstats.probe.control import control_service
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon, ServiceFactory
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.errors import ConfigError, ConnstatsError, DeviceError
+from connstats.probe.kernel import DEFAULT_CAPACITY
 from connstats.probe.publisher import PublisherSettings
 from connstats.probe.service import ProbeSettings
 from connstats.probe.subjects import DEFAULT_DURABLE, STREAM_NAME, NatsOptions, connect, flows_subject
@@ -56,6 +57,7 @@ class ProbePlan:
     auto: list[str] = field(default_factory=list)  # globs to attach as they come up
     exclude: list[str] = field(default_factory=list)
     docker_socket: str | None = None  # None: do not watch Docker
+    capacity: int = DEFAULT_CAPACITY
     drain_timeout: float = 15.0  # up: how long to wait for the sink at shutdown
     services: list[ServiceFactory] = field(default_factory=list)
 
@@ -122,7 +124,8 @@ def probe_daemon(plan: ProbePlan) -> ProbeDaemon:
     services = [control_service(plan.nats, plan.host), *http_services(plan),
                 *watcher_services(plan), *plan.services]
     settings = DaemonSettings(
-        probe=ProbeSettings(ifaces=list(plan.ifaces), interval=plan.interval, host=plan.host),
+        probe=ProbeSettings(ifaces=list(plan.ifaces), interval=plan.interval, host=plan.host,
+                            capacity=plan.capacity),
         nats=plan.nats,
         publisher=PublisherSettings(host=plan.host, state_dir=plan.state_dir / "outbox"),
         services=services,

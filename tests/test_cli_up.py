@@ -14,7 +14,7 @@ from connstats.cli.pipeline import (
     write_private,
 )
 from connstats.cli.config import Config
-from connstats.cli.daemons import WatchFlags, probe_plan
+from connstats.cli.daemons import ProbeFlags, probe_plan
 from connstats.cli.options import NatsFlags
 from connstats.probe.errors import ConfigError, DeviceError
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
@@ -102,7 +102,7 @@ def watchers(tmp_path, **flags) -> tuple[list[str], list[str], list[str]]:
     """(ifaces, auto patterns, watcher service names) of a probe plan built from ``flags``."""
     config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
     iface = flags.pop("iface", None)
-    built = probe_plan(config, NatsFlags(), iface, None, "h", None, WatchFlags(**flags))
+    built = probe_plan(config, NatsFlags(), iface, None, "h", None, ProbeFlags(**flags))
     names = [type(factory(object())).__name__ for factory in watcher_services(built)]
     return built.ifaces, built.auto, names
 
