@@ -48,6 +48,12 @@ def _float(value: Any) -> float:
         raise ConfigError(f"{value!r} is not a number") from None
 
 
+def _retention_seconds(value: Any) -> float:
+    from connstats.sink.history import parse_duration
+
+    return parse_duration(str(value)) / 1e9
+
+
 def _positive_int(value: Any) -> int:
     try:
         number = int(value)
@@ -78,6 +84,7 @@ SETTINGS: dict[str, Setting] = {
     "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
     "http": Setting("CONNSTATS_HTTP", "probe", "http"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
+    "retention": Setting("CONNSTATS_RETENTION", "sink", "retention", _retention_seconds),
     "capacity": Setting("CONNSTATS_CAPACITY", "probe", "capacity", _positive_int),
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),

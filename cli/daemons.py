@@ -14,12 +14,13 @@ from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.kernel import DEFAULT_CAPACITY
 from connstats.probe.errors import ConfigError
 from connstats.probe.subjects import redacted
+from connstats.sink.history import parse_duration
 
 from . import pipeline
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
+    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Retention, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
     TlsKey, load_config,
 )
 
@@ -83,7 +84,7 @@ def up(
     host: Host = None, http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
-    capacity: Capacity = None,
+    capacity: Capacity = None, retention: Retention = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -111,7 +112,8 @@ def up(
             summary.append(LiveSummary(""))
             daemon.interval_listeners.append(summary[0])
 
-    asyncio.run(pipeline.run_up(plan, store_spec, nats_url, on_ready, hook))
+    asyncio.run(pipeline.run_up(plan, store_spec, nats_url, on_ready, hook,
+                                cfg.get("retention", _retention_flag(retention))))
 
 
 @app.command()
@@ -146,6 +148,7 @@ def probe(
 def sink(
     nats: Nats = None, store: Store = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
+    retention: Retention = None,
 ) -> None:
     """Run only the sink: consume flow records from NATS into SQLite or InfluxDB."""
     cfg = load_config(config)
@@ -154,5 +157,9 @@ def sink(
     if spec.startswith("sqlite:") and cfg.get("store", store) is None:
         pipeline.prepare_state_dir(cfg.state_dir())
     setup_logging(False)
-    backend = pipeline.make_store(spec)
+    backend = pipeline.make_store(spec, cfg.get("retention", _retention_flag(retention)))
     asyncio.run(pipeline.run_sink_only(options, backend))
+
+
+def _retention_flag(text: str | None) -> float | None:
+    return None if text is None else parse_duration(text) / 1e9

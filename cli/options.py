@@ -41,6 +41,9 @@ Store = Annotated[Optional[str], typer.Option(
     "influxdb if INFLUXDB_V2_URL is set, else sqlite:<state>/flows.sqlite]")]
 Http = Annotated[Optional[str], typer.Option(
     "--http", metavar="ADDR:PORT", help="serve the HTTP API here [default: 127.0.0.1:9102]")]
+Retention = Annotated[Optional[str], typer.Option(
+    "--retention", metavar="DURATION", help="SQLite: delete rows older than this, e.g. 7d "
+    "[default: keep everything]; InfluxDB: set it on the bucket")]
 Capacity = Annotated[Optional[int], typer.Option(
     "--capacity", metavar="N", min=1, help="connections per flow map and buffer; memory grows "
     "linearly, ~72 MiB at the default [default: 131072]")]
@@ -72,6 +75,6 @@ class NatsFlags:
 
 
 __all__ = [
-    "Auto", "Capacity", "Config", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
+    "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
     "NatsFlags", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
 ]

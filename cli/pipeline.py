@@ -81,11 +81,13 @@ def check_interfaces(names: list[str]) -> None:
                 raise DeviceError(f"no network interface {name!r}; see `ip link`")
 
 
-def make_store(spec: str) -> Store:
+def make_store(spec: str, retention_seconds: float | None = None) -> Store:
+    """The store a spec names; SQLite deletes rows older than ``retention_seconds``
+    (InfluxDB keeps data as its bucket's retention says)."""
     kind, path = parse_store(spec)
     if kind == "sqlite":
         from connstats.sink.sqlite_store import SqliteStore
-        return SqliteStore(path)
+        return SqliteStore(path, retention_seconds)
     from connstats.sink.influx_store import InfluxConfig, InfluxStore
     return InfluxStore(InfluxConfig.from_env())
 
@@ -190,7 +192,8 @@ async def run_sink_only(nats_options: NatsOptions, store: Store) -> None:
 
 async def run_up(plan: ProbePlan, store_spec: str, nats_url: str | None,
                  on_ready: Callable[[ProbeDaemon], None] | None = None,
-                 daemon_hook: Callable[[ProbeDaemon], None] | None = None) -> None:
+                 daemon_hook: Callable[[ProbeDaemon], None] | None = None,
+                 retention_seconds: float | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring."""
     stop = asyncio.Event()
     embedded = EmbeddedNats(plan.state_dir) if nats_url is None else None
@@ -200,7 +203,7 @@ async def run_up(plan: ProbePlan, store_spec: str, nats_url: str | None,
             url = await asyncio.to_thread(embedded.start) if embedded else nats_url
             plan.nats = _with_servers(plan.nats, url)
             write_private(url_file, url + "\n")  # a URL may carry credentials
-            store = make_store(store_spec)
+            store = make_store(store_spec, retention_seconds)
             try:
                 await check_store(store)  # before loading BPF: a bad store path fails fast
             except ConnstatsError:

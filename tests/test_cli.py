@@ -327,3 +327,13 @@ def test_permission_violation_is_one_line_without_the_password(auth_nats):
     ghost = run("list", "--host", "ghost", "--nats", f"nats://probe:probe-pw@127.0.0.1:{auth_nats}")
     assert_one_line_error(ghost, f"no probe answers for host 'ghost' on nats://***@127.0.0.1:{auth_nats}; start "
                                  "`connstats up` or `connstats probe` there, or check --host and --nats")
+
+
+def test_retention_comes_from_flag_env_or_file_and_reaches_the_sqlite_store(tmp_path):
+    from connstats.cli.pipeline import make_store
+
+    assert Config({}, {"CONNSTATS_RETENTION": "7d"}, None).get("retention") == 7 * 86400
+    assert Config({"sink": {"retention": "90m"}}, {}, None).get("retention") == 5400
+    assert Config({}, {}, None).get("retention") is None
+    store = make_store(f"sqlite:{tmp_path / 'flows.sqlite'}", 3600)
+    assert store.retention_ns == 3600 * 10**9

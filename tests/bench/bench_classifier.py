@@ -17,6 +17,15 @@ from connstats.probe.kernel import load_classifier, test_run
 REPEAT = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
 ROUNDS = 7
 EMPTY = b"int empty(struct __sk_buff *skb) { return -1; }"
+# The floor of any per-connection counter: one hash lookup with a 4-byte key, nothing else.
+LOOKUP_ONLY = b"""
+BPF_HASH(seen, u32, u64, 1024);
+int lookup_only(struct __sk_buff *skb) {
+    u32 key = 1;
+    u64 *v = seen.lookup(&key);
+    return v ? -1 : -1;
+}
+"""
 REFERENCE = b"""
 struct value { u64 packets; u64 bytes; u64 last_seen; };
 BPF_HASH(counts, u32, struct value, 1024);
@@ -46,9 +55,11 @@ def tcp_packet(v6: bool) -> bytes:
 def main() -> None:
     empty = BPF(text=EMPTY)
     reference = BPF(text=REFERENCE)
+    lookup = BPF(text=LOOKUP_ONLY)
     ours = load_classifier()
     programs = {
         "empty": (empty.load_func(b"empty", BPF.SCHED_CLS).fd, tcp_packet(False)),
+        "floor (one 4-byte-key hash lookup)": (lookup.load_func(b"lookup_only", BPF.SCHED_CLS).fd, tcp_packet(False)),
         "reference (hash + atomics + ktime)": (reference.load_func(b"reference", BPF.SCHED_CLS).fd, tcp_packet(False)),
         "connstats, IPv4/TCP": (ours.ingress_fd, tcp_packet(False)),
         "connstats, IPv6/TCP": (ours.ingress_fd, tcp_packet(True)),
