@@ -55,9 +55,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class EmbeddedNats:
     """``start()`` returns once the server answers; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, state_dir: Path, preferred_port: int = DEFAULT_PORT) -> None:
+    def __init__(self, state_dir: Path, preferred_port: int = DEFAULT_PORT,
+                 config: Path | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.preferred_port = preferred_port
+        self.config = config  # an optional nats-server config file (-c)
         self.port = 0
         self._process: subprocess.Popen | None = None
 
@@ -76,6 +78,8 @@ class EmbeddedNats:
         store.mkdir(parents=True, exist_ok=True)
         command = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port),
                    "-n", "connstats-embedded"]
+        if self.config is not None:
+            command += ["-c", str(self.config)]
         with (self.state_dir / "nats-server.log").open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True,

@@ -1,8 +1,6 @@
 """The control plane: ControlService on a fake daemon and ControlClient, over a real nats-server."""
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 
 import nats
@@ -14,7 +12,7 @@ from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import DeviceError, TransportError
 from connstats.probe.record import FlowRecord
 from connstats.probe.subjects import NatsOptions, control_subject
-from tests.fixtures.nats import NATS_SERVER, free_port
+from tests.fixtures.nats import free_port
 
 SINCE = 1_790_000_000_000_000_000
 HOST = "node-1.example"
@@ -189,29 +187,9 @@ authorization {
 """
 
 
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            return s.recv(4).startswith(b"INFO")
-    except OSError:
-        return False
-
-
 @pytest.fixture
-def auth_nats(tmp_path):
-    port = free_port()
-    config = tmp_path / "auth.conf"
-    config.write_text(AUTH_CONFIG)
-    process = subprocess.Popen([NATS_SERVER, "-c", str(config), "-a", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not answers(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(5)
+def auth_nats(secure_nats_factory) -> int:
+    return secure_nats_factory(AUTH_CONFIG).port
 
 
 async def test_permission_violation_is_named(auth_nats):
