@@ -135,9 +135,9 @@ def _inet6_ntoa(raw: bytes) -> str:
 
 
 @contextmanager
-def _bulk_allocation():
-    """Pause the cyclic GC while building many records: they hold no cycles, and the
-    collections that 100k new objects trigger would cost more than building them."""
+def bulk_allocation():
+    """Pause the cyclic GC while making many objects that hold no cycles (records, rows):
+    the collections 100k new objects trigger would cost more than making them (~30%)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -176,7 +176,7 @@ def records_from_arrays(
         keys["sport"].tolist(), keys["dport"].tolist(), values["packets"].tolist(),
         values["bytes"].tolist(), first, last, values["tcp_flags"].tolist(),
     )
-    with _bulk_allocation():
+    with bulk_allocation():
         return [_make_record(interval_start, interval_end, *row, *label)
                 for row, label in zip(columns, device_labels)]
 
@@ -245,7 +245,7 @@ def decode_message(data: bytes) -> tuple[Envelope, list[FlowRecord]]:
         overflow=tuple(_overflow_from_wire(o) for o in doc["overflow"]),
     )
     start, end = envelope.interval_start, envelope.interval_end
-    with _bulk_allocation():
+    with bulk_allocation():
         records = [_record_from_wire(r, start, end) for r in doc["records"]]
     return envelope, records
 

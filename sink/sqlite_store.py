@@ -10,6 +10,9 @@ A redelivered message is a no-op: rows have a natural primary key and are insert
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from connstats.probe.errors import StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.record import Envelope, FlowRecord, bulk_allocation
 
 SCHEMA_VERSION = 1  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
@@ -99,6 +102,7 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._clock = clock
         self._db: sqlite3.Connection | None = None
+        self._turn: int | None = None  # fd of <file>.lock
         self._lock = threading.Lock()
         self._next_prune_ns = 0
 
@@ -131,11 +135,26 @@ class SqliteStore:
         db.execute("ROLLBACK")
 
     def _insert(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        rows = flow_rows(envelope, records)
         db = self._connection()
-        with _transaction(db):
+        rows = flow_rows(envelope, records)
+        with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
             db.executemany(_INSERT, rows)
+
+    @contextlib.contextmanager
+    def _writer_turn(self):
+        """Sink processes sharing the file take turns through an flock on ``<file>.lock``.
+
+        SQLite's own busy handler polls with growing sleeps (up to 100 ms), so writers that
+        queue on its lock waste most of the time; the kernel hands an flock over at once.
+        """
+        if self._turn is None:
+            self._turn = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
 
     def _prune_if_due(self, db: sqlite3.Connection) -> None:
         if self.retention_ns is None:
@@ -150,6 +169,9 @@ class SqliteStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._turn is not None:
+            os.close(self._turn)
+            self._turn = None
 
 
 class _transaction:
