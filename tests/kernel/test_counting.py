@@ -173,3 +173,43 @@ def test_attach_twice_keeps_foreign_filters_working_and_installed(probe, test_ne
         assert foreign.udp_packets() == 30
         probe.poll()
         assert probe.totals(ifname=a.host_if, src_port=41100) == (25, 25 * 52)
+
+
+TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+
+@pytest.fixture
+def tun_device():
+    """A tun device (no L2 header) whose packets the test writes itself; nothing leaves it:
+    the packets are addressed to nobody and the host does not forward."""
+    import fcntl
+    import os
+    import struct
+
+    name = f"cstun{os.getpid() % 1000}"
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        yield name, fd
+    finally:
+        os.close(fd)  # a non-persistent tun device disappears with its last fd
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def test_devices_without_l2_header_are_parsed_from_the_ip_header(probe, tun_device):
+    import os
+
+    name, fd = tun_device
+    device = probe.attach(name)
+    assert (device.link.kind, device.link.has_l2_header, device.inverted) == ("tun", False, False)
+    udp4 = frames.ipv4("10.199.250.1", "10.199.250.2", 17, frames.udp(7001, 7002, b"t" * 100))
+    tcp6 = frames.ipv6("fd00:199:250::1", "fd00:199:250::2", 6, frames.tcp(7003, 7004, 0x02))
+    for packet in [udp4] * 12 + [tcp6] * 5:
+        os.write(fd, packet)
+    probe.poll()
+    assert probe.totals(ifname=name, direction="ingress", family=4, proto=17, src_port=7001,
+                        dst_port=7002) == (12, 12 * len(udp4))
+    assert probe.totals(ifname=name, direction="ingress", family=6, proto=6, src_port=7003,
+                        dst_port=7004) == (5, 5 * len(tcp6))
+    assert probe.flags(ifname=name, src_port=7003) == 0x02
