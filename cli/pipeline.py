@@ -111,7 +111,7 @@ def http_services(plan: ProbePlan) -> list[ServiceFactory]:
 def watcher_services(plan: ProbePlan) -> list[ServiceFactory]:
     """Services that attach devices as they appear: links matching ``--auto`` (every one
     but ``lo`` when no ``--iface`` was given), and Docker containers' veths, labelled."""
-    from connstats.probe.containers import docker_watcher
+    from connstats.probe.docker_watch import docker_watcher
     from connstats.probe.watch import link_watcher
 
     services = []

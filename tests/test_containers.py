@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 from connstats.probe.containers import (
-    Container, DockerSettings, DockerWatcher, Netns, NetnsResolver, container_from_inspect,
-    owner_fields, owner_labels, peer_veths,
+    Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths,
 )
+from connstats.probe.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from connstats.probe.errors import DeviceError
 from tests.fixtures.netns import require_root, sh
 from tests.test_watch import FakeDaemon

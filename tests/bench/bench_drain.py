@@ -7,14 +7,13 @@ Building FlowRecord objects from our arrays is timed separately.
 
     sudo .venv/bin/python tests/bench/bench_drain.py
 """
-import ctypes
 import statistics
 import time
 
-import numpy as np
 
 from connstats.probe.kernel import load_classifier
 from connstats.probe.poller import MapPoller
+from connstats.probe.record import records_from_arrays
 
 CAPACITY = 131_072
 ROUNDS = 5
@@ -58,7 +57,7 @@ def main() -> None:
         ours.append(time.perf_counter() - start)
         assert len(keys) == CAPACITY and int(values["packets"].sum()) == CAPACITY * (CAPACITY + 1) // 2
         start = time.perf_counter()
-        from connstats.probe.record import records_from_arrays
+
         records = records_from_arrays(keys, values, interval_start=0, interval_end=1,
                                       mono_to_wall_ns=0, ifnames={7: "veth0"})
         build.append(time.perf_counter() - start)

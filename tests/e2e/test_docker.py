@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from connstats.probe.containers import docker_watcher
+from connstats.probe.docker_watch import docker_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
 from tests.fixtures.netns import TRAFFIC
 
