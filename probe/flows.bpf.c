@@ -110,6 +110,9 @@ BPF_ARRAY(active_buffer, __u32, 1);
 BPF_ARRAY(devices, struct device_config, DEVICE_SLOTS);
 BPF_HASH(devices_high, __u32, struct device_config, DEVICE_HIGH_CAPACITY);
 BPF_PERCPU_HASH(overflow, struct overflow_key, struct overflow_counters, OVERFLOW_CAPACITY);
+// Last resort when even the overflow map is full: per buffer and direction, no device
+// (index buffer * 2 + direction). Counted + overflow + this = what passed, always.
+BPF_PERCPU_ARRAY(overflow_unattributed, struct overflow_counters, 4);
 
 // Parse result: 0 when done, or the number of header bytes that were not in
 // the linear part of the skb.
@@ -236,7 +239,14 @@ static __always_inline void count_overflow(__u32 ifindex, __u8 direction,
         return;
     }
     struct overflow_counters first = {.packets = 1, .bytes = len};
-    overflow.update(&okey, &first);
+    if (overflow.update(&okey, &first) == 0)
+        return;
+    __u32 slot = buffer * 2 + direction;
+    o = overflow_unattributed.lookup(&slot);
+    if (o) {
+        o->packets += 1;
+        o->bytes += len;
+    }
 }
 
 static __always_inline void add_to(struct flow_counters *c, __u32 len,

@@ -219,12 +219,17 @@ class ClassifierProgram:
     def overflow(self):
         return self.bpf[b"overflow"]
 
+    @property
+    def overflow_unattributed(self):
+        return self.bpf[b"overflow_unattributed"]
+
     def close(self) -> None:
         self.bpf.cleanup()
 
 
-def load_classifier(capacity: int = DEFAULT_CAPACITY) -> ClassifierProgram:
-    """Compile and load the classifier with ``capacity`` connections per buffer."""
+def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | None = None) -> ClassifierProgram:
+    """Compile and load the classifier with ``capacity`` connections per buffer (and, for
+    tests, room for ``overflow_capacity`` (device, direction, buffer) overflow counters)."""
     if capacity < 1:
         raise KernelError(f"capacity must be at least 1, not {capacity}")
     if os.geteuid() != 0:
@@ -237,6 +242,8 @@ def load_classifier(capacity: int = DEFAULT_CAPACITY) -> ClassifierProgram:
             "--system-site-packages (make install does both)"
         ) from exc
     cflags = [f"-DFLOW_CAPACITY={capacity}", "-Wno-unused-function"]
+    if overflow_capacity is not None:
+        cflags.append(f"-DOVERFLOW_CAPACITY={overflow_capacity}")
     try:
         bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
         ingress = bpf.load_func(b"connstats_ingress", BPF.SCHED_CLS)

@@ -103,12 +103,21 @@ class MapPoller:
         table[ctypes.c_int(0)] = ctypes.c_uint32(buffer)
 
     def _drain_overflow(self, buffer: int) -> tuple[tuple[int, int, int, int], ...]:
+        """Per device and direction; ifindex 0 for what not even the overflow map could hold."""
         table = self._program.overflow
         drained = []
         for key in [k for k in table.keys() if k.buffer == buffer]:
-            per_cpu = table.getvalue(key)
-            packets = sum(v.packets for v in per_cpu)
-            nbytes = sum(v.bytes for v in per_cpu)
+            drained.append((key.ifindex, key.direction, *_sum_per_cpu(table.getvalue(key))))
             del table[key]
-            drained.append((key.ifindex, key.direction, packets, nbytes))
+        last_resort = self._program.overflow_unattributed
+        for direction in (0, 1):
+            slot = ctypes.c_int(buffer * 2 + direction)
+            packets, nbytes = _sum_per_cpu(last_resort.getvalue(slot))
+            if packets:
+                drained.append((0, direction, packets, nbytes))
+                last_resort.clearitem(slot)
         return tuple(sorted(drained))
+
+
+def _sum_per_cpu(values) -> tuple[int, int]:
+    return sum(v.packets for v in values), sum(v.bytes for v in values)

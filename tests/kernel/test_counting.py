@@ -155,6 +155,29 @@ def test_overflow_counts_what_found_no_entry(tiny_probe, test_network):
     assert counted[1] + overflow.bytes == 500 * (UDP_V4_OVERHEAD + 20)
 
 
+@pytest.mark.parametrize("tiny_probe", [1], indirect=True)
+def test_overflow_beyond_the_overflow_map_is_still_counted(tiny_probe, test_network):
+    """Overflow counters for one (device, direction) only: the second overflowing pair lands
+    in the unattributed last-resort counter (ifindex 0), and the sum still holds."""
+    a, b = test_network.hosts
+    for host in (a, b):
+        host.quiet([h for h in test_network.hosts if h is not host])
+    nobody = b.ipv4.rsplit(".", 1)[0] + ".99"  # b's MAC, not b's address: b drops it silently
+    a.run("ip", "neigh", "replace", nobody, "lladdr", b.mac, "dev", "eth0", "nud", "permanent")
+    tiny_probe.attach(a.host_if)
+    tiny_probe.attach(b.host_if)
+    for port in range(42100, 42110):
+        a.traffic("udp", nobody, 9000, port, 50, 20)
+    tiny_probe.poll()
+
+    counted = tiny_probe.totals()
+    overflow = tiny_probe.overflow()
+    assert {o.ifindex == 0 for o in overflow} == {True, False}  # both kinds were needed
+    sent_twice = 2 * 500  # each datagram crosses both host-side veths
+    assert counted[0] + sum(o.packets for o in overflow) == sent_twice
+    assert counted[1] + sum(o.bytes for o in overflow) == sent_twice * (UDP_V4_OVERHEAD + 20)
+
+
 def test_attach_twice_keeps_foreign_filters_working_and_installed(probe, test_network):
     from tests.fixtures.foreign import ForeignFilter
 
