@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, TextIO
 
-import orjson
+import msgspec
 
 from .options import OutputFormat
 
@@ -72,7 +72,7 @@ def render(rows: Iterable[dict], columns: Sequence[Column], fmt: OutputFormat = 
     rows = list(rows)
     if fmt is OutputFormat.json:
         doc = [{c.key: data_value(c, row.get(c.key)) for c in columns} for row in rows]
-        out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        out.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
     elif fmt is OutputFormat.csv:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([c.key for c in columns])

@@ -24,7 +24,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 import nats.errors
-import orjson
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -80,7 +80,7 @@ class ControlService:
         if not msg.reply:
             return
         try:
-            await msg.respond(orjson.dumps(reply))
+            await msg.respond(msgspec.json.encode(reply))
         except (nats.errors.Error, OSError) as exc:
             log.warning("control reply on %s not sent: %r", msg.subject, exc)
 
@@ -136,7 +136,7 @@ class ControlService:
     def _fitting(self, reply: dict) -> dict:
         """Drop the smallest records until the reply fits the server's max_payload."""
         room = (self._nc.max_payload if self._nc else 1 << 20) - 1024
-        while reply["records"] and len(orjson.dumps(reply)) > room:
+        while reply["records"] and len(msgspec.json.encode(reply)) > room:
             reply["records"] = reply["records"][: len(reply["records"]) // 2]
         return reply
 
@@ -150,8 +150,8 @@ def _request_body(data: bytes) -> dict:
     if not data.strip():
         return {}
     try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
         raise ConfigError("the request is not JSON; send a JSON object") from None
     if not isinstance(body, dict):
         raise ConfigError("the request is not a JSON object; send a JSON object")
@@ -204,7 +204,7 @@ class ControlClient:
         """Send one request; return the reply without ``ok``, or raise the probe's error."""
         subject = control_subject(self.host, verb)
         request = asyncio.ensure_future(
-            self._nc.request(subject, orjson.dumps(body or {}), timeout=self.timeout))
+            self._nc.request(subject, msgspec.json.encode(body or {}), timeout=self.timeout))
         done, _ = await asyncio.wait({request, self._refused}, return_when=asyncio.FIRST_COMPLETED)
         if request not in done:
             request.cancel()
@@ -234,8 +234,8 @@ class ControlClient:
 
 def _reply(data: bytes) -> dict[str, Any]:
     try:
-        reply = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        reply = msgspec.json.decode(data)
+    except msgspec.DecodeError:
         raise TransportError("the probe's reply is not JSON; is something else answering on connstats.v1.ctl?") from None
     if not isinstance(reply, dict) or "ok" not in reply:
         raise TransportError("the probe's reply has no 'ok'; is something else answering on connstats.v1.ctl?")

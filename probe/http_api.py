@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
-import orjson
+import msgspec
 from aiohttp import web
 
 from .devices import AttachedDevice
@@ -92,12 +92,12 @@ def device_to_json(device: AttachedDevice, action: str) -> dict[str, Any]:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 async def _connections_response(totals: list[ConnectionTotal]) -> web.Response:
     """Encoded in a worker thread: ~1 s for 100k connections that the event loop need not wait on."""
-    body = await asyncio.to_thread(lambda: orjson.dumps(connections_to_json(totals)))
+    body = await asyncio.to_thread(lambda: msgspec.json.encode(connections_to_json(totals)))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -191,9 +191,9 @@ def http_service(address: str = DEFAULT_HTTP_ADDRESS,
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"request body is not JSON ({exc.msg}); send "
+        return msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise RequestError(400, f"request body is not JSON ({exc}); send "
                                 '{"iface": "<name>", "action": "add"|"remove"}') from exc
 
 

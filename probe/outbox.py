@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import orjson
+import msgspec
 
 from .errors import ConfigError
 
@@ -249,12 +249,12 @@ class Outbox:
             seq = int(path.stem)
             with path.open("rb") as f:
                 magic, header = f.readline(), f.readline()
-            meta = orjson.loads(header)
+            meta = msgspec.json.decode(header)
             if magic != MAGIC:
                 raise ValueError("bad magic")
             size = path.stat().st_size - len(magic) - len(header)
             return _SpoolEntry(seq, path, size, int(meta["records"]))
-        except (ValueError, KeyError, TypeError, OSError, orjson.JSONDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, OSError, msgspec.DecodeError) as exc:
             log.error("outbox: %s is not a spool file (%s); moved aside as .corrupt", path, exc)
             path.rename(path.with_suffix(".corrupt"))
             return None
@@ -266,7 +266,7 @@ class Outbox:
     def _write(self, message: OutboxMessage) -> _SpoolEntry:
         path = self._path(message.seq)
         tmp = path.with_name(f".{path.name}.tmp")
-        header = orjson.dumps({"msg_id": message.msg_id, "subject": message.subject,
+        header = msgspec.json.encode({"msg_id": message.msg_id, "subject": message.subject,
                                "records": message.records}) + b"\n"
         with tmp.open("wb") as f:
             f.write(MAGIC + header + message.payload)
@@ -281,7 +281,7 @@ class Outbox:
         data = entry.path.read_bytes()
         magic_end = len(MAGIC)
         header_end = data.index(b"\n", magic_end) + 1
-        meta = orjson.loads(data[magic_end:header_end])
+        meta = msgspec.json.decode(data[magic_end:header_end])
         return OutboxMessage(entry.seq, meta["msg_id"], meta["subject"], data[header_end:], meta["records"])
 
     def _delete(self, entry: _SpoolEntry) -> None:

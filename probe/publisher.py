@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import nats.errors
 import nats.js.errors
-import orjson
+import msgspec
 from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
@@ -79,7 +79,7 @@ def _encode_measured_chunks(envelope: Envelope, records: Sequence[FlowRecord],
     budget = max_bytes - _envelope_bytes(envelope)
     bounds, start, used = [], 0, 0
     for index, record in enumerate(records):
-        size = len(orjson.dumps(record_to_wire(record))) + 1
+        size = len(msgspec.json.encode(record_to_wire(record))) + 1
         if used + size > budget and index > start:
             bounds.append((start, index))
             start, used = index, 0
@@ -90,7 +90,7 @@ def _encode_measured_chunks(envelope: Envelope, records: Sequence[FlowRecord],
 
 def _largest_sampled_record(records: Sequence[FlowRecord]) -> int:
     step = max(1, len(records) // _SAMPLE)
-    return max(len(orjson.dumps(record_to_wire(records[i]))) for i in range(0, len(records), step))
+    return max(len(msgspec.json.encode(record_to_wire(records[i]))) for i in range(0, len(records), step))
 
 
 def _envelope_bytes(envelope: Envelope) -> int:
@@ -204,7 +204,7 @@ class FlowPublisher:
             log.warning("event %s not published: NATS is not connected; it is not retried", event.get("event"))
             return False
         try:
-            await self._js.publish(events_subject(self.settings.host), orjson.dumps(body), timeout=timeout)
+            await self._js.publish(events_subject(self.settings.host), msgspec.json.encode(body), timeout=timeout)
             return True
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
             log.warning("event %s not published: %r; it is not retried", event.get("event"), exc)

@@ -5,7 +5,7 @@ import asyncio
 import io
 import threading
 
-import orjson
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
@@ -171,7 +171,7 @@ def history_json(store: str, *args: str) -> list:
     result = run("history", "--store", store, "--since", "2023-11-14T00:00:00Z",
                  "--until", "2023-11-15T00:00:00Z", "--format", "json", *args)
     assert result.exit_code == 0, result.stderr
-    return orjson.loads(result.stdout)
+    return msgspec.json.decode(result.stdout)
 
 
 def as_output(row: dict) -> dict:
@@ -237,7 +237,7 @@ def test_attach_list_stats_detach(fake_probe):
         "IFACE IFINDEX KIND MODE   DIRECTION SINCE\n"
         f"veth0       3 veth auto   inverted  {since}\n"
         f"eth0        4      normal normal    {since}\n")
-    listed = orjson.loads(run("list", "--format", "json", *target).stdout)
+    listed = msgspec.json.decode(run("list", "--format", "json", *target).stdout)
     assert [(d["name"], d["direction"], d["since"]) for d in listed] == [
         ("veth0", "inverted", rfc3339(SINCE)), ("eth0", "normal", rfc3339(SINCE))]
     assert run("stats", *target).stdout == (
@@ -246,7 +246,7 @@ def test_attach_list_stats_detach(fake_probe):
         "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900\n"
         "web       out udp   10.0.0.1:1002 10.0.0.2:53    2   300\n"
         "web       out udp   10.0.0.1:1000 10.0.0.2:53    1   100\n")
-    stats_json = orjson.loads(run("stats", "veth0", "--format", "json", *target).stdout)
+    stats_json = msgspec.json.decode(run("stats", "veth0", "--format", "json", *target).stdout)
     assert [(r["src_port"], r["packets"], r["bytes"], r["container_name"]) for r in stats_json] == [
         (1002, 2, 300, "web"), (1000, 1, 100, "web")]
     assert run("detach", "veth0", *target).stdout == "detached veth0 (ifindex 3, veth, direction inverted)\n"
@@ -275,7 +275,7 @@ def test_render_formats():
     assert out.getvalue() == "name,n,t\na,5,2026-09-21T14:13:20.000000000Z\nbbbbbbbbbbbb,12345,\n"
     out = io.StringIO()
     render(rows, columns, OutputFormat.json, out)
-    assert orjson.loads(out.getvalue()) == [{"name": "a", "n": 5, "t": "2026-09-21T14:13:20.000000000Z"},
+    assert msgspec.json.decode(out.getvalue()) == [{"name": "a", "n": 5, "t": "2026-09-21T14:13:20.000000000Z"},
                                             {"name": "bbbbbbbbbbbb", "n": 12345, "t": ""}]
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import nats
-import orjson
+import msgspec
 import pytest
 
 from connstats.probe.errors import StoreError, StoreUnavailable, TransportError
@@ -136,19 +136,19 @@ async def test_consumer_keeps_going_across_a_nats_restart(nats_server):
 def malformed_payloads(count: int, rng: random.Random) -> list[bytes]:
     """Payloads ``decode_message`` must refuse, of many kinds."""
     envelope = sample_envelope(900)
-    good = orjson.loads(encode_message(envelope, sample_records(envelope, 3)))
+    good = msgspec.json.decode(encode_message(envelope, sample_records(envelope, 3)))
 
     def mutated(change) -> bytes:
         doc = json.loads(json.dumps(good))
         change(doc)
-        return orjson.dumps(doc)
+        return msgspec.json.encode(doc)
 
     kinds = [
         lambda: b"{not json",
         lambda: b"",
         lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))),
-        lambda: orjson.dumps(good)[: rng.randint(1, len(orjson.dumps(good)) - 1)],
-        lambda: orjson.dumps([good]),
+        lambda: msgspec.json.encode(good)[: rng.randint(1, len(msgspec.json.encode(good)) - 1)],
+        lambda: msgspec.json.encode([good]),
         lambda: mutated(lambda d: d.update(schema=2)),
         lambda: mutated(lambda d: d.pop(rng.choice(sorted(d)))),
         lambda: mutated(lambda d: d.update(interval_seq="7")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import nats
-import orjson
+import msgspec
 import pytest
 
 from connstats.probe.control import ControlClient, ControlService
@@ -124,9 +124,9 @@ async def test_bad_requests_get_an_error_reply_and_the_service_goes_on(control, 
     nc = await nats.connect(nats_server.url)
     try:
         reply = await nc.request(control_subject(HOST, "attach"), payload, timeout=2)
-        assert orjson.loads(reply.data) == {"ok": False, "error": error, "kind": "ConfigError"}
+        assert msgspec.json.decode(reply.data) == {"ok": False, "error": error, "kind": "ConfigError"}
         unknown = await nc.request(control_subject(HOST, "reboot"), b"", timeout=2)
-        assert orjson.loads(unknown.data) == {
+        assert msgspec.json.decode(unknown.data) == {
             "ok": False, "kind": "ConfigError",
             "error": "unknown control verb 'reboot'; use one of attach, detach, list, stats, ping"}
     finally:

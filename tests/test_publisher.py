@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import replace
 
 import nats
-import orjson
+import msgspec
 import pytest
 
 from connstats.probe.errors import ConfigError, TransportError
@@ -199,7 +199,7 @@ async def test_outbox_overflow_is_counted_and_reported_when_nats_is_back(nats_se
         await asyncio.sleep(0.3)  # the report follows the drain
     stored = await read_stream(nats_server.url)
     flows = [decode_message(m.data)[0].interval_seq for m in stored if ".flows." in m.subject]
-    events = [orjson.loads(m.data) for m in stored if m.subject == events_subject("probe-a")]
+    events = [msgspec.json.decode(m.data) for m in stored if m.subject == events_subject("probe-a")]
     assert flows == [7, 8, 9]
     assert [(e["event"], e["dropped_messages"], e["dropped_records"]) for e in events] == [
         ("outbox_overflow", 7, 700)]
@@ -223,7 +223,7 @@ async def test_publish_event_goes_to_the_events_subject(nats_server):
     async with FlowPublisher(options(nats_server), PublisherSettings(host="h.1")) as publisher:
         assert await publisher.publish_event({"event": "attach", "ifname": "veth1"})
     [stored] = await read_stream(nats_server.url)
-    body = orjson.loads(stored.data)
+    body = msgspec.json.decode(stored.data)
     assert (stored.subject, body["event"], body["ifname"], body["host"]) == (
         "connstats.v1.events.h%2E1", "attach", "veth1", "h.1")
 

@@ -1,6 +1,6 @@
 """The record type, its builder from kernel arrays, and the wire format."""
 import numpy as np
-import orjson
+import msgspec
 import pytest
 
 from connstats.probe.errors import MessageError
@@ -27,7 +27,7 @@ ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_star
 
 def test_wire_format_is_the_documented_json():
     data = encode_message(ENVELOPE, [record(container_name="web")])
-    assert orjson.loads(data) == {
+    assert msgspec.json.decode(data) == {
         "schema": 1, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
         "interval_start": 1_000, "interval_end": 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
         "overflow": [{"ifindex": 7, "ifname": "veth0", "direction": "egress", "packets": 2, "bytes": 120}],
@@ -55,30 +55,33 @@ def test_protocol_names(number, name):
 
 
 def bad(mutate) -> bytes:
-    doc = orjson.loads(encode_message(ENVELOPE, [record()]))
+    doc = msgspec.json.decode(encode_message(ENVELOPE, [record()]))
     mutate(doc)
-    return orjson.dumps(doc)
+    return msgspec.json.encode(doc)
 
 
 @pytest.mark.parametrize("payload,reason", [
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (bad(lambda d: d.update(schema=2)), "schema version 2"),
-    (bad(lambda d: d.pop("host")), "envelope lacks 'host'"),
-    (bad(lambda d: d.update(interval_seq="5")), "'interval_seq' is str"),
-    (bad(lambda d: d["records"][0].pop("bytes")), "record lacks 'bytes'"),
-    (bad(lambda d: d["records"][0].update(packets=1.5)), "'packets' is float"),
-    (bad(lambda d: d["records"][0].update(extra=1)), "unknown key 'extra'"),
-    (bad(lambda d: d["records"][0].update(direction="up")), "direction 'up'"),
-    (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol"),
-    (bad(lambda d: d["records"].append(3)), "record is a int"),
-    (bad(lambda d: d["records"][0].update(dst_port=70000)), "port 70000 is not in 0-65535"),
-    (bad(lambda d: d["records"][0].update(src_port=-1)), "port -1 is not in 0-65535"),
-    (bad(lambda d: d["overflow"].append({"ifindex": 1})), "overflow entry lacks"),
+    (b"{not json", "not JSON: JSON is malformed: object keys must be strings (byte 1)"),
+    (b"[1, 2]", "Expected `object`, got `array`"),
+    (bad(lambda d: d.update(schema=2)), "schema version 2 is not 1"),
+    (bad(lambda d: d.pop("host")), "Object missing required field `host`"),
+    (bad(lambda d: d.update(interval_seq="5")), "Expected `int`, got `str` - at `$.interval_seq`"),
+    (bad(lambda d: d["records"][0].pop("bytes")), "Object missing required field `bytes` - at `$.records[0]`"),
+    (bad(lambda d: d["records"][0].update(packets=1.5)), "Expected `int`, got `float` - at `$.records[0].packets`"),
+    (bad(lambda d: d["records"][0].update(packets=True)), "Expected `int`, got `bool` - at `$.records[0].packets`"),
+    (bad(lambda d: d["records"][0].update(bytes=-5)), "Expected `int` >= 0 - at `$.records[0].bytes`"),
+    (bad(lambda d: d["records"][0].update(extra=1)), "Object contains unknown field `extra` - at `$.records[0]`"),
+    (bad(lambda d: d["records"][0].update(direction="up")), "Invalid enum value 'up' - at `$.records[0].direction`"),
+    (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol 'tcpx'; use tcp, udp, icmp or a number 0-255"),
+    (bad(lambda d: d["records"].append(3)), "Expected `object`, got `int` - at `$.records[1]`"),
+    (bad(lambda d: d["records"][0].update(dst_port=70000)), "Expected `int` <= 65535 - at `$.records[0].dst_port`"),
+    (bad(lambda d: d["records"][0].update(src_port=-1)), "Expected `int` >= 0 - at `$.records[0].src_port`"),
+    (bad(lambda d: d["overflow"].append({"ifindex": 1})), "Object missing required field `ifname` - at `$.overflow[1]`"),
 ])
 def test_malformed_messages_say_what_is_wrong(payload, reason):
-    with pytest.raises(MessageError, match=reason):
+    with pytest.raises(MessageError) as caught:
         decode_message(payload)
+    assert str(caught.value) == reason
 
 
 def test_records_from_arrays_decodes_both_families_and_wall_clock():

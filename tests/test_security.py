@@ -10,7 +10,7 @@ import logging
 import time
 
 import nats.errors
-import orjson
+import msgspec
 import pytest
 
 from connstats.probe.control import ControlClient, ControlService
@@ -97,7 +97,7 @@ async def test_probe_creates_the_stream_and_publishes_its_own_flows_and_events(r
     flows, event = await js.get_msg(STREAM_NAME, 1), await js.get_msg(STREAM_NAME, 2)
     assert (flows.subject, event.subject) == (flows_subject(NODE1), events_subject(NODE1))
     assert decode_message(flows.data)[1] == records
-    assert orjson.loads(event.data)["event"] == "attached"
+    assert msgspec.json.decode(event.data)["event"] == "attached"
 
 
 async def test_probe_cannot_publish_for_another_host_nor_send_or_take_its_control(role_nats, connections):
