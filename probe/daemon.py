@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .devices import AttachedDevice
+from .devices import AttachedDevice, FilterLoss
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
 from .service import KernelProbe, ProbeSettings, poll_forever
@@ -95,6 +95,16 @@ class ProbeDaemon:
             await forget(device)
         await self._event(reason, device, **event_fields)
         return device
+
+    async def check_filters(self) -> list[FilterLoss]:
+        """Release devices whose filter someone else replaced or removed; publish
+        ``replaced`` or ``lost`` with what is in our place now (``hooks``)."""
+        lost = await asyncio.to_thread(self.kernel.check_filters)
+        for loss in lost:
+            for forget in self.detach_listeners:
+                await forget(loss.device)
+            await self._event(loss.event, loss.device, hooks=loss.to_wire())
+        return lost
 
     def devices(self) -> list[AttachedDevice]:
         return self.kernel.devices.devices()

@@ -3,22 +3,29 @@
 A device's settings live in the classifier's per-ifindex config map: whether its
 direction is inverted (veths, so records read from the container's side) and
 whether its packets start with an Ethernet header.
+
+A device has one owner: the registry holds its lock (ownership.py) while attached, so
+a second probe on the host is refused with the first one's pid. Once per interval
+``check_filters`` makes sure our filters are still ours (same BPF program ids); a device
+whose filter somebody else replaced or removed is released without touching theirs.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from pyroute2 import IPRoute
 
 from .errors import ConfigError, DeviceError
 from .kernel import ClassifierProgram
-from .tc import TcAttacher
+from .ownership import DeviceLocks
+from .tc import HOOKS, TcAttacher, TcFilter, program_id
 
 DIRECTION_MODES = ("auto", "normal", "inverted")
 DEVICE_SLOTS = 65536  # mirrors DEVICE_SLOTS in flows.bpf.c
 ETHERNET_LINK_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
+IFNAMSIZ = 16  # with the terminating NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +63,46 @@ def resolve_inverted(mode: str, kind: str) -> bool:
     return mode == "inverted"
 
 
+@dataclass(frozen=True, slots=True)
+class FilterLoss:
+    """A device released because its filter is not ours any more, and what is there now."""
+
+    device: AttachedDevice
+    found: dict[str, TcFilter | None]  # per hook that lost ours: the filter at our place, or None
+
+    @property
+    def event(self) -> str:
+        """``replaced`` if another filter sits in our place on some hook, else ``lost``."""
+        return "replaced" if any(self.found.values()) else "lost"
+
+    def describe(self) -> str:
+        return "; ".join(f"{hook}: {'replaced by ' + f.describe() if f else 'removed'}"
+                         for hook, f in self.found.items())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {hook: f.to_wire() if f else None for hook, f in self.found.items()}
+
+
+def check_name(name: str) -> str:
+    """Refuse what cannot be a Linux interface name (the kernel's ``dev_valid_name``)."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if not name or name in (".", ".."):
+        raise DeviceError(f"{name!r} is not an interface name; see `ip link`")
+    if size >= IFNAMSIZ:
+        raise DeviceError(f"interface name {name!r} is {size} bytes long, but Linux allows at most "
+                          f"{IFNAMSIZ - 1}; see `ip link`")
+    bad = next((c for c in name if ord(c) < 32 or 127 <= ord(c) < 160 or c in "/:" or c.isspace()),
+               None)
+    if bad is not None:
+        raise DeviceError(f"interface name {name!r} contains {bad!r}, which no interface name "
+                          "can; see `ip link`")
+    return name
+
+
 def read_link(ipr: IPRoute, name_or_index: str | int) -> LinkInfo:
     """Look a device up by name or ifindex; raise ``DeviceError`` when there is none."""
+    if isinstance(name_or_index, str):
+        check_name(name_or_index)
     try:
         if isinstance(name_or_index, int):
             links = ipr.get_links(name_or_index)
@@ -113,9 +158,12 @@ class DeviceConfigMap:
 class DeviceRegistry:
     """Attaches the classifier to devices and remembers which, since when, and how."""
 
-    def __init__(self, program: ClassifierProgram) -> None:
+    def __init__(self, program: ClassifierProgram, locks: DeviceLocks | None = None) -> None:
         self._program = program
         self._config = DeviceConfigMap(program)
+        self._locks = locks if locks is not None else DeviceLocks()
+        self._program_ids = {"ingress": program_id(program.ingress_fd),
+                             "egress": program_id(program.egress_fd)}
         self._tc = TcAttacher()
         self._ipr = IPRoute()
         self._attached: dict[int, AttachedDevice] = {}
@@ -123,10 +171,20 @@ class DeviceRegistry:
         self._names: dict[int, str] = {}
 
     def attach(self, name_or_index: str | int, mode: str = "auto") -> AttachedDevice:
+        """Attach (or re-attach with another mode); ``DeviceOwned`` if another probe owns it."""
         link = read_link(self._ipr, name_or_index)
         inverted = resolve_inverted(mode, link.kind)
-        self._config.set(link.ifindex, inverted, link.has_l2_header)
-        self._tc.attach(link.ifindex, self._program.ingress_fd, self._program.egress_fd)
+        fresh = link.ifindex not in self._attached
+        if fresh:
+            self._locks.acquire(link.ifindex, link.name)
+        try:
+            self._config.set(link.ifindex, inverted, link.has_l2_header)
+            self._tc.attach(link.ifindex, self._program.ingress_fd, self._program.egress_fd)
+        except BaseException:
+            if fresh:
+                self._config.clear(link.ifindex)
+                self._locks.release(link.ifindex)
+            raise
         previous = self._attached.get(link.ifindex)
         since = previous.since_ns if previous and previous.link == link else time.time_ns()
         device = AttachedDevice(link, mode, inverted, since)
@@ -135,11 +193,50 @@ class DeviceRegistry:
         return device
 
     def detach(self, name_or_index: str | int) -> AttachedDevice:
+        """Remove our filters (only those still running our programs) and give the device up."""
         device = self.find(name_or_index)
-        self._tc.detach(device.ifindex)
+        self._tc.detach(device.ifindex, self._ours(self._tc.filters(device.ifindex)))
+        self._release(device)
+        return device
+
+    def check_filters(self) -> list[FilterLoss]:
+        """Release every device whose filter somebody else replaced or removed.
+
+        One filter dump per device and hook. A device that no longer exists is left to
+        the link watcher (it is ``gone``, not lost). Filters that are not ours stay.
+        """
+        lost = []
+        for device in self.devices():
+            found = self._tc.filters(device.ifindex)
+            ours = self._ours(found)
+            if len(ours) == len(HOOKS) or not self._exists(device):
+                continue
+            self._tc.detach(device.ifindex, ours)
+            self._release(device)
+            lost.append(FilterLoss(device, {h: found.get(h) for h in HOOKS if h not in ours}))
+        return lost
+
+    def owner_of(self, ifindex: int) -> int | None:
+        """The pid of the live probe that owns ``ifindex`` (this one's too), or None."""
+        return self._locks.owner_of(ifindex)
+
+    def program_ids(self) -> dict[str, int]:
+        """Per hook, the id of the BPF program our filters run."""
+        return dict(self._program_ids)
+
+    def _ours(self, found: dict[str, TcFilter]) -> list[str]:
+        return [hook for hook in HOOKS if hook in found and found[hook].prog_id == self._program_ids[hook]]
+
+    def _exists(self, device: AttachedDevice) -> bool:
+        try:
+            return read_link(self._ipr, device.ifindex).name == device.name
+        except DeviceError:
+            return False
+
+    def _release(self, device: AttachedDevice) -> None:
         self._config.clear(device.ifindex)
         del self._attached[device.ifindex]
-        return device
+        self._locks.release(device.ifindex)
 
     def detach_all(self) -> None:
         for ifindex in list(self._attached):
@@ -165,5 +262,6 @@ class DeviceRegistry:
         return [self.attach(name, mode) for name in names]
 
     def close(self) -> None:
+        self._locks.release_all()
         self._tc.close()
         self._ipr.close()

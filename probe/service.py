@@ -15,8 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
-from .devices import AttachedDevice, DeviceRegistry
+from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .kernel import DEFAULT_CAPACITY, load_classifier
+from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .poller import DrainedInterval, MapPoller
 from .record import Envelope, FlowRecord
 
@@ -32,6 +33,7 @@ class ProbeSettings:
     capacity: int = DEFAULT_CAPACITY
     direction: str = "auto"
     host: str = field(default_factory=socket.gethostname)
+    device_locks: str = DEFAULT_LOCK_DIR  # one flock per attached device (ownership.py)
 
 
 class KernelProbe:
@@ -45,7 +47,7 @@ class KernelProbe:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:12]
         self.program = load_classifier(settings.capacity)
-        self.devices = DeviceRegistry(self.program)
+        self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
         self.poller = MapPoller(self.program)
         # ifindex -> (container_id, container_name, container_image), kept after detach
         # so the final drain of a device that went away is still labelled.
@@ -73,6 +75,13 @@ class KernelProbe:
             self._released.add(device.ifindex)
         log.info("detached %s (ifindex %d)", device.name, device.ifindex)
         return device
+
+    def check_filters(self) -> list[FilterLoss]:
+        """Release devices whose filter someone else replaced or removed (theirs stays)."""
+        with self._lock:
+            lost = self.devices.check_filters()
+            self._released.update(loss.device.ifindex for loss in lost)
+        return lost
 
     def poll(self) -> tuple[Envelope, list[FlowRecord]]:
         with self._lock:
