@@ -10,7 +10,11 @@ A missing default config file is fine; a missing file given with ``--config`` is
 The state directory is ``/var/lib/connstats`` for root (``$XDG_STATE_HOME/connstats``
 otherwise) unless ``CONNSTATS_STATE_DIR`` or ``state_dir`` in the file says else. ``up``
 writes the NATS URL it uses to ``<state>/nats.url``, so that every other command on the
-machine finds the running NATS without flags (after the flag, env and file).
+machine finds the running NATS without flags (after the flag, env and file). Its embedded
+nats-server requires a login: ``up`` writes one user per role (probe, sink, admin) to
+``<state>/nats-credentials.json`` (0600), and a command that connects to that URL without
+credentials of its own (``--nats-creds``, or ``user:password@`` in the URL) logs in as
+its role, so only whoever can read the state directory (root) controls the probe.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from connstats.probe.errors import ConfigError
+from connstats.probe.nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
 from connstats.probe.subjects import NatsOptions
 
 DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")
@@ -139,13 +144,26 @@ class Config:
 
     def nats_options(self, flag: str | None = None, *, creds: str | None = None,
                      tls_ca: str | None = None, tls_cert: str | None = None,
-                     tls_key: str | None = None, name: str = "connstats") -> NatsOptions:
+                     tls_key: str | None = None, name: str = "connstats",
+                     role: str = "admin") -> NatsOptions:
+        """How to reach NATS; logs in as ``role`` on the embedded server of ``up`` (see above)."""
         servers = tuple(u.strip() for u in self.nats_url(flag).split(",") if u.strip())
+        creds_file = self.get("nats_creds", creds)
+        login = None if creds_file or any("@" in s for s in servers) else self.embedded_user(servers, role)
         return NatsOptions(
-            servers=servers, creds_file=self.get("nats_creds", creds),
+            servers=servers, creds_file=creds_file,
+            user=login.user if login else None, password=login.password if login else None,
             tls_ca=self.get("tls_ca", tls_ca), tls_cert=self.get("tls_cert", tls_cert),
             tls_key=self.get("tls_key", tls_key), name=name,
         )
+
+    def embedded_user(self, servers: tuple[str, ...], role: str) -> RoleUser | None:
+        """The ``role`` user ``up`` made for its embedded server, if ``servers`` name that
+        server and its credentials file is readable (to root only)."""
+        found = read_credentials(self.state_dir() / CREDENTIALS_FILE)
+        if found is None or found[0] not in servers:
+            return None
+        return found[1].role(role)
 
     def store_spec(self, flag: str | None = None) -> str:
         """``sqlite:PATH`` or ``influxdb``; InfluxDB when ``INFLUXDB_V2_URL`` is set."""

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from connstats.probe.control import ControlClient
+from connstats.probe.errors import TransportError
+from connstats.probe.subjects import redacted
 
 from .config import Config
 from .live import CONNECTION_COLUMNS, connection_row
@@ -44,11 +46,27 @@ RECORD_COLUMNS = tuple(Column(key, key, kind) for key, kind in (
 def request(config: Config, flags: NatsFlags, host: str | None, verb: str, body: dict | None = None,
             timeout: float = 5.0) -> dict[str, Any]:
     """One request/reply with the probe of ``host``; ``ConnstatsError`` on any failure."""
+    options = flags.options(config, name="connstats-cli")
+
     async def call() -> dict[str, Any]:
-        async with ControlClient(flags.options(config, name="connstats-cli"), config.host(host), timeout) as client:
+        async with ControlClient(options, config.host(host), timeout) as client:
             return await client.request(verb, body)
 
-    return asyncio.run(call())
+    try:
+        return asyncio.run(call())
+    except TransportError as exc:
+        if not _login_refused(exc):
+            raise
+        raise TransportError(
+            f"NATS at {redacted(options.servers)} refused the connection: authorization violation; "
+            "run as root (`connstats up` keeps its credentials in its state directory) or pass "
+            "credentials (--nats nats://USER:PASSWORD@HOST:PORT or --nats-creds FILE)") from exc
+
+
+def _login_refused(exc: BaseException) -> bool:
+    """True if the server turned the login down (nats-py's 'Authorization Violation')."""
+    cause = exc.__cause__
+    return cause is not None and "authorization violation" in str(cause).lower()
 
 
 def _describe(device: dict) -> str:

@@ -64,7 +64,7 @@ def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interv
     address = config.get("http", http)
     return pipeline.ProbePlan(
         host=config.host(host), ifaces=ifaces, interval=seconds,
-        nats=flags.options(config, name="connstats-probe"), state_dir=state_dir,
+        nats=flags.options(config, name="connstats-probe", role="probe"), state_dir=state_dir,
         http=address or DEFAULT_HTTP, http_explicit=address is not None, auto=auto,
         exclude=config.get("exclude", probe_flags.exclude, []),
         docker_socket=None if docker_socket == "none" else docker_socket,
@@ -152,7 +152,7 @@ def sink(
 ) -> None:
     """Run only the sink: consume flow records from NATS into SQLite or InfluxDB."""
     cfg = load_config(config)
-    options = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(cfg, name="connstats-sink")
+    options = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(cfg, name="connstats-sink", role="sink")
     spec = cfg.store_spec(store)
     if spec.startswith("sqlite:") and cfg.get("store", store) is None:
         pipeline.prepare_state_dir(cfg.state_dir())

@@ -69,9 +69,11 @@ class NatsFlags:
     tls_cert: str | None = None
     tls_key: str | None = None
 
-    def options(self, config: Config, name: str = "connstats"):
+    def options(self, config: Config, name: str = "connstats", role: str = "admin"):
+        """``role`` (probe, sink, admin) picks the login on the embedded server of ``up``."""
         return config.nats_options(self.url, creds=self.creds, tls_ca=self.tls_ca,
-                                   tls_cert=self.tls_cert, tls_key=self.tls_key, name=name)
+                                   tls_cert=self.tls_cert, tls_key=self.tls_key, name=name,
+                                   role=role)
 
 
 __all__ = [

@@ -26,6 +26,8 @@ from pyroute2 import IPRoute
 from connstats.probe.control import control_service
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon, ServiceFactory
 from connstats.probe.embedded_nats import EmbeddedNats
+from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
+from connstats.probe import private
 from connstats.probe.errors import ConfigError, ConnstatsError, DeviceError
 from connstats.probe.kernel import DEFAULT_CAPACITY
 from connstats.probe.publisher import PublisherSettings
@@ -136,20 +138,20 @@ def probe_daemon(plan: ProbePlan) -> ProbeDaemon:
 
 
 def prepare_state_dir(state_dir: Path) -> Path:
+    """The state directory (and its outbox), created if needed, mode 0700: it holds the
+    NATS URL and credentials, readable by their owner only."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "outbox").mkdir(exist_ok=True)
+        private.private_dir(state_dir)
+        private.private_dir(state_dir / "outbox")
     except OSError as exc:
-        raise ConfigError(f"cannot create the state directory {state_dir}: {exc.strerror}; "
-                          "set CONNSTATS_STATE_DIR to a writable directory") from exc
+        raise ConfigError(f"cannot create the state directory {state_dir} (mode 0700): {exc.strerror}; "
+                          "set CONNSTATS_STATE_DIR to a directory you own") from exc
     return state_dir
 
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    private.write_private(path, text)
 
 
 @contextlib.contextmanager
@@ -196,12 +198,19 @@ async def run_up(plan: ProbePlan, store_spec: str, nats_url: str | None,
                  retention_seconds: float | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring."""
     stop = asyncio.Event()
-    embedded = EmbeddedNats(plan.state_dir) if nats_url is None else None
+    # the embedded server lets in only the users made here: probe, sink, admin (the CLI)
+    embedded = EmbeddedNats(plan.state_dir, users=NatsUsers.generate(plan.host)) if nats_url is None else None
     url_file = plan.state_dir / NATS_URL_FILE
+    creds_file = plan.state_dir / CREDENTIALS_FILE
     with stop_on_signals(stop):
         try:
+            creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
             url = await asyncio.to_thread(embedded.start) if embedded else nats_url
-            plan.nats = _with_servers(plan.nats, url)
+            plan.nats = sink_nats = _with_servers(plan.nats, url)
+            if embedded is not None:
+                write_credentials(creds_file, url, embedded.users)  # before nats.url: found together
+                plan.nats = embedded.users.login(plan.nats, "probe")
+                sink_nats = embedded.users.login(sink_nats, "sink")
             write_private(url_file, url + "\n")  # a URL may carry credentials
             store = make_store(store_spec, retention_seconds)
             try:
@@ -212,11 +221,11 @@ async def run_up(plan: ProbePlan, store_spec: str, nats_url: str | None,
             daemon = probe_daemon(plan)
             if daemon_hook:
                 daemon_hook(daemon)
-            await _run_both(plan, daemon, store, stop, on_ready)
+            await _run_both(replace(plan, nats=sink_nats), daemon, store, stop, on_ready)
         finally:
-            if url_file.exists() and embedded is not None:
-                url_file.unlink(missing_ok=True)
             if embedded is not None:
+                url_file.unlink(missing_ok=True)
+                creds_file.unlink(missing_ok=True)
                 await asyncio.to_thread(embedded.stop)
 
 

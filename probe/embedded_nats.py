@@ -1,7 +1,9 @@
 """An embedded nats-server for ``connstats up`` when no ``--nats`` is given.
 
-Loopback only, JetStream on, its store under ``<state>/jetstream``, port 4222 if free and
-a free port otherwise; its log goes to ``<state>/nats-server.log``. The server runs in
+Loopback only, JetStream on, its store under ``<state>/jetstream`` (0700), port 4222 if
+free and a free port otherwise; its log goes to ``<state>/nats-server.log`` (0600). Given
+``users`` (``nats_auth.NatsUsers``), it requires them: their ``authorization`` block goes
+into ``<state>/nats-embedded.conf`` (0600, removed by ``stop()``) and every client must log in. The server runs in
 its own session (a Ctrl-C on the terminal reaches only ``up``, which drains first and
 then stops it) and gets SIGKILL from the kernel if ``up`` dies without stopping it.
 """
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError, TransportError
+from .nats_auth import SERVER_CONFIG_FILE, NatsUsers
+from .private import open_private_log, private_dir, write_private
 
 DEFAULT_PORT = 4222
 _PR_SET_PDEATHSIG = 1
@@ -56,10 +60,11 @@ class EmbeddedNats:
     """``start()`` returns once the server answers; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
     def __init__(self, state_dir: Path, preferred_port: int = DEFAULT_PORT,
-                 config: Path | None = None) -> None:
+                 config: Path | None = None, users: NatsUsers | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.preferred_port = preferred_port
         self.config = config  # an optional nats-server config file (-c)
+        self.users = users  # None: no authentication (tests only; `up` always passes users)
         self.port = 0
         self._process: subprocess.Popen | None = None
 
@@ -74,20 +79,31 @@ class EmbeddedNats:
     def start(self, timeout: float = 10.0) -> str:
         binary = find_nats_server()
         self.port = pick_port(self.preferred_port)
-        store = self.state_dir / "jetstream"
-        store.mkdir(parents=True, exist_ok=True)
+        store = private_dir(self.state_dir / "jetstream")
         command = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port),
                    "-n", "connstats-embedded"]
-        if self.config is not None:
-            command += ["-c", str(self.config)]
-        with (self.state_dir / "nats-server.log").open("ab") as log:
+        config = self._write_config()
+        if config is not None:
+            command += ["-c", str(config)]
+        with open_private_log(self.state_dir / "nats-server.log") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=_die_with_parent)
         self._wait_ready(timeout)
         return self.url
 
+    def _write_config(self) -> Path | None:
+        """The config file to pass with -c: ``config``, plus the users' block if any."""
+        if self.users is None:
+            return self.config
+        text = self.config.read_text() + "\n" if self.config is not None else ""
+        path = self.state_dir / SERVER_CONFIG_FILE
+        write_private(path, text + self.users.server_config())
+        return path
+
     def stop(self, timeout: float = 5.0) -> None:
+        if self.users is not None:
+            (self.state_dir / SERVER_CONFIG_FILE).unlink(missing_ok=True)
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
