@@ -14,7 +14,16 @@ since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5x
 for a failure of the probe itself), never a traceback.
 
 The API has no authentication: it listens on loopback (127.0.0.1:9102) unless told
-otherwise with ``--http ADDR:PORT``.
+otherwise with ``--http ADDR:PORT``. What keeps a web page in the operator's browser from
+using it (cross-site requests, DNS rebinding) is checked before any handler runs:
+
+* ``Host`` must name the API: its listening address, or on loopback ``localhost``,
+  ``127.0.0.1`` or ``[::1]``, with its port or without (403 otherwise);
+* an ``Origin``, when sent, must be the API's own, ``http://`` and one of those with the
+  port (403 otherwise);
+* ``POST`` needs ``Content-Type: application/json`` (415 otherwise), which a cross-site
+  form cannot send without a CORS preflight that this API never answers;
+* interface names with control characters (or NUL) are refused with 400.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from .devices import AttachedDevice
+from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
 from .record import proto_name
 from .totals import ConnectionTotal, ConnectionTotals, current_view, totals_for
@@ -61,6 +70,59 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+# -- who may call: Host and Origin --------------------------------------------------------------
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``name[:port]`` or ``[v6][:port]`` -> (name, port or None); None if malformed."""
+    name, sep, port = value.rpartition(":") if not value.endswith("]") else ("", "", "")
+    if not sep or "]" in port:
+        name, port = value, ""
+    if port and not (port.isascii() and port.isdigit()):
+        return None
+    return name.lower(), int(port) if port else None
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+    except ValueError:
+        return False
+    return name.startswith("[") or ":" not in name
+
+
+def host_allowed(value: str, listen_host: str, listen_port: int, need_port: bool = False) -> bool:
+    """True if a ``Host`` value (or an origin's host) names the API listening there.
+
+    The listening address itself; on loopback also ``localhost``, ``127.0.0.1``, ``[::1]``;
+    on a wildcard address any IP literal (a DNS name could be rebound to us). The port,
+    when given, must be the listening one; ``need_port`` requires it.
+    """
+    parsed = _split_host(value.strip())
+    if parsed is None:
+        return False
+    name, port = parsed
+    if (port is None and need_port) or (port is not None and port != listen_port):
+        return False
+    own = f"[{listen_host}]" if ":" in listen_host else listen_host
+    if name == own.lower():
+        return True
+    if _is_loopback(listen_host) and name in LOOPBACK_NAMES:
+        return True
+    return listen_host in WILDCARD_ADDRESSES and _is_ip_literal(name)
+
+
+def origin_allowed(origin: str, listen_host: str, listen_port: int) -> bool:
+    """True if ``Origin`` is the API's own: ``http://HOST:PORT`` naming it (port 80 may be left out)."""
+    scheme, sep, netloc = origin.partition("://")
+    if scheme.lower() != "http" or not sep or not netloc or "/" in netloc or "@" in netloc:
+        return False
+    return host_allowed(netloc, listen_host, listen_port, need_port=listen_port != 80)
 
 
 # -- the response format: pure functions ----------------------------------------------------
@@ -115,7 +177,8 @@ class HttpApi:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[_errors_as_json, self._callers_checked],
+                              client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/traffic_count_attach_device", self.attach_device)
         app.router.add_get("/traffic_device_connection_stats", self.all_devices)
         app.router.add_get("/traffic_device_connection_stats/{device_id}", self.one_device)
@@ -148,9 +211,28 @@ class HttpApi:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @web.middleware
+    async def _callers_checked(self, request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        """403 unless ``Host`` names this API and ``Origin`` (if any) is its own."""
+        host = request.headers.get("Host")
+        if host is not None and not host_allowed(host, self.host, self.port):
+            raise RequestError(403, f"Host {host!r} is not this API; use http://{self._own_netloc()}")
+        origin = request.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, self.host, self.port):
+            raise RequestError(403, f"Origin {origin!r} may not use this API; call it from "
+                                    f"http://{self._own_netloc()} or without a browser")
+        return await handler(request)
+
+    def _own_netloc(self) -> str:
+        return self.url.removeprefix("http://")
+
     # -- handlers ------------------------------------------------------------------------------
 
     async def attach_device(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            raise RequestError(415, f"Content-Type is {request.content_type!r}; "
+                                    "send the body as application/json")
         iface, action, mode = _attach_request(await _json_body(request))
         if action == "add":
             device = await self.daemon.attach(iface, mode)
@@ -203,6 +285,10 @@ def _attach_request(body: Any) -> tuple[str, str, str | None]:
     iface, action, mode = body.get("iface"), body.get("action"), body.get("mode")
     if not isinstance(iface, str) or not iface:
         raise RequestError(400, '"iface" is missing or not a string; name a network interface')
+    try:
+        check_name(iface)  # control characters, NUL, '/', too long
+    except DeviceError as exc:
+        raise RequestError(400, str(exc)) from None
     if action not in ACTIONS:
         raise RequestError(400, f'"action" is {action!r}; use "add" or "remove"')
     if mode is not None and not isinstance(mode, str):

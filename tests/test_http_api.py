@@ -7,12 +7,15 @@ a's datagrams are "egress" on a's veth and "ingress" on b's. A UDP datagram over
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import time
 
 import aiohttp
 import pytest
 
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
+from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import ConfigError
 from connstats.probe.http_api import (
     DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
@@ -20,7 +23,7 @@ from connstats.probe.http_api import (
 from connstats.probe.publisher import PublisherSettings
 from connstats.probe.service import ProbeSettings
 from connstats.probe.subjects import NatsOptions
-from connstats.probe.totals import ConnectionTotal
+from connstats.probe.totals import ConnectionTotal, ConnectionTotals
 from tests.fixtures.netns import require_root
 
 UDP_V4_OVERHEAD = 14 + 20 + 8
@@ -255,3 +258,128 @@ async def test_a_taken_port_is_a_one_line_config_error():
             await second.start()
     finally:
         await first.close()
+
+
+# -- who may call: Host, Origin, Content-Type (a real server, a fake daemon, raw requests) ------
+
+
+class FakeDaemon:
+    """What the HTTP API calls on the daemon; these tests are about HTTP, not the kernel."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.interval_listeners: list = []
+        self.detach_listeners: list = []
+
+    async def attach(self, name, mode=None, labels=None):
+        self.calls.append(("attach", name))
+        return AttachedDevice(LinkInfo(42, name, "veth", True), mode or "auto", True, 1)
+
+    async def detach(self, name):
+        self.calls.append(("detach", name))
+        return AttachedDevice(LinkInfo(42, name, "veth", True), "auto", True, 1)
+
+    def devices(self) -> list:
+        return []
+
+    async def live_records(self) -> list:
+        return []
+
+
+@pytest.fixture
+async def fake_api():
+    """An HttpApi on a free loopback port in front of a FakeDaemon; closed at teardown."""
+    api = HttpApi(FakeDaemon(), "127.0.0.1", 0, ConnectionTotals())
+    await api.start()
+    yield api
+    await api.close()
+
+
+def raw_request(api: HttpApi, method: str, path: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> tuple[int, str, dict]:
+    """One request with exactly these headers (http.client adds none it is told to skip)."""
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        if body or method == "POST":
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+async def call(api: HttpApi, method: str, path: str, body: bytes = b"", **headers: str):
+    return await asyncio.to_thread(raw_request, api, method, path, body,
+                                   {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+ADD_VETH9 = b'{"iface": "veth9", "action": "add"}'
+
+
+async def test_the_host_header_must_name_the_api(fake_api):
+    port = fake_api.port
+    ok = {"iface": "veth9", "device_id": 42, "action": "add", "attached": True,
+          "direction_mode": "auto", "inverted": True}
+    for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "localhost",
+                 f"LocalHost:{port}", f"[::1]:{port}", "[::1]"):
+        assert await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=host,
+                          Content_Type="application/json") == (200, "application/json", ok), host
+        assert await call(fake_api, "GET", STATS, Host=host) == (200, "application/json", {}), host
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "localhost:80",
+                 f"127.0.0.2:{port}", f"10.0.0.1:{port}", ""):
+        expected = (403, "application/json", {"error": f"Host {host!r} is not this API; use http://127.0.0.1:{port}"})
+        assert await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=host,
+                          Content_Type="application/json") == expected, host
+        assert await call(fake_api, "GET", STATS, Host=host) == expected, host
+    assert fake_api.daemon.calls == [("attach", "veth9")] * 7
+
+
+async def test_a_foreign_origin_is_refused(fake_api):
+    port = fake_api.port
+    own = f"127.0.0.1:{port}"
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"):
+        status, _, _ = await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=own, Origin=origin,
+                                  Content_Type="application/json")
+        assert status == 200, origin
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null",
+                   f"https://127.0.0.1:{port}", "http://127.0.0.1", f"http://127.0.0.1:{port + 1}",
+                   f"http://user@127.0.0.1:{port}"):
+        expected = (403, "application/json", {"error": f"Origin {origin!r} may not use this API; call it "
+                                                       f"from http://{own} or without a browser"})
+        assert await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=own, Origin=origin,
+                          Content_Type="application/json") == expected, origin
+        assert await call(fake_api, "GET", STATS, Host=own, Origin=origin) == expected, origin
+    assert fake_api.daemon.calls == [("attach", "veth9")] * 3
+
+
+async def test_a_post_must_be_json(fake_api):
+    own = f"127.0.0.1:{fake_api.port}"
+    for content_type, seen in (("text/plain", "text/plain"),
+                               ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),
+                               ("multipart/form-data; boundary=x", "multipart/form-data"),
+                               (None, "application/octet-stream")):
+        headers = {"Host": own} | ({"Content_Type": content_type} if content_type else {})
+        assert await call(fake_api, "POST", ATTACH, ADD_VETH9, **headers) == (
+            415, "application/json",
+            {"error": f"Content-Type is {seen!r}; send the body as application/json"}), content_type
+    status, _, _ = await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=own,
+                              Content_Type="application/json; charset=utf-8")
+    assert status == 200
+    assert fake_api.daemon.calls == [("attach", "veth9")]
+
+
+async def test_control_characters_in_interface_names_are_refused(fake_api):
+    own = f"127.0.0.1:{fake_api.port}"
+    for name in ("veth\x000", "veth\n0", "eth0\r", "\x1b[31m", "a\x7fb", "veth\t1"):
+        body = json.dumps({"iface": name, "action": "add"}).encode()
+        status, content_type, answer = await call(fake_api, "POST", ATTACH, body, Host=own,
+                                                  Content_Type="application/json")
+        assert (status, content_type) == (400, "application/json"), repr(name)
+        assert answer == {"error": f"interface name {name!r} contains {next(c for c in name if ord(c) < 32 or ord(c) == 127)!r}, "
+                                   "which no interface name can; see `ip link`"}, repr(name)
+        assert "\n" not in answer["error"] and "\x00" not in answer["error"]
+    assert fake_api.daemon.calls == []
