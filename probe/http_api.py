@@ -39,7 +39,7 @@ from aiohttp import web
 from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
 from .record import proto_name
-from .totals import ConnectionTotal, ConnectionTotals, current_view, totals_for
+from .totals import ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, totals_for
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,22 @@ def connection_to_json(t: ConnectionTotal) -> dict[str, Any]:
     }
 
 
-def connections_to_json(totals: list[ConnectionTotal]) -> dict[str, dict[str, Any]]:
-    return {f"connection_{t.id}": connection_to_json(t) for t in totals}
+def overflow_to_json(t: OverflowTotal) -> dict[str, Any]:
+    """Packets that found the flow map full: no addresses or ports, ``"overflow": true``."""
+    return {
+        "device_id": t.ifindex, "src_port": 0, "dst_port": 0, "direction": t.direction,
+        "protocol": "OVERFLOW", "timestamp": t.last_interval_end,
+        "total_packets": t.packets, "total_bytes": t.bytes, "ifname": t.ifname, "overflow": True,
+    }
+
+
+def connections_to_json(totals: list[ConnectionTotal],
+                        overflow: list[OverflowTotal] = ()) -> dict[str, dict[str, Any]]:
+    """``connection_<id>`` per connection, then ``overflow_<ifindex>_<direction>`` per device
+    and direction with overflow: together a device's exact totals."""
+    body = {f"connection_{t.id}": connection_to_json(t) for t in totals}
+    body.update((f"overflow_{t.ifindex}_{t.direction}", overflow_to_json(t)) for t in overflow)
+    return body
 
 
 def device_to_json(device: AttachedDevice, action: str) -> dict[str, Any]:
@@ -157,9 +171,10 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
-async def _connections_response(totals: list[ConnectionTotal]) -> web.Response:
+async def _connections_response(totals: list[ConnectionTotal],
+                                overflow: list[OverflowTotal]) -> web.Response:
     """Encoded in a worker thread: ~1 s for 100k connections that the event loop need not wait on."""
-    body = await asyncio.to_thread(lambda: msgspec.json.encode(connections_to_json(totals)))
+    body = await asyncio.to_thread(lambda: msgspec.json.encode(connections_to_json(totals, overflow)))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -241,7 +256,10 @@ class HttpApi:
         return _json(device_to_json(device, action))
 
     async def all_devices(self, request: web.Request) -> web.Response:
-        return await _connections_response(await self._view(self.daemon.devices()))
+        devices = self.daemon.devices()
+        # ifindex 0: what not even the overflow map could hold, of any device
+        return await _connections_response(await self._view(devices), self.totals.overflow_view(
+            {d.ifindex for d in devices} | {0}))
 
     async def one_device(self, request: web.Request) -> web.Response:
         text = request.match_info["device_id"]
@@ -250,7 +268,8 @@ class HttpApi:
         devices = [d for d in self.daemon.devices() if d.ifindex == int(text)]
         if not devices:
             raise RequestError(404, f"device {text} is not attached; attach it first")
-        return await _connections_response(await self._view(devices))
+        return await _connections_response(await self._view(devices),
+                                           self.totals.overflow_view({devices[0].ifindex}))
 
     async def _view(self, devices: list[AttachedDevice]) -> list[ConnectionTotal]:
         since = {d.ifindex: d.since_ns for d in devices}

@@ -11,6 +11,13 @@ proto, src_ip, dst_ip, src_port, dst_port), keeping the earliest ``first_seen``,
 when it is first seen (live or published); the id stays the same until the entry is
 evicted or its device forgotten.
 
+Overflow. Packets that found the kernel's flow map full belong to no connection; each
+interval reports them per device and direction (``Envelope.overflow``, ifindex 0 for what
+not even the overflow map could hold). They are summed per (ifindex, direction) in
+``overflow_view()``, so that a device's connections plus its overflow are its exact
+totals. They come with published intervals only (a live read carries no overflow), and
+are forgotten with their device.
+
 Memory is bounded: beyond ``max_entries`` the least recently seen connections (smallest
 ``last_seen``) are evicted after the interval that overflowed, and counted in
 ``evicted``. Eviction picks the victims in one pass over the table (``heapq.nsmallest``),
@@ -51,6 +58,18 @@ ConnectionKey = tuple[int, str, int, str, str, int, int]
 def connection_key(r: FlowRecord) -> ConnectionKey:
     """(ifindex, direction, proto, src_ip, dst_ip, src_port, dst_port)."""
     return (r.ifindex, r.direction, r.proto, r.src_ip, r.dst_ip, r.src_port, r.dst_port)
+
+
+@dataclass(slots=True)
+class OverflowTotal:
+    """Packets and bytes of one device and direction that no connection could hold, since attach."""
+
+    ifindex: int  # 0: not even the overflow map had room for the device
+    ifname: str
+    direction: str
+    packets: int
+    bytes: int
+    last_interval_end: int  # ns since the epoch: the end of the last interval that reported some
 
 
 @dataclass(slots=True)
@@ -114,12 +133,14 @@ class ConnectionTotals:
         self._ids = itertools.count(1)
         self._pending_ids: dict[ConnectionKey, int] = {}  # seen live, not yet published
         self._forgotten: dict[int, _Forgotten] = {}
+        self._overflow: dict[tuple[int, str], OverflowTotal] = {}
 
     def __len__(self) -> int:
         return len(self._table)
 
     def __call__(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
         """Add one published interval (the daemon calls this; it never raises)."""
+        self._add_overflow(envelope)
         if self._forgotten:
             records = self._settle_forgotten(envelope.interval_start, envelope.interval_end,
                                              records, consume=True)
@@ -142,6 +163,25 @@ class ConnectionTotals:
             self._evict(len(table) - self.max_entries)
         if len(self._pending_ids) > self.max_entries:
             self._pending_ids.clear()  # ids of live connections that never got published
+
+    def _add_overflow(self, envelope: Envelope) -> None:
+        for o in envelope.overflow:
+            gone = self._forgotten.get(o.ifindex)
+            if gone is not None and envelope.interval_end <= gone.until_ns:
+                continue  # counted before the detach
+            total = self._overflow.get((o.ifindex, o.direction))
+            if total is None:
+                self._overflow[(o.ifindex, o.direction)] = OverflowTotal(
+                    o.ifindex, o.ifname, o.direction, o.packets, o.bytes, envelope.interval_end)
+            else:
+                total.packets += o.packets
+                total.bytes += o.bytes
+                total.last_interval_end = max(total.last_interval_end, envelope.interval_end)
+
+    def overflow_view(self, ifindexes: Any = None) -> list[OverflowTotal]:
+        """Copies of the overflow totals of ``ifindexes`` (all if None), by ifindex and direction."""
+        return [replace(t) for key, t in sorted(self._overflow.items())
+                if ifindexes is None or key[0] in ifindexes]
 
     def _evict(self, count: int) -> None:
         table = self._table
@@ -166,6 +206,8 @@ class ConnectionTotals:
         doomed = [key for key in self._table if key[0] == ifindex]
         for key in doomed:
             del self._table[key]
+        for key in [key for key in self._overflow if key[0] == ifindex]:
+            del self._overflow[key]
         mine = [r for r in live if r.ifindex == ifindex]
         self._forgotten[ifindex] = _Forgotten(
             until_ns=time.time_ns() if until_ns is None else until_ns,

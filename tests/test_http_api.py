@@ -383,3 +383,46 @@ async def test_control_characters_in_interface_names_are_refused(fake_api):
                                    "which no interface name can; see `ip link`"}, repr(name)
         assert "\n" not in answer["error"] and "\x00" not in answer["error"]
     assert fake_api.daemon.calls == []
+
+
+# -- overflow in the totals ---------------------------------------------------------------------
+
+
+async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
+    from connstats.probe.record import Envelope, FlowRecord, OverflowCount
+
+    second = 1_000_000_000
+    start = 1_790_000_000 * second
+    veth7 = AttachedDevice(LinkInfo(7, "veth7", "veth", True), "auto", True, start - second)
+    veth8 = AttachedDevice(LinkInfo(8, "veth8", "veth", True), "auto", True, start - second)
+    daemon = FakeDaemon()
+    daemon.devices = lambda: [veth7, veth8]
+    totals = ConnectionTotals()
+    record = FlowRecord(start, start + second, 7, "veth7", "egress", 4, 17, "10.0.0.1", "10.0.0.2",
+                        40001, 5353, 10, 1420, start + 1, start + 2, 0)
+    overflow = (OverflowCount(7, "veth7", "egress", 3, 3 * 142), OverflowCount(7, "veth7", "ingress", 2, 200),
+                OverflowCount(0, "", "egress", 1, 60))
+    totals(Envelope("h", "b", 1, start, start + second, overflow=overflow), [record])
+    totals(Envelope("h", "b", 2, start + second, start + 2 * second,
+                    overflow=(OverflowCount(7, "veth7", "egress", 4, 4 * 142),)), [])
+    api = HttpApi(daemon, "127.0.0.1", 0, totals)
+    await api.start()
+    try:
+        status, content_type, one = await call(api, "GET", f"{STATS}/7", Host=f"127.0.0.1:{api.port}")
+        _, _, every = await call(api, "GET", STATS, Host=f"127.0.0.1:{api.port}")
+    finally:
+        await api.close()
+    assert (status, content_type) == (200, "application/json")
+    def entry(direction, packets, nbytes, end, ifindex=7, ifname="veth7"):
+        return {"device_id": ifindex, "src_port": 0, "dst_port": 0, "direction": direction,
+                "protocol": "OVERFLOW", "timestamp": end, "total_packets": packets,
+                "total_bytes": nbytes, "ifname": ifname, "overflow": True}
+    assert list(one) == ["connection_1", "overflow_7_egress", "overflow_7_ingress"]
+    assert one["overflow_7_egress"] == entry("egress", 7, 7 * 142, start + 2 * second)
+    assert one["overflow_7_ingress"] == entry("ingress", 2, 200, start + second)
+    assert "overflow" not in one["connection_1"]
+    # summing the device's entries gives its exact totals: 10 + 7 + 2 packets
+    assert (sum(v["total_packets"] for v in one.values()), sum(v["total_bytes"] for v in one.values())) == (
+        19, 1420 + 7 * 142 + 200)
+    # every device: also what not even the overflow map could hold (ifindex 0)
+    assert every == {**one, "overflow_0_egress": entry("egress", 1, 60, start + second, 0, "")}

@@ -197,3 +197,51 @@ def test_totals_for_registers_one_listener_per_daemon():
     first = totals_for(daemon)
     assert totals_for(daemon) is first
     assert daemon.interval_listeners == [first]
+
+
+# -- overflow: packets that found the flow map full ---------------------------------------------
+
+
+def with_overflow(seq: int, *counts: tuple[int, str, int]) -> Envelope:
+    """Interval ``seq`` reporting (ifindex, direction, packets) of overflow, 100 bytes a packet."""
+    from dataclasses import replace
+
+    from connstats.probe.record import OverflowCount
+
+    return replace(envelope(seq), overflow=tuple(
+        OverflowCount(ifindex, f"veth{ifindex}" if ifindex else "", direction, packets, packets * 100)
+        for ifindex, direction, packets in counts))
+
+
+def overflow_counts(totals, ifindexes=None) -> dict:
+    return {(o.ifindex, o.direction): (o.packets, o.bytes, o.last_interval_end)
+            for o in totals.overflow_view(ifindexes)}
+
+
+def test_overflow_adds_up_per_device_and_direction():
+    totals = ConnectionTotals()
+    totals(with_overflow(0, (7, "egress", 3), (7, "ingress", 1), (0, "egress", 2)), [rec(0, 5)])
+    totals(with_overflow(1, (7, "egress", 4), (8, "egress", 9)), [rec(1, 2, ifindex=8)])
+    totals(envelope(2), [rec(2, 1)])
+    assert overflow_counts(totals) == {
+        (0, "egress"): (2, 200, T0 + SECOND), (7, "egress"): (7, 700, T0 + 2 * SECOND),
+        (7, "ingress"): (1, 100, T0 + SECOND), (8, "egress"): (9, 900, T0 + 2 * SECOND)}
+    assert overflow_counts(totals, {8}) == {(8, "egress"): (9, 900, T0 + 2 * SECOND)}
+    # a device's connections plus its overflow: every packet it saw, exactly
+    for ifindex, packets in ((7, 6 + 7 + 1), (8, 2 + 9)):
+        connections = sum(t.packets for t in totals.view((), {ifindex}))
+        overflowed = sum(o.packets for o in totals.overflow_view({ifindex}))
+        assert connections + overflowed == packets
+    # the view hands out copies
+    totals.overflow_view()[0].packets = 10**9
+    assert overflow_counts(totals, {0}) == {(0, "egress"): (2, 200, T0 + SECOND)}
+
+
+def test_forget_drops_a_device_s_overflow_and_its_intervals_before_the_detach():
+    totals = ConnectionTotals()
+    totals(with_overflow(0, (7, "egress", 3), (8, "egress", 1)), [])
+    totals.forget(7, live=[rec(1, 2, live=500)], until_ns=T0 + SECOND + 500_000_000)
+    assert overflow_counts(totals) == {(8, "egress"): (1, 100, T0 + SECOND)}
+    totals(with_overflow(0, (7, "egress", 5)), [])  # ended before the detach: not counted again
+    totals(with_overflow(2, (7, "egress", 4)), [])  # after it: the new attachment's
+    assert overflow_counts(totals, {7}) == {(7, "egress"): (4, 400, T0 + 3 * SECOND)}
