@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 
 from connstats.probe.control import control_service
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon, ServiceFactory
+from connstats.probe.devices import check_name
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe import private
@@ -79,7 +80,7 @@ def check_interfaces(names: list[str]) -> None:
     """Raise ``DeviceError`` for the first name that is no interface (before BPF is loaded)."""
     with IPRoute() as ipr:
         for name in names:
-            if not ipr.link_lookup(ifname=name):
+            if not ipr.link_lookup(ifname=check_name(name)):
                 raise DeviceError(f"no network interface {name!r}; see `ip link`")
 
 
@@ -111,14 +112,15 @@ def http_services(plan: ProbePlan) -> list[ServiceFactory]:
 
 
 def watcher_services(plan: ProbePlan) -> list[ServiceFactory]:
-    """Services that attach devices as they appear: links matching ``--auto`` (every one
-    but ``lo`` when no ``--iface`` was given), and Docker containers' veths, labelled."""
+    """Services that keep the attached devices true: the link watcher (always: it releases
+    deleted devices, keeps ``--iface`` names attached, attaches links matching ``--auto``,
+    every one but ``lo`` when no ``--iface`` was given), the filter guard (our filters
+    replaced or removed by someone else), and Docker containers' veths, labelled."""
     from connstats.probe.docker_watch import docker_watcher
+    from connstats.probe.guard import filter_guard
     from connstats.probe.watch import link_watcher
 
-    services = []
-    if plan.auto:
-        services.append(link_watcher(plan.auto, exclude=plan.exclude))
+    services = [link_watcher(plan.auto, exclude=plan.exclude, keep=plan.ifaces), filter_guard()]
     if plan.docker_socket:
         services.append(docker_watcher(plan.docker_socket))
     return services

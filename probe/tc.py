@@ -66,6 +66,12 @@ class TcAttacher:
     def close(self) -> None:
         self._ipr.close()
 
+    def __enter__(self) -> "TcAttacher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def attach(self, ifindex: int, ingress_fd: int, egress_fd: int) -> None:
         """Install (or replace) our filters on both hooks; attaching twice is fine."""
         self._ensure_clsact(ifindex)

@@ -1,10 +1,18 @@
-"""Attach to devices as they come and go: a netlink link watcher, as a daemon service.
+"""Keep the attached devices true as they come and go: a netlink link watcher, as a
+daemon service that always runs.
 
     RTMGRP_LINK socket (non-blocking, on the loop) ─┐
     initial dump, then a dump every resync_seconds ─┴─> latest LinkState per ifindex
-        └─> dirty ifindexes ─> one worker: attach (matches --auto, not --exclude, up)
+        └─> dirty ifindexes ─> one worker: attach (named by --iface, or matches --auto,
+                                                   not --exclude, and up)
                                            detach "gone" (deleted, renamed, replaced)
                                            retry a failed attach with backoff
+
+Every attached device is released as "gone" when it is deleted, however it was
+attached (``--iface``, the control plane, the HTTP API, Docker). ``--iface NAME``
+names are kept: a device made anew under that name is attached again, once. A
+device detached by someone else (by hand, or by the filter guard) is not attached
+again until it is deleted or renamed.
 
 A device is identified by (netns, ifindex, name): ifindexes repeat across namespaces
 and are reused, so a device that comes back under its old name with a new ifindex is
@@ -18,7 +26,6 @@ import asyncio
 import errno
 import fnmatch
 import logging
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -32,6 +39,7 @@ from .containers import (
     publish_event, release_index,
 )
 from .errors import ConfigError
+from .ownership import own_netns
 
 log = logging.getLogger("connstats.probe.watch")
 
@@ -73,10 +81,6 @@ def link_state(msg: Any, netns: int) -> LinkState:
                      kind or "", bool(msg["flags"] & IFF_UP), msg.get_attr("IFLA_LINK_NETNSID"))
 
 
-def own_netns() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
 @dataclass(frozen=True)
 class LinkPatterns:
     """Which devices to attach: names matching an ``auto`` glob and no ``exclude`` glob."""
@@ -110,6 +114,17 @@ class WatchSettings:
     patterns: LinkPatterns
     resync_seconds: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    keep: tuple[str, ...] = ()  # --iface names: attached whenever a device has one, up or not
+
+    def wants(self, link: "LinkState") -> bool:
+        return link.name in self.keep or (link.up and self.patterns.matches(link.name))
+
+    def wants_name(self, name: str) -> bool:
+        """Whether an attached device under this name stays attached (down or not)."""
+        return name in self.keep or self.patterns.matches(name)
+
+    def source(self, name: str) -> str:
+        return "iface" if name in self.keep else "auto"
 
 
 # -- the netlink side ----------------------------------------------------------------------
@@ -201,6 +216,7 @@ class LinkWatcher:
 
     async def start(self) -> None:
         self._index = acquire_index(self.daemon)
+        self.daemon.detach_listeners.append(self._on_detached)
         try:
             if self._use_monitor:
                 self._monitor = LinkMonitor()  # subscribe before the dump: no gap
@@ -211,11 +227,14 @@ class LinkWatcher:
             raise
         self._tasks = [asyncio.create_task(self._work_forever(), name="link-worker"),
                        asyncio.create_task(self._resync_forever(), name="link-resync")]
-        log.info("auto-attaching devices matching %s (excluding %s)",
+        log.info("watching links: keeping %s attached, auto-attaching %s (excluding %s)",
+                 " ".join(self.settings.keep) or "no named device",
                  " ".join(self.settings.patterns.auto) or "nothing",
                  " ".join(self.settings.patterns.exclude) or "nothing")
 
     async def close(self) -> None:
+        if self._on_detached in self.daemon.detach_listeners:
+            self.daemon.detach_listeners.remove(self._on_detached)
         if self._monitor is not None:
             asyncio.get_running_loop().remove_reader(self._monitor.fileno())
             self._monitor.close()
@@ -269,8 +288,24 @@ class LinkWatcher:
                 self.links[ifindex] = link
         self.stats["resyncs"] += 1
         self._forget_foreign_detaches()
+        self._find_vanished()
         for ifindex in {*self.links, *self.attached, *self._failures}:
             self._mark(ifindex)
+
+    def _find_vanished(self) -> None:
+        """Attached devices the dump does not have were deleted (their event was lost)."""
+        for device in self.daemon.devices():
+            if device.ifindex not in self.links:
+                self._vanished.setdefault(device.ifindex, DeviceKey(self.netns, device.ifindex, device.name))
+                self._mark(device.ifindex)
+
+    async def _on_detached(self, device: Any) -> None:
+        """Someone detached a device this watcher tracks (by hand, Docker, the filter
+        guard): leave it alone from now on. The watcher's own detaches untrack first."""
+        mine = self.attached.get(device.ifindex)
+        if mine is not None and mine.name == device.name:
+            del self.attached[device.ifindex]
+            self._released[device.ifindex] = mine.key
 
     def _forget_foreign_detaches(self) -> None:
         """A device detached by someone else (control plane) is left alone."""
@@ -308,11 +343,11 @@ class LinkWatcher:
         vanished = self._vanished.pop(ifindex, None)
         if mine is None and vanished is not None:
             await self._release_foreign(vanished, link)
-        if mine is not None and (link is None or link.key != mine.key):
-            await self._detach(mine, "gone")
-        elif mine is not None and not self.settings.patterns.matches(link.name):
+        if mine is not None and (link is None or link.key != mine.key or vanished == mine.key):
+            await self._detach(mine, "gone")  # deleted (and maybe made anew under the same key)
+        elif mine is not None and not self.settings.wants_name(link.name):
             await self._detach(mine, "detached")
-        if link is None or not link.up or not self.settings.patterns.matches(link.name):
+        if link is None or not self.settings.wants(link):
             self._failures.pop(ifindex, None)
             if link is None or self._released.get(ifindex) != link.key:
                 self._released.pop(ifindex, None)
@@ -334,7 +369,7 @@ class LinkWatcher:
         fields = owner_fields(netns, container)
         try:
             await attach_labelled(self.daemon, link.ifindex, owner_labels(netns, container),
-                                  "auto", **fields)
+                                  self.settings.source(link.name), **fields)
         except Exception as exc:
             await self._failed(link, exc, fields)
             return
@@ -367,7 +402,7 @@ class LinkWatcher:
                     link.name, link.ifindex, exc, count, delay)
         await publish_event(self.daemon, {
             "event": "failed", "ifname": link.name, "ifindex": link.ifindex, "reason": str(exc),
-            "attempt": count, "retry_in": delay, "source": "auto", **fields})
+            "attempt": count, "retry_in": delay, "source": self.settings.source(link.name), **fields})
 
     async def _release_foreign(self, key: DeviceKey, link: LinkState | None) -> None:
         """A device attached by hand or by another watcher was deleted: detach it too."""
@@ -379,7 +414,7 @@ class LinkWatcher:
 
     async def _detach(self, link: LinkState, reason: str) -> None:
         del self.attached[link.ifindex]
-        device = await detach_quietly(self.daemon, link.ifindex, reason, source="auto")
+        device = await detach_quietly(self.daemon, link.ifindex, reason, source=self.settings.source(link.name))
         if device is not None:
             self.stats[reason] += 1
 
@@ -407,14 +442,16 @@ def still_there(key: DeviceKey) -> bool:
     return bool(links) and links[0].get_attr("IFLA_IFNAME") == key.name
 
 
-def link_watcher(auto: Sequence[str], exclude: Iterable[str] = (),
-                 resync_seconds: float = 30.0, backoff: Backoff | None = None):
+def link_watcher(auto: Sequence[str] = (), exclude: Iterable[str] = (),
+                 resync_seconds: float = 30.0, backoff: Backoff | None = None,
+                 keep: Iterable[str] = ()):
     """A daemon service factory: ``DaemonSettings(services=[link_watcher(["veth*"])])``.
 
-    ``exclude`` globs are added to the default exclusion (``lo``).
+    ``exclude`` globs are added to the default exclusion (``lo``). ``keep`` names
+    (``--iface``) are attached whenever a device has that name, whatever the patterns say.
     """
     patterns = LinkPatterns(tuple(auto), (*DEFAULT_EXCLUDE, *exclude))
-    settings = WatchSettings(patterns, resync_seconds, backoff or Backoff())
+    settings = WatchSettings(patterns, resync_seconds, backoff or Backoff(), tuple(keep))
 
     def factory(daemon: Any) -> LinkWatcher:
         return LinkWatcher(daemon, settings)

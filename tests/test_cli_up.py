@@ -111,14 +111,15 @@ def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
     no_docker = dict(docker_socket="none")
     # no --iface: what is up now, and every device that comes up later
     ifaces, auto, names = watchers(tmp_path, **no_docker)
-    assert (ifaces, auto, names) == (default_interfaces(), ["*"], ["LinkWatcher"])
-    # --iface only: exactly those, no link watcher
-    assert watchers(tmp_path, iface=["lo"], **no_docker) == (["lo"], [], [])
+    always = ["LinkWatcher", "FilterGuard"]  # deleted devices released, --iface kept, filters checked
+    assert (ifaces, auto, names) == (default_interfaces(), ["*"], always)
+    # --iface only: exactly those (kept attached by the link watcher), no pattern
+    assert watchers(tmp_path, iface=["lo"], **no_docker) == (["lo"], [], always)
     # --auto: only what matches, as it comes up
-    assert watchers(tmp_path, auto=["veth*"], exclude=["vethx*"], **no_docker) == ([], ["veth*"], ["LinkWatcher"])
+    assert watchers(tmp_path, auto=["veth*"], exclude=["vethx*"], **no_docker) == ([], ["veth*"], always)
     # a Docker socket adds the container watcher (it waits quietly while the socket is absent)
     socket_path = str(tmp_path / "docker.sock")
-    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path)[2] == ["DockerWatcher"]
+    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path)[2] == [*always, "DockerWatcher"]
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):

@@ -51,6 +51,7 @@ class FakeDaemon:
         self.kernel = FakeKernel()
         self.events: list[dict] = []
         self.publisher = FakePublisher(self.events)
+        self.detach_listeners: list = []
 
     def devices(self):
         return sorted(self.kernel.attached.values(), key=lambda d: d.ifindex)
@@ -62,6 +63,8 @@ class FakeDaemon:
 
     async def detach(self, name, reason="detached", **fields) -> AttachedDevice:
         device = self.kernel.detach(name)
+        for forget in self.detach_listeners:
+            await forget(device)
         await self._event(reason, device, **fields)
         return device
 
@@ -262,3 +265,68 @@ async def test_a_device_attached_before_the_watcher_is_adopted_not_attached_twic
     assert watcher.daemon.events == [] and 9 in watcher.attached
     await see(watcher, link(9, "veth9"), gone=True)
     assert summary(watcher.daemon) == [("gone", "veth9", 9)]
+
+
+# -- every attached device stays true (issue 8) -------------------------------------------------
+
+
+@pytest.fixture
+def keeper(watcher):
+    """The watcher with ``--iface eth3`` given (a name no pattern matches), listening to detaches."""
+    watcher.settings = WatchSettings(watcher.settings.patterns, backoff=watcher.settings.backoff,
+                                     keep=("eth3",))
+    watcher.daemon.detach_listeners.append(watcher._on_detached)
+    return watcher
+
+
+async def test_an_iface_name_is_released_when_deleted_and_attached_again_once_when_made_anew(keeper):
+    keeper.daemon.kernel.names[30] = "eth3"
+    keeper.daemon.kernel.attach(30)  # --iface eth3 at start
+    await see(keeper, link(30, "eth3"))
+    assert keeper.daemon.events == [] and 30 in keeper.attached  # adopted, not attached twice
+    await see(keeper, link(30, "eth3"), gone=True)
+    assert keeper.daemon.devices() == []
+    await see(keeper, link(41, "eth3", up=False))  # made anew: attached even while down
+    await see(keeper, link(41, "eth3", up=True))
+    assert [(d.ifindex, d.name) for d in keeper.daemon.devices()] == [(41, "eth3")]
+    assert summary(keeper.daemon) == [("gone", "eth3", 30), ("attached", "eth3", 41)]
+    assert keeper.daemon.events[1]["source"] == "iface"
+
+
+async def test_an_iface_name_deleted_and_made_anew_under_the_same_ifindex_is_attached_again(keeper):
+    await see(keeper, link(30, "eth3"))
+    keeper.apply(link(30, "eth3"), gone=True)  # both before the worker runs: same key
+    await see(keeper, link(30, "eth3"))
+    assert summary(keeper.daemon) == [("attached", "eth3", 30), ("gone", "eth3", 30), ("attached", "eth3", 30)]
+    assert [d.ifindex for d in keeper.daemon.devices()] == [30]
+
+
+async def test_a_device_attached_by_hand_that_is_deleted_is_released_and_not_attached_again(keeper):
+    keeper.daemon.kernel.names[50] = "eth5"
+    keeper.daemon.kernel.attach(50)  # the control plane or the HTTP API
+    await see(keeper, link(50, "eth5"), gone=True)
+    await see(keeper, link(51, "eth5"))
+    assert keeper.daemon.devices() == []
+    assert summary(keeper.daemon) == [("gone", "eth5", 50)]
+
+
+async def test_a_deletion_whose_event_was_lost_is_found_by_the_resync(keeper):
+    keeper.daemon.kernel.names[50] = "eth5"
+    keeper.daemon.kernel.attach(50)
+    keeper.dump = lambda netns: {}
+    await keeper.resync()
+    for ifindex in sorted(keeper._dirty):
+        keeper._dirty.discard(ifindex)
+        await keeper.settle(ifindex, 0.0)
+    assert keeper.daemon.devices() == [] and summary(keeper.daemon) == [("gone", "eth5", 50)]
+
+
+async def test_a_kept_device_detached_by_someone_else_is_left_alone_at_once(keeper):
+    await see(keeper, link(30, "eth3"))
+    await keeper.daemon.detach(30, "replaced")  # the filter guard, or `connstats detach eth3`
+    assert 30 not in keeper.attached
+    await see(keeper, link(30, "eth3"))  # any later event for it
+    assert summary(keeper.daemon) == [("attached", "eth3", 30), ("replaced", "eth3", 30)]
+    await see(keeper, link(30, "eth3"), gone=True)
+    await see(keeper, link(31, "eth3"))  # made anew: kept again
+    assert [d.ifindex for d in keeper.daemon.devices()] == [31]
