@@ -11,6 +11,8 @@ import gc
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from itertools import compress
+from operator import attrgetter
 from typing import Annotated, Literal, Mapping, Sequence
 
 import msgspec
@@ -109,7 +111,7 @@ def proto_number(name: str) -> int:
     number = PROTO_NUMBERS.get(name)
     if number is not None:
         return number
-    if name.isdigit() and int(name) < 256:
+    if name.isascii() and name.isdigit() and len(name) <= 3 and int(name) < 256:
         return int(name)
     raise MessageError(f"unknown protocol {name!r}; use tcp, udp, icmp or a number 0-255")
 
@@ -185,36 +187,55 @@ def records_from_arrays(
 #
 # The wire schema is declared once, as msgspec structs: they encode in this field order
 # and decode with every type, range and key checked in C (an unknown or missing key, a
-# float where an integer belongs, a port above 65535 are all errors).
+# float where an integer belongs, a port above 65535 are all errors). Every number is
+# bounded by what the kernel can produce and what the stores can hold (SQLite and
+# InfluxDB integers are signed 64-bit); the few rules that span fields (family and
+# addresses, interval end and start, chunk and chunks) are checked after decoding.
+
+COUNTER_LIMIT = 2**63  # packets, bytes, tcp_flags: 0 <= x < 2**63
+IFINDEX_LIMIT = 2**32
+TIME_MIN = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z, ns
+TIME_MAX = 7_258_118_400 * 1_000_000_000  # 2200-01-01T00:00:00Z, ns
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+TEXT_MAX = 1024  # host, container name and image
+ID_MAX = 128  # boot id, container id
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=COUNTER_LIMIT - 1)]
+IfIndex = Annotated[int, msgspec.Meta(ge=0, lt=IFINDEX_LIMIT)]
+Time = Annotated[int, msgspec.Meta(ge=TIME_MIN, lt=TIME_MAX)]
+IfName = Annotated[str, msgspec.Meta(max_length=IFNAME_MAX)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX)]
+Ident = Annotated[str, msgspec.Meta(max_length=ID_MAX)]
+Address = Annotated[str, msgspec.Meta(max_length=45)]  # the longest IPv6 text
+ProtoText = Annotated[str, msgspec.Meta(max_length=8)]
+Family = Literal[0, 4, 6]
 Direction = Literal["ingress", "egress"]
 
 
 class _WireRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    ifname: str
-    ifindex: int
+    ifname: IfName
+    ifindex: IfIndex
     direction: Direction
-    proto: str
-    family: int
-    src_ip: str
-    dst_ip: str
+    proto: ProtoText
+    family: Family
+    src_ip: Address
+    dst_ip: Address
     src_port: Port
     dst_port: Port
     packets: Count
     bytes: Count
-    first_seen: int
-    last_seen: int
+    first_seen: Time
+    last_seen: Time
     tcp_flags: Count
-    container_id: str
-    container_name: str
-    container_image: str
+    container_id: Ident
+    container_name: Text
+    container_image: Text
 
 
 class _WireOverflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    ifindex: int
-    ifname: str
+    ifindex: IfIndex
+    ifname: IfName
     direction: Direction
     packets: Count
     bytes: Count
@@ -222,14 +243,14 @@ class _WireOverflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class _WireMessage(msgspec.Struct, forbid_unknown_fields=True):
     schema: int
-    host: str
-    boot_id: str
-    interval_seq: int
-    interval_start: int
-    interval_end: int
-    chunk: int
-    chunks: int
-    record_offset: int
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX)]
+    boot_id: Ident
+    interval_seq: Count
+    interval_start: Time
+    interval_end: Time
+    chunk: Annotated[int, msgspec.Meta(ge=0, lt=IFINDEX_LIMIT)]
+    chunks: Annotated[int, msgspec.Meta(ge=1, le=IFINDEX_LIMIT)]
+    record_offset: Annotated[int, msgspec.Meta(ge=0, lt=IFINDEX_LIMIT)]
     overflow: list[_WireOverflow]
     records: list[_WireRecord]
 
@@ -267,8 +288,7 @@ def decode_message(data: bytes) -> tuple[Envelope, list[FlowRecord]]:
         raise MessageError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"not JSON: {exc}") from None
-    if doc.schema != SCHEMA_VERSION:
-        raise MessageError(f"schema version {doc.schema} is not {SCHEMA_VERSION}")
+    _check_envelope(doc)
     envelope = Envelope(
         host=doc.host, boot_id=doc.boot_id, interval_seq=doc.interval_seq,
         interval_start=doc.interval_start, interval_end=doc.interval_end, chunk=doc.chunk,
@@ -277,13 +297,78 @@ def decode_message(data: bytes) -> tuple[Envelope, list[FlowRecord]]:
     )
     start, end = envelope.interval_start, envelope.interval_end
     with bulk_allocation():
-        records = [_record_from_wire(astuple(r), start, end) for r in doc.records]
+        records = [_make_record(start, end, v[1], v[0], v[2], v[4], _PROTOCOLS[v[3]], *v[5:])
+                   for v in map(astuple, doc.records)]
+        _check_addresses(records)
     return envelope, records
 
 
-def _record_from_wire(v: tuple, start: int, end: int) -> FlowRecord:
-    """A FlowRecord from a validated ``_WireRecord`` tuple (wire order, see above)."""
-    proto = PROTO_NUMBERS.get(v[3])
-    if proto is None:
-        proto = proto_number(v[3])
-    return _make_record(start, end, v[1], v[0], v[2], v[4], proto, *v[5:])
+def _check_envelope(doc: _WireMessage) -> None:
+    if doc.schema != SCHEMA_VERSION:
+        raise MessageError(f"schema version {doc.schema} is not {SCHEMA_VERSION}")
+    if doc.interval_end < doc.interval_start:
+        raise MessageError(f"interval_end {doc.interval_end} is before interval_start "
+                           f"{doc.interval_start} - at `$.interval_end`")
+    if doc.chunk >= doc.chunks:
+        raise MessageError(f"chunk {doc.chunk} is not below chunks {doc.chunks} - at `$.chunk`")
+
+
+class _ProtocolNumbers(dict):
+    """Protocol text -> number; a text not seen before is checked by ``proto_number``."""
+
+    def __missing__(self, name: str) -> int:
+        number = proto_number(name)
+        if len(self) < 4096:
+            self[name] = number
+        return number
+
+
+_PROTOCOLS = _ProtocolNumbers(PROTO_NUMBERS)
+
+
+_ADDRESS_FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
+# The family of each address text seen so far ("" is 0, IPv4 text 4, IPv6 text 6; no
+# text is valid for two families). The same peers show up interval after interval, so
+# most messages classify nothing new. Bounded; emptied when full.
+_FAMILY_OF: dict[str, int] = {"": 0}
+_FAMILY_OF_LIMIT = 1 << 18
+_FAMILY, _SRC, _DST = attrgetter("family"), attrgetter("src_ip"), attrgetter("dst_ip")
+
+
+def _check_addresses(records: list[FlowRecord]) -> None:
+    """Family 4 records carry IPv4 text, family 6 IPv6 text, family 0 empty addresses.
+
+    Column-wise, in C: the families the addresses' text implies, compared as lists with
+    the families the records claim. Each new distinct address is classified once.
+    """
+    families = list(map(_FAMILY, records))
+    for column in (_SRC, _DST):
+        try:
+            implied = list(map(_FAMILY_OF.__getitem__, map(column, records)))
+        except KeyError:
+            _classify(set(map(column, records)))
+            implied = list(map(_FAMILY_OF.__getitem__, map(column, records)))
+        if implied != families:
+            i = next(i for i, (a, b) in enumerate(zip(implied, families)) if a != b)
+            address = column(records[i])
+            raise MessageError(f"address {address!r} is not family {families[i]} - at `$.records[{i}]`")
+
+
+def _classify(addresses: set[str]) -> None:
+    """Add each address's family to ``_FAMILY_OF``; -1 for text that is no address."""
+    unknown = addresses.difference(_FAMILY_OF)
+    if len(_FAMILY_OF) + len(unknown) > _FAMILY_OF_LIMIT:
+        _FAMILY_OF.clear()
+        _FAMILY_OF[""] = 0
+    for address in unknown:
+        _FAMILY_OF[address] = _family_of_text(address)
+
+
+def _family_of_text(address: str) -> int:
+    for family, address_family in _ADDRESS_FAMILIES:
+        try:
+            socket.inet_pton(address_family, address)
+            return family
+        except OSError:
+            pass
+    return -1

@@ -11,30 +11,33 @@ from connstats.probe.record import (
 )
 
 
+T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
+
+
 def record(**changes) -> FlowRecord:
     fields = dict(
-        interval_start=1_000, interval_end=2_000, ifindex=7, ifname="veth0", direction="egress",
+        interval_start=T0 + 1_000, interval_end=T0 + 2_000, ifindex=7, ifname="veth0", direction="egress",
         family=4, proto=6, src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=40000, dst_port=443,
-        packets=3, bytes=180, first_seen=1_100, last_seen=1_900, tcp_flags=0x18,
+        packets=3, bytes=180, first_seen=T0 + 1_100, last_seen=T0 + 1_900, tcp_flags=0x18,
     )
     fields.update(changes)
     return FlowRecord(**fields)
 
 
-ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_start=1_000,
-                    interval_end=2_000, overflow=(OverflowCount(7, "veth0", "egress", 2, 120),))
+ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_start=T0 + 1_000,
+                    interval_end=T0 + 2_000, overflow=(OverflowCount(7, "veth0", "egress", 2, 120),))
 
 
 def test_wire_format_is_the_documented_json():
     data = encode_message(ENVELOPE, [record(container_name="web")])
     assert msgspec.json.decode(data) == {
         "schema": 1, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
-        "interval_start": 1_000, "interval_end": 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
+        "interval_start": T0 + 1_000, "interval_end": T0 + 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
         "overflow": [{"ifindex": 7, "ifname": "veth0", "direction": "egress", "packets": 2, "bytes": 120}],
         "records": [{
             "ifname": "veth0", "ifindex": 7, "direction": "egress", "proto": "tcp", "family": 4,
             "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 40000, "dst_port": 443,
-            "packets": 3, "bytes": 180, "first_seen": 1_100, "last_seen": 1_900, "tcp_flags": 24,
+            "packets": 3, "bytes": 180, "first_seen": T0 + 1_100, "last_seen": T0 + 1_900, "tcp_flags": 24,
             "container_id": "", "container_name": "web", "container_image": "",
         }],
     }
@@ -106,3 +109,114 @@ def test_records_from_arrays_decodes_both_families_and_wall_clock():
         FlowRecord(5, 50, 8, "veth8", "ingress", 6, 6, "fd00::1", "fd00::2", 0, 0, 3, 300, 1010, 1020, 0x12,
                    "c1d", "db", "postgres:16"),
     ]
+
+
+# -- the bounds of every number and text (just inside passes, just outside fails) ------------
+
+from connstats.probe.record import TIME_MAX, TIME_MIN  # noqa: E402
+
+TOP = 2**63 - 1
+
+
+def set_record(field, value):
+    return lambda d: d["records"][0].update({field: value})
+
+
+def set_overflow(field, value):
+    return lambda d: d["overflow"][0].update({field: value})
+
+
+def set_envelope(field, value):
+    return lambda d: d.update({field: value})
+
+
+def set_record_pair(**values):
+    return lambda d: d["records"][0].update(values)
+
+
+INSIDE = [
+    *[set_record(f, TOP) for f in ("packets", "bytes", "tcp_flags")],
+    *[set_record(f, 0) for f in ("packets", "bytes", "tcp_flags", "ifindex", "src_port", "dst_port")],
+    *[set_overflow(f, TOP) for f in ("packets", "bytes")],
+    set_record("ifindex", 2**32 - 1), set_overflow("ifindex", 2**32 - 1), set_overflow("ifindex", 0),
+    set_record("src_port", 65535), set_record("dst_port", 65535),
+    set_record("proto", "255"), set_record("proto", "0"), set_record("proto", "udp"),
+    set_record_pair(family=6, src_ip="fd00::1", dst_ip="::ffff:10.0.0.1"),
+    set_record_pair(family=0, src_ip="", dst_ip="", proto="0", src_port=0, dst_port=0),
+    set_record("first_seen", TIME_MIN), set_record("last_seen", TIME_MAX - 1),
+    set_envelope("interval_start", TIME_MIN), set_envelope("interval_end", TIME_MAX - 1),
+    set_envelope("interval_end", T0 + 1_000),  # == interval_start
+    set_envelope("interval_seq", TOP), set_envelope("interval_seq", 0),
+    lambda d: d.update(chunk=2, chunks=3), set_envelope("record_offset", 0),
+    set_envelope("record_offset", 2**32 - 1),
+    set_record("ifname", "x" * 15), set_overflow("ifname", "y" * 15), set_envelope("host", "h" * 1024),
+    set_record("container_name", "n" * 1024), set_record("container_image", "i" * 1024),
+    set_record("container_id", "c" * 128),
+]
+
+
+@pytest.mark.parametrize("mutate", INSIDE)
+def test_values_just_inside_the_bounds_decode(mutate):
+    envelope, records = decode_message(bad(mutate))
+    assert len(records) == 1 and len(envelope.overflow) == 1
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (set_record("packets", 2**63), "Expected `int` <= 9223372036854775807 - at `$.records[0].packets`"),
+    (set_record("bytes", 2**63), "Expected `int` <= 9223372036854775807 - at `$.records[0].bytes`"),
+    (set_record("tcp_flags", 2**63), "Expected `int` <= 9223372036854775807 - at `$.records[0].tcp_flags`"),
+    (set_record("tcp_flags", -1), "Expected `int` >= 0 - at `$.records[0].tcp_flags`"),
+    (set_overflow("packets", 2**63), "Expected `int` <= 9223372036854775807 - at `$.overflow[0].packets`"),
+    (set_overflow("bytes", 2**64), "Expected `int` <= 9223372036854775807 - at `$.overflow[0].bytes`"),
+    (set_overflow("bytes", -1), "Expected `int` >= 0 - at `$.overflow[0].bytes`"),
+    (set_record("ifindex", 2**32), "Expected `int` <= 4294967295 - at `$.records[0].ifindex`"),
+    (set_record("ifindex", -1), "Expected `int` >= 0 - at `$.records[0].ifindex`"),
+    (set_overflow("ifindex", 2**32), "Expected `int` <= 4294967295 - at `$.overflow[0].ifindex`"),
+    (set_record("src_port", 65536), "Expected `int` <= 65535 - at `$.records[0].src_port`"),
+    (set_record("family", 5), "Invalid enum value 5 - at `$.records[0].family`"),
+    (set_record("family", 6), "address '10.0.0.1' is not family 6 - at `$.records[0]`"),
+    (set_record_pair(family=4, dst_ip="fd00::2"), "address 'fd00::2' is not family 4 - at `$.records[0]`"),
+    (set_record_pair(family=0, src_ip="", dst_ip="10.0.0.2"), "address '10.0.0.2' is not family 0 - at `$.records[0]`"),
+    (set_record_pair(family=4, src_ip=""), "address '' is not family 4 - at `$.records[0]`"),
+    (set_record("src_ip", "10.0.0.256"), "address '10.0.0.256' is not family 4 - at `$.records[0]`"),
+    (set_record("src_ip", "x" * 46), "Expected `str` of length <= 45 - at `$.records[0].src_ip`"),
+    (set_record("proto", "256"), "unknown protocol '256'; use tcp, udp, icmp or a number 0-255"),
+    (set_record("proto", "²"), "unknown protocol '²'; use tcp, udp, icmp or a number 0-255"),
+    (set_record("proto", "x" * 9), "Expected `str` of length <= 8 - at `$.records[0].proto`"),
+    (set_record("first_seen", TIME_MIN - 1), f"Expected `int` >= {TIME_MIN} - at `$.records[0].first_seen`"),
+    (set_record("last_seen", TIME_MAX), f"Expected `int` <= {TIME_MAX - 1} - at `$.records[0].last_seen`"),
+    (set_envelope("interval_start", TIME_MIN - 1), f"Expected `int` >= {TIME_MIN} - at `$.interval_start`"),
+    (set_envelope("interval_end", TIME_MAX), f"Expected `int` <= {TIME_MAX - 1} - at `$.interval_end`"),
+    (set_envelope("interval_end", T0 + 999),
+     f"interval_end {T0 + 999} is before interval_start {T0 + 1_000} - at `$.interval_end`"),
+    (set_envelope("interval_seq", -1), "Expected `int` >= 0 - at `$.interval_seq`"),
+    (set_envelope("interval_seq", 2**63), "Expected `int` <= 9223372036854775807 - at `$.interval_seq`"),
+    (lambda d: d.update(chunk=3, chunks=3), "chunk 3 is not below chunks 3 - at `$.chunk`"),
+    (set_envelope("chunks", 0), "Expected `int` >= 1 - at `$.chunks`"),
+    (set_envelope("chunk", -1), "Expected `int` >= 0 - at `$.chunk`"),
+    (set_envelope("record_offset", -1), "Expected `int` >= 0 - at `$.record_offset`"),
+    (set_envelope("record_offset", 2**32), "Expected `int` <= 4294967295 - at `$.record_offset`"),
+    (set_record("ifname", "x" * 16), "Expected `str` of length <= 15 - at `$.records[0].ifname`"),
+    (set_overflow("ifname", "y" * 16), "Expected `str` of length <= 15 - at `$.overflow[0].ifname`"),
+    (set_envelope("host", "h" * 1025), "Expected `str` of length <= 1024 - at `$.host`"),
+    (set_envelope("host", ""), "Expected `str` of length >= 1 - at `$.host`"),
+    (set_record("container_name", "n" * 1025), "Expected `str` of length <= 1024 - at `$.records[0].container_name`"),
+    (set_record("container_image", "i" * 1025), "Expected `str` of length <= 1024 - at `$.records[0].container_image`"),
+    (set_record("container_id", "c" * 129), "Expected `str` of length <= 128 - at `$.records[0].container_id`"),
+    (set_envelope("boot_id", "b" * 129), "Expected `str` of length <= 128 - at `$.boot_id`"),
+    (set_envelope("schema", 0), "schema version 0 is not 1"),
+])
+def test_values_just_outside_the_bounds_say_which_field(mutate, reason):
+    with pytest.raises(MessageError) as caught:
+        decode_message(bad(mutate))
+    assert str(caught.value) == reason
+
+
+def test_mixed_families_are_checked_per_record():
+    records = [record(), record(family=6, src_ip="fd00::1", dst_ip="fd00::2", src_port=1),
+               record(family=0, src_ip="", dst_ip="", proto=0, src_port=0, dst_port=0)]
+    assert decode_message(encode_message(ENVELOPE, records))[1] == records
+    swapped = [record(), record(family=6, src_ip="fd00::1", dst_ip="10.0.0.2", src_port=1)]
+    with pytest.raises(MessageError) as caught:
+        decode_message(encode_message(ENVELOPE, swapped))
+    assert str(caught.value) == "address '10.0.0.2' is not family 6 - at `$.records[1]`"
