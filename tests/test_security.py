@@ -270,3 +270,21 @@ async def test_a_wrong_token_is_never_shown(secure_nats_factory, caplog, capfd, 
             if where == "url" else server.options(token=token))
     nc = await connect(good)
     await nc.close()
+
+
+async def test_the_sink_role_can_tell_when_up_may_stop_its_sink(role_nats):
+    """``up`` runs its sink as ``sink`` and, before stopping it, waits until the last flow
+    message of its host is acked: reading that message needs STREAM.MSG.GET.CONNSTATS."""
+    from connstats.cli.pipeline import wait_until_stored
+
+    await publish_interval(role_nats.options("probe", NODE1), NODE1, 1, 20)
+    sink_options = role_nats.options("sink")
+    assert await wait_until_stored(sink_options, NODE1, timeout=0.3) is False  # no consumer yet
+    store, stop = MemoryStore(), asyncio.Event()
+    sink = asyncio.create_task(run_sink(sink_options, store, stop=stop, handle_signals=False))
+    try:
+        assert await wait_until_stored(sink_options, NODE1, timeout=10) is True
+        assert store.record_count() == 20
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 10)
