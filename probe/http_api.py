@@ -80,12 +80,12 @@ WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 
 def _split_host(value: str) -> tuple[str, int | None] | None:
     """``name[:port]`` or ``[v6][:port]`` -> (name, port or None); None if malformed."""
-    name, sep, port = value.rpartition(":") if not value.endswith("]") else ("", "", "")
-    if not sep or "]" in port:
-        name, port = value, ""
-    if port and not (port.isascii() and port.isdigit()):
+    if value.endswith("]") or ":" not in value:
+        return value.lower(), None
+    name, _, port = value.rpartition(":")
+    if not (port.isascii() and port.isdigit()):
         return None
-    return name.lower(), int(port) if port else None
+    return name.lower(), int(port)
 
 
 def _is_ip_literal(name: str) -> bool:
