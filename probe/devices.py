@@ -76,7 +76,8 @@ class FilterLoss:
         return "replaced" if any(self.found.values()) else "lost"
 
     def describe(self) -> str:
-        return "; ".join(f"{hook}: {'replaced by ' + f.describe() if f else 'removed'}"
+        """e.g. "our ingress filter was replaced by bpf program 812 (x), our egress filter was removed"."""
+        return ", ".join(f"our {hook} filter was {'replaced by ' + f.describe() if f else 'removed'}"
                          for hook, f in self.found.items())
 
     def to_wire(self) -> dict[str, Any]:

@@ -45,8 +45,8 @@ class FilterGuard:
         for loss in lost:
             self.lost += 1
             device = loss.device
-            log.warning("%s (ifindex %d) is no longer counted: our filter was %s; the filter there "
-                        "now is left alone (`connstats attach %s` takes the device back)",
+            log.warning("%s (ifindex %d) is no longer counted: %s; the filter there now is left "
+                        "alone (`connstats attach %s` takes the device back)",
                         device.name, device.ifindex, loss.describe(), device.name)
         return lost
 
