@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 from .devices import AttachedDevice, FilterLoss
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
-from .service import KernelProbe, ProbeSettings, poll_forever
+from .service import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .subjects import NatsOptions
 
 log = logging.getLogger("connstats.probe")
@@ -60,6 +60,9 @@ class ProbeDaemon:
         try:
             async with FlowPublisher(self.settings.nats, self.settings.publisher) as publisher:
                 self.publisher = publisher
+                for device in await asyncio.to_thread(self.kernel.adopt):
+                    await self._event("attached", device, source="adopted")
+                await publish_recovered(self.kernel, self._publish)
                 for name in self.settings.probe.ifaces:
                     await self.attach(name)
                 services = await _start_all(self, self.settings.services)
@@ -71,13 +74,14 @@ class ProbeDaemon:
         finally:
             for service in reversed(services):
                 await service.close()
-            if self.kernel.devices.devices():  # poll_forever did not get to close()
-                await asyncio.to_thread(self.kernel.close)
+            await asyncio.to_thread(self.kernel.close)
 
     async def _publish(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
         for listener in self.interval_listeners:
             listener(envelope, records)
         await self.publisher.submit(envelope, records)
+        await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
+                                              self.settings.probe.interval / 2))
 
     # -- what the control plane and the watchers call ------------------------------------
 

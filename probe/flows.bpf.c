@@ -8,6 +8,9 @@
 // Settings arrive as cflags (-DFLOW_CAPACITY=..., ...). Maps are double-buffered:
 // `active_buffer[0]` says which of flows_0/flows_1 the program writes. The
 // poller flips it, waits for an RCU grace period, then drains the other one.
+//
+// With -DPIN_DIR="/sys/fs/bpf/..." every map is pinned there: a probe that starts
+// reuses the maps (and the counts in them) of the probe before it.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/if_ether.h>
@@ -76,7 +79,24 @@ struct flow_counters {
 struct device_config {
     __u8 inverted;  // 1: report ingress as egress and vice versa (veth)
     __u8 no_l2;     // 1: packets start at the IP header (tun, wireguard)
-    __u8 pad[2];
+    __u8 attached;  // user space only: 1 while a probe has this device attached
+    __u8 mode;      // user space only: the direction mode asked for (index in DIRECTION_MODES)
+};
+
+// User space only: where the poller is, so that the next probe continues the
+// interval sequence and finishes a drain that a crash interrupted.
+struct probe_state {
+    __u64 instance;        // random, fixed while the pins live: part of every message id
+    __u64 next_seq;        // sequence number of the interval being counted now
+    __u64 next_start_ns;   // wall clock when it began
+    __u64 pending_seq;     // the interval in the inactive buffer, while pending
+    __u64 pending_start_ns;
+    __u64 pending_end_ns;
+    __s64 pending_mono_to_wall_ns;
+    __u32 pending;         // 1: an interval was flipped out and is not yet stored
+    __u32 pending_buffer;  // the buffer it is in
+    __u32 clearing;        // 1: it is stored, and its maps are being emptied
+    __u32 pad;
 };
 
 struct overflow_key {
@@ -102,17 +122,25 @@ struct ipv6_ext {
     __be16 frag_off;  // meaningful for the fragment header only
 };
 
-BPF_TABLE("hash", struct flow4_key, struct flow_counters, flows4_0, FLOW_CAPACITY);
-BPF_TABLE("hash", struct flow4_key, struct flow_counters, flows4_1, FLOW_CAPACITY);
-BPF_TABLE("hash", struct flow6_key, struct flow_counters, flows6_0, FLOW_CAPACITY);
-BPF_TABLE("hash", struct flow6_key, struct flow_counters, flows6_1, FLOW_CAPACITY);
-BPF_ARRAY(active_buffer, __u32, 1);
-BPF_ARRAY(devices, struct device_config, DEVICE_SLOTS);
-BPF_HASH(devices_high, __u32, struct device_config, DEVICE_HIGH_CAPACITY);
-BPF_PERCPU_HASH(overflow, struct overflow_key, struct overflow_counters, OVERFLOW_CAPACITY);
+#ifdef PIN_DIR
+#define TABLE(type, key, value, name, size) \
+    BPF_TABLE_PINNED(type, key, value, name, size, PIN_DIR "/" #name)
+#else
+#define TABLE(type, key, value, name, size) BPF_TABLE(type, key, value, name, size)
+#endif
+
+TABLE("hash", struct flow4_key, struct flow_counters, flows4_0, FLOW_CAPACITY);
+TABLE("hash", struct flow4_key, struct flow_counters, flows4_1, FLOW_CAPACITY);
+TABLE("hash", struct flow6_key, struct flow_counters, flows6_0, FLOW_CAPACITY);
+TABLE("hash", struct flow6_key, struct flow_counters, flows6_1, FLOW_CAPACITY);
+TABLE("array", int, __u32, active_buffer, 1);
+TABLE("array", int, struct device_config, devices, DEVICE_SLOTS);
+TABLE("hash", __u32, struct device_config, devices_high, DEVICE_HIGH_CAPACITY);
+TABLE("percpu_hash", struct overflow_key, struct overflow_counters, overflow, OVERFLOW_CAPACITY);
 // Last resort when even the overflow map is full: per buffer and direction, no device
 // (index buffer * 2 + direction). Counted + overflow + this = what passed, always.
-BPF_PERCPU_ARRAY(overflow_unattributed, struct overflow_counters, 4);
+TABLE("percpu_array", int, struct overflow_counters, overflow_unattributed, 4);
+TABLE("array", int, struct probe_state, probe_state, 1);
 
 // Parse result: 0 when done, or the number of header bytes that were not in
 // the linear part of the skb.

@@ -8,7 +8,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +94,16 @@ def _load_libbpf() -> ctypes.CDLL:
     lib.bpf_map_lookup_and_delete_batch.restype = ctypes.c_int
     lib.bpf_map_lookup_batch.argtypes = lib.bpf_map_lookup_and_delete_batch.argtypes
     lib.bpf_map_lookup_batch.restype = ctypes.c_int
+    lib.bpf_map_delete_batch.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
+    ]
+    lib.bpf_map_delete_batch.restype = ctypes.c_int
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
     lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get.restype = ctypes.c_int
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
     return lib
 
 
@@ -122,8 +132,62 @@ def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.d
 
 
 def read_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
-    """Read every entry of a hash map without deleting it (a live, approximate view)."""
+    """Read every entry of a hash map without deleting it.
+
+    Of a map without writers (the inactive buffer) this is exact, and reading it again
+    gives the same entries in the same order; of the active buffer it is a live view.
+    """
     return _batch(libbpf().bpf_map_lookup_batch, map_fd, capacity, key_dtype, value_dtype)
+
+
+def delete_keys(map_fd: int, keys: np.ndarray) -> None:
+    """Delete ``keys`` (read before with ``read_map``) from a hash map, in one batch."""
+    if not len(keys):
+        return
+    keys = np.ascontiguousarray(keys)
+    count = ctypes.c_uint32(len(keys))
+    if libbpf().bpf_map_delete_batch(map_fd, keys.ctypes.data, ctypes.byref(count), None) != 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOENT:
+            raise KernelError(f"emptying a BPF map failed: {os.strerror(err)}; is the kernel >= 5.6?")
+
+
+class _MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info``."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16),
+    ]
+
+
+@dataclass(frozen=True)
+class PinnedMap:
+    """A map opened from its pin in bpffs, with the sizes the kernel reports for it."""
+
+    fd: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_pinned_map(path: str | os.PathLike) -> PinnedMap:
+    """Open a pinned map (for example one of an older map layout); raise ``KernelError``."""
+    fd = libbpf().bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"cannot open the pinned map {path}: {os.strerror(err)}")
+    info = _MapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    if libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise KernelError(f"cannot read what the pinned map {path} is: {os.strerror(err)}")
+    return PinnedMap(fd, info.key_size, info.value_size, info.max_entries)
 
 
 def _batch(operation, map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
@@ -203,6 +267,7 @@ class ClassifierProgram:
     capacity: int
     ingress_fd: int
     egress_fd: int
+    pin_dir: Path | None = None  # where the maps are pinned; None: they die with the process
 
     def flow_map_fd(self, family: int, buffer: int) -> int:
         return self.bpf[f"flows{family}_{buffer}".encode()].map_fd
@@ -223,15 +288,31 @@ class ClassifierProgram:
     def overflow_unattributed(self):
         return self.bpf[b"overflow_unattributed"]
 
+    @property
+    def probe_state(self):
+        return self.bpf[b"probe_state"]
+
     def close(self) -> None:
+        """Release the programs and our references to the maps (pins keep them alive)."""
         self.bpf.cleanup()
 
 
-def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | None = None) -> ClassifierProgram:
+# The kernel refuses larger hash maps (htab's bucket count must fit in a u32 of
+# pointers), and long before that the memory runs out: four maps of ~100 bytes an entry.
+MAX_CAPACITY = 1 << 26
+
+
+def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | None = None,
+                    pin_dir: Path | None = None) -> ClassifierProgram:
     """Compile and load the classifier with ``capacity`` connections per buffer (and, for
-    tests, room for ``overflow_capacity`` (device, direction, buffer) overflow counters)."""
-    if capacity < 1:
-        raise KernelError(f"capacity must be at least 1, not {capacity}")
+    tests, room for ``overflow_capacity`` (device, direction, buffer) overflow counters).
+
+    With ``pin_dir`` (a directory in bpffs) the maps are pinned there, or taken over
+    with their contents if a probe before this one pinned them.
+    """
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise KernelError(f"capacity {capacity} is not between 1 and {MAX_CAPACITY}; "
+                          "choose another --capacity")
     if os.geteuid() != 0:
         raise KernelError("loading BPF needs root (or CAP_BPF+CAP_NET_ADMIN); run with sudo")
     try:
@@ -244,17 +325,48 @@ def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | N
     cflags = [f"-DFLOW_CAPACITY={capacity}", "-Wno-unused-function"]
     if overflow_capacity is not None:
         cflags.append(f"-DOVERFLOW_CAPACITY={overflow_capacity}")
-    try:
-        bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-        ingress = bpf.load_func(b"connstats_ingress", BPF.SCHED_CLS)
-        egress = bpf.load_func(b"connstats_egress", BPF.SCHED_CLS)
-    except Exception as exc:  # bcc raises bare Exception
-        raise KernelError(_explain_bcc_failure(exc)) from exc
-    return ClassifierProgram(bpf, capacity, ingress.fd, egress.fd)
+    if pin_dir is not None:
+        cflags.append(f'-DPIN_DIR="{pin_dir}"')
+    with _stderr_captured() as said:
+        try:
+            bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+            ingress = bpf.load_func(b"connstats_ingress", BPF.SCHED_CLS)
+            egress = bpf.load_func(b"connstats_egress", BPF.SCHED_CLS)
+        except Exception as exc:  # bcc raises bare Exception
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        raise KernelError(_explain_bcc_failure(failure, capacity, said)) from failure
+    return ClassifierProgram(bpf, capacity, ingress.fd, egress.fd, pin_dir)
 
 
-def _explain_bcc_failure(exc: Exception) -> str:
+@contextmanager
+def _stderr_captured():
+    """Collect what libbcc prints on file descriptor 2 while loading; yields a list that
+    holds the text afterwards. Passed on to stderr when the load succeeds (warnings)."""
+    said: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read().decode(errors="replace"))
+
+
+def _explain_bcc_failure(exc: Exception, capacity: int, said: list[str]) -> str:
+    printed = [line.strip() for line in "".join(said).splitlines() if line.strip()]
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if any("could not open bpf map" in line for line in printed):
+        map_line = next(line for line in printed if "could not open bpf map" in line)
+        return (f"the kernel refused the flow maps for capacity {capacity} ({map_line}); "
+                "choose a smaller --capacity or free memory")
+    if printed:
+        text = f"{text}: {printed[-1]}"
     if "kernel headers" in str(exc) or "modules" in str(exc):
         return (
             "BCC cannot find kernel headers; run `make install` or link "

@@ -3,8 +3,10 @@
 Messages are kept in memory up to ``memory_cap`` bytes, then spooled to ``state_dir``,
 one file per message, up to ``disk_cap`` bytes. The order is strict FIFO: the oldest
 messages are in memory, the newest on disk, and nothing goes to memory while anything
-is on disk. ``close()`` spills the memory part to disk, so a clean restart loses nothing;
-a crash loses at most the memory part (set ``memory_cap=0`` to spool everything).
+is on disk; a spooled message stays on disk until it is acknowledged. ``persist()``
+(and ``close()``) spill the memory part to disk: the probe calls it when an interval
+is not acknowledged soon enough, before it empties the interval's kernel buffer, so a
+crash loses nothing (see poller.py).
 
 When both caps are reached the OLDEST messages are dropped, like a ring buffer: after a
 long outage the most recent traffic is what operators look at first, and it is also the
@@ -12,6 +14,8 @@ part of the history that is still within the stream's de-duplication window. Mes
 being sent (the last ``peek``) are not dropped: they may be stored already. Every
 dropped message and its records are counted (``dropped_messages``, ``dropped_records``);
 the publisher logs the totals and reports them as an event once NATS is back.
+
+The directory is 0700 and its files 0600: flows say who talks to whom.
 
 Spool file ``<seq:016d>.msg``: the line ``CSOB1``, one JSON line
 ``{"msg_id": ..., "subject": ..., "records": N}``, then the payload bytes. Files are
@@ -119,10 +123,10 @@ class Outbox:
         while self._spool and self._spool[0].seq <= seq:
             self._delete(self._spool.popleft())
 
-    def close(self) -> None:
-        """Spill the memory part to disk so that the next start sends it first."""
+    def persist(self) -> bool:
+        """Spill the memory part to disk; True when every message is on disk now."""
         if self._dir is None:
-            return
+            return not self._memory
         spilled = len(self._memory)
         while self._memory:
             message = self._memory.pop()  # newest first; each gets its own seq file
@@ -131,6 +135,11 @@ class Outbox:
         if spilled:
             _fsync_dir(self._dir)
             log.info("outbox: spilled %d messages to %s", spilled, self._dir)
+        return True
+
+    def close(self) -> None:
+        """Spill the memory part to disk so that the next start sends it first."""
+        self.persist()
 
     # -- state -------------------------------------------------------------------------
 
@@ -155,7 +164,6 @@ class Outbox:
 
     def _place(self, message: OutboxMessage) -> None:
         while True:
-            self._fill_memory_from_spool()
             if not self._spool and self.memory_bytes + message.size <= self.memory_cap:
                 self._memory.append(message)
                 self.memory_bytes += message.size
@@ -179,15 +187,6 @@ class Outbox:
             self._spool.appendleft(entry)
         else:
             self._spool.append(entry)
-
-    def _fill_memory_from_spool(self) -> None:
-        """Move the oldest spooled messages to memory while they fit, keeping FIFO order."""
-        while self._spool and self.memory_bytes + self._spool[0].size <= self.memory_cap:
-            entry = self._spool.popleft()
-            message = entry.loaded or self._read(entry)
-            self._delete(entry)
-            self._memory.append(message)
-            self.memory_bytes += message.size
 
     def _drop_oldest(self) -> bool:
         """Drop the oldest message that is not being sent right now; False if there is none."""
@@ -227,7 +226,8 @@ class Outbox:
     def _open_spool(self) -> None:
         assert self._dir is not None
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir.chmod(0o700)
         except OSError as exc:
             raise ConfigError(f"cannot create outbox directory {self._dir}: {exc.strerror}; "
                               "choose a writable --state-dir") from exc
@@ -268,7 +268,7 @@ class Outbox:
         tmp = path.with_name(f".{path.name}.tmp")
         header = msgspec.json.encode({"msg_id": message.msg_id, "subject": message.subject,
                                "records": message.records}) + b"\n"
-        with tmp.open("wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(MAGIC + header + message.payload)
             f.flush()
             os.fsync(f.fileno())

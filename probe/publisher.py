@@ -210,6 +210,19 @@ class FlowPublisher:
             log.warning("event %s not published: %r; it is not retried", event.get("event"), exc)
             return False
 
+    async def make_durable(self, ack_timeout: float) -> None:
+        """Return once everything submitted is stored: acknowledged by JetStream within
+        ``ack_timeout`` seconds, or else spooled to disk (fsynced) to be sent later.
+
+        The probe empties an interval's kernel buffer only after this, so a crash of the
+        probe at any moment loses no count (see poller.py).
+        """
+        if await self.flush(ack_timeout):
+            return
+        if not self.outbox.persist():
+            log.warning("%d messages are not acknowledged and there is no spool directory; "
+                        "a crash now would lose them", len(self.outbox))
+
     async def flush(self, timeout: float) -> bool:
         """Wait until the outbox is empty; False if it was not within ``timeout`` seconds."""
         try:

@@ -23,7 +23,9 @@ def test_close_detaches_then_drains_the_last_partial_interval(test_network):
         assert udp_totals(live, a.host_if, 44000) == (70, 70 * 72)
         assert udp_totals(probe.peek(), a.host_if, 44000) == (70, 70 * 72)  # peek resets nothing
     finally:
-        envelope, records = probe.close()
+        envelope, records = probe.finish()
+        probe.commit()
+        probe.close()
     assert udp_totals(records, a.host_if, 44000) == (70, 70 * 72)
     assert envelope.host == "test" and envelope.interval_seq == 0
     assert all(r.interval_start == envelope.interval_start for r in records)
@@ -47,6 +49,7 @@ def test_poll_forever_publishes_every_interval_and_the_final_one(test_network):
         await task
 
     asyncio.run(scenario())
+    probe.close()
     seqs = [e.interval_seq for e, _ in published]
     assert seqs == list(range(len(seqs))) and len(seqs) >= 4
     assert all(e1.interval_end == e2.interval_start for (e1, _), (e2, _) in zip(published, published[1:]))

@@ -1,0 +1,83 @@
+"""Pinned maps: a probe killed between poll and commit leaves an interval that the next
+probe reads again identically (same sequence number, times and record order, hence the
+same message ids); counts made while no probe ran are published by the next one."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from connstats.probe.pins import PinnedInstance
+from connstats.probe.service import KernelProbe, ProbeSettings
+
+pytestmark = pytest.mark.kernel
+
+CHILD = textwrap.dedent("""
+    import json, os, signal, subprocess, sys
+    from pathlib import Path
+    from connstats.probe.service import KernelProbe, ProbeSettings
+    state_dir, iface, locks, command = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    probe = KernelProbe(ProbeSettings(capacity=1024, host="pin-test", state_dir=Path(state_dir),
+                                      device_locks=locks, on_exit="keep"))
+    probe.attach(iface)
+    subprocess.run(command, check=True, capture_output=True)
+    envelope, records = probe.poll()
+    print(json.dumps([envelope.boot_id, envelope.interval_seq, envelope.interval_start,
+                      envelope.interval_end, [[r.src_port, r.packets, r.bytes] for r in records]]), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # before commit: the interval is pending
+""")
+
+
+def udp_command(host, peer, sport: int, count: int) -> list[str]:
+    from tests.fixtures.netns import TRAFFIC
+    return ["ip", "netns", "exec", host.netns, sys.executable, str(TRAFFIC), "udp", peer.ipv4, "5500",
+            str(sport), str(count), "100"]
+
+
+def test_an_interval_polled_and_not_committed_is_recovered_identically(test_network, tmp_path):
+    a, b = test_network.hosts
+    state_dir, locks = tmp_path / "state", str(tmp_path / "locks")
+    state_dir.mkdir()
+    instance = PinnedInstance.for_state_dir(state_dir)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(state_dir), a.host_if, locks,
+                            json.dumps(udp_command(a, b, 42000, 400))], capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr
+    boot_id, seq, start, end, rows = json.loads(child.stdout)
+    assert [row for row in rows if row[0] == 42000] == [[42000, 400, 400 * 142]]
+
+    probe = KernelProbe(ProbeSettings(capacity=1024, host="pin-test", state_dir=state_dir,
+                                      device_locks=locks, on_exit="detach"))
+    try:
+        assert [d.name for d in probe.adopt()] == [a.host_if]
+        a.traffic("udp", b.ipv4, 5500, 42001, 300, 100)  # counted while the crash is recovered
+        envelope, records = probe.recover()
+        assert (envelope.boot_id, envelope.interval_seq, envelope.interval_start, envelope.interval_end) == (
+            boot_id, seq, start, end)
+        assert [[r.src_port, r.packets, r.bytes] for r in records] == rows
+        probe.commit()
+        assert probe.recover() is None
+        envelope, records = probe.finish()
+        probe.commit()
+        assert envelope.interval_seq == seq + 1 and envelope.interval_start == end
+        assert [(r.src_port, r.packets, r.bytes) for r in records if r.src_port in (42000, 42001)] == [
+            (42001, 300, 300 * 142)]
+    finally:
+        probe.close()
+    assert not instance.path.exists()
+
+
+def test_a_second_probe_on_the_same_state_directory_is_refused(tmp_path):
+    settings = ProbeSettings(capacity=64, state_dir=tmp_path, device_locks=str(tmp_path / "locks"))
+    first = KernelProbe(settings)
+    try:
+        with pytest.raises(Exception) as refused:
+            KernelProbe(settings)
+        import os
+        assert str(refused.value) == (f"another connstats probe (pid {os.getpid()}) runs with state "
+                                      f"directory {tmp_path}; stop it first, or give this one another --state-dir")
+    finally:
+        first.close()
+    assert not PinnedInstance.for_state_dir(tmp_path).path.exists()
