@@ -91,6 +91,7 @@ SETTINGS: dict[str, Setting] = {
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
     "retention": Setting("CONNSTATS_RETENTION", "sink", "retention", _retention_seconds),
     "capacity": Setting("CONNSTATS_CAPACITY", "probe", "capacity", _positive_int),
+    "on_exit": Setting("CONNSTATS_ON_EXIT", "probe", "on_exit"),
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),

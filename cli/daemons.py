@@ -20,7 +20,7 @@ from . import pipeline
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Retention, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
+    Auto, Capacity, ConfigFile, OnExit, DockerSocket, Exclude, Retention, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
     TlsKey, load_config,
 )
 
@@ -44,10 +44,12 @@ class ProbeFlags:
     exclude: list[str] | None = None
     docker_socket: str | None = None
     capacity: int | None = None
+    on_exit: str | None = None
 
 
 def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
-               host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags()) -> pipeline.ProbePlan:
+               host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags(),
+               on_exit_default: str = "detach") -> pipeline.ProbePlan:
     ifaces = config.get("iface", iface) or []
     auto = config.get("auto", probe_flags.auto) or ([] if ifaces else ["*"])
     if ifaces:
@@ -69,6 +71,7 @@ def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interv
         exclude=config.get("exclude", probe_flags.exclude, []),
         docker_socket=None if docker_socket == "none" else docker_socket,
         capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
+        on_exit=config.get("on_exit", probe_flags.on_exit, on_exit_default),
     )
 
 
@@ -84,7 +87,7 @@ def up(
     host: Host = None, http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
-    capacity: Capacity = None, retention: Retention = None,
+    capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -93,7 +96,8 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    plan = probe_plan(cfg, flags, iface, interval, host, http, ProbeFlags(auto, exclude, docker_socket, capacity))
+    plan = probe_plan(cfg, flags, iface, interval, host, http,
+                      ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     store_spec = cfg.store_spec(store)
     live = sys.stdout.isatty()
@@ -122,12 +126,18 @@ def probe(
     http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
-    capacity: Capacity = None,
+    capacity: Capacity = None, on_exit: OnExit = None,
 ) -> None:
-    """Run only the probe: count connections on interfaces and publish them to NATS."""
+    """Run only the probe: count connections on interfaces and publish them to NATS.
+
+    On SIGTERM/SIGINT it publishes the last interval and, by default (--on-exit keep),
+    leaves the classifier counting into pinned maps: the next start publishes what was
+    counted meanwhile, so a restart or an upgrade loses nothing. `connstats reset`
+    removes it all when no probe runs.
+    """
     cfg = load_config(config)
     plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host,
-                      http, ProbeFlags(auto, exclude, docker_socket, capacity))
+                      http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "keep")
     live = sys.stdout.isatty()
     setup_logging(live)
     daemon = pipeline.probe_daemon(plan)

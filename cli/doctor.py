@@ -175,12 +175,27 @@ def check_store(state: dict) -> str:
     return f"{spec} takes writes"
 
 
+def check_pinned_state(state: dict) -> str:
+    from connstats.probe.leftovers import leftovers
+
+    found = leftovers()
+    orphans = [f for f in found if not f.owner]
+    if orphans:
+        raise CheckFailed("; ".join(f.describe() for f in orphans),
+                          "its filters still count into maps nobody drains: start the probe with "
+                          "that state directory to publish them, or `connstats reset --all`")
+    if not found:
+        return "no pinned maps"
+    return "; ".join(f.describe() for f in found)
+
+
 CHECKS = (
     Check("privileges", check_privileges),
     Check("bcc", check_bcc),
     Check("kernel headers", check_headers),
     Check("BPF load", check_bpf_load, ("privileges", "bcc", "kernel headers")),
     Check("TC attach", check_tc_attach, ("BPF load",)),
+    Check("pinned state", check_pinned_state, ("privileges",)),
     Check("NATS", check_nats),
     Check("store", check_store),
 )

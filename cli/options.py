@@ -57,6 +57,10 @@ DockerSocket = Annotated[Optional[str], typer.Option(
     "--docker-socket", metavar="PATH", help="Docker Engine socket to watch containers on; "
     "'none' to disable [default: /var/run/docker.sock when present]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
+OnExit = Annotated[Optional[str], typer.Option(
+    "--on-exit", metavar="keep|detach", help="on SIGTERM/SIGINT, after the last interval is "
+    "published: keep the classifier counting (pinned) for the next start, or detach it "
+    "[default: keep for probe, detach for up]")]
 
 
 @dataclass(frozen=True)
@@ -78,5 +82,5 @@ class NatsFlags:
 
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
-    "NatsFlags", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
+    "NatsFlags", "OnExit", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
 ]

@@ -61,6 +61,7 @@ class ProbePlan:
     exclude: list[str] = field(default_factory=list)
     docker_socket: str | None = None  # None: do not watch Docker
     capacity: int = DEFAULT_CAPACITY
+    on_exit: str = "detach"  # keep: leave the classifier counting for the next start
     drain_timeout: float = 15.0  # up: how long to wait for the sink at shutdown
     services: list[ServiceFactory] = field(default_factory=list)
 
@@ -131,7 +132,7 @@ def probe_daemon(plan: ProbePlan) -> ProbeDaemon:
                 *watcher_services(plan), *plan.services]
     settings = DaemonSettings(
         probe=ProbeSettings(ifaces=list(plan.ifaces), interval=plan.interval, host=plan.host,
-                            capacity=plan.capacity),
+                            capacity=plan.capacity, state_dir=plan.state_dir, on_exit=plan.on_exit),
         nats=plan.nats,
         publisher=PublisherSettings(host=plan.host, state_dir=plan.state_dir / "outbox"),
         services=services,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from connstats.probe.pins import PinnedInstance
 from tests.fixtures.nats import free_port
 from tests.fixtures.netns import require_root
 
@@ -99,6 +100,9 @@ def start(cs_env, tmp_path):
     yield run
     for process in started:
         process.stop()
+    # `probe` keeps its classifier counting on exit (and a SIGKILL leaves it): remove it.
+    if PinnedInstance.for_state_dir(Path(cs_env["CONNSTATS_STATE_DIR"])).path.exists():
+        subprocess.run([str(CONNSTATS), "reset"], env=cs_env, capture_output=True, timeout=60)
 
 
 def connstats(env: dict, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
