@@ -166,6 +166,7 @@ class DeviceRegistry:
         self._program_ids = {"ingress": program_id(program.ingress_fd),
                              "egress": program_id(program.egress_fd)}
         self._tc = TcAttacher()
+        self._checker = TcAttacher()  # its own socket: filter dumps while others attach
         self._ipr = IPRoute()
         self._attached: dict[int, AttachedDevice] = {}
         # Names outlive detach so a final drain can still label the device's records.
@@ -200,14 +201,27 @@ class DeviceRegistry:
         self._release(device)
         return device
 
-    def check_filters(self) -> list[FilterLoss]:
-        """Release every device whose filter somebody else replaced or removed.
+    def suspects(self, devices: Iterable[AttachedDevice]) -> set[int]:
+        """The ifindexes among ``devices`` whose filters do not all run our programs now.
+
+        One filter dump per device and hook, on a socket of its own: safe to call while
+        another thread attaches or detaches (``check_filters`` then looks again).
+        """
+        return {d.ifindex for d in devices
+                if len(self._ours(self._checker.filters(d.ifindex))) < len(HOOKS)}
+
+    def check_filters(self, suspects: Iterable[int] | None = None) -> list[FilterLoss]:
+        """Release every device (of ``suspects``, if given) whose filter somebody else
+        replaced or removed.
 
         One filter dump per device and hook. A device that no longer exists is left to
         the link watcher (it is ``gone``, not lost). Filters that are not ours stay.
         """
         lost = []
+        only = None if suspects is None else set(suspects)
         for device in self.devices():
+            if only is not None and device.ifindex not in only:
+                continue
             found = self._tc.filters(device.ifindex)
             ours = self._ours(found)
             if len(ours) == len(HOOKS) or not self._exists(device):
@@ -264,5 +278,6 @@ class DeviceRegistry:
 
     def close(self) -> None:
         self._locks.release_all()
+        self._checker.close()
         self._tc.close()
         self._ipr.close()

@@ -77,9 +77,17 @@ class KernelProbe:
         return device
 
     def check_filters(self) -> list[FilterLoss]:
-        """Release devices whose filter someone else replaced or removed (theirs stays)."""
+        """Release devices whose filter someone else replaced or removed (theirs stays).
+
+        The filter dumps run without the lock (200 devices: ~0.1 s); only devices that
+        look lost are looked at again, and released, under it."""
         with self._lock:
-            lost = self.devices.check_filters()
+            devices = self.devices.devices()
+        suspects = self.devices.suspects(devices)
+        if not suspects:
+            return []
+        with self._lock:
+            lost = self.devices.check_filters(suspects)
             self._released.update(loss.device.ifindex for loss in lost)
         return lost
 
