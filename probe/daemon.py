@@ -62,7 +62,11 @@ class ProbeDaemon:
                 self.publisher = publisher
                 for device in await asyncio.to_thread(self.kernel.adopt):
                     await self._event("attached", device, source="adopted")
-                await publish_recovered(self.kernel, self._publish)
+                for old in await publish_recovered(self.kernel, self._publish):
+                    if old.lost_entries:
+                        await self.publisher.publish_event({
+                            "event": "handover_lost", "layout": old.path.name, "connections": old.lost_entries,
+                            "packets": old.lost_packets, "bytes": old.lost_bytes})
                 for name in self.settings.probe.ifaces:
                     await self.attach(name)
                 services = await _start_all(self, self.settings.services)

@@ -15,16 +15,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 from pyroute2 import IPRoute
 
 from .errors import ConfigError, DeviceError
-from .kernel import ClassifierProgram
+from .kernel import ClassifierProgram, read_map
 from .ownership import DeviceLocks
 from .tc import HOOKS, TcAttacher, TcFilter, program_id
 
 DIRECTION_MODES = ("auto", "normal", "inverted")
 DEVICE_SLOTS = 65536  # mirrors DEVICE_SLOTS in flows.bpf.c
 ETHERNET_LINK_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
+DEVICE_CONFIG = np.dtype([("inverted", "u1"), ("no_l2", "u1"), ("attached", "u1"), ("mode", "u1")])
+_IFINDEX = np.dtype("<u4")
 IFNAMSIZ = 16  # with the terminating NUL
 
 
@@ -129,17 +132,23 @@ def link_info(msg) -> LinkInfo:
 
 
 class DeviceConfigMap:
-    """Writes ``struct device_config`` entries: array slots, or the hash for high ifindexes."""
+    """Writes ``struct device_config`` entries: array slots, or the hash for high ifindexes.
+
+    An entry also says that the device is attached, and in which direction mode: the map
+    is pinned, so a probe that starts can adopt the devices of the probe before it.
+    """
 
     def __init__(self, program: ClassifierProgram) -> None:
         self._slots = program.bpf[b"devices"]
         self._high = program.bpf[b"devices_high"]
 
-    def set(self, ifindex: int, inverted: bool, has_l2_header: bool) -> None:
+    def set(self, ifindex: int, inverted: bool, has_l2_header: bool, mode: str = "auto") -> None:
         table = self._table(ifindex)
         value = table.Leaf()
         value.inverted = int(inverted)
         value.no_l2 = int(not has_l2_header)
+        value.attached = 1
+        value.mode = DIRECTION_MODES.index(mode)
         table[table.Key(ifindex)] = value
 
     def clear(self, ifindex: int) -> None:
@@ -151,6 +160,16 @@ class DeviceConfigMap:
                 del table[table.Key(ifindex)]
             except KeyError:
                 pass
+
+    def attached(self) -> dict[int, str]:
+        """ifindex -> direction mode of every device marked attached."""
+        found = {}
+        for table in (self._slots, self._high):
+            keys, values = read_map(table.map_fd, table.max_entries, _IFINDEX, DEVICE_CONFIG)
+            for ifindex, mode in zip(keys[values["attached"] == 1].tolist(),
+                                     values["mode"][values["attached"] == 1].tolist()):
+                found[ifindex] = DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
+        return found
 
     def _table(self, ifindex: int):
         return self._slots if ifindex < DEVICE_SLOTS else self._high
@@ -180,7 +199,7 @@ class DeviceRegistry:
         if fresh:
             self._locks.acquire(link.ifindex, link.name)
         try:
-            self._config.set(link.ifindex, inverted, link.has_l2_header)
+            self._config.set(link.ifindex, inverted, link.has_l2_header, mode)
             self._tc.attach(link.ifindex, self._program.ingress_fd, self._program.egress_fd)
         except BaseException:
             if fresh:
@@ -252,6 +271,27 @@ class DeviceRegistry:
         self._config.clear(device.ifindex)
         del self._attached[device.ifindex]
         self._locks.release(device.ifindex)
+
+    def previously_attached(self, marked: dict[int, str] | None = None) -> dict[int, str]:
+        """ifindex -> direction mode of the devices that a probe before this one left
+        attached (the config map is pinned; or ``marked``, read from an older layout's)
+        and that still carry a connstats filter. Entries of devices without one (gone,
+        ifindex reused) are cleared."""
+        found = {}
+        marked = self._config.attached() if marked is None else marked
+        for ifindex, mode in marked.items():
+            if ifindex in self._attached:
+                continue
+            if any(f.prog_name.startswith("connstats_") for f in self._tc.filters(ifindex).values()):
+                found[ifindex] = mode
+            else:
+                self._config.clear(ifindex)
+        return found
+
+    def forget_config(self, ifindex: int) -> None:
+        """Clear a device's config entry (a previous probe's device that cannot be adopted)."""
+        if ifindex not in self._attached:
+            self._config.clear(ifindex)
 
     def detach_all(self) -> None:
         for ifindex in list(self._attached):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .devices import DEVICE_CONFIG
+from .devices import DEVICE_CONFIG, DIRECTION_MODES
 from .errors import ConfigError, KernelError
 from .kernel import open_pinned_map, read_map
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
@@ -41,9 +41,10 @@ def leftovers() -> list[Leftover]:
     return [Leftover(i, i.owner(), last_state_dir(i)) for i in pinned_instances()]
 
 
-def attached_in_pins(layout_dir: Path) -> list[int]:
-    """The ifindexes a probe marked attached in the pinned device maps of ``layout_dir``."""
-    found: list[int] = []
+def attached_in_pins(layout_dir: Path) -> dict[int, str]:
+    """ifindex -> direction mode of what a probe marked attached in the pinned device maps
+    of ``layout_dir`` (empty when their shape is not the one this version knows)."""
+    found: dict[int, str] = {}
     for name in ("devices", "devices_high"):
         try:
             table = open_pinned_map(layout_dir / name)
@@ -53,10 +54,12 @@ def attached_in_pins(layout_dir: Path) -> list[int]:
             if table.key_size != _IFINDEX.itemsize or table.value_size != DEVICE_CONFIG.itemsize:
                 continue
             keys, values = read_map(table.fd, table.max_entries, _IFINDEX, DEVICE_CONFIG)
-            found.extend(keys[values["attached"] == 1].tolist())
+            attached = values["attached"] == 1
+            for ifindex, mode in zip(keys[attached].tolist(), values["mode"][attached].tolist()):
+                found[ifindex] = DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
         finally:
             table.close()
-    return sorted(set(found))
+    return found
 
 
 def reset(instance: PinnedInstance, device_locks: str = DEFAULT_LOCK_DIR) -> list[int]:

@@ -1,9 +1,11 @@
 """The probe's kernel half as one object, and the loop that turns intervals into messages.
 
-    load classifier ─ attach devices ─┐
-                                      └─ every interval: poll (flip, grace, drain)
-                                           └─ records ─ publish(envelope, records)
-    on stop: detach, then one last drain, so no counted packet is left behind
+    load classifier (maps pinned per state directory) ─ adopt the devices and the
+    pending interval of the probe before ─ attach devices ─┐
+        └─ every interval: poll (flip, grace, read) ─ publish(envelope, records) until
+           durable ─ commit (empty the read buffer)
+    on stop: [detach,] one last poll, publish, commit; --on-exit keep leaves the filters
+    and the pinned maps counting for the next start, detach removes both
 """
 from __future__ import annotations
 
@@ -11,13 +13,19 @@ import asyncio
 import logging
 import socket
 import threading
-import uuid
+import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
-from .kernel import DEFAULT_CAPACITY, load_classifier
+from .errors import ConfigError, ConnstatsError
+from .kernel import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
+from .handover import OldLayout, read_old_layout
+from .kernel import wait_for_grace_period
+from .leftovers import attached_in_pins
+from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
 from .poller import DrainedInterval, MapPoller
 from .record import Envelope, FlowRecord
 
@@ -34,6 +42,22 @@ class ProbeSettings:
     direction: str = "auto"
     host: str = field(default_factory=socket.gethostname)
     device_locks: str = DEFAULT_LOCK_DIR  # one flock per attached device (ownership.py)
+    state_dir: Path | None = None  # pins the maps per state directory; None: no pins
+    on_exit: str = "detach"  # "keep": leave filters and pinned maps counting for the next start
+
+    def __post_init__(self) -> None:
+        if self.on_exit not in ON_EXIT:
+            raise ConfigError(f"--on-exit {self.on_exit!r} is not one of {', '.join(ON_EXIT)}")
+        if self.on_exit == "keep" and self.state_dir is None:
+            raise ConfigError("--on-exit keep needs a state directory to pin the maps in")
+
+
+ON_EXIT = ("keep", "detach")
+
+
+def map_layout(capacity: int) -> str:
+    """The name of the maps' shapes: another layout means other maps (see pins.py)."""
+    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1")
 
 
 class KernelProbe:
@@ -45,15 +69,94 @@ class KernelProbe:
 
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
-        self.boot_id = uuid.uuid4().hex[:12]
-        self.program = load_classifier(settings.capacity)
+        self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
+        try:
+            self.program = load_classifier(settings.capacity, pin_dir=pin_dir)
+        except BaseException:
+            self._release_pins(remove=False)
+            raise
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
         self.poller = MapPoller(self.program)
+        self.boot_id = self.poller.instance  # the same across restarts: message ids repeat
         # ifindex -> (container_id, container_name, container_image), kept after detach
         # so the final drain of a device that went away is still labelled.
         self.labels: dict[int, tuple[str, str, str]] = {}
         self._released: set[int] = set()  # detached; forget names and labels after one more drain
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _take_pins(settings: ProbeSettings):
+        if settings.state_dir is None:
+            return None, None, None
+        ensure_bpffs()
+        pins = PinnedInstance.for_state_dir(settings.state_dir)
+        lock = ProbeLock(pins, settings.state_dir)
+        lock.acquire()
+        pin_dir = pins.layout_dir(map_layout(settings.capacity))
+        try:
+            pin_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            lock.release()
+            raise ConfigError(f"cannot create {pin_dir} in bpffs: {exc.strerror}; run as root") from exc
+        return pins, lock, pin_dir
+
+    def _release_pins(self, remove: bool) -> None:
+        if self.pins is not None and remove:
+            self.pins.remove()
+        if self._probe_lock is not None:
+            self._probe_lock.release()
+
+    def adopt(self, marked: dict[int, str] | None = None) -> list[AttachedDevice]:
+        """Attach again, replacing the program in place, every device that the probe before
+        this one left attached and that still exists; forget the others."""
+        adopted = []
+        for ifindex, mode in self.devices.previously_attached(marked).items():
+            try:
+                adopted.append(self.attach(ifindex, mode))
+            except ConnstatsError as exc:
+                self.devices.forget_config(ifindex)
+                log.info("not adopting ifindex %d from the previous probe: %s", ifindex, exc)
+        return adopted
+
+    def take_over_old_layouts(self) -> list[tuple[OldLayout, list[tuple[Envelope, list[FlowRecord]]]]]:
+        """Adopt the devices of older map layouts, then read their maps (see handover.py);
+        per old layout, the intervals to publish before ``retire`` unpins it."""
+        if self.pins is None:
+            return []
+        olds = [path for path in self.pins.layouts() if path != self.program.pin_dir]
+        for path in olds:
+            self.adopt(attached_in_pins(path))
+        if not olds:
+            return []
+        wait_for_grace_period()  # no program of the old layout runs any more
+        wall, mono = time.time_ns(), time.monotonic_ns()
+        taken = []
+        for path in olds:
+            old = read_old_layout(path, wall, mono)
+            with self._lock:
+                messages = [(self.envelope(i, old.instance), self._records(i)) for i in old.intervals]
+            taken.append((old, messages))
+        return taken
+
+    def retire(self, old: OldLayout) -> None:
+        """Its counts are durable (or reported lost): unpin the old layout."""
+        remove_pins(old.path)
+
+    def recover(self) -> tuple[Envelope, list[FlowRecord]] | None:
+        """The interval the probe before this one counted and did not store, if any."""
+        with self._lock:
+            interval = self.poller.recover()
+            if interval is None:
+                return None
+            envelope, records = self.envelope(interval), self._records(interval)
+        log.info("recovered interval %d from the previous probe", interval.seq)
+        _log_interval(interval)
+        return envelope, records
+
+    def commit(self) -> None:
+        """The last polled interval is durable: empty its buffer."""
+        with self._lock:
+            self.poller.commit()
 
     def attach(self, name: str | int, mode: str | None = None,
                labels: tuple[str, str, str] | None = None) -> AttachedDevice:
@@ -114,25 +217,41 @@ class KernelProbe:
     def _records(self, interval: DrainedInterval) -> list[FlowRecord]:
         return interval.records(self.devices.names(), self.labels)
 
-    def envelope(self, interval: DrainedInterval) -> Envelope:
+    def envelope(self, interval: DrainedInterval, boot_id: str | None = None) -> Envelope:
         return Envelope(
-            host=self.settings.host, boot_id=self.boot_id, interval_seq=interval.seq,
+            host=self.settings.host, boot_id=boot_id or self.boot_id, interval_seq=interval.seq,
             interval_start=interval.start_ns, interval_end=interval.end_ns,
             overflow=interval.overflow_counts(self.devices.names()),
         )
 
-    def close(self) -> tuple[Envelope, list[FlowRecord]]:
-        """Detach everywhere, then drain the last partial interval (nothing counted is lost)."""
-        with self._lock:
-            self.devices.detach_all()
-        last = self.poll()
+    @property
+    def keeps_counting(self) -> bool:
+        return self.settings.on_exit == "keep"
+
+    def finish(self) -> tuple[Envelope, list[FlowRecord]]:
+        """The last interval: detach first (unless keeping), so nothing counted is left behind."""
+        if not self.keeps_counting:
+            with self._lock:
+                self.devices.detach_all()
+        return self.poll()
+
+    def close(self) -> None:
+        """Release the program; with ``on_exit`` detach, also unpin the maps."""
+        if not self.keeps_counting:
+            with self._lock:
+                self.devices.detach_all()
+        # An interval that was polled and not committed stays pinned for the next start.
+        remove = not self.keeps_counting and not self.poller.pending
         self.devices.close()
         self.program.close()
-        return last
+        self._release_pins(remove)
 
 
 async def poll_forever(probe: KernelProbe, publish: Publish, stop: asyncio.Event) -> None:
-    """Poll every interval until ``stop`` is set; then publish the final partial interval."""
+    """Poll every interval until ``stop`` is set, then publish the final partial interval.
+
+    ``publish`` returns once the interval is durable; only then is its buffer emptied.
+    """
     loop = asyncio.get_running_loop()
     next_tick = loop.time() + probe.settings.interval
     while not stop.is_set():
@@ -143,10 +262,31 @@ async def poll_forever(probe: KernelProbe, publish: Publish, stop: asyncio.Event
         if stop.is_set():
             break
         next_tick += probe.settings.interval
-        envelope, records = await asyncio.to_thread(probe.poll)
-        await publish(envelope, records)
-    envelope, records = await asyncio.to_thread(probe.close)
-    await publish(envelope, records)
+        await publish(*await asyncio.to_thread(probe.poll))
+        await asyncio.to_thread(probe.commit)
+    await publish(*await asyncio.to_thread(probe.finish))
+    await asyncio.to_thread(probe.commit)
+
+
+async def publish_recovered(probe: KernelProbe, publish: Publish) -> list[OldLayout]:
+    """Publish what the probes before this one left: the pending interval of our layout
+    (then commit it), and every count in older layouts (then unpin them). Returns the
+    old layouts, whose ``lost_*`` say what could not be read."""
+    pending = await asyncio.to_thread(probe.recover)
+    if pending is not None:
+        await publish(*pending)
+        await asyncio.to_thread(probe.commit)
+    olds = []
+    for old, intervals in await asyncio.to_thread(probe.take_over_old_layouts):
+        for envelope, records in intervals:
+            await publish(envelope, records)
+        if old.lost_entries:
+            log.warning("the maps of the previous probe's layout %s have a shape this version cannot "
+                        "read: %d connections (%d packets, %d bytes) were given up", old.path.name,
+                        old.lost_entries, old.lost_packets, old.lost_bytes)
+        await asyncio.to_thread(probe.retire, old)
+        olds.append(old)
+    return olds
 
 
 def _log_interval(interval: DrainedInterval) -> None:

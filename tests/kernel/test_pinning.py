@@ -81,3 +81,42 @@ def test_a_second_probe_on_the_same_state_directory_is_refused(tmp_path):
     finally:
         first.close()
     assert not PinnedInstance.for_state_dir(tmp_path).path.exists()
+
+
+def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(test_network, tmp_path):
+    """An upgrade (here: another capacity, so other maps): the filter is replaced in place,
+    the old maps' counts come out as the old instance's intervals, then they are unpinned."""
+    import asyncio
+
+    from connstats.probe.service import publish_recovered
+
+    a, b = test_network.hosts
+    settings = dict(host="pin-test", state_dir=tmp_path, device_locks=str(tmp_path / "locks"))
+    old = KernelProbe(ProbeSettings(capacity=1024, on_exit="keep", **settings))
+    old.attach(a.host_if)
+    old_boot_id = old.boot_id
+    old.close()  # keep: the filter goes on counting into the old layout's maps
+    a.traffic("udp", b.ipv4, 5500, 42010, 250, 100)
+    instance = PinnedInstance.for_state_dir(tmp_path)
+    [old_layout] = instance.layouts()
+
+    new = KernelProbe(ProbeSettings(capacity=2048, on_exit="detach", **settings))
+    published = []
+
+    async def publish(envelope, records):
+        published.append((envelope, records))
+
+    try:
+        asyncio.run(publish_recovered(new, publish))
+        assert [d.name for d in new.devices.devices()] == [a.host_if]
+        assert [layout.name for layout in instance.layouts()] == [new.program.pin_dir.name] != [old_layout.name]
+        a.traffic("udp", b.ipv4, 5500, 42011, 40, 100)
+        last, records = new.finish()
+        new.commit()
+    finally:
+        new.close()
+    assert {e.boot_id for e, _ in published} == {old_boot_id}
+    old_counts = [(r.src_port, r.packets, r.bytes) for _, rs in published for r in rs if r.src_port == 42010]
+    assert old_counts == [(42010, 250, 250 * 142)]
+    assert [(r.src_port, r.packets) for r in records if r.src_port in (42010, 42011)] == [(42011, 40)]
+    assert not instance.path.exists()
