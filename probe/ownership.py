@@ -6,7 +6,8 @@
 A probe takes the lock (``LOCK_EX | LOCK_NB``) before it attaches and gives it up
 (unlink, then close) when it detaches. The kernel drops the lock when the owner dies,
 even by SIGKILL, so a device whose probe is gone can be taken over at once; the file
-it leaves behind is reused. Another probe's attach is refused with the owner's pid.
+it leaves behind is reused, or swept when a probe first takes a lock. Another probe's
+attach is refused with the owner's pid.
 The descriptors are close-on-exec: a child process never inherits a device.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ class DeviceLocks:
         self.directory = Path(directory)
         self.netns = own_netns() if netns is None else netns
         self._held: dict[int, int] = {}  # ifindex -> locked fd
+        self._swept = False
 
     def path(self, ifindex: int) -> Path:
         return self.directory / f"{self.netns}-{ifindex}"
@@ -55,6 +57,8 @@ class DeviceLocks:
         if ifindex in self._held:
             return
         self._make_directory()
+        if not self._swept:
+            self.sweep()
         path, pid = self.path(ifindex), 0
         for _ in range(_ATTEMPTS):
             fd = _open(path, os.O_RDWR | os.O_CREAT)
@@ -88,6 +92,28 @@ class DeviceLocks:
     def release_all(self) -> None:
         for ifindex in list(self._held):
             self.release(ifindex)
+
+    def sweep(self) -> int:
+        """Remove the files of owners that died (no lock on them) in our namespace; how many.
+
+        The same steps as taking and giving up a lock, so a probe taking one meanwhile
+        just takes a fresh file."""
+        self._swept, removed = True, 0
+        for path in self.directory.glob(f"{self.netns}-*"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    path.unlink()
+                    removed += 1
+            except OSError:  # locked: its owner lives
+                pass
+            finally:
+                os.close(fd)
+        return removed
 
     def owner_of(self, ifindex: int) -> int | None:
         """The pid of the live probe holding ``ifindex`` (this one's included), or None.

@@ -81,6 +81,20 @@ def test_a_holder_killed_with_sigkill_leaves_a_file_that_the_next_one_takes_over
             child.wait(10)
 
 
+def test_files_of_dead_owners_are_swept_when_a_probe_first_takes_a_lock(tmp_path):
+    directory = tmp_path / "run" / "devices"
+    live = locks(tmp_path)
+    live.acquire(5, "veth5")
+    for name in (f"{NETNS}-7", f"{NETNS}-8", "4026531999-7"):  # two dead owners, another netns
+        (directory / name).write_text("999999\n")
+    mine = locks(tmp_path)
+    mine.acquire(9, "veth9")
+    assert sorted(os.listdir(directory)) == sorted(["4026531999-7", f"{NETNS}-5", f"{NETNS}-9"])
+    assert mine.owner_of(5) == os.getpid()
+    live.release_all()
+    mine.release_all()
+
+
 def test_a_lock_released_while_another_waited_for_it_is_taken_anew(tmp_path, monkeypatch):
     """The releaser unlinks before it unlocks: a taker that locked the old, unlinked file
     sees that the path is not that file any more and takes the new one."""
