@@ -240,8 +240,11 @@ class KernelProbe:
         if not self.keeps_counting:
             with self._lock:
                 self.devices.detach_all()
-        # An interval that was polled and not committed stays pinned for the next start.
-        remove = not self.keeps_counting and not self.poller.pending
+        # An interval that was polled and not committed stays pinned for the next start;
+        # maps that nothing counts into and that hold nothing (a probe that failed to
+        # start) are not worth keeping.
+        idle = not self.devices.devices() and not len(self.poller.peek())
+        remove = not self.poller.pending and (not self.keeps_counting or idle)
         self.devices.close()
         self.program.close()
         self._release_pins(remove)
