@@ -311,6 +311,8 @@ def _check_envelope(doc: _WireMessage) -> None:
                            f"{doc.interval_start} - at `$.interval_end`")
     if doc.chunk >= doc.chunks:
         raise MessageError(f"chunk {doc.chunk} is not below chunks {doc.chunks} - at `$.chunk`")
+    if doc.overflow and doc.chunk != 0:
+        raise MessageError(f"chunk {doc.chunk} carries overflow; only chunk 0 does - at `$.overflow`")
 
 
 class _ProtocolNumbers(dict):

@@ -147,7 +147,7 @@ INSIDE = [
     set_envelope("interval_start", TIME_MIN), set_envelope("interval_end", TIME_MAX - 1),
     set_envelope("interval_end", T0 + 1_000),  # == interval_start
     set_envelope("interval_seq", TOP), set_envelope("interval_seq", 0),
-    lambda d: d.update(chunk=2, chunks=3), set_envelope("record_offset", 0),
+    lambda d: d.update(chunk=2, chunks=3, overflow=[]), set_envelope("record_offset", 0),
     set_envelope("record_offset", 2**32 - 1),
     set_record("ifname", "x" * 15), set_overflow("ifname", "y" * 15), set_envelope("host", "h" * 1024),
     set_record("container_name", "n" * 1024), set_record("container_image", "i" * 1024),
@@ -158,7 +158,7 @@ INSIDE = [
 @pytest.mark.parametrize("mutate", INSIDE)
 def test_values_just_inside_the_bounds_decode(mutate):
     envelope, records = decode_message(bad(mutate))
-    assert len(records) == 1 and len(envelope.overflow) == 1
+    assert (len(records), envelope.chunk < envelope.chunks) == (1, True)
 
 
 @pytest.mark.parametrize("mutate, reason", [
@@ -220,3 +220,11 @@ def test_mixed_families_are_checked_per_record():
     with pytest.raises(MessageError) as caught:
         decode_message(encode_message(ENVELOPE, swapped))
     assert str(caught.value) == "address '10.0.0.2' is not family 6 - at `$.records[1]`"
+
+
+def test_only_chunk_0_carries_overflow():
+    with pytest.raises(MessageError) as caught:
+        decode_message(bad(lambda d: d.update(chunk=1, chunks=2)))
+    assert str(caught.value) == "chunk 1 carries overflow; only chunk 0 does - at `$.overflow`"
+    envelope, _ = decode_message(bad(lambda d: d.update(chunk=1, chunks=2, overflow=[])))
+    assert (envelope.chunk, envelope.overflow) == (1, ())
