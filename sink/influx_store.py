@@ -9,6 +9,10 @@ id and image and the counters are fields.
 A point's timestamp is ``interval_start + record_offset + i`` (ns), ``i`` being the
 record's index in its message: connections of one interval never overwrite each other,
 and a redelivered message overwrites its own identical points.
+
+Overflow counts (packets and bytes that found the flow map full) are points of their own
+measurement ``connstats_overflow``: tags host, ifname, direction; fields packets, bytes,
+ifindex; timestamp ``interval_start + i`` for the interval's i-th device and direction.
 """
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from influxdb_client.service.write_service import WriteService
 
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord, proto_name
+from connstats.sink.store import overflow_totals
 
 MEASUREMENT = "connstats_flow"
+OVERFLOW_MEASUREMENT = "connstats_overflow"
 MAX_LINES_PER_REQUEST = 5_000
 GZIP_LEVEL = 1  # fastest; see InfluxStore.__init__
 OTHER_PORT = "other"
@@ -100,6 +106,16 @@ def encode_lines(
         f'ifindex={r.ifindex}i,last_seen={r.last_seen}i,packets={r.packets}i,src_ip="{r.src_ip}",'
         f"src_port={r.src_port}i,tcp_flags={r.tcp_flags}i {base + i}"
         for i, (key, r) in enumerate(zip(keys, records))
+    ]
+
+
+def encode_overflow_lines(envelope: Envelope) -> list[str]:
+    """One line per device and direction of the envelope's overflow (repeats summed)."""
+    return [
+        OVERFLOW_MEASUREMENT + _tag_pair("direction", direction) + _tag_pair("host", envelope.host)
+        + _tag_pair("ifname", ifname)
+        + f" bytes={nbytes}i,ifindex={ifindex}i,packets={packets}i {envelope.interval_start + i}"
+        for i, (ifindex, ifname, direction, packets, nbytes) in enumerate(overflow_totals(envelope))
     ]
 
 
@@ -251,7 +267,10 @@ class InfluxStore:
 
     def _post(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
         """Encode (here, off the event loop, as the client's gzip is too) and post."""
-        for body in chunked(encode_lines(envelope, records, self.config.service_ports)):
+        lines = encode_lines(envelope, records, self.config.service_ports)
+        if envelope.overflow:
+            lines += encode_overflow_lines(envelope)
+        for body in chunked(lines):
             self._writer.post_write(
                 org=self.config.org, bucket=self.config.bucket, body=gzip.compress(body, GZIP_LEVEL),
                 precision=WritePrecision.NS, content_encoding="gzip",

@@ -5,13 +5,18 @@ only I/O: it opens the file, keeps the schema, inserts each message in one trans
 off the event loop and, when a retention is set, prunes old rows at most once a minute.
 
 A redelivered message is a no-op: rows have a natural primary key and are inserted with
-``ON CONFLICT DO NOTHING``. WAL mode lets a reader (the CLI) query while the sink writes.
+``ON CONFLICT DO NOTHING``. Two records of one message with the same key are summed
+(``sum_duplicate_rows``), never dropped; the check costs nothing unless SQLite reports
+fewer inserted rows than it was given. Overflow counts (per device, direction and
+interval) go to their own table the same way. WAL mode lets a reader (the CLI) query
+while the sink writes. The file and its ``-wal``/``-shm`` are readable by their owner only.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -21,8 +26,9 @@ from typing import Callable, Sequence
 
 from connstats.probe.errors import StoreError, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord, bulk_allocation
+from connstats.sink.store import overflow_totals
 
-SCHEMA_VERSION = 1  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
+SCHEMA_VERSION = 2  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
 
 _COLUMNS = (
@@ -61,15 +67,44 @@ _SCHEMA_V1 = (
     # containers are filtered within a time range instead (see the README).
 )
 
+_OVERFLOW_COLUMNS = (
+    "host", "ifindex", "ifname", "direction", "packets", "bytes", "interval_start", "interval_end",
+)
+
+_OVERFLOW_TABLE = """CREATE TABLE IF NOT EXISTS overflow (
+        host TEXT NOT NULL,
+        ifindex INTEGER NOT NULL,
+        ifname TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        packets INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        interval_start INTEGER NOT NULL,
+        interval_end INTEGER NOT NULL,
+        PRIMARY KEY (interval_start, host, ifindex, direction)
+    ) WITHOUT ROWID"""
+
 # Statements that take a file at user_version N to N + 1 (index N - 1 after version 1).
-_MIGRATIONS: tuple[tuple[str, ...], ...] = ()
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (_OVERFLOW_TABLE,),  # 1 -> 2: packets and bytes that found the flow map full
+)
+_TABLES = ("flows", "overflow")
 
 _INSERT = (
     f"INSERT INTO flows ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
+_INSERT_OVERFLOW = (
+    f"INSERT INTO overflow ({', '.join(_OVERFLOW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_OVERFLOW_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 # interval_end >= interval_start, so the first bound only lets the index narrow the scan.
-_PRUNE = "DELETE FROM flows WHERE interval_start < ?1 AND interval_end < ?1"
+_PRUNE = tuple(f"DELETE FROM {table} WHERE interval_start < ?1 AND interval_end < ?1" for table in _TABLES)
+
+# Positions in a flow row: the natural key, and the counters summed over duplicates.
+_KEY = tuple(_COLUMNS.index(c) for c in (
+    "interval_start", "host", "ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port"))
+_PACKETS, _BYTES, _FIRST, _LAST, _FLAGS = (
+    _COLUMNS.index(c) for c in ("packets", "bytes", "first_seen", "last_seen", "tcp_flags"))
 
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # primary result codes
 
@@ -84,6 +119,34 @@ def flow_rows(envelope: Envelope, records: Sequence[FlowRecord]) -> list[tuple]:
          r.container_image)
         for r in records
     ]
+
+
+def sum_duplicate_rows(rows: list[tuple]) -> list[tuple]:
+    """Rows with one row per natural key: packets and bytes summed, first_seen the least,
+    last_seen the greatest, tcp_flags OR-ed; the first row's other columns. ``rows`` itself
+    when no key repeats."""
+    merged: dict[tuple, list] = {}
+    for row in rows:
+        key = tuple(row[i] for i in _KEY)
+        total = merged.get(key)
+        if total is None:
+            merged[key] = list(row)
+            continue
+        total[_PACKETS] += row[_PACKETS]
+        total[_BYTES] += row[_BYTES]
+        total[_FIRST] = min(total[_FIRST], row[_FIRST])
+        total[_LAST] = max(total[_LAST], row[_LAST])
+        total[_FLAGS] |= row[_FLAGS]
+    if len(merged) == len(rows):
+        return rows
+    return [tuple(row) for row in merged.values()]
+
+
+def overflow_rows(envelope: Envelope) -> list[tuple]:
+    """One row per device and direction, in ``_OVERFLOW_COLUMNS`` order; repeats summed."""
+    return [(envelope.host, ifindex, ifname, direction, packets, nbytes, envelope.interval_start,
+             envelope.interval_end)
+            for ifindex, ifname, direction, packets, nbytes in overflow_totals(envelope)]
 
 
 class SqliteStore:
@@ -123,6 +186,9 @@ class SqliteStore:
                 step(*args)
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
+            except OverflowError as exc:  # a sum of duplicate records beyond 64 bits
+                raise StoreError(f"SQLite {self.path} cannot hold a value of this message ({exc}); "
+                                 "it holds signed 64-bit integers only") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -139,7 +205,15 @@ class SqliteStore:
         rows = flow_rows(envelope, records)
         with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
-            db.executemany(_INSERT, rows)
+            db.execute("SAVEPOINT message")
+            if db.executemany(_INSERT, rows).rowcount < len(rows):  # a redelivery, or repeated keys
+                merged = sum_duplicate_rows(rows)
+                if merged is not rows:
+                    db.execute("ROLLBACK TO message")
+                    db.executemany(_INSERT, merged)
+            db.execute("RELEASE message")
+            if envelope.overflow:
+                db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
 
     @contextlib.contextmanager
     def _writer_turn(self):
@@ -162,7 +236,8 @@ class SqliteStore:
         now = self._clock()
         if now < self._next_prune_ns:
             return
-        db.execute(_PRUNE, (now - self.retention_ns,))
+        for statement in _PRUNE:
+            db.execute(statement, (now - self.retention_ns,))
         self._next_prune_ns = now + PRUNE_EVERY_NS
 
     def _close(self) -> None:
@@ -195,6 +270,7 @@ class _transaction:
 def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
     if not path.parent.is_dir():
         raise StoreError(f"SQLite directory {path.parent} does not exist; create it or choose another path")
+    _create_private(path)
     db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         _configure(db)
@@ -203,6 +279,15 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _create_private(path: Path) -> None:
+    """Create the file with mode 0600 unless it exists: SQLite gives the ``-wal`` and
+    ``-shm`` files the database file's mode, so they are private too."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot open SQLite file {path}: {exc.strerror}; check the path and its permissions") from exc
 
 
 def _configure(db: sqlite3.Connection) -> None:
@@ -220,13 +305,49 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
                 f"{path} has schema version {version}, newer than {SCHEMA_VERSION}; upgrade connstats"
             )
         if version == 0:
+            _refuse_foreign_tables(db, path)
             for statement in _SCHEMA_V1:
                 db.execute(statement)
             version = 1
         for steps in _MIGRATIONS[version - 1:]:
             for statement in steps:
                 db.execute(statement)
+        _check_tables(db, path)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _refuse_foreign_tables(db: sqlite3.Connection, path: Path) -> None:
+    """A file without our schema version may hold our flows table (made before versions
+    were kept), nothing else."""
+    names = [row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    foreign = [name for name in names if name != "flows"]
+    if foreign:
+        raise StoreError(f"{path} holds tables connstats did not make ({', '.join(foreign[:5])}); "
+                         "choose another file for --store")
+
+
+def _check_tables(db: sqlite3.Connection, path: Path) -> None:
+    """Each of our tables has exactly the columns and key we declare, else nothing is written."""
+    expected = _expected_columns()
+    for table in _TABLES:
+        found = db.execute(f"PRAGMA table_info({table})").fetchall()
+        if found != expected[table]:
+            names = ", ".join(row[1] for row in found)
+            raise StoreError(f"{path} has a {table} table with other columns ({names}) than connstats "
+                             "writes; choose another file for --store")
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_columns() -> dict[str, list]:
+    """``PRAGMA table_info`` of our tables, made from the one declaration in memory."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for statement in (*_SCHEMA_V1, *(s for steps in _MIGRATIONS for s in steps)):
+            db.execute(statement)
+        return {table: db.execute(f"PRAGMA table_info({table})").fetchall() for table in _TABLES}
+    finally:
+        db.close()
 
 
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:

@@ -19,3 +19,16 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections and files."""
+
+
+def overflow_totals(envelope: Envelope) -> list[tuple[int, str, str, int, int]]:
+    """(ifindex, ifname, direction, packets, bytes) per device and direction of the
+    envelope's overflow, in order of appearance; entries repeating a device and direction
+    are summed (the probe never sends repeats)."""
+    totals: dict[tuple[int, str], list] = {}
+    for o in envelope.overflow:
+        total = totals.setdefault((o.ifindex, o.direction), [o.ifname, 0, 0])
+        total[1] += o.packets
+        total[2] += o.bytes
+    return [(ifindex, ifname, direction, packets, nbytes)
+            for (ifindex, direction), (ifname, packets, nbytes) in totals.items()]
