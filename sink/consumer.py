@@ -4,10 +4,17 @@ Every sink process binds to the same durable pull consumer (``connstats-sink``),
 server spreads messages over them; that is how the sink scales out. For each message:
 
 * decoded and stored   -> ``ack`` (only after ``store.write`` returned);
-* ``StoreUnavailable`` -> ``nak`` it and the rest of the batch with a delay that doubles
-  on each consecutive failure (0.5 s .. 30 s), and fetch nothing for that long;
-* ``MessageError`` (or a ``StoreError`` that retrying cannot fix) -> copy the payload to
-  ``connstats.v1.deadletter`` with the reason and origin in headers, then ``term`` it.
+* ``MessageError``, a body whose ``host`` is not the subject's, or a ``StoreError`` that
+  retrying cannot fix -> copy the payload to ``connstats.v1.deadletter`` with the reason
+  and origin in headers, then ``term`` it;
+* ``StoreUnavailable`` or an unexpected exception -> ``nak`` that message with a delay that
+  doubles per attempt (0.5 s .. 30 s) and go on with the batch. Whether the message or the
+  store is at fault decides what follows:
+
+  - the store: two failures in a row and ``store.ping()`` fails too -> ``nak`` the rest of
+    the batch and fetch nothing for a delay that doubles while it lasts;
+  - the message: it failed ``max_attempts`` times and another message was stored after its
+    first failure (so the store works) -> dead letter, and the messages behind it flow.
 """
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ from nats.js.api import Header
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable, TransportError
 from connstats.probe.record import decode_message
 from connstats.probe.subjects import (
-    DEADLETTER_SUBJECT, DEFAULT_DURABLE, FLOWS_WILDCARD, STREAM_NAME, StreamSettings,
-    deadletter_stream_config, ensure_stream, flow_stream_config, sink_consumer_config,
+    DEADLETTER_SUBJECT, DEFAULT_DURABLE, FLOWS_WILDCARD, PREFIX, STREAM_NAME, StreamSettings,
+    deadletter_stream_config, ensure_stream, flow_stream_config, host_from_token, sink_consumer_config,
 )
 from connstats.sink.store import Store
 
@@ -48,6 +55,7 @@ class ConsumerSettings:
     max_ack_pending: int = 1024
     backoff_min: float = 0.5  # after the first StoreUnavailable
     backoff_max: float = 30.0
+    max_attempts: int = 3  # failed writes of one message, while others are stored, before it is dead-lettered
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class FlowConsumer:
         self._backoff = Backoff(self.settings.backoff_min, self.settings.backoff_max)
         self._last_dead_letter_warning = -1e9
         self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0)
+        # Stream sequence -> [failed writes, stored messages when it first failed]
+        self._failures: dict[int, list[int]] = {}
+        self._failed_in_row = 0
 
     async def __aenter__(self) -> FlowConsumer:
         await self.start()
@@ -147,37 +158,78 @@ class FlowConsumer:
         """Handle messages in order; return how long to pause fetching (0 if none)."""
         for index, msg in enumerate(messages):
             delay = await self.handle(msg)
-            if delay:
-                await self._nak_all(messages[index:], delay)
+            if delay:  # the store itself fails: hand back the rest too
+                await self._nak_all(messages[index + 1:], delay)
                 return delay
         return 0.0
 
     async def handle(self, msg: Msg) -> float:
-        """Store, dead-letter or hand back one message; return a retry delay if handed back."""
+        """Store or dead-letter one message, or hand it back; return a pause if the store fails."""
         try:
             envelope, records = decode_message(msg.data)
         except MessageError as exc:
             return await self._dead_letter(msg, f"undecodable: {exc}")
+        wrong_host = _host_mismatch(msg.subject, envelope.host)
+        if wrong_host:
+            return await self._dead_letter(msg, wrong_host)
         try:
             await self.store.write(envelope, records)
         except StoreUnavailable as exc:
-            self._counts["store_errors"] += 1
-            delay = self._backoff.next()
-            log.warning("store unavailable (%s); retrying in %.1f s", exc, delay)
-            return delay
+            return await self._write_failed(msg, exc)
         except StoreError as exc:
             self._counts["store_errors"] += 1
             return await self._dead_letter(msg, f"store refused: {exc}")
-        except Exception:  # a store bug: keep the message, say where, go on
-            self._counts["store_errors"] += 1
-            delay = self._backoff.next()
-            log.exception("store.write failed unexpectedly; retrying in %.1f s", delay)
-            return delay
-        self._backoff.reset()
+        except Exception as exc:  # a store bug: no traceback per retry, see _write_failed
+            return await self._write_failed(msg, exc)
+        self._stored(msg)
         await _settle(msg.ack)
         self._counts["stored_messages"] += 1
         self._counts["stored_records"] += len(records)
         return 0.0
+
+    def _stored(self, msg: Msg) -> None:
+        self._backoff.reset()
+        self._failed_in_row = 0
+        self._failures.pop(msg.metadata.sequence.stream, None)
+
+    async def _write_failed(self, msg: Msg, exc: Exception) -> float:
+        """Retry this message later, dead-letter it, or pause: see the module docstring."""
+        self._counts["store_errors"] += 1
+        sequence = msg.metadata.sequence.stream
+        failure = self._failures.setdefault(sequence, [0, self._counts["stored_messages"]])
+        failure[0] += 1
+        attempts, stored_before = failure
+        reason = _describe(exc)
+        log.debug("store.write failed on stream seq %s", sequence, exc_info=exc)
+        if attempts >= self.settings.max_attempts and self._counts["stored_messages"] > stored_before:
+            self._failures.pop(sequence, None)
+            return await self._dead_letter(
+                msg, f"store failed {attempts} times on this message while others were stored: {reason}")
+        self._forget_old_failures()
+        self._failed_in_row += 1
+        if self._failed_in_row >= 2 and not await self._store_answers():
+            delay = self._backoff.next()
+            log.warning("store failing (%s); pausing %.1f s", reason, delay)
+            await self._nak_all([msg], delay)
+            return delay
+        delay = min(self.settings.backoff_min * 2 ** (attempts - 1), self.settings.backoff_max)
+        log.warning("store.write failed on stream seq %s (attempt %d of %d: %s); retrying it in %.1f s",
+                    sequence, attempts, self.settings.max_attempts, reason, delay)
+        await self._nak_all([msg], delay)
+        return 0.0
+
+    async def _store_answers(self) -> bool:
+        try:
+            await self.store.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not now"
+            log.debug("store.ping failed: %r", exc)
+            return False
+        return True
+
+    def _forget_old_failures(self, limit: int = 10_000) -> None:
+        """Keep the failure table bounded: messages another sink took are never seen again."""
+        while len(self._failures) > limit:
+            del self._failures[next(iter(self._failures))]
 
     # -- dead letters and naks -------------------------------------------------------------
 
@@ -229,6 +281,30 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
+
+
+_FLOWS_PREFIX = f"{PREFIX}.flows."
+
+
+def _host_mismatch(subject: str, host: str) -> str:
+    """Why a message's body and subject disagree about its host; "" if they agree."""
+    token = subject[len(_FLOWS_PREFIX):] if subject.startswith(_FLOWS_PREFIX) else ""
+    try:
+        subject_host = host_from_token(token) if token and "." not in token else None
+    except (UnicodeError, ValueError):
+        subject_host = None
+    if subject_host is None:
+        return f"subject {subject} is not {_FLOWS_PREFIX}<host>; publish flows with connstats.probe.subjects.flows_subject"
+    if subject_host != host:
+        return (f"host mismatch: the body says host {host!r} but subject {subject} is host "
+                f"{subject_host!r}; a probe publishes only its own host's flows")
+    return ""
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, for logs and dead-letter reasons."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _header_value(text: str, limit: int = 400) -> str:

@@ -177,7 +177,7 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_stored(nats_s
     nc = await connected(nats_server)
     async with FlowConsumer(nc, store) as consumer:  # creates the streams
         js = nc.jetstream()
-        acks = [await js.publish_async(flows_subject("fuzz"), payload) for payload, _ in payloads]
+        acks = [await js.publish_async(flows_subject("node-1.example"), payload) for payload, _ in payloads]
         await asyncio.gather(*acks)
         await consume_until(consumer, lambda: consumer.stats.stored_messages + consumer.stats.dead_lettered == 1200)
         stats = consumer.stats
@@ -188,7 +188,7 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_stored(nats_s
     assert {seq: sum(1 for key in store.rows if key[2] == seq) for seq in valid_records} == valid_records
     letters = await read_stream(nats_server.url, "CONNSTATS_DEADLETTER")
     assert sorted(m.data or b"" for m in letters) == sorted(p for p, seq in payloads if seq is None)
-    assert {m.headers["Connstats-Subject"] for m in letters} == {"connstats.v1.flows.fuzz"}
+    assert {m.headers["Connstats-Subject"] for m in letters} == {"connstats.v1.flows.node-1%2Eexample"}
     assert all(m.headers["Connstats-Reason"].startswith("undecodable: ") for m in letters)
     assert await consumer_state(nats_server) == (0, 0)
 
