@@ -80,7 +80,7 @@ def history(
     container: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this container")] = None,
     group_by: Annotated[GroupBy, typer.Option("--group-by", help="one row per ...")] = GroupBy.connection,
     every: Annotated[Optional[str], typer.Option(metavar="DURATION", help="time buckets, e.g. 1m")] = None,
-    top: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="only the N busiest rows (per bucket)")] = None,
+    top: Annotated[Optional[int], typer.Option(metavar="N", help="only the N busiest rows (per bucket)")] = None,
     format: Format = OutputFormat.table, store: Store = None, config: ConfigFile = None,
 ) -> None:
     """Traffic totals from the store over a time range, busiest first."""

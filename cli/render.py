@@ -35,13 +35,16 @@ def rfc3339(ns: int, *, digits: int = 9) -> str:
     return f"{text}.{fraction:09d}"[: len(text) + 1 + digits] + "Z" if digits else text + "Z"
 
 
+_UNITS = ("", "K", "M", "G", "T", "P", "E", "Z", "Y")
+
+
 def human_bytes(n: int) -> str:
-    """``1536`` -> ``1.5K``; under 1024 exactly."""
-    value = float(n)
-    for unit in ("", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{int(value)}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024
+    """``1536`` -> ``1.5K``; under 1024 exactly; any size (sums can pass 2**64)."""
+    if n < 1024:
+        return str(n)
+    for power, unit in enumerate(_UNITS[1:], 1):
+        if n < 1024 ** (power + 1) or unit == _UNITS[-1]:
+            return f"{n / 1024 ** power:.1f}{unit}"
     return str(n)
 
 

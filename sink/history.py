@@ -15,6 +15,15 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
 Rows are sorted by bytes, then packets (within each bucket, buckets in time order);
 ``top`` keeps the first N (per bucket). SQLite selects intervals that overlap the range;
 InfluxDB selects points (one per record, stamped with its interval's start) in the range.
+
+Overflow (packets and bytes that found the flow map full) belongs to a device and
+direction, not to a connection: ``--group-by iface`` adds it to the device's totals; the
+other groupings show it as its own row whose proto (and addresses) read ``(overflow)``,
+ports 0 and no first/last seen. A filter on port, protocol or container leaves it out,
+as it cannot say which connections overflowed.
+
+Sums are exact for any number of rows: SQLite adds the high and low 32 bits of each
+counter separately (its own SUM stops at 2**63) and Python joins them.
 """
 from __future__ import annotations
 
@@ -23,13 +32,14 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
 from connstats.probe.errors import ConfigError, StoreError
-from connstats.probe.record import DIRECTIONS, proto_name, proto_number
+from connstats.probe.record import DIRECTIONS, TIME_MAX, proto_name, proto_number
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "connection": ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port"),
@@ -39,7 +49,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
 MEASUREMENT = "connstats_flow"
+OVERFLOW_MEASUREMENT = "connstats_overflow"
+OVERFLOW = "(overflow)"  # proto and addresses of an overflow row
+MAX_TOP = 1_000_000
 _NS = 1_000_000_000
+MAX_DURATION = 200 * 365 * 86400 * _NS  # also keeps every time and width below 2**63 ns
 
 
 @dataclass(frozen=True)
@@ -65,14 +79,30 @@ class HistoryQuery:
             raise ConfigError(f"--port {self.port} is not between 0 and 65535")
         if self.every is not None and self.every <= 0:
             raise ConfigError("--every must be a positive duration, e.g. 1m")
-        if self.top is not None and self.top < 1:
-            raise ConfigError("--top must be at least 1")
+        if self.every is not None and self.every > MAX_DURATION:
+            raise ConfigError("--every is longer than 200 years; use a shorter bucket, e.g. 1d")
+        if self.top is not None and not 1 <= self.top <= MAX_TOP:
+            raise ConfigError(f"--top {self.top} is not between 1 and {MAX_TOP:,}; use e.g. --top 20")
+        for name in ("since", "until"):
+            _check_time(f"--{name}", getattr(self, name))
         if self.until <= self.since:
             raise ConfigError("--until must be later than --since")
 
     @property
     def keys(self) -> tuple[str, ...]:
         return GROUPS[self.group_by]
+
+    @property
+    def with_overflow(self) -> bool:
+        """Overflow has no port, protocol or container: a filter on one leaves it out."""
+        return self.port is None and self.proto is None and self.container is None
+
+
+def _check_time(option: str, ns: int) -> None:
+    if ns < 0:
+        raise ConfigError(f"{option} is before 1970-01-01; use a later time")
+    if ns >= TIME_MAX:
+        raise ConfigError(f"{option} is after 2200-01-01; use an earlier time")
 
 
 # -- times ---------------------------------------------------------------------------------
@@ -83,12 +113,17 @@ _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": _NS, "m": 60 * _NS, "h":
 
 
 def parse_duration(text: str) -> int:
-    """``15m``, ``1h30m``, ``0.5s`` -> nanoseconds."""
+    """``15m``, ``1h30m``, ``0.5s`` -> nanoseconds (exact; at most 200 years)."""
     text = text.strip()
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ConfigError(f"{text!r} is not a duration; use e.g. 30s, 15m, 2h, 1d")
-    return int(sum(float(n) * _UNIT_NS[u] for n, u in parts))
+    if sum(len(n) for n, _ in parts) > 40:
+        raise ConfigError(f"{text[:40]!r}... is longer than 200 years; use a shorter duration")
+    ns = int(sum(Fraction(n) * _UNIT_NS[u] for n, u in parts))
+    if ns > MAX_DURATION:
+        raise ConfigError(f"{text!r} is longer than 200 years; use a shorter duration")
+    return ns
 
 
 def _is_duration(text: str) -> bool:
@@ -121,37 +156,70 @@ _SQL_KEYS = {
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
     "port": "MIN(src_port, dst_port)",
 }
+_SQL_OVERFLOW_KEYS = {
+    "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
+    "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
+}
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
     "proto": "proto = :proto", "direction": "direction = :direction", "host": "host = :host",
     "container": "container_name = :container",
 }
+_SQL_OVERFLOW_FILTERS = ("iface", "direction", "host")
+_LOW = 0xFFFFFFFF
 
 
-def build_sql(query: HistoryQuery) -> tuple[str, dict[str, Any]]:
-    """The SELECT and its named parameters."""
+def build_sql(query: HistoryQuery, *, overflow: bool = True) -> tuple[str, dict[str, Any]]:
+    """The SELECT and its named parameters; ``overflow=False`` for a file without the table.
+
+    Each counter comes back as ``<name>_hi`` and ``<name>_lo``, the sums of its high and
+    low 32 bits; ``sql_rows`` joins them. Sorting and ``top`` happen in Python.
+    """
     params: dict[str, Any] = {"since": query.since, "until": query.until}
     where = ["interval_end > :since", "interval_start < :until"]
+    overflow_where = list(where)
     for name, clause in _SQL_FILTERS.items():
         value = getattr(query, name)
         if value is not None:
             where.append(clause)
             params[name] = value
-    columns = [f"{_SQL_KEYS[k]} AS {k}" for k in query.keys]
+            if name in _SQL_OVERFLOW_FILTERS:
+                overflow_where.append(clause)
+    parts = [_select_part(query, _SQL_KEYS, "first_seen, last_seen", "flows", where)]
+    if overflow and query.with_overflow:
+        parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, "NULL, NULL", "overflow", overflow_where))
+    columns = list(query.keys)
     group = list(query.keys)
-    order = ["bytes DESC", "packets DESC", *query.keys]
     if query.every is not None:
         columns.insert(0, "(interval_start / :every) * :every AS time")
         group.insert(0, "time")
-        order.insert(0, "time")
         params["every"] = query.every
-    sql = (f"SELECT {', '.join(columns)}, SUM(packets) AS packets, SUM(bytes) AS bytes, "
-           f"MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM flows "
-           f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)} ORDER BY {', '.join(order)}")
-    if query.top is not None and query.every is None:
-        sql += " LIMIT :top"
-        params["top"] = query.top
+    sums = ", ".join(f"SUM({c} >> 32) AS {c}_hi, SUM({c} & {_LOW}) AS {c}_lo" for c in ("packets", "bytes"))
+    sql = (f"SELECT {', '.join(columns)}, {sums}, MIN(first_seen) AS first_seen, "
+           f"MAX(last_seen) AS last_seen FROM ({' UNION ALL '.join(parts)}) GROUP BY {', '.join(group)}")
     return sql, params
+
+
+def _select_part(query: HistoryQuery, keys: dict[str, str], seen: str, table: str, where: list[str]) -> str:
+    columns = ["interval_start"] if query.every is not None else []
+    columns += [f"{keys[k]} AS {k}" for k in query.keys]
+    return (f"SELECT {', '.join(columns)}, packets, bytes, {seen} FROM {table} "
+            f"WHERE {' AND '.join(where)}")
+
+
+def sql_rows(rows: Iterable[dict], query: HistoryQuery) -> list[dict]:
+    """Rows from ``build_sql``: counters joined from their halves, protocols named, sorted, top N."""
+    out = []
+    for row in rows:
+        result = {"time": row["time"]} if query.every is not None else {}
+        result |= {k: row[k] for k in query.keys}
+        if isinstance(result.get("proto"), int):
+            result["proto"] = proto_name(result["proto"])
+        for name in ("packets", "bytes"):
+            result[name] = (row[f"{name}_hi"] << 32) + row[f"{name}_lo"]
+        result["first_seen"], result["last_seen"] = row["first_seen"], row["last_seen"]
+        out.append(result)
+    return _sorted_top(out, query)
 
 
 def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 5.0) -> list[dict]:
@@ -160,13 +228,13 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
     if not path.is_file():
         raise StoreError(f"no flow database at {path}; start `connstats up` or `connstats sink`, "
                          "or check --store")
-    sql, params = build_sql(query)
     try:
         db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=busy_timeout)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path} read-only: {exc}; check its permissions") from exc
     try:
         db.row_factory = sqlite3.Row
+        sql, params = build_sql(query, overflow=_has_table(db, "overflow"))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
@@ -176,33 +244,42 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         raise StoreError(f"{path} is not a usable SQLite database: {exc}; check --store") from exc
     finally:
         db.close()
-    for row in rows:
-        if "proto" in row:
-            row["proto"] = proto_name(row["proto"])
-    return _top_per_bucket(rows, query)
+    return sql_rows(rows, query)
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    """The overflow table comes with schema version 2; older files have none yet."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 # -- InfluxDB -----------------------------------------------------------------------------------
 
 _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
-_FLUX_COLUMNS = ("_time", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
+_FLUX_COLUMNS = ("_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
 _FLUX_KEEP = ", ".join(f'"{c}"' for c in _FLUX_COLUMNS)
 
 
 def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
-    """Flux that selects, filters and pivots points (one row per record), and its ``params``.
+    """Flux that selects, filters and pivots points (one row per record or overflow count),
+    and its ``params``.
 
     influxdb-client sends each ``params`` key as a top-level option of the query, so the
     Flux names them directly; the ``p_`` prefix keeps them clear of Flux's own names.
+    Overflow points have no proto tag and no port or container field, so a filter on one
+    of those leaves them out, as in SQL.
     """
     params: dict[str, Any] = {
         "p_bucket": bucket, "p_measurement": MEASUREMENT,
         "p_start": _datetime(query.since), "p_stop": _datetime(query.until),
     }
+    measurements = "r._measurement == p_measurement"
+    if query.with_overflow:
+        measurements += " or r._measurement == p_overflow"
+        params["p_overflow"] = OVERFLOW_MEASUREMENT
     lines = ["from(bucket: p_bucket)",
              "  |> range(start: p_start, stop: p_stop)",
-             "  |> filter(fn: (r) => r._measurement == p_measurement)"]
+             f"  |> filter(fn: (r) => {measurements})"]
     for name, tag in _FLUX_TAG_FILTERS.items():
         value = getattr(query, name)
         if value is not None:
@@ -226,10 +303,14 @@ async def influx_history(store: Any, query: HistoryQuery) -> list[dict]:
 
 
 def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
-    """Group per-record rows (from Flux) by the query's keys (and bucket); sorted, top N."""
+    """Group per-record rows (from Flux) by the query's keys (and bucket); sorted, top N.
+    Python ints: the sums are exact however large."""
     groups: dict[tuple, dict] = {}
     for point in points:
-        row = _point_row(point)
+        overflow = point.get("_measurement") == OVERFLOW_MEASUREMENT
+        if overflow and not query.with_overflow:
+            continue
+        row = _overflow_row(point) if overflow else _point_row(point)
         key = tuple(row[k] for k in query.keys)
         if query.every is not None:
             key = (_time_ns(point.get("_time")) // query.every * query.every, *key)
@@ -239,12 +320,11 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
             continue
         total["packets"] += row["packets"]
         total["bytes"] += row["bytes"]
-        total["first_seen"] = min(total["first_seen"], row["first_seen"])
-        total["last_seen"] = max(total["last_seen"], row["last_seen"])
+        total["first_seen"] = _least(total["first_seen"], row["first_seen"])
+        total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
     rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in query.keys},
              **{v: r[v] for v in VALUES}} for r in groups.values()]
-    rows.sort(key=lambda r: (r.get("time", 0), -r["bytes"], -r["packets"], *map(str, (r[k] for k in query.keys))))
-    return _top_per_bucket(rows, query)
+    return _sorted_top(rows, query)
 
 
 def _point_row(point: dict) -> dict:
@@ -255,6 +335,27 @@ def _point_row(point: dict) -> dict:
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
     row["port"] = min(row["src_port"], row["dst_port"])
     return row
+
+
+def _overflow_row(point: dict) -> dict:
+    return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
+            "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
+            "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
+            "first_seen": None, "last_seen": None}
+
+
+def _least(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _sorted_top(rows: list[dict], query: HistoryQuery) -> list[dict]:
+    """Buckets in time order; within each, by bytes, then packets (most first), then keys."""
+    rows.sort(key=lambda r: (r.get("time", 0), -r["bytes"], -r["packets"], *map(str, (r[k] for k in query.keys))))
+    return _top_per_bucket(rows, query)
 
 
 def _top_per_bucket(rows: list[dict], query: HistoryQuery) -> list[dict]:

@@ -151,14 +151,31 @@ def test_file_without_flows(tmp_path):
 def test_build_sql_binds_every_value():
     sql, params = build_sql(HistoryQuery(since=1, until=2, iface="eth0", port=53, top=5))
     assert sql == (
+        "SELECT ifname, direction, proto, src_ip, src_port, dst_ip, dst_port, "
+        "SUM(packets >> 32) AS packets_hi, SUM(packets & 4294967295) AS packets_lo, "
+        "SUM(bytes >> 32) AS bytes_hi, SUM(bytes & 4294967295) AS bytes_lo, "
+        "MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM ("
         "SELECT ifname AS ifname, direction AS direction, proto AS proto, src_ip AS src_ip, "
-        "src_port AS src_port, dst_ip AS dst_ip, dst_port AS dst_port, SUM(packets) AS packets, "
-        "SUM(bytes) AS bytes, MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM flows "
-        "WHERE interval_end > :since AND interval_start < :until AND ifname = :iface AND "
-        "(src_port = :port OR dst_port = :port) GROUP BY ifname, direction, proto, src_ip, src_port, "
-        "dst_ip, dst_port ORDER BY bytes DESC, packets DESC, ifname, direction, proto, src_ip, "
-        "src_port, dst_ip, dst_port LIMIT :top")
-    assert params == {"since": 1, "until": 2, "iface": "eth0", "port": 53, "top": 5}
+        "src_port AS src_port, dst_ip AS dst_ip, dst_port AS dst_port, packets, bytes, first_seen, "
+        "last_seen FROM flows WHERE interval_end > :since AND interval_start < :until AND ifname = :iface "
+        "AND (src_port = :port OR dst_port = :port)) "
+        "GROUP BY ifname, direction, proto, src_ip, src_port, dst_ip, dst_port")  # a port filter: no overflow
+    assert params == {"since": 1, "until": 2, "iface": "eth0", "port": 53}
+
+
+def test_build_sql_adds_overflow_to_device_totals():
+    sql, params = build_sql(HistoryQuery(since=1, until=2, host="h", group_by="iface", every=10))
+    assert sql == (
+        "SELECT (interval_start / :every) * :every AS time, ifname, direction, "
+        "SUM(packets >> 32) AS packets_hi, SUM(packets & 4294967295) AS packets_lo, "
+        "SUM(bytes >> 32) AS bytes_hi, SUM(bytes & 4294967295) AS bytes_lo, "
+        "MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM ("
+        "SELECT interval_start, ifname AS ifname, direction AS direction, packets, bytes, first_seen, "
+        "last_seen FROM flows WHERE interval_end > :since AND interval_start < :until AND host = :host "
+        "UNION ALL SELECT interval_start, ifname AS ifname, direction AS direction, packets, bytes, NULL, "
+        "NULL FROM overflow WHERE interval_end > :since AND interval_start < :until AND host = :host) "
+        "GROUP BY time, ifname, direction")
+    assert params == {"since": 1, "until": 2, "host": "h", "every": 10}
 
 
 # -- InfluxDB ---------------------------------------------------------------------------------
@@ -204,10 +221,15 @@ def test_build_flux_text():
         "  |> filter(fn: (r) => r._measurement == p_measurement)",
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
         "  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)",
-        '  |> keep(columns: ["_time", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", '
-        '"dst_port", "packets", "bytes", "first_seen", "last_seen"])',
+        '  |> keep(columns: ["_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", '
+        '"dst_ip", "dst_port", "packets", "bytes", "first_seen", "last_seen"])',
     ])
-    assert params["p_port"] == 443 and params["p_bucket"] == "flows"
+    assert params["p_port"] == 443 and params["p_bucket"] == "flows" and "p_overflow" not in params
+    flux, params = build_flux(HistoryQuery(since=T0, until=T1, iface="veth0"), "flows")
+    assert flux.splitlines()[2:4] == [
+        "  |> filter(fn: (r) => r._measurement == p_measurement or r._measurement == p_overflow)",
+        "  |> filter(fn: (r) => r.ifname == p_iface)"]
+    assert (params["p_overflow"], params["p_iface"]) == ("connstats_overflow", "veth0")
 
 
 def test_aggregate_buckets_points_by_time():
