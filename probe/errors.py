@@ -3,6 +3,7 @@
     ConnstatsError            base: the CLI prints ``error: <message>`` and exits 1
     ├── KernelError           BPF cannot be compiled, loaded or attached (root, headers, kernel)
     ├── DeviceError           an interface that does not exist or cannot be used
+    │   └── DeviceOwned       another running probe has the device attached (ownership.py)
     ├── ConfigError           a setting that makes no sense
     ├── TransportError        NATS unreachable, refused or misconfigured
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
