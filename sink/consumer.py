@@ -12,7 +12,8 @@ server spreads messages over them; that is how the sink scales out. For each mes
   store is at fault decides what follows:
 
   - the store: two failures in a row and ``store.ping()`` fails too -> ``nak`` the rest of
-    the batch and fetch nothing for a delay that doubles while it lasts;
+    the batch and fetch nothing for a delay that doubles while it lasts; a batch in which
+    writes failed and none succeeded pauses fetching the same way;
   - the message: it failed ``max_attempts`` times and another message was stored after its
     first failure (so the store works) -> dead letter, and the messages behind it flow.
 """
@@ -156,11 +157,14 @@ class FlowConsumer:
 
     async def handle_batch(self, messages: list[Msg]) -> float:
         """Handle messages in order; return how long to pause fetching (0 if none)."""
+        stored, failed = self._counts["stored_messages"], self._counts["store_errors"]
         for index, msg in enumerate(messages):
             delay = await self.handle(msg)
             if delay:  # the store itself fails: hand back the rest too
                 await self._nak_all(messages[index + 1:], delay)
                 return delay
+        if self._counts["store_errors"] > failed and self._counts["stored_messages"] == stored:
+            return self._backoff.next()  # writes failed and none succeeded: do not fetch again at once
         return 0.0
 
     async def handle(self, msg: Msg) -> float:

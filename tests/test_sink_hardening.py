@@ -379,12 +379,15 @@ class RefusesEveryWrite:
         pass
 
 
-async def test_a_store_that_refuses_every_write_dead_letters_nothing(nats_server):
+async def test_a_store_that_refuses_every_write_dead_letters_nothing_and_does_not_spin(nats_server):
     store = RefusesEveryWrite()
-    settings = ConsumerSettings(backoff_min=0.05, backoff_max=0.2, max_attempts=2)
-    stats = await consume(nats_server, store, settings, done=lambda s: store.writes >= 20,
+    settings = ConsumerSettings(backoff_min=0.1, backoff_max=0.4, max_attempts=2)
+    end = time.monotonic() + 3.0
+    stats = await consume(nats_server, store, settings, done=lambda s: time.monotonic() > end,
                           before=lambda: publish(nats_server, intervals(3)))
     assert (stats.stored_messages, stats.dead_lettered) == (0, 0)
+    # Each message waits 0.1, 0.2, then 0.4 s between attempts: about 9 attempts in 3 s, not hundreds.
+    assert 3 <= store.writes <= 45 and stats.store_errors == store.writes
     assert await read_stream(nats_server.url, "CONNSTATS_DEADLETTER") == []
 
 
