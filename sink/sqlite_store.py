@@ -6,7 +6,7 @@ off the event loop and, when a retention is set, prunes old rows at most once a 
 
 A redelivered message is a no-op: rows have a natural primary key and are inserted with
 ``ON CONFLICT DO NOTHING``. Two records of one message with the same key are summed
-(``sum_duplicate_rows``), never dropped; the check costs nothing unless SQLite reports
+(``repeated_key_totals``), never dropped; the check costs nothing unless SQLite reports
 fewer inserted rows than it was given. Overflow counts (per device, direction and
 interval) go to their own table the same way. WAL mode lets a reader (the CLI) query
 while the sink writes. The file and its ``-wal``/``-shm`` are readable by their owner only.
@@ -103,8 +103,14 @@ _PRUNE = tuple(f"DELETE FROM {table} WHERE interval_start < ?1 AND interval_end 
 # Positions in a flow row: the natural key, and the counters summed over duplicates.
 _KEY = tuple(_COLUMNS.index(c) for c in (
     "interval_start", "host", "ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port"))
-_PACKETS, _BYTES, _FIRST, _LAST, _FLAGS = (
+_SUMMED = _PACKETS, _BYTES, _FIRST, _LAST, _FLAGS = tuple(
     _COLUMNS.index(c) for c in ("packets", "bytes", "first_seen", "last_seen", "tcp_flags"))
+# Sets a repeated key's row to the totals of its repeats: the same values on a first
+# delivery (after the insert kept the first repeat) and on a redelivery, so it is idempotent.
+_SET_TOTALS = (
+    "UPDATE flows SET " + ", ".join(f"{_COLUMNS[i]} = ?" for i in _SUMMED) + " WHERE "
+    + " AND ".join(f"{_COLUMNS[i]} = ?" for i in _KEY)
+)
 
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # primary result codes
 
@@ -121,25 +127,25 @@ def flow_rows(envelope: Envelope, records: Sequence[FlowRecord]) -> list[tuple]:
     ]
 
 
-def sum_duplicate_rows(rows: list[tuple]) -> list[tuple]:
-    """Rows with one row per natural key: packets and bytes summed, first_seen the least,
-    last_seen the greatest, tcp_flags OR-ed; the first row's other columns. ``rows`` itself
-    when no key repeats."""
+def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
+    """For each natural key that more than one row has: one row with packets and bytes
+    summed, the least first_seen, the greatest last_seen and the flags OR-ed (the first
+    row's other columns). Empty when no key repeats."""
     merged: dict[tuple, list] = {}
+    repeated: set[tuple] = set()
     for row in rows:
         key = tuple(row[i] for i in _KEY)
         total = merged.get(key)
         if total is None:
             merged[key] = list(row)
             continue
+        repeated.add(key)
         total[_PACKETS] += row[_PACKETS]
         total[_BYTES] += row[_BYTES]
         total[_FIRST] = min(total[_FIRST], row[_FIRST])
         total[_LAST] = max(total[_LAST], row[_LAST])
         total[_FLAGS] |= row[_FLAGS]
-    if len(merged) == len(rows):
-        return rows
-    return [tuple(row) for row in merged.values()]
+    return [tuple(merged[key]) for key in merged if key in repeated]
 
 
 def overflow_rows(envelope: Envelope) -> list[tuple]:
@@ -205,13 +211,9 @@ class SqliteStore:
         rows = flow_rows(envelope, records)
         with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
-            db.execute("SAVEPOINT message")
             if db.executemany(_INSERT, rows).rowcount < len(rows):  # a redelivery, or repeated keys
-                merged = sum_duplicate_rows(rows)
-                if merged is not rows:
-                    db.execute("ROLLBACK TO message")
-                    db.executemany(_INSERT, merged)
-            db.execute("RELEASE message")
+                db.executemany(_SET_TOTALS, [(*(row[i] for i in _SUMMED), *(row[i] for i in _KEY))
+                                             for row in repeated_key_totals(rows)])
             if envelope.overflow:
                 db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
 

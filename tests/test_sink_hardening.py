@@ -26,7 +26,7 @@ from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.daemon import run_sink
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
-from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, sum_duplicate_rows
+from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, repeated_key_totals
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
 
@@ -263,14 +263,12 @@ async def test_repeated_keys_give_the_same_history_in_both_stores(tmp_path, infl
     assert await influx_history(influx, HistoryQuery(**ALL)) == rows
 
 
-def test_sum_duplicate_rows_returns_the_rows_themselves_without_repeats():
-    env = envelope()
-    rows = [(HOST, 7, "veth0", "egress", 4, 6, f"10.0.0.{i}", "10.9.0.1", 1, 2, 1, 1, T0, T0, 0, T0, T0, "", "", "")
-            for i in range(3)]
-    assert sum_duplicate_rows(rows) is rows
-    merged = sum_duplicate_rows([*rows, rows[1]])
-    assert [r[6] for r in merged] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"] and merged[1][10:12] == (2, 2)
-    assert env.host == HOST
+def test_repeated_key_totals_is_empty_without_repeats():
+    rows = [(HOST, 7, "veth0", "egress", 4, 6, f"10.0.0.{i}", "10.9.0.1", 1, 2, 1, 10, T0 + i, T0 + i, 1 << i,
+             T0, T0, "", "", "") for i in range(3)]
+    assert repeated_key_totals(rows) == []
+    same_key = [rows[1][:10] + (5, 50, T0 - 1, T0 + 7, 8) + rows[1][15:]]
+    assert repeated_key_totals([*rows, *same_key]) == [rows[1][:10] + (6, 60, T0 - 1, T0 + 7, 10) + rows[1][15:]]
 
 
 # -- 3 and 4. bounds, and messages that only fail on their own ---------------------------------------
