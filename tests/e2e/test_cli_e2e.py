@@ -222,6 +222,10 @@ def test_attach_list_stats_detach_through_a_running_probe(quiet_network, cs_env,
                           f"'{b.host_if}' is not attached; see `connstats list`")
     assert probe.interrupt() == 0
     assert "Traceback" not in probe.stderr
+    # `probe` keeps counting for its next start (--on-exit keep); `reset` removes it for good
+    assert "pref 3159" in subprocess.run(["tc", "filter", "show", "dev", a.host_if, "ingress"],
+                                          capture_output=True, text=True).stdout
+    assert connstats(cs_env, "reset").returncode == 0
     assert "pref 3159" not in subprocess.run(["tc", "filter", "show", "dev", a.host_if, "ingress"],
                                               capture_output=True, text=True).stdout
 
@@ -304,12 +308,12 @@ def test_doctor_passes_here_and_names_the_fix_for_nats(cs_env, nats_server):
     assert good.returncode == 0, good.stdout
     assert [line.split(":")[0] for line in good.stdout.splitlines()] == [
         "[pass] privileges", "[pass] bcc", "[pass] kernel headers", "[pass] BPF load", "[pass] TC attach",
-        "[pass] NATS", "[pass] store"]
+        "[pass] pinned state", "[pass] NATS", "[pass] store"]
     assert not Path("/sys/class/net/csdoctor0").exists()
     url = f"nats://127.0.0.1:{free_port()}"
     bad = connstats(cs_env, "doctor", "--nats", url)
     assert bad.returncode == 1
-    assert bad.stdout.splitlines()[5:7] == [
+    assert bad.stdout.splitlines()[6:8] == [
         f"[FAIL] NATS: cannot connect to NATS at {url}: NoServersError; check the URL, that nats-server "
         "runs, and the credentials",
         "       fix: start `connstats up` (it runs an embedded nats-server), or `nats-server -js`, or pass --nats URL",
