@@ -11,10 +11,12 @@ class Store(Protocol):
         """Raise ``StoreError`` (or ``StoreUnavailable``) unless the store can take writes."""
 
     async def write(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        """Store one message's records durably; return only once they are stored.
+        """Store one message's records and its overflow durably; return only once they are stored.
 
-        Idempotent: writing the same message again changes nothing. Raise
-        ``StoreUnavailable`` for failures worth retrying, ``StoreError`` otherwise.
+        Idempotent: writing the same message again changes nothing. Records of one message
+        that share a key are summed, never dropped. Raise ``StoreUnavailable`` for failures
+        worth retrying, ``StoreError`` for what this message can never be (it becomes a
+        dead letter).
         """
 
     async def close(self) -> None:
