@@ -11,7 +11,6 @@ import gc
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from itertools import compress
 from operator import attrgetter
 from typing import Annotated, Literal, Mapping, Sequence
 

@@ -11,9 +11,9 @@ import pytest
 from influxdb_client import Point, WritePrecision
 
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.record import Envelope, FlowRecord, OverflowCount
 from connstats.sink.influx_store import (
-    InfluxConfig, InfluxStore, encode_lines, escape_string, escape_tag, service_port,
+    InfluxConfig, InfluxStore, encode_lines, encode_overflow_lines, escape_string, escape_tag, service_port,
 )
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer, ParsedPoint, parse_line
 
@@ -69,6 +69,31 @@ ENCODE_CASES = {
 @pytest.mark.parametrize("envelope, records, ports, expected", ENCODE_CASES.values(), ids=ENCODE_CASES.keys())
 def test_encode_lines(envelope, records, ports, expected):
     assert encode_lines(envelope, records, ports) == expected
+
+
+OVERFLOW_CASES = {
+    "none": ((), []),
+    "one device": ((OverflowCount(3, "veth0", "egress", 485, 672695),),
+                   [f"connstats_overflow,direction=egress,host=node-1,ifname=veth0 bytes=672695i,ifindex=3i,packets=485i {T0}"]),
+    "repeats summed, unknown name left out, one ns apart": (
+        (OverflowCount(3, "veth 0", "ingress", 1, 60), OverflowCount(0, "", "egress", 2, 120),
+         OverflowCount(3, "veth 0", "ingress", 4, 240)),
+        [f"connstats_overflow,direction=ingress,host=node-1,ifname=veth\\ 0 bytes=300i,ifindex=3i,packets=5i {T0}",
+         f"connstats_overflow,direction=egress,host=node-1 bytes=120i,ifindex=0i,packets=2i {T0 + 1}"]),
+}
+
+
+@pytest.mark.parametrize("overflow, expected", OVERFLOW_CASES.values(), ids=OVERFLOW_CASES.keys())
+def test_encode_overflow_lines(overflow, expected):
+    assert encode_overflow_lines(dataclasses.replace(ENVELOPE, overflow=overflow)) == expected
+
+
+async def test_write_sends_overflow_after_the_records(influx, influx_server):
+    envelope = dataclasses.replace(ENVELOPE, overflow=(OverflowCount(3, "veth0", "egress", 7, 700),))
+    await influx.write(envelope, [BASE])
+    assert influx_server.lines == encode_lines(envelope, [BASE]) + encode_overflow_lines(envelope)
+    assert [(p.measurement, p.fields["packets"]) for p in influx_server.points()] == [
+        ("connstats_flow", 12), ("connstats_overflow", 7)]
 
 
 TAG_CASES = {
