@@ -11,8 +11,9 @@ import gc
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from itertools import compress, repeat
 from operator import attrgetter
-from typing import Annotated, Literal, Mapping, Sequence
+from typing import Annotated, Iterable, Literal, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -327,49 +328,32 @@ class _ProtocolNumbers(dict):
 _PROTOCOLS = _ProtocolNumbers(PROTO_NUMBERS)
 
 
-_ADDRESS_FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
-# The family of each address text seen so far ("" is 0, IPv4 text 4, IPv6 text 6; no
-# text is valid for two families). The same peers show up interval after interval, so
-# most messages classify nothing new. Bounded; emptied when full.
-_FAMILY_OF: dict[str, int] = {"": 0}
-_FAMILY_OF_LIMIT = 1 << 18
+_ADDRESS_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _FAMILY, _SRC, _DST = attrgetter("family"), attrgetter("src_ip"), attrgetter("dst_ip")
 
 
 def _check_addresses(records: list[FlowRecord]) -> None:
     """Family 4 records carry IPv4 text, family 6 IPv6 text, family 0 empty addresses.
 
-    Column-wise, in C: the families the addresses' text implies, compared as lists with
-    the families the records claim. Each new distinct address is classified once.
+    Column-wise, in C, with no object made per record and no hashing: each column's texts
+    of one family go through ``inet_pton`` in one ``map``; family 0 texts must all be empty.
     """
     families = list(map(_FAMILY, records))
+    present = set(families)
     for column in (_SRC, _DST):
-        try:
-            implied = list(map(_FAMILY_OF.__getitem__, map(column, records)))
-        except KeyError:
-            _classify(set(map(column, records)))
-            implied = list(map(_FAMILY_OF.__getitem__, map(column, records)))
-        if implied != families:
-            i = next(i for i, (a, b) in enumerate(zip(implied, families)) if a != b)
-            address = column(records[i])
-            raise MessageError(f"address {address!r} is not family {families[i]} - at `$.records[{i}]`")
+        texts = list(map(column, records))
+        for family in present:
+            chosen = texts if len(present) == 1 else compress(texts, map(family.__eq__, families))
+            if not _all_of_family(family, chosen):
+                i = next(i for i, r in enumerate(records)
+                         if r.family == family and not _all_of_family(family, [column(r)]))
+                raise MessageError(f"address {column(records[i])!r} is not family {family} - at `$.records[{i}]`")
 
 
-def _classify(addresses: set[str]) -> None:
-    """Add each address's family to ``_FAMILY_OF``; -1 for text that is no address."""
-    unknown = addresses.difference(_FAMILY_OF)
-    if len(_FAMILY_OF) + len(unknown) > _FAMILY_OF_LIMIT:
-        _FAMILY_OF.clear()
-        _FAMILY_OF[""] = 0
-    for address in unknown:
-        _FAMILY_OF[address] = _family_of_text(address)
-
-
-def _family_of_text(address: str) -> int:
-    for family, address_family in _ADDRESS_FAMILIES:
-        try:
-            socket.inet_pton(address_family, address)
-            return family
-        except OSError:
-            pass
-    return -1
+def _all_of_family(family: int, texts: Iterable[str]) -> bool:
+    if family == 0:
+        return not any(texts)
+    try:
+        return all(map(socket.inet_pton, repeat(_ADDRESS_FAMILIES[family]), texts))
+    except (OSError, ValueError, UnicodeError):  # not an address; NUL or a lone surrogate in it
+        return False

@@ -179,6 +179,7 @@ def test_values_just_inside_the_bounds_decode(mutate):
     (set_record_pair(family=0, src_ip="", dst_ip="10.0.0.2"), "address '10.0.0.2' is not family 0 - at `$.records[0]`"),
     (set_record_pair(family=4, src_ip=""), "address '' is not family 4 - at `$.records[0]`"),
     (set_record("src_ip", "10.0.0.256"), "address '10.0.0.256' is not family 4 - at `$.records[0]`"),
+    (set_record("src_ip", "10.0.0.1\x00"), "address '10.0.0.1\\x00' is not family 4 - at `$.records[0]`"),
     (set_record("src_ip", "x" * 46), "Expected `str` of length <= 45 - at `$.records[0].src_ip`"),
     (set_record("proto", "256"), "unknown protocol '256'; use tcp, udp, icmp or a number 0-255"),
     (set_record("proto", "²"), "unknown protocol '²'; use tcp, udp, icmp or a number 0-255"),
@@ -228,3 +229,10 @@ def test_only_chunk_0_carries_overflow():
     assert str(caught.value) == "chunk 1 carries overflow; only chunk 0 does - at `$.overflow`"
     envelope, _ = decode_message(bad(lambda d: d.update(chunk=1, chunks=2, overflow=[])))
     assert (envelope.chunk, envelope.overflow) == (1, ())
+
+
+def test_an_address_with_an_escaped_lone_surrogate_is_refused():
+    payload = encode_message(ENVELOPE, [record()]).replace(b'"10.0.0.1"', b'"10.0.0.1\\udcff"')
+    with pytest.raises(MessageError) as caught:
+        decode_message(payload)
+    assert str(caught.value) == "not JSON: JSON is malformed: invalid utf-16 surrogate pair (byte 373)"
