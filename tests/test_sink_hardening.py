@@ -564,6 +564,21 @@ async def test_a_foreign_flows_table_is_refused_at_start(tmp_path, nats_server):
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1  # left as it was
 
 
+async def test_an_unversioned_file_with_a_foreign_flows_table_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE flows (ts INTEGER, bytes INTEGER)")
+    store = SqliteStore(path)
+    with pytest.raises(StoreError) as caught:
+        await store.ping()
+    await store.close()
+    assert str(caught.value) == (f"{path} has a flows table with other columns (ts, bytes) than connstats "
+                                 "writes; choose another file for --store")
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["flows"]
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+
+
 async def test_a_flows_table_with_our_names_but_another_key_is_refused(tmp_path):
     path = tmp_path / "flows.sqlite"
     store = SqliteStore(path)
