@@ -284,10 +284,19 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 
 def _create_private(path: Path) -> None:
-    """Create the file with mode 0600 unless it exists: SQLite gives the ``-wal`` and
-    ``-shm`` files the database file's mode, so they are private too."""
+    """Create the file with mode 0600, or close an existing one of ours to 0600 (with its
+    ``-wal`` and ``-shm``, which SQLite creates with the database file's mode)."""
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, os.fstat(fd).st_mode & 0o700)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            companion = Path(f"{path}{suffix}")
+            if companion.exists() and companion.stat().st_uid == os.geteuid():
+                companion.chmod(companion.stat().st_mode & 0o700)
     except OSError as exc:
         raise StoreError(f"cannot open SQLite file {path}: {exc.strerror}; check the path and its permissions") from exc
 

@@ -623,3 +623,19 @@ async def test_the_database_its_wal_shm_and_lock_are_created_0600(tmp_path):
         os.umask(old)
     assert modes == {"flows.sqlite": 0o600, "flows.sqlite-wal": 0o600, "flows.sqlite-shm": 0o600,
                      "flows.sqlite.lock": 0o600}
+
+
+async def test_an_existing_world_readable_database_is_closed_to_0600(tmp_path):
+    """A file made by an older version (0644, with its -wal and -shm) is made private on open."""
+    path = tmp_path / "flows.sqlite"
+    store = SqliteStore(path)
+    await store.write(envelope(), [flow(envelope(), 0)])
+    await store.close()
+    for name in ("flows.sqlite", "flows.sqlite-wal", "flows.sqlite-shm"):
+        (tmp_path / name).touch()
+        (tmp_path / name).chmod(0o644)
+    store = SqliteStore(path)
+    await store.ping()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if not p.name.endswith(".lock")}
+    await store.close()
+    assert modes == {"flows.sqlite": 0o600, "flows.sqlite-wal": 0o600, "flows.sqlite-shm": 0o600}
