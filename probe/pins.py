@@ -97,10 +97,11 @@ class PinnedInstance:
         """Unpin every map of every layout (the maps die with their last user)."""
         for layout in self.layouts():
             remove_pins(layout)
-        try:
-            self.path.rmdir()
-        except (FileNotFoundError, OSError):
-            pass
+        for directory in (self.path, self.root):  # the root too, once no instance is left
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
 
 
 def remove_pins(directory: Path) -> None:
