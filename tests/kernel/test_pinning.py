@@ -120,3 +120,18 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
     assert old_counts == [(42010, 250, 250 * 142)]
     assert [(r.src_port, r.packets) for r in records if r.src_port in (42010, 42011)] == [(42011, 40)]
     assert not instance.path.exists()
+
+
+def test_a_capacity_beyond_what_the_kernel_allows_is_one_line():
+    from connstats.probe.errors import KernelError
+    from connstats.probe.kernel import MAX_CAPACITY, _explain_bcc_failure, load_classifier
+
+    with pytest.raises(KernelError) as refused:
+        load_classifier(MAX_CAPACITY + 1)
+    assert str(refused.value) == (f"capacity {MAX_CAPACITY + 1} is not between 1 and {MAX_CAPACITY}; "
+                                  "choose another --capacity")
+    # what libbcc prints when the kernel cannot allocate the maps (seen with 2**26 here)
+    said = ["could not open bpf map: flows4_1, error: Cannot allocate memory\n"]
+    assert _explain_bcc_failure(Exception("Failed to compile BPF module b'flows.bpf.c'"), 1 << 26, said) == (
+        "the kernel refused the flow maps for capacity 67108864 (could not open bpf map: flows4_1, "
+        "error: Cannot allocate memory); choose a smaller --capacity or free memory")
