@@ -32,7 +32,7 @@ from . import errors
 from .devices import AttachedDevice
 from .errors import ConfigError, ConnstatsError, TransportError
 from .record import record_to_wire
-from .subjects import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
+from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 
 log = logging.getLogger(__name__)
 

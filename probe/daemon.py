@@ -19,11 +19,11 @@ from .devices import AttachedDevice, FilterLoss
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
 from .service import KernelProbe, ProbeSettings, poll_forever, publish_recovered
-from .subjects import NatsOptions
+from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
 
-IntervalListener = Callable[[Envelope, Sequence[FlowRecord]], None]
+IntervalListener = Callable[["FlowBatch"], None]
 
 
 class Service(Protocol):
@@ -80,10 +80,10 @@ class ProbeDaemon:
                 await service.close()
             await asyncio.to_thread(self.kernel.close)
 
-    async def _publish(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    async def _publish(self, batch) -> None:
         for listener in self.interval_listeners:
-            listener(envelope, records)
-        await self.publisher.submit(envelope, records)
+            listener(batch)
+        await self.publisher.submit(batch)
         await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
                                               self.settings.probe.interval / 2))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .private import write_private
-from .subjects import NatsOptions, host_token
+from .messaging import NatsOptions, host_token
 
 ROLES = ("probe", "sink", "admin")
 CREDENTIALS_FILE = "nats-credentials.json"
