@@ -23,7 +23,7 @@ from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
 
-IntervalListener = Callable[["FlowBatch"], None]
+IntervalListener = Callable[[Envelope, Sequence[FlowRecord]], None]
 
 
 class Service(Protocol):
@@ -80,10 +80,10 @@ class ProbeDaemon:
                 await service.close()
             await asyncio.to_thread(self.kernel.close)
 
-    async def _publish(self, batch) -> None:
+    async def _publish(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
         for listener in self.interval_listeners:
-            listener(batch)
-        await self.publisher.submit(batch)
+            listener(envelope, records)
+        await self.publisher.submit(envelope, records)
         await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
                                               self.settings.probe.interval / 2))
 
