@@ -9,8 +9,9 @@
 
 ``NetnsResolver`` caches nsid -> netns and only rescans ``/proc`` on a miss; a cached
 entry is checked with one ``stat`` of the pid (or name) that anchors it. The link
-watcher (watch.py) and ``DockerWatcher`` share one ``ContainerIndex`` per daemon, so a
-veth attached by either gets the Docker labels when Docker knows its namespace.
+watcher (watch.py) and ``DockerWatcher`` share one ``ContainerIndex``, made by
+``build_probe`` (compose.py) and passed to both, so a veth attached by either gets the
+Docker labels when Docker knows its namespace. Both see the probe through ``ProbePort``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import logging
 import os
 import socket
 import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,14 +30,15 @@ from pyroute2.netlink.rtnl import RTM_GETNSID, RTM_NEWNSID
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
-from .devices import AttachedDevice
+from .devices import AttachedDevice, link_info
 from .errors import ConnstatsError
+from .events import Failed
+from .ports import NO_LABELS, ProbePort
 
 log = logging.getLogger("connstats.probe.containers")
 
 NSID_NOT_ASSIGNED = 0xFFFFFFFF
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-NO_LABELS = ("", "", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,74 +227,58 @@ def _inode(path: Path) -> int | None:
 
 def peer_veths(ipr: IPRoute, nsid: int) -> list[tuple[int, str]]:
     """(ifindex, name) of this namespace's veths whose peer lives in namespace ``nsid``."""
-    out = []
-    for msg in ipr.get_links():
-        linkinfo = msg.get_attr("IFLA_LINKINFO")
-        kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
-        if kind == "veth" and msg.get_attr("IFLA_LINK_NETNSID") == nsid:
-            out.append((msg["index"], msg.get_attr("IFLA_IFNAME")))
-    return sorted(out)
+    links = (link_info(msg) for msg in ipr.get_links())
+    return sorted((link.ifindex, link.name) for link in links if link.kind == "veth" and link.peer_nsid == nsid)
 
 
 # -- what both watchers share --------------------------------------------------------------
 
 
 class ContainerIndex:
-    """Per daemon: the netns resolver and what Docker said about each namespace."""
+    """The netns resolver and what Docker said about each namespace; one per probe, made
+    where the probe is composed and shared by the link and Docker watchers. A service:
+    ``close()`` releases the resolver's netlink socket (``start()`` does nothing)."""
 
-    def __init__(self) -> None:
-        self.resolver = NetnsResolver()
+    def __init__(self, resolver: NetnsResolver | None = None) -> None:
+        self._resolver = resolver
         self.by_netns: dict[int, Container] = {}  # netns inode -> container
-        self.users = 0
+
+    @property
+    def resolver(self) -> NetnsResolver:
+        if self._resolver is None:  # opened on first use: a probe without veths needs none
+            self._resolver = NetnsResolver()
+        return self._resolver
 
     def owner(self, peer_nsid: int | None) -> tuple[Netns | None, Container | None]:
         netns = self.resolver.lookup(peer_nsid)
         return netns, (self.by_netns.get(netns.inode) if netns else None)
 
+    async def start(self) -> None:
+        pass
 
-_indexes: "weakref.WeakKeyDictionary[Any, ContainerIndex]" = weakref.WeakKeyDictionary()
-
-
-def index_for(daemon: Any) -> ContainerIndex:
-    """The one ``ContainerIndex`` of ``daemon`` (made on first use)."""
-    index = _indexes.get(daemon)
-    if index is None:
-        index = _indexes[daemon] = ContainerIndex()
-    return index
+    async def close(self) -> None:
+        resolver, self._resolver = self._resolver, None
+        if resolver is not None:
+            await asyncio.to_thread(resolver.close)
 
 
-def acquire_index(daemon: Any) -> ContainerIndex:
-    index = index_for(daemon)
-    index.users += 1
-    return index
-
-
-async def release_index(daemon: Any) -> None:
-    index = _indexes.get(daemon)
-    if index is not None:
-        index.users -= 1
-        if index.users <= 0:
-            del _indexes[daemon]
-            await asyncio.to_thread(index.resolver.close)
-
-
-async def attach_labelled(daemon: Any, ifindex: int, labels: tuple[str, str, str],
+async def attach_labelled(probe: ProbePort, ifindex: int, labels: tuple[str, str, str],
                           source: str, **fields: Any) -> AttachedDevice:
     """Attach ``ifindex`` with its labels and publish one "attached" event saying who is
     behind the device (``fields``). The labels apply from the first drained interval on."""
-    device = await daemon.attach(ifindex, None, labels, source=source, **fields)
+    device = await probe.attach(ifindex, None, labels, source=source, **fields)
     if labels != NO_LABELS:
         log.info("%s (ifindex %d) is %s's%s", device.name, ifindex, labels[1],
                  f" (pid {fields['pid']})" if fields.get("pid") else "")
     return device
 
 
-async def detach_quietly(daemon: Any, ifindex: int, reason: str, **fields: Any) -> AttachedDevice | None:
+async def detach_quietly(probe: ProbePort, ifindex: int, reason: str, **fields: Any) -> AttachedDevice | None:
     """Detach ``ifindex`` if it is attached (its labels stay for the final drain)."""
-    if not any(d.ifindex == ifindex for d in daemon.devices()):
+    if not any(d.ifindex == ifindex for d in probe.devices()):
         return None
     try:
-        device = await daemon.detach(ifindex, reason, **fields)
+        device = await probe.detach(ifindex, reason, **fields)
     except ConnstatsError as exc:  # somebody else detached it in the meantime
         log.debug("detach of %d: %s", ifindex, exc)
         return None
@@ -302,7 +287,8 @@ async def detach_quietly(daemon: Any, ifindex: int, reason: str, **fields: Any) 
     return device
 
 
-async def publish_event(daemon: Any, body: dict[str, Any]) -> None:
-    """An event with no attached device behind it (a failed attach)."""
-    if daemon.publisher is not None:
-        await daemon.publisher.publish_event(body)
+async def report_failed(probe: ProbePort, ifindex: int, ifname: str, exc: Exception, attempt: int,
+                        retry_in: float, source: str, **fields: Any) -> None:
+    """A ``failed`` event: an attach that will be retried in ``retry_in`` seconds."""
+    await probe.publish_event(Failed(ifname=ifname, ifindex=ifindex, reason=str(exc), attempt=attempt,
+                                     retry_in=retry_in, source=source, **fields))

@@ -32,6 +32,7 @@ from . import errors
 from .devices import AttachedDevice
 from .errors import ConfigError, ConnstatsError, TransportError
 from .record import record_to_wire
+from .ports import ProbePort
 from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,15 @@ DEFAULT_STATS_LIMIT = 1000
 
 
 def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
-    return {
-        "name": device.name, "ifindex": device.ifindex, "kind": device.link.kind,
-        "mode": device.mode, "direction": "inverted" if device.inverted else "normal",
-        "since": device.since_ns,
-    }
+    """A device in a reply: ``AttachedDevice.to_wire``, the one JSON shape of a device."""
+    return device.to_wire()
 
 
 class ControlService:
-    """Answers control requests for one host; a daemon ``Service`` (``start``/``close``)."""
+    """Answers control requests for one host; a probe ``Service`` (``start``/``close``)
+    that sees the probe through ``ProbePort`` (``self.daemon``)."""
 
-    def __init__(self, daemon: Any, options: NatsOptions, host: str) -> None:
+    def __init__(self, daemon: ProbePort, options: NatsOptions, host: str) -> None:
         self.daemon = daemon
         self.options = options
         self.host = host
@@ -141,9 +140,9 @@ class ControlService:
         return reply
 
 
-def control_service(options: NatsOptions, host: str) -> Callable[[Any], ControlService]:
+def control_service(options: NatsOptions, host: str) -> Callable[[ProbePort], ControlService]:
     """A ``ServiceFactory`` for ``DaemonSettings.services``."""
-    return lambda daemon: ControlService(daemon, options, host)
+    return lambda probe: ControlService(probe, options, host)
 
 
 def _request_body(data: bytes) -> dict:

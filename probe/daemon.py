@@ -1,21 +1,24 @@
-"""The probe process, wired in one place.
+"""The probe process at run time: a kernel probe, a publisher, and services around them.
 
     KernelProbe ── poll every interval ──> FlowPublisher ──> JetStream
          ^                           └──> interval listeners (totals for the HTTP API)
          └── attach / detach / list / stats <── control plane (NATS request/reply, HTTP)
                                           <── watchers (netlink links, Docker containers)
 
-Services (control plane, HTTP API, watchers) are small objects with ``start()`` and
-``close()``; they call back into the daemon's methods below.
+``build_probe`` (compose.py) decides which parts and services a probe has; this module
+runs them. Services (control plane, HTTP API, watchers, guard) are small objects with
+``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (ports.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from .devices import AttachedDevice, FilterLoss
+from .events import Event, HandoverLost, device_event, event_body
+from .ports import DetachListener, Labels, ProbePort, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
 from .service import KernelProbe, ProbeSettings, poll_forever, publish_recovered
@@ -26,17 +29,10 @@ log = logging.getLogger("connstats.probe")
 IntervalListener = Callable[[Envelope, Sequence[FlowRecord]], None]
 
 
-class Service(Protocol):
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-ServiceFactory = Callable[["ProbeDaemon"], Service]
-
-
 @dataclass
 class DaemonSettings:
+    """The parts a probe runs, as ``build_probe`` derives them from one ``ProbeConfig``."""
+
     probe: ProbeSettings
     nats: NatsOptions
     publisher: PublisherSettings
@@ -50,8 +46,16 @@ class ProbeDaemon:
         self.kernel: KernelProbe | None = None
         self.publisher: FlowPublisher | None = None
         self.interval_listeners: list[IntervalListener] = []
-        self.detach_listeners: list[Callable[[AttachedDevice], Awaitable[None]]] = []
+        self.detach_listeners: list[DetachListener] = []
         self.ready = asyncio.Event()
+
+    @property
+    def host(self) -> str:
+        return self.settings.probe.host
+
+    @property
+    def interval(self) -> float:
+        return self.settings.probe.interval
 
     async def run(self, stop: asyncio.Event) -> None:
         """Load, attach, then poll and publish until ``stop``; the last interval is not lost."""
@@ -61,12 +65,12 @@ class ProbeDaemon:
             async with FlowPublisher(self.settings.nats, self.settings.publisher) as publisher:
                 self.publisher = publisher
                 for device in await asyncio.to_thread(self.kernel.adopt):
-                    await self._event("attached", device, source="adopted")
+                    await self.publish_event(device_event("attached", device, source="adopted"))
                 for old in await publish_recovered(self.kernel, self._publish):
                     if old.lost_entries:
-                        await self.publisher.publish_event({
-                            "event": "handover_lost", "layout": old.path.name, "connections": old.lost_entries,
-                            "packets": old.lost_packets, "bytes": old.lost_bytes})
+                        await self.publish_event(HandoverLost(
+                            layout=old.path.name, connections=old.lost_entries,
+                            packets=old.lost_packets, bytes=old.lost_bytes))
                 for name in self.settings.probe.ifaces:
                     await self.attach(name)
                 services = await _start_all(self, self.settings.services)
@@ -87,21 +91,21 @@ class ProbeDaemon:
         await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
                                               self.settings.probe.interval / 2))
 
-    # -- what the control plane and the watchers call ------------------------------------
+    # -- ProbePort: what the control plane and the watchers call --------------------------
 
     async def attach(self, name: str | int, mode: str | None = None,
-                     labels: tuple[str, str, str] | None = None, **event_fields: Any) -> AttachedDevice:
-        """Attach and publish an "attached" event carrying ``event_fields`` (source, netns, ...)."""
+                     labels: Labels | None = None, **context: Any) -> AttachedDevice:
+        """Attach and publish an "attached" event carrying ``context`` (source, netns, ...)."""
         device = await asyncio.to_thread(self.kernel.attach, name, mode, labels)
-        await self._event("attached", device, **event_fields)
+        await self.publish_event(device_event("attached", device, **context))
         return device
 
-    async def detach(self, name: str | int, reason: str = "detached", **event_fields: Any) -> AttachedDevice:
+    async def detach(self, name: str | int, reason: str = "detached", **context: Any) -> AttachedDevice:
         """Detach, forget the device's since-attach totals, publish ``reason`` as the event."""
         device = await asyncio.to_thread(self.kernel.detach, name)
-        for forget in self.detach_listeners:
+        for forget in list(self.detach_listeners):
             await forget(device)
-        await self._event(reason, device, **event_fields)
+        await self.publish_event(device_event(reason, device, **context))
         return device
 
     async def check_filters(self) -> list[FilterLoss]:
@@ -109,25 +113,35 @@ class ProbeDaemon:
         ``replaced`` or ``lost`` with what is in our place now (``hooks``)."""
         lost = await asyncio.to_thread(self.kernel.check_filters)
         for loss in lost:
-            for forget in self.detach_listeners:
+            for forget in list(self.detach_listeners):
                 await forget(loss.device)
-            await self._event(loss.event, loss.device, hooks=loss.to_wire())
+            await self.publish_event(device_event(loss.event, loss.device, hooks=loss.to_wire()))
         return lost
 
     def devices(self) -> list[AttachedDevice]:
         return self.kernel.devices.devices()
 
+    def label(self, ifindex: int, labels: Labels) -> None:
+        self.kernel.label(ifindex, labels)
+
     async def live_records(self) -> list[FlowRecord]:
         return await asyncio.to_thread(self.kernel.peek)
 
-    async def _event(self, event: str, device: AttachedDevice, **extra: Any) -> None:
-        if self.publisher is not None:
-            await self.publisher.publish_event(
-                {"event": event, "ifname": device.name, "ifindex": device.ifindex,
-                 "direction_mode": device.mode, "inverted": device.inverted, **extra})
+    async def publish_event(self, event: Event) -> bool:
+        if self.publisher is None:
+            return False
+        return await self.publisher.publish_event(event_body(event))
+
+    def on_detach(self, listener: DetachListener) -> Callable[[], None]:
+        self.detach_listeners.append(listener)
+        return lambda: self.detach_listeners.remove(listener) if listener in self.detach_listeners else None
+
+    def on_interval(self, listener: IntervalListener) -> None:
+        """Call ``listener`` with every interval before it is published (totals, live view)."""
+        self.interval_listeners.append(listener)
 
 
-async def _start_all(daemon: ProbeDaemon, factories: list[ServiceFactory]) -> list[Service]:
+async def _start_all(daemon: ProbePort, factories: list[ServiceFactory]) -> list[Service]:
     started: list[Service] = []
     for factory in factories:
         service = factory(daemon)

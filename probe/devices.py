@@ -29,6 +29,8 @@ ETHERNET_LINK_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 DEVICE_CONFIG = np.dtype([("inverted", "u1"), ("no_l2", "u1"), ("attached", "u1"), ("mode", "u1")])
 _IFINDEX = np.dtype("<u4")
 IFNAMSIZ = 16  # with the terminating NUL
+IFF_UP = 0x1
+ARPHRD_LOOPBACK = 772
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,9 @@ class LinkInfo:
     name: str
     kind: str  # "veth", "bridge", ... or "" for physical devices
     has_l2_header: bool
+    up: bool = False  # IFF_UP when it was read
+    peer_nsid: int | None = None  # IFLA_LINK_NETNSID: a veth whose peer is in another namespace
+    loopback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,15 @@ class AttachedDevice:
     @property
     def name(self) -> str:
         return self.link.name
+
+    def to_wire(self) -> dict[str, Any]:
+        """The one JSON shape of a device (control replies; the HTTP API and the events
+        derive theirs from it)."""
+        return {
+            "name": self.name, "ifindex": self.ifindex, "kind": self.link.kind,
+            "mode": self.mode, "direction": "inverted" if self.inverted else "normal",
+            "since": self.since_ns,
+        }
 
 
 def resolve_inverted(mode: str, kind: str) -> bool:
@@ -121,14 +135,37 @@ def read_link(ipr: IPRoute, name_or_index: str | int) -> LinkInfo:
 
 
 def link_info(msg) -> LinkInfo:
+    """The one reading of an RTM_NEWLINK message (attach, the link watcher, Docker's veths)."""
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
     return LinkInfo(
         ifindex=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
+        name=msg.get_attr("IFLA_IFNAME") or "",
         kind=kind or "",
         has_l2_header=msg["ifi_type"] in ETHERNET_LINK_TYPES,
+        up=bool(msg["flags"] & IFF_UP),
+        peer_nsid=msg.get_attr("IFLA_LINK_NETNSID"),
+        loopback=msg["ifi_type"] == ARPHRD_LOOPBACK,
     )
+
+
+def list_links() -> list[LinkInfo]:
+    """Every device of this namespace, in ifindex order."""
+    with IPRoute() as ipr:
+        return sorted((link_info(msg) for msg in ipr.get_links()), key=lambda link: link.ifindex)
+
+
+def default_interfaces() -> list[str]:
+    """Every non-loopback interface that is up, in ifindex order (``--iface`` left out)."""
+    return [link.name for link in list_links() if link.up and not link.loopback]
+
+
+def check_interfaces(names: list[str]) -> None:
+    """Raise ``DeviceError`` for the first name that is no interface (before BPF is loaded)."""
+    with IPRoute() as ipr:
+        for name in names:
+            if not ipr.link_lookup(ifname=check_name(name)):
+                raise DeviceError(f"no network interface {name!r}; see `ip link`")
 
 
 class DeviceConfigMap:

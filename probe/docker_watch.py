@@ -3,7 +3,9 @@ with its id, name and image; detach on die/destroy.
 
 The Engine's event stream (docker-py, blocking) is read in a thread and handed to the
 event loop; every (re)connect lists the running containers, so a missed event heals.
-Namespaces and the shared attach helpers come from ``containers.py``.
+Namespaces and the shared attach helpers come from ``containers.py``; the
+``ContainerIndex`` is the probe's, shared with the link watcher; the probe is seen
+through ``ProbePort``.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from .backoff import Backoff
 from .containers import (
-    DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, acquire_index, attach_labelled,
-    detach_quietly, owner_fields, peer_veths, publish_event, release_index,
+    DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, attach_labelled, detach_quietly,
+    owner_fields, peer_veths, report_failed,
 )
 from .errors import ConnstatsError
+from .ports import ProbePort
 
 log = logging.getLogger("connstats.probe.docker")
 
@@ -31,6 +35,10 @@ class DockerSettings:
     socket_path: str = DEFAULT_DOCKER_SOCKET
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
+
+    def backoff(self) -> Backoff:
+        """Reconnects and attach retries: doubling from ``reconnect_min`` to ``reconnect_max``."""
+        return Backoff(first=self.reconnect_min, ceiling=self.reconnect_max)
 
 
 def container_from_inspect(doc: dict[str, Any]) -> Container:
@@ -60,12 +68,14 @@ class DockerWatcher:
 
     EVENTS = ("start", "die", "destroy")
 
-    def __init__(self, daemon: Any, settings: DockerSettings) -> None:
-        self.daemon = daemon
+    def __init__(self, probe: ProbePort, settings: DockerSettings, index: ContainerIndex | None = None) -> None:
+        self.probe = probe
         self.settings = settings
         self.tracked: dict[str, _Tracked] = {}
         self.errors = 0
-        self._index: ContainerIndex | None = None
+        self._own_index = index is None  # none given: a private one, closed with the watcher
+        self._index = index if index is not None else ContainerIndex()
+        self._retry = settings.backoff()
         self._client: Any = None
         self._stream: Any = None
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -83,7 +93,6 @@ class DockerWatcher:
             log.warning("a Docker socket is at %s but the `docker` package is missing; "
                         "containers are not watched (pip install docker)", self.settings.socket_path)
             return
-        self._index = acquire_index(self.daemon)
         loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._connect_forever(loop), name="docker-events"),
                        asyncio.create_task(self._handle_forever(), name="docker-handler")]
@@ -101,14 +110,13 @@ class DockerWatcher:
                 pass
         if self._client is not None:
             self._client.close()
-        if self._index is not None:
-            await release_index(self.daemon)
-            self._index = None
+        if self._own_index:
+            await self._index.close()
 
     # -- the stream, in a thread -----------------------------------------------------------
 
     async def _connect_forever(self, loop: asyncio.AbstractEventLoop) -> None:
-        delay = self.settings.reconnect_min
+        reconnects = self.settings.backoff()
         while not self._closing.is_set():
             try:
                 await asyncio.to_thread(self._open_stream)
@@ -118,18 +126,17 @@ class DockerWatcher:
                 for container_id in sorted(running):
                     await self._queue.put(("start", container_id))
                 self.connected.set()
-                delay = self.settings.reconnect_min
+                reconnects.reset()
                 await asyncio.to_thread(self._pump, loop)
             except Exception as exc:
                 if self._closing.is_set():
                     return
                 self.errors += 1
                 log.warning("Docker at %s: %s; retrying in %.1f s", self.settings.socket_path,
-                            _reason(exc), delay)
+                            _reason(exc), reconnects.delay(reconnects.failures + 1))
             self.connected.clear()
             self._close_stream()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.reconnect_max)
+            await asyncio.sleep(reconnects.next())
 
     def _open_stream(self) -> None:
         import docker
@@ -198,7 +205,7 @@ class DockerWatcher:
         index.by_netns[netns.inode] = container
         veths = await asyncio.to_thread(self._veths, netns.nsid)
         for ifindex, ifname in veths:
-            if ifindex in wanted and any(d.ifindex == ifindex for d in self.daemon.devices()):
+            if ifindex in wanted and any(d.ifindex == ifindex for d in self.probe.devices()):
                 continue
             await self._attach(tracked, ifindex, ifname)
 
@@ -209,18 +216,16 @@ class DockerWatcher:
     async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str) -> None:
         container, netns = tracked.container, tracked.netns
         try:
-            await attach_labelled(self.daemon, ifindex, container.labels, "docker",
+            await attach_labelled(self.probe, ifindex, container.labels, "docker",
                                   **owner_fields(netns, container))
         except ConnstatsError as exc:
             self.errors += 1
             tracked.failures += 1
-            delay = min(self.settings.reconnect_max, self.settings.reconnect_min * 2 ** tracked.failures)
+            delay = self._retry.delay(tracked.failures)
             log.warning("container %s: attach to %s failed: %s; retry in %.1f s",
                         container.name, ifname, exc, delay)
-            await publish_event(self.daemon, {
-                "event": "failed", "ifname": ifname, "ifindex": ifindex, "reason": str(exc),
-                "attempt": tracked.failures, "retry_in": delay, "source": "docker",
-                **owner_fields(netns, container)})
+            await report_failed(self.probe, ifindex, ifname, exc, tracked.failures, delay, "docker",
+                                **owner_fields(netns, container))
             asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, ("start", container.id))
             return
         tracked.failures = 0
@@ -234,8 +239,8 @@ class DockerWatcher:
             return
         fields = owner_fields(tracked.netns, tracked.container)
         for ifindex in tracked.ifindexes:
-            await detach_quietly(self.daemon, ifindex, "detached", source="docker", **fields)
-        if tracked.netns is not None and self._index is not None:
+            await detach_quietly(self.probe, ifindex, "detached", source="docker", **fields)
+        if tracked.netns is not None:
             self._index.by_netns.pop(tracked.netns.inode, None)
 
 
@@ -246,12 +251,13 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def docker_watcher(socket_path: str = DEFAULT_DOCKER_SOCKET, **settings: Any):
-    """A daemon service factory: ``DaemonSettings(services=[docker_watcher(path)])``.
-
-    Does nothing (one log line) when no socket is at ``socket_path``.
+def docker_watcher(socket_path: str = DEFAULT_DOCKER_SOCKET, index: ContainerIndex | None = None,
+                   **settings: Any):
+    """A service factory: ``DaemonSettings(services=[docker_watcher(path)])``; ``index`` is
+    the probe's shared ``ContainerIndex``. Does nothing (one log line) when no socket is
+    at ``socket_path``.
     """
-    def factory(daemon: Any) -> DockerWatcher:
-        return DockerWatcher(daemon, DockerSettings(socket_path, **settings))
+    def factory(probe: ProbePort) -> DockerWatcher:
+        return DockerWatcher(probe, DockerSettings(socket_path, **settings), index)
 
     return factory

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from .devices import FilterLoss
+from .ports import ProbePort
 
 log = logging.getLogger("connstats.probe.guard")
 
 
 class FilterGuard:
-    """A daemon service: checks our filters every ``every`` seconds (default: the interval)."""
+    """A probe service: checks our filters every ``every`` seconds (default: the interval)."""
 
-    def __init__(self, daemon: Any, every: float | None = None) -> None:
-        self.daemon = daemon
+    def __init__(self, probe: ProbePort, every: float | None = None) -> None:
+        self.probe = probe
         self.every = every
         self.lost = 0
         self._task: asyncio.Task | None = None
@@ -41,7 +42,7 @@ class FilterGuard:
 
     async def check(self) -> list[FilterLoss]:
         """One round: release and report every device whose filter is not ours any more."""
-        lost = await self.daemon.check_filters()
+        lost = await self.probe.check_filters()
         for loss in lost:
             self.lost += 1
             device = loss.device
@@ -51,7 +52,7 @@ class FilterGuard:
         return lost
 
     async def _guard_forever(self) -> None:
-        every = self.every or self.daemon.settings.probe.interval
+        every = self.every or self.probe.interval
         while True:
             await asyncio.sleep(every)
             try:
@@ -60,6 +61,6 @@ class FilterGuard:
                 log.warning("checking our tc filters failed: %s; trying again in %g s", exc, every)
 
 
-def filter_guard(every: float | None = None) -> Callable[[Any], FilterGuard]:
+def filter_guard(every: float | None = None) -> Callable[[ProbePort], FilterGuard]:
     """A ``ServiceFactory``: ``DaemonSettings(services=[filter_guard()])``."""
-    return lambda daemon: FilterGuard(daemon, every)
+    return lambda probe: FilterGuard(probe, every)

@@ -39,7 +39,10 @@ from aiohttp import web
 from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
 from .record import proto_name
-from .totals import ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, totals_for
+from .ports import ProbePort
+from .totals import (
+    DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +165,11 @@ def connections_to_json(totals: list[ConnectionTotal],
 
 
 def device_to_json(device: AttachedDevice, action: str) -> dict[str, Any]:
-    return {"iface": device.name, "device_id": device.ifindex, "action": action,
-            "attached": action == "add", "direction_mode": device.mode,
-            "inverted": device.inverted}
+    """The earlier tool's shape (fixed by compatibility), from ``AttachedDevice.to_wire``."""
+    wire = device.to_wire()
+    return {"iface": wire["name"], "device_id": wire["ifindex"], "action": action,
+            "attached": action == "add", "direction_mode": wire["mode"],
+            "inverted": wire["direction"] == "inverted"}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -184,7 +189,7 @@ async def _connections_response(totals: list[ConnectionTotal],
 class HttpApi:
     """The aiohttp app as a daemon service: ``start()`` listens, ``close()`` stops."""
 
-    def __init__(self, daemon: Any, host: str, port: int, totals: ConnectionTotals) -> None:
+    def __init__(self, daemon: ProbePort, host: str, port: int, totals: ConnectionTotals) -> None:
         self.daemon = daemon
         self.host = host
         self.port = port
@@ -277,14 +282,29 @@ class HttpApi:
 
 
 def http_service(address: str = DEFAULT_HTTP_ADDRESS,
-                 totals: ConnectionTotals | None = None) -> Callable[[Any], HttpApi]:
-    """A ``DaemonSettings.services`` factory for the HTTP API on ``address``."""
+                 totals: ConnectionTotals | None = None) -> Callable[[ProbePort], HttpApi]:
+    """A ``DaemonSettings.services`` factory for the HTTP API on ``address``. ``totals``
+    are the probe's (``tracked_totals``, made where the probe is composed); without them
+    the API tracks its own."""
     host, port = parse_address(address)
 
-    def factory(daemon: Any) -> HttpApi:
-        return HttpApi(daemon, host, port, totals if totals is not None else totals_for(daemon))
+    def factory(probe: ProbePort) -> HttpApi:
+        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe))
 
     return factory
+
+
+def tracked_totals(probe: ProbePort, max_entries: int = DEFAULT_MAX_ENTRIES) -> ConnectionTotals:
+    """Totals since attach that follow ``probe``: every interval is added, and a detached
+    device's connections are forgotten (whoever detached it)."""
+    totals = ConnectionTotals(max_entries)
+    probe.on_interval(totals)
+
+    async def forget(device: AttachedDevice) -> None:
+        await forget_device(totals, probe.live_records, device.ifindex)
+
+    probe.on_detach(forget)
+    return totals
 
 
 # -- request parsing and errors -----------------------------------------------------------------

@@ -172,6 +172,14 @@ class KernelProbe:
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
 
+    def label(self, ifindex: int, labels: tuple[str, str, str]) -> None:
+        """Label ``ifindex``'s records unless it is labelled already (a device attached by
+        somebody else, then found to be a container's or a namespace's)."""
+        if not any(labels):
+            return
+        with self._lock:
+            self.labels.setdefault(ifindex, labels)
+
     def detach(self, name: str | int) -> AttachedDevice:
         with self._lock:
             device = self.devices.detach(name)

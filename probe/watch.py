@@ -17,8 +17,9 @@ again until it is deleted or renamed.
 A device is identified by (netns, ifindex, name): ifindexes repeat across namespaces
 and are reused, so a device that comes back under its old name with a new ifindex is
 a new device and is attached again. Labels (container or namespace, see
-containers.py) stay in ``KernelProbe.labels`` after a detach, so the last interval of
-a device that went away is drained and published labelled.
+containers.py) stay with the probe after a detach, so the last interval of a device
+that went away is drained and published labelled. The watcher sees the probe through
+``ProbePort`` (ports.py) and the namespaces through the shared ``ContainerIndex``.
 """
 from __future__ import annotations
 
@@ -28,22 +29,23 @@ import fnmatch
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from .backoff import Backoff
 from .containers import (
-    NO_LABELS, ContainerIndex, acquire_index, attach_labelled, detach_quietly, owner_fields, owner_labels,
-    publish_event, release_index,
+    ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
 )
+from .devices import link_info
 from .errors import ConfigError
 from .ownership import own_netns
+from .ports import ProbePort
 
 log = logging.getLogger("connstats.probe.watch")
 
-IFF_UP = 0x1
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20  # a burst of a few thousand link messages fits
 DEFAULT_EXCLUDE = ("lo",)
@@ -75,10 +77,9 @@ class LinkState:
 
 
 def link_state(msg: Any, netns: int) -> LinkState:
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
-    return LinkState(DeviceKey(netns, msg["index"], msg.get_attr("IFLA_IFNAME") or ""),
-                     kind or "", bool(msg["flags"] & IFF_UP), msg.get_attr("IFLA_LINK_NETNSID"))
+    """A link message in namespace ``netns``, read by ``devices.link_info``."""
+    link = link_info(msg)
+    return LinkState(DeviceKey(netns, link.ifindex, link.name), link.kind, link.up, link.peer_nsid)
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,6 @@ class LinkPatterns:
     def matches(self, name: str) -> bool:
         return (any(fnmatch.fnmatchcase(name, p) for p in self.auto)
                 and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude))
-
-
-@dataclass(frozen=True)
-class Backoff:
-    first: float = 0.5
-    factor: float = 2.0
-    ceiling: float = 30.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
-        return min(self.ceiling, self.first * self.factor ** max(0, failures - 1))
 
 
 @dataclass
@@ -191,8 +181,9 @@ class LinkWatcher:
     for one device costs one attach.
     """
 
-    def __init__(self, daemon: Any, settings: WatchSettings, *, monitor: bool = True) -> None:
-        self.daemon = daemon
+    def __init__(self, probe: ProbePort, settings: WatchSettings, index: ContainerIndex | None = None,
+                 *, monitor: bool = True) -> None:
+        self.probe = probe
         self.settings = settings
         self.netns = own_netns()
         self.links: dict[int, LinkState] = {}
@@ -203,7 +194,9 @@ class LinkWatcher:
         self.dump = dump_links  # (netns) -> {ifindex: LinkState}; blocking, run in a thread
         self.exists = still_there  # (DeviceKey) -> bool; blocking, run in a thread
         self._monitor: LinkMonitor | None = None
-        self._index: ContainerIndex | None = None
+        self._own_index = index is None  # none given: a private one, closed with the watcher
+        self._index = index if index is not None else ContainerIndex()
+        self._stop_listening: Callable[[], None] | None = None
         self._failures: dict[int, _Failure] = {}
         self._released: dict[int, DeviceKey] = {}  # detached by someone else: leave alone
         self._vanished: dict[int, DeviceKey] = {}  # deleted since last settled
@@ -215,8 +208,7 @@ class LinkWatcher:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self._index = acquire_index(self.daemon)
-        self.daemon.detach_listeners.append(self._on_detached)
+        self._stop_listening = self.probe.on_detach(self._on_detached)
         try:
             if self._use_monitor:
                 self._monitor = LinkMonitor()  # subscribe before the dump: no gap
@@ -233,8 +225,9 @@ class LinkWatcher:
                  " ".join(self.settings.patterns.exclude) or "nothing")
 
     async def close(self) -> None:
-        if self._on_detached in self.daemon.detach_listeners:
-            self.daemon.detach_listeners.remove(self._on_detached)
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         if self._monitor is not None:
             asyncio.get_running_loop().remove_reader(self._monitor.fileno())
             self._monitor.close()
@@ -243,9 +236,8 @@ class LinkWatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._index is not None:
-            await release_index(self.daemon)
-            self._index = None
+        if self._own_index:
+            await self._index.close()
 
     async def settled(self, timeout: float | None = None) -> None:
         """Wait until no ifindex is waiting to be handled (for tests and benchmarks)."""
@@ -294,7 +286,7 @@ class LinkWatcher:
 
     def _find_vanished(self) -> None:
         """Attached devices the dump does not have were deleted (their event was lost)."""
-        for device in self.daemon.devices():
+        for device in self.probe.devices():
             if device.ifindex not in self.links:
                 self._vanished.setdefault(device.ifindex, DeviceKey(self.netns, device.ifindex, device.name))
                 self._mark(device.ifindex)
@@ -309,7 +301,7 @@ class LinkWatcher:
 
     def _forget_foreign_detaches(self) -> None:
         """A device detached by someone else (control plane) is left alone."""
-        present = {d.ifindex: d.name for d in self.daemon.devices()}
+        present = {d.ifindex: d.name for d in self.probe.devices()}
         for ifindex, link in list(self.attached.items()):
             if present.get(ifindex) != link.name:
                 del self.attached[ifindex]
@@ -363,12 +355,12 @@ class LinkWatcher:
     async def _attach(self, link: LinkState) -> None:
         netns, container = (await asyncio.to_thread(self._index.owner, link.peer_nsid)
                             if link.peer_nsid is not None else (None, None))
-        if any(d.ifindex == link.ifindex and d.name == link.name for d in self.daemon.devices()):
+        if any(d.ifindex == link.ifindex and d.name == link.name for d in self.probe.devices()):
             self._adopt(link, owner_labels(netns, container))
             return
         fields = owner_fields(netns, container)
         try:
-            await attach_labelled(self.daemon, link.ifindex, owner_labels(netns, container),
+            await attach_labelled(self.probe, link.ifindex, owner_labels(netns, container),
                                   self.settings.source(link.name), **fields)
         except Exception as exc:
             await self._failed(link, exc, fields)
@@ -379,8 +371,7 @@ class LinkWatcher:
 
     def _adopt(self, link: LinkState, labels: tuple[str, str, str]) -> None:
         """Already attached (``--iface``, by hand, by Docker): track it, attach nothing twice."""
-        if link.ifindex not in self.daemon.kernel.labels and labels != NO_LABELS:
-            self.daemon.kernel.labels[link.ifindex] = labels
+        self.probe.label(link.ifindex, labels)
         self._failures.pop(link.ifindex, None)
         self.attached[link.ifindex] = link
 
@@ -400,21 +391,20 @@ class LinkWatcher:
         self.stats["failed"] += 1
         log.warning("attaching %s (ifindex %d) failed: %s; retry %d in %.1f s",
                     link.name, link.ifindex, exc, count, delay)
-        await publish_event(self.daemon, {
-            "event": "failed", "ifname": link.name, "ifindex": link.ifindex, "reason": str(exc),
-            "attempt": count, "retry_in": delay, "source": self.settings.source(link.name), **fields})
+        await report_failed(self.probe, link.ifindex, link.name, exc, count, delay,
+                            self.settings.source(link.name), **fields)
 
     async def _release_foreign(self, key: DeviceKey, link: LinkState | None) -> None:
         """A device attached by hand or by another watcher was deleted: detach it too."""
         if link is not None and link.key == key:
             return
-        if any(d.ifindex == key.ifindex and d.name == key.name for d in self.daemon.devices()):
-            if await detach_quietly(self.daemon, key.ifindex, "gone", source="auto") is not None:
+        if any(d.ifindex == key.ifindex and d.name == key.name for d in self.probe.devices()):
+            if await detach_quietly(self.probe, key.ifindex, "gone", source="auto") is not None:
                 self.stats["gone"] += 1
 
     async def _detach(self, link: LinkState, reason: str) -> None:
         del self.attached[link.ifindex]
-        device = await detach_quietly(self.daemon, link.ifindex, reason, source=self.settings.source(link.name))
+        device = await detach_quietly(self.probe, link.ifindex, reason, source=self.settings.source(link.name))
         if device is not None:
             self.stats[reason] += 1
 
@@ -444,16 +434,17 @@ def still_there(key: DeviceKey) -> bool:
 
 def link_watcher(auto: Sequence[str] = (), exclude: Iterable[str] = (),
                  resync_seconds: float = 30.0, backoff: Backoff | None = None,
-                 keep: Iterable[str] = ()):
-    """A daemon service factory: ``DaemonSettings(services=[link_watcher(["veth*"])])``.
+                 keep: Iterable[str] = (), index: ContainerIndex | None = None):
+    """A service factory: ``DaemonSettings(services=[link_watcher(["veth*"])])``.
 
     ``exclude`` globs are added to the default exclusion (``lo``). ``keep`` names
     (``--iface``) are attached whenever a device has that name, whatever the patterns say.
+    ``index`` is the probe's shared ``ContainerIndex`` (else the watcher makes its own).
     """
     patterns = LinkPatterns(tuple(auto), (*DEFAULT_EXCLUDE, *exclude))
     settings = WatchSettings(patterns, resync_seconds, backoff or Backoff(), tuple(keep))
 
-    def factory(daemon: Any) -> LinkWatcher:
-        return LinkWatcher(daemon, settings)
+    def factory(probe: ProbePort) -> LinkWatcher:
+        return LinkWatcher(probe, settings, index)
 
     return factory

@@ -133,9 +133,9 @@ class FakeResolver:
 
 def docker_watcher_with(docs: dict, netns_by_pid: dict, veths: dict) -> DockerWatcher:
     daemon = FakeDaemon()
-    watcher = DockerWatcher(daemon, DockerSettings("/nonexistent", reconnect_min=0.01, reconnect_max=0.02))
+    index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
+    watcher = DockerWatcher(daemon, DockerSettings("/nonexistent", reconnect_min=0.01, reconnect_max=0.02), index)
     watcher._client = FakeClient(docs)
-    watcher._index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
     watcher._veths = lambda nsid: veths.get(nsid, [])
     for pairs in veths.values():
         for ifindex, name in pairs:
@@ -146,7 +146,7 @@ def docker_watcher_with(docs: dict, netns_by_pid: dict, veths: dict) -> DockerWa
 async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detaches():
     netns = Netns(4026532100, 3, 4242, "")
     watcher = docker_watcher_with({INSPECT["Id"]: INSPECT}, {4242: netns}, {3: [(17, "veth1a"), (19, "veth1b")]})
-    daemon = watcher.daemon
+    daemon = watcher.probe
     await watcher._on_start(INSPECT["Id"])
     assert [d.ifindex for d in daemon.devices()] == [17, 19]
     assert daemon.kernel.labels == {17: (INSPECT["Id"], "web-1", "nginx:1.25"), 19: (INSPECT["Id"], "web-1", "nginx:1.25")}
@@ -154,7 +154,8 @@ async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detac
     await watcher._on_start(INSPECT["Id"])  # the same start again (a resync): nothing new
     assert [e["event"] for e in daemon.events] == ["attached", "attached"]
     assert daemon.events[0] == {
-        "event": "attached", "ifname": "veth1a", "ifindex": 17, "source": "docker", "netns": 4026532100,
+        "event": "attached", "ifname": "veth1a", "ifindex": 17, "direction_mode": "auto", "inverted": True,
+        "source": "docker", "netns": 4026532100,
         "netns_name": "", "pid": 4242, "container_id": INSPECT["Id"], "container_name": "web-1",
         "container_image": "nginx:1.25"}
     await watcher._on_stop(INSPECT["Id"])
@@ -171,21 +172,21 @@ async def test_a_container_without_a_veth_or_not_running_is_left_alone():
     await watcher._on_start(INSPECT["Id"])
     await watcher._on_start("host")  # --network host: its netns is ours, no nsid
     await watcher._on_start("vanished")  # inspect fails: gone already
-    assert watcher.daemon.events == [] and watcher.daemon.devices() == []
+    assert watcher.probe.events == [] and watcher.probe.devices() == []
 
 
 async def test_a_failed_container_attach_is_reported_and_retried():
     netns = Netns(4026532100, 3, 4242, "")
     watcher = docker_watcher_with({INSPECT["Id"]: INSPECT}, {4242: netns}, {3: [(17, "veth1a")]})
-    watcher.daemon.kernel.fail[17] = DeviceError("device 17 is gone")
+    watcher.probe.kernel.fail[17] = DeviceError("device 17 is gone")
     await watcher._on_start(INSPECT["Id"])
-    [failed] = watcher.daemon.events
+    [failed] = watcher.probe.events
     assert (failed["event"], failed["ifindex"], failed["reason"], failed["attempt"]) == (
         "failed", 17, "device 17 is gone", 1)
-    del watcher.daemon.kernel.fail[17]
+    del watcher.probe.kernel.fail[17]
     assert await asyncio.wait_for(watcher._queue.get(), 1) == ("start", INSPECT["Id"])
     await watcher._on_start(INSPECT["Id"])
-    assert [d.ifindex for d in watcher.daemon.devices()] == [17]
+    assert [d.ifindex for d in watcher.probe.devices()] == [17]
 
 
 async def test_no_docker_socket_means_no_watching(tmp_path):

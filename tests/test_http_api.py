@@ -246,8 +246,11 @@ async def test_bad_requests_answer_4xx_with_a_json_error(running_probe, test_net
 
 async def test_a_taken_port_is_a_one_line_config_error():
     class NoDaemon:
-        interval_listeners: list = []
-        detach_listeners: list = []
+        def on_interval(self, listener) -> None:
+            pass
+
+        def on_detach(self, listener):
+            return lambda: None
 
     first = http_service("127.0.0.1:0")(NoDaemon())
     await first.start()

@@ -6,6 +6,7 @@ import pytest
 from connstats.probe.containers import Netns
 from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import ConfigError, DeviceError
+from connstats.probe.events import device_event, event_body
 from connstats.probe.watch import (
     Backoff, DeviceKey, LinkPatterns, LinkState, LinkWatcher, WatchSettings, link_watcher,
 )
@@ -37,39 +38,42 @@ class FakeKernel:
         return self.attached.pop(ifindex)
 
 
-class FakePublisher:
-    def __init__(self, events: list) -> None:
-        self.events = events
-
-    async def publish_event(self, body: dict) -> bool:
-        self.events.append(body)
-        return True
-
-
 class FakeDaemon:
+    """A ``ProbePort`` on a fake kernel: events are kept as their JSON bodies."""
+
+    interval = 1.0
+
     def __init__(self) -> None:
         self.kernel = FakeKernel()
         self.events: list[dict] = []
-        self.publisher = FakePublisher(self.events)
         self.detach_listeners: list = []
 
     def devices(self):
         return sorted(self.kernel.attached.values(), key=lambda d: d.ifindex)
 
-    async def attach(self, name, mode=None, labels=None, **fields) -> AttachedDevice:
+    async def attach(self, name, mode=None, labels=None, **context) -> AttachedDevice:
         device = self.kernel.attach(name, mode, labels)
-        await self._event("attached", device, **fields)
+        await self.publish_event(device_event("attached", device, **context))
         return device
 
-    async def detach(self, name, reason="detached", **fields) -> AttachedDevice:
+    async def detach(self, name, reason="detached", **context) -> AttachedDevice:
         device = self.kernel.detach(name)
-        for forget in self.detach_listeners:
+        for forget in list(self.detach_listeners):
             await forget(device)
-        await self._event(reason, device, **fields)
+        await self.publish_event(device_event(reason, device, **context))
         return device
 
-    async def _event(self, event: str, device: AttachedDevice, **extra) -> None:
-        self.events.append({"event": event, "ifname": device.name, "ifindex": device.ifindex, **extra})
+    def label(self, ifindex, labels) -> None:
+        if any(labels):
+            self.kernel.labels.setdefault(ifindex, labels)
+
+    async def publish_event(self, event) -> bool:
+        self.events.append(event_body(event))
+        return True
+
+    def on_detach(self, listener):
+        self.detach_listeners.append(listener)
+        return lambda: self.detach_listeners.remove(listener)
 
 
 class FakeIndex:
@@ -88,14 +92,13 @@ def link(ifindex: int, name: str, up: bool = True, nsid: int | None = None) -> L
 def watcher():
     daemon = FakeDaemon()
     w = LinkWatcher(daemon, WatchSettings(LinkPatterns(("veth*", "cs?"), ("lo", "vethskip*")),
-                                          backoff=Backoff(first=0.05, ceiling=0.2)), monitor=False)
-    w._index = FakeIndex()
+                                          backoff=Backoff(first=0.05, ceiling=0.2)), FakeIndex(), monitor=False)
     w.exists = lambda key: True
     return w
 
 
 async def see(watcher, state: LinkState, gone: bool = False) -> None:
-    watcher.daemon.kernel.names[state.ifindex] = state.name
+    watcher.probe.kernel.names[state.ifindex] = state.name
     watcher.apply(state, gone=gone)
     for ifindex in sorted(watcher._dirty):
         watcher._dirty.discard(ifindex)
@@ -131,30 +134,30 @@ def test_backoff_doubles_up_to_its_ceiling():
 
 async def test_a_matching_device_is_attached_when_it_comes_up(watcher):
     await see(watcher, link(7, "veth7", up=False))
-    assert watcher.daemon.devices() == []
+    assert watcher.probe.devices() == []
     await see(watcher, link(7, "veth7", up=True))
-    assert [d.ifindex for d in watcher.daemon.devices()] == [7]
-    assert summary(watcher.daemon) == [("attached", "veth7", 7)]
+    assert [d.ifindex for d in watcher.probe.devices()] == [7]
+    assert summary(watcher.probe) == [("attached", "veth7", 7)]
     await see(watcher, link(7, "veth7", up=False))  # down again: still attached
-    assert [d.ifindex for d in watcher.daemon.devices()] == [7]
+    assert [d.ifindex for d in watcher.probe.devices()] == [7]
 
 
 async def test_excluded_and_unmatched_devices_are_left_alone(watcher):
     await see(watcher, link(3, "eth0"))
     await see(watcher, link(4, "vethskip9"))
     await see(watcher, link(1, "lo"))
-    assert watcher.daemon.devices() == [] and watcher.daemon.events == []
+    assert watcher.probe.devices() == [] and watcher.probe.events == []
 
 
 async def test_a_deleted_device_is_detached_as_gone_and_keeps_its_labels(watcher):
     watcher._index = FakeIndex({5: (Netns(4026532000, 5, 0, "blue"), None)})
     await see(watcher, link(9, "veth9", nsid=5))
-    assert watcher.daemon.kernel.labels[9] == ("", "blue", "")
+    assert watcher.probe.kernel.labels[9] == ("", "blue", "")
     await see(watcher, link(9, "veth9", nsid=5), gone=True)
-    assert watcher.daemon.devices() == []
-    assert watcher.daemon.kernel.labels[9] == ("", "blue", "")  # the final drain is labelled
-    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
-    assert (watcher.daemon.events[0]["netns"], watcher.daemon.events[0]["netns_name"]) == (4026532000, "blue")
+    assert watcher.probe.devices() == []
+    assert watcher.probe.kernel.labels[9] == ("", "blue", "")  # the final drain is labelled
+    assert summary(watcher.probe) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
+    assert (watcher.probe.events[0]["netns"], watcher.probe.events[0]["netns_name"]) == (4026532000, "blue")
     assert watcher.stats["gone"] == 1
 
 
@@ -162,62 +165,62 @@ async def test_same_name_with_a_new_ifindex_is_attached_again(watcher):
     await see(watcher, link(9, "veth9"))
     await see(watcher, link(9, "veth9"), gone=True)
     await see(watcher, link(12, "veth9"))
-    assert [d.ifindex for d in watcher.daemon.devices()] == [12]
-    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "veth9", 12)]
+    assert [d.ifindex for d in watcher.probe.devices()] == [12]
+    assert summary(watcher.probe) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "veth9", 12)]
 
 
 async def test_a_reused_ifindex_is_a_new_device(watcher):
     await see(watcher, link(9, "veth9", nsid=1))
     watcher.apply(link(9, "veth9"), gone=True)  # both before the worker runs
     await see(watcher, link(9, "vethB"))
-    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "vethB", 9)]
+    assert summary(watcher.probe) == [("attached", "veth9", 9), ("gone", "veth9", 9), ("attached", "vethB", 9)]
     assert watcher.attached[9].name == "vethB"
 
 
 async def test_a_rename_out_of_the_pattern_detaches(watcher):
     await see(watcher, link(9, "veth9"))
     await see(watcher, link(9, "eth1"))
-    assert watcher.daemon.devices() == []
-    assert summary(watcher.daemon) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
+    assert watcher.probe.devices() == []
+    assert summary(watcher.probe) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
 
 
 async def test_a_failed_attach_is_reported_and_retried_with_backoff(watcher):
-    watcher.daemon.kernel.fail[9] = DeviceError("device 9 cannot take a clsact qdisc")
+    watcher.probe.kernel.fail[9] = DeviceError("device 9 cannot take a clsact qdisc")
     await see(watcher, link(9, "veth9"))
-    assert watcher.daemon.devices() == []
-    [failed] = watcher.daemon.events
+    assert watcher.probe.devices() == []
+    [failed] = watcher.probe.events
     assert (failed["event"], failed["ifname"], failed["reason"], failed["attempt"], failed["retry_in"]) == (
         "failed", "veth9", "device 9 cannot take a clsact qdisc", 1, 0.05)
     await see(watcher, link(9, "veth9"))  # an event before the retry is due changes nothing
-    assert len(watcher.daemon.events) == 1
-    del watcher.daemon.kernel.fail[9]
+    assert len(watcher.probe.events) == 1
+    del watcher.probe.kernel.fail[9]
     await asyncio.sleep(0.08)  # the retry is due and marked dirty
     assert 9 in watcher._dirty
     await watcher.settle(9, asyncio.get_running_loop().time())
-    assert [d.ifindex for d in watcher.daemon.devices()] == [9]
+    assert [d.ifindex for d in watcher.probe.devices()] == [9]
     assert watcher.stats["failed"] == 1 and watcher.stats["attached"] == 1
 
 
 async def test_a_device_that_vanished_during_attach_is_not_retried(watcher):
-    watcher.daemon.kernel.fail[9] = DeviceError("device 9 is gone")
+    watcher.probe.kernel.fail[9] = DeviceError("device 9 is gone")
     watcher.exists = lambda key: False
     await see(watcher, link(9, "veth9"))
-    assert watcher.daemon.events == [] and 9 not in watcher.links and 9 not in watcher._failures
+    assert watcher.probe.events == [] and 9 not in watcher.links and 9 not in watcher._failures
     assert watcher.stats["vanished"] == 1
 
 
 async def test_resync_heals_missed_events_and_respects_foreign_detaches(watcher):
     await see(watcher, link(9, "veth9"))
     await see(watcher, link(10, "veth10"))
-    watcher.daemon.kernel.detach(10)  # the control plane detached it
-    watcher.daemon.kernel.names[11] = "veth11"
+    watcher.probe.kernel.detach(10)  # the control plane detached it
+    watcher.probe.kernel.names[11] = "veth11"
     watcher.dump = lambda netns: {10: link(10, "veth10"), 11: link(11, "veth11")}  # 9 left unseen
     await watcher.resync()
     for ifindex in sorted(watcher._dirty):
         watcher._dirty.discard(ifindex)
         await watcher.settle(ifindex, 0.0)
-    assert [d.ifindex for d in watcher.daemon.devices()] == [11]
-    assert summary(watcher.daemon)[2:] == [("gone", "veth9", 9), ("attached", "veth11", 11)]
+    assert [d.ifindex for d in watcher.probe.devices()] == [11]
+    assert summary(watcher.probe)[2:] == [("gone", "veth9", 9), ("attached", "veth11", 11)]
 
 
 async def test_resync_keeps_what_netlink_said_while_the_dump_ran(watcher):
@@ -231,13 +234,13 @@ async def test_resync_keeps_what_netlink_said_while_the_dump_ran(watcher):
 
 
 async def test_a_deleted_device_attached_by_someone_else_is_released_too(watcher):
-    watcher.daemon.kernel.names[30] = "eth3"
-    watcher.daemon.kernel.attach(30)  # by hand (control plane); not a pattern match
+    watcher.probe.kernel.names[30] = "eth3"
+    watcher.probe.kernel.attach(30)  # by hand (control plane); not a pattern match
     await see(watcher, link(30, "eth3"))
-    assert [d.ifindex for d in watcher.daemon.devices()] == [30]
+    assert [d.ifindex for d in watcher.probe.devices()] == [30]
     await see(watcher, link(30, "eth3"), gone=True)
-    assert watcher.daemon.devices() == []
-    assert summary(watcher.daemon) == [("gone", "eth3", 30)]
+    assert watcher.probe.devices() == []
+    assert summary(watcher.probe) == [("gone", "eth3", 30)]
 
 
 async def test_a_veth_docker_knows_gets_the_container_labels(watcher):
@@ -246,25 +249,25 @@ async def test_a_veth_docker_knows_gets_the_container_labels(watcher):
     container = Container("c0ffee", "web-1", "nginx:1.25", 812)
     watcher._index = FakeIndex({5: (Netns(4026532000, 5, 812, ""), container)})
     await see(watcher, link(9, "veth9", nsid=5))
-    assert watcher.daemon.kernel.labels[9] == ("c0ffee", "web-1", "nginx:1.25")
-    [event] = watcher.daemon.events
+    assert watcher.probe.kernel.labels[9] == ("c0ffee", "web-1", "nginx:1.25")
+    [event] = watcher.probe.events
     assert (event["container_id"], event["container_name"], event["pid"], event["netns"]) == (
         "c0ffee", "web-1", 812, 4026532000)
 
 
 async def test_a_device_with_no_owner_loses_stale_labels_of_its_ifindex(watcher):
-    watcher.daemon.kernel.labels[9] = ("old", "former-owner", "img")
+    watcher.probe.kernel.labels[9] = ("old", "former-owner", "img")
     await see(watcher, link(9, "veth9"))
-    assert 9 not in watcher.daemon.kernel.labels
+    assert 9 not in watcher.probe.kernel.labels
 
 
 async def test_a_device_attached_before_the_watcher_is_adopted_not_attached_twice(watcher):
-    watcher.daemon.kernel.names[9] = "veth9"
-    watcher.daemon.kernel.attach(9)  # --iface veth9 at start
+    watcher.probe.kernel.names[9] = "veth9"
+    watcher.probe.kernel.attach(9)  # --iface veth9 at start
     await see(watcher, link(9, "veth9"))
-    assert watcher.daemon.events == [] and 9 in watcher.attached
+    assert watcher.probe.events == [] and 9 in watcher.attached
     await see(watcher, link(9, "veth9"), gone=True)
-    assert summary(watcher.daemon) == [("gone", "veth9", 9)]
+    assert summary(watcher.probe) == [("gone", "veth9", 9)]
 
 
 # -- every attached device stays true (issue 8) -------------------------------------------------
@@ -275,58 +278,58 @@ def keeper(watcher):
     """The watcher with ``--iface eth3`` given (a name no pattern matches), listening to detaches."""
     watcher.settings = WatchSettings(watcher.settings.patterns, backoff=watcher.settings.backoff,
                                      keep=("eth3",))
-    watcher.daemon.detach_listeners.append(watcher._on_detached)
+    watcher.probe.detach_listeners.append(watcher._on_detached)
     return watcher
 
 
 async def test_an_iface_name_is_released_when_deleted_and_attached_again_once_when_made_anew(keeper):
-    keeper.daemon.kernel.names[30] = "eth3"
-    keeper.daemon.kernel.attach(30)  # --iface eth3 at start
+    keeper.probe.kernel.names[30] = "eth3"
+    keeper.probe.kernel.attach(30)  # --iface eth3 at start
     await see(keeper, link(30, "eth3"))
-    assert keeper.daemon.events == [] and 30 in keeper.attached  # adopted, not attached twice
+    assert keeper.probe.events == [] and 30 in keeper.attached  # adopted, not attached twice
     await see(keeper, link(30, "eth3"), gone=True)
-    assert keeper.daemon.devices() == []
+    assert keeper.probe.devices() == []
     await see(keeper, link(41, "eth3", up=False))  # made anew: attached even while down
     await see(keeper, link(41, "eth3", up=True))
-    assert [(d.ifindex, d.name) for d in keeper.daemon.devices()] == [(41, "eth3")]
-    assert summary(keeper.daemon) == [("gone", "eth3", 30), ("attached", "eth3", 41)]
-    assert keeper.daemon.events[1]["source"] == "iface"
+    assert [(d.ifindex, d.name) for d in keeper.probe.devices()] == [(41, "eth3")]
+    assert summary(keeper.probe) == [("gone", "eth3", 30), ("attached", "eth3", 41)]
+    assert keeper.probe.events[1]["source"] == "iface"
 
 
 async def test_an_iface_name_deleted_and_made_anew_under_the_same_ifindex_is_attached_again(keeper):
     await see(keeper, link(30, "eth3"))
     keeper.apply(link(30, "eth3"), gone=True)  # both before the worker runs: same key
     await see(keeper, link(30, "eth3"))
-    assert summary(keeper.daemon) == [("attached", "eth3", 30), ("gone", "eth3", 30), ("attached", "eth3", 30)]
-    assert [d.ifindex for d in keeper.daemon.devices()] == [30]
+    assert summary(keeper.probe) == [("attached", "eth3", 30), ("gone", "eth3", 30), ("attached", "eth3", 30)]
+    assert [d.ifindex for d in keeper.probe.devices()] == [30]
 
 
 async def test_a_device_attached_by_hand_that_is_deleted_is_released_and_not_attached_again(keeper):
-    keeper.daemon.kernel.names[50] = "eth5"
-    keeper.daemon.kernel.attach(50)  # the control plane or the HTTP API
+    keeper.probe.kernel.names[50] = "eth5"
+    keeper.probe.kernel.attach(50)  # the control plane or the HTTP API
     await see(keeper, link(50, "eth5"), gone=True)
     await see(keeper, link(51, "eth5"))
-    assert keeper.daemon.devices() == []
-    assert summary(keeper.daemon) == [("gone", "eth5", 50)]
+    assert keeper.probe.devices() == []
+    assert summary(keeper.probe) == [("gone", "eth5", 50)]
 
 
 async def test_a_deletion_whose_event_was_lost_is_found_by_the_resync(keeper):
-    keeper.daemon.kernel.names[50] = "eth5"
-    keeper.daemon.kernel.attach(50)
+    keeper.probe.kernel.names[50] = "eth5"
+    keeper.probe.kernel.attach(50)
     keeper.dump = lambda netns: {}
     await keeper.resync()
     for ifindex in sorted(keeper._dirty):
         keeper._dirty.discard(ifindex)
         await keeper.settle(ifindex, 0.0)
-    assert keeper.daemon.devices() == [] and summary(keeper.daemon) == [("gone", "eth5", 50)]
+    assert keeper.probe.devices() == [] and summary(keeper.probe) == [("gone", "eth5", 50)]
 
 
 async def test_a_kept_device_detached_by_someone_else_is_left_alone_at_once(keeper):
     await see(keeper, link(30, "eth3"))
-    await keeper.daemon.detach(30, "replaced")  # the filter guard, or `connstats detach eth3`
+    await keeper.probe.detach(30, "replaced")  # the filter guard, or `connstats detach eth3`
     assert 30 not in keeper.attached
     await see(keeper, link(30, "eth3"))  # any later event for it
-    assert summary(keeper.daemon) == [("attached", "eth3", 30), ("replaced", "eth3", 30)]
+    assert summary(keeper.probe) == [("attached", "eth3", 30), ("replaced", "eth3", 30)]
     await see(keeper, link(30, "eth3"), gone=True)
     await see(keeper, link(31, "eth3"))  # made anew: kept again
-    assert [d.ifindex for d in keeper.daemon.devices()] == [31]
+    assert [d.ifindex for d in keeper.probe.devices()] == [31]

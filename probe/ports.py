@@ -1,0 +1,57 @@
+"""What a probe service may ask of the probe: the one port the control plane, the HTTP
+API, the watchers and the filter guard are given (``ProbeDaemon`` implements it; tests
+give a fake). A service never sees the kernel, the publisher or another service.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from .devices import AttachedDevice, FilterLoss
+from .events import Event
+
+Labels = tuple[str, str, str]  # container id, container name (or netns name), image
+NO_LABELS: Labels = ("", "", "")
+DetachListener = Callable[[AttachedDevice], Awaitable[None]]
+
+
+class ProbePort(Protocol):
+    @property
+    def interval(self) -> float:
+        """Seconds per interval."""
+
+    async def attach(self, name: str | int, mode: str | None = None, labels: Labels | None = None,
+                     **context: Any) -> AttachedDevice:
+        """Attach and publish ``attached``; ``context`` are ``DeviceEvent`` fields (source, netns, ...)."""
+
+    async def detach(self, name: str | int, reason: str = "detached", **context: Any) -> AttachedDevice:
+        """Detach and publish ``reason`` (detached, gone); detach listeners run first."""
+
+    async def check_filters(self) -> list[FilterLoss]:
+        """Release and report devices whose filter somebody else replaced or removed."""
+
+    def devices(self) -> list[AttachedDevice]:
+        """The attached devices."""
+
+    def label(self, ifindex: int, labels: Labels) -> None:
+        """Label an attached device's records, unless it is labelled already."""
+
+    async def publish_event(self, event: Event) -> bool:
+        """Best effort: publish ``event`` now; False if it was not."""
+
+    async def live_records(self) -> Sequence[Any]:
+        """The current, not yet published interval's records."""
+
+    def on_detach(self, listener: DetachListener) -> Callable[[], None]:
+        """Call ``listener`` on every detach; returns the function that stops that."""
+
+    def on_interval(self, listener: Callable[..., None]) -> None:
+        """Call ``listener`` with every interval before it is published."""
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+ServiceFactory = Callable[[ProbePort], Service]
