@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
+from connstats.probe.backoff import Backoff
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable, TransportError
 from connstats.probe.record import decode_message
 from connstats.probe.subjects import (
@@ -68,22 +69,6 @@ class ConsumerStats:
     naks: int  # messages handed back for later (store unavailable, dead letter not publishable)
 
 
-class Backoff:
-    """Delays that double on each failure, up to a cap, and start over after a success."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap = first, cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
 class FlowConsumer:
     """Consumes flow messages into a ``Store``; ``start()``, ``consume_forever(stop)``, ``close()``."""
 
@@ -95,7 +80,7 @@ class FlowConsumer:
         self._stream = stream or StreamSettings()
         self._js = nc.jetstream()
         self._sub: Any = None
-        self._backoff = Backoff(self.settings.backoff_min, self.settings.backoff_max)
+        self._backoff = Backoff(first=self.settings.backoff_min, ceiling=self.settings.backoff_max)
         self._last_dead_letter_warning = -1e9
         self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0)
         # Stream sequence -> [failed writes, stored messages when it first failed]
