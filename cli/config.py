@@ -2,6 +2,7 @@
 
     1. the command-line flag            --nats nats://10.0.0.5:4222
     2. the environment                  CONNSTATS_NATS=nats://10.0.0.5:4222
+       (InfluxDB: CONNSTATS_INFLUX_URL, then the client library's INFLUXDB_V2_URL)
     3. the TOML file (--config FILE)    [nats] url = "nats://10.0.0.5:4222"
        default /etc/connstats/config.toml, or CONNSTATS_CONFIG
     4. the built-in default
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract import ConfigError, NatsOptions
 from connstats.probe.nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
-from connstats.probe.subjects import NatsOptions
+from connstats.sink.stores import parse_store  # noqa: F401 (where the CLI's modules find it)
 
 DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -44,6 +45,7 @@ class Setting:
     table: str  # "" for the top level of the file
     key: str
     parse: Callable[[Any], Any] = str
+    env_fallback: str = ""  # read after ``env``: a variable another tool defines (INFLUXDB_V2_*)
 
 
 def _float(value: Any) -> float:
@@ -95,6 +97,11 @@ SETTINGS: dict[str, Setting] = {
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),
+    "influx_url": Setting("CONNSTATS_INFLUX_URL", "influxdb", "url", env_fallback="INFLUXDB_V2_URL"),
+    "influx_org": Setting("CONNSTATS_INFLUX_ORG", "influxdb", "org", env_fallback="INFLUXDB_V2_ORG"),
+    "influx_bucket": Setting("CONNSTATS_INFLUX_BUCKET", "influxdb", "bucket"),
+    # no flag: a token on the command line is visible to every local user in ps
+    "influx_token": Setting("CONNSTATS_INFLUX_TOKEN", "influxdb", "token", env_fallback="INFLUXDB_V2_TOKEN"),
 }
 
 
@@ -110,8 +117,9 @@ class Config:
         setting = SETTINGS[name]
         if flag is not None and flag != []:
             return flag
-        if self.env.get(setting.env):
-            return _parsed(setting, self.env[setting.env], f"${setting.env}")
+        for env in filter(None, (setting.env, setting.env_fallback)):
+            if self.env.get(env):
+                return _parsed(setting, self.env[env], f"${env}")
         table = self.file.get(setting.table, {}) if setting.table else self.file
         if isinstance(table, dict) and table.get(setting.key) is not None:
             where = f"{self.path}: {setting.table + '.' if setting.table else ''}{setting.key}"
@@ -166,14 +174,21 @@ class Config:
             return None
         return found[1].role(role)
 
-    def store_spec(self, flag: str | None = None) -> str:
-        """``sqlite:PATH`` or ``influxdb``; InfluxDB when ``INFLUXDB_V2_URL`` is set."""
+    def store_spec(self, flag: str | None = None, influx_url: str | None = None) -> str:
+        """``sqlite:PATH`` or ``influxdb``; InfluxDB when an InfluxDB URL is configured."""
         spec = self.get("store", flag)
         if spec:
             return spec
-        if self.env.get("INFLUXDB_V2_URL"):
+        if self.get("influx_url", influx_url):
             return "influxdb"
         return f"sqlite:{self.state_dir() / SQLITE_FILE}"
+
+    def influx(self, url: str | None = None, org: str | None = None, bucket: str | None = None):
+        """The InfluxDB settings (``InfluxConfig``), each by the precedence above."""
+        from connstats.sink.influx_store import InfluxConfig
+
+        return InfluxConfig.from_settings(self.get("influx_url", url), self.get("influx_org", org),
+                                          self.get("influx_token"), self.get("influx_bucket", bucket))
 
 
 def _parsed(setting: Setting, value: Any, where: str) -> Any:
@@ -199,14 +214,3 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file_path} is not valid TOML ({exc}); fix it") from exc
     return Config(document, env, file_path)
-
-
-def parse_store(spec: str) -> tuple[str, str]:
-    """``sqlite:PATH`` -> ("sqlite", PATH); ``influxdb`` -> ("influxdb", "")."""
-    kind, _, rest = spec.partition(":")
-    if kind == "sqlite" and rest:
-        return "sqlite", rest
-    if kind in ("influxdb", "influx") and not rest:
-        return "influxdb", ""
-    raise ConfigError(f"store {spec!r} is not sqlite:PATH or influxdb; check --store")
-

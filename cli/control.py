@@ -8,8 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from connstats.probe.control import ControlClient
-from connstats.probe.errors import TransportError
-from connstats.probe.subjects import redacted
+from connstats.probe.contract import TransportError, redacted
 
 from .config import Config
 from .live import CONNECTION_COLUMNS, connection_row

@@ -9,19 +9,22 @@ import typer
 
 from dataclasses import dataclass
 
+from connstats.probe.compose import HttpConfig, ProbeConfig, WatchConfig, build_probe
 from connstats.probe.containers import DEFAULT_DOCKER_SOCKET
+from connstats.probe.contract import ConfigError, redacted
 from connstats.probe.daemon import ProbeDaemon
+from connstats.probe.devices import check_interfaces, default_interfaces
 from connstats.probe.kernel import DEFAULT_CAPACITY
-from connstats.probe.errors import ConfigError
-from connstats.probe.subjects import redacted
+from connstats.probe.private import prepare_state_dir
+from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.history import parse_duration
 
 from . import pipeline
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, Capacity, ConfigFile, OnExit, DockerSocket, Exclude, Retention, Host, Http, Ifaces, Interval, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert,
-    TlsKey, load_config,
+    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
+    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, TlsCa, TlsCert, TlsKey, load_config,
 )
 
 app = typer.Typer()
@@ -47,37 +50,57 @@ class ProbeFlags:
     on_exit: str | None = None
 
 
-def probe_plan(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
-               host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags(),
-               on_exit_default: str = "detach") -> pipeline.ProbePlan:
+@dataclass(frozen=True)
+class InfluxFlags:
+    url: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+
+
+def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
+                 host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags(),
+                 on_exit_default: str = "detach") -> ProbeConfig:
+    """The one ``ProbeConfig`` of flags, environment and file."""
     ifaces = config.get("iface", iface) or []
     auto = config.get("auto", probe_flags.auto) or ([] if ifaces else ["*"])
     if ifaces:
-        pipeline.check_interfaces(ifaces)
+        check_interfaces(ifaces)
     elif not config.get("auto", probe_flags.auto):
-        ifaces = pipeline.default_interfaces()
+        ifaces = default_interfaces()
     if not ifaces and not auto:
         raise ConfigError("no network interface other than loopback is up; name one with --iface")
     docker_socket = config.get("docker_socket", probe_flags.docker_socket, DEFAULT_DOCKER_SOCKET)
     seconds = config.get("interval", interval, DEFAULT_INTERVAL)
     if seconds < 0.05:
         raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
-    state_dir = pipeline.prepare_state_dir(config.state_dir())
     address = config.get("http", http)
-    return pipeline.ProbePlan(
-        host=config.host(host), ifaces=ifaces, interval=seconds,
-        nats=flags.options(config, name="connstats-probe", role="probe"), state_dir=state_dir,
-        http=address or DEFAULT_HTTP, http_explicit=address is not None, auto=auto,
-        exclude=config.get("exclude", probe_flags.exclude, []),
-        docker_socket=None if docker_socket == "none" else docker_socket,
+    return ProbeConfig(
+        host=config.host(host), nats=flags.options(config, name="connstats-probe", role="probe"),
+        ifaces=ifaces, interval=seconds, state_dir=prepare_state_dir(config.state_dir()),
         capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
         on_exit=config.get("on_exit", probe_flags.on_exit, on_exit_default),
+        http=HttpConfig(address or DEFAULT_HTTP, required=address is not None),
+        watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
+                          docker_socket=None if docker_socket == "none" else docker_socket),
     )
 
 
-def _banner(command: str, plan: pipeline.ProbePlan, daemon: ProbeDaemon, extra: str) -> str:
+def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: str | None,
+                influx: InfluxFlags = InfluxFlags()) -> SinkConfig:
+    """The one ``SinkConfig`` of flags, environment and file."""
+    spec = config.store_spec(store, influx.url)
+    if spec.startswith("sqlite:") and config.get("store", store) is None:
+        prepare_state_dir(config.state_dir())
+    return SinkConfig(
+        nats=flags.options(config, name="connstats-sink", role="sink"), store=spec,
+        retention_seconds=config.get("retention", _retention_flag(retention)),
+        influx=config.influx(influx.url, influx.org, influx.bucket) if spec.startswith("influx") else None,
+    )
+
+
+def _banner(command: str, probe: ProbeConfig, daemon: ProbeDaemon, extra: str) -> str:
     names = ", ".join(d.name for d in daemon.devices()) or "no interface"
-    return (f"connstats {command}: watching {names} every {plan.interval:g} s as host {plan.host}\n"
+    return (f"connstats {command}: watching {names} every {probe.interval:g} s as host {probe.host}\n"
             f"  {extra}Ctrl-C to stop")
 
 
@@ -88,6 +111,7 @@ def up(
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
+    influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -96,28 +120,26 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    plan = probe_plan(cfg, flags, iface, interval, host, http,
-                      ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
+    probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
+                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
+    sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
-    store_spec = cfg.store_spec(store)
     live = sys.stdout.isatty()
     setup_logging(live)
-    summary: list[LiveSummary] = []
+    summary = LiveSummary("")
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
-        banner = _banner("up", plan, daemon, f"NATS {where}{redacted(plan.nats.servers)}; store {store_spec}; ")
+        banner = _banner("up", probe_cfg, daemon,
+                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; ")
         print(banner, file=sys.stderr, flush=True)
-        if live:
-            summary[0].banner = banner
+        summary.banner = banner
 
     def hook(daemon: ProbeDaemon) -> None:
         if live:
-            summary.append(LiveSummary(""))
-            daemon.interval_listeners.append(summary[0])
+            daemon.on_interval(summary)
 
-    asyncio.run(pipeline.run_up(plan, store_spec, nats_url, on_ready, hook,
-                                cfg.get("retention", _retention_flag(retention))))
+    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook))
 
 
 @app.command()
@@ -136,39 +158,36 @@ def probe(
     removes it all when no probe runs.
     """
     cfg = load_config(config)
-    plan = probe_plan(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval, host,
-                      http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "keep")
+    probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
+                             host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "keep")
     live = sys.stdout.isatty()
     setup_logging(live)
-    daemon = pipeline.probe_daemon(plan)
+    daemon = build_probe(probe_cfg)
+    summary = LiveSummary("")
     if live:
-        daemon.interval_listeners.append(LiveSummary(""))
+        daemon.on_interval(summary)
 
     def on_ready(daemon: ProbeDaemon) -> None:
-        banner = _banner("probe", plan, daemon, f"NATS {redacted(plan.nats.servers)}; ")
+        banner = _banner("probe", probe_cfg, daemon, f"NATS {redacted(probe_cfg.nats.servers)}; ")
         print(banner, file=sys.stderr, flush=True)
-        for listener in daemon.interval_listeners:
-            if isinstance(listener, LiveSummary):
-                listener.banner = banner
+        summary.banner = banner
 
-    asyncio.run(pipeline.run_probe(plan, on_ready, daemon))
+    asyncio.run(pipeline.run_probe(daemon, on_ready))
 
 
 @app.command()
 def sink(
     nats: Nats = None, store: Store = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
-    retention: Retention = None,
+    retention: Retention = None, influx_url: InfluxUrl = None, influx_org: InfluxOrg = None,
+    influx_bucket: InfluxBucket = None,
 ) -> None:
     """Run only the sink: consume flow records from NATS into SQLite or InfluxDB."""
     cfg = load_config(config)
-    options = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(cfg, name="connstats-sink", role="sink")
-    spec = cfg.store_spec(store)
-    if spec.startswith("sqlite:") and cfg.get("store", store) is None:
-        pipeline.prepare_state_dir(cfg.state_dir())
+    sink_cfg = sink_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), store, retention,
+                           InfluxFlags(influx_url, influx_org, influx_bucket))
     setup_logging(False)
-    backend = pipeline.make_store(spec, cfg.get("retention", _retention_flag(retention)))
-    asyncio.run(pipeline.run_sink_only(options, backend))
+    asyncio.run(pipeline.run_sink(build_sink(sink_cfg)))
 
 
 def _retention_flag(text: str | None) -> float | None:

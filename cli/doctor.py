@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import typer
 
-from connstats.probe.errors import ConnstatsError
+from connstats.probe.contract import ConnstatsError
 
 from .config import Config, parse_store
 from .options import ConfigFile, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey, load_config
@@ -130,7 +130,7 @@ def _delete_link(ipr: Any, name: str) -> None:
 
 
 def check_nats(state: dict) -> str:
-    from connstats.probe.subjects import connect
+    from connstats.probe.contract import connect
     from connstats.sink.daemon import check_jetstream
     options = state["nats"]
 
@@ -159,10 +159,10 @@ def check_store(state: dict) -> str:
         raise CheckFailed(f"{Path(path).parent} does not exist and {ancestor} is not writable",
                           "create the directory or choose another --store sqlite:PATH")
     from connstats.sink.daemon import check_store as ping
-    from .pipeline import make_store
+    from connstats.sink.stores import make_store
 
     async def probe() -> None:
-        store = make_store(spec)
+        store = make_store(spec, influx=state["influx"]() if kind == "influxdb" else None)
         try:
             await ping(store)
         finally:
@@ -171,7 +171,7 @@ def check_store(state: dict) -> str:
     try:
         asyncio.run(probe())
     except ConnstatsError as exc:
-        raise CheckFailed(str(exc), "fix the store settings (--store, INFLUXDB_V2_*)") from None
+        raise CheckFailed(str(exc), "fix the store settings (--store, --influx-*, INFLUXDB_V2_*)") from None
     return f"{spec} takes writes"
 
 
@@ -229,6 +229,6 @@ def doctor(
     """Check that this host can run connstats, and say how to fix what is missing."""
     cfg: Config = load_config(config)
     state = {"nats": NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(cfg, name="connstats-doctor"),
-             "store": cfg.store_spec(store)}
+             "store": cfg.store_spec(store), "influx": cfg.influx}
     if not run_checks(state):
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from connstats.probe.errors import ConnstatsError
+from connstats.probe.contract import ConnstatsError
 
 from . import control, daemons, doctor, history, reset, top
 

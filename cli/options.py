@@ -56,6 +56,14 @@ Exclude = Annotated[Optional[list[str]], typer.Option(
 DockerSocket = Annotated[Optional[str], typer.Option(
     "--docker-socket", metavar="PATH", help="Docker Engine socket to watch containers on; "
     "'none' to disable [default: /var/run/docker.sock when present]")]
+InfluxUrl = Annotated[Optional[str], typer.Option(
+    "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
+    "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]
+InfluxOrg = Annotated[Optional[str], typer.Option(
+    "--influx-org", metavar="ORG", help="InfluxDB organization [default: CONNSTATS_INFLUX_ORG, "
+    "INFLUXDB_V2_ORG, [influxdb] org]")]
+InfluxBucket = Annotated[Optional[str], typer.Option(
+    "--influx-bucket", metavar="BUCKET", help="InfluxDB bucket [default: connstats]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
 OnExit = Annotated[Optional[str], typer.Option(
     "--on-exit", metavar="keep|detach", help="on SIGTERM/SIGINT, after the last interval is "
@@ -81,6 +89,7 @@ class NatsFlags:
 
 
 __all__ = [
-    "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces", "Interval", "Nats", "NatsCreds",
+    "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
+    "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Nats", "NatsCreds",
     "NatsFlags", "OnExit", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract import ConfigError
 from connstats.probe.leftovers import leftovers, reset as reset_instance
 from connstats.probe.pins import PinnedInstance
 

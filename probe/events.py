@@ -11,11 +11,12 @@ encoder; ``decode_event`` reads a body back for subscribers.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
-from .devices import AttachedDevice
+if TYPE_CHECKING:  # a subscriber importing the events needs no netlink
+    from .devices import AttachedDevice
 
 
 class Event(msgspec.Struct, tag_field="event", omit_defaults=True, kw_only=True):
@@ -95,7 +96,7 @@ DEVICE_EVENTS: dict[str, type[DeviceEvent]] = {
 AnyEvent = Union[Attached, Detached, Gone, Replaced, Lost, Failed, HandoverLost, OutboxOverflow]
 
 
-def device_event(kind: str, device: AttachedDevice, **context: Any) -> DeviceEvent:
+def device_event(kind: str, device: "AttachedDevice", **context: Any) -> DeviceEvent:
     """``kind`` (attached, detached, gone, replaced, lost) of ``device``; ``context`` are the
     optional ``DeviceEvent`` fields (a misspelt one raises ``TypeError``)."""
     wire = device.to_wire()  # the one shape of a device; events name its fields as before

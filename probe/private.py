@@ -32,3 +32,17 @@ def open_private_log(path: Path):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
     os.fchmod(fd, PRIVATE_FILE_MODE)
     return os.fdopen(fd, "ab")
+
+
+def prepare_state_dir(state_dir: Path) -> Path:
+    """The state directory (and its outbox), created if needed, mode 0700: it holds the
+    NATS URL and credentials, readable by their owner only."""
+    from .errors import ConfigError
+
+    try:
+        private_dir(state_dir)
+        private_dir(state_dir / "outbox")
+    except OSError as exc:
+        raise ConfigError(f"cannot create the state directory {state_dir} (mode 0700): {exc.strerror}; "
+                          "set CONNSTATS_STATE_DIR to a directory you own") from exc
+    return state_dir

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Iterator
 
 import nats.errors
 from nats.aio.client import Client
 
-from connstats.probe.errors import StoreError, TransportError
-from connstats.probe.subjects import NatsOptions, StreamSettings, connect
+from connstats.probe.contract import NatsOptions, StoreError, StreamSettings, TransportError, connect
+from connstats.probe.lifecycle import stop_on_signals
 from connstats.sink.consumer import ConsumerSettings, ConsumerStats, FlowConsumer
 from connstats.sink.store import Store
 
@@ -72,14 +71,8 @@ def _stop_on_signals(stop: asyncio.Event, *, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with stop_on_signals(stop):
         yield
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 async def _close_quietly(nc: Client) -> None:

@@ -68,19 +68,36 @@ class InfluxConfig:
     service_ports: frozenset[int] = frozenset()
 
     @classmethod
-    def from_env(cls, bucket: str | None = None, **overrides: Any) -> InfluxConfig:
-        """Read ``INFLUXDB_V2_URL``/``_ORG``/``_TOKEN`` and ``CONNSTATS_INFLUX_BUCKET``."""
+    def from_settings(cls, url: str | None, org: str | None, token: str | None,
+                      bucket: str | None = None, *, names: tuple[str, str, str] | None = None,
+                      **overrides: Any) -> InfluxConfig:
+        """From the common configuration (flag, ``CONNSTATS_INFLUX_*``, ``INFLUXDB_V2_*``,
+        TOML ``[influxdb]``: ``cli/config.py``); a missing one is a one-line ``StoreError``
+        that says how to set it (``names``: of url, org and token)."""
+        names = names or SETTING_NAMES
         return cls(
-            url=_required_env("INFLUXDB_V2_URL", "the InfluxDB URL, e.g. http://localhost:8086"),
-            org=_required_env("INFLUXDB_V2_ORG", "the organization name"),
-            token=_required_env("INFLUXDB_V2_TOKEN", "an API token that can write the bucket"),
-            bucket=bucket or os.environ.get("CONNSTATS_INFLUX_BUCKET") or "connstats",
+            url=_required(url, names[0], "the InfluxDB URL, e.g. http://localhost:8086"),
+            org=_required(org, names[1], "the organization name"),
+            token=_required(token, names[2], "an API token that can write the bucket"),
+            bucket=bucket or "connstats",
             **overrides,
         )
 
+    @classmethod
+    def from_env(cls, bucket: str | None = None, **overrides: Any) -> InfluxConfig:
+        """Read ``INFLUXDB_V2_URL``/``_ORG``/``_TOKEN`` and ``CONNSTATS_INFLUX_BUCKET`` only."""
+        env = os.environ
+        return cls.from_settings(env.get("INFLUXDB_V2_URL"), env.get("INFLUXDB_V2_ORG"),
+                                 env.get("INFLUXDB_V2_TOKEN"), bucket or env.get("CONNSTATS_INFLUX_BUCKET"),
+                                 names=("INFLUXDB_V2_URL", "INFLUXDB_V2_ORG", "INFLUXDB_V2_TOKEN"), **overrides)
 
-def _required_env(name: str, what: str) -> str:
-    value = os.environ.get(name, "")
+
+SETTING_NAMES = ("--influx-url (or INFLUXDB_V2_URL, [influxdb] url)",
+                 "--influx-org (or INFLUXDB_V2_ORG, [influxdb] org)",
+                 "INFLUXDB_V2_TOKEN (or CONNSTATS_INFLUX_TOKEN, [influxdb] token)")
+
+
+def _required(value: str | None, name: str, what: str) -> str:
     if not value:
         raise StoreError(f"{name} is not set; set it to {what}")
     return value

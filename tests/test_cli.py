@@ -329,8 +329,36 @@ def test_permission_violation_is_one_line_without_the_password(auth_nats):
                                  "`connstats up` or `connstats probe` there, or check --host and --nats")
 
 
+def test_influx_settings_come_from_flag_env_or_file(tmp_path):
+    from connstats.cli.daemons import InfluxFlags, sink_config
+    from connstats.cli.options import NatsFlags
+    from connstats.probe.errors import StoreError
+    from connstats.sink.influx_store import InfluxConfig
+
+    file = {"influxdb": {"url": "http://file:8086", "org": "file-org", "bucket": "file-b", "token": "file-tok"}}
+    client = {"INFLUXDB_V2_URL": "http://v2:8086", "INFLUXDB_V2_ORG": "v2-org", "INFLUXDB_V2_TOKEN": "v2-tok"}
+    ours = {**client, "CONNSTATS_INFLUX_URL": "http://cs:8086", "CONNSTATS_INFLUX_BUCKET": "env-b",
+            "CONNSTATS_INFLUX_TOKEN": "cs-tok"}
+    assert Config(file, {}, None).influx() == InfluxConfig("http://file:8086", "file-org", "file-tok", "file-b")
+    assert Config(file, client, None).influx() == InfluxConfig("http://v2:8086", "v2-org", "v2-tok", "file-b")
+    assert Config(file, ours, None).influx() == InfluxConfig("http://cs:8086", "v2-org", "cs-tok", "env-b")
+    flags = dict(url="http://flag:8086", org="flag-org", bucket="flag-b")
+    assert Config(file, ours, None).influx(**flags) == InfluxConfig("http://flag:8086", "flag-org", "cs-tok", "flag-b")
+    assert Config({}, client, None).influx().bucket == "connstats"
+    with pytest.raises(StoreError) as caught:
+        Config({}, {"INFLUXDB_V2_URL": "http://x:8086", "INFLUXDB_V2_TOKEN": "t"}, None).influx()
+    assert str(caught.value) == "--influx-org (or INFLUXDB_V2_ORG, [influxdb] org) is not set; set it to the organization name"
+    # a configured URL, from anywhere, makes InfluxDB the default store; the flags reach the sink
+    state = {"CONNSTATS_STATE_DIR": str(tmp_path)}
+    assert Config({}, state, None).store_spec().startswith("sqlite:")
+    assert Config(file, state, None).store_spec() == "influxdb"
+    sink = sink_config(Config({}, {**state, "INFLUXDB_V2_TOKEN": "t"}, None), NatsFlags(), None, None,
+                       InfluxFlags("http://flag:8086", "o", "b"))
+    assert (sink.store, sink.influx) == ("influxdb", InfluxConfig("http://flag:8086", "o", "t", "b"))
+
+
 def test_retention_comes_from_flag_env_or_file_and_reaches_the_sqlite_store(tmp_path):
-    from connstats.cli.pipeline import make_store
+    from connstats.sink.stores import make_store
 
     assert Config({}, {"CONNSTATS_RETENTION": "7d"}, None).get("retention") == 7 * 86400
     assert Config({"sink": {"retention": "90m"}}, {}, None).get("retention") == 5400

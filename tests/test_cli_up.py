@@ -9,12 +9,12 @@ import nats
 
 import pytest
 
-from connstats.cli.pipeline import (
-    ProbePlan, check_interfaces, default_interfaces, http_services, wait_until_stored, watcher_services,
-    write_private,
-)
 from connstats.cli.config import Config
-from connstats.cli.daemons import ProbeFlags, probe_plan
+from connstats.cli.daemons import ProbeFlags, probe_config
+from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
+from connstats.probe.devices import check_interfaces, default_interfaces
+from connstats.probe.private import write_private
+from connstats.sink.compose import wait_until_stored
 from connstats.cli.options import NatsFlags
 from connstats.probe.errors import ConfigError, DeviceError
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
@@ -94,17 +94,23 @@ async def test_wait_until_stored_gives_up_after_the_timeout(nats_server):
 # -- how the probe is put together ---------------------------------------------------------------
 
 
-def plan(tmp_path, **changes) -> ProbePlan:
-    return ProbePlan(host="h", ifaces=["lo"], interval=1.0, nats=NatsOptions(), state_dir=tmp_path, **changes)
+class FakePort:
+    """Where the HTTP API's totals are tracked."""
+
+    def on_interval(self, listener) -> None:
+        self.interval_listener = listener
+
+    def on_detach(self, listener):
+        return lambda: None
 
 
 def watchers(tmp_path, **flags) -> tuple[list[str], list[str], list[str]]:
     """(ifaces, auto patterns, watcher service names) of a probe plan built from ``flags``."""
     config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
     iface = flags.pop("iface", None)
-    built = probe_plan(config, NatsFlags(), iface, None, "h", None, ProbeFlags(**flags))
+    built = probe_config(config, NatsFlags(), iface, None, "h", None, ProbeFlags(**flags))
     names = [type(factory(object())).__name__ for factory in watcher_services(built)]
-    return built.ifaces, built.auto, names
+    return built.ifaces, built.watch.auto, names
 
 
 def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
@@ -123,11 +129,18 @@ def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):
-    assert http_services(plan(tmp_path)) == []
-    [factory] = http_services(plan(tmp_path, http="127.0.0.1:0"))
-    assert callable(factory)
+    assert http_services(HttpConfig(None), FakePort()) == []
+    port = FakePort()
+    [factory] = http_services(HttpConfig("127.0.0.1:0"), port)
+    assert callable(factory) and factory(port).totals is port.interval_listener  # the probe's totals
     with pytest.raises(ConfigError):
-        http_services(plan(tmp_path, http="no-port"))
+        http_services(HttpConfig("no-port"), FakePort())
+
+
+def test_one_config_holds_the_host_and_the_parts_derive_it(tmp_path):
+    config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path)
+    assert (config.kernel_settings().host, config.publisher_settings().host) == ("h", "h")
+    assert config.publisher_settings().state_dir == tmp_path / "outbox"
 
 
 def test_interfaces(tmp_path):

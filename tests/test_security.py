@@ -275,7 +275,7 @@ async def test_a_wrong_token_is_never_shown(secure_nats_factory, caplog, capfd, 
 async def test_the_sink_role_can_tell_when_up_may_stop_its_sink(role_nats):
     """``up`` runs its sink as ``sink`` and, before stopping it, waits until the last flow
     message of its host is acked: reading that message needs STREAM.MSG.GET.CONNSTATS."""
-    from connstats.cli.pipeline import wait_until_stored
+    from connstats.sink.compose import wait_until_stored
 
     await publish_interval(role_nats.options("probe", NODE1), NODE1, 1, 20)
     sink_options = role_nats.options("sink")

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from connstats.cli.pipeline import prepare_state_dir, write_private
+from connstats.probe.private import prepare_state_dir, write_private
 from connstats.probe.errors import ConfigError
 
 

@@ -85,12 +85,12 @@ def quiet_pair(a, b) -> None:
 async def running(nats_url: str, tmp_path, ifaces=(), host: str = "true-test"):
     """The probe as `connstats probe --iface ...` builds it (link watcher, filter guard,
     control plane), with its device locks under ``tmp_path``; runs until the block ends."""
-    from connstats.cli.pipeline import ProbePlan, probe_daemon
+    from connstats.probe.compose import ProbeConfig, build_probe
 
-    plan = ProbePlan(host=host, ifaces=list(ifaces), interval=INTERVAL,
-                     nats=NatsOptions(servers=(nats_url,)), state_dir=tmp_path)
+    config = ProbeConfig(host=host, nats=NatsOptions(servers=(nats_url,)), ifaces=list(ifaces),
+                         interval=INTERVAL, state_dir=tmp_path)
     (tmp_path / "outbox").mkdir(exist_ok=True)
-    daemon = probe_daemon(plan)
+    daemon = build_probe(config)
     daemon.settings.probe.device_locks = str(tmp_path / "locks")
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
@@ -387,7 +387,7 @@ def program_id_of(fd: int) -> int:
 ])
 def test_a_name_with_control_characters_or_too_long_is_refused(classifier, test_network, tmp_path,
                                                               suffix, message):
-    from connstats.cli.pipeline import check_interfaces
+    from connstats.probe.devices import check_interfaces
 
     a, _ = test_network.hosts
     name = a.host_if + suffix

@@ -1,0 +1,125 @@
+"""The probe's composition root: one ``ProbeConfig`` in, a runnable ``ProbeDaemon`` out.
+
+    build_probe(config)
+      KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
+        └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
+                          └─> tracked totals ─> HTTP API (if an address is set)
+      services, each given the daemon as its ProbePort:
+        ContainerIndex (shared by the two watchers below; closed after them)
+        ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
+        HttpApi         the earlier tool's endpoints, on the probe's totals
+        LinkWatcher     deleted devices released, --iface kept, --auto attached
+        FilterGuard     our filters replaced or removed by somebody else
+        DockerWatcher   containers' veths, labelled (when a socket is given)
+
+The host name lives in ``ProbeConfig.host`` only; the parts get it from here.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .containers import ContainerIndex
+from .control import control_service
+from .daemon import DaemonSettings, ProbeDaemon
+from .docker_watch import docker_watcher
+from .errors import ConfigError
+from .guard import filter_guard
+from .kernel import DEFAULT_CAPACITY
+from .messaging import NatsOptions
+from .ports import ProbePort, ServiceFactory
+from .publisher import PublisherSettings
+from .service import ProbeSettings
+from .watch import link_watcher
+
+log = logging.getLogger("connstats.probe")
+
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:9102"
+HTTP_API_MODULE = "connstats.probe.http_api"
+
+
+@dataclass
+class HttpConfig:
+    """The HTTP API: where it listens (None: no API), and whether the user asked for it
+    (then a build without the HTTP API is an error, else it is skipped quietly)."""
+
+    address: str | None = None  # the CLI's default: DEFAULT_HTTP_ADDRESS
+    required: bool = False
+
+
+@dataclass
+class WatchConfig:
+    """Devices that come and go: ``auto`` globs attached as they come up (minus
+    ``exclude`` and ``lo``), and Docker containers' veths (``docker_socket``; None: off)."""
+
+    auto: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    docker_socket: str | None = None
+
+
+@dataclass
+class ProbeConfig:
+    """Everything one probe process needs; the CLI fills it from flags, env and the file."""
+
+    host: str  # the name the probe publishes as: subjects, message ids, control
+    nats: NatsOptions
+    ifaces: list[str] = field(default_factory=list)  # attached at start, kept by the link watcher
+    interval: float = 10.0  # seconds
+    state_dir: Path | None = None  # pinned maps and the outbox; None: nothing survives a stop
+    capacity: int = DEFAULT_CAPACITY  # connections per flow map and buffer
+    on_exit: str = "detach"  # keep: leave the classifier counting for the next start
+    http: HttpConfig = field(default_factory=HttpConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    services: list[ServiceFactory] = field(default_factory=list)  # more (tests, add-ons)
+
+    def kernel_settings(self) -> ProbeSettings:
+        return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
+                             capacity=self.capacity, state_dir=self.state_dir, on_exit=self.on_exit)
+
+    def publisher_settings(self) -> PublisherSettings:
+        outbox = self.state_dir / "outbox" if self.state_dir is not None else None
+        return PublisherSettings(host=self.host, state_dir=outbox)
+
+
+def build_probe(config: ProbeConfig) -> ProbeDaemon:
+    """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
+    daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
+    containers = ContainerIndex()
+    daemon.settings.services = [
+        lambda _: containers,  # first: closed last, after the watchers that share it
+        control_service(config.nats, config.host),
+        *http_services(config.http, daemon),
+        *watcher_services(config, containers),
+        *config.services,
+    ]
+    return daemon
+
+
+def http_services(http: HttpConfig, probe: ProbePort) -> list[ServiceFactory]:
+    """The HTTP API on the probe's totals, if asked for and part of this build."""
+    if not http.address:
+        return []
+    try:
+        from .http_api import http_service, tracked_totals
+    except ImportError as exc:
+        if exc.name != HTTP_API_MODULE:
+            raise
+        if http.required:
+            raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
+        log.debug("no HTTP API in this build; not serving %s", http.address)
+        return []
+    return [http_service(http.address, tracked_totals(probe))]  # a bad address fails here
+
+
+def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:
+    """Services that keep the attached devices true: the link watcher (always: it releases
+    deleted devices, keeps ``--iface`` names attached, attaches links matching ``--auto``),
+    the filter guard, and Docker containers' veths, labelled; both watchers share
+    ``containers``."""
+    watch = config.watch
+    services = [link_watcher(watch.auto, exclude=watch.exclude, keep=config.ifaces, index=containers),
+                filter_guard()]
+    if watch.docker_socket:
+        services.append(docker_watcher(watch.docker_socket, index=containers))
+    return services

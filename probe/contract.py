@@ -1,0 +1,59 @@
+"""The contract of connstats: what ``sink/``, ``cli/`` and any subscriber import.
+
+    from connstats.probe.contract import decode_message, flows_subject, connect, NatsOptions
+
+- **Flow messages** (``record.py``, the schema): ``FlowRecord``, ``Envelope``,
+  ``OverflowCount``, ``encode_message``, ``decode_message``, ``proto_name``/``proto_number``.
+- **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
+  ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
+  ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
+- **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
+- **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
+  ``control_subject``, ``host_token``/``host_from_token``), the flow stream
+  (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
+  message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
+  ``redacted``).
+
+A new probe service implements ``start``/``close`` against ``connstats.probe.ports.ProbePort``;
+what only the sink uses (its durable consumer, the dead-letter stream) is
+``connstats.sink.jetstream``. Nothing here loads BPF or opens a socket on import.
+"""
+from __future__ import annotations
+
+from .errors import (
+    ConfigError, ConnstatsError, DeviceError, KernelError, MessageError, StoreError, StoreUnavailable,
+    TransportError,
+)
+from .events import (
+    AnyEvent, Attached, DeviceEvent, Detached, Event, Failed, Gone, HandoverLost, Lost, OutboxOverflow,
+    Replaced, decode_event, event_body,
+)
+from .messaging import (
+    EVENTS_WILDCARD, FLOWS_WILDCARD, PREFIX, STREAM_NAME, NatsOptions, StreamSettings, connect,
+    control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
+    host_of_subject, host_token, message_id, redacted,
+)
+from .ownership import DeviceOwned
+from .record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
+
+try:  # schema 2, columnar (wire.py), once the columnar messages land
+    from .wire import FlowBatch, decode_message, encode_message
+except ImportError:  # schema 1 only
+    from .record import decode_message, encode_message  # type: ignore[no-redef]
+    FlowBatch = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    # flow messages
+    "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message", "encode_message",
+    "proto_name", "proto_number",
+    # events
+    "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
+    "OutboxOverflow", "Replaced", "decode_event", "event_body",
+    # errors
+    "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
+    "StoreError", "StoreUnavailable", "TransportError",
+    # NATS
+    "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
+    "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
+    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "redacted",
+]
