@@ -201,7 +201,7 @@ class FlowConsumer:
             log.warning("store failing (%s); pausing %.1f s", reason, delay)
             await self._nak_all([msg], delay)
             return delay
-        delay = min(self.settings.backoff_min * 2 ** (attempts - 1), self.settings.backoff_max)
+        delay = self._backoff.delay(attempts)  # the same doubling rule, per message
         log.warning("store.write failed on stream seq %s (attempt %d of %d: %s); retrying it in %.1f s",
                     sequence, attempts, self.settings.max_attempts, reason, delay)
         await self._nak_all([msg], delay)

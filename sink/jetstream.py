@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 
-from connstats.probe.messaging import FLOWS_WILDCARD, PREFIX, StreamSettings
+from connstats.probe.contract import FLOWS_WILDCARD, PREFIX, StreamSettings
 
 DEADLETTER_STREAM_NAME = "CONNSTATS_DEADLETTER"
 DEADLETTER_SUBJECT = f"{PREFIX}.deadletter"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract import ConfigError
 
 if TYPE_CHECKING:
     from .influx_store import InfluxConfig
