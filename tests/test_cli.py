@@ -18,7 +18,7 @@ from connstats.cli.top import IntervalAssembler
 from connstats.probe.control import ControlService
 from connstats.probe.errors import ConfigError
 from connstats.probe.record import Envelope
-from connstats.probe.subjects import NatsOptions
+from connstats.probe.contract import NatsOptions
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.nats import free_port
 from tests.test_control import SINCE, FakeDaemon, auth_nats, record  # noqa: F401 (fixture)

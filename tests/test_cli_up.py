@@ -19,7 +19,7 @@ from connstats.cli.options import NatsFlags
 from connstats.probe.errors import ConfigError, DeviceError
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
-from connstats.probe.subjects import NatsOptions
+from connstats.probe.contract import NatsOptions
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.daemon import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records

@@ -11,7 +11,7 @@ from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import DeviceError, TransportError
 from connstats.probe.record import FlowRecord
-from connstats.probe.subjects import NatsOptions, control_subject
+from connstats.probe.contract import NatsOptions, control_subject
 from tests.fixtures.nats import free_port
 
 SINCE = 1_790_000_000_000_000_000

@@ -22,7 +22,7 @@ from connstats.probe.http_api import (
 )
 from connstats.probe.publisher import PublisherSettings
 from connstats.probe.service import ProbeSettings
-from connstats.probe.subjects import NatsOptions
+from connstats.probe.contract import NatsOptions
 from connstats.probe.totals import ConnectionTotal, ConnectionTotals
 from tests.fixtures.netns import require_root
 

@@ -18,7 +18,7 @@ from connstats.probe.nats_auth import (
     ADMIN_PUBLISH, ADMIN_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE, SINK_PUBLISH,
     SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
-from connstats.probe.subjects import NatsOptions, connect, flows_subject
+from connstats.probe.contract import NatsOptions, connect, flows_subject
 from tests.fixtures.nats import free_port
 from tests.fixtures.secure_nats import DEPLOY_CONFIG
 

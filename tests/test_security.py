@@ -18,10 +18,10 @@ from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import TransportError
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.record import decode_message
-from connstats.probe.subjects import (
-    DEADLETTER_STREAM_NAME, DEFAULT_DURABLE, STREAM_NAME, NatsOptions, connect, control_subject,
-    events_subject, flows_subject,
+from connstats.probe.contract import (
+    STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
+from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
 from connstats.sink.daemon import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
