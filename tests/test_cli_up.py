@@ -137,6 +137,25 @@ def test_the_http_api_only_when_an_address_is_set(tmp_path):
         http_services(HttpConfig("no-port"), FakePort())
 
 
+def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp_path):
+    from connstats.probe.compose import WatchConfig, build_probe
+    from connstats.probe.containers import ContainerIndex
+
+    config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path,
+                         http=HttpConfig("127.0.0.1:0"),
+                         watch=WatchConfig(auto=["veth*"], docker_socket=str(tmp_path / "docker.sock")))
+    daemon = build_probe(config)
+    services = [factory(daemon) for factory in daemon.settings.services]
+    assert [type(s).__name__ for s in services] == [
+        "ContainerIndex", "ControlService", "HttpApi", "LinkWatcher", "FilterGuard", "DockerWatcher"]
+    index, control, api, links, guard, docker = services
+    assert isinstance(index, ContainerIndex) and links._index is index and docker._index is index
+    assert daemon.interval_listeners == [api.totals]  # the totals follow every interval
+    assert len(daemon.detach_listeners) == 1  # ... and forget a detached device
+    assert (control.host, daemon.host, daemon.settings.publisher.host) == ("h", "h", "h")
+    assert all(s.daemon is daemon for s in (control, api)) and all(s.probe is daemon for s in (links, guard, docker))
+
+
 def test_one_config_holds_the_host_and_the_parts_derive_it(tmp_path):
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path)
     assert (config.kernel_settings().host, config.publisher_settings().host) == ("h", "h")
