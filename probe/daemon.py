@@ -73,7 +73,7 @@ class ProbeDaemon:
                             packets=old.lost_packets, bytes=old.lost_bytes))
                 for name in self.settings.probe.ifaces:
                     await self.attach(name)
-                services = await _start_all(self, self.settings.services)
+                await _start_all(self, self.settings.services, services)
                 self.ready.set()
                 await poll_forever(self.kernel, self._publish, stop)
                 if not await publisher.flush(self.settings.shutdown_flush_seconds):
@@ -141,10 +141,10 @@ class ProbeDaemon:
         self.interval_listeners.append(listener)
 
 
-async def _start_all(daemon: ProbePort, factories: list[ServiceFactory]) -> list[Service]:
-    started: list[Service] = []
+async def _start_all(daemon: ProbePort, factories: list[ServiceFactory], started: list[Service]) -> None:
+    """Start each service in order into ``started``: one that fails leaves the ones before it
+    in ``started``, to be closed."""
     for factory in factories:
         service = factory(daemon)
         await service.start()
         started.append(service)
-    return started
