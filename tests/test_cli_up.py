@@ -156,6 +156,22 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     assert all(s.daemon is daemon for s in (control, api)) and all(s.probe is daemon for s in (links, guard, docker))
 
 
+def test_the_daemon_offers_every_method_of_the_service_port():
+    import inspect
+
+    from connstats.probe.daemon import ProbeDaemon
+    from connstats.probe.ports import ProbePort
+
+    wanted = {name for name in vars(ProbePort) if not name.startswith("_")}
+    assert wanted == {"interval", "attach", "detach", "check_filters", "devices", "label", "publish_event",
+                      "live_records", "on_detach", "on_interval"}
+    for name in wanted:
+        port, daemon = inspect.getattr_static(ProbePort, name), inspect.getattr_static(ProbeDaemon, name)
+        if callable(port):
+            shape = lambda f: [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+            assert shape(port) == shape(daemon), name
+
+
 def test_one_config_holds_the_host_and_the_parts_derive_it(tmp_path):
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path)
     assert (config.kernel_settings().host, config.publisher_settings().host) == ("h", "h")
