@@ -6,9 +6,12 @@ Otherwise: the probe's log line per interval (``interval N: C connections, P pac
 from __future__ import annotations
 
 import sys
-from typing import Sequence, TextIO
 
-from connstats.probe.record import Envelope, FlowRecord, proto_name
+import numpy as np
+from typing import TextIO
+
+from connstats.probe.record import FlowRecord, proto_name
+from connstats.probe.wire import FlowBatch
 
 from .render import Column, human_bytes, rfc3339, table_text
 
@@ -47,20 +50,16 @@ def connection_row(r: FlowRecord | dict) -> dict:
     }
 
 
-def busiest(records: Sequence, limit: int) -> list:
-    key = (lambda r: (-r["bytes"], -r["packets"])) if records and isinstance(records[0], dict) \
-        else (lambda r: (-r.bytes, -r.packets))
-    return sorted(records, key=key)[:limit]
-
-
-def interval_summary(envelope: Envelope, records: Sequence[FlowRecord], limit: int = 10) -> str:
-    packets = sum(r.packets for r in records)
-    nbytes = sum(r.bytes for r in records)
+def interval_summary(batch: FlowBatch, limit: int = 10) -> str:
+    """Totals and the ``limit`` busiest connections, column-wise: only those become records."""
+    envelope = batch.envelope
+    packets = int(np.sum(batch.columns.packets, dtype=np.uint64)) if len(batch) else 0
+    nbytes = int(np.sum(batch.columns.bytes, dtype=np.uint64)) if len(batch) else 0
     lost = sum(o.packets for o in envelope.overflow)
     head = (f"{rfc3339(envelope.interval_end, digits=0)}  interval {envelope.interval_seq}: "
-            f"{len(records)} connections, {packets} packets, {human_bytes(nbytes)}B"
+            f"{len(batch)} connections, {packets} packets, {human_bytes(nbytes)}B"
             + (f", {lost} packets over capacity" if lost else ""))
-    rows = [connection_row(r) for r in busiest(records, limit)]
+    rows = [connection_row(r) for r in batch.busiest(limit).records()]
     return head + "\n\n" + table_text(rows, CONNECTION_COLUMNS, empty="(no traffic)")
 
 
@@ -72,6 +71,6 @@ class LiveSummary:
         self.out = out or sys.stdout
         self.limit = limit
 
-    def __call__(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        self.out.write(CLEAR + self.banner + "\n" + interval_summary(envelope, records, self.limit))
+    def __call__(self, batch: FlowBatch) -> None:
+        self.out.write(CLEAR + self.banner + "\n" + interval_summary(batch, self.limit))
         self.out.flush()

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 from typing import Annotated, Optional, TextIO
 
 import typer
 
 from connstats.probe.errors import MessageError
-from connstats.probe.record import Envelope, FlowRecord, decode_message
+from connstats.probe.record import Envelope
+from connstats.probe.wire import FlowBatch, decode_message
 from connstats.probe.subjects import FLOWS_WILDCARD, connect, flows_subject
 
 from .live import CLEAR, interval_summary
@@ -29,12 +31,13 @@ class IntervalAssembler:
 
     def __init__(self, iface: str | None = None) -> None:
         self.iface = iface
-        self._pending: dict[tuple, tuple[Envelope, dict[int, list[FlowRecord]]]] = {}
+        self._pending: dict[tuple, tuple[Envelope, dict[int, FlowBatch]]] = {}
 
-    def add(self, envelope: Envelope, records: list[FlowRecord]) -> tuple[Envelope, list[FlowRecord]] | None:
+    def add(self, batch: FlowBatch) -> FlowBatch | None:
+        envelope = batch.envelope
         key = (envelope.host, envelope.boot_id, envelope.interval_seq)
         first, chunks = self._pending.setdefault(key, (envelope, {}))
-        chunks[envelope.chunk] = [r for r in records if self.iface is None or r.ifname == self.iface]
+        chunks[envelope.chunk] = batch.on_device(self.iface)
         if envelope.chunk == 0:
             first = envelope
             self._pending[key] = (first, chunks)
@@ -43,7 +46,8 @@ class IntervalAssembler:
                 self._pending.pop(next(iter(self._pending)))
             return None
         del self._pending[key]
-        return first, [r for index in sorted(chunks) for r in chunks[index]]
+        return FlowBatch.concat(replace(first, chunk=0, chunks=1, record_offset=0),
+                                [chunks[index] for index in sorted(chunks)])
 
 
 async def watch(flags: NatsFlags, config, subject: str, iface: str | None, count: int | None,
@@ -63,11 +67,11 @@ async def watch(flags: NatsFlags, config, subject: str, iface: str | None, count
                 if msg is None:
                     break
                 try:
-                    interval = assembler.add(*decode_message(msg.data))
+                    interval = assembler.add(decode_message(msg.data))
                 except MessageError:
                     continue
                 if interval is not None:
-                    out.write(clear + interval_summary(*interval, limit=limit) + ("" if clear else "\n"))
+                    out.write(clear + interval_summary(interval, limit=limit) + ("" if clear else "\n"))
                     out.flush()
                     shown += 1
     finally:

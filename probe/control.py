@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from . import errors
 from .devices import AttachedDevice
 from .errors import ConfigError, ConnstatsError, TransportError
-from .record import record_to_wire
+from .wire import record_to_wire
 from .ports import ProbePort
 from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 
@@ -121,14 +121,13 @@ class ControlService:
             raise ConfigError("limit must be a non-negative integer")
         if iface is not None and iface not in {d.name for d in self.daemon.devices()}:
             raise errors.DeviceError(f"{iface!r} is not attached; see `connstats list`")
-        records = [r for r in await self.daemon.live_records() if iface is None or r.ifname == iface]
-        records.sort(key=lambda r: (-r.bytes, -r.packets))
+        live = (await self.daemon.live_records()).on_device(iface)
         reply = {
-            "interval_start": records[0].interval_start if records else None,
-            "now": records[0].interval_end if records else None,
-            "connections": len(records), "packets": sum(r.packets for r in records),
-            "bytes": sum(r.bytes for r in records),
-            "records": [record_to_wire(r) for r in records[:limit]],
+            "interval_start": live.envelope.interval_start if len(live) else None,
+            "now": live.envelope.interval_end if len(live) else None,
+            "connections": len(live), "packets": sum(live.column("packets")),
+            "bytes": sum(live.column("bytes")),
+            "records": [record_to_wire(r) for r in live.busiest(limit).records()],
         }
         return self._fitting(reply)
 

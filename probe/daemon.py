@@ -26,7 +26,7 @@ from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
 
-IntervalListener = Callable[[Envelope, Sequence[FlowRecord]], None]
+IntervalListener = Callable[["FlowBatch"], None]  # wire.FlowBatch: one published interval
 
 
 @dataclass
@@ -84,10 +84,10 @@ class ProbeDaemon:
                 await service.close()
             await asyncio.to_thread(self.kernel.close)
 
-    async def _publish(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    async def _publish(self, batch: "FlowBatch") -> None:
         for listener in self.interval_listeners:
-            listener(envelope, records)
-        await self.publisher.submit(envelope, records)
+            listener(batch)
+        await self.publisher.submit(batch)
         await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
                                               self.settings.probe.interval / 2))
 

@@ -1,7 +1,7 @@
 """The probe's publisher: intervals in, chunked JetStream messages out, through an outbox.
 
-``submit()`` splits one interval's records into chunks that fit the server's
-``max_payload``, encodes each with ``encode_message`` and appends it to the ``Outbox``
+``submit()`` splits one interval's batch into chunks that fit the server's
+``max_payload``, encodes each (schema 2, see wire.py) and appends it to the ``Outbox``
 with the message id ``<host>/<boot_id>/<interval_seq>/<chunk>``. ``drain_forever`` sends
 the oldest messages, up to ``max_in_flight`` at a time, and removes a message only once
 its PubAck arrived. After a timeout or a lost connection it waits until every message of
@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -28,7 +28,8 @@ from nats.js.api import Header, PubAck
 
 from .errors import TransportError
 from .outbox import Outbox, OutboxMessage
-from .record import Envelope, FlowRecord, encode_message, record_to_wire
+from .record import Envelope
+from .wire import FlowBatch, encode_chunk, encode_flows
 from .subjects import (
     NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
     flows_subject, message_id,
@@ -37,66 +38,76 @@ from .subjects import (
 log = logging.getLogger(__name__)
 
 _SAMPLE = 512  # records sized to estimate a chunk's length before encoding it
+_MARGIN = 1.05  # the estimate's headroom: a chunk over the limit is split, which costs a re-encode
 
 
 # -- chunking: a pure function -------------------------------------------------------------
 
 
-def encode_interval(envelope: Envelope, records: Sequence[FlowRecord],
-                    max_bytes: int) -> list[tuple[Envelope, bytes]]:
+def encode_interval(batch: FlowBatch, max_bytes: int) -> list[tuple[Envelope, bytes]]:
     """Encode one interval as chunks of at most ``max_bytes`` each, in record order.
 
-    Overflow counts belong to the interval, so only chunk 0 carries them.
+    The records per chunk come from the encoded size of an even sample of records; each
+    chunk's columns are encoded once, and a chunk that comes out too large is halved
+    before any envelope is written (the same arrays always give the same chunks). Only
+    chunk 0 carries the overflow counts, which belong to the interval.
     """
-    if not records:
-        return [_encode_chunk(envelope, records, 0, 1, 0)]
-    estimate = _largest_sampled_record(records)
-    per_chunk = max(1, (max_bytes - _envelope_bytes(envelope)) // (estimate + 1))
-    chunks = _encode_even_chunks(envelope, records, per_chunk)
-    if all(len(payload) <= max_bytes for _, payload in chunks):
-        return chunks
-    return _encode_measured_chunks(envelope, records, max_bytes)
+    parts = _fitting_parts(batch, max_bytes, _even_bounds(batch, max_bytes))
+    count = len(parts)
+    envelope = batch.envelope
+    return [_assemble(envelope, part, flows, index, count) for index, (part, flows) in enumerate(parts)]
 
 
-def _encode_chunk(envelope: Envelope, records: Sequence[FlowRecord], chunk: int,
-                  chunks: int, offset: int) -> tuple[Envelope, bytes]:
-    part = replace(envelope, chunk=chunk, chunks=chunks, record_offset=offset,
-                   overflow=envelope.overflow if chunk == 0 else ())
-    return part, encode_message(part, records)
+def _even_bounds(batch: FlowBatch, max_bytes: int) -> list[tuple[int, int]]:
+    total = len(batch)
+    if not total:
+        return [(0, 0)]
+    step = max(1, total // _SAMPLE)
+    sample = batch.columns_at(range(0, total, step))
+    per_record = len(encode_flows(sample)) * _MARGIN / len(sample.ifindex) + 1
+    budget = max_bytes - _envelope_bytes(batch.envelope, ()) - _devices_bytes(batch)
+    per_chunk = max(1, int(budget // per_record))
+    count = math.ceil(total / per_chunk)
+    per_chunk = math.ceil(total / count)  # spread evenly
+    return [(start, min(start + per_chunk, total)) for start in range(0, total, per_chunk)]
 
 
-def _encode_even_chunks(envelope: Envelope, records: Sequence[FlowRecord],
-                        per_chunk: int) -> list[tuple[Envelope, bytes]]:
-    count = math.ceil(len(records) / per_chunk)
-    per_chunk = math.ceil(len(records) / count)  # spread evenly
-    return [_encode_chunk(envelope, records[i * per_chunk:(i + 1) * per_chunk], i, count, i * per_chunk)
-            for i in range(count)]
+def _fitting_parts(batch: FlowBatch, max_bytes: int,
+                   bounds: list[tuple[int, int]]) -> list[tuple[FlowBatch, msgspec.Raw]]:
+    """Each bound's slice and its encoded columns; slices too large for a message are halved."""
+    parts = []
+    pending = list(reversed(bounds))
+    while pending:
+        start, stop = pending.pop()
+        part = batch.slice(start, stop)
+        flows = encode_flows(part.columns)
+        size = len(flows) + _envelope_bytes(part.envelope, part.devices)
+        if size > max_bytes and stop - start > 1:
+            middle = (start + stop) // 2
+            pending += [(middle, stop), (start, middle)]
+            continue
+        parts.append((part, flows))
+    return parts
 
 
-def _encode_measured_chunks(envelope: Envelope, records: Sequence[FlowRecord],
-                            max_bytes: int) -> list[tuple[Envelope, bytes]]:
-    """Slow path for uneven records: measure each one and cut greedily."""
-    budget = max_bytes - _envelope_bytes(envelope)
-    bounds, start, used = [], 0, 0
-    for index, record in enumerate(records):
-        size = len(msgspec.json.encode(record_to_wire(record))) + 1
-        if used + size > budget and index > start:
-            bounds.append((start, index))
-            start, used = index, 0
-        used += size
-    bounds.append((start, len(records)))
-    return [_encode_chunk(envelope, records[a:b], i, len(bounds), a) for i, (a, b) in enumerate(bounds)]
+def _assemble(envelope: Envelope, part: FlowBatch, flows: msgspec.Raw, index: int,
+              count: int) -> tuple[Envelope, bytes]:
+    offset = part.envelope.record_offset  # set by slice()
+    chunk = replace(envelope, chunk=index, chunks=count, record_offset=offset,
+                    overflow=envelope.overflow if index == 0 else ())
+    return chunk, encode_chunk(chunk, part.devices, flows)
 
 
-def _largest_sampled_record(records: Sequence[FlowRecord]) -> int:
-    step = max(1, len(records) // _SAMPLE)
-    return max(len(msgspec.json.encode(record_to_wire(records[i]))) for i in range(0, len(records), step))
-
-
-def _envelope_bytes(envelope: Envelope) -> int:
-    """An upper bound of a chunk's length without its records."""
+def _envelope_bytes(envelope: Envelope, devices) -> int:
+    """An upper bound of a chunk's length without its columns."""
     widest = 10**15
-    return len(encode_message(replace(envelope, chunk=widest, chunks=widest, record_offset=widest), ())) + 16
+    wide = replace(envelope, chunk=widest, chunks=widest, record_offset=widest)
+    return len(encode_chunk(wide, devices, msgspec.Raw(b"{}"))) + 16
+
+
+def _devices_bytes(batch: FlowBatch) -> int:
+    """The devices of the whole interval: a bound for any chunk's."""
+    return len(msgspec.json.encode(batch.devices))
 
 
 def payload_limit(max_payload: int) -> int:
@@ -184,15 +195,16 @@ class FlowPublisher:
 
     # -- input -----------------------------------------------------------------------------
 
-    async def submit(self, envelope: Envelope, records: Sequence[FlowRecord]) -> int:
-        """Chunk, encode and queue one interval's records (sorted by the caller); return the chunk count."""
+    async def submit(self, batch: FlowBatch) -> int:
+        """Chunk, encode and queue one interval's batch (in the caller's order); return the chunk count."""
+        envelope = batch.envelope
         async with self._submit_lock:
             limit = payload_limit(self._max_payload())
-            chunks = await asyncio.to_thread(encode_interval, envelope, records, limit)
+            chunks = await asyncio.to_thread(encode_interval, batch, limit)
             subject = flows_subject(envelope.host)
             for part, payload in chunks:
                 msg_id = message_id(part.host, part.boot_id, part.interval_seq, part.chunk)
-                self.outbox.put(msg_id, subject, payload, _records_in(part, chunks, len(records)))
+                self.outbox.put(msg_id, subject, payload, _records_in(part, chunks, len(batch)))
             self._empty.clear()
             self._wake.set()
             return len(chunks)

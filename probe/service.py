@@ -2,7 +2,7 @@
 
     load classifier (maps pinned per state directory) ─ adopt the devices and the
     pending interval of the probe before ─ attach devices ─┐
-        └─ every interval: poll (flip, grace, read) ─ publish(envelope, records) until
+        └─ every interval: poll (flip, grace, read) ─ publish(batch) until
            durable ─ commit (empty the read buffer)
     on stop: [detach,] one last poll, publish, commit; --on-exit keep leaves the filters
     and the pinned maps counting for the next start, detach removes both
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .errors import ConfigError, ConnstatsError
@@ -28,10 +28,11 @@ from .leftovers import attached_in_pins
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
 from .poller import DrainedInterval, MapPoller
 from .record import Envelope, FlowRecord
+from .wire import FlowBatch
 
 log = logging.getLogger("connstats.probe")
 
-Publish = Callable[[Envelope, Sequence[FlowRecord]], Awaitable[None]]
+Publish = Callable[[FlowBatch], Awaitable[None]]
 
 
 @dataclass
@@ -142,16 +143,16 @@ class KernelProbe:
         """Its counts are durable (or reported lost): unpin the old layout."""
         remove_pins(old.path)
 
-    def recover(self) -> tuple[Envelope, list[FlowRecord]] | None:
+    def recover(self) -> FlowBatch | None:
         """The interval the probe before this one counted and did not store, if any."""
         with self._lock:
             interval = self.poller.recover()
             if interval is None:
                 return None
-            envelope, records = self.envelope(interval), self._records(interval)
+            batch = self._records(interval)
         log.info("recovered interval %d from the previous probe", interval.seq)
         _log_interval(interval)
-        return envelope, records
+        return batch
 
     def commit(self) -> None:
         """The last polled interval is durable: empty its buffer."""
@@ -202,13 +203,13 @@ class KernelProbe:
             self._released.update(loss.device.ifindex for loss in lost)
         return lost
 
-    def poll(self) -> tuple[Envelope, list[FlowRecord]]:
+    def poll(self) -> FlowBatch:
         with self._lock:
             interval = self.poller.poll()
-            envelope, records = self.envelope(interval), self._records(interval)
+            batch = self._records(interval)
             self._forget_released()
         _log_interval(interval)
-        return envelope, records
+        return batch
 
     def _forget_released(self) -> None:
         """Devices detached before this drain have had their last counts labelled: forget them."""
@@ -217,13 +218,14 @@ class KernelProbe:
             self.labels.pop(ifindex, None)
         self._released.clear()
 
-    def peek(self) -> list[FlowRecord]:
+    def peek(self) -> FlowBatch:
         """The current, not yet published interval's counters."""
         with self._lock:
             return self._records(self.poller.peek())
 
-    def _records(self, interval: DrainedInterval) -> list[FlowRecord]:
-        return interval.records(self.devices.names(), self.labels)
+    def _records(self, interval: DrainedInterval) -> FlowBatch:
+        """The interval as one batch of columns (its envelope: this probe's)."""
+        return interval.batch(self.envelope(interval), self.devices.names(), self.labels)
 
     def envelope(self, interval: DrainedInterval, boot_id: str | None = None) -> Envelope:
         return Envelope(
@@ -236,7 +238,7 @@ class KernelProbe:
     def keeps_counting(self) -> bool:
         return self.settings.on_exit == "keep"
 
-    def finish(self) -> tuple[Envelope, list[FlowRecord]]:
+    def finish(self) -> FlowBatch:
         """The last interval: detach first (unless keeping), so nothing counted is left behind."""
         if not self.keeps_counting:
             with self._lock:
@@ -273,9 +275,9 @@ async def poll_forever(probe: KernelProbe, publish: Publish, stop: asyncio.Event
         if stop.is_set():
             break
         next_tick += probe.settings.interval
-        await publish(*await asyncio.to_thread(probe.poll))
+        await publish(await asyncio.to_thread(probe.poll))
         await asyncio.to_thread(probe.commit)
-    await publish(*await asyncio.to_thread(probe.finish))
+    await publish(await asyncio.to_thread(probe.finish))
     await asyncio.to_thread(probe.commit)
 
 
@@ -285,12 +287,12 @@ async def publish_recovered(probe: KernelProbe, publish: Publish) -> list[OldLay
     old layouts, whose ``lost_*`` say what could not be read."""
     pending = await asyncio.to_thread(probe.recover)
     if pending is not None:
-        await publish(*pending)
+        await publish(pending)
         await asyncio.to_thread(probe.commit)
     olds = []
     for old, intervals in await asyncio.to_thread(probe.take_over_old_layouts):
-        for envelope, records in intervals:
-            await publish(envelope, records)
+        for envelope, batch in intervals:
+            await publish(batch.with_envelope(envelope))
         if old.lost_entries:
             log.warning("the maps of the previous probe's layout %s have a shape this version cannot "
                         "read: %d connections (%d packets, %d bytes) were given up", old.path.name,

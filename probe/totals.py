@@ -1,6 +1,6 @@
 """Per-connection counters since attach: what the HTTP API serves.
 
-    every interval:  totals(envelope, records)        one dict lookup per record
+    every interval:  totals(batch)                    one dict lookup per record, from the columns
     on detach:       await forget_device(totals, daemon, ifindex)
     on read:         await current_view(totals, daemon, ifindex)   published + live interval
 
@@ -40,9 +40,10 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable
 
 from .record import Envelope, FlowRecord
+from .wire import FlowBatch
 
 DEFAULT_MAX_ENTRIES = 262_144  # ~0.5 KiB each with the key: ~130 MiB at the cap
 VIEW_ATTEMPTS = 20  # reads of the live interval before a view gives up on consistency
@@ -93,21 +94,23 @@ class ConnectionTotal:
     container_name: str
 
 
+# A connection of a batch as a tuple zipped from its columns: the key, then the rest.
+_ROW = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port",
+        "ifname", "family", "container_name", "packets", "bytes", "first_seen", "last_seen")
+_KEY = slice(0, 7)
+_IFNAME, _FAMILY, _CONTAINER, _PACKETS, _BYTES, _FIRST, _LAST = range(7, 14)
+
+
 class _Entry:
     """The mutable counters behind one key; static fields not in the key live here too."""
 
     __slots__ = ("id", "ifname", "family", "container_name", "packets", "bytes",
                  "first_seen", "last_seen")
 
-    def __init__(self, id: int, r: FlowRecord) -> None:
+    def __init__(self, id: int, row: tuple) -> None:
         self.id = id
-        self.ifname = r.ifname
-        self.family = r.family
-        self.container_name = r.container_name
-        self.packets = r.packets
-        self.bytes = r.bytes
-        self.first_seen = r.first_seen
-        self.last_seen = r.last_seen
+        (self.ifname, self.family, self.container_name, self.packets, self.bytes,
+         self.first_seen, self.last_seen) = row[7:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,25 +141,27 @@ class ConnectionTotals:
     def __len__(self) -> int:
         return len(self._table)
 
-    def __call__(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    def __call__(self, batch: FlowBatch) -> None:
         """Add one published interval (the daemon calls this; it never raises)."""
+        envelope = batch.envelope
         self._add_overflow(envelope)
+        rows = batch.rows(_ROW)
         if self._forgotten:
-            records = self._settle_forgotten(envelope.interval_start, envelope.interval_end,
-                                             records, consume=True)
+            rows = self._settle_forgotten(envelope.interval_start, envelope.interval_end,
+                                          rows, consume=True)
         table = self._table
-        for r in records:
-            key = (r.ifindex, r.direction, r.proto, r.src_ip, r.dst_ip, r.src_port, r.dst_port)
+        for row in rows:
+            key = row[:7]
             entry = table.get(key)
             if entry is None:
-                table[key] = _Entry(self._pending_ids.pop(key, None) or next(self._ids), r)
+                table[key] = _Entry(self._pending_ids.pop(key, None) or next(self._ids), row)
                 continue
-            entry.packets += r.packets
-            entry.bytes += r.bytes
-            if r.first_seen < entry.first_seen:
-                entry.first_seen = r.first_seen
-            if r.last_seen > entry.last_seen:
-                entry.last_seen = r.last_seen
+            entry.packets += row[_PACKETS]
+            entry.bytes += row[_BYTES]
+            if row[_FIRST] < entry.first_seen:
+                entry.first_seen = row[_FIRST]
+            if row[_LAST] > entry.last_seen:
+                entry.last_seen = row[_LAST]
         self.intervals += 1
         self.ingested_until = envelope.interval_end
         if len(table) > self.max_entries:
@@ -195,7 +200,7 @@ class ConnectionTotals:
 
     # -- forgetting a device ----------------------------------------------------------------
 
-    def forget(self, ifindex: int, live: Iterable[FlowRecord] = (),
+    def forget(self, ifindex: int, live: FlowBatch | None = None,
                until_ns: int | None = None) -> int:
         """Drop a detached device's totals; return how many connections were dropped.
 
@@ -208,29 +213,29 @@ class ConnectionTotals:
             del self._table[key]
         for key in [key for key in self._overflow if key[0] == ifindex]:
             del self._overflow[key]
-        mine = [r for r in live if r.ifindex == ifindex]
+        mine = [row for row in (live.rows(_ROW) if live else ()) if row[0] == ifindex]
         self._forgotten[ifindex] = _Forgotten(
             until_ns=time.time_ns() if until_ns is None else until_ns,
-            residue_start=mine[0].interval_start if mine else None,
-            residue={connection_key(r): (r.packets, r.bytes) for r in mine},
+            residue_start=live.envelope.interval_start if mine else None,
+            residue={row[:7]: (row[_PACKETS], row[_BYTES]) for row in mine},
         )
         return len(doomed)
 
-    def _settle_forgotten(self, start: int, end: int, records: Sequence[FlowRecord],
-                          consume: bool) -> list[FlowRecord]:
-        """Records of one interval without what forgotten devices counted before detach."""
+    def _settle_forgotten(self, start: int, end: int, rows: Iterable[tuple],
+                          consume: bool) -> list[tuple]:
+        """Rows of one interval without what forgotten devices counted before detach."""
         forgotten = self._forgotten
         kept = []
-        for r in records:
-            gone = forgotten.get(r.ifindex)
+        for row in rows:
+            gone = forgotten.get(row[0])
             if gone is not None:
                 if end <= gone.until_ns:
                     continue
                 if start == gone.residue_start:
-                    r = _minus(r, gone.residue.get(connection_key(r)))
-                    if r is None:
+                    row = _minus(row, gone.residue.get(row[:7]))
+                    if row is None:
                         continue
-            kept.append(r)
+            kept.append(row)
         if consume:
             for ifindex in [i for i, gone in forgotten.items() if end > gone.until_ns]:
                 del forgotten[ifindex]
@@ -238,13 +243,13 @@ class ConnectionTotals:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def is_current(self, live: Sequence[FlowRecord]) -> bool:
+    def is_current(self, live: FlowBatch | None) -> bool:
         """True if ``live`` is the interval right after the last one added."""
         if not live or self.ingested_until is None:
             return True
-        return live[0].interval_start == self.ingested_until
+        return live.envelope.interval_start == self.ingested_until
 
-    def view(self, live: Sequence[FlowRecord] = (), ifindexes: Any = None,
+    def view(self, live: FlowBatch | None = None, ifindexes: Any = None,
              since_ns: dict[int, int] | None = None) -> list[ConnectionTotal]:
         """Totals plus the ``live`` interval, for ``ifindexes`` (all if None), by id.
 
@@ -256,19 +261,20 @@ class ConnectionTotals:
         for key, e in self._table.items():
             if ifindexes is None or key[0] in ifindexes:
                 merged[key] = _snapshot(key, e)
+        rows = live.rows(_ROW) if live else ()
         if live and self._forgotten:
-            live = self._settle_forgotten(live[0].interval_start, live[0].interval_end, live,
-                                          consume=False)
-        for r in live:
-            if ifindexes is None or r.ifindex in ifindexes:
-                self._add_live(merged, r)
+            rows = self._settle_forgotten(live.envelope.interval_start, live.envelope.interval_end,
+                                          rows, consume=False)
+        for row in rows:
+            if ifindexes is None or row[0] in ifindexes:
+                self._add_live(merged, row)
         totals = merged.values()
         if since_ns:
             totals = [t for t in totals if t.last_seen >= since_ns.get(t.ifindex, 0) - SINCE_SLACK_NS]
         return sorted(totals, key=lambda t: t.id)
 
-    def _add_live(self, merged: dict[ConnectionKey, ConnectionTotal], r: FlowRecord) -> None:
-        key = connection_key(r)
+    def _add_live(self, merged: dict[ConnectionKey, ConnectionTotal], row: tuple) -> None:
+        key = row[:7]
         total = merged.get(key)
         if total is None:
             entry = self._table.get(key)
@@ -276,14 +282,14 @@ class ConnectionTotals:
                 id = self._pending_ids.get(key)
                 if id is None:
                     id = self._pending_ids[key] = next(self._ids)
-                merged[key] = _snapshot(key, _Entry(id, r))
+                merged[key] = _snapshot(key, _Entry(id, row))
                 return
             total = merged[key] = _snapshot(key, entry)
-        total.packets += r.packets
-        total.bytes += r.bytes
-        total.first_seen = min(total.first_seen, r.first_seen)
-        total.last_seen = max(total.last_seen, r.last_seen)
-        total.container_name = r.container_name or total.container_name
+        total.packets += row[_PACKETS]
+        total.bytes += row[_BYTES]
+        total.first_seen = min(total.first_seen, row[_FIRST])
+        total.last_seen = max(total.last_seen, row[_LAST])
+        total.container_name = row[_CONTAINER] or total.container_name
 
 
 def _snapshot(key: ConnectionKey, e: _Entry) -> ConnectionTotal:
@@ -293,19 +299,19 @@ def _snapshot(key: ConnectionKey, e: _Entry) -> ConnectionTotal:
                            e.container_name)
 
 
-def _minus(r: FlowRecord, residue: tuple[int, int] | None) -> FlowRecord | None:
-    """``r`` less what was counted before the detach; None if nothing is left."""
+def _minus(row: tuple, residue: tuple[int, int] | None) -> tuple | None:
+    """``row`` less what was counted before the detach; None if nothing is left."""
     if residue is None:
-        return r
+        return row
     packets, nbytes = residue
-    if r.packets <= packets:
+    if row[_PACKETS] <= packets:
         return None
-    return replace(r, packets=r.packets - packets, bytes=r.bytes - nbytes)
+    return (*row[:_PACKETS], row[_PACKETS] - packets, row[_BYTES] - nbytes, *row[_FIRST:])
 
 
 # -- the daemon side ------------------------------------------------------------------------
 
-LiveRecords = Callable[[], Awaitable[list[FlowRecord]]]
+LiveRecords = Callable[[], Awaitable[FlowBatch]]
 
 
 def totals_for(daemon: Any, max_entries: int = DEFAULT_MAX_ENTRIES) -> ConnectionTotals:
@@ -346,4 +352,4 @@ async def current_view(totals: ConnectionTotals, live_records: LiveRecords,
         if totals.is_current(live):
             return totals.view(live, ifindexes, since_ns)
         await asyncio.sleep(VIEW_RETRY_SECONDS)
-    return totals.view((), ifindexes, since_ns)
+    return totals.view(None, ifindexes, since_ns)

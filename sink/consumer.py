@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -33,7 +33,7 @@ from nats.js.api import Header
 
 from connstats.probe.backoff import Backoff
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable, TransportError
-from connstats.probe.record import decode_message
+from connstats.probe.wire import FlowBatch, decode_message
 from connstats.probe.subjects import (
     DEADLETTER_SUBJECT, DEFAULT_DURABLE, FLOWS_WILDCARD, PREFIX, STREAM_NAME, StreamSettings,
     deadletter_stream_config, ensure_stream, flow_stream_config, host_from_token, sink_consumer_config,
@@ -123,12 +123,22 @@ class FlowConsumer:
     # -- the loop -----------------------------------------------------------------------
 
     async def consume_forever(self, stop: asyncio.Event) -> None:
-        """Fetch and handle batches until ``stop`` is set; the batch in hand is finished."""
+        """Fetch and handle batches until ``stop`` is set; the batch in hand is finished.
+
+        After a full batch (a backlog) the next one is fetched while this one is stored; a
+        batch fetched ahead during a pause, or when ``stop`` came, is handed back (nak)."""
+        ahead: asyncio.Future | None = None
         while not stop.is_set():
-            messages = await self.fetch_batch()
+            messages = await (ahead or self.fetch_batch())
+            ahead = asyncio.ensure_future(self.fetch_batch()) if len(messages) == self.settings.batch else None
             pause = await self.handle_batch(messages)
             if pause:
+                if ahead is not None:
+                    await self._nak_all(await ahead, pause)
+                    ahead = None
                 await _sleep_unless(stop, pause)
+        if ahead is not None:
+            await self._nak_all(await ahead, 0)
 
     async def fetch_batch(self) -> list[Msg]:
         try:
@@ -143,8 +153,9 @@ class FlowConsumer:
     async def handle_batch(self, messages: list[Msg]) -> float:
         """Handle messages in order; return how long to pause fetching (0 if none)."""
         stored, failed = self._counts["stored_messages"], self._counts["store_errors"]
+        decoded = _Lookahead(messages)
         for index, msg in enumerate(messages):
-            delay = await self.handle(msg)
+            delay = await self.handle(msg, decoded.take(index), lambda: decoded.prepare(index + 1))
             if delay:  # the store itself fails: hand back the rest too
                 await self._nak_all(messages[index + 1:], delay)
                 return delay
@@ -152,17 +163,20 @@ class FlowConsumer:
             return self._backoff.next()  # writes failed and none succeeded: do not fetch again at once
         return 0.0
 
-    async def handle(self, msg: Msg) -> float:
-        """Store or dead-letter one message, or hand it back; return a pause if the store fails."""
-        try:
-            envelope, records = decode_message(msg.data)
-        except MessageError as exc:
-            return await self._dead_letter(msg, f"undecodable: {exc}")
-        wrong_host = _host_mismatch(msg.subject, envelope.host)
+    async def handle(self, msg: Msg, decoded: FlowBatch | MessageError | None = None,
+                     meanwhile: Callable[[], None] | None = None) -> float:
+        """Store or dead-letter one message, or hand it back; return a pause if the store fails.
+
+        ``decoded`` is the message already decoded (or why it cannot be); ``meanwhile`` runs
+        while the store writes in its thread (decoding the next message)."""
+        batch = _decode(msg) if decoded is None else decoded
+        if isinstance(batch, MessageError):
+            return await self._dead_letter(msg, f"undecodable: {batch}")
+        wrong_host = _host_mismatch(msg.subject, batch.envelope.host)
         if wrong_host:
             return await self._dead_letter(msg, wrong_host)
         try:
-            await self.store.write(envelope, records)
+            await self._write(batch, meanwhile)
         except StoreUnavailable as exc:
             return await self._write_failed(msg, exc)
         except StoreError as exc:
@@ -173,8 +187,15 @@ class FlowConsumer:
         self._stored(msg)
         await _settle(msg.ack)
         self._counts["stored_messages"] += 1
-        self._counts["stored_records"] += len(records)
+        self._counts["stored_records"] += len(batch)
         return 0.0
+
+    async def _write(self, batch: FlowBatch, meanwhile: Callable[[], None] | None) -> None:
+        write = asyncio.ensure_future(self.store.write(batch))
+        if meanwhile is not None:
+            await asyncio.sleep(0)  # the write starts (its thread, for the real stores)
+            meanwhile()
+        await write
 
     def _stored(self, msg: Msg) -> None:
         self._backoff.reset()
@@ -255,6 +276,29 @@ class FlowConsumer:
         for msg in messages:
             await _settle(msg.nak, delay)
         self._counts["naks"] += len(messages)
+
+
+def _decode(msg: Msg) -> FlowBatch | MessageError:
+    try:
+        return decode_message(msg.data)
+    except MessageError as exc:
+        return exc
+
+
+class _Lookahead:
+    """The messages of a batch decoded one ahead: ``prepare(i)`` while message i - 1 is stored."""
+
+    def __init__(self, messages: list[Msg]) -> None:
+        self.messages = messages
+        self._ready: dict[int, FlowBatch | MessageError] = {}
+
+    def prepare(self, index: int) -> None:
+        if index < len(self.messages) and index not in self._ready:
+            self._ready[index] = _decode(self.messages[index])
+
+    def take(self, index: int) -> FlowBatch | MessageError:
+        self.prepare(index)
+        return self._ready.pop(index)
 
 
 async def _settle(action: Any, *args: Any) -> None:

@@ -7,7 +7,7 @@ read-only connection (WAL: it works while the sink writes); ``influx_history`` r
 with ``params=`` and adds rows up in Python (``aggregate``), so both stores give the same rows:
 
     keys (by --group-by)      connection: ifname, direction, proto, src_ip, src_port, dst_ip, dst_port
-                              port: proto, port (the lower of the two ports: the server side)
+                              port: proto, port (the server side: sink/store.py service_port)
                               iface: ifname, direction        proto: proto
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC)
     with --every              time (start of the bucket, ns)
@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 from connstats.probe.errors import ConfigError, StoreError
 from connstats.probe.record import DIRECTIONS, TIME_MAX, proto_name, proto_number
+from connstats.sink.store import known_ports, service_port
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "connection": ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port"),
@@ -154,7 +155,7 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
 _SQL_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "proto", "src_ip": "src_ip",
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
-    "port": "MIN(src_port, dst_port)",
+    "port": "connstats_service_port(src_port, dst_port)",  # registered by sqlite_history
 }
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
@@ -234,6 +235,7 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         raise StoreError(f"cannot open {path} read-only: {exc}; check its permissions") from exc
     try:
         db.row_factory = sqlite3.Row
+        db.create_function("connstats_service_port", 2, _sql_service_port, deterministic=True)
         sql, params = build_sql(query, overflow=_has_table(db, "overflow"))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
@@ -245,6 +247,13 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
     finally:
         db.close()
     return sql_rows(rows, query)
+
+
+def _sql_service_port(src_port: int, dst_port: int) -> int:
+    return service_port(src_port, dst_port, _KNOWN)[0]
+
+
+_KNOWN = known_ports()
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -333,7 +342,7 @@ def _point_row(point: dict) -> dict:
         row[name] = int(point.get(name) or 0)
     proto = point.get("proto")
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
-    row["port"] = min(row["src_port"], row["dst_port"])
+    row["port"] = service_port(row["src_port"], row["dst_port"], _KNOWN)[0]
     return row
 
 

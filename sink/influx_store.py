@@ -1,7 +1,7 @@
 """The InfluxDB 2.x store: line protocol built by hand, written synchronously in chunks.
 
-Split the Vector way: ``InfluxConfig`` (settings), ``encode_lines`` (pure: records in,
-line protocol out) and ``InfluxStore`` (I/O only, through ``influxdb-client``).
+Split the Vector way: ``InfluxConfig`` (settings), ``encode_lines`` (pure: a batch's
+columns in, line protocol out) and ``InfluxStore`` (I/O only, through ``influxdb-client``).
 
 One point per record in measurement ``connstats_flow``. Tags have bounded cardinality
 (host, ifname, direction, proto, service_port, container_name); addresses, ports, container
@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3.exceptions
@@ -30,16 +29,15 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.health_service import HealthService
 from influxdb_client.service.write_service import WriteService
 
-from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord, proto_name
-from connstats.sink.store import overflow_totals
+from connstats.probe.errors import StoreError, StoreUnavailable
+from connstats.probe.record import Envelope, proto_name
+from connstats.probe.wire import FlowBatch
+from connstats.sink.store import overflow_totals, service_port_column
 
 MEASUREMENT = "connstats_flow"
 OVERFLOW_MEASUREMENT = "connstats_overflow"
 MAX_LINES_PER_REQUEST = 5_000
 GZIP_LEVEL = 1  # fastest; see InfluxStore.__init__
-OTHER_PORT = "other"
-_PORT_TEXT = tuple(str(port) for port in range(65536))
 
 # Tag values: comma, equals sign and space are escaped, and so is the backslash itself
 # (a trailing or doubled backslash would otherwise swallow the next separator).
@@ -106,23 +104,33 @@ def _required(value: str | None, name: str, what: str) -> str:
 # -- encode: pure ------------------------------------------------------------------
 
 
-def encode_lines(
-    envelope: Envelope, records: Sequence[FlowRecord], service_ports: frozenset[int] = frozenset()
-) -> list[str]:
-    """One line of line protocol per record, in order, timestamps in nanoseconds."""
-    records = _with_escaped_strings(records)
-    try:
-        keys = _series_keys(records, _known_ports(service_ports))
-    except IndexError:
-        raise MessageError("a record has a port above 65535; fix the producer of the message") from None
+# Tags (besides host and service_port) and fields of a flow point; together with the host
+# they cover every field of a record (tests/test_influx_store.py checks it against wire.py).
+TAGS = ("container_name", "direction", "ifname", "proto")
+FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
+          "ifindex", "last_seen", "packets", "src_ip", "src_port", "tcp_flags")
+
+
+def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) -> list[str]:
+    """One line of line protocol per record, in order, timestamps in nanoseconds; from the
+    batch's columns (one f-string per record, no record object)."""
+    envelope = batch.envelope
+    ports = service_port_column(batch.column("src_port"), batch.column("dst_port"), service_ports)
+    keys = list(zip(*(batch.column(tag) for tag in TAGS), ports))
     tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
+    src_ip, dst_ip = (_escaped(batch.column(name)) for name in ("src_ip", "dst_ip"))
+    containers = _container_fields(batch.column("container_id"), batch.column("container_image"))
     return [
-        f'{tag_sets[key]} bytes={r.bytes}i,{_container_fields(r)}dst_ip="{r.dst_ip}",'
-        f"dst_port={r.dst_port}i,family={r.family}i,first_seen={r.first_seen}i,"
-        f'ifindex={r.ifindex}i,last_seen={r.last_seen}i,packets={r.packets}i,src_ip="{r.src_ip}",'
-        f"src_port={r.src_port}i,tcp_flags={r.tcp_flags}i {base + i}"
-        for i, (key, r) in enumerate(zip(keys, records))
+        f'{tag_sets[key]} bytes={nbytes}i,{container}dst_ip="{dst}",'
+        f"dst_port={dport}i,family={family}i,first_seen={first}i,"
+        f'ifindex={ifindex}i,last_seen={last}i,packets={packets}i,src_ip="{src}",'
+        f"src_port={sport}i,tcp_flags={flags}i {base + i}"
+        for i, (key, nbytes, container, dst, dport, family, first, ifindex, last, packets, src, sport, flags)
+        in enumerate(zip(keys, *(batch.column(name) for name in ("bytes",)), containers, dst_ip,
+                         *(batch.column(name) for name in ("dst_port", "family", "first_seen", "ifindex",
+                                                          "last_seen", "packets")),
+                         src_ip, batch.column("src_port"), batch.column("tcp_flags")))
     ]
 
 
@@ -136,19 +144,16 @@ def encode_overflow_lines(envelope: Envelope) -> list[str]:
     ]
 
 
-def _container_fields(r: FlowRecord) -> str:
-    """``container_id`` and ``container_image`` fields, only for labelled records."""
-    if not r.container_id and not r.container_image:
-        return ""
-    return (f'container_id="{escape_string(r.container_id)}",'
-            f'container_image="{escape_string(r.container_image)}",')
+def _container_fields(ids, images) -> list[str]:
+    """``container_id`` and ``container_image`` fields per record, "" for unlabelled ones."""
+    text = {pair: (f'container_id="{escape_string(pair[0])}",container_image="{escape_string(pair[1])}",'
+                   if any(pair) else "") for pair in set(zip(ids, images))}
+    return list(map(text.__getitem__, zip(ids, images)))
 
 
 def service_port(src_port: int, dst_port: int, service_ports: frozenset[int] = frozenset()) -> str:
-    """The server side of a connection as a tag value: a well-known (1-1023) or configured
-    port, the lower one when both are; else ``other``. Port 0 means "no ports" (ICMP)."""
-    key = _series_keys([_PortsOnly(src_port, dst_port)], _known_ports(service_ports))[0]
-    return key[3]
+    """The ``service_port`` tag value of one connection (the rule: ``store.service_port``)."""
+    return service_port_column([src_port], [dst_port], service_ports)[0]
 
 
 def escape_tag(value: str) -> str:
@@ -161,53 +166,16 @@ def escape_string(value: str) -> str:
     return value.translate(_STRING_ESCAPES)
 
 
-def _with_escaped_strings(records: Sequence[FlowRecord]) -> Sequence[FlowRecord]:
-    """The records, with string fields escaped; a copy only if any needs it (rare)."""
-    text = "".join([r.src_ip for r in records]) + "".join([r.dst_ip for r in records])
-    if '"' not in text and "\\" not in text:
-        return records
-    return [
-        replace(r, src_ip=escape_string(r.src_ip), dst_ip=escape_string(r.dst_ip)) for r in records
-    ]
+def _escaped(texts: list[str]) -> list[str]:
+    """String field values escaped; a copy only if any needs it (rare)."""
+    joined = "".join(texts)
+    if '"' not in joined and "\\" not in joined:
+        return texts
+    return [escape_string(text) for text in texts]
 
 
-@dataclass(frozen=True, slots=True)
-class _PortsOnly:
-    """Just enough of a record for ``_series_keys``, so the port rule lives in one place."""
-
-    src_port: int
-    dst_port: int
-    ifname: str = ""
-    direction: str = ""
-    proto: int = 0
-    container_name: str = ""
-
-
-@lru_cache(maxsize=8)
-def _known_ports(service_ports: frozenset[int]) -> bytes:
-    """A 65536-byte table: 1 where the port is a service port, else 0."""
-    table = bytearray(65536)
-    table[1:1024] = b"\x01" * 1023
-    for port in service_ports:
-        if 0 < port < 65536:
-            table[port] = 1
-    return bytes(table)
-
-
-def _series_keys(records: Sequence[FlowRecord], known: bytes) -> list[tuple]:
-    """(ifname, direction, proto, service port text, container name) per record; inline for speed."""
-    return [
-        (r.ifname, r.direction, r.proto,
-         _PORT_TEXT[min(r.src_port, r.dst_port)] if known[r.src_port] and known[r.dst_port]
-         else _PORT_TEXT[r.src_port] if known[r.src_port]
-         else _PORT_TEXT[r.dst_port] if known[r.dst_port]
-         else OTHER_PORT, r.container_name)
-        for r in records
-    ]
-
-
-def _tag_set(host: str, ifname: str, direction: str, proto: int, port: str,
-             container_name: str = "") -> str:
+def _tag_set(host: str, container_name: str, direction: str, ifname: str, proto: int,
+             port: str) -> str:
     tags = (
         ("container_name", container_name), ("direction", direction), ("host", host),
         ("ifname", ifname), ("proto", proto_name(proto)), ("service_port", port),
@@ -248,8 +216,8 @@ class InfluxStore:
     async def ping(self) -> None:
         await asyncio.to_thread(self._call, self._check_health)
 
-    async def write(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        await asyncio.to_thread(self._call, self._post, envelope, records)
+    async def write(self, batch: FlowBatch) -> None:
+        await asyncio.to_thread(self._call, self._post, batch)
 
     async def query(self, flux: str, params: dict[str, Any] | None = None) -> list[dict]:
         """Run a Flux query with bind ``params``; one dict per row (``FluxRecord.values``)."""
@@ -282,9 +250,10 @@ class InfluxStore:
                 f"{self.where} is {health.status}: {_one_line(health.message)}; wait for it to recover"
             )
 
-    def _post(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    def _post(self, batch: FlowBatch) -> None:
         """Encode (here, off the event loop, as the client's gzip is too) and post."""
-        lines = encode_lines(envelope, records, self.config.service_ports)
+        envelope = batch.envelope
+        lines = encode_lines(batch, self.config.service_ports)
         if envelope.overflow:
             lines += encode_overflow_lines(envelope)
         for body in chunked(lines):

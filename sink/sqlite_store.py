@@ -1,6 +1,7 @@
 """The embedded store: one SQLite file in WAL mode, one row per connection and interval.
 
-``flow_rows`` is the pure encode step (records in, row tuples out); ``SqliteStore`` does
+``flow_rows`` is the pure encode step (a batch's columns in, row tuples out, zipped from the
+columns without an object per record); ``SqliteStore`` does
 only I/O: it opens the file, keeps the schema, inserts each message in one transaction
 off the event loop and, when a retention is set, prunes old rows at most once a minute.
 
@@ -22,20 +23,19 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from connstats.probe.errors import StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord, bulk_allocation
+from connstats.probe.record import Envelope, bulk_allocation
+from connstats.probe.wire import RECORD_FIELDS, FlowBatch
 from connstats.sink.store import overflow_totals
 
 SCHEMA_VERSION = 2  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
 
-_COLUMNS = (
-    "host", "ifindex", "ifname", "direction", "family", "proto", "src_ip", "dst_ip",
-    "src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen", "tcp_flags",
-    "interval_start", "interval_end", "container_id", "container_name", "container_image",
-)
+# The flows table's columns: the host, then every field of a record, by name (rows are
+# zipped from the batch's columns by these names, so an order here cannot swap values).
+_COLUMNS = ("host", *RECORD_FIELDS)
 
 _SCHEMA_V1 = (
     """CREATE TABLE IF NOT EXISTS flows (
@@ -115,16 +115,9 @@ _SET_TOTALS = (
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # primary result codes
 
 
-def flow_rows(envelope: Envelope, records: Sequence[FlowRecord]) -> list[tuple]:
-    """One row tuple per record, in ``_COLUMNS`` order."""
-    host = envelope.host
-    return [
-        (host, r.ifindex, r.ifname, r.direction, r.family, r.proto, r.src_ip, r.dst_ip,
-         r.src_port, r.dst_port, r.packets, r.bytes, r.first_seen, r.last_seen,
-         r.tcp_flags, r.interval_start, r.interval_end, r.container_id, r.container_name,
-         r.container_image)
-        for r in records
-    ]
+def flow_rows(batch: FlowBatch) -> list[tuple]:
+    """One row tuple per record, in ``_COLUMNS`` order, zipped from the batch's columns."""
+    return list(batch.rows(_COLUMNS))
 
 
 def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
@@ -178,8 +171,8 @@ class SqliteStore:
     async def ping(self) -> None:
         await asyncio.to_thread(self._locked, self._check_writable)
 
-    async def write(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        await asyncio.to_thread(self._locked, self._insert, envelope, records)
+    async def write(self, batch: FlowBatch) -> None:
+        await asyncio.to_thread(self._locked, self._insert, batch)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._locked, self._close)
@@ -206,14 +199,14 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         db.execute("ROLLBACK")
 
-    def _insert(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
+    def _insert(self, batch: FlowBatch) -> None:
         db = self._connection()
-        rows = flow_rows(envelope, records)
+        envelope = batch.envelope
         with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
-            if db.executemany(_INSERT, rows).rowcount < len(rows):  # a redelivery, or repeated keys
+            if db.executemany(_INSERT, batch.rows(_COLUMNS)).rowcount < len(batch):  # a redelivery, or repeated keys
                 db.executemany(_SET_TOTALS, [(*(row[i] for i in _SUMMED), *(row[i] for i in _KEY))
-                                             for row in repeated_key_totals(rows)])
+                                             for row in repeated_key_totals(flow_rows(batch))])
             if envelope.overflow:
                 db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
 

@@ -1,17 +1,21 @@
 """What the sink needs from a store. ``SqliteStore`` and ``InfluxStore`` implement it."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from functools import lru_cache
+from typing import Protocol
 
-from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.errors import MessageError
+
+from connstats.probe.record import Envelope
+from connstats.probe.wire import FlowBatch
 
 
 class Store(Protocol):
     async def ping(self) -> None:
         """Raise ``StoreError`` (or ``StoreUnavailable``) unless the store can take writes."""
 
-    async def write(self, envelope: Envelope, records: Sequence[FlowRecord]) -> None:
-        """Store one message's records and its overflow durably; return only once they are stored.
+    async def write(self, batch: FlowBatch) -> None:
+        """Store one message's records (columns) and its overflow durably; return only once they are stored.
 
         Idempotent: writing the same message again changes nothing. Records of one message
         that share a key are summed, never dropped. Raise ``StoreUnavailable`` for failures
@@ -34,3 +38,46 @@ def overflow_totals(envelope: Envelope) -> list[tuple[int, str, str, int, int]]:
         total[2] += o.bytes
     return [(ifindex, ifname, direction, packets, nbytes)
             for (ifindex, direction), (ifname, packets, nbytes) in totals.items()]
+
+
+# -- the service port: one rule for every store and for history -------------------------------
+
+OTHER_PORT = "other"
+_PORT_TEXT = tuple(str(port) for port in range(65536))
+
+
+@lru_cache(maxsize=8)
+def known_ports(service_ports: frozenset[int] = frozenset()) -> bytes:
+    """A 65536-byte table: 1 where the port is a service port (1-1023 or configured), else 0."""
+    table = bytearray(65536)
+    table[1:1024] = b"\x01" * 1023
+    for port in service_ports:
+        if 0 < port < 65536:
+            table[port] = 1
+    return bytes(table)
+
+
+def service_port(src_port: int, dst_port: int, known: bytes) -> tuple[int, bool]:
+    """The one rule for the server side of a connection, used by InfluxDB's ``service_port``
+    tag and by ``history --group-by port``: the service port (see ``known_ports``) of the
+    two, the lower one when both are; when neither is, the lower of the two, and False.
+    Port 0 means "no ports" (ICMP)."""
+    if known[src_port]:
+        return (min(src_port, dst_port) if known[dst_port] else src_port), True
+    if known[dst_port]:
+        return dst_port, True
+    return min(src_port, dst_port), False
+
+
+def service_port_column(src_ports, dst_ports, service_ports: frozenset[int] = frozenset()) -> list[str]:
+    """``service_port`` per record as tag text; ``other`` where neither port is a service port
+    (ephemeral ports would make a series per connection)."""
+    known = known_ports(service_ports)
+    texts: dict[tuple[int, int], str] = {}
+    try:
+        for pair in set(zip(src_ports, dst_ports)):
+            port, is_service = service_port(*pair, known)
+            texts[pair] = _PORT_TEXT[port] if is_service else OTHER_PORT
+    except IndexError:
+        raise MessageError("a record has a port above 65535; fix the producer of the message") from None
+    return list(map(texts.__getitem__, zip(src_ports, dst_ports)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from dataclasses import replace
 
 import msgspec
 import pytest
@@ -18,6 +19,7 @@ from connstats.cli.top import IntervalAssembler
 from connstats.probe.control import ControlService
 from connstats.probe.errors import ConfigError
 from connstats.probe.record import Envelope
+from connstats.probe.wire import FlowBatch
 from connstats.probe.contract import NatsOptions
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.nats import free_port
@@ -284,9 +286,10 @@ def test_top_shows_an_interval_once_all_chunks_arrived():
     base = Envelope("h", "b", 7, SINCE, SINCE + 5, chunks=2)
     first = [record("veth0", 1, 1, 10), record("eth0", 2, 1, 10)]
     second = [record("veth0", 3, 1, 10)]
-    assert assembler.add(Envelope("h", "b", 7, SINCE, SINCE + 5, chunk=1, chunks=2, record_offset=2), second) is None
-    envelope, records = assembler.add(base, first)
-    assert envelope == base and [r.src_port for r in records] == [1, 3]
+    assert assembler.add(FlowBatch.from_records(
+        Envelope("h", "b", 7, SINCE, SINCE + 5, chunk=1, chunks=2, record_offset=2), second)) is None
+    interval = assembler.add(FlowBatch.from_records(base, first))
+    assert interval.envelope == replace(base, chunks=1) and [r.src_port for r in interval] == [1, 3]
 
 
 def test_doctor_reports_pass_fail_and_skip():

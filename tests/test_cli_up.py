@@ -9,6 +9,7 @@ import nats
 
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.cli.config import Config
 from connstats.cli.daemons import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
@@ -68,7 +69,7 @@ async def test_wait_until_stored_follows_the_consumer_ack_floor(nats_server):
     async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
         for seq in range(5):
             envelope = sample_envelope(seq, host=host)
-            await publisher.submit(envelope, sample_records(envelope, 100))
+            await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, 100)))
         assert await publisher.flush(10)
     assert await wait_until_stored(options, host, timeout=10) is True
     assert store.record_count() == 500
@@ -85,7 +86,7 @@ async def test_wait_until_stored_gives_up_after_the_timeout(nats_server):
     await run_sink(options, store, ConsumerSettings(fetch_timeout=0.2), stop=stop, handle_signals=False)
     async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
         envelope = sample_envelope(0, host=host)
-        await publisher.submit(envelope, sample_records(envelope, 3))
+        await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, 3)))
         assert await publisher.flush(10)
     assert await wait_until_stored(options, host, timeout=0.3) is False
     assert await wait_until_stored(options, "never-published", timeout=0.3) is True

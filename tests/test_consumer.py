@@ -17,9 +17,10 @@ import nats
 import msgspec
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.errors import StoreError, StoreUnavailable, TransportError
 from connstats.probe.publisher import FlowPublisher
-from connstats.probe.record import encode_message
+from connstats.probe.wire import encode_message, encode_message_v1
 from connstats.probe.subjects import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.daemon import run_sink
@@ -42,7 +43,7 @@ async def publish_intervals_from(server, first_seq: int, counts: list[int]) -> i
         messages = 0
         for seq, count in enumerate(counts, first_seq):
             envelope = sample_envelope(seq)
-            messages += await publisher.submit(envelope, sample_records(envelope, count))
+            messages += await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, count)))
         assert await publisher.flush(20)
     return messages
 
@@ -136,12 +137,16 @@ async def test_consumer_keeps_going_across_a_nats_restart(nats_server):
 def malformed_payloads(count: int, rng: random.Random) -> list[bytes]:
     """Payloads ``decode_message`` must refuse, of many kinds."""
     envelope = sample_envelope(900)
-    good = msgspec.json.decode(encode_message(envelope, sample_records(envelope, 3)))
+    good = msgspec.json.decode(encode_message_v1(envelope, sample_records(envelope, 3)))  # schema 1 rows
+    columns = msgspec.json.decode(encode_message(FlowBatch.from_records(envelope, sample_records(envelope, 3))))
 
-    def mutated(change) -> bytes:
-        doc = json.loads(json.dumps(good))
+    def mutated(change, doc=good) -> bytes:
+        doc = json.loads(json.dumps(doc))
         change(doc)
         return msgspec.json.encode(doc)
+
+    def flows(change) -> bytes:
+        return mutated(change, columns)
 
     kinds = [
         lambda: b"{not json",
@@ -159,6 +164,15 @@ def malformed_payloads(count: int, rng: random.Random) -> list[bytes]:
         lambda: mutated(lambda d: d["records"][0].update(proto="smtp")),
         lambda: mutated(lambda d: d["records"].append("x")),
         lambda: mutated(lambda d: d["overflow"].append({"ifindex": 1})),
+        lambda: flows(lambda d: d.update(schema=3)),
+        lambda: flows(lambda d: d["flows"].pop(rng.choice(sorted(d["flows"])))),
+        lambda: flows(lambda d: d["flows"][rng.choice(sorted(d["flows"]))].pop()),
+        lambda: flows(lambda d: d["flows"]["bytes"].__setitem__(1, 1.5)),
+        lambda: flows(lambda d: d["flows"]["direction"].__setitem__(2, "sideways")),
+        lambda: flows(lambda d: d["flows"]["src_port"].__setitem__(0, 65536)),
+        lambda: flows(lambda d: d["flows"]["dst_ip"].__setitem__(0, "fd00::1")),
+        lambda: flows(lambda d: d["devices"].pop()),
+        lambda: flows(lambda d: d.update(chunk=1)),
     ]
     return [kinds[i % len(kinds)]() for i in range(count)]
 
@@ -170,7 +184,7 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_stored(nats_s
     for seq in range(200):
         envelope = sample_envelope(seq)
         valid_records[seq] = rng.randint(0, 20)
-        payloads.append((encode_message(envelope, sample_records(envelope, valid_records[seq])), seq))
+        payloads.append((encode_message(FlowBatch.from_records(envelope, sample_records(envelope, valid_records[seq]))), seq))
     rng.shuffle(payloads)
 
     store = MemoryStore()
@@ -194,10 +208,10 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_stored(nats_s
 
 
 class RefusingStore(MemoryStore):
-    async def write(self, envelope, records):
-        if envelope.interval_seq == 1:
+    async def write(self, batch):
+        if batch.envelope.interval_seq == 1:
             raise StoreError("value out of range; fix the record")
-        await super().write(envelope, records)
+        await super().write(batch)
 
 
 async def test_message_the_store_refuses_for_good_is_dead_lettered(nats_server):
@@ -214,8 +228,8 @@ async def test_message_the_store_refuses_for_good_is_dead_lettered(nats_server):
 
 
 class BuggyOnceStore(MemoryStore):
-    async def write(self, envelope, records):
-        await super().write(envelope, records)
+    async def write(self, batch):
+        await super().write(batch)
         if self.writes == 1:
             raise RuntimeError("a bug in the store")
 
@@ -264,8 +278,8 @@ class HangingStore(MemoryStore):
         super().__init__()
         self.hang_at = hang_at
 
-    async def write(self, envelope, records):
-        await super().write(envelope, records)
+    async def write(self, batch):
+        await super().write(batch)
         if self.writes == self.hang_at:
             await asyncio.Event().wait()
 

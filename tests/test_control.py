@@ -10,7 +10,8 @@ import pytest
 from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import DeviceError, TransportError
-from connstats.probe.record import FlowRecord
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.wire import FlowBatch
 from connstats.probe.contract import NatsOptions, control_subject
 from tests.fixtures.nats import free_port
 
@@ -53,7 +54,7 @@ class FakeDaemon:
         return sorted(self.attached.values(), key=lambda d: d.ifindex)
 
     async def live_records(self):
-        return list(self.records)
+        return FlowBatch.from_records(Envelope(HOST, "b", 0, SINCE, SINCE + 5), self.records)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.errors import ConfigError, StoreError
 from connstats.probe.record import Envelope, FlowRecord
 from connstats.sink.history import (
@@ -56,9 +57,9 @@ def envelope(start: int, host: str = "node-1") -> Envelope:
 
 
 async def write_all(store) -> None:
-    await store.write(envelope(T0), INTERVAL_1)
-    await store.write(envelope(T1), INTERVAL_2)
-    await store.write(envelope(T1, "node-2"), OTHER_HOST)
+    await store.write(FlowBatch.from_records(envelope(T0), INTERVAL_1))
+    await store.write(FlowBatch.from_records(envelope(T1), INTERVAL_2))
+    await store.write(FlowBatch.from_records(envelope(T1, "node-2"), OTHER_HOST))
 
 
 @pytest.fixture
@@ -276,3 +277,18 @@ def test_query_validation(changes, message):
     with pytest.raises(ConfigError) as caught:
         HistoryQuery(**{**ALL, **changes})
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("src, dst, port, tag", [
+    (40000, 443, 443, "443"), (53, 40000, 53, "53"), (22, 80, 22, "22"), (0, 0, 0, "other"),
+    (40000, 8080, 8080, "other"), (8080, 40000, 8080, "other"),
+])
+async def test_the_service_port_is_one_rule_for_history_and_influx(tmp_path, src, dst, port, tag):
+    from connstats.sink.influx_store import service_port
+
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    await store.write(FlowBatch.from_records(envelope(T0), [
+        rec(T0, "veth0", "egress", 6, "10.0.0.1", src, "10.0.0.2", dst, 1, 100)]))
+    await store.close()
+    [row] = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, group_by="port"))
+    assert (row["port"], service_port(src, dst)) == (port, tag)

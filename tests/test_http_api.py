@@ -393,6 +393,7 @@ async def test_control_characters_in_interface_names_are_refused(fake_api):
 
 async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
     from connstats.probe.record import Envelope, FlowRecord, OverflowCount
+    from connstats.probe.wire import FlowBatch
 
     second = 1_000_000_000
     start = 1_790_000_000 * second
@@ -405,9 +406,9 @@ async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
                         40001, 5353, 10, 1420, start + 1, start + 2, 0)
     overflow = (OverflowCount(7, "veth7", "egress", 3, 3 * 142), OverflowCount(7, "veth7", "ingress", 2, 200),
                 OverflowCount(0, "", "egress", 1, 60))
-    totals(Envelope("h", "b", 1, start, start + second, overflow=overflow), [record])
-    totals(Envelope("h", "b", 2, start + second, start + 2 * second,
-                    overflow=(OverflowCount(7, "veth7", "egress", 4, 4 * 142),)), [])
+    totals(FlowBatch.from_records(Envelope("h", "b", 1, start, start + second, overflow=overflow), [record]))
+    totals(FlowBatch.from_records(Envelope("h", "b", 2, start + second, start + 2 * second,
+                                           overflow=(OverflowCount(7, "veth7", "egress", 4, 4 * 142),)), []))
     api = HttpApi(daemon, "127.0.0.1", 0, totals)
     await api.start()
     try:

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.record import Envelope, FlowRecord
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 
@@ -54,8 +55,8 @@ async def test_write_then_read_back_with_flux_params():
     store = InfluxStore(InfluxConfig.from_env(service_ports=frozenset({9090})))
     try:
         await store.ping()
-        await store.write(envelope, records)
-        await store.write(envelope, records)  # a replay overwrites the same points
+        await store.write(FlowBatch.from_records(envelope, records))
+        await store.write(FlowBatch.from_records(envelope, records))  # a replay overwrites the same points
         start = datetime.datetime.fromtimestamp(envelope.interval_start // SECOND - 1, datetime.timezone.utc)
         rows = await store.query(READ_BACK, {
             "bucket": store.config.bucket, "host": host,

@@ -10,6 +10,7 @@ import threading
 import pytest
 from influxdb_client import Point, WritePrecision
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord, OverflowCount
 from connstats.sink.influx_store import (
@@ -68,7 +69,7 @@ ENCODE_CASES = {
 
 @pytest.mark.parametrize("envelope, records, ports, expected", ENCODE_CASES.values(), ids=ENCODE_CASES.keys())
 def test_encode_lines(envelope, records, ports, expected):
-    assert encode_lines(envelope, records, ports) == expected
+    assert encode_lines(FlowBatch.from_records(envelope, records), ports) == expected
 
 
 OVERFLOW_CASES = {
@@ -90,8 +91,8 @@ def test_encode_overflow_lines(overflow, expected):
 
 async def test_write_sends_overflow_after_the_records(influx, influx_server):
     envelope = dataclasses.replace(ENVELOPE, overflow=(OverflowCount(3, "veth0", "egress", 7, 700),))
-    await influx.write(envelope, [BASE])
-    assert influx_server.lines == encode_lines(envelope, [BASE]) + encode_overflow_lines(envelope)
+    await influx.write(FlowBatch.from_records(envelope, [BASE]))
+    assert influx_server.lines == encode_lines(FlowBatch.from_records(envelope, [BASE])) + encode_overflow_lines(envelope)
     assert [(p.measurement, p.fields["packets"]) for p in influx_server.points()] == [
         ("connstats_flow", 12), ("connstats_overflow", 7)]
 
@@ -110,7 +111,7 @@ TAG_CASES = {
 @pytest.mark.parametrize("changes, proto, port", TAG_CASES.values(), ids=TAG_CASES.keys())
 def test_encode_lines_tags(changes, proto, port):
     record = flow(**changes)
-    (line,) = encode_lines(ENVELOPE, [record], frozenset({8080, 3868}))
+    (line,) = encode_lines(FlowBatch.from_records(ENVELOPE, [record]), frozenset({8080, 3868}))
     assert parse_line(line) == ParsedPoint(
         "connstats_flow",
         {"direction": record.direction, "host": "node-1", "ifname": "veth0", "proto": proto,
@@ -159,14 +160,14 @@ def test_escape_string(value, expected):
 
 def test_port_above_65535_is_a_message_error():
     with pytest.raises(MessageError):
-        encode_lines(ENVELOPE, [flow(dst_port=70000)])
+        encode_lines(FlowBatch.from_records(ENVELOPE, [flow(dst_port=70000)]))
 
 
 def test_encode_lines_matches_the_client_point_serialiser():
     records = [flow(src_port=40000 + i, packets=i, bytes=i * 1500, proto=(6, 17, 1)[i % 3])
                for i in range(30)]
     expected = [_point(ENVELOPE, r, T0 + i).to_line_protocol() for i, r in enumerate(records)]
-    assert encode_lines(ENVELOPE, records) == expected
+    assert encode_lines(FlowBatch.from_records(ENVELOPE, records)) == expected
 
 
 def _point(envelope: Envelope, r: FlowRecord, timestamp: int) -> Point:
@@ -201,31 +202,31 @@ async def influx(influx_server):
 
 async def test_write_sends_exactly_the_encoded_lines(influx, influx_server):
     records = many(3)
-    await influx.write(ENVELOPE, records)
-    assert influx_server.lines == encode_lines(ENVELOPE, records)
+    await influx.write(FlowBatch.from_records(ENVELOPE, records))
+    assert influx_server.lines == encode_lines(FlowBatch.from_records(ENVELOPE, records))
     (request,) = influx_server.writes
     assert (request.org, request.bucket, request.precision, request.gzip) == (TEST_ORG, "flows", "ns", True)
     assert sum(p.fields["bytes"] for p in influx_server.points()) == 64 * 6
 
 
 async def test_empty_message_sends_no_request(influx, influx_server):
-    await influx.write(ENVELOPE, [])
+    await influx.write(FlowBatch.from_records(ENVELOPE, []))
     assert (influx_server.requests, influx_server.lines) == (0, [])
 
 
 async def test_write_posts_chunks_of_at_most_5000_lines(influx, influx_server):
     records = many(12_345)
-    await influx.write(ENVELOPE, records)
+    await influx.write(FlowBatch.from_records(ENVELOPE, records))
     assert [len(w.lines) for w in influx_server.writes] == [5000, 5000, 2345]
     assert influx_server.requests == 3
-    assert influx_server.lines == encode_lines(ENVELOPE, records)
+    assert influx_server.lines == encode_lines(FlowBatch.from_records(ENVELOPE, records))
     assert sum(p.fields["packets"] for p in influx_server.points()) == 12_345 * 12_346 // 2
 
 
 async def test_replay_sends_identical_points(influx, influx_server):
     envelope = dataclasses.replace(ENVELOPE, record_offset=10)
-    await influx.write(envelope, many(4))
-    await influx.write(envelope, many(4))
+    await influx.write(FlowBatch.from_records(envelope, many(4)))
+    await influx.write(FlowBatch.from_records(envelope, many(4)))
     first, second = influx_server.writes
     assert first.lines == second.lines
     assert [parse_line(line).time for line in first.lines] == [T0 + 10, T0 + 11, T0 + 12, T0 + 13]
@@ -235,12 +236,12 @@ async def test_replay_sends_identical_points(influx, influx_server):
 async def test_overload_and_server_errors_are_unavailable_and_not_retried(influx, influx_server, status):
     influx_server.fail_next(status, 1)
     with pytest.raises(StoreUnavailable) as caught:
-        await influx.write(ENVELOPE, many(2))
+        await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
     assert influx_server.requests == 1
     assert influx_server.lines == []
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith(f"InfluxDB at {influx_server.url} answered {status} ")
-    await influx.write(ENVELOPE, many(2))
+    await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
     assert len(influx_server.lines) == 2
 
 
@@ -248,9 +249,9 @@ async def test_failure_until_reset(influx, influx_server):
     influx_server.fail_until_reset(503)
     for _ in range(3):
         with pytest.raises(StoreUnavailable):
-            await influx.write(ENVELOPE, many(1))
+            await influx.write(FlowBatch.from_records(ENVELOPE, many(1)))
     influx_server.reset()
-    await influx.write(ENVELOPE, many(1))
+    await influx.write(FlowBatch.from_records(ENVELOPE, many(1)))
     assert (influx_server.requests, len(influx_server.lines)) == (4, 1)
 
 
@@ -258,18 +259,18 @@ async def test_failure_in_a_later_chunk_is_unavailable_and_the_replay_completes(
     records = many(5001)
     influx_server.fail_next(503, 1, after=1)
     with pytest.raises(StoreUnavailable):
-        await influx.write(ENVELOPE, records)
+        await influx.write(FlowBatch.from_records(ENVELOPE, records))
     assert [len(w.lines) for w in influx_server.writes] == [5000]
-    await influx.write(ENVELOPE, records)
+    await influx.write(FlowBatch.from_records(ENVELOPE, records))
     assert [len(w.lines) for w in influx_server.writes] == [5000, 5000, 1]
-    assert influx_server.lines[5000:] == encode_lines(ENVELOPE, records)
+    assert influx_server.lines[5000:] == encode_lines(FlowBatch.from_records(ENVELOPE, records))
     assert influx_server.requests == 4
 
 
 async def test_bad_request_is_a_permanent_store_error(influx, influx_server):
     influx_server.fail_next(400, 1)
     with pytest.raises(StoreError) as caught:
-        await influx.write(ENVELOPE, many(1))
+        await influx.write(FlowBatch.from_records(ENVELOPE, many(1)))
     assert type(caught.value) is StoreError
     assert str(caught.value) == (
         f"InfluxDB at {influx_server.url} answered 400 Bad Request (failing on purpose); "
@@ -282,7 +283,7 @@ async def test_wrong_token_is_a_store_error_without_the_token(influx_server):
     store = InfluxStore(config)
     try:
         with pytest.raises(StoreError) as caught:
-            await store.write(ENVELOPE, many(1))
+            await store.write(FlowBatch.from_records(ENVELOPE, many(1)))
     finally:
         await store.close()
     assert type(caught.value) is StoreError
@@ -299,7 +300,7 @@ async def test_credentials_in_the_url_stay_out_of_messages(influx_server):
     try:
         influx_server.fail_next(503, 1)
         with pytest.raises(StoreUnavailable) as caught:
-            await store.write(ENVELOPE, many(1))
+            await store.write(FlowBatch.from_records(ENVELOPE, many(1)))
     finally:
         await store.close()
     assert "pa55word" not in str(caught.value)
@@ -317,7 +318,7 @@ async def test_server_down_is_unavailable():
     store = InfluxStore(InfluxConfig(url=url, org=TEST_ORG, token=TEST_TOKEN, timeout=1.0))
     try:
         with pytest.raises(StoreUnavailable) as caught:
-            await store.write(ENVELOPE, many(1))
+            await store.write(FlowBatch.from_records(ENVELOPE, many(1)))
         with pytest.raises(StoreUnavailable):
             await store.ping()
     finally:
@@ -335,7 +336,7 @@ async def test_server_that_never_answers_times_out_as_unavailable():
         store = InfluxStore(InfluxConfig(url=url, org=TEST_ORG, token=TEST_TOKEN, timeout=0.3))
         try:
             with pytest.raises(StoreUnavailable) as caught:
-                await store.write(ENVELOPE, many(1))
+                await store.write(FlowBatch.from_records(ENVELOPE, many(1)))
         finally:
             await store.close()
     assert str(caught.value) == (
@@ -354,7 +355,7 @@ async def test_ping(influx, influx_server):
 
 async def test_query_returns_rows_and_sends_params(influx, influx_server):
     records = many(3)
-    await influx.write(ENVELOPE, records)
+    await influx.write(FlowBatch.from_records(ENVELOPE, records))
     flux = 'from(bucket: bucket) |> range(start: -1h) |> filter(fn: (r) => r.host == host)'
     rows = await influx.query(flux, {"bucket": "flows", "host": "node-1"})
     assert [(r["_time"], r["src_ip"], r["packets"], r["bytes"], r["service_port"]) for r in rows] == [
@@ -427,3 +428,22 @@ def test_invalid_url_is_a_store_error():
     with pytest.raises(StoreError) as caught:
         InfluxStore(InfluxConfig(url="http://user:pa55@[::1", org=TEST_ORG, token=TEST_TOKEN))
     assert str(caught.value) == "the InfluxDB URL is not valid (Invalid IPv6 URL); fix INFLUXDB_V2_URL"
+
+
+def test_tags_and_fields_are_every_field_of_a_record_by_name():
+    """Declared once: the tags and fields of a point are the record's fields (the interval is the
+    timestamp), each with its own value: a swapped pair of ports or counters fails here."""
+    from connstats.probe.wire import RECORD_FIELDS
+    from connstats.sink import influx_store
+
+    record = flow(ifindex=9, src_port=51234, dst_port=443, packets=12, bytes=3456, family=4, tcp_flags=5,
+                  first_seen=T0 + 5, last_seen=T0 + 9, container_id="c0ffee", container_name="web",
+                  container_image="nginx:1")
+    (line,) = encode_lines(FlowBatch.from_records(ENVELOPE, [record]))
+    point = parse_line(line)
+    assert set(influx_store.TAGS) | set(influx_store.FIELDS) == set(RECORD_FIELDS) - {"interval_start", "interval_end"}
+    assert set(point.tags) == {*influx_store.TAGS, "host", "service_port"}
+    assert point.fields == {name: getattr(record, name) for name in influx_store.FIELDS}
+    assert {name: point.tags[name] for name in ("container_name", "direction", "ifname")} == {
+        "container_name": "web", "direction": "egress", "ifname": "veth0"}
+    assert (point.tags["proto"], point.time) == ("tcp", T0)

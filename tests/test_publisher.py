@@ -8,11 +8,13 @@ import nats
 import msgspec
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.errors import ConfigError, TransportError
 from connstats.probe.publisher import (
     FlowPublisher, PublisherSettings, encode_interval, payload_limit,
 )
-from connstats.probe.record import OverflowCount, decode_message
+from connstats.probe.record import OverflowCount
+from connstats.probe.wire import decode_message
 from connstats.probe.subjects import (
     NatsOptions, control_subject, events_subject, flows_subject, host_from_token, host_token,
     host_of_subject, message_id,
@@ -26,8 +28,13 @@ def options(server, **overrides) -> NatsOptions:
     return NatsOptions(servers=(server.url,), reconnect_time_wait=0.1, connect_timeout=1.0, **overrides)
 
 
+def split(batch) -> tuple:
+    return batch.envelope, batch.records()
+
+
 def decoded(messages) -> list:
-    return [decode_message(m.data) for m in messages]
+    """(envelope, records) per message."""
+    return [split(decode_message(m.data)) for m in messages]
 
 
 # -- subjects ------------------------------------------------------------------------------
@@ -60,9 +67,9 @@ def test_empty_host_is_a_config_error():
 def test_encode_interval_splits_under_the_limit_and_keeps_order():
     envelope = replace(sample_envelope(1), overflow=(OverflowCount(10, "veth0", "ingress", 5, 700),))
     records = sample_records(envelope, 5000)
-    chunks = encode_interval(envelope, records, 60_000)
+    chunks = encode_interval(FlowBatch.from_records(envelope, records), 60_000)
     assert all(len(payload) <= 60_000 for _, payload in chunks)
-    parts = [decode_message(payload) for _, payload in chunks]
+    parts = [split(decode_message(payload)) for _, payload in chunks]
     assert [e.chunk for e, _ in parts] == list(range(len(chunks)))
     assert {e.chunks for e, _ in parts} == {len(chunks)}
     assert [r for _, rs in parts for r in rs] == records
@@ -73,13 +80,13 @@ def test_encode_interval_splits_under_the_limit_and_keeps_order():
 def test_encode_interval_with_uneven_records_still_fits():
     envelope = sample_envelope(2)
     records = sample_records(envelope, 400) + sample_records(envelope, 400, ipv6_every=1)
-    chunks = encode_interval(envelope, records, 20_000)
+    chunks = encode_interval(FlowBatch.from_records(envelope, records), 20_000)
     assert all(len(payload) <= 20_000 for _, payload in chunks)
-    assert [r for _, p in chunks for r in decode_message(p)[1]] == records
+    assert [r for _, p in chunks for r in decode_message(p).records()] == records
 
 
 def test_encode_interval_without_records_is_one_message():
-    chunks = encode_interval(sample_envelope(3), [], 10_000)
+    chunks = encode_interval(FlowBatch.from_records(sample_envelope(3), []), 10_000)
     assert [(e.chunk, e.chunks, e.record_offset) for e, _ in chunks] == [(0, 1, 0)]
 
 
@@ -91,12 +98,12 @@ async def test_interval_is_chunked_under_max_payload_and_arrives_once(nats_serve
     envelope = sample_envelope(1)
     records = sample_records(envelope, 20_000)
     async with FlowPublisher(options(server)) as publisher:
-        chunks = await publisher.submit(envelope, records)
+        chunks = await publisher.submit(FlowBatch.from_records(envelope, records))
         assert await publisher.flush(10)
         stats = publisher.stats
     stored = await read_stream(server.url)
     assert chunks == len(stored) == stats.published_messages
-    assert chunks >= 20_000 * 270 // SMALL_PAYLOAD
+    assert chunks >= sum(len(m.data) for m in stored) // payload_limit(SMALL_PAYLOAD)  # none wasted
     assert max(len(m.data) for m in stored) <= payload_limit(SMALL_PAYLOAD)
     assert [r for _, rs in decoded(stored) for r in rs] == records
     assert [m.headers["Nats-Msg-Id"] for m in stored] == [
@@ -109,8 +116,8 @@ async def test_resubmitted_interval_is_deduplicated_by_the_server(nats_server):
     envelope = sample_envelope(5)
     records = sample_records(envelope, 3000)
     async with FlowPublisher(options(nats_server)) as publisher:
-        first = await publisher.submit(envelope, records)
-        second = await publisher.submit(envelope, records)
+        first = await publisher.submit(FlowBatch.from_records(envelope, records))
+        second = await publisher.submit(FlowBatch.from_records(envelope, records))
         assert await publisher.flush(10)
         stats = publisher.stats
     stored = await read_stream(nats_server.url)
@@ -131,7 +138,7 @@ async def test_server_killed_mid_stream_loses_and_duplicates_nothing(nats_server
                 await asyncio.to_thread(nats_server.start)
             envelope = sample_envelope(seq)
             sent[seq] = 200 + 37 * seq
-            await publisher.submit(envelope, sample_records(envelope, sent[seq]))
+            await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, sent[seq])))
             await asyncio.sleep(0.1)
         assert await publisher.flush(30)
         stats = publisher.stats
@@ -150,7 +157,7 @@ async def test_server_killed_with_chunks_in_flight_keeps_order_and_totals(nats_s
         for seq in range(20):
             envelope = sample_envelope(seq)
             sent[seq] = 2000 + seq
-            await publisher.submit(envelope, sample_records(envelope, sent[seq]))
+            await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, sent[seq])))
             if seq == 6:
                 server.kill()  # while the chunks of interval 6 are being sent
             if seq == 13:
@@ -171,7 +178,7 @@ async def test_outbox_spool_survives_a_probe_restart_while_nats_is_down(nats_ser
         nats_server.kill()
         for seq in range(8):
             envelope = sample_envelope(seq)
-            await publisher.submit(envelope, sample_records(envelope, 1000))
+            await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, 1000)))
         await publisher.close(flush_timeout=0.2)
         assert publisher.stats.outbox_depth == 8
     assert len(list((tmp_path / "outbox").glob("*.msg"))) == 8
@@ -186,19 +193,19 @@ async def test_outbox_spool_survives_a_probe_restart_while_nats_is_down(nats_ser
 
 async def test_outbox_overflow_is_counted_and_reported_when_nats_is_back(nats_server):
     envelope = sample_envelope(0)
-    one_message = len(encode_interval(envelope, sample_records(envelope, 100), 1 << 20)[0][1])
+    one_message = len(encode_interval(FlowBatch.from_records(envelope, sample_records(envelope, 100)), 1 << 20)[0][1])
     settings = PublisherSettings(host="probe-a", memory_cap=3 * one_message + 100, ack_timeout=0.5)
     async with FlowPublisher(options(nats_server), settings) as publisher:
         nats_server.kill()
         for seq in range(10):
             envelope = sample_envelope(seq)
-            await publisher.submit(envelope, sample_records(envelope, 100))
+            await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, 100)))
         assert (publisher.stats.dropped_messages, publisher.stats.dropped_records) == (7, 700)
         await asyncio.to_thread(nats_server.start)
         assert await publisher.flush(10)
         await asyncio.sleep(0.3)  # the report follows the drain
     stored = await read_stream(nats_server.url)
-    flows = [decode_message(m.data)[0].interval_seq for m in stored if ".flows." in m.subject]
+    flows = [decode_message(m.data).envelope.interval_seq for m in stored if ".flows." in m.subject]
     events = [msgspec.json.decode(m.data) for m in stored if m.subject == events_subject("probe-a")]
     assert flows == [7, 8, 9]
     assert [(e["event"], e["dropped_messages"], e["dropped_records"]) for e in events] == [
@@ -210,8 +217,8 @@ async def test_message_over_max_payload_is_refused_without_blocking_the_outbox(n
     giant = sample_envelope(0)
     [record] = sample_records(giant, 1)
     async with FlowPublisher(options(server)) as publisher:
-        await publisher.submit(giant, [replace(record, ifname="x" * SMALL_PAYLOAD)])
-        await publisher.submit(sample_envelope(1), sample_records(sample_envelope(1), 10))
+        await publisher.submit(FlowBatch.from_records(giant, [replace(record, ifname="x" * SMALL_PAYLOAD)]))
+        await publisher.submit(FlowBatch.from_records(sample_envelope(1), sample_records(sample_envelope(1), 10)))
         assert await publisher.flush(10)
         stats = publisher.stats
     stored = decoded(await read_stream(server.url))

@@ -1,13 +1,15 @@
-"""The record type, its builder from kernel arrays, and the wire format."""
+"""The record type, the batch built from kernel arrays, and the wire format (schema 2, and 1 still read)."""
+import dataclasses
+
 import numpy as np
 import msgspec
 import pytest
 
 from connstats.probe.errors import MessageError
 from connstats.probe.kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
-from connstats.probe.record import (
-    Envelope, FlowRecord, OverflowCount, decode_message, encode_message, proto_name,
-    proto_number, records_from_arrays,
+from connstats.probe.record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
+from connstats.probe.wire import (
+    FLOW_COLUMNS, RECORD_FIELDS, FlowBatch, decode_message, encode_message, encode_message_v1,
 )
 
 
@@ -28,8 +30,62 @@ ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_star
                     interval_end=T0 + 2_000, overflow=(OverflowCount(7, "veth0", "egress", 2, 120),))
 
 
-def test_wire_format_is_the_documented_json():
-    data = encode_message(ENVELOPE, [record(container_name="web")])
+def test_schema_2_is_the_documented_json():
+    records = [record(container_name="web"), record(ifindex=8, ifname="veth1", direction="ingress", proto=17,
+                                                     family=6, src_ip="fd00::1", dst_ip="fd00::2", src_port=53)]
+    data = encode_message(FlowBatch.from_records(ENVELOPE, records))
+    assert msgspec.json.decode(data) == {
+        "schema": 2, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
+        "interval_start": T0 + 1_000, "interval_end": T0 + 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
+        "overflow": [{"ifindex": 7, "ifname": "veth0", "direction": "egress", "packets": 2, "bytes": 120}],
+        "devices": [
+            {"ifindex": 7, "ifname": "veth0", "container_id": "", "container_name": "web", "container_image": ""},
+            {"ifindex": 8, "ifname": "veth1", "container_id": "", "container_name": "", "container_image": ""},
+        ],
+        "flows": {
+            "ifindex": [7, 8], "direction": ["egress", "ingress"], "family": [4, 6], "proto": [6, 17],
+            "src_ip": ["10.0.0.1", "fd00::1"], "dst_ip": ["10.0.0.2", "fd00::2"], "src_port": [40000, 53],
+            "dst_port": [443, 443], "packets": [3, 3], "bytes": [180, 180], "first_seen": [T0 + 1_100] * 2,
+            "last_seen": [T0 + 1_900] * 2, "tcp_flags": [24, 24],
+        },
+    }
+    assert tuple(msgspec.json.decode(data)["flows"]) == FLOW_COLUMNS
+
+
+def test_schema_2_round_trip_keeps_every_field_and_iterates_records():
+    records = [record(), record(proto=17, src_port=53, family=6, src_ip="fd00::1", dst_ip="fd00::2"),
+               record(proto=1, src_port=0, dst_port=0), record(proto=47, ifindex=9, ifname="veth9",
+                                                                container_id="c" * 64, container_image="nginx"),
+               record(family=0, src_ip="", dst_ip="", proto=0, src_port=0, dst_port=0)]
+    batch = decode_message(encode_message(FlowBatch.from_records(ENVELOPE, records)))
+    assert (batch.envelope, batch.records(), list(batch), len(batch)) == (ENVELOPE, records, records, 5)
+
+
+def test_a_swapped_pair_of_ports_fails():
+    batch = decode_message(encode_message(FlowBatch.from_records(ENVELOPE, [record()])))
+    assert (batch.column("src_port"), batch.column("dst_port")) == ([40000], [443])
+    assert [(r.src_port, r.dst_port) for r in batch] == [(40000, 443)]
+
+
+def test_the_fields_of_a_record_are_the_columns_the_devices_and_the_interval():
+    assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, "ifname", "container_id", "container_name",
+                                  "container_image", "interval_start", "interval_end"}
+
+
+def test_slice_keeps_its_devices_and_moves_the_record_offset():
+    records = [record(), record(ifindex=8, ifname="veth1"), record(src_port=1)]
+    part = FlowBatch.from_records(ENVELOPE, records).slice(1, 3)
+    assert (part.envelope.record_offset, part.records(), [d.ifindex for d in part.devices]) == (
+        1, records[1:], [7, 8])
+
+
+def test_from_records_refuses_two_names_for_one_ifindex():
+    with pytest.raises(ValueError):
+        FlowBatch.from_records(ENVELOPE, [record(), record(ifname="other")])
+
+
+def test_schema_1_is_the_documented_json():
+    data = encode_message_v1(ENVELOPE, [record(container_name="web")])
     assert msgspec.json.decode(data) == {
         "schema": 1, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
         "interval_start": T0 + 1_000, "interval_end": T0 + 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
@@ -43,11 +99,12 @@ def test_wire_format_is_the_documented_json():
     }
 
 
-def test_round_trip_keeps_every_field():
+def test_schema_1_is_still_read_and_keeps_every_field():
     records = [record(), record(proto=17, src_port=53, family=6, src_ip="fd00::1", dst_ip="fd00::2"),
                record(proto=1, src_port=0, dst_port=0), record(proto=47)]
-    envelope, decoded = decode_message(encode_message(ENVELOPE, records))
-    assert envelope == ENVELOPE
+    batch = decode_message(encode_message_v1(ENVELOPE, records))
+    envelope, decoded = batch.envelope, batch.records()
+    assert envelope == dataclasses.replace(ENVELOPE, schema=1)
     assert decoded == records
 
 
@@ -58,7 +115,7 @@ def test_protocol_names(number, name):
 
 
 def bad(mutate) -> bytes:
-    doc = msgspec.json.decode(encode_message(ENVELOPE, [record()]))
+    doc = msgspec.json.decode(encode_message_v1(ENVELOPE, [record()]))
     mutate(doc)
     return msgspec.json.encode(doc)
 
@@ -66,7 +123,8 @@ def bad(mutate) -> bytes:
 @pytest.mark.parametrize("payload,reason", [
     (b"{not json", "not JSON: JSON is malformed: object keys must be strings (byte 1)"),
     (b"[1, 2]", "Expected `object`, got `array`"),
-    (bad(lambda d: d.update(schema=2)), "schema version 2 is not 1"),
+    (bad(lambda d: d.update(schema=3)), "schema version 3 is not 1 or 2 - at `$.schema`"),
+    (bad(lambda d: d.update(schema=2)), "Object contains unknown field `records`"),
     (bad(lambda d: d.pop("host")), "Object missing required field `host`"),
     (bad(lambda d: d.update(interval_seq="5")), "Expected `int`, got `str` - at `$.interval_seq`"),
     (bad(lambda d: d["records"][0].pop("bytes")), "Object missing required field `bytes` - at `$.records[0]`"),
@@ -87,7 +145,7 @@ def test_malformed_messages_say_what_is_wrong(payload, reason):
     assert str(caught.value) == reason
 
 
-def test_records_from_arrays_decodes_both_families_and_wall_clock():
+def test_a_batch_from_arrays_decodes_both_families_and_wall_clock():
     keys4 = np.zeros(2, dtype=FLOW4_KEY)
     keys4["ifindex"], keys4["direction"], keys4["family"], keys4["proto"] = 7, [0, 1], 4, 17
     keys4["src"] = [b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"]
@@ -101,9 +159,12 @@ def test_records_from_arrays_decodes_both_families_and_wall_clock():
     values = np.zeros(3, dtype=FLOW_COUNTERS)
     values["packets"], values["bytes"] = [1, 2, 3], [100, 200, 300]
     values["first_seen_ns"], values["last_seen_ns"], values["tcp_flags"] = 10, 20, [0, 0, 0x12]
-    records = records_from_arrays(keys, values, interval_start=5, interval_end=50, mono_to_wall_ns=1_000,
-                                  ifnames={7: "veth7", 8: "veth8"}, labels={8: ("c1d", "db", "postgres:16")})
-    assert records == [
+    envelope = Envelope("h", "b", 1, 5, 50)
+    batch = FlowBatch.from_arrays(envelope, keys, values, mono_to_wall_ns=1_000, ifnames={7: "veth7", 8: "veth8"},
+                                  labels={8: ("c1d", "db", "postgres:16")})
+    on_the_wire = FlowBatch.from_arrays(ENVELOPE, keys, values, mono_to_wall_ns=T0, ifnames={7: "veth7"})
+    assert decode_message(encode_message(on_the_wire)).records() == on_the_wire.records()  # from numpy columns
+    assert batch.records() == [
         FlowRecord(5, 50, 7, "veth7", "ingress", 4, 17, "10.0.0.1", "10.0.0.9", 5353, 53, 1, 100, 1010, 1020, 0),
         FlowRecord(5, 50, 7, "veth7", "egress", 4, 17, "10.0.0.2", "10.0.0.9", 40000, 53, 2, 200, 1010, 1020, 0),
         FlowRecord(5, 50, 8, "veth8", "ingress", 6, 6, "fd00::1", "fd00::2", 0, 0, 3, 300, 1010, 1020, 0x12,
@@ -157,7 +218,8 @@ INSIDE = [
 
 @pytest.mark.parametrize("mutate", INSIDE)
 def test_values_just_inside_the_bounds_decode(mutate):
-    envelope, records = decode_message(bad(mutate))
+    batch = decode_message(bad(mutate))
+    envelope, records = batch.envelope, batch.records()
     assert (len(records), envelope.chunk < envelope.chunks) == (1, True)
 
 
@@ -205,7 +267,7 @@ def test_values_just_inside_the_bounds_decode(mutate):
     (set_record("container_image", "i" * 1025), "Expected `str` of length <= 1024 - at `$.records[0].container_image`"),
     (set_record("container_id", "c" * 129), "Expected `str` of length <= 128 - at `$.records[0].container_id`"),
     (set_envelope("boot_id", "b" * 129), "Expected `str` of length <= 128 - at `$.boot_id`"),
-    (set_envelope("schema", 0), "schema version 0 is not 1"),
+    (set_envelope("schema", 0), "schema version 0 is not 1 or 2 - at `$.schema`"),
 ])
 def test_values_just_outside_the_bounds_say_which_field(mutate, reason):
     with pytest.raises(MessageError) as caught:
@@ -216,10 +278,10 @@ def test_values_just_outside_the_bounds_say_which_field(mutate, reason):
 def test_mixed_families_are_checked_per_record():
     records = [record(), record(family=6, src_ip="fd00::1", dst_ip="fd00::2", src_port=1),
                record(family=0, src_ip="", dst_ip="", proto=0, src_port=0, dst_port=0)]
-    assert decode_message(encode_message(ENVELOPE, records))[1] == records
+    assert decode_message(encode_message_v1(ENVELOPE, records)).records() == records
     swapped = [record(), record(family=6, src_ip="fd00::1", dst_ip="10.0.0.2", src_port=1)]
     with pytest.raises(MessageError) as caught:
-        decode_message(encode_message(ENVELOPE, swapped))
+        decode_message(encode_message_v1(ENVELOPE, swapped))
     assert str(caught.value) == "address '10.0.0.2' is not family 6 - at `$.records[1]`"
 
 
@@ -227,12 +289,89 @@ def test_only_chunk_0_carries_overflow():
     with pytest.raises(MessageError) as caught:
         decode_message(bad(lambda d: d.update(chunk=1, chunks=2)))
     assert str(caught.value) == "chunk 1 carries overflow; only chunk 0 does - at `$.overflow`"
-    envelope, _ = decode_message(bad(lambda d: d.update(chunk=1, chunks=2, overflow=[])))
+    batch = decode_message(bad(lambda d: d.update(chunk=1, chunks=2, overflow=[])))
+    envelope, _ = batch.envelope, batch.records()
     assert (envelope.chunk, envelope.overflow) == (1, ())
 
 
 def test_an_address_with_an_escaped_lone_surrogate_is_refused():
-    payload = encode_message(ENVELOPE, [record()]).replace(b'"10.0.0.1"', b'"10.0.0.1\\udcff"')
+    payload = encode_message_v1(ENVELOPE, [record()]).replace(b'"10.0.0.1"', b'"10.0.0.1\\udcff"')
     with pytest.raises(MessageError) as caught:
         decode_message(payload)
     assert str(caught.value) == "not JSON: JSON is malformed: invalid utf-16 surrogate pair (byte 373)"
+
+
+# -- schema 2: the same bounds, column-wise, and the rules of the columns ------------------------
+
+
+def bad2(mutate) -> bytes:
+    records = [record(), record(src_port=40001)]
+    doc = msgspec.json.decode(encode_message(FlowBatch.from_records(ENVELOPE, records)))
+    mutate(doc)
+    return msgspec.json.encode(doc)
+
+
+def set_column(field, value, at=1):
+    return lambda d: d["flows"][field].__setitem__(at, value)
+
+
+def set_device(field, value):
+    return lambda d: d["devices"][0].update({field: value})
+
+
+@pytest.mark.parametrize("mutate", [
+    *[set_column(f, TOP) for f in ("packets", "bytes", "tcp_flags")],
+    set_column("src_port", 65535), set_column("dst_port", 0), set_column("proto", 255),
+    set_column("first_seen", TIME_MIN), set_column("last_seen", TIME_MAX - 1),
+    set_device("ifname", "x" * 15), set_device("container_id", "c" * 128), set_device("container_name", "n" * 1024),
+    lambda d: d.update(chunk=2, chunks=3, overflow=[]),
+    lambda d: [d["flows"][name].__setitem__(1, value) for name, value in
+               (("family", 6), ("src_ip", "fd00::1"), ("dst_ip", "::ffff:10.0.0.1"))],
+])
+def test_schema_2_values_just_inside_the_bounds_decode(mutate):
+    assert len(decode_message(bad2(mutate))) == 2
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (set_column("packets", 2**63), "Expected `int` <= 9223372036854775807 - at `$.flows.packets[1]`"),
+    (set_column("bytes", -1), "Expected `int` >= 0 - at `$.flows.bytes[1]`"),
+    (set_column("bytes", 1.5), "Expected `int`, got `float` - at `$.flows.bytes[1]`"),
+    (set_column("tcp_flags", 2**63), "Expected `int` <= 9223372036854775807 - at `$.flows.tcp_flags[1]`"),
+    (set_column("ifindex", 2**32), "Expected `int` <= 4294967295 - at `$.flows.ifindex[1]`"),
+    (set_column("src_port", 65536), "Expected `int` <= 65535 - at `$.flows.src_port[1]`"),
+    (set_column("dst_port", -1), "Expected `int` >= 0 - at `$.flows.dst_port[1]`"),
+    (set_column("proto", 256), "Expected `int` <= 255 - at `$.flows.proto[1]`"),
+    (set_column("family", 5), "Invalid enum value 5 - at `$.flows.family[1]`"),
+    (set_column("direction", "up"), "Invalid enum value 'up' - at `$.flows.direction[1]`"),
+    (set_column("first_seen", TIME_MIN - 1), f"Expected `int` >= {TIME_MIN} - at `$.flows.first_seen[1]`"),
+    (set_column("last_seen", TIME_MAX), f"Expected `int` <= {TIME_MAX - 1} - at `$.flows.last_seen[1]`"),
+    (set_column("src_ip", "x" * 46), "Expected `str` of length <= 45 - at `$.flows.src_ip[1]`"),
+    (set_column("family", 6), "address '10.0.0.1' is not family 6 - at `$.flows.src_ip[1]`"),
+    (set_column("dst_ip", "fd00::2"), "address 'fd00::2' is not family 4 - at `$.flows.dst_ip[1]`"),
+    (set_column("src_ip", "10.0.0.256"), "address '10.0.0.256' is not family 4 - at `$.flows.src_ip[1]`"),
+    (set_column("src_ip", "10.0.0.1\x00"), "address '10.0.0.1\\x00' is not family 4 - at `$.flows.src_ip[1]`"),
+    (lambda d: d["flows"]["bytes"].pop(),
+     "flows.bytes has 1 entries, flows.ifindex 2; every column has one per record - at `$.flows.bytes`"),
+    (lambda d: d["flows"]["src_ip"].append("10.0.0.3"),
+     "flows.src_ip has 3 entries, flows.ifindex 2; every column has one per record - at `$.flows.src_ip`"),
+    (lambda d: d["flows"].pop("tcp_flags"), "Object missing required field `tcp_flags` - at `$.flows`"),
+    (lambda d: d["flows"].update(extra=[]), "Object contains unknown field `extra` - at `$.flows`"),
+    (lambda d: d.pop("devices"), "Object missing required field `devices`"),
+    (lambda d: d["devices"].clear(), "ifindex 7 has no entry in devices - at `$.flows.ifindex`"),
+    (lambda d: d["devices"].append(d["devices"][0]), "a device is listed twice - at `$.devices`"),
+    (set_device("ifname", "x" * 16), "Expected `str` of length <= 15 - at `$.devices[0].ifname`"),
+    (set_device("container_id", "c" * 129), "Expected `str` of length <= 128 - at `$.devices[0].container_id`"),
+    (set_device("container_image", "i" * 1025),
+     "Expected `str` of length <= 1024 - at `$.devices[0].container_image`"),
+    (set_envelope("interval_end", T0 + 999),
+     f"interval_end {T0 + 999} is before interval_start {T0 + 1_000} - at `$.interval_end`"),
+    (lambda d: d.update(chunk=3, chunks=3), "chunk 3 is not below chunks 3 - at `$.chunk`"),
+    (lambda d: d.update(chunk=1, chunks=2), "chunk 1 carries overflow; only chunk 0 does - at `$.overflow`"),
+    (set_envelope("host", ""), "Expected `str` of length >= 1 - at `$.host`"),
+    (set_envelope("schema", 3), "schema version 3 is not 1 or 2 - at `$.schema`"),
+    (lambda d: d.pop("schema"), "Object missing required field `schema`"),
+])
+def test_schema_2_values_just_outside_the_bounds_say_which_field(mutate, reason):
+    with pytest.raises(MessageError) as caught:
+        decode_message(bad2(mutate))
+    assert str(caught.value) == reason

@@ -13,11 +13,12 @@ import nats.errors
 import msgspec
 import pytest
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import TransportError
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
-from connstats.probe.record import decode_message
+from connstats.probe.wire import decode_message
 from connstats.probe.contract import (
     STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
@@ -76,7 +77,7 @@ async def publish_interval(options: NatsOptions, host: str, seq: int, count: int
     envelope = sample_envelope(seq, host=host)
     records = sample_records(envelope, count)
     async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
-        await publisher.submit(envelope, records)
+        await publisher.submit(FlowBatch.from_records(envelope, records))
         assert await publisher.flush(5)
         assert publisher.stats.published_messages == 1
     return records
@@ -96,7 +97,7 @@ async def test_probe_creates_the_stream_and_publishes_its_own_flows_and_events(r
     assert (info.state.first_seq, info.state.last_seq) == (1, 2)
     flows, event = await js.get_msg(STREAM_NAME, 1), await js.get_msg(STREAM_NAME, 2)
     assert (flows.subject, event.subject) == (flows_subject(NODE1), events_subject(NODE1))
-    assert decode_message(flows.data)[1] == records
+    assert decode_message(flows.data).records() == records
     assert msgspec.json.decode(event.data)["event"] == "attached"
 
 

@@ -17,16 +17,18 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
+from connstats.probe.wire import FlowBatch
 from connstats.cli.main import app
 from connstats.probe.errors import StoreError, StoreUnavailable
 from connstats.probe.publisher import FlowPublisher
-from connstats.probe.record import Envelope, FlowRecord, OverflowCount, encode_message
+from connstats.probe.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.wire import encode_message
 from connstats.probe.subjects import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.daemon import run_sink
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
-from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, repeated_key_totals
+from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
 
@@ -136,13 +138,13 @@ async def test_overflow_is_in_device_totals_through_nats_in_sqlite_and_influx(na
     sqlite = SqliteStore(tmp_path / "flows.sqlite")
     try:
         async with FlowPublisher(options(nats_server)) as publisher:
-            await publisher.submit(env, records)
+            await publisher.submit(FlowBatch.from_records(env, records))
             assert await publisher.flush(10)
         await consume(nats_server, sqlite, done=lambda s: s.stored_messages == 1)
-        await sqlite.write(env, records)  # a redelivery changes nothing
+        await sqlite.write(FlowBatch.from_records(env, records))  # a redelivery changes nothing
     finally:
         await sqlite.close()
-    await influx.write(env, records)
+    await influx.write(FlowBatch.from_records(env, records))
     by_iface = HistoryQuery(**ALL, group_by="iface")
     assert sqlite_history(tmp_path / "flows.sqlite", by_iface) == [DEVICE_TOTAL]
     assert await influx_history(influx, by_iface) == [DEVICE_TOTAL]
@@ -154,9 +156,9 @@ async def test_overflow_is_in_device_totals_through_nats_in_sqlite_and_influx(na
 async def test_overflow_is_its_own_row_per_connection_and_the_stores_agree(tmp_path, influx, influx_server):
     env, records = counted_and_overflowed()
     sqlite = SqliteStore(tmp_path / "flows.sqlite")
-    await sqlite.write(env, records)
+    await sqlite.write(FlowBatch.from_records(env, records))
     await sqlite.close()
-    await influx.write(env, records)
+    await influx.write(FlowBatch.from_records(env, records))
     overflow_line = [p for p in influx_server.points() if p.measurement == "connstats_overflow"]
     assert [(p.tags, p.fields, p.time) for p in overflow_line] == [(
         {"direction": "egress", "host": HOST, "ifname": "veth0"},
@@ -185,7 +187,7 @@ async def test_overflow_is_its_own_row_per_connection_and_the_stores_agree(tmp_p
 async def test_overflow_in_history_through_the_cli(tmp_path):
     env, records = counted_and_overflowed()
     store = SqliteStore(tmp_path / "flows.sqlite")
-    await store.write(env, records)
+    await store.write(FlowBatch.from_records(env, records))
     await store.close()
     result = await asyncio.to_thread(
         runner.invoke, app, ["history", "--store", f"sqlite:{tmp_path / 'flows.sqlite'}", "--since",
@@ -206,7 +208,7 @@ async def test_overflow_in_history_through_the_cli(tmp_path):
 async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     path = tmp_path / "flows.sqlite"
     store = SqliteStore(path)
-    await store.write(envelope(), [flow(envelope(), 0)])
+    await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 1 wrote
         db.execute("DROP TABLE overflow")
@@ -214,8 +216,8 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     assert sqlite_history(path, HistoryQuery(**ALL, group_by="iface"))[0]["packets"] == 1  # readable before
     env, records = counted_and_overflowed()
     store = SqliteStore(path)
-    await store.write(dataclasses.replace(env, interval_seq=1, interval_start=T0 + 10 * SECOND,
-                                          interval_end=T0 + 20 * SECOND), [])
+    await store.write(FlowBatch.from_records(dataclasses.replace(env, interval_seq=1, interval_start=T0 + 10 * SECOND,
+                                          interval_end=T0 + 20 * SECOND), []))
     await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
@@ -242,7 +244,7 @@ async def test_repeated_keys_in_one_message_are_summed_and_a_redelivery_changes_
     store = SqliteStore(tmp_path / "flows.sqlite")
     try:
         for _ in range(2):
-            await store.write(env, records)
+            await store.write(FlowBatch.from_records(env, records))
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "flows.sqlite") as db:
@@ -254,9 +256,9 @@ async def test_repeated_keys_in_one_message_are_summed_and_a_redelivery_changes_
 async def test_repeated_keys_give_the_same_history_in_both_stores(tmp_path, influx):
     env, records = repeated()
     store = SqliteStore(tmp_path / "flows.sqlite")
-    await store.write(env, records)
+    await store.write(FlowBatch.from_records(env, records))
     await store.close()
-    await influx.write(env, records)
+    await influx.write(FlowBatch.from_records(env, records))
     rows = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL))
     assert [(r["src_ip"], r["packets"], r["bytes"], r["first_seen"], r["last_seen"]) for r in rows] == [
         ("10.0.0.1", TOP, 4305, T0 + 2, T0 + 9), ("10.0.0.2", 2, 200, T0 + 1, T0 + 2)]
@@ -264,18 +266,22 @@ async def test_repeated_keys_give_the_same_history_in_both_stores(tmp_path, infl
 
 
 def test_repeated_key_totals_is_empty_without_repeats():
-    rows = [(HOST, 7, "veth0", "egress", 4, 6, f"10.0.0.{i}", "10.9.0.1", 1, 2, 1, 10, T0 + i, T0 + i, 1 << i,
-             T0, T0, "", "", "") for i in range(3)]
+    env = envelope()
+    records = [flow(env, i, packets=1, nbytes=10, first_seen=T0 + i, last_seen=T0 + i, tcp_flags=1 << i)
+               for i in range(3)]
+    rows = flow_rows(FlowBatch.from_records(env, records))
     assert repeated_key_totals(rows) == []
-    same_key = [rows[1][:10] + (5, 50, T0 - 1, T0 + 7, 8) + rows[1][15:]]
-    assert repeated_key_totals([*rows, *same_key]) == [rows[1][:10] + (6, 60, T0 - 1, T0 + 7, 10) + rows[1][15:]]
+    same_key = dataclasses.replace(records[1], packets=5, bytes=50, first_seen=T0 - 1, last_seen=T0 + 7, tcp_flags=8)
+    total = dataclasses.replace(records[1], packets=6, bytes=60, first_seen=T0 - 1, last_seen=T0 + 7, tcp_flags=10)
+    assert repeated_key_totals(flow_rows(FlowBatch.from_records(env, [*records, same_key]))) == flow_rows(
+        FlowBatch.from_records(env, [total]))
 
 
 # -- 3 and 4. bounds, and messages that only fail on their own ---------------------------------------
 
 
 def payload(env: Envelope, records: list[FlowRecord], mutate=None) -> bytes:
-    data = encode_message(env, records)
+    data = encode_message(FlowBatch.from_records(env, records))
     if mutate is None:
         return data
     doc = msgspec.json.decode(data)
@@ -285,7 +291,7 @@ def payload(env: Envelope, records: list[FlowRecord], mutate=None) -> bytes:
 
 async def test_packets_of_2_pow_63_is_a_dead_letter_and_the_next_message_is_stored(nats_server, tmp_path):
     bad_env, good_env = envelope(0), envelope(1)
-    bad = payload(bad_env, [flow(bad_env, 0)], lambda d: d["records"][0].update(packets=2**63))
+    bad = payload(bad_env, [flow(bad_env, 0)], lambda d: d["flows"]["packets"].__setitem__(0, 2**63))
     good_records = [flow(good_env, i) for i in range(5)]
     store = SqliteStore(tmp_path / "flows.sqlite")
     try:
@@ -299,7 +305,7 @@ async def test_packets_of_2_pow_63_is_a_dead_letter_and_the_next_message_is_stor
     [letter] = await read_stream(nats_server.url, "CONNSTATS_DEADLETTER")
     assert letter.data == bad
     assert dead_letter_reasons([letter]) == [
-        "undecodable: Expected `int` <= 9223372036854775807 - at `$.records[0].packets`"]
+        "undecodable: Expected `int` <= 9223372036854775807 - at `$.flows.packets[0]`"]
 
 
 class FailsOnOneMessage:
@@ -313,11 +319,11 @@ class FailsOnOneMessage:
     async def ping(self) -> None:
         await self.inner.ping()
 
-    async def write(self, envelope, records) -> None:
-        if envelope.interval_seq == self.bad_seq:
+    async def write(self, batch) -> None:
+        if batch.envelope.interval_seq == self.bad_seq:
             self.attempts += 1
             raise self.error
-        await self.inner.write(envelope, records)
+        await self.inner.write(batch)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -327,7 +333,7 @@ def intervals(count: int, per: int = 4) -> list[tuple[str, bytes]]:
     out = []
     for seq in range(count):
         env = envelope(seq)
-        out.append((flows_subject(HOST), encode_message(env, [flow(env, i) for i in range(per)])))
+        out.append((flows_subject(HOST), encode_message(FlowBatch.from_records(env, [flow(env, i) for i in range(per)]))))
     return out
 
 
@@ -369,7 +375,7 @@ class RefusesEveryWrite:
     async def ping(self) -> None:
         pass
 
-    async def write(self, envelope, records) -> None:
+    async def write(self, batch) -> None:
         self.writes += 1
         raise StoreUnavailable("InfluxDB answered 429; retry later")
 
@@ -397,7 +403,7 @@ async def test_a_message_sqlite_refuses_is_dead_lettered_and_the_others_stored(n
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON flows WHEN NEW.src_port = 40666 "
                    "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END")
     env = envelope(1)
-    refused = encode_message(env, [flow(env, 5, src_port=40666)])
+    refused = encode_message(FlowBatch.from_records(env, [flow(env, 5, src_port=40666)]))
     try:
         stats = await consume(nats_server, store, done=lambda s: s.stored_messages + s.dead_lettered == 5,
                               before=lambda: publish(nats_server, [*intervals(1), (flows_subject(HOST), refused),
@@ -413,7 +419,7 @@ async def test_a_message_sqlite_refuses_is_dead_lettered_and_the_others_stored(n
 async def test_repeated_keys_summing_past_64_bits_are_a_dead_letter(nats_server, tmp_path):
     env = envelope(0)
     first = flow(env, 0, packets=TOP, nbytes=1)
-    too_much = encode_message(env, [first, dataclasses.replace(first, packets=1)])
+    too_much = encode_message(FlowBatch.from_records(env, [first, dataclasses.replace(first, packets=1)]))
     path = tmp_path / "flows.sqlite"
     store = SqliteStore(path)
     try:
@@ -434,9 +440,9 @@ async def test_repeated_keys_summing_past_64_bits_are_a_dead_letter(nats_server,
 
 async def test_a_body_naming_another_host_than_its_subject_is_a_dead_letter(nats_server, tmp_path):
     env_b = envelope(0, host="B")
-    liar = encode_message(env_b, [flow(env_b, 0)])
+    liar = encode_message(FlowBatch.from_records(env_b, [flow(env_b, 0)]))
     env_a = envelope(1, host="A")
-    honest = encode_message(env_a, [flow(env_a, i) for i in range(3)])
+    honest = encode_message(FlowBatch.from_records(env_a, [flow(env_a, i) for i in range(3)]))
     path = tmp_path / "flows.sqlite"
     store = SqliteStore(path)
     try:
@@ -462,8 +468,8 @@ async def test_history_sums_beyond_2_pow_63_are_exact_in_both_stores_and_every_f
     store = SqliteStore(path)
     for seq in range(3):
         env = envelope(seq, overflow=(OverflowCount(7, "veth0", "egress", TOP, TOP),))
-        await store.write(env, [flow(env, 0, packets=TOP, nbytes=TOP), flow(env, 1, packets=TOP, nbytes=TOP)])
-        await influx.write(env, [flow(env, 0, packets=TOP, nbytes=TOP), flow(env, 1, packets=TOP, nbytes=TOP)])
+        await store.write(FlowBatch.from_records(env, [flow(env, 0, packets=TOP, nbytes=TOP), flow(env, 1, packets=TOP, nbytes=TOP)]))
+        await influx.write(FlowBatch.from_records(env, [flow(env, 0, packets=TOP, nbytes=TOP), flow(env, 1, packets=TOP, nbytes=TOP)]))
     await store.close()
     query = HistoryQuery(**ALL, group_by="iface")
     [row] = sqlite_history(path, query)
@@ -506,7 +512,7 @@ def history_cli(tmp_path, monkeypatch):
 
 async def _one_write(path) -> None:
     store = SqliteStore(path)
-    await store.write(envelope(), [flow(envelope(), 0)])
+    await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
     await store.close()
 
 
@@ -616,7 +622,7 @@ async def test_the_database_its_wal_shm_and_lock_are_created_0600(tmp_path):
     old = os.umask(0o022)
     try:
         store = SqliteStore(tmp_path / "flows.sqlite")
-        await store.write(envelope(), [flow(envelope(), 0)])
+        await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
         await store.close()
     finally:
@@ -629,7 +635,7 @@ async def test_an_existing_world_readable_database_is_closed_to_0600(tmp_path):
     """A file made by an older version (0644, with its -wal and -shm) is made private on open."""
     path = tmp_path / "flows.sqlite"
     store = SqliteStore(path)
-    await store.write(envelope(), [flow(envelope(), 0)])
+    await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
     await store.close()
     for name in ("flows.sqlite", "flows.sqlite-wal", "flows.sqlite-shm"):
         (tmp_path / name).touch()

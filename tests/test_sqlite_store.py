@@ -9,7 +9,8 @@ import pytest
 
 from connstats.probe.errors import StoreError, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord
-from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows
+from connstats.probe.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
+from connstats.sink.sqlite_store import _COLUMNS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -49,13 +50,13 @@ async def store(tmp_path):
 
 
 async def test_write_stores_every_record_with_exact_totals(store):
-    await store.write(*message(1000))
+    await store.write(FlowBatch.from_records(*message(1000)))
     assert totals(store.path) == (1000, 500_500, 50_050_000)
 
 
 async def test_columns_hold_the_record_and_empty_container_fields(store):
     envelope, records = message(1)
-    await store.write(envelope, records)
+    await store.write(FlowBatch.from_records(envelope, records))
     with sqlite3.connect(store.path) as db:
         db.row_factory = sqlite3.Row
         row = dict(db.execute("SELECT * FROM flows").fetchone())
@@ -70,30 +71,51 @@ async def test_columns_hold_the_record_and_empty_container_fields(store):
 
 def test_flow_rows_is_one_tuple_per_record_in_column_order():
     envelope, records = message(2)
-    assert flow_rows(envelope, records) == [
-        ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.1", "10.9.0.1", 30000, 443, 1, 100,
-         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""),
-        ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.9.0.1", 30001, 443, 2, 200,
-         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""),
+    rows = flow_rows(FlowBatch.from_records(envelope, records))
+    names = ("host", "ifindex", "ifname", "direction", "family", "proto", "src_ip", "dst_ip", "src_port",
+             "dst_port", "packets", "bytes", "first_seen", "last_seen", "tcp_flags", "interval_start",
+             "interval_end", "container_id", "container_name", "container_image")
+    assert [{name: row[_COLUMNS.index(name)] for name in names} for row in rows] == [
+        dict(zip(names, ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.1", "10.9.0.1", 30000, 443, 1, 100,
+                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""))),
+        dict(zip(names, ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.9.0.1", 30001, 443, 2, 200,
+                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""))),
     ]
+
+
+def test_the_columns_are_the_host_and_the_fields_of_a_record_declared_once():
+    assert _COLUMNS == ("host", *RECORD_FIELDS)
+    assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, "ifname", "container_id", "container_name",
+                                  "container_image", "interval_start", "interval_end"}
+    db = sqlite3.connect(":memory:")
+    for statement in _SCHEMA_V1:
+        db.execute(statement)
+    assert {row[1] for row in db.execute("PRAGMA table_info(flows)")} == set(_COLUMNS)
+
+
+async def test_a_swapped_pair_of_ports_is_stored_where_it_belongs(store):
+    envelope, records = message(1)
+    await store.write(FlowBatch.from_records(envelope, records))
+    db = sqlite3.connect(store.path)
+    assert db.execute("SELECT src_port, dst_port FROM flows").fetchall() == [(30000, 443)]
 
 
 async def test_writing_the_same_message_twice_leaves_no_duplicates(store):
     envelope, records = message(500)
-    await store.write(envelope, records)
-    await store.write(envelope, records)
+    await store.write(FlowBatch.from_records(envelope, records))
+    await store.write(FlowBatch.from_records(envelope, records))
     assert totals(store.path) == (500, 125_250, 12_525_000)
 
 
 async def test_same_connection_in_two_intervals_and_two_hosts_are_four_rows(store):
     for start in (T0, T0 + INTERVAL):
         for host in ("node-1", "node-2"):
-            await store.write(*message(1, start=start, host=host))
+            await store.write(FlowBatch.from_records(*message(1, start=start, host=host)))
     assert totals(store.path) == (4, 4, 400)
 
 
 async def test_concurrent_writes_all_land(store):
-    await asyncio.gather(*(store.write(*message(100, start=T0 + k * INTERVAL)) for k in range(8)))
+    await asyncio.gather(*(store.write(FlowBatch.from_records(*message(100, start=T0 + k * INTERVAL))) for k in range(8)))
     assert totals(store.path) == (800, 8 * 5050, 8 * 505_000)
 
 
@@ -106,7 +128,7 @@ async def test_file_is_in_wal_mode_with_schema_version(store):
 
 
 async def test_reader_reads_while_a_write_transaction_is_open(store):
-    await store.write(*message(10))
+    await store.write(FlowBatch.from_records(*message(10)))
     writer = sqlite3.connect(store.path, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
@@ -118,12 +140,12 @@ async def test_reader_reads_while_a_write_transaction_is_open(store):
 
 
 async def test_write_succeeds_while_a_reader_holds_a_snapshot(store):
-    await store.write(*message(10))
+    await store.write(FlowBatch.from_records(*message(10)))
     reader = sqlite3.connect(store.path, isolation_level=None)
     try:
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM flows").fetchone() == (10,)
-        await store.write(*message(10, start=T0 + INTERVAL))
+        await store.write(FlowBatch.from_records(*message(10, start=T0 + INTERVAL)))
         assert reader.execute("SELECT count(*) FROM flows").fetchone() == (10,)
     finally:
         reader.execute("COMMIT")
@@ -137,14 +159,14 @@ async def test_locked_database_is_unavailable_then_write_succeeds(store):
     try:
         locker.execute("BEGIN EXCLUSIVE")
         with pytest.raises(StoreUnavailable) as caught:
-            await store.write(envelope, records)
+            await store.write(FlowBatch.from_records(envelope, records))
     finally:
         locker.execute("ROLLBACK")
         locker.close()
     assert "\n" not in str(caught.value)
     assert "busy" in str(caught.value)
     assert totals(store.path) == (0, 0, 0)
-    await store.write(envelope, records)
+    await store.write(FlowBatch.from_records(envelope, records))
     assert totals(store.path) == (300, 45_150, 4_515_000)
 
 
@@ -176,14 +198,14 @@ async def test_retention_deletes_old_rows_at_most_once_a_minute(tmp_path):
     clock = Clock(T0 + 3 * 3600 * SECOND)
     store = SqliteStore(tmp_path / "flows.db", retention_seconds=3600, clock=clock)
     try:
-        await store.write(*message(5, start=T0))  # prunes first (nothing), then inserts old rows
-        await store.write(*message(7, start=clock.now - INTERVAL))
+        await store.write(FlowBatch.from_records(*message(5, start=T0)))  # prunes first (nothing), then inserts old rows
+        await store.write(FlowBatch.from_records(*message(7, start=clock.now - INTERVAL)))
         assert totals(store.path) == (12, 15 + 28, 1500 + 2800)
         clock.now += 59 * SECOND
-        await store.write(*message(1, start=clock.now - INTERVAL))
+        await store.write(FlowBatch.from_records(*message(1, start=clock.now - INTERVAL)))
         assert totals(store.path) == (13, 44, 4400)
         clock.now += 2 * SECOND
-        await store.write(*message(1, start=clock.now - INTERVAL))
+        await store.write(FlowBatch.from_records(*message(1, start=clock.now - INTERVAL)))
         assert totals(store.path) == (9, 30, 3000)
     finally:
         await store.close()
@@ -193,10 +215,10 @@ async def test_retention_keeps_rows_ending_inside_the_window(tmp_path):
     clock = Clock(T0 + 3600 * SECOND + INTERVAL)
     store = SqliteStore(tmp_path / "flows.db", retention_seconds=3600, clock=clock)
     try:
-        await store.write(*message(2, start=T0))  # ends exactly at the cut-off
-        await store.write(*message(3, start=T0 - INTERVAL))
+        await store.write(FlowBatch.from_records(*message(2, start=T0)))  # ends exactly at the cut-off
+        await store.write(FlowBatch.from_records(*message(3, start=T0 - INTERVAL)))
         clock.now += 61 * SECOND
-        await store.write(*message(1, start=clock.now))
+        await store.write(FlowBatch.from_records(*message(1, start=clock.now)))
         assert totals(store.path) == (1, 1, 100)
     finally:
         await store.close()
@@ -245,19 +267,19 @@ async def test_reopening_keeps_rows_and_schema(tmp_path):
     path = tmp_path / "flows.db"
     for _ in range(2):
         store = SqliteStore(path)
-        await store.write(*message(4))
+        await store.write(FlowBatch.from_records(*message(4)))
         await store.close()
     assert totals(path) == (4, 10, 1000)
 
 
 async def test_records_differing_only_in_counters_are_one_row(store):
     envelope, records = message(1)
-    await store.write(envelope, records)
-    await store.write(envelope, [dataclasses.replace(records[0], packets=99, bytes=9900)])
+    await store.write(FlowBatch.from_records(envelope, records))
+    await store.write(FlowBatch.from_records(envelope, [dataclasses.replace(records[0], packets=99, bytes=9900)]))
     assert totals(store.path) == (1, 1, 100)
 
 
 async def test_empty_message_writes_nothing(store):
     envelope, _ = message(0)
-    await store.write(envelope, [])
+    await store.write(FlowBatch.from_records(envelope, []))
     assert totals(store.path) == (0, 0, 0)

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.wire import FlowBatch
 from connstats.probe.totals import (
     SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device, totals_for,
 )
@@ -35,16 +36,28 @@ def rec(seq: int, packets: int, *, ifindex: int = 7, direction: str = "egress", 
                       container_name=container)
 
 
+def batch(envelope: Envelope, records: list[FlowRecord]) -> FlowBatch:
+    return FlowBatch.from_records(envelope, records)
+
+
+def live_batch(records: list[FlowRecord]) -> FlowBatch | None:
+    """A live read as the daemon returns it: one batch of the current interval."""
+    if not records:
+        return None
+    first = records[0]
+    return FlowBatch.from_records(Envelope("n1", "b", 0, first.interval_start, first.interval_end), records)
+
+
 def counts(view) -> dict:
     return {(t.ifindex, t.direction, t.src_port): (t.packets, t.bytes) for t in view}
 
 
 def test_intervals_add_up_per_connection_with_first_and_last_seen():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3, first=200, last=300), rec(0, 5, direction="ingress")])
-    totals(envelope(1), [rec(1, 4, first=10, last=20)])
-    totals(envelope(2), [])
-    totals(envelope(3), [rec(3, 1, sport=40002), rec(3, 2, ifindex=8)])
+    totals(batch(envelope(0), [rec(0, 3, first=200, last=300), rec(0, 5, direction="ingress")]))
+    totals(batch(envelope(1), [rec(1, 4, first=10, last=20)]))
+    totals(batch(envelope(2), []))
+    totals(batch(envelope(3), [rec(3, 1, sport=40002), rec(3, 2, ifindex=8)]))
 
     view = totals.view()
     assert counts(view) == {(7, "egress", 40001): (7, 700), (7, "ingress", 40001): (5, 500),
@@ -64,10 +77,10 @@ def test_the_key_is_device_direction_protocol_addresses_and_ports():
 
 def test_beyond_the_cap_the_least_recently_seen_are_evicted_and_counted():
     totals = ConnectionTotals(max_entries=3)
-    totals(envelope(0), [rec(0, 1, sport=p, last=900 - p) for p in range(1, 6)])  # port 1 newest
+    totals(batch(envelope(0), [rec(0, 1, sport=p, last=900 - p) for p in range(1, 6)]))  # port 1 newest
     assert sorted(t.src_port for t in totals.view()) == [1, 2, 3]
     assert (len(totals), totals.evicted) == (3, 2)
-    totals(envelope(1), [rec(1, 1, sport=9, last=1)])  # newer than every entry from interval 0
+    totals(batch(envelope(1), [rec(1, 1, sport=9, last=1)]))  # newer than every entry from interval 0
     assert sorted(t.src_port for t in totals.view()) == [1, 2, 9]
     assert totals.evicted == 3
     with pytest.raises(ValueError):
@@ -76,22 +89,23 @@ def test_beyond_the_cap_the_least_recently_seen_are_evicted_and_counted():
 
 def test_view_adds_the_live_interval_and_keeps_the_id_it_is_published_with():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3)])
-    live = [rec(1, 2, live=950, last=400, container="web"), rec(1, 6, sport=40009, live=950)]
+    totals(batch(envelope(0), [rec(0, 3)]))
+    # A device's labels are the same for all its records of one read (they are per device).
+    live = [rec(1, 2, live=950, last=400, container="web"), rec(1, 6, sport=40009, live=950, container="web")]
 
-    view = totals.view(live)
+    view = totals.view(live_batch(live))
     assert counts(view) == {(7, "egress", 40001): (5, 500), (7, "egress", 40009): (6, 600)}
     assert [(t.id, t.last_seen, t.container_name) for t in view] == [
-        (1, T0 + SECOND + 400_000_000, "web"), (2, T0 + SECOND + 900_000_000, "")]
+        (1, T0 + SECOND + 400_000_000, "web"), (2, T0 + SECOND + 900_000_000, "web")]
     assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}  # a view changes nothing
 
-    totals(envelope(1), [rec(1, 2), rec(1, 6, sport=40009)])
+    totals(batch(envelope(1), [rec(1, 2), rec(1, 6, sport=40009)]))
     assert [(t.id, t.src_port, t.packets) for t in totals.view()] == [(1, 40001, 5), (2, 40009, 6)]
 
 
 def test_view_filters_devices_and_connections_older_than_the_attachment():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 1), rec(0, 2, ifindex=8), rec(0, 4, ifindex=9)])
+    totals(batch(envelope(0), [rec(0, 1), rec(0, 2, ifindex=8), rec(0, 4, ifindex=9)]))
     assert counts(totals.view(ifindexes={8, 9})) == {(8, "egress", 40001): (2, 200), (9, "egress", 40001): (4, 400)}
     since = {7: T0 + 2 * SECOND, 8: T0}  # 7 was attached again after its last packet
     assert counts(totals.view(ifindexes={7, 8}, since_ns=since)) == {(8, "egress", 40001): (2, 200)}
@@ -101,17 +115,17 @@ def test_view_filters_devices_and_connections_older_than_the_attachment():
 
 def test_forget_drops_a_device_and_its_residue_but_counts_a_new_attachment():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 10), rec(0, 1, ifindex=8)])
+    totals(batch(envelope(0), [rec(0, 10), rec(0, 1, ifindex=8)]))
     # Detached during interval 1, when the kernel held 4 packets of it; read at T0 + 1.5 s.
     residue = [rec(1, 4, live=500), rec(1, 9, ifindex=8, live=500)]
-    assert totals.forget(7, residue, until_ns=T0 + 1_500_000_000) == 1
+    assert totals.forget(7, live_batch(residue), until_ns=T0 + 1_500_000_000) == 1
     assert counts(totals.view()) == {(8, "egress", 40001): (1, 100)}
     # Attached again in interval 1: 6 more packets on the old connection, 2 on a new one.
     live = [rec(1, 10, live=950), rec(1, 2, sport=40002, live=950), rec(1, 9, ifindex=8, live=950)]
-    assert counts(totals.view(live)) == {(7, "egress", 40001): (6, 600), (7, "egress", 40002): (2, 200),
+    assert counts(totals.view(live_batch(live))) == {(7, "egress", 40001): (6, 600), (7, "egress", 40002): (2, 200),
                                          (8, "egress", 40001): (10, 1000)}
-    totals(envelope(1), [rec(1, 10), rec(1, 2, sport=40002), rec(1, 9, ifindex=8)])
-    totals(envelope(2), [rec(2, 3)])
+    totals(batch(envelope(1), [rec(1, 10), rec(1, 2, sport=40002), rec(1, 9, ifindex=8)]))
+    totals(batch(envelope(2), [rec(2, 3)]))
     assert counts(totals.view()) == {(7, "egress", 40001): (9, 900), (7, "egress", 40002): (2, 200),
                                      (8, "egress", 40001): (10, 1000)}
 
@@ -119,18 +133,18 @@ def test_forget_drops_a_device_and_its_residue_but_counts_a_new_attachment():
 def test_forget_drops_intervals_that_ended_before_the_live_read():
     totals = ConnectionTotals()
     # Interval 0 was polled but not yet added when the device was detached and read.
-    totals.forget(7, [rec(1, 2, live=200)], until_ns=T0 + 1_200_000_000)
-    totals(envelope(0), [rec(0, 5), rec(0, 1, ifindex=8)])  # ended before the read: dropped
-    totals(envelope(1), [rec(1, 2)])  # the residue and nothing else
-    totals(envelope(2), [rec(2, 1)])
+    totals.forget(7, live_batch([rec(1, 2, live=200)]), until_ns=T0 + 1_200_000_000)
+    totals(batch(envelope(0), [rec(0, 5), rec(0, 1, ifindex=8)]))  # ended before the read: dropped
+    totals(batch(envelope(1), [rec(1, 2)]))  # the residue and nothing else
+    totals(batch(envelope(2), [rec(2, 1)]))
     assert counts(totals.view()) == {(7, "egress", 40001): (1, 100), (8, "egress", 40001): (1, 100)}
 
 
 def test_forget_with_an_empty_live_read_drops_only_what_ended_before_it():
     totals = ConnectionTotals()
-    totals.forget(7, [], until_ns=T0 + 1_200_000_000)
-    totals(envelope(0), [rec(0, 5)])
-    totals(envelope(1), [rec(1, 3)])  # ended after the read: the new attachment's packets
+    totals.forget(7, live_batch([]), until_ns=T0 + 1_200_000_000)
+    totals(batch(envelope(0), [rec(0, 5)]))
+    totals(batch(envelope(1), [rec(1, 3)]))  # ended after the read: the new attachment's packets
     assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}
 
 
@@ -143,13 +157,13 @@ class FakeLive:
 
     async def __call__(self):
         self.calls += 1
-        return self.reads.pop(0) if len(self.reads) > 1 else self.reads[0]
+        return live_batch(self.reads.pop(0) if len(self.reads) > 1 else self.reads[0])
 
 
 async def test_current_view_reads_again_when_the_live_interval_was_already_added():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3)])
-    totals(envelope(1), [rec(1, 2)])
+    totals(batch(envelope(0), [rec(0, 3)]))
+    totals(batch(envelope(1), [rec(1, 2)]))
     stale = [rec(1, 2, live=950)]  # read before the poll that published interval 1
     fresh = [rec(2, 1, live=950)]
     live = FakeLive(stale, fresh)
@@ -159,12 +173,12 @@ async def test_current_view_reads_again_when_the_live_interval_was_already_added
 
 async def test_current_view_waits_for_an_interval_the_listener_has_not_seen():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3)])
+    totals(batch(envelope(0), [rec(0, 3)]))
     live = FakeLive([rec(2, 1, live=950)])  # interval 1 polled but not yet added
 
     async def add_interval_1():
         await asyncio.sleep(0.03)
-        totals(envelope(1), [rec(1, 2)])
+        totals(batch(envelope(1), [rec(1, 2)]))
 
     task = asyncio.create_task(add_interval_1())
     assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (6, 600)}
@@ -174,17 +188,17 @@ async def test_current_view_waits_for_an_interval_the_listener_has_not_seen():
 
 async def test_current_view_serves_the_totals_alone_when_the_live_read_never_fits():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3)])
+    totals(batch(envelope(0), [rec(0, 3)]))
     live = FakeLive([rec(5, 1, live=950)])
     assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (3, 300)}
 
 
 async def test_forget_device_reads_the_live_interval_after_the_detach():
     totals = ConnectionTotals()
-    totals(envelope(0), [rec(0, 3)])
+    totals(batch(envelope(0), [rec(0, 3)]))
     await forget_device(totals, FakeLive([rec(1, 2, live=950)]), 7)
-    totals(envelope(1), [rec(1, 2)])
-    totals(envelope(2), [rec(2, 5)])
+    totals(batch(envelope(1), [rec(1, 2)]))
+    totals(batch(envelope(2), [rec(2, 5)]))
     assert counts(totals.view()) == {(7, "egress", 40001): (5, 500)}
 
 
@@ -220,16 +234,16 @@ def overflow_counts(totals, ifindexes=None) -> dict:
 
 def test_overflow_adds_up_per_device_and_direction():
     totals = ConnectionTotals()
-    totals(with_overflow(0, (7, "egress", 3), (7, "ingress", 1), (0, "egress", 2)), [rec(0, 5)])
-    totals(with_overflow(1, (7, "egress", 4), (8, "egress", 9)), [rec(1, 2, ifindex=8)])
-    totals(envelope(2), [rec(2, 1)])
+    totals(batch(with_overflow(0, (7, "egress", 3), (7, "ingress", 1), (0, "egress", 2)), [rec(0, 5)]))
+    totals(batch(with_overflow(1, (7, "egress", 4), (8, "egress", 9)), [rec(1, 2, ifindex=8)]))
+    totals(batch(envelope(2), [rec(2, 1)]))
     assert overflow_counts(totals) == {
         (0, "egress"): (2, 200, T0 + SECOND), (7, "egress"): (7, 700, T0 + 2 * SECOND),
         (7, "ingress"): (1, 100, T0 + SECOND), (8, "egress"): (9, 900, T0 + 2 * SECOND)}
     assert overflow_counts(totals, {8}) == {(8, "egress"): (9, 900, T0 + 2 * SECOND)}
     # a device's connections plus its overflow: every packet it saw, exactly
     for ifindex, packets in ((7, 6 + 7 + 1), (8, 2 + 9)):
-        connections = sum(t.packets for t in totals.view((), {ifindex}))
+        connections = sum(t.packets for t in totals.view(None, {ifindex}))
         overflowed = sum(o.packets for o in totals.overflow_view({ifindex}))
         assert connections + overflowed == packets
     # the view hands out copies
@@ -239,9 +253,9 @@ def test_overflow_adds_up_per_device_and_direction():
 
 def test_forget_drops_a_device_s_overflow_and_its_intervals_before_the_detach():
     totals = ConnectionTotals()
-    totals(with_overflow(0, (7, "egress", 3), (8, "egress", 1)), [])
-    totals.forget(7, live=[rec(1, 2, live=500)], until_ns=T0 + SECOND + 500_000_000)
+    totals(batch(with_overflow(0, (7, "egress", 3), (8, "egress", 1)), []))
+    totals.forget(7, live=live_batch([rec(1, 2, live=500)]), until_ns=T0 + SECOND + 500_000_000)
     assert overflow_counts(totals) == {(8, "egress"): (1, 100, T0 + SECOND)}
-    totals(with_overflow(0, (7, "egress", 5)), [])  # ended before the detach: not counted again
-    totals(with_overflow(2, (7, "egress", 4)), [])  # after it: the new attachment's
+    totals(batch(with_overflow(0, (7, "egress", 5)), []))  # ended before the detach: not counted again
+    totals(batch(with_overflow(2, (7, "egress", 4)), []))  # after it: the new attachment's
     assert overflow_counts(totals, {7}) == {(7, "egress"): (4, 400, T0 + 3 * SECOND)}

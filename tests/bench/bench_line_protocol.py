@@ -18,6 +18,7 @@ from pathlib import Path
 
 from influxdb_client import Point, WritePrecision
 
+from connstats.probe.wire import FlowBatch
 from connstats.probe.record import Envelope, FlowRecord, proto_name
 from connstats.sink.influx_store import chunked, encode_lines, service_port
 from connstats.sink.sqlite_store import SqliteStore
@@ -88,7 +89,7 @@ def bench_encoders(count: int, rounds: int) -> None:
 def bench_gzip(count: int) -> None:
     """What ``enable_gzip=True`` adds per message: the client compresses each body at level 9."""
     envelope, records = message(count)
-    bodies = chunked(encode_lines(envelope, records))
+    bodies = chunked(encode_lines(FlowBatch.from_records(envelope, records)))
     raw = sum(len(body) for body in bodies)
     for level in (9, 1):
         seconds, packed = timed(lambda: [gzip.compress(body, level) for body in bodies])
@@ -104,12 +105,12 @@ async def bench_sqlite(count: int, rounds: int) -> None:
             for round_number in range(rounds):
                 envelope, records = message(count, start=T0 + round_number * INTERVAL)
                 began = time.perf_counter()
-                await store.write(envelope, records)
+                await store.write(FlowBatch.from_records(envelope, records))
                 seconds = time.perf_counter() - began
                 print(f"sqlite write {round_number + 1} ({round_number * count} rows before): "
                       f"{count} records in {seconds:.3f} s ({count / seconds:,.0f} records/s)")
             began = time.perf_counter()
-            await store.write(envelope, records)
+            await store.write(FlowBatch.from_records(envelope, records))
             print(f"sqlite replay of the last message (all conflicts): {time.perf_counter() - began:.3f} s")
         finally:
             await store.close()

@@ -3,7 +3,9 @@
 Every interval holds 131,072 realistic records (the flow map's capacity). Stages, each
 timed on its own against a fresh nats-server (JetStream, file storage, on loopback):
 
-  encode       encode_interval(): chunking + encode_message, pure CPU
+  encode       encode_interval(): chunking + schema 2 encoding, pure CPU
+  bare         a bare executemany of the same rows (prebuilt tuples) into the same table,
+               one transaction per message-sized slice: the bound for the sink's SQLite rate
   publish      FlowPublisher.submit() + flush(): encode, outbox, publish, wait for PubAcks
   consume      FlowConsumer into the store: fetch, decode_message, Store.write, ack
   end to end   publisher in this process, sink(s) in their own process(es), overlapping
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from connstats.probe.publisher import FlowPublisher, PublisherSettings, encode_interval, payload_limit  # noqa: E402
 from connstats.probe.subjects import NatsOptions  # noqa: E402
+from connstats.probe.wire import FlowBatch  # noqa: E402
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer  # noqa: E402
 from tests.fixtures.nats import MemoryStore, NatsServerProcess, sample_envelope, sample_records  # noqa: E402
 
@@ -74,12 +77,39 @@ asyncio.run(main())
 """
 
 
-def build_intervals(count: int, records: int) -> list[tuple]:
+def build_intervals(count: int, records: int) -> list[FlowBatch]:
     intervals = []
     for seq in range(count):
         envelope = sample_envelope(seq)
-        intervals.append((envelope, sample_records(envelope, records, ipv6_every=10)))
+        intervals.append(FlowBatch.from_records(envelope, sample_records(envelope, records, ipv6_every=10)))
     return intervals
+
+
+def bench_bare_executemany(intervals, tmp: Path, per_message: int) -> float:
+    """The same rows, prebuilt, into the same table (made by SqliteStore), same pragmas."""
+    import sqlite3
+    from connstats.sink.sqlite_store import _INSERT, flow_rows
+    path = tmp / "bare.sqlite"
+    asyncio.run(_touch(path))
+    rows = [flow_rows(batch) for batch in intervals]
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    start = time.perf_counter()
+    for interval in rows:
+        for i in range(0, len(interval), per_message):
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_INSERT, interval[i:i + per_message])
+            db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed
+
+
+async def _touch(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.ping()
+    await store.close()
 
 
 def make_store(kind: str, tmp: Path, name: str):
@@ -92,7 +122,7 @@ def rate(records: int, seconds: float) -> str:
 
 def bench_encode(intervals, max_payload: int) -> tuple[int, float]:
     start = time.perf_counter()
-    messages = sum(len(encode_interval(e, r, payload_limit(max_payload))) for e, r in intervals)
+    messages = sum(len(encode_interval(batch, payload_limit(max_payload))) for batch in intervals)
     return messages, time.perf_counter() - start
 
 
@@ -103,8 +133,8 @@ BURST = PublisherSettings(memory_cap=1 << 30)
 async def bench_publish(server, intervals) -> float:
     start = time.perf_counter()
     async with FlowPublisher(NatsOptions(servers=(server.url,)), BURST) as publisher:
-        for envelope, records in intervals:
-            await publisher.submit(envelope, records)
+        for batch in intervals:
+            await publisher.submit(batch)
         assert await publisher.flush(120), "publisher did not drain"
         elapsed = time.perf_counter() - start
     return elapsed
@@ -132,7 +162,7 @@ async def bench_consume(server, store, total: int) -> float:
 
 
 async def bench_end_to_end(server, intervals, tmp: Path, sinks: int, kind: str) -> float:
-    total = sum(len(r) for _, r in intervals)
+    total = sum(len(batch) for batch in intervals)
     command = [sys.executable, "-c", SINK_SCRIPT, server.url, str(tmp / "e2e.sqlite"), str(total), kind]
     processes = [subprocess.Popen(command,
                                   cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -142,8 +172,8 @@ async def bench_end_to_end(server, intervals, tmp: Path, sinks: int, kind: str) 
             assert process.stdout.readline().strip() == "ready"
         start = time.time()
         async with FlowPublisher(NatsOptions(servers=(server.url,)), BURST) as publisher:
-            for envelope, records in intervals:
-                await publisher.submit(envelope, records)
+            for batch in intervals:
+                await publisher.submit(batch)
             assert await publisher.flush(120)
         if sinks == 1 or kind != "sqlite":
             result = json.loads(await asyncio.to_thread(processes[0].stdout.readline))
@@ -187,8 +217,11 @@ async def main() -> None:
         try:
             messages, seconds = bench_encode(intervals, 1 << 20)
             print(f"encode      {rate(total, seconds)}  -> {messages} messages")
+            bare = await asyncio.to_thread(bench_bare_executemany, intervals, tmp, -(-total // messages))
+            print(f"bare        {rate(total, bare)}  (executemany of prebuilt rows, {messages} transactions)")
             print(f"publish     {rate(total, await bench_publish(server, intervals))}")
-            print(f"consume     {rate(total, await bench_consume(server, make_store(args.store, tmp, 'c.sqlite'), total))}")
+            consume = await bench_consume(server, make_store(args.store, tmp, 'c.sqlite'), total)
+            print(f"consume     {rate(total, consume)}  = {bare / consume:.2f}x the bare executemany rate")
         finally:
             server.stop()
         (tmp / "nats2").mkdir()
@@ -196,7 +229,8 @@ async def main() -> None:
         server.start()
         try:
             seconds = await bench_end_to_end(server, intervals, tmp, args.sinks, args.store)
-            print(f"end to end  {rate(total, seconds)}  ({args.sinks} sink process(es))")
+            print(f"end to end  {rate(total, seconds)}  ({args.sinks} sink process(es)) "
+                  f"= {bare / seconds:.2f}x the bare executemany rate")
         finally:
             server.stop()
 

@@ -23,7 +23,8 @@ def test_close_detaches_then_drains_the_last_partial_interval(test_network):
         assert udp_totals(live, a.host_if, 44000) == (70, 70 * 72)
         assert udp_totals(probe.peek(), a.host_if, 44000) == (70, 70 * 72)  # peek resets nothing
     finally:
-        envelope, records = probe.finish()
+        batch = probe.finish()
+        envelope, records = batch.envelope, batch.records()
         probe.commit()
         probe.close()
     assert udp_totals(records, a.host_if, 44000) == (70, 70 * 72)
@@ -37,8 +38,8 @@ def test_poll_forever_publishes_every_interval_and_the_final_one(test_network):
     probe.attach(a.host_if)
     published = []
 
-    async def publish(envelope, records):
-        published.append((envelope, records))
+    async def publish(batch):
+        published.append((batch.envelope, batch.records()))
 
     async def scenario():
         stop = asyncio.Event()

@@ -24,7 +24,8 @@ CHILD = textwrap.dedent("""
                                       device_locks=locks, on_exit="keep"))
     probe.attach(iface)
     subprocess.run(command, check=True, capture_output=True)
-    envelope, records = probe.poll()
+    batch = probe.poll()
+    envelope, records = batch.envelope, batch.records()
     print(json.dumps([envelope.boot_id, envelope.interval_seq, envelope.interval_start,
                       envelope.interval_end, [[r.src_port, r.packets, r.bytes] for r in records]]), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # before commit: the interval is pending
@@ -53,13 +54,15 @@ def test_an_interval_polled_and_not_committed_is_recovered_identically(test_netw
     try:
         assert [d.name for d in probe.adopt()] == [a.host_if]
         a.traffic("udp", b.ipv4, 5500, 42001, 300, 100)  # counted while the crash is recovered
-        envelope, records = probe.recover()
+        batch = probe.recover()
+        envelope, records = batch.envelope, batch.records()
         assert (envelope.boot_id, envelope.interval_seq, envelope.interval_start, envelope.interval_end) == (
             boot_id, seq, start, end)
         assert [[r.src_port, r.packets, r.bytes] for r in records] == rows
         probe.commit()
         assert probe.recover() is None
-        envelope, records = probe.finish()
+        batch = probe.finish()
+        envelope, records = batch.envelope, batch.records()
         probe.commit()
         assert envelope.interval_seq == seq + 1 and envelope.interval_start == end
         assert [(r.src_port, r.packets, r.bytes) for r in records if r.src_port in (42000, 42001)] == [
@@ -103,15 +106,16 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
     new = KernelProbe(ProbeSettings(capacity=2048, on_exit="detach", **settings))
     published = []
 
-    async def publish(envelope, records):
-        published.append((envelope, records))
+    async def publish(batch):
+        published.append((batch.envelope, batch.records()))
 
     try:
         asyncio.run(publish_recovered(new, publish))
         assert [d.name for d in new.devices.devices()] == [a.host_if]
         assert [layout.name for layout in instance.layouts()] == [new.program.pin_dir.name] != [old_layout.name]
         a.traffic("udp", b.ipv4, 5500, 42011, 40, 100)
-        last, records = new.finish()
+        batch = new.finish()
+        last, records = batch.envelope, batch.records()
         new.commit()
     finally:
         new.close()
