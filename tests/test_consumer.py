@@ -427,3 +427,25 @@ async def test_run_sink_consumes_until_stopped_and_closes(nats_server):
     stop.set()
     stats = await asyncio.wait_for(sink, 5)
     assert (stats.stored_messages, stats.stored_records, store.closed) == (2, 500, True)
+
+
+async def test_schema_1_messages_an_older_probe_left_in_the_stream_are_stored_like_schema_2(nats_server, tmp_path):
+    from connstats.sink.sqlite_store import SqliteStore
+
+    old, new = sample_envelope(1), sample_envelope(2)
+    payloads = [encode_message_v1(old, sample_records(old, 50, ipv6_every=7)),
+                encode_message(FlowBatch.from_records(new, sample_records(new, 50, ipv6_every=7)))]
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    nc = await connected(nats_server)
+    async with FlowConsumer(nc, store) as consumer:
+        js = nc.jetstream()
+        for payload in payloads:
+            await js.publish(flows_subject("node-1.example"), payload)
+        await consume_until(consumer, lambda: consumer.stats.stored_messages == 2)
+    await nc.close()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "flows.sqlite")
+    per_interval = db.execute("SELECT interval_start, count(*), sum(bytes), sum(src_port), sum(family) "
+                              "FROM flows GROUP BY interval_start ORDER BY interval_start").fetchall()
+    assert [row[1:] for row in per_interval] == [row[1:] for row in per_interval[:1]] * 2
+    assert [row[0] for row in per_interval] == [old.interval_start, new.interval_start]
