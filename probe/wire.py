@@ -191,8 +191,8 @@ class FlowBatch:
     def take(self, indexes: Iterable[int]) -> FlowBatch:
         """The records at ``indexes``, in that order (``record_offset`` unchanged)."""
         columns = self.columns_at(indexes)
-        ifindexes = _as_list(columns.ifindex)
-        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in set(ifindexes)))
+        used = set(_as_list(columns.ifindex))
+        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
 
     def on_device(self, ifname: str | None) -> FlowBatch:
         """The records counted on the device named ``ifname`` (all if None)."""
@@ -279,7 +279,7 @@ def _devices_of(records: Sequence[FlowRecord], error: type[Exception]) -> tuple[
 
 def encode_message(batch: FlowBatch) -> bytes:
     """Serialise one flow message (schema 2): the envelope, its devices and its columns."""
-    return _encode(batch.envelope, batch.devices, _python_columns(batch.columns))
+    return encode_chunk(batch.envelope, batch.devices, _python_columns(batch.columns))
 
 
 def encode_flows(columns: FlowColumns) -> msgspec.Raw:
@@ -295,17 +295,14 @@ def _as_list(column: Sequence) -> list:
     return column.tolist() if isinstance(column, np.ndarray) else column
 
 
-def _encode(envelope: Envelope, devices: Sequence[Device], flows: FlowColumns | msgspec.Raw) -> bytes:
+def encode_chunk(envelope: Envelope, devices: Sequence[Device], flows: FlowColumns | msgspec.Raw) -> bytes:
+    """One message of ``envelope`` and ``devices`` around columns (or ``encode_flows``' bytes)."""
     return _encoder.encode(_MessageV2(
         envelope.host, envelope.boot_id, envelope.interval_seq, envelope.interval_start,
         envelope.interval_end, envelope.chunk, envelope.chunks, envelope.record_offset,
         [_WireOverflow(o.ifindex, o.ifname, o.direction, o.packets, o.bytes) for o in envelope.overflow],
         list(devices), flows,
     ))
-
-
-def encode_chunk(envelope: Envelope, devices: Sequence[Device], flows: msgspec.Raw) -> bytes:
-    return _encode(envelope, devices, flows)
 
 
 def record_to_wire(r: FlowRecord) -> _RecordV1:

@@ -375,3 +375,24 @@ def test_schema_2_values_just_outside_the_bounds_say_which_field(mutate, reason)
     with pytest.raises(MessageError) as caught:
         decode_message(bad2(mutate))
     assert str(caught.value) == reason
+
+
+def test_busiest_on_device_and_concat_work_on_columns():
+    records = [record(bytes=10, packets=1), record(ifindex=8, ifname="veth1", bytes=30, packets=1, src_port=2),
+               record(bytes=30, packets=5, src_port=3), record(bytes=30, packets=1, src_port=4)]
+    batch = FlowBatch.from_records(ENVELOPE, records)
+    assert [r.src_port for r in batch.busiest(3)] == [3, 2, 4]  # bytes, then packets, then order
+    assert batch.on_device("veth1").records() == [records[1]]
+    assert [d.ifname for d in batch.on_device("veth1").devices] == ["veth1"]
+    assert FlowBatch.concat(ENVELOPE, [batch.slice(0, 1), batch.slice(1, 4)]).records() == records
+
+
+def test_a_probe_side_batch_keeps_numpy_columns_until_asked():
+    keys = np.zeros(2, dtype=FLOW_KEY)
+    keys["ifindex"], keys["family"], keys["proto"], keys["sport"] = 7, 0, 1, [0, 0]
+    values = np.zeros(2, dtype=FLOW_COUNTERS)
+    values["packets"], values["bytes"] = [2, 9], [200, 900]
+    batch = FlowBatch.from_arrays(ENVELOPE, keys, values, mono_to_wall_ns=T0, ifnames={7: "veth7"})
+    assert isinstance(batch.columns.bytes, np.ndarray)
+    assert batch.column("bytes") == [200, 900] and type(batch.column("bytes")[0]) is int
+    assert [r.bytes for r in batch.busiest(1)] == [900]
