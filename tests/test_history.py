@@ -292,3 +292,17 @@ async def test_the_service_port_is_one_rule_for_history_and_influx(tmp_path, src
     await store.close()
     [row] = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, group_by="port"))
     assert (row["port"], service_port(src, dst)) == (port, tag)
+
+
+def test_the_history_columns_are_fields_of_a_record_by_name():
+    """Declared once: every column history reads (SQL keys, Flux columns, values) is a field of
+    FlowRecord, the SQLite table's columns and the points' tags and fields."""
+    from connstats.probe.wire import RECORD_FIELDS
+    from connstats.sink import history, influx_store
+    from connstats.sink.sqlite_store import _COLUMNS
+
+    read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - {"port"}
+    assert read <= set(RECORD_FIELDS) and read <= set(_COLUMNS)
+    flux = set(history._FLUX_COLUMNS) - {"_time", "_measurement"}
+    assert flux <= {*influx_store.TAGS, *influx_store.FIELDS}
+    assert set(history._SQL_KEYS) - {"port"} == {k for k in history._SQL_KEYS.values() if k in RECORD_FIELDS}
