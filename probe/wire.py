@@ -29,12 +29,11 @@ import numpy as np
 
 from .errors import MessageError
 from .record import (
-    DIRECTIONS, IFINDEX_LIMIT, TEXT_MAX, Address, Count, Direction, Envelope,
+    DIRECTIONS, IFINDEX_LIMIT, SCHEMA_VERSION, TEXT_MAX, Address, Count, Direction, Envelope,
     Family, FlowRecord, Ident, IfIndex, IfName, OverflowCount, Port, ProtoText, Text, Time,
     bulk_allocation, make_record, proto_name, proto_number, PROTO_NUMBERS, _address_column,
 )
 
-SCHEMA_VERSION = 2
 ProtoNumber = Annotated[int, msgspec.Meta(ge=0, le=255)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX)]
 Chunk = Annotated[int, msgspec.Meta(ge=0, lt=IFINDEX_LIMIT)]
@@ -97,7 +96,7 @@ class _Envelope(msgspec.Struct, forbid_unknown_fields=True, tag_field="schema"):
     overflow: list[_WireOverflow]
 
 
-class _MessageV2(_Envelope, tag=2):
+class _MessageV2(_Envelope, tag=SCHEMA_VERSION):
     devices: list[Device]
     flows: FlowColumns
 
