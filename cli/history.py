@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from connstats.probe.record import proto_number
+from connstats.probe.contract import proto_number
 from connstats.sink.history import GROUPS, HistoryQuery, influx_history, parse_duration, parse_time, sqlite_history
 
 from .config import Config, parse_store

@@ -10,8 +10,7 @@ import sys
 import numpy as np
 from typing import TextIO
 
-from connstats.probe.record import FlowRecord, proto_name
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract import FlowBatch, FlowRecord, proto_name
 
 from .render import Column, human_bytes, rfc3339, table_text
 

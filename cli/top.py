@@ -12,10 +12,9 @@ from typing import Annotated, Optional, TextIO
 
 import typer
 
-from connstats.probe.errors import MessageError
-from connstats.probe.record import Envelope
-from connstats.probe.wire import FlowBatch, decode_message
-from connstats.probe.subjects import FLOWS_WILDCARD, connect, flows_subject
+from connstats.probe.contract import (
+    FLOWS_WILDCARD, Envelope, FlowBatch, MessageError, connect, decode_message, flows_subject,
+)
 
 from .live import CLEAR, interval_summary
 from .options import ConfigFile, Host, Nats, NatsCreds, NatsFlags, TlsCa, TlsCert, TlsKey, load_config

@@ -2,8 +2,11 @@
 
     from connstats.probe.contract import decode_message, flows_subject, connect, NatsOptions
 
-- **Flow messages** (``record.py``, the schema): ``FlowRecord``, ``Envelope``,
-  ``OverflowCount``, ``encode_message``, ``decode_message``, ``proto_name``/``proto_number``.
+- **Flow messages** (``record.py`` and ``wire.py``, the schema): ``FlowBatch`` (one
+  interval's columns; ``records()`` for per-record access), ``FlowRecord``, ``Envelope``,
+  ``OverflowCount``, ``RECORD_FIELDS``, ``encode_message``, ``decode_message`` (schema 2,
+  and schema 1 from older probes), the bounds (``TIME_MIN``, ``COUNTER_LIMIT``, ...),
+  ``proto_name``/``proto_number``.
 - **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
   ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
@@ -34,18 +37,17 @@ from .messaging import (
     host_of_subject, host_token, message_id, redacted,
 )
 from .ownership import DeviceOwned
-from .record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
-
-try:  # schema 2, columnar (wire.py), once the columnar messages land
-    from .wire import FlowBatch, decode_message, encode_message
-except ImportError:  # schema 1 only
-    from .record import decode_message, encode_message  # type: ignore[no-redef]
-    FlowBatch = None  # type: ignore[assignment,misc]
+from .record import (
+    COUNTER_LIMIT, DIRECTIONS, IFINDEX_LIMIT, IFNAME_MAX, SCHEMA_VERSION, TEXT_MAX, TIME_MAX, TIME_MIN, Envelope,
+    FlowRecord, OverflowCount, proto_name, proto_number,
+)
+from .wire import RECORD_FIELDS, FlowBatch, decode_message, encode_message
 
 __all__ = [
     # flow messages
-    "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message", "encode_message",
-    "proto_name", "proto_number",
+    "COUNTER_LIMIT", "DIRECTIONS", "IFINDEX_LIMIT", "IFNAME_MAX", "RECORD_FIELDS", "SCHEMA_VERSION", "TEXT_MAX",
+    "TIME_MAX", "TIME_MIN", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
+    "encode_message", "proto_name", "proto_number",
     # events
     "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
     "OutboxOverflow", "Replaced", "decode_event", "event_body",

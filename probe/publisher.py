@@ -30,7 +30,7 @@ from .errors import TransportError
 from .outbox import Outbox, OutboxMessage
 from .record import Envelope
 from .wire import FlowBatch, encode_chunk, encode_flows
-from .subjects import (
+from .messaging import (
     NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
     flows_subject, message_id,
 )

@@ -32,11 +32,12 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from connstats.probe.backoff import Backoff
-from connstats.probe.errors import MessageError, StoreError, StoreUnavailable, TransportError
-from connstats.probe.wire import FlowBatch, decode_message
-from connstats.probe.subjects import (
-    DEADLETTER_SUBJECT, DEFAULT_DURABLE, FLOWS_WILDCARD, PREFIX, STREAM_NAME, StreamSettings,
-    deadletter_stream_config, ensure_stream, flow_stream_config, host_from_token, sink_consumer_config,
+from connstats.probe.contract import (
+    FLOWS_WILDCARD, PREFIX, STREAM_NAME, FlowBatch, MessageError, StoreError, StoreUnavailable, StreamSettings,
+    TransportError, decode_message, ensure_stream, flow_stream_config, host_from_token,
+)
+from connstats.sink.jetstream import (
+    DEADLETTER_SUBJECT, DEFAULT_DURABLE, deadletter_stream_config, sink_consumer_config,
 )
 from connstats.sink.store import Store
 
@@ -327,7 +328,7 @@ def _host_mismatch(subject: str, host: str) -> str:
     except (UnicodeError, ValueError):
         subject_host = None
     if subject_host is None:
-        return f"subject {subject} is not {_FLOWS_PREFIX}<host>; publish flows with connstats.probe.subjects.flows_subject"
+        return f"subject {subject} is not {_FLOWS_PREFIX}<host>; publish flows with connstats.probe.contract.flows_subject"
     if subject_host != host:
         return (f"host mismatch: the body says host {host!r} but subject {subject} is host "
                 f"{subject_host!r}; a probe publishes only its own host's flows")

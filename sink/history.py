@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
-from connstats.probe.errors import ConfigError, StoreError
-from connstats.probe.record import DIRECTIONS, TIME_MAX, proto_name, proto_number
+from connstats.probe.contract import DIRECTIONS, TIME_MAX, ConfigError, StoreError, proto_name, proto_number
 from connstats.sink.store import known_ports, service_port
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -29,9 +29,7 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.health_service import HealthService
 from influxdb_client.service.write_service import WriteService
 
-from connstats.probe.errors import StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, proto_name
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreUnavailable, proto_name
 from connstats.sink.store import overflow_totals, service_port_column
 
 MEASUREMENT = "connstats_flow"

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from connstats.probe.errors import StoreError, StoreUnavailable
-from connstats.probe.record import Envelope, bulk_allocation
-from connstats.probe.wire import RECORD_FIELDS, FlowBatch
+from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreUnavailable
+from connstats.probe.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.sink.store import overflow_totals
 
 SCHEMA_VERSION = 2  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change

@@ -4,10 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol
 
-from connstats.probe.errors import MessageError
-
-from connstats.probe.record import Envelope
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract import Envelope, FlowBatch, MessageError
 
 
 class Store(Protocol):

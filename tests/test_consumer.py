@@ -21,7 +21,7 @@ from connstats.probe.wire import FlowBatch
 from connstats.probe.errors import StoreError, StoreUnavailable, TransportError
 from connstats.probe.publisher import FlowPublisher
 from connstats.probe.wire import encode_message, encode_message_v1
-from connstats.probe.subjects import NatsOptions, flows_subject
+from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.daemon import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
@@ -312,7 +312,7 @@ async def test_consumer_killed_mid_stream_is_replaced_with_exact_totals(nats_ser
 
 SINK_SCRIPT = """
 import asyncio, json, sys
-from connstats.probe.subjects import NatsOptions
+from connstats.probe.contract import NatsOptions
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.daemon import run_sink
 from connstats.sink.sqlite_store import SqliteStore

@@ -15,7 +15,7 @@ from connstats.probe.publisher import (
 )
 from connstats.probe.record import OverflowCount
 from connstats.probe.wire import decode_message
-from connstats.probe.subjects import (
+from connstats.probe.contract import (
     NatsOptions, control_subject, events_subject, flows_subject, host_from_token, host_token,
     host_of_subject, message_id,
 )

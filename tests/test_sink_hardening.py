@@ -23,7 +23,7 @@ from connstats.probe.errors import StoreError, StoreUnavailable
 from connstats.probe.publisher import FlowPublisher
 from connstats.probe.record import Envelope, FlowRecord, OverflowCount
 from connstats.probe.wire import encode_message
-from connstats.probe.subjects import NatsOptions, flows_subject
+from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.daemon import run_sink
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
