@@ -4,7 +4,7 @@
     on detach:       await forget_device(totals, daemon, ifindex)
     on read:         await current_view(totals, daemon, ifindex)   published + live interval
 
-``ConnectionTotals`` is an interval listener (``daemon.interval_listeners``): it adds each
+``ConnectionTotals`` is an interval listener (``http_api.tracked_totals`` registers it): it adds each
 published interval's records to one entry per connection, keyed by (ifindex, direction,
 proto, src_ip, dst_ip, src_port, dst_port), keeping the earliest ``first_seen``, the latest
 ``last_seen`` and the sums of packets and bytes. Each connection gets a small integer id
@@ -312,21 +312,6 @@ def _minus(row: tuple, residue: tuple[int, int] | None) -> tuple | None:
 # -- the daemon side ------------------------------------------------------------------------
 
 LiveRecords = Callable[[], Awaitable[FlowBatch]]
-
-
-def totals_for(daemon: Any, max_entries: int = DEFAULT_MAX_ENTRIES) -> ConnectionTotals:
-    """The daemon's ``ConnectionTotals`` listener; made and registered on first use."""
-    for listener in daemon.interval_listeners:
-        if isinstance(listener, ConnectionTotals):
-            return listener
-    totals = ConnectionTotals(max_entries)
-    daemon.interval_listeners.append(totals)
-
-    async def forget(device: Any) -> None:
-        await forget_device(totals, daemon.live_records, device.ifindex)
-
-    daemon.detach_listeners.append(forget)  # every detach: HTTP, control plane, watchers
-    return totals
 
 
 async def forget_device(totals: ConnectionTotals, live_records: LiveRecords, ifindex: int) -> int:

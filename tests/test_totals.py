@@ -8,7 +8,7 @@ import pytest
 from connstats.probe.record import Envelope, FlowRecord
 from connstats.probe.wire import FlowBatch
 from connstats.probe.totals import (
-    SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device, totals_for,
+    SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device,
 )
 
 SECOND = 1_000_000_000
@@ -200,17 +200,6 @@ async def test_forget_device_reads_the_live_interval_after_the_detach():
     totals(batch(envelope(1), [rec(1, 2)]))
     totals(batch(envelope(2), [rec(2, 5)]))
     assert counts(totals.view()) == {(7, "egress", 40001): (5, 500)}
-
-
-def test_totals_for_registers_one_listener_per_daemon():
-    class Daemon:
-        interval_listeners: list = []
-        detach_listeners: list = []
-
-    daemon = Daemon()
-    first = totals_for(daemon)
-    assert totals_for(daemon) is first
-    assert daemon.interval_listeners == [first]
 
 
 # -- overflow: packets that found the flow map full ---------------------------------------------
