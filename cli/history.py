@@ -56,10 +56,10 @@ def query_store(config: Config, store: str | None, query: HistoryQuery) -> list[
     kind, path = parse_store(config.store_spec(store))
     if kind == "sqlite":
         return sqlite_history(path, query)
-    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from connstats.sink.influx_store import InfluxStore
 
     async def run() -> list[dict]:
-        backend = InfluxStore(InfluxConfig.from_env())
+        backend = InfluxStore(config.influx())  # env or [influxdb], like up and sink
         try:
             return await influx_history(backend, query)
         finally:

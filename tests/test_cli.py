@@ -360,6 +360,19 @@ def test_influx_settings_come_from_flag_env_or_file(tmp_path):
     assert (sink.store, sink.influx) == ("influxdb", InfluxConfig("http://flag:8086", "o", "t", "b"))
 
 
+def test_history_finds_influxdb_through_the_config_file(tmp_path, influx_server):
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[influxdb]\nurl = "{influx_server.url}"\norg = "{TEST_ORG}"\nbucket = "flows"\n')
+    result = run("history", "--config", str(config), "--format", "json",
+                 env={"INFLUXDB_V2_TOKEN": TEST_TOKEN, "CONNSTATS_STATE_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    (sent,) = influx_server.queries  # no --store: a configured URL makes InfluxDB the store
+    externs = {s["assignment"]["id"]["name"]: s["assignment"]["init"] for s in sent["extern"]["body"]}
+    assert externs["p_bucket"]["value"] == "flows"
+
+
 def test_retention_comes_from_flag_env_or_file_and_reaches_the_sqlite_store(tmp_path):
     from connstats.sink.stores import make_store
 
