@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .devices import AttachedDevice, FilterLoss
-from .events import Event, HandoverLost, device_event, event_body
+from .events import Event, HandoverLost, device_event
 from .ports import DetachListener, Labels, ProbePort, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
-from .service import KernelProbe, ProbeSettings, poll_forever, publish_recovered
+from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
@@ -130,7 +130,7 @@ class ProbeDaemon:
     async def publish_event(self, event: Event) -> bool:
         if self.publisher is None:
             return False
-        return await self.publisher.publish_event(event_body(event))
+        return await self.publisher.publish_event(event)
 
     def on_detach(self, listener: DetachListener) -> Callable[[], None]:
         self.detach_listeners.append(listener)

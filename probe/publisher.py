@@ -26,7 +26,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
+from .backoff import Backoff
 from .errors import TransportError
+from .events import Event, OutboxOverflow, event_body
 from .outbox import Outbox, OutboxMessage
 from .record import Envelope
 from .wire import FlowBatch, encode_chunk, encode_flows
@@ -209,17 +211,17 @@ class FlowPublisher:
             self._wake.set()
             return len(chunks)
 
-    async def publish_event(self, event: dict[str, Any], timeout: float = 2.0) -> bool:
-        """Best effort: publish an attach/detach (or other) event now; False if it failed."""
-        body = {"host": self.settings.host, "time_ns": time.time_ns(), **event}
+    async def publish_event(self, event: Event, timeout: float = 2.0) -> bool:
+        """Best effort: publish an event (events.py) now; False if it failed."""
+        body = {"host": self.settings.host, "time_ns": time.time_ns(), **event_body(event)}
         if self._nc is None or not self._nc.is_connected:
-            log.warning("event %s not published: NATS is not connected; it is not retried", event.get("event"))
+            log.warning("event %s not published: NATS is not connected; it is not retried", body["event"])
             return False
         try:
             await self._js.publish(events_subject(self.settings.host), msgspec.json.encode(body), timeout=timeout)
             return True
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-            log.warning("event %s not published: %r; it is not retried", event.get("event"), exc)
+            log.warning("event %s not published: %r; it is not retried", body["event"], exc)
             return False
 
     async def make_durable(self, ack_timeout: float) -> None:
@@ -255,7 +257,7 @@ class FlowPublisher:
 
     async def drain_forever(self) -> None:
         """Send the outbox in order, forever; never raises on NATS trouble."""
-        delay = self.settings.retry_min
+        backoff = Backoff(first=self.settings.retry_min, ceiling=self.settings.retry_max)
         while True:
             if not self.outbox:
                 self._update_empty()
@@ -265,11 +267,10 @@ class FlowPublisher:
                 continue
             await self._wait_connected()
             if await self._send_oldest():
-                delay = self.settings.retry_min
+                backoff.reset()
                 await self._report_drops()
             else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max)
+                await asyncio.sleep(backoff.next())
             self._update_empty()
 
     async def _send_oldest(self) -> bool:
@@ -334,9 +335,8 @@ class FlowPublisher:
             return
         log.warning("outbox overflowed during the outage: %d messages (%d records) dropped in total",
                     dropped, self.outbox.dropped_records)
-        event = {"event": "outbox_overflow", "dropped_messages": dropped,
-                 "dropped_records": self.outbox.dropped_records,
-                 "dropped_since_last_report": dropped - self._reported_drops}
+        event = OutboxOverflow(dropped_messages=dropped, dropped_records=self.outbox.dropped_records,
+                               dropped_since_last_report=dropped - self._reported_drops)
         if await self.publish_event(event):
             self._reported_drops = dropped
 

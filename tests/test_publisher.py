@@ -13,6 +13,7 @@ from connstats.probe.errors import ConfigError, TransportError
 from connstats.probe.publisher import (
     FlowPublisher, PublisherSettings, encode_interval, payload_limit,
 )
+from connstats.probe.events import Attached
 from connstats.probe.record import OverflowCount
 from connstats.probe.wire import decode_message
 from connstats.probe.contract import (
@@ -228,11 +229,11 @@ async def test_message_over_max_payload_is_refused_without_blocking_the_outbox(n
 
 async def test_publish_event_goes_to_the_events_subject(nats_server):
     async with FlowPublisher(options(nats_server), PublisherSettings(host="h.1")) as publisher:
-        assert await publisher.publish_event({"event": "attach", "ifname": "veth1"})
+        assert await publisher.publish_event(Attached(ifname="veth1", ifindex=7))
     [stored] = await read_stream(nats_server.url)
     body = msgspec.json.decode(stored.data)
     assert (stored.subject, body["event"], body["ifname"], body["host"]) == (
-        "connstats.v1.events.h%2E1", "attach", "veth1", "h.1")
+        "connstats.v1.events.h%2E1", "attached", "veth1", "h.1")
 
 
 async def test_stream_is_created_with_the_settings(nats_server):

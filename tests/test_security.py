@@ -17,13 +17,14 @@ from connstats.probe.wire import FlowBatch
 from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.devices import AttachedDevice, LinkInfo
 from connstats.probe.errors import TransportError
+from connstats.probe.events import Attached
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.wire import decode_message
 from connstats.probe.contract import (
     STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
-from connstats.sink.daemon import run_sink
+from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
 NODE1, NODE2 = "node-1", "node-2.example"
@@ -89,7 +90,7 @@ async def publish_interval(options: NatsOptions, host: str, seq: int, count: int
 async def test_probe_creates_the_stream_and_publishes_its_own_flows_and_events(role_nats, connections):
     records = await publish_interval(role_nats.options("probe", NODE1), NODE1, 1, 25)
     async with FlowPublisher(role_nats.options("probe", NODE1), PublisherSettings(host=NODE1)) as publisher:
-        assert await publisher.publish_event({"event": "attached", "ifname": "veth1"})
+        assert await publisher.publish_event(Attached(ifname="veth1", ifindex=7))
 
     admin = await connections(role_nats.options("admin"))
     js = admin.nc.jetstream()
