@@ -30,7 +30,7 @@ from .kernel import DEFAULT_CAPACITY
 from .messaging import NatsOptions
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
-from .service import ProbeSettings
+from .kernel_probe import ProbeSettings
 from .watch import link_watcher
 
 log = logging.getLogger("connstats.probe")

@@ -23,7 +23,7 @@ from connstats.probe.contract import (
 )
 
 from .consumer import ConsumerSettings, ConsumerStats
-from .daemon import check_store, run_sink
+from .run import check_store, run_sink
 from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
 from .store import Store

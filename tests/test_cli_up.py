@@ -11,7 +11,7 @@ import pytest
 
 from connstats.probe.wire import FlowBatch
 from connstats.cli.config import Config
-from connstats.cli.daemons import ProbeFlags, probe_config
+from connstats.cli.run_commands import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
 from connstats.probe.devices import check_interfaces, default_interfaces
 from connstats.probe.private import write_private
@@ -22,7 +22,7 @@ from connstats.probe.embedded_nats import EmbeddedNats, pick_port
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.contract import NatsOptions
 from connstats.sink.consumer import ConsumerSettings
-from connstats.sink.daemon import run_sink
+from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
 

@@ -23,7 +23,7 @@ from connstats.probe.publisher import FlowPublisher
 from connstats.probe.wire import encode_message, encode_message_v1
 from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
-from connstats.sink.daemon import run_sink
+from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ SINK_SCRIPT = """
 import asyncio, json, sys
 from connstats.probe.contract import NatsOptions
 from connstats.sink.consumer import ConsumerSettings
-from connstats.sink.daemon import run_sink
+from connstats.sink.run import run_sink
 from connstats.sink.sqlite_store import SqliteStore
 url, path, ack_wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
 stats = asyncio.run(run_sink(NatsOptions(servers=(url,)), SqliteStore(path),

@@ -21,7 +21,7 @@ from connstats.probe.http_api import (
     DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
 )
 from connstats.probe.publisher import PublisherSettings
-from connstats.probe.service import ProbeSettings
+from connstats.probe.kernel_probe import ProbeSettings
 from connstats.probe.contract import NatsOptions
 from connstats.probe.totals import ConnectionTotal, ConnectionTotals
 from tests.fixtures.netns import require_root

@@ -25,7 +25,7 @@ from connstats.probe.record import Envelope, FlowRecord, OverflowCount
 from connstats.probe.wire import encode_message
 from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
-from connstats.sink.daemon import run_sink
+from connstats.sink.run import run_sink
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals

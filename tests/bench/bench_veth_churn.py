@@ -16,7 +16,7 @@ import time
 
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
 from connstats.probe.publisher import PublisherSettings
-from connstats.probe.service import KernelProbe, ProbeSettings
+from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
 from connstats.probe.contract import NatsOptions
 from connstats.probe.tc import FILTER_PRIORITY
 from connstats.probe.watch import link_watcher
