@@ -40,7 +40,8 @@ Store = Annotated[Optional[str], typer.Option(
     "--store", metavar="sqlite:PATH|influxdb", help="where flows are stored [default: "
     "influxdb if INFLUXDB_V2_URL is set, else sqlite:<state>/flows.sqlite]")]
 Http = Annotated[Optional[str], typer.Option(
-    "--http", metavar="ADDR:PORT", help="serve the HTTP API here [default: 127.0.0.1:9102]")]
+    "--http", metavar="ADDR:PORT", help="serve the HTTP API here; 'none' for no HTTP API "
+    "(and no since-attach totals to keep) [default: 127.0.0.1:9102]")]
 Retention = Annotated[Optional[str], typer.Option(
     "--retention", metavar="DURATION", help="SQLite: delete rows older than this, e.g. 7d "
     "[default: keep everything]; InfluxDB: set it on the bucket")]

@@ -79,7 +79,8 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
         ifaces=ifaces, interval=seconds, state_dir=prepare_state_dir(config.state_dir()),
         capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
         on_exit=config.get("on_exit", probe_flags.on_exit, on_exit_default),
-        http=HttpConfig(address or DEFAULT_HTTP, required=address is not None),
+        http=HttpConfig(None if address == "none" else address or DEFAULT_HTTP,
+                        required=address not in (None, "none")),
         watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
                           docker_socket=None if docker_socket == "none" else docker_socket),
     )

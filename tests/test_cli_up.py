@@ -192,3 +192,13 @@ def test_interfaces(tmp_path):
 def test_the_url_file_is_private(tmp_path):
     write_private(tmp_path / "nats.url", "nats://u:p@h:4222\n")
     assert (tmp_path / "nats.url").stat().st_mode & 0o777 == 0o600
+
+
+def test_http_none_turns_the_http_api_and_its_totals_off(tmp_path):
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
+    off = probe_config(config, NatsFlags(), ["lo"], None, "h", "none", ProbeFlags(docker_socket="none"))
+    assert (off.http.address, off.http.required) == (None, False)
+    port = FakePort()
+    assert http_services(off.http, port) == [] and not hasattr(port, "interval_listener")
+    default = probe_config(config, NatsFlags(), ["lo"], None, "h", None, ProbeFlags(docker_socket="none"))
+    assert (default.http.address, default.http.required) == ("127.0.0.1:9102", False)
