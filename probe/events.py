@@ -62,19 +62,12 @@ class Lost(DeviceEvent, tag="lost"):
     """Our filter was removed."""
 
 
-class Failed(Event, tag="failed", kw_only=True):
-    ifname: str
-    ifindex: int
+class Failed(DeviceEvent, tag="failed", kw_only=True):
+    """An attach that failed and will be tried again in ``retry_in`` seconds."""
+
     reason: str
     attempt: int
     retry_in: float
-    source: str | None = None
-    netns: int | None = None
-    netns_name: str | None = None
-    pid: int | None = None
-    container_id: str | None = None
-    container_name: str | None = None
-    container_image: str | None = None
 
 
 class HandoverLost(Event, tag="handover_lost", kw_only=True):
