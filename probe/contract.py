@@ -2,11 +2,11 @@
 
     from connstats.probe.contract import decode_message, flows_subject, connect, NatsOptions
 
-- **Flow messages** (``record.py`` and ``wire.py``, the schema): ``FlowBatch`` (one
-  interval's columns; ``records()`` for per-record access), ``FlowRecord``, ``Envelope``,
-  ``OverflowCount``, ``RECORD_FIELDS``, ``encode_message``, ``decode_message`` (schema 2,
-  and schema 1 from older probes), the bounds (``TIME_MIN``, ``COUNTER_LIMIT``, ...),
-  ``proto_name``/``proto_number``.
+- **Flow messages** (``record.py``, ``flow_batch.py``, ``wire.py``; the schema in
+  ``wire_schema.py``): ``FlowBatch`` (one interval's columns; ``records()`` for per-record
+  access), ``FlowRecord``, ``Envelope``, ``OverflowCount``, ``RECORD_FIELDS``,
+  ``encode_message``, ``decode_message`` (schema 2, and schema 1 from older probes), the
+  bounds (``TIME_MIN``, ``COUNTER_LIMIT``, ...), ``proto_name``/``proto_number``.
 - **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
   ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.

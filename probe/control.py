@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from . import errors
 from .devices import AttachedDevice
 from .errors import ConfigError, ConnstatsError, TransportError
-from .wire import record_to_wire
+from .wire_v1 import record_to_wire
 from .ports import ProbePort
 from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 

@@ -26,7 +26,7 @@ from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
 
-IntervalListener = Callable[["FlowBatch"], None]  # wire.FlowBatch: one published interval
+IntervalListener = Callable[["FlowBatch"], None]  # flow_batch.FlowBatch: one published interval
 
 
 @dataclass

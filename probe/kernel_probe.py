@@ -28,7 +28,7 @@ from .leftovers import attached_in_pins
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
 from .poller import DrainedInterval, MapPoller
 from .record import Envelope, FlowRecord
-from .wire import FlowBatch
+from .flow_batch import FlowBatch
 
 log = logging.getLogger("connstats.probe")
 

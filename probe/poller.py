@@ -33,7 +33,7 @@ from .kernel import (
     wait_for_grace_period, widen_ipv4_keys,
 )
 from .record import DIRECTIONS, Envelope, OverflowCount
-from .wire import FlowBatch
+from .flow_batch import FlowBatch
 
 _ZERO = ctypes.c_int(0)
 

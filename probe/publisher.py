@@ -31,7 +31,8 @@ from .errors import TransportError
 from .events import Event, OutboxOverflow, event_body
 from .outbox import Outbox, OutboxMessage
 from .record import Envelope
-from .wire import FlowBatch, encode_chunk, encode_flows
+from .flow_batch import FlowBatch
+from .wire import encode_chunk, encode_flows
 from .messaging import (
     NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
     flows_subject, message_id,

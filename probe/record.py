@@ -1,8 +1,8 @@
 """The connection record, the envelope of a flow message, and the bounds of every field.
 
 ``FlowRecord`` is the one record type for whoever wants one object per connection; the
-probe and the stores work on columns instead (``FlowBatch`` in wire.py, which also holds
-the wire format). Times are integers: nanoseconds since the Unix epoch, UTC.
+probe and the stores work on columns instead (``FlowBatch`` in flow_batch.py; the wire
+format is in wire.py). Times are integers: nanoseconds since the Unix epoch, UTC.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import MessageError
 
-SCHEMA_VERSION = 2  # of the flow messages the probe sends (see wire.py)
+SCHEMA_VERSION = 2  # of the flow messages the probe sends (see wire_schema.py)
 DIRECTIONS = ("ingress", "egress")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
@@ -159,14 +159,15 @@ def bulk_allocation():
             gc.enable()
 
 
-# -- the bounds of the wire format (the structs are in wire.py) ------------------
+# -- the bounds of the wire format (the structs are in wire_schema.py) -----------
 #
-# The wire schema is declared once, as msgspec structs (wire.py): they encode in field order
-# and decode with every type, range and key checked in C (an unknown or missing key, a
+# The wire schema is declared once, as msgspec structs (wire_schema.py): they encode in field
+# order and decode with every type, range and key checked in C (an unknown or missing key, a
 # float where an integer belongs, a port above 65535 are all errors). Every number is
 # bounded by what the kernel can produce and what the stores can hold (SQLite and
 # InfluxDB integers are signed 64-bit); the few rules that span fields (family and
-# addresses, interval end and start, chunk and chunks) are checked after decoding.
+# addresses, interval end and start, chunk and chunks) are checked after decoding
+# (wire_checks.py).
 
 COUNTER_LIMIT = 2**63  # packets, bytes, tcp_flags: 0 <= x < 2**63
 IFINDEX_LIMIT = 2**32

@@ -1,0 +1,161 @@
+"""``FlowBatch``: one message's (or interval's) flow records as columns, with its envelope and
+its devices (each once, with their container labels). The probe builds one straight from the
+kernel's arrays (``FlowBatch.from_arrays``), the stores write from its columns: no Python
+object per record on either end. ``batch.records()`` (or iterating a batch) gives
+``FlowRecord``s to whoever wants them. Its wire format is in ``wire``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from itertools import repeat
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .record import DIRECTIONS, Envelope, FlowRecord, bulk_allocation, make_record, _address_column
+from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Device, FlowColumns
+
+@dataclass(frozen=True, slots=True)
+class FlowBatch:
+    """One message's (or interval's) records as columns, with its envelope and devices."""
+
+    envelope: Envelope
+    columns: FlowColumns
+    devices: tuple[Device, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.columns.ifindex)
+
+    def __iter__(self) -> Iterator[FlowRecord]:
+        return iter(self.records())
+
+    def column(self, name: str) -> Sequence:
+        """Any ``FlowRecord`` field as a sequence of ``len(self)`` Python values (envelope and
+        device fields repeated without a list made per record where it can)."""
+        if name in FLOW_COLUMNS:
+            return as_list(getattr(self.columns, name))
+        if name in INTERVAL_FIELDS:
+            return repeat(getattr(self.envelope, name), len(self))
+        if name == "host":
+            return repeat(self.envelope.host, len(self))
+        return self.device_column(name)
+
+    def device_column(self, name: str) -> list:
+        """A device field per record: one dict lookup per record, in C."""
+        by_ifindex = {d.ifindex: getattr(d, name) for d in self.devices}
+        if len(set(by_ifindex.values())) == 1 and len(self):
+            return list(repeat(next(iter(by_ifindex.values())), len(self)))
+        return list(map(by_ifindex.__getitem__, as_list(self.columns.ifindex)))
+
+    def rows(self, names: Sequence[str]) -> Iterator[tuple]:
+        """Tuples of the named fields, record by record (for ``executemany``)."""
+        return zip(*(self.column(name) for name in names))
+
+    def records(self) -> list[FlowRecord]:
+        """One ``FlowRecord`` per record, for subscribers who want objects."""
+        with bulk_allocation():
+            return list(map(make_record, *(self.column(f) for f in RECORD_FIELDS)))
+
+    def slice(self, start: int, stop: int) -> FlowBatch:
+        """Records ``start:stop`` with the devices they use; ``record_offset`` moves by ``start``."""
+        columns = FlowColumns(*(getattr(self.columns, f)[start:stop] for f in FLOW_COLUMNS))
+        ifindexes = columns.ifindex
+        used = set(np.unique(ifindexes).tolist() if isinstance(ifindexes, np.ndarray) else ifindexes)
+        envelope = replace(self.envelope, record_offset=self.envelope.record_offset + max(0, start))
+        return FlowBatch(envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+
+    def columns_at(self, indexes: Iterable[int]) -> FlowColumns:
+        """The columns of the records at ``indexes`` (a sample)."""
+        indexes = list(indexes)
+        return FlowColumns(*(column[indexes] if isinstance(column, np.ndarray) else [column[i] for i in indexes]
+                             for column in (getattr(self.columns, f) for f in FLOW_COLUMNS)))
+
+    def take(self, indexes: Iterable[int]) -> FlowBatch:
+        """The records at ``indexes``, in that order (``record_offset`` unchanged)."""
+        columns = self.columns_at(indexes)
+        used = set(as_list(columns.ifindex))
+        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+
+    def on_device(self, ifname: str | None) -> FlowBatch:
+        """The records counted on the device named ``ifname`` (all if None)."""
+        if ifname is None:
+            return self
+        wanted = {d.ifindex for d in self.devices if d.ifname == ifname}
+        return self.take(i for i, ifindex in enumerate(self.column("ifindex")) if ifindex in wanted)
+
+    def busiest(self, limit: int) -> FlowBatch:
+        """The ``limit`` records with the most bytes (then packets), in that order; stable."""
+        top = np.iinfo(np.uint64).max
+        nbytes = np.asarray(self.columns.bytes, dtype=np.uint64)
+        packets = np.asarray(self.columns.packets, dtype=np.uint64)
+        return self.take(np.lexsort((top - packets, top - nbytes))[:limit].tolist())
+
+    @classmethod
+    def concat(cls, envelope: Envelope, batches: Sequence[FlowBatch]) -> FlowBatch:
+        """One batch of ``batches``' records in order (the chunks of one interval)."""
+        columns = FlowColumns(*([value for b in batches for value in b.column(f)] for f in FLOW_COLUMNS))
+        devices = {d.ifindex: d for b in batches for d in b.devices}
+        return cls(envelope, columns, tuple(devices.values()))
+
+    def with_envelope(self, envelope: Envelope) -> FlowBatch:
+        return FlowBatch(envelope, self.columns, self.devices)
+
+    @classmethod
+    def from_records(cls, envelope: Envelope, records: Iterable[FlowRecord]) -> FlowBatch:
+        """A batch of ``records`` (for tests and schema 1). The device fields of a record must
+        agree with those of every other record of the same ifindex (``ValueError``)."""
+        records = list(records)
+        columns = FlowColumns(*([getattr(r, f) for r in records] for f in FLOW_COLUMNS))
+        return cls(envelope, columns, devices_of(records, ValueError))
+
+    @classmethod
+    def empty(cls, envelope: Envelope) -> FlowBatch:
+        return cls(envelope, FlowColumns(*([] for _ in FLOW_COLUMNS)))
+
+    @classmethod
+    def from_arrays(cls, envelope: Envelope, keys: np.ndarray, values: np.ndarray, *,
+                    mono_to_wall_ns: int, ifnames: Mapping[int, str],
+                    labels: Mapping[int, tuple[str, str, str]] = {}) -> FlowBatch:
+        """A batch from drained ``FLOW_KEY``/``FLOW_COUNTERS`` arrays, column by column;
+        ``labels`` maps an ifindex to its (container_id, container_name, container_image).
+
+        Its columns stay numpy arrays (text columns: arrays of str objects) until a chunk is
+        encoded or a listener asks for Python values (``column``, ``records``)."""
+        families = keys["family"]
+        columns = FlowColumns(
+            ifindex=keys["ifindex"], direction=_DIRECTION_TEXT[keys["direction"]], family=families,
+            proto=keys["proto"], src_ip=_address_column(families, keys["src"]),
+            dst_ip=_address_column(families, keys["dst"]), src_port=keys["sport"],
+            dst_port=keys["dport"], packets=values["packets"], bytes=values["bytes"],
+            first_seen=values["first_seen_ns"].astype(np.int64) + mono_to_wall_ns,
+            last_seen=values["last_seen_ns"].astype(np.int64) + mono_to_wall_ns,
+            tcp_flags=values["tcp_flags"],
+        )
+        no_labels = ("", "", "")
+        devices = tuple(Device(i, ifnames.get(i, ""), *labels.get(i, no_labels))
+                        for i in np.unique(keys["ifindex"]).tolist())
+        return cls(envelope, columns, devices)
+
+
+_DIRECTION_TEXT = np.array(DIRECTIONS, dtype=object)
+
+
+def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:
+    """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it."""
+    devices: dict[int, Device] = {}
+    for r in records:
+        device = devices.get(r.ifindex)
+        if device is None:
+            devices[r.ifindex] = Device(r.ifindex, r.ifname, r.container_id, r.container_name,
+                                        r.container_image)
+        elif (device.ifname, device.container_id, device.container_name, device.container_image) != (
+                r.ifname, r.container_id, r.container_name, r.container_image):
+            raise error(f"ifindex {r.ifindex} has two names or owners ({device.ifname!r}, "
+                        f"{r.ifname!r}) in one message")
+    return tuple(devices.values())
+
+
+def as_list(column: Sequence) -> list:
+    """A column as Python values (numpy arrays converted, lists as they are)."""
+    return column.tolist() if isinstance(column, np.ndarray) else column
+
