@@ -19,150 +19,34 @@ and are reused, so a device that comes back under its old name with a new ifinde
 a new device and is attached again. Labels (container or namespace, see
 containers.py) stay with the probe after a detach, so the last interval of a device
 that went away is drained and published labelled. The watcher sees the probe through
-``ProbePort`` (ports.py) and the namespaces through the shared ``ContainerIndex``.
+``ProbePort`` (ports.py) and the namespaces through the shared ``ContainerIndex``; the
+links through link_monitor.py (the netlink socket, dumps); what it wants is its
+``WatchSettings`` (watch_settings.py).
 """
 from __future__ import annotations
 
 import asyncio
-import errno
-import fnmatch
 import logging
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl import RTM_DELLINK
 
 from .backoff import Backoff
 from .containers import (
     ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
 )
-from .devices import link_info
-from .errors import ConfigError
+from .link_monitor import DeviceKey, LinkMonitor, LinkState, dump_links, link_state, still_there
 from .ownership import own_netns
 from .ports import ProbePort
+from .watch_settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings
+
+__all__ = [
+    "DEFAULT_EXCLUDE", "Backoff", "DeviceKey", "LinkMonitor", "LinkPatterns", "LinkState",
+    "LinkWatcher", "WatchSettings", "link_watcher",
+]
 
 log = logging.getLogger("connstats.probe.watch")
-
-SO_RCVBUFFORCE = 33
-RECEIVE_BUFFER = 8 << 20  # a burst of a few thousand link messages fits
-DEFAULT_EXCLUDE = ("lo",)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceKey:
-    """One device's identity: its namespace (inode), ifindex and name."""
-
-    netns: int
-    ifindex: int
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkState:
-    key: DeviceKey
-    kind: str  # "veth", "bridge", ... "" for physical devices
-    up: bool
-    peer_nsid: int | None  # IFLA_LINK_NETNSID: the peer lives in another namespace
-
-    @property
-    def ifindex(self) -> int:
-        return self.key.ifindex
-
-    @property
-    def name(self) -> str:
-        return self.key.name
-
-
-def link_state(msg: Any, netns: int) -> LinkState:
-    """A link message in namespace ``netns``, read by ``devices.link_info``."""
-    link = link_info(msg)
-    return LinkState(DeviceKey(netns, link.ifindex, link.name), link.kind, link.up, link.peer_nsid)
-
-
-@dataclass(frozen=True)
-class LinkPatterns:
-    """Which devices to attach: names matching an ``auto`` glob and no ``exclude`` glob."""
-
-    auto: tuple[str, ...]
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-
-    def __post_init__(self) -> None:
-        for pattern in (*self.auto, *self.exclude):
-            if not pattern or "/" in pattern:
-                raise ConfigError(f"device pattern {pattern!r} is not a name glob; use e.g. 'veth*'")
-
-    def matches(self, name: str) -> bool:
-        return (any(fnmatch.fnmatchcase(name, p) for p in self.auto)
-                and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude))
-
-
-@dataclass
-class WatchSettings:
-    patterns: LinkPatterns
-    resync_seconds: float = 30.0
-    backoff: Backoff = field(default_factory=Backoff)
-    keep: tuple[str, ...] = ()  # --iface names: attached whenever a device has one, up or not
-
-    def wants(self, link: "LinkState") -> bool:
-        return link.name in self.keep or (link.up and self.patterns.matches(link.name))
-
-    def wants_name(self, name: str) -> bool:
-        """Whether an attached device under this name stays attached (down or not)."""
-        return name in self.keep or self.patterns.matches(name)
-
-    def source(self, name: str) -> str:
-        return "iface" if name in self.keep else "auto"
-
-
-# -- the netlink side ----------------------------------------------------------------------
-
-
-class LinkMonitor:
-    """A non-blocking rtnetlink socket in the RTMGRP_LINK group; read it when readable."""
-
-    def __init__(self, receive_buffer: int = RECEIVE_BUFFER) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  socket.NETLINK_ROUTE)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
-        except OSError:  # without CAP_NET_ADMIN: whatever rmem_max allows
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.bind((0, RTMGRP_LINK))
-        self.sock.setblocking(False)
-        self._marshal = MarshalRtnl()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def read(self) -> tuple[list[Any], bool]:
-        """Every message queued now, and whether the kernel dropped some (ENOBUFS)."""
-        messages, overflowed = [], False
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                return messages, overflowed
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                overflowed = True
-                continue
-            messages.extend(m for m in self._marshal.parse(data)
-                            if m["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def dump_links(netns: int) -> dict[int, LinkState]:
-    with IPRoute() as ipr:
-        return {msg["index"]: link_state(msg, netns) for msg in ipr.get_links()}
-
-
-# -- the watcher -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -420,16 +304,6 @@ class LinkWatcher:
             except Exception as exc:
                 log.warning("link resync failed: %s; trying again in %.0f s", exc,
                             self.settings.resync_seconds)
-
-
-def still_there(key: DeviceKey) -> bool:
-    """Whether the device ``key`` still exists (same ifindex, same name)."""
-    try:
-        with IPRoute() as ipr:
-            links = ipr.get_links(key.ifindex)
-    except Exception:
-        return False
-    return bool(links) and links[0].get_attr("IFLA_IFNAME") == key.name
 
 
 def link_watcher(auto: Sequence[str] = (), exclude: Iterable[str] = (),
