@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+import numpy as np
 import pytest
 
 from connstats.probe.record import Envelope, FlowRecord
@@ -248,3 +250,60 @@ def test_forget_drops_a_device_s_overflow_and_its_intervals_before_the_detach():
     totals(batch(with_overflow(0, (7, "egress", 5)), []))  # ended before the detach: not counted again
     totals(batch(with_overflow(2, (7, "egress", 4)), []))  # after it: the new attachment's
     assert overflow_counts(totals, {7}) == {(7, "egress"): (4, 400, T0 + 3 * SECOND)}
+
+
+# -- the column-wise table: slots, hash index, compaction ---------------------------------------
+
+
+def test_a_connection_twice_in_one_interval_adds_up_and_takes_its_fields_from_the_first():
+    totals = ConnectionTotals()
+    totals(batch(envelope(0), [rec(0, 3, first=300, last=400), rec(0, 1, sport=40002),
+                               rec(0, 2, first=100, last=800)]))
+    totals(batch(envelope(1), [rec(1, 1, sport=40002), rec(1, 1, sport=40002, last=950)]))
+    view = totals.view()
+    assert [(t.id, t.src_port, t.packets, t.bytes, t.first_seen, t.last_seen) for t in view] == [
+        (1, 40001, 5, 500, T0 + 100_000_000, T0 + 800_000_000),
+        (2, 40002, 3, 300, T0 + 100_000_000, T0 + SECOND + 950_000_000)]
+
+
+def test_ids_stay_with_their_connections_when_others_are_evicted_or_forgotten():
+    totals = ConnectionTotals(max_entries=4)
+    totals(batch(envelope(0), [rec(0, 1, sport=p, last=900 - p) for p in range(1, 5)]
+                 + [rec(0, 1, ifindex=8)]))
+    assert [(t.id, t.ifindex, t.src_port) for t in totals.view()] == [
+        (1, 7, 1), (2, 7, 2), (3, 7, 3), (5, 8, 40001)]
+    assert totals.forget(8, None, until_ns=T0 + SECOND) == 1
+    totals(batch(envelope(1), [rec(1, 2, sport=3), rec(1, 1, sport=6)]))
+    assert [(t.id, t.src_port, t.packets) for t in totals.view()] == [(1, 1, 1), (2, 2, 1), (3, 3, 3), (6, 6, 1)]
+
+
+def test_keys_that_share_a_hash_are_kept_apart(monkeypatch):
+    """Every key hashed alike: lookups fall back to the packed keys, with the same results."""
+    def scenario() -> list:
+        totals = ConnectionTotals(max_entries=3)
+        totals(batch(envelope(0), [rec(0, 1, sport=p, last=900 - p) for p in range(1, 5)]
+                     + [rec(0, 2, sport=2, last=1)]))
+        live = live_batch([rec(1, 4, sport=9, live=500), rec(1, 1, sport=2, live=500)])
+        viewed = [(t.id, t.src_port, t.packets) for t in totals.view(live)]
+        totals(batch(envelope(1), [rec(1, 4, sport=9), rec(1, 1, sport=2), rec(1, 7, sport=1)]))
+        totals.forget(7, live_batch([rec(2, 1, sport=1, live=100)]), until_ns=T0 + 2 * SECOND + 10)
+        totals(batch(envelope(2), [rec(2, 3, sport=1), rec(2, 1, ifindex=8)]))
+        return [viewed, [(t.id, t.ifindex, t.src_port, t.packets) for t in totals.view()], totals.evicted]
+
+    expected = scenario()
+    assert expected == [[(1, 1, 1), (2, 2, 4), (3, 3, 1), (5, 9, 4)],
+                        [(6, 7, 1, 2), (7, 8, 40001, 1)], 2]
+    import connstats.probe.totals as module
+    monkeypatch.setattr(module, "_hashes", lambda words: np.zeros(len(words), dtype=np.uint64))
+    assert scenario() == expected
+
+
+def test_a_residue_comes_off_a_copy_not_off_the_published_batch():
+    totals = ConnectionTotals()
+    totals.forget(7, live_batch([rec(1, 2, live=200)]), until_ns=T0 + 1_200_000_000)
+    published = batch(envelope(1), [rec(1, 5)])
+    published = FlowBatch(published.envelope, msgspec.structs.replace(published.columns, packets=np.array([5], dtype=np.uint64)),
+                          published.devices)
+    totals(published)
+    assert published.columns.packets.tolist() == [5]  # the residue came off a copy
+    assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}
