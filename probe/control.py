@@ -48,10 +48,10 @@ def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
 
 class ControlService:
     """Answers control requests for one host; a probe ``Service`` (``start``/``close``)
-    that sees the probe through ``ProbePort`` (``self.daemon``)."""
+    that sees the probe through ``ProbePort`` (``self.probe``)."""
 
-    def __init__(self, daemon: ProbePort, options: NatsOptions, host: str) -> None:
-        self.daemon = daemon
+    def __init__(self, probe: ProbePort, options: NatsOptions, host: str) -> None:
+        self.probe = probe
         self.options = options
         self.host = host
         self.subject = f"{PREFIX}.ctl.{host_token(host)}.*"
@@ -101,27 +101,27 @@ class ControlService:
     # -- the verbs ----------------------------------------------------------------------
 
     async def _attach(self, body: dict) -> dict:
-        device = await self.daemon.attach(_text(body, "iface"), _text(body, "direction", "auto"))
+        device = await self.probe.attach(_text(body, "iface"), _text(body, "direction", "auto"))
         return {"device": device_to_wire(device)}
 
     async def _detach(self, body: dict) -> dict:
-        device = await self.daemon.detach(_text(body, "iface"))
+        device = await self.probe.detach(_text(body, "iface"))
         return {"device": device_to_wire(device)}
 
     async def _list(self, body: dict) -> dict:
-        return {"devices": [device_to_wire(d) for d in self.daemon.devices()]}
+        return {"devices": [device_to_wire(d) for d in self.probe.devices()]}
 
     async def _ping(self, body: dict) -> dict:
-        return {"host": self.host, "devices": len(self.daemon.devices())}
+        return {"host": self.host, "devices": len(self.probe.devices())}
 
     async def _stats(self, body: dict) -> dict:
         iface = _text(body, "iface", None)
         limit = body.get("limit", DEFAULT_STATS_LIMIT)
         if type(limit) is not int or limit < 0:
             raise ConfigError("limit must be a non-negative integer")
-        if iface is not None and iface not in {d.name for d in self.daemon.devices()}:
+        if iface is not None and iface not in {d.name for d in self.probe.devices()}:
             raise errors.DeviceError(f"{iface!r} is not attached; see `connstats list`")
-        live = (await self.daemon.live_records()).on_device(iface)
+        live = (await self.probe.live_records()).on_device(iface)
         reply = {
             "interval_start": live.envelope.interval_start if len(live) else None,
             "now": live.envelope.interval_end if len(live) else None,

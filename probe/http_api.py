@@ -189,8 +189,8 @@ async def _connections_response(totals: list[ConnectionTotal],
 class HttpApi:
     """The aiohttp app as a daemon service: ``start()`` listens, ``close()`` stops."""
 
-    def __init__(self, daemon: ProbePort, host: str, port: int, totals: ConnectionTotals) -> None:
-        self.daemon = daemon
+    def __init__(self, probe: ProbePort, host: str, port: int, totals: ConnectionTotals) -> None:
+        self.probe = probe
         self.host = host
         self.port = port
         self.totals = totals
@@ -255,13 +255,13 @@ class HttpApi:
                                     "send the body as application/json")
         iface, action, mode = _attach_request(await _json_body(request))
         if action == "add":
-            device = await self.daemon.attach(iface, mode)
+            device = await self.probe.attach(iface, mode)
         else:
-            device = await self.daemon.detach(iface)  # its totals are forgotten on detach
+            device = await self.probe.detach(iface)  # its totals are forgotten on detach
         return _json(device_to_json(device, action))
 
     async def all_devices(self, request: web.Request) -> web.Response:
-        devices = self.daemon.devices()
+        devices = self.probe.devices()
         # ifindex 0: what not even the overflow map could hold, of any device
         return await _connections_response(await self._view(devices), self.totals.overflow_view(
             {d.ifindex for d in devices} | {0}))
@@ -270,7 +270,7 @@ class HttpApi:
         text = request.match_info["device_id"]
         if not (text.isascii() and text.isdigit()):
             raise RequestError(400, f"device id {text!r} is not an ifindex; use a number")
-        devices = [d for d in self.daemon.devices() if d.ifindex == int(text)]
+        devices = [d for d in self.probe.devices() if d.ifindex == int(text)]
         if not devices:
             raise RequestError(404, f"device {text} is not attached; attach it first")
         return await _connections_response(await self._view(devices),
@@ -278,7 +278,7 @@ class HttpApi:
 
     async def _view(self, devices: list[AttachedDevice]) -> list[ConnectionTotal]:
         since = {d.ifindex: d.since_ns for d in devices}
-        return await current_view(self.totals, self.daemon.live_records, set(since), since)
+        return await current_view(self.totals, self.probe.live_records, set(since), since)
 
 
 def http_service(address: str = DEFAULT_HTTP_ADDRESS,

@@ -154,7 +154,7 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     assert daemon.interval_listeners == [api.totals]  # the totals follow every interval
     assert len(daemon.detach_listeners) == 1  # ... and forget a detached device
     assert (control.host, daemon.host, daemon.settings.publisher.host) == ("h", "h", "h")
-    assert all(s.daemon is daemon for s in (control, api)) and all(s.probe is daemon for s in (links, guard, docker))
+    assert all(s.probe is daemon for s in (control, api, links, guard, docker))
 
 
 def test_the_daemon_offers_every_method_of_the_service_port():

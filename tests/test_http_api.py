@@ -338,7 +338,7 @@ async def test_the_host_header_must_name_the_api(fake_api):
         assert await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=host,
                           Content_Type="application/json") == expected, host
         assert await call(fake_api, "GET", STATS, Host=host) == expected, host
-    assert fake_api.daemon.calls == [("attach", "veth9")] * 7
+    assert fake_api.probe.calls == [("attach", "veth9")] * 7
 
 
 async def test_a_foreign_origin_is_refused(fake_api):
@@ -356,7 +356,7 @@ async def test_a_foreign_origin_is_refused(fake_api):
         assert await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=own, Origin=origin,
                           Content_Type="application/json") == expected, origin
         assert await call(fake_api, "GET", STATS, Host=own, Origin=origin) == expected, origin
-    assert fake_api.daemon.calls == [("attach", "veth9")] * 3
+    assert fake_api.probe.calls == [("attach", "veth9")] * 3
 
 
 async def test_a_post_must_be_json(fake_api):
@@ -372,7 +372,7 @@ async def test_a_post_must_be_json(fake_api):
     status, _, _ = await call(fake_api, "POST", ATTACH, ADD_VETH9, Host=own,
                               Content_Type="application/json; charset=utf-8")
     assert status == 200
-    assert fake_api.daemon.calls == [("attach", "veth9")]
+    assert fake_api.probe.calls == [("attach", "veth9")]
 
 
 async def test_control_characters_in_interface_names_are_refused(fake_api):
@@ -385,7 +385,7 @@ async def test_control_characters_in_interface_names_are_refused(fake_api):
         assert answer == {"error": f"interface name {name!r} contains {next(c for c in name if ord(c) < 32 or ord(c) == 127)!r}, "
                                    "which no interface name can; see `ip link`"}, repr(name)
         assert "\n" not in answer["error"] and "\x00" not in answer["error"]
-    assert fake_api.daemon.calls == []
+    assert fake_api.probe.calls == []
 
 
 # -- overflow in the totals ---------------------------------------------------------------------
