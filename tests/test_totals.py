@@ -294,7 +294,7 @@ def test_keys_that_share_a_hash_are_kept_apart(monkeypatch):
     assert expected == [[(1, 1, 1), (2, 2, 4), (3, 3, 1), (5, 9, 4)],
                         [(6, 7, 1, 2), (7, 8, 40001, 1)], 2]
     import connstats.probe.totals as module
-    monkeypatch.setattr(module, "_hashes", lambda words: np.zeros(len(words), dtype=np.uint64))
+    monkeypatch.setattr(module, "_hashes", lambda words, used: np.zeros(words.shape[1], dtype=np.uint64))
     assert scenario() == expected
 
 
@@ -307,3 +307,19 @@ def test_a_residue_comes_off_a_copy_not_off_the_published_batch():
     totals(published)
     assert published.columns.packets.tolist() == [5]  # the residue came off a copy
     assert counts(totals.view()) == {(7, "egress", 40001): (3, 300)}
+
+
+def test_addresses_that_differ_only_far_into_their_text_are_two_connections():
+    from dataclasses import replace as with_fields
+
+    def v6(seq: int, packets: int, src: str) -> FlowRecord:
+        return with_fields(rec(seq, packets), family=6, src_ip=src, dst_ip="2001:db8:aaaa:bbbb:cccc:dddd:eeee:1")
+
+    totals = ConnectionTotals()
+    totals(batch(envelope(0), [v6(0, 1, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:2"), rec(0, 2)]))
+    totals(batch(envelope(1), [rec(1, 4)]))  # IPv4 only: the table's long words still compared
+    totals(batch(envelope(2), [v6(2, 3, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:3"),
+                               v6(2, 5, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:2")]))
+    assert [(t.id, t.family, t.src_ip, t.packets) for t in totals.view()] == [
+        (1, 6, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:2", 6), (2, 4, "10.0.0.1", 6),
+        (3, 6, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:3", 3)]
