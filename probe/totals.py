@@ -496,12 +496,15 @@ class ConnectionTotals:
         it (less ``SINCE_SLACK_NS``) belong to an earlier attachment and are left out; a
         safety net for detaches that did not ``forget``.
         """
-        slots = self._slots_on(ifindexes)
-        # by slot; a connection seen live only, by its key
-        merged: dict[int | ConnectionKey, ConnectionTotal] = dict(zip(slots.tolist(), self._snapshots(slots)))
+        counters = {name: getattr(self._columns, name).copy() for name in _LIVE_FIELDS}
+        totals: list[ConnectionTotal] = []
         if live:
-            self._add_live(merged, live, ifindexes)
-        totals = merged.values()
+            records = self._live_records(live, ifindexes)
+            slots = self._find(records)
+            tracked = slots >= 0
+            _add_tracked_live(counters, records.take(tracked), slots[tracked])
+            totals = self._live_only(records.take(~tracked))
+        totals += self._snapshots(self._slots_on(ifindexes), counters)
         if since_ns:
             totals = [t for t in totals if t.last_seen >= since_ns.get(t.ifindex, 0) - SINCE_SLACK_NS]
         return sorted(totals, key=lambda t: t.id)
@@ -511,46 +514,61 @@ class ConnectionTotals:
             return np.arange(len(self))
         return np.flatnonzero(np.isin(self._columns.ifindex, np.fromiter(ifindexes, dtype=np.int64)))
 
-    def _snapshots(self, slots: np.ndarray) -> list[ConnectionTotal]:
-        """A ``ConnectionTotal`` per slot of ``slots``, in that order."""
-        c = self._columns
-        fields = [getattr(c, name)[slots].tolist() for name in (
+    def _snapshots(self, slots: np.ndarray, counters: dict[str, np.ndarray]) -> list[ConnectionTotal]:
+        """A ``ConnectionTotal`` per slot of ``slots``, in that order, with ``counters``
+        (``_LIVE_FIELDS``, by slot) in place of the table's."""
+        columns = {name: getattr(self._columns, name) for name in ("id", "ifname", "family")} | counters
+        fields = [columns[name][slots].tolist() for name in (
             "id", "ifname", "family", "packets", "bytes", "first_seen", "last_seen", "container_name")]
         return [ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:], packets, nbytes,
                                 first, last, container)
                 for key, id, ifname, family, packets, nbytes, first, last, container
                 in zip([self._keys[s] for s in slots.tolist()], *fields)]
 
-    def _add_live(self, merged: dict, live: FlowBatch, ifindexes: Any) -> None:
-        """Add the records of the live interval to the ``merged`` snapshots."""
-        interval = _Interval.of(live)
+    def _live_records(self, live: FlowBatch, ifindexes: Any) -> _Interval:
+        """The live interval's records on ``ifindexes``, less forgotten devices' residue."""
+        records = _Interval.of(live)
         if self._forgotten:
-            interval = self._settle_forgotten(live.envelope.interval_start, live.envelope.interval_end,
-                                              interval, consume=False)
-        for slot, row in zip(self._find(interval).tolist(), interval.tuples()):
-            if ifindexes is None or row[0][0] in ifindexes:
-                self._add_live_record(merged, slot, row)
+            records = self._settle_forgotten(live.envelope.interval_start, live.envelope.interval_end,
+                                             records, consume=False)
+        if ifindexes is not None:
+            records = records.take(np.isin(records.ifindex, np.fromiter(ifindexes, dtype=np.int64)))
+        return records
 
-    def _add_live_record(self, merged: dict, slot: int, row: tuple) -> None:
-        key, ifname, family, container, packets, nbytes, first, last = row
-        at = key if slot < 0 else slot
-        total = merged.get(at)
-        if total is None:
-            if slot >= 0:
-                total = merged[at] = self._snapshots(np.array([slot]))[0]
-            else:  # seen live only; keep the id it will be published with
+    def _live_only(self, records: _Interval) -> list[ConnectionTotal]:
+        """Connections seen live but not yet published, with the id they will be published with."""
+        merged: dict[ConnectionKey, ConnectionTotal] = {}
+        for key, ifname, family, container, packets, nbytes, first, last in records.tuples():
+            total = merged.get(key)
+            if total is None:
                 id = self._pending_ids.get(key)
                 if id is None:
                     id = self._pending_ids[key] = self._next_id
                     self._next_id += 1
-                merged[at] = ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:],
-                                             packets, nbytes, first, last, container)
-                return
-        total.packets += packets
-        total.bytes += nbytes
-        total.first_seen = min(total.first_seen, first)
-        total.last_seen = max(total.last_seen, last)
-        total.container_name = container or total.container_name
+                merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:],
+                                              packets, nbytes, first, last, container)
+                continue
+            total.packets += packets
+            total.bytes += nbytes
+            total.first_seen = min(total.first_seen, first)
+            total.last_seen = max(total.last_seen, last)
+            total.container_name = container or total.container_name
+        return list(merged.values())
+
+
+_LIVE_FIELDS = ("packets", "bytes", "first_seen", "last_seen", "container_name")  # what a live read adds to
+
+
+def _add_tracked_live(counters: dict[str, np.ndarray], records: _Interval, slots: np.ndarray) -> None:
+    """Add live ``records`` of tracked connections (at ``slots``) to copies of the table's
+    ``counters``; a record's container name, if it has one, replaces the connection's."""
+    np.add.at(counters["packets"], slots, records.packets)
+    np.add.at(counters["bytes"], slots, records.bytes)
+    np.minimum.at(counters["first_seen"], slots, records.first_seen)
+    np.maximum.at(counters["last_seen"], slots, records.last_seen)
+    names = np.asarray(records.field("container_name", np.arange(len(records))), dtype=object)
+    named = names != ""
+    counters["container_name"][slots[named]] = names[named]
 
 
 def _subtract_residue(interval: _Interval, mine: np.ndarray,
