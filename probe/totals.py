@@ -23,9 +23,9 @@ first published; ``_keys[slot]`` is its ``ConnectionKey``, and every other field
 array indexed by slot (``_Columns``): ``id``, ``ifindex``, ``packets`` and ``bytes``
 (uint64: each interval's counts are below 2**63), ``first_seen``, ``last_seen``, the fields
 outside the key (``family``, ``ifname``, ``container_name``: those of the connection's
-first published record), and the packed key with its hash. A packed key (``_packed_keys``)
+first published record), and the packed key with its hash. A packed key (``packed_keys``)
 is 14 uint64 words, a column per connection: (ifindex, ports), (direction, protocol), then
-each address's text NUL-padded to 48 bytes; ``_HashIndex`` finds a slot by the key's hash
+each address's text NUL-padded to 48 bytes; ``HashIndex`` finds a slot by the key's hash
 and checks the packed key (open addressing, one numpy pass per probing step).
 
 An interval is added column-wise (``_Interval``): its keys are packed and hashed, looked up
@@ -61,8 +61,9 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from .record import DIRECTIONS, Envelope, FlowRecord
+from .record import Envelope, FlowRecord
 from .flow_batch import FlowBatch
+from .key_index import KEY_WORDS, HashIndex, key_hashes, nonzero_words, packed_keys
 
 DEFAULT_MAX_ENTRIES = 262_144  # ~0.5 KiB each with the key: ~130 MiB at the cap
 VIEW_ATTEMPTS = 20  # reads of the live interval before a view gives up on consistency
@@ -116,115 +117,12 @@ class ConnectionTotal:
 _KEY_FIELDS = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
 _STATIC_FIELDS = ("ifname", "family", "container_name")  # per connection, outside the key
 _NO_TIME = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # first_seen, last_seen of a fresh slot
-_ADDRESS_BYTES = 48  # the longest address text (45), padded to whole uint64 words
-_KEY_WORDS = 2 + 2 * _ADDRESS_BYTES // 8  # uint64 words of a packed key
-# odd multipliers: one per key word (so that equal words in two places hash apart), then splitmix64's
-_WORD_MIX = [np.uint64((0x9E3779B97F4A7C15 * (2 * j + 1)) % 2**64) for j in range(_KEY_WORDS)]
-_FINISH = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
-
-
-def _packed_keys(batch: FlowBatch) -> np.ndarray:
-    """The records' keys as ``_KEY_WORDS`` rows of uint64 words, a column per record, equal
-    iff the keys are: (ifindex, ports), (direction, protocol), then each address's text,
-    NUL-padded (IPv4 text fills 2 of its 6 words: the others are zero throughout)."""
-    c = batch.columns
-    words = np.empty((_KEY_WORDS, len(batch)), dtype=np.uint64)
-    ports = np.asarray(c.src_port, dtype=np.uint64) << np.uint64(16) | np.asarray(c.dst_port, dtype=np.uint64)
-    words[0] = np.asarray(c.ifindex, dtype=np.uint64) << np.uint64(32) | ports
-    ingress = (np.asarray(c.direction, dtype=object) == DIRECTIONS[0]).astype(np.uint64)
-    words[1] = ingress << np.uint64(8) | np.asarray(c.proto, dtype=np.uint64)
-    per_address = _ADDRESS_BYTES // 8
-    for n, texts in enumerate((c.src_ip, c.dst_ip)):
-        encoded = np.asarray(texts, dtype=f"S{_ADDRESS_BYTES}")
-        words[2 + n * per_address:2 + (n + 1) * per_address] = encoded.view(np.uint64).reshape(-1, per_address).T
-    return words
-
-
-def _nonzero_words(words: np.ndarray) -> np.ndarray:
-    """Which rows of ``words`` are not zero for every record: a bool per row."""
-    return words.any(axis=1)
-
-
-def _hashes(words: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per packed key: the sum of its words' hashes (uint64, wrapping by
-    design), each a multiply then splitmix64's finish. A zero word adds nothing, so only
-    the ``used`` rows are hashed (most address words of IPv4 text are zero throughout)."""
-    h = np.zeros(words.shape[1], dtype=np.uint64)
-    for row in np.flatnonzero(used).tolist():
-        x = words[row] * _WORD_MIX[row]
-        x ^= x >> np.uint64(30)
-        x *= _FINISH[0]
-        x ^= x >> np.uint64(27)
-        x *= _FINISH[1]
-        x ^= x >> np.uint64(31)
-        h += x
-    return h
-
-
-class _HashIndex:
-    """Slots by key hash: open addressing with linear probing, in numpy.
-
-    ``buckets`` holds a slot or -1 (empty), at least half of them empty; a key's search
-    starts at its hash modulo the bucket count and goes on to the next bucket until it
-    finds its slot (same hash, same packed key) or an empty bucket. Every step is one
-    vectorised pass over the records still searching: keys that share a hash are found
-    all the same, a step later.
-    """
-
-    def __init__(self) -> None:
-        self.buckets = np.full(8, -1, dtype=np.int64)
-
-    def find(self, hashes: np.ndarray, words: np.ndarray, used: np.ndarray,
-             columns: _Columns) -> np.ndarray:
-        """The slot of each key (``hashes``; ``words``, a column per record); -1 if none.
-        Only the key words that are not zero throughout the records (``used``) or the table
-        (``columns.used``) need comparing: the others are zero on both sides."""
-        compared = np.flatnonzero(used | columns.used).tolist()
-        slots = np.full(len(hashes), -1, dtype=np.int64)
-        mask = np.uint64(len(self.buckets) - 1)
-        rows = np.arange(len(hashes))
-        at = (hashes & mask).astype(np.int64)
-        while len(rows):
-            candidate = self.buckets[at]
-            occupied = candidate >= 0  # an empty bucket ends the search: not tracked
-            rows, at, candidate = rows[occupied], at[occupied], candidate[occupied]
-            same = np.flatnonzero(columns.hash[candidate] == hashes[rows])
-            for row in compared:
-                same = same[columns.words[row][candidate[same]] == words[row][rows[same]]]
-            slots[rows[same]] = candidate[same]
-            searching = np.ones(len(rows), dtype=bool)
-            searching[same] = False
-            rows, at = rows[searching], (at[searching] + 1) & (len(self.buckets) - 1)
-        return slots
-
-    def index(self, hashes: np.ndarray, new_from: int) -> None:
-        """Make slots ``new_from`` .. ``len(hashes) - 1`` findable (``hashes``: every slot's).
-        When fewer than half the buckets would stay empty, they double and every slot is
-        placed again."""
-        if 2 * len(hashes) > len(self.buckets):
-            self.buckets = np.full(1 << max(3, (2 * len(hashes) - 1).bit_length()), -1, dtype=np.int64)
-            new_from = 0
-        self._place(np.arange(new_from, len(hashes)), hashes[new_from:])
-
-    def _place(self, slots: np.ndarray, hashes: np.ndarray) -> None:
-        last = len(self.buckets) - 1
-        at = (hashes & np.uint64(last)).astype(np.int64)
-        while len(slots):
-            free = np.flatnonzero(self.buckets[at] < 0)
-            _, first = np.unique(at[free], return_index=True)  # one slot per free bucket
-            placed = free[first]
-            self.buckets[at[placed]] = slots[placed]
-            left = np.ones(len(slots), dtype=bool)
-            left[placed] = False
-            slots, at = slots[left], (at[left] + 1) & last
-
-
 class _Interval:
     """The records of one batch as columns: packed keys, their hashes, counters.
 
     ``rows`` are the records' positions in ``batch`` (after ``take``, a subset): key tuples
     and the fields outside the key are read from the batch only for the records that need
-    them. ``used`` tells the key words that are not zero throughout (``_nonzero_words``).
+    them. ``used`` tells the key words that are not zero throughout (``nonzero_words``).
     """
 
     __slots__ = ("batch", "rows", "used", "words", "hashes", "ifindex", "packets", "bytes",
@@ -243,11 +141,11 @@ class _Interval:
         if batch is None:
             batch = FlowBatch.empty(Envelope("", "", 0, 0, 0))
         c = batch.columns
-        words = _packed_keys(batch)
-        used = _nonzero_words(words)
+        words = packed_keys(batch)
+        used = nonzero_words(words)
         # copies (np.array), not views of the batch: a residue is subtracted in place
         return cls(batch, np.arange(len(batch)), used, (
-            words, _hashes(words, used), np.array(c.ifindex, dtype=np.int64),
+            words, key_hashes(words, used), np.array(c.ifindex, dtype=np.int64),
             np.array(c.packets, dtype=np.uint64), np.array(c.bytes, dtype=np.uint64),
             np.array(c.first_seen, dtype=np.int64), np.array(c.last_seen, dtype=np.int64)))
 
@@ -290,8 +188,8 @@ class _Columns:
     def __init__(self) -> None:
         for name, dtype in self.DTYPES.items():
             setattr(self, name, np.zeros(0, dtype=dtype))
-        self.words = np.zeros((_KEY_WORDS, 0), dtype=np.uint64)
-        self.used = np.zeros(_KEY_WORDS, dtype=bool)
+        self.words = np.zeros((KEY_WORDS, 0), dtype=np.uint64)
+        self.used = np.zeros(KEY_WORDS, dtype=bool)
 
     def append(self, fresh: dict[str, Any], words: np.ndarray) -> None:
         count = words.shape[1]
@@ -299,7 +197,7 @@ class _Columns:
             value = np.asarray(fresh[name], dtype=dtype)
             setattr(self, name, np.concatenate([getattr(self, name), np.broadcast_to(value, count)]))
         self.words = np.concatenate([self.words, words], axis=1)
-        self.used |= _nonzero_words(words)
+        self.used |= nonzero_words(words)
 
     def keep(self, mask: np.ndarray) -> None:
         for name in self.DTYPES:
@@ -328,7 +226,7 @@ class ConnectionTotals:
         self.ingested_until: int | None = None  # interval_end of the last interval added
         self._columns = _Columns()
         self._keys: list[ConnectionKey] = []  # slot -> key
-        self._index = _HashIndex()
+        self._index = HashIndex()
         self._next_id = 1
         self._pending_ids: dict[ConnectionKey, int] = {}  # seen live, not yet published
         self._forgotten: dict[int, _Forgotten] = {}
@@ -415,7 +313,7 @@ class ConnectionTotals:
         """Keep the slots where ``mask`` is True, in order, numbered from 0 again."""
         self._columns.keep(mask)
         self._keys = list(compress(self._keys, mask.tolist()))
-        self._index = _HashIndex()
+        self._index = HashIndex()
         self._index.index(self._columns.hash, 0)
 
     # -- overflow ---------------------------------------------------------------------------

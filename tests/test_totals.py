@@ -294,7 +294,7 @@ def test_keys_that_share_a_hash_are_kept_apart(monkeypatch):
     assert expected == [[(1, 1, 1), (2, 2, 4), (3, 3, 1), (5, 9, 4)],
                         [(6, 7, 1, 2), (7, 8, 40001, 1)], 2]
     import connstats.probe.totals as module
-    monkeypatch.setattr(module, "_hashes", lambda words, used: np.zeros(words.shape[1], dtype=np.uint64))
+    monkeypatch.setattr(module, "key_hashes", lambda words, used: np.zeros(words.shape[1], dtype=np.uint64))
     assert scenario() == expected
 
 
