@@ -123,14 +123,6 @@ def libbpf() -> ctypes.CDLL:
     return _libbpf
 
 
-def drain_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
-    """Look up and delete every entry of a hash map in batches; return (keys, values).
-
-    The map must have no writers (the poller drains only the inactive buffer).
-    """
-    return _batch(libbpf().bpf_map_lookup_and_delete_batch, map_fd, capacity, key_dtype, value_dtype)
-
-
 def read_map(map_fd: int, capacity: int, key_dtype: np.dtype, value_dtype: np.dtype):
     """Read every entry of a hash map without deleting it.
 

@@ -7,13 +7,11 @@ format is in wire.py). Times are integers: nanoseconds since the Unix epoch, UTC
 from __future__ import annotations
 
 import gc
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
 import msgspec
-import numpy as np
 
 from .errors import MessageError
 
@@ -110,40 +108,6 @@ def proto_number(name: str) -> int:
     if name.isascii() and name.isdigit() and len(name) <= 3 and int(name) < 256:
         return int(name)
     raise MessageError(f"unknown protocol {name!r}; use tcp, udp, icmp or a number 0-255")
-
-
-# -- addresses from the kernel's arrays ---------------------------------
-
-
-def _address_column(families: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """Text for a column of 16-byte address fields, as an array of str objects.
-
-    Each distinct address is formatted once: IPv4 with numpy string operations on the
-    distinct values (``np.unique``), IPv6 with ``inet_ntop`` through a dict."""
-    out = np.full(len(column), "", dtype=object)  # family 0 (non-IP) stays ""
-    raw = np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
-    rows = np.flatnonzero(families == 4)
-    if len(rows):
-        distinct, inverse = np.unique(np.ascontiguousarray(raw[rows, :4]).view(np.uint32).ravel(),
-                                      return_inverse=True)
-        octets = distinct.view(np.uint8).reshape(-1, 4)
-        text = np.strings.add(np.strings.add(_OCTET_DOT[octets[:, 0]], _OCTET_DOT[octets[:, 1]]),
-                              np.strings.add(_OCTET_DOT[octets[:, 2]], _OCTET[octets[:, 3]]))
-        out[rows] = np.array(text.tolist(), dtype=object)[inverse.ravel()]
-    rows = np.flatnonzero(families == 6)
-    if len(rows):
-        addresses = np.ascontiguousarray(raw[rows]).view("V16").ravel().tolist()
-        text = {address: _inet6_ntoa(address) for address in set(addresses)}
-        out[rows] = [text[address] for address in addresses]
-    return out
-
-
-_OCTET = np.array([str(i) for i in range(256)])
-_OCTET_DOT = np.array([f"{i}." for i in range(256)])
-
-
-def _inet6_ntoa(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 @contextmanager
