@@ -27,7 +27,7 @@ DIRECTION_MODES = ("auto", "normal", "inverted")
 DEVICE_SLOTS = 65536  # mirrors DEVICE_SLOTS in flows.bpf.c
 ETHERNET_LINK_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 DEVICE_CONFIG = np.dtype([("inverted", "u1"), ("no_l2", "u1"), ("attached", "u1"), ("mode", "u1")])
-_IFINDEX = np.dtype("<u4")
+IFINDEX = np.dtype("<u4")  # the key of the device config maps
 IFNAMSIZ = 16  # with the terminating NUL
 IFF_UP = 0x1
 ARPHRD_LOOPBACK = 772
@@ -202,14 +202,19 @@ class DeviceConfigMap:
         """ifindex -> direction mode of every device marked attached."""
         found = {}
         for table in (self._slots, self._high):
-            keys, values = read_map(table.map_fd, table.max_entries, _IFINDEX, DEVICE_CONFIG)
-            for ifindex, mode in zip(keys[values["attached"] == 1].tolist(),
-                                     values["mode"][values["attached"] == 1].tolist()):
-                found[ifindex] = DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
+            found.update(attached_entries(read_map(table.map_fd, table.max_entries, IFINDEX, DEVICE_CONFIG)))
         return found
 
     def _table(self, ifindex: int):
         return self._slots if ifindex < DEVICE_SLOTS else self._high
+
+
+def attached_entries(entries: tuple[np.ndarray, np.ndarray]) -> dict[int, str]:
+    """ifindex -> direction mode of the (keys, values) of a device config map marked attached."""
+    keys, values = entries
+    marked = values["attached"] == 1
+    return {ifindex: DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
+            for ifindex, mode in zip(keys[marked].tolist(), values["mode"][marked].tolist())}
 
 
 class DeviceRegistry:

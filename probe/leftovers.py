@@ -10,16 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .devices import DEVICE_CONFIG, DIRECTION_MODES
+from .devices import DEVICE_CONFIG, IFINDEX, attached_entries
 from .errors import ConfigError, KernelError
 from .kernel import open_pinned_map, read_map
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .pins import PinnedInstance, last_state_dir, pinned_instances
 from .tc import TcAttacher
 
-_IFINDEX = np.dtype("<u4")
 
 
 @dataclass(frozen=True)
@@ -51,12 +48,8 @@ def attached_in_pins(layout_dir: Path) -> dict[int, str]:
         except KernelError:
             continue
         try:
-            if table.key_size != _IFINDEX.itemsize or table.value_size != DEVICE_CONFIG.itemsize:
-                continue
-            keys, values = read_map(table.fd, table.max_entries, _IFINDEX, DEVICE_CONFIG)
-            attached = values["attached"] == 1
-            for ifindex, mode in zip(keys[attached].tolist(), values["mode"][attached].tolist()):
-                found[ifindex] = DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
+            if (table.key_size, table.value_size) == (IFINDEX.itemsize, DEVICE_CONFIG.itemsize):
+                found.update(attached_entries(read_map(table.fd, table.max_entries, IFINDEX, DEVICE_CONFIG)))
         finally:
             table.close()
     return found

@@ -19,7 +19,6 @@ import ctypes
 import fcntl
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +96,7 @@ class PinnedInstance:
         """Unpin every map of every layout (the maps die with their last user)."""
         for layout in self.layouts():
             remove_pins(layout)
+        self.lock_path.unlink(missing_ok=True)  # it only names the last owner of these pins
         for directory in (self.path, self.root):  # the root too, once no instance is left
             try:
                 directory.rmdir()
@@ -111,10 +111,7 @@ def remove_pins(directory: Path) -> None:
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        entry.unlink(missing_ok=True)
     try:
         directory.rmdir()
     except FileNotFoundError:
