@@ -4,12 +4,14 @@ same message ids); counts made while no probe ran are published by the next one.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from connstats.probe.errors import ConfigError
 from connstats.probe.pins import PinnedInstance
 from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
 
@@ -76,9 +78,8 @@ def test_a_second_probe_on_the_same_state_directory_is_refused(tmp_path):
     settings = ProbeSettings(capacity=64, state_dir=tmp_path, device_locks=str(tmp_path / "locks"))
     first = KernelProbe(settings)
     try:
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(ConfigError) as refused:
             KernelProbe(settings)
-        import os
         assert str(refused.value) == (f"another connstats probe (pid {os.getpid()}) runs with state "
                                       f"directory {tmp_path}; stop it first, or give this one another --state-dir")
     finally:
