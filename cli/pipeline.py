@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import replace
 from typing import Callable
 
@@ -24,6 +25,7 @@ from connstats.probe.lifecycle import stop_on_signals
 from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe.private import write_private
 from connstats.sink.compose import Sink, SinkConfig, build_sink
+from connstats.sink.web.server import UiConfig, WebUi, build_ui
 
 from .config import NATS_URL_FILE
 
@@ -52,13 +54,15 @@ async def run_sink(sink: Sink) -> None:
 
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                  on_ready: OnReady | None = None, daemon_hook: Callable[[ProbeDaemon], None] | None = None,
-                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT, ui: UiConfig | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring.
-    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin)."""
+    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin).
+    ``ui``: also serve the web page (it reads NATS as admin)."""
     stop = asyncio.Event()
     state_dir = probe.state_dir
     embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
     url_file, creds_file = state_dir / NATS_URL_FILE, state_dir / CREDENTIALS_FILE
+    web: WebUi | None = None
     with stop_on_signals(stop):
         try:
             creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
@@ -71,11 +75,15 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             write_private(url_file, url + "\n")  # a URL may carry credentials
             built_sink = build_sink(sink)
             await built_sink.check()  # before loading BPF: a bad store path fails fast
+            if ui is not None:
+                web = await _start_ui(ui, url, embedded)
             daemon = build_probe(probe)
             if daemon_hook:
                 daemon_hook(daemon)
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout)
         finally:
+            if web is not None:
+                await web.close()
             if embedded is not None:
                 url_file.unlink(missing_ok=True)
                 creds_file.unlink(missing_ok=True)
@@ -114,6 +122,14 @@ async def _announce_when_ready(daemon: ProbeDaemon, task: asyncio.Task, on_ready
     ready.cancel()
     if daemon.ready.is_set() and on_ready and not task.done():
         on_ready(daemon)
+
+
+async def _start_ui(ui: UiConfig, url: str, embedded: EmbeddedNats | None) -> WebUi:
+    nats = _with_servers(ui.nats, url)
+    web = build_ui(replace(ui, nats=embedded.users.login(nats, "admin") if embedded else nats))
+    await web.start()
+    print(f"connstats up: web page on {web.url}", file=sys.stderr, flush=True)
+    return web
 
 
 def _with_servers(options: NatsOptions, url: str) -> NatsOptions:

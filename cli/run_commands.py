@@ -24,7 +24,7 @@ from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
     Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
-    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, TlsCa, TlsCert, TlsKey, load_config,
+    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, TlsCa, TlsCert, TlsKey, Ui, load_config,
 )
 
 app = typer.Typer()
@@ -113,6 +113,7 @@ def up(
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
+    ui: Ui = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -125,6 +126,7 @@ def up(
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
+    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg)
     live = sys.stdout.isatty()
     setup_logging(live)
     summary = LiveSummary("")
@@ -140,7 +142,18 @@ def up(
         if live:
             daemon.on_interval(summary)
 
-    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook))
+    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook, ui=ui_cfg))
+
+
+def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig):
+    """The web page of ``up`` (loopback by default), or None for ``--ui none``."""
+    from connstats.sink.web.server import DEFAULT_UI, UiConfig
+
+    listen = cfg.get("ui", ui, DEFAULT_UI)
+    if listen == "none":
+        return None
+    return UiConfig(listen=listen, nats=flags.options(cfg, name="connstats-ui", role="admin"),
+                    store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx)
 
 
 @app.command()

@@ -46,6 +46,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "port": ("proto", "port"),
     "iface": ("ifname", "direction"),
     "proto": ("proto",),
+    # for the web page: per container (history) and per connection with who counted it (map)
+    "container": ("host", "container_name"),
+    "connection_owner": ("host", "ifname", "container_name", "direction", "proto", "src_ip", "src_port",
+                         "dst_ip", "dst_port"),
 }
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
 MEASUREMENT = "connstats_flow"
@@ -155,10 +159,12 @@ _SQL_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "proto", "src_ip": "src_ip",
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
     "port": "connstats_service_port(src_port, dst_port)",  # registered by sqlite_history
+    "host": "host", "container_name": "container_name",
 }
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
     "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
+    "host": "host", "container_name": "'(overflow)'",
 }
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
@@ -263,7 +269,7 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 # -- InfluxDB -----------------------------------------------------------------------------------
 
 _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
-_FLUX_COLUMNS = ("_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
+_FLUX_COLUMNS = ("_time", "_measurement", "host", "container_name", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
 _FLUX_KEEP = ", ".join(f'"{c}"' for c in _FLUX_COLUMNS)
 
@@ -337,6 +343,7 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
 
 def _point_row(point: dict) -> dict:
     row = {k: point.get(k) for k in ("ifname", "direction", "src_ip", "dst_ip")}
+    row["host"], row["container_name"] = point.get("host") or "", point.get("container_name") or ""
     for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen"):
         row[name] = int(point.get(name) or 0)
     proto = point.get("proto")
@@ -347,6 +354,7 @@ def _point_row(point: dict) -> dict:
 
 def _overflow_row(point: dict) -> dict:
     return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
+            "host": point.get("host") or "", "container_name": OVERFLOW,
             "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
             "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
             "first_seen": None, "last_seen": None}
