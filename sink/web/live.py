@@ -117,7 +117,7 @@ class LivePage:
 
     def __init__(self, wanted: LiveFilter) -> None:
         self.wanted = wanted
-        self.events: asyncio.Queue[dict] = asyncio.Queue(PAGE_QUEUE)
+        self.events: asyncio.Queue[dict | None] = asyncio.Queue(PAGE_QUEUE)
         self.dropped = 0
         self._pending: dict[tuple, _Pending] = {}
 
@@ -139,7 +139,11 @@ class LivePage:
         del self._pending[key]
         self._queue(interval_event(e, pending))
 
-    def _queue(self, event: dict) -> None:
+    def close(self) -> None:
+        """End the page's stream: ``None`` is its last event."""
+        self._queue(None)
+
+    def _queue(self, event: dict | None) -> None:
         if self.events.full():
             self.events.get_nowait()
             self.dropped += 1
@@ -173,6 +177,8 @@ class LiveFeed:
         self._task = asyncio.create_task(self._decode_forever(), name="web-live-feed")
 
     async def close(self) -> None:
+        for page in list(self.pages):
+            page.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

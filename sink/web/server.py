@@ -134,6 +134,9 @@ class WebUi:
                         "kept in %s", self.host, self.port, self.config.state_dir / TOKEN_FILE)
 
     async def close(self) -> None:
+        if self.feed is not None:
+            for page in list(self.feed.pages):
+                page.close()  # open streams end, so the server need not wait for them
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -162,6 +165,8 @@ class WebUi:
                 except asyncio.TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
+                if event is None:
+                    break
                 await response.write(b"event: interval\ndata: " + msgspec.json.encode(event) + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

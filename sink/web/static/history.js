@@ -41,7 +41,8 @@ cs.views.history = (() => {
     try {
       const body = await cs.api("history", params);
       render(body, metric);
-      document.getElementById("history-svg").dataset.metric = metric;
+      const svg = document.getElementById("history-svg");
+      Object.assign(svg.dataset, {metric, since: body.since_ms, until: body.until_ms, every: body.every_ms});
       const points = body.series.reduce((n, s) => n + s.points.length, 0);
       summary.textContent = `${body.series.length} series, ${points} points, one per ${body.every_ms / 1000} s`;
     } catch (error) {

@@ -14,7 +14,10 @@ cs.views.live = (() => {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(cs.formParams(form()))) if (v) params.set(k, v);
     source = new EventSource(`/api/live?${params}`);
-    source.addEventListener("interval", e => receive(JSON.parse(e.data)));
+    source.addEventListener("interval", e => {
+      document.getElementById("live-table").dataset.lastEventBytes = e.data.length;
+      receive(JSON.parse(e.data));
+    });
     source.onerror = () => cs.status("live: reconnecting…");
     source.onopen = () => cs.status("live: connected");
   }

@@ -1,0 +1,194 @@
+"""End to end: the web page of ``connstats up --ui`` in a real headless Chromium, with real
+BPF on test veths, real traffic between two test namespaces, the embedded nats-server and
+the real SQLite store. Screenshots of each view go to docs/screenshots/ when
+``CONNSTATS_SCREENSHOTS`` is set (see the README's ``## Web page``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401
+from tests.fixtures.nats import free_port
+
+pytestmark = pytest.mark.kernel
+
+MS = 1_000_000
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def screenshot(page, name: str) -> None:
+    if os.environ.get("CONNSTATS_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def start_up(start, a, b, ui: str):
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "1", *NO_HTTP_CLASH, "--ui", ui)
+    up.wait_for("connstats up: watching")
+    return up
+
+
+def wait_stored(store: Path, port: int, packets: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.time_ns()
+        rows = sqlite_history(store, HistoryQuery(since=now - 3600 * 10**9, until=now, port=port, group_by="iface"))
+        if [r["packets"] for r in rows] == [packets, packets] or time.monotonic() > deadline:
+            assert [r["packets"] for r in rows] == [packets, packets]
+            return
+        time.sleep(0.2)
+
+
+RECORD_LIVE = """() => {
+  window.seen = {};
+  const table = document.getElementById("live-table");
+  new MutationObserver(() => {
+    for (const row of table.querySelectorAll("tbody tr[data-src-port='40101']")) {
+      const cells = row.querySelectorAll("td");
+      const interval = table.dataset.intervals;
+      window.seen[interval + " " + row.dataset.ifname] = [Number(cells[7].textContent), Number(cells[8].textContent)];
+    }
+  }).observe(table, {subtree: true, childList: true, attributes: true});
+}"""
+
+
+def shown_seq(page) -> int:
+    return int(page.get_attribute("#live-table", "data-intervals").split(":")[-1])
+
+
+def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start, browser_page):
+    a, b = quiet_network
+    port = free_port()
+    up = start_up(start, a, b, f"127.0.0.1:{port}")
+    assert f"connstats up: web page on http://127.0.0.1:{port}/\n" in up.stderr
+    page = browser_page
+    page.goto(f"http://127.0.0.1:{port}/")
+
+    # Live: filtered to the port, the connection within two intervals, exact counts
+    page.fill("#live-filters input[name=port]", "5353")
+    page.click("#live-filters button[type=submit]")
+    page.wait_for_function("document.getElementById('live-table').dataset.intervals", timeout=20_000)
+    page.evaluate(RECORD_LIVE)
+    before = shown_seq(page)
+    a.traffic("udp", b.ipv4, 5353, 40101, 1000, 100)
+    page.wait_for_function(f"Object.keys(window.seen).length >= 2 && (() => {{"
+                           f"const t = {{}}; for (const [k, v] of Object.entries(window.seen)) "
+                           f"{{ const i = k.split(' ')[1]; t[i] = (t[i] || 0) + v[0]; }} "
+                           f"return Object.values(t).every(n => n === 1000); }})()", timeout=20_000)
+    seen = page.evaluate("window.seen")
+    first = min(int(k.split(" ")[0].split(":")[-1]) for k in seen)
+    assert first <= before + 2, (before, seen)
+    totals = {}
+    for key, (packets, nbytes) in seen.items():
+        ifname = key.split(" ")[1]
+        totals[ifname] = [sum(x) for x in zip(totals.get(ifname, [0, 0]), (packets, nbytes))]
+    assert totals == {a.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)],
+                      b.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)]}
+    screenshot(page, "live")
+
+    # Map: the edge between the two namespaces holds the bytes the store holds for the range
+    store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
+    wait_stored(store, 5353, 1000)
+    page.click("#tabs button[data-view=map]")
+    page.select_option("#map-filters select[name=since]", "15m")
+    page.click("#map-filters button[type=submit]")
+    page.wait_for_function("document.getElementById('map-svg').dataset.since", timeout=20_000)
+    host = socket.gethostname()
+    # the probe names a veth's owner by its network namespace when no container runtime knows it
+    source, target = f"container:{host}/{a.netns}", f"container:{host}/{b.netns}"
+    edge = page.locator(f".edge[data-source='{source}'][data-target='{target}']")
+    assert edge.count() == 1, page.evaluate("[...document.querySelectorAll('.edge')].map(e => e.outerHTML)")
+    since, until = (int(page.get_attribute("#map-svg", f"data-{k}")) * MS for k in ("since", "until"))
+    held = sqlite_history(store, HistoryQuery(since=since, until=until, iface=a.host_if, direction="egress"))
+    assert int(edge.get_attribute("data-bytes")) == sum(r["bytes"] for r in held) == 1000 * 142
+    back = sqlite_history(store, HistoryQuery(since=since, until=until, iface=b.host_if, direction="egress"))
+    assert [r["proto"] for r in back] == ["icmp"]  # b's "port unreachable" answers, and nothing else
+    edges = page.evaluate("[...document.querySelectorAll('.edge')].map(e => [e.dataset.source, e.dataset.target, "
+                          "Number(e.dataset.bytes)])")
+    # b's ingress of the same packets is not a second edge
+    assert edges == [[source, target, 142_000], [target, source, back[0]["bytes"]]]
+    page.click(f".node[data-id='{source}']")
+    assert page.locator("#map-connections tbody tr").count() == 2
+    assert page.inner_text("#map-connections tbody tr >> nth=0").split("\t") == [
+        "udp", f"{a.ipv4}:40101", f"{b.ipv4}:5353", "1000", "142000"]
+    screenshot(page, "map")
+
+    # History: exactly the points the store returns, per interface, every 5 s
+    page.click("#tabs button[data-view=history]")
+    page.select_option("#history-filters select[name=group_by]", "iface")
+    page.select_option("#history-filters select[name=since]", "15m")
+    page.fill("#history-filters input[name=every]", "5s")
+    page.select_option("#history-filters select[name=metric]", "packets")
+    page.wait_for_function("document.getElementById('history-svg').dataset.every === '5000' && "
+                           "document.getElementById('history-svg').dataset.metric === 'packets'", timeout=20_000)
+    since, until = (int(page.get_attribute("#history-svg", f"data-{k}")) * MS for k in ("since", "until"))
+    rows = sqlite_history(store, HistoryQuery(since=since, until=until, group_by="iface", every=parse_duration("5s")))
+    drawn = sorted(tuple(page.evaluate("""() => [...document.querySelectorAll('#history-svg circle.point')]
+        .map(c => [c.dataset.series, Number(c.dataset.timeMs), Number(c.dataset.value)])""")))
+    assert [tuple(p) for p in drawn] == sorted((f"{r['ifname']} {r['direction']}", r["time"] // MS, r["packets"])
+                                               for r in rows)
+    assert sum(p[2] for p in drawn) == 2 * (1000 + back[0]["packets"])  # both ends of both ways
+    screenshot(page, "history")
+    page.click("#tabs button[data-view=alerts]")
+    page.wait_for_selector("#alerts-summary :is(.unavailable, *)", state="attached", timeout=10_000)
+    screenshot(page, "alerts")
+    assert up.interrupt() == 0
+    assert "Traceback" not in up.stderr
+
+
+def fetch(url: str, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, browser_page):
+    """The page listens on an address of the test's own bridge (not loopback): every
+    request, from the browser or a script, needs the token printed at start."""
+    a, b = test_network.hosts
+    address = f"10.199.{test_network.subnet}.254"
+    subprocess_run = __import__("subprocess").run
+    subprocess_run(["ip", "addr", "add", f"{address}/24", "dev", test_network.bridge], check=True)
+    port = free_port()
+    up = start_up(start, a, b, f"{address}:{port}")
+    found = re.search(rf"connstats up: web page on http://{re.escape(address)}:{port}/\?token=(\S+)\n", up.stderr)
+    assert found, up.stderr
+    token = found.group(1)
+    assert f"web page on {address}:{port} is reachable from the network; it requires the token" in up.stderr
+    token_file = Path(cs_env["CONNSTATS_STATE_DIR"]) / "ui-token"
+    assert token_file.read_text() == token + "\n" and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+    base = f"http://{address}:{port}"
+    for path in ("/", "/api/history", "/api/live", "/static/live.js"):
+        status, _ = fetch(base + path)
+        assert status == 401, path
+    assert fetch(base + "/api/history", {"Authorization": "Bearer " + token[:-1] + "x"})[0] == 401
+    status, body = fetch(base + "/api/history?since=15m", {"Authorization": "Bearer " + token})
+    assert status == 200 and json.loads(body)["group_by"] == "container"
+    assert json.loads(fetch(base + "/api/map")[1]) == {
+        "error": "this page needs its token; open the address printed at start (?token=...), or see <state>/ui-token"}
+
+    page = browser_page
+    response = page.goto(base + "/")
+    assert response.status == 401
+    page.goto(f"{base}/?token={token}")  # sets the cookie, then redirects to /
+    assert page.url == base + "/#live"  # the token left the address bar
+    page.wait_for_function("document.getElementById('live-table').dataset.intervals", timeout=20_000)
+    page.click("#tabs button[data-view=history]")
+    page.wait_for_function("document.getElementById('history-svg').dataset.every", timeout=20_000)
+    assert up.interrupt() == 0
+    assert "Traceback" not in up.stderr
