@@ -1,12 +1,10 @@
 """End to end: the web page of ``connstats up --ui`` in a real headless Chromium, with real
 BPF on test veths, real traffic between two test namespaces, the embedded nats-server and
-the real SQLite store. Screenshots of each view go to docs/screenshots/ when
-``CONNSTATS_SCREENSHOTS`` is set (see the README's ``## Web page``).
+the real SQLite store.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import stat
@@ -24,13 +22,6 @@ from tests.fixtures.nats import free_port
 pytestmark = pytest.mark.kernel
 
 MS = 1_000_000
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-def screenshot(page, name: str) -> None:
-    if os.environ.get("CONNSTATS_SCREENSHOTS"):
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
 def start_up(start, a, b, ui: str):
@@ -95,7 +86,6 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
         totals[ifname] = [sum(x) for x in zip(totals.get(ifname, [0, 0]), (packets, nbytes))]
     assert totals == {a.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)],
                       b.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)]}
-    screenshot(page, "live")
 
     # Map: the edge between the two namespaces holds the bytes the store holds for the range
     store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
@@ -122,7 +112,6 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     assert page.locator("#map-connections tbody tr").count() == 2
     assert page.inner_text("#map-connections tbody tr >> nth=0").split("\t") == [
         "udp", f"{a.ipv4}:40101", f"{b.ipv4}:5353", "1000", "142000"]
-    screenshot(page, "map")
 
     # History: exactly the points the store returns, per interface, every 5 s
     page.click("#tabs button[data-view=history]")
@@ -139,10 +128,6 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     assert [tuple(p) for p in drawn] == sorted((f"{r['ifname']} {r['direction']}", r["time"] // MS, r["packets"])
                                                for r in rows)
     assert sum(p[2] for p in drawn) == 2 * (1000 + back[0]["packets"])  # both ends of both ways
-    screenshot(page, "history")
-    page.click("#tabs button[data-view=alerts]")
-    page.wait_for_selector("#alerts-summary :is(.unavailable, *)", state="attached", timeout=10_000)
-    screenshot(page, "alerts")
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
 
