@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Callable
 
 from connstats.probe.compose import ProbeConfig, build_probe
-from connstats.probe.contract import NatsOptions
+from connstats.probe.contract import ConfigError, NatsOptions
 from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.lifecycle import stop_on_signals
@@ -124,10 +124,16 @@ async def _announce_when_ready(daemon: ProbeDaemon, task: asyncio.Task, on_ready
         on_ready(daemon)
 
 
-async def _start_ui(ui: UiConfig, url: str, embedded: EmbeddedNats | None) -> WebUi:
+async def _start_ui(ui: UiConfig, url: str, embedded: EmbeddedNats | None) -> WebUi | None:
     nats = _with_servers(ui.nats, url)
     web = build_ui(replace(ui, nats=embedded.users.login(nats, "admin") if embedded else nats))
-    await web.start()
+    try:
+        await web.start()
+    except ConfigError as exc:
+        if ui.required:
+            raise
+        log.warning("no web page: %s", exc)  # the default address is taken: up runs without it
+        return None
     print(f"connstats up: web page on {web.url}", file=sys.stderr, flush=True)
     return web
 

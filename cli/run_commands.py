@@ -153,7 +153,8 @@ def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConf
     if listen == "none":
         return None
     return UiConfig(listen=listen, nats=flags.options(cfg, name="connstats-ui", role="admin"),
-                    store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx)
+                    store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx,
+                    required=cfg.get("ui", ui) is not None)
 
 
 @app.command()

@@ -48,6 +48,7 @@ class UiConfig:
     store: str  # sqlite:PATH or influxdb
     state_dir: Path
     influx: Any = None  # InfluxConfig for an influxdb store
+    required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
 
 
 def is_loopback(host: str) -> bool:

@@ -177,3 +177,29 @@ def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, 
     page.wait_for_function("document.getElementById('history-svg').dataset.every", timeout=20_000)
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
+
+
+def test_up_without_its_default_page_when_the_port_is_taken(quiet_network, cs_env, start):
+    a, b = quiet_network
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 9470))
+    except OSError:
+        pytest.skip("127.0.0.1:9470 is in use here")
+    taken.listen()
+    try:
+        up = start("up", "--iface", a.host_if, "--interval", "1", *NO_HTTP_CLASH)
+        up.wait_for("connstats up: watching")
+        assert ("no web page: cannot listen on 127.0.0.1:9470 for the web page: Address already in use; "
+                "pick another ADDR:PORT") in up.stderr
+        assert up.interrupt() == 0
+        explicit = start("up", "--iface", a.host_if, *NO_HTTP_CLASH, "--ui", "127.0.0.1:9470")
+        assert explicit.process.wait(60) == 1
+        assert explicit.stderr.endswith("error: cannot listen on 127.0.0.1:9470 for the web page: Address already "
+                                        "in use; pick another ADDR:PORT\n")
+        none = start("up", "--iface", a.host_if, "--interval", "1", *NO_HTTP_CLASH, "--ui", "none")
+        none.wait_for("connstats up: watching")
+        assert "web page" not in none.stderr
+        assert none.interrupt() == 0
+    finally:
+        taken.close()
