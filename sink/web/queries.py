@@ -130,16 +130,19 @@ def build_map(rows: list[dict]) -> dict[str, Any]:
     """Nodes (containers, devices, outside peers) and edges (sender -> receiver) from rows
     grouped by ``connection_owner``.
 
-    An address is a node's if that node counted traffic with it as its own end; any other
-    address is an outside peer. A connection seen on both ends' devices is counted once,
+    An address is a node's if that node sent from it (egress source), else if it received
+    at it (ingress destination) from somebody else; any other address is an outside peer.
+    (A bridge in hairpin mode floods a frame back to its sender, whose ingress then shows
+    the receiver's address as its own end: that must not make the address the sender's.) A connection seen on both ends' devices is counted once,
     on the sender's egress: an ingress row whose sender is a known node is left out."""
     rows = [r for r in rows if r["src_ip"] != OVERFLOW]
     nodes: dict[str, dict] = {}
     owner: dict[str, str] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r["direction"] != "egress"):  # egress first: see below
         node_id, kind, label = _local_node(row)
         nodes.setdefault(node_id, {"id": node_id, "kind": kind, "label": label, "bytes": 0, "packets": 0})
-        owner.setdefault(_ends(row)[0], node_id)
+        if row["direction"] == "egress" or owner.get(row["src_ip"]) != node_id:  # not its own frame back
+            owner.setdefault(_ends(row)[0], node_id)
     edges: dict[tuple[str, str], dict] = {}
     connections = []
     for row in rows:

@@ -31,12 +31,15 @@ def start_up(start, a, b, ui: str):
 
 
 def wait_stored(store: Path, port: int, packets: int, timeout: float = 30.0) -> None:
+    """Until the sender's egress of the UDP datagrams to ``port`` is in the store (its
+    receiver's ingress comes in the same message)."""
     deadline = time.monotonic() + timeout
     while True:
         now = time.time_ns()
-        rows = sqlite_history(store, HistoryQuery(since=now - 3600 * 10**9, until=now, port=port, group_by="iface"))
-        if [r["packets"] for r in rows] == [packets, packets] or time.monotonic() > deadline:
-            assert [r["packets"] for r in rows] == [packets, packets]
+        rows = sqlite_history(store, HistoryQuery(since=now - 3600 * 10**9, until=now, port=port, proto=17,
+                                                  direction="egress", group_by="iface"))
+        if [r["packets"] for r in rows] == [packets] or time.monotonic() > deadline:
+            assert [r["packets"] for r in rows] == [packets]
             return
         time.sleep(0.2)
 
@@ -203,3 +206,42 @@ def test_up_without_its_default_page_when_the_port_is_taken(quiet_network, cs_en
         assert none.interrupt() == 0
     finally:
         taken.close()
+
+
+def test_the_map_shows_the_edge_between_two_docker_containers(dockerd, cs_env, start, browser_page):
+    """Two real containers of a real dockerd: their host-side veths watched by `up`, which
+    learns their names from the Docker socket; the map's edge holds the store's bytes."""
+    from tests.e2e.test_docker import host_ifname, host_side_ifindex, in_netns, udp_from
+
+    containers = {}
+    for name in ("cs-web1", "cs-web2"):
+        doc = dockerd.run(name, "sleep", "600")
+        ifname = host_ifname(host_side_ifindex(doc["State"]["Pid"]))
+        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
+        containers[name] = dict(pid=doc["State"]["Pid"], ip=doc["NetworkSettings"]["IPAddress"], ifname=ifname,
+                                mac=doc["NetworkSettings"]["MacAddress"])
+    one, two = containers["cs-web1"], containers["cs-web2"]
+    for here, there in ((one, two), (two, one)):  # static neighbours: no ARP in the counts
+        in_netns(here["pid"], "ip", "neigh", "replace", there["ip"], "lladdr", there["mac"], "dev", "eth0",
+                 "nud", "permanent")
+    port = free_port()
+    up = start("up", "--iface", one["ifname"], "--iface", two["ifname"], "--interval", "1", *NO_HTTP_CLASH,
+               "--docker-socket", dockerd.socket, "--ui", f"127.0.0.1:{port}")
+    up.wait_for("connstats up: watching")
+    udp_from(one["pid"], two["ip"], 5353, 41501, 40, 100)
+    store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
+    wait_stored(store, 5353, 40)
+
+    page = browser_page
+    page.goto(f"http://127.0.0.1:{port}/#map")
+    page.wait_for_function("document.getElementById('map-svg').dataset.since", timeout=20_000)
+    host = socket.gethostname()
+    source, target = f"container:{host}/cs-web1", f"container:{host}/cs-web2"
+    since, until = (int(page.get_attribute("#map-svg", f"data-{k}")) * MS for k in ("since", "until"))
+    held = sqlite_history(store, HistoryQuery(since=since, until=until, container="cs-web1", direction="egress"))
+    edge = page.locator(f".edge[data-source='{source}'][data-target='{target}']")
+    assert int(edge.get_attribute("data-bytes")) == sum(r["bytes"] for r in held) == 40 * (UDP_V4_OVERHEAD + 100)
+    labels = page.evaluate("[...document.querySelectorAll('#map-svg text')].map(t => t.textContent)")
+    assert {"cs-web1", "cs-web2"} <= set(labels)
+    assert up.interrupt() == 0
+    assert "Traceback" not in up.stderr
