@@ -50,6 +50,18 @@ class UiConfig:
     influx: Any = None  # InfluxConfig for an influxdb store
     required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
 
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
+    try:
+        return parse_address(text)
+    except ConfigError:
+        raise ConfigError(f"web page address {text!r} is not ADDR:PORT; use e.g. {DEFAULT_UI}, "
+                          "or none") from None
+
 
 def is_loopback(host: str) -> bool:
     try:
@@ -85,7 +97,7 @@ class WebUi:
 
     def __init__(self, config: UiConfig) -> None:
         self.config = config
-        self.host, self.port = parse_address(config.listen)
+        self.host, self.port = parse_listen(config.listen)
         self.reader = StoreReader(config.store, config.influx)
         self.token: str | None = None
         self.nc = None

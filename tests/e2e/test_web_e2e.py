@@ -245,3 +245,37 @@ def test_the_map_shows_the_edge_between_two_docker_containers(dockerd, cs_env, s
     assert {"cs-web1", "cs-web2"} <= set(labels)
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
+
+
+def test_connstats_ui_finds_ups_nats_and_store_without_flags(quiet_network, cs_env, start):
+    a, b = quiet_network
+    up = start_up(start, a, b, "none")
+    port = free_port()
+    ui = start("ui", "--listen", f"127.0.0.1:{port}")  # logs in to up's embedded NATS as admin
+    ui.wait_for(f"connstats ui: serving the web page on http://127.0.0.1:{port}/")
+    a.traffic("udp", b.ipv4, 5353, 40202, 300, 10)
+    wait_stored(Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite", 5353, 300)
+    status, body = fetch(f"http://127.0.0.1:{port}/api/history?group_by=port&since=15m&every=15m&port=5353")
+    assert status == 200
+    assert [(s["key"], sum(p["packets"] for p in s["points"])) for s in json.loads(body)["series"]] == [
+        ("udp/5353", 600)]  # a's egress and b's ingress
+    request = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/live?port=5353", timeout=10)
+    assert request.readline() == b": connected\n"
+    event = b""
+    while not event.startswith(b"data: "):
+        event = request.readline()
+    assert json.loads(event.removeprefix(b"data: "))["host"] == socket.gethostname()
+    request.close()
+    assert ui.interrupt() == 0 and up.interrupt() == 0
+    assert "Traceback" not in ui.stderr + up.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("ui", "--listen", "nonsense"), "web page address 'nonsense' is not ADDR:PORT; use e.g. 127.0.0.1:9470, or none"),
+    (("up", "--ui", "localhost"), "web page address 'localhost' is not ADDR:PORT; use e.g. 127.0.0.1:9470, or none"),
+])
+def test_a_bad_address_is_one_line(cs_env, test_network, argv, message):
+    from tests.e2e.test_cli_e2e import assert_one_line_error, connstats
+
+    extra = ("--iface", test_network.hosts[0].host_if, *NO_HTTP_CLASH) if argv[0] == "up" else ()
+    assert_one_line_error(connstats(cs_env, *argv, *extra), message)
