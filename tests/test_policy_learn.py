@@ -1,0 +1,370 @@
+"""``policy learn`` on real SQLite files written by SqliteStore, and through the InfluxDB v2 API
+test server: known flows in, the exact policy file out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from typer.testing import CliRunner
+
+from connstats.cli.main import app
+from connstats.probe.errors import ConfigError
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.wire import FlowBatch
+from connstats.sink.history import influx_history, sqlite_history
+from connstats.sink.influx_store import InfluxConfig, InfluxStore
+from connstats.sink.policy_learn import (
+    PeerSettings, check_policy, learn_policy, learn_query, policy_toml, port_ranges,
+)
+from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+SECOND = 1_000_000_000
+T0 = 1_700_000_000 * SECOND
+HOST = "node-1"
+RANGE = dict(since=T0 - 3600 * SECOND, until=T0 + 3600 * SECOND)
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of a connection: its address, and the device it is counted on (None: remote)."""
+
+    ip: str
+    ifindex: int = 0
+    ifname: str = ""
+    container_id: str = ""
+    container_name: str = ""
+
+    def record(self, start: int, direction: str, proto: int, src: str, dst: str, sport: int, dport: int,
+               packets: int, nbytes: int, first: int) -> FlowRecord:
+        return FlowRecord(start, start + 10 * SECOND, self.ifindex, self.ifname, direction,
+                          6 if ":" in src else 4, proto, src, dst, sport, dport, packets, nbytes, first,
+                          first + 5, 0, self.container_id, self.container_name,
+                          "img:1" if self.container_id else "")
+
+
+WEB = End("10.0.0.2", 11, "veth-web", "a" * 64, "web")
+DB = End("10.0.0.3", 12, "veth-db", "b" * 64, "db")
+WEB6 = End("fd00::2", 11, "veth-web", "a" * 64, "web")
+DB6 = End("fd00::3", 12, "veth-db", "b" * 64, "db")
+ETH0 = End("192.0.2.10", 2, "eth0")
+NS_A = End("10.199.0.1", 21, "csh0a", "", "cs0a")
+
+
+def conn(client: End, server: End, proto: int, sport: int, dport: int, packets: int = 3, nbytes: int = 300,
+         start: int = T0, reply_first: int | None = None) -> list[FlowRecord]:
+    """The records of one connection on each end's device: client to server, and the replies
+    (``packets - 1`` of ``nbytes - 100``)."""
+    first = start + 1
+    back = first if reply_first is None else reply_first
+    out = []
+    for end, there, here in ((client, "egress", "ingress"), (server, "ingress", "egress")):
+        if end.ifindex:
+            out.append(end.record(start, there, proto, client.ip, server.ip, sport, dport, packets, nbytes, first))
+            out.append(end.record(start, here, proto, server.ip, client.ip, dport, sport, packets - 1,
+                                  nbytes - 100, back))
+    return out
+
+
+async def store_records(path, records: list[FlowRecord], host: str = HOST) -> None:
+    store = SqliteStore(path)
+    try:
+        await store.write(FlowBatch.from_records(envelope(host), records))
+    finally:
+        await store.close()
+
+
+def envelope(host: str = HOST) -> Envelope:
+    return Envelope(host=host, boot_id="boot", interval_seq=1, interval_start=T0, interval_end=T0 + 10 * SECOND)
+
+
+async def learned(tmp_path, records: list[FlowRecord], peers: PeerSettings = PeerSettings(), own=()) -> str:
+    path = tmp_path / "flows.sqlite"
+    await store_records(path, records)
+    rows = sqlite_history(path, learn_query(RANGE["since"], RANGE["until"], HOST))
+    text = policy_toml(learn_policy(rows, host_addresses=own, peers=peers))
+    check_policy(text)
+    return text
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+async def test_two_containers_web_to_db_5432(tmp_path):
+    records = conn(WEB, DB, 6, 40000, 5432) + conn(WEB, DB, 6, 40001, 5432, 10, 2000)
+    assert await learned(tmp_path, records) == """\
+[groups]
+db = { containers = ["db"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432]
+"""
+
+
+async def test_a_world_client_and_a_world_server(tmp_path):
+    client = End("198.51.100.7")
+    records = conn(client, WEB, 6, 50000, 443) + conn(client, WEB, 6, 50001, 443) + conn(
+        WEB, End("203.0.113.9"), 17, 40000, 53)
+    assert await learned(tmp_path, records) == """\
+[groups]
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "world"
+proto = "udp"
+ports = [53]
+
+[[allow]]
+from = "world"
+to = "web"
+proto = "tcp"
+ports = [443]
+"""
+
+
+async def test_world_peers_as_their_prefixes(tmp_path):
+    records = (conn(End("198.51.100.7"), WEB, 6, 50000, 443) + conn(End("198.51.100.200"), WEB, 6, 50001, 443)
+               + conn(End("203.0.113.9"), WEB, 6, 50002, 443) + conn(End("2001:db8:1::7"), WEB6, 6, 50003, 443))
+    assert await learned(tmp_path, records, PeerSettings("prefix")) == """\
+[groups]
+net-198-51-100-0-24 = { cidrs = ["198.51.100.0/24"] }
+net-2001-db8-1---64 = { cidrs = ["2001:db8:1::/64"] }
+net-203-0-113-0-24 = { cidrs = ["203.0.113.0/24"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "net-198-51-100-0-24"
+to = "web"
+proto = "tcp"
+ports = [443]
+
+[[allow]]
+from = "net-2001-db8-1---64"
+to = "web"
+proto = "tcp"
+ports = [443]
+
+[[allow]]
+from = "net-203-0-113-0-24"
+to = "web"
+proto = "tcp"
+ports = [443]
+"""
+
+
+async def test_a_port_range_and_single_ports(tmp_path):
+    records = [r for port in (8000, 8001, 8002, 8005, 9000, 80)
+               for r in conn(WEB, DB, 6, 40000 + port, port)]
+    text = await learned(tmp_path, records)
+    assert text.splitlines()[-1] == 'ports = [80, "8000-8002", 8005, 9000]'
+    assert text.count("[[allow]]") == 1
+
+
+async def test_icmp_goes_from_the_side_that_sent_first(tmp_path):
+    records = conn(WEB, DB, 1, 0, 0, reply_first=T0 + 2)
+    assert await learned(tmp_path, records) == """\
+[groups]
+db = { containers = ["db"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "icmp"
+"""
+
+
+async def test_same_ports_at_the_same_moment_allow_both_ways(tmp_path):
+    text = await learned(tmp_path, conn(WEB, DB, 17, 123, 123))
+    rules = [rule for rule in check_policy(text)["allow"]]
+    assert rules == [{"from": "db", "to": "web", "proto": "udp", "ports": [123]},
+                     {"from": "web", "to": "db", "proto": "udp", "ports": [123]}]
+
+
+async def test_ipv6_without_neighbour_discovery(tmp_path):
+    nd = [WEB6.record(T0, "egress", 58, "fe80::1", "ff02::1:ff00:3", 0, 0, 1, 86, T0 + 1),
+          WEB6.record(T0, "ingress", 58, "fe80::2", "fe80::1", 0, 0, 1, 86, T0 + 1)]
+    records = conn(WEB6, DB6, 6, 40000, 5432) + conn(WEB6, DB6, 58, 0, 0, reply_first=T0 + 9) + nd
+    assert await learned(tmp_path, records) == """\
+[groups]
+db = { containers = ["db"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432]
+
+[[allow]]
+from = "web"
+to = "db"
+proto = 58
+"""
+
+
+async def test_devices_without_a_container_the_host_and_netns_containers(tmp_path):
+    non_ip = FlowRecord(T0, T0 + 10 * SECOND, ETH0.ifindex, ETH0.ifname, "ingress", 0, 0, "", "", 0, 0, 4, 240,
+                        T0 + 1, T0 + 2, 0)  # ARP: family 0
+    dhcp = conn(NS_A, End("255.255.255.255"), 17, 68, 67)
+    records = (conn(End("198.51.100.7"), ETH0, 6, 50000, 22) + conn(NS_A, End("192.0.2.10"), 6, 40000, 80)
+               + conn(NS_A, End("10.0.9.9"), 6, 40001, 80) + dhcp + [non_ip])
+    assert await learned(tmp_path, records, own=["10.0.9.9"]) == """\
+[groups]
+cs0a = { netns = ["cs0a"] }
+eth0 = { ifaces = ["eth0"] }
+
+[[allow]]
+from = "cs0a"
+to = "host"
+proto = "tcp"
+ports = [80]
+
+[[allow]]
+from = "world"
+to = "eth0"
+proto = "tcp"
+ports = [22]
+"""
+
+
+async def test_odd_names_are_quoted_or_made_plain_and_never_clash(tmp_path):
+    odd = End("10.0.0.8", 13, "veth-odd", "c" * 64, "my.app")
+    host_named = End("10.0.0.9", 14, "veth-h", "d" * 64, "host")
+    netns_web = End("10.0.0.10", 15, "csh-web", "", "web")
+    records = conn(odd, WEB, 6, 40000, 80) + conn(host_named, WEB, 6, 40001, 80) + conn(netns_web, WEB, 6, 40002, 80)
+    doc = check_policy(await learned(tmp_path, records))
+    assert doc["groups"] == {"host-containers": {"containers": ["host"]}, "my-app": {"containers": ["my.app"]},
+                             "web": {"containers": ["web"]}, "web-netns": {"netns": ["web"]}}
+    assert [(r["from"], r["to"]) for r in doc["allow"]] == [("host-containers", "web"), ("my-app", "web"),
+                                                             ("web-netns", "web")]
+
+
+def test_port_ranges():
+    assert port_ranges([]) == ()
+    assert port_ranges([5, 3, 4, 4, 9, 1]) == (1, "3-5", 9)
+    assert port_ranges([65535, 65534]) == ("65534-65535",)
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def empty_config(tmp_path) -> dict[str, str]:
+    (tmp_path / "config.toml").write_text("")
+    return {"CONNSTATS_CONFIG": str(tmp_path / "config.toml")}
+
+
+async def test_the_command_prints_the_policy_with_its_header(tmp_path):
+    records = conn(WEB, DB, 6, 40000, 5432, 5, 1000) + conn(WEB, DB, 6, 40001, 5432, 2, 200)
+    records += conn(End("198.51.100.7"), WEB, 6, 50000, 443, 4, 600)
+    await store_records(tmp_path / "flows.sqlite", records)
+    await store_records(tmp_path / "flows.sqlite", conn(DB, WEB, 6, 1, 9), host="other")
+    args = ["policy", "learn", "--store", f"sqlite:{tmp_path / 'flows.sqlite'}", "--host", HOST,
+            "--since", "2023-11-14T21:00:00Z", "--until", "2023-11-14T23:00:00Z"]
+    result = CliRunner().invoke(app, args, env=empty_config(tmp_path))
+    assert result.exit_code == 0, result.output
+    # bytes: each connection once (its busiest device): (1000 + 900) + (200 + 100) + (600 + 500)
+    assert result.stdout == """\
+# connstats policy learn: host node-1, 2023-11-14T21:00:00Z to 2023-11-14T23:00:00Z
+# allows the 3 connections (3,300 bytes) seen, with 2 rules
+[groups]
+db = { containers = ["db"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432]
+
+[[allow]]
+from = "world"
+to = "web"
+proto = "tcp"
+ports = [443]
+"""
+    out = tmp_path / "policy.toml"
+    written = CliRunner().invoke(app, [*args, "--output", str(out)], env=empty_config(tmp_path))
+    assert (written.exit_code, written.stdout, out.read_text()) == (0, "", result.stdout)
+
+
+async def test_the_command_says_when_there_is_nothing_to_learn(tmp_path):
+    await store_records(tmp_path / "flows.sqlite", conn(WEB, DB, 6, 40000, 5432))
+    result = CliRunner().invoke(app, ["policy", "learn", "--store", f"sqlite:{tmp_path / 'flows.sqlite'}",
+                                      "--host", "nobody", "--since", "2023-11-14T21:00:00Z",
+                                      "--until", "2023-11-14T23:00:00Z"],
+                                env=empty_config(tmp_path))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == ("error: the store holds no traffic of host 'nobody' from 2023-11-14T21:00:00Z to "
+                             "2023-11-14T23:00:00Z; check --host and --since\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[groups]\nweb = { containers = ["web"] }\n[[allow]]\nfrom = "web"\nto = "db"\nproto = "tcp"\n',
+     "[[allow]] number 1: to = 'db' is no defined group; define it in [groups]"),
+    ('[groups]\nweb = { pods = ["web"] }\n', "group 'web' is not a table of containers, cidrs, images, ifaces, "
+     "netns lists; fix the file"),
+    ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "gre"\n',
+     "[[allow]] number 1: proto = 'gre' is not tcp, udp, icmp or 0-255; fix the rule"),
+    ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "tcp"\nports = ["90-80"]\n',
+     "[[allow]] number 1: port '90-80' is not a port or a range like 8000-8099; fix the rule"),
+])
+def test_check_policy_names_what_is_wrong(text, message):
+    with pytest.raises(ConfigError) as caught:
+        check_policy(text)
+    assert str(caught.value) == message
+
+
+# -- InfluxDB --------------------------------------------------------------------------------------
+
+
+async def test_influx_learns_the_same_policy_as_sqlite(tmp_path, influx_server):
+    records = (conn(WEB, DB, 6, 40000, 5432) + conn(WEB, DB, 6, 40001, 5432, 7, 900)
+               + conn(End("198.51.100.7"), WEB, 6, 50000, 443) + conn(WEB, DB, 1, 0, 0, reply_first=T0 + 3)
+               + [r for port in (8000, 8001, 8002) for r in conn(WEB, DB, 17, 40000 + port, port)])
+    store = InfluxStore(InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
+    try:
+        await store.write(FlowBatch.from_records(envelope(), records))
+        influx_rows = await influx_history(store, learn_query(RANGE["since"], RANGE["until"], HOST))
+    finally:
+        await store.close()
+    await store_records(tmp_path / "flows.sqlite", records)
+    sqlite_rows = sqlite_history(tmp_path / "flows.sqlite", learn_query(RANGE["since"], RANGE["until"], HOST))
+    assert influx_rows == sqlite_rows
+    policy = learn_policy(influx_rows)
+    assert (policy.connections, policy.bytes) == (7, (300 + 200) + (900 + 800) + 500 + 500 + 3 * 500)
+    assert policy_toml(policy) == """\
+[groups]
+db = { containers = ["db"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "icmp"
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432]
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "udp"
+ports = ["8000-8002"]
+
+[[allow]]
+from = "world"
+to = "web"
+proto = "tcp"
+ports = [443]
+"""
+    (sent,) = influx_server.queries
+    assert '"container_id", "container_name"])' in sent["query"]
