@@ -43,9 +43,12 @@ GROUP_KEYS = ("containers", "cidrs", "images", "ifaces", "netns")
 PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # tcp, udp, sctp, udplite: rules name server ports
 PROTO_WORDS = {1: "icmp", 6: "tcp", 17: "udp"}
 _ICMPV6 = 58
+MAX_GROUPS = 62  # what a policy holds besides host and world (probe/policy: 64 bits with them)
+MAX_NAME = 63
 _DHCP_PORTS = (67, 546)  # the service port of DHCP (67/68) and DHCPv6 (546/547): the lower one
 _KIND_ORDER = ("containers", "netns", "ifaces", "cidrs")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")  # a group name the policy model takes
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -155,6 +158,7 @@ def _parsed(row: dict) -> _Row | None:
         return None
     if proto in PORT_PROTOCOLS and row["port"] == 0:  # non-first fragments: part of their connection
         return None
+    proto = 1 if proto == _ICMPV6 else proto  # a policy's icmp is ICMP and ICMPv6
     device = (_Group("containers", row["container_name"]) if row["container_id"]
               else _Group("netns", row["container_name"]) if row["container_name"]
               else _Group("ifaces", row["ifname"]))
@@ -224,11 +228,13 @@ def _names(groups: set[_Group]) -> dict[_Group, str]:
     taken = set(BUILT_IN)
     for group in sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.value)):
         base = "net-" + group.value if group.kind == "cidrs" else group.value
-        name = re.sub(r"[^A-Za-z0-9_-]", "-", base) or group.kind
+        name = re.sub(r"[^A-Za-z0-9_-]", "-", base).lstrip("-")[:MAX_NAME] or group.kind
         if name in taken:
-            name = f"{name}-{group.kind}"
+            name = f"{name[:MAX_NAME - len(group.kind) - 1]}-{group.kind}"
+        first, number = name, 2
         while name in taken:
-            name += "-"
+            name = f"{first[:MAX_NAME - len(str(number)) - 1]}_{number}"
+            number += 1
         taken.add(name)
         names[group] = name
     return names
@@ -303,10 +309,14 @@ def check_policy(text: str) -> dict:
     groups, allow = doc.get("groups", {}), doc.get("allow", [])
     if not isinstance(groups, dict) or not isinstance(allow, list):
         raise ConfigError("the policy needs a [groups] table and [[allow]] tables; fix the file")
+    if len(groups) > MAX_GROUPS:
+        raise ConfigError(f"the policy has {len(groups)} groups, more than the {MAX_GROUPS} a policy holds; "
+                          "merge some (learn: --peers world, or a shorter --prefix4/--prefix6)")
     for name, body in groups.items():
-        if name in BUILT_IN or not isinstance(body, dict) or not set(body) <= set(GROUP_KEYS) or not all(
+        if name in BUILT_IN or not _NAME.fullmatch(name) or not isinstance(body, dict) or not set(body) <= set(GROUP_KEYS) or not all(
                 isinstance(v, list) and all(isinstance(s, str) for s in v) for v in body.values()):
-            raise ConfigError(f"group {name!r} is not a table of {', '.join(GROUP_KEYS)} lists; fix the file")
+            raise ConfigError(f"group {name!r} is not a name (letters, digits, _ . -) with a table of "
+                              f"{', '.join(GROUP_KEYS)} lists; fix the file")
     for number, rule in enumerate(allow, 1):
         _check_rule(number, rule, set(groups) | set(BUILT_IN))
     return doc

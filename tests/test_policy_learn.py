@@ -198,13 +198,13 @@ web = { containers = ["web"] }
 [[allow]]
 from = "web"
 to = "db"
-proto = "tcp"
-ports = [5432]
+proto = "icmp"
 
 [[allow]]
 from = "web"
 to = "db"
-proto = 58
+proto = "tcp"
+ports = [5432]
 """
 
 
@@ -233,16 +233,24 @@ ports = [22]
 """
 
 
-async def test_odd_names_are_quoted_or_made_plain_and_never_clash(tmp_path):
+async def test_odd_names_are_made_plain_and_never_clash(tmp_path):
     odd = End("10.0.0.8", 13, "veth-odd", "c" * 64, "my.app")
     host_named = End("10.0.0.9", 14, "veth-h", "d" * 64, "host")
     netns_web = End("10.0.0.10", 15, "csh-web", "", "web")
-    records = conn(odd, WEB, 6, 40000, 80) + conn(host_named, WEB, 6, 40001, 80) + conn(netns_web, WEB, 6, 40002, 80)
+    unnamed = End("10.0.0.11", 16, "csh-x", "", "netns:4026532999")
+    long = End("10.0.0.12", 17, "veth-l", "e" * 64, "x" * 70)
+    also_long = End("10.0.0.13", 18, "csh-l", "", "x" * 70)
+    records = [r for end in (odd, host_named, netns_web, unnamed, long, also_long)
+               for r in conn(end, WEB, 6, 40000 + end.ifindex, 80)]
     doc = check_policy(await learned(tmp_path, records))
-    assert doc["groups"] == {"host-containers": {"containers": ["host"]}, "my-app": {"containers": ["my.app"]},
-                             "web": {"containers": ["web"]}, "web-netns": {"netns": ["web"]}}
-    assert [(r["from"], r["to"]) for r in doc["allow"]] == [("host-containers", "web"), ("my-app", "web"),
-                                                             ("web-netns", "web")]
+    assert doc["groups"] == {
+        "host-containers": {"containers": ["host"]}, "my-app": {"containers": ["my.app"]},
+        "netns-4026532999": {"netns": ["netns:4026532999"]}, "web": {"containers": ["web"]},
+        "web-netns": {"netns": ["web"]}, "x" * 63: {"containers": ["x" * 70]},
+        "x" * 57 + "-netns": {"netns": ["x" * 70]}}
+    assert [(r["from"], r["to"]) for r in doc["allow"]] == [
+        ("host-containers", "web"), ("my-app", "web"), ("netns-4026532999", "web"), ("web-netns", "web"),
+        ("x" * 57 + "-netns", "web"), ("x" * 63, "web")]  # by name: "-" before "x"
 
 
 def test_port_ranges():
@@ -307,8 +315,11 @@ async def test_the_command_says_when_there_is_nothing_to_learn(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('[groups]\nweb = { containers = ["web"] }\n[[allow]]\nfrom = "web"\nto = "db"\nproto = "tcp"\n',
      "[[allow]] number 1: to = 'db' is no defined group; define it in [groups]"),
-    ('[groups]\nweb = { pods = ["web"] }\n', "group 'web' is not a table of containers, cidrs, images, ifaces, "
-     "netns lists; fix the file"),
+    ('[groups]\nweb = { pods = ["web"] }\n', "group 'web' is not a name (letters, digits, _ . -) with a table "
+     "of containers, cidrs, images, ifaces, netns lists; fix the file"),
+    ("[groups]\n" + "".join(f'g{n} = {{ cidrs = ["10.{n}.0.0/16"] }}\n' for n in range(63)),
+     "the policy has 63 groups, more than the 62 a policy holds; merge some (learn: --peers world, or a "
+     "shorter --prefix4/--prefix6)"),
     ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "gre"\n',
      "[[allow]] number 1: proto = 'gre' is not tcp, udp, icmp or 0-255; fix the rule"),
     ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "tcp"\nports = ["90-80"]\n',
