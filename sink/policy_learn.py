@@ -120,7 +120,7 @@ def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
                  peers: PeerSettings = PeerSettings()) -> LearnedPolicy:
     """The fewest rules that allow every row (from ``learn_query``); see the module docstring."""
     kept = [row for row in map(_parsed, rows) if row is not None]
-    owners, own = _owners(kept, host_addresses)
+    resolver = _PeerGroups(*_owners(kept, host_addresses), peers)
     rules: dict[tuple, set[int]] = defaultdict(set)
     seen: dict[tuple, dict[str, list[int]]] = defaultdict(dict)  # connection -> device -> [conns, bytes]
     devices = {row.device for row in kept}
@@ -128,7 +128,7 @@ def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
     for row in kept:
         orientations = _orientations(row, first)
         for client, server in orientations:
-            source, target = (_group_of(row, a, owners, own, peers) for a in (client, server))
+            source, target = (row.device if a == row.local else resolver.group(a) for a in (client, server))
             ports = rules[(source, target, row.proto)]
             if row.proto in PORT_PROTOCOLS:
                 ports.add(row.port)
@@ -206,18 +206,35 @@ def _orientations(row: _Row, first: dict[tuple, int]) -> list[tuple[Address, Add
     return [(row.src, row.dst), (row.dst, row.src)]
 
 
-def _group_of(row: _Row, address: Address, owners: dict[Address, _Group], own: set[Address],
-              peers: PeerSettings) -> _Group | str:
-    if address == row.local:
-        return row.device
-    if address in owners:
-        return owners[address]
-    if address in own:
-        return "host"
-    if peers.mode == "world":
-        return "world"
-    length = peers.prefix4 if address.version == 4 else peers.prefix6
-    return _Group("cidrs", str(ipaddress.ip_network(f"{address}/{length}", strict=False)))
+class _PeerGroups:
+    """The group of a peer address: its container's, ``host``, ``world`` or its prefix's."""
+
+    def __init__(self, owners: dict[Address, _Group], own: set[Address], peers: PeerSettings) -> None:
+        self.owners, self.own, self.peers = owners, own, peers
+        self.inside = {4: [a for a in (*owners, *own) if a.version == 4],
+                       6: [a for a in (*owners, *own) if a.version == 6]}
+        self.prefixes: dict[Address, _Group] = {}
+
+    def group(self, address: Address) -> _Group | str:
+        if address in self.owners:
+            return self.owners[address]
+        if address in self.own:
+            return "host"
+        if self.peers.mode == "world":
+            return "world"
+        if address not in self.prefixes:
+            self.prefixes[address] = _Group("cidrs", str(self._outside_prefix(address)))
+        return self.prefixes[address]
+
+    def _outside_prefix(self, address: Address):
+        """The peer's prefix (/24, /64), made longer while it would hold an address of a
+        group or of this host (a rule for the prefix would allow those too)."""
+        length = self.peers.prefix4 if address.version == 4 else self.peers.prefix6
+        network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+        while any(a in network for a in self.inside[address.version]):
+            length += 1
+            network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+        return network
 
 
 def _names(groups: set[_Group]) -> dict[_Group, str]:

@@ -379,3 +379,14 @@ ports = [443]
 """
     (sent,) = influx_server.queries
     assert '"container_id", "container_name"])' in sent["query"]
+
+
+async def test_a_prefix_never_holds_an_address_of_a_group_or_the_host(tmp_path):
+    """10.0.0.7 next to web (10.0.0.2) and db (10.0.0.3) and the host's 10.0.0.4: the longest
+    prefix that holds none of them is 10.0.0.6/31; fd00::99 next to web6 gets fd00::80/121."""
+    records = (conn(End("10.0.0.7"), WEB, 6, 50000, 443) + conn(WEB, DB, 6, 40000, 5432)
+               + conn(End("fd00::99"), WEB6, 6, 50001, 443) + conn(End("10.0.0.200"), WEB, 6, 50002, 443))
+    doc = check_policy(await learned(tmp_path, records, PeerSettings("prefix"), own=["10.0.0.4"]))
+    assert {name: body for name, body in doc["groups"].items() if "cidrs" in body} == {
+        "net-10-0-0-6-31": {"cidrs": ["10.0.0.6/31"]}, "net-10-0-0-128-25": {"cidrs": ["10.0.0.128/25"]},
+        "net-fd00--80-121": {"cidrs": ["fd00::80/121"]}}
