@@ -49,8 +49,8 @@ def learn(
         raise ConfigError(f"the store holds no traffic of host {name!r} from {span}; check --host and --since")
     text = policy_toml(policy, [
         f"connstats policy learn: host {name}, {span}",
-        f"allows the {policy.connections:,} connections ({policy.bytes:,} bytes) seen, "
-        f"with {len(policy.rules)} rules",
+        f"allows the {_count(policy.connections, 'connection')} ({policy.bytes:,} bytes) seen, "
+        f"with {_count(len(policy.rules), 'rule')}",
     ])
     check_policy(text)
     if output is None:
@@ -60,6 +60,10 @@ def learn(
         output.write_text(text)
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror}; check the path") from exc
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def own_addresses() -> list[str]:

@@ -2,6 +2,7 @@
 test server: known flows in, the exact policy file out."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -390,3 +391,26 @@ async def test_a_prefix_never_holds_an_address_of_a_group_or_the_host(tmp_path):
     assert {name: body for name, body in doc["groups"].items() if "cidrs" in body} == {
         "net-10-0-0-6-31": {"cidrs": ["10.0.0.6/31"]}, "net-10-0-0-128-25": {"cidrs": ["10.0.0.128/25"]},
         "net-fd00--80-121": {"cidrs": ["fd00::80/121"]}}
+
+
+def test_the_command_reads_influxdb_by_its_flags(tmp_path, influx_server):
+    async def write() -> None:
+        store = InfluxStore(InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
+        try:
+            await store.write(FlowBatch.from_records(envelope(), conn(WEB, DB, 6, 40000, 5432)))
+        finally:
+            await store.close()
+
+    asyncio.run(write())  # the command runs its own event loop
+    result = CliRunner().invoke(app, [
+        "policy", "learn", "--store", "influxdb", "--influx-url", influx_server.url, "--influx-org", TEST_ORG,
+        "--influx-bucket", "flows", "--host", HOST, "--since", "2023-11-14T21:00:00Z",
+        "--until", "2023-11-14T23:00:00Z"], env={**empty_config(tmp_path), "INFLUXDB_V2_TOKEN": TEST_TOKEN})
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "# allows the 1 connection (500 bytes) seen, with 1 rule", "[groups]", 'db = { containers = ["db"] }',
+        'web = { containers = ["web"] }', "", "[[allow]]", 'from = "web"', 'to = "db"', 'proto = "tcp"',
+        "ports = [5432]"]
+    (sent,) = influx_server.queries
+    externs = {s["assignment"]["id"]["name"]: s["assignment"]["init"].get("value") for s in sent["extern"]["body"]}
+    assert (externs["p_bucket"], externs["p_host"]) == ("flows", HOST)
