@@ -1,6 +1,7 @@
 """``connstats policy learn``: print the policy (TOML) that allows the traffic in the store."""
 from __future__ import annotations
 
+import ipaddress
 import time
 from enum import Enum
 from pathlib import Path
@@ -30,6 +31,9 @@ def learn(
     peers: Annotated[Peers, typer.Option(help="outside peers as one 'world' group or a group per prefix")] = Peers.world,
     prefix4: Annotated[int, typer.Option(metavar="BITS", help="IPv4 prefix length with --peers prefix")] = 24,
     prefix6: Annotated[int, typer.Option(metavar="BITS", help="IPv6 prefix length with --peers prefix")] = 64,
+    host_address: Annotated[Optional[list[str]], typer.Option(
+        "--host-address", metavar="ADDR", help="an address of the host (the group 'host'), repeatable "
+        "(default: this host's addresses when learning this host, else none)")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
                                                    help="write the policy here [default: stdout]")] = None,
     store: Store = None, influx_url: InfluxUrl = None, influx_org: InfluxOrg = None,
@@ -41,8 +45,8 @@ def learn(
     name = cfg.host(host)
     query = learn_query(parse_time(since, now), parse_time(until, now), name)
     settings = PeerSettings(peers.value, prefix4, prefix6)
+    own = host_addresses(host_address) if host_address else own_addresses() if name == cfg.host() else []
     rows = query_store(cfg, store, query, (influx_url, influx_org, influx_bucket))
-    own = own_addresses() if name == cfg.host() else []
     policy = learn_policy(rows, host_addresses=own, peers=settings)
     span = f"{rfc3339(query.since, digits=0)} to {rfc3339(query.until, digits=0)}"
     if not policy.groups:
@@ -64,6 +68,15 @@ def learn(
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def host_addresses(texts: list[str]) -> list[str]:
+    for text in texts:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ConfigError(f"--host-address {text!r} is not an IP address; write e.g. 192.0.2.10") from None
+    return texts
 
 
 def own_addresses() -> list[str]:

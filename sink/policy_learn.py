@@ -11,9 +11,9 @@ rows into groups and rules:
   container (``containers``), a netns-only container (``netns``), or, with no container,
   the device itself (``ifaces``);
 - the other end, the *peer*, is the group of the container that address belongs to (an
-  address seen as the local end on that container's device), else ``host`` (an address
-  of this host: local on a device without a container, or given by the caller), else
-  ``world`` or, with ``peers="prefix"``, a group per /24 (IPv4) or /64 (IPv6) prefix;
+  address seen as the local end on that container's device), else ``host`` (one of this
+  host's addresses, which the caller gives), else ``world`` or, with ``peers="prefix"``,
+  a group per /24 (IPv4) or /64 (IPv6) prefix that holds no address of a group or the host;
 - the server is the side ``sink/store.py`` ``server_side`` names (the service port rule);
   when both ports are equal (ICMP, NTP), the side whose first packet came first, and both
   sides when the first packets carry the same time;
@@ -169,15 +169,13 @@ def _parsed(row: dict) -> _Row | None:
 
 def _owners(rows: list[_Row], host_addresses: Iterable[str]) -> tuple[dict[Address, _Group], set[Address]]:
     """Which container each local address belongs to (the first by group order when several
-    do), and this host's addresses (given, and local on devices without a container)."""
+    do), and this host's addresses. A device without a container may be a bridge or a
+    router: the local end of what it forwards is somebody else's, so it owns no address."""
     owners: dict[Address, _Group] = {}
-    own = {ipaddress.ip_address(a) for a in host_addresses}
     for row in sorted(rows, key=lambda r: r.device, reverse=True):
-        if row.device.kind == "ifaces":
-            own.add(row.local)
-        else:
+        if row.device.kind != "ifaces":
             owners[row.local] = row.device
-    return owners, own
+    return owners, {ipaddress.ip_address(a) for a in host_addresses}
 
 
 def _first_packets(rows: list[_Row]) -> dict[tuple, int]:

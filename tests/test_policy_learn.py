@@ -215,7 +215,7 @@ async def test_devices_without_a_container_the_host_and_netns_containers(tmp_pat
     dhcp = conn(NS_A, End("255.255.255.255"), 17, 68, 67)
     records = (conn(End("198.51.100.7"), ETH0, 6, 50000, 22) + conn(NS_A, End("192.0.2.10"), 6, 40000, 80)
                + conn(NS_A, End("10.0.9.9"), 6, 40001, 80) + dhcp + [non_ip])
-    assert await learned(tmp_path, records, own=["10.0.9.9"]) == """\
+    assert await learned(tmp_path, records, own=["10.0.9.9", "192.0.2.10"]) == """\
 [groups]
 cs0a = { netns = ["cs0a"] }
 eth0 = { ifaces = ["eth0"] }
@@ -414,3 +414,34 @@ def test_the_command_reads_influxdb_by_its_flags(tmp_path, influx_server):
     (sent,) = influx_server.queries
     externs = {s["assignment"]["id"]["name"]: s["assignment"]["init"].get("value") for s in sent["extern"]["body"]}
     assert (externs["p_bucket"], externs["p_host"]) == ("flows", HOST)
+
+
+async def test_a_bridge_forwarding_a_containers_traffic_owns_no_address(tmp_path):
+    """web's connection to 203.0.113.9:443 crosses web's veth and, routed, the bridge br0: the
+    bridge sees it arrive (ingress) for somebody else, so 203.0.113.9 stays world."""
+    bridge = End("203.0.113.9", 3, "br0")
+    records = conn(WEB, End("203.0.113.9"), 6, 40000, 443) + conn(End(WEB.ip), bridge, 6, 40000, 443)
+    assert await learned(tmp_path, records) == """\
+[groups]
+br0 = { ifaces = ["br0"] }
+web = { containers = ["web"] }
+
+[[allow]]
+from = "web"
+to = "br0"
+proto = "tcp"
+ports = [443]
+
+[[allow]]
+from = "web"
+to = "world"
+proto = "tcp"
+ports = [443]
+"""
+
+
+def test_host_addresses_must_be_addresses(tmp_path):
+    result = CliRunner().invoke(app, ["policy", "learn", "--store", f"sqlite:{tmp_path / 'none.sqlite'}",
+                                      "--host-address", "10.0.0.300"], env=empty_config(tmp_path))
+    assert (result.exit_code, result.stderr) == (
+        1, "error: --host-address '10.0.0.300' is not an IP address; write e.g. 192.0.2.10\n")
