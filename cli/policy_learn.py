@@ -28,7 +28,8 @@ def learn(
     until: Annotated[str, typer.Option(metavar="WHEN", help="end: a duration ago, RFC 3339, or now")] = "now",
     host: Annotated[Optional[str], typer.Option(
         "--host", metavar="NAME", help="the probe's host whose traffic to learn (default: this host)")] = None,
-    peers: Annotated[Peers, typer.Option(help="outside peers as one 'world' group or a group per prefix")] = Peers.world,
+    peers: Annotated[Peers, typer.Option(
+        help="outside peers as one 'world' group or a group per prefix")] = Peers.world,
     prefix4: Annotated[int, typer.Option(metavar="BITS", help="IPv4 prefix length with --peers prefix")] = 24,
     prefix6: Annotated[int, typer.Option(metavar="BITS", help="IPv6 prefix length with --peers prefix")] = 64,
     host_address: Annotated[Optional[list[str]], typer.Option(

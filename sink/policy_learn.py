@@ -277,7 +277,7 @@ def port_ranges(ports: Iterable[int]) -> tuple[int | str, ...]:
 
 def policy_toml(policy: LearnedPolicy, header: Iterable[str] = ()) -> str:
     """The policy file (issue 11's format): comment lines, ``[groups]``, then ``[[allow]]``."""
-    lines = [f"# {line}" for line in header]
+    lines = [f"# {_comment(line)}" for line in header]
     lines += ["[groups]"]
     lines += [f"{_key(name)} = {{ {', '.join(f'{k} = {_array(v)}' for k, v in body.items())} }}"
               for name, body in policy.groups.items()]
@@ -300,6 +300,11 @@ def _string(text: str) -> str:
         else:
             out.append(char)
     return "".join(out) + '"'
+
+
+def _comment(text: str) -> str:
+    """Comment text on one line: control characters (a newline in a host name) shown escaped."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F else c for c in text)
 
 
 def _key(name: str) -> str:
@@ -328,13 +333,17 @@ def check_policy(text: str) -> dict:
         raise ConfigError(f"the policy has {len(groups)} groups, more than the {MAX_GROUPS} a policy holds; "
                           "merge some (learn: --peers world, or a shorter --prefix4/--prefix6)")
     for name, body in groups.items():
-        if name in BUILT_IN or not _NAME.fullmatch(name) or not isinstance(body, dict) or not set(body) <= set(GROUP_KEYS) or not all(
-                isinstance(v, list) and all(isinstance(s, str) for s in v) for v in body.values()):
+        if name in BUILT_IN or not _NAME.fullmatch(name) or not _is_group_body(body):
             raise ConfigError(f"group {name!r} is not a name (letters, digits, _ . -) with a table of "
                               f"{', '.join(GROUP_KEYS)} lists; fix the file")
     for number, rule in enumerate(allow, 1):
         _check_rule(number, rule, set(groups) | set(BUILT_IN))
     return doc
+
+
+def _is_group_body(body: object) -> bool:
+    return isinstance(body, dict) and set(body) <= set(GROUP_KEYS) and all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in body.values())
 
 
 def _check_rule(number: int, rule: dict, defined: set[str]) -> None:

@@ -445,3 +445,19 @@ def test_host_addresses_must_be_addresses(tmp_path):
                                       "--host-address", "10.0.0.300"], env=empty_config(tmp_path))
     assert (result.exit_code, result.stderr) == (
         1, "error: --host-address '10.0.0.300' is not an IP address; write e.g. 192.0.2.10\n")
+
+
+async def test_the_text_reads_back_as_the_policy_learned(tmp_path):
+    records = (conn(WEB, DB, 6, 40000, 5432) + conn(WEB, DB, 1, 0, 0, reply_first=T0 + 3)
+               + [r for port in (8000, 8001, 9000) for r in conn(End("198.51.100.7"), DB, 17, 40000 + port, port)])
+    await store_records(tmp_path / "flows.sqlite", records)
+    policy = learn_policy(sqlite_history(tmp_path / "flows.sqlite", learn_query(RANGE["since"], RANGE["until"], HOST)),
+                          peers=PeerSettings("prefix"))
+    text = policy_toml(policy, ["a header", 'with "quotes" and \\ and \t', "host x\n[groups]\nevil = 1\r"])
+    assert text.splitlines()[:3] == [
+        "# a header", '# with "quotes" and \\ and \t', "# host x\\x0a[groups]\\x0aevil = 1\\x0d"]
+    doc = check_policy(text)
+    assert doc["groups"] == policy.groups
+    assert doc["allow"] == [{"from": r.source, "to": r.target, "proto": {1: "icmp", 6: "tcp", 17: "udp"}[r.proto],
+                             **({"ports": list(r.ports)} if r.ports else {})} for r in policy.rules]
+    assert [r["ports"] for r in doc["allow"] if "ports" in r] == [["8000-8001", 9000], [5432]]

@@ -54,7 +54,8 @@ def test_learns_tcp_and_udp_between_two_namespaces(quiet_network, cs_env, start)
         assert json.loads(server.stdout.readline()) == {"echoed": 200 * 700}
     finally:
         server.wait(30)
-    receiver = udp_receiver(["ip", "netns", "exec", b.netns], b.ipv4, 5353, 5354)  # else b answers ICMP port unreachable
+    # b listens, else it answers ICMP port unreachable (a rule of its own)
+    receiver = udp_receiver(["ip", "netns", "exec", b.netns], b.ipv4, 5353, 5354)
     try:
         a.traffic("udp", b.ipv4, 5353, 40001, 100, 100)
         a.traffic("udp", b.ipv4, 5354, 40002, 30, 1000)
