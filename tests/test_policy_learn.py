@@ -461,3 +461,13 @@ async def test_the_text_reads_back_as_the_policy_learned(tmp_path):
     assert doc["allow"] == [{"from": r.source, "to": r.target, "proto": {1: "icmp", 6: "tcp", 17: "udp"}[r.proto],
                              **({"ports": list(r.ports)} if r.ports else {})} for r in policy.rules]
     assert [r["ports"] for r in doc["allow"] if "ports" in r] == [["8000-8001", 9000], [5432]]
+
+
+@pytest.mark.parametrize("src, dst, side", [
+    (40000, 443, "dst"), (53, 40000, "src"), (22, 80, "src"), (40000, 8080, "dst"), (8080, 40000, "src"),
+    (123, 123, ""), (0, 0, ""),
+])
+def test_the_server_side_follows_the_service_port_rule(src, dst, side):
+    from connstats.sink.store import known_ports, server_side
+
+    assert server_side(src, dst, known_ports()) == side
