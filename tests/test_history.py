@@ -237,7 +237,7 @@ def test_build_flux_text():
         "  |> filter(fn: (r) => r._measurement == p_measurement)",
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
         "  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)",
-        '  |> keep(columns: ["_time", "_measurement", "host", "container_name", "ifname", "direction", "proto", "src_ip", "src_port", '
+        '  |> keep(columns: ["_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", '
         '"dst_ip", "dst_port", "packets", "bytes", "first_seen", "last_seen"])',
     ])
     assert params["p_port"] == 443 and params["p_bucket"] == "flows" and "p_overflow" not in params
@@ -284,7 +284,7 @@ def test_parse_time_errors(text, message):
 
 @pytest.mark.parametrize("changes, message", [
     ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto, container, "
-                           "connection_owner"),
+                           "connection_owner, service"),
     ({"port": 70000}, "--port 70000 is not between 0 and 65535"),
     ({"until": ALL["since"]}, "--until must be later than --since"),
     ({"every": 0}, "--every must be a positive duration, e.g. 1m"),
@@ -317,8 +317,9 @@ def test_the_history_columns_are_fields_of_a_record_by_name():
     from connstats.sink import history, influx_store
     from connstats.sink.sqlite_store import _COLUMNS
 
-    read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - {"port"}
+    read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - set(history.DERIVED)
     assert read - {"host"} <= set(RECORD_FIELDS) and read <= set(_COLUMNS)  # host: the envelope's
-    flux = set(history._FLUX_COLUMNS) - {"_time", "_measurement"}
+    flux = {*history._FLUX_COLUMNS, *history._FLUX_CONTAINER_COLUMNS} - {"_time", "_measurement"}
     assert flux <= {"host", *influx_store.TAGS, *influx_store.FIELDS}
-    assert set(history._SQL_KEYS) - {"port"} == {k for k in history._SQL_KEYS.values() if k in {"host", *RECORD_FIELDS}}
+    assert set(history._SQL_KEYS) - set(history.DERIVED) == {
+        k for k in history._SQL_KEYS.values() if k in {"host", *RECORD_FIELDS}}
