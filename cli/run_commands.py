@@ -126,7 +126,7 @@ def up(
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
-    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg)
+    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host)
     live = sys.stdout.isatty()
     setup_logging(live)
     summary = LiveSummary("")
@@ -145,16 +145,18 @@ def up(
     asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook, ui=ui_cfg))
 
 
-def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig):
+def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str):
     """The web page of ``up`` (loopback by default), or None for ``--ui none``."""
     from connstats.sink.web.server import DEFAULT_UI, UiConfig
+
+    from .policy_learn import own_addresses
 
     listen = cfg.get("ui", ui, DEFAULT_UI)
     if listen == "none":
         return None
     return UiConfig(listen=listen, nats=flags.options(cfg, name="connstats-ui", role="admin"),
                     store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx,
-                    required=cfg.get("ui", ui) is not None)
+                    required=cfg.get("ui", ui) is not None, host=host, host_addresses=own_addresses)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from connstats.probe.private import prepare_state_dir
 from connstats.sink.web.server import DEFAULT_UI, UiConfig, WebUi, build_ui
 
 from .config import Config
+from .policy_learn import own_addresses
 from .options import (
     ConfigFile, InfluxBucket, InfluxOrg, InfluxUrl, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey,
     load_config,
@@ -35,7 +36,8 @@ def ui_config(config: Config, listen: str, flags: NatsFlags, store: str | None,
     spec = config.store_spec(store, influx[0])
     return UiConfig(listen=listen, nats=flags.options(config, name="connstats-ui", role="admin"), store=spec,
                     state_dir=prepare_state_dir(config.state_dir()),
-                    influx=config.influx(*influx) if spec.startswith("influx") else None)
+                    influx=config.influx(*influx) if spec.startswith("influx") else None,
+                    host=config.host(), host_addresses=own_addresses)
 
 
 def announce(ui: WebUi) -> None:

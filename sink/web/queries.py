@@ -109,6 +109,17 @@ def _bucket_for(span_ns: int) -> int:
     return parse_duration(NICE_BUCKETS[-1])
 
 
+def learn_params(params: Mapping[str, str], default_host: str):
+    """The ``HistoryQuery`` of a learn preview (``connstats policy learn``'s), and its peer settings."""
+    from connstats.sink.policy_learn import PeerSettings, learn_query
+
+    _only(params, ("since", "until", "host", "peers", "token"))
+    now = time.time_ns()
+    query = learn_query(parse_time(params.get("since") or "24h", now), parse_time(params.get("until") or "now", now),
+                        _text(params, "host") or default_host)
+    return query, PeerSettings(params.get("peers") or "world")
+
+
 # -- the map ----------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@
     GET /api/history         bytes and packets over time per container, interface or port
     GET /api/alerts          the alerts firing now (when the alerts package is installed)
     GET /api/policy          the active policy and mode (when policy support is installed)
+    GET /api/policy/learn    what `connstats policy learn` would write for a time range
 
 Parameters and answers are in the README (``## Web page``). A bad parameter is a 400 with
 ``{"error": "..."}``; nothing a request sends reaches a traceback.
@@ -20,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from aiohttp import web
@@ -32,7 +33,7 @@ from connstats.sink.stores import parse_store
 
 from .access import TOKEN_FILE, AccessGuard, new_token
 from .live import LiveFeed, LivePage
-from .queries import build_map, build_series, history_query, live_filter, map_query
+from .queries import build_map, build_series, history_query, learn_params, live_filter, map_query
 
 log = logging.getLogger("connstats.web")
 
@@ -49,6 +50,8 @@ class UiConfig:
     state_dir: Path
     influx: Any = None  # InfluxConfig for an influxdb store
     required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
+    host: str = ""  # this host's name: the default host of a learn preview
+    host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -120,6 +123,7 @@ class WebUi:
         app.router.add_get("/api/history", self.history)
         app.router.add_get("/api/alerts", self.alerts)
         app.router.add_get("/api/policy", self.policy)
+        app.router.add_get("/api/policy/learn", self.learn)
         return app
 
     async def start(self) -> None:
@@ -207,6 +211,20 @@ class WebUi:
 
     async def policy(self, request: web.Request) -> web.Response:
         return _json({"available": False, "reason": "this connstats has no policy support yet; see the README"})
+
+
+    async def learn(self, request: web.Request) -> web.Response:
+        """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
+        from connstats.sink.policy_learn import check_policy, learn_policy, policy_toml
+
+        query, peers = learn_params(request.query, self.config.host)
+        own = await asyncio.to_thread(self.config.host_addresses) if query.host == self.config.host else []
+        policy = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
+        text = policy_toml(policy, [f"connstats policy learn (preview): host {query.host}"])
+        check_policy(text)
+        return _json({"host": query.host, "since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000,
+                      "groups": len(policy.groups), "rules": len(policy.rules),
+                      "connections": policy.connections, "bytes": policy.bytes, "toml": text})
 
 
 async def _index(request: web.Request) -> web.FileResponse:

@@ -131,6 +131,17 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     assert [tuple(p) for p in drawn] == sorted((f"{r['ifname']} {r['direction']}", r["time"] // MS, r["packets"])
                                                for r in rows)
     assert sum(p[2] for p in drawn) == 2 * (1000 + back[0]["packets"])  # both ends of both ways
+
+    # Policy: the learn preview is what `connstats policy learn` writes
+    page.click("#tabs button[data-view=policy]")
+    page.wait_for_function("document.getElementById('learn-toml').dataset.rules", timeout=20_000)
+    preview = page.inner_text("#learn-toml")
+    from tests.e2e.test_cli_e2e import connstats
+
+    learned = connstats(cs_env, "policy", "learn", "--since", "24h")
+    assert learned.returncode == 0, learned.stderr
+    assert preview[preview.index("[groups]"):].rstrip("\n") == learned.stdout[learned.stdout.index("[groups]"):].rstrip("\n")
+    assert f'from = "{a.netns}"' in preview
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
 
