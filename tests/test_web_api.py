@@ -147,6 +147,39 @@ async def test_map_and_history_are_the_store_rows(web, store_path):
         sorted((r["container_name"], r["time"] // MS, r["bytes"], r["packets"]) for r in rows)
 
 
+async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_path, influx_server, tmp_path):
+    """The same batches in SQLite and in the InfluxDB v2 API test server: the same answers."""
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    start = time.time_ns() - 30 * 60 * SECOND
+    batches = [synthetic_batch("web-4", i, start + i * 300 * SECOND, 300 * SECOND, 300, containers=3, peers=5,
+                               seed=i) for i in range(2)]
+    await write(store_path, *batches)
+    influx = InfluxStore(config)
+    for batch in batches:
+        await influx.write(batch)
+    await influx.close()
+    params = {"since": "2026-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z"}
+    answers = []
+    for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/map", params=params) as response:
+                    map_body = await response.json()
+                async with session.get("/api/history", params={**params, "group_by": "port", "every": "1d"}) as response:
+                    history = await response.json()
+            answers.append((map_body, history))
+        finally:
+            await ui.close()
+    assert answers[0] == answers[1]
+    assert len(answers[0][0]["connections"]) == 300
+
+
 @pytest.mark.parametrize("path, params, message", [
     ("/api/map", {"since": "yesterday"}, "'yesterday' is neither a duration (15m) nor an RFC 3339 time"),
     ("/api/map", {"since": "1h", "until": "2h"}, "--until must be later than --since"),
