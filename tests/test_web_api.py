@@ -201,6 +201,25 @@ async def test_bad_parameters_get_400_with_a_json_error(web, path, params, messa
         assert message in (await response.json())["error"]
 
 
+async def test_live_views_are_bounded(web):
+    ui, session = web
+    ui.max_live_pages = 2
+    first, second = await session.get("/api/live"), await session.get("/api/live")
+    try:
+        while len(ui.feed.pages) < 2:
+            await asyncio.sleep(0.01)
+        async with session.get("/api/live") as third:
+            assert third.status == 503
+            assert await third.json() == {"error": "2 live views are open already; close one and retry"}
+    finally:
+        first.close()
+        second.close()
+    deadline = time.monotonic() + 10
+    while ui.feed.pages and time.monotonic() < deadline:  # a closed stream leaves the feed
+        await asyncio.sleep(0.02)
+    assert not ui.feed.pages
+
+
 async def test_foreign_host_and_origin_are_refused(web):
     ui, session = web
     async with session.get("/api/map", headers={"Host": "rebound.example:80"}) as response:

@@ -40,6 +40,7 @@ log = logging.getLogger("connstats.web")
 STATIC = Path(__file__).with_name("static")
 DEFAULT_UI = "127.0.0.1:9470"
 KEEPALIVE_SECONDS = 15.0
+MAX_LIVE_PAGES = 64  # open live streams; each costs a filter and a top N per flow message
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class WebUi:
         self.nc = None
         self.feed: LiveFeed | None = None
         self.guard: AccessGuard | None = None
+        self.max_live_pages = MAX_LIVE_PAGES
         self._runner: web.AppRunner | None = None
 
     @property
@@ -132,7 +134,8 @@ class WebUi:
         self.nc = await connect(self.config.nats)
         self.feed = LiveFeed(self.nc)
         await self.feed.start()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -170,6 +173,8 @@ class WebUi:
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         page = LivePage(live_filter(request.query))
+        if len(self.feed.pages) >= self.max_live_pages:
+            return _json({"error": f"{self.max_live_pages} live views are open already; close one and retry"}, 503)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -185,8 +190,8 @@ class WebUi:
                 if event is None:
                     break
                 await response.write(b"event: interval\ndata: " + msgspec.json.encode(event) + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the page went away while we wrote (a cancellation propagates)
         finally:
             self.feed.pages.discard(page)
         return response
