@@ -230,5 +230,7 @@ async def test_foreign_host_and_origin_are_refused(web):
     async with session.get("/", headers={"Origin": f"http://localhost:{ui.port}"}) as response:
         assert response.status == 200
         assert "<title>connstats</title>" in await response.text()
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self';")
+        assert response.headers["Referrer-Policy"] == "no-referrer"
     async with session.get("/api/nothing") as response:
         assert (response.status, await response.json()) == (404, {"error": "not found: GET /api/nothing"})

@@ -117,7 +117,7 @@ class WebUi:
 
     def app(self) -> web.Application:
         self.guard = AccessGuard(self.host, self.port, self.token)
-        app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _no_store])
+        app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _headers])
         app.router.add_get("/", _index)
         app.router.add_static("/static/", STATIC)
         app.router.add_get("/api/live", self.live)
@@ -175,7 +175,7 @@ class WebUi:
         page = LivePage(live_filter(request.query))
         if len(self.feed.pages) >= self.max_live_pages:
             return _json({"error": f"{self.max_live_pages} live views are open already; close one and retry"}, 503)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
         self.feed.pages.add(page)
@@ -240,11 +240,21 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
+SECURITY_HEADERS = {
+    # the page's own scripts and styles only (style attributes for the legend's colours)
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the first address may carry the token
+    "Cache-Control": "no-store",
+}
+
+
 @web.middleware
-async def _no_store(request: web.Request, handler) -> web.StreamResponse:
+async def _headers(request: web.Request, handler) -> web.StreamResponse:
     response = await handler(request)
     if not response.prepared:
-        response.headers.setdefault("Cache-Control", "no-store")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
     return response
 
 
