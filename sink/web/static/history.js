@@ -8,7 +8,7 @@ cs.views.history = (() => {
 
   function render(body, metric) {
     const x = t => LEFT + (W - LEFT - RIGHT) * (t - body.since_ms) / Math.max(1, body.until_ms - body.since_ms);
-    const max = Math.max(1, ...body.series.flatMap(s => s.points.map(p => p[metric])));
+    const max = body.series.reduce((m, s) => s.points.reduce((n, p) => Math.max(n, p[metric]), m), 1);
     const y = v => H - BOTTOM - (H - TOP - BOTTOM) * v / max;
     const parts = [
       `<line class="axis" x1="${LEFT}" y1="${H - BOTTOM}" x2="${W - RIGHT}" y2="${H - BOTTOM}"></line>`,

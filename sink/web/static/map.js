@@ -36,7 +36,7 @@ cs.views.map = (() => {
   function render(body) {
     data = body;
     const at = layout(body.nodes, body.edges);
-    const maxBytes = Math.max(1, ...body.edges.map(e => e.bytes));
+    const maxBytes = body.edges.reduce((m, e) => Math.max(m, e.bytes), 1);
     const scale = Math.log1p(maxBytes);
     const parts = [];
     for (const e of body.edges) {
@@ -46,7 +46,7 @@ cs.views.map = (() => {
         `x2="${b.x.toFixed(1)}" y2="${b.y.toFixed(1)}" stroke-width="${width}" data-source="${cs.escape(e.source)}" ` +
         `data-target="${cs.escape(e.target)}" data-bytes="${e.bytes}" data-packets="${e.packets}"></line>`);
     }
-    const maxNode = Math.log1p(Math.max(1, ...body.nodes.map(n => n.bytes)));
+    const maxNode = Math.log1p(body.nodes.reduce((m, n) => Math.max(m, n.bytes), 1));
     const labelPeers = body.nodes.filter(n => n.kind === "peer").length <= PEER_LABELS;
     for (const n of body.nodes) {
       const p = at.get(n.id);
