@@ -2,7 +2,7 @@
 // History: bytes or packets over time per container, interface or port, one line per
 // series, one dot per point the store returned (no smoothing, no invented points).
 cs.views.history = (() => {
-  const W = 1000, H = 420, LEFT = 80, RIGHT = 20, TOP = 20, BOTTOM = 40;
+  const W = 1000, H = 420, LEFT = 80, RIGHT = 20, TOP = 20, BOTTOM = 40, TICKS = 6;
   const COLOURS = ["#2f6fdb", "#e08a1e", "#2e9d57", "#d33c3c", "#7a4bd1", "#8c564b", "#e377c2", "#17becf"];
   let loaded = false;
 
@@ -18,6 +18,11 @@ cs.views.history = (() => {
       `<text x="${LEFT}" y="${H - 12}">${new Date(body.since_ms).toLocaleString()}</text>`,
       `<text x="${W - RIGHT}" y="${H - 12}" text-anchor="end">${new Date(body.until_ms).toLocaleString()}</text>`,
     ];
+    for (let i = 1; i < TICKS; i++) {  // time of day between the two ends, with a faint grid line
+      const t = body.since_ms + (body.until_ms - body.since_ms) * i / TICKS;
+      parts.push(`<line class="grid" x1="${x(t).toFixed(1)}" y1="${TOP}" x2="${x(t).toFixed(1)}" y2="${H - BOTTOM}"></line>`,
+        `<text x="${x(t).toFixed(1)}" y="${H - BOTTOM + 16}" text-anchor="middle">${new Date(t).toLocaleTimeString()}</text>`);
+    }
     body.series.forEach((s, i) => {
       const colour = COLOURS[i % COLOURS.length];
       const points = s.points.map(p => `${x(p.time_ms).toFixed(1)},${y(p[metric]).toFixed(1)}`).join(" ");
