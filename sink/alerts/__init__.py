@@ -18,13 +18,7 @@ from __future__ import annotations
 
 from .engine import AlertEngine
 from .kinds import KINDS
+from .query import firing_alerts
 from .rules import Rule, RuleError, load_rules
 
 __all__ = ["KINDS", "AlertEngine", "Rule", "RuleError", "firing_alerts", "load_rules"]
-
-
-async def firing_alerts(nc) -> list[dict]:
-    """The alerts firing now, as the JSON objects published (see ``query.py``)."""
-    from .query import firing_alerts as query
-
-    return await query(nc)
