@@ -22,13 +22,14 @@ import logging
 from dataclasses import dataclass
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from connstats.probe.backoff import Backoff
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, connect, decode_message, ensure_stream,
-    host_of_subject,
+    FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, TransportError, connect, decode_message,
+    ensure_stream, host_of_subject,
 )
 
 from .engine import AlertEngine
@@ -76,16 +77,14 @@ class AlertService:
             await ensure_stream(js, alerts_stream_config())
             self.queues = [NotificationQueue(NatsTarget(js), self.engine.stats, self.settings.queue_capacity),
                            *self.webhooks]
-            subscription = await js.pull_subscribe(FLOWS_WILDCARD, durable=self.settings.durable,
-                                                   stream=STREAM_NAME, config=consumer_config(self.settings.durable))
             await nc.subscribe(FIRING_SUBJECT, queue=RESPONDERS, cb=self._answer)
             tasks = [asyncio.create_task(q.run(), name=f"alerts to {q.target.name}") for q in self.queues]
-            tasks += [asyncio.create_task(self._consume(subscription, stop), name="alerts consumer"),
+            tasks += [asyncio.create_task(self._consume(js, stop), name="alerts consumer"),
                       asyncio.create_task(self._tick(stop), name="alerts timer")]
             log.info("alert engine: %d rules on %s as host %s", len(self.engine.rules), FLOWS_WILDCARD,
                      self.engine.host)
             self.ready.set()
-            await stop.wait()
+            await _until_stopped(stop, tasks)
             self.engine.save(force=True)
             await asyncio.gather(*(q.drain(self.settings.drain_timeout) for q in self.queues))
         finally:
@@ -104,7 +103,26 @@ class AlertService:
         for queue in self.queues:
             queue.put(alerts)
 
-    async def _consume(self, subscription, stop: asyncio.Event) -> None:
+    async def _subscribe(self, js, stop: asyncio.Event):
+        """The durable consumer; waits for the flow stream, which the first probe or sink creates."""
+        waiting = False
+        while not stop.is_set():
+            try:
+                return await js.pull_subscribe(FLOWS_WILDCARD, durable=self.settings.durable, stream=STREAM_NAME,
+                                               config=consumer_config(self.settings.durable))
+            except nats.js.errors.NotFoundError:
+                if not waiting:
+                    log.info("alert engine: waiting for the stream %s (the first probe or sink creates it)",
+                             STREAM_NAME)
+                waiting = True
+                await asyncio.sleep(0.5)
+            except (nats.errors.Error, OSError) as exc:
+                raise TransportError(f"cannot create the consumer {self.settings.durable} on {STREAM_NAME}: "
+                                     f"{exc}; check the alert user's permissions") from exc
+        return None
+
+    async def _consume(self, js, stop: asyncio.Event) -> None:
+        subscription = await self._subscribe(js, stop)
         backoff = Backoff()
         while not stop.is_set():
             try:
@@ -152,6 +170,16 @@ class AlertService:
                 await msg.respond(json.dumps(body, separators=(",", ":")).encode())
             except nats.errors.Error as exc:
                 log.debug("alert engine: cannot answer %s: %r", msg.subject, exc)
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
+    """Wait for ``stop``; a task that fails (the consumer cannot be made) stops the engine."""
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
 async def _ack(msg: Msg) -> None:
