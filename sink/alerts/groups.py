@@ -78,6 +78,50 @@ def _bincount_sum(matrix: np.ndarray, keys: np.ndarray, values: np.ndarray):
     return matrix[some[present]], sums, None
 
 
+def combine(columns: list[np.ndarray], radix: tuple[int, ...], length: int) -> np.ndarray | None:
+    """One int64 key per record from id columns with ``radix`` distinct ids each (mixed
+    radix); None when the key space does not fit in 62 bits."""
+    if _product(radix) >= _INT64_ROOM:
+        return None
+    if not columns:
+        return np.zeros(length, dtype=np.int64)
+    key = columns[0].astype(np.int64, copy=True)
+    for column, base in zip(columns[1:], radix[1:]):
+        key *= base
+        key += column
+    return key
+
+
+def split(keys: np.ndarray, radix: tuple[int, ...]) -> np.ndarray:
+    """The id rows of ``combine``d keys."""
+    rows = np.empty((len(keys), len(radix)), dtype=np.int64)
+    rest = keys.copy()
+    for j in range(len(radix) - 1, -1, -1):
+        rest, rows[:, j] = np.divmod(rest, radix[j])
+    return rows
+
+
+def key_sums(keys: np.ndarray, values: np.ndarray, radix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys' id rows and the sum of ``values`` per key (exact): a bincount when
+    the key space is small, a sort otherwise."""
+    if not len(keys):
+        return np.zeros((0, len(radix)), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    exact_in_float = int(values.sum()) < 2**53
+    if _product(radix) <= 4 * len(keys) + 65536 and exact_in_float:
+        # one pass; every record counts at least 1 (a packet, its bytes, a connection),
+        # so the groups present are those with a sum
+        sums = np.bincount(keys, weights=values)
+        present = np.flatnonzero(sums)
+        return split(present, radix), sums[present].astype(np.int64)
+    if exact_in_float:
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        return split(distinct, radix), np.bincount(inverse.ravel(), weights=values).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return split(ordered[starts], radix), np.add.reduceat(values[order], starts)
+
+
 def distinct_rows(matrix: np.ndarray) -> np.ndarray:
     """The distinct rows of ``matrix``."""
     if len(matrix) == 0:
