@@ -52,10 +52,15 @@ def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None =
     host that contributed, or -1 where several did)."""
     if len(matrix) == 0:
         return matrix, np.zeros(0, dtype=np.int64), None if extra is None else np.zeros(0, dtype=np.int64)
-    (keys,) = pack_rows(matrix)
     values = np.asarray(values, dtype=np.int64)
-    if keys.dtype == np.int64 and 0 < len(keys) and keys.max() < 4 * len(keys) + 4096 and extra is None:
-        return _bincount_sum(matrix, keys, values)
+    if extra is not None and extra.min() == extra.max():  # one host sent it all
+        rows, sums, _ = group_sum(matrix, values)
+        return rows, sums, np.full(len(rows), extra[0], dtype=np.int64)
+    radix = tuple(int(r) + 1 for r in matrix.max(axis=0))
+    keys = combine([matrix[:, j] for j in range(matrix.shape[1])], radix, len(matrix))
+    if keys is not None and extra is None:
+        return (*key_sums(keys, values, radix), None)
+    (keys,) = pack_rows(matrix) if keys is None else (keys,)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -66,16 +71,6 @@ def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None =
     ordered = np.asarray(extra, dtype=np.int64)[order]
     low, high = np.minimum.reduceat(ordered, starts), np.maximum.reduceat(ordered, starts)
     return rows, sums, np.where(low == high, low, -1)
-
-
-def _bincount_sum(matrix: np.ndarray, keys: np.ndarray, values: np.ndarray):
-    """Small key ranges: one pass, no sort (sums exact while they stay under 2**53)."""
-    counts = np.bincount(keys)
-    present = np.flatnonzero(counts)
-    sums = np.bincount(keys, weights=values.astype(np.float64))[present].astype(np.int64)
-    some = np.zeros(len(counts), dtype=np.int64)
-    some[keys] = np.arange(len(keys))  # any record of a group: its rows are all equal
-    return matrix[some[present]], sums, None
 
 
 def combine(columns: list[np.ndarray], radix: tuple[int, ...], length: int) -> np.ndarray | None:

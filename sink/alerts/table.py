@@ -135,7 +135,10 @@ class Table:
             return np.zeros(0, dtype=np.int64)
         if is_text(column):
             return self.vocabulary.map(field, column)
-        codes, values = factorize_ints(as_int64(column))
+        return self.int_ids(field)
+
+    def int_ids(self, field: str) -> np.ndarray:
+        codes, values = factorize_ints(self.int_column(field))
         return self.vocabulary.ids(field, values)[codes]
 
     def mask(self, where: Where) -> np.ndarray | None:
@@ -178,8 +181,11 @@ class Table:
         cached = self._metrics.get(name)
         if cached is None:
             cached = self._metrics[name] = (np.ones(self.length, dtype=np.int64) if name == "connections"
-                                            else as_int64(self.column(name)))
+                                            else self.int_column(name))
         return cached
+
+    def int_column(self, field: str) -> np.ndarray:
+        return as_int64(self.column(field))
 
 
 class FlowTable(Table):
@@ -192,26 +198,29 @@ class FlowTable(Table):
         self.host = self.envelope.host
         self.end_ns = self.envelope.interval_end
         self._devices = {d.ifindex: d for c in chunks for d in c.devices}
-        self._joined: dict[str, Sequence] = {}
         self._ifindex_codes: tuple[np.ndarray, list] | None = None
 
     def column(self, field: str) -> Sequence:
-        cached = self._joined.get(field)
-        if cached is None:
-            cached = self._joined[field] = self._join(field)
-        return cached
-
-    def _join(self, field: str) -> Sequence:
-        parts = [getattr(c.columns, field) for c in self.chunks]
+        """A column of the whole interval (the hot paths convert chunk by chunk instead)."""
+        parts = self._parts(field)
         if len(parts) == 1:
             return parts[0]
-        if all(isinstance(p, np.ndarray) for p in parts):
-            return np.concatenate(parts)
         return list(chain.from_iterable(p.tolist() if isinstance(p, np.ndarray) else p for p in parts))
+
+    def _parts(self, field: str) -> list[Sequence]:
+        return [getattr(c.columns, field) for c in self.chunks]
+
+    def int_column(self, field: str) -> np.ndarray:
+        parts = [as_int64(p) for p in self._parts(field)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _column_ids(self, field: str) -> np.ndarray:
         if field in FLOW_COLUMNS:
-            return self.column_ids(field, self.column(field))
+            parts = self._parts(field)
+            if not self.length or not is_text(next(p for p in parts if len(p))):
+                return self.int_ids(field)
+            ids = [self.vocabulary.map(field, p) for p in parts]
+            return ids[0] if len(ids) == 1 else np.concatenate(ids)
         if field in DEVICE_FIELDS:
             return self._device_ids(field)
         constant = self.host if field == "host" else getattr(self.envelope, field)
@@ -222,7 +231,7 @@ class FlowTable(Table):
         if not self.length:
             return np.zeros(0, dtype=np.int64)
         if self._ifindex_codes is None:
-            self._ifindex_codes = factorize_ints(as_int64(self.column("ifindex")))
+            self._ifindex_codes = factorize_ints(self.int_column("ifindex"))
         codes, ifindexes = self._ifindex_codes
         per_device = [getattr(self._devices[i], field) if i in self._devices else "" for i in ifindexes]
         return self.vocabulary.ids(field, per_device)[codes]
