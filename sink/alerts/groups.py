@@ -96,12 +96,13 @@ def split(keys: np.ndarray, radix: tuple[int, ...]) -> np.ndarray:
     return rows
 
 
-def key_sums(keys: np.ndarray, values: np.ndarray, radix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def key_sums(keys: np.ndarray, values: np.ndarray, radix: tuple[int, ...], total: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The distinct keys' id rows and the sum of ``values`` per key (exact): a bincount when
-    the key space is small, a sort otherwise."""
+    the key space is small, a sort otherwise. ``total``: a bound of ``values.sum()``."""
     if not len(keys):
         return np.zeros((0, len(radix)), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    exact_in_float = int(values.sum()) < 2**53
+    exact_in_float = (int(values.sum()) if total is None else total) < 2**53
     if _product(radix) <= 4 * len(keys) + 65536 and exact_in_float:
         # one pass; every record counts at least 1 (a packet, its bytes, a connection),
         # so the groups present are those with a sum

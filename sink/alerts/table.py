@@ -113,6 +113,7 @@ class Table:
         self._rows: dict[tuple, np.ndarray] = {}
         self._keys: dict[tuple, tuple[np.ndarray | None, tuple[int, ...]]] = {}
         self._metrics: dict[str, np.ndarray] = {}
+        self._totals: dict[str, int] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -182,6 +183,13 @@ class Table:
         if cached is None:
             cached = self._metrics[name] = (np.ones(self.length, dtype=np.int64) if name == "connections"
                                             else self.int_column(name))
+        return cached
+
+    def total(self, name: str) -> int:
+        """The metric's sum over the interval (a bound for any subset's)."""
+        cached = self._totals.get(name)
+        if cached is None:
+            cached = self._totals[name] = int(self.metric(name).sum())
         return cached
 
     def int_column(self, field: str) -> np.ndarray:

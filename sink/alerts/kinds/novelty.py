@@ -80,8 +80,8 @@ class Novelty(Kind):
         """One key per record the rule looks at; empty values (non-IP frames) left out."""
         columns = [table.ids(f) for f in self.columns]
         key = np.zeros(len(table), dtype=np.int64)
-        for column in columns:
-            if len(column) and int(column.max()) >> self.bits:
+        for field, column in zip(self.columns, columns):
+            if self.vocabulary.size(field) >> self.bits:  # ids are below the size
                 raise RuntimeError(f"more than 2**{self.bits} distinct values of a field; group by fewer fields")
             key <<= self.bits
             key |= column

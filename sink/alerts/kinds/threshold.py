@@ -51,12 +51,15 @@ class Threshold(Kind):
         """The interval's groups (id rows) and the metric's sum per group, over the records
         the rule looks at."""
         keys, radix = table.group_keys(self.rule.by)
-        values = table.metric(self.rule.option("metric"))
+        metric = self.rule.option("metric")
+        values = table.metric(metric)
         mask = table.mask(self.rule.where)
         if keys is None:  # too many distinct values for one int64 key: rows instead
             rows = table.group_ids(self.rule.by)
             return group_sum(rows, values)[:2] if mask is None else group_sum(rows[mask], values[mask])[:2]
-        return key_sums(keys, values, radix) if mask is None else key_sums(keys[mask], values[mask], radix)
+        if mask is None:
+            return key_sums(keys, values, radix, table.total(metric))
+        return key_sums(keys[mask], values[mask], radix, table.total(metric))
 
     def evaluate(self, now_ns: int) -> list[Finding]:
         rows, sums, hosts = self.sums.totals(now_ns, self.window_ns)
