@@ -63,7 +63,7 @@ class AlertEngine:
         for rule, kind, states in zip(self.rules, self.kinds, self.states):
             findings = self._guarded(rule, kind.evaluate, now)
             if findings is not None:
-                out += states.update(findings, now)
+                out += self._guarded(rule, lambda found: states.update(found, now), findings) or []
         self.stats.firing_by_rule = {s.rule.name: s.firing_count() for s in self.states}
         self.save(now)
         return out

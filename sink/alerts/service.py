@@ -145,6 +145,14 @@ class AlertService:
 
     def _take(self, msg: Msg) -> None:
         try:
+            self._take_message(msg)
+        except Exception as exc:  # odd data must not stop the engine: logged, counted, skipped
+            self.engine.stats.rule_errors += 1
+            log.warning("alert engine: message on %s skipped: %s: %s", msg.subject, type(exc).__name__, exc)
+            log.debug("alert engine: message skipped", exc_info=True)
+
+    def _take_message(self, msg: Msg) -> None:
+        try:
             batch = decode_message(msg.data)
         except MessageError:
             self.engine.stats.undecodable += 1
