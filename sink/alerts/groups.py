@@ -1,10 +1,12 @@
 """Vectorised group-bys over integer key columns: the one way the alert kinds aggregate.
 
-A group key is a row of small integers (global value ids, see ``table.Vocabulary``), one per
-``by`` field. ``pack_rows`` turns rows into one sortable key per row (a mixed-radix int64 when
-the ids fit, else the row's bytes), consistently for several matrices at once, so that
-``group_sum`` and ``isin_rows`` are a few numpy calls per rule and interval: no Python object
-per record.
+A group is a row of small integers (vocabulary ids, see ``table.Vocabulary``), one per
+``by`` field. Per record, ``combine`` makes the row one int64 (mixed radix) and ``key_sums``
+sums a metric per key with one ``np.bincount`` (a sort when the key space is large),
+``split`` turning the keys back into rows. Across intervals (window totals, baselines),
+``pack_rows`` packs rows of several matrices consistently (an int64, else the row's bytes)
+for ``group_sum`` and ``isin_rows``. A few numpy calls per rule and interval: no Python
+object per record.
 """
 from __future__ import annotations
 
@@ -116,15 +118,6 @@ def key_sums(keys: np.ndarray, values: np.ndarray, radix: tuple[int, ...], total
     ordered = keys[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     return split(ordered[starts], radix), np.add.reduceat(values[order], starts)
-
-
-def distinct_rows(matrix: np.ndarray) -> np.ndarray:
-    """The distinct rows of ``matrix``."""
-    if len(matrix) == 0:
-        return matrix
-    (keys,) = pack_rows(matrix)
-    _, first = np.unique(keys, return_index=True)
-    return matrix[first]
 
 
 def isin_rows(rows: np.ndarray, among: np.ndarray) -> np.ndarray:

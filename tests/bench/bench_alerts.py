@@ -15,7 +15,6 @@ CPU seconds of this process, best of the rounds. No root needed.
 """
 import resource
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -24,7 +24,6 @@ from .base import Finding, Kind
 
 
 class Novelty(Kind):
-    default_field = ""
     noun = "value"
     options: dict[str, Option] = {}
 
