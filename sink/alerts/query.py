@@ -73,4 +73,6 @@ async def _message(js, seq: int) -> dict[str, Any] | None:
         return None  # deleted
     except ValueError:
         return None
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"cannot read message {seq} of {ALERTS_STREAM}: {exc!r}; try again") from exc
     return alert if isinstance(alert, dict) and isinstance(alert.get("sent_at"), int) else None
