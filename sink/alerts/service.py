@@ -49,6 +49,7 @@ class ServiceSettings:
     chunk_timeout: float = 5.0  # an interval missing chunks is evaluated after this
     batch: int = 64  # messages per fetch
     queue_capacity: int = 1000  # alerts waiting per target
+    webhook_timeout: float = 5.0  # seconds per POST
     drain_timeout: float = 3.0  # on stop: how long queued alerts may take to go out
 
 
