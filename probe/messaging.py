@@ -144,7 +144,11 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
-        raise TransportError(f"cannot create stream {config.name}: {exc!r}; check JetStream limits and permissions") from exc
+        reason = getattr(exc, "description", None) or repr(exc)
+        hint = (f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least "
+                f"{config.num_replicas} servers" if (config.num_replicas or 1) > 1
+                else "check JetStream limits and permissions")
+        raise TransportError(f"cannot create stream {config.name}: {reason}; {hint}") from exc
 
 
 async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: int) -> None:
