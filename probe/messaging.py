@@ -15,10 +15,12 @@ shadows the ``nats`` package; subscribers import it through ``connstats.probe.co
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -144,11 +146,22 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
-        reason = getattr(exc, "description", None) or repr(exc)
-        hint = (f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least "
-                f"{config.num_replicas} servers" if (config.num_replicas or 1) > 1
-                else "check JetStream limits and permissions")
-        raise TransportError(f"cannot create stream {config.name}: {reason}; {hint}") from exc
+        timed_out = isinstance(exc, nats.errors.TimeoutError)  # while another process created it?
+        if await _stream_appears(js, config.name, within=5.0 if timed_out else 0.0):
+            return
+        raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "description", None) or repr(exc)
+
+
+def _create_hint(config: StreamConfig, exc: BaseException) -> str:
+    if isinstance(exc, nats.errors.TimeoutError):
+        return "JetStream did not answer in time; check that the servers (a cluster: a majority) run"
+    if (config.num_replicas or 1) > 1:
+        return f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least {config.num_replicas} servers"
+    return "check JetStream limits and permissions"
 
 
 async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: int) -> None:
@@ -158,12 +171,21 @@ async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: i
     try:
         await js.update_stream(replace(current, num_replicas=wanted))
     except (nats.errors.Error, OSError) as exc:
-        reason = getattr(exc, "description", None) or repr(exc)
         raise TransportError(f"stream {current.name} has {have} replicas, --stream-replicas asks for {wanted}, "
-                             f"and the server refused the change ({reason}); pass --stream-replicas {have} "
+                             f"and the server refused the change ({_reason(exc)}); pass --stream-replicas {have} "
                              f"or change the stream with `nats stream edit {current.name} --replicas {wanted}`"
                              ) from exc
     log.warning("stream %s: replicas changed from %d to %d", current.name, have, wanted)
+
+
+async def _stream_appears(js: JetStreamContext, name: str, within: float = 5.0) -> bool:
+    """True once the stream exists (another process's create may still be in flight)."""
+    deadline = time.monotonic() + within
+    while not await _stream_exists(js, name):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
 
 
 async def _stream_exists(js: JetStreamContext, name: str) -> bool:
