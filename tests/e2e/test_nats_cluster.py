@@ -79,6 +79,7 @@ async def test_leader_killed_mid_stream_loses_and_doubles_nothing(quiet_network,
         results = await asyncio.gather(*running, return_exceptions=True)
     assert not [r for r in results if isinstance(r, BaseException)], results
     stored = [result.stored_messages for result in results]
+    assert all(stored), stored  # both sinks took part: they share the durable consumer
     assert store_totals(database) == expected  # still exact after both sinks stopped
     print(f"leader {leader} killed, {new_leader} took over; messages stored per sink: {stored}")
 
