@@ -74,14 +74,25 @@ async def test_leader_killed_mid_stream_loses_and_doubles_nothing(quiet_network,
             assert not any(task.done() for task in running), [t.exception() for t in running if t.done()]
             await asyncio.sleep(0.25)
         assert "Traceback" not in probe.stderr
+        consumer_peers = await durable_peers(nats_cluster)
     finally:
         stop.set()
         results = await asyncio.gather(*running, return_exceptions=True)
     assert not [r for r in results if isinstance(r, BaseException)], results
     stored = [result.stored_messages for result in results]
     assert all(stored), stored  # both sinks took part: they share the durable consumer
+    assert consumer_peers == set(nats_cluster.servers)  # the durable consumer has the stream's 3 replicas
     assert store_totals(database) == expected  # still exact after both sinks stopped
     print(f"leader {leader} killed, {new_leader} took over; messages stored per sink: {stored}")
+
+
+async def durable_peers(cluster) -> set:
+    nc = await nats.connect(cluster.url_list)
+    try:
+        info = await nc.jetstream().consumer_info(STREAM_NAME, "connstats-sink")
+        return {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
+    finally:
+        await nc.close()
 
 
 async def settled_peers(cluster, timeout: float = 15.0) -> tuple[int, set]:
