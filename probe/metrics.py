@@ -94,6 +94,13 @@ class ProbeMetrics:
     # -- per interval --------------------------------------------------------------------
 
     def add_interval(self, batch: FlowBatch) -> None:
+        """Called before each interval is published; a failure here never stops the probe."""
+        try:
+            self._add(batch)
+        except Exception:  # noqa: BLE001 - a bug in the metrics must not cost counts
+            log.exception("the self-metrics missed interval %d", batch.envelope.interval_seq)
+
+    def _add(self, batch: FlowBatch) -> None:
         records, overflow = interval_sums(batch)
         for key, (packets, nbytes) in (*records.items(), *overflow.items()):
             _add(self.traffic, key, packets, nbytes)

@@ -320,3 +320,16 @@ async def test_replicas_one_server_cannot_have_are_a_one_line_error(nats_server)
         assert (await js.stream_info("CONNSTATS")).config.num_replicas == 1
     finally:
         await nc.close()
+
+
+def test_a_failure_in_the_metrics_is_logged_and_never_stops_the_probe(caplog):
+    class BrokenStatus(FakeProbe):
+        def status(self):
+            raise RuntimeError("status broke")
+
+    probe, telemetry = BrokenStatus(), Telemetry(process_metrics=False)
+    ProbeMetrics(probe, telemetry)
+    with caplog.at_level(logging.ERROR, logger="connstats.probe"):
+        probe.publish(interval(7, [record(3, "veth0", "egress", 5, 500, 1)]))  # does not raise
+    assert [r.getMessage() for r in caplog.records] == ["the self-metrics missed interval 7"]
+    assert telemetry.not_ready() == ["probe: its readiness check failed: RuntimeError('status broke')"]
