@@ -324,11 +324,16 @@ async def test_replicas_one_server_cannot_have_are_a_one_line_error(nats_server)
 
 def test_a_failure_in_the_metrics_is_logged_and_never_stops_the_probe(caplog):
     class BrokenStatus(FakeProbe):
+        broken = False
+
         def status(self):
-            raise RuntimeError("status broke")
+            if self.broken:
+                raise RuntimeError("status broke")
+            return super().status()
 
     probe, telemetry = BrokenStatus(), Telemetry(process_metrics=False)
     ProbeMetrics(probe, telemetry)
+    probe.broken = True
     with caplog.at_level(logging.ERROR, logger="connstats.probe"):
         probe.publish(interval(7, [record(3, "veth0", "egress", 5, 500, 1)]))  # does not raise
     assert [r.getMessage() for r in caplog.records] == ["the self-metrics missed interval 7"]
