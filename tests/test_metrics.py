@@ -29,7 +29,8 @@ from connstats.probe.publisher import FlowPublisher, PublisherStats
 from connstats.probe.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.totals import ConnectionTotals
 from connstats.sink.compose import SinkConfig, build_sink
-from tests.fixtures.nats import sample_envelope, sample_records
+from connstats.sink.consumer import FlowConsumer
+from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
 T0 = 1_790_000_000_000_000_000
 
@@ -259,10 +260,15 @@ async def test_sink_metrics_count_what_it_stored_and_dead_lettered(nats_server, 
     nc = await nats.connect(nats_server.url)
     await nc.jetstream().publish(flows_subject("node-1.example"), b"not a flow message")
     await nc.jetstream().publish(flows_subject("other-host"), (await nc.jetstream().get_msg("CONNSTATS", 1)).data)
-    await nc.close()
     sink = build_sink(SinkConfig(nats=options, store=f"sqlite:{tmp_path / 'flows.sqlite'}"))
     sink.metrics.refresh_every = 0.05
     telemetry = sink.config.telemetry
+    async with FlowConsumer(nc, MemoryStore()):  # the durable consumer exists; nothing fetched yet
+        await sink.metrics.refresh(nc, MemoryStore())
+    await nc.close()
+    lag = scrape(telemetry)
+    assert lag["connstats_sink_consumer_pending", (("consumer", "connstats-sink"),)] == messages + 2  # the lag
+    assert lag["connstats_sink_consumer_ack_pending", (("consumer", "connstats-sink"),)] == 0
     assert telemetry.not_ready() == ["sink: NATS is not connected"]
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
