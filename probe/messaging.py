@@ -103,14 +103,15 @@ def message_id(host: str, boot_id: str, interval_seq: int, chunk: int) -> str:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """The flow stream's limits, applied only when the stream is created; ``replicas`` also
-    to a stream that exists with another replica count (see ``ensure_stream``)."""
+    """The flow stream's limits, applied only when the stream is created; ``replicas``, when
+    given, also to a stream that exists with another replica count (see ``ensure_stream``)."""
 
     max_age: float = 7 * 24 * 3600.0  # seconds
     max_bytes: int = -1  # -1: no limit (the server's account limit applies)
     duplicate_window: float = 120.0  # seconds
     deadletter_max_age: float = 30 * 24 * 3600.0  # the sink's dead-letter stream (sink/jetstream.py)
-    replicas: int = 1  # copies on a JetStream cluster (1, 3 or 5 are usual); --stream-replicas
+    replicas: int | None = None  # copies on a JetStream cluster (--stream-replicas); None: 1 for a
+    # new stream, an existing one left as it is
 
 
 def flow_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -128,11 +129,12 @@ def flow_stream_config(settings: StreamSettings) -> StreamConfig:
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream unless it exists. An existing stream is left as the operator set it,
-    except for its replica count: one that differs from ``config.num_replicas`` is updated
-    (``TransportError`` saying what to do if the server refuses)."""
+    except for its replica count when ``config.num_replicas`` is set (not None): one that
+    differs is updated (``TransportError`` saying what to do if the server refuses)."""
     try:
         info = await js.stream_info(config.name)
-        await _match_replicas(js, info.config, config.num_replicas or 1)
+        if config.num_replicas is not None:
+            await _match_replicas(js, info.config, config.num_replicas)
         return
     except nats.js.errors.NotFoundError:
         pass

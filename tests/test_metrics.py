@@ -305,7 +305,7 @@ def test_stream_replicas_and_metrics_come_from_flag_env_or_file(tmp_path):
         sink = sink_config(config, NatsFlags(), None, None, stream_replicas=flag)
         return probe.publisher_settings().stream.replicas, sink.stream.replicas, config.get("metrics")
 
-    assert configs({}, {}) == (1, 1, None)
+    assert configs({}, {}) == (None, None, None)  # not set: a new stream gets 1, an existing one is left
     assert configs({}, {"nats": {"stream_replicas": 5}, "metrics": {"address": "0.0.0.0:9465"}}) == (5, 5, "0.0.0.0:9465")
     assert configs({"CONNSTATS_STREAM_REPLICAS": "3", "CONNSTATS_METRICS": "9465"},
                    {"nats": {"stream_replicas": 5}}) == (3, 3, "9465")
@@ -322,7 +322,7 @@ async def test_replicas_one_server_cannot_have_are_a_one_line_error(nats_server)
             await ensure_stream(js, flow_stream_config(StreamSettings(replicas=3)))
         assert str(caught.value) == ("cannot create stream CONNSTATS: replicas > 1 not supported in non-clustered "
                                      "mode; --stream-replicas 3 needs a JetStream cluster of at least 3 servers")
-        await ensure_stream(js, flow_stream_config(StreamSettings(replicas=1)))
+        await ensure_stream(js, flow_stream_config(StreamSettings()))  # not set: the server's 1
         assert (await js.stream_info("CONNSTATS")).config.num_replicas == 1
     finally:
         await nc.close()

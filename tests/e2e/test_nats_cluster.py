@@ -86,11 +86,18 @@ async def test_leader_killed_mid_stream_loses_and_doubles_nothing(quiet_network,
     print(f"leader {leader} killed, {new_leader} took over; messages stored per sink: {stored}")
 
 
-async def durable_peers(cluster) -> set:
+async def durable_peers(cluster, timeout: float = 15.0) -> set:
+    """The servers holding the durable consumer, once each is known by name (a restarted
+    server shows as None for a moment)."""
     nc = await nats.connect(cluster.url_list)
     try:
-        info = await nc.jetstream().consumer_info(STREAM_NAME, "connstats-sink")
-        return {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await nc.jetstream().consumer_info(STREAM_NAME, "connstats-sink")
+            peers = {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
+            if None not in peers or time.monotonic() > deadline:
+                return peers
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
@@ -118,6 +125,8 @@ async def test_stream_replicas_are_raised_on_an_existing_stream_or_refused_in_on
         assert (await js.stream_info(STREAM_NAME)).config.num_replicas == 1
         await ensure_stream(js, flow_stream_config(StreamSettings(replicas=3)))  # updated in place
         assert await settled_peers(nats_cluster) == (3, set(nats_cluster.servers))
+        await ensure_stream(js, flow_stream_config(StreamSettings()))  # not set: left as it is
+        assert (await js.stream_info(STREAM_NAME)).config.num_replicas == 3
         with pytest.raises(TransportError) as caught:
             await ensure_stream(js, flow_stream_config(StreamSettings(replicas=5)))  # 3 servers only
         message = str(caught.value)
