@@ -92,6 +92,10 @@ def test_interval_sums_group_records_and_overflow_by_device_and_direction():
                        ("ifindex-9", "ingress"): [1, 42]}
     assert overflow == {("veth0", "egress"): [11, 1100], ("unattributed", "ingress"): [2, 84]}
     assert interval_sums(interval(2, [])) == ({}, {})
+    # devices that do not name every record's ifindex: grouped by sorting instead, same sums
+    unnamed, _ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
+    assert unnamed == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90],
+                       ("ifindex-4", "egress"): [7, 700], ("ifindex-9", "ingress"): [1, 42]}
 
 
 def test_counters_add_up_every_published_interval_with_overflow_included():
