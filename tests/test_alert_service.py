@@ -174,3 +174,14 @@ async def test_firing_alerts_from_the_stream_when_no_engine_answers(role_nats, f
         assert await firing_from_stream(admin, later) == []
     finally:
         await admin.close()
+
+
+async def test_hostile_flow_messages_are_counted_and_skipped(role_nats, flows):
+    async with Running(role_nats.options("alert")) as service:
+        js = flows.jetstream()
+        await js.publish(flows_subject(HOST), b"not json")
+        await js.publish(flows_subject(HOST), b'{"schema": 2, "host": "node-1"}')
+        await publish(flows, 0, [{"packets": 900}])
+        await until(lambda: service.engine.stats.sent["nats"] == 1)
+        stats = service.engine.stats
+        assert (stats.undecodable, stats.intervals, stats.rule_errors) == (2, 1, 0)
