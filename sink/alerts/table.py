@@ -139,8 +139,11 @@ class Table:
         return self.int_ids(field)
 
     def int_ids(self, field: str) -> np.ndarray:
-        codes, values = factorize_ints(self.int_column(field))
+        codes, values = self.int_codes(field)
         return self.vocabulary.ids(field, values)[codes]
+
+    def int_codes(self, field: str) -> tuple[np.ndarray, list]:
+        return factorize_ints(self.int_column(field))
 
     def mask(self, where: Where) -> np.ndarray | None:
         """The records matching every condition (None: all of them)."""
@@ -222,6 +225,14 @@ class FlowTable(Table):
         parts = [as_int64(p) for p in self._parts(field)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def int_codes(self, field: str) -> tuple[np.ndarray, list]:
+        """Codes of an integer column, kept for ``ifindex`` (its ids and the device fields)."""
+        if field != "ifindex":
+            return super().int_codes(field)
+        if self._ifindex_codes is None:
+            self._ifindex_codes = super().int_codes(field)
+        return self._ifindex_codes
+
     def _column_ids(self, field: str) -> np.ndarray:
         if field in FLOW_COLUMNS:
             parts = self._parts(field)
@@ -238,9 +249,7 @@ class FlowTable(Table):
         """A device field: one lookup per device, then mapped through the ifindex codes."""
         if not self.length:
             return np.zeros(0, dtype=np.int64)
-        if self._ifindex_codes is None:
-            self._ifindex_codes = factorize_ints(self.int_column("ifindex"))
-        codes, ifindexes = self._ifindex_codes
+        codes, ifindexes = self.int_codes("ifindex")
         per_device = [getattr(self._devices[i], field) if i in self._devices else "" for i in ifindexes]
         return self.vocabulary.ids(field, per_device)[codes]
 
