@@ -77,7 +77,7 @@ BAD = [
      "severity, for, repeat, cap, description, metric, by, where, window, above, below"),
     (RULE.replace('"30s"', '"30x"'),
      "rule 'r1': key 'window': '30x' is not a duration; use e.g. 30s, 15m, 2h, 1d"),
-    (RULE.replace('window = "30s"\n', ''), "rule 'r1': key 'window': missing; every rule of this kind needs it"),
+    (RULE.replace('window = "30s"\n', ''), "rule 'r1': key 'window': missing; a threshold rule needs it"),
     (RULE + 'by = ["ifname", "port"]\n', "rule 'r1': key 'by': unknown field 'port'; use one of interval_start, "
      "interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, dst_port, packets, "
      "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, host"),
@@ -91,7 +91,7 @@ BAD = [
     (RULE.replace('metric = "packets"', 'metric = "frames"'),
      "rule 'r1': key 'metric': 'frames' is not one of packets, bytes, connections"),
     (RULE + 'for = 30\n', "rule 'r1': key 'for': 30 is not a duration; write it as text, e.g. \"30s\""),
-    (RULE.replace('name = "r1"\n', ''), "rule #1: key 'name': missing; every rule of this kind needs it"),
+    (RULE.replace('name = "r1"\n', ''), "rule #1: key 'name': missing; every rule needs it"),
     (RULE + RULE, "rule 'r1': the name is used twice; give each rule its own name"),
     ('[[rule]]\nname = "s"\nkind = "silent_host"\n',
      "rule 's': key 'for': missing or 0; say how long a silence raises it, e.g. \"1m\""),
@@ -99,6 +99,7 @@ BAD = [
      "rule 'o': key 'by': unknown field 'dst_port'; use one of host, ifname, direction"),
     ('[rules]\n', "unknown table 'rules'; rules are [[rule]] tables"),
     ('', "no [[rule]] table; add at least one rule"),
+    ('[[rule]]\nname = "k"\n', "rule 'k': key 'kind': missing; every rule needs it"),
 ]
 
 

@@ -210,7 +210,8 @@ def parse_rule(table: dict, index: int, where_from: str = "rules") -> Rule:
     for key, option in options.items():
         if key not in table:
             if option.required:
-                raise fail(key, "missing; every rule of this kind needs it")
+                needs = "every rule" if key in COMMON else f"a {table['kind']} rule"
+                raise fail(key, f"missing; {needs} needs it")
             values[key] = option.default
             continue
         try:
