@@ -85,7 +85,9 @@ def test_chunks_come_together_once_and_late_ones_time_out():
     assert intervals.add(parts[2]) == [] and intervals.add(parts[0]) == [] and intervals.add(parts[0]) == []
     [whole] = intervals.add(parts[1])
     assert [c.envelope.chunk for c in whole] == [0, 1, 2] and len(intervals) == 0
-    assert intervals.add(interval("node-1", 1, [{}])[0])[0][0].envelope.interval_seq == 1  # one chunk: at once
+    assert intervals.add(parts[1]) == [] and len(intervals) == 0  # redelivered after: not again
+    single = interval("node-1", 1, [{}])[0]
+    assert intervals.add(single)[0][0].envelope.interval_seq == 1 and intervals.add(single) == []
     late = chunked("node-1", 2, [{"sport": i} for i in range(4)], 2)
     assert intervals.add(late[1]) == []
     now[0] = 4.9
