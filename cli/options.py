@@ -77,6 +77,12 @@ OnExit = Annotated[Optional[str], typer.Option(
     "published: keep the classifier counting (pinned) for the next start, or detach it "
     "[default: keep for probe, detach for up]")]
 
+Rules = Annotated[Optional[str], typer.Option(
+    "--rules", metavar="FILE", help="alert rules (TOML): run the alert engine (see README, Alerts)")]
+Webhooks = Annotated[Optional[list[str]], typer.Option(
+    "--webhook", metavar="URL", help="with --rules: POST alerts to URL/api/v2/alerts in the Alertmanager "
+    "v2 format (repeatable)")]
+
 
 @dataclass(frozen=True)
 class NatsFlags:
@@ -89,7 +95,7 @@ class NatsFlags:
     tls_key: str | None = None
 
     def options(self, config: Config, name: str = "connstats", role: str = "admin"):
-        """``role`` (probe, sink, admin) picks the login on the embedded server of ``up``."""
+        """``role`` (probe, sink, admin, alert) picks the login on the embedded server of ``up``."""
         return config.nats_options(self.url, creds=self.creds, tls_ca=self.tls_ca,
                                    tls_cert=self.tls_cert, tls_key=self.tls_key, name=name,
                                    role=role)
@@ -98,5 +104,6 @@ class NatsFlags:
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
     "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
-    "NatsFlags", "OnExit", "OutputFormat", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey", "load_config",
+    "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
+    "Webhooks", "load_config",
 ]

@@ -21,12 +21,13 @@ from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.history import parse_duration
 
 from . import pipeline
+from .alert import alert_config
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
     Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
-    Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, StreamReplicas, TlsCa, TlsCert,
-    TlsKey, load_config,
+    Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, StreamReplicas, TlsCa,
+    TlsCert, TlsKey, Webhooks, load_config,
 )
 
 app = typer.Typer()
@@ -123,7 +124,8 @@ def up(
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
-    metrics: Metrics = None, stream_replicas: StreamReplicas = None,
+    metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
+    webhook: Webhooks = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -132,6 +134,9 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
+    if webhook and rules is None:
+        raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
+    alert_cfg = alert_config(cfg, flags, rules, webhook, host) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas), "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
@@ -143,8 +148,9 @@ def up(
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
+        engine = f"alerts {len(alert_cfg.rules)} rules; " if alert_cfg else ""
         banner = _banner("up", probe_cfg, daemon,
-                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; ")
+                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; {engine}")
         print(banner, file=sys.stderr, flush=True)
         summary.banner = banner
 
@@ -153,7 +159,7 @@ def up(
             daemon.on_interval(summary)
 
     asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook,
-                                metrics_address=cfg.get("metrics", metrics)))
+                                metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg))
 
 
 @app.command()
