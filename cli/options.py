@@ -65,6 +65,12 @@ InfluxOrg = Annotated[Optional[str], typer.Option(
     "INFLUXDB_V2_ORG, [influxdb] org]")]
 InfluxBucket = Annotated[Optional[str], typer.Option(
     "--influx-bucket", metavar="BUCKET", help="InfluxDB bucket [default: connstats]")]
+Metrics = Annotated[Optional[str], typer.Option(
+    "--metrics", metavar="ADDR:PORT", help="serve /metrics, /healthz and /readyz here; a bare PORT "
+    "means 127.0.0.1:PORT [default: off (up: on the --http listener only)]")]
+StreamReplicas = Annotated[Optional[int], typer.Option(
+    "--stream-replicas", metavar="N", min=1, help="replicas of the streams connstats creates, on a "
+    "JetStream cluster; an existing stream is changed to N [default: 1]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
 OnExit = Annotated[Optional[str], typer.Option(
     "--on-exit", metavar="keep|detach", help="on SIGTERM/SIGINT, after the last interval is "
@@ -91,6 +97,6 @@ class NatsFlags:
 
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
-    "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Nats", "NatsCreds",
-    "NatsFlags", "OnExit", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
+    "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
+    "NatsFlags", "OnExit", "OutputFormat", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey", "load_config",
 ]

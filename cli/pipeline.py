@@ -4,6 +4,8 @@ and runs them until SIGINT/SIGTERM. ``up`` composes the two with an embedded nat
 
     up:     [embedded nats-server] ─ build_probe(ProbeConfig) ──> JetStream
                                      build_sink(SinkConfig) <────────┘
+            one Telemetry for all of them: /metrics, /healthz, /readyz on the probe's HTTP
+            listener and, with --metrics, on a listener of its own
     stop:   probe drains its last interval and flushes ─ sink.wait_until_stored(host) ─
             stop the sink ─ stop nats-server ─ remove <state>/nats.url
 
@@ -23,6 +25,7 @@ from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.lifecycle import stop_on_signals
 from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe.private import write_private
+from connstats.probe.telemetry import MetricsServer, Telemetry
 from connstats.sink.compose import Sink, SinkConfig, build_sink
 
 from .config import NATS_URL_FILE
@@ -43,25 +46,34 @@ async def run_probe(daemon: ProbeDaemon, on_ready: OnReady | None = None,
         await task
 
 
-async def run_sink(sink: Sink) -> None:
-    """Run a built sink until SIGINT/SIGTERM."""
+async def run_sink(sink: Sink, metrics_address: str | None = None) -> None:
+    """Run a built sink until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if given."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        await sink.run(stop)
+        if metrics_address is None:
+            await sink.run(stop)
+            return
+        async with MetricsServer(sink.config.telemetry, metrics_address):
+            await sink.run(stop)
 
 
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                  on_ready: OnReady | None = None, daemon_hook: Callable[[ProbeDaemon], None] | None = None,
-                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT, metrics_address: str | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring.
-    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin)."""
+    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin).
+    Every part registers on one ``Telemetry`` (more services: pass it to their builders)."""
     stop = asyncio.Event()
+    probe.telemetry = sink.telemetry = Telemetry()
+    metrics = MetricsServer(probe.telemetry, metrics_address) if metrics_address else None
     state_dir = probe.state_dir
     embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
     url_file, creds_file = state_dir / NATS_URL_FILE, state_dir / CREDENTIALS_FILE
     with stop_on_signals(stop):
         try:
             creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
+            if metrics is not None:
+                await metrics.start()
             url = await asyncio.to_thread(embedded.start) if embedded else nats_url
             probe.nats, sink.nats = _with_servers(probe.nats, url), _with_servers(sink.nats, url)
             if embedded is not None:
@@ -76,6 +88,8 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                 daemon_hook(daemon)
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout)
         finally:
+            if metrics is not None:
+                await metrics.close()
             if embedded is not None:
                 url_file.unlink(missing_ok=True)
                 creds_file.unlink(missing_ok=True)

@@ -4,6 +4,8 @@
       KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
                           └─> tracked totals ─> HTTP API (if an address is set)
+                          └─> ProbeMetrics on the Telemetry (its registry; /metrics, /readyz
+                              on the HTTP API's listener)
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
@@ -27,10 +29,12 @@ from .docker_watch import docker_watcher
 from .errors import ConfigError
 from .guard import filter_guard
 from .kernel import DEFAULT_CAPACITY
-from .messaging import NatsOptions
+from .messaging import NatsOptions, StreamSettings
+from .metrics import ProbeMetrics
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
 from .kernel_probe import ProbeSettings
+from .telemetry import Telemetry
 from .watch import link_watcher
 
 log = logging.getLogger("connstats.probe")
@@ -72,6 +76,8 @@ class ProbeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     services: list[ServiceFactory] = field(default_factory=list)  # more (tests, add-ons)
+    stream: StreamSettings = field(default_factory=StreamSettings)  # the flow stream, if it is created
+    telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
 
     def kernel_settings(self) -> ProbeSettings:
         return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
@@ -79,25 +85,27 @@ class ProbeConfig:
 
     def publisher_settings(self) -> PublisherSettings:
         outbox = self.state_dir / "outbox" if self.state_dir is not None else None
-        return PublisherSettings(host=self.host, state_dir=outbox)
+        return PublisherSettings(host=self.host, state_dir=outbox, stream=self.stream)
 
 
 def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
     containers = ContainerIndex()
+    ProbeMetrics(daemon, config.telemetry)  # before the first (recovered) interval is published
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
         control_service(config.nats, config.host),
-        *http_services(config.http, daemon),
+        *http_services(config.http, daemon, config.telemetry),
         *watcher_services(config, containers),
         *config.services,
     ]
     return daemon
 
 
-def http_services(http: HttpConfig, probe: ProbePort) -> list[ServiceFactory]:
-    """The HTTP API on the probe's totals, if asked for and part of this build."""
+def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None) -> list[ServiceFactory]:
+    """The HTTP API on the probe's totals (and ``telemetry``'s /metrics, /healthz, /readyz),
+    if asked for and part of this build."""
     if not http.address:
         return []
     try:
@@ -109,7 +117,7 @@ def http_services(http: HttpConfig, probe: ProbePort) -> list[ServiceFactory]:
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
-    return [http_service(http.address, tracked_totals(probe))]  # a bad address fails here
+    return [http_service(http.address, tracked_totals(probe), telemetry)]  # a bad address fails here
 
 
 def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:

@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats
@@ -101,12 +101,14 @@ def message_id(host: str, boot_id: str, interval_seq: int, chunk: int) -> str:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """The flow stream's limits; applied only when the stream is created."""
+    """The flow stream's limits, applied only when the stream is created; ``replicas`` also
+    to a stream that exists with another replica count (see ``ensure_stream``)."""
 
     max_age: float = 7 * 24 * 3600.0  # seconds
     max_bytes: int = -1  # -1: no limit (the server's account limit applies)
     duplicate_window: float = 120.0  # seconds
     deadletter_max_age: float = 30 * 24 * 3600.0  # the sink's dead-letter stream (sink/jetstream.py)
+    replicas: int = 1  # copies on a JetStream cluster (1, 3 or 5 are usual); --stream-replicas
 
 
 def flow_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -118,13 +120,17 @@ def flow_stream_config(settings: StreamSettings) -> StreamConfig:
         max_age=settings.max_age,
         max_bytes=settings.max_bytes,
         duplicate_window=settings.duplicate_window,
+        num_replicas=settings.replicas,
     )
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream unless it exists; an existing stream is left as the operator set it."""
+    """Create the stream unless it exists. An existing stream is left as the operator set it,
+    except for its replica count: one that differs from ``config.num_replicas`` is updated
+    (``TransportError`` saying what to do if the server refuses)."""
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
+        await _match_replicas(js, info.config, config.num_replicas or 1)
         return
     except nats.js.errors.NotFoundError:
         pass
@@ -138,7 +144,26 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
-        raise TransportError(f"cannot create stream {config.name}: {exc!r}; check JetStream limits and permissions") from exc
+        reason = getattr(exc, "description", None) or repr(exc)
+        hint = (f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least "
+                f"{config.num_replicas} servers" if (config.num_replicas or 1) > 1
+                else "check JetStream limits and permissions")
+        raise TransportError(f"cannot create stream {config.name}: {reason}; {hint}") from exc
+
+
+async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: int) -> None:
+    have = current.num_replicas or 1
+    if have == wanted:
+        return
+    try:
+        await js.update_stream(replace(current, num_replicas=wanted))
+    except (nats.errors.Error, OSError) as exc:
+        reason = getattr(exc, "description", None) or repr(exc)
+        raise TransportError(f"stream {current.name} has {have} replicas, --stream-replicas asks for {wanted}, "
+                             f"and the server refused the change ({reason}); pass --stream-replicas {have} "
+                             f"or change the stream with `nats stream edit {current.name} --replicas {wanted}`"
+                             ) from exc
+    log.warning("stream %s: replicas changed from %d to %d", current.name, have, wanted)
 
 
 async def _stream_exists(js: JetStreamContext, name: str) -> bool:
