@@ -573,3 +573,74 @@ def test_dockerfile_parses_and_copies_only_files_that_exist():
 def test_dockerfile_parser_joins_continuations():
     assert dockerfile_instructions("# c\nFROM x\nRUN a \\\n  # note\n  b\nCMD [\"y\"]\n") == [
         ("FROM", "x"), ("RUN", "a b"), ("CMD", '["y"]')]
+
+
+# -- PromQL: only metrics a probe or sink exports -----------------------------------------------
+
+TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped sample
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """Sample names a probe and a sink export, with their label names: scraped from
+    registries built in-process by their own collectors, after one interval and one lag read."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from connstats.probe.contract import NatsOptions, OverflowCount as Overflow
+    from connstats.probe.metrics import ProbeMetrics
+    from connstats.probe.telemetry import Telemetry
+    from connstats.sink.compose import SinkConfig, build_sink
+    from tests.test_metrics import FakeProbe, interval, poll, record
+
+    probe, probe_telemetry = FakeProbe(), Telemetry()
+    ProbeMetrics(probe, probe_telemetry)
+    probe.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1)],
+                           overflow=[Overflow(3, "veth0", "egress", 1, 60)]), poll(1, 1, 0))
+    sink = build_sink(SinkConfig(nats=NatsOptions(servers=("nats://127.0.0.1:1",)), store="sqlite::memory:"))
+    sink.metrics.pending = sink.metrics.ack_pending = 0
+    names: dict[str, set[str]] = {}
+    for telemetry in (probe_telemetry, sink.config.telemetry):
+        for family in text_string_to_metric_families(telemetry.exposition().decode()):
+            for sample in family.samples:
+                names.setdefault(sample.name, set()).update(sample.labels)
+    return names
+
+
+def promql_queries(dashboard: dict) -> list[tuple[str, str]]:
+    queries = [(f"{p['title']} {t['refId']}", t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+    return queries + [(f"variable {v['name']}", v["query"]["query"]) for v in dashboard["templating"]["list"]]
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) an expression uses."""
+    metrics = set(re.findall(r"\b(connstats_\w+)", expr))
+    labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        labels |= {label.strip() for label in group.split(",") if label.strip()}
+    labels |= set(re.findall(r"label_values\(\s*\w+\s*,\s*(\w+)\s*\)", expr))
+    return metrics, labels
+
+
+@pytest.fixture(scope="module")
+def exported():
+    return exported_metrics()
+
+
+def test_the_exported_metrics_are_the_ones_the_self_dashboard_was_written_for(exported):
+    assert {"connstats_packets_total", "connstats_map_capacity", "connstats_outbox_messages",
+            "connstats_sink_consumer_pending", "connstats_sink_write_duration_seconds_bucket"} <= set(exported)
+    assert exported["connstats_packets_total"] == {"iface", "direction"}
+
+
+@pytest.mark.parametrize("title, expr", promql_queries(SELF), ids=[t for t, _ in promql_queries(SELF)])
+def test_promql_names_only_metrics_connstats_exports(exported, title, expr):
+    metrics, labels = promql_names(expr)
+    assert metrics and metrics <= set(exported), metrics - set(exported)
+    allowed = TARGET_LABELS | {label for metric in metrics for label in exported[metric]}
+    assert labels <= allowed, labels - allowed
+    assert set(re.findall(r"\b([a-zA-Z_:][\w:]*)\s*\{", expr)) <= metrics  # every selector is a connstats metric
+
+
+def test_the_self_dashboard_covers_what_the_issue_asks():
+    used = set().union(*(promql_names(expr)[0] for _, expr in promql_queries(SELF)))
+    assert {"connstats_packets_total", "connstats_bytes_total", "connstats_map_entries", "connstats_map_capacity",
+            "connstats_outbox_messages", "connstats_overflow_packets_total", "connstats_outbox_dropped_records_total",
+            "connstats_sink_dead_letters_total", "connstats_sink_consumer_pending"} <= used
