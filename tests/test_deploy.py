@@ -426,6 +426,8 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
     assert [services[n]["ports"] for n in nodes] == [
         [f"127.0.0.1:{port}:4222/tcp"] for port in (4222, 4223, 4224)]
     assert {services[n]["environment"]["NATS_SERVER_NAME"] for n in nodes} == set(nodes)
+    for name in ("probe", "sink"):  # whichever starts first creates the streams, replicated on every node
+        assert services[name]["environment"]["CONNSTATS_STREAM_REPLICAS"] == str(len(nodes))
 
 
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
