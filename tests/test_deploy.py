@@ -105,7 +105,7 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
 def test_nats_cluster_config_is_valid_for_nats_server():
     """nats-server 2.9 (Debian's) accepts the file the nats:2.10 image runs."""
-    env = {"PATH": "/usr/bin:/bin", "NATS_SERVER_NAME": "nats-1", "NATS_PROBE_PASSWORD": "p",
+    env = {"PATH": "/usr/bin:/bin", "NATS_SERVER_NAME": "nats-1", "NATS_STORE_DIR": "/tmp", "NATS_PROBE_PASSWORD": "p",
            "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a"}
     result = subprocess.run([shutil.which("nats-server"), "-c", str(DEPLOY / "nats" / "cluster.conf"), "-t"],
                             capture_output=True, text=True, env=env, timeout=30)
