@@ -10,8 +10,10 @@ tests/fixtures/flux.py) after real rows were written through ``InfluxStore``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,11 @@ RECORDS = [
     FlowRecord(T0, T0 + 10 * SECOND, 4, "eth0", "ingress", 6, 6, "fd00::2", "fd00::1", 22, 60000, 5, 900,
                T0 + 1, T0 + 3, 0x12),
 ]
+# The next interval: the first connection again (a second time window for the panels).
+LATER = Envelope(host="node-1", boot_id="boot", interval_seq=2, interval_start=T0 + 10 * SECOND,
+                 interval_end=T0 + 20 * SECOND)
+LATER_RECORDS = [dataclasses.replace(RECORDS[0], interval_start=T0 + 10 * SECOND, interval_end=T0 + 20 * SECOND,
+                                     packets=4, bytes=1000)]
 FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
 # Written once the policy issue lands; a query may name them only behind `exists r.<name>`.
 PENDING_TAGS = {"verdict"}
@@ -164,11 +171,12 @@ PENDING_TAGS = {"verdict"}
 
 @pytest.fixture
 async def written():
-    """The InfluxDB v2 test server (Flux checked) holding RECORDS and their overflow, written by InfluxStore."""
+    """The InfluxDB v2 test server (running Flux) holding two intervals, written by InfluxStore."""
     server = InfluxTestServer(flux=True).start()
     store = InfluxStore(InfluxConfig(url=server.url, org=TEST_ORG, token=TEST_TOKEN))
     try:
         await store.write(FlowBatch.from_records(ENVELOPE, RECORDS))
+        await store.write(FlowBatch.from_records(LATER, LATER_RECORDS))
         yield server, store
     finally:
         await store.close()
@@ -280,29 +288,42 @@ def panel_query(title: str) -> str:
     return query
 
 
-def total(rows: list[dict], field: str) -> int:
-    return sum(row.get(field) or 0 for row in rows)
+W1, W2 = (datetime.fromtimestamp(T0 // SECOND + s, timezone.utc) for s in (10, 20))  # window stops
 
 
-async def test_panels_select_exactly_the_written_rows(written):
+def series(rows: list[dict], *columns: str) -> list[tuple]:
+    return [tuple(row[c] for c in columns) for row in rows]
+
+
+# Panel, variables selected (none: All), the columns shown, and exactly what the panel gets.
+PANEL_RESULTS = {
+    "every device": ("Bytes per interface and direction", {}, ("ifname", "direction", "_time", "_value"), [
+        ("veth0", "egress", W1, 3456 + 700), ("veth0", "egress", W2, 1000), ("veth0", "ingress", W1, 20_000),
+        ("eth0", "egress", W1, 240), ("eth0", "ingress", W1, 900 + 180)]),
+    "packets": ("Packets per interface and direction", {}, ("ifname", "direction", "_time", "_value"), [
+        ("veth0", "egress", W1, 12 + 7), ("veth0", "egress", W2, 4), ("veth0", "ingress", W1, 10),
+        ("eth0", "egress", W1, 3), ("eth0", "ingress", W1, 5 + 2)]),
+    "one device": ("Bytes per interface and direction", {"iface": ["eth0"]}, ("ifname", "direction", "_value"), [
+        ("eth0", "egress", 240), ("eth0", "ingress", 1080)]),
+    "another host": ("Bytes per interface and direction", {"host": ["node-2"]}, ("ifname",), []),
+    "containers": ("Bytes per container", {}, ("container_name", "direction", "_time", "_value"), [
+        ("web-1", "egress", W1, 3456), ("web-1", "egress", W2, 1000), ("web-1", "ingress", W1, 20_000)]),
+    "service ports": ("Top service ports", {}, ("proto", "service_port", "_value"), [
+        ("tcp", "443", 3456 + 20_000 + 1000), ("tcp", "22", 900), ("udp", "53", 240)]),
+    "connections": ("Top connections", {}, ("ifname", "direction", "src_ip", "src_port", "dst_port", "bytes", "packets"), [
+        ("veth0", "ingress", "10.0.0.1", 443, 51234, 20_000, 10), ("veth0", "egress", "10.0.0.2", 51234, 443, 4456, 16),
+        ("eth0", "ingress", "fd00::2", 22, 60000, 900, 5), ("eth0", "egress", "10.0.0.9", 40000, 53, 240, 3)]),
+    "overflow": ("Overflow (flow map full)", {}, ("ifname", "direction", "_time", "_value"), [
+        ("veth0", "egress", W1, 7), ("eth0", "ingress", W1, 2)]),
+    "no verdicts yet": ("Policy verdicts", {}, ("verdict",), []),
+}
+
+
+@pytest.mark.parametrize("title, selected, columns, expected", PANEL_RESULTS.values(), ids=PANEL_RESULTS.keys())
+async def test_panel_gets_exactly_what_was_written(written, title, selected, columns, expected):
     _, store = written
-    every = await run(store, grafana_substitute(panel_query("Bytes per interface and direction")))
-    assert total(every, "bytes") == 3456 + 20_000 + 240 + 900 + 700 + 180  # flows + overflow
-    assert all(set(row) & {"packets", "src_ip"} == set() for row in every)
-    packets = await run(store, grafana_substitute(panel_query("Packets per interface and direction")))
-    assert total(packets, "packets") == 12 + 10 + 3 + 5 + 7 + 2
-    veth = await run(store, grafana_substitute(panel_query("Bytes per interface and direction"), {"iface": ["veth0"]}))
-    assert total(veth, "bytes") == 3456 + 20_000 + 700
-    containers = await run(store, grafana_substitute(panel_query("Bytes per container")))
-    assert [(row["container_name"], row["bytes"]) for row in containers] == [("web-1", 3456), ("web-1", 20_000)]
-    overflow = await run(store, grafana_substitute(panel_query("Overflow (flow map full)")))
-    assert sorted((row["ifname"], row["direction"], row["packets"]) for row in overflow) == [
-        ("eth0", "ingress", 2), ("veth0", "egress", 7)]
-    connections = await run(store, grafana_substitute(panel_query("Top connections")))
-    assert len(connections) == 4 and total(connections, "bytes") == 3456 + 20_000 + 240 + 900
-    assert await run(store, grafana_substitute(panel_query("Policy verdicts"))) == []
-    assert await run(store, grafana_substitute(panel_query("Bytes per interface and direction"),
-                                                {"host": ["node-2"]})) == []
+    rows = await run(store, grafana_substitute(panel_query(title), selected))
+    assert series(rows, *columns) == expected
 
 
 async def test_variables_list_the_written_tag_values(written):
@@ -312,6 +333,13 @@ async def test_variables_list_the_written_tag_values(written):
         rows = await run(store, grafana_substitute(panel_query(f"variable {variable}")))
         values[variable] = [row["_value"] for row in rows]
     assert values == {"host": ["node-1"], "iface": ["eth0", "veth0"], "container": ["web-1"]}
+
+
+async def test_the_test_server_says_what_it_cannot_run(written):
+    _, store = written
+    with pytest.raises(Exception) as caught:
+        await store.query('from(bucket: "b") |> range(start: -1h) |> keep(columns: ["_value"])')
+    assert "501" in str(caught.value) and "keep is checked but not run by the test server" in str(caught.value)
 
 
 @pytest.mark.parametrize("query, error", [
