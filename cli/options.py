@@ -70,7 +70,7 @@ Metrics = Annotated[Optional[str], typer.Option(
     "means 127.0.0.1:PORT [default: off (up: on the --http listener only)]")]
 StreamReplicas = Annotated[Optional[int], typer.Option(
     "--stream-replicas", metavar="N", min=1, help="replicas of the streams connstats creates, on a "
-    "JetStream cluster; an existing stream is changed to N [default: 1]")]
+    "JetStream cluster; an existing stream is changed to N [default: 1 for a new stream, an existing one left as it is]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
 OnExit = Annotated[Optional[str], typer.Option(
     "--on-exit", metavar="keep|detach", help="on SIGTERM/SIGINT, after the last interval is "

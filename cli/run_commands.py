@@ -91,8 +91,8 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
 
 
 def stream_settings(config: Config, replicas: int | None) -> StreamSettings:
-    """The streams' settings: replicas from --stream-replicas, env or file."""
-    return StreamSettings(replicas=config.get("stream_replicas", replicas, 1))
+    """The streams' settings: replicas from --stream-replicas, env or file (None: not set)."""
+    return StreamSettings(replicas=config.get("stream_replicas", replicas))
 
 
 def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: str | None,

@@ -15,10 +15,12 @@ shadows the ``nats`` package; subscribers import it through ``connstats.probe.co
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,14 +103,15 @@ def message_id(host: str, boot_id: str, interval_seq: int, chunk: int) -> str:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """The flow stream's limits, applied only when the stream is created; ``replicas`` also
-    to a stream that exists with another replica count (see ``ensure_stream``)."""
+    """The flow stream's limits, applied only when the stream is created; ``replicas``, when
+    given, also to a stream that exists with another replica count (see ``ensure_stream``)."""
 
     max_age: float = 7 * 24 * 3600.0  # seconds
     max_bytes: int = -1  # -1: no limit (the server's account limit applies)
     duplicate_window: float = 120.0  # seconds
     deadletter_max_age: float = 30 * 24 * 3600.0  # the sink's dead-letter stream (sink/jetstream.py)
-    replicas: int = 1  # copies on a JetStream cluster (1, 3 or 5 are usual); --stream-replicas
+    replicas: int | None = None  # copies on a JetStream cluster (--stream-replicas); None: 1 for a
+    # new stream, an existing one left as it is
 
 
 def flow_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -126,11 +129,12 @@ def flow_stream_config(settings: StreamSettings) -> StreamConfig:
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream unless it exists. An existing stream is left as the operator set it,
-    except for its replica count: one that differs from ``config.num_replicas`` is updated
-    (``TransportError`` saying what to do if the server refuses)."""
+    except for its replica count when ``config.num_replicas`` is set (not None): one that
+    differs is updated (``TransportError`` saying what to do if the server refuses)."""
     try:
         info = await js.stream_info(config.name)
-        await _match_replicas(js, info.config, config.num_replicas or 1)
+        if config.num_replicas is not None:
+            await _match_replicas(js, info.config, config.num_replicas)
         return
     except nats.js.errors.NotFoundError:
         pass
@@ -144,11 +148,22 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
-        reason = getattr(exc, "description", None) or repr(exc)
-        hint = (f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least "
-                f"{config.num_replicas} servers" if (config.num_replicas or 1) > 1
-                else "check JetStream limits and permissions")
-        raise TransportError(f"cannot create stream {config.name}: {reason}; {hint}") from exc
+        timed_out = isinstance(exc, nats.errors.TimeoutError)  # while another process created it?
+        if await _stream_appears(js, config.name, within=5.0 if timed_out else 0.0):
+            return
+        raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "description", None) or repr(exc)
+
+
+def _create_hint(config: StreamConfig, exc: BaseException) -> str:
+    if isinstance(exc, nats.errors.TimeoutError):
+        return "JetStream did not answer in time; check that the servers (a cluster: a majority) run"
+    if (config.num_replicas or 1) > 1:
+        return f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least {config.num_replicas} servers"
+    return "check JetStream limits and permissions"
 
 
 async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: int) -> None:
@@ -158,12 +173,21 @@ async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: i
     try:
         await js.update_stream(replace(current, num_replicas=wanted))
     except (nats.errors.Error, OSError) as exc:
-        reason = getattr(exc, "description", None) or repr(exc)
         raise TransportError(f"stream {current.name} has {have} replicas, --stream-replicas asks for {wanted}, "
-                             f"and the server refused the change ({reason}); pass --stream-replicas {have} "
+                             f"and the server refused the change ({_reason(exc)}); pass --stream-replicas {have} "
                              f"or change the stream with `nats stream edit {current.name} --replicas {wanted}`"
                              ) from exc
     log.warning("stream %s: replicas changed from %d to %d", current.name, have, wanted)
+
+
+async def _stream_appears(js: JetStreamContext, name: str, within: float = 5.0) -> bool:
+    """True once the stream exists (another process's create may still be in flight)."""
+    deadline = time.monotonic() + within
+    while not await _stream_exists(js, name):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
 
 
 async def _stream_exists(js: JetStreamContext, name: str) -> bool:

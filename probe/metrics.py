@@ -32,29 +32,48 @@ FILL_WARNING = 0.8  # of a flow map's capacity
 FILL_WARNING_EVERY = 300.0  # seconds between repeated warnings while it stays full
 UNATTRIBUTED = "unattributed"  # iface of overflow not even the overflow map could attribute
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOOKUP_LIMIT = 1 << 20  # ifindexes below this are grouped through a lookup table
 RECORD_BUCKETS = (0, 10, 100, 1000, 10_000, 50_000, 100_000, 250_000, 1_000_000)
 
 Sums = dict[tuple[str, str], list[int]]  # (iface, direction) -> [packets, bytes]
 
 
 def interval_sums(batch: FlowBatch) -> tuple[Sums, Sums]:
-    """(records, overflow) packets and bytes per (iface, direction) of one interval."""
+    """(records, overflow) packets and bytes per (iface, direction) of one interval: one
+    stable sort of small group numbers (a radix sort) and exact uint64 sums per group."""
     names = {d.ifindex: d.ifname for d in batch.devices}
     records: Sums = {}
     if len(batch):
         cols = batch.columns
-        key = np.asarray(cols.ifindex, dtype=np.int64) * 2 + (np.asarray(cols.direction, dtype=object) == "egress")
-        order = np.argsort(key, kind="stable")
-        sorted_keys = key[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64), names)
+        group = position * 2 + (np.asarray(cols.direction, dtype=object) == "egress")
+        group = group.astype(np.uint16 if len(ifindexes) < 1 << 15 else np.int64)
+        order = np.argsort(group, kind="stable")
+        sorted_groups = group[order]
+        starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
         packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
         nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
-        for k, p, b in zip(sorted_keys[starts].tolist(), packets.tolist(), nbytes.tolist()):
-            _add(records, (iface_label(k // 2, names.get(k // 2, "")), "egress" if k % 2 else "ingress"), p, b)
+        for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
+            ifindex = int(ifindexes[g // 2])
+            _add(records, (iface_label(ifindex, names.get(ifindex, "")), "egress" if g % 2 else "ingress"), p, b)
     overflow: Sums = {}
     for o in batch.envelope.overflow:
         _add(overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
     return records, overflow
+
+
+def _device_positions(ifindex: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ifindexes, sorted; each record's position in them): through a lookup
+    table of the batch's devices when they name every record's (they do for a probe's
+    batches; ifindexes are small numbers), else found by sorting."""
+    known = np.array(sorted(names), dtype=np.int64)
+    if len(known) and 0 <= known[0] and known[-1] < LOOKUP_LIMIT and 0 <= ifindex.min() and ifindex.max() <= known[-1]:
+        table = np.full(known[-1] + 1, -1, dtype=np.int32)
+        table[known] = np.arange(len(known), dtype=np.int32)
+        position = table[ifindex]
+        if position.min() >= 0:
+            return known, position
+    return np.unique(ifindex, return_inverse=True)
 
 
 def iface_label(ifindex: int, ifname: str) -> str:
@@ -94,6 +113,13 @@ class ProbeMetrics:
     # -- per interval --------------------------------------------------------------------
 
     def add_interval(self, batch: FlowBatch) -> None:
+        """Called before each interval is published; a failure here never stops the probe."""
+        try:
+            self._add(batch)
+        except Exception:  # noqa: BLE001 - a bug in the metrics must not cost counts
+            log.exception("the self-metrics missed interval %d", batch.envelope.interval_seq)
+
+    def _add(self, batch: FlowBatch) -> None:
         records, overflow = interval_sums(batch)
         for key, (packets, nbytes) in (*records.items(), *overflow.items()):
             _add(self.traffic, key, packets, nbytes)

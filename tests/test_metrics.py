@@ -29,7 +29,8 @@ from connstats.probe.publisher import FlowPublisher, PublisherStats
 from connstats.probe.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.totals import ConnectionTotals
 from connstats.sink.compose import SinkConfig, build_sink
-from tests.fixtures.nats import sample_envelope, sample_records
+from connstats.sink.consumer import FlowConsumer
+from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
 T0 = 1_790_000_000_000_000_000
 
@@ -91,6 +92,10 @@ def test_interval_sums_group_records_and_overflow_by_device_and_direction():
                        ("ifindex-9", "ingress"): [1, 42]}
     assert overflow == {("veth0", "egress"): [11, 1100], ("unattributed", "ingress"): [2, 84]}
     assert interval_sums(interval(2, [])) == ({}, {})
+    # devices that do not name every record's ifindex: grouped by sorting instead, same sums
+    unnamed, _ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
+    assert unnamed == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90],
+                       ("ifindex-4", "egress"): [7, 700], ("ifindex-9", "ingress"): [1, 42]}
 
 
 def test_counters_add_up_every_published_interval_with_overflow_included():
@@ -259,10 +264,15 @@ async def test_sink_metrics_count_what_it_stored_and_dead_lettered(nats_server, 
     nc = await nats.connect(nats_server.url)
     await nc.jetstream().publish(flows_subject("node-1.example"), b"not a flow message")
     await nc.jetstream().publish(flows_subject("other-host"), (await nc.jetstream().get_msg("CONNSTATS", 1)).data)
-    await nc.close()
     sink = build_sink(SinkConfig(nats=options, store=f"sqlite:{tmp_path / 'flows.sqlite'}"))
     sink.metrics.refresh_every = 0.05
     telemetry = sink.config.telemetry
+    async with FlowConsumer(nc, MemoryStore()):  # the durable consumer exists; nothing fetched yet
+        await sink.metrics.refresh(nc, MemoryStore())
+    await nc.close()
+    lag = scrape(telemetry)
+    assert lag["connstats_sink_consumer_pending", (("consumer", "connstats-sink"),)] == messages + 2  # the lag
+    assert lag["connstats_sink_consumer_ack_pending", (("consumer", "connstats-sink"),)] == 0
     assert telemetry.not_ready() == ["sink: NATS is not connected"]
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
@@ -299,7 +309,7 @@ def test_stream_replicas_and_metrics_come_from_flag_env_or_file(tmp_path):
         sink = sink_config(config, NatsFlags(), None, None, stream_replicas=flag)
         return probe.publisher_settings().stream.replicas, sink.stream.replicas, config.get("metrics")
 
-    assert configs({}, {}) == (1, 1, None)
+    assert configs({}, {}) == (None, None, None)  # not set: a new stream gets 1, an existing one is left
     assert configs({}, {"nats": {"stream_replicas": 5}, "metrics": {"address": "0.0.0.0:9465"}}) == (5, 5, "0.0.0.0:9465")
     assert configs({"CONNSTATS_STREAM_REPLICAS": "3", "CONNSTATS_METRICS": "9465"},
                    {"nats": {"stream_replicas": 5}}) == (3, 3, "9465")
@@ -316,7 +326,25 @@ async def test_replicas_one_server_cannot_have_are_a_one_line_error(nats_server)
             await ensure_stream(js, flow_stream_config(StreamSettings(replicas=3)))
         assert str(caught.value) == ("cannot create stream CONNSTATS: replicas > 1 not supported in non-clustered "
                                      "mode; --stream-replicas 3 needs a JetStream cluster of at least 3 servers")
-        await ensure_stream(js, flow_stream_config(StreamSettings(replicas=1)))
+        await ensure_stream(js, flow_stream_config(StreamSettings()))  # not set: the server's 1
         assert (await js.stream_info("CONNSTATS")).config.num_replicas == 1
     finally:
         await nc.close()
+
+
+def test_a_failure_in_the_metrics_is_logged_and_never_stops_the_probe(caplog):
+    class BrokenStatus(FakeProbe):
+        broken = False
+
+        def status(self):
+            if self.broken:
+                raise RuntimeError("status broke")
+            return super().status()
+
+    probe, telemetry = BrokenStatus(), Telemetry(process_metrics=False)
+    ProbeMetrics(probe, telemetry)
+    probe.broken = True
+    with caplog.at_level(logging.ERROR, logger="connstats.probe"):
+        probe.publish(interval(7, [record(3, "veth0", "egress", 5, 500, 1)]))  # does not raise
+    assert [r.getMessage() for r in caplog.records] == ["the self-metrics missed interval 7"]
+    assert telemetry.not_ready() == ["probe: its readiness check failed: RuntimeError('status broke')"]

@@ -7,7 +7,9 @@ nats-server goes away and 200 when it is back. Every process is stopped by pid a
 """
 from __future__ import annotations
 
+import re
 import sqlite3
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +108,9 @@ def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_en
     stored = store_totals(database)
     assert stored == {key: value for key, value in counted.items() if value != (0, 0)}  # ... and the store's
     assert got[("connstats_sink_records_total", ())] == got[("connstats_published_records_total", ())]
+    # the sink's login on up's embedded server may read its consumer's lag
+    wait_until(lambda: samples(endpoint).get(("connstats_sink_consumer_pending", (("consumer", "connstats-sink"),))) == 0,
+               15, "the consumer's lag read")
     assert got[("connstats_attached_devices", ())] == 2 and got[("connstats_attach_failures_total", ())] == 0
     assert got[("connstats_map_capacity", (("family", "ipv4"),))] == 131072
     assert not [k for k in got if k[0] == "connstats_overflow_packets_total"]  # nothing overflowed
@@ -157,3 +162,44 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
     assert store_totals(tmp_path / "flows.sqlite") == {k: v for k, v in counted.items() if v != (0, 0)}
     assert probe.interrupt() == 0 and sink.interrupt() == 0
     assert "Traceback" not in probe.stderr + sink.stderr
+
+
+def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning(quiet_network, cs_env, start):
+    from tests.e2e.test_overflow_e2e import CONNECTIONS, SEND_FROM_MANY_PORTS, SIZE
+
+    a, b = quiet_network
+    metrics = f"127.0.0.1:{free_port()}"
+    up = start("up", "--iface", a.host_if, "--capacity", "16", "--interval", "0.5", "--http", "none",
+               "--metrics", metrics)
+    up.wait_for("connstats up: watching")
+    endpoint = f"http://{metrics}"
+    before = a.counters()
+    a.run(sys.executable, "-c", SEND_FROM_MANY_PORTS, b.ipv4, "43000", str(CONNECTIONS), str(SIZE))
+    time.sleep(0.5)  # b's ICMP answers are out
+    after = a.counters()
+    kernel = {(a.host_if, "egress"): (after["tx_packets"] - before["tx_packets"], after["tx_bytes"] - before["tx_bytes"]),
+              (a.host_if, "ingress"): (after["rx_packets"] - before["rx_packets"], after["rx_bytes"] - before["rx_bytes"])}
+    assert kernel[a.host_if, "egress"] == (CONNECTIONS, CONNECTIONS * (UDP_V4_OVERHEAD + SIZE))
+    database = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
+
+    def settled():
+        got = samples(endpoint)
+        done = (all(traffic_of(got, *key) == counts for key, counts in kernel.items())
+                and got[("connstats_outbox_messages", ())] == 0
+                and got[("connstats_sink_messages_total", ())] == got[("connstats_published_messages_total", ())])
+        return got if done else None
+
+    got = wait_until(settled, 30, "counters equal to the kernel's, published and stored")
+    with sqlite3.connect(database) as db:
+        stored_overflow = {(i, d): (p, b) for i, d, p, b in db.execute(
+            "SELECT ifname, direction, SUM(packets), SUM(bytes) FROM overflow GROUP BY 1, 2")}
+    overflow = {(dict(k[1])["iface"], dict(k[1])["direction"]): (v, got[("connstats_overflow_bytes_total", k[1])])
+                for k, v in got.items() if k[0] == "connstats_overflow_packets_total"}
+    assert overflow == stored_overflow and (a.host_if, "egress") in overflow  # 500 connections, 16 places
+    assert store_totals(database) == {k: v for k, v in kernel.items() if v != (0, 0)}
+    assert got[("connstats_map_capacity", (("family", "ipv4"),))] == 16
+    warning = re.search(r"the IPv4 flow map was (\d+)% full \((\d+) of 16 connections\) in the last interval; "
+                        r"beyond it packets are counted per device only: raise --capacity or shorten --interval",
+                        up.stderr)
+    assert warning and int(warning.group(2)) > 0.8 * 16, up.stderr
+    assert up.interrupt() == 0
