@@ -162,6 +162,10 @@ RECORDS = [
     FlowRecord(T0, T0 + 10 * SECOND, 4, "eth0", "ingress", 6, 6, "fd00::2", "fd00::1", 22, 60000, 5, 900,
                T0 + 1, T0 + 3, 0x12),
 ]
+# With the policy issue's `verdict` field (probe/record.py), two connections get a verdict.
+HAS_VERDICT = "verdict" in {f.name for f in dataclasses.fields(FlowRecord)}
+VERDICTS = {0: "allow", 2: "deny"} if HAS_VERDICT else {}
+RECORDS = [dataclasses.replace(r, verdict=VERDICTS[i]) if i in VERDICTS else r for i, r in enumerate(RECORDS)]
 # The next interval: the first connection again (a second time window for the panels).
 LATER = Envelope(host="node-1", boot_id="boot", interval_seq=2, interval_start=T0 + 10 * SECOND,
                  interval_end=T0 + 20 * SECOND)
@@ -327,7 +331,8 @@ PANEL_RESULTS = {
         ("eth0", "ingress", "fd00::2", 22, 60000, 900, 5), ("eth0", "egress", "10.0.0.9", 40000, 53, 240, 3)]),
     "overflow": ("Overflow (flow map full)", {}, ("ifname", "direction", "_time", "_value"), [
         ("veth0", "egress", W1, 7), ("eth0", "ingress", W1, 2)]),
-    "no verdicts yet": ("Policy verdicts", {}, ("verdict",), []),
+    "verdicts": ("Policy verdicts", {}, ("verdict", "direction", "_time", "_value"), [
+        ("allow", "egress", W1, 12), ("allow", "egress", W2, 4), ("deny", "egress", W1, 3)] if HAS_VERDICT else []),
 }
 
 
