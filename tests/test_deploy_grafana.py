@@ -472,3 +472,11 @@ def test_the_self_dashboard_covers_what_the_issue_asks():
     assert {"connstats_packets_total", "connstats_bytes_total", "connstats_map_entries", "connstats_map_capacity",
             "connstats_outbox_messages", "connstats_overflow_packets_total", "connstats_outbox_dropped_records_total",
             "connstats_sink_dead_letters_total", "connstats_sink_consumer_pending"} <= used
+
+
+def test_the_readme_describes_every_panel():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Grafana dashboards"):readme.index("### Checks")]
+    described = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")}
+    titles = {panel["title"] for dashboard in (FLOWS, SELF) for panel in dashboard["panels"]}
+    assert titles - described == set()
