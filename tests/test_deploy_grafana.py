@@ -311,28 +311,37 @@ def in_order(title: str) -> bool:
     return title.startswith("Top ")
 
 
+def per_second(count: int) -> float:
+    """A count in one 10 s window (v.windowPeriod = 10000ms) as the panels show it."""
+    return count / 10.0
+
+
 # Panel, variables selected (none: All), the columns shown, and exactly what the panel gets.
 PANEL_RESULTS = {
     "every device": ("Bytes per interface and direction", {}, ("ifname", "direction", "_time", "_value"), [
-        ("veth0", "egress", W1, 3456 + 700), ("veth0", "egress", W2, 1000), ("veth0", "ingress", W1, 20_000),
-        ("eth0", "egress", W1, 240), ("eth0", "ingress", W1, 900 + 180)]),
+        ("veth0", "egress", W1, per_second(3456 + 700)), ("veth0", "egress", W2, per_second(1000)),
+        ("veth0", "ingress", W1, per_second(20_000)), ("eth0", "egress", W1, per_second(240)),
+        ("eth0", "ingress", W1, per_second(900 + 180))]),
     "packets": ("Packets per interface and direction", {}, ("ifname", "direction", "_time", "_value"), [
-        ("veth0", "egress", W1, 12 + 7), ("veth0", "egress", W2, 4), ("veth0", "ingress", W1, 10),
-        ("eth0", "egress", W1, 3), ("eth0", "ingress", W1, 5 + 2)]),
+        ("veth0", "egress", W1, per_second(12 + 7)), ("veth0", "egress", W2, per_second(4)),
+        ("veth0", "ingress", W1, per_second(10)), ("eth0", "egress", W1, per_second(3)),
+        ("eth0", "ingress", W1, per_second(5 + 2))]),
     "one device": ("Bytes per interface and direction", {"iface": ["eth0"]}, ("ifname", "direction", "_value"), [
-        ("eth0", "egress", 240), ("eth0", "ingress", 1080)]),
+        ("eth0", "egress", per_second(240)), ("eth0", "ingress", per_second(1080))]),
     "another host": ("Bytes per interface and direction", {"host": ["node-2"]}, ("ifname",), []),
     "containers": ("Bytes per container", {}, ("container_name", "direction", "_time", "_value"), [
-        ("web-1", "egress", W1, 3456), ("web-1", "egress", W2, 1000), ("web-1", "ingress", W1, 20_000)]),
+        ("web-1", "egress", W1, per_second(3456)), ("web-1", "egress", W2, per_second(1000)),
+        ("web-1", "ingress", W1, per_second(20_000))]),
     "service ports": ("Top service ports", {}, ("proto", "service_port", "_value"), [
         ("tcp", "443", 3456 + 20_000 + 1000), ("tcp", "22", 900), ("udp", "53", 240)]),
     "connections": ("Top connections", {}, ("ifname", "direction", "src_ip", "src_port", "dst_port", "bytes", "packets"), [
         ("veth0", "ingress", "10.0.0.1", 443, 51234, 20_000, 10), ("veth0", "egress", "10.0.0.2", 51234, 443, 4456, 16),
         ("eth0", "ingress", "fd00::2", 22, 60000, 900, 5), ("eth0", "egress", "10.0.0.9", 40000, 53, 240, 3)]),
     "overflow": ("Overflow (flow map full)", {}, ("ifname", "direction", "_time", "_value"), [
-        ("veth0", "egress", W1, 7), ("eth0", "ingress", W1, 2)]),
+        ("veth0", "egress", W1, per_second(7)), ("eth0", "ingress", W1, per_second(2))]),
     "verdicts": ("Policy verdicts", {}, ("verdict", "direction", "_time", "_value"), [
-        ("allow", "egress", W1, 12), ("allow", "egress", W2, 4), ("deny", "egress", W1, 3)] if HAS_VERDICT else []),
+        ("allow", "egress", W1, per_second(12)), ("allow", "egress", W2, per_second(4)),
+        ("deny", "egress", W1, per_second(3))] if HAS_VERDICT else []),
 }
 
 
