@@ -135,7 +135,7 @@ def test_compose_sink_grafana_and_prometheus_agree():
 # -- Kubernetes ---------------------------------------------------------------------------------
 
 K8S = DEPLOY / "k8s"
-K8S_VERSION = "1.37.0"
+K8S_VERSION = "1.37.0"  # the newest schemas kubernetes-validate 1.37 bundles (pyproject: >=1.37)
 
 
 def k8s_documents() -> list[tuple[str, dict]]:
