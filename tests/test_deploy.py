@@ -259,3 +259,20 @@ def test_compose_mounts_the_dashboards_where_the_provider_reads_them():
     mounts = dict(reversed(volume.split(":")[:2]) for volume in grafana["volumes"])
     assert mounts[provider["options"]["path"]] == str(DEPLOY / "grafana" / "dashboards")
     assert mounts["/etc/grafana/provisioning"] == str(PROVISIONING)
+
+
+def test_docker_parses_the_dockerfile_and_runs_its_steps_in_order(dockerd):
+    """Docker's own builder (the legacy one of Debian's docker.io 20.10) reads the Dockerfile
+    with the context .dockerignore leaves. Nothing is pulled: the test's busybox image is
+    tagged debian:bookworm-slim, so FROM resolves locally and the build stops at the first
+    RUN, where busybox has no apt-get (no registry is reachable here to build it for real)."""
+    instructions = dockerfile_instructions((DEPLOY / "Dockerfile").read_text())
+    dockerd.api.tag(dockerd.image, "debian", "bookworm-slim")
+    output = list(dockerd.api.build(path=str(ROOT), dockerfile="deploy/Dockerfile", tag="connstats:deploy-test",
+                                    rm=True, forcerm=True, decode=True, pull=False))
+    steps = [" ".join(line["stream"].split()) for line in output if line.get("stream", "").startswith("Step ")]
+    assert steps == [f"Step 1/{len(instructions)} : FROM debian:bookworm-slim",
+                     f"Step 2/{len(instructions)} : RUN {instructions[1][1]}"]
+    (error,) = [line["error"] for line in output if "error" in line]
+    assert error.endswith("returned a non-zero code: 127")  # sh: apt-get: not found
+    assert dockerd.api.containers(all=True) == []  # forcerm: the step's container is gone
