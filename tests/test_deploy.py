@@ -276,3 +276,24 @@ def test_docker_parses_the_dockerfile_and_runs_its_steps_in_order(dockerd):
     (error,) = [line["error"] for line in output if "error" in line]
     assert error.endswith("returned a non-zero code: 127")  # sh: apt-get: not found
     assert dockerd.api.containers(all=True) == []  # forcerm: the step's container is gone
+
+
+def cli_options(command: str) -> set[str]:
+    import typer
+    from connstats.cli.main import app
+    return {opt for param in typer.main.get_command(app).commands[command].params for opt in param.opts}
+
+
+def flags(args: list[str]) -> set[str]:
+    return {arg for arg in args if arg.startswith("-")}
+
+
+@needs_compose
+def test_compose_and_k8s_commands_use_only_options_connstats_has():
+    services = compose_file()["services"]
+    commands = [services["probe"]["command"], services["sink"]["command"]]
+    commands += [k8s(kind, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+                 for kind, name in (("DaemonSet", "connstats-probe"), ("Deployment", "connstats-sink"))]
+    for command in commands:
+        assert flags(command[1:]) <= cli_options(command[0]), command
+    assert [command[0] for command in commands] == ["probe", "sink", "probe", "sink"]
