@@ -11,6 +11,9 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from connstats.cli.alert import alert_config
+from connstats.cli.config import Config
+from connstats.cli.options import NatsFlags
 from connstats.probe.contract import (
     NatsOptions, StreamSettings, TransportError, connect, ensure_stream, flow_stream_config,
 )
@@ -87,8 +90,8 @@ async def test_counters_after_three_intervals_and_two_alerts_are_exact(role_nats
         await until(lambda: (len(recovering.bodies), refusing.attempts, engine.stats.sent["nats"]) == (2, 2, 2))
         await publish(flows, 2, [{"dport": 8000, "packets": 100}])
         await until(lambda: engine.stats.intervals == 3)
-        await until(lambda: scrape(engine.telemetry).get(
-            ("connstats_alert_consumer_pending", (("consumer", "connstats-alerts"),))) == 0)
+        consumer = (("consumer", "connstats-alerts"),)
+        await until(lambda: (engine.service.metrics.pending, engine.service.metrics.ack_pending) == (0, 0))
         samples = scrape(engine.telemetry)
 
     assert (recovering.attempts, refusing.attempts) == (3, 2)  # 500 then 200, 200; 400, 400
@@ -104,8 +107,8 @@ async def test_counters_after_three_intervals_and_two_alerts_are_exact(role_nats
         **by_target("connstats_alert_notification_failures_total", 0, 3),  # one 500, two 400
         **by_target("connstats_alert_notifications_dropped_total", 0, 2),  # the two a 400 refused
         **by_target("connstats_alert_queued_notifications", 0, 0),
-        ("connstats_alert_consumer_pending", (("consumer", "connstats-alerts"),)): 0,
-        ("connstats_alert_consumer_ack_pending", (("consumer", "connstats-alerts"),)): 0,
+        ("connstats_alert_consumer_pending", consumer): 0,
+        ("connstats_alert_consumer_ack_pending", consumer): 0,
         ("connstats_alert_nats_reconnects_total", ()): 0,
     }
 
@@ -188,3 +191,17 @@ async def alerts_peers(cluster, timeout: float = 15.0) -> tuple[int, set]:
             await asyncio.sleep(0.2)
     finally:
         await nc.close()
+
+
+def test_alert_stream_replicas_come_from_flag_env_or_file(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "x"\nkind = "silent_host"\nfor = "1m"\n')
+
+    def replicas(env: dict, file: dict, flag: int | None = None) -> int | None:
+        config = Config(file, {"CONNSTATS_STATE_DIR": str(tmp_path / "state"), **env}, tmp_path / "c.toml")
+        return alert_config(config, NatsFlags(), str(rules), None, "h", flag).stream.replicas
+
+    assert replicas({}, {}) is None  # not set: a new stream gets 1, an existing one is left alone
+    assert replicas({}, {"nats": {"stream_replicas": 5}}) == 5
+    assert replicas({"CONNSTATS_STREAM_REPLICAS": "3"}, {"nats": {"stream_replicas": 5}}) == 3
+    assert replicas({"CONNSTATS_STREAM_REPLICAS": "3"}, {}, flag=1) == 1
