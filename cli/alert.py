@@ -12,14 +12,15 @@ import typer
 
 from connstats.probe.contract import ConfigError, connect, redacted
 from connstats.probe.private import private_dir
+from connstats.probe.telemetry import parse_metrics_address
 from connstats.sink.alerts import firing_alerts, load_rules
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 
 from . import pipeline
 from .config import Config
 from .options import (
-    ConfigFile, Format, Host, Nats, NatsCreds, NatsFlags, OutputFormat, Rules, TlsCa, TlsCert, TlsKey, Webhooks,
-    load_config,
+    ConfigFile, Format, Host, Metrics, Nats, NatsCreds, NatsFlags, OutputFormat, Rules, StreamReplicas, TlsCa,
+    TlsCert, TlsKey, Webhooks, load_config,
 )
 from .render import Column, render
 
@@ -42,8 +43,10 @@ def check_webhook(url: str) -> str:
 
 
 def alert_config(config: Config, flags: NatsFlags, rules_file: str, webhooks: list[str] | None,
-                 host: str | None) -> AlertConfig:
+                 host: str | None, stream_replicas: int | None = None) -> AlertConfig:
     """The one ``AlertConfig`` of flags, environment and file (``alert`` and ``up --rules``)."""
+    from .run_commands import stream_settings  # run_commands imports this module
+
     rules = load_rules(rules_file)
     state_dir = config.state_dir()
     try:
@@ -52,14 +55,15 @@ def alert_config(config: Config, flags: NatsFlags, rules_file: str, webhooks: li
         raise ConfigError(f"cannot create the state directory {state_dir} (mode 0700): {exc.strerror}; "
                           "set CONNSTATS_STATE_DIR to a directory you own") from exc
     return AlertConfig(rules, flags.options(config, name="connstats-alert", role="alert"), config.host(host),
-                       state_dir, tuple(check_webhook(u) for u in webhooks or ()))
+                       state_dir, tuple(check_webhook(u) for u in webhooks or ()),
+                       stream=stream_settings(config, stream_replicas))
 
 
 @app.command()
 def alert(
     rules: Rules = None, check: Check = None, webhook: Webhooks = None, host: Host = None, nats: Nats = None,
     nats_creds: NatsCreds = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    config: ConfigFile = None,
+    config: ConfigFile = None, metrics: Metrics = None, stream_replicas: StreamReplicas = None,
 ) -> None:
     """Run the alert engine on the live flows until Ctrl-C (or --check a rules file)."""
     if check is not None:
@@ -72,7 +76,11 @@ def alert(
     from .run_commands import setup_logging
 
     cfg = load_config(config)
-    alert_cfg = alert_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), rules, webhook, host)
+    alert_cfg = alert_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), rules, webhook, host,
+                             stream_replicas)
+    metrics_address = cfg.get("metrics", metrics)
+    if metrics_address:
+        parse_metrics_address(metrics_address)  # a bad address fails before anything starts
     setup_logging(False)
     service = build_alerts(alert_cfg)
 
@@ -82,7 +90,7 @@ def alert(
               f"{redacted(alert_cfg.nats.servers)} as host {alert_cfg.host}{hooks}\n  Ctrl-C to stop",
               file=sys.stderr, flush=True)
 
-    asyncio.run(pipeline.run_alerts(service, on_ready))
+    asyncio.run(pipeline.run_alerts(service, on_ready, metrics_address))
 
 
 @app.command()

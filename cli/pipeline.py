@@ -60,17 +60,27 @@ async def run_sink(sink: Sink, metrics_address: str | None = None) -> None:
             await sink.run(stop)
 
 
-async def run_alerts(service: AlertService, on_ready: Callable[[], None] | None = None) -> None:
-    """Run a built alert engine until SIGINT/SIGTERM."""
+async def run_alerts(service: AlertService, on_ready: Callable[[], None] | None = None,
+                     metrics_address: str | None = None) -> None:
+    """Run a built alert engine until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if
+    given (the Telemetry its builder registered its metrics on)."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        task = asyncio.create_task(service.run(stop))
-        ready = asyncio.create_task(service.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if service.ready.is_set() and on_ready and not task.done():
-            on_ready()
-        await task
+        if metrics_address is None:
+            await _run_alerts(service, stop, on_ready)
+            return
+        async with MetricsServer(service.metrics.telemetry, metrics_address):
+            await _run_alerts(service, stop, on_ready)
+
+
+async def _run_alerts(service: AlertService, stop: asyncio.Event, on_ready: Callable[[], None] | None) -> None:
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if service.ready.is_set() and on_ready and not task.done():
+        on_ready()
+    await task
 
 
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
@@ -108,6 +118,8 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             daemon = build_probe(probe)
             if daemon_hook:
                 daemon_hook(daemon)
+            if alerts is not None:
+                alerts.telemetry = probe.telemetry  # the engine's metrics on up's one endpoint
             engine = build_alerts(alerts) if alerts is not None else None
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
         finally:

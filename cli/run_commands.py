@@ -136,7 +136,7 @@ def up(
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
     if webhook and rules is None:
         raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
-    alert_cfg = alert_config(cfg, flags, rules, webhook, host) if rules is not None else None
+    alert_cfg = alert_config(cfg, flags, rules, webhook, host, stream_replicas) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas), "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),

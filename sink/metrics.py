@@ -97,9 +97,9 @@ class SinkMetrics:
         yield dead
         yield _counter("connstats_sink_store_errors", "Store writes that raised", value("store_errors"))
         yield _counter("connstats_sink_naks", "Messages handed back for redelivery", value("naks"))
-        yield _consumer_gauge("connstats_sink_consumer_pending", "Messages the durable consumer has not "
+        yield consumer_gauge("connstats_sink_consumer_pending", "Messages the durable consumer has not "
                               "delivered yet (num_pending)", self.durable, self.pending)
-        yield _consumer_gauge("connstats_sink_consumer_ack_pending", "Messages delivered and not yet "
+        yield consumer_gauge("connstats_sink_consumer_ack_pending", "Messages delivered and not yet "
                               "acknowledged (num_ack_pending)", self.durable, self.ack_pending)
         yield _counter("connstats_sink_nats_reconnects", "Times the sink's NATS connection came back",
                        self.nc.stats["reconnects"] if self.nc is not None else 0)
@@ -109,7 +109,7 @@ def _counter(name: str, documentation: str, value: float) -> Metric:
     return CounterMetricFamily(name, documentation, value=value)
 
 
-def _consumer_gauge(name: str, documentation: str, consumer: str, value: int | None) -> Metric:
+def consumer_gauge(name: str, documentation: str, consumer: str, value: int | None) -> Metric:
     gauge = GaugeMetricFamily(name, documentation, labels=["consumer"])
     if value is not None:
         gauge.add_metric([consumer], value)

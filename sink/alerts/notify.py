@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from connstats.probe.backoff import Backoff
-from connstats.probe.contract import ALERTS_WILDCARD, alerts_subject, host_token
+from connstats.probe.contract import ALERTS_WILDCARD, StreamSettings, alerts_subject, host_token
 
 from .stats import AlertStats
 
@@ -64,6 +64,11 @@ class NotificationQueue:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def depth(self) -> int:
+        """Alerts waiting (those in the batch being delivered included)."""
+        return len(self._waiting)
 
     def put(self, alerts: list[dict[str, Any]]) -> None:
         if not alerts:
@@ -126,9 +131,12 @@ class NotificationQueue:
 # -- NATS ----------------------------------------------------------------------------------------
 
 
-def alerts_stream_config() -> StreamConfig:
+def alerts_stream_config(settings: StreamSettings = StreamSettings()) -> StreamConfig:
+    """``settings.replicas`` as for the flow stream: None creates one replica and leaves an
+    existing stream alone (``ensure_stream``)."""
     return StreamConfig(name=ALERTS_STREAM, subjects=[ALERTS_WILDCARD], storage=StorageType.FILE,
-                        discard=DiscardPolicy.OLD, max_age=ALERTS_MAX_AGE, duplicate_window=120.0)
+                        discard=DiscardPolicy.OLD, max_age=ALERTS_MAX_AGE, duplicate_window=120.0,
+                        num_replicas=settings.replicas)
 
 
 def alert_body(alert: dict[str, Any]) -> bytes:

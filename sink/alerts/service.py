@@ -17,6 +17,7 @@ subject's, is counted and skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from connstats.probe.backoff import Backoff
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, TransportError, connect, decode_message,
-    ensure_stream, host_of_subject,
+    FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, StreamSettings, TransportError, connect,
+    decode_message, ensure_stream, host_of_subject,
 )
 
 from .engine import AlertEngine
 from .intervals import Intervals
+from .metrics import AlertMetrics
 from .notify import NatsTarget, NotificationQueue, alerts_stream_config
 from .query import FIRING_SUBJECT, RESPONDERS
 
@@ -60,11 +62,14 @@ def consumer_config(durable: str) -> ConsumerConfig:
 
 class AlertService:
     def __init__(self, engine: AlertEngine, nats: NatsOptions, webhooks: list[NotificationQueue],
-                 settings: ServiceSettings = ServiceSettings()) -> None:
+                 settings: ServiceSettings = ServiceSettings(), *, stream: StreamSettings = StreamSettings(),
+                 metrics: AlertMetrics | None = None) -> None:
         self.engine = engine
         self.nats = nats
         self.webhooks = webhooks
         self.settings = settings
+        self.stream = stream  # its replicas: CONNSTATS_ALERTS's (--stream-replicas)
+        self.metrics = metrics
         self.intervals = Intervals(settings.chunk_timeout)
         self.queues: list[NotificationQueue] = list(webhooks)
         self.ready = asyncio.Event()
@@ -75,7 +80,7 @@ class AlertService:
         tasks: list[asyncio.Task] = []
         try:
             js = nc.jetstream(timeout=self.nats.request_timeout)
-            await ensure_stream(js, alerts_stream_config())
+            await ensure_stream(js, alerts_stream_config(self.stream))
             self.queues = [NotificationQueue(NatsTarget(js), self.engine.stats, self.settings.queue_capacity),
                            *self.webhooks]
             await nc.subscribe(FIRING_SUBJECT, queue=RESPONDERS, cb=self._answer)
@@ -85,8 +90,9 @@ class AlertService:
                       asyncio.create_task(self._tick(stop), name="alerts timer")]
             log.info("alert engine: %d rules on %s as host %s", len(self.engine.rules), FLOWS_WILDCARD,
                      self.engine.host)
-            self.ready.set()
-            await _until_stopped(stop, tasks)
+            async with self._watched(nc, js):
+                self.ready.set()
+                await _until_stopped(stop, tasks)
             self.engine.save(force=True)
             await asyncio.gather(*(q.drain(self.settings.drain_timeout) for q in self.queues))
         finally:
@@ -96,6 +102,11 @@ class AlertService:
             for queue in self.queues:
                 await queue.target.close()
             await nc.close()
+
+    def _watched(self, nc, js) -> contextlib.AbstractAsyncContextManager:
+        if self.metrics is None:
+            return contextlib.nullcontext()
+        return self.metrics.watching(nc, js, self.queues)
 
     def _send(self, alerts: list[dict]) -> None:
         for alert in alerts:
