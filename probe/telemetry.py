@@ -13,9 +13,11 @@ time. Collectors read counters the parts keep anyway, so nothing is counted per 
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from typing import Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -85,6 +87,31 @@ def add_routes(app: web.Application, telemetry: Telemetry) -> None:
 
 
 TELEMETRY_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+@contextlib.asynccontextmanager
+async def refreshing(refresh: Callable[[], Awaitable[None]], every: Callable[[], float],
+                     name: str) -> AsyncIterator[None]:
+    """Await ``refresh()`` now and then every ``every()`` s while inside the block.
+
+    The loop also ends when it sees the block left, because nats.py may turn the cancel
+    of a request in flight into a timeout that ``refresh`` catches."""
+    inside = True
+
+    async def refresh_forever() -> None:
+        while True:
+            await refresh()
+            if not inside:
+                return
+            await asyncio.sleep(every())
+
+    task = asyncio.create_task(refresh_forever(), name=name)
+    try:
+        yield
+    finally:
+        inside = False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def parse_metrics_address(text: str) -> tuple[str, int]:

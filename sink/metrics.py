@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.telemetry import Telemetry
+from connstats.probe.telemetry import Telemetry, refreshing
 
 from .consumer import DEAD_LETTER_CLASSES, FlowConsumer
 from .store import Store
@@ -52,18 +52,12 @@ class SinkMetrics:
     async def watching(self, nc: Client, consumer: FlowConsumer, store: Store) -> AsyncIterator[None]:
         """Read ``consumer``'s counters and refresh lag and store state while inside."""
         self.nc, self.consumer, self.store_answers = nc, consumer, True  # the store answered at start
-        task = asyncio.create_task(self._refresh_forever(nc, store), name="connstats-sink-metrics")
         try:
-            yield
+            async with refreshing(lambda: self.refresh(nc, store), lambda: self.refresh_every,
+                                  "connstats-sink-metrics"):
+                yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             self.store_answers = False
-
-    async def _refresh_forever(self, nc: Client, store: Store) -> None:
-        while True:
-            await self.refresh(nc, store)
-            await asyncio.sleep(self.refresh_every)
 
     async def refresh(self, nc: Client, store: Store) -> None:
         try:

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.telemetry import Telemetry
+from connstats.probe.telemetry import Telemetry, refreshing
 from connstats.sink.metrics import consumer_gauge
 
 from .engine import AlertEngine
@@ -60,7 +60,6 @@ class AlertMetrics:
         self.nc: Client | None = None
         self.queues: Sequence[NotificationQueue] = ()
         self.consumer_exists = False
-        self._watching = False
         self.pending: int | None = None  # None until the consumer info was read once
         self.ack_pending: int | None = None
         telemetry.registry.register(self)
@@ -69,22 +68,15 @@ class AlertMetrics:
     @contextlib.asynccontextmanager
     async def watching(self, nc: Client, js, queues: Sequence[NotificationQueue]) -> AsyncIterator[None]:
         """Read the queues' depths and refresh the consumer's state while inside."""
-        self.nc, self.queues, self._watching = nc, queues, True
-        task = asyncio.create_task(self._refresh_forever(js), name="connstats-alert-metrics")
+        self.nc, self.queues = nc, queues
         try:
-            yield
+            async with refreshing(lambda: self.refresh(js), self._refresh_every, "connstats-alert-metrics"):
+                yield
         finally:
-            self._watching = False  # nats.py may turn the cancel of a request into a timeout
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             self.consumer_exists = False
 
-    async def _refresh_forever(self, js) -> None:
-        while True:
-            await self.refresh(js)
-            if not self._watching:  # cancelled while refreshing
-                return
-            await asyncio.sleep(self.refresh_every if self.consumer_exists else WAITING_REFRESH)
+    def _refresh_every(self) -> float:
+        return self.refresh_every if self.consumer_exists else WAITING_REFRESH
 
     async def refresh(self, js) -> None:
         try:
