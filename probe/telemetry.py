@@ -26,7 +26,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], "str | None"]  # None: ready; else the reason it is not
-DEFAULT_METRICS_PORT = 9465
+DEFAULT_METRICS_PORT = 9465  # conventional for the sink's --metrics
+PROBE_METRICS_PORT = 9464  # conventional for the probe's --metrics (deploy/)
 
 
 class Telemetry:

@@ -71,6 +71,35 @@ def http_port() -> int:
     return int(DEFAULT_HTTP_ADDRESS.rpartition(":")[2])
 
 
+def probe_metrics_port() -> int:
+    from connstats.probe.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
+    assert PROBE_METRICS_PORT not in (DEFAULT_METRICS_PORT, http_port())  # probe and sink share a host
+    return PROBE_METRICS_PORT
+
+
+def option(command: list[str], name: str) -> str:
+    (value,) = [command[i + 1] for i, arg in enumerate(command) if arg == name]  # exactly once
+    return value
+
+
+def is_loopback(address: str) -> bool:
+    """``ADDR:PORT`` names a loopback address (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a variable such as $(POD_IP), a host name, 0.0.0.0 ...
+
+
+def compose_probe_command(env: dict | None = None) -> list[str]:
+    result = docker_compose("config", env={**COMPOSE_ENV, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]["probe"]["command"]
+
+
 @needs_compose
 def test_compose_probe_has_the_host_namespaces_capabilities_and_mounts_it_needs():
     probe = compose_file()["services"]["probe"]
@@ -83,7 +112,8 @@ def test_compose_probe_has_the_host_namespaces_capabilities_and_mounts_it_needs(
     assert mounts["/var/run/docker.sock"] == "/var/run/docker.sock:/var/run/docker.sock:ro"
     command = probe["command"]
     assert command[command.index("--docker-socket") + 1] == "/var/run/docker.sock"
-    assert command[command.index("--http") + 1] == f"0.0.0.0:{http_port()}"
+    assert option(command, "--http") == f"127.0.0.1:{http_port()}"
+    assert option(command, "--metrics") == f"0.0.0.0:{probe_metrics_port()}"
     nats = probe["environment"]["CONNSTATS_NATS"].split(",")
     assert nats == [f"nats://probe:p@127.0.0.1:{port}" for port in (4222, 4223, 4224)]
 
@@ -129,7 +159,7 @@ def test_compose_sink_grafana_and_prometheus_agree():
     scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
     assert targets == {"connstats-sink": [f"sink:{metrics_port}"],
-                       "connstats-probe": [f"host.docker.internal:{http_port()}"]}
+                       "connstats-probe": [f"host.docker.internal:{probe_metrics_port()}"]}
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------
@@ -175,11 +205,33 @@ def test_k8s_probe_daemonset_has_the_host_access_and_health_checks():
     assert probe_host_paths() <= set(host_paths)
     mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert all(mounted[name] == path for path, name in host_paths.items())
-    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
-    assert port == http_port()
-    assert container["args"][container["args"].index("--http") + 1] == f"$(POD_IP):{port}"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": probe_metrics_port()}  # the HTTP API's port is not the pod's
+    assert option(container["args"], "--http") == f"127.0.0.1:{http_port()}"
+    assert option(container["args"], "--metrics") == f"$(POD_IP):{probe_metrics_port()}"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = k8s("DaemonSet", "connstats-probe")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(probe_metrics_port())
+
+
+def test_is_loopback():
+    assert [is_loopback(a) for a in ("127.0.0.1:9102", "127.0.0.2:1", "[::1]:9102", "localhost:9102")] == [True] * 4
+    assert [is_loopback(a) for a in ("0.0.0.0:9102", "$(POD_IP):9102", "[::]:9102", "10.0.0.5:9102",
+                                     "web-1:9102", "9102")] == [False] * 6
+
+
+@needs_compose
+def test_the_probe_http_api_stays_on_loopback_in_compose_and_k8s():
+    """The HTTP API has no authentication (attach/detach): every deployment binds it to loopback,
+    and serves scrapes and health checks on --metrics instead."""
+    commands = {"compose": compose_probe_command(),
+                "compose, CONNSTATS_PROBE_METRICS set": compose_probe_command({"CONNSTATS_PROBE_METRICS": "0.0.0.0:9"}),
+                "k8s": k8s("DaemonSet", "connstats-probe")["spec"]["template"]["spec"]["containers"][0]["args"]}
+    for where, command in commands.items():
+        assert is_loopback(option(command, "--http")), (where, command)
+        assert "--metrics" in command, where
 
 
 def test_k8s_sink_deployment_serves_metrics_and_health_checks():
@@ -240,11 +292,12 @@ def test_dockerfile_parses_and_copies_only_files_that_exist():
     assert all((ROOT / source).exists() and source not in ignored for source in sources)
     import tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert set(project["tool"]["setuptools"]["package-dir"].values()) <= set(sources)
+    package_dirs = set(project["tool"]["setuptools"]["package-dir"].values())  # sink/alerts is in sink
+    assert {d for d in package_dirs if not any(d == s or d.startswith(s + "/") for s in sources)} == set()
     assert {"pyproject.toml", "README.md"} <= set(sources)
     entrypoint = json.loads(dict(instructions)["ENTRYPOINT"])
     assert entrypoint == list(project["project"]["scripts"])
-    assert str(http_port()) in dict(instructions)["EXPOSE"].split()
+    assert {str(probe_metrics_port()), "9465"} <= set(dict(instructions)["EXPOSE"].split())
 
 
 def test_dockerfile_parser_joins_continuations():
