@@ -20,7 +20,7 @@ PROVISIONING = DEPLOY / "grafana" / "provisioning"
 # -- compose ------------------------------------------------------------------------------------
 
 COMPOSE = DEPLOY / "compose.yaml"
-COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a",
+COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a", "NATS_ALERT_PASSWORD": "l",
                "INFLUXDB_ADMIN_PASSWORD": "i", "INFLUXDB_TOKEN": "t", "GRAFANA_ADMIN_PASSWORD": "g",
                "CONNSTATS_HOST": "web-1"}
 DOCKER_COMPOSE = shutil.which("docker-compose")
@@ -115,7 +115,7 @@ def test_compose_probe_has_the_host_namespaces_capabilities_and_mounts_it_needs(
     assert option(command, "--http") == f"127.0.0.1:{http_port()}"
     assert option(command, "--metrics") == f"0.0.0.0:{probe_metrics_port()}"
     nats = probe["environment"]["CONNSTATS_NATS"].split(",")
-    assert nats == [f"nats://probe:p@127.0.0.1:{port}" for port in (4222, 4223, 4224)]
+    assert nats == [f"nats://probe-web-1:p@127.0.0.1:{port}" for port in (4222, 4223, 4224)]
 
 
 @needs_compose
@@ -132,11 +132,35 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
         assert services[name]["environment"]["CONNSTATS_STREAM_REPLICAS"] == str(len(nodes))
 
 
+@needs_compose
+def test_compose_gives_the_nats_nodes_this_hosts_probe_user():
+    """cluster.conf's probe user and subjects are the ones of the probe's role for CONNSTATS_HOST
+    (as tests/test_deploy_nats_cluster.py runs them), and the probe logs in as that user."""
+    from tests.test_deploy_nats_cluster import PASSWORDS, probe_user_env
+    services = compose_file()["services"]
+    wanted = {**probe_user_env("web-1"), **{k: COMPOSE_ENV[k] for k in PASSWORDS}}
+    for node in ("nats-1", "nats-2", "nats-3"):
+        env = services[node]["environment"]
+        assert {k: env[k] for k in wanted} == wanted
+    user = probe_user_env("web-1")["NATS_PROBE_USER"]
+    assert all(url.startswith(f"nats://{user}:") for url in services["probe"]["environment"]["CONNSTATS_NATS"].split(","))
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    variables = set(re.findall(r"\$(NATS_\w+)", re.sub(r"#[^\n]*", "", conf)))
+    assert variables == set(services["nats-1"]["environment"])  # every one it reads is set, no more
+
+
+@needs_compose
+def test_compose_refuses_to_start_without_the_alert_password():
+    result = docker_compose("config", "-q", env={k: v for k, v in COMPOSE_ENV.items() if k != "NATS_ALERT_PASSWORD"})
+    assert result.returncode == 1
+    assert "set NATS_ALERT_PASSWORD in deploy/.env" in result.stderr
+
+
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
 def test_nats_cluster_config_is_valid_for_nats_server():
     """nats-server 2.9 (Debian's) accepts the file the nats:2.10 image runs."""
-    env = {"PATH": "/usr/bin:/bin", "NATS_SERVER_NAME": "nats-1", "NATS_STORE_DIR": "/tmp", "NATS_PROBE_PASSWORD": "p",
-           "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a"}
+    from tests.test_deploy_nats_cluster import node_env
+    env = {**node_env("nats-1", Path("/tmp")), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([shutil.which("nats-server"), "-c", str(DEPLOY / "nats" / "cluster.conf"), "-t"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
