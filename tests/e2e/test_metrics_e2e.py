@@ -242,3 +242,24 @@ def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_ne
     assert probe.interrupt() == 0
     assert "Traceback" not in probe.stderr
     assert f"metrics on http://{metrics}/metrics" in probe.stderr
+
+
+def test_probe_metrics_address_taken_or_bad_is_one_line(quiet_network, cs_env, nats_server):
+    from tests.e2e.test_cli_e2e import assert_one_line_error, connstats
+    from tests.fixtures.netns import leftovers
+    a, _ = quiet_network
+    common = ("probe", "--iface", a.host_if, "--nats", nats_server.url, "--http", "127.0.0.1:0",
+              "--on-exit", "detach")
+    assert_one_line_error(connstats(cs_env, *common, "--metrics", "host:http"),
+                          "metrics address 'host:http' is not ADDR:PORT; use e.g. 127.0.0.1:9465")
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = connstats(cs_env, *common, "--metrics", f"127.0.0.1:{port}")
+    # found once the classifier is attached: the start-up log, then the one error line
+    assert (result.returncode, result.stdout) == (1, "") and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: cannot listen on 127.0.0.1:{port} for metrics: "
+                                              "Address already in use; pick another --metrics ADDR:PORT")
+    assert not [item for item in leftovers() if item.startswith(f"connstats filter on {a.host_if} ")]  # --on-exit detach
