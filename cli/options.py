@@ -67,7 +67,8 @@ InfluxBucket = Annotated[Optional[str], typer.Option(
     "--influx-bucket", metavar="BUCKET", help="InfluxDB bucket [default: connstats]")]
 Metrics = Annotated[Optional[str], typer.Option(
     "--metrics", metavar="ADDR:PORT", help="serve /metrics, /healthz and /readyz here; a bare PORT "
-    "means 127.0.0.1:PORT [default: off (up: on the --http listener only)]")]
+    "means 127.0.0.1:PORT; nothing of the HTTP API is served there [default: off (probe and up: "
+    "on the --http listener only)]")]
 StreamReplicas = Annotated[Optional[int], typer.Option(
     "--stream-replicas", metavar="N", min=1, help="replicas of the streams connstats creates, on a "
     "JetStream cluster; an existing stream is changed to N [default: 1 for a new stream, an existing one left as it is]")]

@@ -169,6 +169,7 @@ def probe(
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, on_exit: OnExit = None, stream_replicas: StreamReplicas = None,
+    metrics: Metrics = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS.
 
@@ -181,6 +182,7 @@ def probe(
     probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
                              host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas),
                              "keep")
+    probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)
     daemon = build_probe(probe_cfg)

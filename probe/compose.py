@@ -5,11 +5,12 @@
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
                           └─> tracked totals ─> HTTP API (if an address is set)
                           └─> ProbeMetrics on the Telemetry (its registry; /metrics, /readyz
-                              on the HTTP API's listener)
+                              on the HTTP API's listener and on --metrics, if set)
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
         HttpApi         the earlier tool's endpoints, on the probe's totals
+        MetricsServer   /metrics, /healthz, /readyz alone on a listener of their own (--metrics)
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
@@ -34,7 +35,7 @@ from .metrics import ProbeMetrics
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
 from .kernel_probe import ProbeSettings
-from .telemetry import Telemetry
+from .telemetry import MetricsServer, Telemetry
 from .watch import link_watcher
 
 log = logging.getLogger("connstats.probe")
@@ -78,6 +79,7 @@ class ProbeConfig:
     services: list[ServiceFactory] = field(default_factory=list)  # more (tests, add-ons)
     stream: StreamSettings = field(default_factory=StreamSettings)  # the flow stream, if it is created
     telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
+    metrics: str | None = None  # ADDR:PORT of a listener with only /metrics, /healthz, /readyz
 
     def kernel_settings(self) -> ProbeSettings:
         return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
@@ -97,6 +99,7 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
         lambda _: containers,  # first: closed last, after the watchers that share it
         control_service(config.nats, config.host),
         *http_services(config.http, daemon, config.telemetry),
+        *metrics_services(config.metrics, config.telemetry),
         *watcher_services(config, containers),
         *config.services,
     ]
@@ -118,6 +121,15 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
     return [http_service(http.address, tracked_totals(probe), telemetry)]  # a bad address fails here
+
+
+def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:
+    """/metrics, /healthz and /readyz alone on ``address`` (nothing of the HTTP API), if set;
+    a bad address fails here, before anything starts."""
+    if not address:
+        return []
+    server = MetricsServer(telemetry, address)
+    return [lambda _: server]
 
 
 def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:

@@ -5,7 +5,7 @@
                                        process never collide; process_* and python_* included
       .add_check(name, check)          ``check()`` -> None when ready, else why not (one line)
     add_routes(app, telemetry)         GET /metrics, /healthz, /readyz on an aiohttp app
-    MetricsServer(telemetry, address)  a listener with only those three (sink --metrics, up --metrics)
+    MetricsServer(telemetry, address)  a listener with only those three (probe, sink and up --metrics)
 
 A part of the process registers its collectors on ``telemetry.registry`` and its
 readiness on ``telemetry.add_check``; whoever serves the endpoint reads them at request
@@ -28,7 +28,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], "str | None"]  # None: ready; else the reason it is not
-DEFAULT_METRICS_PORT = 9465
+DEFAULT_METRICS_PORT = 9465  # conventional for the sink's --metrics
+PROBE_METRICS_PORT = 9464  # conventional for the probe's --metrics (deploy/)
 
 
 class Telemetry:

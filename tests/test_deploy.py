@@ -20,7 +20,7 @@ PROVISIONING = DEPLOY / "grafana" / "provisioning"
 # -- compose ------------------------------------------------------------------------------------
 
 COMPOSE = DEPLOY / "compose.yaml"
-COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a",
+COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a", "NATS_ALERT_PASSWORD": "l",
                "INFLUXDB_ADMIN_PASSWORD": "i", "INFLUXDB_TOKEN": "t", "GRAFANA_ADMIN_PASSWORD": "g",
                "CONNSTATS_HOST": "web-1"}
 DOCKER_COMPOSE = shutil.which("docker-compose")
@@ -71,6 +71,35 @@ def http_port() -> int:
     return int(DEFAULT_HTTP_ADDRESS.rpartition(":")[2])
 
 
+def probe_metrics_port() -> int:
+    from connstats.probe.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
+    assert PROBE_METRICS_PORT not in (DEFAULT_METRICS_PORT, http_port())  # probe and sink share a host
+    return PROBE_METRICS_PORT
+
+
+def option(command: list[str], name: str) -> str:
+    (value,) = [command[i + 1] for i, arg in enumerate(command) if arg == name]  # exactly once
+    return value
+
+
+def is_loopback(address: str) -> bool:
+    """``ADDR:PORT`` names a loopback address (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a variable such as $(POD_IP), a host name, 0.0.0.0 ...
+
+
+def compose_probe_command(env: dict | None = None) -> list[str]:
+    result = docker_compose("config", env={**COMPOSE_ENV, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]["probe"]["command"]
+
+
 @needs_compose
 def test_compose_probe_has_the_host_namespaces_capabilities_and_mounts_it_needs():
     probe = compose_file()["services"]["probe"]
@@ -83,9 +112,10 @@ def test_compose_probe_has_the_host_namespaces_capabilities_and_mounts_it_needs(
     assert mounts["/var/run/docker.sock"] == "/var/run/docker.sock:/var/run/docker.sock:ro"
     command = probe["command"]
     assert command[command.index("--docker-socket") + 1] == "/var/run/docker.sock"
-    assert command[command.index("--http") + 1] == f"0.0.0.0:{http_port()}"
+    assert option(command, "--http") == f"127.0.0.1:{http_port()}"
+    assert option(command, "--metrics") == f"0.0.0.0:{probe_metrics_port()}"
     nats = probe["environment"]["CONNSTATS_NATS"].split(",")
-    assert nats == [f"nats://probe:p@127.0.0.1:{port}" for port in (4222, 4223, 4224)]
+    assert nats == [f"nats://probe-web-1:p@127.0.0.1:{port}" for port in (4222, 4223, 4224)]
 
 
 @needs_compose
@@ -102,11 +132,35 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
         assert services[name]["environment"]["CONNSTATS_STREAM_REPLICAS"] == str(len(nodes))
 
 
+@needs_compose
+def test_compose_gives_the_nats_nodes_this_hosts_probe_user():
+    """cluster.conf's probe user and subjects are the ones of the probe's role for CONNSTATS_HOST
+    (as tests/test_deploy_nats_cluster.py runs them), and the probe logs in as that user."""
+    from tests.test_deploy_nats_cluster import PASSWORDS, probe_user_env
+    services = compose_file()["services"]
+    wanted = {**probe_user_env("web-1"), **{k: COMPOSE_ENV[k] for k in PASSWORDS}}
+    for node in ("nats-1", "nats-2", "nats-3"):
+        env = services[node]["environment"]
+        assert {k: env[k] for k in wanted} == wanted
+    user = probe_user_env("web-1")["NATS_PROBE_USER"]
+    assert all(url.startswith(f"nats://{user}:") for url in services["probe"]["environment"]["CONNSTATS_NATS"].split(","))
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    variables = set(re.findall(r"\$(NATS_\w+)", re.sub(r"#[^\n]*", "", conf)))
+    assert variables == set(services["nats-1"]["environment"])  # every one it reads is set, no more
+
+
+@needs_compose
+def test_compose_refuses_to_start_without_the_alert_password():
+    result = docker_compose("config", "-q", env={k: v for k, v in COMPOSE_ENV.items() if k != "NATS_ALERT_PASSWORD"})
+    assert result.returncode == 1
+    assert "set NATS_ALERT_PASSWORD in deploy/.env" in result.stderr
+
+
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
 def test_nats_cluster_config_is_valid_for_nats_server():
     """nats-server 2.9 (Debian's) accepts the file the nats:2.10 image runs."""
-    env = {"PATH": "/usr/bin:/bin", "NATS_SERVER_NAME": "nats-1", "NATS_STORE_DIR": "/tmp", "NATS_PROBE_PASSWORD": "p",
-           "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a"}
+    from tests.test_deploy_nats_cluster import node_env
+    env = {**node_env("nats-1", Path("/tmp")), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([shutil.which("nats-server"), "-c", str(DEPLOY / "nats" / "cluster.conf"), "-t"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -129,7 +183,7 @@ def test_compose_sink_grafana_and_prometheus_agree():
     scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
     assert targets == {"connstats-sink": [f"sink:{metrics_port}"],
-                       "connstats-probe": [f"host.docker.internal:{http_port()}"]}
+                       "connstats-probe": [f"host.docker.internal:{probe_metrics_port()}"]}
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------
@@ -175,11 +229,33 @@ def test_k8s_probe_daemonset_has_the_host_access_and_health_checks():
     assert probe_host_paths() <= set(host_paths)
     mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert all(mounted[name] == path for path, name in host_paths.items())
-    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
-    assert port == http_port()
-    assert container["args"][container["args"].index("--http") + 1] == f"$(POD_IP):{port}"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": probe_metrics_port()}  # the HTTP API's port is not the pod's
+    assert option(container["args"], "--http") == f"127.0.0.1:{http_port()}"
+    assert option(container["args"], "--metrics") == f"$(POD_IP):{probe_metrics_port()}"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = k8s("DaemonSet", "connstats-probe")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(probe_metrics_port())
+
+
+def test_is_loopback():
+    assert [is_loopback(a) for a in ("127.0.0.1:9102", "127.0.0.2:1", "[::1]:9102", "localhost:9102")] == [True] * 4
+    assert [is_loopback(a) for a in ("0.0.0.0:9102", "$(POD_IP):9102", "[::]:9102", "10.0.0.5:9102",
+                                     "web-1:9102", "9102")] == [False] * 6
+
+
+@needs_compose
+def test_the_probe_http_api_stays_on_loopback_in_compose_and_k8s():
+    """The HTTP API has no authentication (attach/detach): every deployment binds it to loopback,
+    and serves scrapes and health checks on --metrics instead."""
+    commands = {"compose": compose_probe_command(),
+                "compose, CONNSTATS_PROBE_METRICS set": compose_probe_command({"CONNSTATS_PROBE_METRICS": "0.0.0.0:9"}),
+                "k8s": k8s("DaemonSet", "connstats-probe")["spec"]["template"]["spec"]["containers"][0]["args"]}
+    for where, command in commands.items():
+        assert is_loopback(option(command, "--http")), (where, command)
+        assert "--metrics" in command, where
 
 
 def test_k8s_sink_deployment_serves_metrics_and_health_checks():
@@ -240,13 +316,12 @@ def test_dockerfile_parses_and_copies_only_files_that_exist():
     assert all((ROOT / source).exists() and source not in ignored for source in sources)
     import tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    # every package's directory is inside a directory the image copies
-    package_roots = {Path(d).parts[0] for d in project["tool"]["setuptools"]["package-dir"].values()}
-    assert package_roots <= set(sources)
+    package_dirs = set(project["tool"]["setuptools"]["package-dir"].values())  # sink/alerts is in sink
+    assert {d for d in package_dirs if not any(d == s or d.startswith(s + "/") for s in sources)} == set()
     assert {"pyproject.toml", "README.md"} <= set(sources)
     entrypoint = json.loads(dict(instructions)["ENTRYPOINT"])
     assert entrypoint == list(project["project"]["scripts"])
-    assert str(http_port()) in dict(instructions)["EXPOSE"].split()
+    assert {str(probe_metrics_port()), "9465"} <= set(dict(instructions)["EXPOSE"].split())
 
 
 def test_dockerfile_parser_joins_continuations():

@@ -212,6 +212,14 @@ def test_metrics_addresses():
             parse_metrics_address(bad)
 
 
+
+def test_probe_metrics_address_is_checked_when_the_probe_is_built():
+    from connstats.probe.compose import metrics_services
+    assert metrics_services(None, Telemetry()) == []
+    with pytest.raises(ConfigError) as bad:
+        metrics_services("host:http", Telemetry())
+    assert str(bad.value) == "metrics address 'host:http' is not ADDR:PORT; use e.g. 127.0.0.1:9465"
+
 async def test_metrics_listener_in_use_is_a_one_line_error():
     async with MetricsServer(Telemetry(), "127.0.0.1:0") as taken:
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{taken.port} for metrics: .*"

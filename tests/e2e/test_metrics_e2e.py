@@ -203,3 +203,63 @@ def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning
                         up.stderr)
     assert warning and int(warning.group(2)) > 0.8 * 16, up.stderr
     assert up.interrupt() == 0
+
+
+def post_json(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_network, cs_env, start, nats_server):
+    """`probe --metrics`: /metrics, /healthz, /readyz on a listener of their own; the HTTP API
+    (attach, connection stats) only on --http, so --http may stay on loopback."""
+    a, b = quiet_network
+    http, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    probe = start("probe", "--iface", a.host_if, "--interval", "0.5", "--nats", nats_server.url,
+                  "--http", http, "--metrics", metrics)
+    probe.wait_for("connstats probe: watching")
+    api, telemetry = f"http://{http}", f"http://{metrics}"
+    assert wait_until(lambda: get(telemetry + "/readyz") == (200, "ready\n"), 30, "probe ready on --metrics")
+    assert get(telemetry + "/healthz") == (200, "ok\n")
+    attach = f'{{"iface": "{b.host_if}", "action": "add"}}'.encode()
+    assert post_json(telemetry + "/traffic_count_attach_device", attach) == (404, "404: Not Found")
+    assert get(telemetry + "/traffic_device_connection_stats") == (404, "404: Not Found")
+    assert get(api + "/traffic_device_connection_stats")[0] == 200  # the API is where it was
+    a.traffic("udp", b.ipv4, 7000, 42000, 300, 100)
+    expected = (300, 300 * (UDP_V4_OVERHEAD + 100))
+
+    def counted():
+        got = samples(telemetry)
+        return got if traffic_of(got, a.host_if, "egress") == expected else None
+
+    got = wait_until(counted, 30, "the traffic counted on --metrics")
+    assert got[("connstats_attached_devices", ())] == 1  # the refused attach attached nothing
+    assert traffic_of(samples(api), a.host_if, "egress") == expected  # /metrics stays on --http too
+    assert probe.interrupt() == 0
+    assert "Traceback" not in probe.stderr
+    assert f"metrics on http://{metrics}/metrics" in probe.stderr
+
+
+def test_probe_metrics_address_taken_or_bad_is_one_line(quiet_network, cs_env, nats_server):
+    from tests.e2e.test_cli_e2e import assert_one_line_error, connstats
+    from tests.fixtures.netns import leftovers
+    a, _ = quiet_network
+    common = ("probe", "--iface", a.host_if, "--nats", nats_server.url, "--http", "127.0.0.1:0",
+              "--on-exit", "detach")
+    assert_one_line_error(connstats(cs_env, *common, "--metrics", "host:http"),
+                          "metrics address 'host:http' is not ADDR:PORT; use e.g. 127.0.0.1:9465")
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = connstats(cs_env, *common, "--metrics", f"127.0.0.1:{port}")
+    # found once the classifier is attached: the start-up log, then the one error line
+    assert (result.returncode, result.stdout) == (1, "") and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: cannot listen on 127.0.0.1:{port} for metrics: "
+                                              "Address already in use; pick another --metrics ADDR:PORT")
+    assert not [item for item in leftovers() if item.startswith(f"connstats filter on {a.host_if} ")]  # --on-exit detach
