@@ -58,7 +58,8 @@ ON_EXIT = ("keep", "detach")
 
 def map_layout(capacity: int) -> str:
     """The name of the maps' shapes: another layout means other maps (see pins.py)."""
-    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1")
+    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1",
+                       "policy-v1")
 
 
 class KernelProbe:
