@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from connstats.probe.contract import ConnstatsError
 
-from . import control, doctor, history, reset, run_commands, top
+from . import control, doctor, history, policy, reset, run_commands, top
 
 
 class ConnstatsGroup(TyperGroup):
@@ -33,6 +33,7 @@ app = typer.Typer(
 )
 for module in (run_commands, control, top, history, doctor, reset):
     app.add_typer(module.app)
+app.add_typer(policy.app, name="policy")
 
 
 def main() -> None:

@@ -6,7 +6,8 @@
                           └─> tracked totals ─> HTTP API (if an address is set)
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
-        ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
+        PolicyService   the active policy: applied, kept, re-resolved; violations
+        ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
         HttpApi         the earlier tool's endpoints, on the probe's totals
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else
@@ -26,6 +27,8 @@ from .daemon import DaemonSettings, ProbeDaemon
 from .docker_watch import docker_watcher
 from .errors import ConfigError
 from .guard import filter_guard
+from .policy.service import PolicyService
+from .policy.violations import ViolationPublisher
 from .kernel import DEFAULT_CAPACITY
 from .messaging import NatsOptions
 from .ports import ProbePort, ServiceFactory
@@ -86,9 +89,11 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
     containers = ContainerIndex()
+    policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
-        control_service(config.nats, config.host),
+        policy.bind,  # before the control plane, which answers its verbs
+        control_service(config.nats, config.host, policy.verbs),
         *http_services(config.http, daemon),
         *watcher_services(config, containers),
         *config.services,

@@ -6,7 +6,9 @@ Subjects (``<host>`` is one escaped token, see ``host_token``)::
     connstats.v1.flows.<host>          flow messages, one per chunk of an interval
     connstats.v1.events.<host>         attach/detach and outbox-overflow events (JSON)
     connstats.v1.deadletter            messages the sink could not decode or store
-    connstats.v1.ctl.<host>.<verb>     control requests (reserved)
+    connstats.v1.ctl.<host>.<verb>     control requests (probe/control.py)
+    connstats.v1.policy.<host>         policy violations: one JSON event per denied
+                                       connection and interval (core NATS, not in the stream)
 
 The stream ``CONNSTATS`` holds ``connstats.v1.flows.>`` and ``connstats.v1.events.>``.
 What only the sink uses (its durable consumer, the dead-letter stream) is in
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
     "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "redacted",
+    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject",
+    "POLICY_WILDCARD", "redacted",
 ]
 
 PREFIX = "connstats.v1"
@@ -80,6 +83,14 @@ def flows_subject(host: str | None = None) -> str:
 
 def events_subject(host: str | None = None) -> str:
     return f"{PREFIX}.events.{host_token(host)}"
+
+
+def policy_subject(host: str | None = None) -> str:
+    """Where a probe publishes policy violations (probe/policy/violations.py)."""
+    return f"{PREFIX}.policy.{host_token(host)}"
+
+
+POLICY_WILDCARD = f"{PREFIX}.policy.>"
 
 
 def control_subject(host: str | None, verb: str) -> str:

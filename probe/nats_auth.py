@@ -49,11 +49,11 @@ ADMIN_PUBLISH = (
     "$JS.API.STREAM.MSG.GET.*", "$JS.API.CONSUMER.NAMES.*", "$JS.API.CONSUMER.LIST.*",
     "$JS.API.CONSUMER.INFO.*.*",
 )
-ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>")
+ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>", "connstats.v1.policy.>")
 
 
 def probe_publish(token: str) -> tuple[str, ...]:
-    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}",
+    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}", f"connstats.v1.policy.{token}",
             "$JS.API.STREAM.INFO.CONNSTATS", "$JS.API.STREAM.CREATE.CONNSTATS")
 
 
