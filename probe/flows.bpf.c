@@ -455,16 +455,27 @@ static __always_inline void conn_key(struct flow6_key *out, struct flow6_key *ke
     }
 }
 
+static __always_inline int is_echo(struct flow6_key *key, struct packet_meta *meta, int reply)
+{
+    if (key->proto == IPPROTO_ICMP)
+        return meta->icmp_type == (reply ? 0 : 8);
+    return key->proto == IPPROTO_ICMPV6 && meta->icmp_type == (reply ? 129 : 128);
+}
+
 // Who opened the connection of this packet: 1 this packet's source, 0 its destination,
 // 2 unknown (TCP seen mid-stream: either way may allow it). TCP: the side that sent the
-// SYN; other protocols: the side whose packet was seen first.
+// SYN; ICMP: the side that sent the echo request; other protocols: the side whose packet
+// was seen first.
 static __always_inline int opened_by_source(struct flow6_key *key, struct packet_meta *meta)
 {
     struct flow6_key forward = {}, backward = {};
     conn_key(&forward, key, 0);
     conn_key(&backward, key, 1);
     __u8 one = 1;
-    if (key->proto == IPPROTO_TCP && (meta->tcp_flags & 0x12) == 0x02) {  // SYN, no ACK
+    if (is_echo(key, meta, 1))
+        return 0;
+    if ((key->proto == IPPROTO_TCP && (meta->tcp_flags & 0x12) == 0x02) ||  // SYN, no ACK
+        is_echo(key, meta, 0)) {
         policy_conns.delete(&backward);
         policy_conns.update(&forward, &one);
         return 1;
@@ -529,12 +540,20 @@ static __always_inline int count(int v6, void *key, struct flow6_key *key6, __u3
     __u64 tcp_flags = meta->tcp_flags;
     struct flow_counters *c = lookup_flow(buffer, v6, key);
     if (c) {
-        if (c->policy != word) {
-            c->verdict = judge(word, key6, meta);
+        __u32 verdict = c->verdict;
+        if (key6->proto == IPPROTO_ICMP || key6->proto == IPPROTO_ICMPV6) {
+            // Echo requests and replies of both sides share one key (no ports): judged
+            // per packet; the record keeps the strictest verdict it saw.
+            verdict = judge(word, key6, meta);
+            if (c->policy != word || verdict > c->verdict)
+                c->verdict = verdict;
+            c->policy = word;
+        } else if (c->policy != word) {
+            verdict = c->verdict = judge(word, key6, meta);
             c->policy = word;
         }
         add_to(c, len, tcp_flags, now);
-        return action(word, c->verdict);
+        return action(word, verdict);
     }
     __u32 verdict = judge(word, key6, meta);
     struct flow_counters first = {.packets = 1, .bytes = len,

@@ -137,3 +137,26 @@ def addresses_in(netns_path: str | None) -> tuple[Address, ...]:
             except (KeyError, ValueError):
                 continue
     return tuple(found)
+
+
+def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple] | None = None) -> list[Endpoint]:
+    """Attached devices (``AttachedDevice``) as endpoints: who is behind each (through the
+    probe's ``ContainerIndex``) and that namespace's addresses (``cache``: netns inode ->
+    addresses, filled as namespaces are first seen)."""
+    cache = {} if cache is None else cache
+    endpoints = []
+    for device in devices:
+        netns = container = None
+        if containers is not None and device.link.peer_nsid is not None:
+            netns, container = containers.owner(device.link.peer_nsid)
+        addresses: tuple = ()
+        if netns is not None:
+            if netns.inode not in cache:
+                path = f"/var/run/netns/{netns.name}" if netns.name else f"/proc/{netns.pid}/ns/net"
+                cache[netns.inode] = addresses_in(path)
+            addresses = cache[netns.inode]
+        endpoints.append(Endpoint(
+            device.ifindex, device.name, container=container.name if container else "",
+            image=container.image if container else "", netns=netns.name if netns else "",
+            addresses=addresses))
+    return endpoints

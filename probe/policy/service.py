@@ -21,7 +21,7 @@ from ..errors import ConfigError, PolicyError
 from ..private import write_private
 from ..ports import ProbePort
 from .model import Policy, parse_policy
-from .resolve import Endpoint, Resolved, addresses_in, resolve
+from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
 from .violations import ViolationPublisher
 
@@ -154,23 +154,8 @@ class PolicyService:
 
     def _resolve(self, policy: Policy) -> Resolved:
         self._seen = self._signature()
-        return resolve(policy, self._endpoints(), addresses_in(None))
-
-    def _endpoints(self) -> list[Endpoint]:
-        endpoints = []
-        for device in self.probe.devices():
-            netns, container = self._owner(device)
-            addresses: tuple = ()
-            if netns is not None:
-                if netns.inode not in self._addresses:
-                    path = f"/var/run/netns/{netns.name}" if netns.name else f"/proc/{netns.pid}/ns/net"
-                    self._addresses[netns.inode] = addresses_in(path)
-                addresses = self._addresses[netns.inode]
-            endpoints.append(Endpoint(
-                device.ifindex, device.name, container=container.name if container else "",
-                image=container.image if container else "", netns=netns.name if netns else "",
-                addresses=addresses))
-        return endpoints
+        return resolve(policy, endpoints_of(self.probe.devices(), self.containers, self._addresses),
+                       addresses_in(None))
 
     # -- what survives a restart ----------------------------------------------------------
 
