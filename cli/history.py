@@ -58,14 +58,16 @@ def table_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
                       Column("last_seen", "LAST SEEN", "time")]
 
 
-def query_store(config: Config, store: str | None, query: HistoryQuery) -> list[dict]:
-    kind, path = parse_store(config.store_spec(store))
+def query_store(config: Config, store: str | None, query: HistoryQuery,
+                influx: tuple[str | None, str | None, str | None] = (None, None, None)) -> list[dict]:
+    """Rows of ``query`` from the store of ``--store`` (and ``influx``: url, org, bucket flags)."""
+    kind, path = parse_store(config.store_spec(store, influx[0]))
     if kind == "sqlite":
         return sqlite_history(path, query)
     from connstats.sink.influx_store import InfluxStore
 
     async def run() -> list[dict]:
-        backend = InfluxStore(config.influx())  # env or [influxdb], like up and sink
+        backend = InfluxStore(config.influx(*influx))  # flags, env or [influxdb], like up and sink
         try:
             return await influx_history(backend, query)
         finally:

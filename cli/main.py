@@ -31,9 +31,8 @@ app = typer.Typer(
     cls=ConnstatsGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Per-connection traffic accounting for Linux network devices (eBPF, NATS JetStream).",
 )
-for module in (run_commands, control, top, history, doctor, reset):
-    app.add_typer(module.app)
-app.add_typer(policy.app, name="policy")
+for module in (run_commands, control, top, history, policy, doctor, reset):
+    app.add_typer(module.app)  # policy.app is named: `connstats policy ...`
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
-"""``connstats policy apply|show|off``: the running probe's microsegmentation policy.
+"""``connstats policy learn|apply|show|off``: the running probe's microsegmentation policy.
 
 ``apply`` checks the file here first (an error names its line and key), then sends it to the
 probe of ``--host`` over NATS request/reply (verb ``policy_apply``: the admin role may send
 it); the probe keeps it in its state directory and applies it again after a restart.
-``learn`` (a policy from the traffic in the store) is in ``policy_learn``.
+``learn`` (a policy from the traffic in the store) is ``policy_learn.learn``.
 """
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ import typer
 from connstats.probe.contract import ConfigError
 from connstats.probe.policy.model import parse_policy
 
+from . import policy_learn
 from .control import Timeout, request
 from .options import ConfigFile, Format, Host, Nats, NatsCreds, NatsFlags, OutputFormat, TlsCa, TlsCert, TlsKey, load_config
 from .render import Column, render
 
 app = typer.Typer(name="policy", no_args_is_help=True,
-                  help="Microsegmentation: apply, show or remove the policy a probe enforces.")
+                  help="Microsegmentation: learn a policy from the store; apply, show or remove the "
+                       "policy a probe enforces.")
+app.command("learn")(policy_learn.learn)
 
 GOVERNED_COLUMNS = (Column("ifname", "IFACE"), Column("ifindex", "IFINDEX", "int"), Column("groups", "GROUPS"))
 

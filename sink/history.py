@@ -9,7 +9,11 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
     keys (by --group-by)      connection: ifname, direction, proto, src_ip, src_port, dst_ip, dst_port
                               port: proto, port (the server side: sink/store.py service_port)
                               iface: ifname, direction        proto: proto
-    values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC)
+                              service (for `policy learn`): ifname, container_id, container_name,
+                                direction, proto, src_ip, dst_ip, port, server ("src", "dst", or
+                                "" when both ports are equal: sink/store.py server_side)
+    values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
+                              service adds connections (distinct client ports)
     with --every              time (start of the bucket, ns)
 
 Rows are sorted by bytes, then packets (within each bucket, buckets in time order);
@@ -39,15 +43,18 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from connstats.probe.contract import DIRECTIONS, TIME_MAX, VERDICTS, ConfigError, StoreError, proto_name, proto_number
-from connstats.sink.store import known_ports, service_port
+from connstats.sink.store import known_ports, server_side, service_port
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "connection": ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port"),
     "port": ("proto", "port"),
     "iface": ("ifname", "direction"),
     "proto": ("proto",),
+    "service": ("ifname", "container_id", "container_name", "direction", "proto", "src_ip", "dst_ip", "port",
+                "server"),
 }
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
+DERIVED = ("port", "server")  # keys computed from the ports, not columns of a record
 MEASUREMENT = "connstats_flow"
 OVERFLOW_MEASUREMENT = "connstats_overflow"
 OVERFLOW = "(overflow)"  # proto and addresses of an overflow row
@@ -97,8 +104,15 @@ class HistoryQuery:
 
     @property
     def with_overflow(self) -> bool:
-        """Overflow has no port, protocol, container or verdict: a filter on one leaves it out."""
-        return self.port is None and self.proto is None and self.container is None and self.verdict is None
+        """Overflow has no port, protocol, container, verdict or address: a filter on one, or
+        the service grouping, leaves it out."""
+        return (self.port is None and self.proto is None and self.container is None and self.verdict is None
+                and not self.counts_clients)
+
+    @property
+    def counts_clients(self) -> bool:
+        """The service grouping also counts connections: distinct client ports per row."""
+        return self.group_by == "service"
 
 
 def _check_time(option: str, ns: int) -> None:
@@ -158,10 +172,14 @@ _SQL_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "proto", "src_ip": "src_ip",
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
     "port": "connstats_service_port(src_port, dst_port)",  # registered by sqlite_history
+    "container_id": "container_id", "container_name": "container_name",
+    "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
 }
+_SQL_CLIENT_PORT = "CASE connstats_server_side(src_port, dst_port) WHEN 'src' THEN dst_port ELSE src_port END"
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
     "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
+    "container_id": "''", "container_name": "''", "server": "''",
 }
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
@@ -198,6 +216,8 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True) -> tuple[str, dict[
         group.insert(0, "time")
         params["every"] = query.every
     sums = ", ".join(f"SUM({c} >> 32) AS {c}_hi, SUM({c} & {_LOW}) AS {c}_lo" for c in ("packets", "bytes"))
+    if query.counts_clients:
+        sums += ", COUNT(DISTINCT client_port) AS connections"
     sql = (f"SELECT {', '.join(columns)}, {sums}, MIN(first_seen) AS first_seen, "
            f"MAX(last_seen) AS last_seen FROM ({' UNION ALL '.join(parts)}) GROUP BY {', '.join(group)}")
     return sql, params
@@ -206,6 +226,8 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True) -> tuple[str, dict[
 def _select_part(query: HistoryQuery, keys: dict[str, str], seen: str, table: str, where: list[str]) -> str:
     columns = ["interval_start"] if query.every is not None else []
     columns += [f"{keys[k]} AS {k}" for k in query.keys]
+    if query.counts_clients:
+        columns.append(f"{_SQL_CLIENT_PORT} AS client_port")
     return (f"SELECT {', '.join(columns)}, packets, bytes, {seen} FROM {table} "
             f"WHERE {' AND '.join(where)}")
 
@@ -221,6 +243,8 @@ def sql_rows(rows: Iterable[dict], query: HistoryQuery) -> list[dict]:
         for name in ("packets", "bytes"):
             result[name] = (row[f"{name}_hi"] << 32) + row[f"{name}_lo"]
         result["first_seen"], result["last_seen"] = row["first_seen"], row["last_seen"]
+        if query.counts_clients:
+            result["connections"] = row["connections"]
         out.append(result)
     return _sorted_top(out, query)
 
@@ -238,6 +262,7 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
     try:
         db.row_factory = sqlite3.Row
         db.create_function("connstats_service_port", 2, _sql_service_port, deterministic=True)
+        db.create_function("connstats_server_side", 2, _sql_server_side, deterministic=True)
         sql, params = build_sql(query, overflow=_has_table(db, "overflow"))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
@@ -255,6 +280,10 @@ def _sql_service_port(src_port: int, dst_port: int) -> int:
     return service_port(src_port, dst_port, _KNOWN)[0]
 
 
+def _sql_server_side(src_port: int, dst_port: int) -> str:
+    return server_side(src_port, dst_port, _KNOWN)
+
+
 _KNOWN = known_ports()
 
 
@@ -268,7 +297,7 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
 _FLUX_COLUMNS = ("_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
-_FLUX_KEEP = ", ".join(f'"{c}"' for c in _FLUX_COLUMNS)
+_FLUX_CONTAINER_COLUMNS = ("container_id", "container_name")  # kept only when a grouping needs them
 
 
 def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
@@ -308,7 +337,8 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
         params["p_verdict"] = query.verdict
     elif query.verdict == "":
         lines.insert(3, "  |> filter(fn: (r) => not exists r.verdict)")
-    lines.append(f"  |> keep(columns: [{_FLUX_KEEP}])")
+    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_CONTAINER_COLUMNS if c in query.keys))
+    lines.append("  |> keep(columns: [" + ", ".join(f'"{c}"' for c in keep) + "])")
     return "\n".join(lines), params
 
 
@@ -322,6 +352,7 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
     """Group per-record rows (from Flux) by the query's keys (and bucket); sorted, top N.
     Python ints: the sums are exact however large."""
     groups: dict[tuple, dict] = {}
+    clients: dict[tuple, set[int]] = {}  # the service grouping's client ports per row
     for point in points:
         overflow = point.get("_measurement") == OVERFLOW_MEASUREMENT
         if overflow and not query.with_overflow:
@@ -330,6 +361,8 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         key = tuple(row[k] for k in query.keys)
         if query.every is not None:
             key = (_time_ns(point.get("_time")) // query.every * query.every, *key)
+        if query.counts_clients:
+            clients.setdefault(key, set()).add(row["dst_port"] if row["server"] == "src" else row["src_port"])
         total = groups.get(key)
         if total is None:
             groups[key] = row | ({"time": key[0]} if query.every is not None else {})
@@ -340,6 +373,9 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
     rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in query.keys},
              **{v: r[v] for v in VALUES}} for r in groups.values()]
+    if query.counts_clients:
+        for key, row in zip(groups, rows):
+            row["connections"] = len(clients[key])
     return _sorted_top(rows, query)
 
 
@@ -350,6 +386,8 @@ def _point_row(point: dict) -> dict:
     proto = point.get("proto")
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
     row["port"] = service_port(row["src_port"], row["dst_port"], _KNOWN)[0]
+    row["server"] = server_side(row["src_port"], row["dst_port"], _KNOWN)
+    row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     return row
 
 

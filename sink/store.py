@@ -66,6 +66,15 @@ def service_port(src_port: int, dst_port: int, known: bytes) -> tuple[int, bool]
     return min(src_port, dst_port), False
 
 
+def server_side(src_port: int, dst_port: int, known: bytes) -> str:
+    """Which end of a record is the server by ``service_port``'s rule: ``"dst"`` or ``"src"``;
+    ``""`` when both ports are the same (ICMP's 0 and 0, NTP's 123 and 123): the ports
+    cannot tell who opened the connection."""
+    if src_port == dst_port:
+        return ""
+    return "dst" if service_port(src_port, dst_port, known)[0] == dst_port else "src"
+
+
 def service_port_column(src_ports, dst_ports, service_ports: frozenset[int] = frozenset()) -> list[str]:
     """``service_port`` per record as tag text; ``other`` where neither port is a service port
     (ephemeral ports would make a series per connection)."""

@@ -268,7 +268,7 @@ def test_parse_time_errors(text, message):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto"),
+    ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto, service"),
     ({"port": 70000}, "--port 70000 is not between 0 and 65535"),
     ({"until": ALL["since"]}, "--until must be later than --since"),
     ({"every": 0}, "--every must be a positive duration, e.g. 1m"),
@@ -301,8 +301,9 @@ def test_the_history_columns_are_fields_of_a_record_by_name():
     from connstats.sink import history, influx_store
     from connstats.sink.sqlite_store import _COLUMNS
 
-    read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - {"port"}
+    read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - set(history.DERIVED)
     assert read <= set(RECORD_FIELDS) and read <= set(_COLUMNS)
-    flux = set(history._FLUX_COLUMNS) - {"_time", "_measurement"}
+    flux = {*history._FLUX_COLUMNS, *history._FLUX_CONTAINER_COLUMNS} - {"_time", "_measurement"}
     assert flux <= {*influx_store.TAGS, *influx_store.FIELDS}
-    assert set(history._SQL_KEYS) - {"port"} == {k for k in history._SQL_KEYS.values() if k in RECORD_FIELDS}
+    assert set(history._SQL_KEYS) - set(history.DERIVED) == {
+        k for k in history._SQL_KEYS.values() if k in RECORD_FIELDS}

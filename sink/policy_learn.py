@@ -1,0 +1,360 @@
+"""``connstats policy learn``: the policy with the fewest rules that allows the traffic seen.
+
+The store does the heavy part: ``HistoryQuery(group_by="service")`` (sink/history.py) adds
+up every record of the range in SQL (or, for InfluxDB, per point from Flux) into one row
+per device, container, direction, protocol, address pair and server port, with the
+number of client ports; client ports never reach Python. ``learn_policy`` turns those
+rows into groups and rules:
+
+- the device a row was counted on is its *local* end (the source of what it sends,
+  ``egress``, the destination of what it receives); the device is a group: a Docker
+  container (``containers``), a netns-only container (``netns``), or, with no container,
+  the device itself (``ifaces``);
+- the other end, the *peer*, is the group of the container that address belongs to (an
+  address seen as the local end on that container's device), else ``host`` (one of this
+  host's addresses, which the caller gives), else ``world`` or, with ``peers="prefix"``,
+  a group per /24 (IPv4) or /64 (IPv6) prefix that holds no address of a group or the host;
+- the server is the side ``sink/store.py`` ``server_side`` names (the service port rule);
+  when both ports are equal (ICMP, NTP), the side whose first packet came first, and both
+  sides when the first packets carry the same time;
+- one rule per (from, to, protocol), its server ports merged into ranges; protocols
+  without ports (ICMP, ...) allow any;
+- ARP and other non-IP frames, IPv6 neighbour discovery (ICMPv6 to or from link-local
+  and multicast addresses) and DHCP are never blocked, so they get no rule.
+
+``policy_toml`` writes the policy file format of issue 11 in a deterministic order;
+``check_policy`` reads a policy text back with ``tomllib`` and checks every rule names a
+defined group.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+from connstats.probe.contract import ConfigError, proto_number
+from connstats.sink.history import HistoryQuery
+
+BUILT_IN = ("host", "world")
+GROUP_KEYS = ("containers", "cidrs", "images", "ifaces", "netns")
+PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # tcp, udp, sctp, udplite: rules name server ports
+PROTO_WORDS = {1: "icmp", 6: "tcp", 17: "udp"}
+_ICMPV6 = 58
+MAX_GROUPS = 62  # what a policy holds besides host and world (probe/policy: 64 bits with them)
+MAX_NAME = 63
+_DHCP_PORTS = (67, 546)  # the service port of DHCP (67/68) and DHCPv6 (546/547): the lower one
+_KIND_ORDER = ("containers", "netns", "ifaces", "cidrs")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")  # a group name the policy model takes
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """How outside peers become groups: all ``world``, or one group per prefix."""
+
+    mode: str = "world"  # world | prefix
+    prefix4: int = 24
+    prefix6: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("world", "prefix"):
+            raise ConfigError(f"--peers {self.mode!r} is not world or prefix")
+        if not 0 <= self.prefix4 <= 32:
+            raise ConfigError(f"--prefix4 {self.prefix4} is not between 0 and 32")
+        if not 0 <= self.prefix6 <= 128:
+            raise ConfigError(f"--prefix6 {self.prefix6} is not between 0 and 128")
+
+
+@dataclass(frozen=True)
+class Rule:
+    source: str
+    target: str
+    proto: int
+    ports: tuple[int | str, ...] = ()  # ints and "low-high" ranges; empty: any
+
+
+@dataclass
+class LearnedPolicy:
+    groups: dict[str, dict[str, list[str]]]
+    rules: list[Rule]
+    connections: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class _Group:
+    """A group before it has a name: its kind (a ``GROUP_KEYS`` entry) and value."""
+
+    kind: str
+    value: str
+
+
+@dataclass
+class _Row:
+    device: _Group
+    src: Address
+    dst: Address
+    local: Address
+    proto: int
+    port: int
+    server: str
+    bytes: int
+    connections: int
+    first_seen: int
+    ifname: str
+
+
+def learn_query(since: int, until: int, host: str | None) -> HistoryQuery:
+    return HistoryQuery(since=since, until=until, host=host, group_by="service")
+
+
+# -- rows in, policy out ------------------------------------------------------------------------
+
+
+def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
+                 peers: PeerSettings = PeerSettings()) -> LearnedPolicy:
+    """The fewest rules that allow every row (from ``learn_query``); see the module docstring."""
+    kept = [row for row in map(_parsed, rows) if row is not None]
+    resolver = _PeerGroups(*_owners(kept, host_addresses), peers)
+    rules: dict[tuple, set[int]] = defaultdict(set)
+    seen: dict[tuple, dict[str, list[int]]] = defaultdict(dict)  # connection -> device -> [conns, bytes]
+    devices = {row.device for row in kept}
+    first = _first_packets(kept)
+    for row in kept:
+        orientations = _orientations(row, first)
+        for client, server in orientations:
+            source, target = (row.device if a == row.local else resolver.group(a) for a in (client, server))
+            ports = rules[(source, target, row.proto)]
+            if row.proto in PORT_PROTOCOLS:
+                ports.add(row.port)
+        per_device = seen[(*orientations[0], row.proto, row.port)].setdefault(row.ifname, [0, 0])
+        per_device[0] = max(per_device[0], row.connections)  # egress and ingress: the same clients
+        per_device[1] += row.bytes
+    names = _names(devices | {g for key in rules for g in key[:2] if isinstance(g, _Group)})
+    return LearnedPolicy(
+        groups={names[g]: {g.kind: [g.value]} for g in sorted(names, key=names.get)},
+        rules=sorted((Rule(_name(s, names), _name(t, names), proto, port_ranges(ports))
+                      for (s, t, proto), ports in rules.items()), key=lambda r: (r.source, r.target, r.proto)),
+        connections=sum(max(c for c, _ in d.values()) for d in seen.values()),
+        bytes=sum(max(b for _, b in d.values()) for d in seen.values()),
+    )
+
+
+def _parsed(row: dict) -> _Row | None:
+    """A row as addresses and numbers; None for what no policy blocks (non-IP, ND, DHCP)."""
+    try:
+        src, dst = ipaddress.ip_address(row["src_ip"]), ipaddress.ip_address(row["dst_ip"])
+    except ValueError:
+        return None
+    proto = proto_number(str(row["proto"]))
+    if proto == _ICMPV6 and any(a.is_link_local or a.is_multicast for a in (src, dst)):
+        return None
+    if proto == 17 and row["port"] in _DHCP_PORTS:
+        return None
+    if proto in PORT_PROTOCOLS and row["port"] == 0:  # non-first fragments: part of their connection
+        return None
+    proto = 1 if proto == _ICMPV6 else proto  # a policy's icmp is ICMP and ICMPv6
+    device = (_Group("containers", row["container_name"]) if row["container_id"]
+              else _Group("netns", row["container_name"]) if row["container_name"]
+              else _Group("ifaces", row["ifname"]))
+    local = src if row["direction"] == "egress" else dst
+    return _Row(device, src, dst, local, proto, row["port"], row["server"], row["bytes"],
+                row.get("connections", 1), row["first_seen"] or 0, row["ifname"])
+
+
+def _owners(rows: list[_Row], host_addresses: Iterable[str]) -> tuple[dict[Address, _Group], set[Address]]:
+    """Which container each local address belongs to (the first by group order when several
+    do), and this host's addresses. A device without a container may be a bridge or a
+    router: the local end of what it forwards is somebody else's, so it owns no address."""
+    owners: dict[Address, _Group] = {}
+    for row in sorted(rows, key=lambda r: r.device, reverse=True):
+        if row.device.kind != "ifaces":
+            owners[row.local] = row.device
+    return owners, {ipaddress.ip_address(a) for a in host_addresses}
+
+
+def _first_packets(rows: list[_Row]) -> dict[tuple, int]:
+    """The first packet's time per (source, destination, protocol, port), for rows whose
+    ports cannot tell the server."""
+    first: dict[tuple, int] = {}
+    for row in rows:
+        if row.server == "":
+            key = (row.src, row.dst, row.proto, row.port)
+            first[key] = min(first.get(key, row.first_seen), row.first_seen)
+    return first
+
+
+def _orientations(row: _Row, first: dict[tuple, int]) -> list[tuple[Address, Address]]:
+    """(client, server) of the row's connection; both ways when nothing tells them apart."""
+    if row.server == "dst":
+        return [(row.src, row.dst)]
+    if row.server == "src":
+        return [(row.dst, row.src)]
+    forth = first.get((row.src, row.dst, row.proto, row.port))
+    back = first.get((row.dst, row.src, row.proto, row.port))
+    if back is None or forth < back:
+        return [(row.src, row.dst)]
+    if forth > back:
+        return [(row.dst, row.src)]
+    return [(row.src, row.dst), (row.dst, row.src)]
+
+
+class _PeerGroups:
+    """The group of a peer address: its container's, ``host``, ``world`` or its prefix's."""
+
+    def __init__(self, owners: dict[Address, _Group], own: set[Address], peers: PeerSettings) -> None:
+        self.owners, self.own, self.peers = owners, own, peers
+        self.inside = {4: [a for a in (*owners, *own) if a.version == 4],
+                       6: [a for a in (*owners, *own) if a.version == 6]}
+        self.prefixes: dict[Address, _Group] = {}
+
+    def group(self, address: Address) -> _Group | str:
+        if address in self.owners:
+            return self.owners[address]
+        if address in self.own:
+            return "host"
+        if self.peers.mode == "world":
+            return "world"
+        if address not in self.prefixes:
+            self.prefixes[address] = _Group("cidrs", str(self._outside_prefix(address)))
+        return self.prefixes[address]
+
+    def _outside_prefix(self, address: Address):
+        """The peer's prefix (/24, /64), made longer while it would hold an address of a
+        group or of this host (a rule for the prefix would allow those too)."""
+        length = self.peers.prefix4 if address.version == 4 else self.peers.prefix6
+        network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+        while any(a in network for a in self.inside[address.version]):
+            length += 1
+            network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+        return network
+
+
+def _names(groups: set[_Group]) -> dict[_Group, str]:
+    """A TOML-friendly name per group: the container, netns or device name (characters other
+    than letters, digits, ``_`` and ``-`` made ``-``), ``net-<prefix>`` for prefixes; a
+    name taken already, or built in, gets its kind as suffix."""
+    names: dict[_Group, str] = {}
+    taken = set(BUILT_IN)
+    for group in sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.value)):
+        base = "net-" + group.value if group.kind == "cidrs" else group.value
+        name = re.sub(r"[^A-Za-z0-9_-]", "-", base).lstrip("-")[:MAX_NAME] or group.kind
+        if name in taken:
+            name = f"{name[:MAX_NAME - len(group.kind) - 1]}-{group.kind}"
+        first, number = name, 2
+        while name in taken:
+            name = f"{first[:MAX_NAME - len(str(number)) - 1]}_{number}"
+            number += 1
+        taken.add(name)
+        names[group] = name
+    return names
+
+
+def _name(group: _Group | str, names: dict[_Group, str]) -> str:
+    return group if isinstance(group, str) else names[group]
+
+
+def port_ranges(ports: Iterable[int]) -> tuple[int | str, ...]:
+    """Sorted ports with contiguous runs merged: ``[80, 8000, 8001, 8002]`` -> ``(80, "8000-8002")``."""
+    out: list[int | str] = []
+    run: list[int] = []
+    for port in sorted(set(ports)) + [None]:
+        if run and (port is None or port != run[-1] + 1):
+            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            run = []
+        if port is not None:
+            run.append(port)
+    return tuple(out)
+
+
+# -- TOML out and back in ---------------------------------------------------------------------
+
+
+def policy_toml(policy: LearnedPolicy, header: Iterable[str] = ()) -> str:
+    """The policy file (issue 11's format): comment lines, ``[groups]``, then ``[[allow]]``."""
+    lines = [f"# {_comment(line)}" for line in header]
+    lines += ["[groups]"]
+    lines += [f"{_key(name)} = {{ {', '.join(f'{k} = {_array(v)}' for k, v in body.items())} }}"
+              for name, body in policy.groups.items()]
+    for rule in policy.rules:
+        lines += ["", "[[allow]]", f"from = {_string(rule.source)}", f"to = {_string(rule.target)}",
+                  f"proto = {_proto(rule.proto)}"]
+        if rule.ports:
+            lines.append(f"ports = {_array(rule.ports)}")
+    return "\n".join(lines) + "\n"
+
+
+def _string(text: str) -> str:
+    """A TOML basic string (escapes as TOML has them: \\", \\\\, \\n, \\uXXXX, ...)."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out) + '"'
+
+
+def _comment(text: str) -> str:
+    """Comment text on one line: control characters (a newline in a host name) shown escaped."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F else c for c in text)
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else _string(name)
+
+
+def _array(values: Iterable[int | str]) -> str:
+    return "[" + ", ".join(str(v) if isinstance(v, int) else _string(v) for v in values) + "]"
+
+
+def _proto(number: int) -> str:
+    return _string(PROTO_WORDS[number]) if number in PROTO_WORDS else str(number)
+
+
+def check_policy(text: str) -> dict:
+    """Read a policy text with ``tomllib``; every rule must name defined (or built-in) groups,
+    a protocol and valid ports. ``ConfigError`` says what is wrong."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the policy is not valid TOML: {exc}; fix the file") from exc
+    groups, allow = doc.get("groups", {}), doc.get("allow", [])
+    if not isinstance(groups, dict) or not isinstance(allow, list):
+        raise ConfigError("the policy needs a [groups] table and [[allow]] tables; fix the file")
+    if len(groups) > MAX_GROUPS:
+        raise ConfigError(f"the policy has {len(groups)} groups, more than the {MAX_GROUPS} a policy holds; "
+                          "merge some (learn: --peers world, or a shorter --prefix4/--prefix6)")
+    for name, body in groups.items():
+        if name in BUILT_IN or not _NAME.fullmatch(name) or not _is_group_body(body):
+            raise ConfigError(f"group {name!r} is not a name (letters, digits, _ . -) with a table of "
+                              f"{', '.join(GROUP_KEYS)} lists; fix the file")
+    for number, rule in enumerate(allow, 1):
+        _check_rule(number, rule, set(groups) | set(BUILT_IN))
+    return doc
+
+
+def _is_group_body(body: object) -> bool:
+    return isinstance(body, dict) and set(body) <= set(GROUP_KEYS) and all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in body.values())
+
+
+def _check_rule(number: int, rule: dict, defined: set[str]) -> None:
+    where = f"[[allow]] number {number}"
+    for end in ("from", "to"):
+        if rule.get(end) not in defined:
+            raise ConfigError(f"{where}: {end} = {rule.get(end)!r} is no defined group; define it in [groups]")
+    proto = rule.get("proto")
+    if not (proto in ("tcp", "udp", "icmp") or (isinstance(proto, int) and 0 <= proto <= 255)):
+        raise ConfigError(f"{where}: proto = {proto!r} is not tcp, udp, icmp or 0-255; fix the rule")
+    for port in rule.get("ports", []):
+        low, _, high = str(port).partition("-")
+        if not (low.isdigit() and (high or low).isdigit() and int(low) <= int(high or low) <= 65535):
+            raise ConfigError(f"{where}: port {port!r} is not a port or a range like 8000-8099; fix the rule")
