@@ -71,6 +71,12 @@ OnExit = Annotated[Optional[str], typer.Option(
     "published: keep the classifier counting (pinned) for the next start, or detach it "
     "[default: keep for probe, detach for up]")]
 
+Rules = Annotated[Optional[str], typer.Option(
+    "--rules", metavar="FILE", help="alert rules (TOML): run the alert engine (see README, Alerts)")]
+Webhooks = Annotated[Optional[list[str]], typer.Option(
+    "--webhook", metavar="URL", help="with --rules: POST alerts to URL/api/v2/alerts in the Alertmanager "
+    "v2 format (repeatable)")]
+
 
 @dataclass(frozen=True)
 class NatsFlags:
@@ -92,5 +98,6 @@ class NatsFlags:
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
     "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Nats", "NatsCreds",
-    "NatsFlags", "OnExit", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "load_config",
+    "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "TlsCa", "TlsCert", "TlsKey", "Webhooks",
+    "load_config",
 ]

@@ -20,11 +20,13 @@ from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.history import parse_duration
 
 from . import pipeline
+from .alert import alert_config
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
     Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
-    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, TlsCa, TlsCert, TlsKey, load_config,
+    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, TlsCa, TlsCert, TlsKey, Webhooks,
+    load_config,
 )
 
 app = typer.Typer()
@@ -113,6 +115,7 @@ def up(
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
+    rules: Rules = None, webhook: Webhooks = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -124,6 +127,9 @@ def up(
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
+    if webhook and rules is None:
+        raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
+    alert_cfg = alert_config(cfg, flags, rules, webhook, host) if rules is not None else None
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     live = sys.stdout.isatty()
     setup_logging(live)
@@ -131,8 +137,9 @@ def up(
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
+        engine = f"alerts {len(alert_cfg.rules)} rules; " if alert_cfg else ""
         banner = _banner("up", probe_cfg, daemon,
-                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; ")
+                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; {engine}")
         print(banner, file=sys.stderr, flush=True)
         summary.banner = banner
 
@@ -140,7 +147,7 @@ def up(
         if live:
             daemon.on_interval(summary)
 
-    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook))
+    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook, alerts=alert_cfg))
 
 
 @app.command()

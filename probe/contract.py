@@ -12,7 +12,7 @@
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
 - **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
-  ``control_subject``, ``host_token``/``host_from_token``), the flow stream
+  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``), the flow stream
   (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
@@ -32,8 +32,8 @@ from .events import (
     Replaced, decode_event, event_body,
 )
 from .messaging import (
-    EVENTS_WILDCARD, FLOWS_WILDCARD, PREFIX, STREAM_NAME, NatsOptions, StreamSettings, connect,
-    control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
+    ALERTS_WILDCARD, EVENTS_WILDCARD, FLOWS_WILDCARD, PREFIX, STREAM_NAME, NatsOptions, StreamSettings, connect,
+    alerts_subject, control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
     host_of_subject, host_token, message_id, policy_subject, redacted,
 )
 from .ownership import DeviceOwned
@@ -55,8 +55,7 @@ __all__ = [
     "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
     "StoreError", "StoreUnavailable", "TransportError",
     # NATS
-    "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
-    "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject",
-    "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
+    "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
+    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject", "redacted",
 ]

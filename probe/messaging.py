@@ -7,8 +7,9 @@ Subjects (``<host>`` is one escaped token, see ``host_token``)::
     connstats.v1.events.<host>         attach/detach and outbox-overflow events (JSON)
     connstats.v1.deadletter            messages the sink could not decode or store
     connstats.v1.ctl.<host>.<verb>     control requests (probe/control.py)
+    connstats.v1.alerts.<host>         alerts (JSON) raised on that host's data (connstats.sink.alerts)
     connstats.v1.policy.<host>         policy violations: one JSON event per denied
-                                       connection and interval (core NATS, not in the stream)
+                                       connection and interval (core NATS, not in a stream)
 
 The stream ``CONNSTATS`` holds ``connstats.v1.flows.>`` and ``connstats.v1.events.>``.
 What only the sink uses (its durable consumer, the dead-letter stream) is in
@@ -36,16 +37,17 @@ from .errors import ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
-    "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject",
-    "POLICY_WILDCARD", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "POLICY_WILDCARD", "PREFIX", "STREAM_NAME",
+    "NatsOptions", "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream",
+    "events_subject", "flow_stream_config", "flows_subject", "host_from_token", "host_of_subject", "host_token",
+    "message_id", "policy_subject", "redacted",
 ]
 
 PREFIX = "connstats.v1"
 STREAM_NAME = "CONNSTATS"
 FLOWS_WILDCARD = f"{PREFIX}.flows.>"
 EVENTS_WILDCARD = f"{PREFIX}.events.>"
+ALERTS_WILDCARD = f"{PREFIX}.alerts.>"
 
 # Bytes kept as they are in a host token; everything else becomes %XX (upper-case hex
 # of each UTF-8 byte). '%' itself is escaped, so the mapping is reversible.
@@ -91,6 +93,10 @@ def policy_subject(host: str | None = None) -> str:
 
 
 POLICY_WILDCARD = f"{PREFIX}.policy.>"
+
+
+def alerts_subject(host: str | None = None) -> str:
+    return f"{PREFIX}.alerts.{host_token(host)}"
 
 
 def control_subject(host: str | None, verb: str) -> str:

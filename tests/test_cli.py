@@ -47,8 +47,8 @@ def test_help_lists_every_command_in_order():
     assert result.exit_code == 0
     commands = [line.split()[1] for line in result.stdout.splitlines()
                 if line.startswith("│ ") and line[2] != " " and line.split()[1] != "--help"]
-    assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "policy", "doctor",
-                        "reset"]
+    assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "policy", "alert",
+                        "alerts", "doctor", "reset"]
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from connstats.cli.options import NatsFlags
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.errors import ConfigError, TransportError
 from connstats.probe.nats_auth import (
-    ADMIN_PUBLISH, ADMIN_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE, SINK_PUBLISH,
-    SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
+    ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
+    SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
 from connstats.probe.contract import NatsOptions, connect, flows_subject
 from tests.fixtures.nats import free_port
@@ -38,12 +38,15 @@ def _between(text: str, start: str, end: str) -> str:
 def test_the_embedded_roles_are_the_deployed_roles():
     conf = DEPLOY_CONFIG.read_text()
     sink = _between(conf, "SINK = {", "ADMIN = {")
-    admin = _between(conf, "ADMIN = {", "users = [")
+    admin = _between(conf, "ADMIN = {", "ALERT = {")
+    alert = _between(conf, "ALERT = {", "users = [")
     probe = _between(conf, "# BEGIN probe", "# END probe")
     assert _quoted(_between(sink, "publish", "subscribe")) == set(SINK_PUBLISH)
     assert _quoted(sink.split("subscribe", 1)[1]) == set(SINK_SUBSCRIBE)
     assert _quoted(_between(admin, "publish", "subscribe")) == set(ADMIN_PUBLISH)
     assert _quoted(admin.split("subscribe", 1)[1]) == set(ADMIN_SUBSCRIBE)
+    assert _quoted(_between(alert, "publish", "subscribe")) == set(ALERT_PUBLISH)
+    assert _quoted(_between(alert, "subscribe", "allow_responses")) == set(ALERT_SUBSCRIBE)
     assert _quoted(_between(probe, "publish:", "subscribe:")) == set(probe_publish("PROBE_HOST"))
     assert _quoted(_between(probe, "subscribe:", "allow_responses")) == set(probe_subscribe("PROBE_HOST"))
 

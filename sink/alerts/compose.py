@@ -1,0 +1,39 @@
+"""``build_alerts``: the alert engine's composition root (``connstats alert``, and ``up
+--rules`` in-process).
+
+    AlertConfig ──> rules ──> AlertEngine(baseline file in the state directory)
+                 └─> one NotificationQueue(WebhookTarget) per --webhook
+                 ──> AlertService (the NATS target is added once connected)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connstats.probe.contract import NatsOptions
+
+from .baseline import BASELINE_FILE, BaselineFile
+from .engine import AlertEngine
+from .notify import NotificationQueue, WebhookTarget
+from .rules import Rule
+from .service import AlertService, ServiceSettings
+from .stats import AlertStats
+
+
+@dataclass
+class AlertConfig:
+    rules: list[Rule]
+    nats: NatsOptions
+    host: str  # the engine's host: the subject of alerts that no single host raised
+    state_dir: Path | None  # where the baselines are kept (None: not kept)
+    webhooks: tuple[str, ...] = ()
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+
+
+def build_alerts(config: AlertConfig) -> AlertService:
+    stats = AlertStats()
+    baseline = BaselineFile(config.state_dir / BASELINE_FILE) if config.state_dir else None
+    engine = AlertEngine(config.rules, config.host, baseline, stats=stats)
+    webhooks = [NotificationQueue(WebhookTarget(url), stats, config.service.queue_capacity)
+                for url in config.webhooks]
+    return AlertService(engine, config.nats, webhooks, config.service)
