@@ -11,12 +11,13 @@ from .base import Context, Finding, Kind
 from .new_peer import NewPeer
 from .new_port import NewPort
 from .overflow import Overflow
+from .policy_violation import PolicyViolation
 from .silent_host import SilentHost
 from .spike import Spike
 from .threshold import Threshold
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (Threshold, NewPeer, NewPort, Spike, Overflow, SilentHost)
+    kind.name: kind for kind in (Threshold, NewPeer, NewPort, Spike, Overflow, SilentHost, PolicyViolation)
 }
 
 __all__ = ["KINDS", "Context", "Finding", "Kind"]
