@@ -89,7 +89,7 @@ class NatsFlags:
     tls_key: str | None = None
 
     def options(self, config: Config, name: str = "connstats", role: str = "admin"):
-        """``role`` (probe, sink, admin) picks the login on the embedded server of ``up``."""
+        """``role`` (probe, sink, admin, alert) picks the login on the embedded server of ``up``."""
         return config.nats_options(self.url, creds=self.creds, tls_ca=self.tls_ca,
                                    tls_cert=self.tls_cert, tls_key=self.tls_key, name=name,
                                    role=role)

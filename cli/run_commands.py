@@ -124,12 +124,12 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
-                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
-    sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
     if webhook and rules is None:
         raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
     alert_cfg = alert_config(cfg, flags, rules, webhook, host) if rules is not None else None
+    probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
+                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
+    sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     live = sys.stdout.isatty()
     setup_logging(live)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import stat
 
-import pytest
-
 from connstats.sink.alerts import AlertEngine
 from connstats.sink.alerts.baseline import BaselineFile
 from connstats.sink.alerts.rules import parse_rules

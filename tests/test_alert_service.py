@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from connstats.probe.contract import (
-    FlowBatch, STREAM_NAME, StreamSettings, connect, encode_message, ensure_stream, flow_stream_config,
+    FlowBatch, StreamSettings, connect, encode_message, ensure_stream, flow_stream_config,
     flows_subject,
 )
 from connstats.sink.alerts import firing_alerts
@@ -81,9 +81,9 @@ async def until(condition, timeout: float = 15.0) -> None:
 
 
 class Running:
-    def __init__(self, options, *webhooks: str, rules=(RULE,), state_dir=None) -> None:
+    def __init__(self, options, *webhooks: str, rules=(RULE,), state_dir=None, webhook_timeout=5.0) -> None:
         config = AlertConfig(parse_rules({"rule": list(rules)}), options, "engine-1", state_dir, webhooks,
-                             ServiceSettings(tick=0.2, drain_timeout=1.0))
+                             ServiceSettings(tick=0.2, drain_timeout=1.0, webhook_timeout=webhook_timeout))
         self.service = build_alerts(config)
         self.stop = asyncio.Event()
 
@@ -152,12 +152,14 @@ async def test_a_webhook_failing_then_recovering_gets_the_alert(role_nats, flows
 
 async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
     async with Receiver(hang=True) as silent, Receiver() as working, \
-            Running(role_nats.options("alert"), silent.url, working.url) as service:
+            Running(role_nats.options("alert"), silent.url, working.url, webhook_timeout=120) as service:
         for seq in range(3):
             await publish(flows, seq, [{"dport": 7000 + seq, "packets": 900}])
-            await until(lambda: len(working.bodies) == seq + 1, 5.0)  # each alert at once, in turn
+            await until(lambda: len(working.bodies) == seq + 1, 30.0)
+        # all three went out while the silent webhook still holds its first request
         assert [b[1][0]["labels"]["dst_port"] for b in working.bodies] == ["7000", "7001", "7002"]
-        assert silent.attempts == 1 and service.engine.stats.sent["nats"] == 3
+        assert (silent.attempts, silent.bodies, service.engine.stats.sent["nats"]) == (1, [], 3)
+        assert service.engine.stats.intervals == 3
 
 
 async def test_firing_alerts_from_the_stream_when_no_engine_answers(role_nats, flows):

@@ -34,6 +34,7 @@ def build_alerts(config: AlertConfig) -> AlertService:
     stats = AlertStats()
     baseline = BaselineFile(config.state_dir / BASELINE_FILE) if config.state_dir else None
     engine = AlertEngine(config.rules, config.host, baseline, stats=stats)
-    webhooks = [NotificationQueue(WebhookTarget(url), stats, config.service.queue_capacity)
+    webhooks = [NotificationQueue(WebhookTarget(url, config.service.webhook_timeout), stats,
+                                  config.service.queue_capacity)
                 for url in config.webhooks]
     return AlertService(engine, config.nats, webhooks, config.service)

@@ -47,7 +47,7 @@ class AlertEngine:
         self.states = [RuleStates(r, r.kind, host, k.pending_ns()) for r, k in zip(self.rules, self.kinds)]
 
     def on_interval(self, chunks: Sequence[FlowBatch], now_ns: int | None = None) -> list[dict[str, Any]]:
-        table = FlowTable(chunks)
+        table = FlowTable(chunks, self.vocabulary)
         self.stats.intervals += 1
         for rule, kind in zip(self.rules, self.kinds):
             self._guarded(rule, kind.observe, table)
@@ -63,8 +63,8 @@ class AlertEngine:
         for rule, kind, states in zip(self.rules, self.kinds, self.states):
             findings = self._guarded(rule, kind.evaluate, now)
             if findings is not None:
-                out += states.update(findings, now)
-        self.stats.firing_by_rule = {s.rule.name: len(s.firing(now)) for s in self.states}
+                out += self._guarded(rule, lambda found: states.update(found, now), findings) or []
+        self.stats.firing_by_rule = {s.rule.name: s.firing_count() for s in self.states}
         self.save(now)
         return out
 

@@ -18,7 +18,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from connstats.probe.contract import control_subject
+from connstats.probe.contract import TransportError, control_subject
 
 from .notify import ALERTS_STREAM, VALID_FOR_REPEATS
 
@@ -31,9 +31,14 @@ LOOKBACK_NS = 3600 * 10**9
 async def firing_alerts(nc, timeout: float = 2.0) -> list[dict[str, Any]]:
     try:
         reply = await nc.request(FIRING_SUBJECT, b"{}", timeout=timeout)
-        return list(json.loads(reply.data)["alerts"])
+        alerts = json.loads(reply.data)["alerts"]
+        if isinstance(alerts, list) and all(isinstance(a, dict) for a in alerts):
+            return alerts
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-        return await firing_from_stream(nc)
+        pass
+    except (ValueError, KeyError, TypeError):
+        pass  # not an engine's answer: the stream then
+    return await firing_from_stream(nc)
 
 
 async def firing_from_stream(nc, now_ns: int | None = None) -> list[dict[str, Any]]:
@@ -43,6 +48,9 @@ async def firing_from_stream(nc, now_ns: int | None = None) -> list[dict[str, An
         state = (await js.stream_info(ALERTS_STREAM)).state
     except nats.js.errors.NotFoundError:
         return []
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"cannot read the stream {ALERTS_STREAM}: {exc!r}; check that JetStream is "
+                             "enabled and that this user may read it") from exc
     latest: dict[str, dict[str, Any]] = {}
     seq = state.last_seq
     while seq >= max(state.first_seq, 1) and state.last_seq - seq < MAX_SCAN:
@@ -65,4 +73,6 @@ async def _message(js, seq: int) -> dict[str, Any] | None:
         return None  # deleted
     except ValueError:
         return None
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"cannot read message {seq} of {ALERTS_STREAM}: {exc!r}; try again") from exc
     return alert if isinstance(alert, dict) and isinstance(alert.get("sent_at"), int) else None

@@ -49,6 +49,7 @@ class ServiceSettings:
     chunk_timeout: float = 5.0  # an interval missing chunks is evaluated after this
     batch: int = 64  # messages per fetch
     queue_capacity: int = 1000  # alerts waiting per target
+    webhook_timeout: float = 5.0  # seconds per POST
     drain_timeout: float = 3.0  # on stop: how long queued alerts may take to go out
 
 
@@ -78,8 +79,9 @@ class AlertService:
             self.queues = [NotificationQueue(NatsTarget(js), self.engine.stats, self.settings.queue_capacity),
                            *self.webhooks]
             await nc.subscribe(FIRING_SUBJECT, queue=RESPONDERS, cb=self._answer)
+            subscription = await self._subscribe(js, stop, wait=False)  # None: no flow stream yet
             tasks = [asyncio.create_task(q.run(), name=f"alerts to {q.target.name}") for q in self.queues]
-            tasks += [asyncio.create_task(self._consume(js, stop), name="alerts consumer"),
+            tasks += [asyncio.create_task(self._consume(js, subscription, stop), name="alerts consumer"),
                       asyncio.create_task(self._tick(stop), name="alerts timer")]
             log.info("alert engine: %d rules on %s as host %s", len(self.engine.rules), FLOWS_WILDCARD,
                      self.engine.host)
@@ -103,14 +105,17 @@ class AlertService:
         for queue in self.queues:
             queue.put(alerts)
 
-    async def _subscribe(self, js, stop: asyncio.Event):
-        """The durable consumer; waits for the flow stream, which the first probe or sink creates."""
+    async def _subscribe(self, js, stop: asyncio.Event, wait: bool = True):
+        """The durable consumer; waits for the flow stream, which the first probe or sink
+        creates (``wait`` False: None at once if there is none)."""
         waiting = False
         while not stop.is_set():
             try:
                 return await js.pull_subscribe(FLOWS_WILDCARD, durable=self.settings.durable, stream=STREAM_NAME,
                                                config=consumer_config(self.settings.durable))
             except nats.js.errors.NotFoundError:
+                if not wait:
+                    return None
                 if not waiting:
                     log.info("alert engine: waiting for the stream %s (the first probe or sink creates it)",
                              STREAM_NAME)
@@ -121,13 +126,13 @@ class AlertService:
                                      f"{exc}; check the alert user's permissions") from exc
         return None
 
-    async def _consume(self, js, stop: asyncio.Event) -> None:
-        subscription = await self._subscribe(js, stop)
+    async def _consume(self, js, subscription, stop: asyncio.Event) -> None:
+        subscription = subscription or await self._subscribe(js, stop)
         backoff = Backoff()
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(self.settings.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             except (nats.errors.Error, OSError) as exc:
                 delay = backoff.next()
@@ -140,6 +145,14 @@ class AlertService:
                 await _ack(msg)
 
     def _take(self, msg: Msg) -> None:
+        try:
+            self._take_message(msg)
+        except Exception as exc:  # odd data must not stop the engine: logged, counted, skipped
+            self.engine.stats.rule_errors += 1
+            log.warning("alert engine: message on %s skipped: %s: %s", msg.subject, type(exc).__name__, exc)
+            log.debug("alert engine: message skipped", exc_info=True)
+
+    def _take_message(self, msg: Msg) -> None:
         try:
             batch = decode_message(msg.data)
         except MessageError:

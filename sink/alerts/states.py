@@ -89,6 +89,9 @@ class RuleStates:
         alerts += [self.storm] if self.storm else []
         return [a.message("firing", now_ns, self.engine) | {"sent_at": a.last_sent} for a in alerts]
 
+    def firing_count(self) -> int:
+        return sum(1 for a in self.alerts.values() if a.started_at) + (self.storm is not None)
+
     def _track(self, finding: Finding, now_ns: int) -> Alert:
         key = fingerprint(self.rule.name, finding.labels)
         alert = self.alerts.get(key)

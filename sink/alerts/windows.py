@@ -38,6 +38,8 @@ class WindowSums:
         inside = [p for p in self._partials if p.end_ns > now_ns - span_ns]
         if not inside:
             return np.zeros((0, self.width), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if len(inside) == 1:  # already one row per group
+            return inside[0].rows, inside[0].sums, np.full(len(inside[0].rows), inside[0].host, dtype=np.int64)
         rows = np.concatenate([p.rows for p in inside])
         sums = np.concatenate([p.sums for p in inside])
         hosts = np.concatenate([np.full(len(p.rows), p.host, dtype=np.int64) for p in inside])

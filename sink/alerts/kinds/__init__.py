@@ -3,7 +3,9 @@
 Adding a kind is one module: a ``Kind`` subclass (``kinds/base.py``) with its ``name``,
 its ``options`` (the rule keys it takes, see ``rules.Option``), ``observe`` (one interval's
 ``Table``: columns, masks, group keys) and ``evaluate`` (the groups in alert now), plus
-one line here.
+one line here. Any record field is a column by name (``table.ids``, ``table.mask``), so a
+field added to the record later needs no change to the engine: ``policy_violation`` (the
+records the policy denied) is a threshold with a fixed ``verdict = "deny"`` condition.
 """
 from __future__ import annotations
 

@@ -35,9 +35,10 @@ class Overflow(Threshold):
                 raise Invalid(f"where: field {name!r} is not in the overflow counts; use {', '.join(OVERFLOW_FIELDS)}")
 
     def grouped(self, table: Table) -> tuple[np.ndarray, np.ndarray]:
+        """The overflow counts of the interval (chunk 0's envelope), as rows of a table."""
         counts = getattr(getattr(table, "envelope", None), "overflow", ())
         rows = RowTable(table.host, table.end_ns, {
             "ifname": [c.ifname for c in counts], "direction": [c.direction for c in counts],
             "packets": [c.packets for c in counts], "bytes": [c.bytes for c in counts],
-        }, len(counts))
+        }, len(counts), self.vocabulary)
         return super().grouped(rows)

@@ -17,10 +17,9 @@ records carry it, so the alert says the same. (The probe's violation events on
 """
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
 from ..rules import METRICS, Option, duration, field_list, number, one_of, where
-from ..table import Table
 from .threshold import Threshold
 
 DENIED = (("verdict", frozenset({"deny"})),)
@@ -41,8 +40,6 @@ class PolicyViolation(Threshold):
     def check(cls, values) -> None:
         pass  # above has a default; below makes no sense for violations
 
-    def grouped(self, table: Table) -> tuple[np.ndarray, np.ndarray]:
-        rows = table.group_ids(self.rule.by, self.vocabulary)
-        values = table.metric(self.rule.option("metric"))
-        mask = table.mask(tuple(self.rule.where) + DENIED)
-        return rows[mask], values[mask]
+    def __init__(self, rule, context) -> None:
+        """A threshold whose condition always includes ``verdict = "deny"``."""
+        super().__init__(replace(rule, where=tuple(sorted((*rule.where, *DENIED)))), context)

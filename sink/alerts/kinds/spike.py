@@ -12,27 +12,19 @@
     learn = "1m"                  # a group fires only once its baseline is this old [default: baseline]
     min = 1000                    # and only when the value is at least this [default: 1]
 
-The baseline of a group moves with every evaluation (after the comparison); a group that
-goes quiet decays towards 0 and is forgotten once below 1.
+Every evaluation compares each group's value with its baseline, then moves the baseline
+towards the value; a group that goes quiet decays towards 0 and is forgotten below 1. The
+baselines are arrays (one row per group), updated column-wise.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..groups import isin_rows
 from ..rules import METRICS, Option, duration, field_list, number, one_of, positive_number, where
 from ..windows import values_at
 from .base import Finding
 from .threshold import Threshold
-
-
-@dataclass
-class Baseline:
-    average: float
-    since_ns: int
-    updated_ns: int
 
 
 class Spike(Threshold):
@@ -57,39 +49,32 @@ class Spike(Threshold):
         self.tau_ns = max(1, rule.option("baseline"))
         learn = rule.option("learn")
         self.learn_ns = self.tau_ns if learn is None else learn
-        self.groups: dict[tuple, Baseline] = {}
+        self.groups = np.zeros((0, len(rule.by)), dtype=np.int64)
+        self.average = np.zeros(0)
+        self.since = np.zeros(0, dtype=np.int64)
+        self.updated = np.zeros(0, dtype=np.int64)
 
     def evaluate(self, now_ns: int) -> list[Finding]:
         rows, sums, hosts = self.sums.totals(now_ns, self.window_ns)
-        known = np.array(list(self.groups), dtype=np.int64).reshape(-1, len(self.rule.by))
-        quiet = known[values_at(known, rows, np.ones(len(rows), dtype=np.int64)) == 0]
-        findings = []
-        for row, value, host in zip(rows, sums.tolist(), hosts.tolist()):  # per group, not per record
-            if self.spiking(tuple(row.tolist()), value, now_ns):
-                findings.append(self.spike(row, value, host))
-        for row in quiet:
-            self.spiking(tuple(row.tolist()), 0, now_ns)
+        values = values_at(self.groups, rows, sums)
+        senders = values_at(self.groups, rows, hosts + 1) - 1
+        hot = np.flatnonzero((now_ns - self.since >= self.learn_ns) & (values >= self.rule.option("min"))
+                             & (values > self.rule.option("factor") * self.average))
+        findings = [self.spike(self.groups[i], int(values[i]), int(senders[i])) for i in hot]
+        self.average += (1.0 - np.exp(-(now_ns - self.updated) / self.tau_ns)) * (values - self.average)
+        self.updated[:] = now_ns
+        keep = (values > 0) | (self.average >= 1.0)
+        new = ~isin_rows(rows, self.groups)
+        self.groups = np.concatenate([self.groups[keep], rows[new]])
+        self.average = np.concatenate([self.average[keep], sums[new].astype(float)])
+        self.since = np.concatenate([self.since[keep], np.full(int(new.sum()), now_ns, dtype=np.int64)])
+        self.updated = np.concatenate([self.updated[keep], np.full(int(new.sum()), now_ns, dtype=np.int64)])
         return findings
-
-    def spiking(self, key: tuple, value: int, now_ns: int) -> bool:
-        """Compare with the group's baseline, then move the baseline towards ``value``."""
-        base = self.groups.get(key)
-        if base is None:
-            self.groups[key] = Baseline(float(value), now_ns, now_ns)
-            return False
-        factor, least = self.rule.option("factor"), self.rule.option("min")
-        hot = (now_ns - base.since_ns >= self.learn_ns and value >= least
-               and value > factor * base.average)
-        weight = 1.0 - math.exp(-max(0, now_ns - base.updated_ns) / self.tau_ns)
-        base.average += weight * (value - base.average)
-        base.updated_ns = now_ns
-        if value == 0 and base.average < 1.0:
-            del self.groups[key]
-        return hot
 
     def spike(self, row: np.ndarray, value: int, host: int) -> Finding:
         labels = self.labels(self.rule.by, row)
         where = " ".join(f"{k}={v}" for k, v in labels.items()) or "all traffic"
-        return Finding(labels, int(value), self.sender(int(host)), self.rule.option("factor"),
-                       f"{where}: {int(value)} {self.rule.option('metric')} in {self.window_ns / 1e9:g}s, "
-                       f"{self.rule.option('factor'):g}x over its baseline")
+        factor = self.rule.option("factor")
+        return Finding(labels, value, self.sender(host), factor,
+                       f"{where}: {value} {self.rule.option('metric')} in {self.window_ns / 1e9:g}s, "
+                       f"{factor:g}x over its baseline")

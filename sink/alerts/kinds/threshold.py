@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..groups import group_sum
+from ..groups import group_sum, key_sums
 from ..rules import METRICS, Option, duration, field_list, number, one_of, where
 from ..table import Table
 from ..windows import WindowSums, values_at
@@ -45,15 +45,21 @@ class Threshold(Kind):
         self.sums = WindowSums(len(rule.by), 2 * self.window_ns)
 
     def observe(self, table: Table) -> None:
-        rows, values = self.grouped(table)
-        self.sums.add(table.end_ns, self.host_id(table.host), *group_sum(rows, values)[:2])
+        self.sums.add(table.end_ns, self.host_id(table.host), *self.grouped(table))
 
     def grouped(self, table: Table) -> tuple[np.ndarray, np.ndarray]:
-        """The group row and metric value of every record the rule looks at."""
-        rows = table.group_ids(self.rule.by, self.vocabulary)
-        values = table.metric(self.rule.option("metric"))
+        """The interval's groups (id rows) and the metric's sum per group, over the records
+        the rule looks at."""
+        keys, radix = table.group_keys(self.rule.by)
+        metric = self.rule.option("metric")
+        values = table.metric(metric)
         mask = table.mask(self.rule.where)
-        return (rows, values) if mask is None else (rows[mask], values[mask])
+        if keys is None:  # too many distinct values for one int64 key: rows instead
+            rows = table.group_ids(self.rule.by)
+            return group_sum(rows, values)[:2] if mask is None else group_sum(rows[mask], values[mask])[:2]
+        if mask is None:
+            return key_sums(keys, values, radix, table.total(metric))
+        return key_sums(keys[mask], values[mask], radix, table.total(metric))
 
     def evaluate(self, now_ns: int) -> list[Finding]:
         rows, sums, hosts = self.sums.totals(now_ns, self.window_ns)
