@@ -100,15 +100,16 @@ def selects(group: Group, endpoint: Endpoint) -> bool:
 
 def _nested(own: dict[Network, int]) -> dict[Network, int]:
     """Each prefix's groups with those of every prefix holding it: the kernel's
-    longest-prefix match returns one entry, which must say everything."""
-    return {net: mask | _holders(net, own) for net, mask in own.items()}
+    longest-prefix match returns one entry, which must say everything. Only prefixes
+    shorter than a single address can hold others (the cidrs, usually few)."""
+    holders = [(net, mask) for net, mask in own.items() if net.prefixlen < net.max_prefixlen]
+    return {net: mask | _held_by(net, holders) for net, mask in own.items()}
 
 
-def _holders(net: Network, own: dict[Network, int]) -> int:
+def _held_by(net: Network, holders: list[tuple[Network, int]]) -> int:
     mask = 0
-    for other, groups in own.items():
-        if other is not net and other.version == net.version and other.prefixlen < net.prefixlen \
-                and net.subnet_of(other):
+    for other, groups in holders:
+        if other.version == net.version and other.prefixlen < net.prefixlen and net.subnet_of(other):
             mask |= groups
     return mask
 

@@ -131,7 +131,7 @@ class PolicyService:
     async def recheck(self) -> bool:
         """Resolve again if the devices or who is behind them changed; True if installed."""
         async with self._lock:
-            if self.policy is None or self._signature() == self._seen:
+            if self.policy is None or await asyncio.to_thread(self._signature) == self._seen:
                 return False
             resolved = await asyncio.to_thread(self._resolve, self.policy)
             if self.resolved is not None and (resolved.devices, resolved.prefixes) == (

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections import Counter, defaultdict
 from typing import Iterable
 
 import numpy as np
 
+from ..errors import PolicyError
 from ..kernel import ClassifierProgram, wait_for_grace_period
 from .model import Rule
 from .resolve import WORLD_BIT, Resolved
@@ -58,7 +60,12 @@ class PolicyTables:
             target = 1 - table_set
             wait_for_grace_period()
             self._clear(target)
-            self._fill(target, resolved)
+            try:
+                self._fill(target, resolved)
+            except Exception as exc:  # bcc raises bare Exception when a map is full
+                self._clear(target)
+                raise PolicyError(f"the policy does not fit the kernel's tables ({exc}); use fewer groups, "
+                                  "prefixes or port ranges") from exc
             return self._switch(word(generation + 1 or 1, target, mode))
 
     def off(self) -> int:
@@ -115,15 +122,29 @@ def port_entries(resolved: Resolved) -> Iterable[tuple[int, int, int, np.ndarray
             for low, high in rule.ports or ((0, 65535),):
                 by_proto.setdefault(proto, []).append((low, high, source, target))
     for proto, ranges in by_proto.items():
-        cuts = sorted({0, 65536} | {low for low, *_ in ranges} | {high + 1 for _, high, *_ in ranges})
-        for start, stop in zip(cuts, cuts[1:]):
-            allowed_to = np.zeros(GROUPS, dtype=np.uint64)
-            for low, high, source, target in ranges:
-                if low <= start and stop - 1 <= high:
-                    allowed_to[source.bit_length() - 1] |= np.uint64(target)
-            if allowed_to.any():
-                for first, bits in port_prefixes(start, stop - 1):
-                    yield proto, first, bits, allowed_to
+        yield from ((proto, *entry) for entry in _sweep(ranges))
+
+
+def _sweep(ranges: list[tuple[int, int, int, int]]) -> Iterable[tuple[int, int, np.ndarray]]:
+    """One pass over the cuts, keeping the (from, to) pairs whose ranges cover the piece."""
+    starts: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    ends: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for low, high, source, target in ranges:
+        starts[low].append((source, target))
+        ends[high + 1].append((source, target))
+    active: Counter = Counter()
+    cuts = sorted({0, 65536} | starts.keys() | ends.keys())
+    for start, stop in zip(cuts, cuts[1:]):
+        active.subtract(ends.get(start, ()))
+        active.update(starts.get(start, ()))
+        active = +active  # drop the pairs no range covers any more
+        if not active:
+            continue
+        allowed_to = np.zeros(GROUPS, dtype=np.uint64)
+        for source, target in active:
+            allowed_to[source.bit_length() - 1] |= np.uint64(target)
+        for first, bits in port_prefixes(start, stop - 1):
+            yield first, bits, allowed_to
 
 
 def _protocols(rule: Rule) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from connstats.probe.containers import ContainerIndex
+from connstats.probe.errors import PolicyError
 from connstats.probe.policy import parse_policy, resolve
 from connstats.probe.policy.resolve import addresses_in, endpoints_of
 from connstats.probe.policy.tables import PolicyTables
@@ -54,7 +55,8 @@ def two_groups(a, b, rules: str) -> str:
 
 
 def udp_rule(ports: str, source: str = "a", target: str = "b", proto: str = "udp") -> str:
-    return f'\n[[allow]]\nfrom = "{source}"\nto = "{target}"\nproto = "{proto}"\n' + (
+    proto_value = proto if proto.isdigit() else f'"{proto}"'
+    return f'\n[[allow]]\nfrom = "{source}"\nto = "{target}"\nproto = {proto_value}\n' + (
         f"ports = {ports}\n" if ports else "")
 
 
@@ -263,3 +265,20 @@ def test_protect_monitor_off_under_steady_traffic_loses_no_count(probe, policer,
     assert b_after["rx_packets"] - b_before["rx_packets"] == allowed_at_b[0] + denied_at_b[0]
     assert 0 < denied_at_b[0] < 3000  # dropped while protecting, delivered after
     assert {"deny", ""} <= denied_at_a[2] and allowed_at_a[2] >= {"allow", ""}
+
+
+def test_a_policy_too_big_for_the_tables_is_one_error_and_the_old_one_stays(probe, policer, test_network):
+    a, b = test_network.hosts
+    a.quiet([b]), b.quiet([a])
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    policer.apply(two_groups(a, b, udp_rule("[5500]")), "protect")
+    before = policer.tables.current()
+    odd_ports = "[" + ", ".join(str(p) for p in range(1, 65536, 2)) + "]"
+    huge = two_groups(a, b, "".join(udp_rule(odd_ports, proto=proto) for proto in ("tcp", "udp", "132")))
+    with pytest.raises(PolicyError, match=r"^the policy does not fit the kernel's tables \(.*\); use fewer groups"):
+        policer.apply(huge, "protect")
+    assert policer.tables.current() == before
+    a.traffic("udp", b.ipv4, 5501, 42100, 10, 10)
+    probe.poll()
+    assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (10, 10 * (UDP4 + 10), {"deny"})
+    assert record_totals(probe, ifname=b.host_if, dst_port=5501)[:2] == (0, 0)
