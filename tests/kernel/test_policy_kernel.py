@@ -99,13 +99,20 @@ def test_a_port_the_policy_does_not_allow(probe, policer, test_network, mode):
 
 def test_ipv6_is_judged_like_ipv4(probe, policer, test_network):
     a, b = test_network.hosts
-    probe.attach(a.host_if), probe.attach(b.host_if)
-    for host, peer in ((a, b), (b, a)):
+    for host, peer in ((a, b), (b, a)):  # IPv6 on, and quiet: no solicitations, no multicast
+        host.run("sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0")
+        host.run("ip", "link", "set", "eth0", "multicast", "off")
         host.run("ip", "-6", "neigh", "replace", peer.ipv6, "lladdr", peer.mac, "dev", "eth0", "nud", "permanent")
+    time.sleep(2)  # what IPv6 sent when it came up (MLD reports: up to ~1 s later) has left
+    probe.attach(a.host_if), probe.attach(b.host_if)
     policer.apply(two_groups(a, b, udp_rule("[5500]")), "protect")
+    b_before = b.counters()
     a.traffic("udp", b.ipv6, 5500, 41000, 150, 200)
     a.traffic("udp", b.ipv6, 5501, 41001, 250, 200)
+    b_after = b.counters()
     probe.poll()
+    assert b_after["rx_packets"] - b_before["rx_packets"] == 150  # nothing denied reached b
+    assert b_after["rx_bytes"] - b_before["rx_bytes"] == 150 * (UDP6 + 200)
     assert record_totals(probe, ifname=a.host_if, family=6, dst_port=5500) == (150, 150 * (UDP6 + 200), {"allow"})
     assert record_totals(probe, ifname=b.host_if, family=6, dst_port=5500) == (150, 150 * (UDP6 + 200), {"allow"})
     assert record_totals(probe, ifname=a.host_if, family=6, dst_port=5501) == (250, 250 * (UDP6 + 200), {"deny"})
