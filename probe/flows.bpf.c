@@ -111,6 +111,7 @@ struct flow_counters {
 struct packet_meta {
     __u32 tcp_flags;
     __u32 icmp_type;      // ICMP and ICMPv6 type (neighbour discovery and errors are never blocked)
+    __u32 fragment;       // 1: not the first fragment (no L4 header; its first one was judged)
 };
 
 // -- policy tables (every key starts with the table set it belongs to) -----------
@@ -263,8 +264,12 @@ static __always_inline __u32 parse_ipv4(void *data, void *end, __u32 off,
     key->proto = ip->protocol;
     __builtin_memcpy(key->src, &ip->saddr, 4);
     __builtin_memcpy(key->dst, &ip->daddr, 4);
-    if (ip->ihl < 5 || (ip->frag_off & bpf_htons(0x1fff)))
-        return 0;  // malformed, or not the first fragment: no L4 header here
+    if (ip->frag_off & bpf_htons(0x1fff)) {
+        meta->fragment = 1;
+        return 0;  // not the first fragment: no L4 header here
+    }
+    if (ip->ihl < 5)
+        return 0;  // malformed
     return parse_l4(data, end, off + ip->ihl * 4, key, meta);
 }
 
@@ -297,6 +302,7 @@ static __always_inline __u32 parse_ipv6(void *data, void *end, __u32 off,
         if (nexthdr == IPPROTO_FRAGMENT) {
             if (ext->frag_off & bpf_htons(0xfff8)) {
                 key->proto = ext->nexthdr;  // not the first fragment
+                meta->fragment = 1;
                 return 0;
             }
             off += 8;
@@ -394,11 +400,11 @@ static __always_inline int insert_flow(__u32 buffer, int v6, void *key,
 // -- policy --------------------------------------------------------------------
 
 // ARP and other non-IP frames, IPv6 neighbour discovery (ICMPv6 133-137), ICMP errors
-// (they belong to a connection of their own) and DHCP (v4 67/68, v6 546/547) are never
-// blocked.
+// (they belong to a connection of their own), DHCP (v4 67/68, v6 546/547) and fragments
+// after the first (the first one carries the ports and is judged) are never blocked.
 static __always_inline int always_allowed(struct flow6_key *key, struct packet_meta *meta)
 {
-    if (key->family == 0)
+    if (key->family == 0 || meta->fragment)  // a fragment is useless without its first one
         return 1;
     __u32 type = meta->icmp_type;
     if (key->proto == IPPROTO_ICMPV6)  // errors (1-4), neighbour discovery (133-137)

@@ -289,3 +289,22 @@ def test_a_policy_too_big_for_the_tables_is_one_error_and_the_old_one_stays(prob
     probe.poll()
     assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (10, 10 * (UDP4 + 10), {"deny"})
     assert record_totals(probe, ifname=b.host_if, dst_port=5501)[:2] == (0, 0)
+
+
+def test_fragments_of_an_allowed_datagram_pass(probe, policer, test_network):
+    """Only the first fragment has the ports; the others pass with it (useless without it)."""
+    a, b = test_network.hosts
+    a.quiet([b]), b.quiet([a])
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    policer.apply(two_groups(a, b, udp_rule("[5500]")), "protect")
+    b_before = b.counters()
+    a.traffic("udp", b.ipv4, 5500, 42200, 20, 3000)  # 3 fragments each at MTU 1500
+    a.traffic("udp", b.ipv4, 5501, 42201, 10, 3000)  # not allowed: first fragments dropped
+    b_after = b.counters()
+    probe.poll()
+    assert record_totals(probe, ifname=a.host_if, dst_port=5500) == (20, 20 * 1514, {"allow"})
+    assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (10, 10 * 1514, {"deny"})
+    later = record_totals(probe, ifname=a.host_if, proto=17, dst_port=0, src_port=0)
+    assert later[0] == 30 * 2 and later[2] == {"allow"}
+    # b got the allowed datagrams whole, and of the others only fragments it cannot reassemble
+    assert b_after["rx_packets"] - b_before["rx_packets"] == 20 * 3 + 10 * 2
