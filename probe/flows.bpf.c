@@ -399,16 +399,19 @@ static __always_inline int insert_flow(__u32 buffer, int v6, void *key,
 
 // -- policy --------------------------------------------------------------------
 
-// ARP and other non-IP frames, IPv6 neighbour discovery (ICMPv6 133-137), ICMP errors
-// (they belong to a connection of their own), DHCP (v4 67/68, v6 546/547) and fragments
-// after the first (the first one carries the ports and is judged) are never blocked.
+// ARP and other non-IP frames, IPv6 neighbour discovery (ICMPv6 133-137), multicast
+// membership (IGMP, MLD), ICMP errors (they belong to a connection of their own), DHCP
+// (v4 67/68, v6 546/547) and fragments after the first (the first one carries the ports
+// and is judged) are never blocked.
 static __always_inline int always_allowed(struct flow6_key *key, struct packet_meta *meta)
 {
     if (key->family == 0 || meta->fragment)  // a fragment is useless without its first one
         return 1;
     __u32 type = meta->icmp_type;
-    if (key->proto == IPPROTO_ICMPV6)  // errors (1-4), neighbour discovery (133-137)
-        return (type >= 1 && type <= 4) || (type >= 133 && type <= 137);
+    if (key->proto == IPPROTO_ICMPV6)  // errors (1-4), MLD (130-132, 143), neighbour discovery
+        return (type >= 1 && type <= 4) || (type >= 130 && type <= 137) || type == 143;
+    if (key->proto == IPPROTO_IGMP)  // multicast membership: what bridges snoop
+        return 1;
     if (key->proto == IPPROTO_ICMP)  // errors: unreachable, time exceeded, parameter problem
         return type == 3 || type == 11 || type == 12;
     if (key->proto == IPPROTO_UDP) {

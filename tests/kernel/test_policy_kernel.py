@@ -7,6 +7,7 @@ veth counters and what the hop after the drop (b's veth) counted.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import time
@@ -308,3 +309,24 @@ def test_fragments_of_an_allowed_datagram_pass(probe, policer, test_network):
     assert later[0] == 30 * 2 and later[2] == {"allow"}
     # b got the allowed datagrams whole, and of the others only fragments it cannot reassemble
     assert b_after["rx_packets"] - b_before["rx_packets"] == 20 * 3 + 10 * 2
+
+
+def test_icmpv6_echo_and_neighbour_discovery_under_protect(probe, policer, test_network):
+    """No static neighbours: the pings need neighbour discovery, which always passes (and
+    multicast listener reports too)."""
+    a, b = test_network.hosts
+    a6, b6 = (ipaddress.ip_address(h.ipv6).compressed for h in (a, b))
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    policer.apply(two_groups(a, b, udp_rule("", proto="icmp")), "protect")
+    assert ping(a, b.ipv6, 10).returncode == 0
+    assert ping(b, a.ipv6, 5).returncode != 0
+    probe.poll()
+    sent = record_totals(probe, ifname=a.host_if, direction="egress", proto=58, dst_ip=b6)
+    assert sent[0] >= 10 and sent[2] == {"allow"}  # 10 echo requests (and a unicast NA)
+    assert record_totals(probe, ifname=b.host_if, direction="ingress", proto=58, dst_ip=b6) == sent
+    back = record_totals(probe, ifname=b.host_if, direction="egress", proto=58, dst_ip=a6)
+    arrived = record_totals(probe, ifname=a.host_if, direction="ingress", proto=58, src_ip=b6)
+    assert back[2] == {"deny"}  # one record: 10 replies allowed, 5 requests denied
+    assert (back[0] - arrived[0], back[1] - arrived[1]) == (5, 5 * (14 + 40 + 8 + 56))  # the requests
+    multicast = [r for r in probe.records() if r.proto == 58 and r.dst_ip.startswith("ff02::")]
+    assert multicast and {r.verdict for r in multicast} == {"allow"}  # NS to solicited-node, MLD
