@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-import numpy as np
 import pytest
 
 from connstats.cli.live import interval_summary
@@ -192,4 +191,3 @@ def test_top_shows_the_policy_column_only_when_a_device_is_governed():
     header, row = interval_summary(judged).splitlines()[-2:]
     assert header.split()[-1] == "POLICY" and row.split()[-1] == "deny"
     assert max(len(line) for line in interval_summary(judged).splitlines()) < 80
-    assert np is not None
