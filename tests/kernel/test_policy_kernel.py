@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -330,3 +331,52 @@ def test_icmpv6_echo_and_neighbour_discovery_under_protect(probe, policer, test_
     assert (back[0] - arrived[0], back[1] - arrived[1]) == (5, 5 * (14 + 40 + 8 + 56))  # the requests
     multicast = [r for r in probe.records() if r.proto == 58 and r.dst_ip.startswith("ff02::")]
     assert multicast and {r.verdict for r in multicast} == {"allow"}  # NS to solicited-node, MLD
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("bound", flush=True)
+for _ in range(int(sys.argv[3])):
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", int(sys.argv[3])))
+s.settimeout(2)
+got = 0
+for _ in range(int(sys.argv[4])):
+    s.sendto(b"z" * 100, (sys.argv[1], int(sys.argv[2])))
+    try:
+        got += len(s.recv(2048)) == 100
+    except socket.timeout:
+        pass
+print(got)
+"""
+
+
+def test_udp_replies_pass_and_the_first_packet_decides_who_opened(probe, policer, test_network):
+    a, b = test_network.hosts
+    a.quiet([b]), b.quiet([a])
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    policer.apply(two_groups(a, b, udp_rule("[5500]")), "protect")
+    server = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", UDP_ECHO, b.ipv4, "5500", "30"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "bound\n"
+        echoed = a.run(sys.executable, "-c", UDP_CLIENT, b.ipv4, "5500", "42300", "30").stdout
+    finally:
+        server.wait(10)
+        server.stdout.close()
+    # b may not open to a's port (no rule b -> a): a datagram from b's 5501 is its own connection
+    b.traffic("udp", a.ipv4, 42300, 5501, 7, 100)
+    probe.poll()
+    assert echoed == "30\n"  # every request answered: the replies passed
+    assert record_totals(probe, ifname=a.host_if, direction="ingress", src_port=5500) == (
+        30, 30 * (UDP4 + 100), {"allow"})
+    assert record_totals(probe, ifname=b.host_if, direction="egress", src_port=5501) == (
+        7, 7 * (UDP4 + 100), {"deny"})
+    assert record_totals(probe, ifname=a.host_if, src_port=5501)[:2] == (0, 0)
