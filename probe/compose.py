@@ -8,7 +8,8 @@
                               on the HTTP API's listener and on --metrics, if set)
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
-        ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
+        PolicyService   the active policy: applied, kept, re-resolved; violations
+        ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
         HttpApi         the earlier tool's endpoints, on the probe's totals
         MetricsServer   /metrics, /healthz, /readyz alone on a listener of their own (--metrics)
         LinkWatcher     deleted devices released, --iface kept, --auto attached
@@ -29,6 +30,8 @@ from .daemon import DaemonSettings, ProbeDaemon
 from .docker_watch import docker_watcher
 from .errors import ConfigError
 from .guard import filter_guard
+from .policy.service import PolicyService
+from .policy.violations import ViolationPublisher
 from .kernel import DEFAULT_CAPACITY
 from .messaging import NatsOptions, StreamSettings
 from .metrics import ProbeMetrics
@@ -95,9 +98,11 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
     containers = ContainerIndex()
     ProbeMetrics(daemon, config.telemetry)  # before the first (recovered) interval is published
+    policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
-        control_service(config.nats, config.host),
+        policy.bind,  # before the control plane, which answers its verbs
+        control_service(config.nats, config.host, policy.verbs),
         *http_services(config.http, daemon, config.telemetry),
         *metrics_services(config.metrics, config.telemetry),
         *watcher_services(config, containers),

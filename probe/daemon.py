@@ -129,6 +129,9 @@ class ProbeDaemon:
     def label(self, ifindex: int, labels: Labels) -> None:
         self.kernel.label(ifindex, labels)
 
+    def policy_tables(self):
+        return self.kernel.policy
+
     async def live_records(self) -> list[FlowRecord]:
         return await asyncio.to_thread(self.kernel.peek)
 

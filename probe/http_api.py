@@ -9,7 +9,7 @@ Answers are JSON. Connection stats are an object keyed ``connection_<id>`` (the 
 stable for as long as the connection is tracked) holding the earlier tool's fields
 (``device_id``, ``src_port``, ``dst_port``, ``direction``, ``protocol``, ``timestamp``,
 ``total_packets``, ``total_bytes``) and added ones (``src_ip``, ``dst_ip``, ``ifname``,
-``family``, ``first_seen``, ``container_name``). Counters are since attach: the published
+``family``, ``first_seen``, ``container_name``, ``verdict``). Counters are since attach: the published
 intervals plus the current one. ``timestamp`` and ``first_seen`` are integer nanoseconds
 since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5xx only
 for a failure of the probe itself), never a traceback.
@@ -147,7 +147,7 @@ def connection_to_json(t: ConnectionTotal) -> dict[str, Any]:
         "direction": t.direction, "protocol": protocol_text(t.proto), "timestamp": t.last_seen,
         "total_packets": t.packets, "total_bytes": t.bytes,
         "src_ip": t.src_ip, "dst_ip": t.dst_ip, "ifname": t.ifname, "family": t.family,
-        "first_seen": t.first_seen, "container_name": t.container_name,
+        "first_seen": t.first_seen, "container_name": t.container_name, "verdict": t.verdict,
     }
 
 

@@ -27,6 +27,7 @@ from .kernel import wait_for_grace_period
 from .leftovers import attached_in_pins
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
 from .poller import DrainedInterval, MapPoller, MapRead
+from .policy.tables import PolicyTables
 from .record import Envelope, FlowRecord
 from .flow_batch import FlowBatch
 
@@ -68,7 +69,8 @@ class PollReport:
 
 def map_layout(capacity: int) -> str:
     """The name of the maps' shapes: another layout means other maps (see pins.py)."""
-    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1")
+    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1",
+                       "policy-v1")
 
 
 class KernelProbe:
@@ -87,6 +89,7 @@ class KernelProbe:
             self._release_pins(remove=False)
             raise
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
+        self.policy = PolicyTables(self.program)  # the policy service's way into the kernel
         self.poller = MapPoller(self.program)
         self.boot_id = self.poller.instance  # the same across restarts: message ids repeat
         # ifindex -> (container_id, container_name, container_image), kept after detach

@@ -6,8 +6,10 @@ Subjects (``<host>`` is one escaped token, see ``host_token``)::
     connstats.v1.flows.<host>          flow messages, one per chunk of an interval
     connstats.v1.events.<host>         attach/detach and outbox-overflow events (JSON)
     connstats.v1.deadletter            messages the sink could not decode or store
-    connstats.v1.ctl.<host>.<verb>     control requests (reserved)
+    connstats.v1.ctl.<host>.<verb>     control requests (probe/control.py)
     connstats.v1.alerts.<host>         alerts (JSON) raised on that host's data (connstats.sink.alerts)
+    connstats.v1.policy.<host>         policy violations: one JSON event per denied
+                                       connection and interval (core NATS, not in a stream)
 
 The stream ``CONNSTATS`` holds ``connstats.v1.flows.>`` and ``connstats.v1.events.>``.
 What only the sink uses (its durable consumer, the dead-letter stream) is in
@@ -37,9 +39,10 @@ from .errors import ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
-    "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "POLICY_WILDCARD", "PREFIX", "STREAM_NAME",
+    "NatsOptions", "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream",
+    "events_subject", "flow_stream_config", "flows_subject", "host_from_token", "host_of_subject", "host_token",
+    "message_id", "policy_subject", "redacted",
 ]
 
 PREFIX = "connstats.v1"
@@ -84,6 +87,14 @@ def flows_subject(host: str | None = None) -> str:
 
 def events_subject(host: str | None = None) -> str:
     return f"{PREFIX}.events.{host_token(host)}"
+
+
+def policy_subject(host: str | None = None) -> str:
+    """Where a probe publishes policy violations (probe/policy/violations.py)."""
+    return f"{PREFIX}.policy.{host_token(host)}"
+
+
+POLICY_WILDCARD = f"{PREFIX}.policy.>"
 
 
 def alerts_subject(host: str | None = None) -> str:

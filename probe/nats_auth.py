@@ -51,7 +51,8 @@ ADMIN_PUBLISH = (
     "$JS.API.STREAM.MSG.GET.*", "$JS.API.CONSUMER.NAMES.*", "$JS.API.CONSUMER.LIST.*",
     "$JS.API.CONSUMER.INFO.*.*",
 )
-ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>", "connstats.v1.alerts.>")
+ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>", "connstats.v1.alerts.>",
+                   "connstats.v1.policy.>")
 ALERT_PUBLISH = (
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.CONNSTATS_ALERTS", "$JS.API.STREAM.CREATE.CONNSTATS_ALERTS",
@@ -67,7 +68,7 @@ ALERT_SUBSCRIBE = ("_INBOX.>", "connstats.v1.ctl._alerts.>")
 
 
 def probe_publish(token: str) -> tuple[str, ...]:
-    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}",
+    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}", f"connstats.v1.policy.{token}",
             "$JS.API.STREAM.INFO.CONNSTATS", "$JS.API.STREAM.CREATE.CONNSTATS")
 
 

@@ -51,6 +51,9 @@ class ProbePort(Protocol):
     def label(self, ifindex: int, labels: Labels) -> None:
         """Label an attached device's records, unless it is labelled already."""
 
+    def policy_tables(self) -> Any:
+        """The classifier's policy tables (probe/policy/tables.py ``PolicyTables``)."""
+
     async def publish_event(self, event: Event) -> bool:
         """Best effort: publish ``event`` now; False if it was not."""
 

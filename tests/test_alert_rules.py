@@ -65,14 +65,16 @@ def test_every_kind_parses(tmp_path):
     assert rules[2].where == (("direction", frozenset({"egress"})), ("dst_port", frozenset({80, 443})))
     assert (rules[4].by, rules[4].options["above"]) == (("host",), 0)
     assert (rules[5].severity, rules[5].for_ns) == ("critical", 60 * 10**9)
-    assert set(KINDS) == {"threshold", "new_peer", "new_port", "spike", "overflow", "silent_host"}
+    assert set(KINDS) == {"threshold", "new_peer", "new_port", "spike", "overflow", "silent_host",
+                          "policy_violation"}
 
 
 RULE = '[[rule]]\nname = "r1"\nkind = "threshold"\nmetric = "packets"\nwindow = "30s"\nabove = 5\n'
 
 BAD = [
     (RULE.replace('kind = "threshold"', 'kind = "treshold"'),
-     "rule 'r1': key 'kind': unknown kind 'treshold'; use one of threshold, new_peer, new_port, spike, overflow, silent_host"),
+     "rule 'r1': key 'kind': unknown kind 'treshold'; use one of threshold, new_peer, new_port, spike, overflow, silent_host, "
+     "policy_violation"),
     (RULE + 'abve = 3\n', "rule 'r1': key 'abve': unknown key for kind 'threshold'; use one of name, kind, "
      "severity, for, repeat, cap, description, metric, by, where, window, above, below"),
     (RULE.replace('"30s"', '"30x"'),
@@ -80,11 +82,11 @@ BAD = [
     (RULE.replace('window = "30s"\n', ''), "rule 'r1': key 'window': missing; a threshold rule needs it"),
     (RULE + 'by = ["ifname", "port"]\n', "rule 'r1': key 'by': unknown field 'port'; use one of interval_start, "
      "interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, dst_port, packets, "
-     "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, host"),
+     "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, verdict, host"),
     (RULE + 'where = { prot = "udp" }\n', "rule 'r1': key 'where': unknown field 'prot'; use one of "
      "interval_start, interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, "
      "dst_port, packets, bytes, first_seen, last_seen, tcp_flags, container_id, container_name, "
-     "container_image, host"),
+     "container_image, verdict, host"),
     (RULE + 'where = { proto = "udpp" }\n',
      "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp or a number 0-255"),
     (RULE + 'below = 3\n', "rule 'r1': key 'above': give exactly one of above and below"),
