@@ -12,7 +12,7 @@ The state directory is ``/var/lib/connstats`` for root (``$XDG_STATE_HOME/connst
 otherwise) unless ``CONNSTATS_STATE_DIR`` or ``state_dir`` in the file says else. ``up``
 writes the NATS URL it uses to ``<state>/nats.url``, so that every other command on the
 machine finds the running NATS without flags (after the flag, env and file). Its embedded
-nats-server requires a login: ``up`` writes one user per role (probe, sink, admin) to
+nats-server requires a login: ``up`` writes one user per role (probe, sink, admin, alert) to
 ``<state>/nats-credentials.json`` (0600), and a command that connects to that URL without
 credentials of its own (``--nats-creds``, or ``user:password@`` in the URL) logs in as
 its role, so only whoever can read the state directory (root) controls the probe.
@@ -98,6 +98,8 @@ SETTINGS: dict[str, Setting] = {
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),
+    "metrics": Setting("CONNSTATS_METRICS", "metrics", "address"),
+    "stream_replicas": Setting("CONNSTATS_STREAM_REPLICAS", "nats", "stream_replicas", _positive_int),
     "influx_url": Setting("CONNSTATS_INFLUX_URL", "influxdb", "url", env_fallback="INFLUXDB_V2_URL"),
     "influx_org": Setting("CONNSTATS_INFLUX_ORG", "influxdb", "org", env_fallback="INFLUXDB_V2_ORG"),
     "influx_bucket": Setting("CONNSTATS_INFLUX_BUCKET", "influxdb", "bucket"),

@@ -11,7 +11,7 @@ from connstats.probe.control import ControlClient
 from connstats.probe.contract import TransportError, redacted
 
 from .config import Config
-from .live import CONNECTION_COLUMNS, connection_row
+from .live import connection_columns, connection_row
 from .options import (
     ConfigFile, Format, Host, Nats, NatsCreds, NatsFlags, OutputFormat, TlsCa, TlsCert, TlsKey,
     load_config,
@@ -39,6 +39,7 @@ RECORD_COLUMNS = tuple(Column(key, key, kind) for key, kind in (
     ("ifname", "text"), ("direction", "text"), ("proto", "text"), ("src_ip", "text"),
     ("src_port", "int"), ("dst_ip", "text"), ("dst_port", "int"), ("packets", "int"),
     ("bytes", "int"), ("first_seen", "time"), ("last_seen", "time"), ("container_name", "text"),
+    ("verdict", "text"),
 ))
 
 
@@ -123,10 +124,11 @@ def stats(
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
     body: dict[str, Any] = {"limit": limit} | ({"iface": iface} if iface else {})
     reply = request(load_config(config), flags, host, "stats", body, timeout)
-    records = reply["records"]
+    records = [r | {"verdict": r.get("verdict", "")} for r in reply["records"]]  # rows omit an empty one
     if format is not OutputFormat.table:
         render(records, RECORD_COLUMNS, format)
         return
     typer.echo(f"{reply['connections']} connections, {reply['packets']} packets, {reply['bytes']} bytes "
                f"so far this interval" + (f" (showing {len(records)})" if len(records) < reply["connections"] else ""))
-    render([connection_row(r) for r in records], CONNECTION_COLUMNS, format, empty="(no traffic)")
+    rows = [connection_row(r) for r in records]
+    render(rows, connection_columns(rows), format, empty="(no traffic)")

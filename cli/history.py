@@ -31,6 +31,12 @@ class Direction(str, Enum):
     egress = "egress"
 
 
+class Verdict(str, Enum):
+    allow = "allow"
+    deny = "deny"
+    none = "none"  # stored as "": the device is not governed by a policy
+
+
 _KINDS = {"src_port": "int", "dst_port": "int", "port": "int", "packets": "int", "bytes": "int",
           "first_seen": "time", "last_seen": "time", "time": "time"}
 
@@ -80,6 +86,7 @@ def history(
     direction: Annotated[Optional[Direction], typer.Option(help="as seen from the container on a veth")] = None,
     host: Annotated[Optional[str], typer.Option("--host", metavar="NAME", help="only this probe's host")] = None,
     container: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this container")] = None,
+    verdict: Annotated[Optional[Verdict], typer.Option(help="the policy's verdict; none: ungoverned devices")] = None,
     group_by: Annotated[GroupBy, typer.Option("--group-by", help="one row per ...")] = GroupBy.connection,
     every: Annotated[Optional[str], typer.Option(metavar="DURATION", help="time buckets, e.g. 1m")] = None,
     top: Annotated[Optional[int], typer.Option(metavar="N", help="only the N busiest rows (per bucket)")] = None,
@@ -92,6 +99,7 @@ def history(
         since=parse_time(since, now), until=parse_time(until, now), iface=iface, port=port,
         proto=proto_number(proto.lower()) if proto else None,
         direction=direction.value if direction else None, host=host, container=container,
+        verdict=(verdict.value if verdict is not Verdict.none else "") if verdict else None,
         group_by=group_by.value, every=parse_duration(every) if every else None, top=top,
     )
     rows = query_store(cfg, store, query)

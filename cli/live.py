@@ -26,6 +26,12 @@ CONNECTION_COLUMNS = (
     Column("packets", "PKTS", "int"),
     Column("bytes", "BYTES", "bytes"),
 )
+VERDICT_COLUMN = Column("verdict", "POLICY")  # shown when a row's device is governed
+
+
+def connection_columns(rows: list[dict]) -> tuple[Column, ...]:
+    """The connection table's columns: the policy's verdict too when any row has one."""
+    return CONNECTION_COLUMNS + (VERDICT_COLUMN,) if any(row["verdict"] for row in rows) else CONNECTION_COLUMNS
 
 
 def endpoint(ip: str, port: int) -> str:
@@ -45,7 +51,7 @@ def connection_row(r: FlowRecord | dict) -> dict:
         "proto": proto if isinstance(proto, str) else proto_name(proto),
         "source": endpoint(get("src_ip"), get("src_port")),
         "destination": endpoint(get("dst_ip"), get("dst_port")),
-        "packets": get("packets"), "bytes": get("bytes"),
+        "packets": get("packets"), "bytes": get("bytes"), "verdict": get("verdict") or "",
     }
 
 
@@ -59,7 +65,7 @@ def interval_summary(batch: FlowBatch, limit: int = 10) -> str:
             f"{len(batch)} connections, {packets} packets, {human_bytes(nbytes)}B"
             + (f", {lost} packets over capacity" if lost else ""))
     rows = [connection_row(r) for r in batch.busiest(limit).records()]
-    return head + "\n\n" + table_text(rows, CONNECTION_COLUMNS, empty="(no traffic)")
+    return head + "\n\n" + table_text(rows, connection_columns(rows), empty="(no traffic)")
 
 
 class LiveSummary:

@@ -68,11 +68,24 @@ InfluxOrg = Annotated[Optional[str], typer.Option(
     "INFLUXDB_V2_ORG, [influxdb] org]")]
 InfluxBucket = Annotated[Optional[str], typer.Option(
     "--influx-bucket", metavar="BUCKET", help="InfluxDB bucket [default: connstats]")]
+Metrics = Annotated[Optional[str], typer.Option(
+    "--metrics", metavar="ADDR:PORT", help="serve /metrics, /healthz and /readyz here; a bare PORT "
+    "means 127.0.0.1:PORT; nothing of the HTTP API is served there [default: off (probe and up: "
+    "on the --http listener only)]")]
+StreamReplicas = Annotated[Optional[int], typer.Option(
+    "--stream-replicas", metavar="N", min=1, help="replicas of the streams connstats creates, on a "
+    "JetStream cluster; an existing stream is changed to N [default: 1 for a new stream, an existing one left as it is]")]
 Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="output format")]
 OnExit = Annotated[Optional[str], typer.Option(
     "--on-exit", metavar="keep|detach", help="on SIGTERM/SIGINT, after the last interval is "
     "published: keep the classifier counting (pinned) for the next start, or detach it "
     "[default: keep for probe, detach for up]")]
+
+Rules = Annotated[Optional[str], typer.Option(
+    "--rules", metavar="FILE", help="alert rules (TOML): run the alert engine (see README, Alerts)")]
+Webhooks = Annotated[Optional[list[str]], typer.Option(
+    "--webhook", metavar="URL", help="with --rules: POST alerts to URL/api/v2/alerts in the Alertmanager "
+    "v2 format (repeatable)")]
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ class NatsFlags:
     tls_key: str | None = None
 
     def options(self, config: Config, name: str = "connstats", role: str = "admin"):
-        """``role`` (probe, sink, admin) picks the login on the embedded server of ``up``."""
+        """``role`` (probe, sink, admin, alert) picks the login on the embedded server of ``up``."""
         return config.nats_options(self.url, creds=self.creds, tls_ca=self.tls_ca,
                                    tls_cert=self.tls_cert, tls_key=self.tls_key, name=name,
                                    role=role)
@@ -94,6 +107,7 @@ class NatsFlags:
 
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
-    "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Nats", "NatsCreds",
-    "NatsFlags", "OnExit", "OutputFormat", "Store", "TlsCa", "TlsCert", "TlsKey", "Ui", "load_config",
+    "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
+    "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
+    "Ui", "Webhooks", "load_config",
 ]

@@ -3,9 +3,12 @@
 and runs them until SIGINT/SIGTERM. ``up`` composes the two with an embedded nats-server:
 
     up:     [embedded nats-server] ─ build_probe(ProbeConfig) ──> JetStream
-                                     build_sink(SinkConfig) <────────┘
+                                     build_sink(SinkConfig) <────────┤
+                                     [build_alerts(AlertConfig)] <───┘  (up --rules)
+            one Telemetry for all of them: /metrics, /healthz, /readyz on the probe's HTTP
+            listener and, with --metrics, on a listener of its own
     stop:   probe drains its last interval and flushes ─ sink.wait_until_stored(host) ─
-            stop the sink ─ stop nats-server ─ remove <state>/nats.url
+            stop the sink ─ [stop the alert engine] ─ stop nats-server ─ remove <state>/nats.url
 
 Everything runs in one asyncio loop; SIGINT and SIGTERM set one ``stop`` event.
 """
@@ -24,6 +27,9 @@ from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.lifecycle import stop_on_signals
 from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe.private import write_private
+from connstats.probe.telemetry import MetricsServer, Telemetry
+from connstats.sink.alerts.compose import AlertConfig, build_alerts
+from connstats.sink.alerts.service import AlertService
 from connstats.sink.compose import Sink, SinkConfig, build_sink
 from connstats.sink.web.server import UiConfig, WebUi, build_ui
 
@@ -45,20 +51,52 @@ async def run_probe(daemon: ProbeDaemon, on_ready: OnReady | None = None,
         await task
 
 
-async def run_sink(sink: Sink) -> None:
-    """Run a built sink until SIGINT/SIGTERM."""
+async def run_sink(sink: Sink, metrics_address: str | None = None) -> None:
+    """Run a built sink until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if given."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        await sink.run(stop)
+        if metrics_address is None:
+            await sink.run(stop)
+            return
+        async with MetricsServer(sink.config.telemetry, metrics_address):
+            await sink.run(stop)
+
+
+async def run_alerts(service: AlertService, on_ready: Callable[[], None] | None = None,
+                     metrics_address: str | None = None) -> None:
+    """Run a built alert engine until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if
+    given (the Telemetry its builder registered its metrics on)."""
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        if metrics_address is None:
+            await _run_alerts(service, stop, on_ready)
+            return
+        async with MetricsServer(service.metrics.telemetry, metrics_address):
+            await _run_alerts(service, stop, on_ready)
+
+
+async def _run_alerts(service: AlertService, stop: asyncio.Event, on_ready: Callable[[], None] | None) -> None:
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if service.ready.is_set() and on_ready and not task.done():
+        on_ready()
+    await task
 
 
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                  on_ready: OnReady | None = None, daemon_hook: Callable[[ProbeDaemon], None] | None = None,
-                 drain_timeout: float = DRAIN_TIMEOUT, ui: UiConfig | None = None) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT, metrics_address: str | None = None,
+                 alerts: AlertConfig | None = None, ui: UiConfig | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring.
-    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin).
-    ``ui``: also serve the web page (it reads NATS as admin)."""
+    ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin,
+    alert). Every part registers on one ``Telemetry`` (more services: pass it to their
+    builders). ``alerts``: run the alert engine in-process too. ``ui``: also serve the web
+    page (it reads NATS as admin)."""
     stop = asyncio.Event()
+    probe.telemetry = sink.telemetry = Telemetry()
+    metrics = MetricsServer(probe.telemetry, metrics_address) if metrics_address else None
     state_dir = probe.state_dir
     embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
     url_file, creds_file = state_dir / NATS_URL_FILE, state_dir / CREDENTIALS_FILE
@@ -66,12 +104,18 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
     with stop_on_signals(stop):
         try:
             creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
+            if metrics is not None:
+                await metrics.start()
             url = await asyncio.to_thread(embedded.start) if embedded else nats_url
             probe.nats, sink.nats = _with_servers(probe.nats, url), _with_servers(sink.nats, url)
+            if alerts is not None:
+                alerts.nats = _with_servers(alerts.nats, url)
             if embedded is not None:
                 write_credentials(creds_file, url, embedded.users)  # before nats.url: found together
                 probe.nats = embedded.users.login(probe.nats, "probe")
                 sink.nats = embedded.users.login(sink.nats, "sink")
+                if alerts is not None:
+                    alerts.nats = embedded.users.login(alerts.nats, "alert")
             write_private(url_file, url + "\n")  # a URL may carry credentials
             built_sink = build_sink(sink)
             await built_sink.check()  # before loading BPF: a bad store path fails fast
@@ -80,10 +124,15 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             daemon = build_probe(probe)
             if daemon_hook:
                 daemon_hook(daemon)
-            await _run_both(daemon, built_sink, stop, on_ready, drain_timeout)
+            if alerts is not None:
+                alerts.telemetry = probe.telemetry  # the engine's metrics on up's one endpoint
+            engine = build_alerts(alerts) if alerts is not None else None
+            await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
         finally:
             if web is not None:
                 await web.close()
+            if metrics is not None:
+                await metrics.close()
             if embedded is not None:
                 url_file.unlink(missing_ok=True)
                 creds_file.unlink(missing_ok=True)
@@ -91,18 +140,34 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
 
 
 async def _run_both(daemon: ProbeDaemon, sink: Sink, stop: asyncio.Event, on_ready: OnReady | None,
-                    drain_timeout: float) -> None:
+                    drain_timeout: float, engine: AlertService | None = None) -> None:
     sink_stop = asyncio.Event()
     sink_task = asyncio.create_task(sink.run(sink_stop), name="sink")
+    engine_stop = asyncio.Event()
+    engine_task = asyncio.create_task(engine.run(engine_stop), name="alerts") if engine else None
+    try:
+        await _run_probe_and_sink(daemon, sink, sink_task, sink_stop, stop, on_ready, drain_timeout, engine_task)
+    finally:
+        engine_stop.set()
+        if engine_task is not None:
+            result = (await asyncio.gather(engine_task, return_exceptions=True))[0]
+            if isinstance(result, BaseException):
+                raise result
+
+
+async def _run_probe_and_sink(daemon: ProbeDaemon, sink: Sink, sink_task: asyncio.Task, sink_stop: asyncio.Event,
+                              stop: asyncio.Event, on_ready: OnReady | None, drain_timeout: float,
+                              engine_task: asyncio.Task | None) -> None:
     probe = asyncio.create_task(daemon.run(stop), name="probe")
     stopped = asyncio.create_task(stop.wait())
     ready = asyncio.create_task(daemon.ready.wait())
-    done, _ = await asyncio.wait({probe, sink_task, stopped, ready}, return_when=asyncio.FIRST_COMPLETED)
-    # ready first: announce, then run until a signal or until the probe or the sink fails
+    watched = {probe, sink_task, stopped} | ({engine_task} if engine_task else set())
+    done, _ = await asyncio.wait(watched | {ready}, return_when=asyncio.FIRST_COMPLETED)
+    # ready first: announce, then run until a signal or until the probe, the sink or the engine fails
     if ready in done and not probe.done():
         if on_ready:
             on_ready(daemon)
-        await asyncio.wait({probe, sink_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     for task in (stopped, ready):
         task.cancel()

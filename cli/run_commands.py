@@ -11,20 +11,23 @@ from dataclasses import dataclass
 
 from connstats.probe.compose import HttpConfig, ProbeConfig, WatchConfig, build_probe
 from connstats.probe.containers import DEFAULT_DOCKER_SOCKET
-from connstats.probe.contract import ConfigError, redacted
+from connstats.probe.contract import ConfigError, StreamSettings, redacted
 from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.devices import check_interfaces, default_interfaces
 from connstats.probe.kernel import DEFAULT_CAPACITY
 from connstats.probe.private import prepare_state_dir
+from connstats.probe.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.history import parse_duration
 
 from . import pipeline
+from .alert import alert_config
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
     Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
-    Interval, Nats, NatsCreds, NatsFlags, OnExit, Retention, Store, TlsCa, TlsCert, TlsKey, Ui, load_config,
+    Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, StreamReplicas, TlsCa,
+    TlsCert, TlsKey, Ui, Webhooks, load_config,
 )
 
 app = typer.Typer()
@@ -48,6 +51,7 @@ class ProbeFlags:
     docker_socket: str | None = None
     capacity: int | None = None
     on_exit: str | None = None
+    stream_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,17 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
                         required=address not in (None, "none")),
         watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
                           docker_socket=None if docker_socket == "none" else docker_socket),
+        stream=stream_settings(config, probe_flags.stream_replicas),
     )
 
 
+def stream_settings(config: Config, replicas: int | None) -> StreamSettings:
+    """The streams' settings: replicas from --stream-replicas, env or file (None: not set)."""
+    return StreamSettings(replicas=config.get("stream_replicas", replicas))
+
+
 def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: str | None,
-                influx: InfluxFlags = InfluxFlags()) -> SinkConfig:
+                influx: InfluxFlags = InfluxFlags(), stream_replicas: int | None = None) -> SinkConfig:
     """The one ``SinkConfig`` of flags, environment and file."""
     spec = config.store_spec(store, influx.url)
     if spec.startswith("sqlite:") and config.get("store", store) is None:
@@ -96,6 +106,7 @@ def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: 
         nats=flags.options(config, name="connstats-sink", role="sink"), store=spec,
         retention_seconds=config.get("retention", _retention_flag(retention)),
         influx=config.influx(influx.url, influx.org, influx.bucket) if spec.startswith("influx") else None,
+        stream=stream_settings(config, stream_replicas),
     )
 
 
@@ -113,7 +124,8 @@ def up(
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
-    ui: Ui = None,
+    metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
+    webhook: Webhooks = None, ui: Ui = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -122,9 +134,13 @@ def up(
     """
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
+    if webhook and rules is None:
+        raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
+    alert_cfg = alert_config(cfg, flags, rules, webhook, host, stream_replicas) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
-                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "detach")
-    sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket))
+                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas), "detach")
+    sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
+                           stream_replicas)
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
     ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host)
     live = sys.stdout.isatty()
@@ -133,8 +149,9 @@ def up(
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
+        engine = f"alerts {len(alert_cfg.rules)} rules; " if alert_cfg else ""
         banner = _banner("up", probe_cfg, daemon,
-                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; ")
+                         f"NATS {where}{redacted(probe_cfg.nats.servers)}; store {sink_cfg.store}; {engine}")
         print(banner, file=sys.stderr, flush=True)
         summary.banner = banner
 
@@ -142,7 +159,8 @@ def up(
         if live:
             daemon.on_interval(summary)
 
-    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook, ui=ui_cfg))
+    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook,
+                                metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg, ui=ui_cfg))
 
 
 def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str):
@@ -165,7 +183,8 @@ def probe(
     http: Http = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
-    capacity: Capacity = None, on_exit: OnExit = None,
+    capacity: Capacity = None, on_exit: OnExit = None, stream_replicas: StreamReplicas = None,
+    metrics: Metrics = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS.
 
@@ -176,7 +195,9 @@ def probe(
     """
     cfg = load_config(config)
     probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
-                             host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit), "keep")
+                             host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas),
+                             "keep")
+    probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)
     daemon = build_probe(probe_cfg)
@@ -197,14 +218,17 @@ def sink(
     nats: Nats = None, store: Store = None, nats_creds: NatsCreds = None, tls_ca: TlsCa = None,
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     retention: Retention = None, influx_url: InfluxUrl = None, influx_org: InfluxOrg = None,
-    influx_bucket: InfluxBucket = None,
+    influx_bucket: InfluxBucket = None, metrics: Metrics = None, stream_replicas: StreamReplicas = None,
 ) -> None:
     """Run only the sink: consume flow records from NATS into SQLite or InfluxDB."""
     cfg = load_config(config)
     sink_cfg = sink_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), store, retention,
-                           InfluxFlags(influx_url, influx_org, influx_bucket))
+                           InfluxFlags(influx_url, influx_org, influx_bucket), stream_replicas)
+    metrics_address = cfg.get("metrics", metrics)
+    if metrics_address:
+        parse_metrics_address(metrics_address)  # a bad address fails before anything starts
     setup_logging(False)
-    asyncio.run(pipeline.run_sink(build_sink(sink_cfg)))
+    asyncio.run(pipeline.run_sink(build_sink(sink_cfg), metrics_address))
 
 
 def _retention_flag(text: str | None) -> float | None:

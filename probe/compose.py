@@ -4,10 +4,14 @@
       KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
                           └─> tracked totals ─> HTTP API (if an address is set)
+                          └─> ProbeMetrics on the Telemetry (its registry; /metrics, /readyz
+                              on the HTTP API's listener and on --metrics, if set)
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
-        ControlService  NATS request/reply on connstats.v1.ctl.<host>.*
+        PolicyService   the active policy: applied, kept, re-resolved; violations
+        ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
         HttpApi         the earlier tool's endpoints, on the probe's totals
+        MetricsServer   /metrics, /healthz, /readyz alone on a listener of their own (--metrics)
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
@@ -26,11 +30,15 @@ from .daemon import DaemonSettings, ProbeDaemon
 from .docker_watch import docker_watcher
 from .errors import ConfigError
 from .guard import filter_guard
+from .policy.service import PolicyService
+from .policy.violations import ViolationPublisher
 from .kernel import DEFAULT_CAPACITY
-from .messaging import NatsOptions
+from .messaging import NatsOptions, StreamSettings
+from .metrics import ProbeMetrics
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
 from .kernel_probe import ProbeSettings
+from .telemetry import MetricsServer, Telemetry
 from .watch import link_watcher
 
 log = logging.getLogger("connstats.probe")
@@ -72,6 +80,9 @@ class ProbeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     services: list[ServiceFactory] = field(default_factory=list)  # more (tests, add-ons)
+    stream: StreamSettings = field(default_factory=StreamSettings)  # the flow stream, if it is created
+    telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
+    metrics: str | None = None  # ADDR:PORT of a listener with only /metrics, /healthz, /readyz
 
     def kernel_settings(self) -> ProbeSettings:
         return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
@@ -79,25 +90,30 @@ class ProbeConfig:
 
     def publisher_settings(self) -> PublisherSettings:
         outbox = self.state_dir / "outbox" if self.state_dir is not None else None
-        return PublisherSettings(host=self.host, state_dir=outbox)
+        return PublisherSettings(host=self.host, state_dir=outbox, stream=self.stream)
 
 
 def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
     containers = ContainerIndex()
+    ProbeMetrics(daemon, config.telemetry)  # before the first (recovered) interval is published
+    policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
-        control_service(config.nats, config.host),
-        *http_services(config.http, daemon),
+        policy.bind,  # before the control plane, which answers its verbs
+        control_service(config.nats, config.host, policy.verbs),
+        *http_services(config.http, daemon, config.telemetry),
+        *metrics_services(config.metrics, config.telemetry),
         *watcher_services(config, containers),
         *config.services,
     ]
     return daemon
 
 
-def http_services(http: HttpConfig, probe: ProbePort) -> list[ServiceFactory]:
-    """The HTTP API on the probe's totals, if asked for and part of this build."""
+def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None) -> list[ServiceFactory]:
+    """The HTTP API on the probe's totals (and ``telemetry``'s /metrics, /healthz, /readyz),
+    if asked for and part of this build."""
     if not http.address:
         return []
     try:
@@ -109,7 +125,16 @@ def http_services(http: HttpConfig, probe: ProbePort) -> list[ServiceFactory]:
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
-    return [http_service(http.address, tracked_totals(probe))]  # a bad address fails here
+    return [http_service(http.address, tracked_totals(probe), telemetry)]  # a bad address fails here
+
+
+def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:
+    """/metrics, /healthz and /readyz alone on ``address`` (nothing of the HTTP API), if set;
+    a bad address fails here, before anything starts."""
+    if not address:
+        return []
+    server = MetricsServer(telemetry, address)
+    return [lambda _: server]
 
 
 def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:

@@ -12,7 +12,7 @@
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
 - **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
-  ``control_subject``, ``host_token``/``host_from_token``), the flow stream
+  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``), the flow stream
   (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
@@ -32,21 +32,21 @@ from .events import (
     Replaced, decode_event, event_body,
 )
 from .messaging import (
-    EVENTS_WILDCARD, FLOWS_WILDCARD, PREFIX, STREAM_NAME, NatsOptions, StreamSettings, connect,
-    control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
-    host_of_subject, host_token, message_id, redacted,
+    ALERTS_WILDCARD, EVENTS_WILDCARD, FLOWS_WILDCARD, PREFIX, STREAM_NAME, NatsOptions, StreamSettings, connect,
+    alerts_subject, control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
+    host_of_subject, host_token, message_id, policy_subject, redacted,
 )
 from .ownership import DeviceOwned
 from .record import (
-    COUNTER_LIMIT, DIRECTIONS, IFINDEX_LIMIT, IFNAME_MAX, SCHEMA_VERSION, TEXT_MAX, TIME_MAX, TIME_MIN, Envelope,
-    FlowRecord, OverflowCount, proto_name, proto_number,
+    COUNTER_LIMIT, DIRECTIONS, IFINDEX_LIMIT, IFNAME_MAX, SCHEMA_VERSION, TEXT_MAX, TIME_MAX, TIME_MIN, VERDICTS,
+    Envelope, FlowRecord, OverflowCount, proto_name, proto_number,
 )
 from .wire import RECORD_FIELDS, FlowBatch, decode_message, encode_message
 
 __all__ = [
     # flow messages
     "COUNTER_LIMIT", "DIRECTIONS", "IFINDEX_LIMIT", "IFNAME_MAX", "RECORD_FIELDS", "SCHEMA_VERSION", "TEXT_MAX",
-    "TIME_MAX", "TIME_MIN", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
+    "TIME_MAX", "TIME_MIN", "VERDICTS", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
     "encode_message", "proto_name", "proto_number",
     # events
     "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
@@ -55,7 +55,7 @@ __all__ = [
     "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
     "StoreError", "StoreUnavailable", "TransportError",
     # NATS
-    "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
-    "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
+    "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
+    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject", "redacted",
 ]

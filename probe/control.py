@@ -11,6 +11,10 @@ Verbs and their request bodies (JSON objects; an empty body is ``{}``):
     stats   {"iface": NAME?, "limit": N?}  the current, unpublished interval
             -> {"interval_start", "now", "connections", "packets", "bytes", "records": [...]}
     ping    {}                                                         -> {"host", "devices"}
+    policy_apply {"text": TOML, "mode": "monitor"|"protect", "source": NAME?}
+                                     -> {"mode", "groups", "rules", "governed": [...]}
+    policy_show  {}                  -> the same and "text";   policy_off {} -> {"mode": "off", ...}
+                 (answered by probe/policy/service.py)
 
 Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "...", "kind": "DeviceError"}``;
 a malformed request gets an error reply and never stops the service.
@@ -50,7 +54,8 @@ class ControlService:
     """Answers control requests for one host; a probe ``Service`` (``start``/``close``)
     that sees the probe through ``ProbePort`` (``self.probe``)."""
 
-    def __init__(self, probe: ProbePort, options: NatsOptions, host: str) -> None:
+    def __init__(self, probe: ProbePort, options: NatsOptions, host: str,
+                 more: dict[str, Callable[[dict], Awaitable[dict]]] | None = None) -> None:
         self.probe = probe
         self.options = options
         self.host = host
@@ -58,7 +63,7 @@ class ControlService:
         self._nc: Client | None = None
         self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "attach": self._attach, "detach": self._detach, "list": self._list,
-            "stats": self._stats, "ping": self._ping,
+            "stats": self._stats, "ping": self._ping, **(more or {}),
         }
 
     async def start(self) -> None:
@@ -87,7 +92,7 @@ class ControlService:
         """The reply to one request; never raises."""
         handler = self._handlers.get(verb)
         if handler is None:
-            return _failure(ConfigError(f"unknown control verb {verb!r}; use one of {', '.join(VERBS)}"))
+            return _failure(ConfigError(f"unknown control verb {verb!r}; use one of {', '.join(self._handlers)}"))
         try:
             body = _request_body(data)
             return {"ok": True, **await handler(body)}
@@ -139,9 +144,12 @@ class ControlService:
         return reply
 
 
-def control_service(options: NatsOptions, host: str) -> Callable[[ProbePort], ControlService]:
-    """A ``ServiceFactory`` for ``DaemonSettings.services``."""
-    return lambda probe: ControlService(probe, options, host)
+def control_service(options: NatsOptions, host: str,
+                    more: dict[str, Callable[[dict], Awaitable[dict]]] | None = None,
+                    ) -> Callable[[ProbePort], ControlService]:
+    """A ``ServiceFactory`` for ``DaemonSettings.services``; ``more`` verbs from other
+    services (the policy's ``policy_apply``, ``policy_show``, ``policy_off``)."""
+    return lambda probe: ControlService(probe, options, host, more)
 
 
 def _request_body(data: bytes) -> dict:

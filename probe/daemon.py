@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .devices import AttachedDevice, FilterLoss
 from .events import Event, HandoverLost, device_event
-from .ports import DetachListener, Labels, ProbePort, Service, ServiceFactory  # noqa: F401 (re-exported)
+from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publisher import FlowPublisher, PublisherSettings
 from .record import Envelope, FlowRecord
 from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
@@ -48,6 +48,7 @@ class ProbeDaemon:
         self.interval_listeners: list[IntervalListener] = []
         self.detach_listeners: list[DetachListener] = []
         self.ready = asyncio.Event()
+        self.attach_failures = 0
 
     @property
     def host(self) -> str:
@@ -96,7 +97,11 @@ class ProbeDaemon:
     async def attach(self, name: str | int, mode: str | None = None,
                      labels: Labels | None = None, **context: Any) -> AttachedDevice:
         """Attach and publish an "attached" event carrying ``context`` (source, netns, ...)."""
-        device = await asyncio.to_thread(self.kernel.attach, name, mode, labels)
+        try:
+            device = await asyncio.to_thread(self.kernel.attach, name, mode, labels)
+        except Exception:
+            self.attach_failures += 1
+            raise
         await self.publish_event(device_event("attached", device, **context))
         return device
 
@@ -124,6 +129,9 @@ class ProbeDaemon:
     def label(self, ifindex: int, labels: Labels) -> None:
         self.kernel.label(ifindex, labels)
 
+    def policy_tables(self):
+        return self.kernel.policy
+
     async def live_records(self) -> list[FlowRecord]:
         return await asyncio.to_thread(self.kernel.peek)
 
@@ -135,6 +143,14 @@ class ProbeDaemon:
     def on_detach(self, listener: DetachListener) -> Callable[[], None]:
         self.detach_listeners.append(listener)
         return lambda: self.detach_listeners.remove(listener) if listener in self.detach_listeners else None
+
+    def status(self) -> ProbeStatus:
+        kernel, publisher = self.kernel, self.publisher
+        return ProbeStatus(
+            loaded=self.ready.is_set(), publisher=publisher.stats if publisher is not None else None,
+            attached_devices=len(kernel.devices.devices()) if kernel is not None else 0,
+            attach_failures=self.attach_failures, last_poll=kernel.last_poll if kernel is not None else None,
+        )
 
     def on_interval(self, listener: IntervalListener) -> None:
         """Call ``listener`` with every interval before it is published (totals, live view)."""

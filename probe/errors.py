@@ -5,6 +5,7 @@
     ├── DeviceError           an interface that does not exist or cannot be used
     │   └── DeviceOwned       another running probe has the device attached (ownership.py)
     ├── ConfigError           a setting that makes no sense
+    │   └── PolicyError       a policy file that does not follow the format (names line and key)
     ├── TransportError        NATS unreachable, refused or misconfigured
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
     │   └── StoreUnavailable  a transient store failure: retry later
@@ -29,6 +30,10 @@ class DeviceError(ConnstatsError):
 
 class ConfigError(ConnstatsError):
     """A setting is invalid."""
+
+
+class PolicyError(ConfigError):
+    """A policy file is invalid; the message names the line and the key."""
 
 
 class TransportError(ConnstatsError):

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .record import DIRECTIONS, Envelope, FlowRecord, bulk_allocation, make_record
+from .record import DIRECTIONS, VERDICTS, Envelope, FlowRecord, bulk_allocation, make_record
 from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Device, FlowColumns
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,7 @@ class FlowBatch:
             first_seen=values["first_seen_ns"].astype(np.int64) + mono_to_wall_ns,
             last_seen=values["last_seen_ns"].astype(np.int64) + mono_to_wall_ns,
             tcp_flags=values["tcp_flags"],
+            verdict=_VERDICT_TEXT[np.minimum(values["verdict"], len(VERDICTS) - 1)],
         )
         no_labels = ("", "", "")
         devices = tuple(Device(i, ifnames.get(i, ""), *labels.get(i, no_labels))
@@ -139,6 +140,7 @@ class FlowBatch:
 
 
 _DIRECTION_TEXT = np.array(DIRECTIONS, dtype=object)
+_VERDICT_TEXT = np.array(VERDICTS, dtype=object)
 
 
 def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:

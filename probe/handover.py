@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import KernelError
-from .kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, PinnedMap, open_pinned_map, read_map, widen_ipv4_keys
+from .kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_COUNTERS_V1, FLOW_KEY, PinnedMap, open_pinned_map, read_map, widen_ipv4_keys
 from .poller import DrainedInterval
 
 log = logging.getLogger("connstats.probe")
@@ -101,9 +101,10 @@ def _flows(path: Path, buffer: int, old: OldLayout) -> tuple[np.ndarray, np.ndar
         if table is None:
             continue
         try:
-            if table.key_size == key_dtype.itemsize and table.value_size == FLOW_COUNTERS.itemsize:
-                keys, values = read_map(table.fd, table.max_entries, key_dtype, FLOW_COUNTERS)
-                parts.append((widen_ipv4_keys(keys) if family == 4 else keys, values))
+            value_dtype = _COUNTERS_BY_SIZE.get(table.value_size)
+            if table.key_size == key_dtype.itemsize and value_dtype is not None:
+                keys, values = read_map(table.fd, table.max_entries, key_dtype, value_dtype)
+                parts.append((widen_ipv4_keys(keys) if family == 4 else keys, _current_counters(values)))
             else:
                 raw_key, raw_value = np.dtype(f"V{table.key_size}"), np.dtype(f"V{table.value_size}")
                 old.lost_entries += len(read_map(table.fd, table.max_entries, raw_key, raw_value)[0])
@@ -112,6 +113,19 @@ def _flows(path: Path, buffer: int, old: OldLayout) -> tuple[np.ndarray, np.ndar
     if not parts:
         return np.empty(0, FLOW_KEY), np.empty(0, FLOW_COUNTERS)
     return np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts])
+
+
+# Counters of this layout and of the one before the policy fields (their verdict: "").
+_COUNTERS_BY_SIZE = {FLOW_COUNTERS.itemsize: FLOW_COUNTERS, FLOW_COUNTERS_V1.itemsize: FLOW_COUNTERS_V1}
+
+
+def _current_counters(values: np.ndarray) -> np.ndarray:
+    if values.dtype == FLOW_COUNTERS:
+        return values
+    current = np.zeros(len(values), FLOW_COUNTERS)
+    for name in values.dtype.names:
+        current[name] = values[name]
+    return current
 
 
 def _overflow(path: Path, old: OldLayout) -> dict[int, tuple[tuple[int, int, int, int], ...]]:

@@ -3,12 +3,13 @@
     POST /traffic_count_attach_device            {"iface": "veth0", "action": "add"|"remove"}
     GET  /traffic_device_connection_stats         every attached device's connections
     GET  /traffic_device_connection_stats/<id>    one device's (id = ifindex)
+    GET  /metrics, /healthz, /readyz              the process's telemetry (telemetry.py)
 
 Answers are JSON. Connection stats are an object keyed ``connection_<id>`` (the id is
 stable for as long as the connection is tracked) holding the earlier tool's fields
 (``device_id``, ``src_port``, ``dst_port``, ``direction``, ``protocol``, ``timestamp``,
 ``total_packets``, ``total_bytes``) and added ones (``src_ip``, ``dst_ip``, ``ifname``,
-``family``, ``first_seen``, ``container_name``). Counters are since attach: the published
+``family``, ``first_seen``, ``container_name``, ``verdict``). Counters are since attach: the published
 intervals plus the current one. ``timestamp`` and ``first_seen`` are integer nanoseconds
 since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5xx only
 for a failure of the probe itself), never a traceback.
@@ -24,6 +25,9 @@ using it (cross-site requests, DNS rebinding) is checked before any handler runs
 * ``POST`` needs ``Content-Type: application/json`` (415 otherwise), which a cross-site
   form cannot send without a CORS preflight that this API never answers;
 * interface names with control characters (or NUL) are refused with 400.
+
+``GET /metrics``, ``/healthz`` and ``/readyz`` are read-only and skip the ``Host`` check, so
+that Prometheus and Kubernetes probes may call the listener by a DNS name.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
 from .record import proto_name
 from .ports import ProbePort
+from .telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from .totals import (
     DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device,
 )
@@ -142,7 +147,7 @@ def connection_to_json(t: ConnectionTotal) -> dict[str, Any]:
         "direction": t.direction, "protocol": protocol_text(t.proto), "timestamp": t.last_seen,
         "total_packets": t.packets, "total_bytes": t.bytes,
         "src_ip": t.src_ip, "dst_ip": t.dst_ip, "ifname": t.ifname, "family": t.family,
-        "first_seen": t.first_seen, "container_name": t.container_name,
+        "first_seen": t.first_seen, "container_name": t.container_name, "verdict": t.verdict,
     }
 
 
@@ -189,8 +194,10 @@ async def _connections_response(totals: list[ConnectionTotal],
 class HttpApi:
     """The aiohttp app as a daemon service: ``start()`` listens, ``close()`` stops."""
 
-    def __init__(self, probe: ProbePort, host: str, port: int, totals: ConnectionTotals) -> None:
+    def __init__(self, probe: ProbePort, host: str, port: int, totals: ConnectionTotals,
+                 telemetry: Telemetry | None = None) -> None:
         self.probe = probe
+        self.telemetry = telemetry
         self.host = host
         self.port = port
         self.totals = totals
@@ -202,6 +209,8 @@ class HttpApi:
         app.router.add_post("/traffic_count_attach_device", self.attach_device)
         app.router.add_get("/traffic_device_connection_stats", self.all_devices)
         app.router.add_get("/traffic_device_connection_stats/{device_id}", self.one_device)
+        if self.telemetry is not None:
+            add_routes(app, self.telemetry)
         return app
 
     async def start(self) -> None:
@@ -235,6 +244,8 @@ class HttpApi:
     async def _callers_checked(self, request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         """403 unless ``Host`` names this API and ``Origin`` (if any) is its own."""
+        if request.method == "GET" and request.path in TELEMETRY_PATHS and self.telemetry is not None:
+            return await handler(request)
         host = request.headers.get("Host")
         if host is not None and not host_allowed(host, self.host, self.port):
             raise RequestError(403, f"Host {host!r} is not this API; use http://{self._own_netloc()}")
@@ -281,15 +292,15 @@ class HttpApi:
         return await current_view(self.totals, self.probe.live_records, set(since), since)
 
 
-def http_service(address: str = DEFAULT_HTTP_ADDRESS,
-                 totals: ConnectionTotals | None = None) -> Callable[[ProbePort], HttpApi]:
+def http_service(address: str = DEFAULT_HTTP_ADDRESS, totals: ConnectionTotals | None = None,
+                 telemetry: Telemetry | None = None) -> Callable[[ProbePort], HttpApi]:
     """A ``DaemonSettings.services`` factory for the HTTP API on ``address``. ``totals``
     are the probe's (``tracked_totals``, made where the probe is composed); without them
-    the API tracks its own."""
+    the API tracks its own. ``telemetry``: also serve /metrics, /healthz, /readyz."""
     host, port = parse_address(address)
 
     def factory(probe: ProbePort) -> HttpApi:
-        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe))
+        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe), telemetry)
 
     return factory
 

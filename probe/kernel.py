@@ -54,9 +54,15 @@ FLOW_COUNTERS = np.dtype(
         ("first_seen_ns", "<u8"),
         ("last_seen_ns", "<u8"),
         ("tcp_flags", "<u8"),
+        ("verdict", "<u4"),  # VERDICTS index: "", allow, deny
+        ("policy", "<u4"),  # the policy word it was judged under (probe/policy/tables.py)
     ]
 )
-assert FLOW_KEY.itemsize == 44 and FLOW4_KEY.itemsize == 20 and FLOW_COUNTERS.itemsize == 40
+# The counters before the policy fields: older map layouts are read with it (handover.py).
+FLOW_COUNTERS_V1 = np.dtype([(name, FLOW_COUNTERS[name]) for name in FLOW_COUNTERS.names[:5]])
+VERDICTS = ("", "allow", "deny")
+assert FLOW_KEY.itemsize == 44 and FLOW4_KEY.itemsize == 20 and FLOW_COUNTERS.itemsize == 48
+assert FLOW_COUNTERS_V1.itemsize == 40
 
 _SYS_MEMBARRIER = 324  # x86_64
 _MEMBARRIER_CMD_GLOBAL = 1
@@ -283,6 +289,10 @@ class ClassifierProgram:
     @property
     def probe_state(self):
         return self.bpf[b"probe_state"]
+
+    def table(self, name: str):
+        """Any other map of the program by name (the policy tables: probe/policy/tables.py)."""
+        return self.bpf[name.encode()]
 
     def close(self) -> None:
         """Release the programs and our references to the maps (pins keep them alive)."""

@@ -26,7 +26,8 @@ from .handover import OldLayout, read_old_layout
 from .kernel import wait_for_grace_period
 from .leftovers import attached_in_pins
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
-from .poller import DrainedInterval, MapPoller
+from .poller import DrainedInterval, MapPoller, MapRead
+from .policy.tables import PolicyTables
 from .record import Envelope, FlowRecord
 from .flow_batch import FlowBatch
 
@@ -56,9 +57,20 @@ class ProbeSettings:
 ON_EXIT = ("keep", "detach")
 
 
+@dataclass(frozen=True)
+class PollReport:
+    """The last ``poll()``: its map read (interval, drain time, entries), the whole poll's
+    time (flip, grace period, read, batch), and the maps' capacity (per family)."""
+
+    read: MapRead
+    seconds: float
+    capacity: int
+
+
 def map_layout(capacity: int) -> str:
     """The name of the maps' shapes: another layout means other maps (see pins.py)."""
-    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1")
+    return layout_name(FLOW4_KEY.descr, FLOW_KEY.descr, FLOW_COUNTERS.descr, capacity, "state-v1",
+                       "policy-v1")
 
 
 class KernelProbe:
@@ -77,6 +89,7 @@ class KernelProbe:
             self._release_pins(remove=False)
             raise
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
+        self.policy = PolicyTables(self.program)  # the policy service's way into the kernel
         self.poller = MapPoller(self.program)
         self.boot_id = self.poller.instance  # the same across restarts: message ids repeat
         # ifindex -> (container_id, container_name, container_image), kept after detach
@@ -84,6 +97,7 @@ class KernelProbe:
         self.labels: dict[int, tuple[str, str, str]] = {}
         self._released: set[int] = set()  # detached; forget names and labels after one more drain
         self._lock = threading.Lock()
+        self.last_poll: PollReport | None = None
 
     @staticmethod
     def _take_pins(settings: ProbeSettings):
@@ -204,10 +218,13 @@ class KernelProbe:
         return lost
 
     def poll(self) -> FlowBatch:
+        started = time.perf_counter()
         with self._lock:
             interval = self.poller.poll()
             batch = self._records(interval)
             self._forget_released()
+        self.last_poll = PollReport(self.poller.last_read, time.perf_counter() - started,
+                                    self.settings.capacity)
         _log_interval(interval)
         return batch
 

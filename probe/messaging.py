@@ -6,7 +6,10 @@ Subjects (``<host>`` is one escaped token, see ``host_token``)::
     connstats.v1.flows.<host>          flow messages, one per chunk of an interval
     connstats.v1.events.<host>         attach/detach and outbox-overflow events (JSON)
     connstats.v1.deadletter            messages the sink could not decode or store
-    connstats.v1.ctl.<host>.<verb>     control requests (reserved)
+    connstats.v1.ctl.<host>.<verb>     control requests (probe/control.py)
+    connstats.v1.alerts.<host>         alerts (JSON) raised on that host's data (connstats.sink.alerts)
+    connstats.v1.policy.<host>         policy violations: one JSON event per denied
+                                       connection and interval (core NATS, not in a stream)
 
 The stream ``CONNSTATS`` holds ``connstats.v1.flows.>`` and ``connstats.v1.events.>``.
 What only the sink uses (its durable consumer, the dead-letter stream) is in
@@ -15,11 +18,13 @@ shadows the ``nats`` package; subscribers import it through ``connstats.probe.co
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 import ssl
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats
@@ -34,15 +39,17 @@ from .errors import ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions", "StreamSettings",
-    "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "POLICY_WILDCARD", "PREFIX", "STREAM_NAME",
+    "NatsOptions", "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream",
+    "events_subject", "flow_stream_config", "flows_subject", "host_from_token", "host_of_subject", "host_token",
+    "message_id", "policy_subject", "redacted",
 ]
 
 PREFIX = "connstats.v1"
 STREAM_NAME = "CONNSTATS"
 FLOWS_WILDCARD = f"{PREFIX}.flows.>"
 EVENTS_WILDCARD = f"{PREFIX}.events.>"
+ALERTS_WILDCARD = f"{PREFIX}.alerts.>"
 
 # Bytes kept as they are in a host token; everything else becomes %XX (upper-case hex
 # of each UTF-8 byte). '%' itself is escaped, so the mapping is reversible.
@@ -82,6 +89,18 @@ def events_subject(host: str | None = None) -> str:
     return f"{PREFIX}.events.{host_token(host)}"
 
 
+def policy_subject(host: str | None = None) -> str:
+    """Where a probe publishes policy violations (probe/policy/violations.py)."""
+    return f"{PREFIX}.policy.{host_token(host)}"
+
+
+POLICY_WILDCARD = f"{PREFIX}.policy.>"
+
+
+def alerts_subject(host: str | None = None) -> str:
+    return f"{PREFIX}.alerts.{host_token(host)}"
+
+
 def control_subject(host: str | None, verb: str) -> str:
     return f"{PREFIX}.ctl.{host_token(host)}.{host_token(verb)}"
 
@@ -101,12 +120,15 @@ def message_id(host: str, boot_id: str, interval_seq: int, chunk: int) -> str:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """The flow stream's limits; applied only when the stream is created."""
+    """The flow stream's limits, applied only when the stream is created; ``replicas``, when
+    given, also to a stream that exists with another replica count (see ``ensure_stream``)."""
 
     max_age: float = 7 * 24 * 3600.0  # seconds
     max_bytes: int = -1  # -1: no limit (the server's account limit applies)
     duplicate_window: float = 120.0  # seconds
     deadletter_max_age: float = 30 * 24 * 3600.0  # the sink's dead-letter stream (sink/jetstream.py)
+    replicas: int | None = None  # copies on a JetStream cluster (--stream-replicas); None: 1 for a
+    # new stream, an existing one left as it is
 
 
 def flow_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -118,13 +140,18 @@ def flow_stream_config(settings: StreamSettings) -> StreamConfig:
         max_age=settings.max_age,
         max_bytes=settings.max_bytes,
         duplicate_window=settings.duplicate_window,
+        num_replicas=settings.replicas,
     )
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream unless it exists; an existing stream is left as the operator set it."""
+    """Create the stream unless it exists. An existing stream is left as the operator set it,
+    except for its replica count when ``config.num_replicas`` is set (not None): one that
+    differs is updated (``TransportError`` saying what to do if the server refuses)."""
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
+        if config.num_replicas is not None:
+            await _match_replicas(js, info.config, config.num_replicas)
         return
     except nats.js.errors.NotFoundError:
         pass
@@ -138,7 +165,46 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
-        raise TransportError(f"cannot create stream {config.name}: {exc!r}; check JetStream limits and permissions") from exc
+        timed_out = isinstance(exc, nats.errors.TimeoutError)  # while another process created it?
+        if await _stream_appears(js, config.name, within=5.0 if timed_out else 0.0):
+            return
+        raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "description", None) or repr(exc)
+
+
+def _create_hint(config: StreamConfig, exc: BaseException) -> str:
+    if isinstance(exc, nats.errors.TimeoutError):
+        return "JetStream did not answer in time; check that the servers (a cluster: a majority) run"
+    if (config.num_replicas or 1) > 1:
+        return f"--stream-replicas {config.num_replicas} needs a JetStream cluster of at least {config.num_replicas} servers"
+    return "check JetStream limits and permissions"
+
+
+async def _match_replicas(js: JetStreamContext, current: StreamConfig, wanted: int) -> None:
+    have = current.num_replicas or 1
+    if have == wanted:
+        return
+    try:
+        await js.update_stream(replace(current, num_replicas=wanted))
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"stream {current.name} has {have} replicas, --stream-replicas asks for {wanted}, "
+                             f"and the server refused the change ({_reason(exc)}); pass --stream-replicas {have} "
+                             f"or change the stream with `nats stream edit {current.name} --replicas {wanted}`"
+                             ) from exc
+    log.warning("stream %s: replicas changed from %d to %d", current.name, have, wanted)
+
+
+async def _stream_appears(js: JetStreamContext, name: str, within: float = 5.0) -> bool:
+    """True once the stream exists (another process's create may still be in flight)."""
+    deadline = time.monotonic() + within
+    while not await _stream_exists(js, name):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
 
 
 async def _stream_exists(js: JetStreamContext, name: str) -> bool:

@@ -5,7 +5,9 @@ every time it starts its embedded server:
 
     probe-<host>   publishes this host's flows and events, answers its control requests
     sink           pulls from the durable consumer, acks, publishes dead letters
-    admin          the CLI: control requests, reading streams, watching live flows
+    admin          the CLI: control requests, reading streams, watching live flows and alerts
+    alert          the alert engine (connstats.sink.alerts): its durable consumer on the
+                   flows, the CONNSTATS_ALERTS stream, answering ``connstats alerts``
 
 The server gets them in ``<state>/nats-embedded.conf``; the CLI finds them in
 ``<state>/nats-credentials.json`` together with the URL they belong to. Both files are
@@ -24,7 +26,7 @@ from .errors import ConfigError
 from .private import write_private
 from .messaging import NatsOptions, host_token
 
-ROLES = ("probe", "sink", "admin")
+ROLES = ("probe", "sink", "admin", "alert")
 CREDENTIALS_FILE = "nats-credentials.json"
 SERVER_CONFIG_FILE = "nats-embedded.conf"
 PASSWORD_BYTES = 24
@@ -49,11 +51,24 @@ ADMIN_PUBLISH = (
     "$JS.API.STREAM.MSG.GET.*", "$JS.API.CONSUMER.NAMES.*", "$JS.API.CONSUMER.LIST.*",
     "$JS.API.CONSUMER.INFO.*.*",
 )
-ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>")
+ADMIN_SUBSCRIBE = ("_INBOX.>", "connstats.v1.flows.>", "connstats.v1.events.>", "connstats.v1.alerts.>",
+                   "connstats.v1.policy.>")
+ALERT_PUBLISH = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.CONNSTATS_ALERTS", "$JS.API.STREAM.CREATE.CONNSTATS_ALERTS",
+    "$JS.API.CONSUMER.INFO.CONNSTATS.connstats-alerts",
+    "$JS.API.CONSUMER.CREATE.CONNSTATS.connstats-alerts",
+    "$JS.API.CONSUMER.CREATE.CONNSTATS.connstats-alerts.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.CONNSTATS.connstats-alerts",
+    "$JS.API.CONSUMER.MSG.NEXT.CONNSTATS.connstats-alerts",
+    "$JS.ACK.CONNSTATS.connstats-alerts.>",
+    "connstats.v1.alerts.>",
+)
+ALERT_SUBSCRIBE = ("_INBOX.>", "connstats.v1.ctl._alerts.>")
 
 
 def probe_publish(token: str) -> tuple[str, ...]:
-    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}",
+    return (f"connstats.v1.flows.{token}", f"connstats.v1.events.{token}", f"connstats.v1.policy.{token}",
             "$JS.API.STREAM.INFO.CONNSTATS", "$JS.API.STREAM.CREATE.CONNSTATS")
 
 
@@ -76,6 +91,7 @@ class NatsUsers:
     probe: RoleUser
     sink: RoleUser
     admin: RoleUser
+    alert: RoleUser
 
     @classmethod
     def generate(cls, host: str) -> NatsUsers:
@@ -83,7 +99,7 @@ class NatsUsers:
         def make(name: str) -> RoleUser:
             return RoleUser(name, secrets.token_urlsafe(PASSWORD_BYTES))
 
-        return cls(make(f"probe-{host_token(host)}"), make("sink"), make("admin"))
+        return cls(make(f"probe-{host_token(host)}"), make("sink"), make("admin"), make("alert"))
 
     def role(self, name: str) -> RoleUser:
         if name not in ROLES:
@@ -103,6 +119,7 @@ class NatsUsers:
                         'allow_responses: { max: 1, expires: "1m" }'),
             _user_block(self.sink, SINK_PUBLISH, SINK_SUBSCRIBE),
             _user_block(self.admin, ADMIN_PUBLISH, ADMIN_SUBSCRIBE),
+            _user_block(self.alert, ALERT_PUBLISH, ALERT_SUBSCRIBE, 'allow_responses: { max: 1, expires: "1m" }'),
         ]
         return "authorization {\n  users = [\n" + "".join(users) + "  ]\n}\n"
 

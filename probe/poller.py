@@ -70,6 +70,16 @@ class DrainedInterval:
         return int(self.values["packets"].sum()) + sum(o[2] for o in self.overflow)
 
 
+@dataclass(frozen=True)
+class MapRead:
+    """One read of a pending buffer: its interval, how long it took, the entries per map."""
+
+    seq: int = -1
+    seconds: float = 0.0
+    entries4: int = 0
+    entries6: int = 0
+
+
 @dataclass
 class _BufferContents:
     """What a read of one buffer found, kept so that ``commit`` deletes exactly that."""
@@ -91,6 +101,7 @@ class MapPoller:
             state.next_start_ns = time.time_ns()
             self._save(state)
         self._active = int(program.active_buffer[_ZERO].value)
+        self.last_read = MapRead()  # the last pending interval's read: for the self-metrics
         self._read: _BufferContents | None = None
 
     @property
@@ -163,7 +174,10 @@ class MapPoller:
     # -- the maps --------------------------------------------------------------------------
 
     def _pending_interval(self, state) -> DrainedInterval:
+        started = time.perf_counter()
         keys, values, contents = self._read_buffer(state.pending_buffer)
+        self.last_read = MapRead(state.pending_seq, time.perf_counter() - started,
+                                 len(contents.keys4), len(contents.keys6))
         self._read = contents
         return DrainedInterval(
             seq=state.pending_seq, start_ns=state.pending_start_ns, end_ns=state.pending_end_ns,

@@ -4,7 +4,8 @@ give a fake). A service never sees the kernel, the publisher or another service.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from .devices import AttachedDevice, FilterLoss
 from .events import Event
@@ -12,6 +13,21 @@ from .events import Event
 Labels = tuple[str, str, str]  # container id, container name (or netns name), image
 NO_LABELS: Labels = ("", "", "")
 DetachListener = Callable[[AttachedDevice], Awaitable[None]]
+
+if TYPE_CHECKING:
+    from .kernel_probe import PollReport
+    from .publisher import PublisherStats
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    """How the probe is doing, for its self-metrics and ``/readyz``; read at scrape time."""
+
+    loaded: bool  # classifier loaded and the devices of the start attached
+    publisher: PublisherStats | None  # None before the publisher connected
+    attached_devices: int
+    attach_failures: int
+    last_poll: PollReport | None  # None before the first poll
 
 
 class ProbePort(Protocol):
@@ -35,6 +51,9 @@ class ProbePort(Protocol):
     def label(self, ifindex: int, labels: Labels) -> None:
         """Label an attached device's records, unless it is labelled already."""
 
+    def policy_tables(self) -> Any:
+        """The classifier's policy tables (probe/policy/tables.py ``PolicyTables``)."""
+
     async def publish_event(self, event: Event) -> bool:
         """Best effort: publish ``event`` now; False if it was not."""
 
@@ -46,6 +65,9 @@ class ProbePort(Protocol):
 
     def on_interval(self, listener: Callable[..., None]) -> None:
         """Call ``listener`` with every interval before it is published."""
+
+    def status(self) -> ProbeStatus:
+        """Loaded, connected, counters: see ``ProbeStatus``."""
 
 
 class Service(Protocol):

@@ -145,6 +145,8 @@ class PublisherStats:
     dropped_records: int
     outbox_depth: int
     outbox_bytes: int
+    connected: bool = False  # to NATS, now
+    reconnects: int = 0  # times the connection came back (nats-py's count)
 
 
 class FlowPublisher:
@@ -252,6 +254,8 @@ class FlowPublisher:
             **self._counts, dropped_messages=self.outbox.dropped_messages,
             dropped_records=self.outbox.dropped_records, outbox_depth=len(self.outbox),
             outbox_bytes=self.outbox.depth_bytes,
+            connected=self._nc is not None and self._nc.is_connected,
+            reconnects=self._nc.stats["reconnects"] if self._nc is not None else 0,
         )
 
     # -- the loop ------------------------------------------------------------------------------

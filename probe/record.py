@@ -45,6 +45,9 @@ class FlowRecord:
     container_id: str = ""
     container_name: str = ""
     container_image: str = ""
+    # The policy's verdict on the connection (probe/policy/): "allow", "deny", or "" when
+    # its device is not governed by a policy.
+    verdict: str = ""
 
     @property
     def proto_name(self) -> str:
@@ -151,4 +154,6 @@ Ident = Annotated[str, msgspec.Meta(max_length=ID_MAX)]
 Address = Annotated[str, msgspec.Meta(max_length=45)]  # the longest IPv6 text
 ProtoText = Annotated[str, msgspec.Meta(max_length=8)]
 Family = Literal[0, 4, 6]
+Verdict = Literal["", "allow", "deny"]
+VERDICTS = ("", "allow", "deny")  # index = the kernel's VERDICT_* (flows.bpf.c)
 Direction = Literal["ingress", "egress"]

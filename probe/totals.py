@@ -112,10 +112,11 @@ class ConnectionTotal:
     first_seen: int  # ns since the epoch, UTC
     last_seen: int
     container_name: str
+    verdict: str = ""  # the policy's verdict in the connection's latest interval
 
 
 _KEY_FIELDS = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
-_STATIC_FIELDS = ("ifname", "family", "container_name")  # per connection, outside the key
+_STATIC_FIELDS = ("ifname", "family", "container_name", "verdict")  # per connection, outside the key
 _NO_TIME = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # first_seen, last_seen of a fresh slot
 class _Interval:
     """The records of one batch as columns: packed keys, their hashes, counters.
@@ -170,7 +171,7 @@ class _Interval:
         return list(zip(*(self.field(name, at) for name in _KEY_FIELDS)))
 
     def tuples(self) -> list[tuple]:
-        """(key, ifname, family, container_name, packets, bytes, first_seen, last_seen) per record."""
+        """(key, ifname, family, container_name, verdict, packets, bytes, first_seen, last_seen) per record."""
         everything = np.arange(len(self))
         return list(zip(self.keys(everything), *(self.field(name, everything) for name in _STATIC_FIELDS),
                         self.packets.tolist(), self.bytes.tolist(), self.first_seen.tolist(),
@@ -183,7 +184,7 @@ class _Columns:
 
     DTYPES = {"id": np.int64, "ifindex": np.int64, "packets": np.uint64, "bytes": np.uint64,
               "first_seen": np.int64, "last_seen": np.int64, "family": np.int64, "hash": np.uint64,
-              "ifname": object, "container_name": object}
+              "ifname": object, "container_name": object, "verdict": object}
 
     def __init__(self) -> None:
         for name, dtype in self.DTYPES.items():
@@ -301,6 +302,7 @@ class ConnectionTotals:
         np.add.at(c.bytes, slots, interval.bytes)
         np.minimum.at(c.first_seen, slots, interval.first_seen)
         np.maximum.at(c.last_seen, slots, interval.last_seen)
+        c.verdict[slots] = interval.field("verdict", np.arange(len(interval)))  # the latest one
 
     def _evict(self, count: int) -> None:
         victims = np.argsort(self._columns.last_seen, kind="stable")[:count]
@@ -417,10 +419,11 @@ class ConnectionTotals:
         (``_LIVE_FIELDS``, by slot) in place of the table's."""
         columns = {name: getattr(self._columns, name) for name in ("id", "ifname", "family")} | counters
         fields = [columns[name][slots].tolist() for name in (
-            "id", "ifname", "family", "packets", "bytes", "first_seen", "last_seen", "container_name")]
+            "id", "ifname", "family", "packets", "bytes", "first_seen", "last_seen", "container_name",
+            "verdict")]
         return [ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:], packets, nbytes,
-                                first, last, container)
-                for key, id, ifname, family, packets, nbytes, first, last, container
+                                first, last, container, verdict)
+                for key, id, ifname, family, packets, nbytes, first, last, container, verdict
                 in zip([self._keys[s] for s in slots.tolist()], *fields)]
 
     def _live_records(self, live: FlowBatch, ifindexes: Any) -> _Interval:
@@ -436,7 +439,7 @@ class ConnectionTotals:
     def _live_only(self, records: _Interval) -> list[ConnectionTotal]:
         """Connections seen live but not yet published, with the id they will be published with."""
         merged: dict[ConnectionKey, ConnectionTotal] = {}
-        for key, ifname, family, container, packets, nbytes, first, last in records.tuples():
+        for key, ifname, family, container, verdict, packets, nbytes, first, last in records.tuples():
             total = merged.get(key)
             if total is None:
                 id = self._pending_ids.get(key)
@@ -444,17 +447,18 @@ class ConnectionTotals:
                     id = self._pending_ids[key] = self._next_id
                     self._next_id += 1
                 merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:],
-                                              packets, nbytes, first, last, container)
+                                              packets, nbytes, first, last, container, verdict)
                 continue
             total.packets += packets
             total.bytes += nbytes
             total.first_seen = min(total.first_seen, first)
             total.last_seen = max(total.last_seen, last)
             total.container_name = container or total.container_name
+            total.verdict = verdict
         return list(merged.values())
 
 
-_LIVE_FIELDS = ("packets", "bytes", "first_seen", "last_seen", "container_name")  # what a live read adds to
+_LIVE_FIELDS = ("packets", "bytes", "first_seen", "last_seen", "container_name", "verdict")  # what a live read adds to
 
 
 def _add_tracked_live(counters: dict[str, np.ndarray], records: _Interval, slots: np.ndarray) -> None:
@@ -467,6 +471,7 @@ def _add_tracked_live(counters: dict[str, np.ndarray], records: _Interval, slots
     names = np.asarray(records.field("container_name", np.arange(len(records))), dtype=object)
     named = names != ""
     counters["container_name"][slots[named]] = names[named]
+    counters["verdict"][slots] = records.field("verdict", np.arange(len(records)))  # the latest
 
 
 def _subtract_residue(interval: _Interval, mine: np.ndarray,

@@ -11,7 +11,7 @@ import msgspec
 
 from .record import (
     IFINDEX_LIMIT, SCHEMA_VERSION, TEXT_MAX, Address, Count, Direction, Family, FlowRecord, Ident,
-    IfIndex, IfName, OverflowCount, Port, Text, Time,
+    IfIndex, IfName, OverflowCount, Port, Text, Time, Verdict,
 )
 
 ProtoNumber = Annotated[int, msgspec.Meta(ge=0, le=255)]
@@ -36,9 +36,13 @@ class FlowColumns(msgspec.Struct, forbid_unknown_fields=True):
     first_seen: list[Time]
     last_seen: list[Time]
     tcp_flags: list[Count]
+    # Added in schema 2 without a version bump: a message without it (a probe before
+    # policies, or one where no device is governed) means "" for every record.
+    verdict: list[Verdict] = []
 
 
 FLOW_COLUMNS: tuple[str, ...] = FlowColumns.__struct_fields__
+OPTIONAL_COLUMNS = ("verdict",)  # may be absent from a message: all "" then
 DEVICE_FIELDS = ("ifname", "container_id", "container_name", "container_image")
 INTERVAL_FIELDS = ("interval_start", "interval_end")
 RECORD_FIELDS: tuple[str, ...] = tuple(FlowRecord.__dataclass_fields__)

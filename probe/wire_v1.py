@@ -13,13 +13,13 @@ from .errors import MessageError
 from .flow_batch import FlowBatch, devices_of
 from .record import (
     PROTO_NUMBERS, Address, Count, Direction, Envelope, Family, FlowRecord, Ident, IfIndex, IfName,
-    Port, ProtoText, Text, Time, proto_name, proto_number,
+    Port, ProtoText, Text, Time, Verdict, proto_name, proto_number,
 )
 from .wire_checks import check_addresses
 from .wire_schema import FLOW_COLUMNS, FlowColumns, WireEnvelope, overflow_to_wire
 
 
-class RecordV1(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class RecordV1(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     ifname: IfName
     ifindex: IfIndex
     direction: Direction
@@ -37,6 +37,7 @@ class RecordV1(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     container_id: Ident
     container_name: Text
     container_image: Text
+    verdict: Verdict = ""  # the control plane's stats rows carry it; v1 messages never did
 
 
 class MessageV1(WireEnvelope, tag=1):
@@ -50,7 +51,8 @@ def record_to_wire(r: FlowRecord) -> RecordV1:
     """One record as a schema 1 row (the control plane's ``stats`` reply uses this shape)."""
     return RecordV1(r.ifname, r.ifindex, r.direction, proto_name(r.proto), r.family, r.src_ip,
                     r.dst_ip, r.src_port, r.dst_port, r.packets, r.bytes, r.first_seen,
-                    r.last_seen, r.tcp_flags, r.container_id, r.container_name, r.container_image)
+                    r.last_seen, r.tcp_flags, r.container_id, r.container_name, r.container_image,
+                    r.verdict)
 
 
 def encode_message_v1(envelope: Envelope, records: Sequence[FlowRecord]) -> bytes:

@@ -3,6 +3,7 @@
     build_sink(config)
       store: SqliteStore(path, retention) | InfluxStore(InfluxConfig)     stores.make_store
       Sink.run(stop): connect ─ JetStream answers ─ store answers ─ FlowConsumer until stop
+      SinkMetrics on the Telemetry (config.telemetry; `up` passes the one it serves)
       Sink.wait_until_stored(host): the consumer's ack floor reached the host's last flow message
 
 ``connstats sink`` runs one; ``connstats up`` runs one next to a probe and, before
@@ -13,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
 
 from connstats.probe.contract import (
-    STREAM_NAME, ConnstatsError, NatsOptions, connect, flows_subject,
+    STREAM_NAME, ConnstatsError, NatsOptions, StreamSettings, connect, flows_subject,
 )
+from connstats.probe.telemetry import Telemetry
 
 from .consumer import ConsumerSettings, ConsumerStats
 from .run import check_store, run_sink
 from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
+from .metrics import SinkMetrics
 from .store import Store
 from .stores import make_store, parse_store  # noqa: F401 (re-exported)
 
@@ -41,6 +44,8 @@ class SinkConfig:
     retention_seconds: float | None = None  # SQLite: delete older rows; InfluxDB: the bucket's
     influx: InfluxConfig | None = None  # for store "influxdb"
     consumer: ConsumerSettings | None = None
+    stream: StreamSettings = field(default_factory=StreamSettings)  # the streams, if they are created
+    telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
 
 
 class Sink:
@@ -49,6 +54,7 @@ class Sink:
     def __init__(self, config: SinkConfig, store: Store) -> None:
         self.config = config
         self.store = store
+        self.metrics = SinkMetrics(config.telemetry, (config.consumer or ConsumerSettings()).durable)
 
     async def check(self) -> None:
         """Raise ``StoreError`` (and close the store) unless it takes writes."""
@@ -60,8 +66,8 @@ class Sink:
 
     async def run(self, stop: asyncio.Event) -> ConsumerStats:
         """Consume until ``stop``; closes the store and the connection."""
-        return await run_sink(self.config.nats, self.store, self.config.consumer, stop=stop,
-                              handle_signals=False)
+        return await run_sink(self.config.nats, self.store, self.config.consumer, stream=self.config.stream,
+                              stop=stop, handle_signals=False, metrics=self.metrics)
 
     async def wait_until_stored(self, host: str, timeout: float) -> bool:
         return await wait_until_stored(self.config.nats, host, timeout)

@@ -43,6 +43,7 @@ from connstats.sink.store import Store
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER_CLASSES = ("undecodable", "wrong_subject", "store_refused", "store_failed")
 REASON_HEADER = "Connstats-Reason"
 SUBJECT_HEADER = "Connstats-Subject"
 SEQUENCE_HEADER = "Connstats-Stream-Seq"
@@ -74,7 +75,7 @@ class FlowConsumer:
     """Consumes flow messages into a ``Store``; ``start()``, ``consume_forever(stop)``, ``close()``."""
 
     def __init__(self, nc: Client, store: Store, settings: ConsumerSettings | None = None,
-                 stream: StreamSettings | None = None) -> None:
+                 stream: StreamSettings | None = None, on_write: Callable[[float], None] | None = None) -> None:
         self.nc = nc
         self.store = store
         self.settings = settings or ConsumerSettings()
@@ -84,6 +85,8 @@ class FlowConsumer:
         self._backoff = Backoff(first=self.settings.backoff_min, ceiling=self.settings.backoff_max)
         self._last_dead_letter_warning = -1e9
         self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0)
+        self.dead_letters = dict.fromkeys(DEAD_LETTER_CLASSES, 0)  # by reason class
+        self._on_write = on_write  # seconds of each successful write (the self-metrics)
         # Stream sequence -> [failed writes, stored messages when it first failed]
         self._failures: dict[int, list[int]] = {}
         self._failed_in_row = 0
@@ -172,19 +175,22 @@ class FlowConsumer:
         while the store writes in its thread (decoding the next message)."""
         batch = _decode(msg) if decoded is None else decoded
         if isinstance(batch, MessageError):
-            return await self._dead_letter(msg, f"undecodable: {batch}")
+            return await self._dead_letter(msg, f"undecodable: {batch}", "undecodable")
         wrong_host = _host_mismatch(msg.subject, batch.envelope.host)
         if wrong_host:
-            return await self._dead_letter(msg, wrong_host)
+            return await self._dead_letter(msg, wrong_host, "wrong_subject")
         try:
+            started = time.perf_counter()
             await self._write(batch, meanwhile)
         except StoreUnavailable as exc:
             return await self._write_failed(msg, exc)
         except StoreError as exc:
             self._counts["store_errors"] += 1
-            return await self._dead_letter(msg, f"store refused: {exc}")
+            return await self._dead_letter(msg, f"store refused: {exc}", "store_refused")
         except Exception as exc:  # a store bug: no traceback per retry, see _write_failed
             return await self._write_failed(msg, exc)
+        if self._on_write is not None:
+            self._on_write(time.perf_counter() - started)
         self._stored(msg)
         await _settle(msg.ack)
         self._counts["stored_messages"] += 1
@@ -215,7 +221,8 @@ class FlowConsumer:
         if attempts >= self.settings.max_attempts and self._counts["stored_messages"] > stored_before:
             self._failures.pop(sequence, None)
             return await self._dead_letter(
-                msg, f"store failed {attempts} times on this message while others were stored: {reason}")
+                msg, f"store failed {attempts} times on this message while others were stored: {reason}",
+                "store_failed")
         self._forget_old_failures()
         self._failed_in_row += 1
         if self._failed_in_row >= 2 and not await self._store_answers():
@@ -244,7 +251,7 @@ class FlowConsumer:
 
     # -- dead letters and naks -------------------------------------------------------------
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> float:
+    async def _dead_letter(self, msg: Msg, reason: str, reason_class: str) -> float:
         """Copy the payload to the dead-letter subject, then ``term`` the original."""
         sequence = str(msg.metadata.sequence.stream)
         headers = {
@@ -261,6 +268,7 @@ class FlowConsumer:
             return delay
         await _settle(msg.term)
         self._counts["dead_lettered"] += 1
+        self.dead_letters[reason_class] += 1
         self._log_dead_letter(sequence, msg.subject, headers[REASON_HEADER])
         return 0.0
 

@@ -23,7 +23,7 @@ InfluxDB selects points (one per record, stamped with its interval's start) in t
 Overflow (packets and bytes that found the flow map full) belongs to a device and
 direction, not to a connection: ``--group-by iface`` adds it to the device's totals; the
 other groupings show it as its own row whose proto (and addresses) read ``(overflow)``,
-ports 0 and no first/last seen. A filter on port, protocol or container leaves it out,
+ports 0 and no first/last seen. A filter on port, protocol, container or verdict leaves it out,
 as it cannot say which connections overflowed.
 
 Sums are exact for any number of rows: SQLite adds the high and low 32 bits of each
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
-from connstats.probe.contract import DIRECTIONS, TIME_MAX, ConfigError, StoreError, proto_name, proto_number
+from connstats.probe.contract import DIRECTIONS, TIME_MAX, VERDICTS, ConfigError, StoreError, proto_name, proto_number
 from connstats.sink.store import known_ports, server_side, service_port
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -77,6 +77,7 @@ class HistoryQuery:
     direction: str | None = None
     host: str | None = None
     container: str | None = None
+    verdict: str | None = None  # "allow", "deny", or "" (devices no policy governs)
     group_by: str = "connection"
     every: int | None = None  # bucket width, ns
     top: int | None = None
@@ -84,6 +85,8 @@ class HistoryQuery:
     def __post_init__(self) -> None:
         if self.group_by not in GROUPS:
             raise ConfigError(f"--group-by {self.group_by!r} is not one of {', '.join(GROUPS)}")
+        if self.verdict is not None and self.verdict not in VERDICTS:
+            raise ConfigError(f"--verdict {self.verdict!r} is not allow, deny or none")
         if self.direction is not None and self.direction not in DIRECTIONS:
             raise ConfigError(f"--direction {self.direction!r} is not ingress or egress")
         if self.port is not None and not 0 <= self.port < 65536:
@@ -105,9 +108,10 @@ class HistoryQuery:
 
     @property
     def with_overflow(self) -> bool:
-        """Overflow has no port, protocol, container or address: a filter on one, or the
-        service grouping, leaves it out."""
-        return self.port is None and self.proto is None and self.container is None and not self.counts_clients
+        """Overflow has no port, protocol, container, verdict or address: a filter on one, or
+        the service grouping, leaves it out."""
+        return (self.port is None and self.proto is None and self.container is None and self.verdict is None
+                and not self.counts_clients)
 
     @property
     def counts_clients(self) -> bool:
@@ -184,7 +188,7 @@ _SQL_OVERFLOW_KEYS = {
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
     "proto": "proto = :proto", "direction": "direction = :direction", "host": "host = :host",
-    "container": "container_name = :container",
+    "container": "container_name = :container", "verdict": "verdict = :verdict",
 }
 _SQL_OVERFLOW_FILTERS = ("iface", "direction", "host")
 _LOW = 0xFFFFFFFF
@@ -332,6 +336,11 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
     if query.container is not None:
         lines.append("  |> filter(fn: (r) => r.container_name == p_container)")
         params["p_container"] = query.container
+    if query.verdict:  # a tag; an empty verdict is no tag at all
+        lines.insert(3, "  |> filter(fn: (r) => r.verdict == p_verdict)")
+        params["p_verdict"] = query.verdict
+    elif query.verdict == "":
+        lines.insert(3, "  |> filter(fn: (r) => not exists r.verdict)")
     keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_CONTAINER_COLUMNS if c in query.keys))
     lines.append("  |> keep(columns: [" + ", ".join(f'"{c}"' for c in keep) + "])")
     return "\n".join(lines), params

@@ -4,7 +4,8 @@ Split the Vector way: ``InfluxConfig`` (settings), ``encode_lines`` (pure: a bat
 columns in, line protocol out) and ``InfluxStore`` (I/O only, through ``influxdb-client``).
 
 One point per record in measurement ``connstats_flow``. Tags have bounded cardinality
-(host, ifname, direction, proto, service_port, container_name); addresses, ports, container
+(host, ifname, direction, proto, service_port, container_name, verdict; an empty one is
+left out); addresses, ports, container
 id and image and the counters are fields.
 A point's timestamp is ``interval_start + record_offset + i`` (ns), ``i`` being the
 record's index in its message: connections of one interval never overwrite each other,
@@ -104,7 +105,7 @@ def _required(value: str | None, name: str, what: str) -> str:
 
 # Tags (besides host and service_port) and fields of a flow point; together with the host
 # they cover every field of a record (tests/test_influx_store.py checks it against wire.py).
-TAGS = ("container_name", "direction", "ifname", "proto")
+TAGS = ("container_name", "direction", "ifname", "proto", "verdict")
 FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
           "ifindex", "last_seen", "packets", "src_ip", "src_port", "tcp_flags")
 
@@ -173,10 +174,10 @@ def _escaped(texts: list[str]) -> list[str]:
 
 
 def _tag_set(host: str, container_name: str, direction: str, ifname: str, proto: int,
-             port: str) -> str:
+             verdict: str, port: str) -> str:
     tags = (
         ("container_name", container_name), ("direction", direction), ("host", host),
-        ("ifname", ifname), ("proto", proto_name(proto)), ("service_port", port),
+        ("ifname", ifname), ("proto", proto_name(proto)), ("service_port", port), ("verdict", verdict),
     )  # sorted by key, as InfluxDB prefers; empty values are left out
     return MEASUREMENT + "".join(_tag_pair(k, v) for k, v in tags)
 

@@ -25,6 +25,7 @@ def deadletter_stream_config(settings: StreamSettings) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=settings.deadletter_max_age,
         duplicate_window=settings.duplicate_window,
+        num_replicas=settings.replicas,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import nats.errors
 from nats.aio.client import Client
@@ -20,13 +20,17 @@ from connstats.probe.lifecycle import stop_on_signals
 from connstats.sink.consumer import ConsumerSettings, ConsumerStats, FlowConsumer
 from connstats.sink.store import Store
 
+if TYPE_CHECKING:
+    from connstats.sink.metrics import SinkMetrics
+
 log = logging.getLogger(__name__)
 
 
 async def run_sink(nats_options: NatsOptions, store: Store, settings: ConsumerSettings | None = None, *,
                    stream: StreamSettings | None = None, stop: asyncio.Event | None = None,
-                   handle_signals: bool = True) -> ConsumerStats:
-    """Run one sink until SIGINT/SIGTERM or ``stop``; closes the store and the connection."""
+                   handle_signals: bool = True, metrics: SinkMetrics | None = None) -> ConsumerStats:
+    """Run one sink until SIGINT/SIGTERM or ``stop``; closes the store and the connection.
+    ``metrics`` reads the consumer's counters while it runs."""
     stop = stop or asyncio.Event()
     try:
         nc = await connect(nats_options, name="connstats-sink")
@@ -36,10 +40,13 @@ async def run_sink(nats_options: NatsOptions, store: Store, settings: ConsumerSe
     try:
         await check_jetstream(nc)
         await check_store(store)
-        async with FlowConsumer(nc, store, settings, stream) as consumer:
+        on_write = metrics.write_seconds.observe if metrics is not None else None
+        async with FlowConsumer(nc, store, settings, stream, on_write) as consumer:
             log.info("sink consuming %s as %s", consumer.settings.durable, nc.connected_url.hostname)
+            watching = metrics.watching(nc, consumer, store) if metrics is not None else contextlib.nullcontext()
             with _stop_on_signals(stop, enabled=handle_signals):
-                await consumer.consume_forever(stop)
+                async with watching:
+                    await consumer.consume_forever(stop)
             log.info("sink stopped: %s", consumer.stats)
             return consumer.stats
     finally:

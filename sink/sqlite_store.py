@@ -29,7 +29,7 @@ from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreEr
 from connstats.probe.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.sink.store import overflow_totals
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
+SCHEMA_VERSION = 3  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
 
 # The flows table's columns: the host, then every field of a record, by name (rows are
@@ -85,6 +85,8 @@ _OVERFLOW_TABLE = """CREATE TABLE IF NOT EXISTS overflow (
 # Statements that take a file at user_version N to N + 1 (index N - 1 after version 1).
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (_OVERFLOW_TABLE,),  # 1 -> 2: packets and bytes that found the flow map full
+    # 2 -> 3: the policy's verdict (allow, deny, "" when the device is not governed)
+    ("ALTER TABLE flows ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",),
 )
 _TABLES = ("flows", "overflow")
 
@@ -312,10 +314,11 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             for statement in _SCHEMA_V1:
                 db.execute(statement)
             version = 1
+        _check_tables(db, path, version)  # ours at its version, before any step changes it
         for steps in _MIGRATIONS[version - 1:]:
             for statement in steps:
                 db.execute(statement)
-        _check_tables(db, path)
+        _check_tables(db, path, SCHEMA_VERSION)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -330,10 +333,13 @@ def _refuse_foreign_tables(db: sqlite3.Connection, path: Path) -> None:
                          "choose another file for --store")
 
 
-def _check_tables(db: sqlite3.Connection, path: Path) -> None:
-    """Each of our tables has exactly the columns and key we declare, else nothing is written."""
-    expected = _expected_columns()
+def _check_tables(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """Each of our tables has exactly the columns and key we declare (at ``version``), else
+    nothing is written; a table that ``version`` does not have yet is not looked at."""
+    expected = _expected_columns(version)
     for table in _TABLES:
+        if table not in expected:
+            continue
         found = db.execute(f"PRAGMA table_info({table})").fetchall()
         if found != expected[table]:
             names = ", ".join(row[1] for row in found)
@@ -341,14 +347,15 @@ def _check_tables(db: sqlite3.Connection, path: Path) -> None:
                              "writes; choose another file for --store")
 
 
-@functools.lru_cache(maxsize=1)
-def _expected_columns() -> dict[str, list]:
-    """``PRAGMA table_info`` of our tables, made from the one declaration in memory."""
+@functools.lru_cache(maxsize=None)
+def _expected_columns(version: int) -> dict[str, list]:
+    """``PRAGMA table_info`` of our tables at ``version``, made from the one declaration in memory."""
     db = sqlite3.connect(":memory:")
     try:
-        for statement in (*_SCHEMA_V1, *(s for steps in _MIGRATIONS for s in steps)):
+        for statement in (*_SCHEMA_V1, *(s for steps in _MIGRATIONS[:version - 1] for s in steps)):
             db.execute(statement)
-        return {table: db.execute(f"PRAGMA table_info({table})").fetchall() for table in _TABLES}
+        return {table: info for table in _TABLES
+                if (info := db.execute(f"PRAGMA table_info({table})").fetchall())}
     finally:
         db.close()
 

@@ -148,13 +148,18 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     daemon = build_probe(config)
     services = [factory(daemon) for factory in daemon.settings.services]
     assert [type(s).__name__ for s in services] == [
-        "ContainerIndex", "ControlService", "HttpApi", "LinkWatcher", "FilterGuard", "DockerWatcher"]
-    index, control, api, links, guard, docker = services
+        "ContainerIndex", "PolicyService", "ControlService", "HttpApi", "LinkWatcher", "FilterGuard", "DockerWatcher"]
+    index, policy, control, api, links, guard, docker = services
     assert isinstance(index, ContainerIndex) and links._index is index and docker._index is index
-    assert daemon.interval_listeners == [api.totals]  # the totals follow every interval
+    assert policy.containers is index and control._handlers["policy_apply"] == policy.apply_verb
+    # the self-metrics and the totals follow every interval; the API serves the probe's telemetry
+    assert [getattr(f, "__self__", f) for f in daemon.interval_listeners] == [
+        daemon.interval_listeners[0].__self__, api.totals]
+    assert type(daemon.interval_listeners[0].__self__).__name__ == "ProbeMetrics"
+    assert api.telemetry is config.telemetry and set(config.telemetry.checks) == {"probe"}
     assert len(daemon.detach_listeners) == 1  # ... and forget a detached device
     assert (control.host, daemon.host, daemon.settings.publisher.host) == ("h", "h", "h")
-    assert all(s.probe is daemon for s in (control, api, links, guard, docker))
+    assert all(s.probe is daemon for s in (policy, control, api, links, guard, docker))
 
 
 def test_the_daemon_offers_every_method_of_the_service_port():
@@ -165,7 +170,7 @@ def test_the_daemon_offers_every_method_of_the_service_port():
 
     wanted = {name for name in vars(ProbePort) if not name.startswith("_")}
     assert wanted == {"interval", "attach", "detach", "check_filters", "devices", "label", "publish_event",
-                      "live_records", "on_detach", "on_interval"}
+                      "live_records", "on_detach", "on_interval", "policy_tables", "status"}
     for name in wanted:
         port, daemon = inspect.getattr_static(ProbePort, name), inspect.getattr_static(ProbeDaemon, name)
         if callable(port):

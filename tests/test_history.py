@@ -248,6 +248,19 @@ def test_build_flux_text():
     assert (params["p_overflow"], params["p_iface"]) == ("connstats_overflow", "veth0")
 
 
+def test_the_verdict_filter_in_sql_and_flux():
+    sql, params = build_sql(HistoryQuery(since=T0, until=T1, verdict="deny"))
+    assert "verdict = :verdict" in sql and params["verdict"] == "deny" and "overflow" not in sql
+    flux, params = build_flux(HistoryQuery(since=T0, until=T1, verdict="deny"), "flows")
+    assert flux.splitlines()[2:4] == ["  |> filter(fn: (r) => r._measurement == p_measurement)",
+                                      "  |> filter(fn: (r) => r.verdict == p_verdict)"]
+    assert params["p_verdict"] == "deny"
+    flux, params = build_flux(HistoryQuery(since=T0, until=T1, verdict=""), "flows")  # ungoverned: no tag
+    assert flux.splitlines()[3] == "  |> filter(fn: (r) => not exists r.verdict)" and "p_verdict" not in params
+    with pytest.raises(ConfigError, match="^--verdict 'maybe' is not allow, deny or none$"):
+        HistoryQuery(since=T0, until=T1, verdict="maybe")
+
+
 def test_aggregate_buckets_points_by_time():
     points = [{**C1, "proto": "udp", "_time": T0 + 5}, {**C1, "proto": "udp", "_time": T1 + 5}]
     rows = aggregate(points, HistoryQuery(**ALL, every=10 * SECOND))

@@ -46,12 +46,12 @@ def test_parse_address():
 
 def test_connection_json_has_the_seed_fields_and_the_added_ones():
     total = ConnectionTotal(3, 12, "vethab", "ingress", 6, 6, "fd00::1", "fd00::2", 443, 50000,
-                            9, 1234, 1_790_000_000_000_000_001, 1_790_000_001_000_000_002, "web")
+                            9, 1234, 1_790_000_000_000_000_001, 1_790_000_001_000_000_002, "web", "deny")
     assert connection_to_json(total) == {
         "device_id": 12, "src_port": 443, "dst_port": 50000, "direction": "ingress",
         "protocol": "TCP", "timestamp": 1_790_000_001_000_000_002, "total_packets": 9,
         "total_bytes": 1234, "src_ip": "fd00::1", "dst_ip": "fd00::2", "ifname": "vethab",
-        "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web",
+        "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web", "verdict": "deny",
     }
     assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "58", "0"]
 

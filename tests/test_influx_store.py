@@ -438,7 +438,7 @@ def test_tags_and_fields_are_every_field_of_a_record_by_name():
 
     record = flow(ifindex=9, src_port=51234, dst_port=443, packets=12, bytes=3456, family=4, tcp_flags=5,
                   first_seen=T0 + 5, last_seen=T0 + 9, container_id="c0ffee", container_name="web",
-                  container_image="nginx:1")
+                  container_image="nginx:1", verdict="deny")
     (line,) = encode_lines(FlowBatch.from_records(ENVELOPE, [record]))
     point = parse_line(line)
     assert set(influx_store.TAGS) | set(influx_store.FIELDS) == set(RECORD_FIELDS) - {"interval_start", "interval_end"}

@@ -15,37 +15,26 @@ from connstats.cli.options import NatsFlags
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.errors import ConfigError, TransportError
 from connstats.probe.nats_auth import (
-    ADMIN_PUBLISH, ADMIN_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE, SINK_PUBLISH,
-    SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
+    ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
+    SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
 from connstats.probe.contract import NatsOptions, connect, flows_subject
 from tests.fixtures.nats import free_port
-from tests.fixtures.secure_nats import DEPLOY_CONFIG
+from tests.fixtures.secure_nats import DEPLOY_CONFIG, deployed_permissions, embedded_permissions
 
 
 def mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def _quoted(text: str) -> set[str]:
-    return set(re.findall(r'"([^"]+)"', re.sub(r"#[^\n]*", "", text)))
-
-
-def _between(text: str, start: str, end: str) -> str:
-    return text[text.index(start):text.index(end, text.index(start))]
-
-
 def test_the_embedded_roles_are_the_deployed_roles():
-    conf = DEPLOY_CONFIG.read_text()
-    sink = _between(conf, "SINK = {", "ADMIN = {")
-    admin = _between(conf, "ADMIN = {", "users = [")
-    probe = _between(conf, "# BEGIN probe", "# END probe")
-    assert _quoted(_between(sink, "publish", "subscribe")) == set(SINK_PUBLISH)
-    assert _quoted(sink.split("subscribe", 1)[1]) == set(SINK_SUBSCRIBE)
-    assert _quoted(_between(admin, "publish", "subscribe")) == set(ADMIN_PUBLISH)
-    assert _quoted(admin.split("subscribe", 1)[1]) == set(ADMIN_SUBSCRIBE)
-    assert _quoted(_between(probe, "publish:", "subscribe:")) == set(probe_publish("PROBE_HOST"))
-    assert _quoted(_between(probe, "subscribe:", "allow_responses")) == set(probe_subscribe("PROBE_HOST"))
+    assert deployed_permissions(DEPLOY_CONFIG.read_text()) == embedded_permissions("PROBE_HOST")
+
+
+def test_the_permissions_parser_sees_a_changed_subject():
+    changed = DEPLOY_CONFIG.read_text().replace('"connstats.v1.deadletter"', '"connstats.v1.>"')
+    assert deployed_permissions(changed)["sink.publish"] ^ embedded_permissions("x")["sink.publish"] == {
+        "connstats.v1.>", "connstats.v1.deadletter"}
 
 
 def test_passwords_are_random_and_never_in_repr():

@@ -212,6 +212,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 1 wrote
         db.execute("DROP TABLE overflow")
+        db.execute("ALTER TABLE flows DROP COLUMN verdict")
         db.execute("PRAGMA user_version = 1")
     assert sqlite_history(path, HistoryQuery(**ALL, group_by="iface"))[0]["packets"] == 1  # readable before
     env, records = counted_and_overflowed()
@@ -220,9 +221,29 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
                                           interval_end=T0 + 20 * SECOND), []))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.execute("SELECT count(*), sum(packets) FROM flows").fetchone() == (1, 1)
         assert db.execute("SELECT packets FROM overflow").fetchall() == [(485,)]
+        assert db.execute("SELECT verdict FROM flows").fetchall() == [("",)]
+
+
+async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    store = SqliteStore(path)
+    await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
+    await store.close()
+    with sqlite3.connect(path) as db:  # back to what version 2 wrote
+        db.execute("ALTER TABLE flows DROP COLUMN verdict")
+        db.execute("PRAGMA user_version = 2")
+    store = SqliteStore(path)
+    later = dataclasses.replace(envelope(), interval_seq=1, interval_start=T0 + 10 * SECOND,
+                                interval_end=T0 + 20 * SECOND)
+    await store.write(FlowBatch.from_records(later, [dataclasses.replace(flow(later, 0), verdict="deny")]))
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("SELECT interval_start, verdict FROM flows ORDER BY interval_start").fetchall() == [
+            (T0, ""), (T0 + 10 * SECOND, "deny")]
 
 
 # -- 2. repeated keys in one message are summed ----------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from connstats.probe.errors import StoreError, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord
 from connstats.probe.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
-from connstats.sink.sqlite_store import _COLUMNS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
+from connstats.sink.sqlite_store import _COLUMNS, _MIGRATIONS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -65,7 +65,7 @@ async def test_columns_hold_the_record_and_empty_container_fields(store):
         "proto": 6, "src_ip": "10.0.0.1", "dst_ip": "10.9.0.1", "src_port": 30000,
         "dst_port": 443, "packets": 1, "bytes": 100, "first_seen": T0 + 1, "last_seen": T0 + 2,
         "tcp_flags": 0x18, "interval_start": T0, "interval_end": T0 + INTERVAL,
-        "container_id": "", "container_name": "", "container_image": "",
+        "container_id": "", "container_name": "", "container_image": "", "verdict": "",
     }
 
 
@@ -88,7 +88,7 @@ def test_the_columns_are_the_host_and_the_fields_of_a_record_declared_once():
     assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, "ifname", "container_id", "container_name",
                                   "container_image", "interval_start", "interval_end"}
     db = sqlite3.connect(":memory:")
-    for statement in _SCHEMA_V1:
+    for statement in (*_SCHEMA_V1, *(s for steps in _MIGRATIONS for s in steps)):
         db.execute(statement)
     assert {row[1] for row in db.execute("PRAGMA table_info(flows)")} == set(_COLUMNS)
 

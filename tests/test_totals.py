@@ -323,3 +323,17 @@ def test_addresses_that_differ_only_far_into_their_text_are_two_connections():
     assert [(t.id, t.family, t.src_ip, t.packets) for t in totals.view()] == [
         (1, 6, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:2", 6), (2, 4, "10.0.0.1", 6),
         (3, 6, "2001:db8:aaaa:bbbb:cccc:dddd:eeee:3", 3)]
+
+
+def test_a_connection_carries_the_verdict_of_its_latest_interval_live_included():
+    import dataclasses
+
+    totals = ConnectionTotals()
+    totals(batch(envelope(0), [dataclasses.replace(rec(0, 3), verdict="deny"), rec(0, 1, sport=40002)]))
+    assert {t.src_port: (t.packets, t.verdict) for t in totals.view()} == {40001: (3, "deny"), 40002: (1, "")}
+    totals(batch(envelope(1), [dataclasses.replace(rec(1, 2), verdict="allow")]))
+    assert {t.src_port: t.verdict for t in totals.view()} == {40001: "allow", 40002: ""}
+    live = live_batch([dataclasses.replace(rec(2, 4, live=500), verdict="deny"),
+                       dataclasses.replace(rec(2, 1, sport=40003, live=500), verdict="deny")])
+    assert {t.src_port: (t.packets, t.verdict) for t in totals.view(live)} == {
+        40001: (9, "deny"), 40002: (1, ""), 40003: (1, "deny")}

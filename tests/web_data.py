@@ -45,6 +45,7 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         src_port=(20000 + n // containers).tolist(), dst_port=np.where(n % 3 == 0, 53, 443).tolist(),
         packets=packets.tolist(), bytes=nbytes.tolist(), first_seen=[start_ns + 1] * connections,
         last_seen=[start_ns + length_ns - 1] * connections, tcp_flags=[0] * connections,
+        verdict=[""] * connections,
     )
     devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1")
                     for c in range(min(containers, connections)))

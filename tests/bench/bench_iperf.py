@@ -1,8 +1,9 @@
 """TCP throughput across a veth pair between two namespaces, probe attached vs not.
 
 Two test namespaces sit behind host-side veths on a bridge (tests/fixtures/netns.py).
-Runs alternate: no probe, probe on both host-side veths, ... Each run is one iperf3
-client for SECONDS; the figure is the median of the runs of each kind.
+Runs alternate: no probe, probe on both host-side veths, the probe with a protect-mode
+policy that governs both veths and allows the traffic (a -> b tcp 5201), ... Each run
+is one iperf3 client for SECONDS; the figure is the median of the runs of each kind.
 
     sudo .venv/bin/python tests/bench/bench_iperf.py [runs] [seconds]
 """
@@ -12,7 +13,11 @@ import subprocess
 import sys
 import time
 
+from connstats.probe.containers import ContainerIndex
 from connstats.probe.devices import DeviceRegistry
+from connstats.probe.policy import parse_policy, resolve
+from connstats.probe.policy.resolve import endpoints_of
+from connstats.probe.policy.tables import PolicyTables
 from connstats.probe.kernel import load_classifier
 from connstats.probe.poller import MapPoller
 from tests.fixtures.netns import _new_network
@@ -35,7 +40,10 @@ def main() -> None:
     program = load_classifier()
     registry = DeviceRegistry(program)
     poller = MapPoller(program)
-    results = {"no probe": [], "probe on both veths": []}
+    tables, index = PolicyTables(program), ContainerIndex()
+    policy = parse_policy(f'[groups]\na = {{ ifaces = ["{a.host_if}"] }}\nb = {{ ifaces = ["{b.host_if}"] }}\n'
+                          '[[allow]]\nfrom = "a"\nto = "b"\nproto = "tcp"\nports = [5201]\n')
+    results = {"no probe": [], "probe on both veths": [], "probe, protect policy": []}
     try:
         time.sleep(0.5)
         for _ in range(RUNS):
@@ -43,7 +51,13 @@ def main() -> None:
             registry.attach(a.host_if)
             registry.attach(b.host_if)
             results["probe on both veths"].append(iperf(a, b))
+            resolved = resolve(policy, endpoints_of(registry.devices(), index), [])
+            assert sorted(resolved.devices) == sorted(d.ifindex for d in registry.devices())
+            tables.install(resolved, "protect")
+            results["probe, protect policy"].append(iperf(a, b))
+            tables.off()
             interval = poller.poll()
+            poller.commit()
             registry.detach_all()
         base = statistics.median(results["no probe"])
         print(f"iperf3 TCP, {RUNS} alternating runs of {SECONDS} s (median Gbit/s)")
@@ -51,10 +65,12 @@ def main() -> None:
             median = statistics.median(values)
             print(f"  {name:22s} {median:7.2f} Gbit/s  {100 * median / base:6.1f}% of baseline"
                   f"   runs: {', '.join(f'{v:.2f}' for v in values)}")
-        print(f"  last probed run counted {interval.packets:,} packets in {len(interval)} connections")
+        print(f"  last interval (two probed runs) counted {interval.packets:,} packets in {len(interval)} "
+              f"connections; denied: {int((interval.values['verdict'] == 2).sum())}")
     finally:
         registry.detach_all()
         registry.close()
+        index.resolver.close()
         program.close()
         server.kill()
         server.wait()

@@ -1,0 +1,214 @@
+"""The probe's self-metrics, read from what the probe keeps anyway (``ProbePort.status``),
+plus per-interval sums of the published batches (one vectorised group-by per interval).
+
+    build_probe ─ ProbeMetrics(probe, telemetry)
+        probe.on_interval ──> add_interval(batch): packets and bytes per (iface, direction),
+                              overflow included; records per interval; poll and drain times
+        telemetry.registry ─> collect() at scrape time: the sums, map fill, outbox, publisher,
+                              NATS reconnects, attached devices, attach failures
+        telemetry /readyz  ─> "probe": classifier loaded and NATS connected
+
+``connstats_packets_total``/``connstats_bytes_total`` count exactly what the published
+intervals carry (the records plus the envelope's overflow counts), so they equal the
+store's totals for the same intervals.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import numpy as np
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .flow_batch import FlowBatch
+from .ports import ProbePort, ProbeStatus
+from .telemetry import Telemetry
+
+log = logging.getLogger("connstats.probe")
+
+FILL_WARNING = 0.8  # of a flow map's capacity
+FILL_WARNING_EVERY = 300.0  # seconds between repeated warnings while it stays full
+UNATTRIBUTED = "unattributed"  # iface of overflow not even the overflow map could attribute
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOOKUP_LIMIT = 1 << 20  # ifindexes below this are grouped through a lookup table
+RECORD_BUCKETS = (0, 10, 100, 1000, 10_000, 50_000, 100_000, 250_000, 1_000_000)
+
+Sums = dict[tuple[str, str], list[int]]  # (iface, direction) -> [packets, bytes]
+
+
+def interval_sums(batch: FlowBatch) -> tuple[Sums, Sums]:
+    """(records, overflow) packets and bytes per (iface, direction) of one interval: one
+    stable sort of small group numbers (a radix sort) and exact uint64 sums per group."""
+    names = {d.ifindex: d.ifname for d in batch.devices}
+    records: Sums = {}
+    if len(batch):
+        cols = batch.columns
+        ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64), names)
+        group = position * 2 + (np.asarray(cols.direction, dtype=object) == "egress")
+        group = group.astype(np.uint16 if len(ifindexes) < 1 << 15 else np.int64)
+        order = np.argsort(group, kind="stable")
+        sorted_groups = group[order]
+        starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+        packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
+        nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
+        for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
+            ifindex = int(ifindexes[g // 2])
+            _add(records, (iface_label(ifindex, names.get(ifindex, "")), "egress" if g % 2 else "ingress"), p, b)
+    overflow: Sums = {}
+    for o in batch.envelope.overflow:
+        _add(overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
+    return records, overflow
+
+
+def _device_positions(ifindex: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ifindexes, sorted; each record's position in them): through a lookup
+    table of the batch's devices when they name every record's (they do for a probe's
+    batches; ifindexes are small numbers), else found by sorting."""
+    known = np.array(sorted(names), dtype=np.int64)
+    if len(known) and 0 <= known[0] and known[-1] < LOOKUP_LIMIT and 0 <= ifindex.min() and ifindex.max() <= known[-1]:
+        table = np.full(known[-1] + 1, -1, dtype=np.int32)
+        table[known] = np.arange(len(known), dtype=np.int32)
+        position = table[ifindex]
+        if position.min() >= 0:
+            return known, position
+    return np.unique(ifindex, return_inverse=True)
+
+
+def iface_label(ifindex: int, ifname: str) -> str:
+    if ifname:
+        return ifname
+    return UNATTRIBUTED if ifindex == 0 else f"ifindex-{ifindex}"
+
+
+def _add(sums: Sums, key: tuple[str, str], packets: int, nbytes: int) -> None:
+    total = sums.setdefault(key, [0, 0])
+    total[0] += packets
+    total[1] += nbytes
+
+
+class ProbeMetrics:
+    """The collector of one probe; see the module docstring."""
+
+    def __init__(self, probe: ProbePort, telemetry: Telemetry) -> None:
+        self.probe = probe
+        self.traffic: Sums = {}  # records and overflow
+        self.overflow: Sums = {}
+        self.intervals = 0
+        self._polled_seq = -1
+        self._warned_at = {4: -1e9, 6: -1e9}
+        registry = telemetry.registry
+        self.poll_seconds = Histogram("connstats_poll_duration_seconds", "One poll: flip the buffers, "
+                                      "wait for the grace period, drain the flow maps, build the batch",
+                                      buckets=DURATION_BUCKETS, registry=registry)
+        self.drain_seconds = Histogram("connstats_drain_duration_seconds", "The batch read of the flow "
+                                       "maps within one poll", buckets=DURATION_BUCKETS, registry=registry)
+        self.records = Histogram("connstats_interval_records", "Connection records per published interval",
+                                 buckets=RECORD_BUCKETS, registry=registry)
+        registry.register(self)
+        telemetry.add_check("probe", self.not_ready)
+        probe.on_interval(self.add_interval)
+
+    # -- per interval --------------------------------------------------------------------
+
+    def add_interval(self, batch: FlowBatch) -> None:
+        """Called before each interval is published; a failure here never stops the probe."""
+        try:
+            self._add(batch)
+        except Exception:  # noqa: BLE001 - a bug in the metrics must not cost counts
+            log.exception("the self-metrics missed interval %d", batch.envelope.interval_seq)
+
+    def _add(self, batch: FlowBatch) -> None:
+        records, overflow = interval_sums(batch)
+        for key, (packets, nbytes) in (*records.items(), *overflow.items()):
+            _add(self.traffic, key, packets, nbytes)
+        for key, (packets, nbytes) in overflow.items():
+            _add(self.overflow, key, packets, nbytes)
+        self.intervals += 1
+        self.records.observe(len(batch))
+        report = self.probe.status().last_poll
+        if report is not None and report.read.seq == batch.envelope.interval_seq != self._polled_seq:
+            self._polled_seq = report.read.seq
+            self.poll_seconds.observe(report.seconds)
+            self.drain_seconds.observe(report.read.seconds)
+            self._warn_if_full(4, report.read.entries4, report.capacity)
+            self._warn_if_full(6, report.read.entries6, report.capacity)
+
+    def _warn_if_full(self, family: int, entries: int, capacity: int) -> None:
+        now = time.monotonic()
+        if entries <= FILL_WARNING * capacity or now - self._warned_at[family] < FILL_WARNING_EVERY:
+            return
+        self._warned_at[family] = now
+        log.warning("the IPv%d flow map was %d%% full (%d of %d connections) in the last interval; "
+                    "beyond it packets are counted per device only: raise --capacity or shorten --interval",
+                    family, 100 * entries // capacity, entries, capacity)
+
+    # -- at scrape time ------------------------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        status = self.probe.status()
+        if not status.loaded:
+            return "the classifier is not loaded yet"
+        if status.publisher is None or not status.publisher.connected:
+            return "NATS is not connected"
+        return None
+
+    def collect(self) -> Iterable[Metric]:
+        status = self.probe.status()
+        yield from _traffic("connstats", self.traffic, "in published intervals, overflow included")
+        yield from _traffic("connstats_overflow", self.overflow,
+                            "counted per device only because the flow map was full")
+        yield _counter("connstats_intervals", "Intervals published", self.intervals)
+        yield from _map_fill(status)
+        yield from _publisher(status)
+        yield _gauge("connstats_attached_devices", "Devices the classifier is attached to", status.attached_devices)
+        yield _counter("connstats_attach_failures", "Attach requests that failed", status.attach_failures)
+
+
+def _traffic(prefix: str, sums: Sums, meaning: str) -> Iterable[Metric]:
+    packets = CounterMetricFamily(f"{prefix}_packets", f"Packets {meaning}", labels=["iface", "direction"])
+    nbytes = CounterMetricFamily(f"{prefix}_bytes", f"Bytes {meaning}", labels=["iface", "direction"])
+    for (iface, direction), (p, b) in sorted(sums.items()):
+        packets.add_metric([iface, direction], p)
+        nbytes.add_metric([iface, direction], b)
+    return packets, nbytes
+
+
+def _map_fill(status: ProbeStatus) -> Iterable[Metric]:
+    entries = GaugeMetricFamily("connstats_map_entries", "Connections in the flow map at the last drain",
+                                labels=["family"])
+    capacity = GaugeMetricFamily("connstats_map_capacity", "Connections the flow map holds", labels=["family"])
+    report = status.last_poll
+    if report is not None:
+        for family, count in (("ipv4", report.read.entries4), ("ipv6", report.read.entries6)):
+            entries.add_metric([family], count)
+            capacity.add_metric([family], report.capacity)
+    return entries, capacity
+
+
+def _publisher(status: ProbeStatus) -> Iterable[Metric]:
+    stats = status.publisher
+    value = (lambda name: getattr(stats, name)) if stats is not None else (lambda name: 0)
+    yield _counter("connstats_published_messages", "Flow messages JetStream acknowledged",
+                   value("published_messages"))
+    yield _counter("connstats_published_records", "Records in them", value("published_records"))
+    yield _gauge("connstats_outbox_messages", "Flow messages waiting in the outbox", value("outbox_depth"))
+    yield _gauge("connstats_outbox_bytes", "Their bytes", value("outbox_bytes"))
+    yield _counter("connstats_outbox_dropped_messages", "Messages dropped: the outbox was full",
+                   value("dropped_messages"))
+    yield _counter("connstats_outbox_dropped_records", "Records in them", value("dropped_records"))
+    errors = CounterMetricFamily("connstats_publish_errors", "Publishes sent again (retried) or refused "
+                                 "for good (rejected)", labels=["kind"])
+    errors.add_metric(["retried"], value("retries"))
+    errors.add_metric(["rejected"], value("rejected"))
+    yield errors
+    yield _counter("connstats_nats_reconnects", "Times the NATS connection came back", value("reconnects"))
+
+
+def _counter(name: str, documentation: str, value: float) -> Metric:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, documentation, value=value)

@@ -1,0 +1,163 @@
+"""From a policy's groups to what the kernel needs: governed devices and address prefixes.
+
+    attached devices ─ ContainerIndex (peer netns -> Docker container) ─┐
+    addresses in each peer netns (ip -j addr, cached per netns inode) ──┼─> Endpoint
+    this host's addresses (the built-in group host) ─────────────────────┘
+        └─ resolve(policy, endpoints, host) ─> Resolved: {ifindex: group mask},
+                                                         {prefix: group mask}
+
+A device is governed when a group selects it (containers, images, ifaces, netns globs).
+A group's addresses are its prefixes plus the addresses behind the devices it selects,
+so a rule from ``web`` to ``db`` matches on db's veth by web's address and vice versa.
+Bit 0 is ``host``, bit 1 ``world``; ``world`` is every address no group's prefix holds.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Iterable
+
+from .model import BUILTIN_GROUPS, Group, Policy
+
+HOST_BIT = 1 << BUILTIN_GROUPS.index("host")
+WORLD_BIT = 1 << BUILTIN_GROUPS.index("world")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An attached device and who is behind it."""
+
+    ifindex: int
+    ifname: str
+    container: str = ""  # Docker container name
+    image: str = ""
+    netns: str = ""  # the namespace's name (netns-only containers)
+    addresses: tuple[Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A policy made concrete: what the kernel tables hold (see tables.py)."""
+
+    policy: Policy
+    devices: dict[int, int] = field(default_factory=dict)  # governed ifindex -> its groups
+    prefixes: dict[Network, int] = field(default_factory=dict)  # prefix -> groups (containing ones ORed in)
+
+    def bit(self, name: str) -> int:
+        return 1 << self.policy.group_names.index(name)
+
+    def names(self, mask: int) -> list[str]:
+        return [name for i, name in enumerate(self.policy.group_names) if mask >> i & 1]
+
+    def groups_of(self, address: str) -> int:
+        """The groups of an address, as the kernel's longest-prefix match finds them."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return 0
+        best = max((net for net in self.prefixes if ip.version == net.version and ip in net),
+                   key=lambda net: net.prefixlen, default=None)
+        return self.prefixes[best] if best is not None else WORLD_BIT
+
+
+def resolve(policy: Policy, endpoints: Iterable[Endpoint], host_addresses: Iterable[Address]) -> Resolved:
+    devices: dict[int, int] = {}
+    own: dict[Network, int] = {}
+    for bit, group in enumerate(policy.groups, start=len(BUILTIN_GROUPS)):
+        for network in group.cidrs:
+            own[network] = own.get(network, 0) | 1 << bit
+    for endpoint in endpoints:
+        mask = sum(1 << bit for bit, group in enumerate(policy.groups, start=len(BUILTIN_GROUPS))
+                   if selects(group, endpoint))
+        if not mask:
+            continue
+        devices[endpoint.ifindex] = mask
+        for address in endpoint.addresses:
+            network = ipaddress.ip_network(address)
+            own[network] = own.get(network, 0) | mask
+    for address in host_addresses:
+        network = ipaddress.ip_network(address)
+        own[network] = own.get(network, 0) | HOST_BIT
+    return Resolved(policy, devices, _nested(own))
+
+
+def selects(group: Group, endpoint: Endpoint) -> bool:
+    """Does ``group`` select the device ``endpoint`` (or the container behind it)?"""
+    def any_match(value: str, globs: tuple[str, ...]) -> bool:
+        return bool(value) and any(fnmatchcase(value, glob) for glob in globs)
+
+    return (any_match(endpoint.container.lstrip("/"), group.containers)
+            or any_match(endpoint.image, group.images)
+            or any_match(endpoint.ifname, group.ifaces)
+            or any_match(endpoint.netns, group.netns))
+
+
+def _nested(own: dict[Network, int]) -> dict[Network, int]:
+    """Each prefix's groups with those of every prefix holding it: the kernel's
+    longest-prefix match returns one entry, which must say everything. Only prefixes
+    shorter than a single address can hold others (the cidrs, usually few)."""
+    holders = [(net, mask) for net, mask in own.items() if net.prefixlen < net.max_prefixlen]
+    return {net: mask | _held_by(net, holders) for net, mask in own.items()}
+
+
+def _held_by(net: Network, holders: list[tuple[Network, int]]) -> int:
+    mask = 0
+    for other, groups in holders:
+        if other.version == net.version and other.prefixlen < net.prefixlen and net.subnet_of(other):
+            mask |= groups
+    return mask
+
+
+# -- addresses ----------------------------------------------------------------------------
+
+
+def addresses_in(netns_path: str | None) -> tuple[Address, ...]:
+    """Every address on the non-loopback devices of a network namespace (None: ours, with
+    loopback: the host's own). Reads ``ip -j addr`` (through nsenter for another netns)."""
+    command = ["ip", "-j", "addr", "show"]
+    if netns_path is not None:
+        command = ["nsenter", f"--net={netns_path}", *command]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5, check=True).stdout
+        links = json.loads(out or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return ()  # the namespace went away: no addresses, its devices leave soon
+    found = []
+    for link in links:
+        if netns_path is not None and link.get("ifname") == "lo":
+            continue
+        for info in link.get("addr_info", ()):
+            try:
+                found.append(ipaddress.ip_address(info["local"]))
+            except (KeyError, ValueError):
+                continue
+    return tuple(found)
+
+
+def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple] | None = None) -> list[Endpoint]:
+    """Attached devices (``AttachedDevice``) as endpoints: who is behind each (through the
+    probe's ``ContainerIndex``) and that namespace's addresses (``cache``: netns inode ->
+    addresses, filled as namespaces are first seen)."""
+    cache = {} if cache is None else cache
+    endpoints = []
+    for device in devices:
+        netns = container = None
+        if containers is not None and device.link.peer_nsid is not None:
+            netns, container = containers.owner(device.link.peer_nsid)
+        addresses: tuple = ()
+        if netns is not None:
+            if netns.inode not in cache:
+                path = f"/var/run/netns/{netns.name}" if netns.name else f"/proc/{netns.pid}/ns/net"
+                cache[netns.inode] = addresses_in(path)
+            addresses = cache[netns.inode]
+        endpoints.append(Endpoint(
+            device.ifindex, device.name, container=container.name if container else "",
+            image=container.image if container else "", netns=netns.name if netns else "",
+            addresses=addresses))
+    return endpoints

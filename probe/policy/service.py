@@ -1,0 +1,190 @@
+"""The probe's policy service: the active policy, kept, applied, re-resolved, reported.
+
+    connstats policy apply FILE ─> ctl verb policy_apply {text, mode}
+        parse (PolicyError names line and key) ─ resolve against the attached devices ─
+        PolicyTables.install (build the spare set, flip one word) ─ save <state>/policy.json
+    start:  the saved policy applied again (a restart keeps enforcing what was applied)
+    every second: the attached devices and who is behind them; when that changed, resolve
+        and install again (containers and devices that come and go)
+    every interval: denied connections -> violation events (violations.py)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ..containers import ContainerIndex
+from ..errors import ConfigError, PolicyError
+from ..private import write_private
+from ..ports import ProbePort
+from .model import Policy, parse_policy
+from .resolve import Resolved, addresses_in, endpoints_of, resolve
+from .tables import MODES
+from .violations import ViolationPublisher
+
+log = logging.getLogger("connstats.probe.policy")
+
+STATE_FILE = "policy.json"
+ENFORCING = ("monitor", "protect")
+Handler = Callable[[dict], Awaitable[dict]]
+
+
+class PolicyService:
+    """A probe ``Service``; ``bind`` gives it the probe, ``verbs`` go to the control plane."""
+
+    def __init__(self, violations: ViolationPublisher, state_dir: Path | None,
+                 containers: ContainerIndex | None = None, recheck_seconds: float = 1.0) -> None:
+        self.violations = violations
+        self.state_file = state_dir / STATE_FILE if state_dir is not None else None
+        self.containers = containers
+        self.recheck_seconds = recheck_seconds
+        self.probe: ProbePort | None = None
+        self.policy: Policy | None = None
+        self.mode = "off"
+        self.resolved: Resolved | None = None
+        self._seen: tuple = ()
+        self._addresses: dict[int, tuple] = {}  # netns inode -> its addresses
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def bind(self, probe: ProbePort) -> PolicyService:
+        self.probe = probe
+        return self
+
+    @property
+    def verbs(self) -> dict[str, Handler]:
+        return {"policy_apply": self.apply_verb, "policy_show": self.show_verb, "policy_off": self.off_verb}
+
+    async def start(self) -> None:
+        await self.violations.start()
+        self.probe.on_interval(self._on_interval)
+        saved = self._load()
+        if saved is not None:
+            try:
+                await self.apply(parse_policy(saved["text"], "the saved policy"), saved["mode"])
+                log.info("policy re-applied from %s (%s)", self.state_file, self.mode)
+            except PolicyError as exc:
+                log.error("the saved policy %s is not valid any more (%s); enforcing none", self.state_file, exc)
+        self._task = asyncio.create_task(self._recheck_forever(), name="policy-recheck")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.violations.close()
+
+    # -- the verbs ------------------------------------------------------------------------
+
+    async def apply_verb(self, body: dict) -> dict:
+        text, mode = body.get("text"), body.get("mode")
+        if not isinstance(text, str):
+            raise ConfigError("the request lacks the policy text ('text')")
+        if mode not in ENFORCING:
+            raise ConfigError(f"mode {mode!r} is not monitor or protect")
+        await self.apply(parse_policy(text, str(body.get("source") or "policy")), mode)
+        self._save()
+        return self.summary()
+
+    async def show_verb(self, body: dict) -> dict:
+        return self.summary() | {"text": self.policy.text if self.policy else ""}
+
+    async def off_verb(self, body: dict) -> dict:
+        async with self._lock:
+            await asyncio.to_thread(self.probe.policy_tables().off)
+            self.policy, self.resolved, self.mode = None, None, "off"
+        self._save()
+        log.info("policy removed")
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        governed = []
+        if self.resolved is not None:
+            names = {d.ifindex: d.name for d in self.probe.devices()}
+            governed = [{"ifname": names.get(i, str(i)), "ifindex": i, "groups": self.resolved.names(mask)}
+                        for i, mask in sorted(self.resolved.devices.items())]
+        return {"mode": self.mode, "groups": len(self.policy.groups) if self.policy else 0,
+                "rules": len(self.policy.rules) if self.policy else 0, "governed": governed}
+
+    # -- applying -------------------------------------------------------------------------
+
+    async def apply(self, policy: Policy, mode: str) -> None:
+        async with self._lock:
+            self._seen = ()  # resolve from scratch: addresses may have changed too
+            self._addresses.clear()
+            resolved = await asyncio.to_thread(self._resolve, policy)
+            await asyncio.to_thread(self.probe.policy_tables().install, resolved, mode)
+            self.policy, self.resolved, self.mode = policy, resolved, mode
+        log.info("policy applied: %s, %d groups, %d rules, %d governed devices", mode,
+                 len(policy.groups), len(policy.rules), len(resolved.devices))
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            try:
+                await self.recheck()
+            except Exception:  # a failed recheck must not end enforcement
+                log.exception("re-resolving the policy failed; trying again")
+
+    async def recheck(self) -> bool:
+        """Resolve again if the devices or who is behind them changed; True if installed."""
+        async with self._lock:
+            if self.policy is None or await asyncio.to_thread(self._signature) == self._seen:
+                return False
+            resolved = await asyncio.to_thread(self._resolve, self.policy)
+            if self.resolved is not None and (resolved.devices, resolved.prefixes) == (
+                    self.resolved.devices, self.resolved.prefixes):
+                return False
+            await asyncio.to_thread(self.probe.policy_tables().install, resolved, self.mode)
+            self.resolved = resolved
+        log.info("policy re-resolved: %d governed devices", len(resolved.devices))
+        return True
+
+    def _signature(self) -> tuple:
+        """The attached devices and who is behind them (resolver lookups are cached)."""
+        return tuple(sorted((d.ifindex, d.name, d.link.peer_nsid, self._owner(d)[1])
+                            for d in self.probe.devices()))
+
+    def _owner(self, device) -> tuple:
+        if self.containers is None or device.link.peer_nsid is None:
+            return None, None
+        return self.containers.owner(device.link.peer_nsid)
+
+    def _resolve(self, policy: Policy) -> Resolved:
+        self._seen = self._signature()
+        return resolve(policy, endpoints_of(self.probe.devices(), self.containers, self._addresses),
+                       addresses_in(None))
+
+    # -- what survives a restart ----------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        if self.policy is None:
+            self.state_file.unlink(missing_ok=True)
+            return
+        write_private(self.state_file, json.dumps({"mode": self.mode, "text": self.policy.text}) + "\n")
+
+    def _load(self) -> dict | None:
+        if self.state_file is None:
+            return None
+        try:
+            saved = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the saved policy %s (%s); enforcing none", self.state_file, exc)
+            return None
+        if not isinstance(saved, dict) or saved.get("mode") not in ENFORCING or not isinstance(saved.get("text"), str):
+            log.error("the saved policy %s is not one connstats wrote; enforcing none", self.state_file)
+            return None
+        return saved
+
+    def _on_interval(self, batch) -> None:
+        if self.resolved is not None:
+            self.violations.interval(batch, self.resolved, self.mode)
+
+
+assert MODES[1:] == ENFORCING

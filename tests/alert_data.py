@@ -1,0 +1,49 @@
+"""Synthetic intervals for the alert tests: compact rows in, decoded-like FlowBatches out."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from connstats.probe.contract import Envelope, FlowBatch, FlowRecord, OverflowCount, decode_message, encode_message
+
+SECOND = 1_000_000_000
+T0 = 1_790_000_000 * SECOND
+IFINDEX = {"veth-a": 11, "veth-b": 12, "veth-c": 13}
+
+
+def envelope(host: str, seq: int, *, seconds: float = 1.0, overflow=(), boot: str = "boot-1") -> Envelope:
+    start = T0 + int(seq * seconds * SECOND)
+    return Envelope(host=host, boot_id=boot, interval_seq=seq, interval_start=start,
+                    interval_end=start + int(seconds * SECOND), overflow=tuple(overflow))
+
+
+def record(env: Envelope, ifname: str = "veth-a", *, direction: str = "egress", proto: int = 17,
+           src: str = "10.0.0.1", dst: str = "10.0.0.2", sport: int = 40000, dport: int = 5353,
+           packets: int = 1, size: int = 100, container: str = "") -> FlowRecord:
+    return FlowRecord(env.interval_start, env.interval_end, IFINDEX[ifname], ifname, direction, 4, proto,
+                      src, dst, sport, dport, packets, packets * size, env.interval_start,
+                      env.interval_end - 1, 0, "", container, "")
+
+
+def interval(host: str, seq: int, rows: list[dict], **kwargs) -> list[FlowBatch]:
+    """One interval as the engine gets it: one chunk, through the wire format."""
+    env = envelope(host, seq, **kwargs)
+    batch = FlowBatch.from_records(env, [record(env, **row) for row in rows])
+    return [decode_message(encode_message(batch))]
+
+
+def chunked(host: str, seq: int, rows: list[dict], chunks: int, **kwargs) -> list[FlowBatch]:
+    """The same interval split into ``chunks`` messages (overflow in chunk 0 only)."""
+    env = envelope(host, seq, **kwargs)
+    batch = FlowBatch.from_records(env, [record(env, **row) for row in rows])
+    step = -(-len(batch) // chunks)
+    out = []
+    for index in range(chunks):
+        part = batch.slice(index * step, (index + 1) * step)
+        part = part.with_envelope(replace(part.envelope, chunk=index, chunks=chunks,
+                                          overflow=env.overflow if index == 0 else ()))
+        out.append(decode_message(encode_message(part)))
+    return out
+
+
+def overflow(ifname: str, packets: int, direction: str = "egress") -> OverflowCount:
+    return OverflowCount(IFINDEX[ifname], ifname, direction, packets, packets * 100)

@@ -1,0 +1,130 @@
+"""End to end: ``connstats policy apply|show|off`` against ``connstats up`` (embedded NATS with its
+roles: the CLI sends as admin), real BPF on test veths, violation events on
+``connstats.v1.policy.<host>``, verdicts in the SQLite file, the policy kept across a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, start  # noqa: F401
+from tests.e2e.test_cli_e2e import quiet_network  # noqa: F401
+
+pytestmark = pytest.mark.kernel
+
+SIZE = 100
+
+
+def policy_text(a, b) -> str:
+    return (f'[groups]\na = {{ ifaces = ["{a.host_if}"] }}\nb = {{ ifaces = ["{b.host_if}"] }}\n\n'
+            '[[allow]]\nfrom = "a"\nto = "b"\nproto = "udp"\nports = [5500]\n')
+
+
+def deny_rows(env, port: int) -> list[tuple]:
+    out = connstats(env, "history", "--verdict", "deny", "--port", str(port), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return sorted((r["ifname"], r["direction"], r["packets"], r["bytes"]) for r in json.loads(out.stdout))
+
+
+class Violations:
+    """Collects the violation events, subscribed as the admin role of the embedded server."""
+
+    def __init__(self, state: Path) -> None:
+        credentials = json.loads((state / "nats-credentials.json").read_text())
+        self.url, self.admin = credentials["url"], credentials["users"]["admin"]
+        self.events: list[dict] = []
+
+    async def collect(self, act, settle: float) -> list[dict]:
+        nc = await nats.connect(self.url, user=self.admin["user"], password=self.admin["password"])
+        try:
+            await nc.subscribe("connstats.v1.policy.>", cb=self._on_event)
+            await nc.flush()
+            await asyncio.to_thread(act)
+            await asyncio.sleep(settle)
+        finally:
+            await nc.close()
+        return self.events
+
+    async def _on_event(self, msg) -> None:
+        self.events.append(json.loads(msg.data))
+
+
+def test_apply_monitor_protect_restart_and_off(quiet_network, cs_env, start, tmp_path):
+    a, b = quiet_network
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "0.5", *NO_HTTP_CLASH)
+    up.wait_for("connstats up: watching")
+    state = Path(cs_env["CONNSTATS_STATE_DIR"])
+    path = tmp_path / "policy.toml"
+    path.write_text(policy_text(a, b))
+
+    applied = connstats(cs_env, "policy", "apply", str(path), "--mode", "monitor", "--format", "json")
+    assert applied.returncode == 0, applied.stderr
+    assert sorted((d["ifname"], d["groups"]) for d in json.loads(applied.stdout)) == sorted(
+        [(a.host_if, "a"), (b.host_if, "b")])
+
+    def monitored_traffic():
+        a.traffic("udp", b.ipv4, 5500, 42000, 200, SIZE)
+        a.traffic("udp", b.ipv4, 5501, 42001, 300, SIZE)
+
+    b_before = b.counters()
+    events = asyncio.run(Violations(state).collect(monitored_traffic, settle=2.5))
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 500  # monitor drops nothing
+    mine = [e for e in events if e["src_port"] == 42001]
+    per_device_and_interval = [(e["ifname"], e["interval_seq"]) for e in mine]
+    assert len(per_device_and_interval) == len(set(per_device_and_interval))  # once per interval
+    for ifname in (a.host_if, b.host_if):
+        assert sum(e["packets"] for e in mine if e["ifname"] == ifname) == 300
+        assert sum(e["bytes"] for e in mine if e["ifname"] == ifname) == 300 * (UDP_V4_OVERHEAD + SIZE)
+    assert {(e["mode"], e["proto"], e["dst_port"], tuple(e["from_groups"]), tuple(e["to_groups"])) for e in mine} == {
+        ("monitor", "udp", 5501, ("a",), ("b",))}
+    assert [e for e in events if e["dst_port"] == 5500] == []
+
+    protected = connstats(cs_env, "policy", "apply", str(path), "--mode", "protect")
+    assert protected.returncode == 0, protected.stderr
+    assert protected.stdout.startswith("mode protect: 2 groups, 1 rules, 2 governed devices\n")
+    b_before = b.counters()
+    a.traffic("udp", b.ipv4, 5502, 42002, 100, SIZE)
+    a.traffic("udp", b.ipv4, 5500, 42003, 50, SIZE)
+    time.sleep(0.3)
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 50  # the receiver gets nothing denied
+
+    assert up.interrupt() == 0  # stored; the policy stays in the state directory
+    assert (state / "policy.json").stat().st_mode & 0o777 == 0o600
+    assert deny_rows(cs_env, 5501) == [(a.host_if, "egress", 300, 300 * 142), (b.host_if, "ingress", 300, 300 * 142)]
+    assert deny_rows(cs_env, 5502) == [(a.host_if, "egress", 100, 100 * 142)]
+    allowed = json.loads(connstats(cs_env, "history", "--verdict", "allow", "--port", "5500", "-f", "json").stdout)
+    assert sorted((r["src_port"], r["ifname"], r["packets"]) for r in allowed) == [
+        (42000, a.host_if, 200), (42000, b.host_if, 200), (42003, a.host_if, 50), (42003, b.host_if, 50)]
+
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "0.5", *NO_HTTP_CLASH)
+    up.wait_for("connstats up: watching")
+    up.wait_for("policy re-applied")
+    shown = json.loads(connstats(cs_env, "policy", "show", "--format", "json").stdout)
+    assert sorted(d["ifname"] for d in shown) == sorted([a.host_if, b.host_if])
+    assert connstats(cs_env, "policy", "show").stdout.startswith(policy_text(a, b).rstrip("\n") + "\n\nmode protect")
+    b_before = b.counters()
+    a.traffic("udp", b.ipv4, 5503, 42004, 40, SIZE)
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 0  # still protected after the restart
+
+    off = connstats(cs_env, "policy", "off")
+    assert (off.returncode, off.stdout) == (0, "policy off: devices are counted, nothing is judged or dropped\n")
+    assert connstats(cs_env, "policy", "show").stdout.startswith("mode off: 0 groups")
+    a.traffic("udp", b.ipv4, 5503, 42005, 40, SIZE)
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 40
+    assert up.interrupt() == 0
+    assert not (state / "policy.json").exists()
+
+
+def test_a_bad_policy_file_is_one_line_naming_line_and_key(cs_env, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[groups]\nweb = { containers = ["web*"] }\n\n[[allow]]\nfrom = "web"\nto = "web"\n'
+                    'proto = "tcp"\nports = [5432, "9000-80"]\n')
+    result = connstats(cs_env, "policy", "apply", str(path), "--mode", "protect")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", f"error: {path} line 8: allow[0].ports: '9000-80' is not a port 0-65535 or a range like "
+               '"8000-8099"; fix it\n')

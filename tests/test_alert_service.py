@@ -1,0 +1,187 @@
+"""The alert service against a real nats-server (the deployed roles) and real HTTP receivers:
+alerts on the subject and stream, Alertmanager webhooks (failing, recovering, never
+answering), and ``firing_alerts`` from the engine and from the stream."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from connstats.probe.contract import (
+    FlowBatch, StreamSettings, connect, encode_message, ensure_stream, flow_stream_config,
+    flows_subject,
+)
+from connstats.sink.alerts import firing_alerts
+from connstats.sink.alerts.compose import AlertConfig, build_alerts
+from connstats.sink.alerts.notify import ALERTS_STREAM
+from connstats.sink.alerts.query import firing_from_stream
+from connstats.sink.alerts.rules import parse_rules
+from connstats.sink.alerts.service import ServiceSettings
+from tests.alert_data import envelope, record
+from tests.fixtures.nats import free_port, read_stream
+
+HOST = "node-1"
+RULE = {"name": "udp-burst", "kind": "threshold", "metric": "packets", "by": ["ifname", "dst_port"],
+        "where": {"proto": "udp", "direction": "egress"}, "window": "2s", "above": 500, "repeat": "1h"}
+
+
+class Receiver:
+    """A real HTTP server that records POSTed bodies; answers ``statuses`` in turn, then 200;
+    ``hang`` makes it never answer."""
+
+    def __init__(self, statuses=(), hang: bool = False) -> None:
+        self.statuses = list(statuses)
+        self.hang = hang
+        self.bodies: list = []
+        self.attempts = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.hang:
+            await self.closing.wait()
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            self.bodies.append((request.path, await request.json()))
+        return web.Response(status=status)
+
+    async def __aenter__(self) -> "Receiver":
+        self.closing = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/api/v2/alerts", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.closing.set()
+        await self.runner.cleanup()
+
+
+async def publish(nc, seq: int, rows: list[dict]) -> None:
+    """One interval of ``HOST`` that ended now, as the probe publishes it."""
+    now = time.time_ns()
+    env = envelope(HOST, seq)
+    env = type(env)(host=HOST, boot_id="b", interval_seq=seq, interval_start=now - 10**9, interval_end=now)
+    batch = FlowBatch.from_records(env, [record(env, **row) for row in rows])
+    await nc.jetstream().publish(flows_subject(HOST), encode_message(batch))
+
+
+async def until(condition, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    def __init__(self, options, *webhooks: str, rules=(RULE,), state_dir=None, webhook_timeout=5.0) -> None:
+        config = AlertConfig(parse_rules({"rule": list(rules)}), options, "engine-1", state_dir, webhooks,
+                             ServiceSettings(tick=0.2, drain_timeout=1.0, webhook_timeout=webhook_timeout))
+        self.service = build_alerts(config)
+        self.stop = asyncio.Event()
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.service.run(self.stop))
+        await asyncio.wait({self.task, asyncio.create_task(self.service.ready.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()
+        return self.service
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def flows(role_nats):
+    nc = await connect(role_nats.options("probe", HOST))
+    await ensure_stream(nc.jetstream(), flow_stream_config(StreamSettings()))
+    yield nc
+    await nc.close()
+
+
+async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, flows):
+    async with Receiver() as receiver, Running(role_nats.options("alert"), receiver.url) as service:
+        await publish(flows, 0, [{"dport": 5353, "packets": 700}, {"dport": 6000, "packets": 400}])
+        await until(lambda: len(receiver.bodies) == 1)
+        admin = await connect(role_nats.options("admin"))
+        try:
+            firing = await firing_alerts(admin)
+            assert [(a["labels"], a["value"], a["state"], a["host"]) for a in firing] == [
+                ({"alertname": "udp-burst", "severity": "warning", "ifname": "veth-a", "dst_port": "5353"},
+                 700, "firing", HOST)]
+            await until(lambda: len(receiver.bodies) == 2)  # 2 s window, nothing more: resolved
+            assert await firing_alerts(admin) == []
+        finally:
+            await admin.close()
+        assert service.engine.stats.sent == {"nats": 2, f"{receiver.url}/api/v2/alerts": 2}
+
+    (path, fired), (_, resolved) = receiver.bodies
+    assert path == "/api/v2/alerts"
+    labels = {"alertname": "udp-burst", "severity": "warning", "ifname": "veth-a", "dst_port": "5353"}
+    assert [(a["labels"], a["annotations"]["value"], a["annotations"]["host"]) for a in fired + resolved] == [
+        (labels, "700", HOST), (labels, "700", HOST)]
+    assert fired[0]["generatorURL"] == "connstats://engine-1/alerts/udp-burst"
+    assert fired[0]["annotations"]["summary"] == "ifname=veth-a dst_port=5353: 700 packets in 2s, above 500"
+    assert resolved[0]["startsAt"] == fired[0]["startsAt"] < resolved[0]["endsAt"] < fired[0]["endsAt"]
+
+    stored = await read_stream(role_nats.url.replace("nats://", f"nats://admin:{role_nats.passwords['admin']}@"),
+                               ALERTS_STREAM)
+    messages = [json.loads(m.data) for m in stored]
+    assert [(m.subject, a["state"], a["labels"], a["value"]) for m, a in zip(stored, messages)] == [
+        ("connstats.v1.alerts.node-1", "firing", labels, 700), ("connstats.v1.alerts.node-1", "resolved", labels, 700)]
+    assert messages[1]["ended_at"] <= messages[1]["sent_at"]
+
+
+async def test_a_webhook_failing_then_recovering_gets_the_alert(role_nats, flows):
+    async with Receiver(statuses=(500, 500)) as receiver, Running(role_nats.options("alert"), receiver.url) as service:
+        await publish(flows, 0, [{"packets": 900}])
+        await until(lambda: len(receiver.bodies) == 1)
+        assert receiver.attempts == 3
+        assert [a["annotations"]["value"] for a in receiver.bodies[0][1]] == ["900"]
+        assert service.engine.stats.failed[f"{receiver.url}/api/v2/alerts"] == 2
+
+
+async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
+    async with Receiver(hang=True) as silent, Receiver() as working, \
+            Running(role_nats.options("alert"), silent.url, working.url, webhook_timeout=120) as service:
+        for seq in range(3):
+            await publish(flows, seq, [{"dport": 7000 + seq, "packets": 900}])
+            await until(lambda: len(working.bodies) == seq + 1, 30.0)
+        # all three went out while the silent webhook still holds its first request
+        assert [b[1][0]["labels"]["dst_port"] for b in working.bodies] == ["7000", "7001", "7002"]
+        assert (silent.attempts, silent.bodies, service.engine.stats.sent["nats"]) == (1, [], 3)
+        assert service.engine.stats.intervals == 3
+
+
+async def test_firing_alerts_from_the_stream_when_no_engine_answers(role_nats, flows):
+    async with Running(role_nats.options("alert"), rules=(RULE | {"window": "30s"},)) as service:
+        await publish(flows, 0, [{"packets": 900}])
+        await until(lambda: service.engine.stats.sent["nats"] == 1)
+    admin = await connect(role_nats.options("admin"))
+    try:
+        kept = await firing_alerts(admin, timeout=0.5)
+        assert [(a["rule"], a["value"], a["state"]) for a in kept] == [("udp-burst", 900, "firing")]
+        later = time.time_ns() + 4 * 3600 * 10**9 + 10**9  # re-sends every 1h were due: not valid any more
+        assert await firing_from_stream(admin, later) == []
+    finally:
+        await admin.close()
+
+
+async def test_hostile_flow_messages_are_counted_and_skipped(role_nats, flows):
+    async with Running(role_nats.options("alert")) as service:
+        js = flows.jetstream()
+        await js.publish(flows_subject(HOST), b"not json")
+        await js.publish(flows_subject(HOST), b'{"schema": 2, "host": "node-1"}')
+        await publish(flows, 0, [{"packets": 900}])
+        await until(lambda: service.engine.stats.sent["nats"] == 1)
+        stats = service.engine.stats
+        assert (stats.undecodable, stats.intervals, stats.rule_errors) == (2, 1, 0)

@@ -1,0 +1,193 @@
+"""The policy's pure parts: the file (errors naming line and key), resolution of groups,
+rules as port prefixes, violation events, the POLICY column (table-driven, no kernel)."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+import pytest
+
+from connstats.cli.live import interval_summary
+from connstats.probe.errors import PolicyError
+from connstats.probe.policy import Endpoint, parse_policy, resolve
+from connstats.probe.policy.resolve import HOST_BIT, WORLD_BIT
+from connstats.probe.policy.tables import port_entries, port_prefixes, unpack, word
+from connstats.probe.policy.violations import violations
+from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.wire import FlowBatch, decode_message, encode_message
+
+GOOD = '''\
+[groups]
+web    = { containers = ["web*"] }
+db     = { containers = ["db"], images = ["postgres:*"] }
+client = { cidrs = ["10.0.7.0/24", "fd00:7::/64"] }
+edge   = { ifaces = ["eth*"], netns = ["lab-*"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432, "8000-8099"]
+
+[[allow]]
+from = "client"
+to = "world"
+proto = "icmp"
+'''
+
+
+def test_a_good_file():
+    policy = parse_policy(GOOD)
+    assert policy.group_names == ("host", "world", "web", "db", "client", "edge")
+    assert policy.group("db").images == ("postgres:*",)
+    assert policy.group("client").cidrs == (ipaddress.ip_network("10.0.7.0/24"), ipaddress.ip_network("fd00:7::/64"))
+    assert [(r.source, r.target, r.proto, r.ports) for r in policy.rules] == [
+        ("web", "db", 6, ((5432, 5432), (8000, 8099))), ("client", "world", 1, ())]
+
+
+def bad(old: str, new: str) -> str:
+    assert old in GOOD
+    return GOOD.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[groups\n", "p: not valid TOML (Expected ']' at the end of a table declaration (at line 1, column 8)); fix the syntax"),
+    (GOOD + "\n[deny]\nx = 1\n", "p line 18: deny: unknown section 'deny'; use [groups] and [[allow]]"),
+    (bad("web    =", "host   ="), "p line 2: groups.host: 'host' is built in; give the group another name"),
+    (bad('images = ["postgres:*"]', 'labels = ["x"]'), "p line 3: groups.db.labels: unknown key; use containers, "
+     "images, ifaces, netns, cidrs"),
+    (bad('"10.0.7.0/24"', '"10.0.7.0/33"'), "p line 4: groups.client.cidrs: '10.0.7.0/33' is not an address prefix; "
+     "write e.g. 10.0.7.0/24 or fd00::/64"),
+    (bad('containers = ["web*"]', "containers = []"), None),  # an empty list selects nothing: allowed
+    (bad('containers = ["web*"]', 'containers = "web*"'), "p line 2: groups.web.containers: must be a list of "
+     'non-empty strings, e.g. ["web*"]'),
+    (bad('to = "db"', 'to = "dbx"'), "p line 9: allow[0].to: no group 'dbx'; define it under [groups] or use host "
+     "or world"),
+    (bad('from = "client"', ""), "p line 13: allow[1].from: is missing or not a group name; write e.g. from = \"web\""),
+    (bad('proto = "tcp"', 'proto = "tcpp"'), "p line 10: allow[0].proto: 'tcpp' is not tcp, udp, icmp or a protocol "
+     'number 0-255; write e.g. proto = "tcp"'),
+    (bad('proto = "tcp"', "proto = 300"), "p line 10: allow[0].proto: 300 is not tcp, udp, icmp or a protocol "
+     'number 0-255; write e.g. proto = "tcp"'),
+    (bad('"8000-8099"', '"8099-8000"'), "p line 11: allow[0].ports: '8099-8000' is not a port 0-65535 or a range "
+     'like "8000-8099"; fix it'),
+    (bad("5432", "65536"), "p line 11: allow[0].ports: 65536 is not a port 0-65535 or a range like \"8000-8099\"; fix it"),
+    (bad('proto = "icmp"', 'proto = "icmp"\nports = [1]'), "p line 17: allow[1].ports: only tcp, udp, sctp and "
+     "udplite have ports; leave ports out"),
+    (bad("[5432", "[5432, true"), "p line 11: allow[0].ports: True is not a port 0-65535 or a range like "
+     '"8000-8099"; fix it'),
+    (bad('proto = "tcp"', 'proto = "tcp"\nport = 1'), "p line 11: allow[0].port: unknown key; use from, to, proto, "
+     "ports"),
+    ("[groups]\n" + "".join(f"g{i} = {{ ifaces = ['x'] }}\n" for i in range(63)),
+     "p line 1: groups: 63 groups; at most 62 fit, merge some"),
+])
+def test_every_mistake_is_one_line_naming_line_and_key(text, message):
+    if message is None:
+        parse_policy(text, "p")
+        return
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p")
+    assert str(caught.value) == message
+
+
+def test_a_group_written_as_its_own_table_is_found_by_line_too():
+    text = '[groups.web]\ncontainers = ["web*"]\nimages = 5\n'
+    with pytest.raises(PolicyError, match=r"^p line 3: groups\.web\.images: must be a list"):
+        parse_policy(text, "p")
+
+
+def endpoint(ifindex, ifname, *addresses, **owner):
+    return Endpoint(ifindex, ifname, addresses=tuple(map(ipaddress.ip_address, addresses)), **owner)
+
+
+def test_groups_resolve_to_governed_devices_and_nested_prefixes():
+    policy = parse_policy(GOOD)
+    web, db, client, edge = (1 << policy.group_names.index(n) for n in ("web", "db", "client", "edge"))
+    resolved = resolve(policy, [
+        endpoint(7, "veth7", "10.0.7.5", container="/web-1"),  # in client's prefix too
+        endpoint(8, "veth8", "10.0.9.2", image="postgres:16"),
+        endpoint(9, "eth0"),
+        endpoint(10, "veth10", "10.0.9.3", netns="lab-3"),
+        endpoint(11, "veth11", "10.0.9.4", container="cache"),  # no group: not governed
+    ], [ipaddress.ip_address("192.0.2.1")])
+    assert resolved.devices == {7: web, 8: db, 9: edge, 10: edge}
+    assert resolved.prefixes[ipaddress.ip_network("10.0.7.5/32")] == web | client
+    assert resolved.prefixes[ipaddress.ip_network("10.0.7.0/24")] == client
+    assert resolved.groups_of("10.0.7.9") == client
+    assert resolved.groups_of("10.0.9.3") == edge
+    assert resolved.groups_of("192.0.2.1") == HOST_BIT
+    assert resolved.groups_of("10.0.9.4") == resolved.groups_of("8.8.8.8") == WORLD_BIT
+    assert resolved.names(web | client) == ["web", "client"]
+
+
+def test_rules_become_port_prefixes_with_every_covering_rule_ored_in():
+    text = ('[groups]\na = { ifaces = ["a"] }\nb = { ifaces = ["b"] }\n'
+            '[[allow]]\nfrom = "a"\nto = "b"\nproto = "udp"\nports = ["8000-8003"]\n'
+            '[[allow]]\nfrom = "b"\nto = "a"\nproto = "udp"\nports = [8002]\n'
+            '[[allow]]\nfrom = "a"\nto = "world"\nproto = "icmp"\n')
+    resolved = resolve(parse_policy(text), [], [])
+    a, b = resolved.bit("a"), resolved.bit("b")
+    entries = [(proto, first, bits, {i: int(m) for i, m in enumerate(allowed) if m}) for proto, first, bits, allowed
+               in port_entries(resolved)]
+    assert entries == [
+        (17, 8000, 15, {2: b}),  # 8000-8001
+        (17, 8002, 16, {2: b, 3: a}),
+        (17, 8003, 16, {2: b}),
+        (1, 0, 0, {2: WORLD_BIT}), (58, 0, 0, {2: WORLD_BIT}),  # icmp: v4 and v6, any "port"
+    ]
+
+
+@pytest.mark.parametrize("low,high", [(0, 65535), (1, 65534), (8000, 8099), (443, 443), (1024, 65535)])
+def test_port_prefixes_cover_a_range_exactly(low, high):
+    covered = [port for first, bits in port_prefixes(low, high) for port in range(first, first + (1 << (16 - bits)))]
+    assert covered == list(range(low, high + 1))
+
+
+def test_the_policy_word():
+    assert unpack(word(5, 1, "protect")) == (5, 1, "protect")
+    assert unpack(word(2**29 + 3, 0, "monitor")) == (3, 0, "monitor")
+
+
+T0 = 1_800_000_000 * 1_000_000_000
+ENVELOPE = Envelope("node-1", "b00t", 4, T0, T0 + 10**9)
+
+
+def flow(direction, src, sport, dst, dport, packets, verdict, ifindex=7, first=1):
+    return FlowRecord(T0, T0 + 10**9, ifindex, f"veth{ifindex}", direction, 4, 17, src, dst, sport, dport,
+                      packets, packets * 100, T0 + first, T0 + 5, 0, container_name="web-1", verdict=verdict)
+
+
+def test_a_denied_connection_is_one_event_per_device_with_both_directions_summed():
+    policy = parse_policy('[groups]\nweb = { containers = ["web*"] }\n'
+                          '[[allow]]\nfrom = "web"\nto = "world"\nproto = "tcp"\n')
+    resolved = resolve(policy, [endpoint(7, "veth7", "10.0.0.1", container="web-1")], [])
+    batch = FlowBatch.from_records(ENVELOPE, [
+        flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "deny", first=2),
+        flow("ingress", "10.0.0.2", 53, "10.0.0.1", 40000, 2, "deny", first=3),
+        flow("egress", "10.0.0.1", 40001, "10.0.0.2", 53, 9, "allow"),
+        flow("egress", "10.0.0.1", 40002, "10.0.0.2", 53, 9, ""),
+    ])
+    assert violations(batch, resolved, "protect") == [{
+        "host": "node-1", "interval_seq": 4, "interval_start": T0, "interval_end": T0 + 10**9, "mode": "protect",
+        "ifname": "veth7", "container": "web-1", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 40000,
+        "dst_ip": "10.0.0.2", "dst_port": 53, "packets": 5, "bytes": 500, "from_groups": ["web"],
+        "to_groups": ["world"]}]
+
+
+def test_verdict_travels_in_schema_2_and_is_empty_when_absent():
+    records = [flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "deny"),
+               flow("egress", "10.0.0.1", 40001, "10.0.0.2", 53, 3, "")]
+    assert [r.verdict for r in decode_message(encode_message(FlowBatch.from_records(ENVELOPE, records)))] == [
+        "deny", ""]
+    ungoverned = [dataclasses.replace(r, verdict="") for r in records]
+    data = encode_message(FlowBatch.from_records(ENVELOPE, ungoverned))
+    assert b"verdict" not in data  # as a probe before policies sent it
+    assert [r.verdict for r in decode_message(data)] == ["", ""]
+
+
+def test_top_shows_the_policy_column_only_when_a_device_is_governed():
+    plain = FlowBatch.from_records(ENVELOPE, [flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "")])
+    assert "POLICY" not in interval_summary(plain)
+    judged = FlowBatch.from_records(ENVELOPE, [flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "deny")])
+    header, row = interval_summary(judged).splitlines()[-2:]
+    assert header.split()[-1] == "POLICY" and row.split()[-1] == "deny"
+    assert max(len(line) for line in interval_summary(judged).splitlines()) < 80

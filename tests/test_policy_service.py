@@ -1,0 +1,148 @@
+"""The probe's policy service behind fakes of its port (no kernel, no NATS): the verbs, the
+policy kept in the state directory and applied again at start, re-resolution as devices come
+and go, and requests that must fail as one error."""
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from dataclasses import dataclass, field
+
+import pytest
+
+from connstats.probe.errors import ConfigError, PolicyError
+from connstats.probe.policy.service import PolicyService
+
+POLICY = '[groups]\nweb = { ifaces = ["veth-web*"] }\n[[allow]]\nfrom = "web"\nto = "world"\nproto = "tcp"\nports = [443]\n'
+
+
+@dataclass
+class Link:
+    peer_nsid: int | None = None
+
+
+@dataclass
+class Device:
+    ifindex: int
+    name: str
+    link: Link = field(default_factory=Link)
+
+
+class FakeTables:
+    def __init__(self) -> None:
+        self.installed: list[tuple[dict, str]] = []
+        self.offs = 0
+
+    def install(self, resolved, mode: str) -> int:
+        self.installed.append((dict(resolved.devices), mode))
+        return len(self.installed)
+
+    def off(self) -> int:
+        self.offs += 1
+        return 0
+
+
+class FakeProbe:
+    def __init__(self, *devices: Device) -> None:
+        self.attached = list(devices)
+        self.tables = FakeTables()
+        self.listeners = []
+
+    def devices(self):
+        return list(self.attached)
+
+    def policy_tables(self):
+        return self.tables
+
+    def on_interval(self, listener) -> None:
+        self.listeners.append(listener)
+
+
+class QuietViolations:
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def interval(self, batch, resolved, mode) -> None: ...
+
+
+def service(tmp_path, probe: FakeProbe) -> PolicyService:
+    return PolicyService(QuietViolations(), tmp_path, containers=None, recheck_seconds=3600).bind(probe)
+
+
+def test_apply_show_off_and_the_state_file(tmp_path):
+    probe = FakeProbe(Device(7, "veth-web1"), Device(8, "veth-db"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        await policy.start()
+        try:
+            applied = await policy.apply_verb({"text": POLICY, "mode": "monitor"})
+            assert applied == {"mode": "monitor", "groups": 1, "rules": 1,
+                               "governed": [{"ifname": "veth-web1", "ifindex": 7, "groups": ["web"]}]}
+            saved = tmp_path / "policy.json"
+            assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+            assert json.loads(saved.read_text()) == {"mode": "monitor", "text": POLICY}
+            assert (await policy.show_verb({}))["text"] == POLICY
+            assert (await policy.off_verb({}))["mode"] == "off" and not saved.exists()
+            return probe.tables.installed, probe.tables.offs
+        finally:
+            await policy.close()
+
+    assert asyncio.run(run()) == ([({7: 1 << 2}, "monitor")], 1)
+
+
+def test_the_saved_policy_is_applied_again_at_start_and_a_new_device_is_governed(tmp_path):
+    (tmp_path / "policy.json").write_text(json.dumps({"mode": "protect", "text": POLICY}))
+    probe = FakeProbe(Device(7, "veth-web1"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        await policy.start()
+        try:
+            assert await policy.recheck() is False  # nothing changed
+            probe.attached.append(Device(9, "veth-web2"))  # a container came
+            assert await policy.recheck() is True
+            probe.attached.append(Device(10, "veth-other"))  # not selected: the tables stay
+            assert await policy.recheck() is False
+        finally:
+            await policy.close()
+
+    asyncio.run(run())
+    assert probe.tables.installed == [({7: 4}, "protect"), ({7: 4, 9: 4}, "protect")]
+
+
+@pytest.mark.parametrize("saved", ['{"mode": "protect"', '{"mode": "wild", "text": ""}',
+                                   json.dumps({"mode": "protect", "text": "[groups]\nhost = { cidrs = [] }\n"})])
+def test_a_broken_saved_policy_enforces_none_and_the_probe_runs_on(tmp_path, saved):
+    (tmp_path / "policy.json").write_text(saved)
+    probe = FakeProbe(Device(7, "veth-web1"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        await policy.start()
+        await policy.close()
+        return policy.mode
+
+    assert asyncio.run(run()) == "off" and probe.tables.installed == []
+
+
+@pytest.mark.parametrize("body,error,message", [
+    ({"mode": "protect"}, ConfigError, "the request lacks the policy text ('text')"),
+    ({"text": 5, "mode": "protect"}, ConfigError, "the request lacks the policy text ('text')"),
+    ({"text": POLICY, "mode": "enforce"}, ConfigError, "mode 'enforce' is not monitor or protect"),
+    ({"text": POLICY, "mode": "off"}, ConfigError, "mode 'off' is not monitor or protect"),
+    ({"text": "[groups\n", "mode": "monitor", "source": "p.toml"}, PolicyError,
+     "p.toml: not valid TOML (Expected ']' at the end of a table declaration (at line 1, column 8)); fix the syntax"),
+])
+def test_bad_requests_are_one_error_and_change_nothing(tmp_path, body, error, message):
+    probe = FakeProbe(Device(7, "veth-web1"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        with pytest.raises(error) as caught:
+            await policy.apply_verb(body)
+        return str(caught.value)
+
+    assert asyncio.run(run()) == message
+    assert probe.tables.installed == [] and not (tmp_path / "policy.json").exists()
