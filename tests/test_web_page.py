@@ -23,8 +23,9 @@ def test_every_view_runs_under_the_pages_own_csp(nats_server, start, tmp_path, s
     page.wait_for_selector("#history-svg[data-every]", state="attached", timeout=30_000)
     assert page.locator("#history-legend li").count() == 8
     page.click("#tabs button[data-view=alerts]")
-    page.wait_for_selector("#alerts-summary >> text=/alerts/i", timeout=30_000)
+    page.wait_for_selector("#alerts-summary >> text=no alert is firing", timeout=30_000)
     page.click("#tabs button[data-view=policy]")
     page.wait_for_selector("#learn-summary >> text=/host /", timeout=30_000)
+    page.wait_for_selector("#policy-summary >> text=/is not available: no probe answers for host/", timeout=30_000)
     assert problems == []
     assert ui.process.poll() is None

@@ -93,7 +93,8 @@ class ChunkColumns:
                 "container": device.container_name if device else "", "direction": c.direction[i],
                 "proto": proto_name(int(self.proto[i])), "src_ip": c.src_ip[i], "src_port": int(self.src_port[i]),
                 "dst_ip": c.dst_ip[i], "dst_port": int(self.dst_port[i]),
-                "packets": int(self.packets[i]), "bytes": int(self.bytes[i])}
+                "packets": int(self.packets[i]), "bytes": int(self.bytes[i]),
+                "verdict": c.verdict[i] if len(c.verdict) == len(self) else ""}  # absent: no policy
 
 
 def _and(left: np.ndarray | None, right: np.ndarray) -> np.ndarray:

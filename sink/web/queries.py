@@ -120,6 +120,12 @@ def learn_params(params: Mapping[str, str], default_host: str):
     return query, PeerSettings(params.get("peers") or "world")
 
 
+def policy_params(params: Mapping[str, str], default_host: str) -> tuple[str, int]:
+    """Whose policy (``host``, default this host) and how many recent violations (``limit``)."""
+    _only(params, ("host", "limit", "token"))
+    return _text(params, "host") or default_host, _int(params, "limit", 1, 500) or 100
+
+
 # -- the map ----------------------------------------------------------------------------------
 
 
@@ -145,7 +151,9 @@ def build_map(rows: list[dict]) -> dict[str, Any]:
     at it (ingress destination) from somebody else; any other address is an outside peer.
     (A bridge in hairpin mode floods a frame back to its sender, whose ingress then shows
     the receiver's address as its own end: that must not make the address the sender's.) A connection seen on both ends' devices is counted once,
-    on the sender's egress: an ingress row whose sender is a known node is left out."""
+    on the sender's egress: an ingress row whose sender is a known node is left out.
+    An edge's ``verdict`` is ``deny`` if any of its connections was denied (by the policy,
+    in monitor or protect mode), else ``allow`` if any was allowed, else empty."""
     rows = [r for r in rows if r["src_ip"] != OVERFLOW]
     nodes: dict[str, dict] = {}
     owner: dict[str, str] = {}
@@ -163,7 +171,8 @@ def build_map(rows: list[dict]) -> dict[str, Any]:
         here, there = _local_node(row)[0], owner.get(remote) or _peer(nodes, remote)
         sender, receiver = (here, there) if row["direction"] == "egress" else (there, here)
         edge = edges.setdefault((sender, receiver), {"source": sender, "target": receiver, "bytes": 0,
-                                                     "packets": 0, "connections": 0})
+                                                     "packets": 0, "connections": 0, "verdict": ""})
+        edge["verdict"] = _worse(edge["verdict"], row.get("verdict") or "")
         edge["bytes"] += row["bytes"]
         edge["packets"] += row["packets"]
         edge["connections"] += 1
@@ -171,12 +180,21 @@ def build_map(rows: list[dict]) -> dict[str, Any]:
             nodes[node_id]["bytes"] += row["bytes"]
             nodes[node_id]["packets"] += row["packets"]
         connections.append([sender, receiver, row["proto"], row["src_ip"], row["src_port"], row["dst_ip"],
-                            row["dst_port"], row["packets"], row["bytes"]])
+                            row["dst_port"], row["packets"], row["bytes"], row.get("verdict") or ""])
     return {"nodes": sorted(nodes.values(), key=lambda n: (n["kind"], n["id"])),
             "edges": sorted(edges.values(), key=lambda e: (-e["bytes"], e["source"], e["target"])),
             "connection_fields": ["source", "target", "proto", "src_ip", "src_port", "dst_ip", "dst_port",
-                                  "packets", "bytes"],
+                                  "packets", "bytes", "verdict"],
             "connections": connections}
+
+
+_VERDICT_RANK = {"": 0, "allow": 1, "deny": 2}
+
+
+def _worse(a: str, b: str) -> str:
+    """An edge's verdict: deny if any of its connections was denied, else allow if any was
+    allowed, else "" (no policy governs it)."""
+    return max(a, b, key=lambda v: _VERDICT_RANK.get(v, 0))
 
 
 def _peer(nodes: dict[str, dict], address: str) -> str:

@@ -4,8 +4,8 @@
     GET /api/live            server-sent events: one per interval, its top N connections
     GET /api/map             nodes and edges over a time range, from the store
     GET /api/history         bytes and packets over time per container, interface or port
-    GET /api/alerts          the alerts firing now (when the alerts package is installed)
-    GET /api/policy          the active policy and mode (when policy support is installed)
+    GET /api/alerts          the alerts firing now (connstats.sink.alerts.firing_alerts)
+    GET /api/policy          a probe's active policy and mode, and its recent violations
     GET /api/policy/learn    what `connstats policy learn` would write for a time range
 
 Parameters and answers are in the README (``## Web page``). A bad parameter is a 400 with
@@ -26,14 +26,16 @@ from typing import Any, Callable
 import msgspec
 from aiohttp import web
 
-from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, connect
+from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, TransportError, connect
+from connstats.probe.control import ControlClient
 from connstats.probe.http_api import parse_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store
 
 from .access import TOKEN_FILE, AccessGuard, new_token
 from .live import LiveFeed, LivePage
-from .queries import build_map, build_series, history_query, learn_params, live_filter, map_query
+from .queries import build_map, build_series, history_query, learn_params, live_filter, map_query, policy_params
+from .violations import ViolationLog
 
 log = logging.getLogger("connstats.web")
 
@@ -106,6 +108,7 @@ class WebUi:
         self.token: str | None = None
         self.nc = None
         self.feed: LiveFeed | None = None
+        self.violations: ViolationLog | None = None
         self.guard: AccessGuard | None = None
         self.max_live_pages = MAX_LIVE_PAGES
         self._runner: web.AppRunner | None = None
@@ -134,6 +137,8 @@ class WebUi:
         self.nc = await connect(self.config.nats)
         self.feed = LiveFeed(self.nc)
         await self.feed.start()
+        self.violations = ViolationLog(self.nc)
+        await self.violations.start()
         # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
@@ -166,6 +171,8 @@ class WebUi:
     async def _close_nats(self) -> None:
         if self.feed is not None:
             await self.feed.close()
+        if self.violations is not None:
+            await self.violations.close()
         if self.nc is not None:
             await self.nc.close()
 
@@ -206,17 +213,23 @@ class WebUi:
         return _json(build_series(await self.reader.rows(query), query, series))
 
     async def alerts(self, request: web.Request) -> web.Response:
-        try:
-            from connstats.sink.alerts import firing_alerts
-        except ImportError:
-            return _json({"available": False, "alerts": [],
-                          "reason": "this connstats has no alerts; see the README"})
-        return _json({"available": True, "alerts": await firing_alerts(self.nc)})
+        from connstats.sink.alerts import firing_alerts
 
+        alerts = await firing_alerts(self.nc)
+        for alert in alerts:  # ns do not fit a JavaScript number exactly; ms do
+            alert["started_ms"] = int(alert.get("started_at") or 0) // 1_000_000
+        return _json({"available": True, "alerts": alerts})
 
     async def policy(self, request: web.Request) -> web.Response:
-        return _json({"available": False, "reason": "this connstats has no policy support yet; see the README"})
-
+        """The probe's active policy (``connstats policy show``) and its recent violations."""
+        host, limit = policy_params(request.query, self.config.host)
+        violations = self.violations.recent(host, limit)
+        try:
+            async with ControlClient(self.config.nats, host, timeout=5.0) as client:
+                reply = await client.request("policy_show")
+        except TransportError as exc:  # no probe answers: the page says so, with what was seen
+            return _json({"available": False, "host": host, "reason": str(exc), "violations": violations})
+        return _json({"available": True, "host": host, **reply, "violations": violations})
 
     async def learn(self, request: web.Request) -> web.Response:
         """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
@@ -258,7 +271,7 @@ async def _headers(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-_STATUS = {ConfigError: 400, StoreError: 503}
+_STATUS = {ConfigError: 400, StoreError: 503, TransportError: 503}
 
 
 @web.middleware

@@ -8,6 +8,8 @@ import json
 import re
 import socket
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -114,7 +116,7 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     page.click(f".node[data-id='{source}']")
     assert page.locator("#map-connections tbody tr").count() == 2
     assert page.inner_text("#map-connections tbody tr >> nth=0").split("\t") == [
-        "udp", f"{a.ipv4}:40101", f"{b.ipv4}:5353", "1000", "142000"]
+        "udp", f"{a.ipv4}:40101", f"{b.ipv4}:5353", "1000", "142000", ""]  # no policy: no verdict
 
     # History: exactly the points the store returns, per interface, every 5 s
     page.click("#tabs button[data-view=history]")
@@ -160,8 +162,7 @@ def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, 
     request, from the browser or a script, needs the token printed at start."""
     a, b = test_network.hosts
     address = f"10.199.{test_network.subnet}.254"
-    subprocess_run = __import__("subprocess").run
-    subprocess_run(["ip", "addr", "add", f"{address}/24", "dev", test_network.bridge], check=True)
+    subprocess.run(["ip", "addr", "add", f"{address}/24", "dev", test_network.bridge], check=True)
     port = free_port()
     up = start_up(start, a, b, f"{address}:{port}")
     found = re.search(rf"connstats up: web page on http://{re.escape(address)}:{port}/\?token=(\S+)\n", up.stderr)
@@ -290,3 +291,70 @@ def test_a_bad_address_is_one_line(cs_env, test_network, argv, message):
 
     extra = ("--iface", test_network.hosts[0].host_if, *NO_HTTP_CLASH) if argv[0] == "up" else ()
     assert_one_line_error(connstats(cs_env, *argv, *extra), message)
+
+
+def test_verdicts_policy_and_alerts_views(quiet_network, cs_env, start, browser_page, tmp_path):
+    """A policy in monitor mode allows a -> b udp/5353 only: the map's a -> b edge is
+    allowed (green), b's ICMP answers are denied (red) and listed as violations; a
+    threshold rule inside `up` fires and the Alerts view lists it."""
+    a, b = quiet_network
+    rules = tmp_path / "alerts.toml"
+    rules.write_text('[[rule]]\nname = "web-udp"\nkind = "threshold"\nmetric = "packets"\nby = ["dst_port"]\n'
+                     'where = { proto = "udp", direction = "egress" }\nwindow = "1m"\nabove = 999\n'
+                     'severity = "critical"\n')
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[groups]\na = {{ ifaces = ["{a.host_if}"] }}\nb = {{ ifaces = ["{b.host_if}"] }}\n\n'
+                      '[[allow]]\nfrom = "a"\nto = "b"\nproto = "udp"\nports = [5353]\n')
+    port = free_port()
+    up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "1", *NO_HTTP_CLASH,
+               "--ui", f"127.0.0.1:{port}", "--rules", str(rules))
+    up.wait_for("connstats up: watching")
+    from tests.e2e.test_cli_e2e import connstats
+
+    applied = connstats(cs_env, "policy", "apply", str(policy), "--mode", "monitor")
+    assert applied.returncode == 0, applied.stderr
+    page = browser_page
+    page.goto(f"http://127.0.0.1:{port}/#policy")  # subscribed to violations from here on
+    page.wait_for_function("document.getElementById('policy-summary').dataset.mode === 'monitor'", timeout=20_000)
+    a.traffic("udp", b.ipv4, 5353, 40301, 1000, 100)  # allowed; b answers "port unreachable"
+    listener = subprocess.Popen(["ip", "netns", "exec", a.netns, sys.executable, "-c",  # so a answers nothing
+                                 "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                 "s.bind(('0.0.0.0', 6000)); print('ready', flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline() == "ready\n"
+        b.traffic("udp", a.ipv4, 6000, 40302, 20, 50)  # b -> a is not allowed: denied (monitor: not dropped)
+        store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
+        wait_stored(store, 5353, 1000)
+        wait_stored(store, 6000, 20)
+    finally:
+        listener.kill()
+        listener.wait(10)
+
+    page.click("#tabs button[data-view=map]")
+    page.select_option("#map-filters select[name=since]", "15m")
+    page.click("#map-filters button[type=submit]")
+    page.wait_for_function("document.getElementById('map-summary').textContent.includes('drawn in')", timeout=20_000)
+    edges = page.evaluate("[...document.querySelectorAll('.edge')].map(e => [e.dataset.source.split('/')[1], "
+                          "e.dataset.target.split('/')[1], e.dataset.verdict, getComputedStyle(e).stroke])")
+    now = time.time_ns()
+    denied = sqlite_history(store, HistoryQuery(since=now - 900 * 10**9, until=now, verdict="deny", direction="egress"))
+    assert [(r["ifname"], r["proto"], r["dst_port"], r["packets"]) for r in denied] == [(b.host_if, "udp", 6000, 20)]
+    green, red = "rgb(46, 157, 87)", "rgb(211, 60, 60)"
+    assert edges == [[a.netns, b.netns, "allow", green], [b.netns, a.netns, "deny", red]]
+
+    page.click("#tabs button[data-view=policy]")
+    page.wait_for_selector("#violations-table tbody tr", timeout=20_000)
+    summary = page.inner_text("#policy-summary")
+    assert summary.startswith(f"host {socket.gethostname()}: mode monitor, 2 groups, 1 rules; governs ")
+    rows = [r.split("\t") for r in page.locator("#violations-table tbody tr").all_inner_texts()]
+    assert {(r[1], r[2], r[3], r[4], r[5], r[8], r[9]) for r in rows} == {
+        ("monitor", ifname, "udp", f"{b.ipv4}:40302", f"{a.ipv4}:6000", "20", str(20 * (UDP_V4_OVERHEAD + 50)))
+        for ifname in (a.host_if, b.host_if)}
+
+    page.click("#tabs button[data-view=alerts]")
+    page.wait_for_selector("#alerts-table tbody tr[data-rule='web-udp']", timeout=30_000)
+    row = page.inner_text("#alerts-table tbody tr[data-rule='web-udp']").split("\t")
+    assert (row[0], row[1], row[3], row[4]) == ("web-udp", "critical", "dst_port=5353", "1000")
+    assert up.interrupt() == 0
+    assert "Traceback" not in up.stderr

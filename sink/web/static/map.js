@@ -44,7 +44,8 @@ cs.views.map = (() => {
       const width = (0.5 + 7.5 * Math.log1p(e.bytes) / scale).toFixed(2);
       parts.push(`<line class="edge${e.verdict ? " " + e.verdict : ""}" x1="${a.x.toFixed(1)}" y1="${a.y.toFixed(1)}" ` +
         `x2="${b.x.toFixed(1)}" y2="${b.y.toFixed(1)}" stroke-width="${width}" data-source="${cs.escape(e.source)}" ` +
-        `data-target="${cs.escape(e.target)}" data-bytes="${e.bytes}" data-packets="${e.packets}"></line>`);
+        `data-target="${cs.escape(e.target)}" data-bytes="${e.bytes}" data-packets="${e.packets}" ` +
+        `data-verdict="${e.verdict}"></line>`);
     }
     const maxNode = Math.log1p(body.nodes.reduce((m, n) => Math.max(m, n.bytes), 1));
     const labelPeers = body.nodes.filter(n => n.kind === "peer").length <= PEER_LABELS;
@@ -75,7 +76,7 @@ cs.views.map = (() => {
       `${node.label}: ${rows.length} connections, ${cs.bytes(node.bytes)}`;
     document.querySelector("#map-connections tbody").innerHTML = rows.slice(0, 500).map(c =>
       `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(cs.endpoint(c[5], c[6]))}</td>` +
-      `<td class="num">${c[7]}</td><td class="num">${c[8]}</td></tr>`).join("");
+      `<td class="num">${c[7]}</td><td class="num">${c[8]}</td><td class="${c[9]}">${c[9]}</td></tr>`).join("");
   }
 
   async function load() {

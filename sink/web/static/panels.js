@@ -1,22 +1,24 @@
 "use strict";
-// Alerts and Policy: shown when this connstats has them, else a clear "not available".
+// Alerts (connstats.sink.alerts: the alerts firing now) and Policy (a probe's active policy,
+// its recent violations, and a learn preview from the store).
 cs.views.alerts = (() => {
   async function load() {
     const summary = document.getElementById("alerts-summary");
     const body = document.querySelector("#alerts-table tbody");
     try {
       const answer = await cs.api("alerts");
-      if (!answer.available) {
-        summary.innerHTML = `<div class="unavailable">Alerts are not available: ${cs.escape(answer.reason)}</div>`;
-        body.innerHTML = "";
-        return;
-      }
-      summary.textContent = `${answer.alerts.length} alerts firing now`;
-      body.innerHTML = answer.alerts.map(a =>
-        `<tr><td>${cs.escape(a.rule || a.name || "")}</td><td>${cs.escape(a.severity || "")}</td>` +
-        `<td>${cs.escape(a.since || a.started_at || "")}</td><td>${cs.escape(a.summary || a.message || JSON.stringify(a))}</td></tr>`).join("");
+      summary.textContent = answer.alerts.length ? `${answer.alerts.length} alerts firing now` : "no alert is firing";
+      body.innerHTML = answer.alerts.map(a => {
+        const labels = Object.entries(a.labels || {}).filter(([k]) => k !== "alertname" && k !== "severity")
+          .map(([k, v]) => `${k}=${v}`).join(", ");
+        return `<tr data-rule="${cs.escape(a.rule || "")}"><td>${cs.escape(a.rule || "")}</td>` +
+          `<td>${cs.escape((a.labels || {}).severity || "")}</td>` +
+          `<td>${a.started_ms ? new Date(a.started_ms).toLocaleString() : ""}</td><td>${cs.escape(labels)}</td>` +
+          `<td class="num">${cs.escape(a.value ?? "")}</td></tr>`;
+      }).join("");
     } catch (error) {
       summary.textContent = `error: ${error.message}`;
+      body.innerHTML = "";
     }
   }
   return { show: load };
@@ -27,16 +29,31 @@ cs.views.policy = (() => {
 
   async function loadActive() {
     const summary = document.getElementById("policy-summary");
+    const body = document.getElementById("policy-body");
+    const violations = document.querySelector("#violations-table tbody");
     try {
-      const answer = await cs.api("policy");
+      const answer = await cs.api("policy", cs.formParams(document.getElementById("policy-filters")));
+      summary.dataset.mode = answer.mode || "";
       if (!answer.available) {
-        summary.innerHTML = `<div class="unavailable">The active policy is not available: ${cs.escape(answer.reason)}</div>`;
+        summary.innerHTML = `<span class="unavailable">The policy of host ${cs.escape(answer.host)} is not available: ` +
+          `${cs.escape(answer.reason)}</span>`;
+        body.innerHTML = "";
         return;
       }
-      summary.textContent = `mode ${answer.mode}`;
-      document.getElementById("policy-body").innerHTML = `<pre class="toml">${cs.escape(JSON.stringify(answer.policy, null, 2))}</pre>`;
+      const governed = answer.governed.map(d => `${d.ifname} (${d.groups.join(", ")})`).join("; ");
+      summary.textContent = answer.mode === "off" ? `host ${answer.host}: no policy (mode off)` :
+        `host ${answer.host}: mode ${answer.mode}, ${answer.groups} groups, ${answer.rules} rules; governs ${governed || "no device"}`;
+      body.innerHTML = answer.text ? `<pre class="toml">${cs.escape(answer.text)}</pre>` : "";
+      violations.innerHTML = answer.violations.map(v =>
+        `<tr><td>${new Date(v.interval_end / 1e6).toLocaleTimeString()}</td><td>${cs.escape(v.mode)}</td>` +
+        `<td>${cs.escape(v.ifname)}</td><td>${cs.escape(v.proto)}</td>` +
+        `<td>${cs.escape(cs.endpoint(v.src_ip, v.src_port))}</td><td>${cs.escape(cs.endpoint(v.dst_ip, v.dst_port))}</td>` +
+        `<td>${cs.escape((v.from_groups || []).join(", "))}</td><td>${cs.escape((v.to_groups || []).join(", "))}</td>` +
+        `<td class="num">${v.packets}</td><td class="num">${v.bytes}</td></tr>`).join("");
     } catch (error) {
       summary.textContent = `error: ${error.message}`;
+      body.innerHTML = "";
+      violations.innerHTML = "";
     }
   }
 
@@ -59,6 +76,7 @@ cs.views.policy = (() => {
 
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("learn-filters").addEventListener("submit", e => { e.preventDefault(); learn(); });
+    document.getElementById("policy-filters").addEventListener("submit", e => { e.preventDefault(); loadActive(); });
   });
 
   return { show() { loadActive(); if (!learned) { learned = true; learn(); } } };
