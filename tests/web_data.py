@@ -27,8 +27,9 @@ def peer_ip(i: int) -> str:
 
 
 def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connections: int, *,
-                    containers: int = 20, peers: int = 400, seed: int = 0) -> FlowBatch:
-    """``connections`` distinct connections (egress, from a container's veth) in one interval."""
+                    containers: int = 20, peers: int = 400, seed: int = 0, deny_every: int = 0) -> FlowBatch:
+    """``connections`` distinct connections (egress, from a container's veth) in one interval;
+    with ``deny_every`` N, under a policy: every Nth connection denied, the others allowed."""
     rng = np.random.default_rng(seed)
     n = np.arange(connections)
     owner = n % containers
@@ -45,7 +46,7 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         src_port=(20000 + n // containers).tolist(), dst_port=np.where(n % 3 == 0, 53, 443).tolist(),
         packets=packets.tolist(), bytes=nbytes.tolist(), first_seen=[start_ns + 1] * connections,
         last_seen=[start_ns + length_ns - 1] * connections, tcp_flags=[0] * connections,
-        verdict=[""] * connections,
+        verdict=(np.where(n % deny_every == 0, "deny", "allow").tolist() if deny_every else [""] * connections),
     )
     devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1")
                     for c in range(min(containers, connections)))

@@ -5,6 +5,7 @@ the real SQLite store.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import stat
@@ -24,6 +25,14 @@ from tests.fixtures.nats import free_port
 pytestmark = pytest.mark.kernel
 
 MS = 1_000_000
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def screenshot(page, name: str) -> None:
+    """For the README: with CONNSTATS_SCREENSHOTS set, the view as the test left it."""
+    if os.environ.get("CONNSTATS_SCREENSHOTS"):
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
 def start_up(start, a, b, ui: str):
@@ -351,10 +360,12 @@ def test_verdicts_policy_and_alerts_views(quiet_network, cs_env, start, browser_
     assert {(r[1], r[2], r[3], r[4], r[5], r[8], r[9]) for r in rows} == {
         ("monitor", ifname, "udp", f"{b.ipv4}:40302", f"{a.ipv4}:6000", "20", str(20 * (UDP_V4_OVERHEAD + 50)))
         for ifname in (a.host_if, b.host_if)}
+    screenshot(page, "policy")
 
     page.click("#tabs button[data-view=alerts]")
     page.wait_for_selector("#alerts-table tbody tr[data-rule='web-udp']", timeout=30_000)
     row = page.inner_text("#alerts-table tbody tr[data-rule='web-udp']").split("\t")
     assert (row[0], row[1], row[3], row[4]) == ("web-udp", "critical", "dst_port=5353", "1000")
+    screenshot(page, "alerts")
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
