@@ -189,6 +189,7 @@ async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_pat
     ("/api/history", {"every": "1ms"}, "every=1ms makes more than 2400 points; use a wider bucket"),
     ("/api/history", {"every": "soon"}, "'soon' is not a duration"),
     ("/api/history", {"proto": "carrier-pigeon"}, "carrier-pigeon"),
+    ("/api/map", {"verdict": "maybe"}, "verdict='maybe' is not allow, deny or none"),
     ("/api/policy/learn", {"peers": "everyone"}, "--peers 'everyone' is not world or prefix"),
     ("/api/live", {"limit": "0"}, "limit='0' is not a whole number from 1 to 1000"),
     ("/api/live", {"host": "a\x01b"}, "host is longer than 256 characters or holds control characters"),

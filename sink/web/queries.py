@@ -69,7 +69,8 @@ def live_filter(params: Mapping[str, str]) -> LiveFilter:
                       port=_int(params, "port", 0, 65535), limit=_int(params, "limit", 1, MAX_LIMIT) or 50)
 
 
-RANGE_PARAMS = ("since", "until", "host", "iface", "container", "proto", "port", "direction", "token")
+RANGE_PARAMS = ("since", "until", "host", "iface", "container", "proto", "port", "direction", "verdict", "token")
+VERDICT_WORDS = {"allow": "allow", "deny": "deny", "none": ""}  # none: devices no policy governs
 
 
 def _range_query(params: Mapping[str, str], group_by: str, every: int | None = None) -> HistoryQuery:
@@ -78,8 +79,17 @@ def _range_query(params: Mapping[str, str], group_by: str, every: int | None = N
         since=parse_time(params.get("since") or "1h", now), until=parse_time(params.get("until") or "now", now),
         iface=_text(params, "iface"), port=_int(params, "port", 0, 65535), proto=_proto(params),
         direction=_text(params, "direction"), host=_text(params, "host"),
-        container=_text(params, "container"), group_by=group_by, every=every,
+        container=_text(params, "container"), verdict=_verdict(params), group_by=group_by, every=every,
     )
+
+
+def _verdict(params: Mapping[str, str]) -> str | None:
+    text = params.get("verdict")
+    if not text:
+        return None
+    if text not in VERDICT_WORDS:
+        raise ConfigError(f"verdict={text[:40]!r} is not allow, deny or none")
+    return VERDICT_WORDS[text]
 
 
 def map_query(params: Mapping[str, str]) -> HistoryQuery:

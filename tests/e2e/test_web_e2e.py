@@ -351,6 +351,10 @@ def test_verdicts_policy_and_alerts_views(quiet_network, cs_env, start, browser_
     assert [(r["ifname"], r["proto"], r["dst_port"], r["packets"]) for r in denied] == [(b.host_if, "udp", 6000, 20)]
     green, red = "rgb(46, 157, 87)", "rgb(211, 60, 60)"
     assert edges == [[a.netns, b.netns, "allow", green], [b.netns, a.netns, "deny", red]]
+    page.select_option("#map-filters select[name=verdict]", "deny")  # only what the policy denied
+    page.click("#map-filters button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('.edge').length === 1", timeout=20_000)
+    assert page.get_attribute(".edge", "data-bytes") == str(20 * (UDP_V4_OVERHEAD + 50))
 
     page.click("#tabs button[data-view=policy]")
     page.wait_for_selector("#violations-table tbody tr", timeout=20_000)
