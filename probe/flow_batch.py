@@ -7,7 +7,7 @@ object per record on either end. ``batch.records()`` (or iterating a batch) give
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -23,6 +23,10 @@ class FlowBatch:
     envelope: Envelope
     columns: FlowColumns
     devices: tuple[Device, ...] = ()
+    # The policy mode (0 off, 1 monitor, 2 protect) of the word each record's verdict was
+    # judged under, at its last packet (the kernel's ``policy`` counter field). Not on the
+    # wire: None for batches decoded from messages or built from records.
+    judged_modes: np.ndarray | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.columns.ifindex)
@@ -63,7 +67,8 @@ class FlowBatch:
         ifindexes = columns.ifindex
         used = set(np.unique(ifindexes).tolist() if isinstance(ifindexes, np.ndarray) else ifindexes)
         envelope = replace(self.envelope, record_offset=self.envelope.record_offset + max(0, start))
-        return FlowBatch(envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+        modes = self.judged_modes[start:stop] if self.judged_modes is not None else None
+        return FlowBatch(envelope, columns, tuple(d for d in self.devices if d.ifindex in used), modes)
 
     def columns_at(self, indexes: Iterable[int]) -> FlowColumns:
         """The columns of the records at ``indexes`` (a sample)."""
@@ -73,9 +78,11 @@ class FlowBatch:
 
     def take(self, indexes: Iterable[int]) -> FlowBatch:
         """The records at ``indexes``, in that order (``record_offset`` unchanged)."""
+        indexes = list(indexes)
         columns = self.columns_at(indexes)
         used = set(as_list(columns.ifindex))
-        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+        modes = self.judged_modes[indexes] if self.judged_modes is not None else None
+        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used), modes)
 
     def on_device(self, ifname: str | None) -> FlowBatch:
         """The records counted on the device named ``ifname`` (all if None)."""
@@ -99,7 +106,7 @@ class FlowBatch:
         return cls(envelope, columns, tuple(devices.values()))
 
     def with_envelope(self, envelope: Envelope) -> FlowBatch:
-        return FlowBatch(envelope, self.columns, self.devices)
+        return FlowBatch(envelope, self.columns, self.devices, self.judged_modes)
 
     @classmethod
     def from_records(cls, envelope: Envelope, records: Iterable[FlowRecord]) -> FlowBatch:
@@ -136,11 +143,12 @@ class FlowBatch:
         no_labels = ("", "", "")
         devices = tuple(Device(i, ifnames.get(i, ""), *labels.get(i, no_labels))
                         for i in np.unique(keys["ifindex"]).tolist())
-        return cls(envelope, columns, devices)
+        return cls(envelope, columns, devices, (values["policy"] & _MODE_MASK).astype(np.uint8))
 
 
 _DIRECTION_TEXT = np.array(DIRECTIONS, dtype=object)
 _VERDICT_TEXT = np.array(VERDICTS, dtype=object)
+_MODE_MASK = 3  # of the policy word (probe/policy/tables.py)
 
 
 def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:
