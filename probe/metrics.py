@@ -1,5 +1,5 @@
 """The probe's self-metrics, read from what the probe keeps anyway (``ProbePort.status``),
-plus per-interval sums of the published batches (vectorised group-bys, once per interval).
+plus per-interval sums of the published batches (one vectorised group-by per interval).
 
     build_probe ─ ProbeMetrics(probe, telemetry, policy service)
         probe.on_interval ──> add_interval(batch): packets and bytes per (iface, direction),
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 from prometheus_client import Histogram
@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .flow_batch import FlowBatch
 from .policy.tables import MODES
+from .record import VERDICTS
 from .ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 from .telemetry import Telemetry
 
@@ -48,61 +49,64 @@ LOOKUP_LIMIT = 1 << 20  # ifindexes below this are grouped through a lookup tabl
 RECORD_BUCKETS = (0, 10, 100, 1000, 10_000, 50_000, 100_000, 250_000, 1_000_000)
 
 PROTECT = MODES.index("protect")
-VERDICTS = ("allow", "deny")
+ALLOW, DENY = VERDICTS.index("allow"), VERDICTS.index("deny")  # the record's (and kernel's) verdict codes
+DROPPED = DENY + 1  # a group kind: deny, judged under protect
 
 Sums = dict[tuple[str, str], list[int]]  # (iface, direction) -> [packets, bytes]
 VerdictSums = dict[tuple[str, str, str], list[int]]  # (iface, direction, verdict) -> [packets, bytes]
 
 
-def interval_sums(batch: FlowBatch) -> tuple[Sums, Sums]:
-    """(records, overflow) packets and bytes per (iface, direction) of one interval."""
-    records: Sums = {}
+class IntervalSums(NamedTuple):
+    records: Sums  # packets and bytes per (iface, direction) of the records
+    overflow: Sums  # ... of the envelope's overflow counts
+    verdicts: VerdictSums  # ... per (iface, direction, verdict) of the governed records
+    dropped: Sums  # ... of the deny records judged under protect
+
+
+def interval_sums(batch: FlowBatch, mode_now: str = "off") -> IntervalSums:
+    """The sums of one interval, from one group-by of the records by (device, direction,
+    kind: no verdict, allow, deny passed, deny dropped). The mode a record was judged under
+    is the kernel's (``batch.judged``); a batch without it counts as judged under ``mode_now``."""
+    sums = IntervalSums({}, {}, {}, {})
     if len(batch):
-        for iface, direction, _, p, b in _group_sums(batch, slice(None), np.zeros(len(batch), np.uint8), 1):
-            _add(records, (iface, direction), p, b)
-    overflow: Sums = {}
+        verdict, mode = judgement(batch, mode_now)
+        kind = verdict + ((verdict == DENY) & (mode == PROTECT))
+        for iface, direction, k, p, b in _group_sums(batch, kind.astype(np.uint8), 4):
+            _add(sums.records, (iface, direction), p, b)
+            if k:
+                _add(sums.verdicts, (iface, direction, VERDICTS[min(k, DENY)]), p, b)
+            if k == DROPPED:
+                _add(sums.dropped, (iface, direction), p, b)
     for o in batch.envelope.overflow:
-        _add(overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
-    return records, overflow
+        _add(sums.overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
+    return sums
 
 
-def policy_sums(batch: FlowBatch, mode_now: str) -> tuple[VerdictSums, Sums]:
-    """(verdicts, dropped) of one interval: packets and bytes per (iface, direction, verdict)
-    of the governed records (verdict allow or deny), and per (iface, direction) of the deny
-    records judged under protect, i.e. dropped. The mode a record was judged under is the
-    kernel's (``batch.judged_modes``); a batch without it is taken as judged under ``mode_now``."""
-    verdict = np.asarray(batch.columns.verdict, dtype=object)
-    rows = np.flatnonzero(verdict != "")
-    verdicts: VerdictSums = {}
-    dropped: Sums = {}
-    if not len(rows):
-        return verdicts, dropped
-    modes = batch.judged_modes[rows] if batch.judged_modes is not None else np.full(
-        len(rows), MODES.index(mode_now), np.uint8)
-    deny = verdict[rows] == "deny"
-    kind = deny.astype(np.uint8) + (deny & (modes == PROTECT))  # 0 allow, 1 deny passed, 2 deny dropped
-    for iface, direction, k, p, b in _group_sums(batch, rows, kind, 3):
-        _add(verdicts, (iface, direction, "deny" if k else "allow"), p, b)
-        if k == 2:
-            _add(dropped, (iface, direction), p, b)
-    return verdicts, dropped
+def judgement(batch: FlowBatch, mode_now: str) -> tuple[np.ndarray, np.ndarray]:
+    """(verdict as its index in VERDICTS, the mode it was judged under) per record: the
+    kernel's numbers when the batch has them, else from the text column and ``mode_now``."""
+    if batch.judged is not None:
+        return batch.judged["verdict"], batch.judged["mode"]
+    text = np.asarray(batch.columns.verdict, dtype=object)
+    verdict = (text == "allow") * ALLOW + (text == "deny") * DENY
+    return verdict.astype(np.uint8), np.full(len(batch), MODES.index(mode_now), np.uint8)
 
 
-def _group_sums(batch: FlowBatch, rows, kind: np.ndarray, kinds: int) -> Iterable[tuple[str, str, int, int, int]]:
-    """(iface, direction, kind, packets, bytes) per group of the records at ``rows``, each of a
-    ``kind`` below ``kinds``: one stable sort of small group numbers (a radix sort) and exact
-    uint64 sums per group."""
+def _group_sums(batch: FlowBatch, kind: np.ndarray, kinds: int) -> Iterable[tuple[str, str, int, int, int]]:
+    """(iface, direction, kind, packets, bytes) per group of the records, each of a ``kind``
+    below ``kinds``: one stable sort of small group numbers (a radix sort) and exact uint64
+    sums per group."""
     names = {d.ifindex: d.ifname for d in batch.devices}
     cols = batch.columns
-    ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64)[rows], names)
-    egress = np.asarray(cols.direction, dtype=object)[rows] == "egress"
+    ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64), names)
+    egress = np.asarray(cols.direction, dtype=object) == "egress"
     group = (position.astype(np.int64) * 2 + egress) * kinds + kind
     group = group.astype(np.uint16 if len(ifindexes) * 2 * kinds <= 1 << 16 else np.int64)
     order = np.argsort(group, kind="stable")
     sorted_groups = group[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[rows][order], starts)
-    nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[rows][order], starts)
+    packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
+    nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
     for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
         device, k = divmod(g, kinds)
         ifindex = int(ifindexes[device // 2])
@@ -170,16 +174,11 @@ class ProbeMetrics:
             log.exception("the self-metrics missed interval %d", batch.envelope.interval_seq)
 
     def _add(self, batch: FlowBatch) -> None:
-        records, overflow = interval_sums(batch)
-        for key, (packets, nbytes) in (*records.items(), *overflow.items()):
-            _add(self.traffic, key, packets, nbytes)
-        for key, (packets, nbytes) in overflow.items():
-            _add(self.overflow, key, packets, nbytes)
-        verdicts, dropped = policy_sums(batch, self._policy().mode)
-        for key, (packets, nbytes) in verdicts.items():
-            _add(self.verdicts, key, packets, nbytes)
-        for key, (packets, nbytes) in dropped.items():
-            _add(self.dropped, key, packets, nbytes)
+        sums = interval_sums(batch, self._policy().mode)
+        for into, found in ((self.traffic, sums.records), (self.traffic, sums.overflow),
+                            (self.overflow, sums.overflow), (self.verdicts, sums.verdicts), (self.dropped, sums.dropped)):
+            for key, (packets, nbytes) in found.items():
+                _add(into, key, packets, nbytes)
         self.intervals += 1
         self.records.observe(len(batch))
         report = self.probe.status().last_poll
@@ -228,7 +227,7 @@ class ProbeMetrics:
         """Verdict and drop counters, 0 for every device and direction counted until seen (so
         a rate has a start), and the active policy read from the policy service."""
         seen = set(self.traffic) | {key[:2] for key in self.verdicts}
-        verdicts = {(*key, v): self.verdicts.get((*key, v), [0, 0]) for key in seen for v in VERDICTS}
+        verdicts = {(*key, v): self.verdicts.get((*key, v), [0, 0]) for key in seen for v in VERDICTS[1:]}
         yield from _traffic("connstats_policy", verdicts, "the policy judged, by verdict (governed devices "
                             "only), in published intervals", ["iface", "direction", "verdict"])
         dropped = {key: self.dropped.get(key, [0, 0]) for key in seen}

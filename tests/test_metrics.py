@@ -23,7 +23,8 @@ from connstats.probe.contract import (
 )
 from connstats.probe.http_api import HttpApi
 from connstats.probe.kernel_probe import PollReport
-from connstats.probe.metrics import ProbeMetrics, interval_sums, policy_sums
+from connstats.probe.flow_batch import JUDGED
+from connstats.probe.metrics import ProbeMetrics, interval_sums
 from connstats.probe.poller import MapRead
 from connstats.probe.ports import PolicyReport, ProbeStatus
 from connstats.probe.publisher import FlowPublisher, PublisherStats
@@ -89,44 +90,50 @@ def test_interval_sums_group_records_and_overflow_by_device_and_direction():
                          record(4, "eth0", "egress", 7, 700, 3), record(3, "veth0", "egress", 1, 60, 4),
                          record(9, "", "ingress", 1, 42, 5)],
                      overflow=[OverflowCount(3, "veth0", "egress", 11, 1100), OverflowCount(0, "", "ingress", 2, 84)])
-    records, overflow = interval_sums(batch)
+    records, overflow, verdicts, dropped = interval_sums(batch)
     assert records == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90], ("eth0", "egress"): [7, 700],
                        ("ifindex-9", "ingress"): [1, 42]}
     assert overflow == {("veth0", "egress"): [11, 1100], ("unattributed", "ingress"): [2, 84]}
-    assert interval_sums(interval(2, [])) == ({}, {})
+    assert (verdicts, dropped) == ({}, {})  # no record has a verdict
+    assert interval_sums(interval(2, [])) == ({}, {}, {}, {})
     # devices that do not name every record's ifindex: grouped by sorting instead, same sums
-    unnamed, _ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
+    unnamed, *_ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
     assert unnamed == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90],
                        ("ifindex-4", "egress"): [7, 700], ("ifindex-9", "ingress"): [1, 42]}
 
 
 def judged(batch: FlowBatch, *modes: int) -> FlowBatch:
-    """``batch`` as the kernel gives it: with the mode each record was judged under."""
-    return FlowBatch(batch.envelope, batch.columns, batch.devices, np.array(modes, dtype=np.uint8))
+    """``batch`` as the kernel gives it: with each record's verdict code and the mode it was judged under."""
+    judgement = np.zeros(len(batch), JUDGED)
+    judgement["verdict"] = [("", "allow", "deny").index(v) for v in batch.column("verdict")]
+    judgement["mode"] = modes
+    return FlowBatch(batch.envelope, batch.columns, batch.devices, judgement)
 
 
-def test_policy_sums_group_governed_records_by_verdict_and_deny_under_protect_as_dropped():
+def test_interval_sums_group_governed_records_by_verdict_and_deny_under_protect_as_dropped():
     batch = judged(interval(1, [
         record(3, "veth0", "egress", 5, 500, 1, "allow"), record(3, "veth0", "egress", 7, 700, 2, "deny"),
         record(3, "veth0", "egress", 2, 200, 3, "deny"), record(3, "veth0", "ingress", 4, 240, 4, "deny"),
         record(4, "eth0", "egress", 9, 900, 5, ""), record(3, "veth0", "ingress", 1, 60, 6, "allow"),
         record(5, "veth1", "ingress", 3, 330, 7, "deny")],
         overflow=[OverflowCount(3, "veth0", "egress", 11, 1100)]), 2, 2, 1, 2, 0, 2, 1)
-    verdicts, dropped = policy_sums(batch, "off")
-    assert verdicts == {("veth0", "egress", "allow"): [5, 500], ("veth0", "egress", "deny"): [9, 900],
-                        ("veth0", "ingress", "deny"): [4, 240], ("veth0", "ingress", "allow"): [1, 60],
-                        ("veth1", "ingress", "deny"): [3, 330]}  # eth0 is not governed; overflow has no verdict
+    sums = interval_sums(batch, "off")
+    assert sums.verdicts == {("veth0", "egress", "allow"): [5, 500], ("veth0", "egress", "deny"): [9, 900],
+                             ("veth0", "ingress", "deny"): [4, 240], ("veth0", "ingress", "allow"): [1, 60],
+                             ("veth1", "ingress", "deny"): [3, 330]}  # eth0 is not governed; overflow has no verdict
     # deny judged under protect only: the 2 packets judged under monitor (a switch) passed
-    assert dropped == {("veth0", "egress"): [7, 700], ("veth0", "ingress"): [4, 240]}
-    # without the kernel's modes (a batch built from records): the mode at publish time
+    assert sums.dropped == {("veth0", "egress"): [7, 700], ("veth0", "ingress"): [4, 240]}
+    assert sums.records == {("veth0", "egress"): [14, 1400], ("veth0", "ingress"): [5, 300],
+                            ("eth0", "egress"): [9, 900], ("veth1", "ingress"): [3, 330]}
+    # without the kernel's judgement (a batch built from records): its text and the mode at publish time
     plain = FlowBatch(batch.envelope, batch.columns, batch.devices)
-    assert policy_sums(plain, "protect")[1] == {("veth0", "egress"): [9, 900], ("veth0", "ingress"): [4, 240],
-                                                ("veth1", "ingress"): [3, 330]}
-    assert policy_sums(plain, "monitor") == (verdicts, {})
-    assert policy_sums(interval(2, [record(3, "veth0", "egress", 5, 500, 1)]), "protect") == ({}, {})
-    # the kernel's modes follow the records through slice and take
-    assert policy_sums(batch.slice(1, 3), "off")[1] == {("veth0", "egress"): [7, 700]}
-    assert policy_sums(batch.take([6, 1]), "off")[1] == {("veth0", "egress"): [7, 700]}
+    assert interval_sums(plain, "protect").dropped == {("veth0", "egress"): [9, 900], ("veth0", "ingress"): [4, 240],
+                                                       ("veth1", "ingress"): [3, 330]}
+    assert interval_sums(plain, "monitor") == (*sums[:3], {})
+    assert interval_sums(interval(2, [record(3, "veth0", "egress", 5, 500, 1)]), "protect")[2:] == ({}, {})
+    # the kernel's judgement follows the records through slice and take
+    assert interval_sums(batch.slice(1, 3)).dropped == {("veth0", "egress"): [7, 700]}
+    assert interval_sums(batch.take([6, 1])).dropped == {("veth0", "egress"): [7, 700]}
 
 
 class FakePolicy:
