@@ -1,6 +1,6 @@
 """End to end: the policy's verdict and drop counters in the self-metrics of a real
 ``connstats up`` (real BPF on test veths, the embedded NATS, real SQLite), a policy applied
-in protect mode with ``connstats policy apply``.
+in protect mode with ``connstats policy apply``, then in monitor mode, then removed.
 
 Oracle: the namespace-side veth counters. On the host-side veth of a namespace, what the
 namespace sends is ``egress`` and what it gets ``ingress``; a packet dropped in protect mode
@@ -112,5 +112,32 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
     assert len(mine) == len(events) and sum(e["packets"] for e in mine) == SENT_DENIED
     assert got[("connstats_policy_violation_events_total", ())] == len(events)
     assert got[("connstats_policy_violation_events_failed_total", ())] == 0
+
+    # monitor: denied traffic passes; counted as deny on both veths, the dropped counters stay
+    monitored = connstats(cs_env, "policy", "apply", str(path), "--mode", "monitor")
+    assert monitored.returncode == 0, monitored.stderr
+    before = {h.host_if: h.counters() for h in (a, b)}
+    a.traffic("udp", b.ipv4, DENIED + 1, 42002, SENT_ALLOWED, SIZE)  # b answers ICMP port unreachable
+    time.sleep(0.5)
+    passed = deltas((a, b), before)
+    assert passed[b.host_if, "ingress"] == passed[a.host_if, "egress"] == (SENT_ALLOWED, SENT_ALLOWED * PER_PACKET)
+    deny_now = {(a.host_if, "egress"): (SENT_DENIED + SENT_ALLOWED, (SENT_DENIED + SENT_ALLOWED) * PER_PACKET),
+                (b.host_if, "ingress"): (SENT_ALLOWED, SENT_ALLOWED * PER_PACKET)}
+    allow_now = {key: (allowed[key][0] + passed[key][0], allowed[key][1] + passed[key][1]) for key in allowed}
+    for key in deny_now:  # the requests are denied, the ICMP answers allowed
+        allow_now[key] = allowed[key]
+
+    def monitored_settled():
+        got = samples(endpoint)
+        return got if (all(policy_metric(got, "", *k, "deny") == v for k, v in deny_now.items())
+                       and all(policy_metric(got, "", *k, "allow") == v for k, v in allow_now.items())
+                       and got[("connstats_policy_mode", ())] == 1) else None
+
+    got = wait_until(monitored_settled, 30, "the monitored traffic counted")
+    assert policy_metric(got, "dropped_", a.host_if, "egress") == denied  # unchanged
+    assert policy_metric(got, "dropped_", b.host_if, "ingress") == (0, 0)
+    assert connstats(cs_env, "policy", "off").returncode == 0
+    got = samples(endpoint)
+    assert [got[f"connstats_policy_{n}", ()] for n in ("mode", "rules", "groups", "governed_devices")] == [0] * 4
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
