@@ -229,7 +229,7 @@ class ProbeMetrics:
         seen = set(self.traffic) | {key[:2] for key in self.verdicts}
         verdicts = {(*key, v): self.verdicts.get((*key, v), [0, 0]) for key in seen for v in VERDICTS[1:]}
         yield from _traffic("connstats_policy", verdicts, "the policy judged, by verdict (governed devices "
-                            "only), in published intervals", ["iface", "direction", "verdict"])
+                            "only), in published intervals", ("iface", "direction", "verdict"))
         dropped = {key: self.dropped.get(key, [0, 0]) for key in seen}
         yield from _traffic("connstats_policy_dropped", dropped, "judged deny in protect mode: counted, "
                             "then dropped in the kernel")
@@ -248,7 +248,7 @@ class ProbeMetrics:
                        "too big for the kernel's tables, or the saved policy at start)", report.apply_failures)
 
 
-def _traffic(prefix: str, sums: dict, meaning: str, labels: list[str] = ["iface", "direction"]) -> Iterable[Metric]:
+def _traffic(prefix: str, sums: dict, meaning: str, labels: tuple[str, ...] = ("iface", "direction")) -> Iterable[Metric]:
     packets = CounterMetricFamily(f"{prefix}_packets", f"Packets {meaning}", labels=labels)
     nbytes = CounterMetricFamily(f"{prefix}_bytes", f"Bytes {meaning}", labels=labels)
     for key, (p, b) in sorted(sums.items()):
