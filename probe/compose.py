@@ -97,8 +97,8 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
     containers = ContainerIndex()
-    ProbeMetrics(daemon, config.telemetry)  # before the first (recovered) interval is published
     policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
+    ProbeMetrics(daemon, config.telemetry, policy)  # before the first (recovered) interval is published
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
         policy.bind,  # before the control plane, which answers its verbs

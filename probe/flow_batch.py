@@ -7,7 +7,7 @@ object per record on either end. ``batch.records()`` (or iterating a batch) give
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -23,6 +23,11 @@ class FlowBatch:
     envelope: Envelope
     columns: FlowColumns
     devices: tuple[Device, ...] = ()
+    # The kernel's judgement of each record (JUDGED: its verdict's index in VERDICTS and the
+    # mode, 0 off, 1 monitor, 2 protect, of the policy word it was judged under at its last
+    # packet), for the self-metrics. Not on the wire: None for batches decoded from messages
+    # or built from records.
+    judged: np.ndarray | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.columns.ifindex)
@@ -63,7 +68,8 @@ class FlowBatch:
         ifindexes = columns.ifindex
         used = set(np.unique(ifindexes).tolist() if isinstance(ifindexes, np.ndarray) else ifindexes)
         envelope = replace(self.envelope, record_offset=self.envelope.record_offset + max(0, start))
-        return FlowBatch(envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+        judged = self.judged[start:stop] if self.judged is not None else None
+        return FlowBatch(envelope, columns, tuple(d for d in self.devices if d.ifindex in used), judged)
 
     def columns_at(self, indexes: Iterable[int]) -> FlowColumns:
         """The columns of the records at ``indexes`` (a sample)."""
@@ -73,9 +79,11 @@ class FlowBatch:
 
     def take(self, indexes: Iterable[int]) -> FlowBatch:
         """The records at ``indexes``, in that order (``record_offset`` unchanged)."""
+        indexes = list(indexes)
         columns = self.columns_at(indexes)
         used = set(as_list(columns.ifindex))
-        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used))
+        judged = self.judged[indexes] if self.judged is not None else None
+        return FlowBatch(self.envelope, columns, tuple(d for d in self.devices if d.ifindex in used), judged)
 
     def on_device(self, ifname: str | None) -> FlowBatch:
         """The records counted on the device named ``ifname`` (all if None)."""
@@ -99,7 +107,7 @@ class FlowBatch:
         return cls(envelope, columns, tuple(devices.values()))
 
     def with_envelope(self, envelope: Envelope) -> FlowBatch:
-        return FlowBatch(envelope, self.columns, self.devices)
+        return FlowBatch(envelope, self.columns, self.devices, self.judged)
 
     @classmethod
     def from_records(cls, envelope: Envelope, records: Iterable[FlowRecord]) -> FlowBatch:
@@ -136,11 +144,16 @@ class FlowBatch:
         no_labels = ("", "", "")
         devices = tuple(Device(i, ifnames.get(i, ""), *labels.get(i, no_labels))
                         for i in np.unique(keys["ifindex"]).tolist())
-        return cls(envelope, columns, devices)
+        judged = np.empty(len(values), JUDGED)
+        judged["verdict"] = np.minimum(values["verdict"], len(VERDICTS) - 1)
+        judged["mode"] = values["policy"] & _MODE_MASK
+        return cls(envelope, columns, devices, judged)
 
 
 _DIRECTION_TEXT = np.array(DIRECTIONS, dtype=object)
 _VERDICT_TEXT = np.array(VERDICTS, dtype=object)
+_MODE_MASK = 3  # of the policy word (probe/policy/tables.py)
+JUDGED = np.dtype([("verdict", "u1"), ("mode", "u1")])  # FlowBatch.judged
 
 
 def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:

@@ -1,29 +1,42 @@
 """The probe's self-metrics, read from what the probe keeps anyway (``ProbePort.status``),
 plus per-interval sums of the published batches (one vectorised group-by per interval).
 
-    build_probe ─ ProbeMetrics(probe, telemetry)
+    build_probe ─ ProbeMetrics(probe, telemetry, policy service)
         probe.on_interval ──> add_interval(batch): packets and bytes per (iface, direction),
                               overflow included; records per interval; poll and drain times
+                              verdicts and drops per (iface, direction[, verdict])
         telemetry.registry ─> collect() at scrape time: the sums, map fill, outbox, publisher,
-                              NATS reconnects, attached devices, attach failures
+                              NATS reconnects, attached devices, attach failures, the policy
         telemetry /readyz  ─> "probe": classifier loaded and NATS connected
 
 ``connstats_packets_total``/``connstats_bytes_total`` count exactly what the published
 intervals carry (the records plus the envelope's overflow counts), so they equal the
 store's totals for the same intervals.
+
+The policy counters come from the same intervals, in the same group-by: packets and bytes
+per (iface, direction, verdict) of the governed records, and those of the deny records
+whose verdict the kernel judged under a protect word (the record keeps the word of its
+last packet), i.e. dropped. At a mode switch within an interval, a connection's packets
+from before the switch count under the mode after it (its verdict is judged again then):
+protect -> monitor leaves those dropped packets out of the dropped counter, monitor ->
+protect counts the passed ones in; overflow has no verdict. The active policy (mode,
+rules, governed devices, violation events, failed applies) is read from the policy
+service at scrape time.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .flow_batch import FlowBatch
-from .ports import ProbePort, ProbeStatus
+from .policy.tables import MODES
+from .record import VERDICTS
+from .ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 from .telemetry import Telemetry
 
 log = logging.getLogger("connstats.probe")
@@ -35,31 +48,69 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 LOOKUP_LIMIT = 1 << 20  # ifindexes below this are grouped through a lookup table
 RECORD_BUCKETS = (0, 10, 100, 1000, 10_000, 50_000, 100_000, 250_000, 1_000_000)
 
+PROTECT = MODES.index("protect")
+ALLOW, DENY = VERDICTS.index("allow"), VERDICTS.index("deny")  # the record's (and kernel's) verdict codes
+DROPPED = DENY + 1  # a group kind: deny, judged under protect
+
 Sums = dict[tuple[str, str], list[int]]  # (iface, direction) -> [packets, bytes]
+VerdictSums = dict[tuple[str, str, str], list[int]]  # (iface, direction, verdict) -> [packets, bytes]
 
 
-def interval_sums(batch: FlowBatch) -> tuple[Sums, Sums]:
-    """(records, overflow) packets and bytes per (iface, direction) of one interval: one
-    stable sort of small group numbers (a radix sort) and exact uint64 sums per group."""
-    names = {d.ifindex: d.ifname for d in batch.devices}
-    records: Sums = {}
+class IntervalSums(NamedTuple):
+    records: Sums  # packets and bytes per (iface, direction) of the records
+    overflow: Sums  # ... of the envelope's overflow counts
+    verdicts: VerdictSums  # ... per (iface, direction, verdict) of the governed records
+    dropped: Sums  # ... of the deny records judged under protect
+
+
+def interval_sums(batch: FlowBatch, mode_now: str = "off") -> IntervalSums:
+    """The sums of one interval, from one group-by of the records by (device, direction,
+    kind: no verdict, allow, deny passed, deny dropped). The mode a record was judged under
+    is the kernel's (``batch.judged``); a batch without it counts as judged under ``mode_now``."""
+    sums = IntervalSums({}, {}, {}, {})
     if len(batch):
-        cols = batch.columns
-        ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64), names)
-        group = position * 2 + (np.asarray(cols.direction, dtype=object) == "egress")
-        group = group.astype(np.uint16 if len(ifindexes) < 1 << 15 else np.int64)
-        order = np.argsort(group, kind="stable")
-        sorted_groups = group[order]
-        starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-        packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
-        nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
-        for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
-            ifindex = int(ifindexes[g // 2])
-            _add(records, (iface_label(ifindex, names.get(ifindex, "")), "egress" if g % 2 else "ingress"), p, b)
-    overflow: Sums = {}
+        verdict, mode = judgement(batch, mode_now)
+        kind = verdict + ((verdict == DENY) & (mode == PROTECT))
+        for iface, direction, k, p, b in _group_sums(batch, kind.astype(np.uint8), 4):
+            _add(sums.records, (iface, direction), p, b)
+            if k:
+                _add(sums.verdicts, (iface, direction, VERDICTS[min(k, DENY)]), p, b)
+            if k == DROPPED:
+                _add(sums.dropped, (iface, direction), p, b)
     for o in batch.envelope.overflow:
-        _add(overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
-    return records, overflow
+        _add(sums.overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
+    return sums
+
+
+def judgement(batch: FlowBatch, mode_now: str) -> tuple[np.ndarray, np.ndarray]:
+    """(verdict as its index in VERDICTS, the mode it was judged under) per record: the
+    kernel's numbers when the batch has them, else from the text column and ``mode_now``."""
+    if batch.judged is not None:
+        return batch.judged["verdict"], batch.judged["mode"]
+    text = np.asarray(batch.columns.verdict, dtype=object)
+    verdict = (text == "allow") * ALLOW + (text == "deny") * DENY
+    return verdict.astype(np.uint8), np.full(len(batch), MODES.index(mode_now), np.uint8)
+
+
+def _group_sums(batch: FlowBatch, kind: np.ndarray, kinds: int) -> Iterable[tuple[str, str, int, int, int]]:
+    """(iface, direction, kind, packets, bytes) per group of the records, each of a ``kind``
+    below ``kinds``: one stable sort of small group numbers (a radix sort) and exact uint64
+    sums per group."""
+    names = {d.ifindex: d.ifname for d in batch.devices}
+    cols = batch.columns
+    ifindexes, position = _device_positions(np.asarray(cols.ifindex, dtype=np.int64), names)
+    egress = np.asarray(cols.direction, dtype=object) == "egress"
+    group = (position.astype(np.int64) * 2 + egress) * kinds + kind
+    group = group.astype(np.uint16 if len(ifindexes) * 2 * kinds <= 1 << 16 else np.int64)
+    order = np.argsort(group, kind="stable")
+    sorted_groups = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
+    nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
+    for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
+        device, k = divmod(g, kinds)
+        ifindex = int(ifindexes[device // 2])
+        yield iface_label(ifindex, names.get(ifindex, "")), "egress" if device % 2 else "ingress", k, p, b
 
 
 def _device_positions(ifindex: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +133,7 @@ def iface_label(ifindex: int, ifname: str) -> str:
     return UNATTRIBUTED if ifindex == 0 else f"ifindex-{ifindex}"
 
 
-def _add(sums: Sums, key: tuple[str, str], packets: int, nbytes: int) -> None:
+def _add(sums: dict, key: tuple, packets: int, nbytes: int) -> None:
     total = sums.setdefault(key, [0, 0])
     total[0] += packets
     total[1] += nbytes
@@ -91,10 +142,13 @@ def _add(sums: Sums, key: tuple[str, str], packets: int, nbytes: int) -> None:
 class ProbeMetrics:
     """The collector of one probe; see the module docstring."""
 
-    def __init__(self, probe: ProbePort, telemetry: Telemetry) -> None:
+    def __init__(self, probe: ProbePort, telemetry: Telemetry, policy: PolicyReporter | None = None) -> None:
         self.probe = probe
+        self.policy = policy
         self.traffic: Sums = {}  # records and overflow
         self.overflow: Sums = {}
+        self.verdicts: VerdictSums = {}  # governed records
+        self.dropped: Sums = {}  # deny records judged under protect
         self.intervals = 0
         self._polled_seq = -1
         self._warned_at = {4: -1e9, 6: -1e9}
@@ -120,11 +174,11 @@ class ProbeMetrics:
             log.exception("the self-metrics missed interval %d", batch.envelope.interval_seq)
 
     def _add(self, batch: FlowBatch) -> None:
-        records, overflow = interval_sums(batch)
-        for key, (packets, nbytes) in (*records.items(), *overflow.items()):
-            _add(self.traffic, key, packets, nbytes)
-        for key, (packets, nbytes) in overflow.items():
-            _add(self.overflow, key, packets, nbytes)
+        sums = interval_sums(batch, self._policy().mode)
+        for into, found in ((self.traffic, sums.records), (self.traffic, sums.overflow),
+                            (self.overflow, sums.overflow), (self.verdicts, sums.verdicts), (self.dropped, sums.dropped)):
+            for key, (packets, nbytes) in found.items():
+                _add(into, key, packets, nbytes)
         self.intervals += 1
         self.records.observe(len(batch))
         report = self.probe.status().last_poll
@@ -154,6 +208,9 @@ class ProbeMetrics:
             return "NATS is not connected"
         return None
 
+    def _policy(self) -> PolicyReport:
+        return self.policy.report() if self.policy is not None else PolicyReport()
+
     def collect(self) -> Iterable[Metric]:
         status = self.probe.status()
         yield from _traffic("connstats", self.traffic, "in published intervals, overflow included")
@@ -164,14 +221,39 @@ class ProbeMetrics:
         yield from _publisher(status)
         yield _gauge("connstats_attached_devices", "Devices the classifier is attached to", status.attached_devices)
         yield _counter("connstats_attach_failures", "Attach requests that failed", status.attach_failures)
+        yield from self._policy_metrics()
+
+    def _policy_metrics(self) -> Iterable[Metric]:
+        """Verdict and drop counters, 0 for every device and direction counted until seen (so
+        a rate has a start), and the active policy read from the policy service."""
+        seen = set(self.traffic) | {key[:2] for key in self.verdicts}
+        verdicts = {(*key, v): self.verdicts.get((*key, v), [0, 0]) for key in seen for v in VERDICTS[1:]}
+        yield from _traffic("connstats_policy", verdicts, "the policy judged, by verdict (governed devices "
+                            "only), in published intervals", ("iface", "direction", "verdict"))
+        dropped = {key: self.dropped.get(key, [0, 0]) for key in seen}
+        yield from _traffic("connstats_policy_dropped", dropped, "judged deny in protect mode: counted, "
+                            "then dropped in the kernel")
+        report = self._policy()
+        yield _gauge("connstats_policy_mode", "The policy mode: 0 off, 1 monitor, 2 protect",
+                     MODES.index(report.mode))
+        yield _gauge("connstats_policy_rules", "Allow rules in the active policy", report.rules)
+        yield _gauge("connstats_policy_groups", "Groups in the active policy", report.groups)
+        yield _gauge("connstats_policy_governed_devices", "Attached devices the policy governs",
+                     report.governed_devices)
+        yield _counter("connstats_policy_violation_events", "Violation events published",
+                       report.violation_events)
+        yield _counter("connstats_policy_violation_events_failed", "Violation events not published (NATS errors)",
+                       report.violation_events_failed)
+        yield _counter("connstats_policy_apply_failures", "Policy applies refused or failed (invalid, "
+                       "too big for the kernel's tables, or the saved policy at start)", report.apply_failures)
 
 
-def _traffic(prefix: str, sums: Sums, meaning: str) -> Iterable[Metric]:
-    packets = CounterMetricFamily(f"{prefix}_packets", f"Packets {meaning}", labels=["iface", "direction"])
-    nbytes = CounterMetricFamily(f"{prefix}_bytes", f"Bytes {meaning}", labels=["iface", "direction"])
-    for (iface, direction), (p, b) in sorted(sums.items()):
-        packets.add_metric([iface, direction], p)
-        nbytes.add_metric([iface, direction], b)
+def _traffic(prefix: str, sums: dict, meaning: str, labels: tuple[str, ...] = ("iface", "direction")) -> Iterable[Metric]:
+    packets = CounterMetricFamily(f"{prefix}_packets", f"Packets {meaning}", labels=labels)
+    nbytes = CounterMetricFamily(f"{prefix}_bytes", f"Bytes {meaning}", labels=labels)
+    for key, (p, b) in sorted(sums.items()):
+        packets.add_metric(list(key), p)
+        nbytes.add_metric(list(key), b)
     return packets, nbytes
 
 

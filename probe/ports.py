@@ -30,6 +30,23 @@ class ProbeStatus:
     last_poll: PollReport | None  # None before the first poll
 
 
+@dataclass(frozen=True)
+class PolicyReport:
+    """The active policy as the self-metrics read it at scrape time (probe/policy/service.py)."""
+
+    mode: str = "off"  # off | monitor | protect
+    rules: int = 0
+    groups: int = 0
+    governed_devices: int = 0
+    violation_events: int = 0  # published on connstats.v1.policy.<host>
+    violation_events_failed: int = 0  # not published (NATS errors)
+    apply_failures: int = 0  # applies refused or failed (the verb, the saved policy at start)
+
+
+class PolicyReporter(Protocol):
+    def report(self) -> PolicyReport: ...
+
+
 class ProbePort(Protocol):
     @property
     def interval(self) -> float:

@@ -135,9 +135,10 @@ def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
         per_device = seen[(*orientations[0], row.proto, row.port)].setdefault(row.ifname, [0, 0])
         per_device[0] = max(per_device[0], row.connections)  # egress and ingress: the same clients
         per_device[1] += row.bytes
-    names = _names(devices | {g for key in rules for g in key[:2] if isinstance(g, _Group)})
+    rules, members = _merge_prefixes(rules)
+    names = _names(devices | {g for key in rules for g in key[:2] if isinstance(g, _Group)}, members)
     return LearnedPolicy(
-        groups={names[g]: {g.kind: [g.value]} for g in sorted(names, key=names.get)},
+        groups={names[g]: {g.kind: [m.value for m in members.get(g, (g,))]} for g in sorted(names, key=names.get)},
         rules=sorted((Rule(_name(s, names), _name(t, names), proto, port_ranges(ports))
                       for (s, t, proto), ports in rules.items()), key=lambda r: (r.source, r.target, r.proto)),
         connections=sum(max(c for c, _ in d.values()) for d in seen.values()),
@@ -235,14 +236,42 @@ class _PeerGroups:
         return network
 
 
-def _names(groups: set[_Group]) -> dict[_Group, str]:
+def _merge_prefixes(rules: dict[tuple, set[int]]) -> tuple[dict[tuple, set[int]], dict[_Group, list[_Group]]]:
+    """Prefix groups allowed exactly the same things become one group of several prefixes
+    (one rule instead of one per prefix). Returns the rules on the merged groups and each
+    merged group's prefixes (its first prefix stands for the group)."""
+    allowed: dict[_Group, set[tuple]] = defaultdict(set)
+    for (source, target, proto), ports in rules.items():
+        for group, role, other in ((source, "from", target), (target, "to", source)):
+            if isinstance(group, _Group) and group.kind == "cidrs":
+                allowed[group].add((role, other, proto, frozenset(ports)))
+    alike: dict[frozenset, list[_Group]] = defaultdict(list)
+    for group in sorted(allowed, key=lambda g: _prefix_order(g.value)):
+        alike[frozenset(allowed[group])].append(group)
+    first = {group: same[0] for same in alike.values() for group in same}
+    merged: dict[tuple, set[int]] = defaultdict(set)
+    for (source, target, proto), ports in rules.items():
+        merged[(first.get(source, source), first.get(target, target), proto)] |= ports
+    return merged, {same[0]: same for same in alike.values() if len(same) > 1}
+
+
+def _prefix_order(prefix: str) -> tuple:
+    network = ipaddress.ip_network(prefix)
+    return network.version, network.network_address, network.prefixlen
+
+
+def _names(groups: set[_Group], members: dict[_Group, list[_Group]] | None = None) -> dict[_Group, str]:
     """A TOML-friendly name per group: the container, netns or device name (characters other
-    than letters, digits, ``_`` and ``-`` made ``-``), ``net-<prefix>`` for prefixes; a
-    name taken already, or built in, gets its kind as suffix."""
+    than letters, digits, ``_`` and ``-`` made ``-``), ``net-<prefix>`` for prefixes
+    (``net-<first prefix>-and-<n>-more`` for a group of several); a name taken already, or
+    built in, gets its kind as suffix."""
     names: dict[_Group, str] = {}
     taken = set(BUILT_IN)
+    members = members or {}
     for group in sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.value)):
         base = "net-" + group.value if group.kind == "cidrs" else group.value
+        if len(members.get(group, ())) > 1:
+            base += f"-and-{len(members[group]) - 1}-more"
         name = re.sub(r"[^A-Za-z0-9_-]", "-", base).lstrip("-")[:MAX_NAME] or group.kind
         if name in taken:
             name = f"{name[:MAX_NAME - len(group.kind) - 1]}-{group.kind}"

@@ -465,6 +465,9 @@ def test_the_exported_metrics_are_the_ones_the_self_dashboard_was_written_for(ex
     assert {"connstats_packets_total", "connstats_map_capacity", "connstats_outbox_messages",
             "connstats_sink_consumer_pending", "connstats_sink_write_duration_seconds_bucket"} <= set(exported)
     assert exported["connstats_packets_total"] == {"iface", "direction"}
+    # the policy counters are exported before any policy (0 per device and direction counted)
+    assert exported["connstats_policy_packets_total"] == {"iface", "direction", "verdict"}
+    assert exported["connstats_policy_dropped_packets_total"] == {"iface", "direction"}
 
 
 @pytest.mark.parametrize("title, expr", promql_queries(SELF), ids=[t for t, _ in promql_queries(SELF)])
@@ -480,7 +483,8 @@ def test_the_self_dashboard_covers_what_the_issue_asks():
     used = set().union(*(promql_names(expr)[0] for _, expr in promql_queries(SELF)))
     assert {"connstats_packets_total", "connstats_bytes_total", "connstats_map_entries", "connstats_map_capacity",
             "connstats_outbox_messages", "connstats_overflow_packets_total", "connstats_outbox_dropped_records_total",
-            "connstats_sink_dead_letters_total", "connstats_sink_consumer_pending"} <= used
+            "connstats_sink_dead_letters_total", "connstats_sink_consumer_pending",
+            "connstats_policy_packets_total", "connstats_policy_dropped_packets_total"} <= used
 
 
 def test_the_readme_describes_every_panel():

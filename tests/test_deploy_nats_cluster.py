@@ -41,10 +41,10 @@ def probe_user_env(host: str) -> dict[str, str]:
     """What compose.yaml gives the NATS nodes for its probe (CONNSTATS_HOST=host): the user
     and the subjects of probe/nats_auth.py's probe role."""
     token = host_token(host)
-    flows, events, *_ = probe_publish(token)
+    flows, events, policy, *_ = probe_publish(token)
     control, _ = probe_subscribe(token)
     return {"NATS_PROBE_USER": f"probe-{token}", "NATS_PROBE_FLOWS": flows, "NATS_PROBE_EVENTS": events,
-            "NATS_PROBE_CONTROL": control}
+            "NATS_PROBE_POLICY": policy, "NATS_PROBE_CONTROL": control}
 
 
 def node_env(name: str, store: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ import logging
 import time
 
 import aiohttp
+import numpy as np
 import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,9 +23,10 @@ from connstats.probe.contract import (
 )
 from connstats.probe.http_api import HttpApi
 from connstats.probe.kernel_probe import PollReport
+from connstats.probe.flow_batch import JUDGED
 from connstats.probe.metrics import ProbeMetrics, interval_sums
 from connstats.probe.poller import MapRead
-from connstats.probe.ports import ProbeStatus
+from connstats.probe.ports import PolicyReport, ProbeStatus
 from connstats.probe.publisher import FlowPublisher, PublisherStats
 from connstats.probe.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.totals import ConnectionTotals
@@ -42,9 +44,10 @@ def scrape(telemetry: Telemetry) -> dict[tuple, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def record(ifindex: int, ifname: str, direction: str, packets: int, nbytes: int, port: int) -> FlowRecord:
+def record(ifindex: int, ifname: str, direction: str, packets: int, nbytes: int, port: int,
+           verdict: str = "") -> FlowRecord:
     return FlowRecord(T0, T0 + 10, ifindex, ifname, direction, 4, 17, "10.0.0.1", "10.0.0.2", port, 53,
-                      packets, nbytes, T0 + 1, T0 + 2, 0)
+                      packets, nbytes, T0 + 1, T0 + 2, 0, verdict=verdict)
 
 
 def interval(seq: int, records: list[FlowRecord], overflow=()) -> FlowBatch:
@@ -87,15 +90,94 @@ def test_interval_sums_group_records_and_overflow_by_device_and_direction():
                          record(4, "eth0", "egress", 7, 700, 3), record(3, "veth0", "egress", 1, 60, 4),
                          record(9, "", "ingress", 1, 42, 5)],
                      overflow=[OverflowCount(3, "veth0", "egress", 11, 1100), OverflowCount(0, "", "ingress", 2, 84)])
-    records, overflow = interval_sums(batch)
+    records, overflow, verdicts, dropped = interval_sums(batch)
     assert records == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90], ("eth0", "egress"): [7, 700],
                        ("ifindex-9", "ingress"): [1, 42]}
     assert overflow == {("veth0", "egress"): [11, 1100], ("unattributed", "ingress"): [2, 84]}
-    assert interval_sums(interval(2, [])) == ({}, {})
+    assert (verdicts, dropped) == ({}, {})  # no record has a verdict
+    assert interval_sums(interval(2, [])) == ({}, {}, {}, {})
     # devices that do not name every record's ifindex: grouped by sorting instead, same sums
-    unnamed, _ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
+    unnamed, *_ = interval_sums(FlowBatch(batch.envelope, batch.columns, batch.devices[:1]))
     assert unnamed == {("veth0", "egress"): [6, 560], ("veth0", "ingress"): [2, 90],
                        ("ifindex-4", "egress"): [7, 700], ("ifindex-9", "ingress"): [1, 42]}
+
+
+def judged(batch: FlowBatch, *modes: int) -> FlowBatch:
+    """``batch`` as the kernel gives it: with each record's verdict code and the mode it was judged under."""
+    judgement = np.zeros(len(batch), JUDGED)
+    judgement["verdict"] = [("", "allow", "deny").index(v) for v in batch.column("verdict")]
+    judgement["mode"] = modes
+    return FlowBatch(batch.envelope, batch.columns, batch.devices, judgement)
+
+
+def test_interval_sums_group_governed_records_by_verdict_and_deny_under_protect_as_dropped():
+    batch = judged(interval(1, [
+        record(3, "veth0", "egress", 5, 500, 1, "allow"), record(3, "veth0", "egress", 7, 700, 2, "deny"),
+        record(3, "veth0", "egress", 2, 200, 3, "deny"), record(3, "veth0", "ingress", 4, 240, 4, "deny"),
+        record(4, "eth0", "egress", 9, 900, 5, ""), record(3, "veth0", "ingress", 1, 60, 6, "allow"),
+        record(5, "veth1", "ingress", 3, 330, 7, "deny")],
+        overflow=[OverflowCount(3, "veth0", "egress", 11, 1100)]), 2, 2, 1, 2, 0, 2, 1)
+    sums = interval_sums(batch, "off")
+    assert sums.verdicts == {("veth0", "egress", "allow"): [5, 500], ("veth0", "egress", "deny"): [9, 900],
+                             ("veth0", "ingress", "deny"): [4, 240], ("veth0", "ingress", "allow"): [1, 60],
+                             ("veth1", "ingress", "deny"): [3, 330]}  # eth0 is not governed; overflow has no verdict
+    # deny judged under protect only: the 2 packets judged under monitor (a switch) passed
+    assert sums.dropped == {("veth0", "egress"): [7, 700], ("veth0", "ingress"): [4, 240]}
+    assert sums.records == {("veth0", "egress"): [14, 1400], ("veth0", "ingress"): [5, 300],
+                            ("eth0", "egress"): [9, 900], ("veth1", "ingress"): [3, 330]}
+    # without the kernel's judgement (a batch built from records): its text and the mode at publish time
+    plain = FlowBatch(batch.envelope, batch.columns, batch.devices)
+    assert interval_sums(plain, "protect").dropped == {("veth0", "egress"): [9, 900], ("veth0", "ingress"): [4, 240],
+                                                       ("veth1", "ingress"): [3, 330]}
+    assert interval_sums(plain, "monitor") == (*sums[:3], {})
+    assert interval_sums(interval(2, [record(3, "veth0", "egress", 5, 500, 1)]), "protect")[2:] == ({}, {})
+    # the kernel's judgement follows the records through slice and take
+    assert interval_sums(batch.slice(1, 3)).dropped == {("veth0", "egress"): [7, 700]}
+    assert interval_sums(batch.take([6, 1])).dropped == {("veth0", "egress"): [7, 700]}
+
+
+class FakePolicy:
+    def __init__(self) -> None:
+        self.now = PolicyReport()
+
+    def report(self) -> PolicyReport:
+        return self.now
+
+
+def test_policy_counters_add_up_per_interval_and_the_active_policy_is_read_at_scrape_time():
+    probe, telemetry, policy = FakeProbe(), Telemetry(process_metrics=False), FakePolicy()
+    ProbeMetrics(probe, telemetry, policy)
+    got = scrape(telemetry)
+    assert [got[f"connstats_policy_{name}", ()] for name in ("mode", "rules", "groups", "governed_devices",
+            "violation_events_total", "violation_events_failed_total", "apply_failures_total")] == [0] * 7
+    probe.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1)]))  # no policy yet: zeros per device
+    got = scrape(telemetry)
+    egress = (("direction", "egress"), ("iface", "veth0"))
+    assert {k: v for k, v in got.items() if k[0].startswith("connstats_policy_") and k[1]} == {
+        ("connstats_policy_packets_total", (*egress, ("verdict", "allow"))): 0,
+        ("connstats_policy_bytes_total", (*egress, ("verdict", "allow"))): 0,
+        ("connstats_policy_packets_total", (*egress, ("verdict", "deny"))): 0,
+        ("connstats_policy_bytes_total", (*egress, ("verdict", "deny"))): 0,
+        ("connstats_policy_dropped_packets_total", egress): 0, ("connstats_policy_dropped_bytes_total", egress): 0}
+    policy.now = PolicyReport(mode="protect", rules=3, groups=2, governed_devices=1, violation_events=4,
+                              violation_events_failed=1, apply_failures=2)
+    probe.publish(judged(interval(2, [record(3, "veth0", "egress", 7, 700, 2, "deny"),
+                                      record(3, "veth0", "egress", 2, 120, 3, "allow")]), 2, 2))
+    probe.publish(judged(interval(3, [record(3, "veth0", "egress", 3, 300, 2, "deny"),
+                                      record(3, "veth0", "ingress", 2, 120, 3, "allow")]), 1, 2))
+    got = scrape(telemetry)
+    ingress = (("direction", "ingress"), ("iface", "veth0"))
+    assert got["connstats_policy_packets_total", (*egress, ("verdict", "deny"))] == 10
+    assert got["connstats_policy_bytes_total", (*egress, ("verdict", "deny"))] == 1000
+    assert got["connstats_policy_packets_total", (*egress, ("verdict", "allow"))] == 2
+    assert got["connstats_policy_packets_total", (*ingress, ("verdict", "allow"))] == 2
+    assert got["connstats_policy_packets_total", (*ingress, ("verdict", "deny"))] == 0
+    assert (got["connstats_policy_dropped_packets_total", egress], got["connstats_policy_dropped_bytes_total", egress]
+            ) == (7, 700)  # the 3 of interval 3 were judged under monitor
+    assert got["connstats_policy_dropped_packets_total", ingress] == 0
+    assert [got[f"connstats_policy_{name}", ()] for name in ("mode", "rules", "groups", "governed_devices",
+            "violation_events_total", "violation_events_failed_total", "apply_failures_total")] == [2, 3, 2, 1, 4, 1, 2]
+    assert got["connstats_packets_total", egress] == 5 + 9 + 3  # the traffic counters as before
 
 
 def test_counters_add_up_every_published_interval_with_overflow_included():

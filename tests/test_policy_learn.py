@@ -133,29 +133,33 @@ async def test_world_peers_as_their_prefixes(tmp_path):
                + conn(End("203.0.113.9"), WEB, 6, 50002, 443) + conn(End("2001:db8:1::7"), WEB6, 6, 50003, 443))
     assert await learned(tmp_path, records, PeerSettings("prefix")) == """\
 [groups]
-net-198-51-100-0-24 = { cidrs = ["198.51.100.0/24"] }
-net-2001-db8-1---64 = { cidrs = ["2001:db8:1::/64"] }
-net-203-0-113-0-24 = { cidrs = ["203.0.113.0/24"] }
+net-198-51-100-0-24-and-2-more = { cidrs = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:1::/64"] }
 web = { containers = ["web"] }
 
 [[allow]]
-from = "net-198-51-100-0-24"
-to = "web"
-proto = "tcp"
-ports = [443]
-
-[[allow]]
-from = "net-2001-db8-1---64"
-to = "web"
-proto = "tcp"
-ports = [443]
-
-[[allow]]
-from = "net-203-0-113-0-24"
+from = "net-198-51-100-0-24-and-2-more"
 to = "web"
 proto = "tcp"
 ports = [443]
 """
+
+
+async def test_prefixes_allowed_different_things_stay_apart(tmp_path):
+    """Two prefixes that reach web on 443 share a group; a third that reaches 22 too, and a
+    fourth that web calls, get groups of their own: four prefixes, three groups, three rules."""
+    records = (conn(End("198.51.100.7"), WEB, 6, 50000, 443) + conn(End("203.0.113.9"), WEB, 6, 50001, 443)
+               + conn(End("192.0.2.5"), WEB, 6, 50002, 443) + conn(End("192.0.2.5"), WEB, 6, 50003, 22)
+               + conn(WEB, End("100.64.1.1"), 17, 40000, 53))
+    doc = check_policy(await learned(tmp_path, records, PeerSettings("prefix")))
+    assert doc["groups"] == {
+        "net-100-64-1-0-24": {"cidrs": ["100.64.1.0/24"]},
+        "net-192-0-2-0-24": {"cidrs": ["192.0.2.0/24"]},
+        "net-198-51-100-0-24-and-1-more": {"cidrs": ["198.51.100.0/24", "203.0.113.0/24"]},
+        "web": {"containers": ["web"]}}
+    assert [(r["from"], r["to"], r["proto"], r["ports"]) for r in doc["allow"]] == [
+        ("net-192-0-2-0-24", "web", "tcp", [22, 443]),
+        ("net-198-51-100-0-24-and-1-more", "web", "tcp", [443]),
+        ("web", "net-100-64-1-0-24", "udp", [53])]
 
 
 async def test_a_port_range_and_single_ports(tmp_path):
@@ -389,8 +393,7 @@ async def test_a_prefix_never_holds_an_address_of_a_group_or_the_host(tmp_path):
                + conn(End("fd00::99"), WEB6, 6, 50001, 443) + conn(End("10.0.0.200"), WEB, 6, 50002, 443))
     doc = check_policy(await learned(tmp_path, records, PeerSettings("prefix"), own=["10.0.0.4"]))
     assert {name: body for name, body in doc["groups"].items() if "cidrs" in body} == {
-        "net-10-0-0-6-31": {"cidrs": ["10.0.0.6/31"]}, "net-10-0-0-128-25": {"cidrs": ["10.0.0.128/25"]},
-        "net-fd00--80-121": {"cidrs": ["fd00::80/121"]}}
+        "net-10-0-0-6-31-and-2-more": {"cidrs": ["10.0.0.6/31", "10.0.0.128/25", "fd00::80/121"]}}
 
 
 def test_the_command_reads_influxdb_by_its_flags(tmp_path, influx_server):

@@ -59,6 +59,8 @@ class FakeProbe:
 
 
 class QuietViolations:
+    published = failed = 0
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -146,3 +148,26 @@ def test_bad_requests_are_one_error_and_change_nothing(tmp_path, body, error, me
 
     assert asyncio.run(run()) == message
     assert probe.tables.installed == [] and not (tmp_path / "policy.json").exists()
+
+
+def test_the_report_for_the_self_metrics_counts_failed_applies(tmp_path):
+    probe = FakeProbe(Device(7, "veth-web1"), Device(8, "veth-db"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        reports = [policy.report()]
+        await policy.apply_verb({"text": POLICY, "mode": "protect"})
+        reports.append(policy.report())
+        for body in ({"text": POLICY, "mode": "enforce"}, {"text": "[groups\n", "mode": "monitor"}):
+            with pytest.raises((ConfigError, PolicyError)):
+                await policy.apply_verb(body)
+        reports.append(policy.report())
+        await policy.off_verb({})
+        reports.append(policy.report())
+        return reports
+
+    off, applied, refused, removed = asyncio.run(run())
+    assert (off.mode, off.rules, off.groups, off.governed_devices, off.apply_failures) == ("off", 0, 0, 0, 0)
+    assert (applied.mode, applied.rules, applied.groups, applied.governed_devices) == ("protect", 1, 1, 1)
+    assert (refused.mode, refused.apply_failures) == ("protect", 2)  # the policy in force stays
+    assert (removed.mode, removed.rules, removed.governed_devices, removed.apply_failures) == ("off", 0, 0, 2)

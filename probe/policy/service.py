@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from ..containers import ContainerIndex
 from ..errors import ConfigError, PolicyError
 from ..private import write_private
-from ..ports import ProbePort
+from ..ports import PolicyReport, ProbePort
 from .model import Policy, parse_policy
 from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
@@ -49,6 +49,7 @@ class PolicyService:
         self._addresses: dict[int, tuple] = {}  # netns inode -> its addresses
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.apply_failures = 0
 
     def bind(self, probe: ProbePort) -> PolicyService:
         self.probe = probe
@@ -67,6 +68,7 @@ class PolicyService:
                 await self.apply(parse_policy(saved["text"], "the saved policy"), saved["mode"])
                 log.info("policy re-applied from %s (%s)", self.state_file, self.mode)
             except PolicyError as exc:
+                self.apply_failures += 1
                 log.error("the saved policy %s is not valid any more (%s); enforcing none", self.state_file, exc)
         self._task = asyncio.create_task(self._recheck_forever(), name="policy-recheck")
 
@@ -79,6 +81,13 @@ class PolicyService:
     # -- the verbs ------------------------------------------------------------------------
 
     async def apply_verb(self, body: dict) -> dict:
+        try:
+            return await self._apply_verb(body)
+        except Exception:
+            self.apply_failures += 1
+            raise
+
+    async def _apply_verb(self, body: dict) -> dict:
         text, mode = body.get("text"), body.get("mode")
         if not isinstance(text, str):
             raise ConfigError("the request lacks the policy text ('text')")
@@ -107,6 +116,15 @@ class PolicyService:
                         for i, mask in sorted(self.resolved.devices.items())]
         return {"mode": self.mode, "groups": len(self.policy.groups) if self.policy else 0,
                 "rules": len(self.policy.rules) if self.policy else 0, "governed": governed}
+
+    def report(self) -> PolicyReport:
+        """For the self-metrics, at scrape time: what is kept here anyway."""
+        policy = self.policy
+        return PolicyReport(mode=self.mode, rules=len(policy.rules) if policy else 0,
+                            groups=len(policy.groups) if policy else 0,
+                            governed_devices=len(self.resolved.devices) if self.resolved is not None else 0,
+                            violation_events=self.violations.published,
+                            violation_events_failed=self.violations.failed, apply_failures=self.apply_failures)
 
     # -- applying -------------------------------------------------------------------------
 

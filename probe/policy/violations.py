@@ -79,6 +79,7 @@ class ViolationPublisher:
         self.options = options
         self.subject = policy_subject(host)
         self.published = 0
+        self.failed = 0  # events of batches whose publish or flush failed
         self._nc: Client | None = None
         self._pending: set[asyncio.Task] = set()
 
@@ -94,12 +95,15 @@ class ViolationPublisher:
             task.add_done_callback(self._pending.discard)
 
     async def _publish(self, events: list[dict]) -> None:
+        sent = 0
         try:
             for event in events:
                 await self._nc.publish(self.subject, msgspec.json.encode(event))
-                self.published += 1
+                sent += 1
             await self._nc.flush(timeout=5)
+            self.published += sent
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            self.failed += len(events)
             log.warning("%d policy violation events not published: %r", len(events), exc)
 
     async def close(self) -> None:

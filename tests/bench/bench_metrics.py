@@ -4,6 +4,8 @@ One interval of 131,072 connections on 16 devices, as ``FlowBatch.from_arrays`` 
 from drained arrays. Timed side by side in the same rounds:
   metrics:  ``ProbeMetrics.add_interval`` (the per-(iface, direction) sums, one numpy
             group-by, plus the histograms), called once per interval before publishing;
+            with no policy, and with every record governed (allow/deny judged under
+            protect: the second group-by, per verdict and dropped);
   publish:  ``encode_interval`` at a 1 MiB ``max_payload`` (the messages of the interval);
   scrape:   one ``/metrics`` exposition of the probe's registry.
 No kernel needed.
@@ -35,7 +37,7 @@ class Probe:
         return ProbeStatus(loaded=True, publisher=None, attached_devices=DEVICES, attach_failures=0, last_poll=None)
 
 
-def interval(seq: int) -> FlowBatch:
+def interval(seq: int, governed: bool = False) -> FlowBatch:
     rng = np.random.default_rng(seq)
     keys = np.zeros(RECORDS, dtype=FLOW_KEY)
     keys["ifindex"] = 10 + rng.integers(0, DEVICES, RECORDS)
@@ -48,6 +50,9 @@ def interval(seq: int) -> FlowBatch:
     values = np.zeros(RECORDS, dtype=FLOW_COUNTERS)
     values["packets"] = rng.integers(1, 1000, RECORDS)
     values["bytes"] = values["packets"] * 900
+    if governed:  # every device governed in protect mode: allow or deny, judged under protect
+        values["verdict"] = rng.integers(1, 3, RECORDS)
+        values["policy"] = 1 << 3 | 2
     envelope = Envelope("bench", "b00t", seq, WALL, WALL + 10 * 10**9)
     names = {10 + i: f"veth{i:02d}" for i in range(DEVICES)}
     return FlowBatch.from_arrays(envelope, keys, values, mono_to_wall_ns=WALL, ifnames=names)
@@ -64,18 +69,20 @@ def main() -> None:
     probe = Probe()
     ProbeMetrics(probe, telemetry)
     limit = payload_limit(1 << 20)
-    metrics, publish, scrape = [], [], []
+    metrics, governed, publish, scrape = [], [], [], []
     for seq in range(ROUNDS):
-        batch = interval(seq)
+        batch, judged = interval(seq), interval(seq, governed=True)
         metrics.append(timed(lambda: probe.listener(batch)))
+        governed.append(timed(lambda: probe.listener(judged)))
         publish.append(timed(lambda: encode_interval(batch, limit)))
         scrape.append(timed(telemetry.exposition))
-    m, p, s = (statistics.median(x) * 1000 for x in (metrics, publish, scrape))
+    m, g, p, s = (statistics.median(x) * 1000 for x in (metrics, governed, publish, scrape))
     print(f"{RECORDS:,} records on {DEVICES} devices per interval, median of {ROUNDS} rounds")
-    print(f"  metrics (add_interval)  {m:8.2f} ms")
-    print(f"  publish (encode_interval) {p:6.2f} ms")
-    print(f"  scrape (/metrics body)  {s:8.2f} ms")
-    print(f"  metrics / publish: {m / p:.3f}")
+    print(f"  metrics (add_interval), no policy      {m:8.2f} ms")
+    print(f"  metrics (add_interval), all governed   {g:8.2f} ms")
+    print(f"  publish (encode_interval)              {p:8.2f} ms")
+    print(f"  scrape (/metrics body)                 {s:8.2f} ms")
+    print(f"  metrics / publish: {m / p:.3f} (no policy), {g / p:.3f} (all governed)")
 
 
 if __name__ == "__main__":
