@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server iperf3 iputils-ping \
-	docker.io busybox-static procps docker-compose
+	docker.io busybox-static procps docker-compose chromium
 ARGS ?=
 
 .PHONY: install deb headers venv run test bench clean

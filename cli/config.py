@@ -90,6 +90,7 @@ SETTINGS: dict[str, Setting] = {
     "iface": Setting("CONNSTATS_IFACE", "probe", "ifaces", _names),
     "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
     "http": Setting("CONNSTATS_HTTP", "probe", "http"),
+    "ui": Setting("CONNSTATS_UI", "ui", "listen"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
     "retention": Setting("CONNSTATS_RETENTION", "sink", "retention", _retention_seconds),
     "capacity": Setting("CONNSTATS_CAPACITY", "probe", "capacity", _positive_int),

@@ -42,6 +42,9 @@ Store = Annotated[Optional[str], typer.Option(
 Http = Annotated[Optional[str], typer.Option(
     "--http", metavar="ADDR:PORT", help="serve the HTTP API here; 'none' for no HTTP API "
     "(and no since-attach totals to keep) [default: 127.0.0.1:9102]")]
+Ui = Annotated[Optional[str], typer.Option(
+    "--ui", metavar="ADDR:PORT", help="serve the web page here; 'none' for no page; a non-loopback "
+    "address requires a token, printed at start [default: 127.0.0.1:9470]")]
 Retention = Annotated[Optional[str], typer.Option(
     "--retention", metavar="DURATION", help="SQLite: delete rows older than this, e.g. 7d "
     "[default: keep everything]; InfluxDB: set it on the bucket")]
@@ -106,5 +109,5 @@ __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
     "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
     "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
-    "Webhooks", "load_config",
+    "Ui", "Webhooks", "load_config",
 ]

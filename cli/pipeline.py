@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import replace
 from typing import Callable
 
 from connstats.probe.compose import ProbeConfig, build_probe
-from connstats.probe.contract import NatsOptions
+from connstats.probe.contract import ConfigError, NatsOptions
 from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.embedded_nats import EmbeddedNats
 from connstats.probe.lifecycle import stop_on_signals
@@ -30,6 +31,7 @@ from connstats.probe.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.service import AlertService
 from connstats.sink.compose import Sink, SinkConfig, build_sink
+from connstats.sink.web.server import UiConfig, WebUi, build_ui
 
 from .config import NATS_URL_FILE
 
@@ -86,17 +88,19 @@ async def _run_alerts(service: AlertService, stop: asyncio.Event, on_ready: Call
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                  on_ready: OnReady | None = None, daemon_hook: Callable[[ProbeDaemon], None] | None = None,
                  drain_timeout: float = DRAIN_TIMEOUT, metrics_address: str | None = None,
-                 alerts: AlertConfig | None = None) -> None:
+                 alerts: AlertConfig | None = None, ui: UiConfig | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring.
     ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin,
     alert). Every part registers on one ``Telemetry`` (more services: pass it to their
-    builders). ``alerts``: run the alert engine in-process too."""
+    builders). ``alerts``: run the alert engine in-process too. ``ui``: also serve the web
+    page (it reads NATS as admin)."""
     stop = asyncio.Event()
     probe.telemetry = sink.telemetry = Telemetry()
     metrics = MetricsServer(probe.telemetry, metrics_address) if metrics_address else None
     state_dir = probe.state_dir
     embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
     url_file, creds_file = state_dir / NATS_URL_FILE, state_dir / CREDENTIALS_FILE
+    web: WebUi | None = None
     with stop_on_signals(stop):
         try:
             creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
@@ -115,6 +119,8 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             write_private(url_file, url + "\n")  # a URL may carry credentials
             built_sink = build_sink(sink)
             await built_sink.check()  # before loading BPF: a bad store path fails fast
+            if ui is not None:
+                web = await _start_ui(ui, url, embedded)
             daemon = build_probe(probe)
             if daemon_hook:
                 daemon_hook(daemon)
@@ -123,6 +129,8 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             engine = build_alerts(alerts) if alerts is not None else None
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
         finally:
+            if web is not None:
+                await web.close()
             if metrics is not None:
                 await metrics.close()
             if embedded is not None:
@@ -179,6 +187,20 @@ async def _announce_when_ready(daemon: ProbeDaemon, task: asyncio.Task, on_ready
     ready.cancel()
     if daemon.ready.is_set() and on_ready and not task.done():
         on_ready(daemon)
+
+
+async def _start_ui(ui: UiConfig, url: str, embedded: EmbeddedNats | None) -> WebUi | None:
+    nats = _with_servers(ui.nats, url)
+    web = build_ui(replace(ui, nats=embedded.users.login(nats, "admin") if embedded else nats))
+    try:
+        await web.start()
+    except ConfigError as exc:
+        if ui.required:
+            raise
+        log.warning("no web page: %s", exc)  # the default address is taken: up runs without it
+        return None
+    print(f"connstats up: web page on {web.url}", file=sys.stderr, flush=True)
+    return web
 
 
 def _with_servers(options: NatsOptions, url: str) -> NatsOptions:

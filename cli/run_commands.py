@@ -27,7 +27,7 @@ from .live import LiveSummary
 from .options import (
     Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
     Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, StreamReplicas, TlsCa,
-    TlsCert, TlsKey, Webhooks, load_config,
+    TlsCert, TlsKey, Ui, Webhooks, load_config,
 )
 
 app = typer.Typer()
@@ -125,7 +125,7 @@ def up(
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
     metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
-    webhook: Webhooks = None,
+    webhook: Webhooks = None, ui: Ui = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -142,6 +142,7 @@ def up(
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
                            stream_replicas)
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
+    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host)
     live = sys.stdout.isatty()
     setup_logging(live)
     summary = LiveSummary("")
@@ -159,7 +160,21 @@ def up(
             daemon.on_interval(summary)
 
     asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook,
-                                metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg))
+                                metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg, ui=ui_cfg))
+
+
+def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str):
+    """The web page of ``up`` (loopback by default), or None for ``--ui none``."""
+    from connstats.sink.web.server import DEFAULT_UI, UiConfig
+
+    from .policy_learn import own_addresses
+
+    listen = cfg.get("ui", ui, DEFAULT_UI)
+    if listen == "none":
+        return None
+    return UiConfig(listen=listen, nats=flags.options(cfg, name="connstats-ui", role="admin"),
+                    store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx,
+                    required=cfg.get("ui", ui) is not None, host=host, host_addresses=own_addresses)
 
 
 @app.command()

@@ -50,6 +50,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "port": ("proto", "port"),
     "iface": ("ifname", "direction"),
     "proto": ("proto",),
+    # for the web page: per container (history) and per connection with who counted it (map)
+    "container": ("host", "container_name"),
+    "connection_owner": ("host", "ifname", "container_name", "direction", "proto", "src_ip", "src_port",
+                         "dst_ip", "dst_port", "verdict"),
     "service": ("ifname", "container_id", "container_name", "direction", "proto", "src_ip", "dst_ip", "port",
                 "server"),
 }
@@ -172,14 +176,14 @@ _SQL_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "proto", "src_ip": "src_ip",
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
     "port": "connstats_service_port(src_port, dst_port)",  # registered by sqlite_history
-    "container_id": "container_id", "container_name": "container_name",
+    "container_id": "container_id", "container_name": "container_name", "host": "host", "verdict": "verdict",
     "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
 }
 _SQL_CLIENT_PORT = "CASE connstats_server_side(src_port, dst_port) WHEN 'src' THEN dst_port ELSE src_port END"
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
     "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
-    "container_id": "''", "container_name": "''", "server": "''",
+    "container_id": "''", "container_name": "'(overflow)'", "server": "''", "host": "host", "verdict": "''",
 }
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
@@ -295,9 +299,10 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 # -- InfluxDB -----------------------------------------------------------------------------------
 
 _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
-_FLUX_COLUMNS = ("_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
+_FLUX_COLUMNS = ("_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
 _FLUX_CONTAINER_COLUMNS = ("container_id", "container_name")  # kept only when a grouping needs them
+_FLUX_OPTIONAL_COLUMNS = (*_FLUX_CONTAINER_COLUMNS, "verdict")  # verdict: a tag only where one was given
 
 
 def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
@@ -337,7 +342,7 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
         params["p_verdict"] = query.verdict
     elif query.verdict == "":
         lines.insert(3, "  |> filter(fn: (r) => not exists r.verdict)")
-    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_CONTAINER_COLUMNS if c in query.keys))
+    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_OPTIONAL_COLUMNS if c in query.keys))
     lines.append("  |> keep(columns: [" + ", ".join(f'"{c}"' for c in keep) + "])")
     return "\n".join(lines), params
 
@@ -381,6 +386,7 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
 
 def _point_row(point: dict) -> dict:
     row = {k: point.get(k) for k in ("ifname", "direction", "src_ip", "dst_ip")}
+    row["host"] = point.get("host") or ""
     for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen"):
         row[name] = int(point.get(name) or 0)
     proto = point.get("proto")
@@ -388,11 +394,13 @@ def _point_row(point: dict) -> dict:
     row["port"] = service_port(row["src_port"], row["dst_port"], _KNOWN)[0]
     row["server"] = server_side(row["src_port"], row["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
+    row["verdict"] = point.get("verdict") or ""
     return row
 
 
 def _overflow_row(point: dict) -> dict:
     return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
+            "host": point.get("host") or "", "container_name": OVERFLOW, "verdict": "",
             "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
             "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
             "first_seen": None, "last_seen": None}

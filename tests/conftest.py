@@ -5,3 +5,4 @@ from tests.fixtures.nats import *  # noqa: F401,F403
 from tests.fixtures.influx import *  # noqa: F401,F403
 from tests.fixtures.docker import *  # noqa: F401,F403
 from tests.fixtures.secure_nats import *  # noqa: F401,F403
+from tests.fixtures.browser import *  # noqa: F401,F403

@@ -47,7 +47,7 @@ def test_help_lists_every_command_in_order():
     assert result.exit_code == 0
     commands = [line.split()[1] for line in result.stdout.splitlines()
                 if line.startswith("│ ") and line[2] != " " and line.split()[1] != "--help"]
-    assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "policy",
+    assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "ui", "policy",
                         "alert", "alerts", "doctor", "reset"]
 
 

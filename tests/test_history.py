@@ -198,6 +198,21 @@ async def test_influx_gives_the_same_rows_as_sqlite(influx, db):
     assert await influx_history(influx, query) == sqlite_history(db, query)
 
 
+@pytest.mark.parametrize("group_by", ["container", "connection_owner"])
+async def test_the_web_page_groupings_are_the_same_on_both_stores(influx, db, group_by):
+    """The web page's groupings (per container; per connection with who counted it)."""
+    await write_all(influx)
+    query = HistoryQuery(**ALL, group_by=group_by, every=10 * SECOND)
+    rows = sqlite_history(db, query)
+    assert await influx_history(influx, query) == rows
+    if group_by == "container":
+        assert [(r["time"], r["host"], r["container_name"], r["packets"]) for r in rows] == [
+            (T0, "node-1", "", 13), (T1, "node-1", "", 12), (T1, "node-2", "", 2)]
+    else:
+        assert {(r["host"], r["ifname"], r["src_port"]) for r in rows} == {
+            ("node-1", "veth0", 5000), ("node-1", "veth0", 40000), ("node-1", "veth1", 443), ("node-2", "eth0", 0)}
+
+
 async def test_influx_sends_user_input_only_as_params(influx, influx_server):
     evil = 'x") |> drop() //'
     query = HistoryQuery(**ALL, iface=evil, port=53, proto=17, direction="egress", host="node-1",
@@ -222,7 +237,7 @@ def test_build_flux_text():
         "  |> filter(fn: (r) => r._measurement == p_measurement)",
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
         "  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)",
-        '  |> keep(columns: ["_time", "_measurement", "ifname", "direction", "proto", "src_ip", "src_port", '
+        '  |> keep(columns: ["_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", '
         '"dst_ip", "dst_port", "packets", "bytes", "first_seen", "last_seen"])',
     ])
     assert params["p_port"] == 443 and params["p_bucket"] == "flows" and "p_overflow" not in params
@@ -281,7 +296,8 @@ def test_parse_time_errors(text, message):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto, service"),
+    ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto, container, "
+                           "connection_owner, service"),
     ({"port": 70000}, "--port 70000 is not between 0 and 65535"),
     ({"until": ALL["since"]}, "--until must be later than --since"),
     ({"every": 0}, "--every must be a positive duration, e.g. 1m"),
@@ -315,8 +331,8 @@ def test_the_history_columns_are_fields_of_a_record_by_name():
     from connstats.sink.sqlite_store import _COLUMNS
 
     read = {*(k for keys in history.GROUPS.values() for k in keys), *history.VALUES} - set(history.DERIVED)
-    assert read <= set(RECORD_FIELDS) and read <= set(_COLUMNS)
+    assert read - {"host"} <= set(RECORD_FIELDS) and read <= set(_COLUMNS)  # host: the envelope's
     flux = {*history._FLUX_COLUMNS, *history._FLUX_CONTAINER_COLUMNS} - {"_time", "_measurement"}
-    assert flux <= {*influx_store.TAGS, *influx_store.FIELDS}
+    assert flux <= {"host", *influx_store.TAGS, *influx_store.FIELDS}
     assert set(history._SQL_KEYS) - set(history.DERIVED) == {
-        k for k in history._SQL_KEYS.values() if k in RECORD_FIELDS}
+        k for k in history._SQL_KEYS.values() if k in {"host", *RECORD_FIELDS}}

@@ -17,5 +17,7 @@ def test_wheel_holds_only_the_connstats_namespace(tmp_path):
     packages = {name.split("/")[1] for name in names if name.startswith("connstats/")}
     assert packages == {"probe", "sink", "cli"}
     assert "connstats/probe/flows.bpf.c" in names
+    static = {n.removeprefix("connstats/sink/web/static/") for n in names if n.startswith("connstats/sink/web/static/")}
+    assert static == {p.name for p in (ROOT / "sink" / "web" / "static").iterdir()}  # the web page's files
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "connstats = connstats.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

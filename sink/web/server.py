@@ -1,0 +1,296 @@
+"""The web page's server: static files and the JSON API, one aiohttp app.
+
+    GET /                    the page (static/index.html, app.js, style.css)
+    GET /api/live            server-sent events: one per interval, its top N connections
+    GET /api/map             nodes and edges over a time range, from the store
+    GET /api/history         bytes and packets over time per container, interface or port
+    GET /api/alerts          the alerts firing now (connstats.sink.alerts.firing_alerts)
+    GET /api/policy          a probe's active policy and mode, and its recent violations
+    GET /api/policy/learn    what `connstats policy learn` would write for a time range
+
+Parameters and answers are in the README (``## Web page``). A bad parameter is a 400 with
+``{"error": "..."}``; nothing a request sends reaches a traceback.
+
+``build_ui`` composes it (the one composition root of ``connstats ui``, also used by ``up``).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+from aiohttp import web
+
+from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, TransportError, connect
+from connstats.probe.control import ControlClient
+from connstats.probe.http_api import parse_address
+from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
+from connstats.sink.stores import parse_store
+
+from .access import TOKEN_FILE, AccessGuard, new_token
+from .live import LiveFeed, LivePage
+from .queries import build_map, build_series, history_query, learn_params, live_filter, map_query, policy_params
+from .violations import ViolationLog
+
+log = logging.getLogger("connstats.web")
+
+STATIC = Path(__file__).with_name("static")
+DEFAULT_UI = "127.0.0.1:9470"
+KEEPALIVE_SECONDS = 15.0
+MAX_LIVE_PAGES = 64  # open live streams; each costs a filter and a top N per flow message
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    listen: str  # ADDR:PORT
+    nats: NatsOptions
+    store: str  # sqlite:PATH or influxdb
+    state_dir: Path
+    influx: Any = None  # InfluxConfig for an influxdb store
+    required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
+    host: str = ""  # this host's name: the default host of a learn preview
+    host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
+    try:
+        return parse_address(text)
+    except ConfigError:
+        raise ConfigError(f"web page address {text!r} is not ADDR:PORT; use e.g. {DEFAULT_UI}, "
+                          "or none") from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class StoreReader:
+    """Runs a ``HistoryQuery`` on the configured store (sink/history.py does the querying)."""
+
+    def __init__(self, spec: str, influx: Any = None) -> None:
+        self.kind, self.path = parse_store(spec)
+        self.influx = influx
+        self._influx_store = None
+
+    async def rows(self, query: HistoryQuery) -> list[dict]:
+        if self.kind == "sqlite":
+            return await asyncio.to_thread(sqlite_history, self.path, query)
+        if self._influx_store is None:
+            from connstats.sink.influx_store import InfluxStore
+
+            self._influx_store = InfluxStore(self.influx)
+        return await influx_history(self._influx_store, query)
+
+    async def close(self) -> None:
+        if self._influx_store is not None:
+            await self._influx_store.close()
+
+
+class WebUi:
+    """The page's server as a service: ``start()`` connects and listens, ``close()`` stops."""
+
+    def __init__(self, config: UiConfig) -> None:
+        self.config = config
+        self.host, self.port = parse_listen(config.listen)
+        self.reader = StoreReader(config.store, config.influx)
+        self.token: str | None = None
+        self.nc = None
+        self.feed: LiveFeed | None = None
+        self.violations: ViolationLog | None = None
+        self.guard: AccessGuard | None = None
+        self.max_live_pages = MAX_LIVE_PAGES
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
+    def app(self) -> web.Application:
+        self.guard = AccessGuard(self.host, self.port, self.token)
+        app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _headers])
+        app.router.add_get("/", _index)
+        app.router.add_static("/static/", STATIC)
+        app.router.add_get("/api/live", self.live)
+        app.router.add_get("/api/map", self.map)
+        app.router.add_get("/api/history", self.history)
+        app.router.add_get("/api/alerts", self.alerts)
+        app.router.add_get("/api/policy", self.policy)
+        app.router.add_get("/api/policy/learn", self.learn)
+        return app
+
+    async def start(self) -> None:
+        if not is_loopback(self.host):
+            self.token = new_token(self.config.state_dir)
+        self.nc = await connect(self.config.nats)
+        self.feed = LiveFeed(self.nc)
+        await self.feed.start()
+        self.violations = ViolationLog(self.nc)
+        await self.violations.start()
+        # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, handler_cancellation=True)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            await self._close_nats()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot listen on {self.host}:{self.port} for the web page: {reason}; "
+                              "pick another ADDR:PORT") from exc
+        self._runner = runner
+        if self.port == 0:
+            self.port = runner.addresses[0][1]
+            self.guard.listen_port = self.port  # asked for port 0: the real one
+        if self.token:
+            log.warning("web page on %s:%d is reachable from the network; it requires the token "
+                        "kept in %s", self.host, self.port, self.config.state_dir / TOKEN_FILE)
+
+    async def close(self) -> None:
+        if self.feed is not None:
+            for page in list(self.feed.pages):
+                page.close()  # open streams end, so the server need not wait for them
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        await self._close_nats()
+        await self.reader.close()
+
+    async def _close_nats(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+        if self.violations is not None:
+            await self.violations.close()
+        if self.nc is not None:
+            await self.nc.close()
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        page = LivePage(live_filter(request.query))
+        if len(self.feed.pages) >= self.max_live_pages:
+            return _json({"error": f"{self.max_live_pages} live views are open already; close one and retry"}, 503)
+        response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        self.feed.pages.add(page)
+        try:
+            await response.write(b": connected\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(page.events.get(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if event is None:
+                    break
+                await response.write(b"event: interval\ndata: " + msgspec.json.encode(event) + b"\n\n")
+        except ConnectionResetError:
+            pass  # the page went away while we wrote (a cancellation propagates)
+        finally:
+            self.feed.pages.discard(page)
+        return response
+
+    async def map(self, request: web.Request) -> web.Response:
+        query = map_query(request.query)
+        body = build_map(await self.reader.rows(query))
+        return _json(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
+
+    async def history(self, request: web.Request) -> web.Response:
+        query, series = history_query(request.query)
+        return _json(build_series(await self.reader.rows(query), query, series))
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        from connstats.sink.alerts import firing_alerts
+
+        alerts = await firing_alerts(self.nc)
+        for alert in alerts:  # ns do not fit a JavaScript number exactly; ms do
+            alert["started_ms"] = int(alert.get("started_at") or 0) // 1_000_000
+        return _json({"available": True, "alerts": alerts})
+
+    async def policy(self, request: web.Request) -> web.Response:
+        """The probe's active policy (``connstats policy show``) and its recent violations."""
+        host, limit = policy_params(request.query, self.config.host)
+        violations = self.violations.recent(host, limit)
+        try:
+            async with ControlClient(self.config.nats, host, timeout=5.0) as client:
+                reply = await client.request("policy_show")
+        except TransportError as exc:  # no probe answers: the page says so, with what was seen
+            return _json({"available": False, "host": host, "reason": str(exc), "violations": violations})
+        return _json({"available": True, "host": host, **reply, "violations": violations})
+
+    async def learn(self, request: web.Request) -> web.Response:
+        """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
+        from connstats.sink.policy_learn import check_policy, learn_policy, policy_toml
+
+        query, peers = learn_params(request.query, self.config.host)
+        own = await asyncio.to_thread(self.config.host_addresses) if query.host == self.config.host else []
+        policy = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
+        text = policy_toml(policy, [f"connstats policy learn (preview): host {query.host}"])
+        check_policy(text)
+        return _json({"host": query.host, "since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000,
+                      "groups": len(policy.groups), "rules": len(policy.rules),
+                      "connections": policy.connections, "bytes": policy.bytes, "toml": text})
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+SECURITY_HEADERS = {
+    # the page's own scripts and styles only (style attributes for the legend's colours)
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the first address may carry the token
+    "Cache-Control": "no-store",
+}
+
+
+@web.middleware
+async def _headers(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+    return response
+
+
+_STATUS = {ConfigError: 400, StoreError: 503, TransportError: 503}
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure answers ``{"error": "..."}``: 400 for a bad parameter, 5xx for ours."""
+    try:
+        return await handler(request)
+    except ConnstatsError as exc:
+        status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
+        return _json({"error": str(exc)}, status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
+    except Exception:
+        log.exception("web %s %s failed", request.method, request.path)
+        return _json({"error": "internal error; see the log of connstats ui"}, 500)
+
+
+def build_ui(config: UiConfig) -> WebUi:
+    """The one composition root of the web page's server."""
+    return WebUi(config)

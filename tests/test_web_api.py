@@ -1,0 +1,237 @@
+"""The web page's JSON API (sink/web) against a real nats-server and a real SQLite store:
+live intervals from chunked flow messages (top N only), the map and history through the
+history query code, 400s for bad parameters, Host/Origin checks.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from connstats.probe.contract import NatsOptions, connect, flows_subject
+from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from connstats.sink.sqlite_store import SqliteStore
+from connstats.sink.web.queries import build_map
+from connstats.sink.web.server import UiConfig, build_ui
+from tests.web_data import SECOND, chunked_messages, synthetic_batch
+
+MS = 1_000_000
+
+
+@pytest.fixture
+async def store_path(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    store = SqliteStore(path)
+    await store.ping()
+    await store.close()
+    return path
+
+
+@pytest.fixture
+async def web(nats_server, store_path, tmp_path):
+    ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)),
+                           store=f"sqlite:{store_path}", state_dir=tmp_path))
+    await ui.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+        yield ui, session
+    await ui.close()
+
+
+async def write(path, *batches) -> None:
+    store = SqliteStore(path)
+    for batch in batches:
+        await store.write(batch)
+    await store.close()
+
+
+async def next_event(response: aiohttp.ClientResponse, timeout: float = 20.0) -> tuple[dict, int]:
+    """The next ``interval`` event of an SSE stream, and its size on the wire."""
+    import json
+
+    async def read() -> tuple[dict, int]:
+        event, size = {}, 0
+        async for raw in response.content:
+            size += len(raw)
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+            elif line == "" and event:
+                return event, size
+        raise AssertionError("stream ended")
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def test_live_sends_only_the_top_n_of_a_chunked_interval(web, nats_server):
+    ui, session = web
+    batch = synthetic_batch("web-1", 7, time.time_ns() - 10 * SECOND, 10 * SECOND, 131_072, seed=3)
+    messages = chunked_messages(batch, 8_192)
+    assert len(messages) == 16 and max(map(len, messages)) < 1024 * 1024
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        async with session.get("/api/live", params={"limit": "25"}) as response:
+            assert response.status == 200 and response.content_type == "text/event-stream"
+            assert await response.content.readline() == b": connected\n"
+            while not ui.feed.pages:
+                await asyncio.sleep(0.01)
+            for message in messages:
+                await nc.publish(flows_subject("web-1"), message)
+            event, size = await next_event(response)
+    finally:
+        await nc.close()
+    nbytes = np.asarray(batch.columns.bytes, dtype=np.uint64)
+    packets = np.asarray(batch.columns.packets, dtype=np.uint64)
+    order = np.lexsort((-packets.astype(np.int64), -nbytes.astype(np.int64)))[:25]
+    assert [(r["src_ip"], r["src_port"], r["dst_ip"], r["bytes"], r["packets"]) for r in event["rows"]] == [
+        (batch.columns.src_ip[i], batch.columns.src_port[i], batch.columns.dst_ip[i], int(nbytes[i]),
+         int(packets[i])) for i in order.tolist()]
+    assert (event["host"], event["interval_seq"], event["connections"]) == ("web-1", 7, 131_072)
+    assert (event["packets"], event["bytes"]) == (int(packets.sum()), int(nbytes.sum()))
+    assert size < 8 * 1024  # 25 rows of 131,072, never all of them
+
+
+async def test_live_filters_column_wise(web, nats_server):
+    ui, session = web
+    batch = synthetic_batch("web-2", 1, time.time_ns() - 10 * SECOND, 10 * SECOND, 5_000)
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        params = {"container": "app-03", "proto": "udp", "port": "53", "limit": "1000"}
+        async with session.get("/api/live", params=params) as response:
+            await response.content.readline()
+            while not ui.feed.pages:
+                await asyncio.sleep(0.01)
+            await nc.publish(flows_subject("web-2"), b"not a flow message")  # skipped, not fatal
+            for message in chunked_messages(batch, 2_000):
+                await nc.publish(flows_subject("web-2"), message)
+            event, _ = await next_event(response)
+    finally:
+        await nc.close()
+    c = batch.columns
+    expected = [i for i in range(len(batch)) if c.ifindex[i] == 1003 and c.proto[i] == 17 and c.dst_port[i] == 53]
+    assert event["connections"] == len(expected) == 84
+    assert sorted((r["src_port"], r["bytes"]) for r in event["rows"]) == sorted(
+        (c.src_port[i], c.bytes[i]) for i in expected)
+    assert {(r["container"], r["ifname"], r["proto"]) for r in event["rows"]} == {("app-03", "veth003", "udp")}
+    assert ui.feed.bad_messages == 1
+
+
+async def test_map_and_history_are_the_store_rows(web, store_path):
+    _, session = web
+    now = time.time_ns()
+    start = now - 40 * 60 * SECOND
+    batches = [synthetic_batch("web-3", i, start + i * 300 * SECOND, 300 * SECOND, 2_000, containers=4,
+                               peers=10, seed=i) for i in range(3)]
+    await write(store_path, *batches)
+    async with session.get("/api/map", params={"since": "1h"}) as response:
+        assert response.status == 200
+        body = await response.json()
+    total = sum(int(np.asarray(b.columns.bytes, dtype=np.uint64).sum()) for b in batches)
+    assert sum(e["bytes"] for e in body["edges"]) == total
+    assert len(body["connections"]) == 2_000  # the same 2,000 connections in three intervals
+    query = HistoryQuery(since=body["since_ms"] * MS, until=body["until_ms"] * MS, group_by="connection_owner")
+    assert {k: v for k, v in body.items() if not k.endswith("_ms")} == build_map(sqlite_history(store_path, query))
+    assert {n["kind"] for n in body["nodes"]} == {"container", "peer"}
+    assert sorted(n["label"] for n in body["nodes"] if n["kind"] == "container") == [
+        "app-00", "app-01", "app-02", "app-03"]
+
+    async with session.get("/api/history", params={"since": "1h", "group_by": "container", "every": "5m"}) as response:
+        history = await response.json()
+    query = HistoryQuery(since=history["since_ms"] * MS, until=history["until_ms"] * MS, group_by="container",
+                         every=parse_duration("5m"))
+    rows = sqlite_history(store_path, query)
+    assert len(rows) == 12 and history["every_ms"] == 300_000
+    assert sorted((s["key"], p["time_ms"], p["bytes"], p["packets"]) for s in history["series"] for p in s["points"]) == \
+        sorted((r["container_name"], r["time"] // MS, r["bytes"], r["packets"]) for r in rows)
+
+
+async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_path, influx_server, tmp_path):
+    """The same batches in SQLite and in the InfluxDB v2 API test server: the same answers."""
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    start = time.time_ns() - 30 * 60 * SECOND
+    batches = [synthetic_batch("web-4", i, start + i * 300 * SECOND, 300 * SECOND, 300, containers=3, peers=5,
+                               seed=i) for i in range(2)]
+    await write(store_path, *batches)
+    influx = InfluxStore(config)
+    for batch in batches:
+        await influx.write(batch)
+    await influx.close()
+    params = {"since": "2026-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z"}
+    answers = []
+    for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/map", params=params) as response:
+                    map_body = await response.json()
+                async with session.get("/api/history", params={**params, "group_by": "port", "every": "1d"}) as response:
+                    history = await response.json()
+            answers.append((map_body, history))
+        finally:
+            await ui.close()
+    assert answers[0] == answers[1]
+    assert len(answers[0][0]["connections"]) == 300
+
+
+@pytest.mark.parametrize("path, params, message", [
+    ("/api/map", {"since": "yesterday"}, "'yesterday' is neither a duration (15m) nor an RFC 3339 time"),
+    ("/api/map", {"since": "1h", "until": "2h"}, "--until must be later than --since"),
+    ("/api/map", {"port": "70000"}, "port='70000' is not a whole number from 0 to 65535"),
+    ("/api/map", {"colour": "red"}, "unknown parameter 'colour'"),
+    ("/api/history", {"group_by": "planet"}, "group_by='planet' is not one of container, iface, port"),
+    ("/api/history", {"every": "1ms"}, "every=1ms makes more than 2400 points; use a wider bucket"),
+    ("/api/history", {"every": "soon"}, "'soon' is not a duration"),
+    ("/api/history", {"proto": "carrier-pigeon"}, "carrier-pigeon"),
+    ("/api/map", {"verdict": "maybe"}, "verdict='maybe' is not allow, deny or none"),
+    ("/api/policy/learn", {"peers": "everyone"}, "--peers 'everyone' is not world or prefix"),
+    ("/api/live", {"limit": "0"}, "limit='0' is not a whole number from 1 to 1000"),
+    ("/api/live", {"host": "a\x01b"}, "host is longer than 256 characters or holds control characters"),
+])
+async def test_bad_parameters_get_400_with_a_json_error(web, path, params, message):
+    _, session = web
+    async with session.get(path, params=params) as response:
+        assert response.status == 400
+        assert response.content_type == "application/json"
+        assert message in (await response.json())["error"]
+
+
+async def test_live_views_are_bounded(web):
+    ui, session = web
+    ui.max_live_pages = 2
+    first, second = await session.get("/api/live"), await session.get("/api/live")
+    try:
+        while len(ui.feed.pages) < 2:
+            await asyncio.sleep(0.01)
+        async with session.get("/api/live") as third:
+            assert third.status == 503
+            assert await third.json() == {"error": "2 live views are open already; close one and retry"}
+    finally:
+        first.close()
+        second.close()
+    deadline = time.monotonic() + 10
+    while ui.feed.pages and time.monotonic() < deadline:  # a closed stream leaves the feed
+        await asyncio.sleep(0.02)
+    assert not ui.feed.pages
+
+
+async def test_foreign_host_and_origin_are_refused(web):
+    ui, session = web
+    async with session.get("/api/map", headers={"Host": "rebound.example:80"}) as response:
+        assert response.status == 403
+        assert "is not this page" in (await response.json())["error"]
+    async with session.get("/api/map", headers={"Origin": "http://evil.example"}) as response:
+        assert response.status == 403
+    async with session.get("/", headers={"Origin": f"http://localhost:{ui.port}"}) as response:
+        assert response.status == 200
+        assert "<title>connstats</title>" in await response.text()
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self';")
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    async with session.get("/api/nothing") as response:
+        assert (response.status, await response.json()) == (404, {"error": "not found: GET /api/nothing"})
