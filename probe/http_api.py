@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -42,6 +41,7 @@ from aiohttp import web
 
 from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
+from .listener import is_loopback, listen, parse_listen_address
 from .record import proto_name
 from .ports import ProbePort
 from .telemetry import TELEMETRY_PATHS, Telemetry, add_routes
@@ -66,18 +66,7 @@ class RequestError(Exception):
 
 def parse_address(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); raise ``ConfigError``."""
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"HTTP address {text!r} is not ADDR:PORT; use e.g. {DEFAULT_HTTP_ADDRESS}")
-    return host, int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return parse_listen_address(text, "HTTP", DEFAULT_HTTP_ADDRESS)
 
 
 # -- who may call: Host and Origin --------------------------------------------------------------
@@ -120,7 +109,7 @@ def host_allowed(value: str, listen_host: str, listen_port: int, need_port: bool
     own = f"[{listen_host}]" if ":" in listen_host else listen_host
     if name == own.lower():
         return True
-    if _is_loopback(listen_host) and name in LOOPBACK_NAMES:
+    if is_loopback(listen_host) and name in LOOPBACK_NAMES:
         return True
     return listen_host in WILDCARD_ADDRESSES and _is_ip_literal(name)
 
@@ -214,18 +203,10 @@ class HttpApi:
         return app
 
     async def start(self) -> None:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"cannot listen on {self.host}:{self.port} for HTTP: {reason}; "
-                              "pick another --http ADDR:PORT") from exc
+        runner = await listen(self.app(), self.host, self.port, purpose="HTTP", option="--http ADDR:PORT")
         self._runner = runner
         self.port = runner.addresses[0][1]  # the real one when asked for port 0
-        if not _is_loopback(self.host):
+        if not is_loopback(self.host):
             log.warning("HTTP API on %s:%d has no authentication; anyone who reaches it "
                         "can attach and detach devices", self.host, self.port)
         log.info("HTTP API on http://%s:%d", self.host, self.port)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
 from .errors import ConfigError
+from .listener import listen, parse_listen_address
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,7 @@ async def refreshing(refresh: Callable[[], Awaitable[None]], every: Callable[[],
 
 def parse_metrics_address(text: str) -> tuple[str, int]:
     """``ADDR:PORT``, ``[v6]:PORT`` or a bare ``PORT`` (loopback) -> (host, port)."""
-    text = text.strip()
-    if text.isascii() and text.isdigit():
-        text = f"127.0.0.1:{text}"
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ConfigError(f"metrics address {text!r} is not ADDR:PORT; use e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}")
-    return host, int(port)
+    return parse_listen_address(text, "metrics", f"127.0.0.1:{DEFAULT_METRICS_PORT}", bare_port=True)
 
 
 class MetricsServer:
@@ -138,15 +131,7 @@ class MetricsServer:
     async def start(self) -> None:
         app = web.Application()
         add_routes(app, self.telemetry)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"cannot listen on {self.host}:{self.port} for metrics: {reason}; "
-                              "pick another --metrics ADDR:PORT") from exc
+        runner = await listen(app, self.host, self.port, purpose="metrics", option="--metrics ADDR:PORT")
         self._runner = runner
         self.port = runner.addresses[0][1]  # the real one when asked for port 0
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)

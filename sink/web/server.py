@@ -16,9 +16,7 @@ Parameters and answers are in the README (``## Web page``). A bad parameter is a
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +26,7 @@ from aiohttp import web
 
 from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, TransportError, connect
 from connstats.probe.control import ControlClient
-from connstats.probe.http_api import parse_address
+from connstats.probe.listener import is_loopback, listen, parse_listen_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store
 
@@ -62,18 +60,7 @@ class UiConfig:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
-    try:
-        return parse_address(text)
-    except ConfigError:
-        raise ConfigError(f"web page address {text!r} is not ADDR:PORT; use e.g. {DEFAULT_UI}, "
-                          "or none") from None
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return parse_listen_address(text, "web page", f"{DEFAULT_UI}, or none")
 
 
 class StoreReader:
@@ -140,16 +127,12 @@ class WebUi:
         self.violations = ViolationLog(self.nc)
         await self.violations.start()
         # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, handler_cancellation=True)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
+            runner = await listen(self.app(), self.host, self.port, purpose="the web page", option="ADDR:PORT",
+                                  handler_cancellation=True)
+        except ConfigError:
             await self._close_nats()
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"cannot listen on {self.host}:{self.port} for the web page: {reason}; "
-                              "pick another ADDR:PORT") from exc
+            raise
         self._runner = runner
         if self.port == 0:
             self.port = runner.addresses[0][1]

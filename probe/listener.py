@@ -1,0 +1,58 @@
+"""Where connstats listens for HTTP: one parser for its ``ADDR:PORT`` settings and one way
+to start an aiohttp site on one, shared by the probe's HTTP API (``--http``), the metrics
+endpoints (``--metrics``) and the web page (``--ui``, ``--listen``).
+
+    host, port = parse_listen_address(text, "metrics", "127.0.0.1:9465", bare_port=True)
+    runner = await listen(app, host, port, purpose="metrics", option="--metrics ADDR:PORT")
+
+A taken or unusable address is a ``ConfigError`` with one line saying which setting to change.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from aiohttp import web
+
+from .errors import ConfigError
+
+
+def parse_listen_address(text: str, setting: str, example: str, *, bare_port: bool = False) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6; with ``bare_port`` also ``PORT``, meaning
+    loopback) -> (host, port); ``ConfigError`` naming ``setting`` and an ``example`` otherwise."""
+    text = text.strip()
+    if bare_port and text.isascii() and text.isdigit():
+        text = f"127.0.0.1:{text}"
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ConfigError(f"{setting} address {text!r} is not ADDR:PORT; use e.g. {example}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost``: reachable from this host only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+async def listen(app: web.Application, host: str, port: int, *, purpose: str, option: str,
+                 **runner_options: object) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; the runner to ``cleanup()`` when done. A port taken or
+    an address not on this host: ``ConfigError`` saying to pick another ``option``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_options)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port} for {purpose}: {reason}; pick another {option}") from exc
+    return runner
