@@ -4,11 +4,13 @@ and runs them until SIGINT/SIGTERM. ``up`` composes the two with an embedded nat
 
     up:     [embedded nats-server] ─ build_probe(ProbeConfig) ──> JetStream
                                      build_sink(SinkConfig) <────────┤
-                                     [build_alerts(AlertConfig)] <───┘  (up --rules)
+                                     [build_alerts(AlertConfig)] <───┤  (up --rules)
+                                     [build_ui(UiConfig)] <──────────┘  (up --ui, on by default)
             one Telemetry for all of them: /metrics, /healthz, /readyz on the probe's HTTP
             listener and, with --metrics, on a listener of its own
     stop:   probe drains its last interval and flushes ─ sink.wait_until_stored(host) ─
-            stop the sink ─ [stop the alert engine] ─ stop nats-server ─ remove <state>/nats.url
+            stop the sink ─ [stop the alert engine] ─ [close the web page] ─ stop nats-server ─
+            remove <state>/nats.url
 
 Everything runs in one asyncio loop; SIGINT and SIGTERM set one ``stop`` event.
 """
