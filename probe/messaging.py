@@ -149,7 +149,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except for its replica count when ``config.num_replicas`` is set (not None): one that
     differs is updated (``TransportError`` saying what to do if the server refuses)."""
     try:
-        info = await js.stream_info(config.name)
+        info = await _stream_info(js, config.name)
         if config.num_replicas is not None:
             await _match_replicas(js, info.config, config.num_replicas)
         return
@@ -169,6 +169,21 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         if await _stream_appears(js, config.name, within=5.0 if timed_out else 0.0):
             return
         raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
+
+
+async def _stream_info(js: JetStreamContext, name: str, patience: float = 5.0):
+    """``js.stream_info(name)``, asked again for up to ``patience`` s while JetStream does
+    not answer in time: a cluster that is electing its leaders (at start, or after a
+    server died) answers a moment later."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            return await js.stream_info(name)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 def _reason(exc: BaseException) -> str:
