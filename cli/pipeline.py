@@ -20,6 +20,7 @@ import asyncio
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 from connstats.probe.compose import ProbeConfig, build_probe
@@ -98,6 +99,8 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
     page (it reads NATS as admin)."""
     stop = asyncio.Event()
     probe.telemetry = sink.telemetry = Telemetry()
+    if alerts is not None:
+        alerts.telemetry = probe.telemetry  # the engine's metrics on up's one endpoint
     metrics = MetricsServer(probe.telemetry, metrics_address) if metrics_address else None
     state_dir = probe.state_dir
     embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
@@ -109,15 +112,7 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             if metrics is not None:
                 await metrics.start()
             url = await asyncio.to_thread(embedded.start) if embedded else nats_url
-            probe.nats, sink.nats = _with_servers(probe.nats, url), _with_servers(sink.nats, url)
-            if alerts is not None:
-                alerts.nats = _with_servers(alerts.nats, url)
-            if embedded is not None:
-                write_credentials(creds_file, url, embedded.users)  # before nats.url: found together
-                probe.nats = embedded.users.login(probe.nats, "probe")
-                sink.nats = embedded.users.login(sink.nats, "sink")
-                if alerts is not None:
-                    alerts.nats = embedded.users.login(alerts.nats, "alert")
+            _use_nats(url, embedded, creds_file, probe=probe, sink=sink, alert=alerts)
             write_private(url_file, url + "\n")  # a URL may carry credentials
             built_sink = build_sink(sink)
             await built_sink.check()  # before loading BPF: a bad store path fails fast
@@ -126,8 +121,6 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             daemon = build_probe(probe)
             if daemon_hook:
                 daemon_hook(daemon)
-            if alerts is not None:
-                alerts.telemetry = probe.telemetry  # the engine's metrics on up's one endpoint
             engine = build_alerts(alerts) if alerts is not None else None
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
         finally:
@@ -139,6 +132,19 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                 url_file.unlink(missing_ok=True)
                 creds_file.unlink(missing_ok=True)
                 await asyncio.to_thread(embedded.stop)
+
+
+def _use_nats(url: str, embedded: EmbeddedNats | None, creds_file: Path, **parts: object) -> None:
+    """Point every part's settings (``role=config``, None: not running) at ``url``; on the
+    embedded server, log each in as its role, its credentials written before nats.url so
+    the CLI finds the two together."""
+    running = {role: config for role, config in parts.items() if config is not None}
+    for config in running.values():
+        config.nats = _with_servers(config.nats, url)
+    if embedded is not None:
+        write_credentials(creds_file, url, embedded.users)
+        for role, config in running.items():
+            config.nats = embedded.users.login(config.nats, role)
 
 
 async def _run_both(daemon: ProbeDaemon, sink: Sink, stop: asyncio.Event, on_ready: OnReady | None,
