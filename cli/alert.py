@@ -85,7 +85,7 @@ def alert(
     service = build_alerts(alert_cfg)
 
     def on_ready() -> None:
-        hooks = f"; webhooks {', '.join(alert_cfg.webhooks)}" if alert_cfg.webhooks else ""
+        hooks = f"; webhooks {redacted(alert_cfg.webhooks)}" if alert_cfg.webhooks else ""
         print(f"connstats alert: {len(alert_cfg.rules)} rules from {rules} on NATS "
               f"{redacted(alert_cfg.nats.servers)} as host {alert_cfg.host}{hooks}\n  Ctrl-C to stop",
               file=sys.stderr, flush=True)

@@ -110,3 +110,36 @@ def test_the_cli_checks_a_rules_file_in_one_line(tmp_path):
                                 env={"CONNSTATS_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"})
         assert (failed.returncode, failed.stdout, failed.stderr) == (
             1, "", f"error: {bad}: rule 'a': key 'above': give exactly one of above and below\n"), argv
+
+
+async def test_a_webhook_password_never_reaches_the_logs_or_errors():
+    """The URL's user:password is sent (basic auth, as the operator asked) but what is logged
+    and raised names the webhook with ``***`` in its place."""
+    from aiohttp import web
+
+    from connstats.sink.alerts.notify import WebhookTarget
+
+    seen = []
+
+    async def refuse(request):
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    target = WebhookTarget(f"http://am:s3cret@127.0.0.1:{port}")
+    try:
+        try:
+            await target.deliver([FIRING])
+        except DeliveryFailed as exc:
+            failure = str(exc)
+        assert failure == f"HTTP 500 from http://***@127.0.0.1:{port}/api/v2/alerts"
+        assert target.name == f"http://***@127.0.0.1:{port}/api/v2/alerts"
+        assert seen == ["Basic YW06czNjcmV0"]  # am:s3cret
+    finally:
+        await target.close()
+        await runner.cleanup()

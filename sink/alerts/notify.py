@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from connstats.probe.backoff import Backoff
-from connstats.probe.contract import ALERTS_WILDCARD, StreamSettings, alerts_subject, host_token
+from connstats.probe.contract import ALERTS_WILDCARD, StreamSettings, alerts_subject, host_token, redacted
 
 from .stats import AlertStats
 
@@ -199,7 +199,7 @@ def alertmanager_url(url: str) -> str:
 class WebhookTarget:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = alertmanager_url(url)
-        self.name = self.url
+        self.name = redacted((self.url,))  # what logs and errors show: no password of the URL's
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -211,9 +211,9 @@ class WebhookTarget:
                 if response.status < 300:
                     return
                 retry = response.status == 429 or response.status >= 500
-                raise DeliveryFailed(f"HTTP {response.status} from {self.url}", retry)
+                raise DeliveryFailed(f"HTTP {response.status} from {self.name}", retry)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise DeliveryFailed(f"POST {self.url} failed: {type(exc).__name__}") from exc
+            raise DeliveryFailed(f"POST {self.name} failed: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         if self._session is not None:
