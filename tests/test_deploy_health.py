@@ -78,6 +78,9 @@ def test_services_wait_for_what_they_need():
     assert services["grafana"]["depends_on"] == {"influxdb": healthy, "prometheus": {"condition": "service_started"}}
     # the probe counts from its start (its outbox keeps what NATS cannot take yet)
     assert services["probe"]["depends_on"] == {n: {"condition": "service_started"} for n in nodes}
+    influx_port = services["sink"]["environment"]["INFLUXDB_V2_URL"].rpartition(":")[2]
+    assert services["influxdb"]["healthcheck"]["test"] == ["CMD", "influx", "ping", "--host",
+                                                           f"http://127.0.0.1:{influx_port}"]
     for name, service in services.items():  # every condition names a service with a health check
         for needed, how in service.get("depends_on", {}).items():
             if how["condition"] == "service_healthy":
