@@ -141,6 +141,12 @@ def test_the_readyz_check_passes_when_the_sink_is_ready_and_fails_without_nats(s
     wait_until(lambda: get(url) == (200, "ready\n"), 30, "ready sink")
     ready = check()
     assert (ready.returncode, ready.stdout, ready.stderr) == (0, "", "")
+    # the probe's check is the same script; with CONNSTATS_PROBE_METRICS set it asks that address
+    probe_argv = readyz_argv(healthcheck("probe", {"CONNSTATS_PROBE_METRICS": f"127.0.0.1:{port}"}))
+    assert probe_argv[:-1] == argv[:-1] and probe_argv[-1] == f"127.0.0.1:{port}"
+    for address in (f"127.0.0.1:{port}", str(port)):  # a bare PORT is loopback, as --metrics reads it
+        got = subprocess.run([*argv[:-1], address], capture_output=True, text=True, timeout=30)
+        assert (got.returncode, got.stderr) == (0, ""), address
     nats_server.kill()
     wait_until(lambda: get(url) == (503, "sink: NATS is not connected\n"), 30, "sink 503")
     unready = check()
