@@ -158,7 +158,7 @@ def test_compose_refuses_to_start_without_the_alert_password():
 
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
 def test_nats_cluster_config_is_valid_for_nats_server():
-    """nats-server 2.9 (Debian's) accepts the file the nats:2.10 image runs."""
+    """nats-server 2.9 (Debian's) accepts the file the nats:2.10-alpine image runs."""
     from tests.test_deploy_nats_cluster import node_env
     env = {**node_env("nats-1", Path("/tmp")), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([shutil.which("nats-server"), "-c", str(DEPLOY / "nats" / "cluster.conf"), "-t"],
