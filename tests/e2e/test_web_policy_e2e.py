@@ -5,6 +5,7 @@ veths, `up` with its embedded nats-server and SQLite store, a monitor-mode polic
 Chromium."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -75,8 +76,6 @@ def test_a_fresh_page_lists_the_denied_connections_the_store_holds(quiet_network
     # the same rows through the API; a bad parameter is a 400 with a JSON error
     status, body = fetch(f"http://127.0.0.1:{port}/api/policy/violations?since=15m&host={host}")
     assert status == 200
-    import json
-
     answer = json.loads(body)
     assert (answer["connections"], answer["packets"], answer["bytes"]) == (2, 60, 2 * sent[1])
     assert fetch(f"http://127.0.0.1:{port}/api/policy/violations?since=soon") == (

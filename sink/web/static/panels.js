@@ -38,13 +38,14 @@ cs.views.policy = (() => {
       if (!answer.available) {
         summary.innerHTML = `<span class="unavailable">The policy of host ${cs.escape(answer.host)} is not available: ` +
           `${cs.escape(answer.reason)}</span>`;
-        body.innerHTML = "";
+        body.innerHTML = body.dataset.shown = "";
         return;
       }
       const governed = answer.governed.map(d => `${d.ifname} (${d.groups.join(", ")})`).join("; ");
       summary.textContent = answer.mode === "off" ? `host ${answer.host}: no policy (mode off)` :
         `host ${answer.host}: mode ${answer.mode}, ${answer.groups} groups, ${answer.rules} rules; governs ${governed || "no device"}`;
-      body.innerHTML = answer.text ? `<pre class="toml">${cs.escape(answer.text)}</pre>` : "";
+      const text = answer.text ? `<pre class="toml">${cs.escape(answer.text)}</pre>` : "";
+      if (body.dataset.shown !== text) { body.innerHTML = text; body.dataset.shown = text; }  // polled: keep a selection
       violations.innerHTML = answer.violations.map(v =>
         `<tr><td>${new Date(v.interval_end / 1e6).toLocaleTimeString()}</td><td>${cs.escape(v.mode)}</td>` +
         `<td>${cs.escape(v.ifname)}</td><td>${cs.escape(v.proto)}</td>` +
@@ -53,7 +54,7 @@ cs.views.policy = (() => {
         `<td class="num">${v.packets}</td><td class="num">${v.bytes}</td></tr>`).join("");
     } catch (error) {
       summary.textContent = `error: ${error.message}`;
-      body.innerHTML = "";
+      body.innerHTML = body.dataset.shown = "";
       violations.innerHTML = "";
     }
   }
