@@ -180,6 +180,53 @@ async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_pat
     assert len(answers[0][0]["connections"]) == 300
 
 
+async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxdb(
+        nats_server, store_path, influx_server, tmp_path):
+    """Every 4th connection denied: /api/policy/violations is `connstats history --verdict deny`'s
+    rows of the host, per connection, the same from SQLite and from InfluxDB. (The InfluxDB
+    test server runs no Flux: it is sent only the denied records of the host, so this checks
+    the InfluxDB path's grouping and sums; the Flux verdict filter is tests/test_history.py's.)"""
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    start = time.time_ns() - 30 * 60 * SECOND
+    batches = [synthetic_batch("web-5", i, start + i * 300 * SECOND, 300 * SECOND, 200, containers=3, peers=5,
+                               seed=i, deny_every=4) for i in range(2)]
+    batches.append(synthetic_batch("web-6", 0, start, 300 * SECOND, 40, seed=7, deny_every=2))  # another host
+    await write(store_path, *batches)
+    influx = InfluxStore(config)
+    for batch in batches[:2]:
+        await influx.write(batch.take(np.flatnonzero(np.asarray(batch.columns.verdict) == "deny")))
+    await influx.close()
+    params = {"since": "2026-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z", "host": "web-5"}
+    answers = []
+    for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config, host="elsewhere"))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/policy/violations", params=params) as response:
+                    assert response.status == 200, await response.text()
+                    answers.append(await response.json())
+                async with session.get("/api/policy/violations", params={**params, "limit": "7"}) as response:
+                    answers.append(await response.json())
+        finally:
+            await ui.close()
+    assert answers[0] == answers[2] and answers[1] == answers[3]
+    body, limited = answers[0], answers[1]
+    query = HistoryQuery(since=body["since_ms"] * MS, until=body["until_ms"] * MS, host="web-5", verdict="deny")
+    held = sqlite_history(store_path, query)
+    denied = [np.asarray(b.columns.verdict) == "deny" for b in batches[:2]]
+    assert len(held) == body["connections"] == 50  # connections 0, 4, 8, ... of 200, in both intervals
+    assert body["bytes"] == sum(int(np.asarray(b.columns.bytes, dtype=np.uint64)[d].sum())
+                                for b, d in zip(batches, denied))
+    assert [(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["packets"], r["bytes"]) for r in body["rows"]] \
+        == [(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["packets"], r["bytes"]) for r in held]
+    assert (limited["connections"], limited["bytes"], limited["rows"]) == (50, body["bytes"], body["rows"][:7])
+
+
 @pytest.mark.parametrize("path, params, message", [
     ("/api/map", {"since": "yesterday"}, "'yesterday' is neither a duration (15m) nor an RFC 3339 time"),
     ("/api/map", {"since": "1h", "until": "2h"}, "--until must be later than --since"),
@@ -191,6 +238,9 @@ async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_pat
     ("/api/history", {"proto": "carrier-pigeon"}, "carrier-pigeon"),
     ("/api/map", {"verdict": "maybe"}, "verdict='maybe' is not allow, deny or none"),
     ("/api/policy/learn", {"peers": "everyone"}, "--peers 'everyone' is not world or prefix"),
+    ("/api/policy/violations", {"since": "soon"}, "'soon' is neither a duration (15m) nor an RFC 3339 time"),
+    ("/api/policy/violations", {"limit": "10001"}, "limit='10001' is not a whole number from 1 to 10000"),
+    ("/api/policy/violations", {"verdict": "allow"}, "unknown parameter 'verdict'"),
     ("/api/live", {"limit": "0"}, "limit='0' is not a whole number from 1 to 1000"),
     ("/api/live", {"host": "a\x01b"}, "host is longer than 256 characters or holds control characters"),
 ])

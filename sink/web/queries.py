@@ -136,6 +136,32 @@ def policy_params(params: Mapping[str, str], default_host: str) -> tuple[str, in
     return _text(params, "host") or default_host, _int(params, "limit", 1, 500) or 100
 
 
+VIOLATION_PARAMS = ("since", "until", "host", "limit", "token")
+MAX_VIOLATIONS = 10_000
+
+
+def violations_query(params: Mapping[str, str], default_host: str) -> tuple[HistoryQuery, int]:
+    """The denied connections of a range (``connstats history --verdict deny``'s query, per
+    connection, of ``host``, default this host) and how many rows to send (``limit``)."""
+    _only(params, VIOLATION_PARAMS)
+    now = time.time_ns()
+    query = HistoryQuery(since=parse_time(params.get("since") or "1h", now),
+                         until=parse_time(params.get("until") or "now", now),
+                         host=_text(params, "host") or default_host, verdict="deny", group_by="connection")
+    return query, _int(params, "limit", 1, MAX_VIOLATIONS) or 500
+
+
+def build_violations(rows: list[dict], query: HistoryQuery, limit: int) -> dict[str, Any]:
+    """The store's denied connections, busiest first; totals cover every row, ``rows`` the first ``limit``."""
+    return {
+        "host": query.host, "since_ms": query.since // _MS, "until_ms": query.until // _MS,
+        "connections": len(rows), "packets": sum(r["packets"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
+        "rows": [{**{k: r[k] for k in query.keys}, "packets": r["packets"], "bytes": r["bytes"],
+                  "first_seen_ms": (r["first_seen"] or 0) // _MS, "last_seen_ms": (r["last_seen"] or 0) // _MS}
+                 for r in rows[:limit]],
+    }
+
+
 # -- the map ----------------------------------------------------------------------------------
 
 

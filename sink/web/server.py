@@ -6,6 +6,7 @@
     GET /api/history         bytes and packets over time per container, interface or port
     GET /api/alerts          the alerts firing now (connstats.sink.alerts.firing_alerts)
     GET /api/policy          a probe's active policy and mode, and its recent violations
+    GET /api/policy/violations  the denied connections of a time range, from the store
     GET /api/policy/learn    what `connstats policy learn` would write for a time range
 
 Parameters and answers are in the README (``## Web page``). A bad parameter is a 400 with
@@ -32,7 +33,8 @@ from connstats.sink.stores import parse_store
 
 from .access import TOKEN_FILE, AccessGuard, new_token
 from .live import LiveFeed, LivePage
-from .queries import build_map, build_series, history_query, learn_params, live_filter, map_query, policy_params
+from .queries import (build_map, build_series, build_violations, history_query, learn_params, live_filter, map_query,
+                      policy_params, violations_query)
 from .violations import ViolationLog
 
 log = logging.getLogger("connstats.web")
@@ -116,6 +118,7 @@ class WebUi:
         app.router.add_get("/api/alerts", self.alerts)
         app.router.add_get("/api/policy", self.policy)
         app.router.add_get("/api/policy/learn", self.learn)
+        app.router.add_get("/api/policy/violations", self.denied)
         return app
 
     async def start(self) -> None:
@@ -213,6 +216,12 @@ class WebUi:
         except TransportError as exc:  # no probe answers: the page says so, with what was seen
             return _json({"available": False, "host": host, "reason": str(exc), "violations": violations})
         return _json({"available": True, "host": host, **reply, "violations": violations})
+
+    async def denied(self, request: web.Request) -> web.Response:
+        """The connections the policy denied over a range, from the store (the ``verdict``
+        column), through ``connstats history --verdict deny``'s query."""
+        query, limit = violations_query(request.query, self.config.host)
+        return _json(build_violations(await self.reader.rows(query), query, limit))
 
     async def learn(self, request: web.Request) -> web.Response:
         """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""

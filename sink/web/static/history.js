@@ -1,10 +1,22 @@
 "use strict";
-// History: bytes or packets over time per container, interface or port, one line per
-// series, one dot per point the store returned (no smoothing, no invented points).
+// History: bytes or packets over time per container, interface or port, one dot per point
+// the store returned (no smoothing, no invented points); a series' line breaks where a
+// bucket between two points has no data.
 cs.views.history = (() => {
   const W = 1000, H = 420, LEFT = 80, RIGHT = 20, TOP = 20, BOTTOM = 40, TICKS = 6;
   const COLOURS = ["#2f6fdb", "#e08a1e", "#2e9d57", "#d33c3c", "#7a4bd1", "#8c564b", "#e377c2", "#17becf"];
   let loaded = false;
+
+  // The series' points split where a bucket between two of them holds no data: each run is
+  // drawn as a line of its own, so no line crosses a time the store has nothing for.
+  function runs(points, everyMs) {
+    const out = [];
+    points.forEach((p, i) => {
+      if (i === 0 || p.time_ms - points[i - 1].time_ms > everyMs) out.push([]);
+      out[out.length - 1].push(p);
+    });
+    return out;
+  }
 
   function render(body, metric) {
     const x = t => LEFT + (W - LEFT - RIGHT) * (t - body.since_ms) / Math.max(1, body.until_ms - body.since_ms);
@@ -25,8 +37,10 @@ cs.views.history = (() => {
     }
     body.series.forEach((s, i) => {
       const colour = COLOURS[i % COLOURS.length];
-      const points = s.points.map(p => `${x(p.time_ms).toFixed(1)},${y(p[metric]).toFixed(1)}`).join(" ");
-      parts.push(`<polyline stroke="${colour}" points="${points}" data-series="${cs.escape(s.key)}"></polyline>`);
+      for (const run of runs(s.points, body.every_ms)) {
+        const points = run.map(p => `${x(p.time_ms).toFixed(1)},${y(p[metric]).toFixed(1)}`).join(" ");
+        parts.push(`<polyline stroke="${colour}" points="${points}" data-series="${cs.escape(s.key)}"></polyline>`);
+      }
       for (const p of s.points)
         parts.push(`<circle class="point" cx="${x(p.time_ms).toFixed(1)}" cy="${y(p[metric]).toFixed(1)}" r="3" fill="${colour}" ` +
           `data-series="${cs.escape(s.key)}" data-time-ms="${p.time_ms}" data-value="${p[metric]}">` +

@@ -1,6 +1,7 @@
 "use strict";
 // Alerts (connstats.sink.alerts: the alerts firing now) and Policy (a probe's active policy,
-// its recent violations, and a learn preview from the store).
+// the violations published while the page's server ran, the denied connections of a range
+// from the store, and a learn preview from the store).
 cs.views.alerts = (() => {
   async function load() {
     const summary = document.getElementById("alerts-summary");
@@ -37,13 +38,14 @@ cs.views.policy = (() => {
       if (!answer.available) {
         summary.innerHTML = `<span class="unavailable">The policy of host ${cs.escape(answer.host)} is not available: ` +
           `${cs.escape(answer.reason)}</span>`;
-        body.innerHTML = "";
+        body.innerHTML = body.dataset.shown = "";
         return;
       }
       const governed = answer.governed.map(d => `${d.ifname} (${d.groups.join(", ")})`).join("; ");
       summary.textContent = answer.mode === "off" ? `host ${answer.host}: no policy (mode off)` :
         `host ${answer.host}: mode ${answer.mode}, ${answer.groups} groups, ${answer.rules} rules; governs ${governed || "no device"}`;
-      body.innerHTML = answer.text ? `<pre class="toml">${cs.escape(answer.text)}</pre>` : "";
+      const text = answer.text ? `<pre class="toml">${cs.escape(answer.text)}</pre>` : "";
+      if (body.dataset.shown !== text) { body.innerHTML = text; body.dataset.shown = text; }  // polled: keep a selection
       violations.innerHTML = answer.violations.map(v =>
         `<tr><td>${new Date(v.interval_end / 1e6).toLocaleTimeString()}</td><td>${cs.escape(v.mode)}</td>` +
         `<td>${cs.escape(v.ifname)}</td><td>${cs.escape(v.proto)}</td>` +
@@ -52,9 +54,41 @@ cs.views.policy = (() => {
         `<td class="num">${v.packets}</td><td class="num">${v.bytes}</td></tr>`).join("");
     } catch (error) {
       summary.textContent = `error: ${error.message}`;
-      body.innerHTML = "";
+      body.innerHTML = body.dataset.shown = "";
       violations.innerHTML = "";
     }
+  }
+
+  // The store's denied connections of the chosen range (the verdict column), per connection.
+  async function loadDenied() {
+    const summary = document.getElementById("denied-summary");
+    const table = document.getElementById("denied-table");
+    const params = {...cs.formParams(document.getElementById("denied-filters")),
+                    host: document.getElementById("policy-filters").elements.host.value};
+    try {
+      const answer = await cs.api("policy/violations", params);
+      summary.textContent = `host ${answer.host}: ${answer.connections} denied connections, ${answer.packets} packets ` +
+        `(${cs.bytes(answer.bytes)}) from ${new Date(answer.since_ms).toLocaleString()} to ` +
+        `${new Date(answer.until_ms).toLocaleString()}` + (answer.rows.length < answer.connections ?
+        `; the ${answer.rows.length} busiest shown` : "");
+      table.tBodies[0].innerHTML = answer.rows.map(r =>
+        `<tr><td>${cs.escape(r.ifname)}</td><td>${cs.escape(r.direction)}</td><td>${cs.escape(r.proto)}</td>` +
+        `<td>${cs.escape(cs.endpoint(r.src_ip, r.src_port))}</td><td>${cs.escape(cs.endpoint(r.dst_ip, r.dst_port))}</td>` +
+        `<td>${new Date(r.first_seen_ms).toLocaleTimeString()}</td><td>${new Date(r.last_seen_ms).toLocaleTimeString()}</td>` +
+        `<td class="num">${r.packets}</td><td class="num">${r.bytes}</td></tr>`).join("");
+      table.dataset.since = answer.since_ms;
+      table.dataset.until = answer.until_ms;
+    } catch (error) {
+      summary.textContent = `error: ${error.message}`;
+      table.tBodies[0].innerHTML = "";
+    }
+  }
+
+  // While the view is open, the violations the probes publish are fetched as they arrive.
+  let polling = null, busy = false;
+  function poll() {
+    if (document.getElementById("view-policy").hidden) { clearInterval(polling); polling = null; return; }
+    if (!busy) { busy = true; loadActive().finally(() => { busy = false; }); }
   }
 
   async function learn() {
@@ -76,8 +110,15 @@ cs.views.policy = (() => {
 
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("learn-filters").addEventListener("submit", e => { e.preventDefault(); learn(); });
-    document.getElementById("policy-filters").addEventListener("submit", e => { e.preventDefault(); loadActive(); });
+    document.getElementById("policy-filters").addEventListener("submit", e => {
+      e.preventDefault(); loadActive(); loadDenied(); });
+    document.getElementById("denied-filters").addEventListener("submit", e => { e.preventDefault(); loadDenied(); });
   });
 
-  return { show() { loadActive(); if (!learned) { learned = true; learn(); } } };
+  return { show() {
+    loadActive();
+    loadDenied();
+    if (polling === null) polling = setInterval(poll, 3000);
+    if (!learned) { learned = true; learn(); }
+  } };
 })();
