@@ -8,7 +8,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from connstats.probe.control import ControlClient
-from connstats.probe.contract import TransportError, redacted
 
 from .config import Config
 from .live import connection_columns, connection_row
@@ -52,21 +51,7 @@ def request(config: Config, flags: NatsFlags, host: str | None, verb: str, body:
         async with ControlClient(options, config.host(host), timeout) as client:
             return await client.request(verb, body)
 
-    try:
-        return asyncio.run(call())
-    except TransportError as exc:
-        if not _login_refused(exc):
-            raise
-        raise TransportError(
-            f"NATS at {redacted(options.servers)} refused the connection: authorization violation; "
-            "run as root (`connstats up` keeps its credentials in its state directory) or pass "
-            "credentials (--nats nats://USER:PASSWORD@HOST:PORT or --nats-creds FILE)") from exc
-
-
-def _login_refused(exc: BaseException) -> bool:
-    """True if the server turned the login down (nats-py's 'Authorization Violation')."""
-    cause = exc.__cause__
-    return cause is not None and "authorization violation" in str(cause).lower()
+    return asyncio.run(call())
 
 
 def _describe(device: dict) -> str:

@@ -263,6 +263,11 @@ def _tls_context(options: NatsOptions) -> ssl.SSLContext | None:
     return context
 
 
+def _login_refused(exc: BaseException) -> bool:
+    """True if the server turned the login down (nats-py's 'Authorization Violation')."""
+    return "authorization violation" in str(exc).lower()
+
+
 def _connect_arguments(options: NatsOptions) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "servers": list(options.servers),
@@ -290,13 +295,26 @@ def redacted(servers: tuple[str, ...]) -> str:
 async def connect(options: NatsOptions, **callbacks: Any) -> Client:
     """Connect once (raise ``TransportError`` if no server answers), then reconnect forever."""
 
-    async def quiet_error(exc: Exception) -> None:
-        log.debug("nats: %r", exc)
+    refused: list[Exception] = []  # the server turned the login down (seen as an error, then a retry)
+    given = callbacks.pop("error_cb", None)
 
-    arguments = {"error_cb": quiet_error, **_connect_arguments(options), **callbacks}
+    async def on_error(exc: Exception) -> None:
+        if _login_refused(exc):
+            refused.append(exc)
+        if given is not None:
+            await given(exc)
+        else:
+            log.debug("nats: %r", exc)
+
+    arguments = {**_connect_arguments(options), **callbacks, "error_cb": on_error}
     try:
         client = await nats.connect(**arguments)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
+        if refused or _login_refused(exc):
+            raise TransportError(
+                f"NATS at {redacted(options.servers)} refused the connection: authorization violation; "
+                "run as root (`connstats up` keeps its credentials in its state directory) or pass "
+                "credentials (--nats nats://USER:PASSWORD@HOST:PORT or --nats-creds FILE)") from exc
         raise TransportError(
             f"cannot connect to NATS at {redacted(options.servers)}: {type(exc).__name__}; "
             "check the URL, that nats-server runs, and the credentials"
