@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 from tests.test_deploy import COMPOSE_ENV, DEPLOY, compose_file, docker_compose, needs_compose, option
 
@@ -89,11 +88,8 @@ def test_services_wait_for_what_they_need():
 
 def get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
+        return http_request(url, timeout=5)
+    except OSError as exc:  # nothing listens
         return 0, str(exc)
 
 

@@ -11,25 +11,20 @@ import re
 import sqlite3
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_cli_e2e import UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401 (fixtures)
+from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 
 pytestmark = pytest.mark.kernel
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return http_request(url, timeout=5)
 
 
 def samples(url: str) -> dict[tuple, float]:
@@ -206,12 +201,7 @@ def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning
 
 
 def post_json(url: str, body: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return http_request(url, data=body, method="POST", headers={"Content-Type": "application/json"}, timeout=5)
 
 
 def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_network, cs_env, start, nats_server):

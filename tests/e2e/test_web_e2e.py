@@ -20,6 +20,7 @@ import pytest
 
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401
+from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 
 pytestmark = pytest.mark.kernel
@@ -158,12 +159,7 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
 
 
 def fetch(url: str, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return http_request(url, headers=headers)
 
 
 def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, browser_page):
