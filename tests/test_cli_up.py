@@ -23,7 +23,7 @@ from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.contract import NatsOptions
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.run import run_sink
-from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
+from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records
 
 
 def test_pick_port_prefers_the_given_port_and_falls_back_when_taken():
@@ -57,6 +57,28 @@ async def test_embedded_server_has_jetstream_on_loopback_and_stops(tmp_path):
             pid = server.pid
             server.stop()
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+async def test_a_port_taken_between_the_look_and_the_bind_is_left_to_its_owner(tmp_path, monkeypatch):
+    """Two `up`s starting at once both find 4222 free; the second server's bind fails.
+    It must start again on a free port, and never take the first one's server for its own."""
+    first = EmbeddedNats(tmp_path / "first", preferred_port=free_port())
+    first.start()
+    try:
+        monkeypatch.setattr("connstats.probe.embedded_nats.port_is_free", lambda port: True)  # looked too early
+        second = EmbeddedNats(tmp_path / "second", preferred_port=first.port)
+        url = second.start()
+        try:
+            assert second.port != first.port and url == f"nats://127.0.0.1:{second.port}"
+            log = (tmp_path / "second" / "nats-server.log").read_text()
+            assert f"listen tcp 127.0.0.1:{first.port}: bind: address already in use" in log
+            nc = await nats.connect(url)
+            assert nc.connected_server_version.major == 2 and nc._server_info["server_name"] == second._name
+            await nc.close()
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 async def test_wait_until_stored_follows_the_consumer_ack_floor(nats_server):
