@@ -23,7 +23,8 @@ from connstats.sink.alerts.notify import ALERTS_STREAM
 from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
 from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401 (fixture)
-from tests.test_alert_service import HOST, RULE, Receiver, publish, until
+from tests.test_alert_service import HOST, RULE, Receiver, publish
+from tests.fixtures.wait import until_async
 
 BURST = RULE | {"window": "1h"}  # nothing resolves while a test runs
 QUIET = BURST | {"name": "quiet", "above": 10**9}
@@ -85,13 +86,13 @@ async def test_counters_after_three_intervals_and_two_alerts_are_exact(role_nats
         assert scrape(engine.telemetry)[("connstats_alerts_firing", (("rule", "udp-burst"),))] == 0
         # one interval at a time, each delivered everywhere before the next: exact failure counts
         await publish(flows, 0, [{"dport": 5353, "packets": 700}, {"dport": 6000, "packets": 400}])
-        await until(lambda: (len(recovering.bodies), refusing.attempts, engine.stats.sent["nats"]) == (1, 1, 1))
+        await until_async(lambda: (len(recovering.bodies), refusing.attempts, engine.stats.sent["nats"]) == (1, 1, 1), 15.0)
         await publish(flows, 1, [{"dport": 7000, "packets": 900}])
-        await until(lambda: (len(recovering.bodies), refusing.attempts, engine.stats.sent["nats"]) == (2, 2, 2))
+        await until_async(lambda: (len(recovering.bodies), refusing.attempts, engine.stats.sent["nats"]) == (2, 2, 2), 15.0)
         await publish(flows, 2, [{"dport": 8000, "packets": 100}])
-        await until(lambda: engine.stats.intervals == 3)
+        await until_async(lambda: engine.stats.intervals == 3, 15.0)
         consumer = (("consumer", "connstats-alerts"),)
-        await until(lambda: (engine.service.metrics.pending, engine.service.metrics.ack_pending) == (0, 0))
+        await until_async(lambda: (engine.service.metrics.pending, engine.service.metrics.ack_pending) == (0, 0), 15.0)
         samples = scrape(engine.telemetry)
 
     assert (recovering.attempts, refusing.attempts) == (3, 2)  # 500 then 200, 200; 400, 400
@@ -119,7 +120,7 @@ async def test_hostile_messages_and_a_stuck_webhook_show_in_the_counters(role_na
         await js.publish(f"connstats.v1.flows.{HOST}", b"not json")
         for seq in range(2):
             await publish(flows, seq, [{"dport": 7000 + seq, "packets": 900}])
-        await until(lambda: engine.stats.sent["nats"] == 2)
+        await until_async(lambda: engine.stats.sent["nats"] == 2, 15.0)
         samples = scrape(engine.telemetry)
         assert stuck.attempts == 1  # it holds the first POST; both alerts wait in its queue
     assert {k: v for k, v in samples.items() if "queued" in k[0] or "undecodable" in k[0] or "firing" in k[0]} == {

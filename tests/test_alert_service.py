@@ -22,6 +22,7 @@ from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
 from tests.alert_data import envelope, record
 from tests.fixtures.nats import free_port, read_stream
+from tests.fixtures.wait import until_async
 
 HOST = "node-1"
 RULE = {"name": "udp-burst", "kind": "threshold", "metric": "packets", "by": ["ifname", "dst_port"],
@@ -73,13 +74,6 @@ async def publish(nc, seq: int, rows: list[dict]) -> None:
     await nc.jetstream().publish(flows_subject(HOST), encode_message(batch))
 
 
-async def until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 class Running:
     def __init__(self, options, *webhooks: str, rules=(RULE,), state_dir=None, webhook_timeout=5.0) -> None:
         config = AlertConfig(parse_rules({"rule": list(rules)}), options, "engine-1", state_dir, webhooks,
@@ -111,14 +105,14 @@ async def flows(role_nats):
 async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, flows):
     async with Receiver() as receiver, Running(role_nats.options("alert"), receiver.url) as service:
         await publish(flows, 0, [{"dport": 5353, "packets": 700}, {"dport": 6000, "packets": 400}])
-        await until(lambda: len(receiver.bodies) == 1)
+        await until_async(lambda: len(receiver.bodies) == 1, 15.0)
         admin = await connect(role_nats.options("admin"))
         try:
             firing = await firing_alerts(admin)
             assert [(a["labels"], a["value"], a["state"], a["host"]) for a in firing] == [
                 ({"alertname": "udp-burst", "severity": "warning", "ifname": "veth-a", "dst_port": "5353"},
                  700, "firing", HOST)]
-            await until(lambda: len(receiver.bodies) == 2)  # 2 s window, nothing more: resolved
+            await until_async(lambda: len(receiver.bodies) == 2, 15.0)  # 2 s window, nothing more: resolved
             assert await firing_alerts(admin) == []
         finally:
             await admin.close()
@@ -144,7 +138,7 @@ async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, f
 async def test_a_webhook_failing_then_recovering_gets_the_alert(role_nats, flows):
     async with Receiver(statuses=(500, 500)) as receiver, Running(role_nats.options("alert"), receiver.url) as service:
         await publish(flows, 0, [{"packets": 900}])
-        await until(lambda: len(receiver.bodies) == 1)
+        await until_async(lambda: len(receiver.bodies) == 1, 15.0)
         assert receiver.attempts == 3
         assert [a["annotations"]["value"] for a in receiver.bodies[0][1]] == ["900"]
         assert service.engine.stats.failed[f"{receiver.url}/api/v2/alerts"] == 2
@@ -155,7 +149,7 @@ async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
             Running(role_nats.options("alert"), silent.url, working.url, webhook_timeout=120) as service:
         for seq in range(3):
             await publish(flows, seq, [{"dport": 7000 + seq, "packets": 900}])
-            await until(lambda: len(working.bodies) == seq + 1, 30.0)
+            await until_async(lambda: len(working.bodies) == seq + 1, 30.0)
         # all three went out while the silent webhook still holds its first request
         assert [b[1][0]["labels"]["dst_port"] for b in working.bodies] == ["7000", "7001", "7002"]
         assert (silent.attempts, silent.bodies, service.engine.stats.sent["nats"]) == (1, [], 3)
@@ -165,7 +159,7 @@ async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
 async def test_firing_alerts_from_the_stream_when_no_engine_answers(role_nats, flows):
     async with Running(role_nats.options("alert"), rules=(RULE | {"window": "30s"},)) as service:
         await publish(flows, 0, [{"packets": 900}])
-        await until(lambda: service.engine.stats.sent["nats"] == 1)
+        await until_async(lambda: service.engine.stats.sent["nats"] == 1, 15.0)
     admin = await connect(role_nats.options("admin"))
     try:
         kept = await firing_alerts(admin, timeout=0.5)
@@ -182,6 +176,6 @@ async def test_hostile_flow_messages_are_counted_and_skipped(role_nats, flows):
         await js.publish(flows_subject(HOST), b"not json")
         await js.publish(flows_subject(HOST), b'{"schema": 2, "host": "node-1"}')
         await publish(flows, 0, [{"packets": 900}])
-        await until(lambda: service.engine.stats.sent["nats"] == 1)
+        await until_async(lambda: service.engine.stats.sent["nats"] == 1, 15.0)
         stats = service.engine.stats
         assert (stats.undecodable, stats.intervals, stats.rule_errors) == (2, 1, 0)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 from tests.test_deploy import COMPOSE_ENV, DEPLOY, compose_file, docker_compose, needs_compose, option
+from tests.fixtures.wait import until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNSTATS = ROOT / ".venv" / "bin" / "connstats"
@@ -93,14 +93,6 @@ def get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.2)
-    return value
-
-
 @pytest.fixture
 def sink(nats_server, tmp_path):
     """A real `connstats sink` on ``nats_server`` with a SQLite store; stopped by pid."""
@@ -134,7 +126,7 @@ def test_the_readyz_check_passes_when_the_sink_is_ready_and_fails_without_nats(s
     def check() -> subprocess.CompletedProcess:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
-    wait_until(lambda: get(url) == (200, "ready\n"), 30, "ready sink")
+    until(lambda: get(url) == (200, "ready\n"), 30, "ready sink")
     ready = check()
     assert (ready.returncode, ready.stdout, ready.stderr) == (0, "", "")
     # the probe's check is the same script; with CONNSTATS_PROBE_METRICS set it asks that address
@@ -144,11 +136,11 @@ def test_the_readyz_check_passes_when_the_sink_is_ready_and_fails_without_nats(s
         got = subprocess.run([*argv[:-1], address], capture_output=True, text=True, timeout=30)
         assert (got.returncode, got.stderr) == (0, ""), address
     nats_server.kill()
-    wait_until(lambda: get(url) == (503, "sink: NATS is not connected\n"), 30, "sink 503")
+    until(lambda: get(url) == (503, "sink: NATS is not connected\n"), 30, "sink 503")
     unready = check()
     assert unready.returncode == 1 and "HTTP Error 503" in unready.stderr
     nats_server.start()
-    wait_until(lambda: get(url) == (200, "ready\n"), 30, "sink ready again")
+    until(lambda: get(url) == (200, "ready\n"), 30, "sink ready again")
     assert check().returncode == 0
     # a sink that does not listen at all fails the check too
     argv[-1] = f"0.0.0.0:{free_port()}"
@@ -191,12 +183,12 @@ def test_the_nats_check_passes_on_a_jetstream_node_and_fails_before_its_cluster_
 
     servers = [nats_server(tmp_path / "a.conf"), nats_server(tmp_path / "b.conf")]
     try:
-        wait_until(lambda: get(f"http://127.0.0.1:{standalone}/healthz") == (200, '{"status":"ok"}'), 30,
+        until(lambda: get(f"http://127.0.0.1:{standalone}/healthz") == (200, '{"status":"ok"}'), 30,
                    "a healthy standalone node")
         ok = check(standalone)
         assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
         unavailable = (503, '{"status":"unavailable","error":"JetStream has not established contact with a meta leader"}')
-        wait_until(lambda: get(f"http://127.0.0.1:{clustered}/healthz") == unavailable, 30, "503 from the lone node")
+        until(lambda: get(f"http://127.0.0.1:{clustered}/healthz") == unavailable, 30, "503 from the lone node")
         lone = check(clustered)
         assert (lone.returncode, lone.stderr) == (1, "wget: server returned error: HTTP/1.1 503 Service Unavailable\n")
     finally:

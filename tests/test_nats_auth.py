@@ -21,6 +21,7 @@ from connstats.probe.nats_auth import (
 from connstats.probe.contract import NatsOptions, connect, flows_subject
 from tests.fixtures.nats import free_port
 from tests.fixtures.secure_nats import DEPLOY_CONFIG, deployed_permissions, embedded_permissions
+from tests.fixtures.wait import until_async
 
 
 def mode(path) -> int:
@@ -94,19 +95,10 @@ async def test_the_embedded_roles_have_their_permissions(embedded):
     try:
         await sink.publish(flows_subject("node-1"), b"{}")
         await sink.flush()
-        await _until(lambda: errors)
+        await until_async(lambda: errors, 2.0, "the permissions violation")
         assert errors == [f'nats: permissions violation for publish to "{flows_subject("node-1")}"']
     finally:
         await sink.close()
-
-
-async def _until(condition, timeout: float = 2.0) -> None:
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
 
 
 # -- how commands find the credentials ------------------------------------------------------------

@@ -14,7 +14,8 @@ from tests.e2e.test_alerts_e2e import THRESHOLD, Webhook
 from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
     assert_one_line_error, connstats, cs_env, quiet_network, start,
 )
-from tests.e2e.test_metrics_e2e import get, samples, wait_until
+from tests.e2e.test_metrics_e2e import get, samples
+from tests.fixtures.wait import until
 from tests.fixtures.nats import free_port
 
 RULE = (("rule", "udp-burst"),)
@@ -36,18 +37,18 @@ def test_up_serves_the_engine_metrics_firing_and_webhook_counts_exact(quiet_netw
                    "--webhook", hook.url, "--http", http, "--metrics", metrics)
         up.wait_for("connstats up: watching")
         endpoint = f"http://{metrics}"
-        wait_until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 30, "ready probe, sink and engine")
+        until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 30, "ready probe, sink and engine")
         quiet = samples(endpoint)
         assert (quiet[("connstats_alerts_firing", RULE)], notifications(quiet)) == (0, (0, 0))
 
         a.traffic("udp", b.ipv4, 5353, 40001, 1000, 100)  # over 500 on one port: fires once
-        wait_until(lambda: len(hook.alerts()) == 1, 40, "firing alert at the webhook")
-        fired = wait_until(lambda: (got := samples(endpoint))[("connstats_alert_notifications_total",
+        until(lambda: len(hook.alerts()) == 1, 40, "firing alert at the webhook")
+        fired = until(lambda: (got := samples(endpoint))[("connstats_alert_notifications_total",
                                                                (("target", "nats"),))] == 1 and got, 20,
                            "the alert published on NATS")
         on_http_listener = samples(f"http://{http}")  # the same registry on the probe's listener
-        wait_until(lambda: len(hook.alerts()) == 2, 40, "resolved alert at the webhook")
-        resolved = wait_until(lambda: (got := samples(endpoint))[("connstats_alert_notifications_total",
+        until(lambda: len(hook.alerts()) == 2, 40, "resolved alert at the webhook")
+        resolved = until(lambda: (got := samples(endpoint))[("connstats_alert_notifications_total",
                                                                   (("target", "nats"),))] == 2 and got, 20,
                               "the resolution published on NATS")
         received = len(hook.alerts())
@@ -84,7 +85,7 @@ def test_standalone_alert_metrics_from_the_environment_and_readiness(cs_env, sta
     assert get(endpoint + "/readyz") == (503, "alerts: the durable consumer connstats-alerts does not exist yet "
                                               "(it needs the stream CONNSTATS)\n")
     asyncio.run(create_flow_stream(nats_server.url))  # as the first probe or sink does
-    wait_until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 20, "ready engine")
+    until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 20, "ready engine")
     got = samples(endpoint)
     assert (got[("connstats_alerts_firing", RULE)], notifications(got)) == (0, (0, 0))
     assert ("process_cpu_seconds_total", ()) in got

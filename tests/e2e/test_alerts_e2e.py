@@ -21,6 +21,7 @@ from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
 )
 from tests.e2e.test_overflow_e2e import SEND_FROM_MANY_PORTS
 from tests.fixtures.nats import free_port, read_stream
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -58,14 +59,6 @@ class Webhook:
 
     def alerts(self) -> list[dict]:
         return [alert for _, _, body in self.posts for alert in body]
-
-
-def until(condition, timeout: float = 40.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout} s")
-        time.sleep(0.1)
 
 
 def stream(url: str, name: str) -> list:
@@ -113,10 +106,10 @@ def test_up_threshold_fires_once_then_resolves_on_webhook_and_nats(quiet_network
         assert "alerts 1 rules; " in up.stderr
         a.traffic("udp", b.ipv4, 5353, 40001, 1000, 100)  # over 500 on one port
         a.traffic("udp", b.ipv4, 5354, 40002, 300, 100)  # under it on another
-        until(lambda: len(hook.alerts()) == 1, what="firing alert at the webhook")
+        until(lambda: len(hook.alerts()) == 1, timeout=40.0, what="firing alert at the webhook")
         listed = connstats(cs_env, "alerts", "--format", "json")
         assert listed.returncode == 0, listed.stderr
-        until(lambda: len(hook.alerts()) == 2, what="resolved alert at the webhook")
+        until(lambda: len(hook.alerts()) == 2, timeout=40.0, what="resolved alert at the webhook")
         resolved_at = hook.posts[1][1]
         assert connstats(cs_env, "alerts").stdout == "no alert is firing\n"
         url = admin_url(state)
@@ -169,7 +162,7 @@ def test_new_port_after_learning_and_a_restart_keeps_the_baseline(quiet_network,
     a.traffic("udp", b.ipv4, 6001, 41001, 5, 50)  # learning
     time.sleep(4.5)
     a.traffic("udp", b.ipv4, 6002, 41002, 5, 50)
-    until(lambda: new_ports() == ["6002"], what="new_port alert for 6002")
+    until(lambda: new_ports() == ["6002"], timeout=40.0, what="new_port alert for 6002")
     assert engine.interrupt() == 0
     baseline = state / "alerts-baseline.json"
     assert stat.S_IMODE(baseline.stat().st_mode) == 0o600
@@ -181,7 +174,7 @@ def test_new_port_after_learning_and_a_restart_keeps_the_baseline(quiet_network,
     a.traffic("udp", b.ipv4, 6002, 41004, 5, 50)
     time.sleep(2.5)
     a.traffic("udp", b.ipv4, 6003, 41005, 5, 50)
-    until(lambda: new_ports() == ["6002", "6003"], what="new_port alert for 6003")
+    until(lambda: new_ports() == ["6002", "6003"], timeout=40.0, what="new_port alert for 6003")
     [(subject, last)] = [(s, m) for s, m in alerts_in(url) if m["state"] == "firing"][-1:]
     assert (subject, last["labels"], last["value"]) == (
         alerts_subject(socket.gethostname()),
@@ -235,9 +228,9 @@ def test_overflow_spike_and_silent_host_with_a_separate_probe(quiet_network, cs_
     a.traffic("udp-paced", b.ipv4, 5360, 42000, 400, 60, 4)  # 100 packets a second: the baseline
     time.sleep(1.0)
     a.traffic("udp", b.ipv4, 5360, 42000, 4000, 60)  # the spike
-    until(lambda: fired("spike"), what="spike alert")
+    until(lambda: fired("spike"), timeout=40.0, what="spike alert")
     a.run(sys.executable, "-c", SEND_FROM_MANY_PORTS, b.ipv4, "43000", "500", "80")  # 500 flows, map of 16
-    until(lambda: fired("map-full"), what="overflow alert")
+    until(lambda: fired("map-full"), timeout=40.0, what="overflow alert")
     assert probe.interrupt() == 0
     until(lambda: fired("silent"), timeout=30, what="silent_host alert")
     assert engine.interrupt() == 0

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.test_cli_e2e import UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -37,16 +38,6 @@ def samples(url: str) -> dict[tuple, float]:
 def traffic_of(got: dict, iface: str, direction: str) -> tuple[float, float]:
     labels = (("direction", direction), ("iface", iface))
     return got.get(("connstats_packets_total", labels), 0), got.get(("connstats_bytes_total", labels), 0)
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.1)
 
 
 def store_totals(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
@@ -68,7 +59,7 @@ def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_en
                "--metrics", metrics)
     up.wait_for("connstats up: watching")
     endpoint = f"http://{metrics}"
-    wait_until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 30, "ready sink and probe")
+    until(lambda: get(endpoint + "/readyz") == (200, "ready\n"), 30, "ready sink and probe")
     assert get(endpoint + "/healthz") == (200, "ok\n")
     before = {host.host_if: host.counters() for host in (a, b)}
     a.traffic("udp", b.ipv4, 5353, 40001, 1000, 100)
@@ -95,7 +86,7 @@ def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_en
                 and store_totals(database) == {k: traffic_of(got, *k) for k in kernel if traffic_of(got, *k) != (0, 0)})
         return got if done else None
 
-    got = wait_until(settled, 30, "counters equal to the kernel's, published and stored")
+    got = until(settled, 30, "counters equal to the kernel's, published and stored")
     counted = {key: traffic_of(got, *key) for key in kernel}
     assert counted == kernel  # the probe's counters equal the veths' kernel counters
     assert {(dict(k[1])["iface"], dict(k[1])["direction"]) for k in got if k[0] == "connstats_packets_total"} \
@@ -104,7 +95,7 @@ def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_en
     assert stored == {key: value for key, value in counted.items() if value != (0, 0)}  # ... and the store's
     assert got[("connstats_sink_records_total", ())] == got[("connstats_published_records_total", ())]
     # the sink's login on up's embedded server may read its consumer's lag
-    wait_until(lambda: samples(endpoint).get(("connstats_sink_consumer_pending", (("consumer", "connstats-sink"),))) == 0,
+    until(lambda: samples(endpoint).get(("connstats_sink_consumer_pending", (("consumer", "connstats-sink"),))) == 0,
                15, "the consumer's lag read")
     assert got[("connstats_attached_devices", ())] == 2 and got[("connstats_attach_failures_total", ())] == 0
     assert got[("connstats_map_capacity", (("family", "ipv4"),))] == 131072
@@ -130,15 +121,15 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
     probe.wait_for("connstats probe: watching")
     probe_url, sink_url = f"http://{http}", f"http://{metrics}"
     for url in (probe_url, sink_url):
-        wait_until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready")
+        until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready")
     nats_server.kill()
-    assert wait_until(lambda: get(probe_url + "/readyz") == (503, "probe: NATS is not connected\n"), 30, "probe 503")
-    assert wait_until(lambda: get(sink_url + "/readyz") == (503, "sink: NATS is not connected\n"), 30, "sink 503")
+    assert until(lambda: get(probe_url + "/readyz") == (503, "probe: NATS is not connected\n"), 30, "probe 503")
+    assert until(lambda: get(sink_url + "/readyz") == (503, "sink: NATS is not connected\n"), 30, "sink 503")
     assert get(probe_url + "/healthz") == get(sink_url + "/healthz") == (200, "ok\n")  # alive all the same
     a.traffic("udp", b.ipv4, 7000, 42000, 250, 64)  # counted meanwhile, kept in the outbox
     nats_server.start()
     for url in (probe_url, sink_url):
-        wait_until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready again")
+        until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready again")
     expected = (250, 250 * (UDP_V4_OVERHEAD + 64))
 
     def stored():
@@ -149,7 +140,7 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
                           and store_totals(tmp_path / "flows.sqlite") == {k: v for k, v in counted.items() if v != (0, 0)}
                           ) else None
 
-    on_probe, on_sink = wait_until(stored, 30, "the outage's traffic stored")
+    on_probe, on_sink = until(stored, 30, "the outage's traffic stored")
     assert on_probe[("connstats_nats_reconnects_total", ())] == 1  # one outage, one reconnect
     assert on_sink[("connstats_sink_nats_reconnects_total", ())] == 1
     counted = {(a.host_if, d): traffic_of(on_probe, a.host_if, d) for d in ("egress", "ingress")}
@@ -184,7 +175,7 @@ def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning
                 and got[("connstats_sink_messages_total", ())] == got[("connstats_published_messages_total", ())])
         return got if done else None
 
-    got = wait_until(settled, 30, "counters equal to the kernel's, published and stored")
+    got = until(settled, 30, "counters equal to the kernel's, published and stored")
     with sqlite3.connect(database) as db:
         stored_overflow = {(i, d): (p, b) for i, d, p, b in db.execute(
             "SELECT ifname, direction, SUM(packets), SUM(bytes) FROM overflow GROUP BY 1, 2")}
@@ -213,7 +204,7 @@ def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_ne
                   "--http", http, "--metrics", metrics)
     probe.wait_for("connstats probe: watching")
     api, telemetry = f"http://{http}", f"http://{metrics}"
-    assert wait_until(lambda: get(telemetry + "/readyz") == (200, "ready\n"), 30, "probe ready on --metrics")
+    assert until(lambda: get(telemetry + "/readyz") == (200, "ready\n"), 30, "probe ready on --metrics")
     assert get(telemetry + "/healthz") == (200, "ok\n")
     attach = f'{{"iface": "{b.host_if}", "action": "add"}}'.encode()
     assert post_json(telemetry + "/traffic_count_attach_device", attach) == (404, "404: Not Found")
@@ -226,7 +217,7 @@ def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_ne
         got = samples(telemetry)
         return got if traffic_of(got, a.host_if, "egress") == expected else None
 
-    got = wait_until(counted, 30, "the traffic counted on --metrics")
+    got = until(counted, 30, "the traffic counted on --metrics")
     assert got[("connstats_attached_devices", ())] == 1  # the refused attach attached nothing
     assert traffic_of(samples(api), a.host_if, "egress") == expected  # /metrics stays on --http too
     assert probe.interrupt() == 0

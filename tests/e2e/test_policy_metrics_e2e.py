@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401
-from tests.e2e.test_metrics_e2e import samples, wait_until
+from tests.e2e.test_metrics_e2e import samples
+from tests.fixtures.wait import until
 from tests.e2e.test_policy_e2e import Violations, policy_text
 from tests.fixtures.nats import free_port
 
@@ -92,7 +93,7 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
                 and got[("connstats_sink_messages_total", ())] == got[("connstats_published_messages_total", ())])
         return got if done else None
 
-    got = wait_until(settled, 30, "verdict counters equal to the veths', published and stored")
+    got = until(settled, 30, "verdict counters equal to the veths', published and stored")
     for key, counts in allowed.items():
         assert policy_metric(got, "", *key, "allow") == counts, key
         if key != (a.host_if, "egress"):
@@ -133,7 +134,7 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
                        and all(policy_metric(got, "", *k, "allow") == v for k, v in allow_now.items())
                        and got[("connstats_policy_mode", ())] == 1) else None
 
-    got = wait_until(monitored_settled, 30, "the monitored traffic counted")
+    got = until(monitored_settled, 30, "the monitored traffic counted")
     assert policy_metric(got, "dropped_", a.host_if, "egress") == denied  # unchanged
     assert policy_metric(got, "dropped_", b.host_if, "ingress") == (0, 0)
     assert connstats(cs_env, "policy", "off").returncode == 0

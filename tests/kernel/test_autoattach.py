@@ -6,7 +6,6 @@ name, re-attached when their veth is deleted and made anew, and the last interva
 deleted one is still published. A burst of 200 veths created and 150 deleted ends with
 exactly the 50 that remain attached, and no filter is left after the probe stops.
 """
-import asyncio
 import os
 import subprocess
 import time
@@ -19,19 +18,11 @@ from connstats.probe.link_monitor import LinkMonitor
 from connstats.probe.watch import link_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
 from tests.fixtures.netns import require_root, sh
+from tests.fixtures.wait import seconds_until
 
 pytestmark = pytest.mark.kernel
 
 UDP_FRAME = 14 + 20 + 8
-
-
-async def wait_until(condition, timeout: float, step: float = 0.02) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout} s"
-        await asyncio.sleep(step)
-    return time.monotonic() - start
 
 
 def attached(daemon) -> dict[str, int]:
@@ -68,7 +59,7 @@ async def test_netns_containers_are_attached_labelled_and_reattached(nats_server
     watchers = []
     pattern = f"csh{test_network.tag}*"
     async with running_probe(nats_server.url, [capture_service(link_watcher([pattern]), watchers)]) as daemon:
-        await wait_until(lambda: {a.host_if, b.host_if} <= attached(daemon).keys(), 2.0)
+        await seconds_until(lambda: {a.host_if, b.host_if} <= attached(daemon).keys(), 2.0)
         old = attached(daemon)[a.host_if]
         assert our_hooks(a.host_if) == ["ingress", "egress"]
         a.traffic("udp", b.ipv4, 5353, 40001, 20, 100)
@@ -76,7 +67,7 @@ async def test_netns_containers_are_attached_labelled_and_reattached(nats_server
         recreate_host_veth(a, test_network.bridge)
         new = int(open(f"/sys/class/net/{a.host_if}/ifindex").read())
         assert new != old
-        seconds = await wait_until(lambda: attached(daemon).get(a.host_if) == new, 2.0)
+        seconds = await seconds_until(lambda: attached(daemon).get(a.host_if) == new, 2.0)
         a.quiet([b])
         b.run("ip", "neigh", "replace", a.ipv4, "lladdr", a.mac, "dev", "eth0", "nud", "permanent")
         a.traffic("udp", b.ipv4, 5353, 40002, 30, 200)
@@ -126,7 +117,7 @@ async def test_a_burst_of_200_veths_ends_attached_to_exactly_those_present(nats_
             created = time.monotonic()
             veth_batch([f"link del {n}" for n in deleted])
             burst = time.monotonic() - start
-            await wait_until(lambda: set(attached(daemon)) == set(kept), 30.0)
+            await seconds_until(lambda: set(attached(daemon)) == set(kept), 30.0)
             await watchers[0].settled(10)
             settled = time.monotonic() - start
             assert set(attached(daemon)) == set(kept)

@@ -18,7 +18,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from pyroute2 import IPRoute
@@ -28,20 +27,12 @@ from connstats.probe.contract import NatsOptions
 from connstats.probe.tc import ETH_P_ALL, FILTER_HANDLE, FILTER_PRIORITY, HOOK_PARENTS, TcAttacher
 from tests.fixtures.docker import published
 from tests.fixtures.netns import delete_host_veth, make_host_veth, require_root, sh
+from tests.fixtures.wait import seconds_until
 
 pytestmark = pytest.mark.kernel
 
 UDP_FRAME = 14 + 20 + 8
 INTERVAL = 0.5
-
-
-async def wait_until(condition, timeout: float, step: float = 0.02) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout} s"
-        await asyncio.sleep(step)
-    return time.monotonic() - start
 
 
 def listed(daemon) -> list[tuple[str, int]]:
@@ -125,12 +116,12 @@ async def test_an_iface_device_deleted_is_released_and_made_anew_is_attached_onc
         a.traffic("udp", b.ipv4, 5353, 40001, 20, 100)
 
         delete_host_veth(a)
-        released = await wait_until(lambda: listed(daemon) == [], 2.0)
+        released = await seconds_until(lambda: listed(daemon) == [], 2.0)
         assert at_our_place(b.host_if) == {}  # b was never ours
 
         new = make_host_veth(a, test_network.bridge)
         assert new != old
-        attached = await wait_until(lambda: listed(daemon) == [(a.host_if, new)], 2.0)
+        attached = await seconds_until(lambda: listed(daemon) == [(a.host_if, new)], 2.0)
         quiet_pair(a, b)
         sent = a.traffic("udp", b.ipv4, 5353, 40002, 30, 200)
         assert sent == {"sent": 30}
@@ -165,7 +156,7 @@ async def test_a_device_attached_by_a_control_request_is_released_when_deleted_a
             assert reply["device"]["name"] == b.host_if
             old = reply["device"]["ifindex"]
             delete_host_veth(b)
-            await wait_until(lambda: listed(daemon) == [], 2.0)
+            await seconds_until(lambda: listed(daemon) == [], 2.0)
             assert (await client.request("list"))["devices"] == []
             new = make_host_veth(b, test_network.bridge)
             await asyncio.sleep(4 * INTERVAL)
@@ -319,7 +310,7 @@ async def test_a_replaced_filter_is_noticed_within_an_interval_and_left_in_place
             async with running(nats_server.url, tmp_path, ifaces=[a.host_if]) as daemon:
                 a.traffic("udp", b.ipv4, 5353, 40003, 10, 100)
                 await asyncio.to_thread(put_at_our_place, ifindex, "ingress", foreign.fd)
-                noticed = await wait_until(lambda: listed(daemon) == [], INTERVAL + 0.5)
+                noticed = await seconds_until(lambda: listed(daemon) == [], INTERVAL + 0.5)
                 a.traffic("udp", b.ipv4, 5353, 40004, 5, 100)  # not ours to count any more
                 await asyncio.sleep(3 * INTERVAL)  # the link watcher does not take it back
                 assert listed(daemon) == []
@@ -345,7 +336,7 @@ async def test_a_removed_filter_is_noticed_within_an_interval_as_lost(nats_serve
     ifindex = ifindex_of(a.host_if)
     async with running(nats_server.url, tmp_path, ifaces=[a.host_if]) as daemon:
         remove_at_our_place(a.host_if, "egress")
-        await wait_until(lambda: listed(daemon) == [], INTERVAL + 0.5)
+        await seconds_until(lambda: listed(daemon) == [], INTERVAL + 0.5)
         assert at_our_place(a.host_if) == {}  # our ingress filter went with the device
     _, events = await published(nats_server.url)
     assert summary(events, a.host_if) == [("attached", a.host_if, ifindex), ("lost", a.host_if, ifindex)]
