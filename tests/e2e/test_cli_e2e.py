@@ -84,6 +84,8 @@ def cs_env(tmp_path):
     config.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNSTATS_", "INFLUXDB_V2_"))}
     env.update(CONNSTATS_STATE_DIR=str(tmp_path / "state"), CONNSTATS_CONFIG=str(config))
+    # no page on the default 127.0.0.1:9470 unless a test asks (--ui): tests run side by side
+    env["CONNSTATS_UI"] = "none"
     return env
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.netns import require_root
+from tests.fixtures.netns import require_root, run_tag
 
 pytestmark = pytest.mark.kernel
 
@@ -53,7 +53,7 @@ def mode(path: Path) -> int:
 def veth():
     """A veth pair in the root namespace, up; deleted at teardown."""
     require_root()
-    name = f"cs{os.getpid() % 1000}au"  # the run's tag: the leftover check (tests/fixtures/netns.py) sees it
+    name = f"cs{run_tag()}au"  # the run's tag: the leftover check (tests/fixtures/netns.py) sees it
     subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
     try:
         for link in (name, name + "p"):
@@ -70,7 +70,8 @@ def root_env():
     config = base / "config.toml"
     config.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNSTATS_", "INFLUXDB_V2_"))}
-    env.update(CONNSTATS_STATE_DIR=str(base / "state"), CONNSTATS_CONFIG=str(config))
+    env.update(CONNSTATS_STATE_DIR=str(base / "state"), CONNSTATS_CONFIG=str(config),
+               CONNSTATS_UI="none")  # the default page's port stays free for the test of it
     yield env
     shutil.rmtree(base, ignore_errors=True)
 

@@ -201,6 +201,7 @@ def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, 
 
 def test_up_without_its_default_page_when_the_port_is_taken(quiet_network, cs_env, start):
     a, b = quiet_network
+    del cs_env["CONNSTATS_UI"]  # the default page, which the taken port refuses
     taken = socket.socket()
     try:
         taken.bind(("127.0.0.1", 9470))

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests import frames
-from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.netns import TRAFFIC, run_tag
 
 pytestmark = pytest.mark.kernel
 
@@ -209,7 +209,7 @@ def tun_device():
     import os
     import struct
 
-    name = f"cstun{os.getpid() % 1000}"
+    name = f"cs{run_tag()}tun"
     fd = os.open("/dev/net/tun", os.O_RDWR)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
