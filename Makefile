@@ -1,41 +1,71 @@
-# make run   install what is missing, then run connstats on this host (as root)
-# make test  install what is missing, then run the whole test suite (as root)
+# make run        install what running needs, then run connstats on this host (as root)
+# make test       install what running and testing need, then run the whole test suite (as root)
+# make test-unit  the tests that need no kernel, NATS, Docker or browser: seconds
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server iperf3 iputils-ping \
-	docker.io busybox-static procps docker-compose chromium
+# what `connstats up` needs: BCC, the venv, tc/ip, the embedded nats-server
+RUN_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server procps
+# what the tests add: a real dockerd with a busybox image, Chromium, compose checks,
+# traffic tools and nft counters as oracles
+TEST_PACKAGES := iperf3 iputils-ping docker.io busybox-static docker-compose chromium nftables
+# pytest-xdist workers: the suite mostly waits on real processes, so one per core
+JOBS ?= $(shell nproc)
 ARGS ?=
+UNIT := not kernel and not nats and not docker and not browser
 
-.PHONY: install deb headers venv run test bench clean
+.PHONY: install install-test deb deb-test headers venv venv-test run test test-unit bench clean
 
 install: deb headers venv
+install-test: deb deb-test headers venv-test
 
 deb:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@$(call apt_install,$(RUN_PACKAGES))
+
+deb-test:
+	@$(call apt_install,$(TEST_PACKAGES))
+
+# installs the packages of $(1) that are missing, quietly
+define apt_install
+set -e; missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+	echo "installing:" $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+fi
+endef
 
 headers:
 	@sh deploy/kernel-headers.sh
 
 venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	@$(PY) -c 'import bcc' || { echo "bcc does not import in $(VENV)"; exit 1; }
+	@$(call venv_install,.)
 	@touch $@
+
+# the test extras include what running needs: one pip run makes both stamps
+$(VENV)/.installed-test: pyproject.toml
+	@$(call venv_install,.[test])
+	@touch $(VENV)/.installed $@
+
+# makes the venv (it sees Debian's bcc) if missing, and installs connstats as $(1) into it
+define venv_install
+set -e; test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV); \
+$(PY) -m pip install -q --disable-pip-version-check -e '$(1)'; \
+$(PY) -c 'import bcc' || { echo "bcc does not import in $(VENV)"; exit 1; }
+endef
 
 run: install
 	$(VENV)/bin/connstats up $(ARGS)
 
-test: install
-	$(VENV)/bin/pytest -q $(ARGS)
+test: install-test
+	$(VENV)/bin/pytest -q -n $(JOBS) --dist loadgroup $(ARGS)
 
-bench: install
+test-unit: install-test
+	$(VENV)/bin/pytest -q -m "$(UNIT)" $(ARGS)
+
+bench: install-test
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
 
 clean:
