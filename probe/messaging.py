@@ -171,12 +171,15 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
 
 
-async def _stream_info(js: JetStreamContext, name: str, patience: float = 5.0):
-    """``js.stream_info(name)``, asked again for up to ``patience`` s while JetStream does
-    not answer in time: a cluster that is electing its leaders (at start, or after a
-    server died) answers a moment later."""
+STREAM_READ_PATIENCE = 15.0  # seconds: a busy 3-node cluster has taken more than 5 to elect
+
+
+async def _stream_info(js: JetStreamContext, name: str, patience: float | None = None):
+    """``js.stream_info(name)``, asked again for up to ``patience`` s (``STREAM_READ_PATIENCE``)
+    while JetStream does not answer in time: a cluster that is electing its leaders (at
+    start, or after a server died) answers a moment later."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
+    deadline = loop.time() + (STREAM_READ_PATIENCE if patience is None else patience)
     while True:
         try:
             return await js.stream_info(name)

@@ -39,11 +39,12 @@ async def test_a_stream_read_that_times_out_is_asked_again_until_jetstream_answe
         await nc.close()
 
 
-async def test_jetstream_that_never_answers_is_one_transport_error(nats_server):
+async def test_jetstream_that_never_answers_is_one_transport_error(nats_server, monkeypatch):
+    monkeypatch.setattr("connstats.probe.messaging.STREAM_READ_PATIENCE", 2.0)  # 15 s in production
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream(timeout=0.5)
-        pause = asyncio.create_task(paused(nats_server, 7.0))
+        pause = asyncio.create_task(paused(nats_server, 4.0))
         await asyncio.sleep(0.1)
         with pytest.raises(TransportError, match="cannot read stream CONNSTATS: .*Timeout"):
             await ensure_stream(js, flow_stream_config(StreamSettings()))
