@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from connstats.probe.pins import PinnedInstance
 from tests.fixtures.netns import require_root, run_tag
 
 pytestmark = pytest.mark.kernel
@@ -100,6 +101,8 @@ def up(veth, root_env):
                 except ProcessLookupError:
                     pass
             process.wait(10)
+        if PinnedInstance.for_state_dir(Path(root_env["CONNSTATS_STATE_DIR"])).path.exists():
+            as_root(root_env, "reset")  # a SIGKILLed up leaves its pins; they are not the next test's
 
 
 def _children(pid: int) -> list[int]:
@@ -144,8 +147,9 @@ def test_only_root_controls_the_probe_of_up(up, veth, root_env):
     for command in (["detach", veth], ["attach", veth + "p"], ["list"]):
         result = as_nobody(str(CONNSTATS), *command, "--nats", url)
         assert (result.returncode, result.stdout, result.stderr) == (1, "", refused), command
-    # pointing at root's state directory does not help: nobody cannot read it
-    result = as_nobody(str(CONNSTATS), "detach", veth, env={"CONNSTATS_STATE_DIR": str(state)})
+    # pointing at root's state directory does not help: nobody cannot read it (the URL is given,
+    # since the default port may be another up's when tests run side by side)
+    result = as_nobody(str(CONNSTATS), "detach", veth, env={"CONNSTATS_STATE_DIR": str(state), "CONNSTATS_NATS": url})
     assert (result.returncode, result.stdout, result.stderr) == (1, "", refused)
     # nor does reading flows, with connstats top or with nats-py itself
     top = as_nobody(str(CONNSTATS), "top", "--all-hosts", "--count", "1", "--nats", url)
