@@ -12,13 +12,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from connstats.probe.docker_watch import docker_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
-from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.netns import TRAFFIC, tcp_closing
+from tests.fixtures.wait import seconds_until, until_async
 
 pytestmark = pytest.mark.kernel
 
@@ -57,11 +57,9 @@ def eth0_counters(pid: int) -> tuple[int, int, int, int]:
 
 
 async def wait_attached(daemon, ifindex: int, timeout: float) -> float:
-    start = time.monotonic()
-    while ifindex not in {d.ifindex for d in daemon.devices()}:
-        assert time.monotonic() - start < timeout, f"ifindex {ifindex} not attached within {timeout} s"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
+    """Seconds until the probe attached ``ifindex``."""
+    return await seconds_until(lambda: ifindex in {d.ifindex for d in daemon.devices()}, timeout,
+                               f"attach of ifindex {ifindex}")
 
 
 def totals(records, **match) -> tuple[int, int]:
@@ -102,16 +100,15 @@ async def test_three_containers_are_attached_counted_labelled_and_released(nats_
             subprocess.run, ["docker", "-H", f"unix://{dockerd.socket}", "exec", "cs-c1", "sh", "-c",
                              f"seq 1 2000 | nc -w 1 {c2['ip']} 7000"], capture_output=True, timeout=30)
         assert tcp.returncode == 0 or tcp.stderr == b"nc: timed out\n", tcp.stderr  # -w 1 ends it
-        await asyncio.sleep(0.5)  # the server's FIN and its ACK
+        await until_async(lambda: not any(tcp_closing(["nsenter", "-t", str(c["pid"]), "-n"]) for c in (c1, c2)),
+                          5, "the server's FIN and its ACK")
         after = eth0_counters(c1["pid"])
         got = dockerd.api.exec_start(dockerd.api.exec_create("cs-c2", ["cat", "/tmp/got"]))
         assert got == "".join(f"{n}\n" for n in range(1, 2001)).encode()
 
         await asyncio.to_thread(dockerd.stop, "cs-c3")
-        start = time.monotonic()
-        while c3["ifindex"] in {d.ifindex for d in daemon.devices()}:
-            assert time.monotonic() - start < 5, "the stopped container's veth is still attached"
-            await asyncio.sleep(0.02)
+        await until_async(lambda: c3["ifindex"] not in {d.ifindex for d in daemon.devices()}, 5,
+                          "release of the stopped container's veth")
         assert watcher.errors == 0
         assert {d.ifindex for d in daemon.devices()} == {c1["ifindex"], c2["ifindex"]}
     print("attach latency after `docker start`:", {k: f"{v * 1000:.0f} ms" for k, v in latency.items()})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.test_cli_e2e import UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
-from tests.fixtures.wait import until
+from tests.fixtures.wait import steady, until
 
 pytestmark = pytest.mark.kernel
 
@@ -64,11 +63,12 @@ def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_en
     before = {host.host_if: host.counters() for host in (a, b)}
     a.traffic("udp", b.ipv4, 5353, 40001, 1000, 100)
     a.traffic("udp", b.ipv4, 5353, 40002, 300, 1200)
-    time.sleep(0.5)  # b's ICMP port-unreachable answers (rate-limited by b's kernel) are out
+    # b's ICMP port-unreachable answers (rate-limited by b's kernel) are out once the counters stay still
+    after = steady(lambda: {host.host_if: host.counters() for host in (a, b)}, what="quiet veths")
     # on the host-side veth of a namespace, what the namespace sends is "egress", what it gets "ingress"
     kernel = {}
     for host in (a, b):
-        now, then = host.counters(), before[host.host_if]
+        now, then = after[host.host_if], before[host.host_if]
         kernel[host.host_if, "egress"] = (now["tx_packets"] - then["tx_packets"], now["tx_bytes"] - then["tx_bytes"])
         kernel[host.host_if, "ingress"] = (now["rx_packets"] - then["rx_packets"], now["rx_bytes"] - then["rx_bytes"])
     udp = (1300, 1000 * (UDP_V4_OVERHEAD + 100) + 300 * (UDP_V4_OVERHEAD + 1200))
@@ -161,8 +161,7 @@ def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning
     endpoint = f"http://{metrics}"
     before = a.counters()
     a.run(sys.executable, "-c", SEND_FROM_MANY_PORTS, b.ipv4, "43000", str(CONNECTIONS), str(SIZE))
-    time.sleep(0.5)  # b's ICMP answers are out
-    after = a.counters()
+    after = steady(a.counters, what="quiet veth")  # b's ICMP answers are out
     kernel = {(a.host_if, "egress"): (after["tx_packets"] - before["tx_packets"], after["tx_bytes"] - before["tx_bytes"]),
               (a.host_if, "ingress"): (after["rx_packets"] - before["rx_packets"], after["rx_bytes"] - before["rx_bytes"])}
     assert kernel[a.host_if, "egress"] == (CONNECTIONS, CONNECTIONS * (UDP_V4_OVERHEAD + SIZE))

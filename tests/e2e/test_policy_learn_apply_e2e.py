@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.e2e.test_policy_learn_e2e import _attached, learn, udp_receiver
 from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.wait import steady, until
 
 pytestmark = pytest.mark.kernel
 
@@ -42,7 +43,7 @@ def namespace_traffic(a, b, tcp_sport: int, udp_sport: int) -> None:
         receiver.kill()
         receiver.wait(10)
         receiver.stdout.close()
-    time.sleep(0.3)  # the last ACK of the TCP close
+    until(lambda: not (a.tcp_closing() or b.tcp_closing()), 5, "the last ACK of the TCP close")
 
 
 def test_a_learned_policy_in_protect_mode_lets_the_same_traffic_through(quiet_network, cs_env, start, tmp_path):
@@ -91,6 +92,8 @@ def docker_traffic(dockerd, client, server, sport: int, server_port: int) -> Non
         receiver.wait(10)
         receiver.stdout.close()
     assert json.loads(sent.stdout) == {"sent": 40}, sent.stderr
+    # what the server's eth0 got once it stays still: no datagram is still on its way when up stops
+    steady(lambda: Path(f"/proc/{server['State']['Pid']}/net/dev").read_text(), what="the server's quiet eth0")
 
 
 def test_a_learned_policy_between_two_docker_containers(dockerd, cs_env, start, tmp_path):
@@ -101,7 +104,6 @@ def test_a_learned_policy_between_two_docker_containers(dockerd, cs_env, start, 
     server = dockerd.run("cs-apply-server", "sleep", "600")
     _attached(cs_env, 2)
     docker_traffic(dockerd, client, server, 41001, 5353)
-    time.sleep(0.3)
     assert up.interrupt() == 0
     _, body = learn(cs_env)
     assert 'cs-apply-client = { containers = ["cs-apply-client"] }' in body
@@ -116,7 +118,6 @@ def test_a_learned_policy_between_two_docker_containers(dockerd, cs_env, start, 
     assert applied.stdout.startswith("mode protect: 2 groups, 1 rules, 2 governed devices\n"), applied.stderr
     docker_traffic(dockerd, client, server, 41002, 5353)  # learned: flows
     docker_traffic(dockerd, client, server, 41003, 5354)  # not learned: dropped at the client's veth
-    time.sleep(0.3)
     assert up.interrupt() == 0
 
     rows = by_verdict(cs_env, "allow", 5353)

@@ -14,6 +14,8 @@ import pytest
 from connstats.sink.policy_learn import check_policy
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.wait import until
+from tests.fixtures.netns import tcp_closing
 
 pytestmark = pytest.mark.kernel
 
@@ -62,7 +64,7 @@ def test_learns_tcp_and_udp_between_two_namespaces(quiet_network, cs_env, start)
     finally:
         receiver.kill()
         receiver.wait(10)
-    time.sleep(0.3)  # the last ACK of the TCP close
+    until(lambda: not (a.tcp_closing() or b.tcp_closing()), 5, "the last ACK of the TCP close")
     assert up.interrupt() == 0
     after = a.counters()
     seen = after["tx_bytes"] - before["tx_bytes"] + after["rx_bytes"] - before["rx_bytes"]
@@ -120,7 +122,8 @@ def test_learns_two_docker_containers_as_two_container_groups(dockerd, cs_env, s
     assert tcp.returncode == 0 or tcp.stderr == b"nc: timed out\n", tcp.stderr
     got = dockerd.api.exec_start(dockerd.api.exec_create("cs-learn-server", ["cat", "/tmp/got"]))
     assert got == "".join(f"{n}\n" for n in range(1, 501)).encode()
-    time.sleep(0.5)  # the server's FIN and its ACK
+    until(lambda: not any(tcp_closing(["nsenter", "-t", str(c["State"]["Pid"]), "-n"]) for c in (client, server)),
+          5, "the server's FIN and its ACK")
     assert up.interrupt() == 0
 
     _, body = learn(cs_env)

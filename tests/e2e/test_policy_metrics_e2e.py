@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401
 from tests.e2e.test_metrics_e2e import samples
-from tests.fixtures.wait import until
+from tests.fixtures.wait import steady, until
 from tests.e2e.test_policy_e2e import Violations, policy_text
 from tests.fixtures.nats import free_port
 
@@ -30,10 +29,12 @@ PER_PACKET = UDP_V4_OVERHEAD + SIZE
 
 
 def deltas(hosts, before: dict) -> dict[tuple[str, str], tuple[int, int]]:
-    """(host_if, direction) -> (packets, bytes) that crossed each host-side veth since ``before``."""
+    """(host_if, direction) -> (packets, bytes) that crossed each host-side veth since ``before``,
+    read once they stay still (b's ICMP answers to the test's datagrams are out by then)."""
     out = {}
+    counters = steady(lambda: {host.host_if: host.counters() for host in hosts}, what="quiet veths")
     for host in hosts:
-        now, then = host.counters(), before[host.host_if]
+        now, then = counters[host.host_if], before[host.host_if]
         out[host.host_if, "egress"] = (now["tx_packets"] - then["tx_packets"], now["tx_bytes"] - then["tx_bytes"])
         out[host.host_if, "ingress"] = (now["rx_packets"] - then["rx_packets"], now["rx_bytes"] - then["rx_bytes"])
     return out
@@ -73,7 +74,6 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
     def traffic():
         a.traffic("udp", b.ipv4, ALLOWED, 42000, SENT_ALLOWED, SIZE)  # b answers ICMP port unreachable (allowed)
         a.traffic("udp-paced", b.ipv4, DENIED, 42001, SENT_DENIED, SIZE, 1.5)  # over several intervals
-        time.sleep(0.5)  # b's last ICMP answers are out
 
     events = asyncio.run(Violations(state).collect(traffic, settle=2.0))  # the last interval's events are out
     kernel = deltas((a, b), before)
@@ -119,7 +119,6 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
     assert monitored.returncode == 0, monitored.stderr
     before = {h.host_if: h.counters() for h in (a, b)}
     a.traffic("udp", b.ipv4, DENIED + 1, 42002, SENT_ALLOWED, SIZE)  # b answers ICMP port unreachable
-    time.sleep(0.5)
     passed = deltas((a, b), before)
     assert passed[b.host_if, "ingress"] == passed[a.host_if, "egress"] == (SENT_ALLOWED, SENT_ALLOWED * PER_PACKET)
     deny_now = {(a.host_if, "egress"): (SENT_DENIED + SENT_ALLOWED, (SENT_DENIED + SENT_ALLOWED) * PER_PACKET),
