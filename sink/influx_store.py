@@ -238,8 +238,7 @@ class InfluxStore:
             raise StoreError(f"{self.where}: the URL is not valid; fix INFLUXDB_V2_URL") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(f"{self.where}: no space left ({exc.strerror}); free space, the sink "
-                                "resumes by itself") from exc
+                raise StoreFull(f"{self.where}: no space left ({exc.strerror}); free space") from exc
             raise StoreUnavailable(
                 f"{self.where} unreachable ({type(exc).__name__}); check that it runs and the URL"
             ) from exc
@@ -281,8 +280,7 @@ def _api_error(where: str, exc: ApiException) -> StoreError:
     status = exc.status or 0
     reason = f"{where} answered {status} {_one_line(exc.reason)}{_server_message(exc)}"
     if status == 507 or (status >= 400 and _OUT_OF_SPACE.search(_answer_text(exc))):
-        return StoreFull(f"{reason}; the store is out of space: free space or raise its quota, "
-                         "the sink resumes by itself")
+        return StoreFull(f"{reason}; the store is out of space: free space or raise its quota")
     if status == 429 or status >= 500:
         return StoreUnavailable(f"{reason}; retry later")
     if status in (401, 403):

@@ -188,11 +188,10 @@ class SqliteStore:
                 step(*args)
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
-            except OSError as exc:  # the lock file, or the file itself, on a full disk
+            except OSError as exc:  # the lock file on a full disk; anything else is retried as it was
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise _full(self.path, exc.strerror) from exc
-                raise StoreUnavailable(f"SQLite {self.path}: {exc.strerror}; check the path and its "
-                                       "permissions") from exc
+                raise
             except OverflowError as exc:  # a sum of duplicate records beyond 64 bits
                 raise StoreError(f"SQLite {self.path} cannot hold a value of this message ({exc}); "
                                  "it holds signed 64-bit integers only") from exc
@@ -380,8 +379,7 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
 
 
 def _full(path: Path, reason: str) -> StoreFull:
-    return StoreFull(f"SQLite {path}: the disk is full ({reason}); free space or grow the filesystem, "
-                     "the sink resumes by itself")
+    return StoreFull(f"SQLite {path}: the disk is full ({reason}); free space or grow the filesystem")
 
 
 def _no_room(path: Path) -> bool:

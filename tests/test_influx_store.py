@@ -254,7 +254,7 @@ async def test_an_out_of_space_answer_is_store_full(influx, influx_server, statu
     with pytest.raises(StoreFull) as caught:
         await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
     assert str(caught.value) == (f"InfluxDB at {influx_server.url} answered {status} {reason} ({message}); the "
-                                 "store is out of space: free space or raise its quota, the sink resumes by itself")
+                                 "store is out of space: free space or raise its quota")
     await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
     assert len(influx_server.lines) == 2
 
