@@ -18,8 +18,10 @@ import nats
 import pytest
 from nats.js.api import Header
 
-from connstats.probe.contract import encode_message, flows_subject
-from tests.e2e.test_cli_e2e import connstats, cs_env, start  # noqa: F401 (fixtures)
+from connstats.cli.config import Config
+from connstats.cli.options import NatsFlags
+from connstats.probe.contract import connect, encode_message, flows_subject
+from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.e2e.test_store_full_e2e import publish_batches, stored, totals
 from tests.fixtures.nats import read_stream, sample_batch, sample_envelope
 from tests.fixtures.wait import until
@@ -100,3 +102,40 @@ def test_deadletter_list_and_replay_store_each_message_once(cs_env, start, nats_
     assert stored(db) == totals([kept, lost])
     assert sink.interrupt() == 0
     assert "Traceback" not in sink.stderr
+
+
+def test_deadletter_replay_on_the_embedded_server_of_up_logs_in_as_the_replay_user(quiet_network, cs_env, start):
+    """Without --nats the commands find up's server and log in: list as admin, replay as replay
+    (admin may not publish flows); up's own sink stores what is replayed."""
+    a, _ = quiet_network
+    up = start("up", "--iface", a.host_if, "--interval", "0.5", *NO_HTTP_CLASH)
+    up.wait_for("connstats up: watching")
+    state = Path(cs_env["CONNSTATS_STATE_DIR"])
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(state)}, None)
+    lost = sample_batch(sample_envelope(3), 5)
+
+    async def dead_letter_as_the_sink() -> None:
+        nc = await connect(NatsFlags().options(config, role="sink"))
+        try:
+            await nc.jetstream().publish("connstats.v1.deadletter", encode_message(lost), headers={
+                "Connstats-Reason": FULL, "Connstats-Subject": SUBJECT, "Connstats-Stream-Seq": "9"})
+        finally:
+            await nc.close()
+
+    asyncio.run(dead_letter_as_the_sink())
+    assert [(row["seq"], row["origin_seq"]) for row in listed(cs_env)] == [(1, 9)]
+    replayed = connstats(cs_env, "deadletter", "replay")
+    assert (replayed.returncode, replayed.stderr) == (0, "")
+    assert replayed.stdout.startswith("replayed 1 dead letter (")
+    db = state / "flows.sqlite"
+
+    def lost_rows() -> tuple:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*), SUM(packets), SUM(bytes) FROM flows WHERE host = ?", (HOST,)).fetchone()
+
+    records = list(lost.records())
+    until(lambda: lost_rows() == (5, sum(r.packets for r in records), sum(r.bytes for r in records)), 30,
+          "the replayed message stored by up's sink")
+    assert listed(cs_env) == []
+    assert up.interrupt() == 0
+    assert "Traceback" not in up.stderr
