@@ -37,7 +37,7 @@ class DeadLetter:
     subject: str  # the flow subject it was published on
     origin_seq: int | None  # its sequence in CONNSTATS
     reason: str
-    reason_class: str  # undecodable, wrong_subject, store_refused, store_failed ("" from older sinks)
+    reason_class: str  # undecodable, wrong_subject, store_refused, store_failed (older sinks': from the reason)
     data: bytes = field(repr=False)
 
     def matches(self, reason: str | None) -> bool:
@@ -118,8 +118,19 @@ def _dead_letter(raw) -> DeadLetter:
     return DeadLetter(
         seq=raw.seq, time_ns=_time_ns(raw), subject=headers.get(SUBJECT_HEADER, ""),
         origin_seq=int(origin) if origin.isdigit() else None, reason=headers.get(REASON_HEADER, ""),
-        reason_class=headers.get(REASON_CLASS_HEADER, ""), data=raw.data or b"",
+        reason_class=headers.get(REASON_CLASS_HEADER) or _class_of(headers.get(REASON_HEADER, "")),
+        data=raw.data or b"",
     )
+
+
+# How the reasons of sinks that wrote no class header begin, by class.
+_REASON_STARTS = (("undecodable: ", "undecodable"), ("host mismatch: ", "wrong_subject"),
+                  ("subject ", "wrong_subject"), ("store refused: ", "store_refused"),
+                  ("store failed ", "store_failed"))
+
+
+def _class_of(reason: str) -> str:
+    return next((name for start, name in _REASON_STARTS if reason.startswith(start)), "")
 
 
 def _time_ns(raw) -> int:

@@ -72,7 +72,7 @@ def test_deadletter_list_and_replay_store_each_message_once(cs_env, start, nats_
     asyncio.run(publish_old_dead_letters(nats_server.url, [(encode_message(lost), 7), (encode_message(kept), 8)]))
     until(lambda: stream_messages(nats_server.url, "CONNSTATS_DEADLETTER") == 3, 30, "the undecodable one dead-lettered")
 
-    old = {"subject": SUBJECT, "class": "", "reason": FULL}
+    old = {"subject": SUBJECT, "class": "store_failed", "reason": FULL}  # the class read from the reason
     undecodable = {"seq": 3, "subject": SUBJECT, "origin_seq": 2, "class": "undecodable", "size": 18}
     every = listed(cs_env, *nats_flag)
     assert every[:2] == [{"seq": 1, "origin_seq": 7, **old, "size": len(encode_message(lost))},
@@ -81,6 +81,7 @@ def test_deadletter_list_and_replay_store_each_message_once(cs_env, start, nats_
     assert every[2]["reason"].startswith("undecodable: ")
     assert listed(cs_env, *nats_flag, "--reason", "undecodable") == every[2:]
     assert listed(cs_env, *nats_flag, "--reason", "DISK IS FULL", "--since", "1h") == every[:2]
+    assert listed(cs_env, *nats_flag, "--reason", "store_failed") == every[:2]
     assert listed(cs_env, *nats_flag, "--since", "2100-01-01T00:00:00Z") == []
     table = connstats(cs_env, "deadletter", "list", *nats_flag, "--reason", "disk is full")
     assert table.stdout.splitlines()[0].split() == ["SEQ", "DEAD-LETTERED", "HOST", "BYTES", "REASON"]
