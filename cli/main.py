@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from connstats.probe.contract import ConnstatsError
 
-from . import alert, control, doctor, history, policy, reset, run_commands, top, ui
+from . import alert, control, deadletter, doctor, history, policy, reset, run_commands, top, ui
 
 
 class ConnstatsGroup(TyperGroup):
@@ -31,7 +31,7 @@ app = typer.Typer(
     cls=ConnstatsGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Per-connection traffic accounting for Linux network devices (eBPF, NATS JetStream).",
 )
-for module in (run_commands, control, top, history, ui, policy, alert, doctor, reset):
+for module in (run_commands, control, top, history, ui, policy, alert, deadletter, doctor, reset):
     app.add_typer(module.app)  # policy.app is named: `connstats policy ...`
 
 

@@ -24,7 +24,7 @@ what only the sink uses (its durable consumer, the dead-letter stream) is
 from __future__ import annotations
 
 from .errors import (
-    ConfigError, ConnstatsError, DeviceError, KernelError, MessageError, StoreError, StoreUnavailable,
+    ConfigError, ConnstatsError, DeviceError, KernelError, MessageError, StoreError, StoreFull, StoreUnavailable,
     TransportError,
 )
 from .events import (
@@ -53,7 +53,7 @@ __all__ = [
     "OutboxOverflow", "Replaced", "decode_event", "event_body",
     # errors
     "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
-    "StoreError", "StoreUnavailable", "TransportError",
+    "StoreError", "StoreFull", "StoreUnavailable", "TransportError",
     # NATS
     "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
     "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",

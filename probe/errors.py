@@ -9,6 +9,7 @@
     ├── TransportError        NATS unreachable, refused or misconfigured
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
     │   └── StoreUnavailable  a transient store failure: retry later
+    │       └── StoreFull     the store's disk or quota is full: pause until writes succeed
     └── MessageError          a flow message that does not follow the schema
 
 Every message reads ``what happened; what to do``. Library errors are translated at
@@ -46,6 +47,11 @@ class StoreError(ConnstatsError):
 
 class StoreUnavailable(StoreError):
     """The store failed in a way that is worth retrying (connection, 429, 5xx, locked)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store has no room (SQLITE_FULL, ENOSPC, InfluxDB 507): the store's condition,
+    never a message's fault; the sink pauses and retries, and dead-letters nothing."""
 
 
 class MessageError(ConnstatsError):

@@ -8,6 +8,8 @@ every time it starts its embedded server:
     admin          the CLI: control requests, reading streams, watching live flows and alerts
     alert          the alert engine (connstats.sink.alerts): its durable consumer on the
                    flows, the CONNSTATS_ALERTS stream, answering ``connstats alerts``
+    replay         ``connstats deadletter replay``: reads dead letters, publishes them back
+                   to the flow subjects, deletes them from CONNSTATS_DEADLETTER
 
 The server gets them in ``<state>/nats-embedded.conf``; the CLI finds them in
 ``<state>/nats-credentials.json`` together with the URL they belong to. Both files are
@@ -26,7 +28,7 @@ from .errors import ConfigError
 from .private import write_private
 from .messaging import NatsOptions, host_token
 
-ROLES = ("probe", "sink", "admin", "alert")
+ROLES = ("probe", "sink", "admin", "alert", "replay")
 CREDENTIALS_FILE = "nats-credentials.json"
 SERVER_CONFIG_FILE = "nats-embedded.conf"
 PASSWORD_BYTES = 24
@@ -65,6 +67,13 @@ ALERT_PUBLISH = (
     "connstats.v1.alerts.>",
 )
 ALERT_SUBSCRIBE = ("_INBOX.>", "connstats.v1.ctl._alerts.>")
+REPLAY_PUBLISH = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.CONNSTATS_DEADLETTER", "$JS.API.STREAM.MSG.GET.CONNSTATS_DEADLETTER",
+    "$JS.API.STREAM.MSG.DELETE.CONNSTATS_DEADLETTER",
+    "connstats.v1.flows.*",
+)
+REPLAY_SUBSCRIBE = ("_INBOX.>",)
 
 
 def probe_publish(token: str) -> tuple[str, ...]:
@@ -92,6 +101,7 @@ class NatsUsers:
     sink: RoleUser
     admin: RoleUser
     alert: RoleUser
+    replay: RoleUser | None = None  # None: read from a file written before the role existed
 
     @classmethod
     def generate(cls, host: str) -> NatsUsers:
@@ -99,12 +109,16 @@ class NatsUsers:
         def make(name: str) -> RoleUser:
             return RoleUser(name, secrets.token_urlsafe(PASSWORD_BYTES))
 
-        return cls(make(f"probe-{host_token(host)}"), make("sink"), make("admin"), make("alert"))
+        return cls(make(f"probe-{host_token(host)}"), make("sink"), make("admin"), make("alert"), make("replay"))
 
     def role(self, name: str) -> RoleUser:
         if name not in ROLES:
             raise ConfigError(f"unknown NATS role {name!r}; use one of {', '.join(ROLES)}")
-        return getattr(self, name)
+        user = getattr(self, name)
+        if user is None:
+            raise ConfigError(f"the running `connstats up` made no NATS user for role {name!r} (it is older); "
+                              "restart it")
+        return user
 
     def login(self, options: NatsOptions, role: str) -> NatsOptions:
         """``options`` logging in as ``role``'s user, with no other credentials."""
@@ -121,15 +135,20 @@ class NatsUsers:
             _user_block(self.admin, ADMIN_PUBLISH, ADMIN_SUBSCRIBE),
             _user_block(self.alert, ALERT_PUBLISH, ALERT_SUBSCRIBE, 'allow_responses: { max: 1, expires: "1m" }'),
         ]
+        if self.replay is not None:
+            users.append(_user_block(self.replay, REPLAY_PUBLISH, REPLAY_SUBSCRIBE))
         return "authorization {\n  users = [\n" + "".join(users) + "  ]\n}\n"
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {role: {"user": u.user, "password": u.password}
-                for role, u in ((r, self.role(r)) for r in ROLES)}
+                for role, u in ((r, getattr(self, r)) for r in ROLES) if u is not None}
 
     @classmethod
     def from_json(cls, document: dict) -> NatsUsers:
-        return cls(*(RoleUser(str(document[r]["user"]), str(document[r]["password"])) for r in ROLES))
+        def user(role: str) -> RoleUser:
+            return RoleUser(str(document[role]["user"]), str(document[role]["password"]))
+
+        return cls(*(user(r) for r in ROLES[:4]), replay=user("replay") if "replay" in document else None)
 
 
 def _quoted(subjects: tuple[str, ...]) -> str:

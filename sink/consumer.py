@@ -7,6 +7,10 @@ server spreads messages over them; that is how the sink scales out. For each mes
 * ``MessageError``, a body whose ``host`` is not the subject's, or a ``StoreError`` that
   retrying cannot fix -> copy the payload to ``connstats.v1.deadletter`` with the reason
   and origin in headers, then ``term`` it;
+* ``StoreFull`` (SQLITE_FULL, ENOSPC, InfluxDB 507): the store's condition, never the
+  message's -> ``nak`` it and the rest of the batch and fetch nothing for a pause (0.5 s
+  doubling to ``full_pause_max``) until a write succeeds again; one warning when it starts
+  and one when it ends, the ``store_full`` gauge meanwhile; never a dead letter;
 * ``StoreUnavailable`` or an unexpected exception -> ``nak`` that message with a delay that
   doubles per attempt (0.5 s .. 30 s) and go on with the batch. Whether the message or the
   store is at fault decides what follows:
@@ -33,7 +37,8 @@ from nats.js.api import Header
 
 from connstats.probe.backoff import Backoff
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, PREFIX, STREAM_NAME, FlowBatch, MessageError, StoreError, StoreUnavailable, StreamSettings,
+    FLOWS_WILDCARD, PREFIX, STREAM_NAME, FlowBatch, MessageError, StoreError, StoreFull, StoreUnavailable,
+    StreamSettings,
     TransportError, decode_message, ensure_stream, flow_stream_config, host_from_token,
 )
 from connstats.sink.jetstream import (
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_CLASSES = ("undecodable", "wrong_subject", "store_refused", "store_failed")
 REASON_HEADER = "Connstats-Reason"
+REASON_CLASS_HEADER = "Connstats-Reason-Class"
 SUBJECT_HEADER = "Connstats-Subject"
 SEQUENCE_HEADER = "Connstats-Stream-Seq"
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
@@ -60,6 +66,7 @@ class ConsumerSettings:
     backoff_min: float = 0.5  # after the first StoreUnavailable
     backoff_max: float = 30.0
     max_attempts: int = 3  # failed writes of one message, while others are stored, before it is dead-lettered
+    full_pause_max: float = 5.0  # the longest pause while the store is full (someone may free space at any time)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class ConsumerStats:
     dead_lettered: int
     store_errors: int  # write attempts that raised
     naks: int  # messages handed back for later (store unavailable, dead letter not publishable)
+    store_full_pauses: int = 0  # pauses because the store was full (one per failed write)
 
 
 class FlowConsumer:
@@ -84,12 +92,16 @@ class FlowConsumer:
         self._sub: Any = None
         self._backoff = Backoff(first=self.settings.backoff_min, ceiling=self.settings.backoff_max)
         self._last_dead_letter_warning = -1e9
-        self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0)
+        self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0,
+                            store_full_pauses=0)
         self.dead_letters = dict.fromkeys(DEAD_LETTER_CLASSES, 0)  # by reason class
         self._on_write = on_write  # seconds of each successful write (the self-metrics)
         # Stream sequence -> [failed writes, stored messages when it first failed]
         self._failures: dict[int, list[int]] = {}
         self._failed_in_row = 0
+        self._full_backoff = Backoff(first=self.settings.backoff_min,
+                                     ceiling=min(self.settings.backoff_max, self.settings.full_pause_max))
+        self.full_since: float | None = None  # monotonic time the store was first found full, while it is
 
     async def __aenter__(self) -> FlowConsumer:
         await self.start()
@@ -182,6 +194,8 @@ class FlowConsumer:
         try:
             started = time.perf_counter()
             await self._write(batch, meanwhile)
+        except StoreFull as exc:
+            return await self._store_full(msg, exc)
         except StoreUnavailable as exc:
             return await self._write_failed(msg, exc)
         except StoreError as exc:
@@ -205,6 +219,10 @@ class FlowConsumer:
         await write
 
     def _stored(self, msg: Msg) -> None:
+        if self.full_since is not None:
+            log.warning("store takes writes again after %.1f s full; consuming again", time.monotonic() - self.full_since)
+            self.full_since = None
+            self._full_backoff.reset()
         self._backoff.reset()
         self._failed_in_row = 0
         self._failures.pop(msg.metadata.sequence.stream, None)
@@ -236,6 +254,20 @@ class FlowConsumer:
         await self._nak_all([msg], delay)
         return 0.0
 
+    async def _store_full(self, msg: Msg, exc: StoreFull) -> float:
+        """Hand the message back and pause: a full store is no message's fault (never a dead letter)."""
+        self._counts["store_errors"] += 1
+        self._counts["store_full_pauses"] += 1
+        delay = self._full_backoff.next()
+        if self.full_since is None:
+            self.full_since = time.monotonic()
+            log.warning("store full, consumption paused, nothing is dead-lettered (%s); retrying every %.1f s "
+                        "or less until a write succeeds", _describe(exc), self._full_backoff.ceiling)
+        else:
+            log.debug("store still full; pausing %.1f s", delay)
+        await self._nak_all([msg], delay)
+        return delay
+
     async def _store_answers(self) -> bool:
         try:
             await self.store.ping()
@@ -254,12 +286,7 @@ class FlowConsumer:
     async def _dead_letter(self, msg: Msg, reason: str, reason_class: str) -> float:
         """Copy the payload to the dead-letter subject, then ``term`` the original."""
         sequence = str(msg.metadata.sequence.stream)
-        headers = {
-            REASON_HEADER: _header_value(reason),
-            SUBJECT_HEADER: msg.subject,
-            SEQUENCE_HEADER: sequence,
-            Header.MSG_ID: f"deadletter/{STREAM_NAME}/{sequence}",  # redelivery stays one copy
-        }
+        headers = dead_letter_headers(reason, reason_class, msg.subject, msg.metadata.sequence.stream)
         try:
             await self._js.publish(DEADLETTER_SUBJECT, msg.data, headers=headers)
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
@@ -285,6 +312,17 @@ class FlowConsumer:
         for msg in messages:
             await _settle(msg.nak, delay)
         self._counts["naks"] += len(messages)
+
+
+def dead_letter_headers(reason: str, reason_class: str, subject: str, sequence: int) -> dict[str, str]:
+    """The headers of a dead letter: why (text and class), and where the message came from."""
+    return {
+        REASON_HEADER: _header_value(reason),
+        REASON_CLASS_HEADER: reason_class,
+        SUBJECT_HEADER: subject,
+        SEQUENCE_HEADER: str(sequence),
+        Header.MSG_ID: f"deadletter/{STREAM_NAME}/{sequence}",  # redelivery stays one copy
+    }
 
 
 def _decode(msg: Msg) -> FlowBatch | MessageError:

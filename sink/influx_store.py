@@ -18,8 +18,10 @@ ifindex; timestamp ``interval_start + i`` for the interval's i-th device and dir
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +32,7 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.health_service import HealthService
 from influxdb_client.service.write_service import WriteService
 
-from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreUnavailable, proto_name
+from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable, proto_name
 from connstats.sink.store import overflow_totals, service_port_column
 
 MEASUREMENT = "connstats_flow"
@@ -235,6 +237,8 @@ class InfluxStore:
         except urllib3.exceptions.LocationValueError as exc:
             raise StoreError(f"{self.where}: the URL is not valid; fix INFLUXDB_V2_URL") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"{self.where}: no space left ({exc.strerror}); free space") from exc
             raise StoreUnavailable(
                 f"{self.where} unreachable ({type(exc).__name__}); check that it runs and the URL"
             ) from exc
@@ -267,9 +271,16 @@ class InfluxStore:
         return [dict(record.values) for table in tables for record in table.records]
 
 
+# What InfluxDB (OSS, Enterprise, Cloud) says when its disk or storage quota is full.
+_OUT_OF_SPACE = re.compile(r"no space left|out of (disk )?space|disk (is )?full|insufficient storage"
+                           r"|storage (quota|limit) (exceeded|reached)", re.IGNORECASE)
+
+
 def _api_error(where: str, exc: ApiException) -> StoreError:
     status = exc.status or 0
     reason = f"{where} answered {status} {_one_line(exc.reason)}{_server_message(exc)}"
+    if status == 507 or (status >= 400 and _OUT_OF_SPACE.search(_answer_text(exc))):
+        return StoreFull(f"{reason}; the store is out of space: free space or raise its quota")
     if status == 429 or status >= 500:
         return StoreUnavailable(f"{reason}; retry later")
     if status in (401, 403):
@@ -277,6 +288,11 @@ def _api_error(where: str, exc: ApiException) -> StoreError:
     if status == 404:
         return StoreError(f"{reason}; check INFLUXDB_V2_ORG and the bucket name")
     return StoreError(f"{reason}; check the data and settings")
+
+
+def _answer_text(exc: ApiException) -> str:
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+    return f"{exc.reason} {getattr(exc, 'message', None) or ''} {body}"
 
 
 def _server_message(exc: ApiException) -> str:

@@ -6,7 +6,8 @@
                  and a store ping (for /readyz); never per message
       FlowConsumer(on_write=metrics.write_seconds.observe): one observation per message
       telemetry.registry ─> collect(): stored messages and records, dead letters by reason
-                           class, store errors, naks, lag, NATS reconnects
+                           class, store errors, naks, store full (gauge, pauses), lag,
+                           NATS reconnects
       telemetry /readyz  ─> "sink": NATS connected and the store answering
 """
 from __future__ import annotations
@@ -91,6 +92,11 @@ class SinkMetrics:
         yield dead
         yield _counter("connstats_sink_store_errors", "Store writes that raised", value("store_errors"))
         yield _counter("connstats_sink_naks", "Messages handed back for redelivery", value("naks"))
+        yield GaugeMetricFamily("connstats_sink_store_full", "1 while consumption is paused because the store "
+                                "is full (disk, quota), else 0",
+                                value=int(self.consumer is not None and self.consumer.full_since is not None))
+        yield _counter("connstats_sink_store_full_pauses", "Pauses of consumption because a write found the "
+                       "store full", value("store_full_pauses"))
         yield consumer_gauge("connstats_sink_consumer_pending", "Messages the durable consumer has not "
                               "delivered yet (num_pending)", self.durable, self.pending)
         yield consumer_gauge("connstats_sink_consumer_ack_pending", "Messages delivered and not yet "

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreUnavailable
+from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.sink.store import overflow_totals
 
@@ -113,7 +115,7 @@ _SET_TOTALS = (
     + " AND ".join(f"{_COLUMNS[i]} = ?" for i in _KEY)
 )
 
-_RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # primary result codes
+_RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED"}  # primary result codes
 
 
 def flow_rows(batch: FlowBatch) -> list[tuple]:
@@ -186,6 +188,10 @@ class SqliteStore:
                 step(*args)
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
+            except OSError as exc:  # the lock file on a full disk; anything else is retried as it was
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _full(self.path, exc.strerror) from exc
+                raise
             except OverflowError as exc:  # a sum of duplicate records beyond 64 bits
                 raise StoreError(f"SQLite {self.path} cannot hold a value of this message ({exc}); "
                                  "it holds signed 64-bit integers only") from exc
@@ -292,6 +298,8 @@ def _create_private(path: Path) -> None:
             if companion.exists() and companion.stat().st_uid == os.geteuid():
                 companion.chmod(companion.stat().st_mode & 0o700)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(path, exc.strerror) from exc
         raise StoreError(f"cannot open SQLite file {path}: {exc.strerror}; check the path and its permissions") from exc
 
 
@@ -363,6 +371,21 @@ def _expected_columns(version: int) -> dict[str, list]:
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     primary = "_".join((getattr(exc, "sqlite_errorname", None) or "").split("_")[:2])
+    if primary == "SQLITE_FULL" or (primary == "SQLITE_IOERR" and _no_room(path)):
+        return _full(path, reason)
     if primary in _RETRYABLE:
         return StoreUnavailable(f"SQLite {path} is busy ({reason}); the write will be retried")
     return StoreError(f"SQLite {path} failed: {reason}; check the path, its permissions and free space")
+
+
+def _full(path: Path, reason: str) -> StoreFull:
+    return StoreFull(f"SQLite {path}: the disk is full ({reason}); free space or grow the filesystem")
+
+
+def _no_room(path: Path) -> bool:
+    """Whether the file's filesystem is out of space (an I/O error while growing the WAL or
+    its index on a full disk; SQLite does not pass on the errno)."""
+    try:
+        return shutil.disk_usage(path.parent).free < 64 * 1024
+    except OSError:
+        return False

@@ -16,6 +16,7 @@ from tests.fixtures.influx import *  # noqa: F401,F403
 from tests.fixtures.docker import *  # noqa: F401,F403
 from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.browser import *  # noqa: F401,F403
+from tests.fixtures.tmpfs import *  # noqa: F401,F403
 
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and
 # `pytest -m "not kernel and not nats and not docker and not browser"`) runs the others.

@@ -48,7 +48,7 @@ def test_help_lists_every_command_in_order():
     commands = [line.split()[1] for line in result.stdout.splitlines()
                 if line.startswith("│ ") and line[2] != " " and line.split()[1] != "--help"]
     assert commands == ["up", "probe", "sink", "attach", "detach", "list", "stats", "top", "history", "ui", "policy",
-                        "alert", "alerts", "doctor", "reset"]
+                        "alert", "alerts", "deadletter", "doctor", "reset"]
 
 
 # -- configuration ----------------------------------------------------------------------------

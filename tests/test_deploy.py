@@ -20,7 +20,7 @@ PROVISIONING = DEPLOY / "grafana" / "provisioning"
 # -- compose ------------------------------------------------------------------------------------
 
 COMPOSE = DEPLOY / "compose.yaml"
-COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a", "NATS_ALERT_PASSWORD": "l",
+COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a", "NATS_ALERT_PASSWORD": "l", "NATS_REPLAY_PASSWORD": "r",
                "INFLUXDB_ADMIN_PASSWORD": "i", "INFLUXDB_TOKEN": "t", "GRAFANA_ADMIN_PASSWORD": "g",
                "CONNSTATS_HOST": "web-1"}
 DOCKER_COMPOSE = shutil.which("docker-compose")

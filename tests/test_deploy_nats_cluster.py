@@ -30,7 +30,7 @@ from tests.fixtures.secure_nats import deployed_permissions, embedded_permission
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "cluster.conf"
 NODES = ("nats-1", "nats-2", "nats-3")
 PASSWORDS = {"NATS_PROBE_PASSWORD": "probe-pw", "NATS_SINK_PASSWORD": "sink-pw", "NATS_ADMIN_PASSWORD": "admin-pw",
-             "NATS_ALERT_PASSWORD": "alert-pw"}
+             "NATS_ALERT_PASSWORD": "alert-pw", "NATS_REPLAY_PASSWORD": "replay-pw"}
 HOST = "web-1"  # compose's CONNSTATS_HOST
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 

@@ -11,7 +11,7 @@ import pytest
 from influxdb_client import Point, WritePrecision
 
 from connstats.probe.wire import FlowBatch
-from connstats.probe.errors import MessageError, StoreError, StoreUnavailable
+from connstats.probe.errors import MessageError, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord, OverflowCount
 from connstats.sink.influx_store import (
     InfluxConfig, InfluxStore, encode_lines, encode_overflow_lines, escape_string, escape_tag, service_port,
@@ -241,6 +241,20 @@ async def test_overload_and_server_errors_are_unavailable_and_not_retried(influx
     assert influx_server.lines == []
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith(f"InfluxDB at {influx_server.url} answered {status} ")
+    await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
+    assert len(influx_server.lines) == 2
+
+
+@pytest.mark.parametrize("status, reason, message", [
+    (507, "Insufficient Storage", "failing on purpose"),
+    (500, "Internal Server Error", "write /var/lib/influxdb2/engine/wal/3/_00001.wal: no space left on device"),
+])
+async def test_an_out_of_space_answer_is_store_full(influx, influx_server, status, reason, message):
+    influx_server.fail_next(status, 1, message=message)
+    with pytest.raises(StoreFull) as caught:
+        await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
+    assert str(caught.value) == (f"InfluxDB at {influx_server.url} answered {status} {reason} ({message}); the "
+                                 "store is out of space: free space or raise its quota")
     await influx.write(FlowBatch.from_records(ENVELOPE, many(2)))
     assert len(influx_server.lines) == 2
 

@@ -18,7 +18,10 @@ from connstats.probe.nats_auth import (
     ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
     SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
-from connstats.probe.contract import NatsOptions, connect, flows_subject
+from connstats.probe.contract import NatsOptions, StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
+from connstats.sink.consumer import dead_letter_headers
+from connstats.sink.deadletters import read_dead_letters, replay
+from connstats.sink.jetstream import deadletter_stream_config
 from tests.fixtures.nats import free_port
 from tests.fixtures.secure_nats import DEPLOY_CONFIG, deployed_permissions, embedded_permissions
 from tests.fixtures.wait import until_async
@@ -101,6 +104,50 @@ async def test_the_embedded_roles_have_their_permissions(embedded):
         await sink.close()
 
 
+async def test_the_replay_role_replays_dead_letters_and_the_sink_may_not(embedded):
+    """``connstats deadletter replay``'s login: it reads a dead letter, publishes it back to its
+    flow subject and deletes it; the sink (which wrote it) may not read it."""
+    base = NatsOptions(servers=(embedded.url,), connect_timeout=1.0, request_timeout=1.0)
+    sink = await connect(embedded.users.login(base, "sink"))
+    try:
+        js = sink.jetstream()
+        await ensure_stream(js, flow_stream_config(StreamSettings()))
+        await ensure_stream(js, deadletter_stream_config(StreamSettings()))
+        await js.publish("connstats.v1.deadletter", b"{}", headers=dead_letter_headers(
+            "store failed: disk full", "store_failed", flows_subject("node-1"), 5))
+        with pytest.raises(TransportError) as refused:
+            await read_dead_letters(js)  # it may write dead letters, not read them (nor publish flows)
+        assert str(refused.value) == ("cannot read a dead letter: TimeoutError; check the NATS connection and "
+                                      "the user's permissions (see README, Dead letters)")
+    finally:
+        await sink.close()
+    replayer = await connect(embedded.users.login(base, "replay"))
+    try:
+        js = replayer.jetstream()
+        done = await replay(js, await read_dead_letters(js, reason="store_failed"))
+        assert [(d.seq, d.subject, d.data) for d in done.replayed] == [(1, flows_subject("node-1"), b"{}")]
+        assert await read_dead_letters(js) == []
+    finally:
+        await replayer.close()
+    admin = await connect(embedded.users.login(base, "admin"))
+    try:
+        assert (await admin.jetstream().stream_info("CONNSTATS")).state.messages == 1  # the replay
+    finally:
+        await admin.close()
+
+
+def test_credentials_of_an_older_up_have_no_replay_user(tmp_path):
+    users = NatsUsers.generate("node-1")
+    document = users.to_json()
+    del document["replay"]
+    older = NatsUsers.from_json(document)
+    assert older.role("admin") == users.admin
+    with pytest.raises(ConfigError) as missing:
+        older.role("replay")
+    assert str(missing.value) == ("the running `connstats up` made no NATS user for role 'replay' (it is older); "
+                                  "restart it")
+
+
 # -- how commands find the credentials ------------------------------------------------------------
 
 
@@ -123,6 +170,8 @@ def test_every_command_logs_in_with_the_credentials_up_wrote(tmp_path):
     assert (probe.user, probe.password) == ("probe-node-1", users.probe.password)
     sink = NatsFlags().options(config, role="sink")
     assert (sink.user, sink.password) == ("sink", users.sink.password)
+    replay = NatsFlags().options(config, role="replay")
+    assert (replay.user, replay.password) == ("replay", users.replay.password)
     # --nats naming the same server still logs in; another server does not get the password
     assert NatsFlags(url=url).options(config).user == "admin"
     assert NatsFlags(url="nats://10.0.0.5:4222").options(config).user is None

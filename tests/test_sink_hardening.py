@@ -456,6 +456,21 @@ async def test_repeated_keys_summing_past_64_bits_are_a_dead_letter(nats_server,
                       "to convert to SQLite INTEGER); it holds signed 64-bit integers only")
 
 
+async def test_influxdb_out_of_space_pauses_the_consumer_and_dead_letters_nothing(nats_server, influx, influx_server):
+    """507 is the store's condition: the first message fails three times, the one behind it
+    waits (handed back with it at each pause) instead of proving the store works."""
+    first, second = envelope(0), envelope(1)
+    influx_server.fail_next(507, 3)
+    stats = await consume(nats_server, influx, done=lambda s: s.stored_messages == 2,
+                          before=lambda: publish(nats_server, [
+                              (flows_subject(HOST), payload(first, [flow(first, i) for i in range(4)])),
+                              (flows_subject(HOST), payload(second, [flow(second, 0)]))]))
+    assert (stats.stored_messages, stats.stored_records, stats.dead_lettered) == (2, 5, 0)
+    assert (stats.store_errors, stats.store_full_pauses) == (3, 3)
+    assert (influx_server.requests, len(influx_server.lines)) == (5, 5)
+    assert await read_stream(nats_server.url, "CONNSTATS_DEADLETTER") == []
+
+
 # -- 5. the host comes from the subject ------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from connstats.probe.errors import StoreError, StoreUnavailable
+from connstats.probe.errors import StoreError, StoreFull, StoreUnavailable
 from connstats.probe.record import Envelope, FlowRecord
 from connstats.probe.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
 from connstats.sink.sqlite_store import _COLUMNS, _MIGRATIONS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
@@ -168,6 +168,24 @@ async def test_locked_database_is_unavailable_then_write_succeeds(store):
     assert totals(store.path) == (0, 0, 0)
     await store.write(FlowBatch.from_records(envelope, records))
     assert totals(store.path) == (300, 45_150, 4_515_000)
+
+
+async def test_a_full_disk_is_store_full_and_the_write_succeeds_once_it_grows(small_tmpfs):
+    store = SqliteStore(small_tmpfs.path / "flows.db")
+    try:
+        await store.ping()  # the file, its WAL and index exist
+        small_tmpfs.fill(leave=16 * 1024)
+        envelope, records = message(3000)
+        with pytest.raises(StoreFull) as caught:
+            await store.write(FlowBatch.from_records(envelope, records))
+        assert str(caught.value) == (f"SQLite {store.path}: the disk is full (database or disk is full); free "
+                                     "space or grow the filesystem")
+        assert totals(store.path) == (0, 0, 0)
+        small_tmpfs.grow("64m")
+        await store.write(FlowBatch.from_records(envelope, records))
+        assert totals(store.path) == (3000, 4_501_500, 450_150_000)
+    finally:
+        await store.close()
 
 
 async def test_ping_on_a_locked_database_is_unavailable(tmp_path):
