@@ -1,7 +1,7 @@
 """Who may call connstats' HTTP listeners (the probe's HTTP API and the web page).
 
-A caller is admitted when it is root, or in the group the operator names (``--http-group``),
-or when it presents the token (``<state>/ui-token``, mode 0600). Who the caller is comes
+A caller is admitted when it is root (or the user the listener runs as, who can read the
+token anyway), or in the group the operator names (``--http-group``), or when it presents the token (``<state>/ui-token``, mode 0600). Who the caller is comes
 from the kernel, never from the request: for a TCP peer whose socket lives in this network
 namespace (a local user, over loopback or any address of this host) the owner of that
 socket, asked once per connection through sock_diag (``NETLINK_SOCK_DIAG``, an exact
@@ -191,7 +191,7 @@ class Callers:
     def refusal(self, request: Any, offered: str | None) -> Refusal | None:
         """None if the caller is admitted, else why not and how to get in."""
         uid = self.uid_of(request)
-        if uid == 0 or (uid is not None and self._in_group(uid)):
+        if uid in (0, os.geteuid()) or (uid is not None and self._in_group(uid)):  # the owner may read the token
             return None
         if self.token is not None and self.token.matches(offered):
             return None
