@@ -10,7 +10,7 @@
         ContainerIndex (shared by the two watchers below; closed after them)
         PolicyService   the active policy: applied, kept, re-resolved; violations
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
-        HttpApi         the earlier tool's endpoints, on the probe's totals
+        HttpApi         the earlier tool's endpoints, on the probe's totals (root, --http-group, token)
         MetricsServer   /metrics, /healthz, /readyz alone on a listener of their own (--metrics)
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else

@@ -406,7 +406,10 @@ async def _errors_as_json(request: web.Request,
     try:
         return await handler(request)
     except RequestError as exc:
-        return _json({"error": str(exc)}, exc.status)
+        response = _json({"error": str(exc)}, exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     except ConnstatsError as exc:
         status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
         return _json({"error": str(exc)}, status)

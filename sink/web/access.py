@@ -59,6 +59,7 @@ def _presented(request: web.Request) -> str | None:
 
 
 def _refused(request: web.Request, status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if request.path.startswith("/api/"):
-        return web.json_response({"error": message}, status=status)
-    return web.Response(text=f"{status}: {message}\n", status=status, content_type="text/plain")
+        return web.json_response({"error": message}, status=status, headers=headers)
+    return web.Response(text=f"{status}: {message}\n", status=status, content_type="text/plain", headers=headers)
