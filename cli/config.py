@@ -90,6 +90,7 @@ SETTINGS: dict[str, Setting] = {
     "iface": Setting("CONNSTATS_IFACE", "probe", "ifaces", _names),
     "interval": Setting("CONNSTATS_INTERVAL", "probe", "interval", _float),
     "http": Setting("CONNSTATS_HTTP", "probe", "http"),
+    "http_group": Setting("CONNSTATS_HTTP_GROUP", "", "http_group"),
     "ui": Setting("CONNSTATS_UI", "ui", "listen"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
     "retention": Setting("CONNSTATS_RETENTION", "sink", "retention", _retention_seconds),

@@ -42,6 +42,9 @@ Store = Annotated[Optional[str], typer.Option(
 Http = Annotated[Optional[str], typer.Option(
     "--http", metavar="ADDR:PORT", help="serve the HTTP API here; 'none' for no HTTP API "
     "(and no since-attach totals to keep) [default: 127.0.0.1:9102]")]
+HttpGroup = Annotated[Optional[str], typer.Option(
+    "--http-group", metavar="GROUP", help="members of this group may call the HTTP API and the web page "
+    "(root may, and anyone with the token in <state>/ui-token) [default: none]")]
 Ui = Annotated[Optional[str], typer.Option(
     "--ui", metavar="ADDR:PORT", help="serve the web page here; 'none' for no page; a non-loopback "
     "address requires a token, printed at start [default: 127.0.0.1:9470]")]
@@ -106,7 +109,7 @@ class NatsFlags:
 
 
 __all__ = [
-    "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "Ifaces",
+    "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "HttpGroup", "Ifaces",
     "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
     "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
     "Ui", "Webhooks", "load_config",

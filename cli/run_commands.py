@@ -25,7 +25,7 @@ from .alert import alert_config
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
+    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, HttpGroup, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
     Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, StreamReplicas, TlsCa,
     TlsCert, TlsKey, Ui, Webhooks, load_config,
 )
@@ -52,6 +52,7 @@ class ProbeFlags:
     capacity: int | None = None
     on_exit: str | None = None
     stream_replicas: int | None = None
+    http_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,21 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
         capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
         on_exit=config.get("on_exit", probe_flags.on_exit, on_exit_default),
         http=HttpConfig(None if address == "none" else address or DEFAULT_HTTP,
-                        required=address not in (None, "none")),
+                        required=address not in (None, "none"), group=http_group(config, probe_flags.http_group)),
         watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
                           docker_socket=None if docker_socket == "none" else docker_socket),
         stream=stream_settings(config, probe_flags.stream_replicas),
     )
+
+
+def http_group(config: Config, flag: str | None) -> str | None:
+    """The group whose members may call the HTTP API and the web page; checked here."""
+    group = config.get("http_group", flag)
+    if group:
+        from connstats.probe.callers import group_id
+
+        group_id(group)  # no such group: a ConfigError before anything starts
+    return group or None
 
 
 def stream_settings(config: Config, replicas: int | None) -> StreamSettings:
@@ -125,7 +136,7 @@ def up(
     capacity: Capacity = None, retention: Retention = None, on_exit: OnExit = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
     metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
-    webhook: Webhooks = None, ui: Ui = None,
+    webhook: Webhooks = None, ui: Ui = None, http_group: HttpGroup = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -138,11 +149,12 @@ def up(
         raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
     alert_cfg = alert_config(cfg, flags, rules, webhook, host, stream_replicas) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
-                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas), "detach")
+                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas, http_group),
+                             "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
                            stream_replicas)
     nats_url = cfg.get("nats", nats)  # not <state>/nats.url: that is what up itself writes
-    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host)
+    ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host, probe_cfg.http.group)
     live = sys.stdout.isatty()
     setup_logging(live)
     summary = LiveSummary("")
@@ -163,7 +175,8 @@ def up(
                                 metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg, ui=ui_cfg))
 
 
-def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str):
+def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str,
+               group: str | None = None):
     """The web page of ``up`` (loopback by default), or None for ``--ui none``."""
     from connstats.sink.web.server import DEFAULT_UI, UiConfig
 
@@ -174,7 +187,8 @@ def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConf
         return None
     return UiConfig(listen=listen, nats=flags.options(cfg, name="connstats-ui", role="admin"),
                     store=sink_cfg.store, state_dir=prepare_state_dir(cfg.state_dir()), influx=sink_cfg.influx,
-                    required=cfg.get("ui", ui) is not None, host=host, host_addresses=own_addresses)
+                    required=cfg.get("ui", ui) is not None, host=host, host_addresses=own_addresses,
+                    http_group=group)
 
 
 @app.command()
@@ -184,7 +198,7 @@ def probe(
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, on_exit: OnExit = None, stream_replicas: StreamReplicas = None,
-    metrics: Metrics = None,
+    metrics: Metrics = None, http_group: HttpGroup = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS.
 
@@ -195,8 +209,8 @@ def probe(
     """
     cfg = load_config(config)
     probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
-                             host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas),
-                             "keep")
+                             host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas,
+                                                    http_group), "keep")
     probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)

@@ -19,10 +19,10 @@ from connstats.sink.web.server import DEFAULT_UI, UiConfig, WebUi, build_ui
 from .config import Config
 from .policy_learn import own_addresses
 from .options import (
-    ConfigFile, InfluxBucket, InfluxOrg, InfluxUrl, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey,
+    ConfigFile, HttpGroup, InfluxBucket, InfluxOrg, InfluxUrl, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey,
     load_config,
 )
-from .run_commands import setup_logging
+from .run_commands import http_group, setup_logging
 
 app = typer.Typer()
 
@@ -32,12 +32,13 @@ Listen = Annotated[Optional[str], typer.Option(
 
 
 def ui_config(config: Config, listen: str, flags: NatsFlags, store: str | None,
-              influx: tuple[str | None, str | None, str | None] = (None, None, None)) -> UiConfig:
+              influx: tuple[str | None, str | None, str | None] = (None, None, None),
+              group: str | None = None) -> UiConfig:
     spec = config.store_spec(store, influx[0])
     return UiConfig(listen=listen, nats=flags.options(config, name="connstats-ui", role="admin"), store=spec,
                     state_dir=prepare_state_dir(config.state_dir()),
                     influx=config.influx(*influx) if spec.startswith("influx") else None,
-                    host=config.host(), host_addresses=own_addresses)
+                    host=config.host(), host_addresses=own_addresses, http_group=http_group(config, group))
 
 
 def announce(ui: WebUi) -> None:
@@ -60,10 +61,11 @@ def ui(
     listen: Listen = None, nats: Nats = None, store: Store = None, nats_creds: NatsCreds = None,
     tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
+    http_group: HttpGroup = None,
 ) -> None:
     """Serve the web page: live connections, the container map, history (Ctrl-C to stop)."""
     cfg = load_config(config)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
     setup_logging(False)
     asyncio.run(serve(build_ui(ui_config(cfg, cfg.get("ui", listen, DEFAULT_UI), flags, store,
-                                         (influx_url, influx_org, influx_bucket)))))
+                                         (influx_url, influx_org, influx_bucket), http_group))))

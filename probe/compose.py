@@ -10,7 +10,7 @@
         ContainerIndex (shared by the two watchers below; closed after them)
         PolicyService   the active policy: applied, kept, re-resolved; violations
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
-        HttpApi         the earlier tool's endpoints, on the probe's totals
+        HttpApi         the earlier tool's endpoints, on the probe's totals (root, --http-group, token)
         MetricsServer   /metrics, /healthz, /readyz alone on a listener of their own (--metrics)
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else
@@ -54,6 +54,7 @@ class HttpConfig:
 
     address: str | None = None  # the CLI's default: DEFAULT_HTTP_ADDRESS
     required: bool = False
+    group: str | None = None  # its members may call it, besides root and holders of the token
 
 
 @dataclass
@@ -103,7 +104,7 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
         lambda _: containers,  # first: closed last, after the watchers that share it
         policy.bind,  # before the control plane, which answers its verbs
         control_service(config.nats, config.host, policy.verbs),
-        *http_services(config.http, daemon, config.telemetry),
+        *http_services(config.http, daemon, config.telemetry, config.state_dir),
         *metrics_services(config.metrics, config.telemetry),
         *watcher_services(config, containers),
         *config.services,
@@ -111,9 +112,11 @@ def build_probe(config: ProbeConfig) -> ProbeDaemon:
     return daemon
 
 
-def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None) -> list[ServiceFactory]:
+def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None,
+                  state_dir: Path | None = None) -> list[ServiceFactory]:
     """The HTTP API on the probe's totals (and ``telemetry``'s /metrics, /healthz, /readyz),
-    if asked for and part of this build."""
+    if asked for and part of this build; it admits root, ``http.group`` and the token of
+    ``state_dir`` (none without one)."""
     if not http.address:
         return []
     try:
@@ -125,7 +128,10 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
-    return [http_service(http.address, tracked_totals(probe), telemetry)]  # a bad address fails here
+    from .callers import TOKEN_FILE, Callers, TokenFile
+
+    callers = Callers(TokenFile(state_dir / TOKEN_FILE) if state_dir is not None else None, http.group)
+    return [http_service(http.address, tracked_totals(probe), telemetry, callers)]  # a bad address fails here
 
 
 def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:

@@ -14,9 +14,11 @@ intervals plus the current one. ``timestamp`` and ``first_seen`` are integer nan
 since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5xx only
 for a failure of the probe itself), never a traceback.
 
-The API has no authentication: it listens on loopback (127.0.0.1:9102) unless told
-otherwise with ``--http ADDR:PORT``. What keeps a web page in the operator's browser from
-using it (cross-site requests, DNS rebinding) is checked before any handler runs:
+It listens on loopback (127.0.0.1:9102) unless told otherwise with ``--http ADDR:PORT``.
+Only root, members of the ``--http-group`` and holders of the token (``<state>/ui-token``,
+sent as ``Authorization: Bearer``) get in; the caller's uid comes from the kernel
+(callers.py). What keeps a web page in the operator's browser from using it (cross-site
+requests, DNS rebinding) is checked first:
 
 * ``Host`` must name the API: its listening address, or on loopback ``localhost``,
   ``127.0.0.1`` or ``[::1]``, with its port or without (403 otherwise);
@@ -24,7 +26,8 @@ using it (cross-site requests, DNS rebinding) is checked before any handler runs
   port (403 otherwise);
 * ``POST`` needs ``Content-Type: application/json`` (415 otherwise), which a cross-site
   form cannot send without a CORS preflight that this API never answers;
-* interface names with control characters (or NUL) are refused with 400.
+* interface names with control characters (or NUL) are refused with 400;
+* then any other user gets 403 (401 for a caller from another host, or a wrong token).
 
 ``GET /metrics``, ``/healthz`` and ``/readyz`` are read-only and skip the ``Host`` check, so
 that Prometheus and Kubernetes probes may call the listener by a DNS name.
@@ -39,6 +42,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+from .callers import Callers, bearer
 from .devices import AttachedDevice, check_name
 from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
 from .listener import is_loopback, listen, parse_listen_address
@@ -170,11 +174,46 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
-async def _connections_response(totals: list[ConnectionTotal],
-                                overflow: list[OverflowTotal]) -> web.Response:
+async def _encoded(totals: list[ConnectionTotal], overflow: list[OverflowTotal]) -> bytes:
     """Encoded in a worker thread: ~1 s for 100k connections that the event loop need not wait on."""
-    body = await asyncio.to_thread(lambda: msgspec.json.encode(connections_to_json(totals, overflow)))
-    return web.Response(body=body, content_type="application/json")
+    return await asyncio.to_thread(lambda: msgspec.json.encode(connections_to_json(totals, overflow)))
+
+
+class SharedAnswers:
+    """Concurrent requests for the same answer share one computation, and one computation
+    runs at a time: the probe's loop (polls, publishes) waits for at most one view of the
+    totals, however many callers ask. A request joins the next computation to start, never
+    one already running, so every answer is read after its request arrived."""
+
+    def __init__(self) -> None:
+        self._next: dict[Any, asyncio.Future] = {}
+        self._one_at_a_time = asyncio.Lock()
+        self.computed = 0  # how many computations ran (for tests and the README's figures)
+
+    async def get(self, key: Any, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        shared = self._next.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = self._next[key] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._one_at_a_time:
+                del self._next[key]  # who comes now waits for the next computation
+                self.computed += 1
+                shared.set_result(await compute())
+        except Exception as exc:
+            shared.set_exception(exc)  # the requests that joined get it too
+            shared.exception()  # retrieved: raised below
+            raise
+        except BaseException:
+            shared.cancel()
+            raise
+        finally:
+            if self._next.get(key) is shared:
+                del self._next[key]
+        return shared.result()
+
+
+MAX_WRITERS = 8  # answers being written at once; each may hold its body in the socket's buffer
 
 
 # -- the service ----------------------------------------------------------------------------
@@ -184,13 +223,16 @@ class HttpApi:
     """The aiohttp app as a daemon service: ``start()`` listens, ``close()`` stops."""
 
     def __init__(self, probe: ProbePort, host: str, port: int, totals: ConnectionTotals,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, callers: Callers | None = None) -> None:
         self.probe = probe
+        self.callers = callers if callers is not None else Callers(None)  # root only
         self.telemetry = telemetry
         self.host = host
         self.port = port
         self.totals = totals
         self._runner: web.AppRunner | None = None
+        self.answers = SharedAnswers()
+        self._writers = asyncio.Semaphore(MAX_WRITERS)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors_as_json, self._callers_checked],
@@ -203,12 +245,15 @@ class HttpApi:
         return app
 
     async def start(self) -> None:
+        if self.callers.token is not None:
+            self.callers.token.ensure()  # before the first caller could need it
         runner = await listen(self.app(), self.host, self.port, purpose="HTTP", option="--http ADDR:PORT")
         self._runner = runner
         self.port = runner.addresses[0][1]  # the real one when asked for port 0
         if not is_loopback(self.host):
-            log.warning("HTTP API on %s:%d has no authentication; anyone who reaches it "
-                        "can attach and detach devices", self.host, self.port)
+            log.warning("HTTP API on %s:%d is reachable from the network; callers from other hosts need "
+                        "the token in %s", self.host, self.port, self.callers.token.path if self.callers.token
+                        else "<state>/ui-token (none: the probe has no state directory)")
         log.info("HTTP API on http://%s:%d", self.host, self.port)
 
     async def close(self) -> None:
@@ -224,7 +269,8 @@ class HttpApi:
     @web.middleware
     async def _callers_checked(self, request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        """403 unless ``Host`` names this API and ``Origin`` (if any) is its own."""
+        """403 unless ``Host`` names this API and ``Origin`` (if any) is its own; then 401/403
+        unless the caller is root, in the ``--http-group``, or sends the token (callers.py)."""
         if request.method == "GET" and request.path in TELEMETRY_PATHS and self.telemetry is not None:
             return await handler(request)
         host = request.headers.get("Host")
@@ -234,6 +280,9 @@ class HttpApi:
         if origin is not None and not origin_allowed(origin, self.host, self.port):
             raise RequestError(403, f"Origin {origin!r} may not use this API; call it from "
                                     f"http://{self._own_netloc()} or without a browser")
+        refusal = self.callers.refusal(request, bearer(request.headers))
+        if refusal is not None:
+            raise RequestError(refusal.status, refusal.message)
         return await handler(request)
 
     def _own_netloc(self) -> str:
@@ -252,21 +301,39 @@ class HttpApi:
             device = await self.probe.detach(iface)  # its totals are forgotten on detach
         return _json(device_to_json(device, action))
 
-    async def all_devices(self, request: web.Request) -> web.Response:
-        devices = self.probe.devices()
-        # ifindex 0: what not even the overflow map could hold, of any device
-        return await _connections_response(await self._view(devices), self.totals.overflow_view(
-            {d.ifindex for d in devices} | {0}))
+    async def all_devices(self, request: web.Request) -> web.StreamResponse:
+        async def compute() -> bytes:
+            devices = self.probe.devices()
+            # ifindex 0: what not even the overflow map could hold, of any device
+            return await _encoded(await self._view(devices), self.totals.overflow_view(
+                {d.ifindex for d in devices} | {0}))
+
+        return await self._send(request, await self.answers.get("all", compute))
 
     async def one_device(self, request: web.Request) -> web.Response:
         text = request.match_info["device_id"]
         if not (text.isascii() and text.isdigit()):
             raise RequestError(400, f"device id {text!r} is not an ifindex; use a number")
-        devices = [d for d in self.probe.devices() if d.ifindex == int(text)]
-        if not devices:
-            raise RequestError(404, f"device {text} is not attached; attach it first")
-        return await _connections_response(await self._view(devices),
-                                           self.totals.overflow_view({devices[0].ifindex}))
+        ifindex = int(text)
+
+        async def compute() -> bytes:
+            devices = [d for d in self.probe.devices() if d.ifindex == ifindex]
+            if not devices:
+                raise RequestError(404, f"device {text} is not attached; attach it first")
+            return await _encoded(await self._view(devices), self.totals.overflow_view({ifindex}))
+
+        return await self._send(request, await self.answers.get(ifindex, compute))
+
+    async def _send(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Write ``body`` with at most ``MAX_WRITERS`` answers in flight: a crowd of callers
+        cannot make the loop buffer a copy of a large answer for each of them."""
+        async with self._writers:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            return response
 
     async def _view(self, devices: list[AttachedDevice]) -> list[ConnectionTotal]:
         since = {d.ifindex: d.since_ns for d in devices}
@@ -274,14 +341,16 @@ class HttpApi:
 
 
 def http_service(address: str = DEFAULT_HTTP_ADDRESS, totals: ConnectionTotals | None = None,
-                 telemetry: Telemetry | None = None) -> Callable[[ProbePort], HttpApi]:
+                 telemetry: Telemetry | None = None, callers: Callers | None = None) -> Callable[[ProbePort], HttpApi]:
     """A ``DaemonSettings.services`` factory for the HTTP API on ``address``. ``totals``
     are the probe's (``tracked_totals``, made where the probe is composed); without them
-    the API tracks its own. ``telemetry``: also serve /metrics, /healthz, /readyz."""
+    the API tracks its own. ``telemetry``: also serve /metrics, /healthz, /readyz.
+    ``callers``: who is admitted (default: root only)."""
     host, port = parse_address(address)
 
     def factory(probe: ProbePort) -> HttpApi:
-        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe), telemetry)
+        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe), telemetry,
+                       callers)
 
     return factory
 
@@ -337,7 +406,10 @@ async def _errors_as_json(request: web.Request,
     try:
         return await handler(request)
     except RequestError as exc:
-        return _json({"error": str(exc)}, exc.status)
+        response = _json({"error": str(exc)}, exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     except ConnstatsError as exc:
         status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
         return _json({"error": str(exc)}, status)

@@ -248,7 +248,7 @@ def test_is_loopback():
 
 @needs_compose
 def test_the_probe_http_api_stays_on_loopback_in_compose_and_k8s():
-    """The HTTP API has no authentication (attach/detach): every deployment binds it to loopback,
+    """The HTTP API (attach/detach) trusts uids on this host only: every deployment binds it to loopback,
     and serves scrapes and health checks on --metrics instead."""
     commands = {"compose": compose_probe_command(),
                 "compose, CONNSTATS_PROBE_METRICS set": compose_probe_command({"CONNSTATS_PROBE_METRICS": "0.0.0.0:9"}),

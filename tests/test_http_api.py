@@ -430,3 +430,49 @@ async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
         19, 1420 + 7 * 142 + 200)
     # every device: also what not even the overflow map could hold (ifindex 0)
     assert every == {**one, "overflow_0_egress": entry("egress", 1, 60, start + second, 0, "")}
+
+
+class CountingTotals(ConnectionTotals):
+    """Real totals that count how often a view of them is built (on the probe's loop)."""
+
+    views = 0
+
+    def view(self, *args, **kwargs):
+        self.views += 1
+        return super().view(*args, **kwargs)
+
+
+def many_connections(count: int) -> tuple[AttachedDevice, CountingTotals]:
+    from connstats.probe.record import Envelope, FlowRecord
+    from connstats.probe.wire import FlowBatch
+
+    second = 1_000_000_000
+    start = 1_790_000_000 * second
+    device = AttachedDevice(LinkInfo(7, "veth7", "veth", True), "auto", True, start - second)
+    records = [FlowRecord(start, start + second, 7, "veth7", "egress", 4, 6, "10.0.0.1", f"10.1.{n // 250}.{n % 250}",
+                          40000 + n % 20000, 443, 2, 200, start + 1, start + 2, 0) for n in range(count)]
+    totals = CountingTotals()
+    totals(FlowBatch.from_records(Envelope("h", "b", 1, start, start + second), records))
+    return device, totals
+
+
+async def test_a_crowd_of_stats_requests_builds_one_view_at_a_time():
+    """200 concurrent requests for 13,000 connections: each gets all of them, and the probe's
+    loop builds the view once per wave of requests, not once per request (200 before). How
+    many waves depends on how fast the 200 connections arrive: 4-6 here, 10 is the bound."""
+    device, totals = many_connections(13_000)
+    daemon = FakeDaemon()
+    daemon.devices = lambda: [device]
+    api = HttpApi(daemon, "127.0.0.1", 0, totals)
+    await api.start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def get(path: str) -> tuple[int, int]:
+                async with session.get(api.url + path) as response:
+                    return response.status, len(await response.json())
+
+            answers = await asyncio.gather(*(get(STATS if n % 2 else f"{STATS}/7") for n in range(200)))
+    finally:
+        await api.close()
+    assert answers == [(200, 13_000)] * 200
+    assert totals.views <= 10

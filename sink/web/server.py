@@ -31,7 +31,9 @@ from connstats.probe.listener import is_loopback, listen, parse_listen_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store
 
-from .access import TOKEN_FILE, AccessGuard, new_token
+from connstats.probe.callers import Callers, TokenFile
+
+from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed, LivePage
 from .queries import (build_map, build_series, build_violations, history_query, learn_params, live_filter, map_query,
                       policy_params, violations_query)
@@ -55,6 +57,7 @@ class UiConfig:
     required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
     host: str = ""  # this host's name: the default host of a learn preview
     host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``
+    http_group: str | None = None  # its members may use the page, besides root and holders of the token
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -98,6 +101,8 @@ class WebUi:
         self.nc = None
         self.feed: LiveFeed | None = None
         self.violations: ViolationLog | None = None
+        self.callers = Callers(TokenFile(config.state_dir / TOKEN_FILE), config.http_group, "this page",
+                               browser=True)
         self.guard: AccessGuard | None = None
         self.max_live_pages = MAX_LIVE_PAGES
         self._runner: web.AppRunner | None = None
@@ -105,10 +110,11 @@ class WebUi:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        token = self.callers.token.current() or self.token  # the probe's API shares the file
+        return f"http://{host}:{self.port}/" + (f"?token={token}" if token else "")
 
     def app(self) -> web.Application:
-        self.guard = AccessGuard(self.host, self.port, self.token)
+        self.guard = AccessGuard(self.host, self.port, self.callers)
         app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _headers])
         app.router.add_get("/", _index)
         app.router.add_static("/static/", STATIC)
@@ -122,8 +128,7 @@ class WebUi:
         return app
 
     async def start(self) -> None:
-        if not is_loopback(self.host):
-            self.token = new_token(self.config.state_dir)
+        self.token = self.callers.token.renew()
         self.nc = await connect(self.config.nats)
         self.feed = LiveFeed(self.nc)
         await self.feed.start()
@@ -140,7 +145,7 @@ class WebUi:
         if self.port == 0:
             self.port = runner.addresses[0][1]
             self.guard.listen_port = self.port  # asked for port 0: the real one
-        if self.token:
+        if not is_loopback(self.host):
             log.warning("web page on %s:%d is reachable from the network; it requires the token "
                         "kept in %s", self.host, self.port, self.config.state_dir / TOKEN_FILE)
 

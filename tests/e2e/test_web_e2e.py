@@ -164,7 +164,7 @@ def fetch(url: str, headers: dict | None = None) -> tuple[int, str]:
 
 def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, browser_page):
     """The page listens on an address of the test's own bridge (not loopback): every
-    request, from the browser or a script, needs the token printed at start."""
+    request from another host (here namespace a) needs the token printed at start."""
     a, b = test_network.hosts
     address = f"10.199.{test_network.subnet}.254"
     subprocess.run(["ip", "addr", "add", f"{address}/24", "dev", test_network.bridge], check=True)
@@ -178,18 +178,26 @@ def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, 
     assert token_file.read_text() == token + "\n" and stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
     base = f"http://{address}:{port}"
-    for path in ("/", "/api/history", "/api/live", "/static/live.js"):
-        status, _ = fetch(base + path)
-        assert status == 401, path
-    assert fetch(base + "/api/history", {"Authorization": "Bearer " + token[:-1] + "x"})[0] == 401
-    status, body = fetch(base + "/api/history?since=15m", {"Authorization": "Bearer " + token})
-    assert status == 200 and json.loads(body)["group_by"] == "container"
-    assert json.loads(fetch(base + "/api/map")[1]) == {
-        "error": "this page needs its token; open the address printed at start (?token=...), or see <state>/ui-token"}
 
-    page = browser_page
-    response = page.goto(base + "/")
-    assert response.status == 401
+    def remote(path: str, headers: dict | None = None) -> tuple[int, str]:
+        """A caller on another host: curl in namespace a, whose socket the page cannot see."""
+        argv = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", base + path]
+        for name, value in (headers or {}).items():
+            argv += ["-H", f"{name}: {value}"]
+        text, _, status = a.run(*argv).stdout.rpartition("\n")
+        return int(status), text
+
+    for path in ("/", "/api/history", "/api/live", "/static/live.js"):
+        status, _ = remote(path)
+        assert status == 401, path
+    assert remote("/api/history", {"Authorization": "Bearer " + token[:-1] + "x"})[0] == 401
+    status, body = remote("/api/history?since=15m", {"Authorization": "Bearer " + token})
+    assert status == 200 and json.loads(body)["group_by"] == "container"
+    assert json.loads(remote("/api/map")[1]) == {
+        "error": "this page needs its token; open the address printed at start (?token=...) or send "
+                 f"'Authorization: Bearer <the token in {token_file}>'"}
+
+    page = browser_page  # root on this host: admitted by its uid; the token still sets the cookie
     page.goto(f"{base}/?token={token}")  # sets the cookie, then redirects to /
     assert page.url == base + "/#live"  # the token left the address bar
     page.wait_for_function("document.getElementById('live-table').dataset.intervals", timeout=20_000)
