@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from connstats.probe.contract import ConfigError, proto_number
+from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
 from connstats.sink.history import HistoryQuery
 
 BUILT_IN = ("host", "world")
@@ -352,9 +352,11 @@ def check_policy(text: str) -> dict:
     """Read a policy text with ``tomllib``; every rule must name defined (or built-in) groups,
     a protocol and valid ports. ``ConfigError`` says what is wrong."""
     try:
-        doc = tomllib.loads(text)
+        doc = loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the policy is not valid TOML: {exc}; fix the file") from exc
+    except MessageError as exc:
+        raise ConfigError(f"the policy is {exc}") from None
     groups, allow = doc.get("groups", {}), doc.get("allow", [])
     if not isinstance(groups, dict) or not isinstance(allow, list):
         raise ConfigError("the policy needs a [groups] table and [[allow]] tables; fix the file")

@@ -119,6 +119,8 @@ async def test_stats_busiest_first_with_iface_and_limit(control):
     (b"[1, 2]", "the request is not a JSON object; send a JSON object"),
     (b'{"direction": "auto"}', "the request lacks 'iface'"),
     (b'{"iface": 7}', "'iface' must be a string"),
+    (b'{"a":' * 1000 + b"1" + b"}" * 1000, "the request is nested 1000 deep, deeper than the 32 levels of arrays "
+                                            "and objects allowed; send flatter data"),
 ])
 async def test_bad_requests_get_an_error_reply_and_the_service_goes_on(control, nats_server, payload, error):
     _, options = control

@@ -23,7 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PolicyError
+from ..bounded import loads_toml
+from ..errors import MessageError, PolicyError
 from ..record import PROTO_NUMBERS
 
 BUILTIN_GROUPS = ("host", "world")
@@ -79,9 +80,11 @@ class Policy:
 def parse_policy(text: str, source: str = "policy") -> Policy:
     """Parse and check a policy file; raise ``PolicyError`` naming the line and the key."""
     try:
-        document = tomllib.loads(text)
+        document = loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML ({exc}); fix the syntax") from None
+    except MessageError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
     where = _Locator(text, source)
     for key in document:
         if key not in ("groups", "allow"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from connstats.probe.contract import ConfigError, MessageError, proto_number
+from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
 from connstats.sink.history import parse_duration
 
 from .table import FIELDS, Where
@@ -162,13 +162,15 @@ COMMON: dict[str, Option] = {
 def load_rules(path: str | Path) -> list[Rule]:
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
+        document = loads_toml(path.read_text())
     except OSError as exc:
         raise RuleError(f"cannot read rules file {path}: {exc.strerror}; check the path") from None
     except UnicodeDecodeError:
         raise RuleError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise RuleError(f"{path} is not valid TOML ({exc}); fix it") from None
+    except MessageError as exc:
+        raise RuleError(f"{path}: {exc}") from None
     return parse_rules(document, str(path))
 
 
