@@ -9,6 +9,7 @@ Keys every rule has (``COMMON``), then the keys of its kind (``Kind.options``, s
 """
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -71,9 +72,19 @@ def duration(value: Any) -> int:
         raise Invalid(str(exc)) from None
 
 
+def positive_duration(value: Any) -> int:
+    """A duration above 0: a window of "0s" holds no interval."""
+    ns = duration(value)
+    if ns <= 0:
+        raise Invalid(f"{value!r} is no time at all; use a duration above 0, e.g. \"30s\"")
+    return ns
+
+
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid(f"{value!r} is not a number; write e.g. 1000 or 0.5")
+    if not math.isfinite(value):  # TOML has nan and inf; no count compares with them
+        raise Invalid(f"{value!r} is not a finite number; write e.g. 1000 or 0.5")
     return value
 
 
