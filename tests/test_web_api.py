@@ -15,7 +15,7 @@ from connstats.probe.contract import NatsOptions, connect, flows_subject
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.queries import build_map
-from connstats.sink.web.server import UiConfig, build_ui
+from connstats.sink.web.server import STATIC, UiConfig, build_ui
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
 MS = 1_000_000
@@ -285,3 +285,16 @@ async def test_foreign_host_and_origin_are_refused(web):
         assert response.headers["Referrer-Policy"] == "no-referrer"
     async with session.get("/api/nothing") as response:
         assert (response.status, await response.json()) == (404, {"error": "not found: GET /api/nothing"})
+
+
+async def test_a_static_name_of_5000_characters_is_a_404(web, caplog):
+    """Issue 18: it was a 500 and a traceback (ENAMETOOLONG from the file system)."""
+    _, session = web
+    for name, path in (("a" * 5000, "/static/" + "a" * 5000), ("nothing.js", "/static/nothing.js"),
+                       ("..%2fserver.py", "/static/../server.py"), ("style.css%00", "/static/style.css\x00")):
+        async with session.get(f"/static/{name}") as response:
+            assert (response.status, await response.json()) == (404, {"error": f"not found: GET {path}"}), name[:20]
+    async with session.get("/static/style.css") as response:
+        assert (response.status, response.content_type) == (200, "text/css")
+        assert await response.read() == (STATIC / "style.css").read_bytes()
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
