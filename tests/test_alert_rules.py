@@ -88,7 +88,7 @@ BAD = [
      "dst_port, packets, bytes, first_seen, last_seen, tcp_flags, container_id, container_name, "
      "container_image, verdict, host"),
     (RULE + 'where = { proto = "udpp" }\n',
-     "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp or a number 0-255"),
+     "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (RULE + 'below = 3\n', "rule 'r1': key 'above': give exactly one of above and below"),
     (RULE.replace('metric = "packets"', 'metric = "frames"'),
      "rule 'r1': key 'metric': 'frames' is not one of packets, bytes, connections"),

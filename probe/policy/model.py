@@ -9,7 +9,7 @@
     [[allow]]
     from = "web"
     to = "db"
-    proto = "tcp"            # tcp | udp | icmp | a number 0-255
+    proto = "tcp"            # tcp | udp | icmp | icmpv6 | a number 0-255
     ports = [5432, "8000-8099"]   # server ports; omit for any
 
 ``tomllib`` reports syntax errors with their line; for a key whose value is wrong the line is
@@ -173,7 +173,7 @@ def _proto(value: Any, where: _Locator, path: tuple) -> int:
     if type(value) is int and 0 <= value <= 255:
         return value
     shown = "missing" if value is None else repr(value)
-    raise PolicyError(where.at(path, f"{shown} is not tcp, udp, icmp or a protocol number 0-255; "
+    raise PolicyError(where.at(path, f"{shown} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255; "
                                'write e.g. proto = "tcp"'))
 
 
