@@ -127,7 +127,7 @@ def origin_allowed(origin: str, listen_host: str, listen_port: int) -> bool:
 
 
 def protocol_text(proto: int) -> str:
-    """"TCP", "UDP", "ICMP", or the protocol number as a string."""
+    """The name in capitals ("TCP", "UDP", "ICMP", "ICMPV6"), or the protocol number as a string."""
     return proto_name(proto).upper()
 
 

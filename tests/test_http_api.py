@@ -53,7 +53,7 @@ def test_connection_json_has_the_seed_fields_and_the_added_ones():
         "total_bytes": 1234, "src_ip": "fd00::1", "dst_ip": "fd00::2", "ifname": "vethab",
         "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web", "verdict": "deny",
     }
-    assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "58", "0"]
+    assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "ICMPV6", "0"]
 
 
 # -- a real daemon ------------------------------------------------------------------------------
