@@ -246,8 +246,11 @@ class ControlClient:
 def _reply(data: bytes) -> dict[str, Any]:
     try:
         check_json(data)
+    except MessageError as exc:
+        raise TransportError(f"the probe's reply is {exc}; is something else answering on connstats.v1.ctl?") from None
+    try:
         reply = msgspec.json.decode(data)
-    except (MessageError, msgspec.DecodeError):
+    except msgspec.DecodeError:
         raise TransportError("the probe's reply is not JSON; is something else answering on connstats.v1.ctl?") from None
     if not isinstance(reply, dict) or "ok" not in reply:
         raise TransportError("the probe's reply has no 'ok'; is something else answering on connstats.v1.ctl?")
