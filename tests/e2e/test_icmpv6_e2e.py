@@ -6,9 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import pytest
+
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, start, without_times  # noqa: F401
 
-pytestmark = __import__("pytest").mark.kernel
+pytestmark = pytest.mark.kernel
 
 PINGS = 20
 PAYLOAD = 56
