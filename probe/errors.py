@@ -9,7 +9,8 @@
     ├── TransportError        NATS unreachable, refused or misconfigured
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
     │   └── StoreUnavailable  a transient store failure: retry later
-    └── MessageError          a flow message that does not follow the schema
+    └── MessageError          a flow message that does not follow the schema, or anything
+                              decoded from outside beyond the bounds (bounded.py: size, nesting)
 
 Every message reads ``what happened; what to do``. Library errors are translated at
 one boundary each with ``raise ... from exc`` so the cause stays in debug logs.
@@ -49,4 +50,4 @@ class StoreUnavailable(StoreError):
 
 
 class MessageError(ConnstatsError):
-    """A message does not match the wire schema."""
+    """A message does not match the wire schema, or is too big or too deeply nested to decode."""
