@@ -73,9 +73,10 @@ def _escaped(text: np.ndarray) -> np.ndarray:
     return escaped
 
 
-# TOML: what starts or ends a string or comment, and the brackets between them
+# TOML: what starts or ends a string or comment, and the brackets between them. A multi-line
+# string may end in up to two quotes of its own ("""a""""" is 'a""'), so its end takes them.
 _TOML_TOKEN = re.compile(r'"""|\'\'\'|"|\'|#|[\[\]{}]')
-_TOML_END = {'"""': re.compile(r'(?<!\\)(?:\\\\)*"""'), "'''": re.compile(r"'''"),
+_TOML_END = {'"""': re.compile(r'(?<!\\)(?:\\\\)*"{3,5}'), "'''": re.compile(r"'{3,5}"),
              '"': re.compile(r'(?<!\\)(?:\\\\)*"'), "'": re.compile(r"'"), "#": re.compile(r"\n|\Z")}
 
 

@@ -50,6 +50,9 @@ def _reference_depth(text: bytes) -> int:
     ('a = """\n[[[\n"""\nb = \'\'\'[[[\'\'\'\n', 0),
     ('a = "\\"[[[["\n', 0),
     (NESTED_TOML, 1000),
+    # a multi-line string's own closing quotes end it, not a string begun by the last of them
+    ('a = """x""""\n' + NESTED_TOML + 'c = "y"\n', 1000),
+    ("a = '''x'''''\n" + NESTED_TOML + "c = 'y'\n", 1000),
 ])
 def test_toml_depth(text, depth):
     assert toml_depth(text) == depth
