@@ -7,7 +7,8 @@ decodes what another process, a request or a file sent calls one of these first:
 - ``check_json(data, max_bytes)``: the size, then the deepest nesting of arrays and objects
   (brackets inside strings do not count), scanned with ``bytes.translate`` and numpy;
 - ``loads_toml(text, max_bytes)``: the same for TOML (inline tables, arrays, table headers;
-  brackets in strings and comments do not count), then ``tomllib.loads``.
+  brackets in strings and comments do not count), then ``tomllib.loads``, then the depth of
+  what it made (dotted keys nest too).
 
 Both raise ``MessageError`` saying what is wrong and what to send instead; each caller says it
 in its own way (a dead letter, a 400, a control error, a ``ConfigError``).
@@ -81,12 +82,32 @@ _TOML_END = {'"""': re.compile(r'(?<!\\)(?:\\\\)*"{3,5}'), "'''": re.compile(r"'
 
 
 def loads_toml(text: str, max_bytes: int | None = MAX_TOML_BYTES, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
-    """``tomllib.loads`` after the bounds; ``MessageError`` if out of them, ``TOMLDecodeError``
-    as before for a syntax error."""
+    """``tomllib.loads`` within the bounds; ``MessageError`` if out of them, ``TOMLDecodeError``
+    as before for a syntax error.
+
+    Brackets are counted before (``tomllib`` recurses on them); dotted keys (``a.b.c = 1``,
+    ``[a.b.c]``) nest without recursing there, so the document is measured after, without
+    recursion, before any caller walks or prints it."""
     _check_size(len(text.encode()), max_bytes)
     if text.count("{") + text.count("[") > max_depth:
         _check_depth(toml_depth(text), max_depth)
-    return tomllib.loads(text)
+    document = tomllib.loads(text)
+    _check_depth(document_depth(document), max_depth)
+    return document
+
+
+def document_depth(value: Any) -> int:
+    """How deep dicts and lists nest in ``value``, measured with a stack of its own."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def toml_depth(text: str) -> int:

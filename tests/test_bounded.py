@@ -7,7 +7,7 @@ import json
 import pytest
 
 from connstats.cli.config import load_config
-from connstats.probe.bounded import check_json, json_depth, loads_toml, toml_depth
+from connstats.probe.bounded import check_json, document_depth, json_depth, loads_toml, toml_depth
 from connstats.probe.contract import ConfigError, MessageError, decode_event
 from connstats.probe.errors import PolicyError
 from connstats.probe.policy.model import parse_policy
@@ -58,6 +58,14 @@ def test_toml_depth(text, depth):
     assert toml_depth(text) == depth
 
 
+def test_document_depth():
+    assert [document_depth(v) for v in (1, {}, [], {"a": [1, {"b": {}}]}, [[[]]])] == [0, 1, 1, 4, 3]
+    deep: dict = {}
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = {"a": deep}
+    assert document_depth(deep) == 5001
+
+
 def test_bounds_raise_one_line():
     with pytest.raises(MessageError) as caught:
         check_json(NESTED_JSON)
@@ -81,18 +89,28 @@ def test_an_event_nested_1000_deep_is_a_message_error():
     assert str(caught.value) == "not an event: Input data was truncated"
 
 
-def test_every_toml_loader_refuses_1000_levels_in_one_line(tmp_path):
+DOTTED = "[groups]\nweb." + ".".join(["a"] * 999) + " = 1\n"  # tomllib does not recurse on it: 1,001 tables
+DOTTED_DEEP = DEEP.replace("1000", "1001")
+
+
+@pytest.mark.parametrize("text, deep", [(NESTED_TOML, DEEP), (DOTTED, DOTTED_DEEP)])
+def test_every_toml_loader_refuses_1000_levels_in_one_line(tmp_path, text, deep):
+    """Brackets 1,000 deep were a RecursionError in tomllib; dotted keys 1,000 deep one in
+    the first ``repr`` of the value (a rule's error message)."""
     path = tmp_path / "deep.toml"
-    path.write_text(NESTED_TOML)
-    with pytest.raises(RuleError) as caught:
-        load_rules(path)
-    assert str(caught.value) == f"{path}: {DEEP}"
+    path.write_text(text)
     with pytest.raises(PolicyError) as caught:
-        parse_policy(NESTED_TOML, "web.toml")
-    assert str(caught.value) == f"web.toml: {DEEP}"
+        parse_policy(text, "web.toml")
+    assert str(caught.value) == f"web.toml: {deep}"
     with pytest.raises(ConfigError) as caught:
-        check_policy(NESTED_TOML)
-    assert str(caught.value) == f"the policy is {DEEP}"
+        check_policy(text)
+    assert str(caught.value) == f"the policy is {deep}"
     with pytest.raises(ConfigError) as caught:
         load_config(path, env={})
-    assert str(caught.value) == f"config file {path}: {DEEP}"
+    assert str(caught.value) == f"config file {path}: {deep}"
+    rules = tmp_path / "rules.toml"  # [[rule]] ... cap.a.a...a = 1: a list, a table, then the same 1,000
+    rules.write_text('[[rule]]\nname = "r"\nkind = "threshold"\nmetric = "packets"\nwindow = "30s"\nabove = 5\n'
+                     + text.replace("[groups]\nweb.", "cap."))
+    with pytest.raises(RuleError) as caught:
+        load_rules(rules)
+    assert str(caught.value) == f"{rules}: {deep.replace('1001', '1002')}"
