@@ -1,5 +1,6 @@
-"""Issue 18: one message nested 1,000 deep must not take a sink down. A real ``connstats
-sink`` process, a real nats-server and a real SQLite file; the sink is stopped by its pid."""
+"""Issue 18: one message nested 1,000 deep must not take a sink (or ``top``) down. Real
+``connstats`` processes, a real nats-server and a real SQLite file; each process is stopped
+by its pid."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,12 @@ import sqlite3
 
 import nats
 
-from connstats.probe.contract import flows_subject
+from connstats.cli.live import interval_summary
+from connstats.probe.contract import NatsOptions, connect, flows_subject
 from connstats.probe.wire import encode_message
 from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401 (fixtures)
 from tests.fixtures.nats import read_stream, sample_batch, sample_envelope
-from tests.fixtures.wait import until
+from tests.fixtures.wait import until, until_async
 
 HOST = "node-1.example"
 NESTED = b'{"a":' * 1000 + b"1" + b"}" * 1000  # 6,001 bytes
@@ -53,3 +55,24 @@ def test_a_message_nested_1000_deep_is_a_dead_letter_and_the_sink_goes_on(start,
     assert sink.process.poll() is None  # still consuming
     assert sink.interrupt() == 0
     assert "Traceback" not in sink.stderr and "RecursionError" not in sink.stderr
+
+
+def test_top_skips_a_message_nested_1000_deep_and_shows_the_next_interval(start, nats_server):
+    top = start("top", "--nats", nats_server.url, "--host", HOST, "--count", "1", "--limit", "5")
+    good = sample_batch(sample_envelope(1, HOST), 5)
+
+    async def feed() -> None:
+        nc = await connect(NatsOptions(servers=(nats_server.url,)))
+
+        async def send_both() -> bool:  # until top has subscribed and shown an interval
+            await nc.publish(flows_subject(HOST), NESTED)
+            await nc.publish(flows_subject(HOST), encode_message(good))
+            await nc.flush()
+            return top.process.poll() is not None
+        try:
+            await until_async(send_both, 30, "top to show one interval and exit")
+        finally:
+            await nc.close()
+
+    asyncio.run(feed())
+    assert (top.process.wait(10), top.stdout, top.stderr) == (0, interval_summary(good, limit=5) + "\n", "")
