@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from connstats.probe.contract import ConfigError, NatsOptions
+from connstats.probe.contract import ConfigError, MessageError, NatsOptions, loads_toml
 from connstats.probe.nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
 from connstats.sink.stores import parse_store  # noqa: F401 (where the CLI's modules find it)
 
@@ -212,9 +212,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raise ConfigError(f"config file {file_path} does not exist; check --config")
         return Config({}, env, None)
     try:
-        document = tomllib.loads(file_path.read_text())
+        document = loads_toml(file_path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {file_path}: {exc.__class__.__name__}; check its permissions") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file_path} is not valid TOML ({exc}); fix it") from exc
+    except MessageError as exc:
+        raise ConfigError(f"config file {file_path}: {exc}") from None
     return Config(document, env, file_path)

@@ -82,7 +82,7 @@ def history(
     until: Annotated[str, typer.Option(metavar="WHEN", help="end: a duration ago, RFC 3339, or now")] = "now",
     iface: Annotated[Optional[str], typer.Option("--iface", "-i", metavar="NAME")] = None,
     port: Annotated[Optional[int], typer.Option(metavar="PORT", help="either side")] = None,
-    proto: Annotated[Optional[str], typer.Option(metavar="PROTO", help="tcp, udp, icmp or a number")] = None,
+    proto: Annotated[Optional[str], typer.Option(metavar="PROTO", help="tcp, udp, icmp, icmpv6 or a number")] = None,
     direction: Annotated[Optional[Direction], typer.Option(help="as seen from the container on a veth")] = None,
     host: Annotated[Optional[str], typer.Option("--host", metavar="NAME", help="only this probe's host")] = None,
     container: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this container")] = None,

@@ -10,6 +10,8 @@
 - **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
   ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
+- **Bounds** (``bounded.py``): ``check_json`` (size and nesting, before any JSON decoder)
+  and ``loads_toml`` (the same, then ``tomllib``), for whatever comes from outside.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
 - **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
   ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``), the flow stream
@@ -23,6 +25,7 @@ what only the sink uses (its durable consumer, the dead-letter stream) is
 """
 from __future__ import annotations
 
+from .bounded import MAX_DEPTH, MAX_TOML_BYTES, check_json, loads_toml
 from .errors import (
     ConfigError, ConnstatsError, DeviceError, KernelError, MessageError, StoreError, StoreFull, StoreUnavailable,
     TransportError,
@@ -51,6 +54,8 @@ __all__ = [
     # events
     "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
     "OutboxOverflow", "Replaced", "decode_event", "event_body",
+    # bounds
+    "MAX_DEPTH", "MAX_TOML_BYTES", "check_json", "loads_toml",
     # errors
     "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
     "StoreError", "StoreFull", "StoreUnavailable", "TransportError",

@@ -34,7 +34,8 @@ from nats.aio.msg import Msg
 
 from . import errors
 from .devices import AttachedDevice
-from .errors import ConfigError, ConnstatsError, TransportError
+from .bounded import check_json
+from .errors import ConfigError, ConnstatsError, MessageError, TransportError
 from .wire_v1 import record_to_wire
 from .ports import ProbePort
 from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 VERBS = ("attach", "detach", "list", "stats", "ping")
 DEFAULT_STATS_LIMIT = 1000
+MAX_REQUEST_BYTES = 1024 * 1024  # NATS' default max_payload; a policy text fits
 
 
 def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
@@ -156,7 +158,10 @@ def _request_body(data: bytes) -> dict:
     if not data.strip():
         return {}
     try:
+        check_json(data, MAX_REQUEST_BYTES)
         body = msgspec.json.decode(data)
+    except MessageError as exc:
+        raise ConfigError(f"the request is {exc}") from None
     except msgspec.DecodeError:
         raise ConfigError("the request is not JSON; send a JSON object") from None
     if not isinstance(body, dict):
@@ -239,6 +244,10 @@ class ControlClient:
 
 
 def _reply(data: bytes) -> dict[str, Any]:
+    try:
+        check_json(data)
+    except MessageError as exc:
+        raise TransportError(f"the probe's reply is {exc}; is something else answering on connstats.v1.ctl?") from None
     try:
         reply = msgspec.json.decode(data)
     except msgspec.DecodeError:

@@ -10,7 +10,8 @@
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
     │   └── StoreUnavailable  a transient store failure: retry later
     │       └── StoreFull     the store's disk or quota is full: pause until writes succeed
-    └── MessageError          a flow message that does not follow the schema
+    └── MessageError          a flow message that does not follow the schema, or anything
+                              decoded from outside beyond the bounds (bounded.py: size, nesting)
 
 Every message reads ``what happened; what to do``. Library errors are translated at
 one boundary each with ``raise ... from exc`` so the cause stays in debug logs.
@@ -55,4 +56,4 @@ class StoreFull(StoreUnavailable):
 
 
 class MessageError(ConnstatsError):
-    """A message does not match the wire schema."""
+    """A message does not match the wire schema, or is too big or too deeply nested to decode."""

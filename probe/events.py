@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
+from .bounded import check_json
+from .errors import MessageError
+
 if TYPE_CHECKING:  # a subscriber importing the events needs no netlink
     from .devices import AttachedDevice
 
@@ -103,8 +106,13 @@ def event_body(event: Event) -> dict[str, Any]:
 
 
 _DECODER = msgspec.json.Decoder(AnyEvent)
+MAX_EVENT_BYTES = 16 * 1024  # an event is a few hundred bytes
 
 
 def decode_event(data: bytes) -> AnyEvent:
-    """One event body from ``connstats.v1.events.<host>``; raises ``msgspec.DecodeError``."""
-    return _DECODER.decode(data)
+    """One event body from ``connstats.v1.events.<host>``; raises ``MessageError`` saying why not."""
+    check_json(data, MAX_EVENT_BYTES)
+    try:
+        return _DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"not an event: {exc}") from None

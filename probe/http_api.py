@@ -42,9 +42,10 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+from .bounded import check_json
 from .callers import Callers, bearer
 from .devices import AttachedDevice, check_name
-from .errors import ConfigError, ConnstatsError, DeviceError, KernelError
+from .errors import ConfigError, ConnstatsError, DeviceError, KernelError, MessageError
 from .listener import is_loopback, listen, parse_listen_address
 from .record import proto_name
 from .ports import ProbePort
@@ -130,7 +131,7 @@ def origin_allowed(origin: str, listen_host: str, listen_port: int) -> bool:
 
 
 def protocol_text(proto: int) -> str:
-    """"TCP", "UDP", "ICMP", or the protocol number as a string."""
+    """The name in capitals ("TCP", "UDP", "ICMP", "ICMPV6"), or the protocol number as a string."""
     return proto_name(proto).upper()
 
 
@@ -372,8 +373,13 @@ def tracked_totals(probe: ProbePort, max_entries: int = DEFAULT_MAX_ENTRIES) -> 
 
 
 async def _json_body(request: web.Request) -> Any:
+    data = await request.read()
     try:
-        return msgspec.json.decode(await request.read())
+        check_json(data, MAX_BODY_BYTES)
+    except MessageError as exc:
+        raise RequestError(400, f"request body is {exc}") from None
+    try:
+        return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise RequestError(400, f"request body is not JSON ({exc}); send "
                                 '{"iface": "<name>", "action": "add"|"remove"}') from exc

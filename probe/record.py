@@ -17,7 +17,7 @@ from .errors import MessageError
 
 SCHEMA_VERSION = 2  # of the flow messages the probe sends (see wire_schema.py)
 DIRECTIONS = ("ingress", "egress")
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}  # the one table of names: every output and --proto
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
@@ -110,7 +110,7 @@ def proto_number(name: str) -> int:
         return number
     if name.isascii() and name.isdigit() and len(name) <= 3 and int(name) < 256:
         return int(name)
-    raise MessageError(f"unknown protocol {name!r}; use tcp, udp, icmp or a number 0-255")
+    raise MessageError(f"unknown protocol {name!r}; use tcp, udp, icmp, icmpv6 or a number 0-255")
 
 
 @contextmanager

@@ -28,6 +28,7 @@ import msgspec
 import orjson
 import numpy as np
 
+from .bounded import check_json
 from .errors import MessageError
 from .flow_batch import FlowBatch
 from .record import SCHEMA_VERSION, Envelope, OverflowCount
@@ -88,6 +89,7 @@ def encode_chunk(envelope: Envelope, devices: Sequence[Device], flows: FlowColum
 def decode_message(data: bytes) -> FlowBatch:
     """Parse and validate one flow message of schema 1 or 2; raise ``MessageError`` saying
     what is wrong. Iterate the batch (or call ``records()``) for ``FlowRecord``s."""
+    check_json(data)  # a decoder recurses per level: 1,000 levels are a RecursionError
     try:
         doc = _decoder.decode(data)
     except msgspec.ValidationError as exc:

@@ -298,6 +298,8 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 
 # -- InfluxDB -----------------------------------------------------------------------------------
 
+# protocols whose points were tagged with their number before they had a name (58, icmpv6)
+_TAGGED_BY_NUMBER_BEFORE = frozenset({58})
 _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
 _FLUX_COLUMNS = ("_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
@@ -330,6 +332,9 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
         if value is not None:
             lines.append(f"  |> filter(fn: (r) => r.{tag} == p_{name})")
             params[f"p_{name}"] = proto_name(value) if name == "proto" else value
+            if name == "proto" and value in _TAGGED_BY_NUMBER_BEFORE:
+                lines[-1] = f"  |> filter(fn: (r) => r.{tag} == p_{name} or r.{tag} == p_{name}_number)"
+                params[f"p_{name}_number"] = str(value)
     lines.append('  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
     if query.port is not None:
         lines.append("  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)")

@@ -35,13 +35,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from connstats.probe.contract import ConfigError, proto_number
+from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
+from connstats.probe.record import PROTO_NAMES, PROTO_NUMBERS
 from connstats.sink.history import HistoryQuery
 
 BUILT_IN = ("host", "world")
 GROUP_KEYS = ("containers", "cidrs", "images", "ifaces", "netns")
 PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # tcp, udp, sctp, udplite: rules name server ports
-PROTO_WORDS = {1: "icmp", 6: "tcp", 17: "udp"}
 _ICMPV6 = 58
 MAX_GROUPS = 62  # what a policy holds besides host and world (probe/policy: 64 bits with them)
 MAX_NAME = 63
@@ -345,16 +345,18 @@ def _array(values: Iterable[int | str]) -> str:
 
 
 def _proto(number: int) -> str:
-    return _string(PROTO_WORDS[number]) if number in PROTO_WORDS else str(number)
+    return _string(PROTO_NAMES[number]) if number in PROTO_NAMES else str(number)
 
 
 def check_policy(text: str) -> dict:
     """Read a policy text with ``tomllib``; every rule must name defined (or built-in) groups,
     a protocol and valid ports. ``ConfigError`` says what is wrong."""
     try:
-        doc = tomllib.loads(text)
+        doc = loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the policy is not valid TOML: {exc}; fix the file") from exc
+    except MessageError as exc:
+        raise ConfigError(f"the policy is {exc}") from None
     groups, allow = doc.get("groups", {}), doc.get("allow", [])
     if not isinstance(groups, dict) or not isinstance(allow, list):
         raise ConfigError("the policy needs a [groups] table and [[allow]] tables; fix the file")
@@ -381,8 +383,8 @@ def _check_rule(number: int, rule: dict, defined: set[str]) -> None:
         if rule.get(end) not in defined:
             raise ConfigError(f"{where}: {end} = {rule.get(end)!r} is no defined group; define it in [groups]")
     proto = rule.get("proto")
-    if not (proto in ("tcp", "udp", "icmp") or (isinstance(proto, int) and 0 <= proto <= 255)):
-        raise ConfigError(f"{where}: proto = {proto!r} is not tcp, udp, icmp or 0-255; fix the rule")
+    if not (proto in PROTO_NUMBERS or (isinstance(proto, int) and 0 <= proto <= 255)):
+        raise ConfigError(f"{where}: proto = {proto!r} is not tcp, udp, icmp, icmpv6 or 0-255; fix the rule")
     for port in rule.get("ports", []):
         low, _, high = str(port).partition("-")
         if not (low.isdigit() and (high or low).isdigit() and int(low) <= int(high or low) <= 65535):

@@ -88,7 +88,7 @@ BAD = [
      "dst_port, packets, bytes, first_seen, last_seen, tcp_flags, container_id, container_name, "
      "container_image, verdict, host"),
     (RULE + 'where = { proto = "udpp" }\n',
-     "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp or a number 0-255"),
+     "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (RULE + 'below = 3\n', "rule 'r1': key 'above': give exactly one of above and below"),
     (RULE.replace('metric = "packets"', 'metric = "frames"'),
      "rule 'r1': key 'metric': 'frames' is not one of packets, bytes, connections"),
@@ -102,6 +102,17 @@ BAD = [
     ('[rules]\n', "unknown table 'rules'; rules are [[rule]] tables"),
     ('', "no [[rule]] table; add at least one rule"),
     ('[[rule]]\nname = "k"\n', "rule 'k': key 'kind': missing; every rule needs it"),
+    # issue 18: TOML's nan and inf, and an empty window
+    (RULE.replace("above = 5", "above = nan"), "rule 'r1': key 'above': nan is not a finite number; write e.g. 1000 or 0.5"),
+    (RULE.replace("above = 5", "above = inf"), "rule 'r1': key 'above': inf is not a finite number; write e.g. 1000 or 0.5"),
+    (RULE.replace("above = 5", "above = -inf"),
+     "rule 'r1': key 'above': -inf is not a finite number; write e.g. 1000 or 0.5"),
+    (RULE.replace('window = "30s"', 'window = "0s"'),
+     "rule 'r1': key 'window': '0s' is no time at all; use a duration above 0, e.g. \"30s\""),
+    ('[[rule]]\nname = "sp"\nkind = "spike"\nmetric = "bytes"\nwindow = "10s"\nfactor = nan\n',
+     "rule 'sp': key 'factor': nan is not a finite number; write e.g. 1000 or 0.5"),
+    ('[[rule]]\nname = "sp"\nkind = "spike"\nmetric = "bytes"\nwindow = "0s"\nfactor = 5\n',
+     "rule 'sp': key 'window': '0s' is no time at all; use a duration above 0, e.g. \"30s\""),
 ]
 
 

@@ -131,7 +131,7 @@ def test_invalid_toml(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--since", "yesterday"), "'yesterday' is neither a duration (15m) nor an RFC 3339 time (2026-11-22T01:00:00Z)"),
     (("--store", "mysql:x"), "store 'mysql:x' is not sqlite:PATH or influxdb; check --store"),
-    (("--proto", "gre2"), "unknown protocol 'gre2'; use tcp, udp, icmp or a number 0-255"),
+    (("--proto", "gre2"), "unknown protocol 'gre2'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (("--store", "sqlite:/nonexistent/flows.sqlite"),
      "no flow database at /nonexistent/flows.sqlite; start `connstats up` or `connstats sink`, or check --store"),
 ])

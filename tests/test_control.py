@@ -119,6 +119,8 @@ async def test_stats_busiest_first_with_iface_and_limit(control):
     (b"[1, 2]", "the request is not a JSON object; send a JSON object"),
     (b'{"direction": "auto"}', "the request lacks 'iface'"),
     (b'{"iface": 7}', "'iface' must be a string"),
+    (b'{"a":' * 1000 + b"1" + b"}" * 1000, "the request is nested 1000 deep, deeper than the 32 levels of arrays "
+                                            "and objects allowed; send flatter data"),
 ])
 async def test_bad_requests_get_an_error_reply_and_the_service_goes_on(control, nats_server, payload, error):
     _, options = control
@@ -151,6 +153,24 @@ async def test_no_probe_answering(nats_server):
         await ask(options, "list", host="ghost")
     assert str(caught.value) == (f"no probe answers for host 'ghost' on {nats_server.url}; start "
                                  "`connstats up` or `connstats probe` there, or check --host and --nats")
+
+
+async def test_a_reply_nested_1000_deep_is_a_one_line_transport_error(nats_server):
+    """Issue 18: the client decodes what answers on the subject too, bounded."""
+    options = NatsOptions(servers=(nats_server.url,))
+    nc = await nats.connect(nats_server.url)
+
+    async def answer(msg) -> None:
+        await msg.respond(b'{"a":' * 1000 + b"1" + b"}" * 1000)
+    try:
+        await nc.subscribe(control_subject("deep", "list"), cb=answer)
+        await nc.flush()
+        with pytest.raises(TransportError) as caught:
+            await ask(options, "list", host="deep")
+    finally:
+        await nc.close()
+    assert str(caught.value) == ("the probe's reply is nested 1000 deep, deeper than the 32 levels of arrays and "
+                                 "objects allowed; send flatter data; is something else answering on connstats.v1.ctl?")
 
 
 async def test_a_probe_that_does_not_answer_times_out(nats_server):

@@ -391,8 +391,8 @@ async def test_variables_list_the_written_tag_values(written):
 async def test_the_test_server_says_what_it_cannot_run(written):
     _, store = written
     with pytest.raises(Exception) as caught:
-        await store.query('from(bucket: "b") |> range(start: -1h) |> keep(columns: ["_value"])')
-    assert "501" in str(caught.value) and "keep is checked but not run by the test server" in str(caught.value)
+        await store.query('from(bucket: "b") |> range(start: -1h) |> drop(columns: ["_value"])')
+    assert "501" in str(caught.value) and "drop is checked but not run by the test server" in str(caught.value)
 
 
 @pytest.mark.parametrize("query, error", [

@@ -2,7 +2,9 @@
 test server, and the pure builders. Exact rows, exact totals."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import urllib.request
 
 import pytest
 
@@ -13,9 +15,9 @@ from connstats.sink.history import (
     HistoryQuery, aggregate, build_flux, build_sql, influx_history, parse_duration, parse_time,
     sqlite_history,
 )
-from connstats.sink.influx_store import InfluxConfig, InfluxStore
+from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines
 from connstats.sink.sqlite_store import SqliteStore
-from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -227,6 +229,36 @@ async def test_influx_sends_user_input_only_as_params(influx, influx_server):
     }
     assert externs["p_port"]["type"] == "IntegerLiteral"
     assert externs["p_start"] == {"type": "DateTimeLiteral", "value": "2023-11-14T21:13:20.000000000Z"}
+
+
+@pytest.fixture
+async def flux_influx():
+    """The InfluxDB v2 test server running Flux (tests/fixtures/flux_tables.py), and a store on it."""
+    server = InfluxTestServer(flux=True).start()
+    store = InfluxStore(InfluxConfig(url=server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
+    try:
+        yield server, store
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_icmpv6_by_name_and_number_also_finds_points_tagged_58_before_it_had_a_name(flux_influx):
+    """Issue 18: 58 is ``icmpv6``; an older connstats tagged its points ``proto=58``."""
+    server, store = flux_influx
+    old = FlowBatch.from_records(envelope(T0), [rec(T0, "veth0", "egress", 58, "10.0.0.1", 0, "10.0.0.2", 0, 3, 354)])
+    lines = [line.replace(",proto=icmpv6,", ",proto=58,") for line in encode_lines(old)]
+    assert lines != encode_lines(old)
+    request = urllib.request.Request(f"{server.url}/api/v2/write?org={TEST_ORG}&bucket=flows&precision=ns",
+                                     data="\n".join(lines).encode(), headers={"Authorization": f"Token {TEST_TOKEN}"})
+    assert (await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)).status == 204
+    await store.write(FlowBatch.from_records(envelope(T1), [
+        rec(T1, "veth0", "egress", 58, "10.0.0.1", 0, "10.0.0.2", 0, 2, 236),
+        rec(T1, "veth0", "egress", 17, "10.0.0.1", 5000, "10.0.0.2", 53, 4, 400)]))
+    rows = await influx_history(store, HistoryQuery(**ALL, proto=58))
+    assert [(r["proto"], r["packets"], r["bytes"]) for r in rows] == [("icmpv6", 5, 590)]
+    udp = await influx_history(store, HistoryQuery(**ALL, proto=17))
+    assert [(r["proto"], r["packets"], r["bytes"]) for r in udp] == [("udp", 4, 400)]
 
 
 def test_build_flux_text():

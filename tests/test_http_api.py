@@ -53,7 +53,7 @@ def test_connection_json_has_the_seed_fields_and_the_added_ones():
         "total_bytes": 1234, "src_ip": "fd00::1", "dst_ip": "fd00::2", "ifname": "vethab",
         "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web", "verdict": "deny",
     }
-    assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "58", "0"]
+    assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "ICMPV6", "0"]
 
 
 # -- a real daemon ------------------------------------------------------------------------------
@@ -226,10 +226,12 @@ async def test_bad_requests_answer_4xx_with_a_json_error(running_probe, test_net
          "direction mode 'sideways' is not one of auto, normal, inverted"),
         ('{"iface": "no-such-if0", "action": "add"}', 400, "no network interface 'no-such-if0'"),
         (f'{{"iface": "{a.host_if}", "action": "remove"}}', 400, f"'{a.host_if}' is not attached"),
+        ('{"a":' * 1000 + "1" + "}" * 1000, 400, "request body is nested 1000 deep, deeper than the 32 levels "
+                                                 "of arrays and objects allowed; send flatter data"),
     ]
     for body, status, message in cases:
         got_status, got = await probe.post(ATTACH, body)
-        assert (got_status, list(got)) == (status, ["error"]), body
+        assert (got_status, list(got)) == (status, ["error"]), body[:80]
         assert got["error"].startswith(message), (body, got)
         assert "\n" not in got["error"] and "Traceback" not in got["error"]
     assert probe.daemon.devices() == []

@@ -64,9 +64,9 @@ def bad(old: str, new: str) -> str:
     (bad('to = "db"', 'to = "dbx"'), "p line 9: allow[0].to: no group 'dbx'; define it under [groups] or use host "
      "or world"),
     (bad('from = "client"', ""), "p line 13: allow[1].from: is missing or not a group name; write e.g. from = \"web\""),
-    (bad('proto = "tcp"', 'proto = "tcpp"'), "p line 10: allow[0].proto: 'tcpp' is not tcp, udp, icmp or a protocol "
+    (bad('proto = "tcp"', 'proto = "tcpp"'), "p line 10: allow[0].proto: 'tcpp' is not tcp, udp, icmp, icmpv6 or a protocol "
      'number 0-255; write e.g. proto = "tcp"'),
-    (bad('proto = "tcp"', "proto = 300"), "p line 10: allow[0].proto: 300 is not tcp, udp, icmp or a protocol "
+    (bad('proto = "tcp"', "proto = 300"), "p line 10: allow[0].proto: 300 is not tcp, udp, icmp, icmpv6 or a protocol "
      'number 0-255; write e.g. proto = "tcp"'),
     (bad('"8000-8099"', '"8099-8000"'), "p line 11: allow[0].ports: '8099-8000' is not a port 0-65535 or a range "
      'like "8000-8099"; fix it'),

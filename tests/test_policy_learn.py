@@ -326,7 +326,7 @@ async def test_the_command_says_when_there_is_nothing_to_learn(tmp_path):
      "the policy has 63 groups, more than the 62 a policy holds; merge some (learn: --peers world, or a "
      "shorter --prefix4/--prefix6)"),
     ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "gre"\n',
-     "[[allow]] number 1: proto = 'gre' is not tcp, udp, icmp or 0-255; fix the rule"),
+     "[[allow]] number 1: proto = 'gre' is not tcp, udp, icmp, icmpv6 or 0-255; fix the rule"),
     ('[[allow]]\nfrom = "host"\nto = "world"\nproto = "tcp"\nports = ["90-80"]\n',
      "[[allow]] number 1: port '90-80' is not a port or a range like 8000-8099; fix the rule"),
 ])

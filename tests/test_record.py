@@ -109,10 +109,11 @@ def test_schema_1_is_still_read_and_keeps_every_field():
     assert decoded == records
 
 
-@pytest.mark.parametrize("number,name", [(6, "tcp"), (17, "udp"), (1, "icmp"), (58, "58"), (0, "0")])
+@pytest.mark.parametrize("number,name", [(6, "tcp"), (17, "udp"), (1, "icmp"), (58, "icmpv6"), (47, "47"), (0, "0")])
 def test_protocol_names(number, name):
     assert proto_name(number) == name
     assert proto_number(name) == number
+    assert proto_number(str(number)) == number  # the number itself, always
 
 
 def bad(mutate) -> bytes:
@@ -134,7 +135,7 @@ def bad(mutate) -> bytes:
     (bad(lambda d: d["records"][0].update(bytes=-5)), "Expected `int` >= 0 - at `$.records[0].bytes`"),
     (bad(lambda d: d["records"][0].update(extra=1)), "Object contains unknown field `extra` - at `$.records[0]`"),
     (bad(lambda d: d["records"][0].update(direction="up")), "Invalid enum value 'up' - at `$.records[0].direction`"),
-    (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol 'tcpx'; use tcp, udp, icmp or a number 0-255"),
+    (bad(lambda d: d["records"][0].update(proto="tcpx")), "unknown protocol 'tcpx'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (bad(lambda d: d["records"].append(3)), "Expected `object`, got `int` - at `$.records[1]`"),
     (bad(lambda d: d["records"][0].update(dst_port=70000)), "Expected `int` <= 65535 - at `$.records[0].dst_port`"),
     (bad(lambda d: d["records"][0].update(src_port=-1)), "Expected `int` >= 0 - at `$.records[0].src_port`"),
@@ -244,8 +245,8 @@ def test_values_just_inside_the_bounds_decode(mutate):
     (set_record("src_ip", "10.0.0.256"), "address '10.0.0.256' is not family 4 - at `$.records[0]`"),
     (set_record("src_ip", "10.0.0.1\x00"), "address '10.0.0.1\\x00' is not family 4 - at `$.records[0]`"),
     (set_record("src_ip", "x" * 46), "Expected `str` of length <= 45 - at `$.records[0].src_ip`"),
-    (set_record("proto", "256"), "unknown protocol '256'; use tcp, udp, icmp or a number 0-255"),
-    (set_record("proto", "²"), "unknown protocol '²'; use tcp, udp, icmp or a number 0-255"),
+    (set_record("proto", "256"), "unknown protocol '256'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
+    (set_record("proto", "²"), "unknown protocol '²'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (set_record("proto", "x" * 9), "Expected `str` of length <= 8 - at `$.records[0].proto`"),
     (set_record("first_seen", TIME_MIN - 1), f"Expected `int` >= {TIME_MIN} - at `$.records[0].first_seen`"),
     (set_record("last_seen", TIME_MAX), f"Expected `int` <= {TIME_MAX - 1} - at `$.records[0].last_seen`"),

@@ -572,8 +572,8 @@ async def _one_write(path) -> None:
     (("--port", "65536"), "--port 65536 is not between 0 and 65535"),
     (("--port", "-1"), "--port -1 is not between 0 and 65535"),
     (("--port", "99999999999999999999"), "--port 99999999999999999999 is not between 0 and 65535"),
-    (("--proto", "99999999999"), "unknown protocol '99999999999'; use tcp, udp, icmp or a number 0-255"),
-    (("--proto", "²"), "unknown protocol '²'; use tcp, udp, icmp or a number 0-255"),
+    (("--proto", "99999999999"), "unknown protocol '99999999999'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
+    (("--proto", "²"), "unknown protocol '²'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
 ])
 def test_every_bad_history_argument_is_one_line(history_cli, args, message):
     result = history_cli(*args)

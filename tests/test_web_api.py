@@ -11,11 +11,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from connstats.probe.contract import NatsOptions, connect, flows_subject
+from connstats.probe.contract import NatsOptions, connect, encode_message, flows_subject, policy_subject
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.queries import build_map
-from connstats.sink.web.server import UiConfig, build_ui
+from connstats.sink.web.server import STATIC, UiConfig, build_ui
+from tests.fixtures.wait import until_async
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
 MS = 1_000_000
@@ -91,6 +92,28 @@ async def test_live_sends_only_the_top_n_of_a_chunked_interval(web, nats_server)
     assert (event["host"], event["interval_seq"], event["connections"]) == ("web-1", 7, 131_072)
     assert (event["packets"], event["bytes"]) == (int(packets.sum()), int(nbytes.sum()))
     assert size < 8 * 1024  # 25 rows of 131,072, never all of them
+
+
+async def test_a_message_nested_1000_deep_is_skipped_and_the_live_page_goes_on(web, nats_server):
+    """Issue 18: the nesting was a RecursionError that ended the live feed's task for good."""
+    ui, session = web
+    nested = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    batch = synthetic_batch("web-1", 8, time.time_ns() - 10 * SECOND, 10 * SECOND, 40, seed=5)
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        async with session.get("/api/live") as response:
+            assert await response.content.readline() == b": connected\n"
+            await until_async(lambda: ui.feed.pages, 5, "the page in the feed")
+            await nc.publish(flows_subject("web-1"), nested)
+            await nc.publish(policy_subject("web-1"), nested)  # the Policy view's violations
+            await nc.publish(flows_subject("web-1"), encode_message(batch))
+            event, _ = await next_event(response)
+    finally:
+        await nc.close()
+    assert (event["host"], event["interval_seq"], event["connections"]) == ("web-1", 8, 40)
+    assert (event["packets"], event["bytes"]) == (sum(batch.columns.packets), sum(batch.columns.bytes))
+    await until_async(lambda: ui.violations.skipped, 5, "the nested violation skipped")
+    assert (ui.feed.bad_messages, ui.violations.skipped, list(ui.violations.events)) == (1, 1, [])
 
 
 async def test_live_filters_column_wise(web, nats_server):
@@ -285,3 +308,16 @@ async def test_foreign_host_and_origin_are_refused(web):
         assert response.headers["Referrer-Policy"] == "no-referrer"
     async with session.get("/api/nothing") as response:
         assert (response.status, await response.json()) == (404, {"error": "not found: GET /api/nothing"})
+
+
+async def test_a_static_name_of_5000_characters_is_a_404(web, caplog):
+    """Issue 18: it was a 500 and a traceback (ENAMETOOLONG from the file system)."""
+    _, session = web
+    for name, path in (("a" * 5000, "/static/" + "a" * 5000), ("nothing.js", "/static/nothing.js"),
+                       ("..%2fserver.py", "/static/../server.py"), ("style.css%00", "/static/style.css\x00")):
+        async with session.get(f"/static/{name}") as response:
+            assert (response.status, await response.json()) == (404, {"error": f"not found: GET {path}"}), name[:20]
+    async with session.get("/static/style.css") as response:
+        assert (response.status, response.content_type) == (200, "text/css")
+        assert await response.read() == (STATIC / "style.css").read_bytes()
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]

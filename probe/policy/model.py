@@ -9,7 +9,7 @@
     [[allow]]
     from = "web"
     to = "db"
-    proto = "tcp"            # tcp | udp | icmp | a number 0-255
+    proto = "tcp"            # tcp | udp | icmp | icmpv6 | a number 0-255
     ports = [5432, "8000-8099"]   # server ports; omit for any
 
 ``tomllib`` reports syntax errors with their line; for a key whose value is wrong the line is
@@ -23,7 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PolicyError
+from ..bounded import loads_toml
+from ..errors import MessageError, PolicyError
 from ..record import PROTO_NUMBERS
 
 BUILTIN_GROUPS = ("host", "world")
@@ -79,9 +80,11 @@ class Policy:
 def parse_policy(text: str, source: str = "policy") -> Policy:
     """Parse and check a policy file; raise ``PolicyError`` naming the line and the key."""
     try:
-        document = tomllib.loads(text)
+        document = loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML ({exc}); fix the syntax") from None
+    except MessageError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
     where = _Locator(text, source)
     for key in document:
         if key not in ("groups", "allow"):
@@ -170,7 +173,7 @@ def _proto(value: Any, where: _Locator, path: tuple) -> int:
     if type(value) is int and 0 <= value <= 255:
         return value
     shown = "missing" if value is None else repr(value)
-    raise PolicyError(where.at(path, f"{shown} is not tcp, udp, icmp or a protocol number 0-255; "
+    raise PolicyError(where.at(path, f"{shown} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255; "
                                'write e.g. proto = "tcp"'))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from connstats.probe.contract import TransportError, control_subject
+from connstats.probe.contract import MessageError, TransportError, check_json, control_subject
 
 from .notify import ALERTS_STREAM, VALID_FOR_REPEATS
 
@@ -31,12 +31,12 @@ LOOKBACK_NS = 3600 * 10**9
 async def firing_alerts(nc, timeout: float = 2.0) -> list[dict[str, Any]]:
     try:
         reply = await nc.request(FIRING_SUBJECT, b"{}", timeout=timeout)
-        alerts = json.loads(reply.data)["alerts"]
+        alerts = _json(reply.data)["alerts"]
         if isinstance(alerts, list) and all(isinstance(a, dict) for a in alerts):
             return alerts
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         pass
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, MessageError):
         pass  # not an engine's answer: the stream then
     return await firing_from_stream(nc)
 
@@ -68,11 +68,17 @@ async def firing_from_stream(nc, now_ns: int | None = None) -> list[dict[str, An
 
 async def _message(js, seq: int) -> dict[str, Any] | None:
     try:
-        alert = json.loads((await js.get_msg(ALERTS_STREAM, seq)).data)
+        alert = _json((await js.get_msg(ALERTS_STREAM, seq)).data)
     except nats.js.errors.NotFoundError:
         return None  # deleted
-    except ValueError:
+    except (ValueError, MessageError):
         return None
     except (nats.errors.Error, OSError) as exc:
         raise TransportError(f"cannot read message {seq} of {ALERTS_STREAM}: {exc!r}; try again") from exc
     return alert if isinstance(alert, dict) and isinstance(alert.get("sent_at"), int) else None
+
+
+def _json(data: bytes) -> Any:
+    """A message's JSON, bounded first (``MessageError`` if it nests too deep)."""
+    check_json(data)
+    return json.loads(data)

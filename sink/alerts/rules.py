@@ -9,13 +9,14 @@ Keys every rule has (``COMMON``), then the keys of its kind (``Kind.options``, s
 """
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from connstats.probe.contract import ConfigError, MessageError, proto_number
+from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
 from connstats.sink.history import parse_duration
 
 from .table import FIELDS, Where
@@ -71,9 +72,19 @@ def duration(value: Any) -> int:
         raise Invalid(str(exc)) from None
 
 
+def positive_duration(value: Any) -> int:
+    """A duration above 0: a window of "0s" holds no interval."""
+    ns = duration(value)
+    if ns <= 0:
+        raise Invalid(f"{value!r} is no time at all; use a duration above 0, e.g. \"30s\"")
+    return ns
+
+
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid(f"{value!r} is not a number; write e.g. 1000 or 0.5")
+    if not math.isfinite(value):  # TOML has nan and inf; no count compares with them
+        raise Invalid(f"{value!r} is not a finite number; write e.g. 1000 or 0.5")
     return value
 
 
@@ -162,13 +173,15 @@ COMMON: dict[str, Option] = {
 def load_rules(path: str | Path) -> list[Rule]:
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
+        document = loads_toml(path.read_text())
     except OSError as exc:
         raise RuleError(f"cannot read rules file {path}: {exc.strerror}; check the path") from None
     except UnicodeDecodeError:
         raise RuleError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise RuleError(f"{path} is not valid TOML ({exc}); fix it") from None
+    except MessageError as exc:
+        raise RuleError(f"{path}: {exc}") from None
     return parse_rules(document, str(path))
 
 

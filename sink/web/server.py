@@ -1,6 +1,7 @@
 """The web page's server: static files and the JSON API, one aiohttp app.
 
-    GET /                    the page (static/index.html, app.js, style.css)
+    GET /                    the page (static/index.html)
+    GET /static/NAME         its own files (app.js, style.css, ...); any other name is a 404
     GET /api/live            server-sent events: one per interval, its top N connections
     GET /api/map             nodes and edges over a time range, from the store
     GET /api/history         bytes and packets over time per container, interface or port
@@ -42,6 +43,7 @@ from .violations import ViolationLog
 log = logging.getLogger("connstats.web")
 
 STATIC = Path(__file__).with_name("static")
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())  # the page's own, and only them
 DEFAULT_UI = "127.0.0.1:9470"
 KEEPALIVE_SECONDS = 15.0
 MAX_LIVE_PAGES = 64  # open live streams; each costs a filter and a top N per flow message
@@ -117,7 +119,7 @@ class WebUi:
         self.guard = AccessGuard(self.host, self.port, self.callers)
         app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _headers])
         app.router.add_get("/", _index)
-        app.router.add_static("/static/", STATIC)
+        app.router.add_get("/static/{name}", _static)
         app.router.add_get("/api/live", self.live)
         app.router.add_get("/api/map", self.map)
         app.router.add_get("/api/history", self.history)
@@ -244,6 +246,15 @@ class WebUi:
 
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    """One of the page's own files, by name; any other name (a 5,000-character one, whose
+    ``stat`` fails with ENAMETOOLONG) is a 404 without touching the file system."""
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / name)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -1,7 +1,7 @@
 """The Policy view's recent violations: a subscription on ``connstats.v1.policy.>`` keeping
 the last ``KEEP`` events the probes published (probe/policy/violations.py: each denied
 connection once per interval). Best effort, like the events themselves: the store's
-``verdict`` column is the durable account. A message that is not a JSON object is skipped."""
+``verdict`` column is the durable account. A message that is not a JSON object (or nests too deep) is skipped."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from connstats.probe.contract import MessageError, check_json
 from connstats.probe.messaging import POLICY_WILDCARD
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ class ViolationLog:
 
     async def _received(self, msg) -> None:
         try:
-            event = msgspec.json.decode(msg.data) if len(msg.data) <= MAX_EVENT_BYTES else None
-        except msgspec.DecodeError:
+            check_json(msg.data, MAX_EVENT_BYTES)
+            event = msgspec.json.decode(msg.data)
+        except (MessageError, msgspec.DecodeError):
             event = None
         if not isinstance(event, dict):
             self.skipped += 1

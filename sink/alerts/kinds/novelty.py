@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..groups import split
-from ..rules import Invalid, Option, duration, field_list, field_name, where
+from ..rules import Invalid, Option, duration, positive_duration, field_list, field_name, where
 from ..table import Table
 from .base import Finding, Kind
 
@@ -34,7 +34,7 @@ class Novelty(Kind):
             "where": Option(where, ()),
             "field": Option(field_name, field),
             "learn": Option(duration, 3600 * 10**9),
-            "window": Option(duration, 60 * 10**9),
+            "window": Option(positive_duration, 60 * 10**9),
         }
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rules import Invalid, Option, duration, field_list, number, one_of, where
+from ..rules import Invalid, Option, positive_duration, field_list, number, one_of, where
 from ..table import RowTable, Table
 from .threshold import Threshold
 
@@ -24,7 +24,7 @@ class Overflow(Threshold):
         "metric": Option(one_of("packets", "bytes"), "packets"),
         "by": Option(field_list(OVERFLOW_FIELDS), ("host",)),
         "where": Option(where, ()),
-        "window": Option(duration, 60 * 10**9),
+        "window": Option(positive_duration, 60 * 10**9),
         "above": Option(number, 0),
     }
 

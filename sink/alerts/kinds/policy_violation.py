@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..rules import METRICS, Option, duration, field_list, number, one_of, where
+from ..rules import METRICS, Option, positive_duration, field_list, number, one_of, where
 from .threshold import Threshold
 
 DENIED = (("verdict", frozenset({"deny"})),)
@@ -32,7 +32,7 @@ class PolicyViolation(Threshold):
         "metric": Option(one_of(*METRICS), "packets"),
         "by": Option(field_list(), DEFAULT_BY),
         "where": Option(where, ()),
-        "window": Option(duration, 60 * 10**9),
+        "window": Option(positive_duration, 60 * 10**9),
         "above": Option(number, 0),
     }
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..groups import isin_rows
-from ..rules import METRICS, Option, duration, field_list, number, one_of, positive_number, where
+from ..rules import METRICS, Option, duration, positive_duration, field_list, number, one_of, positive_number, where
 from ..windows import values_at
 from .base import Finding
 from .threshold import Threshold
@@ -33,7 +33,7 @@ class Spike(Threshold):
         "metric": Option(one_of(*METRICS), required=True),
         "by": Option(field_list(), ()),
         "where": Option(where, ()),
-        "window": Option(duration, required=True),
+        "window": Option(positive_duration, required=True),
         "factor": Option(positive_number, required=True),
         "baseline": Option(duration, 600 * 10**9),
         "learn": Option(duration),

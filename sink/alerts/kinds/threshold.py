@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..groups import group_sum, key_sums
-from ..rules import METRICS, Option, duration, field_list, number, one_of, where
+from ..rules import METRICS, Option, positive_duration, field_list, number, one_of, where
 from ..table import Table
 from ..windows import WindowSums, values_at
 from .base import Finding, Kind, above_or_below
@@ -30,7 +30,7 @@ class Threshold(Kind):
         "metric": Option(one_of(*METRICS), required=True),
         "by": Option(field_list(), ()),
         "where": Option(where, ()),
-        "window": Option(duration, required=True),
+        "window": Option(positive_duration, required=True),
         "above": Option(number),
         "below": Option(number),
     }
