@@ -33,7 +33,9 @@ class FakeTables:
         self.installed: list[tuple[dict, str]] = []
         self.offs = 0
 
-    def install(self, resolved, mode: str) -> int:
+    def install(self, resolved, mode: str, job=None) -> int:
+        if job is not None:
+            job.check()
         self.installed.append((dict(resolved.devices), mode))
         return len(self.installed)
 
