@@ -11,7 +11,8 @@ Verbs and their request bodies (JSON objects; an empty body is ``{}``):
     stats   {"iface": NAME?, "limit": N?}  the current, unpublished interval
             -> {"interval_start", "now", "connections", "packets", "bytes", "records": [...]}
     ping    {}                                                         -> {"host", "devices"}
-    policy_apply {"text": TOML, "mode": "monitor"|"protect", "source": NAME?}
+    policy_apply {"text": TOML, "mode": "monitor"|"protect", "source": NAME?,
+                  "within_ms": N?, "deadline_ms": UNIX_MS?}   done by then or not at all
                                      -> {"mode", "groups", "rules", "governed": [...]}
     policy_show  {}                  -> the same and "text";   policy_off {} -> {"mode": "off", ...}
                  (answered by probe/policy/service.py)
@@ -209,8 +210,10 @@ class ControlClient:
     async def request(self, verb: str, body: dict | None = None) -> dict[str, Any]:
         """Send one request; return the reply without ``ok``, or raise the probe's error."""
         subject = control_subject(self.host, verb)
-        request = asyncio.ensure_future(
-            self._nc.request(subject, msgspec.json.encode(body or {}), timeout=self.timeout))
+        data = msgspec.json.encode(body or {})
+        if len(data) > self._nc.max_payload:
+            raise self._too_large(verb, len(data))
+        request = asyncio.ensure_future(self._nc.request(subject, data, timeout=self.timeout))
         done, _ = await asyncio.wait({request, self._refused}, return_when=asyncio.FIRST_COMPLETED)
         if request not in done:
             request.cancel()
@@ -224,12 +227,22 @@ class ControlClient:
                 f"no probe answers for host {self.host!r} on {redacted(self.options.servers)}; "
                 "start `connstats up` or `connstats probe` there, or check --host and --nats") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            carries_deadline = "deadline_ms" in (body or {})
+            done = ", so nothing was changed (the request's deadline has passed)" if carries_deadline else ""
             raise TransportError(
-                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s; "
+                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s{done}; "
                 "check that it runs and is not overloaded") from None
+        except nats.errors.MaxPayloadError:
+            raise self._too_large(verb, len(data)) from None
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"the request on {subject} failed: {exc!r}; check NATS") from exc
         return _reply(msg.data)
+
+    def _too_large(self, verb: str, size: int) -> TransportError:
+        return TransportError(
+            f"the {verb} request is {size:,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+            "takes in one message (max_payload); send less (a policy: fewer or merged prefixes) or raise "
+            "max_payload in the server's configuration")
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc)
