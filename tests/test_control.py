@@ -169,6 +169,21 @@ async def test_a_probe_that_does_not_answer_times_out(nats_server):
                                  "runs and is not overloaded")
 
 
+async def test_a_request_with_a_deadline_that_is_not_answered_was_not_done(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe(control_subject("mute", "policy_apply"))  # takes requests, never replies
+        await nc.flush()
+        with pytest.raises(TransportError) as caught:
+            async with ControlClient(options, "mute", 0.3) as client:
+                await client.request("policy_apply", {"text": "", "within_ms": 240, "deadline_ms": 0})
+    finally:
+        await nc.close()
+    assert str(caught.value) == ("the probe for host 'mute' did not answer within 0.3 s, so nothing was changed "
+                                 "(the request's deadline has passed); check that it runs and is not overloaded")
+
+
 async def test_nats_unreachable():
     options = NatsOptions(servers=(f"nats://127.0.0.1:{free_port()}",), connect_timeout=0.5)
     with pytest.raises(TransportError) as caught:
