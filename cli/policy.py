@@ -74,8 +74,9 @@ def apply(
     """Check FILE and make it the probe's policy, in monitor or protect mode."""
     text = read_policy_file(file)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    within = timeout - reply_margin(timeout)
-    body = {"text": text, "mode": mode.value, "source": file.name, "within": within, "deadline": time.time() + within}
+    within_ms = round((timeout - reply_margin(timeout)) * 1000)
+    body = {"text": text, "mode": mode.value, "source": file.name, "within_ms": within_ms,
+            "deadline_ms": round(time.time() * 1000) + within_ms}
     reply = request(load_config(config), flags, host, "policy_apply", body, timeout)
     _print_summary(reply, format)
 

@@ -1,6 +1,6 @@
 """One apply of a policy: it takes effect before its deadline and while it is the newest, or never.
 
-    CLI: {"deadline": unix time, "within": seconds} ─> ApplyJob(deadline on the probe's clock)
+    CLI: {"deadline_ms": unix ms, "within_ms": N} ─> ApplyJob(deadline on the probe's clock)
     tables.install: job.check() between batches ─ job.commit(switch) at the one-word switch
     a newer apply (or `policy off`) ─> older.supersede()
 
@@ -53,6 +53,6 @@ class ApplyJob:
             raise NotApplied("the policy was not applied: a newer apply or `policy off` came before it took "
                              "effect; the newest request decides, see `connstats policy show`")
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise NotApplied(f"the policy was not applied: it did not compile within the {self.seconds:g} s "
+            raise NotApplied(f"the policy was not applied: it did not compile within the {self.seconds:.1f} s "
                              "the request gave, so the previous policy stays in force; use a longer --timeout "
                              "or fewer prefixes")

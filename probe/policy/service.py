@@ -1,6 +1,6 @@
 """The probe's policy service: the active policy, kept, applied, re-resolved, reported.
 
-    connstats policy apply FILE ─> ctl verb policy_apply {text, mode, deadline, within}
+    connstats policy apply FILE ─> ctl verb policy_apply {text, mode, deadline_ms, within_ms}
         an ApplyJob (job.py): supersedes the apply before it, stops at its deadline ─
         parse (PolicyError names line and key) ─ resolve against the attached devices ─
         PolicyTables.install (build the spare set, flip one word) ─ save <state>/policy.json
@@ -225,20 +225,20 @@ class PolicyService:
 
 
 def _job_of(body: dict) -> ApplyJob:
-    """The request's time: ``within`` seconds from now, and no later than ``deadline`` (unix
-    time by the sender's clock; a request that sat in a queue is refused)."""
-    within, deadline = body.get("within"), body.get("deadline")
-    for key, value in (("within", within), ("deadline", deadline)):
-        if value is not None and (type(value) not in (int, float) or value != value):
-            raise ConfigError(f"{key!r} must be a number of seconds")
+    """The request's time: ``within_ms`` from now, and no later than ``deadline_ms`` (unix
+    time by the sender's clock: a request that sat in a queue is refused)."""
+    within, deadline = body.get("within_ms"), body.get("deadline_ms")
+    for key, value in (("within_ms", within), ("deadline_ms", deadline)):
+        if value is not None and type(value) is not int:
+            raise ConfigError(f"{key!r} must be a whole number of milliseconds")
     if deadline is not None:
-        left = deadline - time.time()
+        left = deadline - time.time() * 1000
         if left <= 0:
-            raise NotApplied(f"the policy was not applied: the request came {-left:.1f} s after its deadline; "
-                             "nothing changed; check that the probe is not overloaded and that the clocks "
-                             "of the sender and the probe agree")
+            raise NotApplied(f"the policy was not applied: the request came {-left / 1000:.1f} s after its "
+                             "deadline; nothing changed; check that the probe is not overloaded and that the "
+                             "clocks of the sender and the probe agree")
         within = left if within is None else min(within, left)
-    return ApplyJob.within(within)
+    return ApplyJob.within(None if within is None else within / 1000)
 
 
 assert MODES[1:] == ENFORCING
