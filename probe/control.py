@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 VERBS = ("attach", "detach", "list", "stats", "ping")
 DEFAULT_STATS_LIMIT = 1000
+MAX_IN_FLIGHT = 64  # requests answered at once; more get an error reply
 
 
 def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
@@ -62,6 +63,7 @@ class ControlService:
         self.host = host
         self.subject = f"{PREFIX}.ctl.{host_token(host)}.*"
         self._nc: Client | None = None
+        self._serving: set[asyncio.Task] = set()
         self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "attach": self._attach, "detach": self._detach, "list": self._list,
             "stats": self._stats, "ping": self._ping, **(more or {}),
@@ -75,17 +77,37 @@ class ControlService:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
+            await asyncio.gather(*self._serving, return_exceptions=True)  # answered; an apply ends by its deadline
             try:
                 await self._nc.drain()
             except (nats.errors.Error, asyncio.TimeoutError, OSError):
                 await self._nc.close()
 
     async def _on_request(self, msg: Msg) -> None:
-        reply = await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data)
+        """Each request in a task of its own (nats-py runs one subscription's callbacks one
+        after the other): `policy show` is answered, and a newer apply can supersede an
+        older one, while a large policy compiles."""
+        if len(self._serving) >= MAX_IN_FLIGHT:
+            await self._respond(msg, _failure(TransportError(
+                f"the probe is answering {MAX_IN_FLIGHT} requests already; try again in a moment")))
+            return
+        task = asyncio.create_task(self._serve(msg), name="control-request")
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        await self._respond(msg, await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data))
+
+    async def _respond(self, msg: Msg, reply: dict) -> None:
         if not msg.reply:
             return
+        data = msgspec.json.encode(reply)
+        if len(data) > self._nc.max_payload:  # e.g. `policy show` of a policy near the limit
+            data = msgspec.json.encode(_failure(TransportError(
+                f"the reply is {len(data):,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+                "takes in one message (max_payload); raise max_payload in the server's configuration")))
         try:
-            await msg.respond(msgspec.json.encode(reply))
+            await msg.respond(data)
         except (nats.errors.Error, OSError) as exc:
             log.warning("control reply on %s not sent: %r", msg.subject, exc)
 

@@ -1,6 +1,7 @@
 """The control plane: ControlService on a fake daemon and ControlClient, over a real nats-server."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import nats
@@ -225,3 +226,44 @@ async def test_permission_violation_is_named(auth_nats):
         'NATS refused the request on connstats.v1.ctl.node-1%2Eexample.list (permissions violation for '
         'publish to "connstats.v1.ctl.node-1%2eexample.list"); ask for permission to publish to '
         'connstats.v1.ctl.> and subscribe to _INBOX.>')
+
+
+async def test_a_slow_request_does_not_hold_up_the_others(nats_server):
+    """A verb that takes long (a large policy compiling) and, meanwhile, others answered."""
+    daemon, options = FakeDaemon(), NatsOptions(servers=(nats_server.url,))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(body: dict) -> dict:
+        entered.set()
+        await release.wait()
+        return {"done": True}
+
+    service = ControlService(daemon, options, HOST, more={"slow": slow})
+    await service.start()
+    try:
+        waiting = asyncio.create_task(ask(options, "slow", timeout=10))
+        await asyncio.wait_for(entered.wait(), 5)  # the probe is busy with it
+        assert await ask(options, "ping", timeout=2) == {"host": HOST, "devices": 0}
+        assert not waiting.done()
+        release.set()
+        assert await waiting == {"done": True}
+    finally:
+        await service.close()
+
+
+async def test_a_reply_over_max_payload_is_an_error_reply(nats_server_factory):
+    server = nats_server_factory(max_payload=4096)
+    daemon, options = FakeDaemon(), NatsOptions(servers=(server.url,))
+
+    async def show(body: dict) -> dict:
+        return {"text": "#" * 5000}
+
+    service = ControlService(daemon, options, HOST, more={"policy_show": show})
+    await service.start()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await ask(options, "policy_show")
+    finally:
+        await service.close()
+    assert str(caught.value) == ("the reply is 5,021 bytes, more than the 4,096 bytes the NATS server takes in one "
+                                 "message (max_payload); raise max_payload in the server's configuration")
