@@ -422,8 +422,9 @@ def test_an_install_past_its_deadline_changes_nothing(probe, policer, test_netwo
     job = ApplyJob(deadline=time.monotonic(), seconds=0.0)  # already due: stops at the first batch
     with pytest.raises(NotApplied) as caught:
         policer.tables.install(resolved, "monitor", job)
-    assert str(caught.value) == ("the policy was not applied: it did not compile within the 0.0 s the request "
-                                 "gave, so the previous policy stays in force; use a longer --timeout or fewer prefixes")
+    assert str(caught.value) == (
+        "the policy was not applied: it did not compile within the 0.0 s the request gave, so the previous policy "
+        "stays in force; use a longer --timeout or fewer prefixes")
     assert policer.tables.current() == before
     assert far_entries(policer.tables) == 0  # the spare set emptied again
     a.traffic("udp", b.ipv4, 5501, 42200, 30, 10)
