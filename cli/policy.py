@@ -3,10 +3,14 @@
 ``apply`` checks the file here first (an error names its line and key), then sends it to the
 probe of ``--host`` over NATS request/reply (verb ``policy_apply``: the admin role may send
 it); the probe keeps it in its state directory and applies it again after a restart.
+The request carries its deadline (``--timeout`` less a margin for the reply): the probe
+applies nothing after it, and a newer apply supersedes one still compiling, so the answer
+is always applied or not applied.
 ``learn`` (a policy from the traffic in the store) is ``policy_learn.learn``.
 """
 from __future__ import annotations
 
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +49,12 @@ def read_policy_file(path: Path) -> str:
     return text
 
 
+def reply_margin(timeout: float) -> float:
+    """What of ``--timeout`` the probe leaves for its reply to come back: it applies nothing
+    after ``timeout - margin``, so when the CLI stops waiting the answer is "not applied"."""
+    return min(1.0, timeout / 5)
+
+
 def _print_summary(reply: dict, format: OutputFormat) -> None:
     rows = [row | {"groups": ",".join(row["groups"])} for row in reply.get("governed", [])]
     if format is OutputFormat.table:
@@ -64,8 +74,10 @@ def apply(
     """Check FILE and make it the probe's policy, in monitor or protect mode."""
     text = read_policy_file(file)
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
-    reply = request(load_config(config), flags, host, "policy_apply",
-                    {"text": text, "mode": mode.value, "source": file.name}, timeout)
+    within_ms = round((timeout - reply_margin(timeout)) * 1000)
+    body = {"text": text, "mode": mode.value, "source": file.name, "within_ms": within_ms,
+            "deadline_ms": round(time.time() * 1000) + within_ms}
+    reply = request(load_config(config), flags, host, "policy_apply", body, timeout)
     _print_summary(reply, format)
 
 

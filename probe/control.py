@@ -11,7 +11,8 @@ Verbs and their request bodies (JSON objects; an empty body is ``{}``):
     stats   {"iface": NAME?, "limit": N?}  the current, unpublished interval
             -> {"interval_start", "now", "connections", "packets", "bytes", "records": [...]}
     ping    {}                                                         -> {"host", "devices"}
-    policy_apply {"text": TOML, "mode": "monitor"|"protect", "source": NAME?}
+    policy_apply {"text": TOML, "mode": "monitor"|"protect", "source": NAME?,
+                  "within_ms": N?, "deadline_ms": UNIX_MS?}   done by then or not at all
                                      -> {"mode", "groups", "rules", "governed": [...]}
     policy_show  {}                  -> the same and "text";   policy_off {} -> {"mode": "off", ...}
                  (answered by probe/policy/service.py)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 VERBS = ("attach", "detach", "list", "stats", "ping")
 DEFAULT_STATS_LIMIT = 1000
 MAX_REQUEST_BYTES = 1024 * 1024  # NATS' default max_payload; a policy text fits
+MAX_IN_FLIGHT = 64  # requests answered at once; more get an error reply
 
 
 def device_to_wire(device: AttachedDevice) -> dict[str, Any]:
@@ -63,6 +65,7 @@ class ControlService:
         self.host = host
         self.subject = f"{PREFIX}.ctl.{host_token(host)}.*"
         self._nc: Client | None = None
+        self._serving: set[asyncio.Task] = set()
         self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "attach": self._attach, "detach": self._detach, "list": self._list,
             "stats": self._stats, "ping": self._ping, **(more or {}),
@@ -76,17 +79,37 @@ class ControlService:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
+            await asyncio.gather(*self._serving, return_exceptions=True)  # answered; an apply ends by its deadline
             try:
                 await self._nc.drain()
             except (nats.errors.Error, asyncio.TimeoutError, OSError):
                 await self._nc.close()
 
     async def _on_request(self, msg: Msg) -> None:
-        reply = await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data)
+        """Each request in a task of its own (nats-py runs one subscription's callbacks one
+        after the other): `policy show` is answered, and a newer apply can supersede an
+        older one, while a large policy compiles."""
+        if len(self._serving) >= MAX_IN_FLIGHT:
+            await self._respond(msg, _failure(TransportError(
+                f"the probe is answering {MAX_IN_FLIGHT} requests already; try again in a moment")))
+            return
+        task = asyncio.create_task(self._serve(msg), name="control-request")
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        await self._respond(msg, await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data))
+
+    async def _respond(self, msg: Msg, reply: dict) -> None:
         if not msg.reply:
             return
+        data = msgspec.json.encode(reply)
+        if len(data) > self._nc.max_payload:  # e.g. `policy show` of a policy near the limit
+            data = msgspec.json.encode(_failure(TransportError(
+                f"the reply is {len(data):,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+                "takes in one message (max_payload); raise max_payload in the server's configuration")))
         try:
-            await msg.respond(msgspec.json.encode(reply))
+            await msg.respond(data)
         except (nats.errors.Error, OSError) as exc:
             log.warning("control reply on %s not sent: %r", msg.subject, exc)
 
@@ -214,8 +237,10 @@ class ControlClient:
     async def request(self, verb: str, body: dict | None = None) -> dict[str, Any]:
         """Send one request; return the reply without ``ok``, or raise the probe's error."""
         subject = control_subject(self.host, verb)
-        request = asyncio.ensure_future(
-            self._nc.request(subject, msgspec.json.encode(body or {}), timeout=self.timeout))
+        data = msgspec.json.encode(body or {})
+        if len(data) > self._nc.max_payload:
+            raise self._too_large(verb, len(data))
+        request = asyncio.ensure_future(self._nc.request(subject, data, timeout=self.timeout))
         done, _ = await asyncio.wait({request, self._refused}, return_when=asyncio.FIRST_COMPLETED)
         if request not in done:
             request.cancel()
@@ -229,12 +254,22 @@ class ControlClient:
                 f"no probe answers for host {self.host!r} on {redacted(self.options.servers)}; "
                 "start `connstats up` or `connstats probe` there, or check --host and --nats") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            carries_deadline = "deadline_ms" in (body or {})
+            done = ", so nothing was changed (the request's deadline has passed)" if carries_deadline else ""
             raise TransportError(
-                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s; "
+                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s{done}; "
                 "check that it runs and is not overloaded") from None
+        except nats.errors.MaxPayloadError:
+            raise self._too_large(verb, len(data)) from None
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"the request on {subject} failed: {exc!r}; check NATS") from exc
         return _reply(msg.data)
+
+    def _too_large(self, verb: str, size: int) -> TransportError:
+        return TransportError(
+            f"the {verb} request is {size:,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+            "takes in one message (max_payload); send less (a policy: fewer or merged prefixes) or raise "
+            "max_payload in the server's configuration")
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc)

@@ -6,6 +6,7 @@
     │   └── DeviceOwned       another running probe has the device attached (ownership.py)
     ├── ConfigError           a setting that makes no sense
     │   └── PolicyError       a policy file that does not follow the format (names line and key)
+    ├── NotApplied            a policy apply refused or stopped (deadline, superseded): nothing changed
     ├── TransportError        NATS unreachable, refused or misconfigured
     ├── StoreError            SQLite or InfluxDB unreachable or refusing writes
     │   └── StoreUnavailable  a transient store failure: retry later
@@ -36,6 +37,11 @@ class ConfigError(ConnstatsError):
 
 class PolicyError(ConfigError):
     """A policy file is invalid; the message names the line and the key."""
+
+
+class NotApplied(ConnstatsError):
+    """A policy apply did not take effect and never will (its deadline passed, or a newer
+    request superseded it); the policy in force before it stays."""
 
 
 class TransportError(ConnstatsError):

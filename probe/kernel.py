@@ -104,6 +104,10 @@ def _load_libbpf() -> ctypes.CDLL:
         ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
     ]
     lib.bpf_map_delete_batch.restype = ctypes.c_int
+    lib.bpf_map_update_batch.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
+    ]
+    lib.bpf_map_update_batch.restype = ctypes.c_int
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
     lib.bpf_prog_test_run_opts.restype = ctypes.c_int
     lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
@@ -148,6 +152,19 @@ def delete_keys(map_fd: int, keys: np.ndarray) -> None:
         err = ctypes.get_errno()
         if err != errno.ENOENT:
             raise KernelError(f"emptying a BPF map failed: {os.strerror(err)}; is the kernel >= 5.6?")
+
+
+def update_batch(map_fd: int, keys: np.ndarray, values: np.ndarray) -> None:
+    """Write ``keys`` -> ``values`` (equal lengths, the map's key and value layouts) in one
+    system call; ``KernelError`` naming the reason (E2BIG/ENOSPC: the map is full)."""
+    if not len(keys):
+        return
+    keys, values = np.ascontiguousarray(keys), np.ascontiguousarray(values)
+    count = ctypes.c_uint32(len(keys))
+    if libbpf().bpf_map_update_batch(map_fd, keys.ctypes.data, values.ctypes.data, ctypes.byref(count), None) != 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"writing a BPF map in batches failed after {count.value} of {len(keys)} "
+                          f"entries: {os.strerror(err)}")
 
 
 class _MapInfo(ctypes.Structure):

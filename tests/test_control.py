@@ -1,6 +1,7 @@
 """The control plane: ControlService on a fake daemon and ControlClient, over a real nats-server."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import nats
@@ -189,6 +190,21 @@ async def test_a_probe_that_does_not_answer_times_out(nats_server):
                                  "runs and is not overloaded")
 
 
+async def test_a_request_with_a_deadline_that_is_not_answered_was_not_done(nats_server):
+    options = NatsOptions(servers=(nats_server.url,))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe(control_subject("mute", "policy_apply"))  # takes requests, never replies
+        await nc.flush()
+        with pytest.raises(TransportError) as caught:
+            async with ControlClient(options, "mute", 0.3) as client:
+                await client.request("policy_apply", {"text": "", "within_ms": 240, "deadline_ms": 0})
+    finally:
+        await nc.close()
+    assert str(caught.value) == ("the probe for host 'mute' did not answer within 0.3 s, so nothing was changed "
+                                 "(the request's deadline has passed); check that it runs and is not overloaded")
+
+
 async def test_nats_unreachable():
     options = NatsOptions(servers=(f"nats://127.0.0.1:{free_port()}",), connect_timeout=0.5)
     with pytest.raises(TransportError) as caught:
@@ -230,3 +246,44 @@ async def test_permission_violation_is_named(auth_nats):
         'NATS refused the request on connstats.v1.ctl.node-1%2Eexample.list (permissions violation for '
         'publish to "connstats.v1.ctl.node-1%2eexample.list"); ask for permission to publish to '
         'connstats.v1.ctl.> and subscribe to _INBOX.>')
+
+
+async def test_a_slow_request_does_not_hold_up_the_others(nats_server):
+    """A verb that takes long (a large policy compiling) and, meanwhile, others answered."""
+    daemon, options = FakeDaemon(), NatsOptions(servers=(nats_server.url,))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(body: dict) -> dict:
+        entered.set()
+        await release.wait()
+        return {"done": True}
+
+    service = ControlService(daemon, options, HOST, more={"slow": slow})
+    await service.start()
+    try:
+        waiting = asyncio.create_task(ask(options, "slow", timeout=10))
+        await asyncio.wait_for(entered.wait(), 5)  # the probe is busy with it
+        assert await ask(options, "ping", timeout=2) == {"host": HOST, "devices": 0}
+        assert not waiting.done()
+        release.set()
+        assert await waiting == {"done": True}
+    finally:
+        await service.close()
+
+
+async def test_a_reply_over_max_payload_is_an_error_reply(nats_server_factory):
+    server = nats_server_factory(max_payload=4096)
+    daemon, options = FakeDaemon(), NatsOptions(servers=(server.url,))
+
+    async def show(body: dict) -> dict:
+        return {"text": "#" * 5000}
+
+    service = ControlService(daemon, options, HOST, more={"policy_show": show})
+    await service.start()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await ask(options, "policy_show")
+    finally:
+        await service.close()
+    assert str(caught.value) == ("the reply is 5,021 bytes, more than the 4,096 bytes the NATS server takes in one "
+                                 "message (max_payload); raise max_payload in the server's configuration")

@@ -191,3 +191,12 @@ def test_top_shows_the_policy_column_only_when_a_device_is_governed():
     header, row = interval_summary(judged).splitlines()[-2:]
     assert header.split()[-1] == "POLICY" and row.split()[-1] == "deny"
     assert max(len(line) for line in interval_summary(judged).splitlines()) < 80
+
+
+def test_more_prefixes_than_the_kernel_tables_hold_is_one_line():
+    cidrs = ", ".join(f'"10.{i >> 8 & 255}.{i & 255}.0/24"' for i in range(32_001 - 2))
+    text = f'[groups]\nweb = {{ ifaces = ["veth*"] }}\nfar = {{ cidrs = [{cidrs}, "fd00::/64", "fd00:1::/64"] }}\n'
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "far.toml")
+    assert str(caught.value) == ("far.toml line 1: groups: 32,001 distinct prefixes in all; at most 32,000 fit "
+                                 "the kernel's tables, merge some")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from connstats.probe.errors import ConfigError, PolicyError
+from connstats.probe.errors import ConfigError, NotApplied, PolicyError
 from connstats.probe.policy.service import PolicyService
 
 POLICY = '[groups]\nweb = { ifaces = ["veth-web*"] }\n[[allow]]\nfrom = "web"\nto = "world"\nproto = "tcp"\nports = [443]\n'
@@ -33,7 +33,9 @@ class FakeTables:
         self.installed: list[tuple[dict, str]] = []
         self.offs = 0
 
-    def install(self, resolved, mode: str) -> int:
+    def install(self, resolved, mode: str, job=None) -> int:
+        if job is not None:
+            job.check()
         self.installed.append((dict(resolved.devices), mode))
         return len(self.installed)
 
@@ -136,6 +138,10 @@ def test_a_broken_saved_policy_enforces_none_and_the_probe_runs_on(tmp_path, sav
     ({"text": POLICY, "mode": "off"}, ConfigError, "mode 'off' is not monitor or protect"),
     ({"text": "[groups\n", "mode": "monitor", "source": "p.toml"}, PolicyError,
      "p.toml: not valid TOML (Expected ']' at the end of a table declaration (at line 1, column 8)); fix the syntax"),
+    ({"text": POLICY, "mode": "monitor", "within_ms": 9000, "deadline_ms": 1_000_000_000_000}, NotApplied,
+     None),  # the message names how late it came: checked below
+    ({"text": POLICY, "mode": "monitor", "within_ms": "9 s"}, ConfigError,
+     "'within_ms' must be a whole number of milliseconds"),
 ])
 def test_bad_requests_are_one_error_and_change_nothing(tmp_path, body, error, message):
     probe = FakeProbe(Device(7, "veth-web1"))
@@ -146,8 +152,33 @@ def test_bad_requests_are_one_error_and_change_nothing(tmp_path, body, error, me
             await policy.apply_verb(body)
         return str(caught.value)
 
-    assert asyncio.run(run()) == message
+    said = asyncio.run(run())
+    if message is None:  # sent in 2001 (deadline_ms 10^12): refused, however long ago that is now
+        late = float(said.split(" came ")[1].split(" s ")[0])
+        message = (f"the policy was not applied: the request came {late:.1f} s after its deadline; nothing changed; "
+                   "check that the probe is not overloaded and that the clocks of the sender and the probe agree")
+        assert late > 7e8
+    assert said == message
     assert probe.tables.installed == [] and not (tmp_path / "policy.json").exists()
+
+
+def test_an_off_supersedes_an_apply_that_waits(tmp_path):
+    """An apply that waits (here: behind a recheck holding the service) and an off that comes
+    after it: the apply never takes effect, the off does."""
+    probe = FakeProbe(Device(7, "veth-web1"))
+
+    async def run():
+        policy = service(tmp_path, probe)
+        async with policy._lock:  # busy, as with a long install
+            waiting = asyncio.create_task(policy.apply_verb({"text": POLICY, "mode": "protect", "within_ms": 9000}))
+            await asyncio.sleep(0.01)  # it has come in and waits
+            off = asyncio.create_task(policy.off_verb({}))
+            await asyncio.sleep(0)
+        return await asyncio.gather(waiting, off, return_exceptions=True)
+
+    applied, off = asyncio.run(run())
+    assert isinstance(applied, NotApplied) and off["mode"] == "off"
+    assert probe.tables.installed == [] and probe.tables.offs == 1
 
 
 def test_the_report_for_the_self_metrics_counts_failed_applies(tmp_path):

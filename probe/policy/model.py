@@ -30,6 +30,10 @@ from ..record import PROTO_NUMBERS
 BUILTIN_GROUPS = ("host", "world")
 MAX_GROUPS = 64  # one bit each in the kernel's masks, built-ins included
 MAX_RULES = 4096
+# The kernel's address trie holds 65,536 entries (POLICY_PREFIXES in flows.bpf.c) for both
+# table sets: the policy in force and the one being built. Room is left for the addresses
+# of the devices and the host.
+MAX_PREFIXES = 32_000
 SELECTORS = ("containers", "images", "ifaces", "netns", "cidrs")
 PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: the classifier reads their ports
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -104,7 +108,12 @@ def _groups(table: Any, where: _Locator) -> tuple[Group, ...]:
     if len(table) + len(BUILTIN_GROUPS) > MAX_GROUPS:
         raise PolicyError(where.at(("groups",), f"{len(table)} groups; at most "
                                    f"{MAX_GROUPS - len(BUILTIN_GROUPS)} fit, merge some"))
-    return tuple(_group(name, body, where) for name, body in table.items())
+    groups = tuple(_group(name, body, where) for name, body in table.items())
+    prefixes = len({net for group in groups for net in group.cidrs})
+    if prefixes > MAX_PREFIXES:
+        raise PolicyError(where.at(("groups",), f"{prefixes:,} distinct prefixes in all; at most "
+                                   f"{MAX_PREFIXES:,} fit the kernel's tables, merge some"))
+    return groups
 
 
 def _group(name: str, body: Any, where: _Locator) -> Group:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from fnmatch import fnmatchcase
 from typing import Iterable
 
@@ -61,9 +63,12 @@ class Resolved:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return 0
-        best = max((net for net in self.prefixes if ip.version == net.version and ip in net),
-                   key=lambda net: net.prefixlen, default=None)
-        return self.prefixes[best] if best is not None else WORLD_BIT
+        found = self._index.longest(ip)
+        return found if found is not None else WORLD_BIT
+
+    @cached_property
+    def _index(self) -> PrefixIndex:
+        return PrefixIndex(self.prefixes)
 
 
 def resolve(policy: Policy, endpoints: Iterable[Endpoint], host_addresses: Iterable[Address]) -> Resolved:
@@ -100,18 +105,40 @@ def selects(group: Group, endpoint: Endpoint) -> bool:
 
 def _nested(own: dict[Network, int]) -> dict[Network, int]:
     """Each prefix's groups with those of every prefix holding it: the kernel's
-    longest-prefix match returns one entry, which must say everything. Only prefixes
-    shorter than a single address can hold others (the cidrs, usually few)."""
-    holders = [(net, mask) for net, mask in own.items() if net.prefixlen < net.max_prefixlen]
-    return {net: mask | _held_by(net, holders) for net, mask in own.items()}
+    longest-prefix match returns one entry, which must say everything. One dictionary
+    look-up per prefix length that occurs (at most 33 or 129), not one test per pair."""
+    index = PrefixIndex(own)
+    return {net: mask | index.held_by(net) for net, mask in own.items()}
 
 
-def _held_by(net: Network, holders: list[tuple[Network, int]]) -> int:
-    mask = 0
-    for other, groups in holders:
-        if other.version == net.version and other.prefixlen < net.prefixlen and net.subnet_of(other):
-            mask |= groups
-    return mask
+class PrefixIndex:
+    """Prefixes by (family, length) -> {network as int: groups}, longest length first:
+    what holds an address or a prefix is a few dictionary look-ups, whatever the count."""
+
+    def __init__(self, prefixes: dict[Network, int]) -> None:
+        self._by_length: dict[int, list[tuple[int, int, dict[int, int]]]] = {4: [], 6: []}
+        tables: dict[tuple[int, int], dict[int, int]] = defaultdict(dict)
+        for net, groups in prefixes.items():
+            tables[net.version, net.prefixlen][int(net.network_address)] = groups
+        for (version, length), table in sorted(tables.items(), key=lambda item: -item[0][1]):
+            self._by_length[version].append((length, (32 if version == 4 else 128) - length, table))
+
+    def longest(self, ip: Address) -> int | None:
+        """The groups of the longest prefix holding ``ip``; None if none does."""
+        value = int(ip)
+        for _, shift, table in self._by_length[ip.version]:
+            found = table.get(value >> shift << shift)
+            if found is not None:
+                return found
+        return None
+
+    def held_by(self, net: Network) -> int:
+        """The OR of the groups of every prefix strictly holding ``net``."""
+        mask, value = 0, int(net.network_address)
+        for length, shift, table in self._by_length[net.version]:
+            if length < net.prefixlen:
+                mask |= table.get(value >> shift << shift, 0)
+        return mask
 
 
 # -- addresses ----------------------------------------------------------------------------

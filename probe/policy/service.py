@@ -1,8 +1,11 @@
 """The probe's policy service: the active policy, kept, applied, re-resolved, reported.
 
-    connstats policy apply FILE ─> ctl verb policy_apply {text, mode}
+    connstats policy apply FILE ─> ctl verb policy_apply {text, mode, deadline_ms, within_ms}
+        an ApplyJob (job.py): supersedes the apply before it, stops at its deadline ─
         parse (PolicyError names line and key) ─ resolve against the attached devices ─
         PolicyTables.install (build the spare set, flip one word) ─ save <state>/policy.json
+        (parse, resolve and install run in a worker thread: intervals and the control
+        plane keep their pace while a large policy compiles)
     start:  the saved policy applied again (a restart keeps enforcing what was applied)
     every second: the attached devices and who is behind them; when that changed, resolve
         and install again (containers and devices that come and go)
@@ -13,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..containers import ContainerIndex
-from ..errors import ConfigError, PolicyError
+from ..errors import ConfigError, NotApplied, PolicyError
 from ..private import write_private
 from ..ports import PolicyReport, ProbePort
+from .job import ApplyJob
 from .model import Policy, parse_policy
 from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
@@ -49,6 +54,7 @@ class PolicyService:
         self._addresses: dict[int, tuple] = {}  # netns inode -> its addresses
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._newest: ApplyJob | None = None  # the last apply or off that came in
         self.apply_failures = 0
 
     def bind(self, probe: ProbePort) -> PolicyService:
@@ -88,19 +94,29 @@ class PolicyService:
             raise
 
     async def _apply_verb(self, body: dict) -> dict:
+        job = self._arrived(_job_of(body))  # first: it supersedes whatever came before it
         text, mode = body.get("text"), body.get("mode")
         if not isinstance(text, str):
             raise ConfigError("the request lacks the policy text ('text')")
         if mode not in ENFORCING:
             raise ConfigError(f"mode {mode!r} is not monitor or protect")
-        await self.apply(parse_policy(text, str(body.get("source") or "policy")), mode)
+        policy = await asyncio.to_thread(parse_policy, text, str(body.get("source") or "policy"))
+        await self.apply(policy, mode, job)
         self._save()
         return self.summary()
+
+    def _arrived(self, job: ApplyJob) -> ApplyJob:
+        """``job`` is now the newest request: the one before it never takes effect."""
+        if self._newest is not None:
+            self._newest.supersede()
+        self._newest = job
+        return job
 
     async def show_verb(self, body: dict) -> dict:
         return self.summary() | {"text": self.policy.text if self.policy else ""}
 
     async def off_verb(self, body: dict) -> dict:
+        self._arrived(ApplyJob())
         async with self._lock:
             await asyncio.to_thread(self.probe.policy_tables().off)
             self.policy, self.resolved, self.mode = None, None, "off"
@@ -128,12 +144,15 @@ class PolicyService:
 
     # -- applying -------------------------------------------------------------------------
 
-    async def apply(self, policy: Policy, mode: str) -> None:
+    async def apply(self, policy: Policy, mode: str, job: ApplyJob | None = None) -> None:
+        """Make ``policy`` the one in force, or raise ``NotApplied`` when ``job`` stops first."""
+        job = job if job is not None else self._arrived(ApplyJob())
         async with self._lock:
+            job.check()  # it may have waited for the one before it
             self._seen = ()  # resolve from scratch: addresses may have changed too
             self._addresses.clear()
             resolved = await asyncio.to_thread(self._resolve, policy)
-            await asyncio.to_thread(self.probe.policy_tables().install, resolved, mode)
+            await asyncio.to_thread(self.probe.policy_tables().install, resolved, mode, job)
             self.policy, self.resolved, self.mode = policy, resolved, mode
         log.info("policy applied: %s, %d groups, %d rules, %d governed devices", mode,
                  len(policy.groups), len(policy.rules), len(resolved.devices))
@@ -203,6 +222,23 @@ class PolicyService:
     def _on_interval(self, batch) -> None:
         if self.resolved is not None:
             self.violations.interval(batch, self.resolved, self.mode)
+
+
+def _job_of(body: dict) -> ApplyJob:
+    """The request's time: ``within_ms`` from now, and no later than ``deadline_ms`` (unix
+    time by the sender's clock: a request that sat in a queue is refused)."""
+    within, deadline = body.get("within_ms"), body.get("deadline_ms")
+    for key, value in (("within_ms", within), ("deadline_ms", deadline)):
+        if value is not None and type(value) is not int:
+            raise ConfigError(f"{key!r} must be a whole number of milliseconds")
+    if deadline is not None:
+        left = deadline - time.time() * 1000
+        if left <= 0:
+            raise NotApplied(f"the policy was not applied: the request came {-left / 1000:.1f} s after its "
+                             "deadline; nothing changed; check that the probe is not overloaded and that the "
+                             "clocks of the sender and the probe agree")
+        within = left if within is None else min(within, left)
+    return ApplyJob.within(None if within is None else within / 1000)
 
 
 assert MODES[1:] == ENFORCING

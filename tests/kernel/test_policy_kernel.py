@@ -7,19 +7,25 @@ veth counters and what the hop after the drop (b's veth) counted.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from connstats.probe.containers import ContainerIndex
-from connstats.probe.errors import PolicyError
+from connstats.probe.errors import NotApplied, PolicyError
+from connstats.probe.kernel import read_map
 from connstats.probe.policy import parse_policy, resolve
+from connstats.probe.policy.job import ApplyJob
 from connstats.probe.policy.resolve import addresses_in, endpoints_of
-from connstats.probe.policy.tables import PolicyTables
+from connstats.probe.policy.service import PolicyService
+from connstats.probe.policy.tables import ADDR_KEY, GROUPS_VALUE, PolicyTables
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
@@ -387,3 +393,103 @@ def test_udp_replies_pass_and_the_first_packet_decides_who_opened(probe, policer
     assert record_totals(probe, ifname=b.host_if, direction="egress", src_port=5501) == (
         7, 7 * (UDP4 + 100), {"deny"})
     assert record_totals(probe, ifname=a.host_if, src_port=5501)[:2] == (0, 0)
+
+
+# -- an apply is done before its deadline, or not at all -----------------------------------
+
+
+def far_entries(tables: PolicyTables) -> int:
+    """How many entries of 100.64.0.0/10 the address trie holds, in either set (read from the kernel)."""
+    addrs = tables._addrs
+    keys, _ = read_map(addrs.map_fd, addrs.max_entries, ADDR_KEY, GROUPS_VALUE)
+    first = np.frombuffer(keys["addr"].tobytes(), np.uint8).reshape(-1, 16)[:, :2] if len(keys) else np.zeros((0, 2))
+    return int(((keys["family"] == 4) & (first[:, 0] == 100) & (first[:, 1] & 0xC0 == 64)).sum())
+
+
+def far_prefixes(count: int) -> str:
+    """``count`` /28 prefixes in 100.64.0.0/10, far from the test network, as a TOML list."""
+    return "[" + ", ".join(f'"{ipaddress.IPv4Address(0x64400000 + 16 * i)}/28"' for i in range(count)) + "]"
+
+
+def test_an_install_past_its_deadline_changes_nothing(probe, policer, test_network):
+    a, b = test_network.hosts
+    a.quiet([b]), b.quiet([a])
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    policer.apply(two_groups(a, b, udp_rule("[5500]")), "protect")
+    before = policer.tables.current()
+    wider = two_groups(a, b, f"far = {{ cidrs = {far_prefixes(20_000)} }}\n" + udp_rule("[5500, 5501]"))
+    resolved = resolve(parse_policy(wider), endpoints_of(probe.registry.devices(), policer.index), ())
+    job = ApplyJob(deadline=time.monotonic(), seconds=0.0)  # already due: stops at the first batch
+    with pytest.raises(NotApplied) as caught:
+        policer.tables.install(resolved, "monitor", job)
+    assert str(caught.value) == (
+        "the policy was not applied: it did not compile within the 0.0 s the request gave, so the previous policy "
+        "stays in force; use a longer --timeout or fewer prefixes")
+    assert policer.tables.current() == before
+    assert far_entries(policer.tables) == 0  # the spare set emptied again
+    a.traffic("udp", b.ipv4, 5501, 42200, 30, 10)
+    probe.poll()
+    assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (30, 30 * (UDP4 + 10), {"deny"})
+    assert record_totals(probe, ifname=b.host_if, dst_port=5501)[:2] == (0, 0)  # still protected by the old one
+
+
+class HeldTables:
+    """The probe's real tables; the first install waits in the worker thread, as a long
+    compile would, until the test lets it go on."""
+
+    def __init__(self, tables: PolicyTables) -> None:
+        self.tables = tables
+        self.entered, self.go_on = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def install(self, resolved, mode, job=None) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.go_on.wait(30)
+        return self.tables.install(resolved, mode, job)
+
+    def off(self) -> int:
+        return self.tables.off()
+
+
+class ProbeOfTheService:
+    def __init__(self, probe, tables) -> None:
+        self.probe, self.tables = probe, tables
+
+    def devices(self):
+        return self.probe.registry.devices()
+
+    def policy_tables(self):
+        return self.tables
+
+
+def test_a_superseded_apply_never_takes_effect_after_its_successor(probe, policer, test_network, tmp_path):
+    a, b = test_network.hosts
+    a.quiet([b]), b.quiet([a])
+    probe.attach(a.host_if), probe.attach(b.host_if)
+    held = HeldTables(policer.tables)
+    service = PolicyService(violations=None, state_dir=tmp_path).bind(ProbeOfTheService(probe, held))
+    older = two_groups(a, b, f"far = {{ cidrs = {far_prefixes(20_000)} }}\n" + udp_rule("[5500, 5501]"))
+    newer = two_groups(a, b, udp_rule("[5500]"))
+
+    async def both():
+        first = asyncio.create_task(service.apply_verb({"text": older, "mode": "monitor", "within_ms": 30_000}))
+        await asyncio.to_thread(held.entered.wait, 30)  # the older one is compiling
+        second = asyncio.create_task(service.apply_verb({"text": newer, "mode": "protect", "within_ms": 30_000}))
+        await asyncio.sleep(0)  # the newer one has come in
+        held.go_on.set()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert isinstance(first, NotApplied) and str(first) == (
+        "the policy was not applied: a newer apply or `policy off` came before it took effect; the newest request "
+        "decides, see `connstats policy show`")
+    assert (second["mode"], second["groups"], second["rules"]) == ("protect", 2, 1)
+    assert service.policy.text == newer and held.calls == 2
+    assert policer.tables.current()[2] == "protect"
+    assert far_entries(policer.tables) == 0  # none of the older one's 20,000 prefixes in either set
+    a.traffic("udp", b.ipv4, 5501, 42300, 30, 10)
+    probe.poll()
+    assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (30, 30 * (UDP4 + 10), {"deny"})
+    assert record_totals(probe, ifname=b.host_if, dst_port=5501)[:2] == (0, 0)
