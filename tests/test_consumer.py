@@ -25,6 +25,7 @@ from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
+from tests.fixtures.wait import until_async
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +115,7 @@ async def test_consumer_keeps_going_across_a_nats_restart(nats_server):
     async with FlowConsumer(nc, store, ConsumerSettings(fetch_timeout=0.5)) as consumer:
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.consume_forever(stop))
-        while store.record_count() < 300:
-            await asyncio.sleep(0.02)
+        await until_async(lambda: store.record_count() >= 300, 30, "300 records stored")
         nats_server.kill()
         await asyncio.sleep(1.0)
         await asyncio.to_thread(nats_server.start)
@@ -258,9 +258,8 @@ async def test_two_consumers_on_one_durable_share_the_work_exactly_once(nats_ser
         await consumer.start()
     stop = asyncio.Event()
     tasks = [asyncio.create_task(c.consume_forever(stop)) for c in consumers]
-    deadline = time.monotonic() + 20
-    while sum(c.stats.stored_messages for c in consumers) < messages and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until_async(lambda: sum(c.stats.stored_messages for c in consumers) >= messages, 20,
+                      f"{messages} messages stored")
     stop.set()
     await asyncio.gather(*tasks)
     for consumer, nc in zip(consumers, connections):
@@ -292,8 +291,7 @@ async def test_consumer_killed_mid_stream_is_replaced_with_exact_totals(nats_ser
     doomed = FlowConsumer(doomed_nc, store, settings)
     await doomed.start()
     task = asyncio.create_task(doomed.consume_forever(asyncio.Event()))
-    while store.writes < 12:
-        await asyncio.sleep(0.01)
+    await until_async(lambda: store.writes >= 12, 20, "12 writes")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await doomed_nc.close()  # no ack for message 12, nor for the rest of its batch
@@ -421,9 +419,7 @@ async def test_run_sink_consumes_until_stopped_and_closes(nats_server):
     store = MemoryStore()
     stop = asyncio.Event()
     sink = asyncio.create_task(run_sink(options(nats_server), store, stop=stop, handle_signals=False))
-    deadline = time.monotonic() + 10
-    while store.record_count() < 500 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until_async(lambda: store.record_count() >= 500 or sink.done(), 10, "500 records stored")
     stop.set()
     stats = await asyncio.wait_for(sink, 5)
     assert (stats.stored_messages, stats.stored_records, store.closed) == (2, 500, True)

@@ -77,9 +77,10 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     a, b = quiet_network
     port = free_port()
     up = start_up(start, a, b, f"127.0.0.1:{port}")
-    assert f"connstats up: web page on http://127.0.0.1:{port}/\n" in up.stderr
+    token = (Path(cs_env["CONNSTATS_STATE_DIR"]) / "ui-token").read_text().strip()
+    assert f"connstats up: web page on http://127.0.0.1:{port}/?token={token}\n" in up.stderr
     page = browser_page
-    page.goto(f"http://127.0.0.1:{port}/")
+    page.goto(f"http://127.0.0.1:{port}/")  # root's browser: admitted by its uid, no token
 
     # Live: filtered to the port, the connection within two intervals, exact counts
     page.fill("#live-filters input[name=port]", "5353")
