@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import time
 from pathlib import Path
 
 import msgspec
