@@ -85,7 +85,7 @@ OnExit = Annotated[Optional[str], typer.Option(
     "[default: keep for probe, detach for up]")]
 
 Rules = Annotated[Optional[str], typer.Option(
-    "--rules", metavar="FILE", help="alert rules (TOML): run the alert engine (see README, Alerts)")]
+    "--rules", metavar="FILE", help="alert rules (TOML): run the alert engine (see docs/alerts.md)")]
 Webhooks = Annotated[Optional[list[str]], typer.Option(
     "--webhook", metavar="URL", help="with --rules: POST alerts to URL/api/v2/alerts in the Alertmanager "
     "v2 format (repeatable)")]

@@ -106,10 +106,10 @@ async def _call(request, what: str):
         raise _Gone() from exc
     except nats.js.errors.APIError as exc:
         raise TransportError(f"cannot {what}: JetStream answered {exc.code} {exc.description}; "
-                             "check the NATS user's permissions (see README, Dead letters)") from exc
+                             "check the NATS user's permissions (see docs/nats.md, Dead letters)") from exc
     except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
         raise TransportError(f"cannot {what}: {type(exc).__name__}; check the NATS connection and the "
-                             "user's permissions (see README, Dead letters)") from exc
+                             "user's permissions (see docs/nats.md, Dead letters)") from exc
 
 
 def _dead_letter(raw) -> DeadLetter:

@@ -65,7 +65,7 @@ _SCHEMA_V1 = (
     ) WITHOUT ROWID""",
     # The key leads with interval_start, so the table itself is the time index. Every
     # further index costs 30-60% of write throughput here; interfaces, ports and
-    # containers are filtered within a time range instead (see the README).
+    # containers are filtered within a time range instead (see docs/storage.md).
 )
 
 _OVERFLOW_COLUMNS = (

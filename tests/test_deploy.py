@@ -53,7 +53,7 @@ def test_compose_refuses_to_start_without_the_secrets():
 
 
 def probe_capabilities() -> set[str]:
-    """The capabilities the probe runs with under systemd (README "Deploying" lists them)."""
+    """The capabilities the probe runs with under systemd (docs/deployment.md lists them)."""
     unit = (DEPLOY / "systemd" / "connstats-probe.service").read_text()
     (line,) = [line for line in unit.splitlines() if line.startswith("AmbientCapabilities=")]
     return {cap.removeprefix("CAP_") for cap in line.partition("=")[2].split()}

@@ -487,9 +487,9 @@ def test_the_self_dashboard_covers_what_the_issue_asks():
             "connstats_policy_packets_total", "connstats_policy_dropped_packets_total"} <= used
 
 
-def test_the_readme_describes_every_panel():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Grafana dashboards"):readme.index("### Checks")]
+def test_the_deployment_docs_describe_every_panel():
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    section = deployment[deployment.index("### Grafana dashboards"):deployment.index("### Checks")]
     described = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")}
     titles = {panel["title"] for dashboard in (FLOWS, SELF) for panel in dashboard["panels"]}
     assert titles - described == set()

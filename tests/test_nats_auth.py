@@ -118,7 +118,7 @@ async def test_the_replay_role_replays_dead_letters_and_the_sink_may_not(embedde
         with pytest.raises(TransportError) as refused:
             await read_dead_letters(js)  # it may write dead letters, not read them (nor publish flows)
         assert str(refused.value) == ("cannot read a dead letter: TimeoutError; check the NATS connection and "
-                                      "the user's permissions (see README, Dead letters)")
+                                      "the user's permissions (see docs/nats.md, Dead letters)")
     finally:
         await sink.close()
     replayer = await connect(embedded.users.login(base, "replay"))

@@ -1,6 +1,6 @@
 """The chunks of one interval put back together, so that each interval is evaluated once.
 
-An interval too large for one message arrives as ``chunks`` messages (README, "The flow
+An interval too large for one message arrives as ``chunks`` messages (docs/nats.md, "The flow
 message"). ``Intervals.add`` keeps them per (host, boot id, interval) and returns the
 interval's chunks in order once all are in; ``expired`` returns, in arrival order, the
 intervals still missing chunks after ``timeout`` seconds (evaluated with what arrived), and

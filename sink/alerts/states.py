@@ -10,7 +10,7 @@ messages to send:
   (label ``storm="true"``, value = how many) fires instead; it resolves once they are
   ``cap`` or fewer, and they fire one by one then.
 
-The message (``Alert.message``) is the JSON object published on NATS; see the README.
+The message (``Alert.message``) is the JSON object published on NATS; see docs/alerts.md.
 """
 from __future__ import annotations
 

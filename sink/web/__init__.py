@@ -1,3 +1,3 @@
 """The web page: ``server`` (aiohttp app, ``build_ui``), ``live`` (the NATS feed and each page's
 top N), ``queries`` (parameters, the map and the history series), ``access`` (Host/Origin
-checks and the token); static files in ``static/``. See the README's ``## Web page``."""
+checks and the token); static files in ``static/``. See docs/http-and-web.md, ``## Web page``."""

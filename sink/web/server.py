@@ -10,7 +10,7 @@
     GET /api/policy/violations  the denied connections of a time range, from the store
     GET /api/policy/learn    what `connstats policy learn` would write for a time range
 
-Parameters and answers are in the README (``## Web page``). A bad parameter is a 400 with
+Parameters and answers are in docs/http-and-web.md (``## Web page``). A bad parameter is a 400 with
 ``{"error": "..."}``; nothing a request sends reaches a traceback.
 
 ``build_ui`` composes it (the one composition root of ``connstats ui``, also used by ``up``).

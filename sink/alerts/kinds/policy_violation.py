@@ -1,5 +1,5 @@
 """``policy_violation``: what the probe's policy denied (records whose ``verdict`` is ``deny``;
-see README "Policy: microsegmentation"), per group, over a window.
+see docs/policy.md), per group, over a window.
 
     [[rule]]
     name = "segmentation"
