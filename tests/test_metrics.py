@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
-import time
 
 import aiohttp
 import numpy as np
@@ -33,6 +32,7 @@ from connstats.probe.totals import ConnectionTotals
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
+from tests.fixtures.wait import until_async
 
 T0 = 1_790_000_000_000_000_000
 
@@ -366,12 +366,17 @@ async def test_sink_metrics_count_what_it_stored_and_dead_lettered(nats_server, 
     assert telemetry.not_ready() == ["sink: NATS is not connected"]
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
-    deadline = time.monotonic() + 30
-    while scrape(telemetry)["connstats_sink_messages_total", ()] < messages or \
-            scrape(telemetry).get(("connstats_sink_consumer_pending", (("consumer", "connstats-sink"),))) != 0:
-        assert time.monotonic() < deadline and not task.done()
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)  # the two bad messages are after the good ones
+
+    def consumed() -> bool:  # the three good messages stored, the two bad ones (after them) dead-lettered
+        got = scrape(telemetry)
+        assert not task.done()
+        return (got["connstats_sink_messages_total", ()] >= messages
+                and got.get(("connstats_sink_consumer_pending", (("consumer", "connstats-sink"),))) == 0
+                and got.get(("connstats_sink_consumer_ack_pending", (("consumer", "connstats-sink"),))) == 0
+                and sum(got.get(("connstats_sink_dead_letters_total", (("reason", r),)), 0)
+                        for r in ("undecodable", "wrong_subject")) >= 2)
+
+    await until_async(consumed, 30, "every message consumed")
     assert telemetry.not_ready() == []
     got = scrape(telemetry)
     assert got["connstats_sink_messages_total", ()] == messages == 3

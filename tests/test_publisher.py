@@ -21,6 +21,7 @@ from connstats.probe.contract import (
     host_of_subject, message_id,
 )
 from tests.fixtures.nats import read_stream, sample_envelope, sample_records
+from tests.fixtures.wait import until_async
 
 SMALL_PAYLOAD = 64 * 1024
 
@@ -204,7 +205,11 @@ async def test_outbox_overflow_is_counted_and_reported_when_nats_is_back(nats_se
         assert (publisher.stats.dropped_messages, publisher.stats.dropped_records) == (7, 700)
         await asyncio.to_thread(nats_server.start)
         assert await publisher.flush(10)
-        await asyncio.sleep(0.3)  # the report follows the drain
+
+        async def reported() -> bool:  # the report follows the drain
+            return any(m.subject == events_subject("probe-a") for m in await read_stream(nats_server.url))
+
+        await until_async(reported, 10, "the outbox_overflow event")
     stored = await read_stream(nats_server.url)
     flows = [decode_message(m.data).envelope.interval_seq for m in stored if ".flows." in m.subject]
     events = [msgspec.json.decode(m.data) for m in stored if m.subject == events_subject("probe-a")]
