@@ -152,6 +152,7 @@ async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
             await until_async(lambda: len(working.bodies) == seq + 1, 30.0)
         # all three went out while the silent webhook still holds its first request
         assert [b[1][0]["labels"]["dst_port"] for b in working.bodies] == ["7000", "7001", "7002"]
+        await until_async(lambda: service.engine.stats.sent["nats"] == 3, 15.0, "3 alerts on NATS")  # its own queue
         assert (silent.attempts, silent.bodies, service.engine.stats.sent["nats"]) == (1, [], 3)
         assert service.engine.stats.intervals == 3
 

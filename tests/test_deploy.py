@@ -358,7 +358,8 @@ def test_docker_parses_the_dockerfile_and_runs_its_steps_in_order(dockerd):
 def cli_options(command: str) -> set[str]:
     import typer
     from connstats.cli.main import app
-    return {opt for param in typer.main.get_command(app).commands[command].params for opt in param.opts}
+    group = typer.main.get_command(app)
+    return {opt for param in group.get_command(None, command).params for opt in param.opts}
 
 
 def flags(args: list[str]) -> set[str]:
