@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .containers import ContainerIndex
+from .contract.errors import ConfigError
+from .contract.messaging import NatsOptions, StreamSettings
 from .control import control_service
 from .daemon import DaemonSettings, ProbeDaemon
 from .docker_watch import docker_watcher
-from .errors import ConfigError
 from .guard import filter_guard
+from .kernel import DEFAULT_CAPACITY
+from .kernel_probe import ProbeSettings
+from .metrics import ProbeMetrics
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
-from .kernel import DEFAULT_CAPACITY
-from .messaging import NatsOptions, StreamSettings
-from .metrics import ProbeMetrics
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
-from .kernel_probe import ProbeSettings
 from .telemetry import MetricsServer, Telemetry
 from .watch import link_watcher
 

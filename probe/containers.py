@@ -30,9 +30,9 @@ from pyroute2.netlink.rtnl import RTM_GETNSID, RTM_NEWNSID
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
+from .contract.errors import ConnstatsError
+from .contract.events import Failed
 from .devices import AttachedDevice, link_info
-from .errors import ConnstatsError
-from .events import Failed
 from .ports import NO_LABELS, ProbePort
 
 log = logging.getLogger("connstats.probe.containers")

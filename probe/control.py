@@ -33,13 +33,13 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from . import errors
+from .contract import errors
+from .contract.bounded import check_json
+from .contract.errors import ConfigError, ConnstatsError, MessageError, TransportError
+from .contract.messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
+from .contract.wire_v1 import record_to_wire
 from .devices import AttachedDevice
-from .bounded import check_json
-from .errors import ConfigError, ConnstatsError, MessageError, TransportError
-from .wire_v1 import record_to_wire
 from .ports import ProbePort
-from .messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .contract.events import Event, HandoverLost, device_event
+from .contract.messaging import NatsOptions
+from .contract.record import Envelope, FlowRecord
 from .devices import AttachedDevice, FilterLoss
-from .events import Event, HandoverLost, device_event
+from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publisher import FlowPublisher, PublisherSettings
-from .record import Envelope, FlowRecord
-from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
-from .messaging import NatsOptions
 
 log = logging.getLogger("connstats.probe")
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 from pyroute2 import IPRoute
 
-from .errors import ConfigError, DeviceError
+from .contract.errors import ConfigError, DeviceError
 from .kernel import ClassifierProgram, read_map
 from .ownership import DeviceLocks
 from .tc import HOOKS, TcAttacher, TcFilter, program_id

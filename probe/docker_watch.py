@@ -24,7 +24,7 @@ from .containers import (
     DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, attach_labelled, detach_quietly,
     owner_fields, peer_veths, report_failed,
 )
-from .errors import ConnstatsError
+from .contract.errors import ConnstatsError
 from .ports import ProbePort
 
 log = logging.getLogger("connstats.probe.docker")

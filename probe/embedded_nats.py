@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .errors import ConfigError, TransportError
+from .contract.errors import ConfigError, TransportError
 from .nats_auth import SERVER_CONFIG_FILE, NatsUsers
 from .private import open_private_log, private_dir, write_private
 

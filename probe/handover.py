@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import KernelError
+from .contract.errors import KernelError
 from .kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_COUNTERS_V1, FLOW_KEY, PinnedMap, open_pinned_map, read_map, widen_ipv4_keys
 from .poller import DrainedInterval
 

@@ -42,12 +42,12 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from .bounded import check_json
 from .callers import Callers, bearer
+from .contract.bounded import check_json
+from .contract.errors import ConfigError, ConnstatsError, DeviceError, KernelError, MessageError
+from .contract.record import proto_name
 from .devices import AttachedDevice, check_name
-from .errors import ConfigError, ConnstatsError, DeviceError, KernelError, MessageError
 from .listener import is_loopback, listen, parse_listen_address
-from .record import proto_name
 from .ports import ProbePort
 from .telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from .totals import (

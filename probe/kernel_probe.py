@@ -18,18 +18,18 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from .contract.errors import ConfigError, ConnstatsError
+from .contract.flow_batch import FlowBatch
+from .contract.record import Envelope, FlowRecord
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
-from .errors import ConfigError, ConnstatsError
-from .kernel import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
-from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .handover import OldLayout, read_old_layout
+from .kernel import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
 from .kernel import wait_for_grace_period
 from .leftovers import attached_in_pins
+from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
-from .poller import DrainedInterval, MapPoller, MapRead
 from .policy.tables import PolicyTables
-from .record import Envelope, FlowRecord
-from .flow_batch import FlowBatch
+from .poller import DrainedInterval, MapPoller, MapRead
 
 log = logging.getLogger("connstats.probe")
 

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .flow_batch import FlowBatch
-from .record import DIRECTIONS
+from .contract.flow_batch import FlowBatch
+from .contract.record import DIRECTIONS
 
 
 class IndexedColumns(Protocol):

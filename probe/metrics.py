@@ -33,9 +33,9 @@ import numpy as np
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .flow_batch import FlowBatch
+from .contract.flow_batch import FlowBatch
+from .contract.record import VERDICTS
 from .policy.tables import MODES
-from .record import VERDICTS
 from .ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 from .telemetry import Telemetry
 

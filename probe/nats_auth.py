@@ -24,9 +24,9 @@ import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import ConfigError
+from .contract.errors import ConfigError
+from .contract.messaging import NatsOptions, host_token
 from .private import write_private
-from .messaging import NatsOptions, host_token
 
 ROLES = ("probe", "sink", "admin", "alert", "replay")
 CREDENTIALS_FILE = "nats-credentials.json"

@@ -27,13 +27,13 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import KernelError
+from .contract.errors import KernelError
+from .contract.flow_batch import FlowBatch
+from .contract.record import DIRECTIONS, Envelope, OverflowCount
 from .kernel import (
     FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, delete_keys, read_map,
     wait_for_grace_period, widen_ipv4_keys,
 )
-from .record import DIRECTIONS, Envelope, OverflowCount
-from .flow_batch import FlowBatch
 
 _ZERO = ctypes.c_int(0)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
+from .contract.events import Event
 from .devices import AttachedDevice, FilterLoss
-from .events import Event
 
 Labels = tuple[str, str, str]  # container id, container name (or netns name), image
 NO_LABELS: Labels = ("", "", "")

@@ -27,16 +27,16 @@ from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
 from .backoff import Backoff
-from .errors import TransportError
-from .events import Event, OutboxOverflow, event_body
-from .outbox import Outbox, OutboxMessage
-from .record import Envelope
-from .flow_batch import FlowBatch
-from .wire import encode_chunk, encode_flows
-from .messaging import (
+from .contract.errors import TransportError
+from .contract.events import Event, OutboxOverflow, event_body
+from .contract.flow_batch import FlowBatch
+from .contract.messaging import (
     NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
     flows_subject, message_id,
 )
+from .contract.record import Envelope
+from .contract.wire import encode_chunk, encode_flows
+from .outbox import Outbox, OutboxMessage
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
-from .errors import ConfigError
+from .contract.errors import ConfigError
 from .link_monitor import LinkState
 
 DEFAULT_EXCLUDE = ("lo",)

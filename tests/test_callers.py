@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from connstats.probe.callers import TOKEN_FILE, TokenFile, group_id, socket_owner
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract.errors import ConfigError
 from tests.fixtures.netns import require_root
 
 HOLD = "import socket, sys, time; c = socket.socket({family}); c.connect(({addr!r}, {port})); sys.stdin.read()"

@@ -9,18 +9,18 @@ import nats
 
 import pytest
 
-from connstats.probe.wire import FlowBatch
 from connstats.cli.config import Config
+from connstats.cli.options import NatsFlags
 from connstats.cli.run_commands import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
-from connstats.probe.devices import check_interfaces, default_interfaces
-from connstats.probe.private import write_private
-from connstats.sink.compose import wait_until_stored
-from connstats.cli.options import NatsFlags
-from connstats.probe.errors import ConfigError, DeviceError
-from connstats.probe.embedded_nats import EmbeddedNats, pick_port
-from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.contract import NatsOptions
+from connstats.probe.contract.errors import ConfigError, DeviceError
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.devices import check_interfaces, default_interfaces
+from connstats.probe.embedded_nats import EmbeddedNats, pick_port
+from connstats.probe.private import write_private
+from connstats.probe.publisher import FlowPublisher, PublisherSettings
+from connstats.sink.compose import wait_until_stored
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records

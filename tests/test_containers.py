@@ -12,8 +12,8 @@ import pytest
 from connstats.probe.containers import (
     Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths,
 )
+from connstats.probe.contract.errors import DeviceError
 from connstats.probe.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
-from connstats.probe.errors import DeviceError
 from tests.fixtures.netns import require_root, sh
 from tests.test_watch import FakeDaemon
 

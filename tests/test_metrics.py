@@ -21,9 +21,9 @@ from connstats.probe.contract import (
     ConfigError, Envelope, FlowBatch, FlowRecord, NatsOptions, OverflowCount, StreamSettings, TransportError,
     ensure_stream, flow_stream_config, flows_subject,
 )
+from connstats.probe.contract.flow_batch import JUDGED
 from connstats.probe.http_api import HttpApi
 from connstats.probe.kernel_probe import PollReport
-from connstats.probe.flow_batch import JUDGED
 from connstats.probe.metrics import ProbeMetrics, interval_sums
 from connstats.probe.poller import MapRead
 from connstats.probe.ports import PolicyReport, ProbeStatus

@@ -12,13 +12,13 @@ import pytest
 
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
+from connstats.probe.contract import NatsOptions, StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
+from connstats.probe.contract.errors import ConfigError, TransportError
 from connstats.probe.embedded_nats import EmbeddedNats
-from connstats.probe.errors import ConfigError, TransportError
 from connstats.probe.nats_auth import (
     ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
     SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
-from connstats.probe.contract import NatsOptions, StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
 from connstats.sink.consumer import dead_letter_headers
 from connstats.sink.deadletters import read_dead_letters, replay
 from connstats.sink.jetstream import deadletter_stream_config

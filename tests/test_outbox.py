@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract.errors import ConfigError
 from connstats.probe.outbox import Outbox
 
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from connstats.probe.errors import ConfigError, DeviceError
+from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.guard import FilterGuard
 from connstats.probe.ownership import DeviceLocks, DeviceOwned
 

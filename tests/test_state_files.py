@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
+from connstats.probe.contract.errors import ConfigError
 from connstats.probe.private import prepare_state_dir, write_private
-from connstats.probe.errors import ConfigError
 
 
 def mode(path) -> int:

@@ -7,8 +7,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.totals import (
     SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device,
 )
@@ -211,7 +211,7 @@ def with_overflow(seq: int, *counts: tuple[int, str, int]) -> Envelope:
     """Interval ``seq`` reporting (ifindex, direction, packets) of overflow, 100 bytes a packet."""
     from dataclasses import replace
 
-    from connstats.probe.record import OverflowCount
+    from connstats.probe.contract.record import OverflowCount
 
     return replace(envelope(seq), overflow=tuple(
         OverflowCount(ifindex, f"veth{ifindex}" if ifindex else "", direction, packets, packets * 100)

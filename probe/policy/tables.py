@@ -19,10 +19,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import KernelError, NotApplied, PolicyError
+from ..contract.errors import KernelError, NotApplied, PolicyError
+from ..contract.policy_file import Rule
 from ..kernel import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
 from .job import ApplyJob
-from .model import Rule
 from .resolve import WORLD_BIT, Resolved
 
 MODES = ("off", "monitor", "protect")

@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from connstats.probe.flow_batch import FlowBatch  # noqa: E402
+from connstats.probe.contract.flow_batch import FlowBatch  # noqa: E402
+from connstats.probe.contract.record import Envelope  # noqa: E402
 from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
-from connstats.probe.record import Envelope  # noqa: E402
 from connstats.probe.totals import ConnectionTotals  # noqa: E402
 
 CONNECTIONS = 131_072

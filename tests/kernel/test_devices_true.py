@@ -22,8 +22,8 @@ import textwrap
 import pytest
 from pyroute2 import IPRoute
 
-from connstats.probe.errors import DeviceError
 from connstats.probe.contract import NatsOptions
+from connstats.probe.contract.errors import DeviceError
 from connstats.probe.tc import ETH_P_ALL, FILTER_HANDLE, FILTER_PRIORITY, HOOK_PARENTS, TcAttacher
 from tests.fixtures.docker import published
 from tests.fixtures.netns import delete_host_veth, make_host_veth, require_root, sh

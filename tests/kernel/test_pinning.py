@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from connstats.probe.errors import ConfigError
-from connstats.probe.pins import PinnedInstance
+from connstats.probe.contract.errors import ConfigError
 from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
+from connstats.probe.pins import PinnedInstance
 
 pytestmark = pytest.mark.kernel
 
@@ -128,7 +128,7 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
 
 
 def test_a_capacity_beyond_what_the_kernel_allows_is_one_line():
-    from connstats.probe.errors import KernelError
+    from connstats.probe.contract.errors import KernelError
     from connstats.probe.kernel import MAX_CAPACITY, _explain_bcc_failure, load_classifier
 
     with pytest.raises(KernelError) as refused:

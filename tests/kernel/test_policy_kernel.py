@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from connstats.probe.containers import ContainerIndex
-from connstats.probe.errors import NotApplied, PolicyError
+from connstats.probe.contract.errors import NotApplied, PolicyError
 from connstats.probe.kernel import read_map
 from connstats.probe.policy import parse_policy, resolve
 from connstats.probe.policy.job import ApplyJob

@@ -39,7 +39,6 @@ from .messaging import (
     alerts_subject, control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
     host_of_subject, host_token, message_id, policy_subject, redacted,
 )
-from .ownership import DeviceOwned
 from .record import (
     COUNTER_LIMIT, DIRECTIONS, IFINDEX_LIMIT, IFNAME_MAX, SCHEMA_VERSION, TEXT_MAX, TIME_MAX, TIME_MIN, VERDICTS,
     Envelope, FlowRecord, OverflowCount, proto_name, proto_number,
@@ -57,7 +56,7 @@ __all__ = [
     # bounds
     "MAX_DEPTH", "MAX_TOML_BYTES", "check_json", "loads_toml",
     # errors
-    "ConfigError", "ConnstatsError", "DeviceError", "DeviceOwned", "KernelError", "MessageError",
+    "ConfigError", "ConnstatsError", "DeviceError", "KernelError", "MessageError",
     "StoreError", "StoreFull", "StoreUnavailable", "TransportError",
     # NATS
     "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",

@@ -23,9 +23,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bounded import loads_toml
-from ..errors import MessageError, PolicyError
-from ..record import PROTO_NUMBERS
+from .bounded import loads_toml
+from .errors import MessageError, PolicyError
+from .record import PROTO_NUMBERS
 
 BUILTIN_GROUPS = ("host", "world")
 MAX_GROUPS = 64  # one bit each in the kernel's masks, built-ins included

@@ -17,7 +17,7 @@ Where each part lives:
 - ``flow_batch``: ``FlowBatch``, the columnar batch that probe, sink and CLI pass around;
 - ``wire_v1``: schema 1, its rows and their reader and writer.
 
-This module exports all of their public names, so ``from connstats.probe.wire import ...``
+This module exports all of their public names, so ``from connstats.probe.contract.wire import ...``
 is the one import a caller needs.
 """
 from __future__ import annotations
