@@ -27,10 +27,10 @@ from connstats.probe.compose import ProbeConfig, build_probe
 from connstats.probe.contract import ConfigError, NatsOptions
 from connstats.probe.daemon import ProbeDaemon
 from connstats.probe.embedded_nats import EmbeddedNats
-from connstats.probe.lifecycle import stop_on_signals
 from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
-from connstats.probe.private import write_private
-from connstats.probe.telemetry import MetricsServer, Telemetry
+from connstats.probe.runtime.lifecycle import stop_on_signals
+from connstats.probe.runtime.private import write_private
+from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.service import AlertService
 from connstats.sink.compose import Sink, SinkConfig, build_sink

@@ -38,7 +38,7 @@ from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
 from .ports import ProbePort, ServiceFactory
 from .publisher import PublisherSettings
-from .telemetry import MetricsServer, Telemetry
+from .runtime.telemetry import MetricsServer, Telemetry
 from .watch import link_watcher
 
 log = logging.getLogger("connstats.probe")
@@ -128,7 +128,7 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
-    from .callers import TOKEN_FILE, Callers, TokenFile
+    from .runtime.callers import TOKEN_FILE, Callers, TokenFile
 
     callers = Callers(TokenFile(state_dir / TOKEN_FILE) if state_dir is not None else None, http.group)
     return [http_service(http.address, tracked_totals(probe), telemetry, callers)]  # a bad address fails here

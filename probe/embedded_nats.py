@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .contract.errors import ConfigError, TransportError
 from .nats_auth import SERVER_CONFIG_FILE, NatsUsers
-from .private import open_private_log, private_dir, write_private
+from .runtime.private import open_private_log, private_dir, write_private
 
 DEFAULT_PORT = 4222
 START_TRIES = 3

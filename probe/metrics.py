@@ -37,7 +37,7 @@ from .contract.flow_batch import FlowBatch
 from .contract.record import VERDICTS
 from .policy.tables import MODES
 from .ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
-from .telemetry import Telemetry
+from .runtime.telemetry import Telemetry
 
 log = logging.getLogger("connstats.probe")
 

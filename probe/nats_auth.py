@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, host_token
-from .private import write_private
+from .runtime.private import write_private
 
 ROLES = ("probe", "sink", "admin", "alert", "replay")
 CREDENTIALS_FILE = "nats-credentials.json"

@@ -26,7 +26,6 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
-from .backoff import Backoff
 from .contract.errors import TransportError
 from .contract.events import Event, OutboxOverflow, event_body
 from .contract.flow_batch import FlowBatch
@@ -37,6 +36,7 @@ from .contract.messaging import (
 from .contract.record import Envelope
 from .contract.wire import encode_chunk, encode_flows
 from .outbox import Outbox, OutboxMessage
+from .runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .backoff import Backoff
 from .contract.errors import ConfigError
 from .link_monitor import LinkState
+from .runtime.backoff import Backoff
 
 DEFAULT_EXCLUDE = ("lo",)
 

@@ -18,8 +18,8 @@ from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.devices import check_interfaces, default_interfaces
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
-from connstats.probe.private import write_private
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
+from connstats.probe.runtime.private import write_private
 from connstats.sink.compose import wait_until_stored
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.run import run_sink

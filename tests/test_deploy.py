@@ -72,7 +72,7 @@ def http_port() -> int:
 
 
 def probe_metrics_port() -> int:
-    from connstats.probe.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
+    from connstats.probe.runtime.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
     assert PROBE_METRICS_PORT not in (DEFAULT_METRICS_PORT, http_port())  # probe and sink share a host
     return PROBE_METRICS_PORT
 

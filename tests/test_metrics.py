@@ -28,7 +28,7 @@ from connstats.probe.metrics import ProbeMetrics, interval_sums
 from connstats.probe.poller import MapRead
 from connstats.probe.ports import PolicyReport, ProbeStatus
 from connstats.probe.publisher import FlowPublisher, PublisherStats
-from connstats.probe.telemetry import MetricsServer, Telemetry, parse_metrics_address
+from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.totals import ConnectionTotals
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer

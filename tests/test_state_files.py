@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from connstats.probe.contract.errors import ConfigError
-from connstats.probe.private import prepare_state_dir, write_private
+from connstats.probe.runtime.private import prepare_state_dir, write_private
 
 
 def mode(path) -> int:

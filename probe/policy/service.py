@@ -24,7 +24,7 @@ from ..containers import ContainerIndex
 from ..contract.errors import ConfigError, NotApplied, PolicyError
 from ..contract.policy_file import Policy, parse_policy
 from ..ports import PolicyReport, ProbePort
-from ..private import write_private
+from ..runtime.private import write_private
 from .job import ApplyJob
 from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES

@@ -23,7 +23,7 @@ from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY
 from connstats.probe.metrics import ProbeMetrics
 from connstats.probe.ports import ProbeStatus
 from connstats.probe.publisher import encode_interval, payload_limit
-from connstats.probe.telemetry import Telemetry
+from connstats.probe.runtime.telemetry import Telemetry
 
 RECORDS, DEVICES, ROUNDS = 131_072, 16, 7
 WALL = 1_790_000_000 * 10**9

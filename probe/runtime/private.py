@@ -37,7 +37,7 @@ def open_private_log(path: Path):
 def prepare_state_dir(state_dir: Path) -> Path:
     """The state directory (and its outbox), created if needed, mode 0700: it holds the
     NATS URL and credentials, readable by their owner only."""
-    from .contract.errors import ConfigError
+    from ..contract.errors import ConfigError
 
     try:
         private_dir(state_dir)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract.errors import ConfigError
+from ..contract.errors import ConfigError
 from .private import PRIVATE_FILE_MODE
 
 log = logging.getLogger("connstats.access")

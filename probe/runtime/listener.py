@@ -14,7 +14,7 @@ import os
 
 from aiohttp import web
 
-from .contract.errors import ConfigError
+from ..contract.errors import ConfigError
 
 
 def parse_listen_address(text: str, setting: str, example: str, *, bare_port: bool = False) -> tuple[str, int]:

@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-from .contract.errors import ConfigError
+from ..contract.errors import ConfigError
 from .listener import listen, parse_listen_address
 
 log = logging.getLogger(__name__)
