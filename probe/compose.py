@@ -31,8 +31,8 @@ from .control import control_service
 from .daemon import DaemonSettings, ProbeDaemon
 from .docker_watch import docker_watcher
 from .guard import filter_guard
-from .kernel import DEFAULT_CAPACITY
-from .kernel_probe import ProbeSettings
+from .kernel.kernel_probe import ProbeSettings
+from .kernel.loader import DEFAULT_CAPACITY
 from .metrics import ProbeMetrics
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher

@@ -38,7 +38,7 @@ from .contract.bounded import check_json
 from .contract.errors import ConfigError, ConnstatsError, MessageError, TransportError
 from .contract.messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 from .contract.wire_v1 import record_to_wire
-from .devices import AttachedDevice
+from .kernel.devices import AttachedDevice
 from .ports import ProbePort
 
 log = logging.getLogger(__name__)

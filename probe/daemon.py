@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 from .contract.events import Event, HandoverLost, device_event
 from .contract.messaging import NatsOptions
 from .contract.record import Envelope, FlowRecord
-from .devices import AttachedDevice, FilterLoss
-from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
+from .kernel.devices import AttachedDevice, FilterLoss
+from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publisher import FlowPublisher, PublisherSettings
 

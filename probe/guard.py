@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from .devices import FilterLoss
+from .kernel.devices import FilterLoss
 from .ports import ProbePort
 
 log = logging.getLogger("connstats.probe.guard")

@@ -45,7 +45,7 @@ from aiohttp import web
 from .contract.bounded import check_json
 from .contract.errors import ConfigError, ConnstatsError, DeviceError, KernelError, MessageError
 from .contract.record import proto_name
-from .devices import AttachedDevice, check_name
+from .kernel.devices import AttachedDevice, check_name
 from .ports import ProbePort
 from .runtime.callers import Callers, bearer
 from .runtime.listener import is_loopback, listen, parse_listen_address

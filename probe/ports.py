@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from .contract.events import Event
-from .devices import AttachedDevice, FilterLoss
+from .kernel.devices import AttachedDevice, FilterLoss
 
 Labels = tuple[str, str, str]  # container id, container name (or netns name), image
 NO_LABELS: Labels = ("", "", "")
 DetachListener = Callable[[AttachedDevice], Awaitable[None]]
 
 if TYPE_CHECKING:
-    from .kernel_probe import PollReport
+    from .kernel.kernel_probe import PollReport
     from .publisher import PublisherStats
 
 

@@ -35,8 +35,8 @@ from pyroute2.netlink.rtnl import RTM_DELLINK
 from .containers import (
     ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
 )
+from .kernel.ownership import own_netns
 from .link_monitor import DeviceKey, LinkMonitor, LinkState, dump_links, link_state, still_there
-from .ownership import own_netns
 from .ports import ProbePort
 from .runtime.backoff import Backoff
 from .watch_settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings

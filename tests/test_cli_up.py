@@ -16,8 +16,8 @@ from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watc
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.devices import check_interfaces, default_interfaces
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
+from connstats.probe.kernel.devices import check_interfaces, default_interfaces
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.runtime.private import write_private
 from connstats.sink.compose import wait_until_stored

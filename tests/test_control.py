@@ -13,7 +13,7 @@ from connstats.probe.contract.errors import DeviceError, TransportError
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.control import ControlClient, ControlService
-from connstats.probe.devices import AttachedDevice, LinkInfo
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from tests.fixtures.nats import free_port
 
 SINCE = 1_790_000_000_000_000_000

@@ -61,7 +61,7 @@ def probe_capabilities() -> set[str]:
 
 def probe_host_paths() -> set[str]:
     """Host paths the probe uses, from the code: bpffs, its lock directories, the kernel headers."""
-    from connstats.probe import ownership, pins
+    from connstats.probe.kernel import ownership, pins
     return {str(pins.BPFFS), str(pins.LOCK_DIR.parent), str(Path(ownership.DEFAULT_LOCK_DIR).parent),
             "/lib/modules", "/usr/src"}
 

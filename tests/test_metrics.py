@@ -23,9 +23,9 @@ from connstats.probe.contract import (
 )
 from connstats.probe.contract.flow_batch import JUDGED
 from connstats.probe.http_api import HttpApi
-from connstats.probe.kernel_probe import PollReport
+from connstats.probe.kernel.kernel_probe import PollReport
+from connstats.probe.kernel.poller import MapRead
 from connstats.probe.metrics import ProbeMetrics, interval_sums
-from connstats.probe.poller import MapRead
 from connstats.probe.ports import PolicyReport, ProbeStatus
 from connstats.probe.publisher import FlowPublisher, PublisherStats
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address

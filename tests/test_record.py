@@ -10,7 +10,7 @@ from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount,
 from connstats.probe.contract.wire import (
     FLOW_COLUMNS, RECORD_FIELDS, FlowBatch, decode_message, encode_message, encode_message_v1,
 )
-from connstats.probe.kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
+from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
 
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns

@@ -21,7 +21,7 @@ from connstats.probe.contract.events import Attached
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.contract.wire import decode_message
 from connstats.probe.control import ControlClient, ControlService
-from connstats.probe.devices import AttachedDevice, LinkInfo
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
 from connstats.sink.run import run_sink

@@ -6,7 +6,7 @@ import pytest
 from connstats.probe.containers import Netns
 from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.events import device_event, event_body
-from connstats.probe.devices import AttachedDevice, LinkInfo
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.link_monitor import DeviceKey, LinkState
 from connstats.probe.runtime.backoff import Backoff
 from connstats.probe.watch import LinkWatcher, link_watcher

@@ -19,7 +19,7 @@ from .bounded import check_json
 from .errors import MessageError
 
 if TYPE_CHECKING:  # a subscriber importing the events needs no netlink
-    from ..devices import AttachedDevice
+    from ..kernel.devices import AttachedDevice
 
 
 class Event(msgspec.Struct, tag_field="event", omit_defaults=True, kw_only=True):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..contract.errors import KernelError, NotApplied, PolicyError
 from ..contract.policy_file import Rule
-from ..kernel import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
+from ..kernel.loader import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
 from .job import ApplyJob
 from .resolve import WORLD_BIT, Resolved
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY
 from connstats.probe.metrics import ProbeMetrics
 from connstats.probe.ports import ProbeStatus
 from connstats.probe.publisher import encode_interval, payload_limit

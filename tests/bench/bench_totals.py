@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from connstats.probe.contract.flow_batch import FlowBatch  # noqa: E402
 from connstats.probe.contract.record import Envelope  # noqa: E402
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
 from connstats.probe.totals import ConnectionTotals  # noqa: E402
 
 CONNECTIONS = 131_072

@@ -20,7 +20,7 @@ import pytest
 
 from connstats.probe.containers import ContainerIndex
 from connstats.probe.contract.errors import NotApplied, PolicyError
-from connstats.probe.kernel import read_map
+from connstats.probe.kernel.loader import read_map
 from connstats.probe.policy import parse_policy, resolve
 from connstats.probe.policy.job import ApplyJob
 from connstats.probe.policy.resolve import addresses_in, endpoints_of

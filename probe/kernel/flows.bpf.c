@@ -2,7 +2,7 @@
 //
 // connstats TC classifier: counts packets and bytes per connection per device.
 //
-// The structs below are the schema. probe/kernel.py mirrors them as numpy
+// The structs below are the schema. probe/kernel/loader.py mirrors them as numpy
 // dtypes; keep both in step.
 //
 // Settings arrive as cflags (-DFLOW_CAPACITY=..., ...). Maps are double-buffered:

@@ -27,10 +27,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .contract.errors import KernelError
-from .contract.flow_batch import FlowBatch
-from .contract.record import DIRECTIONS, Envelope, OverflowCount
-from .kernel import (
+from ..contract.errors import KernelError
+from ..contract.flow_batch import FlowBatch
+from ..contract.record import DIRECTIONS, Envelope, OverflowCount
+from .loader import (
     FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, delete_keys, read_map,
     wait_for_grace_period, widen_ipv4_keys,
 )

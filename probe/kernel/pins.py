@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract.errors import ConfigError, KernelError
+from ..contract.errors import ConfigError, KernelError
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "connstats"

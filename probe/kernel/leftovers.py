@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract.errors import ConfigError, KernelError
+from ..contract.errors import ConfigError, KernelError
 from .devices import DEVICE_CONFIG, IFINDEX, attached_entries
-from .kernel import open_pinned_map, read_map
+from .loader import open_pinned_map, read_map
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .pins import PinnedInstance, last_state_dir, pinned_instances
 from .tc import TcAttacher

@@ -18,8 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 from pyroute2 import IPRoute
 
-from .contract.errors import ConfigError, DeviceError
-from .kernel import ClassifierProgram, read_map
+from ..contract.errors import ConfigError, DeviceError
+from .loader import ClassifierProgram, read_map
 from .ownership import DeviceLocks
 from .tc import HOOKS, TcAttacher, TcFilter, program_id
 

@@ -18,17 +18,17 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .contract.errors import ConfigError, ConnstatsError
-from .contract.flow_batch import FlowBatch
-from .contract.record import Envelope, FlowRecord
+from ..contract.errors import ConfigError, ConnstatsError
+from ..contract.flow_batch import FlowBatch
+from ..contract.record import Envelope, FlowRecord
+from ..policy.tables import PolicyTables
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .handover import OldLayout, read_old_layout
-from .kernel import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
-from .kernel import wait_for_grace_period
 from .leftovers import attached_in_pins
+from .loader import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
+from .loader import wait_for_grace_period
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
-from .policy.tables import PolicyTables
 from .poller import DrainedInterval, MapPoller, MapRead
 
 log = logging.getLogger("connstats.probe")

@@ -15,7 +15,7 @@ from typing import Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .contract.errors import DeviceError, KernelError
+from ..contract.errors import DeviceError, KernelError
 
 FILTER_PRIORITY = 0xC57  # shows as "pref 3159" in `tc filter show`
 FILTER_HANDLE = 0xC57

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract.errors import KernelError
+from ..contract.errors import KernelError
 
 BPF_SOURCE = Path(__file__).with_name("flows.bpf.c")
 DEFAULT_CAPACITY = 131_072

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from .contract.errors import ConfigError, DeviceError
+from ..contract.errors import ConfigError, DeviceError
 
 DEFAULT_LOCK_DIR = "/run/connstats/devices"
 _ATTEMPTS = 20  # the lock changed hands while we looked: try again (10 ms apart)
