@@ -37,7 +37,7 @@ from .metrics import ProbeMetrics
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
 from .ports import ProbePort, ServiceFactory
-from .publisher import PublisherSettings
+from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
 from .watch import link_watcher
 

@@ -22,7 +22,7 @@ from .contract.record import Envelope, FlowRecord
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
-from .publisher import FlowPublisher, PublisherSettings
+from .publish.publisher import FlowPublisher, PublisherSettings
 
 log = logging.getLogger("connstats.probe")
 

@@ -16,7 +16,7 @@ DetachListener = Callable[[AttachedDevice], Awaitable[None]]
 
 if TYPE_CHECKING:
     from .kernel.kernel_probe import PollReport
-    from .publisher import PublisherStats
+    from .publish.publisher import PublisherStats
 
 
 @dataclass(frozen=True)

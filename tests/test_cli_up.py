@@ -18,7 +18,7 @@ from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.embedded_nats import EmbeddedNats, pick_port
 from connstats.probe.kernel.devices import check_interfaces, default_interfaces
-from connstats.probe.publisher import FlowPublisher, PublisherSettings
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.runtime.private import write_private
 from connstats.sink.compose import wait_until_stored
 from connstats.sink.consumer import ConsumerSettings

@@ -22,7 +22,7 @@ from connstats.probe.http_api import (
 )
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.kernel.kernel_probe import ProbeSettings
-from connstats.probe.publisher import PublisherSettings
+from connstats.probe.publish.publisher import PublisherSettings
 from connstats.probe.totals import ConnectionTotal, ConnectionTotals
 from tests.fixtures.netns import require_root
 

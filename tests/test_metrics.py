@@ -27,7 +27,7 @@ from connstats.probe.kernel.kernel_probe import PollReport
 from connstats.probe.kernel.poller import MapRead
 from connstats.probe.metrics import ProbeMetrics, interval_sums
 from connstats.probe.ports import PolicyReport, ProbeStatus
-from connstats.probe.publisher import FlowPublisher, PublisherStats
+from connstats.probe.publish.publisher import FlowPublisher, PublisherStats
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.totals import ConnectionTotals
 from connstats.sink.compose import SinkConfig, build_sink

@@ -17,7 +17,7 @@ from connstats.probe.contract.events import Attached
 from connstats.probe.contract.record import OverflowCount
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.contract.wire import decode_message
-from connstats.probe.publisher import (
+from connstats.probe.publish.publisher import (
     FlowPublisher, PublisherSettings, encode_interval, payload_limit,
 )
 from tests.fixtures.nats import read_stream, sample_envelope, sample_records

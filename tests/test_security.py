@@ -22,7 +22,7 @@ from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.contract.wire import decode_message
 from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
-from connstats.probe.publisher import FlowPublisher, PublisherSettings
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records

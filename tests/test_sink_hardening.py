@@ -23,7 +23,7 @@ from connstats.probe.contract.errors import StoreError, StoreUnavailable
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.contract.wire import encode_message
-from connstats.probe.publisher import FlowPublisher
+from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore

@@ -17,7 +17,7 @@ from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, _batch, libbpf, load_classifier, read_map
 from connstats.probe.kernel.poller import MapPoller
-from connstats.probe.publisher import encode_interval, payload_limit
+from connstats.probe.publish.publisher import encode_interval, payload_limit
 
 CAPACITY = 131_072
 ROUNDS = 5

@@ -22,7 +22,7 @@ from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY
 from connstats.probe.metrics import ProbeMetrics
 from connstats.probe.ports import ProbeStatus
-from connstats.probe.publisher import encode_interval, payload_limit
+from connstats.probe.publish.publisher import encode_interval, payload_limit
 from connstats.probe.runtime.telemetry import Telemetry
 
 RECORDS, DEVICES, ROUNDS = 131_072, 16, 7

@@ -18,7 +18,7 @@ from connstats.probe.contract import NatsOptions
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
 from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
 from connstats.probe.kernel.tc import FILTER_PRIORITY
-from connstats.probe.publisher import PublisherSettings
+from connstats.probe.publish.publisher import PublisherSettings
 from connstats.probe.watch import link_watcher
 
 COUNT = 200

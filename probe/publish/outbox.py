@@ -32,7 +32,7 @@ from typing import Iterator
 
 import msgspec
 
-from .contract.errors import ConfigError
+from ..contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
-from .contract.errors import TransportError
-from .contract.events import Event, OutboxOverflow, event_body
-from .contract.flow_batch import FlowBatch
-from .contract.messaging import (
+from ..contract.errors import TransportError
+from ..contract.events import Event, OutboxOverflow, event_body
+from ..contract.flow_batch import FlowBatch
+from ..contract.messaging import (
     NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
     flows_subject, message_id,
 )
-from .contract.record import Envelope
-from .contract.wire import encode_chunk, encode_flows
+from ..contract.record import Envelope
+from ..contract.wire import encode_chunk, encode_flows
+from ..runtime.backoff import Backoff
 from .outbox import Outbox, OutboxMessage
-from .runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
