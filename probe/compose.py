@@ -24,13 +24,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .containers import ContainerIndex
 from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
 from .control import control_service
 from .daemon import DaemonSettings, ProbeDaemon
-from .docker_watch import docker_watcher
-from .guard import filter_guard
 from .kernel.kernel_probe import ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
 from .metrics import ProbeMetrics
@@ -39,7 +36,10 @@ from .policy.violations import ViolationPublisher
 from .ports import ProbePort, ServiceFactory
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
-from .watch import link_watcher
+from .watch.containers import ContainerIndex
+from .watch.docker_watch import docker_watcher
+from .watch.guard import filter_guard
+from .watch.watcher import link_watcher
 
 log = logging.getLogger("connstats.probe")
 

@@ -162,7 +162,7 @@ def test_the_http_api_only_when_an_address_is_set(tmp_path):
 
 def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp_path):
     from connstats.probe.compose import WatchConfig, build_probe
-    from connstats.probe.containers import ContainerIndex
+    from connstats.probe.watch.containers import ContainerIndex
 
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path,
                          http=HttpConfig("127.0.0.1:0"),

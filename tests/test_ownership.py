@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from connstats.probe.contract.errors import ConfigError, DeviceError
-from connstats.probe.guard import FilterGuard
 from connstats.probe.kernel.ownership import DeviceLocks, DeviceOwned
+from connstats.probe.watch.guard import FilterGuard
 
 NETNS = 4026531840
 

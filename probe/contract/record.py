@@ -41,7 +41,7 @@ class FlowRecord:
     first_seen: int
     last_seen: int
     tcp_flags: int
-    # Who is behind the device (see probe/containers.py); "" when nobody is known.
+    # Who is behind the device (see probe/watch/containers.py); "" when nobody is known.
     container_id: str = ""
     container_name: str = ""
     container_image: str = ""

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from ..containers import ContainerIndex
 from ..contract.errors import ConfigError, NotApplied, PolicyError
 from ..contract.policy_file import Policy, parse_policy
 from ..ports import PolicyReport, ProbePort
 from ..runtime.private import write_private
+from ..watch.containers import ContainerIndex
 from .job import ApplyJob
 from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES

@@ -19,7 +19,7 @@ from connstats.probe.daemon import DaemonSettings, ProbeDaemon
 from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
 from connstats.probe.kernel.tc import FILTER_PRIORITY
 from connstats.probe.publish.publisher import PublisherSettings
-from connstats.probe.watch import link_watcher
+from connstats.probe.watch.watcher import link_watcher
 
 COUNT = 200
 TAG = f"cwb{os.getpid() % 10000}"

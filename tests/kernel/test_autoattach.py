@@ -14,8 +14,8 @@ import pytest
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
 from connstats.probe.kernel.tc import FILTER_PRIORITY
-from connstats.probe.link_monitor import LinkMonitor
-from connstats.probe.watch import link_watcher
+from connstats.probe.watch.link_monitor import LinkMonitor
+from connstats.probe.watch.watcher import link_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
 from tests.fixtures.netns import require_root, sh
 from tests.fixtures.wait import seconds_until

@@ -30,10 +30,10 @@ from pyroute2.netlink.rtnl import RTM_GETNSID, RTM_NEWNSID
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
-from .contract.errors import ConnstatsError
-from .contract.events import Failed
-from .kernel.devices import AttachedDevice, link_info
-from .ports import NO_LABELS, ProbePort
+from ..contract.errors import ConnstatsError
+from ..contract.events import Failed
+from ..kernel.devices import AttachedDevice, link_info
+from ..ports import NO_LABELS, ProbePort
 
 log = logging.getLogger("connstats.probe.containers")
 

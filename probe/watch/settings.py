@@ -7,9 +7,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .contract.errors import ConfigError
+from ..contract.errors import ConfigError
+from ..runtime.backoff import Backoff
 from .link_monitor import LinkState
-from .runtime.backoff import Backoff
 
 DEFAULT_EXCLUDE = ("lo",)
 

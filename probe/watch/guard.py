@@ -16,8 +16,8 @@ import asyncio
 import logging
 from typing import Callable
 
-from .kernel.devices import FilterLoss
-from .ports import ProbePort
+from ..kernel.devices import FilterLoss
+from ..ports import ProbePort
 
 log = logging.getLogger("connstats.probe.guard")
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from ..contract.errors import ConnstatsError
+from ..ports import ProbePort
+from ..runtime.backoff import Backoff
 from .containers import (
     DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, attach_labelled, detach_quietly,
     owner_fields, peer_veths, report_failed,
 )
-from .contract.errors import ConnstatsError
-from .ports import ProbePort
-from .runtime.backoff import Backoff
 
 log = logging.getLogger("connstats.probe.docker")
 

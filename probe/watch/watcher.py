@@ -32,14 +32,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
+from ..kernel.ownership import own_netns
+from ..ports import ProbePort
+from ..runtime.backoff import Backoff
 from .containers import (
     ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
 )
-from .kernel.ownership import own_netns
 from .link_monitor import DeviceKey, LinkMonitor, LinkState, dump_links, link_state, still_there
-from .ports import ProbePort
-from .runtime.backoff import Backoff
-from .watch_settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings
+from .settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings
 
 __all__ = [
     "DEFAULT_EXCLUDE", "Backoff", "DeviceKey", "LinkMonitor", "LinkPatterns", "LinkState",

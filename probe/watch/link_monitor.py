@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from .kernel.devices import link_info
+from ..kernel.devices import link_info
 
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20  # a burst of a few thousand link messages fits
