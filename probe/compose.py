@@ -24,13 +24,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .api.control import control_service
+from .api.metrics import ProbeMetrics
 from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
-from .control import control_service
 from .daemon import DaemonSettings, ProbeDaemon
 from .kernel.kernel_probe import ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
-from .metrics import ProbeMetrics
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
 from .ports import ProbePort, ServiceFactory
@@ -44,7 +44,7 @@ from .watch.watcher import link_watcher
 log = logging.getLogger("connstats.probe")
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9102"
-HTTP_API_MODULE = "connstats.probe.http_api"
+HTTP_API_MODULE = "connstats.probe.api.http"
 
 
 @dataclass
@@ -120,7 +120,7 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
     if not http.address:
         return []
     try:
-        from .http_api import http_service, tracked_totals
+        from .api.http import http_service, tracked_totals
     except ImportError as exc:
         if exc.name != HTTP_API_MODULE:
             raise

@@ -16,11 +16,11 @@ from connstats.cli.main import app
 from connstats.cli.options import OutputFormat
 from connstats.cli.render import Column, render, rfc3339
 from connstats.cli.top import IntervalAssembler
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.control import ControlService
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.nats import free_port
 from tests.test_control import SINCE, FakeDaemon, auth_nats, record  # noqa: F401 (fixture)

@@ -8,11 +8,11 @@ import nats
 import msgspec
 import pytest
 
+from connstats.probe.api.control import ControlClient, ControlService
 from connstats.probe.contract import NatsOptions, control_subject
 from connstats.probe.contract.errors import DeviceError, TransportError
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from tests.fixtures.nats import free_port
 

@@ -67,7 +67,7 @@ def probe_host_paths() -> set[str]:
 
 
 def http_port() -> int:
-    from connstats.probe.http_api import DEFAULT_HTTP_ADDRESS
+    from connstats.probe.api.http import DEFAULT_HTTP_ADDRESS
     return int(DEFAULT_HTTP_ADDRESS.rpartition(":")[2])
 
 

@@ -14,16 +14,16 @@ import time
 import aiohttp
 import pytest
 
+from connstats.probe.api.http import (
+    DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
+)
+from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
-from connstats.probe.http_api import (
-    DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
-)
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.kernel.kernel_probe import ProbeSettings
 from connstats.probe.publish.publisher import PublisherSettings
-from connstats.probe.totals import ConnectionTotal, ConnectionTotals
 from tests.fixtures.netns import require_root
 
 UDP_V4_OVERHEAD = 14 + 20 + 8

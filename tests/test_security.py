@@ -13,6 +13,7 @@ import nats.errors
 import msgspec
 import pytest
 
+from connstats.probe.api.control import ControlClient, ControlService
 from connstats.probe.contract import (
     STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
@@ -20,7 +21,6 @@ from connstats.probe.contract.errors import TransportError
 from connstats.probe.contract.events import Attached
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.contract.wire import decode_message
-from connstats.probe.control import ControlClient, ControlService
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE

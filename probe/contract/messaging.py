@@ -6,7 +6,7 @@ Subjects (``<host>`` is one escaped token, see ``host_token``)::
     connstats.v1.flows.<host>          flow messages, one per chunk of an interval
     connstats.v1.events.<host>         attach/detach and outbox-overflow events (JSON)
     connstats.v1.deadletter            messages the sink could not decode or store
-    connstats.v1.ctl.<host>.<verb>     control requests (probe/control.py)
+    connstats.v1.ctl.<host>.<verb>     control requests (probe/api/control.py)
     connstats.v1.alerts.<host>         alerts (JSON) raised on that host's data (connstats.sink.alerts)
     connstats.v1.policy.<host>         policy violations: one JSON event per denied
                                        connection and interval (core NATS, not in a stream)

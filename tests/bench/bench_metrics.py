@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
+from connstats.probe.api.metrics import ProbeMetrics
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY
-from connstats.probe.metrics import ProbeMetrics
 from connstats.probe.ports import ProbeStatus
 from connstats.probe.publish.publisher import encode_interval, payload_limit
 from connstats.probe.runtime.telemetry import Telemetry

@@ -33,13 +33,13 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .contract import errors
-from .contract.bounded import check_json
-from .contract.errors import ConfigError, ConnstatsError, MessageError, TransportError
-from .contract.messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
-from .contract.wire_v1 import record_to_wire
-from .kernel.devices import AttachedDevice
-from .ports import ProbePort
+from ..contract import errors
+from ..contract.bounded import check_json
+from ..contract.errors import ConfigError, ConnstatsError, MessageError, TransportError
+from ..contract.messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
+from ..contract.wire_v1 import record_to_wire
+from ..kernel.devices import AttachedDevice
+from ..ports import ProbePort
 
 log = logging.getLogger(__name__)
 

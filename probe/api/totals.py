@@ -61,8 +61,8 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from .contract.flow_batch import FlowBatch
-from .contract.record import Envelope, FlowRecord
+from ..contract.flow_batch import FlowBatch
+from ..contract.record import Envelope, FlowRecord
 from .key_index import KEY_WORDS, HashIndex, key_hashes, nonzero_words, packed_keys
 
 DEFAULT_MAX_ENTRIES = 262_144  # ~0.5 KiB each with the key: ~130 MiB at the cap

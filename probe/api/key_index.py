@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .contract.flow_batch import FlowBatch
-from .contract.record import DIRECTIONS
+from ..contract.flow_batch import FlowBatch
+from ..contract.record import DIRECTIONS
 
 
 class IndexedColumns(Protocol):

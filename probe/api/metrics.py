@@ -33,11 +33,11 @@ import numpy as np
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .contract.flow_batch import FlowBatch
-from .contract.record import VERDICTS
-from .policy.tables import MODES
-from .ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
-from .runtime.telemetry import Telemetry
+from ..contract.flow_batch import FlowBatch
+from ..contract.record import VERDICTS
+from ..policy.tables import MODES
+from ..ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
+from ..runtime.telemetry import Telemetry
 
 log = logging.getLogger("connstats.probe")
 
