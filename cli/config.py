@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from connstats.probe.contract import ConfigError, MessageError, NatsOptions, loads_toml
-from connstats.probe.nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
+from .nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
 from connstats.sink.stores import parse_store  # noqa: F401 (where the CLI's modules find it)
 
 DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")

@@ -26,8 +26,8 @@ from typing import Callable
 from connstats.probe.compose import ProbeConfig, build_probe
 from connstats.probe.contract import ConfigError, NatsOptions
 from connstats.probe.daemon import ProbeDaemon
-from connstats.probe.embedded_nats import EmbeddedNats
-from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
+from .embedded_nats import EmbeddedNats
+from .nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe.runtime.lifecycle import stop_on_signals
 from connstats.probe.runtime.private import write_private
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry

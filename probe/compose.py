@@ -33,9 +33,9 @@ from .kernel.kernel_probe import ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
-from .ports import ProbePort, ServiceFactory
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
+from .seams import ProbePort, ServiceFactory
 from .watch.containers import ContainerIndex
 from .watch.docker_watch import docker_watcher
 from .watch.guard import filter_guard

@@ -21,8 +21,8 @@ from .contract.messaging import NatsOptions
 from .contract.record import Envelope, FlowRecord
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
-from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 from .publish.publisher import FlowPublisher, PublisherSettings
+from .seams import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 
 log = logging.getLogger("connstats.probe")
 

@@ -10,13 +10,13 @@ import nats
 import pytest
 
 from connstats.cli.config import Config
+from connstats.cli.embedded_nats import EmbeddedNats, pick_port
 from connstats.cli.options import NatsFlags
 from connstats.cli.run_commands import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.embedded_nats import EmbeddedNats, pick_port
 from connstats.probe.kernel.devices import check_interfaces, default_interfaces
 from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.runtime.private import write_private
@@ -65,7 +65,7 @@ async def test_a_port_taken_between_the_look_and_the_bind_is_left_to_its_owner(t
     first = EmbeddedNats(tmp_path / "first", preferred_port=free_port())
     first.start()
     try:
-        monkeypatch.setattr("connstats.probe.embedded_nats.port_is_free", lambda port: True)  # looked too early
+        monkeypatch.setattr("connstats.cli.embedded_nats.port_is_free", lambda port: True)  # looked too early
         second = EmbeddedNats(tmp_path / "second", preferred_port=first.port)
         url = second.start()
         try:
@@ -188,7 +188,7 @@ def test_the_daemon_offers_every_method_of_the_service_port():
     import inspect
 
     from connstats.probe.daemon import ProbeDaemon
-    from connstats.probe.ports import ProbePort
+    from connstats.probe.seams import ProbePort
 
     wanted = {name for name in vars(ProbePort) if not name.startswith("_")}
     assert wanted == {"interval", "attach", "detach", "check_filters", "devices", "label", "publish_event",

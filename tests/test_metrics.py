@@ -27,9 +27,9 @@ from connstats.probe.contract import (
 from connstats.probe.contract.flow_batch import JUDGED
 from connstats.probe.kernel.kernel_probe import PollReport
 from connstats.probe.kernel.poller import MapRead
-from connstats.probe.ports import PolicyReport, ProbeStatus
 from connstats.probe.publish.publisher import FlowPublisher, PublisherStats
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address
+from connstats.probe.seams import PolicyReport, ProbeStatus
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records

@@ -39,7 +39,7 @@ from ..contract.errors import ConfigError, ConnstatsError, MessageError, Transpo
 from ..contract.messaging import PREFIX, NatsOptions, redacted, connect, control_subject, host_token
 from ..contract.wire_v1 import record_to_wire
 from ..kernel.devices import AttachedDevice
-from ..ports import ProbePort
+from ..seams import ProbePort
 
 log = logging.getLogger(__name__)
 

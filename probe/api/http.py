@@ -46,10 +46,10 @@ from ..contract.bounded import check_json
 from ..contract.errors import ConfigError, ConnstatsError, DeviceError, KernelError, MessageError
 from ..contract.record import proto_name
 from ..kernel.devices import AttachedDevice, check_name
-from ..ports import ProbePort
 from ..runtime.callers import Callers, bearer
 from ..runtime.listener import is_loopback, listen, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
+from ..seams import ProbePort
 from .totals import (
     DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device,
 )

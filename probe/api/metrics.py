@@ -36,8 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..contract.flow_batch import FlowBatch
 from ..contract.record import VERDICTS
 from ..policy.tables import MODES
-from ..ports import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 from ..runtime.telemetry import Telemetry
+from ..seams import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 
 log = logging.getLogger("connstats.probe")
 

@@ -19,7 +19,7 @@
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
 
-A new probe service implements ``start``/``close`` against ``connstats.probe.ports.ProbePort``;
+A new probe service implements ``start``/``close`` against ``connstats.probe.seams.ProbePort``;
 what only the sink uses (its durable consumer, the dead-letter stream) is
 ``connstats.sink.jetstream``. Nothing here loads BPF or opens a socket on import.
 """

@@ -22,8 +22,8 @@ from typing import Any, Awaitable, Callable
 
 from ..contract.errors import ConfigError, NotApplied, PolicyError
 from ..contract.policy_file import Policy, parse_policy
-from ..ports import PolicyReport, ProbePort
 from ..runtime.private import write_private
+from ..seams import PolicyReport, ProbePort
 from ..watch.containers import ContainerIndex
 from .job import ApplyJob
 from .resolve import Resolved, addresses_in, endpoints_of, resolve

@@ -33,7 +33,7 @@ from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 from ..contract.errors import ConnstatsError
 from ..contract.events import Failed
 from ..kernel.devices import AttachedDevice, link_info
-from ..ports import NO_LABELS, ProbePort
+from ..seams import NO_LABELS, ProbePort
 
 log = logging.getLogger("connstats.probe.containers")
 

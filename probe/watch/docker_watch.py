@@ -20,8 +20,8 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from ..contract.errors import ConnstatsError
-from ..ports import ProbePort
 from ..runtime.backoff import Backoff
+from ..seams import ProbePort
 from .containers import (
     DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, attach_labelled, detach_quietly,
     owner_fields, peer_veths, report_failed,

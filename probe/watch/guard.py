@@ -17,7 +17,7 @@ import logging
 from typing import Callable
 
 from ..kernel.devices import FilterLoss
-from ..ports import ProbePort
+from ..seams import ProbePort
 
 log = logging.getLogger("connstats.probe.guard")
 

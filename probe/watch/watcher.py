@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Sequence
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
 from ..kernel.ownership import own_netns
-from ..ports import ProbePort
 from ..runtime.backoff import Backoff
+from ..seams import ProbePort
 from .containers import (
     ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
 )

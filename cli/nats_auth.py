@@ -24,9 +24,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .contract.errors import ConfigError
-from .contract.messaging import NatsOptions, host_token
-from .runtime.private import write_private
+from connstats.probe.contract import ConfigError, NatsOptions, host_token
+from connstats.probe.runtime.private import write_private
 
 ROLES = ("probe", "sink", "admin", "alert", "replay")
 CREDENTIALS_FILE = "nats-credentials.json"

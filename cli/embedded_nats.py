@@ -21,9 +21,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from .contract.errors import ConfigError, TransportError
+from connstats.probe.contract import ConfigError, TransportError
+from connstats.probe.runtime.private import open_private_log, private_dir, write_private
+
 from .nats_auth import SERVER_CONFIG_FILE, NatsUsers
-from .runtime.private import open_private_log, private_dir, write_private
 
 DEFAULT_PORT = 4222
 START_TRIES = 3
