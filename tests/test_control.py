@@ -8,8 +8,9 @@ import nats
 import msgspec
 import pytest
 
-from connstats.probe.api.control import ControlClient, ControlService
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions, control_subject
+from connstats.probe.contract.control import ControlClient
 from connstats.probe.contract.errors import DeviceError, TransportError
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch

@@ -13,10 +13,11 @@ import nats.errors
 import msgspec
 import pytest
 
-from connstats.probe.api.control import ControlClient, ControlService
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import (
     STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
+from connstats.probe.contract.control import ControlClient
 from connstats.probe.contract.errors import TransportError
 from connstats.probe.contract.events import Attached
 from connstats.probe.contract.wire import FlowBatch

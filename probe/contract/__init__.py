@@ -1,4 +1,5 @@
-"""The contract of connstats: what ``sink/``, ``cli/`` and any subscriber import.
+"""The contract of connstats: what ``sink/``, ``cli/`` and any subscriber import. The
+package imports nothing else of connstats (tests/test_layers.py checks it).
 
     from connstats.probe.contract import decode_message, flows_subject, connect, NatsOptions
 
@@ -18,6 +19,9 @@
   (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
+- **Control** (``control.py``): ``ControlClient``, the requests on
+  ``connstats.v1.ctl.<host>.<verb>`` (the service answering them is the probe's).
+- **The policy file** (``policy_file.py``): ``parse_policy`` -> ``Policy``.
 
 A new probe service implements ``start``/``close`` against ``connstats.probe.seams.ProbePort``;
 what only the sink uses (its durable consumer, the dead-letter stream) is
@@ -26,6 +30,7 @@ what only the sink uses (its durable consumer, the dead-letter stream) is
 from __future__ import annotations
 
 from .bounded import MAX_DEPTH, MAX_TOML_BYTES, check_json, loads_toml
+from .control import ControlClient
 from .errors import (
     ConfigError, ConnstatsError, DeviceError, KernelError, MessageError, StoreError, StoreFull, StoreUnavailable,
     TransportError,
@@ -39,6 +44,7 @@ from .messaging import (
     alerts_subject, control_subject, ensure_stream, events_subject, flow_stream_config, flows_subject, host_from_token,
     host_of_subject, host_token, message_id, policy_subject, redacted,
 )
+from .policy_file import Policy, parse_policy
 from .record import (
     COUNTER_LIMIT, DIRECTIONS, IFINDEX_LIMIT, IFNAME_MAX, SCHEMA_VERSION, TEXT_MAX, TIME_MAX, TIME_MIN, VERDICTS,
     Envelope, FlowRecord, OverflowCount, proto_name, proto_number,
@@ -62,4 +68,6 @@ __all__ = [
     "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
     "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
     "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject", "redacted",
+    # control, policy file
+    "ControlClient", "Policy", "parse_policy",
 ]

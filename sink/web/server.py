@@ -26,8 +26,9 @@ from typing import Any, Callable
 import msgspec
 from aiohttp import web
 
-from connstats.probe.api.control import ControlClient
-from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, TransportError, connect
+from connstats.probe.contract import (
+    ConfigError, ConnstatsError, ControlClient, NatsOptions, StoreError, TransportError, connect,
+)
 from connstats.probe.runtime.listener import is_loopback, listen, parse_listen_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store

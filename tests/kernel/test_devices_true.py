@@ -146,7 +146,7 @@ async def test_an_iface_device_deleted_is_released_and_made_anew_is_attached_onc
 async def test_a_device_attached_by_a_control_request_is_released_when_deleted_and_not_again(
         nats_server, test_network, tmp_path):
     require_root()
-    from connstats.probe.api.control import ControlClient
+    from connstats.probe.contract.control import ControlClient
 
     a, b = test_network.hosts
     options = NatsOptions(servers=(nats_server.url,))
