@@ -3,7 +3,7 @@
     POST /traffic_count_attach_device            {"iface": "veth0", "action": "add"|"remove"}
     GET  /traffic_device_connection_stats         every attached device's connections
     GET  /traffic_device_connection_stats/<id>    one device's (id = ifindex)
-    GET  /metrics, /healthz, /readyz              the process's telemetry (telemetry.py)
+    GET  /metrics, /healthz, /readyz              the process's telemetry (runtime/telemetry.py)
 
 Answers are JSON. Connection stats are an object keyed ``connection_<id>`` (the id is
 stable for as long as the connection is tracked) holding the earlier tool's fields
@@ -17,7 +17,7 @@ for a failure of the probe itself), never a traceback.
 It listens on loopback (127.0.0.1:9102) unless told otherwise with ``--http ADDR:PORT``.
 Only root, members of the ``--http-group`` and holders of the token (``<state>/ui-token``,
 sent as ``Authorization: Bearer``) get in; the caller's uid comes from the kernel
-(callers.py). What keeps a web page in the operator's browser from using it (cross-site
+(runtime/callers.py). What keeps a web page in the operator's browser from using it (cross-site
 requests, DNS rebinding) is checked first:
 
 * ``Host`` must name the API: its listening address, or on loopback ``localhost``,
@@ -35,7 +35,6 @@ that Prometheus and Kubernetes probes may call the listener by a DNS name.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -47,7 +46,7 @@ from ..contract.errors import ConfigError, ConnstatsError, DeviceError, KernelEr
 from ..contract.record import proto_name
 from ..kernel.devices import AttachedDevice, check_name
 from ..runtime.callers import Callers, bearer
-from ..runtime.listener import is_loopback, listen, parse_listen_address
+from ..runtime.listener import host_allowed, is_loopback, listen, origin_allowed, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from ..seams import ProbePort
 from .totals import (
@@ -72,59 +71,6 @@ class RequestError(Exception):
 def parse_address(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); raise ``ConfigError``."""
     return parse_listen_address(text, "HTTP", DEFAULT_HTTP_ADDRESS)
-
-
-# -- who may call: Host and Origin --------------------------------------------------------------
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-WILDCARD_ADDRESSES = ("0.0.0.0", "::")
-
-
-def _split_host(value: str) -> tuple[str, int | None] | None:
-    """``name[:port]`` or ``[v6][:port]`` -> (name, port or None); None if malformed."""
-    if value.endswith("]") or ":" not in value:
-        return value.lower(), None
-    name, _, port = value.rpartition(":")
-    if not (port.isascii() and port.isdigit()):
-        return None
-    return name.lower(), int(port)
-
-
-def _is_ip_literal(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
-    except ValueError:
-        return False
-    return name.startswith("[") or ":" not in name
-
-
-def host_allowed(value: str, listen_host: str, listen_port: int, need_port: bool = False) -> bool:
-    """True if a ``Host`` value (or an origin's host) names the API listening there.
-
-    The listening address itself; on loopback also ``localhost``, ``127.0.0.1``, ``[::1]``;
-    on a wildcard address any IP literal (a DNS name could be rebound to us). The port,
-    when given, must be the listening one; ``need_port`` requires it.
-    """
-    parsed = _split_host(value.strip())
-    if parsed is None:
-        return False
-    name, port = parsed
-    if (port is None and need_port) or (port is not None and port != listen_port):
-        return False
-    own = f"[{listen_host}]" if ":" in listen_host else listen_host
-    if name == own.lower():
-        return True
-    if is_loopback(listen_host) and name in LOOPBACK_NAMES:
-        return True
-    return listen_host in WILDCARD_ADDRESSES and _is_ip_literal(name)
-
-
-def origin_allowed(origin: str, listen_host: str, listen_port: int) -> bool:
-    """True if ``Origin`` is the API's own: ``http://HOST:PORT`` naming it (port 80 may be left out)."""
-    scheme, sep, netloc = origin.partition("://")
-    if scheme.lower() != "http" or not sep or not netloc or "/" in netloc or "@" in netloc:
-        return False
-    return host_allowed(netloc, listen_host, listen_port, need_port=listen_port != 80)
 
 
 # -- the response format: pure functions ----------------------------------------------------
@@ -271,7 +217,7 @@ class HttpApi:
     async def _callers_checked(self, request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         """403 unless ``Host`` names this API and ``Origin`` (if any) is its own; then 401/403
-        unless the caller is root, in the ``--http-group``, or sends the token (callers.py)."""
+        unless the caller is root, in the ``--http-group``, or sends the token (runtime/callers.py)."""
         if request.method == "GET" and request.path in TELEMETRY_PATHS and self.telemetry is not None:
             return await handler(request)
         host = request.headers.get("Host")

@@ -6,6 +6,8 @@ endpoints (``--metrics``) and the web page (``--ui``, ``--listen``).
     runner = await listen(app, host, port, purpose="metrics", option="--metrics ADDR:PORT")
 
 A taken or unusable address is a ``ConfigError`` with one line saying which setting to change.
+Who may call, by ``Host`` and ``Origin`` (against DNS rebinding and cross-site requests), is
+``host_allowed`` and ``origin_allowed``: the probe's HTTP API and the web page check the same.
 """
 from __future__ import annotations
 
@@ -56,3 +58,56 @@ async def listen(app: web.Application, host: str, port: int, *, purpose: str, op
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(f"cannot listen on {host}:{port} for {purpose}: {reason}; pick another {option}") from exc
     return runner
+
+
+# -- who may call: Host and Origin --------------------------------------------------------------
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``name[:port]`` or ``[v6][:port]`` -> (name, port or None); None if malformed."""
+    if value.endswith("]") or ":" not in value:
+        return value.lower(), None
+    name, _, port = value.rpartition(":")
+    if not (port.isascii() and port.isdigit()):
+        return None
+    return name.lower(), int(port)
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+    except ValueError:
+        return False
+    return name.startswith("[") or ":" not in name
+
+
+def host_allowed(value: str, listen_host: str, listen_port: int, need_port: bool = False) -> bool:
+    """True if a ``Host`` value (or an origin's host) names the API listening there.
+
+    The listening address itself; on loopback also ``localhost``, ``127.0.0.1``, ``[::1]``;
+    on a wildcard address any IP literal (a DNS name could be rebound to us). The port,
+    when given, must be the listening one; ``need_port`` requires it.
+    """
+    parsed = _split_host(value.strip())
+    if parsed is None:
+        return False
+    name, port = parsed
+    if (port is None and need_port) or (port is not None and port != listen_port):
+        return False
+    own = f"[{listen_host}]" if ":" in listen_host else listen_host
+    if name == own.lower():
+        return True
+    if is_loopback(listen_host) and name in LOOPBACK_NAMES:
+        return True
+    return listen_host in WILDCARD_ADDRESSES and _is_ip_literal(name)
+
+
+def origin_allowed(origin: str, listen_host: str, listen_port: int) -> bool:
+    """True if ``Origin`` is the API's own: ``http://HOST:PORT`` naming it (port 80 may be left out)."""
+    scheme, sep, netloc = origin.partition("://")
+    if scheme.lower() != "http" or not sep or not netloc or "/" in netloc or "@" in netloc:
+        return False
+    return host_allowed(netloc, listen_host, listen_port, need_port=listen_port != 80)
