@@ -11,15 +11,19 @@ encoder; ``decode_event`` reads a body back for subscribers.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import msgspec
 
 from .bounded import check_json
 from .errors import MessageError
 
-if TYPE_CHECKING:  # a subscriber importing the events needs no netlink
-    from ..kernel.devices import AttachedDevice
+
+class WireDevice(Protocol):
+    """A device that has the one JSON shape of a device (the probe's ``AttachedDevice``); the
+    contract names only what it reads, so a subscriber importing the events needs no netlink."""
+
+    def to_wire(self) -> dict[str, Any]: ...
 
 
 class Event(msgspec.Struct, tag_field="event", omit_defaults=True, kw_only=True):
@@ -92,7 +96,7 @@ DEVICE_EVENTS: dict[str, type[DeviceEvent]] = {
 AnyEvent = Union[Attached, Detached, Gone, Replaced, Lost, Failed, HandoverLost, OutboxOverflow]
 
 
-def device_event(kind: str, device: "AttachedDevice", **context: Any) -> DeviceEvent:
+def device_event(kind: str, device: WireDevice, **context: Any) -> DeviceEvent:
     """``kind`` (attached, detached, gone, replaced, lost) of ``device``; ``context`` are the
     optional ``DeviceEvent`` fields (a misspelt one raises ``TypeError``)."""
     wire = device.to_wire()  # the one shape of a device; events name its fields as before
