@@ -23,11 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from connstats.probe.compose import ProbeConfig, build_probe
+from connstats.probe.compose import ProbeConfig, ProbeDaemon, build_probe
 from connstats.probe.contract import ConfigError, NatsOptions
-from connstats.probe.daemon import ProbeDaemon
-from .embedded_nats import EmbeddedNats
-from .nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 from connstats.probe.runtime.lifecycle import stop_on_signals
 from connstats.probe.runtime.private import write_private
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
@@ -37,6 +34,8 @@ from connstats.sink.compose import Sink, SinkConfig, build_sink
 from connstats.sink.web.server import UiConfig, WebUi, build_ui
 
 from .config import NATS_URL_FILE
+from .embedded_nats import EmbeddedNats
+from .nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 
 log = logging.getLogger("connstats.cli")
 

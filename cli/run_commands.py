@@ -9,14 +9,13 @@ import typer
 
 from dataclasses import dataclass
 
-from connstats.probe.compose import HttpConfig, ProbeConfig, WatchConfig, build_probe
+from connstats.probe.compose import (
+    DEFAULT_CAPACITY, DEFAULT_DOCKER_SOCKET, HttpConfig, ProbeConfig, ProbeDaemon, WatchConfig, build_probe,
+    check_interfaces, default_interfaces,
+)
 from connstats.probe.contract import ConfigError, StreamSettings, redacted
-from connstats.probe.daemon import ProbeDaemon
-from connstats.probe.kernel.devices import check_interfaces, default_interfaces
-from connstats.probe.kernel.loader import DEFAULT_CAPACITY
 from connstats.probe.runtime.private import prepare_state_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
-from connstats.probe.watch.containers import DEFAULT_DOCKER_SOCKET
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.history import parse_duration
 

@@ -16,7 +16,9 @@
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
 
-The host name lives in ``ProbeConfig.host`` only; the parts get it from here.
+The host name lives in ``ProbeConfig.host`` only; the parts get it from here. The CLI
+reaches the probe's insides only through this module (``__all__``): the root, and the
+defaults and device checks that fill a ``ProbeConfig``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .api.metrics import ProbeMetrics
 from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
 from .daemon import DaemonSettings, ProbeDaemon
+from .kernel.devices import check_interfaces, default_interfaces
 from .kernel.kernel_probe import ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
 from .policy.service import PolicyService
@@ -36,10 +39,16 @@ from .policy.violations import ViolationPublisher
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
 from .seams import ProbePort, ServiceFactory
-from .watch.containers import ContainerIndex
+from .watch.containers import DEFAULT_DOCKER_SOCKET, ContainerIndex
 from .watch.docker_watch import docker_watcher
 from .watch.guard import filter_guard
 from .watch.watcher import link_watcher
+
+__all__ = [
+    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "HttpConfig", "ProbeConfig", "ProbeDaemon",
+    "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_services", "metrics_services",
+    "watcher_services",
+]
 
 log = logging.getLogger("connstats.probe")
 
