@@ -7,7 +7,7 @@
 
 ``build_probe`` (compose.py) decides which parts and services a probe has; this module
 runs them. Services (control plane, HTTP API, watchers, guard) are small objects with
-``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (ports.py).
+``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (seams.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """What a probe service may ask of the probe: the one port the control plane, the HTTP
 API, the watchers and the filter guard are given (``ProbeDaemon`` implements it; tests
 give a fake). A service never sees the kernel, the publisher or another service.
+Named for the seam between the daemon and its services (it was ``ports.py``, which read as
+TCP ports); the protocol keeps its name, ``ProbePort``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     ConnstatsError            base: the CLI prints ``error: <message>`` and exits 1
     ├── KernelError           BPF cannot be compiled, loaded or attached (root, headers, kernel)
     ├── DeviceError           an interface that does not exist or cannot be used
-    │   └── DeviceOwned       another running probe has the device attached (ownership.py)
+    │   └── DeviceOwned       another running probe has the device attached (probe/kernel/ownership.py)
     ├── ConfigError           a setting that makes no sense
     │   └── PolicyError       a policy file that does not follow the format (names line and key)
     ├── NotApplied            a policy apply refused or stopped (deadline, superseded): nothing changed

@@ -6,7 +6,7 @@ messages are in memory, the newest on disk, and nothing goes to memory while any
 is on disk; a spooled message stays on disk until it is acknowledged. ``persist()``
 (and ``close()``) spill the memory part to disk: the probe calls it when an interval
 is not acknowledged soon enough, before it empties the interval's kernel buffer, so a
-crash loses nothing (see poller.py).
+crash loses nothing (see kernel/poller.py).
 
 When both caps are reached the OLDEST messages are dropped, like a ring buffer: after a
 long outage the most recent traffic is what operators look at first, and it is also the

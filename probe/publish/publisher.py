@@ -1,7 +1,7 @@
 """The probe's publisher: intervals in, chunked JetStream messages out, through an outbox.
 
 ``submit()`` splits one interval's batch into chunks that fit the server's
-``max_payload``, encodes each (schema 2, see wire.py) and appends it to the ``Outbox``
+``max_payload``, encodes each (schema 2, see contract/wire.py) and appends it to the ``Outbox``
 with the message id ``<host>/<boot_id>/<interval_seq>/<chunk>``. ``drain_forever`` sends
 the oldest messages, up to ``max_in_flight`` at a time, and removes a message only once
 its PubAck arrived. After a timeout or a lost connection it waits until every message of
@@ -215,7 +215,7 @@ class FlowPublisher:
             return len(chunks)
 
     async def publish_event(self, event: Event, timeout: float = 2.0) -> bool:
-        """Best effort: publish an event (events.py) now; False if it failed."""
+        """Best effort: publish an event (contract/events.py) now; False if it failed."""
         body = {"host": self.settings.host, "time_ns": time.time_ns(), **event_body(event)}
         if self._nc is None or not self._nc.is_connected:
             log.warning("event %s not published: NATS is not connected; it is not retried", body["event"])
@@ -232,7 +232,7 @@ class FlowPublisher:
         ``ack_timeout`` seconds, or else spooled to disk (fsynced) to be sent later.
 
         The probe empties an interval's kernel buffer only after this, so a crash of the
-        probe at any moment loses no count (see poller.py).
+        probe at any moment loses no count (see kernel/poller.py).
         """
         if await self.flush(ack_timeout):
             return

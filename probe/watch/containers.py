@@ -9,8 +9,8 @@
 
 ``NetnsResolver`` caches nsid -> netns and only rescans ``/proc`` on a miss; a cached
 entry is checked with one ``stat`` of the pid (or name) that anchors it. The link
-watcher (watch.py) and ``DockerWatcher`` share one ``ContainerIndex``, made by
-``build_probe`` (compose.py) and passed to both, so a veth attached by either gets the
+watcher (watcher.py) and ``DockerWatcher`` share one ``ContainerIndex``, made by
+``build_probe`` (probe/compose.py) and passed to both, so a veth attached by either gets the
 Docker labels when Docker knows its namespace. Both see the probe through ``ProbePort``.
 """
 from __future__ import annotations

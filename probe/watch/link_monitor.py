@@ -1,7 +1,7 @@
 """The netlink side of the link watcher: what a device is (``DeviceKey``) and how it is
 (``LinkState``), a non-blocking RTMGRP_LINK socket (``LinkMonitor``), a dump of every link
 (``dump_links``) and whether one still exists (``still_there``). No decisions: those are
-the ``LinkWatcher``'s (watch.py).
+the ``LinkWatcher``'s (watcher.py).
 """
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ and are reused, so a device that comes back under its old name with a new ifinde
 a new device and is attached again. Labels (container or namespace, see
 containers.py) stay with the probe after a detach, so the last interval of a device
 that went away is drained and published labelled. The watcher sees the probe through
-``ProbePort`` (ports.py) and the namespaces through the shared ``ContainerIndex``; the
+``ProbePort`` (probe/seams.py) and the namespaces through the shared ``ContainerIndex``; the
 links through link_monitor.py (the netlink socket, dumps); what it wants is its
-``WatchSettings`` (watch_settings.py).
+``WatchSettings`` (settings.py).
 """
 from __future__ import annotations
 
