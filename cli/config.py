@@ -57,7 +57,7 @@ def _float(value: Any) -> float:
 
 
 def _retention_seconds(value: Any) -> float:
-    from connstats.sink.history import parse_duration
+    from connstats.probe.runtime.durations import parse_duration
 
     return parse_duration(str(value)) / 1e9
 

@@ -14,10 +14,10 @@ from connstats.probe.compose import (
     check_interfaces, default_interfaces,
 )
 from connstats.probe.contract import ConfigError, StreamSettings, redacted
+from connstats.probe.runtime.durations import parse_duration
 from connstats.probe.runtime.private import prepare_state_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
-from connstats.sink.history import parse_duration
 
 from . import pipeline
 from .alert import alert_config

@@ -6,6 +6,7 @@
     lifecycle.py   stop on SIGINT/SIGTERM
     backoff.py     retry delays
     private.py     files and directories only root may read
+    durations.py   15m, 1h30m, 0.5s -> nanoseconds: the one duration parser
 
 It imports nothing of connstats but ``connstats.probe.contract`` (its errors).
 """
