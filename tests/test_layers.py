@@ -27,6 +27,7 @@ KERNEL_TOOLS = {"connstats.cli.doctor", "connstats.cli.reset"}
 
 def _package_dir(name: str) -> Path:
     module = __import__(name, fromlist=["_"])
+    assert hasattr(module, "__path__") and module.__file__, f"{name} is not a package with an __init__.py"
     return Path(module.__file__).parent
 
 
