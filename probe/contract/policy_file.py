@@ -30,7 +30,7 @@ from .record import PROTO_NUMBERS
 BUILTIN_GROUPS = ("host", "world")
 MAX_GROUPS = 64  # one bit each in the kernel's masks, built-ins included
 MAX_RULES = 4096
-# The kernel's address trie holds 65,536 entries (POLICY_PREFIXES in flows.bpf.c) for both
+# The kernel's address trie holds 65,536 entries (POLICY_PREFIXES in probe/kernel/flows_structs.h) for both
 # table sets: the policy in force and the one being built. Room is left for the addresses
 # of the devices and the host.
 MAX_PREFIXES = 32_000

@@ -155,5 +155,5 @@ Address = Annotated[str, msgspec.Meta(max_length=45)]  # the longest IPv6 text
 ProtoText = Annotated[str, msgspec.Meta(max_length=8)]
 Family = Literal[0, 4, 6]
 Verdict = Literal["", "allow", "deny"]
-VERDICTS = ("", "allow", "deny")  # index = the kernel's VERDICT_* (flows.bpf.c)
+VERDICTS = ("", "allow", "deny")  # index = the kernel's VERDICT_* (probe/kernel/flows_structs.h)
 Direction = Literal["ingress", "egress"]

@@ -1,6 +1,7 @@
 """The kernel side of the probe: the classifier and what keeps it counting.
 
-    flows.bpf.c      the TC classifier; its structs are the schema
+    flows.bpf.c      the TC classifier: its maps and entry points; it includes
+    flows_*.h        structs (the schema), parse, policy, count: one header per concern
     loader.py        compiles and loads it (BCC), the numpy dtypes of its maps
     tc.py            clsact qdisc and filters (pyroute2)
     devices.py       attached devices, their directions and owners

@@ -24,7 +24,7 @@ from .ownership import DeviceLocks
 from .tc import HOOKS, TcAttacher, TcFilter, program_id
 
 DIRECTION_MODES = ("auto", "normal", "inverted")
-DEVICE_SLOTS = 65536  # mirrors DEVICE_SLOTS in flows.bpf.c
+DEVICE_SLOTS = 65536  # mirrors DEVICE_SLOTS in flows_structs.h
 ETHERNET_LINK_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 DEVICE_CONFIG = np.dtype([("inverted", "u1"), ("no_l2", "u1"), ("attached", "u1"), ("mode", "u1")])
 IFINDEX = np.dtype("<u4")  # the key of the device config maps

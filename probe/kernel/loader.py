@@ -1,7 +1,7 @@
 """Load the classifier and talk to its maps through libbpf.
 
 This is the only module that imports bcc. The numpy dtypes below mirror the C
-structs in ``flows.bpf.c`` field for field.
+structs in ``flows_structs.h`` field for field.
 """
 from __future__ import annotations
 
@@ -341,7 +341,8 @@ def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | N
             "cannot import bcc; install python3-bpfcc and use a venv made with "
             "--system-site-packages (make install does both)"
         ) from exc
-    cflags = [f"-DFLOW_CAPACITY={capacity}", "-Wno-unused-function"]
+    # BCC compiles the file as /virtual/main.c: its headers (flows_*.h) are found by -I
+    cflags = [f"-DFLOW_CAPACITY={capacity}", "-Wno-unused-function", f"-I{BPF_SOURCE.parent}"]
     if overflow_capacity is not None:
         cflags.append(f"-DOVERFLOW_CAPACITY={overflow_capacity}")
     if pin_dir is not None:
