@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import typer
 
 from connstats.probe.contract import ConfigError, connect, redacted
-from connstats.probe.private import private_dir
-from connstats.probe.telemetry import parse_metrics_address
+from connstats.probe.runtime.private import private_dir
+from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.alerts import firing_alerts, load_rules
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from connstats.probe.contract import ConfigError, MessageError, NatsOptions, loads_toml
-from connstats.probe.nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
 from connstats.sink.stores import parse_store  # noqa: F401 (where the CLI's modules find it)
+
+from .nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
 
 DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -56,7 +57,7 @@ def _float(value: Any) -> float:
 
 
 def _retention_seconds(value: Any) -> float:
-    from connstats.sink.history import parse_duration
+    from connstats.probe.runtime.durations import parse_duration
 
     return parse_duration(str(value)) / 1e9
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from connstats.probe.control import ControlClient
+from connstats.probe.contract import ControlClient
 
 from .config import Config
 from .live import connection_columns, connection_row

@@ -87,7 +87,7 @@ def check_headers(state: dict) -> str:
 
 
 def check_bpf_load(state: dict) -> str:
-    from connstats.probe.kernel import load_classifier
+    from connstats.probe.kernel.loader import load_classifier
     try:
         state["program"] = load_classifier(capacity=16)
     except ConnstatsError as exc:
@@ -97,7 +97,7 @@ def check_bpf_load(state: dict) -> str:
 
 def check_tc_attach(state: dict) -> str:
     from pyroute2 import IPRoute
-    from connstats.probe.tc import TcAttacher
+    from connstats.probe.kernel.tc import TcAttacher
     program = state["program"]
     with IPRoute() as ipr:
         _delete_link(ipr, DOCTOR_VETH[0])
@@ -176,7 +176,7 @@ def check_store(state: dict) -> str:
 
 
 def check_pinned_state(state: dict) -> str:
-    from connstats.probe.leftovers import leftovers
+    from connstats.probe.kernel.leftovers import leftovers
 
     found = leftovers()
     orphans = [f for f in found if not f.owner]

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from connstats.probe.contract import proto_number
-from connstats.sink.history import GROUPS, HistoryQuery, influx_history, parse_duration, parse_time, sqlite_history
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import GROUPS, HistoryQuery, influx_history, parse_time, sqlite_history
 
 from .config import Config, parse_store
 from .live import endpoint

@@ -14,7 +14,7 @@ import importlib
 import typer
 from typer.core import TyperGroup
 
-from connstats.probe.errors import ConnstatsError
+from connstats.probe.contract.errors import ConnstatsError
 
 # every command, in the order `connstats --help` lists them, and the module that defines it
 COMMANDS = {

@@ -23,20 +23,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from connstats.probe.compose import ProbeConfig, build_probe
+from connstats.probe.compose import ProbeConfig, ProbeDaemon, build_probe
 from connstats.probe.contract import ConfigError, NatsOptions
-from connstats.probe.daemon import ProbeDaemon
-from connstats.probe.embedded_nats import EmbeddedNats
-from connstats.probe.lifecycle import stop_on_signals
-from connstats.probe.nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
-from connstats.probe.private import write_private
-from connstats.probe.telemetry import MetricsServer, Telemetry
+from connstats.probe.runtime.lifecycle import stop_on_signals
+from connstats.probe.runtime.private import write_private
+from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.service import AlertService
 from connstats.sink.compose import Sink, SinkConfig, build_sink
 from connstats.sink.web.server import UiConfig, WebUi, build_ui
 
 from .config import NATS_URL_FILE
+from .embedded_nats import EmbeddedNats
+from .nats_auth import CREDENTIALS_FILE, NatsUsers, write_credentials
 
 log = logging.getLogger("connstats.cli")
 

@@ -17,8 +17,7 @@ from typing import Annotated
 
 import typer
 
-from connstats.probe.contract import ConfigError
-from connstats.probe.policy.model import parse_policy
+from connstats.probe.contract import ConfigError, parse_policy
 
 from . import policy_learn
 from .control import Timeout, request

@@ -9,16 +9,15 @@ import typer
 
 from dataclasses import dataclass
 
-from connstats.probe.compose import HttpConfig, ProbeConfig, WatchConfig, build_probe
-from connstats.probe.containers import DEFAULT_DOCKER_SOCKET
+from connstats.probe.compose import (
+    DEFAULT_CAPACITY, DEFAULT_DOCKER_SOCKET, HttpConfig, ProbeConfig, ProbeDaemon, WatchConfig, build_probe,
+    check_interfaces, default_interfaces,
+)
 from connstats.probe.contract import ConfigError, StreamSettings, redacted
-from connstats.probe.daemon import ProbeDaemon
-from connstats.probe.devices import check_interfaces, default_interfaces
-from connstats.probe.kernel import DEFAULT_CAPACITY
-from connstats.probe.private import prepare_state_dir
-from connstats.probe.telemetry import parse_metrics_address
+from connstats.probe.runtime.durations import parse_duration
+from connstats.probe.runtime.private import prepare_state_dir
+from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
-from connstats.sink.history import parse_duration
 
 from . import pipeline
 from .alert import alert_config
@@ -96,7 +95,7 @@ def http_group(config: Config, flag: str | None) -> str | None:
     """The group whose members may call the HTTP API and the web page; checked here."""
     group = config.get("http_group", flag)
     if group:
-        from connstats.probe.callers import group_id
+        from connstats.probe.runtime.callers import group_id
 
         group_id(group)  # no such group: a ConfigError before anything starts
     return group or None

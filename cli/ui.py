@@ -12,16 +12,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from connstats.probe.lifecycle import stop_on_signals
-from connstats.probe.private import prepare_state_dir
+from connstats.probe.runtime.lifecycle import stop_on_signals
+from connstats.probe.runtime.private import prepare_state_dir
 from connstats.sink.web.server import DEFAULT_UI, UiConfig, WebUi, build_ui
 
 from .config import Config
-from .policy_learn import own_addresses
 from .options import (
     ConfigFile, HttpGroup, InfluxBucket, InfluxOrg, InfluxUrl, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey,
     load_config,
 )
+from .policy_learn import own_addresses
 from .run_commands import http_group, setup_logging
 
 app = typer.Typer()

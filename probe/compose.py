@@ -16,7 +16,9 @@
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
 
-The host name lives in ``ProbeConfig.host`` only; the parts get it from here.
+The host name lives in ``ProbeConfig.host`` only; the parts get it from here. The CLI
+reaches the probe's insides only through this module (``__all__``): the root, and the
+defaults and device checks that fill a ``ProbeConfig``.
 """
 from __future__ import annotations
 
@@ -24,27 +26,34 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .containers import ContainerIndex
-from .control import control_service
+from .api.control import control_service
+from .api.metrics import ProbeMetrics
+from .contract.errors import ConfigError
+from .contract.messaging import NatsOptions, StreamSettings
 from .daemon import DaemonSettings, ProbeDaemon
-from .docker_watch import docker_watcher
-from .errors import ConfigError
-from .guard import filter_guard
+from .kernel.devices import check_interfaces, default_interfaces
+from .kernel.kernel_probe import ProbeSettings
+from .kernel.loader import DEFAULT_CAPACITY
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
-from .kernel import DEFAULT_CAPACITY
-from .messaging import NatsOptions, StreamSettings
-from .metrics import ProbeMetrics
-from .ports import ProbePort, ServiceFactory
-from .publisher import PublisherSettings
-from .kernel_probe import ProbeSettings
-from .telemetry import MetricsServer, Telemetry
-from .watch import link_watcher
+from .publish.publisher import PublisherSettings
+from .runtime.telemetry import MetricsServer, Telemetry
+from .seams import ProbePort, ServiceFactory
+from .watch.containers import DEFAULT_DOCKER_SOCKET, ContainerIndex
+from .watch.docker_watch import docker_watcher
+from .watch.guard import filter_guard
+from .watch.watcher import link_watcher
+
+__all__ = [
+    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "HttpConfig", "ProbeConfig", "ProbeDaemon",
+    "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_services", "metrics_services",
+    "watcher_services",
+]
 
 log = logging.getLogger("connstats.probe")
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9102"
-HTTP_API_MODULE = "connstats.probe.http_api"
+HTTP_API_MODULE = "connstats.probe.api.http"
 
 
 @dataclass
@@ -120,7 +129,7 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
     if not http.address:
         return []
     try:
-        from .http_api import http_service, tracked_totals
+        from .api.http import http_service, tracked_totals
     except ImportError as exc:
         if exc.name != HTTP_API_MODULE:
             raise
@@ -128,7 +137,7 @@ def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | Non
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
         return []
-    from .callers import TOKEN_FILE, Callers, TokenFile
+    from .runtime.callers import TOKEN_FILE, Callers, TokenFile
 
     callers = Callers(TokenFile(state_dir / TOKEN_FILE) if state_dir is not None else None, http.group)
     return [http_service(http.address, tracked_totals(probe), telemetry, callers)]  # a bad address fails here

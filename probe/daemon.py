@@ -7,7 +7,7 @@
 
 ``build_probe`` (compose.py) decides which parts and services a probe has; this module
 runs them. Services (control plane, HTTP API, watchers, guard) are small objects with
-``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (ports.py).
+``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (seams.py).
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .devices import AttachedDevice, FilterLoss
-from .events import Event, HandoverLost, device_event
-from .ports import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
-from .publisher import FlowPublisher, PublisherSettings
-from .record import Envelope, FlowRecord
-from .kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
-from .messaging import NatsOptions
+from .contract.events import Event, HandoverLost, device_event
+from .contract.messaging import NatsOptions
+from .contract.record import Envelope, FlowRecord
+from .kernel.devices import AttachedDevice, FilterLoss
+from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
+from .publish.publisher import FlowPublisher, PublisherSettings
+from .seams import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 
 log = logging.getLogger("connstats.probe")
 

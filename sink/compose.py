@@ -22,13 +22,13 @@ import nats.js.errors
 from connstats.probe.contract import (
     STREAM_NAME, ConnstatsError, NatsOptions, StreamSettings, connect, flows_subject,
 )
-from connstats.probe.telemetry import Telemetry
+from connstats.probe.runtime.telemetry import Telemetry
 
 from .consumer import ConsumerSettings, ConsumerStats
-from .run import check_store, run_sink
 from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
 from .metrics import SinkMetrics
+from .run import check_store, run_sink
 from .store import Store
 from .stores import make_store, parse_store  # noqa: F401 (re-exported)
 

@@ -35,12 +35,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
-from connstats.probe.backoff import Backoff
 from connstats.probe.contract import (
     FLOWS_WILDCARD, PREFIX, STREAM_NAME, FlowBatch, MessageError, StoreError, StoreFull, StoreUnavailable,
     StreamSettings,
     TransportError, decode_message, ensure_stream, flow_stream_config, host_from_token,
 )
+from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.jetstream import (
     DEADLETTER_SUBJECT, DEFAULT_DURABLE, deadletter_stream_config, sink_consumer_config,
 )

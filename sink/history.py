@@ -32,17 +32,16 @@ counter separately (its own SUM stops at 2**63) and Python joins them.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
 from connstats.probe.contract import DIRECTIONS, TIME_MAX, VERDICTS, ConfigError, StoreError, proto_name, proto_number
+from connstats.probe.runtime.durations import MAX_DURATION, is_duration, parse_duration
 from connstats.sink.store import known_ports, server_side, service_port
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -64,7 +63,6 @@ OVERFLOW_MEASUREMENT = "connstats_overflow"
 OVERFLOW = "(overflow)"  # proto and addresses of an overflow row
 MAX_TOP = 1_000_000
 _NS = 1_000_000_000
-MAX_DURATION = 200 * 365 * 86400 * _NS  # also keeps every time and width below 2**63 ns
 
 
 @dataclass(frozen=True)
@@ -128,36 +126,12 @@ def _check_time(option: str, ns: int) -> None:
 
 # -- times ---------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d|w)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": _NS, "m": 60 * _NS, "h": 3600 * _NS,
-            "d": 86400 * _NS, "w": 7 * 86400 * _NS}
-
-
-def parse_duration(text: str) -> int:
-    """``15m``, ``1h30m``, ``0.5s`` -> nanoseconds (exact; at most 200 years)."""
-    text = text.strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ConfigError(f"{text!r} is not a duration; use e.g. 30s, 15m, 2h, 1d")
-    if sum(len(n) for n, _ in parts) > 40:
-        raise ConfigError(f"{text[:40]!r}... is longer than 200 years; use a shorter duration")
-    ns = int(sum(Fraction(n) * _UNIT_NS[u] for n, u in parts))
-    if ns > MAX_DURATION:
-        raise ConfigError(f"{text!r} is longer than 200 years; use a shorter duration")
-    return ns
-
-
-def _is_duration(text: str) -> bool:
-    parts = _DURATION.findall(text.strip())
-    return bool(parts) and "".join(n + u for n, u in parts) == text.strip()
-
-
 def parse_time(text: str, now_ns: int | None = None) -> int:
     """A duration ago (``15m``) or an RFC 3339 time (``2026-11-22T01:00:00Z``) -> ns."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     if text.strip() == "now":
         return now_ns
-    if _is_duration(text):
+    if is_duration(text):
         return now_ns - parse_duration(text)
     try:
         moment = dt.datetime.fromisoformat(text.strip())

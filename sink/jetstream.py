@@ -1,6 +1,6 @@
 """What only the sink uses on JetStream: its durable pull consumer and the dead-letter
 stream. The subjects, the flow stream and the connection are shared, in
-``connstats.probe.messaging`` (through ``connstats.probe.contract``).
+``connstats.probe.contract.messaging`` (through ``connstats.probe.contract``).
 
 Dead letters go to their own stream ``CONNSTATS_DEADLETTER`` so that they keep their own,
 longer retention, never count against the flow stream's byte limit, and are never handed

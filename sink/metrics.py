@@ -23,7 +23,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.telemetry import Telemetry, refreshing
+from connstats.probe.runtime.telemetry import Telemetry, refreshing
 
 from .consumer import DEAD_LETTER_CLASSES, FlowConsumer
 from .store import Store

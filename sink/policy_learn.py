@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
-from connstats.probe.record import PROTO_NAMES, PROTO_NUMBERS
+from connstats.probe.contract.record import PROTO_NAMES, PROTO_NUMBERS
 from connstats.sink.history import HistoryQuery
 
 BUILT_IN = ("host", "world")

@@ -16,7 +16,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from connstats.probe.contract import NatsOptions, StoreError, StreamSettings, TransportError, connect
-from connstats.probe.lifecycle import stop_on_signals
+from connstats.probe.runtime.lifecycle import stop_on_signals
 from connstats.sink.consumer import ConsumerSettings, ConsumerStats, FlowConsumer
 from connstats.sink.store import Store
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
-from connstats.probe.record import bulk_allocation  # an allocator setting, not part of the contract
+from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.sink.store import overflow_totals
 
 SCHEMA_VERSION = 3  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change

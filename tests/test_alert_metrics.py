@@ -17,7 +17,7 @@ from connstats.cli.options import NatsFlags
 from connstats.probe.contract import (
     NatsOptions, StreamSettings, TransportError, connect, ensure_stream, flow_stream_config,
 )
-from connstats.probe.telemetry import MetricsServer, Telemetry
+from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
 from connstats.sink.alerts.rules import parse_rules

@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from connstats.probe.backoff import Backoff
+from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.alerts.intervals import Intervals
 from connstats.sink.alerts.notify import DeliveryFailed, NotificationQueue, alertmanager_alerts, alertmanager_url
 from connstats.sink.alerts.stats import AlertStats

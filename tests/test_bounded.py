@@ -1,5 +1,5 @@
 """Issue 18: JSON and TOML from outside are bounded in size and nesting before a decoder
-recurses (probe/bounded.py), and every loader says so in one line."""
+recurses (probe/contract/bounded.py), and every loader says so in one line."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ import json
 import pytest
 
 from connstats.cli.config import load_config
-from connstats.probe.bounded import check_json, document_depth, json_depth, loads_toml, toml_depth
 from connstats.probe.contract import ConfigError, MessageError, decode_event
-from connstats.probe.errors import PolicyError
-from connstats.probe.policy.model import parse_policy
+from connstats.probe.contract.bounded import check_json, document_depth, json_depth, loads_toml, toml_depth
+from connstats.probe.contract.errors import PolicyError
+from connstats.probe.contract.policy_file import parse_policy
 from connstats.sink.alerts.rules import RuleError, load_rules
 from connstats.sink.policy_learn import check_policy
 

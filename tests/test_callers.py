@@ -1,4 +1,4 @@
-"""probe/callers.py on real sockets and real files: the owner of a loopback peer's socket
+"""probe/runtime/callers.py on real sockets and real files: the owner of a loopback peer's socket
 as the kernel knows it (sock_diag), and the token file shared by the HTTP listeners."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from connstats.probe.callers import TOKEN_FILE, TokenFile, group_id, socket_owner
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.runtime.callers import TOKEN_FILE, TokenFile, group_id, socket_owner
 from tests.fixtures.netns import require_root
 
 HOLD = "import socket, sys, time; c = socket.socket({family}); c.connect(({addr!r}, {port})); sys.stdin.read()"

@@ -16,11 +16,11 @@ from connstats.cli.main import app
 from connstats.cli.options import OutputFormat
 from connstats.cli.render import Column, render, rfc3339
 from connstats.cli.top import IntervalAssembler
-from connstats.probe.control import ControlService
-from connstats.probe.errors import ConfigError
-from connstats.probe.record import Envelope
-from connstats.probe.wire import FlowBatch
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.contract.record import Envelope
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.nats import free_port
 from tests.test_control import SINCE, FakeDaemon, auth_nats, record  # noqa: F401 (fixture)
@@ -336,7 +336,7 @@ def test_permission_violation_is_one_line_without_the_password(auth_nats):
 def test_influx_settings_come_from_flag_env_or_file(tmp_path):
     from connstats.cli.run_commands import InfluxFlags, sink_config
     from connstats.cli.options import NatsFlags
-    from connstats.probe.errors import StoreError
+    from connstats.probe.contract.errors import StoreError
     from connstats.sink.influx_store import InfluxConfig
 
     file = {"influxdb": {"url": "http://file:8086", "org": "file-org", "bucket": "file-b", "token": "file-tok"}}

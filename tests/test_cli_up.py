@@ -9,18 +9,18 @@ import nats
 
 import pytest
 
-from connstats.probe.wire import FlowBatch
 from connstats.cli.config import Config
+from connstats.cli.embedded_nats import EmbeddedNats, pick_port
+from connstats.cli.options import NatsFlags
 from connstats.cli.run_commands import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
-from connstats.probe.devices import check_interfaces, default_interfaces
-from connstats.probe.private import write_private
-from connstats.sink.compose import wait_until_stored
-from connstats.cli.options import NatsFlags
-from connstats.probe.errors import ConfigError, DeviceError
-from connstats.probe.embedded_nats import EmbeddedNats, pick_port
-from connstats.probe.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.contract import NatsOptions
+from connstats.probe.contract.errors import ConfigError, DeviceError
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.kernel.devices import check_interfaces, default_interfaces
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
+from connstats.probe.runtime.private import write_private
+from connstats.sink.compose import wait_until_stored
 from connstats.sink.consumer import ConsumerSettings
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records
@@ -65,7 +65,7 @@ async def test_a_port_taken_between_the_look_and_the_bind_is_left_to_its_owner(t
     first = EmbeddedNats(tmp_path / "first", preferred_port=free_port())
     first.start()
     try:
-        monkeypatch.setattr("connstats.probe.embedded_nats.port_is_free", lambda port: True)  # looked too early
+        monkeypatch.setattr("connstats.cli.embedded_nats.port_is_free", lambda port: True)  # looked too early
         second = EmbeddedNats(tmp_path / "second", preferred_port=first.port)
         url = second.start()
         try:
@@ -162,7 +162,7 @@ def test_the_http_api_only_when_an_address_is_set(tmp_path):
 
 def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp_path):
     from connstats.probe.compose import WatchConfig, build_probe
-    from connstats.probe.containers import ContainerIndex
+    from connstats.probe.watch.containers import ContainerIndex
 
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path,
                          http=HttpConfig("127.0.0.1:0"),
@@ -188,7 +188,7 @@ def test_the_daemon_offers_every_method_of_the_service_port():
     import inspect
 
     from connstats.probe.daemon import ProbeDaemon
-    from connstats.probe.ports import ProbePort
+    from connstats.probe.seams import ProbePort
 
     wanted = {name for name in vars(ProbePort) if not name.startswith("_")}
     assert wanted == {"interval", "attach", "detach", "check_filters", "devices", "label", "publish_event",

@@ -17,11 +17,11 @@ import nats
 import msgspec
 import pytest
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.errors import StoreError, StoreUnavailable, TransportError
-from connstats.probe.publisher import FlowPublisher
-from connstats.probe.wire import encode_message, encode_message_v1
 from connstats.probe.contract import NatsOptions, flows_subject
+from connstats.probe.contract.errors import StoreError, StoreUnavailable, TransportError
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.contract.wire import encode_message, encode_message_v1
+from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records

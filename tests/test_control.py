@@ -8,12 +8,13 @@ import nats
 import msgspec
 import pytest
 
-from connstats.probe.control import ControlClient, ControlService
-from connstats.probe.devices import AttachedDevice, LinkInfo
-from connstats.probe.errors import DeviceError, TransportError
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FlowBatch
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions, control_subject
+from connstats.probe.contract.control import ControlClient
+from connstats.probe.contract.errors import DeviceError, TransportError
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from tests.fixtures.nats import free_port
 
 SINCE = 1_790_000_000_000_000_000

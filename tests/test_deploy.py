@@ -61,18 +61,18 @@ def probe_capabilities() -> set[str]:
 
 def probe_host_paths() -> set[str]:
     """Host paths the probe uses, from the code: bpffs, its lock directories, the kernel headers."""
-    from connstats.probe import ownership, pins
+    from connstats.probe.kernel import ownership, pins
     return {str(pins.BPFFS), str(pins.LOCK_DIR.parent), str(Path(ownership.DEFAULT_LOCK_DIR).parent),
             "/lib/modules", "/usr/src"}
 
 
 def http_port() -> int:
-    from connstats.probe.http_api import DEFAULT_HTTP_ADDRESS
+    from connstats.probe.api.http import DEFAULT_HTTP_ADDRESS
     return int(DEFAULT_HTTP_ADDRESS.rpartition(":")[2])
 
 
 def probe_metrics_port() -> int:
-    from connstats.probe.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
+    from connstats.probe.runtime.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
     assert PROBE_METRICS_PORT not in (DEFAULT_METRICS_PORT, http_port())  # probe and sink share a host
     return PROBE_METRICS_PORT
 

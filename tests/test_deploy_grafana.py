@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connstats.probe.flow_batch import FlowBatch
-from connstats.probe.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.flow_batch import FlowBatch
+from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
 from connstats.sink import influx_store
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from tests.fixtures import flux
@@ -162,7 +162,7 @@ RECORDS = [
     FlowRecord(T0, T0 + 10 * SECOND, 4, "eth0", "ingress", 6, 6, "fd00::2", "fd00::1", 22, 60000, 5, 900,
                T0 + 1, T0 + 3, 0x12),
 ]
-# With the policy issue's `verdict` field (probe/record.py), two connections get a verdict.
+# With the policy issue's `verdict` field (probe/contract/record.py), two connections get a verdict.
 HAS_VERDICT = "verdict" in {f.name for f in dataclasses.fields(FlowRecord)}
 VERDICTS = {0: "allow", 2: "deny"} if HAS_VERDICT else {}
 RECORDS = [dataclasses.replace(r, verdict=VERDICTS[i]) if i in VERDICTS else r for i, r in enumerate(RECORDS)]
@@ -422,8 +422,8 @@ def exported_metrics() -> dict[str, set[str]]:
     registries built in-process by their own collectors, after one interval and one lag read."""
     from prometheus_client.parser import text_string_to_metric_families
     from connstats.probe.contract import NatsOptions, OverflowCount as Overflow
-    from connstats.probe.metrics import ProbeMetrics
-    from connstats.probe.telemetry import Telemetry
+    from connstats.probe.api.metrics import ProbeMetrics
+    from connstats.probe.runtime.telemetry import Telemetry
     from connstats.sink.compose import SinkConfig, build_sink
     from tests.test_metrics import FakeProbe, interval, poll, record
 

@@ -6,7 +6,7 @@ listen on 4222/6222 as in compose; ``ip netns exec`` gives each namespace an /et
 store directory differs: ``NATS_STORE_DIR`` is a directory of the test's. A client in the first
 namespace logs in as the compose users, creates the flow stream with 3 replicas the way
 connstats does, and publishes through it; the probe's user may not publish another host's
-flows. The roles' permissions are those of deploy/nats-server.conf and probe/nats_auth.py.
+flows. The roles' permissions are those of deploy/nats-server.conf and cli/nats_auth.py.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from connstats.cli.nats_auth import probe_publish, probe_subscribe
 from connstats.probe.contract import host_token
-from connstats.probe.nats_auth import probe_publish, probe_subscribe
 from tests.fixtures.netns import _new_network, require_root
 from tests.fixtures.secure_nats import deployed_permissions, embedded_permissions
 
@@ -39,7 +39,7 @@ needs_nats_server = pytest.mark.skipif(not Path(NATS_SERVER).exists(), reason="n
 
 def probe_user_env(host: str) -> dict[str, str]:
     """What compose.yaml gives the NATS nodes for its probe (CONNSTATS_HOST=host): the user
-    and the subjects of probe/nats_auth.py's probe role."""
+    and the subjects of cli/nats_auth.py's probe role."""
     token = host_token(host)
     flows, events, policy, *_ = probe_publish(token)
     control, _ = probe_subscribe(token)
@@ -54,7 +54,7 @@ def node_env(name: str, store: Path) -> dict[str, str]:
 
 def test_cluster_conf_grants_each_role_what_nats_server_conf_grants():
     """deploy/nats/cluster.conf cannot drift from deploy/nats-server.conf: both are checked
-    against probe/nats_auth.py (tests/test_nats_auth.py checks nats-server.conf)."""
+    against cli/nats_auth.py (tests/test_nats_auth.py checks nats-server.conf)."""
     text = CONF.read_text()
     for variable, value in probe_user_env(HOST).items():
         assert f"${variable}" in text

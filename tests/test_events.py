@@ -8,8 +8,8 @@ import pytest
 from connstats.probe.contract import (
     Attached, Failed, Gone, HandoverLost, OutboxOverflow, decode_event, event_body,
 )
-from connstats.probe.devices import AttachedDevice, LinkInfo
-from connstats.probe.events import device_event
+from connstats.probe.contract.events import device_event
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 
 VETH = AttachedDevice(LinkInfo(12, "veth1a", "veth", True), "auto", True, 1)
 

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.errors import ConfigError, StoreError
-from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.contract.errors import ConfigError, StoreError
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.history import (
     HistoryQuery, aggregate, build_flux, build_sql, influx_history, parse_duration, parse_time,
     sqlite_history,
@@ -358,7 +358,7 @@ async def test_the_service_port_is_one_rule_for_history_and_influx(tmp_path, src
 def test_the_history_columns_are_fields_of_a_record_by_name():
     """Declared once: every column history reads (SQL keys, Flux columns, values) is a field of
     FlowRecord, the SQLite table's columns and the points' tags and fields."""
-    from connstats.probe.wire import RECORD_FIELDS
+    from connstats.probe.contract.wire import RECORD_FIELDS
     from connstats.sink import history, influx_store
     from connstats.sink.sqlite_store import _COLUMNS
 

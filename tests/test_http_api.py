@@ -14,16 +14,16 @@ import time
 import aiohttp
 import pytest
 
-from connstats.probe.daemon import DaemonSettings, ProbeDaemon
-from connstats.probe.devices import AttachedDevice, LinkInfo
-from connstats.probe.errors import ConfigError
-from connstats.probe.http_api import (
+from connstats.probe.api.http import (
     DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
 )
-from connstats.probe.publisher import PublisherSettings
-from connstats.probe.kernel_probe import ProbeSettings
+from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals
 from connstats.probe.contract import NatsOptions
-from connstats.probe.totals import ConnectionTotal, ConnectionTotals
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.daemon import DaemonSettings, ProbeDaemon
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
+from connstats.probe.kernel.kernel_probe import ProbeSettings
+from connstats.probe.publish.publisher import PublisherSettings
 from tests.fixtures.netns import require_root
 
 UDP_V4_OVERHEAD = 14 + 20 + 8
@@ -394,8 +394,8 @@ async def test_control_characters_in_interface_names_are_refused(fake_api):
 
 
 async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
-    from connstats.probe.record import Envelope, FlowRecord, OverflowCount
-    from connstats.probe.wire import FlowBatch
+    from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+    from connstats.probe.contract.wire import FlowBatch
 
     second = 1_000_000_000
     start = 1_790_000_000 * second
@@ -445,8 +445,8 @@ class CountingTotals(ConnectionTotals):
 
 
 def many_connections(count: int) -> tuple[AttachedDevice, CountingTotals]:
-    from connstats.probe.record import Envelope, FlowRecord
-    from connstats.probe.wire import FlowBatch
+    from connstats.probe.contract.record import Envelope, FlowRecord
+    from connstats.probe.contract.wire import FlowBatch
 
     second = 1_000_000_000
     start = 1_790_000_000 * second

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.record import Envelope, FlowRecord
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 
 pytestmark = pytest.mark.skipif(

@@ -10,9 +10,9 @@ import threading
 import pytest
 from influxdb_client import Point, WritePrecision
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.errors import MessageError, StoreError, StoreFull, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.errors import MessageError, StoreError, StoreFull, StoreUnavailable
+from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import (
     InfluxConfig, InfluxStore, encode_lines, encode_overflow_lines, escape_string, escape_tag, service_port,
 )
@@ -447,7 +447,7 @@ def test_invalid_url_is_a_store_error():
 def test_tags_and_fields_are_every_field_of_a_record_by_name():
     """Declared once: the tags and fields of a point are the record's fields (the interval is the
     timestamp), each with its own value: a swapped pair of ports or counters fails here."""
-    from connstats.probe.wire import RECORD_FIELDS
+    from connstats.probe.contract.wire import RECORD_FIELDS
     from connstats.sink import influx_store
 
     record = flow(ifindex=9, src_port=51234, dst_port=443, packets=12, bytes=3456, family=4, tcp_flags=5,

@@ -16,19 +16,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
 from connstats.cli.run_commands import ProbeFlags, probe_config, sink_config
+from connstats.probe.api.http import HttpApi
+from connstats.probe.api.metrics import ProbeMetrics, interval_sums
+from connstats.probe.api.totals import ConnectionTotals
 from connstats.probe.contract import (
     ConfigError, Envelope, FlowBatch, FlowRecord, NatsOptions, OverflowCount, StreamSettings, TransportError,
     ensure_stream, flow_stream_config, flows_subject,
 )
-from connstats.probe.http_api import HttpApi
-from connstats.probe.kernel_probe import PollReport
-from connstats.probe.flow_batch import JUDGED
-from connstats.probe.metrics import ProbeMetrics, interval_sums
-from connstats.probe.poller import MapRead
-from connstats.probe.ports import PolicyReport, ProbeStatus
-from connstats.probe.publisher import FlowPublisher, PublisherStats
-from connstats.probe.telemetry import MetricsServer, Telemetry, parse_metrics_address
-from connstats.probe.totals import ConnectionTotals
+from connstats.probe.contract.flow_batch import JUDGED
+from connstats.probe.kernel.kernel_probe import PollReport
+from connstats.probe.kernel.poller import MapRead
+from connstats.probe.publish.publisher import FlowPublisher, PublisherStats
+from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address
+from connstats.probe.seams import PolicyReport, ProbeStatus
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records

@@ -1,4 +1,4 @@
-"""The embedded nats-server's users (probe/nats_auth.py) on a real nats-server, and how every
+"""The embedded nats-server's users (cli/nats_auth.py) on a real nats-server, and how every
 command finds them: only whoever reads the state directory may log in.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ import nats
 import pytest
 
 from connstats.cli.config import Config
-from connstats.cli.options import NatsFlags
-from connstats.probe.embedded_nats import EmbeddedNats
-from connstats.probe.errors import ConfigError, TransportError
-from connstats.probe.nats_auth import (
+from connstats.cli.embedded_nats import EmbeddedNats
+from connstats.cli.nats_auth import (
     ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
     SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
 )
+from connstats.cli.options import NatsFlags
 from connstats.probe.contract import NatsOptions, StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
+from connstats.probe.contract.errors import ConfigError, TransportError
 from connstats.sink.consumer import dead_letter_headers
 from connstats.sink.deadletters import read_dead_letters, replay
 from connstats.sink.jetstream import deadletter_stream_config

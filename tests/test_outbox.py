@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from connstats.probe.errors import ConfigError
-from connstats.probe.outbox import Outbox
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.publish.outbox import Outbox
 
 
 def put(outbox: Outbox, n: int, size: int = 100, records: int = 10) -> None:

@@ -1,4 +1,4 @@
-"""Device ownership locks (probe/ownership.py) in a test directory: no BPF, no netlink."""
+"""Device ownership locks (probe/kernel/ownership.py) in a test directory: no BPF, no netlink."""
 import logging
 import os
 import signal
@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from connstats.probe.errors import ConfigError, DeviceError
-from connstats.probe.guard import FilterGuard
-from connstats.probe.ownership import DeviceLocks, DeviceOwned
+from connstats.probe.contract.errors import ConfigError, DeviceError
+from connstats.probe.kernel.ownership import DeviceLocks, DeviceOwned
+from connstats.probe.watch.guard import FilterGuard
 
 NETNS = 4026531840
 
@@ -51,7 +51,7 @@ def test_a_second_holder_is_refused_with_the_owners_pid_until_the_first_lets_go(
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from connstats.probe.ownership import DeviceLocks
+    from connstats.probe.kernel.ownership import DeviceLocks
     DeviceLocks(sys.argv[1], netns=int(sys.argv[2])).acquire(12, "veth12")
     print("held", flush=True)
     time.sleep(600)
@@ -100,7 +100,7 @@ def test_a_lock_released_while_another_waited_for_it_is_taken_anew(tmp_path, mon
     sees that the path is not that file any more and takes the new one."""
     first, second = locks(tmp_path), locks(tmp_path)
     first.acquire(12, "veth12")
-    import connstats.probe.ownership as ownership
+    import connstats.probe.kernel.ownership as ownership
 
     real_flock, calls = ownership.fcntl.flock, []
 
@@ -135,8 +135,8 @@ class FakeDaemon:
 
 
 async def test_the_guard_warns_once_per_device_it_released(caplog):
-    from connstats.probe.devices import AttachedDevice, FilterLoss, LinkInfo
-    from connstats.probe.tc import TcFilter
+    from connstats.probe.kernel.devices import AttachedDevice, FilterLoss, LinkInfo
+    from connstats.probe.kernel.tc import TcFilter
 
     device = AttachedDevice(LinkInfo(12, "veth12", "veth", True), "auto", True, 1)
     loss = FilterLoss(device, {"ingress": TcFilter("bpf", 0xC57, 812, "their_prog"), "egress": None})

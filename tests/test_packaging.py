@@ -16,7 +16,8 @@ def test_wheel_holds_only_the_connstats_namespace(tmp_path):
     assert top == {"connstats"}
     packages = {name.split("/")[1] for name in names if name.startswith("connstats/")}
     assert packages == {"probe", "sink", "cli"}
-    assert "connstats/probe/flows.bpf.c" in names
+    assert {"flows.bpf.c", "flows_structs.h", "flows_parse.h", "flows_policy.h", "flows_count.h"} <= {
+        n.removeprefix("connstats/probe/kernel/") for n in names}  # the classifier and its headers
     static = {n.removeprefix("connstats/sink/web/static/") for n in names if n.startswith("connstats/sink/web/static/")}
     assert static == {p.name for p in (ROOT / "sink" / "web" / "static").iterdir()}  # the web page's files
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

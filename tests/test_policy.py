@@ -8,13 +8,13 @@ import ipaddress
 import pytest
 
 from connstats.cli.live import interval_summary
-from connstats.probe.errors import PolicyError
+from connstats.probe.contract.errors import PolicyError
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch, decode_message, encode_message
 from connstats.probe.policy import Endpoint, parse_policy, resolve
 from connstats.probe.policy.resolve import HOST_BIT, WORLD_BIT
 from connstats.probe.policy.tables import port_entries, port_prefixes, unpack, word
 from connstats.probe.policy.violations import violations
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FlowBatch, decode_message, encode_message
 
 GOOD = '''\
 [groups]

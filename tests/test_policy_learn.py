@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from connstats.cli.main import app
-from connstats.probe.errors import ConfigError
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.history import influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from connstats.sink.policy_learn import (

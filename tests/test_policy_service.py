@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from connstats.probe.errors import ConfigError, NotApplied, PolicyError
+from connstats.probe.contract.errors import ConfigError, NotApplied, PolicyError
 from connstats.probe.policy.service import PolicyService
 
 POLICY = '[groups]\nweb = { ifaces = ["veth-web*"] }\n[[allow]]\nfrom = "web"\nto = "world"\nproto = "tcp"\nports = [443]\n'

@@ -8,17 +8,17 @@ import nats
 import msgspec
 import pytest
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.errors import ConfigError, TransportError
-from connstats.probe.publisher import (
-    FlowPublisher, PublisherSettings, encode_interval, payload_limit,
-)
-from connstats.probe.events import Attached
-from connstats.probe.record import OverflowCount
-from connstats.probe.wire import decode_message
 from connstats.probe.contract import (
     NatsOptions, control_subject, events_subject, flows_subject, host_from_token, host_token,
     host_of_subject, message_id,
+)
+from connstats.probe.contract.errors import ConfigError, TransportError
+from connstats.probe.contract.events import Attached
+from connstats.probe.contract.record import OverflowCount
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.contract.wire import decode_message
+from connstats.probe.publish.publisher import (
+    FlowPublisher, PublisherSettings, encode_interval, payload_limit,
 )
 from tests.fixtures.nats import read_stream, sample_envelope, sample_records
 from tests.fixtures.wait import until_async

@@ -5,12 +5,12 @@ import numpy as np
 import msgspec
 import pytest
 
-from connstats.probe.errors import MessageError
-from connstats.probe.kernel import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
-from connstats.probe.record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
-from connstats.probe.wire import (
+from connstats.probe.contract.errors import MessageError
+from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
+from connstats.probe.contract.wire import (
     FLOW_COLUMNS, RECORD_FIELDS, FlowBatch, decode_message, encode_message, encode_message_v1,
 )
+from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
 
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
@@ -176,7 +176,7 @@ def test_a_batch_from_arrays_decodes_both_families_and_wall_clock():
 
 # -- the bounds of every number and text (just inside passes, just outside fails) ------------
 
-from connstats.probe.record import TIME_MAX, TIME_MIN  # noqa: E402
+from connstats.probe.contract.record import TIME_MAX, TIME_MIN  # noqa: E402
 
 TOP = 2**63 - 1
 

@@ -13,16 +13,17 @@ import nats.errors
 import msgspec
 import pytest
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.control import ControlClient, ControlService
-from connstats.probe.devices import AttachedDevice, LinkInfo
-from connstats.probe.errors import TransportError
-from connstats.probe.events import Attached
-from connstats.probe.publisher import FlowPublisher, PublisherSettings
-from connstats.probe.wire import decode_message
+from connstats.probe.api.control import ControlService
 from connstats.probe.contract import (
     STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
 )
+from connstats.probe.contract.control import ControlClient
+from connstats.probe.contract.errors import TransportError
+from connstats.probe.contract.events import Attached
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.contract.wire import decode_message
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
 from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records

@@ -17,17 +17,17 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from connstats.probe.wire import FlowBatch
 from connstats.cli.main import app
-from connstats.probe.errors import StoreError, StoreUnavailable
-from connstats.probe.publisher import FlowPublisher
-from connstats.probe.record import Envelope, FlowRecord, OverflowCount
-from connstats.probe.wire import encode_message
 from connstats.probe.contract import NatsOptions, flows_subject
+from connstats.probe.contract.errors import StoreError, StoreUnavailable
+from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.contract.wire import encode_message
+from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
-from connstats.sink.run import run_sink
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
+from connstats.sink.run import run_sink
 from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from connstats.probe.errors import StoreError, StoreFull, StoreUnavailable
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
+from connstats.probe.contract.errors import StoreError, StoreFull, StoreUnavailable
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
 from connstats.sink.sqlite_store import _COLUMNS, _MIGRATIONS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
 
 SECOND = 1_000_000_000

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from connstats.probe.private import prepare_state_dir, write_private
-from connstats.probe.errors import ConfigError
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.runtime.private import prepare_state_dir, write_private
 
 
 def mode(path) -> int:
@@ -49,7 +49,7 @@ def test_private_files_are_0600_also_when_they_existed_readable(tmp_path):
 
 
 def test_the_embedded_server_s_store_and_log_are_closed_even_if_they_were_open(tmp_path):
-    from connstats.probe.embedded_nats import EmbeddedNats
+    from connstats.cli.embedded_nats import EmbeddedNats
     from tests.fixtures.nats import free_port
 
     (tmp_path / "jetstream").mkdir(mode=0o755)

@@ -40,7 +40,7 @@ async def test_a_stream_read_that_times_out_is_asked_again_until_jetstream_answe
 
 
 async def test_jetstream_that_never_answers_is_one_transport_error(nats_server, monkeypatch):
-    monkeypatch.setattr("connstats.probe.messaging.STREAM_READ_PATIENCE", 2.0)  # 15 s in production
+    monkeypatch.setattr("connstats.probe.contract.messaging.STREAM_READ_PATIENCE", 2.0)  # 15 s in production
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream(timeout=0.5)

@@ -7,11 +7,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from connstats.probe.record import Envelope, FlowRecord
-from connstats.probe.wire import FlowBatch
-from connstats.probe.totals import (
+from connstats.probe.api.totals import (
     SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device,
 )
+from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.wire import FlowBatch
 
 SECOND = 1_000_000_000
 T0 = 2_000_000_000 * SECOND  # in the future, after any real clock reading of a test
@@ -211,7 +211,7 @@ def with_overflow(seq: int, *counts: tuple[int, str, int]) -> Envelope:
     """Interval ``seq`` reporting (ifindex, direction, packets) of overflow, 100 bytes a packet."""
     from dataclasses import replace
 
-    from connstats.probe.record import OverflowCount
+    from connstats.probe.contract.record import OverflowCount
 
     return replace(envelope(seq), overflow=tuple(
         OverflowCount(ifindex, f"veth{ifindex}" if ifindex else "", direction, packets, packets * 100)
@@ -293,7 +293,7 @@ def test_keys_that_share_a_hash_are_kept_apart(monkeypatch):
     expected = scenario()
     assert expected == [[(1, 1, 1), (2, 2, 4), (3, 3, 1), (5, 9, 4)],
                         [(6, 7, 1, 2), (7, 8, 40001, 1)], 2]
-    import connstats.probe.totals as module
+    import connstats.probe.api.totals as module
     monkeypatch.setattr(module, "key_hashes", lambda words, used: np.zeros(words.shape[1], dtype=np.uint64))
     assert scenario() == expected
 

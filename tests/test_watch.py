@@ -3,14 +3,14 @@ import asyncio
 
 import pytest
 
-from connstats.probe.backoff import Backoff
-from connstats.probe.containers import Netns
-from connstats.probe.devices import AttachedDevice, LinkInfo
-from connstats.probe.errors import ConfigError, DeviceError
-from connstats.probe.events import device_event, event_body
-from connstats.probe.link_monitor import DeviceKey, LinkState
-from connstats.probe.watch import LinkWatcher, link_watcher
-from connstats.probe.watch_settings import LinkPatterns, WatchSettings
+from connstats.probe.contract.errors import ConfigError, DeviceError
+from connstats.probe.contract.events import device_event, event_body
+from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
+from connstats.probe.runtime.backoff import Backoff
+from connstats.probe.watch.containers import Netns
+from connstats.probe.watch.link_monitor import DeviceKey, LinkState
+from connstats.probe.watch.settings import LinkPatterns, WatchSettings
+from connstats.probe.watch.watcher import LinkWatcher, link_watcher
 
 NETNS = 4026531833
 
@@ -245,7 +245,7 @@ async def test_a_deleted_device_attached_by_someone_else_is_released_too(watcher
 
 
 async def test_a_veth_docker_knows_gets_the_container_labels(watcher):
-    from connstats.probe.containers import Container
+    from connstats.probe.watch.containers import Container
 
     container = Container("c0ffee", "web-1", "nginx:1.25", 812)
     watcher._index = FakeIndex({5: (Netns(4026532000, 5, 812, ""), container)})

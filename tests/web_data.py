@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from connstats.probe.contract import Envelope, FlowBatch, encode_message
-from connstats.probe.wire import Device, FlowColumns
+from connstats.probe.contract.wire import Device, FlowColumns
 
 BOOT_ID = "00000000-0000-4000-8000-00000000web0"
 SECOND = 1_000_000_000

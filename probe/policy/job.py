@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import NotApplied
+from ..contract.errors import NotApplied
 
 
 class ApplyJob:

@@ -22,7 +22,7 @@ from functools import cached_property
 from fnmatch import fnmatchcase
 from typing import Iterable
 
-from .model import BUILTIN_GROUPS, Group, Policy
+from ..contract.policy_file import BUILTIN_GROUPS, Group, Policy
 
 HOST_BIT = 1 << BUILTIN_GROUPS.index("host")
 WORLD_BIT = 1 << BUILTIN_GROUPS.index("world")

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from ..containers import ContainerIndex
-from ..errors import ConfigError, NotApplied, PolicyError
-from ..private import write_private
-from ..ports import PolicyReport, ProbePort
+from ..contract.errors import ConfigError, NotApplied, PolicyError
+from ..contract.policy_file import Policy, parse_policy
+from ..runtime.private import write_private
+from ..seams import PolicyReport, ProbePort
+from ..watch.containers import ContainerIndex
 from .job import ApplyJob
-from .model import Policy, parse_policy
 from .resolve import Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
 from .violations import ViolationPublisher

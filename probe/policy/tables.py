@@ -19,10 +19,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import KernelError, NotApplied, PolicyError
-from ..kernel import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
+from ..contract.errors import KernelError, NotApplied, PolicyError
+from ..contract.policy_file import Rule
+from ..kernel.loader import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
 from .job import ApplyJob
-from .model import Rule
 from .resolve import WORLD_BIT, Resolved
 
 MODES = ("off", "monitor", "protect")
@@ -32,7 +32,7 @@ _GENERATIONS = 1 << 29
 _ICMP, _ICMPV6 = 1, 58
 BATCH = 4096  # entries per bpf_map_update_batch; the job may stop the install between two
 
-# The C structs of flows.bpf.c's policy maps (key sizes as BCC reports them: 8, 24, 8).
+# The C structs of the classifier's policy maps (flows_structs.h) (key sizes as BCC reports them: 8, 24, 8).
 DEVICE_KEY = np.dtype([("ifindex", "<u4"), ("set", "<u4")])
 ADDR_KEY = np.dtype({"names": ["prefixlen", "set", "family", "addr"], "formats": ["<u4", "u1", "u1", "S16"],
                      "offsets": [0, 4, 5, 6], "itemsize": 24})

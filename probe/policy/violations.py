@@ -22,8 +22,8 @@ import nats.errors
 import numpy as np
 from nats.aio.client import Client
 
-from ..messaging import NatsOptions, connect, policy_subject
-from ..record import proto_name
+from ..contract.messaging import NatsOptions, connect, policy_subject
+from ..contract.record import proto_name
 from .resolve import Resolved
 
 log = logging.getLogger("connstats.probe.policy")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from connstats.probe.private import write_private
+from connstats.probe.runtime.private import write_private
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connstats.probe.contract import NatsOptions, StreamSettings
-from connstats.probe.telemetry import Telemetry
+from connstats.probe.runtime.telemetry import Telemetry
 
 from .baseline import BASELINE_FILE, BaselineFile
 from .engine import AlertEngine

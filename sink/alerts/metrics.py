@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.telemetry import Telemetry, refreshing
+from connstats.probe.runtime.telemetry import Telemetry, refreshing
 from connstats.sink.metrics import consumer_gauge
 
 from .engine import AlertEngine

@@ -25,8 +25,8 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from connstats.probe.backoff import Backoff
 from connstats.probe.contract import ALERTS_WILDCARD, StreamSettings, alerts_subject, host_token, redacted
+from connstats.probe.runtime.backoff import Backoff
 
 from .stats import AlertStats
 

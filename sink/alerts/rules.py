@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
-from connstats.sink.history import parse_duration
+from connstats.probe.runtime.durations import parse_duration
 
 from .table import FIELDS, Where
 

@@ -27,11 +27,11 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from connstats.probe.backoff import Backoff
 from connstats.probe.contract import (
     FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, StreamSettings, TransportError, connect,
     decode_message, ensure_stream, host_of_subject,
 )
+from connstats.probe.runtime.backoff import Backoff
 
 from .engine import AlertEngine
 from .intervals import Intervals

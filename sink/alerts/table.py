@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from connstats.probe.contract import RECORD_FIELDS, FlowBatch, proto_name
-from connstats.probe.wire import DEVICE_FIELDS, FLOW_COLUMNS
+from connstats.probe.contract.wire import DEVICE_FIELDS, FLOW_COLUMNS
 
 from .groups import combine
 

@@ -1,6 +1,6 @@
 """Who may use the web page: the Host/Origin check against DNS rebinding and cross-site
-requests (the probe HTTP API's rules, probe/http_api.py), then the callers' rule of
-probe/callers.py: root, members of the ``--http-group``, or holders of the token.
+requests (the probe HTTP API's rules, probe/runtime/listener.py), then the callers' rule of
+probe/runtime/callers.py: root, members of the ``--http-group``, or holders of the token.
 
 The token is random, made at each start, printed in the start-up line and kept in
 ``<state>/ui-token`` (0600), where the probe's HTTP API finds it too. A browser presents it
@@ -15,8 +15,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from connstats.probe.callers import TOKEN_FILE, Callers, bearer  # noqa: F401 (TOKEN_FILE: for server.py)
-from connstats.probe.http_api import host_allowed, origin_allowed
+from connstats.probe.runtime.callers import TOKEN_FILE, Callers, bearer  # noqa: F401 (TOKEN_FILE: for server.py)
+from connstats.probe.runtime.listener import host_allowed, origin_allowed
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import time
 from typing import Any, Mapping
 
 from connstats.probe.contract import ConfigError, MessageError, proto_number
-from connstats.sink.history import OVERFLOW, HistoryQuery, parse_duration, parse_time
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import OVERFLOW, HistoryQuery, parse_time
 
 from .live import MAX_LIMIT, LiveFilter
 

@@ -26,13 +26,14 @@ from typing import Any, Callable
 import msgspec
 from aiohttp import web
 
-from connstats.probe.contract import ConfigError, ConnstatsError, NatsOptions, StoreError, TransportError, connect
-from connstats.probe.control import ControlClient
-from connstats.probe.listener import is_loopback, listen, parse_listen_address
+from connstats.probe.contract import (
+    ConfigError, ConnstatsError, ControlClient, NatsOptions, StoreError, TransportError, connect,
+)
+from connstats.probe.runtime.listener import is_loopback, listen, parse_listen_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store
 
-from connstats.probe.callers import Callers, TokenFile
+from connstats.probe.runtime.callers import Callers, TokenFile
 
 from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed, LivePage

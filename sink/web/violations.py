@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from connstats.probe.contract import MessageError, check_json
-from connstats.probe.messaging import POLICY_WILDCARD
+from connstats.probe.contract.messaging import POLICY_WILDCARD
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from connstats.probe.contract import Envelope, OverflowCount, decode_message  # noqa: E402
-from connstats.probe.flow_batch import FlowBatch  # noqa: E402
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
-from connstats.probe.publisher import encode_interval, payload_limit  # noqa: E402
+from connstats.probe.contract.flow_batch import FlowBatch  # noqa: E402
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
+from connstats.probe.publish.publisher import encode_interval, payload_limit  # noqa: E402
 from connstats.sink.alerts import AlertEngine  # noqa: E402
 from connstats.sink.alerts.rules import parse_rules  # noqa: E402
 

@@ -12,7 +12,7 @@ import sys
 
 from bcc import BPF
 
-from connstats.probe.kernel import load_classifier, test_run
+from connstats.probe.kernel.loader import load_classifier, test_run
 
 REPEAT = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
 ROUNDS = 7

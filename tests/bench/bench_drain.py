@@ -13,11 +13,11 @@ import statistics
 import time
 
 
-from connstats.probe.kernel import FLOW4_KEY, FLOW_COUNTERS, _batch, libbpf, load_classifier, read_map
-from connstats.probe.poller import MapPoller
-from connstats.probe.publisher import encode_interval, payload_limit
-from connstats.probe.record import Envelope
-from connstats.probe.wire import FlowBatch
+from connstats.probe.contract.record import Envelope
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, _batch, libbpf, load_classifier, read_map
+from connstats.probe.kernel.poller import MapPoller
+from connstats.probe.publish.publisher import encode_interval, payload_limit
 
 CAPACITY = 131_072
 ROUNDS = 5
@@ -26,7 +26,7 @@ ENVELOPE = Envelope("bench", "b00t", 1, WALL, WALL + 10 * 10**9)
 
 
 def _decoded(chunks):
-    from connstats.probe.wire import decode_message
+    from connstats.probe.contract.wire import decode_message
     return [decode_message(payload) for _, payload in chunks]
 
 

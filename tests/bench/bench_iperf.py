@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 
-from connstats.probe.containers import ContainerIndex
-from connstats.probe.devices import DeviceRegistry
+from connstats.probe.kernel.devices import DeviceRegistry
+from connstats.probe.kernel.loader import load_classifier
+from connstats.probe.kernel.poller import MapPoller
 from connstats.probe.policy import parse_policy, resolve
 from connstats.probe.policy.resolve import endpoints_of
 from connstats.probe.policy.tables import PolicyTables
-from connstats.probe.kernel import load_classifier
-from connstats.probe.poller import MapPoller
+from connstats.probe.watch.containers import ContainerIndex
 from tests.fixtures.netns import _new_network
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from influxdb_client import Point, WritePrecision
 
-from connstats.probe.wire import FlowBatch
-from connstats.probe.record import Envelope, FlowRecord, proto_name
+from connstats.probe.contract.record import Envelope, FlowRecord, proto_name
+from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import chunked, encode_lines, service_port
 from connstats.sink.sqlite_store import SqliteStore
 

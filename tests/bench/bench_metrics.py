@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY
-from connstats.probe.metrics import ProbeMetrics
-from connstats.probe.ports import ProbeStatus
-from connstats.probe.publisher import encode_interval, payload_limit
-from connstats.probe.record import Envelope
-from connstats.probe.telemetry import Telemetry
-from connstats.probe.wire import FlowBatch
+from connstats.probe.api.metrics import ProbeMetrics
+from connstats.probe.contract.record import Envelope
+from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY
+from connstats.probe.publish.publisher import encode_interval, payload_limit
+from connstats.probe.runtime.telemetry import Telemetry
+from connstats.probe.seams import ProbeStatus
 
 RECORDS, DEVICES, ROUNDS = 131_072, 16, 7
 WALL = 1_790_000_000 * 10**9

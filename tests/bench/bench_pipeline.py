@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from connstats.probe.publisher import FlowPublisher, PublisherSettings, encode_interval, payload_limit  # noqa: E402
 from connstats.probe.contract import NatsOptions  # noqa: E402
-from connstats.probe.wire import FlowBatch  # noqa: E402
+from connstats.probe.contract.wire import FlowBatch  # noqa: E402
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings, encode_interval, payload_limit  # noqa: E402
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer  # noqa: E402
 from tests.fixtures.nats import MemoryStore, NatsServerProcess, sample_envelope, sample_records  # noqa: E402
 

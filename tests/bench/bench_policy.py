@@ -14,7 +14,7 @@ import statistics
 import struct
 import sys
 
-from connstats.probe.kernel import load_classifier, test_run
+from connstats.probe.kernel.loader import load_classifier, test_run
 from connstats.probe.policy import parse_policy
 from connstats.probe.policy.resolve import Resolved
 from connstats.probe.policy.tables import PolicyTables

@@ -24,7 +24,11 @@ def policy_text(prefixes: int) -> str:
 
 def modules(package: str):
     load = lambda name: importlib.import_module(f"{package}.{name}")  # noqa: E731
-    return load("probe.kernel"), load("probe.policy.model"), load("probe.policy.resolve"), load("probe.policy.tables")
+    if hasattr(load("probe.kernel"), "__path__"):  # the probe in rooms (issue 19)
+        kernel, model = load("probe.kernel.loader"), load("probe.contract.policy_file")
+    else:  # a tree from before
+        kernel, model = load("probe.kernel"), load("probe.policy.model")
+    return kernel, model, load("probe.policy.resolve"), load("probe.policy.tables")
 
 
 async def compile_once(package: str, program, text: str) -> dict[str, float]:

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from connstats.probe.publisher import encode_interval, payload_limit  # noqa: E402
-from connstats.probe.kernel_probe import KernelProbe, ProbeSettings  # noqa: E402
-from connstats.probe.wire import encode_message_v1  # noqa: E402
+from connstats.probe.contract.wire import encode_message_v1  # noqa: E402
+from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings  # noqa: E402
+from connstats.probe.publish.publisher import encode_interval, payload_limit  # noqa: E402
 from tests.fixtures.netns import TestNetwork  # noqa: E402
 
 CONNECTIONS = 131_072

@@ -23,10 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from connstats.probe.flow_batch import FlowBatch  # noqa: E402
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
-from connstats.probe.record import Envelope  # noqa: E402
-from connstats.probe.totals import ConnectionTotals  # noqa: E402
+from connstats.probe.api.totals import ConnectionTotals  # noqa: E402
+from connstats.probe.contract.flow_batch import FlowBatch  # noqa: E402
+from connstats.probe.contract.record import Envelope  # noqa: E402
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_KEY  # noqa: E402
 
 CONNECTIONS = 131_072
 INTERVALS = 4  # the first creates the connections, the others add to them

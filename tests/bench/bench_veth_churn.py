@@ -14,12 +14,12 @@ import os
 import subprocess
 import time
 
-from connstats.probe.daemon import DaemonSettings, ProbeDaemon
-from connstats.probe.publisher import PublisherSettings
-from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
 from connstats.probe.contract import NatsOptions
-from connstats.probe.tc import FILTER_PRIORITY
-from connstats.probe.watch import link_watcher
+from connstats.probe.daemon import DaemonSettings, ProbeDaemon
+from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
+from connstats.probe.kernel.tc import FILTER_PRIORITY
+from connstats.probe.publish.publisher import PublisherSettings
+from connstats.probe.watch.watcher import link_watcher
 
 COUNT = 200
 TAG = f"cwb{os.getpid() % 10000}"

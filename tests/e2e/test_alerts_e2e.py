@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from connstats.cli.nats_auth import CREDENTIALS_FILE, read_credentials
 from connstats.probe.contract import alerts_subject, decode_message
-from connstats.probe.nats_auth import CREDENTIALS_FILE, read_credentials
 from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
     NO_HTTP_CLASH, connstats, cs_env, quiet_network, start,
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from connstats.probe.pins import PinnedInstance
+from connstats.probe.kernel.pins import PinnedInstance
 from tests.fixtures.nats import free_port
 from tests.fixtures.netns import require_root
 from tests.fixtures.wait import until

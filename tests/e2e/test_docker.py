@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from connstats.probe.docker_watch import docker_watcher
+from connstats.probe.watch.docker_watch import docker_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
 from tests.fixtures.netns import TRAFFIC, tcp_closing
 from tests.fixtures.wait import seconds_until, until_async

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from connstats.probe.pins import PinnedInstance
+from connstats.probe.kernel.pins import PinnedInstance
 from tests.fixtures.netns import require_root, run_tag
 
 pytestmark = pytest.mark.kernel

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from connstats.probe.pins import PinnedInstance
+from connstats.probe.kernel.pins import PinnedInstance
 from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
     NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start,
 )

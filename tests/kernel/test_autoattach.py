@@ -13,9 +13,9 @@ import time
 import pytest
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
-from connstats.probe.tc import FILTER_PRIORITY
-from connstats.probe.link_monitor import LinkMonitor
-from connstats.probe.watch import link_watcher
+from connstats.probe.kernel.tc import FILTER_PRIORITY
+from connstats.probe.watch.link_monitor import LinkMonitor
+from connstats.probe.watch.watcher import link_watcher
 from tests.fixtures.docker import capture_service, published, running_probe
 from tests.fixtures.netns import require_root, sh
 from tests.fixtures.wait import seconds_until
@@ -30,7 +30,7 @@ def attached(daemon) -> dict[str, int]:
 
 
 def our_hooks(ifname: str) -> list[str]:
-    """The hooks of ``ifname`` that carry connstats' filter (pref 3159, see probe/tc.py)."""
+    """The hooks of ``ifname`` that carry connstats' filter (pref 3159, see probe/kernel/tc.py)."""
     return [hook for hook in ("ingress", "egress")
             if f"pref {FILTER_PRIORITY} bpf" in sh("tc", "filter", "show", "dev", ifname, hook).stdout]
 

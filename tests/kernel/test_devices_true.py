@@ -22,9 +22,9 @@ import textwrap
 import pytest
 from pyroute2 import IPRoute
 
-from connstats.probe.errors import DeviceError
 from connstats.probe.contract import NatsOptions
-from connstats.probe.tc import ETH_P_ALL, FILTER_HANDLE, FILTER_PRIORITY, HOOK_PARENTS, TcAttacher
+from connstats.probe.contract.errors import DeviceError
+from connstats.probe.kernel.tc import ETH_P_ALL, FILTER_HANDLE, FILTER_PRIORITY, HOOK_PARENTS, TcAttacher
 from tests.fixtures.docker import published
 from tests.fixtures.netns import delete_host_veth, make_host_veth, require_root, sh
 from tests.fixtures.wait import seconds_until
@@ -146,7 +146,7 @@ async def test_an_iface_device_deleted_is_released_and_made_anew_is_attached_onc
 async def test_a_device_attached_by_a_control_request_is_released_when_deleted_and_not_again(
         nats_server, test_network, tmp_path):
     require_root()
-    from connstats.probe.control import ControlClient
+    from connstats.probe.contract.control import ControlClient
 
     a, b = test_network.hosts
     options = NatsOptions(servers=(nats_server.url,))
@@ -173,7 +173,7 @@ async def test_a_device_attached_by_a_control_request_is_released_when_deleted_a
 @pytest.fixture
 def second_classifier():
     require_root()
-    from connstats.probe.kernel import load_classifier
+    from connstats.probe.kernel.loader import load_classifier
 
     program = load_classifier(capacity=64)
     yield program
@@ -181,15 +181,15 @@ def second_classifier():
 
 
 def registry(program, lock_dir):
-    from connstats.probe.devices import DeviceRegistry
-    from connstats.probe.ownership import DeviceLocks
+    from connstats.probe.kernel.devices import DeviceRegistry
+    from connstats.probe.kernel.ownership import DeviceLocks
 
     return DeviceRegistry(program, DeviceLocks(lock_dir))
 
 
 def test_a_second_probe_is_refused_with_the_owners_pid_until_the_first_detaches_or_closes(
         classifier, second_classifier, test_network, tmp_path):
-    from connstats.probe.ownership import DeviceOwned
+    from connstats.probe.kernel.ownership import DeviceOwned
 
     a, _ = test_network.hosts
     locks = tmp_path / "devices"
@@ -226,9 +226,9 @@ def test_a_second_probe_is_refused_with_the_owners_pid_until_the_first_detaches_
 
 OWNER = textwrap.dedent("""
     import sys, time
-    from connstats.probe.devices import DeviceRegistry
-    from connstats.probe.kernel import load_classifier
-    from connstats.probe.ownership import DeviceLocks
+    from connstats.probe.kernel.devices import DeviceRegistry
+    from connstats.probe.kernel.loader import load_classifier
+    from connstats.probe.kernel.ownership import DeviceLocks
     registry = DeviceRegistry(load_classifier(capacity=64), DeviceLocks(sys.argv[1]))
     registry.attach(sys.argv[2])
     print("attached", flush=True)
@@ -238,7 +238,7 @@ OWNER = textwrap.dedent("""
 
 def test_a_probe_killed_with_sigkill_lets_the_next_probe_take_its_device_over(
         classifier, test_network, tmp_path):
-    from connstats.probe.ownership import DeviceOwned
+    from connstats.probe.kernel.ownership import DeviceOwned
 
     a, _ = test_network.hosts
     locks = tmp_path / "devices"
@@ -362,7 +362,7 @@ def test_detach_removes_only_filters_that_run_our_programs(classifier, test_netw
 
 
 def program_id_of(fd: int) -> int:
-    from connstats.probe.tc import program_id
+    from connstats.probe.kernel.tc import program_id
 
     return program_id(fd)
 
@@ -378,7 +378,7 @@ def program_id_of(fd: int) -> int:
 ])
 def test_a_name_with_control_characters_or_too_long_is_refused(classifier, test_network, tmp_path,
                                                               suffix, message):
-    from connstats.probe.devices import check_interfaces
+    from connstats.probe.kernel.devices import check_interfaces
 
     a, _ = test_network.hosts
     name = a.host_if + suffix

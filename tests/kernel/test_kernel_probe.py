@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from connstats.probe.kernel_probe import KernelProbe, ProbeSettings, poll_forever
+from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever
 
 pytestmark = pytest.mark.kernel
 

@@ -11,16 +11,16 @@ import textwrap
 
 import pytest
 
-from connstats.probe.errors import ConfigError
-from connstats.probe.pins import PinnedInstance
-from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
+from connstats.probe.contract.errors import ConfigError
+from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
+from connstats.probe.kernel.pins import PinnedInstance
 
 pytestmark = pytest.mark.kernel
 
 CHILD = textwrap.dedent("""
     import json, os, signal, subprocess, sys
     from pathlib import Path
-    from connstats.probe.kernel_probe import KernelProbe, ProbeSettings
+    from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
     state_dir, iface, locks, command = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     probe = KernelProbe(ProbeSettings(capacity=1024, host="pin-test", state_dir=Path(state_dir),
                                       device_locks=locks, on_exit="keep"))
@@ -92,7 +92,7 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
     the old maps' counts come out as the old instance's intervals, then they are unpinned."""
     import asyncio
 
-    from connstats.probe.kernel_probe import publish_recovered
+    from connstats.probe.kernel.kernel_probe import publish_recovered
 
     a, b = test_network.hosts
     settings = dict(host="pin-test", state_dir=tmp_path, device_locks=str(tmp_path / "locks"))
@@ -128,8 +128,8 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
 
 
 def test_a_capacity_beyond_what_the_kernel_allows_is_one_line():
-    from connstats.probe.errors import KernelError
-    from connstats.probe.kernel import MAX_CAPACITY, _explain_bcc_failure, load_classifier
+    from connstats.probe.contract.errors import KernelError
+    from connstats.probe.kernel.loader import MAX_CAPACITY, _explain_bcc_failure, load_classifier
 
     with pytest.raises(KernelError) as refused:
         load_classifier(MAX_CAPACITY + 1)

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from connstats.probe.flow_batch import FlowBatch
-from connstats.probe.handover import read_old_layout
-from connstats.probe.kernel import FLOW_COUNTERS, FLOW_COUNTERS_V1
-from connstats.probe.pins import BPFFS, ensure_bpffs, remove_pins
-from connstats.probe.record import Envelope
+from connstats.probe.contract.flow_batch import FlowBatch
+from connstats.probe.contract.record import Envelope
+from connstats.probe.kernel.handover import read_old_layout
+from connstats.probe.kernel.loader import FLOW_COUNTERS, FLOW_COUNTERS_V1
+from connstats.probe.kernel.pins import BPFFS, ensure_bpffs, remove_pins
 from tests.fixtures.netns import require_root
 
 pytestmark = pytest.mark.kernel

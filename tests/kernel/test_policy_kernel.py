@@ -18,14 +18,14 @@ import time
 import numpy as np
 import pytest
 
-from connstats.probe.containers import ContainerIndex
-from connstats.probe.errors import NotApplied, PolicyError
-from connstats.probe.kernel import read_map
+from connstats.probe.contract.errors import NotApplied, PolicyError
+from connstats.probe.kernel.loader import read_map
 from connstats.probe.policy import parse_policy, resolve
 from connstats.probe.policy.job import ApplyJob
 from connstats.probe.policy.resolve import addresses_in, endpoints_of
 from connstats.probe.policy.service import PolicyService
 from connstats.probe.policy.tables import ADDR_KEY, GROUPS_VALUE, PolicyTables
+from connstats.probe.watch.containers import ContainerIndex
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel

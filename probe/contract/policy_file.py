@@ -1,0 +1,268 @@
+"""The policy file: TOML in, a checked ``Policy`` out (or a ``PolicyError`` naming line and key).
+
+    [groups]
+    web    = { containers = ["web*"] }      # container name globs
+    db     = { containers = ["db"] }
+    client = { cidrs = ["10.0.7.0/24"] }    # v4 and v6 prefixes
+    # also images = [...], ifaces = [...], netns = [...]; built in: host, world
+
+    [[allow]]
+    from = "web"
+    to = "db"
+    proto = "tcp"            # tcp | udp | icmp | icmpv6 | a number 0-255
+    ports = [5432, "8000-8099"]   # server ports; omit for any
+
+``tomllib`` reports syntax errors with their line; for a key whose value is wrong the line is
+found in the text (``key_line``), so every error reads ``<file> line N: <key>: what; what to do``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bounded import loads_toml
+from .errors import MessageError, PolicyError
+from .record import PROTO_NUMBERS
+
+BUILTIN_GROUPS = ("host", "world")
+MAX_GROUPS = 64  # one bit each in the kernel's masks, built-ins included
+MAX_RULES = 4096
+# The kernel's address trie holds 65,536 entries (POLICY_PREFIXES in probe/kernel/flows_structs.h) for both
+# table sets: the policy in force and the one being built. Room is left for the addresses
+# of the devices and the host.
+MAX_PREFIXES = 32_000
+SELECTORS = ("containers", "images", "ifaces", "netns", "cidrs")
+PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: the classifier reads their ports
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+_RULE_KEYS = ("from", "to", "proto", "ports")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of endpoints: devices (and their containers' addresses) and prefixes."""
+
+    name: str
+    containers: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+    ifaces: tuple[str, ...] = ()
+    netns: tuple[str, ...] = ()
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def selects_devices(self) -> bool:
+        return bool(self.containers or self.images or self.ifaces or self.netns)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``source`` may open ``proto`` connections to ``target`` on ``ports`` (() = any port)."""
+
+    source: str
+    target: str
+    proto: int
+    ports: tuple[tuple[int, int], ...] = ()  # inclusive ranges
+
+
+@dataclass(frozen=True)
+class Policy:
+    groups: tuple[Group, ...]
+    rules: tuple[Rule, ...]
+    text: str = field(default="", compare=False)  # the file as given (kept, shown, re-applied)
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """Every group in bit order: the built-ins first."""
+        return BUILTIN_GROUPS + tuple(g.name for g in self.groups)
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Parse and check a policy file; raise ``PolicyError`` naming the line and the key."""
+    try:
+        document = loads_toml(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: not valid TOML ({exc}); fix the syntax") from None
+    except MessageError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
+    where = _Locator(text, source)
+    for key in document:
+        if key not in ("groups", "allow"):
+            raise PolicyError(where.at((key,), f"unknown section {key!r}; use [groups] and [[allow]]"))
+    groups = _groups(document.get("groups", {}), where)
+    known = set(BUILTIN_GROUPS) | {g.name for g in groups}
+    rules = _rules(document.get("allow", []), known, where)
+    return Policy(groups, rules, text)
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+def _groups(table: Any, where: _Locator) -> tuple[Group, ...]:
+    if not isinstance(table, dict):
+        raise PolicyError(where.at(("groups",), "must be a table of groups; write [groups]"))
+    if len(table) + len(BUILTIN_GROUPS) > MAX_GROUPS:
+        raise PolicyError(where.at(("groups",), f"{len(table)} groups; at most "
+                                   f"{MAX_GROUPS - len(BUILTIN_GROUPS)} fit, merge some"))
+    groups = tuple(_group(name, body, where) for name, body in table.items())
+    prefixes = len({net for group in groups for net in group.cidrs})
+    if prefixes > MAX_PREFIXES:
+        raise PolicyError(where.at(("groups",), f"{prefixes:,} distinct prefixes in all; at most "
+                                   f"{MAX_PREFIXES:,} fit the kernel's tables, merge some"))
+    return groups
+
+
+def _group(name: str, body: Any, where: _Locator) -> Group:
+    path = ("groups", name)
+    if name in BUILTIN_GROUPS:
+        raise PolicyError(where.at(path, f"{name!r} is built in; give the group another name"))
+    if not _NAME.match(name):
+        raise PolicyError(where.at(path, "a group name is letters, digits, '_', '-' and '.'; rename it"))
+    if not isinstance(body, dict) or not body:
+        raise PolicyError(where.at(path, f"must be a table with one of {', '.join(SELECTORS)}, "
+                                   'e.g. { containers = ["web*"] }'))
+    values: dict[str, tuple] = {}
+    for key, value in body.items():
+        if key not in SELECTORS:
+            raise PolicyError(where.at(path + (key,), f"unknown key; use {', '.join(SELECTORS)}"))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise PolicyError(where.at(path + (key,), 'must be a list of non-empty strings, e.g. ["web*"]'))
+        values[key] = tuple(value)
+    values["cidrs"] = tuple(_network(text, where, path + ("cidrs",)) for text in values.get("cidrs", ()))
+    return Group(name, **values)
+
+
+def _network(text: str, where: _Locator, path: tuple):
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise PolicyError(where.at(path, f"{text!r} is not an address prefix; write e.g. "
+                                   "10.0.7.0/24 or fd00::/64")) from None
+
+
+# -- rules --------------------------------------------------------------------------------
+
+
+def _rules(items: Any, known: set[str], where: _Locator) -> tuple[Rule, ...]:
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise PolicyError(where.at(("allow",), "must be tables; write [[allow]] above each rule"))
+    if len(items) > MAX_RULES:
+        raise PolicyError(where.at(("allow",), f"{len(items)} rules; at most {MAX_RULES}, merge some"))
+    return tuple(_rule(i, item, known, where) for i, item in enumerate(items))
+
+
+def _rule(index: int, item: dict, known: set[str], where: _Locator) -> Rule:
+    path = ("allow", index)
+    for key in item:
+        if key not in _RULE_KEYS:
+            raise PolicyError(where.at(path + (key,), f"unknown key; use {', '.join(_RULE_KEYS)}"))
+    ends = []
+    for key in ("from", "to"):
+        value = item.get(key)
+        if not isinstance(value, str):
+            raise PolicyError(where.at(path + (key,), 'is missing or not a group name; write e.g. from = "web"'))
+        if value not in known:
+            raise PolicyError(where.at(path + (key,), f"no group {value!r}; define it under [groups] "
+                                       "or use host or world"))
+        ends.append(value)
+    proto = _proto(item.get("proto"), where, path + ("proto",))
+    ports = _ports(item.get("ports"), proto, where, path + ("ports",))
+    return Rule(ends[0], ends[1], proto, ports)
+
+
+def _proto(value: Any, where: _Locator, path: tuple) -> int:
+    if isinstance(value, str) and value in PROTO_NUMBERS:
+        return PROTO_NUMBERS[value]
+    if type(value) is int and 0 <= value <= 255:
+        return value
+    shown = "missing" if value is None else repr(value)
+    raise PolicyError(where.at(path, f"{shown} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255; "
+                               'write e.g. proto = "tcp"'))
+
+
+def _ports(value: Any, proto: int, where: _Locator, path: tuple) -> tuple[tuple[int, int], ...]:
+    if value is None:
+        return ()
+    if proto not in PORTED_PROTOCOLS:
+        raise PolicyError(where.at(path, "only tcp, udp, sctp and udplite have ports; leave ports out"))
+    if not isinstance(value, list) or not value:
+        raise PolicyError(where.at(path, 'must be a non-empty list, e.g. [5432, "8000-8099"]; '
+                                   "leave it out for any port"))
+    return tuple(sorted(_port_range(v, where, path) for v in value))
+
+
+def _port_range(value: Any, where: _Locator, path: tuple) -> tuple[int, int]:
+    if type(value) is int and 0 <= value <= 65535:
+        return value, value
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value.strip())
+        if match:
+            low, high = int(match[1]), int(match[2])
+            if low <= high <= 65535:
+                return low, high
+    raise PolicyError(where.at(path, f"{value!r} is not a port 0-65535 or a range like \"8000-8099\"; "
+                               "fix it"))
+
+
+# -- finding a key's line -----------------------------------------------------------------
+
+
+class _Locator:
+    """Finds the line of a key in the text (tomllib keeps no positions)."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+
+    def at(self, path: tuple, message: str) -> str:
+        return f"{self.source} line {self.line(path)}: {_dotted(path)}: {message}"
+
+    def line(self, path: tuple) -> int:
+        if path[0] == "allow" and len(path) > 1:
+            return self._in_table(_nth_header(self.lines, "[[allow]]", path[1]), path[2:])
+        if path[0] == "groups" and len(path) > 1:
+            header = _nth_header(self.lines, f"[groups.{path[1]}]", 0)
+            if header is not None:
+                return self._in_table(header, path[2:])
+            return self._in_table(_nth_header(self.lines, "[groups]", 0), path[1:2])
+        found = _first_match(self.lines, 0, rf"\s*(\[+\s*)?{re.escape(str(path[0]))}\b")
+        return found + 1 if found is not None else 1
+
+    def _in_table(self, header: int | None, keys: tuple) -> int:
+        if header is None:
+            return 1
+        if not keys:
+            return header + 1
+        end = next((i for i in range(header + 1, len(self.lines)) if self.lines[i].lstrip().startswith("[")),
+                   len(self.lines))
+        found = _first_match(self.lines[:end], header + 1, rf"\s*[\"']?{re.escape(str(keys[0]))}[\"']?\s*=")
+        return (found if found is not None else header) + 1
+
+
+def _nth_header(lines: list[str], header: str, n: int) -> int | None:
+    seen = -1
+    squeezed = header.replace(" ", "")
+    for i, line in enumerate(lines):
+        if line.split("#", 1)[0].replace(" ", "").strip() == squeezed:
+            seen += 1
+            if seen == n:
+                return i
+    return None
+
+
+def _first_match(lines: list[str], start: int, pattern: str) -> int | None:
+    compiled = re.compile(pattern)
+    return next((i for i in range(start, len(lines)) if compiled.match(lines[i])), None)
+
+
+def _dotted(path: tuple) -> str:
+    text = str(path[0])
+    for part in path[1:]:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text

@@ -1,0 +1,98 @@
+"""What a probe service may ask of the probe: the one port the control plane, the HTTP
+API, the watchers and the filter guard are given (``ProbeDaemon`` implements it; tests
+give a fake). A service never sees the kernel, the publisher or another service.
+Named for the seam between the daemon and its services (it was ``ports.py``, which read as
+TCP ports); the protocol keeps its name, ``ProbePort``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+
+from .contract.events import Event
+from .kernel.devices import AttachedDevice, FilterLoss
+
+Labels = tuple[str, str, str]  # container id, container name (or netns name), image
+NO_LABELS: Labels = ("", "", "")
+DetachListener = Callable[[AttachedDevice], Awaitable[None]]
+
+if TYPE_CHECKING:
+    from .kernel.kernel_probe import PollReport
+    from .publish.publisher import PublisherStats
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    """How the probe is doing, for its self-metrics and ``/readyz``; read at scrape time."""
+
+    loaded: bool  # classifier loaded and the devices of the start attached
+    publisher: PublisherStats | None  # None before the publisher connected
+    attached_devices: int
+    attach_failures: int
+    last_poll: PollReport | None  # None before the first poll
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """The active policy as the self-metrics read it at scrape time (probe/policy/service.py)."""
+
+    mode: str = "off"  # off | monitor | protect
+    rules: int = 0
+    groups: int = 0
+    governed_devices: int = 0
+    violation_events: int = 0  # published on connstats.v1.policy.<host>
+    violation_events_failed: int = 0  # not published (NATS errors)
+    apply_failures: int = 0  # applies refused or failed (the verb, the saved policy at start)
+
+
+class PolicyReporter(Protocol):
+    def report(self) -> PolicyReport: ...
+
+
+class ProbePort(Protocol):
+    @property
+    def interval(self) -> float:
+        """Seconds per interval."""
+
+    async def attach(self, name: str | int, mode: str | None = None, labels: Labels | None = None,
+                     **context: Any) -> AttachedDevice:
+        """Attach and publish ``attached``; ``context`` are ``DeviceEvent`` fields (source, netns, ...)."""
+
+    async def detach(self, name: str | int, reason: str = "detached", **context: Any) -> AttachedDevice:
+        """Detach and publish ``reason`` (detached, gone); detach listeners run first."""
+
+    async def check_filters(self) -> list[FilterLoss]:
+        """Release and report devices whose filter somebody else replaced or removed."""
+
+    def devices(self) -> list[AttachedDevice]:
+        """The attached devices."""
+
+    def label(self, ifindex: int, labels: Labels) -> None:
+        """Label an attached device's records, unless it is labelled already."""
+
+    def policy_tables(self) -> Any:
+        """The classifier's policy tables (probe/policy/tables.py ``PolicyTables``)."""
+
+    async def publish_event(self, event: Event) -> bool:
+        """Best effort: publish ``event`` now; False if it was not."""
+
+    async def live_records(self) -> Sequence[Any]:
+        """The current, not yet published interval's records."""
+
+    def on_detach(self, listener: DetachListener) -> Callable[[], None]:
+        """Call ``listener`` on every detach; returns the function that stops that."""
+
+    def on_interval(self, listener: Callable[..., None]) -> None:
+        """Call ``listener`` with every interval before it is published."""
+
+    def status(self) -> ProbeStatus:
+        """Loaded, connected, counters: see ``ProbeStatus``."""
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+ServiceFactory = Callable[[ProbePort], Service]
