@@ -19,8 +19,21 @@ from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from . import pipeline
 from .config import Config
 from .options import (
-    ConfigFile, Format, Host, Metrics, Nats, NatsCreds, NatsFlags, OutputFormat, Rules, StreamReplicas, TlsCa,
-    TlsCert, TlsKey, Webhooks, load_config,
+    ConfigFile,
+    Format,
+    Host,
+    Metrics,
+    Nats,
+    NatsCreds,
+    NatsFlags,
+    OutputFormat,
+    Rules,
+    StreamReplicas,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Webhooks,
+    load_config,
 )
 from .render import Column, render
 

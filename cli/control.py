@@ -12,7 +12,16 @@ from connstats.probe.contract import ControlClient
 from .config import Config
 from .live import connection_columns, connection_row
 from .options import (
-    ConfigFile, Format, Host, Nats, NatsCreds, NatsFlags, OutputFormat, TlsCa, TlsCert, TlsKey,
+    ConfigFile,
+    Format,
+    Host,
+    Nats,
+    NatsCreds,
+    NatsFlags,
+    OutputFormat,
+    TlsCa,
+    TlsCert,
+    TlsKey,
     load_config,
 )
 from .render import Column, render

@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from connstats.probe.contract import PREFIX, connect, host_of_subject
-from connstats.sink.deadletters import DeadLetter, read_dead_letters, replay as replay_letters
+from connstats.sink.deadletters import DeadLetter, read_dead_letters
+from connstats.sink.deadletters import replay as replay_letters
 from connstats.sink.history import parse_time
 
 from .options import ConfigFile, Format, Nats, NatsCreds, NatsFlags, OutputFormat, TlsCa, TlsCert, TlsKey, load_config

@@ -97,6 +97,7 @@ def check_bpf_load(state: dict) -> str:
 
 def check_tc_attach(state: dict) -> str:
     from pyroute2 import IPRoute
+
     from connstats.probe.kernel.tc import TcAttacher
     program = state["program"]
     with IPRoute() as ipr:

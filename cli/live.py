@@ -6,9 +6,9 @@ Otherwise: the probe's log line per interval (``interval N: C connections, P pac
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 import numpy as np
-from typing import TextIO
 
 from connstats.probe.contract import FlowBatch, FlowRecord, proto_name
 

@@ -21,7 +21,19 @@ from connstats.probe.contract import ConfigError, parse_policy
 
 from . import policy_learn
 from .control import Timeout, request
-from .options import ConfigFile, Format, Host, Nats, NatsCreds, NatsFlags, OutputFormat, TlsCa, TlsCert, TlsKey, load_config
+from .options import (
+    ConfigFile,
+    Format,
+    Host,
+    Nats,
+    NatsCreds,
+    NatsFlags,
+    OutputFormat,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    load_config,
+)
 from .render import Column, render
 
 app = typer.Typer(name="policy", no_args_is_help=True,

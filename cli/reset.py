@@ -4,7 +4,8 @@ from __future__ import annotations
 import typer
 
 from connstats.probe.contract import ConfigError
-from connstats.probe.kernel.leftovers import leftovers, reset as reset_instance
+from connstats.probe.kernel.leftovers import leftovers
+from connstats.probe.kernel.leftovers import reset as reset_instance
 from connstats.probe.kernel.pins import PinnedInstance
 
 from .options import ConfigFile, load_config

@@ -4,14 +4,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 
 import typer
 
-from dataclasses import dataclass
-
 from connstats.probe.compose import (
-    DEFAULT_CAPACITY, DEFAULT_DOCKER_SOCKET, HttpConfig, ProbeConfig, ProbeDaemon, WatchConfig, build_probe,
-    check_interfaces, default_interfaces,
+    DEFAULT_CAPACITY,
+    DEFAULT_DOCKER_SOCKET,
+    HttpConfig,
+    ProbeConfig,
+    ProbeDaemon,
+    WatchConfig,
+    build_probe,
+    check_interfaces,
+    default_interfaces,
 )
 from connstats.probe.contract import ConfigError, StreamSettings, redacted
 from connstats.probe.runtime.durations import parse_duration
@@ -24,9 +30,34 @@ from .alert import alert_config
 from .config import DEFAULT_HTTP, Config
 from .live import LiveSummary
 from .options import (
-    Auto, Capacity, ConfigFile, DockerSocket, Exclude, Host, Http, HttpGroup, Ifaces, InfluxBucket, InfluxOrg, InfluxUrl,
-    Interval, Metrics, Nats, NatsCreds, NatsFlags, OnExit, Retention, Rules, Store, StreamReplicas, TlsCa,
-    TlsCert, TlsKey, Ui, Webhooks, load_config,
+    Auto,
+    Capacity,
+    ConfigFile,
+    DockerSocket,
+    Exclude,
+    Host,
+    Http,
+    HttpGroup,
+    Ifaces,
+    InfluxBucket,
+    InfluxOrg,
+    InfluxUrl,
+    Interval,
+    Metrics,
+    Nats,
+    NatsCreds,
+    NatsFlags,
+    OnExit,
+    Retention,
+    Rules,
+    Store,
+    StreamReplicas,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Ui,
+    Webhooks,
+    load_config,
 )
 
 app = typer.Typer()

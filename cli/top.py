@@ -13,7 +13,13 @@ from typing import Annotated, Optional, TextIO
 import typer
 
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, Envelope, FlowBatch, MessageError, connect, decode_message, flows_subject,
+    FLOWS_WILDCARD,
+    Envelope,
+    FlowBatch,
+    MessageError,
+    connect,
+    decode_message,
+    flows_subject,
 )
 
 from .live import CLEAR, interval_summary

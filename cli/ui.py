@@ -18,7 +18,18 @@ from connstats.sink.web.server import DEFAULT_UI, UiConfig, WebUi, build_ui
 
 from .config import Config
 from .options import (
-    ConfigFile, HttpGroup, InfluxBucket, InfluxOrg, InfluxUrl, Nats, NatsCreds, NatsFlags, Store, TlsCa, TlsCert, TlsKey,
+    ConfigFile,
+    HttpGroup,
+    InfluxBucket,
+    InfluxOrg,
+    InfluxUrl,
+    Nats,
+    NatsCreds,
+    NatsFlags,
+    Store,
+    TlsCa,
+    TlsCert,
+    TlsKey,
     load_config,
 )
 from .policy_learn import own_addresses

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .contract.events import Event, HandoverLost, device_event
 from .contract.messaging import NatsOptions
-from .contract.record import Envelope, FlowRecord
+from .contract.record import FlowRecord
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .publish.publisher import FlowPublisher, PublisherSettings

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 
-from connstats.probe.contract import (
-    STREAM_NAME, ConnstatsError, NatsOptions, StreamSettings, connect, flows_subject,
-)
+from connstats.probe.contract import STREAM_NAME, ConnstatsError, NatsOptions, StreamSettings, connect, flows_subject
 from connstats.probe.runtime.telemetry import Telemetry
 
 from .consumer import ConsumerSettings, ConsumerStats

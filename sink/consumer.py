@@ -36,14 +36,23 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, PREFIX, STREAM_NAME, FlowBatch, MessageError, StoreError, StoreFull, StoreUnavailable,
+    FLOWS_WILDCARD,
+    PREFIX,
+    STREAM_NAME,
+    FlowBatch,
+    MessageError,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
     StreamSettings,
-    TransportError, decode_message, ensure_stream, flow_stream_config, host_from_token,
+    TransportError,
+    decode_message,
+    ensure_stream,
+    flow_stream_config,
+    host_from_token,
 )
 from connstats.probe.runtime.backoff import Backoff
-from connstats.sink.jetstream import (
-    DEADLETTER_SUBJECT, DEFAULT_DURABLE, deadletter_stream_config, sink_consumer_config,
-)
+from connstats.sink.jetstream import DEADLETTER_SUBJECT, DEFAULT_DURABLE, deadletter_stream_config, sink_consumer_config
 from connstats.sink.store import Store
 
 log = logging.getLogger(__name__)

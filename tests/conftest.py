@@ -8,14 +8,14 @@ import os
 
 import pytest
 
-from tests.fixtures.netns import RUN_ENV, leftovers
-from tests.fixtures.netns import *  # noqa: F401,F403
-from tests.fixtures.probe import *  # noqa: F401,F403
-from tests.fixtures.nats import *  # noqa: F401,F403
-from tests.fixtures.influx import *  # noqa: F401,F403
-from tests.fixtures.docker import *  # noqa: F401,F403
-from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.browser import *  # noqa: F401,F403
+from tests.fixtures.docker import *  # noqa: F401,F403
+from tests.fixtures.influx import *  # noqa: F401,F403
+from tests.fixtures.nats import *  # noqa: F401,F403
+from tests.fixtures.netns import *  # noqa: F401,F403
+from tests.fixtures.netns import RUN_ENV, leftovers
+from tests.fixtures.probe import *  # noqa: F401,F403
+from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.tmpfs import *  # noqa: F401,F403
 
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and

@@ -15,7 +15,12 @@ from connstats.cli.alert import alert_config
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
 from connstats.probe.contract import (
-    NatsOptions, StreamSettings, TransportError, connect, ensure_stream, flow_stream_config,
+    NatsOptions,
+    StreamSettings,
+    TransportError,
+    connect,
+    ensure_stream,
+    flow_stream_config,
 )
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
@@ -23,8 +28,8 @@ from connstats.sink.alerts.notify import ALERTS_STREAM
 from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
 from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401 (fixture)
-from tests.test_alert_service import HOST, RULE, Receiver, publish
 from tests.fixtures.wait import until_async
+from tests.test_alert_service import HOST, RULE, Receiver, publish
 
 BURST = RULE | {"window": "1h"}  # nothing resolves while a test runs
 QUIET = BURST | {"name": "quiet", "above": 10**9}

@@ -11,7 +11,12 @@ import pytest
 from aiohttp import web
 
 from connstats.probe.contract import (
-    FlowBatch, StreamSettings, connect, encode_message, ensure_stream, flow_stream_config,
+    FlowBatch,
+    StreamSettings,
+    connect,
+    encode_message,
+    ensure_stream,
+    flow_stream_config,
     flows_subject,
 )
 from connstats.sink.alerts import firing_alerts

@@ -6,7 +6,6 @@ import os
 import socket
 
 import nats
-
 import pytest
 
 from connstats.cli.config import Config

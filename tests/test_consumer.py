@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import msgspec
+import nats
 import pytest
 
 from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.probe.contract.errors import StoreError, StoreUnavailable, TransportError
-from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.contract.wire import encode_message, encode_message_v1
+from connstats.probe.contract.wire import FlowBatch, encode_message, encode_message_v1
 from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.run import run_sink

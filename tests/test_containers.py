@@ -10,9 +10,7 @@ import subprocess
 import pytest
 
 from connstats.probe.contract.errors import DeviceError
-from connstats.probe.watch.containers import (
-    Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths,
-)
+from connstats.probe.watch.containers import Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from tests.fixtures.netns import require_root, sh
 from tests.test_watch import FakeDaemon

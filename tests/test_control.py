@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nats
 import msgspec
+import nats
 import pytest
 
 from connstats.probe.api.control import ControlService

@@ -357,6 +357,7 @@ def test_docker_parses_the_dockerfile_and_runs_its_steps_in_order(dockerd):
 
 def cli_options(command: str) -> set[str]:
     import typer
+
     from connstats.cli.main import app
     group = typer.main.get_command(app)
     return {opt for param in group.get_command(None, command).params for opt in param.opts}

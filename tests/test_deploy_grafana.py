@@ -421,8 +421,10 @@ def exported_metrics() -> dict[str, set[str]]:
     """Sample names a probe and a sink export, with their label names: scraped from
     registries built in-process by their own collectors, after one interval and one lag read."""
     from prometheus_client.parser import text_string_to_metric_families
-    from connstats.probe.contract import NatsOptions, OverflowCount as Overflow
+
     from connstats.probe.api.metrics import ProbeMetrics
+    from connstats.probe.contract import NatsOptions
+    from connstats.probe.contract import OverflowCount as Overflow
     from connstats.probe.runtime.telemetry import Telemetry
     from connstats.sink.compose import SinkConfig, build_sink
     from tests.test_metrics import FakeProbe, interval, poll, record

@@ -5,9 +5,7 @@ import sys
 import msgspec
 import pytest
 
-from connstats.probe.contract import (
-    Attached, Failed, Gone, HandoverLost, OutboxOverflow, decode_event, event_body,
-)
+from connstats.probe.contract import Attached, Failed, Gone, HandoverLost, OutboxOverflow, decode_event, event_body
 from connstats.probe.contract.events import device_event
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 

@@ -12,7 +12,13 @@ from connstats.probe.contract.errors import ConfigError, StoreError
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.history import (
-    HistoryQuery, aggregate, build_flux, build_sql, influx_history, parse_duration, parse_time,
+    HistoryQuery,
+    aggregate,
+    build_flux,
+    build_sql,
+    influx_history,
+    parse_duration,
+    parse_time,
     sqlite_history,
 )
 from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines

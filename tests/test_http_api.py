@@ -15,7 +15,12 @@ import aiohttp
 import pytest
 
 from connstats.probe.api.http import (
-    DEFAULT_HTTP_ADDRESS, HttpApi, connection_to_json, http_service, parse_address, protocol_text,
+    DEFAULT_HTTP_ADDRESS,
+    HttpApi,
+    connection_to_json,
+    http_service,
+    parse_address,
+    protocol_text,
 )
 from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals
 from connstats.probe.contract import NatsOptions

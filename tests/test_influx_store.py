@@ -14,7 +14,13 @@ from connstats.probe.contract.errors import MessageError, StoreError, StoreFull,
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import (
-    InfluxConfig, InfluxStore, encode_lines, encode_overflow_lines, escape_string, escape_tag, service_port,
+    InfluxConfig,
+    InfluxStore,
+    encode_lines,
+    encode_overflow_lines,
+    escape_string,
+    escape_tag,
+    service_port,
 )
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer, ParsedPoint, parse_line
 

@@ -8,8 +8,8 @@ import http.client
 import logging
 
 import aiohttp
-import numpy as np
 import nats
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,8 +20,17 @@ from connstats.probe.api.http import HttpApi
 from connstats.probe.api.metrics import ProbeMetrics, interval_sums
 from connstats.probe.api.totals import ConnectionTotals
 from connstats.probe.contract import (
-    ConfigError, Envelope, FlowBatch, FlowRecord, NatsOptions, OverflowCount, StreamSettings, TransportError,
-    ensure_stream, flow_stream_config, flows_subject,
+    ConfigError,
+    Envelope,
+    FlowBatch,
+    FlowRecord,
+    NatsOptions,
+    OverflowCount,
+    StreamSettings,
+    TransportError,
+    ensure_stream,
+    flow_stream_config,
+    flows_subject,
 )
 from connstats.probe.contract.flow_batch import JUDGED
 from connstats.probe.kernel.kernel_probe import PollReport

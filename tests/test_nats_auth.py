@@ -4,7 +4,6 @@ command finds them: only whoever reads the state directory may log in.
 from __future__ import annotations
 
 import json
-import re
 import stat
 
 import nats
@@ -12,12 +11,16 @@ import pytest
 
 from connstats.cli.config import Config
 from connstats.cli.embedded_nats import EmbeddedNats
-from connstats.cli.nats_auth import (
-    ADMIN_PUBLISH, ADMIN_SUBSCRIBE, ALERT_PUBLISH, ALERT_SUBSCRIBE, CREDENTIALS_FILE, SERVER_CONFIG_FILE,
-    SINK_PUBLISH, SINK_SUBSCRIBE, NatsUsers, probe_publish, probe_subscribe, read_credentials, write_credentials,
-)
+from connstats.cli.nats_auth import CREDENTIALS_FILE, SERVER_CONFIG_FILE, NatsUsers, read_credentials, write_credentials
 from connstats.cli.options import NatsFlags
-from connstats.probe.contract import NatsOptions, StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
+from connstats.probe.contract import (
+    NatsOptions,
+    StreamSettings,
+    connect,
+    ensure_stream,
+    flow_stream_config,
+    flows_subject,
+)
 from connstats.probe.contract.errors import ConfigError, TransportError
 from connstats.sink.consumer import dead_letter_headers
 from connstats.sink.deadletters import read_dead_letters, replay

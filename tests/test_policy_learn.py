@@ -14,9 +14,7 @@ from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.history import influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
-from connstats.sink.policy_learn import (
-    PeerSettings, check_policy, learn_policy, learn_query, policy_toml, port_ranges,
-)
+from connstats.sink.policy_learn import PeerSettings, check_policy, learn_policy, learn_query, policy_toml, port_ranges
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 

@@ -4,22 +4,25 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-import nats
 import msgspec
+import nats
 import pytest
 
 from connstats.probe.contract import (
-    NatsOptions, control_subject, events_subject, flows_subject, host_from_token, host_token,
-    host_of_subject, message_id,
+    NatsOptions,
+    control_subject,
+    events_subject,
+    flows_subject,
+    host_from_token,
+    host_of_subject,
+    host_token,
+    message_id,
 )
 from connstats.probe.contract.errors import ConfigError, TransportError
 from connstats.probe.contract.events import Attached
 from connstats.probe.contract.record import OverflowCount
-from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.contract.wire import decode_message
-from connstats.probe.publish.publisher import (
-    FlowPublisher, PublisherSettings, encode_interval, payload_limit,
-)
+from connstats.probe.contract.wire import FlowBatch, decode_message
+from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings, encode_interval, payload_limit
 from tests.fixtures.nats import read_stream, sample_envelope, sample_records
 from tests.fixtures.wait import until_async
 

@@ -1,17 +1,21 @@
 """The record type, the batch built from kernel arrays, and the wire format (schema 2, and 1 still read)."""
 import dataclasses
 
-import numpy as np
 import msgspec
+import numpy as np
 import pytest
 
 from connstats.probe.contract.errors import MessageError
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
 from connstats.probe.contract.wire import (
-    FLOW_COLUMNS, RECORD_FIELDS, FlowBatch, decode_message, encode_message, encode_message_v1,
+    FLOW_COLUMNS,
+    RECORD_FIELDS,
+    FlowBatch,
+    decode_message,
+    encode_message,
+    encode_message_v1,
 )
 from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
-
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
 

@@ -9,19 +9,16 @@ import asyncio
 import logging
 import time
 
-import nats.errors
 import msgspec
+import nats.errors
 import pytest
 
 from connstats.probe.api.control import ControlService
-from connstats.probe.contract import (
-    STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject,
-)
+from connstats.probe.contract import STREAM_NAME, NatsOptions, connect, control_subject, events_subject, flows_subject
 from connstats.probe.contract.control import ControlClient
 from connstats.probe.contract.errors import TransportError
 from connstats.probe.contract.events import Attached
-from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.contract.wire import decode_message
+from connstats.probe.contract.wire import FlowBatch, decode_message
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE

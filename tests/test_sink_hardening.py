@@ -21,8 +21,7 @@ from connstats.cli.main import app
 from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.probe.contract.errors import StoreError, StoreUnavailable
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
-from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.contract.wire import encode_message
+from connstats.probe.contract.wire import FlowBatch, encode_message
 from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
@@ -195,7 +194,7 @@ async def test_overflow_in_history_through_the_cli(tmp_path):
                              "--format", "csv"])
     assert (result.exit_code, result.stdout) == (0, (
         "ifname,direction,packets,bytes,first_seen,last_seen\n"
-        f"veth0,egress,605,684695,2026-09-21T14:13:20.000000001Z,2026-09-21T14:13:20.000000002Z\n"))
+        "veth0,egress,605,684695,2026-09-21T14:13:20.000000001Z,2026-09-21T14:13:20.000000002Z\n"))
     table = await asyncio.to_thread(
         runner.invoke, app, ["history", "--store", f"sqlite:{tmp_path / 'flows.sqlite'}", "--since",
                              "2026-09-21T00:00:00Z", "--until", "2026-09-23T00:00:00Z", "--top", "2"])

@@ -7,9 +7,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from connstats.probe.api.totals import (
-    SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device,
-)
+from connstats.probe.api.totals import SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 

@@ -12,8 +12,6 @@ import threading
 import time
 from dataclasses import replace
 
-import pytest
-
 from connstats.probe.contract import NatsOptions, connect, flows_subject
 from connstats.sink.sqlite_store import SqliteStore
 from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401

@@ -28,8 +28,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-import nats.errors
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 

@@ -49,9 +49,7 @@ from ..runtime.callers import Callers, bearer
 from ..runtime.listener import host_allowed, is_loopback, listen, origin_allowed, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from ..seams import ProbePort
-from .totals import (
-    DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device,
-)
+from .totals import DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device
 
 log = logging.getLogger(__name__)
 

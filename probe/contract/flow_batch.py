@@ -16,6 +16,7 @@ import numpy as np
 from .record import DIRECTIONS, VERDICTS, Envelope, FlowRecord, bulk_allocation, make_record
 from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Device, FlowColumns
 
+
 @dataclass(frozen=True, slots=True)
 class FlowBatch:
     """One message's (or interval's) records as columns, with its envelope and devices."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import msgspec
-import orjson
 import numpy as np
+import orjson
 
 from .bounded import check_json
 from .errors import MessageError
@@ -34,8 +34,18 @@ from .flow_batch import FlowBatch
 from .record import SCHEMA_VERSION, Envelope, OverflowCount
 from .wire_checks import check_addresses, check_columns, check_envelope, schema_reason
 from .wire_schema import (
-    DEVICE_FIELDS, FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Chunk, Chunks, Device, FlowColumns,
-    Host, MessageV2, ProtoNumber, overflow_to_wire,
+    DEVICE_FIELDS,
+    FLOW_COLUMNS,
+    INTERVAL_FIELDS,
+    RECORD_FIELDS,
+    Chunk,
+    Chunks,
+    Device,
+    FlowColumns,
+    Host,
+    MessageV2,
+    ProtoNumber,
+    overflow_to_wire,
 )
 from .wire_v1 import MessageV1, batch_v1, encode_message_v1, record_to_wire
 

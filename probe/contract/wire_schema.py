@@ -10,8 +10,22 @@ from typing import Annotated, Sequence
 import msgspec
 
 from .record import (
-    IFINDEX_LIMIT, SCHEMA_VERSION, TEXT_MAX, Address, Count, Direction, Family, FlowRecord, Ident,
-    IfIndex, IfName, OverflowCount, Port, Text, Time, Verdict,
+    IFINDEX_LIMIT,
+    SCHEMA_VERSION,
+    TEXT_MAX,
+    Address,
+    Count,
+    Direction,
+    Family,
+    FlowRecord,
+    Ident,
+    IfIndex,
+    IfName,
+    OverflowCount,
+    Port,
+    Text,
+    Time,
+    Verdict,
 )
 
 ProtoNumber = Annotated[int, msgspec.Meta(ge=0, le=255)]

@@ -12,8 +12,23 @@ import msgspec
 from .errors import MessageError
 from .flow_batch import FlowBatch, devices_of
 from .record import (
-    PROTO_NUMBERS, Address, Count, Direction, Envelope, Family, FlowRecord, Ident, IfIndex, IfName,
-    Port, ProtoText, Text, Time, Verdict, proto_name, proto_number,
+    PROTO_NUMBERS,
+    Address,
+    Count,
+    Direction,
+    Envelope,
+    Family,
+    FlowRecord,
+    Ident,
+    IfIndex,
+    IfName,
+    Port,
+    ProtoText,
+    Text,
+    Time,
+    Verdict,
+    proto_name,
+    proto_number,
 )
 from .wire_checks import check_addresses
 from .wire_schema import FLOW_COLUMNS, FlowColumns, WireEnvelope, overflow_to_wire

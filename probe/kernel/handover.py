@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.errors import KernelError
-from .loader import FLOW4_KEY, FLOW_COUNTERS, FLOW_COUNTERS_V1, FLOW_KEY, PinnedMap, open_pinned_map, read_map, widen_ipv4_keys
+from .loader import (
+    FLOW4_KEY,
+    FLOW_COUNTERS,
+    FLOW_COUNTERS_V1,
+    FLOW_KEY,
+    PinnedMap,
+    open_pinned_map,
+    read_map,
+    widen_ipv4_keys,
+)
 from .poller import DrainedInterval
 
 log = logging.getLogger("connstats.probe")

@@ -14,8 +14,8 @@ import logging
 import socket
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from ..contract.errors import ConfigError, ConnstatsError
@@ -25,8 +25,7 @@ from ..policy.tables import PolicyTables
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .handover import OldLayout, read_old_layout
 from .leftovers import attached_in_pins
-from .loader import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier
-from .loader import wait_for_grace_period
+from .loader import DEFAULT_CAPACITY, FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, load_classifier, wait_for_grace_period
 from .ownership import DEFAULT_LOCK_DIR, DeviceLocks
 from .pins import PinnedInstance, ProbeLock, ensure_bpffs, layout_name, remove_pins
 from .poller import DrainedInterval, MapPoller, MapRead

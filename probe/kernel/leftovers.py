@@ -18,7 +18,6 @@ from .pins import PinnedInstance, last_state_dir, pinned_instances
 from .tc import TcAttacher
 
 
-
 @dataclass(frozen=True)
 class Leftover:
     """One state directory's pins and whether a running probe owns them."""

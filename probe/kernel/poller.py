@@ -31,8 +31,14 @@ from ..contract.errors import KernelError
 from ..contract.flow_batch import FlowBatch
 from ..contract.record import DIRECTIONS, Envelope, OverflowCount
 from .loader import (
-    FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, ClassifierProgram, delete_keys, read_map,
-    wait_for_grace_period, widen_ipv4_keys,
+    FLOW4_KEY,
+    FLOW_COUNTERS,
+    FLOW_KEY,
+    ClassifierProgram,
+    delete_keys,
+    read_map,
+    wait_for_grace_period,
+    widen_ipv4_keys,
 )
 
 _ZERO = ctypes.c_int(0)

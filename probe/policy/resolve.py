@@ -18,8 +18,8 @@ import json
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import cached_property
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Iterable
 
 from ..contract.policy_file import BUILTIN_GROUPS, Group, Policy

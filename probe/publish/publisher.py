@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
-import msgspec
 from nats.aio.client import Client
 from nats.js.api import Header, PubAck
 
@@ -30,8 +30,14 @@ from ..contract.errors import TransportError
 from ..contract.events import Event, OutboxOverflow, event_body
 from ..contract.flow_batch import FlowBatch
 from ..contract.messaging import (
-    NatsOptions, StreamSettings, connect, ensure_stream, events_subject, flow_stream_config,
-    flows_subject, message_id,
+    NatsOptions,
+    StreamSettings,
+    connect,
+    ensure_stream,
+    events_subject,
+    flow_stream_config,
+    flows_subject,
+    message_id,
 )
 from ..contract.record import Envelope
 from ..contract.wire import encode_chunk, encode_flows

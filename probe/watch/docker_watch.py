@@ -23,8 +23,15 @@ from ..contract.errors import ConnstatsError
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
 from .containers import (
-    DEFAULT_DOCKER_SOCKET, Container, ContainerIndex, Netns, attach_labelled, detach_quietly,
-    owner_fields, peer_veths, report_failed,
+    DEFAULT_DOCKER_SOCKET,
+    Container,
+    ContainerIndex,
+    Netns,
+    attach_labelled,
+    detach_quietly,
+    owner_fields,
+    peer_veths,
+    report_failed,
 )
 
 log = logging.getLogger("connstats.probe.docker")

@@ -35,9 +35,7 @@ from pyroute2.netlink.rtnl import RTM_DELLINK
 from ..kernel.ownership import own_netns
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
-from .containers import (
-    ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed,
-)
+from .containers import ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed
 from .link_monitor import DeviceKey, LinkMonitor, LinkState, dump_links, link_state, still_there
 from .settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings
 

@@ -28,8 +28,16 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from connstats.probe.contract import (
-    FLOWS_WILDCARD, STREAM_NAME, MessageError, NatsOptions, StreamSettings, TransportError, connect,
-    decode_message, ensure_stream, host_of_subject,
+    FLOWS_WILDCARD,
+    STREAM_NAME,
+    MessageError,
+    NatsOptions,
+    StreamSettings,
+    TransportError,
+    connect,
+    decode_message,
+    ensure_stream,
+    host_of_subject,
 )
 from connstats.probe.runtime.backoff import Backoff
 

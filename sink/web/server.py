@@ -27,18 +27,32 @@ import msgspec
 from aiohttp import web
 
 from connstats.probe.contract import (
-    ConfigError, ConnstatsError, ControlClient, NatsOptions, StoreError, TransportError, connect,
+    ConfigError,
+    ConnstatsError,
+    ControlClient,
+    NatsOptions,
+    StoreError,
+    TransportError,
+    connect,
 )
+from connstats.probe.runtime.callers import Callers, TokenFile
 from connstats.probe.runtime.listener import is_loopback, listen, parse_listen_address
 from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
 from connstats.sink.stores import parse_store
 
-from connstats.probe.runtime.callers import Callers, TokenFile
-
 from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed, LivePage
-from .queries import (build_map, build_series, build_violations, history_query, learn_params, live_filter, map_query,
-                      policy_params, violations_query)
+from .queries import (
+    build_map,
+    build_series,
+    build_violations,
+    history_query,
+    learn_params,
+    live_filter,
+    map_query,
+    policy_params,
+    violations_query,
+)
 from .violations import ViolationLog
 
 log = logging.getLogger("connstats.web")

@@ -12,7 +12,6 @@ drain (read) alone: the probe's cost per interval beyond the kernel's.
 import statistics
 import time
 
-
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, _batch, libbpf, load_classifier, read_map

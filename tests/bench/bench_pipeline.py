@@ -88,6 +88,7 @@ def build_intervals(count: int, records: int) -> list[FlowBatch]:
 def bench_bare_executemany(intervals, tmp: Path, per_message: int) -> float:
     """The same rows, prebuilt, into the same table (made by SqliteStore), same pragmas."""
     import sqlite3
+
     from connstats.sink.sqlite_store import _INSERT, flow_rows
     path = tmp / "bare.sqlite"
     asyncio.run(_touch(path))

@@ -15,7 +15,6 @@ CPU seconds of this process (``resource.getrusage``), best of the rounds. No roo
 import resource
 import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -11,12 +11,10 @@ import pytest
 
 from connstats.probe.contract import StreamSettings, ensure_stream, flow_stream_config
 from tests.e2e.test_alerts_e2e import THRESHOLD, Webhook
-from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
-    assert_one_line_error, connstats, cs_env, quiet_network, start,
-)
+from tests.e2e.test_cli_e2e import assert_one_line_error, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.e2e.test_metrics_e2e import get, samples
-from tests.fixtures.wait import until
 from tests.fixtures.nats import free_port
+from tests.fixtures.wait import until
 
 RULE = (("rule", "udp-burst"),)
 

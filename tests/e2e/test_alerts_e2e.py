@@ -16,9 +16,7 @@ from aiohttp import web
 
 from connstats.cli.nats_auth import CREDENTIALS_FILE, read_credentials
 from connstats.probe.contract import alerts_subject, decode_message
-from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
-    NO_HTTP_CLASH, connstats, cs_env, quiet_network, start,
-)
+from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 from tests.e2e.test_overflow_e2e import SEND_FROM_MANY_PORTS
 from tests.fixtures.nats import free_port, read_stream
 from tests.fixtures.wait import until

@@ -8,9 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.e2e.test_cli_e2e import (  # noqa: F401 (fixtures)
-    NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start,
-)
+from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.kernel
 

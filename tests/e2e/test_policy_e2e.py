@@ -15,9 +15,14 @@ import nats
 import pytest
 
 from connstats.probe.contract.wire import decode_message
-
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, start  # noqa: F401
-from tests.e2e.test_cli_e2e import quiet_network  # noqa: F401
+from tests.e2e.test_cli_e2e import (  # noqa: F401
+    NO_HTTP_CLASH,
+    UDP_V4_OVERHEAD,
+    connstats,
+    cs_env,
+    quiet_network,  # noqa: F401
+    start,
+)
 from tests.fixtures.wait import steady
 
 pytestmark = pytest.mark.kernel

@@ -13,9 +13,8 @@ import pytest
 
 from connstats.sink.policy_learn import check_policy
 from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.netns import TRAFFIC, tcp_closing
 from tests.fixtures.wait import until
-from tests.fixtures.netns import tcp_closing
 
 pytestmark = pytest.mark.kernel
 

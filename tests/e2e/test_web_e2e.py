@@ -89,10 +89,10 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     page.evaluate(RECORD_LIVE)
     before = shown_seq(page)
     a.traffic("udp", b.ipv4, 5353, 40101, 1000, 100)
-    page.wait_for_function(f"Object.keys(window.seen).length >= 2 && (() => {{"
-                           f"const t = {{}}; for (const [k, v] of Object.entries(window.seen)) "
-                           f"{{ const i = k.split(' ')[1]; t[i] = (t[i] || 0) + v[0]; }} "
-                           f"return Object.values(t).every(n => n === 1000); }})()", timeout=20_000)
+    page.wait_for_function("Object.keys(window.seen).length >= 2 && (() => {"
+                           "const t = {}; for (const [k, v] of Object.entries(window.seen)) "
+                           "{ const i = k.split(' ')[1]; t[i] = (t[i] || 0) + v[0]; } "
+                           "return Object.values(t).every(n => n === 1000); })()", timeout=20_000)
     seen = page.evaluate("window.seen")
     first = min(int(k.split(" ")[0].split(":")[-1]) for k in seen)
     assert first <= before + 2, (before, seen)
