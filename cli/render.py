@@ -98,5 +98,5 @@ def table_text(rows: Sequence[dict], columns: Sequence[Column], *, empty: str = 
 
 def _line(cells: Sequence[str], columns: Sequence[Column], widths: Sequence[int]) -> str:
     parts = [cell.rjust(w) if c.kind in ("int", "bytes") else cell.ljust(w)
-             for cell, c, w in zip(cells, columns, widths)]
+             for cell, c, w in zip(cells, columns, widths, strict=True)]
     return " ".join(parts).rstrip()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .contract.events import Event, HandoverLost, device_event
+from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
 from .contract.record import FlowRecord
 from .kernel.devices import AttachedDevice, FilterLoss
@@ -26,7 +27,7 @@ from .seams import DetachListener, Labels, ProbePort, ProbeStatus, Service, Serv
 
 log = logging.getLogger("connstats.probe")
 
-IntervalListener = Callable[["FlowBatch"], None]  # flow_batch.FlowBatch: one published interval
+IntervalListener = Callable[[FlowBatch], None]  # one published interval
 
 
 @dataclass

@@ -24,6 +24,7 @@ server spreads messages over them; that is how the sink scales out. For each mes
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -180,7 +181,7 @@ class FlowConsumer:
         stored, failed = self._counts["stored_messages"], self._counts["store_errors"]
         decoded = _Lookahead(messages)
         for index, msg in enumerate(messages):
-            delay = await self.handle(msg, decoded.take(index), lambda: decoded.prepare(index + 1))
+            delay = await self.handle(msg, decoded.take(index), functools.partial(decoded.prepare, index + 1))
             if delay:  # the store itself fails: hand back the rest too
                 await self._nak_all(messages[index + 1:], delay)
                 return delay

@@ -358,7 +358,7 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
     rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in query.keys},
              **{v: r[v] for v in VALUES}} for r in groups.values()]
     if query.counts_clients:
-        for key, row in zip(groups, rows):
+        for key, row in zip(groups, rows, strict=True):
             row["connections"] = len(clients[key])
     return _sorted_top(rows, query)
 

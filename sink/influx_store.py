@@ -117,7 +117,7 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     batch's columns (one f-string per record, no record object)."""
     envelope = batch.envelope
     ports = service_port_column(batch.column("src_port"), batch.column("dst_port"), service_ports)
-    keys = list(zip(*(batch.column(tag) for tag in TAGS), ports))
+    keys = list(zip(*(batch.column(tag) for tag in TAGS), ports, strict=True))
     tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
     src_ip, dst_ip = (_escaped(batch.column(name)) for name in ("src_ip", "dst_ip"))
@@ -131,7 +131,7 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
         in enumerate(zip(keys, *(batch.column(name) for name in ("bytes",)), containers, dst_ip,
                          *(batch.column(name) for name in ("dst_port", "family", "first_seen", "ifindex",
                                                           "last_seen", "packets")),
-                         src_ip, batch.column("src_port"), batch.column("tcp_flags")))
+                         src_ip, batch.column("src_port"), batch.column("tcp_flags"), strict=True))
     ]
 
 
@@ -148,8 +148,8 @@ def encode_overflow_lines(envelope: Envelope) -> list[str]:
 def _container_fields(ids, images) -> list[str]:
     """``container_id`` and ``container_image`` fields per record, "" for unlabelled ones."""
     text = {pair: (f'container_id="{escape_string(pair[0])}",container_image="{escape_string(pair[1])}",'
-                   if any(pair) else "") for pair in set(zip(ids, images))}
-    return list(map(text.__getitem__, zip(ids, images)))
+                   if any(pair) else "") for pair in set(zip(ids, images, strict=True))}
+    return list(map(text.__getitem__, zip(ids, images, strict=True)))
 
 
 def service_port(src_port: int, dst_port: int, service_ports: frozenset[int] = frozenset()) -> str:

@@ -81,9 +81,9 @@ def service_port_column(src_ports, dst_ports, service_ports: frozenset[int] = fr
     known = known_ports(service_ports)
     texts: dict[tuple[int, int], str] = {}
     try:
-        for pair in set(zip(src_ports, dst_ports)):
+        for pair in set(zip(src_ports, dst_ports, strict=True)):
             port, is_service = service_port(*pair, known)
             texts[pair] = _PORT_TEXT[port] if is_service else OTHER_PORT
     except IndexError:
         raise MessageError("a record has a port above 65535; fix the producer of the message") from None
-    return list(map(texts.__getitem__, zip(src_ports, dst_ports)))
+    return list(map(texts.__getitem__, zip(src_ports, dst_ports, strict=True)))

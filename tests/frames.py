@@ -31,7 +31,7 @@ def ipv6(src: str, dst: str, proto: int, payload: bytes, ext: list[tuple[int, by
     """``ext`` is a list of (header type, header body without its first two bytes)."""
     chain = b""
     types = [t for t, _ in ext] + [proto]
-    for (kind, body), next_kind in zip(ext, types[1:]):
+    for (kind, body), next_kind in zip(ext, types[1:], strict=False):
         if kind == 44:  # fragment header: fixed 8 bytes
             chain += struct.pack("!BB", next_kind, 0) + body
         else:

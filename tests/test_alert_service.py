@@ -135,7 +135,7 @@ async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, f
     stored = await read_stream(role_nats.url.replace("nats://", f"nats://admin:{role_nats.passwords['admin']}@"),
                                ALERTS_STREAM)
     messages = [json.loads(m.data) for m in stored]
-    assert [(m.subject, a["state"], a["labels"], a["value"]) for m, a in zip(stored, messages)] == [
+    assert [(m.subject, a["state"], a["labels"], a["value"]) for m, a in zip(stored, messages, strict=True)] == [
         ("connstats.v1.alerts.node-1", "firing", labels, 700), ("connstats.v1.alerts.node-1", "resolved", labels, 700)]
     assert messages[1]["ended_at"] <= messages[1]["sent_at"]
 

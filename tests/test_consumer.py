@@ -252,7 +252,7 @@ async def test_two_consumers_on_one_durable_share_the_work_exactly_once(nats_ser
     stores = [MemoryStore(), MemoryStore()]
     connections = [await connected(nats_server) for _ in stores]
     settings = ConsumerSettings(batch=4)
-    consumers = [FlowConsumer(nc, store, settings) for nc, store in zip(connections, stores)]
+    consumers = [FlowConsumer(nc, store, settings) for nc, store in zip(connections, stores, strict=True)]
     for consumer in consumers:
         await consumer.start()
     stop = asyncio.Event()
@@ -261,7 +261,7 @@ async def test_two_consumers_on_one_durable_share_the_work_exactly_once(nats_ser
                       f"{messages} messages stored")
     stop.set()
     await asyncio.gather(*tasks)
-    for consumer, nc in zip(consumers, connections):
+    for consumer, nc in zip(consumers, connections, strict=True):
         await consumer.close()
         await nc.close()
     first, second = (set(s.rows) for s in stores)

@@ -75,11 +75,11 @@ def cluster(three_hosts, tmp_path):
     etc = [Path("/etc/netns") / host.netns for host in hosts]
     processes: list[subprocess.Popen] = []
     try:
-        names = "".join(f"{host.ipv4} {name}\n" for host, name in zip(hosts, NODES))
+        names = "".join(f"{host.ipv4} {name}\n" for host, name in zip(hosts, NODES, strict=False))
         for directory in etc:
             directory.mkdir(parents=True)
             (directory / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
-        for host, name in zip(hosts, NODES):
+        for host, name in zip(hosts, NODES, strict=False):
             log = (tmp_path / f"{name}.log").open("wb")
             env = node_env(name, tmp_path / name)
             processes.append(subprocess.Popen(

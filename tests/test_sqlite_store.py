@@ -77,9 +77,9 @@ def test_flow_rows_is_one_tuple_per_record_in_column_order():
              "interval_end", "container_id", "container_name", "container_image")
     assert [{name: row[_COLUMNS.index(name)] for name in names} for row in rows] == [
         dict(zip(names, ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.1", "10.9.0.1", 30000, 443, 1, 100,
-                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""))),
+                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""), strict=True)),
         dict(zip(names, ("node-1", 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.9.0.1", 30001, 443, 2, 200,
-                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""))),
+                         T0 + 1, T0 + 2, 0x18, T0, T0 + INTERVAL, "", "", ""), strict=True)),
     ]
 
 

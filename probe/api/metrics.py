@@ -107,7 +107,7 @@ def _group_sums(batch: FlowBatch, kind: np.ndarray, kinds: int) -> Iterable[tupl
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     packets = np.add.reduceat(np.asarray(cols.packets, dtype=np.uint64)[order], starts)
     nbytes = np.add.reduceat(np.asarray(cols.bytes, dtype=np.uint64)[order], starts)
-    for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist()):
+    for g, p, b in zip(sorted_groups[starts].tolist(), packets.tolist(), nbytes.tolist(), strict=True):
         device, k = divmod(g, kinds)
         ifindex = int(ifindexes[device // 2])
         yield iface_label(ifindex, names.get(ifindex, "")), "egress" if device % 2 else "ingress", k, p, b

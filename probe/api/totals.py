@@ -168,14 +168,14 @@ class _Interval:
         return list(map(self.batch.column(name).__getitem__, rows.tolist()))
 
     def keys(self, at: np.ndarray) -> list[ConnectionKey]:
-        return list(zip(*(self.field(name, at) for name in _KEY_FIELDS)))
+        return list(zip(*(self.field(name, at) for name in _KEY_FIELDS), strict=True))
 
     def tuples(self) -> list[tuple]:
         """(key, ifname, family, container_name, verdict, packets, bytes, first_seen, last_seen) per record."""
         everything = np.arange(len(self))
         return list(zip(self.keys(everything), *(self.field(name, everything) for name in _STATIC_FIELDS),
                         self.packets.tolist(), self.bytes.tolist(), self.first_seen.tolist(),
-                        self.last_seen.tolist()))
+                        self.last_seen.tolist(), strict=True))
 
 
 class _Columns:
@@ -275,7 +275,7 @@ class ConnectionTotals:
         at = new[first[order]]
         base = len(self._keys)
         keys = interval.keys(at)
-        fresh = dict(zip(_STATIC_FIELDS, (interval.field(name, at) for name in _STATIC_FIELDS)))
+        fresh = dict(zip(_STATIC_FIELDS, (interval.field(name, at) for name in _STATIC_FIELDS), strict=True))
         fresh.update(id=self._new_ids(keys), ifindex=interval.ifindex[at], hash=interval.hashes[at],
                      packets=0, bytes=0, first_seen=_NO_TIME[0], last_seen=_NO_TIME[1])
         self._columns.append(fresh, interval.words[:, at])
@@ -361,7 +361,7 @@ class ConnectionTotals:
         self._forgotten[ifindex] = _Forgotten(
             until_ns=time.time_ns() if until_ns is None else until_ns,
             residue_start=live.envelope.interval_start if len(mine) else None,
-            residue=dict(zip(mine.keys(everything), zip(mine.packets.tolist(), mine.bytes.tolist()))),
+            residue=dict(zip(mine.keys(everything), zip(mine.packets.tolist(), mine.bytes.tolist(), strict=True), strict=True)),
         )
         return dropped
 
@@ -424,7 +424,7 @@ class ConnectionTotals:
         return [ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:], packets, nbytes,
                                 first, last, container, verdict)
                 for key, id, ifname, family, packets, nbytes, first, last, container, verdict
-                in zip([self._keys[s] for s in slots.tolist()], *fields)]
+                in zip([self._keys[s] for s in slots.tolist()], *fields, strict=True)]
 
     def _live_records(self, live: FlowBatch, ifindexes: Any) -> _Interval:
         """The live interval's records on ``ifindexes``, less forgotten devices' residue."""
@@ -478,7 +478,7 @@ def _subtract_residue(interval: _Interval, mine: np.ndarray,
                       residue: dict[ConnectionKey, tuple[int, int]], keep: np.ndarray) -> None:
     """Take a forgotten device's pre-detach counts off its records at ``mine`` (in place);
     a record that has nothing left is dropped from ``keep``."""
-    for i, key in zip(mine.tolist(), interval.keys(mine)):
+    for i, key in zip(mine.tolist(), interval.keys(mine), strict=True):
         counted = residue.get(key)
         if counted is None:
             continue

@@ -56,7 +56,7 @@ class FlowBatch:
 
     def rows(self, names: Sequence[str]) -> Iterator[tuple]:
         """Tuples of the named fields, record by record (for ``executemany``)."""
-        return zip(*(self.column(name) for name in names))
+        return zip(*(self.column(name) for name in names), strict=True)
 
     def records(self) -> list[FlowRecord]:
         """One ``FlowRecord`` per record, for subscribers who want objects."""

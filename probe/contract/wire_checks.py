@@ -59,7 +59,7 @@ def check_addresses(families: list[int], columns: dict[str, list[str]], where: s
         for family in present:
             chosen = compress(texts, masks[family]) if masks else texts
             if not _all_of_family(family, chosen):
-                i = next(i for i, (f, t) in enumerate(zip(families, texts))
+                i = next(i for i, (f, t) in enumerate(zip(families, texts, strict=True))
                          if f == family and not _all_of_family(family, [t]))
                 at = f"{where}[{i}]" if where == "$.records" else f"{where}.{name}[{i}]"
                 raise MessageError(f"address {texts[i]!r} is not family {family} - at `{at}`")

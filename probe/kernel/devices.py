@@ -214,7 +214,7 @@ def attached_entries(entries: tuple[np.ndarray, np.ndarray]) -> dict[int, str]:
     keys, values = entries
     marked = values["attached"] == 1
     return {ifindex: DIRECTION_MODES[mode] if mode < len(DIRECTION_MODES) else "auto"
-            for ifindex, mode in zip(keys[marked].tolist(), values["mode"][marked].tolist())}
+            for ifindex, mode in zip(keys[marked].tolist(), values["mode"][marked].tolist(), strict=True)}
 
 
 class DeviceRegistry:

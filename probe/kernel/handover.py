@@ -152,7 +152,7 @@ def _overflow(path: Path, old: OldLayout) -> dict[int, tuple[tuple[int, int, int
     finally:
         table.close()
     found: dict[int, list] = {0: [], 1: []}
-    for key, value in zip(keys.tolist(), values):
+    for key, value in zip(keys.tolist(), values, strict=True):
         ifindex, buffer, direction, _ = key
         found.setdefault(buffer, []).append(
             (ifindex, direction, int(value["packets"].sum()), int(value["bytes"].sum())))

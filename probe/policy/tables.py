@@ -169,7 +169,7 @@ def _sweep(ranges: list[tuple[int, int, int, int]]) -> Iterable[tuple[int, int, 
         ends[high + 1].append((source, target))
     active: Counter = Counter()
     cuts = sorted({0, 65536} | starts.keys() | ends.keys())
-    for start, stop in zip(cuts, cuts[1:]):
+    for start, stop in zip(cuts, cuts[1:], strict=False):
         active.subtract(ends.get(start, ()))
         active.update(starts.get(start, ()))
         active = +active  # drop the pairs no range covers any more

@@ -42,7 +42,7 @@ def violations(batch, resolved: Resolved, mode: str) -> list[dict[str, Any]]:
     devices = {d.ifindex: d for d in part.devices}
     found: dict[tuple, dict[str, Any]] = {}
     for ifindex, direction, proto, src, sport, dst, dport, packets, nbytes, first in zip(
-            *(part.column(name) for name in _FIELDS)):
+            *(part.column(name) for name in _FIELDS), strict=True):
         key = (ifindex, proto, frozenset(((src, sport), (dst, dport))))
         event = found.get(key)
         if event is None or first < event["_first"]:

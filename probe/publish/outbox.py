@@ -106,7 +106,7 @@ class Outbox:
         They count as being sent until the next ``peek``: overflow drops skip them, as
         they may be stored already and their memory is held by the sender anyway.
         """
-        head = [m for _, m in zip(range(limit), self._memory)]
+        head = [m for _, m in zip(range(limit), self._memory, strict=False)]
         for entry in self._spool:
             if len(head) >= limit:
                 break

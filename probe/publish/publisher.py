@@ -296,7 +296,7 @@ class FlowPublisher:
         pending = await self._send_all(window)
         answers = await asyncio.gather(*(self._await_ack(f) for f in pending), return_exceptions=True)
         done = 0
-        for message, answer in zip(window, answers):
+        for message, answer in zip(window, answers, strict=True):
             if not self._settle(message, answer):
                 break
             done += 1

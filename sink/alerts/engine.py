@@ -11,6 +11,7 @@ kind raises is logged and counted, and the others go on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -44,12 +45,12 @@ class AlertEngine:
         start = clock()
         self.kinds: list[Kind] = [KINDS[r.kind](r, Context(self.vocabulary, host, saved.get(r.name),
                                                            {"start_ns": start})) for r in self.rules]
-        self.states = [RuleStates(r, r.kind, host, k.pending_ns()) for r, k in zip(self.rules, self.kinds)]
+        self.states = [RuleStates(r, r.kind, host, k.pending_ns()) for r, k in zip(self.rules, self.kinds, strict=True)]
 
     def on_interval(self, chunks: Sequence[FlowBatch], now_ns: int | None = None) -> list[dict[str, Any]]:
         table = FlowTable(chunks, self.vocabulary)
         self.stats.intervals += 1
-        for rule, kind in zip(self.rules, self.kinds):
+        for rule, kind in zip(self.rules, self.kinds, strict=True):
             self._guarded(rule, kind.observe, table)
         return self.evaluate(now_ns)
 
@@ -60,10 +61,10 @@ class AlertEngine:
         now = self.clock() if now_ns is None else now_ns
         self.stats.evaluations += 1
         out: list[dict[str, Any]] = []
-        for rule, kind, states in zip(self.rules, self.kinds, self.states):
+        for rule, kind, states in zip(self.rules, self.kinds, self.states, strict=True):
             findings = self._guarded(rule, kind.evaluate, now)
             if findings is not None:
-                out += self._guarded(rule, lambda found: states.update(found, now), findings) or []
+                out += self._guarded(rule, functools.partial(states.update, now_ns=now), findings) or []
         self.stats.firing_by_rule = {s.rule.name: s.firing_count() for s in self.states}
         self.save(now)
         return out
@@ -78,7 +79,7 @@ class AlertEngine:
         now = self.clock() if now_ns is None else now_ns
         if self.baseline is None or (not force and now - self._last_save < SAVE_EVERY_NS):
             return
-        changed = [(r, k) for r, k in zip(self.rules, self.kinds) if k.changed]
+        changed = [(r, k) for r, k in zip(self.rules, self.kinds, strict=True) if k.changed]
         if not changed:
             return
         for rule, kind in changed:

@@ -83,7 +83,7 @@ def combine(columns: list[np.ndarray], radix: tuple[int, ...], length: int) -> n
     if not columns:
         return np.zeros(length, dtype=np.int64)
     key = columns[0].astype(np.int64, copy=True)
-    for column, base in zip(columns[1:], radix[1:]):
+    for column, base in zip(columns[1:], radix[1:], strict=True):
         key *= base
         key += column
     return key

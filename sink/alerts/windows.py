@@ -39,7 +39,7 @@ class WindowSums:
         self._partials = [p for p in self._partials if p.end_ns > now_ns - self.keep_ns]
         inside = [p for p in self._partials if p.end_ns > now_ns - span_ns]
         before, cached = self._memo.get(span_ns, (None, None))
-        if cached is not None and len(before) == len(inside) and all(a is b for a, b in zip(before, inside)):
+        if cached is not None and len(before) == len(inside) and all(a is b for a, b in zip(before, inside, strict=True)):
             return cached  # the timer's evaluations between intervals: nothing entered or left
         result = self._totals(inside)
         self._memo[span_ns] = (inside, result)

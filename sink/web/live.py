@@ -132,7 +132,7 @@ class LivePage:
         rows, totals = chunk.top(self.wanted)
         pending.chunks.add(e.chunk)
         pending.rows = busiest(pending.rows + rows, self.wanted.limit)
-        pending.totals = [a + b for a, b in zip(pending.totals, totals)]
+        pending.totals = [a + b for a, b in zip(pending.totals, totals, strict=True)]
         if len(pending.chunks) < e.chunks:
             while len(self._pending) > MAX_PENDING_INTERVALS:
                 self._pending.pop(next(iter(self._pending)))

@@ -237,7 +237,7 @@ def test_overflow_spike_and_silent_host_with_a_separate_probe(quiet_network, cs_
     flows = [decode_message(m.data) for m in stream(nats_server.url, "CONNSTATS") if ".flows." in m.subject]
     overflow = [o for f in flows for o in f.envelope.overflow if o.ifname == a.host_if]
     overflowed = sum(o.packets for o in overflow)  # both directions (b's ICMP answers too)
-    counted = sum(p for f in flows for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction)
+    counted = sum(p for f in flows for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction, strict=True)
                   if port == 5600 and d == "egress")
     assert counted + sum(o.packets for o in overflow if o.direction == "egress") == 500 and overflowed > 0
     assert [(group(m), m["host"], m["value"]) for m in fired("map-full")] == [
@@ -245,7 +245,7 @@ def test_overflow_spike_and_silent_host_with_a_separate_probe(quiet_network, cs_
 
     [spike] = fired("spike")
     in_window = sum(p for f in flows if spike["sent_at"] - 2 * 10**9 < f.envelope.interval_end <= spike["sent_at"]
-                    for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction)
+                    for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction, strict=True)
                     if port == 5360 and d == "egress")
     assert (group(spike), spike["value"], spike["threshold"]) == (
         {"ifname": a.host_if, "dst_port": "5360"}, in_window, 4)

@@ -124,7 +124,7 @@ async def test_three_containers_are_attached_counted_labelled_and_released(nats_
     assert totals(records, ifindex=c2["ifindex"], direction="ingress", src_port=41003, **udp) == (10, 10 * (UDP_FRAME + 700))
 
     # TCP through busybox nc: what c1's eth0 sent and received is what its veth counted.
-    rx_packets, rx_bytes, tx_packets, tx_bytes = (a - b for a, b in zip(after, before))
+    rx_packets, rx_bytes, tx_packets, tx_bytes = (a - b for a, b in zip(after, before, strict=True))
     tcp_match = dict(ifindex=c1["ifindex"], proto=6)
     assert totals(records, direction="egress", dst_port=7000, **tcp_match) == (tx_packets, tx_bytes)
     assert totals(records, direction="ingress", src_port=7000, **tcp_match) == (rx_packets, rx_bytes)

@@ -212,7 +212,7 @@ def test_a_policy_of_20000_prefixes_applies_in_time_while_traffic_is_counted(qui
     print(f"apply of {FAR} prefixes: {took:.2f} s")
     seqs = sorted(intervals.arrived)
     assert seqs == list(range(seqs[0], seqs[-1] + 1))  # no interval missing while it compiled ...
-    gaps = [intervals.arrived[s] - intervals.arrived[p] for p, s in zip(seqs, seqs[1:])]
+    gaps = [intervals.arrived[s] - intervals.arrived[p] for p, s in zip(seqs, seqs[1:], strict=False)]
     assert len(seqs) >= 4 and max(gaps) < 2.0, gaps  # ... nor late (one every 0.5 s)
 
     b_before = b.counters()

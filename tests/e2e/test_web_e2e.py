@@ -99,7 +99,7 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     totals = {}
     for key, (packets, nbytes) in seen.items():
         ifname = key.split(" ")[1]
-        totals[ifname] = [sum(x) for x in zip(totals.get(ifname, [0, 0]), (packets, nbytes))]
+        totals[ifname] = [sum(x) for x in zip(totals.get(ifname, [0, 0]), (packets, nbytes), strict=True)]
     assert totals == {a.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)],
                       b.host_if: [1000, 1000 * (UDP_V4_OVERHEAD + 100)]}
 

@@ -53,7 +53,7 @@ def test_poll_forever_publishes_every_interval_and_the_final_one(test_network):
     probe.close()
     seqs = [e.interval_seq for e, _ in published]
     assert seqs == list(range(len(seqs))) and len(seqs) >= 4
-    assert all(e1.interval_end == e2.interval_start for (e1, _), (e2, _) in zip(published, published[1:]))
+    assert all(e1.interval_end == e2.interval_start for (e1, _), (e2, _) in zip(published, published[1:], strict=False))
     everything = [r for _, records in published for r in records]
     assert udp_totals(everything, a.host_if, 44001) == (500, 500 * 52)
     assert probe.devices.devices() == []

@@ -71,7 +71,7 @@ class Kind:
         return int(self.vocabulary.ids("host", [host])[0])
 
     def labels(self, fields: tuple[str, ...], row: np.ndarray) -> dict[str, str]:
-        return {f: label_text(f, self.vocabulary.value(f, int(i))) for f, i in zip(fields, row.tolist())}
+        return {f: label_text(f, self.vocabulary.value(f, int(i))) for f, i in zip(fields, row.tolist(), strict=True)}
 
     def sender(self, host_id: int) -> str | None:
         return None if host_id < 0 else self.vocabulary.value("host", host_id)

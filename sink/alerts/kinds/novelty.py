@@ -79,7 +79,7 @@ class Novelty(Kind):
         """One key per record the rule looks at; empty values (non-IP frames) left out."""
         columns = [table.ids(f) for f in self.columns]
         key = np.zeros(len(table), dtype=np.int64)
-        for field, column in zip(self.columns, columns):
+        for field, column in zip(self.columns, columns, strict=True):
             if self.vocabulary.size(field) >> self.bits:  # ids are below the size
                 raise RuntimeError(f"more than 2**{self.bits} distinct values of a field; group by fewer fields")
             key <<= self.bits
@@ -100,7 +100,7 @@ class Novelty(Kind):
         if not self.recent:
             return []
         rows = self.rows(np.fromiter(self.recent, dtype=np.int64, count=len(self.recent)))
-        return [self.finding(row, host) for row, (_, host) in zip(rows, self.recent.values())]
+        return [self.finding(row, host) for row, (_, host) in zip(rows, self.recent.values(), strict=True)]
 
     def finding(self, row: np.ndarray, host: int) -> Finding:
         labels = self.labels(self.columns, row)
@@ -121,7 +121,7 @@ class Novelty(Kind):
             return  # none, or made by a rule with other columns: learn again
         known = saved.get("known") or [[] for _ in self.columns]
         key = np.zeros(len(known[0]), dtype=np.int64)
-        for field, values in zip(self.columns, known):
+        for field, values in zip(self.columns, known, strict=True):
             key <<= self.bits
             key |= self.vocabulary.ids(field, values)
         self.known = np.unique(key)
