@@ -9,9 +9,12 @@ import os
 import pytest
 
 from tests.fixtures.browser import *  # noqa: F401,F403
+from tests.fixtures.cli import *  # noqa: F401,F403
+from tests.fixtures.control import auth_nats  # noqa: F401
 from tests.fixtures.docker import *  # noqa: F401,F403
 from tests.fixtures.influx import *  # noqa: F401,F403
 from tests.fixtures.nats import *  # noqa: F401,F403
+from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401
 from tests.fixtures.netns import *  # noqa: F401,F403
 from tests.fixtures.netns import RUN_ENV, leftovers
 from tests.fixtures.probe import *  # noqa: F401,F403

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import stat
 
-from connstats.sink.alerts import AlertEngine
 from connstats.sink.alerts.baseline import BaselineFile
-from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.states import fingerprint
-from tests.alert_data import SECOND, T0, chunked, interval, overflow
-
-
-def engine(*rules: dict, baseline: BaselineFile | None = None, host: str = "engine-1") -> AlertEngine:
-    return AlertEngine(parse_rules({"rule": list(rules)}), host, baseline, clock=lambda: T0)
-
+from tests.alert_data import SECOND, chunked, interval, overflow
+from tests.fixtures.alerts import at, engine
 
 UDP_BURST = {"name": "udp-burst", "kind": "threshold", "metric": "packets", "by": ["ifname", "dst_port"],
              "where": {"proto": "udp", "direction": "egress"}, "window": "3s", "above": 500}
-
-
-def at(seq: int) -> int:
-    return T0 + (seq + 1) * SECOND + SECOND // 10  # just after interval ``seq`` ended
 
 
 def test_threshold_fires_once_with_its_labels_and_value_and_resolves():

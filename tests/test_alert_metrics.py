@@ -27,9 +27,8 @@ from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
 from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
-from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401 (fixture)
+from tests.fixtures.alerts import HOST, RULE, Receiver, publish
 from tests.fixtures.wait import until_async
-from tests.test_alert_service import HOST, RULE, Receiver, publish
 
 BURST = RULE | {"window": "1h"}  # nothing resolves while a test runs
 QUIET = BURST | {"name": "quiet", "above": 10**9}

@@ -7,7 +7,7 @@ from dataclasses import replace
 from connstats.probe.contract import FlowBatch, decode_message, encode_message
 from connstats.sink.alerts.kinds import KINDS
 from tests.alert_data import envelope, record
-from tests.test_alert_engine import at, engine
+from tests.fixtures.alerts import at, engine
 
 RULE = {"name": "segmentation", "kind": "policy_violation", "by": ["container_name", "dst_port"], "window": "2s"}
 

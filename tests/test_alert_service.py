@@ -8,75 +8,17 @@ import json
 import time
 
 import pytest
-from aiohttp import web
 
-from connstats.probe.contract import (
-    FlowBatch,
-    StreamSettings,
-    connect,
-    encode_message,
-    ensure_stream,
-    flow_stream_config,
-    flows_subject,
-)
+from connstats.probe.contract import StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
 from connstats.sink.alerts import firing_alerts
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
 from connstats.sink.alerts.query import firing_from_stream
 from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
-from tests.alert_data import envelope, record
-from tests.fixtures.nats import free_port, read_stream
+from tests.fixtures.alerts import HOST, RULE, Receiver, publish
+from tests.fixtures.nats import read_stream
 from tests.fixtures.wait import until_async
-
-HOST = "node-1"
-RULE = {"name": "udp-burst", "kind": "threshold", "metric": "packets", "by": ["ifname", "dst_port"],
-        "where": {"proto": "udp", "direction": "egress"}, "window": "2s", "above": 500, "repeat": "1h"}
-
-
-class Receiver:
-    """A real HTTP server that records POSTed bodies; answers ``statuses`` in turn, then 200;
-    ``hang`` makes it never answer."""
-
-    def __init__(self, statuses=(), hang: bool = False) -> None:
-        self.statuses = list(statuses)
-        self.hang = hang
-        self.bodies: list = []
-        self.attempts = 0
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.attempts += 1
-        if self.hang:
-            await self.closing.wait()
-        status = self.statuses.pop(0) if self.statuses else 200
-        if status == 200:
-            self.bodies.append((request.path, await request.json()))
-        return web.Response(status=status)
-
-    async def __aenter__(self) -> "Receiver":
-        self.closing = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/api/v2/alerts", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.closing.set()
-        await self.runner.cleanup()
-
-
-async def publish(nc, seq: int, rows: list[dict]) -> None:
-    """One interval of ``HOST`` that ended now, as the probe publishes it."""
-    now = time.time_ns()
-    env = envelope(HOST, seq)
-    env = type(env)(host=HOST, boot_id="b", interval_seq=seq, interval_start=now - 10**9, interval_end=now)
-    batch = FlowBatch.from_records(env, [record(env, **row) for row in rows])
-    await nc.jetstream().publish(flows_subject(HOST), encode_message(batch))
 
 
 class Running:
@@ -154,7 +96,7 @@ async def test_a_webhook_that_never_answers_blocks_nothing(role_nats, flows):
             Running(role_nats.options("alert"), silent.url, working.url, webhook_timeout=120) as service:
         for seq in range(3):
             await publish(flows, seq, [{"dport": 7000 + seq, "packets": 900}])
-            await until_async(lambda: len(working.bodies) == seq + 1, 30.0)
+            await until_async(lambda seq=seq: len(working.bodies) == seq + 1, 30.0)
         # all three went out while the silent webhook still holds its first request
         assert [b[1][0]["labels"]["dst_port"] for b in working.bodies] == ["7000", "7001", "7002"]
         await until_async(lambda: service.engine.stats.sent["nats"] == 3, 15.0, "3 alerts on NATS")  # its own queue

@@ -22,9 +22,9 @@ from connstats.probe.contract.errors import ConfigError
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.control import SINCE, FakeDaemon, record
+from tests.fixtures.history import C1, C2, C3, C4, write_all
 from tests.fixtures.nats import free_port
-from tests.test_control import SINCE, FakeDaemon, auth_nats, record  # noqa: F401 (fixture)
-from tests.test_history import C1, C2, C3, C4, write_all
 
 runner = CliRunner()
 

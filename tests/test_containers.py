@@ -13,7 +13,7 @@ from connstats.probe.contract.errors import DeviceError
 from connstats.probe.watch.containers import Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from tests.fixtures.netns import require_root, sh
-from tests.test_watch import FakeDaemon
+from tests.fixtures.watch import FakeDaemon
 
 INSPECT = {
     "Id": "4f1c" + "0" * 60, "Name": "/web-1", "Image": "sha256:abc",

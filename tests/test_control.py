@@ -12,51 +12,8 @@ from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions, control_subject
 from connstats.probe.contract.control import ControlClient
 from connstats.probe.contract.errors import DeviceError, TransportError
-from connstats.probe.contract.record import Envelope, FlowRecord
-from connstats.probe.contract.wire import FlowBatch
-from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
+from tests.fixtures.control import HOST, SINCE, FakeDaemon
 from tests.fixtures.nats import free_port
-
-SINCE = 1_790_000_000_000_000_000
-HOST = "node-1.example"
-
-
-def record(ifname: str, src_port: int, packets: int, nbytes: int) -> FlowRecord:
-    return FlowRecord(SINCE, SINCE + 5, 3 if ifname == "veth0" else 4, ifname, "egress", 4, 17,
-                      "10.0.0.1", "10.0.0.2", src_port, 53, packets, nbytes, SINCE + 1, SINCE + 2, 0,
-                      "", "web" if ifname == "veth0" else "", "")
-
-
-class FakeDaemon:
-    """What ControlService calls on ProbeDaemon, without a kernel."""
-
-    LINKS = {"veth0": LinkInfo(3, "veth0", "veth", True), "eth0": LinkInfo(4, "eth0", "", True)}
-
-    def __init__(self) -> None:
-        self.attached: dict[str, AttachedDevice] = {}
-        self.records = [record("veth0", 1000, 1, 100), record("eth0", 1001, 5, 900), record("veth0", 1002, 2, 300)]
-        self.fail_with: Exception | None = None
-
-    async def attach(self, name, mode=None):
-        if self.fail_with:
-            raise self.fail_with
-        if name not in self.LINKS:
-            raise DeviceError(f"no network interface {name!r}; see `ip link`")
-        link = self.LINKS[name]
-        inverted = mode == "inverted" or (mode == "auto" and link.kind == "veth")
-        self.attached[name] = AttachedDevice(link, mode, inverted, SINCE)
-        return self.attached[name]
-
-    async def detach(self, name, reason="detached"):
-        if name not in self.attached:
-            raise DeviceError(f"{name!r} is not attached; see `connstats list`")
-        return self.attached.pop(name)
-
-    def devices(self):
-        return sorted(self.attached.values(), key=lambda d: d.ifindex)
-
-    async def live_records(self):
-        return FlowBatch.from_records(Envelope(HOST, "b", 0, SINCE, SINCE + 5), self.records)
 
 
 @pytest.fixture
@@ -214,20 +171,6 @@ async def test_nats_unreachable():
 
 
 # -- permissions --------------------------------------------------------------------------------
-
-AUTH_CONFIG = """
-authorization {
-  users = [
-    {user: probe, password: probe-pw}
-    {user: viewer, password: viewer-pw, permissions: {publish: {deny: ["connstats.v1.ctl.>"]}}}
-  ]
-}
-"""
-
-
-@pytest.fixture
-def auth_nats(secure_nats_factory) -> int:
-    return secure_nats_factory(AUTH_CONFIG).port
 
 
 async def test_permission_violation_is_named(auth_nats):

@@ -13,30 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
+from tests.fixtures.deploy import COMPOSE_ENV, DEPLOY, ROOT, compose_file, docker_compose, needs_compose, option
+
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
 # -- compose ------------------------------------------------------------------------------------
-
-COMPOSE = DEPLOY / "compose.yaml"
-COMPOSE_ENV = {"NATS_PROBE_PASSWORD": "p", "NATS_SINK_PASSWORD": "s", "NATS_ADMIN_PASSWORD": "a", "NATS_ALERT_PASSWORD": "l", "NATS_REPLAY_PASSWORD": "r",
-               "INFLUXDB_ADMIN_PASSWORD": "i", "INFLUXDB_TOKEN": "t", "GRAFANA_ADMIN_PASSWORD": "g",
-               "CONNSTATS_HOST": "web-1"}
-DOCKER_COMPOSE = shutil.which("docker-compose")
-needs_compose = pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose is not installed (make deb)")
-
-
-def docker_compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([DOCKER_COMPOSE, "-f", str(COMPOSE), *args], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", **(env or {})}, timeout=60)
-
-
-def compose_file() -> dict:
-    """The compose file as docker-compose resolves it (anchors merged, variables set)."""
-    result = docker_compose("config", env=COMPOSE_ENV)
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
 
 
 @needs_compose
@@ -75,11 +56,6 @@ def probe_metrics_port() -> int:
     from connstats.probe.runtime.telemetry import DEFAULT_METRICS_PORT, PROBE_METRICS_PORT
     assert PROBE_METRICS_PORT not in (DEFAULT_METRICS_PORT, http_port())  # probe and sink share a host
     return PROBE_METRICS_PORT
-
-
-def option(command: list[str], name: str) -> str:
-    (value,) = [command[i + 1] for i, arg in enumerate(command) if arg == name]  # exactly once
-    return value
 
 
 def is_loopback(address: str) -> bool:
@@ -136,7 +112,7 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
 def test_compose_gives_the_nats_nodes_this_hosts_probe_user():
     """cluster.conf's probe user and subjects are the ones of the probe's role for CONNSTATS_HOST
     (as tests/test_deploy_nats_cluster.py runs them), and the probe logs in as that user."""
-    from tests.test_deploy_nats_cluster import PASSWORDS, probe_user_env
+    from tests.fixtures.deploy import PASSWORDS, probe_user_env
     services = compose_file()["services"]
     wanted = {**probe_user_env("web-1"), **{k: COMPOSE_ENV[k] for k in PASSWORDS}}
     for node in ("nats-1", "nats-2", "nats-3"):
@@ -159,7 +135,7 @@ def test_compose_refuses_to_start_without_the_alert_password():
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
 def test_nats_cluster_config_is_valid_for_nats_server():
     """nats-server 2.9 (Debian's) accepts the file the nats:2.10-alpine image runs."""
-    from tests.test_deploy_nats_cluster import node_env
+    from tests.fixtures.deploy import node_env
     env = {**node_env("nats-1", Path("/tmp")), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([shutil.which("nats-server"), "-c", str(DEPLOY / "nats" / "cluster.conf"), "-t"],
                             capture_output=True, text=True, env=env, timeout=30)

@@ -28,6 +28,7 @@ from connstats.sink import influx_store
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from tests.fixtures import flux
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
+from tests.fixtures.records import flow_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -153,14 +154,20 @@ T0 = (time.time_ns() // (10 * SECOND) - 30) * 10 * SECOND  # 5 minutes ago, on a
 ENVELOPE = Envelope(host="node-1", boot_id="boot", interval_seq=1, interval_start=T0, interval_end=T0 + 10 * SECOND,
                     overflow=(OverflowCount(3, "veth0", "egress", 7, 700), OverflowCount(4, "eth0", "ingress", 2, 180)))
 RECORDS = [
-    FlowRecord(T0, T0 + 10 * SECOND, 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.0.0.1", 51234, 443, 12, 3456,
-               T0 + 5, T0 + 9, 0x1B, "c0ffee", "web-1", "nginx:1.27"),
-    FlowRecord(T0, T0 + 10 * SECOND, 3, "veth0", "ingress", 4, 6, "10.0.0.1", "10.0.0.2", 443, 51234, 10, 20_000,
-               T0 + 5, T0 + 9, 0x1B, "c0ffee", "web-1", "nginx:1.27"),
-    FlowRecord(T0, T0 + 10 * SECOND, 4, "eth0", "egress", 4, 17, "10.0.0.9", "10.0.0.53", 40000, 53, 3, 240,
-               T0 + 1, T0 + 2, 0),
-    FlowRecord(T0, T0 + 10 * SECOND, 4, "eth0", "ingress", 6, 6, "fd00::2", "fd00::1", 22, 60000, 5, 900,
-               T0 + 1, T0 + 3, 0x12),
+    flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=3, ifname="veth0", direction="egress",
+                family=4, proto=6, src_ip="10.0.0.2", dst_ip="10.0.0.1", src_port=51234, dst_port=443,
+                packets=12, bytes=3456, first_seen=T0 + 5, last_seen=T0 + 9, tcp_flags=0x1B,
+                container_id="c0ffee", container_name="web-1", container_image="nginx:1.27"),
+    flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=3, ifname="veth0",
+                direction="ingress", family=4, proto=6, src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=443,
+                dst_port=51234, packets=10, bytes=20_000, first_seen=T0 + 5, last_seen=T0 + 9, tcp_flags=0x1B,
+                container_id="c0ffee", container_name="web-1", container_image="nginx:1.27"),
+    flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=4, ifname="eth0", direction="egress",
+                family=4, proto=17, src_ip="10.0.0.9", dst_ip="10.0.0.53", src_port=40000, dst_port=53,
+                packets=3, bytes=240, first_seen=T0 + 1, last_seen=T0 + 2, tcp_flags=0),
+    flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=4, ifname="eth0", direction="ingress",
+                family=6, proto=6, src_ip="fd00::2", dst_ip="fd00::1", src_port=22, dst_port=60000, packets=5,
+                bytes=900, first_seen=T0 + 1, last_seen=T0 + 3, tcp_flags=0x12),
 ]
 # With the policy issue's `verdict` field (probe/contract/record.py), two connections get a verdict.
 HAS_VERDICT = "verdict" in {f.name for f in dataclasses.fields(FlowRecord)}
@@ -427,7 +434,7 @@ def exported_metrics() -> dict[str, set[str]]:
     from connstats.probe.contract import OverflowCount as Overflow
     from connstats.probe.runtime.telemetry import Telemetry
     from connstats.sink.compose import SinkConfig, build_sink
-    from tests.test_metrics import FakeProbe, interval, poll, record
+    from tests.fixtures.metrics import FakeProbe, interval, poll, record
 
     probe, probe_telemetry = FakeProbe(), Telemetry()
     ProbeMetrics(probe, probe_telemetry)

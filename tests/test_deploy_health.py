@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.deploy import COMPOSE_ENV, DEPLOY, compose_file, docker_compose, needs_compose, option
 from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 from tests.fixtures.wait import until
-from tests.test_deploy import COMPOSE_ENV, DEPLOY, compose_file, docker_compose, needs_compose, option
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNSTATS = ROOT / ".venv" / "bin" / "connstats"

@@ -22,34 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from connstats.cli.nats_auth import probe_publish, probe_subscribe
 from connstats.probe.contract import host_token
+from tests.fixtures.deploy import HOST, PASSWORDS, node_env, probe_user_env
 from tests.fixtures.netns import _new_network, require_root
 from tests.fixtures.secure_nats import deployed_permissions, embedded_permissions
 
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "cluster.conf"
 NODES = ("nats-1", "nats-2", "nats-3")
-PASSWORDS = {"NATS_PROBE_PASSWORD": "probe-pw", "NATS_SINK_PASSWORD": "sink-pw", "NATS_ADMIN_PASSWORD": "admin-pw",
-             "NATS_ALERT_PASSWORD": "alert-pw", "NATS_REPLAY_PASSWORD": "replay-pw"}
-HOST = "web-1"  # compose's CONNSTATS_HOST
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 needs_nats_server = pytest.mark.skipif(not Path(NATS_SERVER).exists(), reason="nats-server is not installed")
-
-
-def probe_user_env(host: str) -> dict[str, str]:
-    """What compose.yaml gives the NATS nodes for its probe (CONNSTATS_HOST=host): the user
-    and the subjects of cli/nats_auth.py's probe role."""
-    token = host_token(host)
-    flows, events, policy, *_ = probe_publish(token)
-    control, _ = probe_subscribe(token)
-    return {"NATS_PROBE_USER": f"probe-{token}", "NATS_PROBE_FLOWS": flows, "NATS_PROBE_EVENTS": events,
-            "NATS_PROBE_POLICY": policy, "NATS_PROBE_CONTROL": control}
-
-
-def node_env(name: str, store: Path) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "NATS_SERVER_NAME": name, "NATS_STORE_DIR": str(store),
-            **PASSWORDS, **probe_user_env(HOST)}
 
 
 def test_cluster_conf_grants_each_role_what_nats_server_conf_grants():

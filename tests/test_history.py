@@ -9,7 +9,6 @@ import urllib.request
 import pytest
 
 from connstats.probe.contract.errors import ConfigError, StoreError
-from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.history import (
     HistoryQuery,
@@ -23,51 +22,8 @@ from connstats.sink.history import (
 )
 from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines
 from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.history import ALL, C1, C2, C3, C4, SECOND, T0, T1, envelope, rec, write_all
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
-
-SECOND = 1_000_000_000
-T0 = 1_700_000_000 * SECOND
-T1 = T0 + 10 * SECOND
-ALL = dict(since=T0 - 3600 * SECOND, until=T0 + 3600 * SECOND)
-
-
-def rec(start: int, ifname: str, direction: str, proto: int, src: str, sport: int, dst: str,
-        dport: int, packets: int, nbytes: int, container: str = "") -> FlowRecord:
-    return FlowRecord(start, start + 10 * SECOND, 7 if ifname == "veth0" else 8, ifname, direction,
-                      4, proto, src, dst, sport, dport, packets, nbytes, start + 1, start + 2, 0,
-                      "", container, "")
-
-
-# c1 appears in both intervals; c4 belongs to another host.
-INTERVAL_1 = [
-    rec(T0, "veth0", "egress", 17, "10.0.0.1", 5000, "10.0.0.2", 53, 3, 300),
-    rec(T0, "veth0", "egress", 6, "10.0.0.1", 40000, "10.0.0.3", 443, 10, 5000),
-]
-INTERVAL_2 = [
-    rec(T1, "veth0", "egress", 17, "10.0.0.1", 5000, "10.0.0.2", 53, 4, 400),
-    rec(T1, "veth1", "ingress", 6, "10.0.0.3", 443, "10.0.0.1", 40000, 8, 900),
-]
-OTHER_HOST = [rec(T1, "eth0", "ingress", 1, "10.0.0.9", 0, "10.0.0.1", 0, 2, 196)]
-
-C1 = {"ifname": "veth0", "direction": "egress", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 5000,
-      "dst_ip": "10.0.0.2", "dst_port": 53, "packets": 7, "bytes": 700, "first_seen": T0 + 1, "last_seen": T1 + 2}
-C2 = {"ifname": "veth0", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 40000,
-      "dst_ip": "10.0.0.3", "dst_port": 443, "packets": 10, "bytes": 5000, "first_seen": T0 + 1, "last_seen": T0 + 2}
-C3 = {"ifname": "veth1", "direction": "ingress", "proto": "tcp", "src_ip": "10.0.0.3", "src_port": 443,
-      "dst_ip": "10.0.0.1", "dst_port": 40000, "packets": 8, "bytes": 900, "first_seen": T1 + 1, "last_seen": T1 + 2}
-C4 = {"ifname": "eth0", "direction": "ingress", "proto": "icmp", "src_ip": "10.0.0.9", "src_port": 0,
-      "dst_ip": "10.0.0.1", "dst_port": 0, "packets": 2, "bytes": 196, "first_seen": T1 + 1, "last_seen": T1 + 2}
-
-
-def envelope(start: int, host: str = "node-1") -> Envelope:
-    return Envelope(host=host, boot_id="boot", interval_seq=start // SECOND, interval_start=start,
-                    interval_end=start + 10 * SECOND)
-
-
-async def write_all(store) -> None:
-    await store.write(FlowBatch.from_records(envelope(T0), INTERVAL_1))
-    await store.write(FlowBatch.from_records(envelope(T1), INTERVAL_2))
-    await store.write(FlowBatch.from_records(envelope(T1, "node-2"), OTHER_HOST))
 
 
 @pytest.fixture

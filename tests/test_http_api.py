@@ -30,6 +30,7 @@ from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.kernel.kernel_probe import ProbeSettings
 from connstats.probe.publish.publisher import PublisherSettings
 from tests.fixtures.netns import require_root
+from tests.fixtures.records import flow_record
 
 UDP_V4_OVERHEAD = 14 + 20 + 8
 INTERVAL = 0.2
@@ -399,7 +400,7 @@ async def test_control_characters_in_interface_names_are_refused(fake_api):
 
 
 async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
-    from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+    from connstats.probe.contract.record import Envelope, OverflowCount
     from connstats.probe.contract.wire import FlowBatch
 
     second = 1_000_000_000
@@ -409,8 +410,10 @@ async def test_overflow_is_an_entry_per_device_and_direction_so_totals_add_up():
     daemon = FakeDaemon()
     daemon.devices = lambda: [veth7, veth8]
     totals = ConnectionTotals()
-    record = FlowRecord(start, start + second, 7, "veth7", "egress", 4, 17, "10.0.0.1", "10.0.0.2",
-                        40001, 5353, 10, 1420, start + 1, start + 2, 0)
+    record = flow_record(interval_start=start, interval_end=start + second, ifindex=7, ifname="veth7",
+                         direction="egress", family=4, proto=17, src_ip="10.0.0.1", dst_ip="10.0.0.2",
+                         src_port=40001, dst_port=5353, packets=10, bytes=1420, first_seen=start + 1,
+                         last_seen=start + 2, tcp_flags=0)
     overflow = (OverflowCount(7, "veth7", "egress", 3, 3 * 142), OverflowCount(7, "veth7", "ingress", 2, 200),
                 OverflowCount(0, "", "egress", 1, 60))
     totals(FlowBatch.from_records(Envelope("h", "b", 1, start, start + second, overflow=overflow), [record]))
@@ -450,14 +453,16 @@ class CountingTotals(ConnectionTotals):
 
 
 def many_connections(count: int) -> tuple[AttachedDevice, CountingTotals]:
-    from connstats.probe.contract.record import Envelope, FlowRecord
+    from connstats.probe.contract.record import Envelope
     from connstats.probe.contract.wire import FlowBatch
 
     second = 1_000_000_000
     start = 1_790_000_000 * second
     device = AttachedDevice(LinkInfo(7, "veth7", "veth", True), "auto", True, start - second)
-    records = [FlowRecord(start, start + second, 7, "veth7", "egress", 4, 6, "10.0.0.1", f"10.1.{n // 250}.{n % 250}",
-                          40000 + n % 20000, 443, 2, 200, start + 1, start + 2, 0) for n in range(count)]
+    records = [flow_record(interval_start=start, interval_end=start + second, ifindex=7, ifname="veth7",
+                           direction="egress", family=4, proto=6, src_ip="10.0.0.1",
+                           dst_ip=f"10.1.{n // 250}.{n % 250}", src_port=40000 + n % 20000, dst_port=443,
+                           packets=2, bytes=200, first_seen=start + 1, last_seen=start + 2, tcp_flags=0) for n in range(count)]
     totals = CountingTotals()
     totals(FlowBatch.from_records(Envelope("h", "b", 1, start, start + second), records))
     return device, totals

@@ -16,6 +16,7 @@ import pytest
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
+from tests.fixtures.records import flow_record
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("INFLUXDB_V2_URL"),
@@ -39,12 +40,15 @@ def message(host: str) -> tuple[Envelope, list[FlowRecord]]:
     envelope = Envelope(host=host, boot_id="boot", interval_seq=1, interval_start=start,
                         interval_end=end, record_offset=100)
     records = [
-        FlowRecord(start, end, 3, "veth0", "egress", 4, 6, "10.0.0.2", "10.0.0.9", 40000, 443,
-                   10, 1500, start + 1, start + 2, 0x18),
-        FlowRecord(start, end, 3, "veth0", "ingress", 4, 17, "10.0.0.9", "10.0.0.2", 53, 40001,
-                   2, 180, start + 3, start + 4, 0),
-        FlowRecord(start, end, 3, "veth0", "egress", 6, 6, "fd00::2", "fd00::9", 40002, 9090,
-                   7, 700, start + 5, start + 6, 0x02),
+        flow_record(interval_start=start, interval_end=end, ifindex=3, ifname="veth0", direction="egress",
+                    family=4, proto=6, src_ip="10.0.0.2", dst_ip="10.0.0.9", src_port=40000, dst_port=443,
+                    packets=10, bytes=1500, first_seen=start + 1, last_seen=start + 2, tcp_flags=0x18),
+        flow_record(interval_start=start, interval_end=end, ifindex=3, ifname="veth0", direction="ingress",
+                    family=4, proto=17, src_ip="10.0.0.9", dst_ip="10.0.0.2", src_port=53, dst_port=40001,
+                    packets=2, bytes=180, first_seen=start + 3, last_seen=start + 4, tcp_flags=0),
+        flow_record(interval_start=start, interval_end=end, ifindex=3, ifname="veth0", direction="egress",
+                    family=6, proto=6, src_ip="fd00::2", dst_ip="fd00::9", src_port=40002, dst_port=9090,
+                    packets=7, bytes=700, first_seen=start + 5, last_seen=start + 6, tcp_flags=0x02),
     ]
     return envelope, records
 

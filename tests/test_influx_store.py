@@ -23,13 +23,16 @@ from connstats.sink.influx_store import (
     service_port,
 )
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer, ParsedPoint, parse_line
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
 ENVELOPE = Envelope(host="node-1", boot_id="boot", interval_seq=7, interval_start=T0,
                     interval_end=T0 + 10 * SECOND)
-BASE = FlowRecord(T0, T0 + 10 * SECOND, 3, "veth0", "egress", 4, 6, "10.0.0.2", "93.184.216.34",
-                  51234, 443, 12, 3456, T0 + 5, T0 + 9, 0x1B)
+BASE = flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=3, ifname="veth0",
+                   direction="egress", family=4, proto=6, src_ip="10.0.0.2", dst_ip="93.184.216.34",
+                   src_port=51234, dst_port=443, packets=12, bytes=3456, first_seen=T0 + 5, last_seen=T0 + 9,
+                   tcp_flags=0x1B)
 FIELDS = ('bytes=3456i,dst_ip="93.184.216.34",dst_port=443i,family=4i,first_seen={f}i,ifindex=3i,'
           'last_seen={l}i,packets=12i,src_ip="10.0.0.2",src_port=51234i,tcp_flags=27i').format(
               f=T0 + 5, l=T0 + 9)

@@ -21,9 +21,7 @@ from connstats.probe.api.metrics import ProbeMetrics, interval_sums
 from connstats.probe.api.totals import ConnectionTotals
 from connstats.probe.contract import (
     ConfigError,
-    Envelope,
     FlowBatch,
-    FlowRecord,
     NatsOptions,
     OverflowCount,
     StreamSettings,
@@ -33,17 +31,14 @@ from connstats.probe.contract import (
     flows_subject,
 )
 from connstats.probe.contract.flow_batch import JUDGED
-from connstats.probe.kernel.kernel_probe import PollReport
-from connstats.probe.kernel.poller import MapRead
 from connstats.probe.publish.publisher import FlowPublisher, PublisherStats
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_metrics_address
 from connstats.probe.seams import PolicyReport, ProbeStatus
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
+from tests.fixtures.metrics import FakeProbe, interval, poll, record
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 from tests.fixtures.wait import until_async
-
-T0 = 1_790_000_000_000_000_000
 
 
 def scrape(telemetry: Telemetry) -> dict[tuple, float]:
@@ -51,44 +46,6 @@ def scrape(telemetry: Telemetry) -> dict[tuple, float]:
     text = telemetry.exposition().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def record(ifindex: int, ifname: str, direction: str, packets: int, nbytes: int, port: int,
-           verdict: str = "") -> FlowRecord:
-    return FlowRecord(T0, T0 + 10, ifindex, ifname, direction, 4, 17, "10.0.0.1", "10.0.0.2", port, 53,
-                      packets, nbytes, T0 + 1, T0 + 2, 0, verdict=verdict)
-
-
-def interval(seq: int, records: list[FlowRecord], overflow=()) -> FlowBatch:
-    envelope = Envelope(host="h", boot_id="b", interval_seq=seq, interval_start=T0, interval_end=T0 + 10,
-                        overflow=tuple(overflow))
-    return FlowBatch.from_records(envelope, records)
-
-
-class FakeProbe:
-    """The ProbePort parts the metrics use: on_interval and status."""
-
-    def __init__(self) -> None:
-        self.listeners = []
-        self.current = ProbeStatus(loaded=False, publisher=None, attached_devices=0, attach_failures=0,
-                                   last_poll=None)
-
-    def on_interval(self, listener) -> None:
-        self.listeners.append(listener)
-
-    def status(self) -> ProbeStatus:
-        return self.current
-
-    def publish(self, batch: FlowBatch, poll: PollReport | None = None) -> None:
-        if poll is not None:
-            self.current = ProbeStatus(**{**vars(self.current), "last_poll": poll})
-        for listener in self.listeners:
-            listener(batch)
-
-
-def poll(seq: int, entries4: int = 0, entries6: int = 0, capacity: int = 100,
-         seconds: float = 0.03, drain: float = 0.02) -> PollReport:
-    return PollReport(MapRead(seq, drain, entries4, entries6), seconds, capacity)
 
 
 # -- the probe ---------------------------------------------------------------------------------
@@ -301,7 +258,6 @@ def test_metrics_addresses():
     for bad in ("", ":9465", "host:", "host:http", "1.2.3.4:99999"):
         with pytest.raises(ConfigError, match="is not ADDR:PORT"):
             parse_metrics_address(bad)
-
 
 
 def test_probe_metrics_address_is_checked_when_the_probe_is_built():

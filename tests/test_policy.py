@@ -9,12 +9,13 @@ import pytest
 
 from connstats.cli.live import interval_summary
 from connstats.probe.contract.errors import PolicyError
-from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch, decode_message, encode_message
 from connstats.probe.policy import Endpoint, parse_policy, resolve
 from connstats.probe.policy.resolve import HOST_BIT, WORLD_BIT
 from connstats.probe.policy.tables import port_entries, port_prefixes, unpack, word
 from connstats.probe.policy.violations import violations
+from tests.fixtures.records import flow_record
 
 GOOD = '''\
 [groups]
@@ -152,8 +153,10 @@ ENVELOPE = Envelope("node-1", "b00t", 4, T0, T0 + 10**9)
 
 
 def flow(direction, src, sport, dst, dport, packets, verdict, ifindex=7, first=1):
-    return FlowRecord(T0, T0 + 10**9, ifindex, f"veth{ifindex}", direction, 4, 17, src, dst, sport, dport,
-                      packets, packets * 100, T0 + first, T0 + 5, 0, container_name="web-1", verdict=verdict)
+    return flow_record(interval_start=T0, interval_end=T0 + 10**9, ifindex=ifindex, ifname=f"veth{ifindex}",
+                       direction=direction, family=4, proto=17, src_ip=src, dst_ip=dst, src_port=sport,
+                       dst_port=dport, packets=packets, bytes=packets * 100, first_seen=T0 + first,
+                       last_seen=T0 + 5, tcp_flags=0, container_name="web-1", verdict=verdict)
 
 
 def test_a_denied_connection_is_one_event_per_device_with_both_directions_summed():

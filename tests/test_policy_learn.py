@@ -17,6 +17,7 @@ from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from connstats.sink.policy_learn import PeerSettings, check_policy, learn_policy, learn_query, policy_toml, port_ranges
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -36,10 +37,12 @@ class End:
 
     def record(self, start: int, direction: str, proto: int, src: str, dst: str, sport: int, dport: int,
                packets: int, nbytes: int, first: int) -> FlowRecord:
-        return FlowRecord(start, start + 10 * SECOND, self.ifindex, self.ifname, direction,
-                          6 if ":" in src else 4, proto, src, dst, sport, dport, packets, nbytes, first,
-                          first + 5, 0, self.container_id, self.container_name,
-                          "img:1" if self.container_id else "")
+        return flow_record(interval_start=start, interval_end=start + 10 * SECOND, ifindex=self.ifindex,
+                           ifname=self.ifname, direction=direction, family=6 if ":" in src else 4, proto=proto,
+                           src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, packets=packets,
+                           bytes=nbytes, first_seen=first, last_seen=first + 5, tcp_flags=0,
+                           container_id=self.container_id, container_name=self.container_name,
+                           container_image="img:1" if self.container_id else "")
 
 
 WEB = End("10.0.0.2", 11, "veth-web", "a" * 64, "web")
@@ -212,8 +215,10 @@ ports = [5432]
 
 
 async def test_devices_without_a_container_the_host_and_netns_containers(tmp_path):
-    non_ip = FlowRecord(T0, T0 + 10 * SECOND, ETH0.ifindex, ETH0.ifname, "ingress", 0, 0, "", "", 0, 0, 4, 240,
-                        T0 + 1, T0 + 2, 0)  # ARP: family 0
+    non_ip = flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=ETH0.ifindex,
+                         ifname=ETH0.ifname, direction="ingress", family=0, proto=0, src_ip="", dst_ip="",
+                         src_port=0, dst_port=0, packets=4, bytes=240, first_seen=T0 + 1, last_seen=T0 + 2,
+                         tcp_flags=0)  # ARP: family 0
     dhcp = conn(NS_A, End("255.255.255.255"), 17, 68, 67)
     records = (conn(End("198.51.100.7"), ETH0, 6, 50000, 22) + conn(NS_A, End("192.0.2.10"), 6, 40000, 80)
                + conn(NS_A, End("10.0.9.9"), 6, 40001, 80) + dhcp + [non_ip])

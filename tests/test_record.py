@@ -16,18 +16,15 @@ from connstats.probe.contract.wire import (
     encode_message_v1,
 )
 from connstats.probe.kernel.loader import FLOW4_KEY, FLOW_COUNTERS, FLOW_KEY, widen_ipv4_keys
+from tests.fixtures.records import flow_record
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, ns
 
 
 def record(**changes) -> FlowRecord:
-    fields = dict(
-        interval_start=T0 + 1_000, interval_end=T0 + 2_000, ifindex=7, ifname="veth0", direction="egress",
-        family=4, proto=6, src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=40000, dst_port=443,
-        packets=3, bytes=180, first_seen=T0 + 1_100, last_seen=T0 + 1_900, tcp_flags=0x18,
-    )
-    fields.update(changes)
-    return FlowRecord(**fields)
+    fields = dict(interval_start=T0 + 1_000, interval_end=T0 + 2_000, packets=3, bytes=180,
+                  first_seen=T0 + 1_100, last_seen=T0 + 1_900, tcp_flags=0x18)
+    return flow_record(**(fields | changes))
 
 
 ENVELOPE = Envelope(host="node-1", boot_id="b00t", interval_seq=5, interval_start=T0 + 1_000,
@@ -171,10 +168,16 @@ def test_a_batch_from_arrays_decodes_both_families_and_wall_clock():
     on_the_wire = FlowBatch.from_arrays(ENVELOPE, keys, values, mono_to_wall_ns=T0, ifnames={7: "veth7"})
     assert decode_message(encode_message(on_the_wire)).records() == on_the_wire.records()  # from numpy columns
     assert batch.records() == [
-        FlowRecord(5, 50, 7, "veth7", "ingress", 4, 17, "10.0.0.1", "10.0.0.9", 5353, 53, 1, 100, 1010, 1020, 0),
-        FlowRecord(5, 50, 7, "veth7", "egress", 4, 17, "10.0.0.2", "10.0.0.9", 40000, 53, 2, 200, 1010, 1020, 0),
-        FlowRecord(5, 50, 8, "veth8", "ingress", 6, 6, "fd00::1", "fd00::2", 0, 0, 3, 300, 1010, 1020, 0x12,
-                   "c1d", "db", "postgres:16"),
+        flow_record(interval_start=5, interval_end=50, ifindex=7, ifname="veth7", direction="ingress", family=4,
+                    proto=17, src_ip="10.0.0.1", dst_ip="10.0.0.9", src_port=5353, dst_port=53, packets=1,
+                    bytes=100, first_seen=1010, last_seen=1020, tcp_flags=0),
+        flow_record(interval_start=5, interval_end=50, ifindex=7, ifname="veth7", direction="egress", family=4,
+                    proto=17, src_ip="10.0.0.2", dst_ip="10.0.0.9", src_port=40000, dst_port=53, packets=2,
+                    bytes=200, first_seen=1010, last_seen=1020, tcp_flags=0),
+        flow_record(interval_start=5, interval_end=50, ifindex=8, ifname="veth8", direction="ingress", family=6,
+                    proto=6, src_ip="fd00::1", dst_ip="fd00::2", src_port=0, dst_port=0, packets=3, bytes=300,
+                    first_seen=1010, last_seen=1020, tcp_flags=0x12, container_id="c1d", container_name="db",
+                    container_image="postgres:16"),
     ]
 
 

@@ -30,6 +30,7 @@ from connstats.sink.run import run_sink
 from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 1_790_000_000 * SECOND
@@ -49,10 +50,11 @@ def flow(env: Envelope, i: int, *, packets: int | None = None, nbytes: int | Non
          ifname: str = "veth0", **changes) -> FlowRecord:
     """Connection ``i`` on ``ifname`` (ifindex 7 for veth0, else 8): i + 1 packets of 100 bytes."""
     packets = i + 1 if packets is None else packets
-    record = FlowRecord(env.interval_start, env.interval_end, 7 if ifname == "veth0" else 8, ifname,
-                        "egress", 4, 6, f"10.0.0.{i + 1}", "10.9.0.1", 40000 + i, 443, packets,
-                        packets * 100 if nbytes is None else nbytes, env.interval_start + 1,
-                        env.interval_start + 2, 0x10)
+    record = flow_record(interval_start=env.interval_start, interval_end=env.interval_end,
+                         ifindex=7 if ifname == "veth0" else 8, ifname=ifname, direction="egress", family=4,
+                         proto=6, src_ip=f"10.0.0.{i + 1}", dst_ip="10.9.0.1", src_port=40000 + i, dst_port=443,
+                         packets=packets, bytes=packets * 100 if nbytes is None else nbytes,
+                         first_seen=env.interval_start + 1, last_seen=env.interval_start + 2, tcp_flags=0x10)
     return dataclasses.replace(record, **changes) if changes else record
 
 

@@ -11,6 +11,7 @@ from connstats.probe.contract.errors import StoreError, StoreFull, StoreUnavaila
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
 from connstats.sink.sqlite_store import _COLUMNS, _MIGRATIONS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -25,9 +26,10 @@ def message(count: int, start: int = T0, host: str = "node-1") -> tuple[Envelope
     envelope = Envelope(host=host, boot_id="boot", interval_seq=start // INTERVAL,
                         interval_start=start, interval_end=start + INTERVAL)
     records = [
-        FlowRecord(start, start + INTERVAL, 3, "veth0", "egress", 4, 6,
-                   f"10.0.{i // 250}.{i % 250 + 1}", "10.9.0.1", 30000 + i % 30000, 443,
-                   i + 1, 100 * (i + 1), start + 1, start + 2, 0x18)
+        flow_record(interval_start=start, interval_end=start + INTERVAL, ifindex=3, ifname="veth0",
+                    direction="egress", family=4, proto=6, src_ip=f"10.0.{i // 250}.{i % 250 + 1}",
+                    dst_ip="10.9.0.1", src_port=30000 + i % 30000, dst_port=443, packets=i + 1,
+                    bytes=100 * (i + 1), first_seen=start + 1, last_seen=start + 2, tcp_flags=0x18)
         for i in range(count)
     ]
     return envelope, records

@@ -11,7 +11,6 @@ import nats
 import pytest
 
 from connstats.probe.contract import STREAM_NAME, StreamSettings, TransportError, ensure_stream, flow_stream_config
-from tests.fixtures.nats import nats_server, nats_server_factory  # noqa: F401 (fixtures)
 
 
 async def paused(server, seconds: float) -> None:

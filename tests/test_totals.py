@@ -10,6 +10,7 @@ import pytest
 from connstats.probe.api.totals import SINCE_SLACK_NS, ConnectionTotals, connection_key, current_view, forget_device
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 2_000_000_000 * SECOND  # in the future, after any real clock reading of a test
@@ -30,10 +31,11 @@ def rec(seq: int, packets: int, *, ifindex: int = 7, direction: str = "egress", 
     """
     start = T0 + seq * SECOND
     end = start + (live * 1_000_000 if live else SECOND)
-    return FlowRecord(start, end, ifindex, f"veth{ifindex}", direction, 4, proto, "10.0.0.1",
-                      "10.0.0.2", sport, dport, packets, packets * 100,
-                      start + first * 1_000_000, start + last * 1_000_000, 0,
-                      container_name=container)
+    return flow_record(interval_start=start, interval_end=end, ifindex=ifindex, ifname=f"veth{ifindex}",
+                       direction=direction, family=4, proto=proto, src_ip="10.0.0.1", dst_ip="10.0.0.2",
+                       src_port=sport, dst_port=dport, packets=packets, bytes=packets * 100,
+                       first_seen=start + first * 1_000_000, last_seen=start + last * 1_000_000, tcp_flags=0,
+                       container_name=container)
 
 
 def batch(envelope: Envelope, records: list[FlowRecord]) -> FlowBatch:

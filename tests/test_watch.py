@@ -4,77 +4,14 @@ import asyncio
 import pytest
 
 from connstats.probe.contract.errors import ConfigError, DeviceError
-from connstats.probe.contract.events import device_event, event_body
-from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.runtime.backoff import Backoff
 from connstats.probe.watch.containers import Netns
 from connstats.probe.watch.link_monitor import DeviceKey, LinkState
 from connstats.probe.watch.settings import LinkPatterns, WatchSettings
 from connstats.probe.watch.watcher import LinkWatcher, link_watcher
+from tests.fixtures.watch import FakeDaemon
 
 NETNS = 4026531833
-
-
-class FakeKernel:
-    def __init__(self) -> None:
-        self.labels: dict[int, tuple] = {}
-        self.attached: dict[int, AttachedDevice] = {}
-        self.names: dict[int, str] = {}
-        self.fail: dict[int, Exception] = {}  # ifindex -> what attach raises
-
-    def attach(self, ifindex: int, mode=None, labels=None) -> AttachedDevice:
-        if ifindex in self.fail:
-            raise self.fail[ifindex]
-        device = AttachedDevice(LinkInfo(ifindex, self.names[ifindex], "veth", True), "auto", True, 1)
-        self.attached[ifindex] = device
-        if labels is not None and any(labels):
-            self.labels[ifindex] = labels
-        elif labels is not None:
-            self.labels.pop(ifindex, None)
-        return device
-
-    def detach(self, ifindex: int) -> AttachedDevice:
-        if ifindex not in self.attached:
-            raise DeviceError(f"{ifindex} is not attached")
-        return self.attached.pop(ifindex)
-
-
-class FakeDaemon:
-    """A ``ProbePort`` on a fake kernel: events are kept as their JSON bodies."""
-
-    interval = 1.0
-
-    def __init__(self) -> None:
-        self.kernel = FakeKernel()
-        self.events: list[dict] = []
-        self.detach_listeners: list = []
-
-    def devices(self):
-        return sorted(self.kernel.attached.values(), key=lambda d: d.ifindex)
-
-    async def attach(self, name, mode=None, labels=None, **context) -> AttachedDevice:
-        device = self.kernel.attach(name, mode, labels)
-        await self.publish_event(device_event("attached", device, **context))
-        return device
-
-    async def detach(self, name, reason="detached", **context) -> AttachedDevice:
-        device = self.kernel.detach(name)
-        for forget in list(self.detach_listeners):
-            await forget(device)
-        await self.publish_event(device_event(reason, device, **context))
-        return device
-
-    def label(self, ifindex, labels) -> None:
-        if any(labels):
-            self.kernel.labels.setdefault(ifindex, labels)
-
-    async def publish_event(self, event) -> bool:
-        self.events.append(event_body(event))
-        return True
-
-    def on_detach(self, listener):
-        self.detach_listeners.append(listener)
-        return lambda: self.detach_listeners.remove(listener)
 
 
 class FakeIndex:

@@ -7,8 +7,7 @@ import time
 
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
-from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401
-from tests.test_web_speed import run_async, start_ui
+from tests.fixtures.web import run_async, start_ui
 from tests.web_data import SECOND, synthetic_batch
 
 MS = 1_000_000

@@ -2,8 +2,7 @@
 every view loads with no console error and no policy violation."""
 from __future__ import annotations
 
-from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401
-from tests.test_web_speed import fill_store, run_async, start_ui
+from tests.fixtures.web import fill_store, run_async, start_ui
 
 
 def test_every_view_runs_under_the_pages_own_csp(nats_server, start, tmp_path, strict_browser_page):

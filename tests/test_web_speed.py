@@ -13,41 +13,10 @@ import time
 from dataclasses import replace
 
 from connstats.probe.contract import NatsOptions, connect, flows_subject
-from connstats.sink.sqlite_store import SqliteStore
-from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401
-from tests.fixtures.nats import free_port
+from tests.fixtures.web import MAP_CONNECTIONS, fill_store, run_async, start_ui
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
-MAP_CONNECTIONS = 10_000
 LIVE_CONNECTIONS = 131_072
-
-
-async def fill_store(path, intervals: int = 6) -> int:
-    """10,000 connections in each of ``intervals`` intervals spread over the last hour."""
-    store = SqliteStore(path)
-    now = time.time_ns()
-    length = 3600 * SECOND // intervals
-    for seq in range(intervals):
-        start_ns = now - 3600 * SECOND + seq * length + SECOND
-        await store.write(synthetic_batch("speed-1", seq, start_ns, length - 2 * SECOND, MAP_CONNECTIONS, seed=seq))
-    await store.close()
-    return intervals * MAP_CONNECTIONS
-
-
-def run_async(coro):
-    """``asyncio.run`` in a thread of its own: Playwright's sync API holds this thread's loop."""
-    result = []
-    thread = threading.Thread(target=lambda: result.append(asyncio.run(coro)))
-    thread.start()
-    thread.join(120)
-    return result[0]
-
-
-def start_ui(start, nats_url: str, store: str):
-    port = free_port()
-    ui = start("ui", "--listen", f"127.0.0.1:{port}", "--nats", nats_url, "--store", store)
-    ui.wait_for("connstats ui: serving the web page on")
-    return ui, f"http://127.0.0.1:{port}/"
 
 
 def test_the_map_of_10000_connections_renders_in_under_a_second(nats_server, start, tmp_path, browser_page):

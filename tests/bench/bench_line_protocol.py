@@ -22,6 +22,7 @@ from connstats.probe.contract.record import Envelope, FlowRecord, proto_name
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import chunked, encode_lines, service_port
 from connstats.sink.sqlite_store import SqliteStore
+from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -37,10 +38,12 @@ def message(count: int, start: int = T0) -> tuple[Envelope, list[FlowRecord]]:
     for i in range(count):
         proto = PROTOS[i % len(PROTOS)]
         ports = (0, 0) if proto == 1 else (1024 + i % 64000, (443, 53, 8080, 5432)[i % 4])
-        records.append(FlowRecord(
-            start, start + INTERVAL, 2 + i % 4, IFNAMES[i % 4], ("ingress", "egress")[i % 2],
-            4, proto, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", f"172.16.{i % 7}.{i % 250 + 1}",
-            *ports, 1 + i % 100, 64 + 1500 * (i % 100), start + i, start + i + 1000, 0x18 if proto == 6 else 0,
+        records.append(flow_record(
+            interval_start=start, interval_end=start + INTERVAL, ifindex=2 + i % 4, ifname=IFNAMES[i % 4],
+            direction=("ingress", "egress")[i % 2], proto=proto, src_ip=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+            dst_ip=f"172.16.{i % 7}.{i % 250 + 1}", src_port=ports[0], dst_port=ports[1], packets=1 + i % 100,
+            bytes=64 + 1500 * (i % 100), first_seen=start + i, last_seen=start + i + 1000,
+            tcp_flags=0x18 if proto == 6 else 0,
         ))
     return envelope, records
 
@@ -93,7 +96,7 @@ def bench_gzip(count: int) -> None:
     bodies = chunked(encode_lines(FlowBatch.from_records(envelope, records)))
     raw = sum(len(body) for body in bodies)
     for level in (9, 1):
-        seconds, packed = timed(lambda: [gzip.compress(body, level) for body in bodies])
+        seconds, packed = timed(lambda level=level: [gzip.compress(body, level) for body in bodies])
         print(f"gzip level {level} of {len(bodies)} request bodies ({raw:,} bytes): {seconds:.3f} s, "
               f"{sum(len(p) for p in packed):,} bytes")
 

@@ -72,9 +72,9 @@ def main() -> None:
     metrics, governed, publish, scrape = [], [], [], []
     for seq in range(ROUNDS):
         batch, judged = interval(seq), interval(seq, governed=True)
-        metrics.append(timed(lambda: probe.listener(batch)))
-        governed.append(timed(lambda: probe.listener(judged)))
-        publish.append(timed(lambda: encode_interval(batch, limit)))
+        metrics.append(timed(lambda batch=batch: probe.listener(batch)))
+        governed.append(timed(lambda judged=judged: probe.listener(judged)))
+        publish.append(timed(lambda batch=batch: encode_interval(batch, limit)))
         scrape.append(timed(telemetry.exposition))
     m, g, p, s = (statistics.median(x) * 1000 for x in (metrics, governed, publish, scrape))
     print(f"{RECORDS:,} records on {DEVICES} devices per interval, median of {ROUNDS} rounds")

@@ -10,9 +10,9 @@ import nats
 import pytest
 
 from connstats.probe.contract import StreamSettings, ensure_stream, flow_stream_config
-from tests.e2e.test_alerts_e2e import THRESHOLD, Webhook
-from tests.e2e.test_cli_e2e import assert_one_line_error, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.e2e.test_metrics_e2e import get, samples
+from tests.fixtures.alerts import THRESHOLD, Webhook
+from tests.fixtures.cli import assert_one_line_error, connstats
+from tests.fixtures.metrics import get, samples
 from tests.fixtures.nats import free_port
 from tests.fixtures.wait import until
 

@@ -7,56 +7,20 @@ import json
 import socket
 import stat
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from connstats.cli.nats_auth import CREDENTIALS_FILE, read_credentials
 from connstats.probe.contract import alerts_subject, decode_message
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.e2e.test_overflow_e2e import SEND_FROM_MANY_PORTS
-from tests.fixtures.nats import free_port, read_stream
+from tests.fixtures.alerts import THRESHOLD, Webhook
+from tests.fixtures.cli import NO_HTTP_CLASH, connstats
+from tests.fixtures.nats import read_stream
+from tests.fixtures.traffic import SEND_FROM_MANY_PORTS
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
-
-
-class Webhook:
-    """An aiohttp server in a thread of its own, recording every POSTed body and when it came."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, float, list]] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.posts.append((request.path, time.time(), await request.json()))
-        return web.Response(status=200)
-
-    async def serve(self) -> None:
-        app = web.Application()
-        app.router.add_post("/api/v2/alerts", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def __enter__(self) -> "Webhook":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.serve(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    def alerts(self) -> list[dict]:
-        return [alert for _, _, body in self.posts for alert in body]
 
 
 def stream(url: str, name: str) -> list:
@@ -77,19 +41,6 @@ def alerts_in(url: str) -> list[tuple[str, dict]]:
 
 def group(alert: dict) -> dict:
     return {k: v for k, v in alert["labels"].items() if k not in ("alertname", "severity")}
-
-
-THRESHOLD = """
-[[rule]]
-name = "udp-burst"
-kind = "threshold"
-metric = "packets"
-by = ["ifname", "dst_port"]
-where = { proto = "udp", direction = "egress" }
-window = "5s"
-above = 500
-for = "2s"
-"""
 
 
 def test_up_threshold_fires_once_then_resolves_on_webhook_and_nats(quiet_network, cs_env, start, tmp_path):

@@ -7,131 +7,25 @@ the namespaces and links come from the ``test_network`` fixture, which deletes t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from connstats.probe.kernel.pins import PinnedInstance
+from tests.fixtures.cli import (
+    CONNSTATS,
+    NO_HTTP_CLASH,
+    REPO,
+    assert_one_line_error,
+    connstats,
+    descendants,
+    udp_row,
+    without_times,
+)
 from tests.fixtures.nats import free_port
-from tests.fixtures.netns import require_root
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
-
-REPO = Path(__file__).resolve().parents[2]
-CONNSTATS = REPO / ".venv" / "bin" / "connstats"
-UDP_V4_OVERHEAD = 14 + 20 + 8
-NO_HTTP_CLASH = ("--http", "127.0.0.1:0")  # the HTTP API on a free port, not 9102
-
-
-def descendants(pid: int) -> list[int]:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(c) for c in children] + [d for c in children for d in descendants(int(c))]
-
-
-class Running:
-    """One started command; its stdout and stderr go to files in the test's directory."""
-
-    def __init__(self, argv: list[str], env: dict, logs: Path, name: str) -> None:
-        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                            cwd=REPO)
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text()
-
-    def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr:
-            if self.process.poll() is not None:
-                pytest.fail(f"exited with {self.process.returncode} before {text!r}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {text!r} within {timeout} s:\n{self.stderr}")
-            time.sleep(0.05)
-
-    def interrupt(self, pid: int | None = None, timeout: float = 60.0) -> int:
-        os.kill(pid or self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        """SIGKILL the process and what it started (``make run`` starts ``connstats up``), by pid."""
-        if self.process.poll() is None:
-            for pid in [*descendants(self.process.pid), self.process.pid]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.process.wait(10)
-
-
-@pytest.fixture
-def cs_env(tmp_path):
-    """The environment of a user on a clean machine: a fresh state directory and config file."""
-    require_root()
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNSTATS_", "INFLUXDB_V2_"))}
-    env.update(CONNSTATS_STATE_DIR=str(tmp_path / "state"), CONNSTATS_CONFIG=str(config))
-    # no page on the default 127.0.0.1:9470 unless a test asks (--ui): tests run side by side
-    env["CONNSTATS_UI"] = "none"
-    return env
-
-
-@pytest.fixture
-def start(cs_env, tmp_path):
-    """``start(*args)`` runs ``connstats ARGS`` in the background; all are stopped at teardown."""
-    started: list[Running] = []
-
-    def run(*args: str, argv: list[str] | None = None) -> Running:
-        process = Running(argv or [str(CONNSTATS), *args], cs_env, tmp_path, f"p{len(started)}")
-        started.append(process)
-        return process
-
-    yield run
-    for process in started:
-        process.stop()
-    # `probe` keeps its classifier counting on exit (and a SIGKILL leaves it): remove it.
-    if PinnedInstance.for_state_dir(Path(cs_env["CONNSTATS_STATE_DIR"])).path.exists():
-        subprocess.run([str(CONNSTATS), "reset"], env=cs_env, capture_output=True, timeout=60)
-
-
-def connstats(env: dict, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CONNSTATS), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
-
-
-def without_times(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("first_seen", "last_seen")} for row in rows]
-
-
-def udp_row(ifname: str, direction: str, a, b, sport: int, dport: int, count: int, size: int) -> dict:
-    return {"ifname": ifname, "direction": direction, "proto": "udp", "src_ip": a.ipv4, "src_port": sport,
-            "dst_ip": b.ipv4, "dst_port": dport, "packets": count, "bytes": count * (UDP_V4_OVERHEAD + size)}
-
-
-@pytest.fixture
-def quiet_network(test_network):
-    a, b = test_network.hosts
-    a.quiet([b])
-    b.quiet([a])
-    return a, b
-
 
 # -- up: the whole pipeline -------------------------------------------------------------------
 

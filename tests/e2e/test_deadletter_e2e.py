@@ -21,9 +21,9 @@ from nats.js.api import Header
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
 from connstats.probe.contract import connect, encode_message, flows_subject
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.e2e.test_store_full_e2e import publish_batches, stored, totals
+from tests.fixtures.cli import NO_HTTP_CLASH, connstats
 from tests.fixtures.nats import read_stream, sample_batch, sample_envelope
+from tests.fixtures.store import publish_batches, stored, totals
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel  # the e2e environment (cs_env) runs as root

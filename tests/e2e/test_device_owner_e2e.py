@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, assert_one_line_error, connstats, cs_env, start  # noqa: F401
+from tests.fixtures.cli import NO_HTTP_CLASH, assert_one_line_error, connstats
 
 pytestmark = pytest.mark.kernel
 

@@ -7,43 +7,27 @@ the container's own directions (its sends are "egress" on its veth). Stopping on
 detaches it with no error, and its last counts are still published.
 """
 import asyncio
-import json
-import re
-import socket
 import subprocess
-import sys
 
 import pytest
 
 from connstats.probe.watch.docker_watch import docker_watcher
-from tests.fixtures.docker import capture_service, published, running_probe
-from tests.fixtures.netns import TRAFFIC, tcp_closing
+from tests.fixtures.docker import (
+    capture_service,
+    host_ifname,
+    host_side_ifindex,
+    in_netns,
+    published,
+    running_probe,
+    udp_from,
+)
+from tests.fixtures.netns import tcp_closing
 from tests.fixtures.wait import seconds_until, until_async
 
 pytestmark = pytest.mark.kernel
 
 UDP_FRAME = 14 + 20 + 8
 IMAGE = "connstats-test:busybox"
-
-
-def in_netns(pid: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", "-t", str(pid), "-n", *args], check=True, capture_output=True, text=True)
-
-
-def udp_from(pid: int, dst: str, port: int, sport: int, count: int, size: int) -> None:
-    """``count`` datagrams of ``size`` bytes sent from inside the container's network namespace."""
-    out = in_netns(pid, sys.executable, str(TRAFFIC), "udp", dst, str(port), str(sport), str(count), str(size))
-    assert json.loads(out.stdout)["sent"] == count
-
-
-def host_side_ifindex(pid: int) -> int:
-    """The container's eth0 peer, read from inside: ``eth0@if<host ifindex>``."""
-    out = in_netns(pid, "ip", "-o", "link", "show", "eth0").stdout
-    return int(re.search(r"eth0@if(\d+)", out).group(1))
-
-
-def host_ifname(ifindex: int) -> str:
-    return socket.if_indextoname(ifindex)
 
 
 def eth0_counters(pid: int) -> tuple[int, int, int, int]:

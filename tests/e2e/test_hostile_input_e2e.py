@@ -11,7 +11,6 @@ import nats
 from connstats.cli.live import interval_summary
 from connstats.probe.contract import NatsOptions, connect, flows_subject
 from connstats.probe.contract.wire import encode_message
-from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401 (fixtures)
 from tests.fixtures.nats import read_stream, sample_batch, sample_envelope
 from tests.fixtures.wait import until, until_async
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_e2e import connstats, cs_env, quiet_network, start  # noqa: F401
+from tests.fixtures.cli import connstats
 from tests.fixtures.nats import free_port
 from tests.fixtures.wait import until
 

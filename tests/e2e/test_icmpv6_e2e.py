@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, start, without_times  # noqa: F401
+from tests.fixtures.cli import NO_HTTP_CLASH, connstats, without_times
 
 pytestmark = pytest.mark.kernel
 

@@ -13,42 +13,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_cli_e2e import UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401 (fixtures)
+from tests.fixtures.cli import UDP_V4_OVERHEAD
 from tests.fixtures.http import http_request
+from tests.fixtures.metrics import get, samples, store_totals
 from tests.fixtures.nats import free_port
 from tests.fixtures.wait import steady, until
 
 pytestmark = pytest.mark.kernel
 
 
-def get(url: str) -> tuple[int, str]:
-    return http_request(url, timeout=5)
-
-
-def samples(url: str) -> dict[tuple, float]:
-    status, text = get(url + "/metrics")
-    assert status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def traffic_of(got: dict, iface: str, direction: str) -> tuple[float, float]:
     labels = (("direction", direction), ("iface", iface))
     return got.get(("connstats_packets_total", labels), 0), got.get(("connstats_bytes_total", labels), 0)
-
-
-def store_totals(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    """(ifname, direction) -> (packets, bytes): flow rows plus overflow rows."""
-    totals: dict[tuple[str, str], tuple[int, int]] = {}
-    with sqlite3.connect(path) as db:
-        for table in ("flows", "overflow"):
-            for ifname, direction, packets, nbytes in db.execute(
-                    f"SELECT ifname, direction, SUM(packets), SUM(bytes) FROM {table} GROUP BY 1, 2"):
-                old = totals.get((ifname, direction), (0, 0))
-                totals[ifname, direction] = (old[0] + packets, old[1] + nbytes)
-    return totals
 
 
 def test_up_counters_equal_the_store_and_the_kernel_exactly(quiet_network, cs_env, start):
@@ -121,7 +98,7 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
     probe.wait_for("connstats probe: watching")
     probe_url, sink_url = f"http://{http}", f"http://{metrics}"
     for url in (probe_url, sink_url):
-        until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready")
+        until(lambda url=url: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready")
     nats_server.kill()
     assert until(lambda: get(probe_url + "/readyz") == (503, "probe: NATS is not connected\n"), 30, "probe 503")
     assert until(lambda: get(sink_url + "/readyz") == (503, "sink: NATS is not connected\n"), 30, "sink 503")
@@ -129,7 +106,7 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
     a.traffic("udp", b.ipv4, 7000, 42000, 250, 64)  # counted meanwhile, kept in the outbox
     nats_server.start()
     for url in (probe_url, sink_url):
-        until(lambda: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready again")
+        until(lambda url=url: get(url + "/readyz") == (200, "ready\n"), 30, f"{url} ready again")
     expected = (250, 250 * (UDP_V4_OVERHEAD + 64))
 
     def stored():
@@ -151,7 +128,7 @@ def test_readyz_follows_nats_for_probe_and_sink(quiet_network, cs_env, start, na
 
 
 def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning(quiet_network, cs_env, start):
-    from tests.e2e.test_overflow_e2e import CONNECTIONS, SEND_FROM_MANY_PORTS, SIZE
+    from tests.fixtures.traffic import CONNECTIONS, SEND_FROM_MANY_PORTS, SIZE
 
     a, b = quiet_network
     metrics = f"127.0.0.1:{free_port()}"
@@ -225,7 +202,7 @@ def test_probe_metrics_listener_serves_telemetry_and_nothing_of_the_api(quiet_ne
 
 
 def test_probe_metrics_address_taken_or_bad_is_one_line(quiet_network, cs_env, nats_server):
-    from tests.e2e.test_cli_e2e import assert_one_line_error, connstats
+    from tests.fixtures.cli import assert_one_line_error, connstats
     from tests.fixtures.netns import leftovers
     a, _ = quiet_network
     common = ("probe", "--iface", a.host_if, "--nats", nats_server.url, "--http", "127.0.0.1:0",

@@ -26,10 +26,9 @@ from connstats.probe.contract import (
 )
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import ConsumerSettings
-from tests.e2e.test_cli_e2e import UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.e2e.test_metrics_e2e import store_totals
+from tests.fixtures.cli import UDP_V4_OVERHEAD
+from tests.fixtures.metrics import store_totals
 from tests.fixtures.nats import read_stream
-from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401 (fixture)
 from tests.fixtures.wait import until_async
 
 pytestmark = pytest.mark.kernel

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import pytest
 
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
+from tests.fixtures.traffic import CONNECTIONS, SEND_FROM_MANY_PORTS, SIZE
 
 pytestmark = pytest.mark.kernel
-
-CONNECTIONS, SIZE = 500, 80
-SEND_FROM_MANY_PORTS = textwrap.dedent("""
-    import socket, sys
-    dst, first_port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    for port in range(first_port, first_port + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("", port))
-            sock.sendto(b"x" * size, (dst, 5600))
-""")
 
 
 def test_capacity_16_and_500_connections_store_exact_device_totals(quiet_network, cs_env, start):

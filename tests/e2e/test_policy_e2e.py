@@ -15,14 +15,8 @@ import nats
 import pytest
 
 from connstats.probe.contract.wire import decode_message
-from tests.e2e.test_cli_e2e import (  # noqa: F401
-    NO_HTTP_CLASH,
-    UDP_V4_OVERHEAD,
-    connstats,
-    cs_env,
-    quiet_network,  # noqa: F401
-    start,
-)
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
+from tests.fixtures.policy import Violations, policy_text
 from tests.fixtures.wait import steady
 
 pytestmark = pytest.mark.kernel
@@ -30,38 +24,10 @@ pytestmark = pytest.mark.kernel
 SIZE = 100
 
 
-def policy_text(a, b) -> str:
-    return (f'[groups]\na = {{ ifaces = ["{a.host_if}"] }}\nb = {{ ifaces = ["{b.host_if}"] }}\n\n'
-            '[[allow]]\nfrom = "a"\nto = "b"\nproto = "udp"\nports = [5500]\n')
-
-
 def deny_rows(env, port: int) -> list[tuple]:
     out = connstats(env, "history", "--verdict", "deny", "--port", str(port), "--format", "json")
     assert out.returncode == 0, out.stderr
     return sorted((r["ifname"], r["direction"], r["packets"], r["bytes"]) for r in json.loads(out.stdout))
-
-
-class Violations:
-    """Collects the violation events, subscribed as the admin role of the embedded server."""
-
-    def __init__(self, state: Path) -> None:
-        credentials = json.loads((state / "nats-credentials.json").read_text())
-        self.url, self.admin = credentials["url"], credentials["users"]["admin"]
-        self.events: list[dict] = []
-
-    async def collect(self, act, settle: float) -> list[dict]:
-        nc = await nats.connect(self.url, user=self.admin["user"], password=self.admin["password"])
-        try:
-            await nc.subscribe("connstats.v1.policy.>", cb=self._on_event)
-            await nc.flush()
-            await asyncio.to_thread(act)
-            await asyncio.sleep(settle)
-        finally:
-            await nc.close()
-        return self.events
-
-    async def _on_event(self, msg) -> None:
-        self.events.append(json.loads(msg.data))
 
 
 def test_apply_monitor_protect_restart_and_off(quiet_network, cs_env, start, tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
-from tests.e2e.test_policy_learn_e2e import _attached, learn, udp_receiver
+from tests.fixtures.cli import NO_HTTP_CLASH, connstats
 from tests.fixtures.netns import TRAFFIC
+from tests.fixtures.policy import attached_devices, learn, udp_receiver
 from tests.fixtures.wait import steady, until
 
 pytestmark = pytest.mark.kernel
@@ -102,7 +102,7 @@ def test_a_learned_policy_between_two_docker_containers(dockerd, cs_env, start, 
     up.wait_for("connstats up: watching")
     client = dockerd.run("cs-apply-client", "sleep", "600")
     server = dockerd.run("cs-apply-server", "sleep", "600")
-    _attached(cs_env, 2)
+    attached_devices(cs_env, 2)
     docker_traffic(dockerd, client, server, 41001, 5353)
     assert up.interrupt() == 0
     _, body = learn(cs_env)
@@ -113,7 +113,7 @@ def test_a_learned_policy_between_two_docker_containers(dockerd, cs_env, start, 
     up = start("up", "--auto", "cs-learn-nothing", "--docker-socket", dockerd.socket, "--interval", "0.5",
                *NO_HTTP_CLASH)
     up.wait_for("connstats up: watching")
-    _attached(cs_env, 2)
+    attached_devices(cs_env, 2)
     applied = connstats(cs_env, "policy", "apply", str(path), "--mode", "protect")
     assert applied.stdout.startswith("mode protect: 2 groups, 1 rules, 2 governed devices\n"), applied.stderr
     docker_traffic(dockerd, client, server, 41002, 5353)  # learned: flows

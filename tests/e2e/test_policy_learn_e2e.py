@@ -7,39 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from connstats.sink.policy_learn import check_policy
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
+from tests.fixtures.cli import NO_HTTP_CLASH
 from tests.fixtures.netns import TRAFFIC, tcp_closing
+from tests.fixtures.policy import attached_devices, learn, udp_receiver
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
-
-
-def learn(env: dict) -> tuple[list[str], str]:
-    """The header lines and the policy body ``connstats policy learn`` prints."""
-    result = connstats(env, "policy", "learn", "--since", "10m")
-    assert (result.returncode, result.stderr) == (0, ""), result.stderr
-    check_policy(result.stdout)
-    lines = result.stdout.splitlines(keepends=True)
-    header = [line for line in lines if line.startswith("#")]
-    return header, "".join(lines[len(header):])
-
-
-def udp_receiver(enter: list[str], address: str, *ports: int) -> subprocess.Popen:
-    """A process in a namespace (``enter``: the command that runs it there) holding UDP sockets
-    bound to ``ports``, so no port unreachable goes back; it says "bound" once they are."""
-    code = ("import socket, sys, time\n"
-            f"s = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in {list(ports)}]\n"
-            f"[x.bind(({address!r}, p)) for x, p in zip(s, {list(ports)})]\n"
-            "print('bound', flush=True)\ntime.sleep(600)\n")
-    process = subprocess.Popen([*enter, sys.executable, "-c", code],
-                               stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline() == "bound\n"
-    return process
 
 
 def test_learns_tcp_and_udp_between_two_namespaces(quiet_network, cs_env, start):
@@ -89,23 +65,13 @@ ports = ["5353-5354"]
     assert header[1] == f"# allows the 3 connections ({seen:,} bytes) seen, with 2 rules\n"
 
 
-def _attached(env: dict, count: int, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        listed = connstats(env, "list", "--format", "json")
-        if listed.returncode == 0 and len(json.loads(listed.stdout)) == count:
-            return [d["name"] for d in json.loads(listed.stdout)]
-        time.sleep(0.1)
-    pytest.fail(f"{count} container veths not attached within {timeout} s")
-
-
 def test_learns_two_docker_containers_as_two_container_groups(dockerd, cs_env, start):
     up = start("up", "--auto", "cs-learn-nothing", "--docker-socket", dockerd.socket, "--interval", "0.5",
                *NO_HTTP_CLASH)
     up.wait_for("connstats up: watching")
     client = dockerd.run("cs-learn-client", "sleep", "600")
     server = dockerd.run("cs-learn-server", "sh", "-c", "sleep 600 | nc -l -p 7000 > /tmp/got")
-    _attached(cs_env, 2)
+    attached_devices(cs_env, 2)
     server_ip = server["NetworkSettings"]["IPAddress"]
 
     receiver = udp_receiver(["nsenter", "-t", str(server["State"]["Pid"]), "-n"], server_ip, 5353)

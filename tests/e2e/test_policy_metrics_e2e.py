@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401
-from tests.e2e.test_metrics_e2e import samples
-from tests.e2e.test_policy_e2e import Violations, policy_text
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
+from tests.fixtures.metrics import samples
 from tests.fixtures.nats import free_port
+from tests.fixtures.policy import Violations, policy_text
 from tests.fixtures.wait import steady, until
 
 pytestmark = pytest.mark.kernel

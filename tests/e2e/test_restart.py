@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from connstats.probe.kernel.pins import PinnedInstance
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401 (fixtures)
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
 
 pytestmark = pytest.mark.kernel
 

@@ -9,47 +9,15 @@ unmounted at teardown, also when the test fails.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
-import nats
 import pytest
-from nats.js.api import Header
 
-from connstats.probe.contract import encode_message, flows_subject, message_id
-from tests.e2e.test_cli_e2e import cs_env, start  # noqa: F401 (fixtures)
-from tests.e2e.test_metrics_e2e import samples
+from tests.fixtures.metrics import samples
 from tests.fixtures.nats import free_port, read_stream, sample_batch, sample_envelope
+from tests.fixtures.store import publish_batches, stored, totals
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel  # root: mount
-
-
-async def publish_batches(url: str, batches) -> None:
-    """Each batch as one flow message on its host's subject, with the probe's ``Nats-Msg-Id``."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        for batch in batches:
-            env = batch.envelope
-            await js.publish(flows_subject(env.host), encode_message(batch),
-                             headers={Header.MSG_ID: message_id(env.host, env.boot_id, env.interval_seq, 0)})
-    finally:
-        await nc.close()
-
-
-def stored(path: Path) -> tuple[int, int, int, int]:
-    """(rows, distinct keys, packets, bytes) in the flows table."""
-    with sqlite3.connect(path) as db:
-        return db.execute(
-            "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT interval_start, host, ifindex, direction,"
-            " proto, src_ip, dst_ip, src_port, dst_port FROM flows)), SUM(packets), SUM(bytes) FROM flows"
-        ).fetchone()
-
-
-def totals(batches) -> tuple[int, int, int, int]:
-    records = [r for b in batches for r in b.records()]
-    return len(records), len(records), sum(r.packets for r in records), sum(r.bytes for r in records)
 
 
 def test_a_full_sqlite_disk_pauses_the_sink_dead_letters_nothing_and_resumes_when_it_grows(

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, cs_env, quiet_network, start  # noqa: F401
-from tests.fixtures.http import http_request
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD
 from tests.fixtures.nats import free_port
+from tests.fixtures.web import fetch, wait_stored
 
 pytestmark = pytest.mark.kernel
 
@@ -40,20 +40,6 @@ def start_up(start, a, b, ui: str):
     up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "1", *NO_HTTP_CLASH, "--ui", ui)
     up.wait_for("connstats up: watching")
     return up
-
-
-def wait_stored(store: Path, port: int, packets: int, timeout: float = 30.0) -> None:
-    """Until the sender's egress of the UDP datagrams to ``port`` is in the store (its
-    receiver's ingress comes in the same message)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = time.time_ns()
-        rows = sqlite_history(store, HistoryQuery(since=now - 3600 * 10**9, until=now, port=port, proto=17,
-                                                  direction="egress", group_by="iface"))
-        if [r["packets"] for r in rows] == [packets] or time.monotonic() > deadline:
-            assert [r["packets"] for r in rows] == [packets]
-            return
-        time.sleep(0.2)
 
 
 RECORD_LIVE = """() => {
@@ -149,7 +135,7 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     page.click("#tabs button[data-view=policy]")
     page.wait_for_function("document.getElementById('learn-toml').dataset.rules", timeout=20_000)
     preview = page.inner_text("#learn-toml")
-    from tests.e2e.test_cli_e2e import connstats
+    from tests.fixtures.cli import connstats
 
     learned = connstats(cs_env, "policy", "learn", "--since", "24h")
     assert learned.returncode == 0, learned.stderr
@@ -157,10 +143,6 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     assert f'from = "{a.netns}"' in preview
     assert up.interrupt() == 0
     assert "Traceback" not in up.stderr
-
-
-def fetch(url: str, headers: dict | None = None) -> tuple[int, str]:
-    return http_request(url, headers=headers)
 
 
 def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, browser_page):
@@ -238,7 +220,7 @@ def test_up_without_its_default_page_when_the_port_is_taken(quiet_network, cs_en
 def test_the_map_shows_the_edge_between_two_docker_containers(dockerd, cs_env, start, browser_page):
     """Two real containers of a real dockerd: their host-side veths watched by `up`, which
     learns their names from the Docker socket; the map's edge holds the store's bytes."""
-    from tests.e2e.test_docker import host_ifname, host_side_ifindex, in_netns, udp_from
+    from tests.fixtures.docker import host_ifname, host_side_ifindex, in_netns, udp_from
 
     containers = {}
     for name in ("cs-web1", "cs-web2"):
@@ -302,7 +284,7 @@ def test_connstats_ui_finds_ups_nats_and_store_without_flags(quiet_network, cs_e
     (("up", "--ui", "localhost"), "web page address 'localhost' is not ADDR:PORT; use e.g. 127.0.0.1:9470, or none"),
 ])
 def test_a_bad_address_is_one_line(cs_env, test_network, argv, message):
-    from tests.e2e.test_cli_e2e import assert_one_line_error, connstats
+    from tests.fixtures.cli import assert_one_line_error, connstats
 
     extra = ("--iface", test_network.hosts[0].host_if, *NO_HTTP_CLASH) if argv[0] == "up" else ()
     assert_one_line_error(connstats(cs_env, *argv, *extra), message)
@@ -324,7 +306,7 @@ def test_verdicts_policy_and_alerts_views(quiet_network, cs_env, start, browser_
     up = start("up", "--iface", a.host_if, "--iface", b.host_if, "--interval", "1", *NO_HTTP_CLASH,
                "--ui", f"127.0.0.1:{port}", "--rules", str(rules))
     up.wait_for("connstats up: watching")
-    from tests.e2e.test_cli_e2e import connstats
+    from tests.fixtures.cli import connstats
 
     applied = connstats(cs_env, "policy", "apply", str(policy), "--mode", "monitor")
     assert applied.returncode == 0, applied.stderr

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from connstats.sink.history import HistoryQuery, sqlite_history
-from tests.e2e.test_cli_e2e import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats, cs_env, quiet_network, start  # noqa: F401
-from tests.e2e.test_web_e2e import fetch, wait_stored
+from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
 from tests.fixtures.nats import free_port
+from tests.fixtures.web import fetch, wait_stored
 
 pytestmark = pytest.mark.kernel
 

@@ -116,7 +116,7 @@ def test_another_layout_adopts_the_devices_and_publishes_the_old_maps_counts(tes
         assert [layout.name for layout in instance.layouts()] == [new.program.pin_dir.name] != [old_layout.name]
         a.traffic("udp", b.ipv4, 5500, 42011, 40, 100)
         batch = new.finish()
-        last, records = batch.envelope, batch.records()
+        records = batch.records()
         new.commit()
     finally:
         new.close()

@@ -185,7 +185,7 @@ def test_a_port_range(probe, policer, test_network):
     a.quiet([b]), b.quiet([a])
     probe.attach(a.host_if), probe.attach(b.host_if)
     policer.apply(two_groups(a, b, udp_rule('["6000-6099"]')), "protect")
-    for port, verdict in ((5999, "deny"), (6000, "allow"), (6099, "allow"), (6100, "deny")):
+    for port in (5999, 6000, 6099, 6100):
         a.traffic("udp", b.ipv4, port, 42000, 40, 10)
     probe.poll()
     for port, verdict in ((5999, "deny"), (6000, "allow"), (6099, "allow"), (6100, "deny")):
