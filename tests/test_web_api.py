@@ -244,7 +244,7 @@ async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxd
     denied = [np.asarray(b.columns.verdict) == "deny" for b in batches[:2]]
     assert len(held) == body["connections"] == 50  # connections 0, 4, 8, ... of 200, in both intervals
     assert body["bytes"] == sum(int(np.asarray(b.columns.bytes, dtype=np.uint64)[d].sum())
-                                for b, d in zip(batches, denied, strict=True))
+                                for b, d in zip(batches[:2], denied, strict=True))
     assert [(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["packets"], r["bytes"]) for r in body["rows"]] \
         == [(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["packets"], r["bytes"]) for r in held]
     assert (limited["connections"], limited["bytes"], limited["rows"]) == (50, body["bytes"], body["rows"][:7])
