@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 SCHEMA_VERSION = 2  # of the flow messages the probe sends (see wire_schema.py)
-DIRECTIONS = ("ingress", "egress")
+DIRECTIONS: tuple[Direction, Direction] = ("ingress", "egress")  # index = the kernel's direction
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}  # the one table of names: every output and --proto
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 _T = TypeVar("_T", bound="DataclassInstance")
