@@ -79,7 +79,7 @@ mypy-tree:
 	@mkdir -p build/mypy/connstats; \
 	for p in probe sink cli; do ln -sfn ../../../$$p build/mypy/connstats/$$p; done
 
-test: install-test
+test: install-test lint
 	$(VENV)/bin/pytest -q -n $(JOBS) --dist loadgroup $(ARGS)
 
 test-unit: install-test
