@@ -39,11 +39,10 @@ class FlowBatch:
     def __iter__(self) -> Iterator[FlowRecord]:
         return iter(self.records())
 
-    # The values of a column are of the type of the field that ``name`` names at run time: Any.
-
     def column(self, name: str) -> Iterable[Any]:
         """Any ``FlowRecord`` field as ``len(self)`` Python values: a list, but envelope fields
-        and ``host`` an iterator that repeats the value (no list made per record)."""
+        and ``host`` an iterator that repeats the value (no list made per record). The values
+        are of the type of the field ``name`` names, known at run time only: Any."""
         if name in FLOW_COLUMNS:
             return as_list(getattr(self.columns, name))
         if name in INTERVAL_FIELDS:
