@@ -19,7 +19,6 @@ from typing import Any, Callable
 from .contract.events import Event, HandoverLost, device_event
 from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
-from .contract.record import FlowRecord
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .publish.publisher import FlowPublisher, PublisherSettings
@@ -133,7 +132,7 @@ class ProbeDaemon:
     def policy_tables(self):
         return self.kernel.policy
 
-    async def live_records(self) -> list[FlowRecord]:
+    async def live_records(self) -> FlowBatch:
         return await asyncio.to_thread(self.kernel.peek)
 
     async def publish_event(self, event: Event) -> bool:

@@ -7,7 +7,7 @@ TCP ports); the protocol keeps its name, ``ProbePort``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from .contract.events import Event
 from .kernel.devices import AttachedDevice, FilterLoss
@@ -15,9 +15,12 @@ from .kernel.devices import AttachedDevice, FilterLoss
 Labels = tuple[str, str, str]  # container id, container name (or netns name), image
 NO_LABELS: Labels = ("", "", "")
 DetachListener = Callable[[AttachedDevice], Awaitable[None]]
+IntervalListener = Callable[["FlowBatch"], None]  # one interval, before it is published
 
 if TYPE_CHECKING:
+    from .contract.flow_batch import FlowBatch
     from .kernel.kernel_probe import PollReport
+    from .policy.tables import PolicyTables
     from .publish.publisher import PublisherStats
 
 
@@ -70,19 +73,19 @@ class ProbePort(Protocol):
     def label(self, ifindex: int, labels: Labels) -> None:
         """Label an attached device's records, unless it is labelled already."""
 
-    def policy_tables(self) -> Any:
-        """The classifier's policy tables (probe/policy/tables.py ``PolicyTables``)."""
+    def policy_tables(self) -> PolicyTables:
+        """The classifier's policy tables (probe/policy/tables.py)."""
 
     async def publish_event(self, event: Event) -> bool:
         """Best effort: publish ``event`` now; False if it was not."""
 
-    async def live_records(self) -> Sequence[Any]:
+    async def live_records(self) -> FlowBatch:
         """The current, not yet published interval's records."""
 
     def on_detach(self, listener: DetachListener) -> Callable[[], None]:
         """Call ``listener`` on every detach; returns the function that stops that."""
 
-    def on_interval(self, listener: Callable[..., None]) -> None:
+    def on_interval(self, listener: IntervalListener) -> None:
         """Call ``listener`` with every interval before it is published."""
 
     def status(self) -> ProbeStatus:

@@ -29,9 +29,9 @@ _STEP = np.zeros(256, np.int8)  # +1 opens, -1 closes
 _STEP[[ord("{"), ord("[")]] = 1
 _STEP[[ord("}"), ord("]")]] = -1
 _QUOTE = 2
-_KINDS = bytearray(_STEP.view(np.uint8).tobytes())  # byte -> its kind, for bytes.translate
-_KINDS[ord('"')] = _QUOTE
-_KINDS = bytes(_KINDS)
+_kinds = bytearray(_STEP.view(np.uint8).tobytes())  # byte -> its kind, for bytes.translate
+_kinds[ord('"')] = _QUOTE
+_KINDS = bytes(_kinds)
 
 
 def check_json(data: bytes, max_bytes: int | None = None, max_depth: int = MAX_DEPTH) -> None:

@@ -33,7 +33,7 @@ class ControlClient:
         self.host = host
         self.timeout = timeout
         self._nc: Client | None = None
-        self._refused: asyncio.Future | None = None
+        self._refused: asyncio.Future[str] | None = None  # NATS's permissions violation
 
     async def __aenter__(self) -> ControlClient:
         self._refused = asyncio.get_running_loop().create_future()
@@ -45,18 +45,31 @@ class ControlClient:
         if self._nc is not None:
             await self._nc.close()
 
-    async def request(self, verb: str, body: dict | None = None) -> dict[str, Any]:
+    @property
+    def _client(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("a ControlClient is used as `async with ControlClient(...) as client`")
+        return self._nc
+
+    @property
+    def _refusal(self) -> asyncio.Future[str]:
+        if self._refused is None:
+            raise RuntimeError("a ControlClient is used as `async with ControlClient(...) as client`")
+        return self._refused
+
+    async def request(self, verb: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send one request; return the reply without ``ok``, or raise the probe's error."""
         subject = control_subject(self.host, verb)
         data = msgspec.json.encode(body or {})
-        if len(data) > self._nc.max_payload:
+        if len(data) > self._client.max_payload:
             raise self._too_large(verb, len(data))
-        request = asyncio.ensure_future(self._nc.request(subject, data, timeout=self.timeout))
-        done, _ = await asyncio.wait({request, self._refused}, return_when=asyncio.FIRST_COMPLETED)
+        request = asyncio.ensure_future(self._client.request(subject, data, timeout=self.timeout))
+        refused = self._refusal
+        done, _ = await asyncio.wait((request, refused), return_when=asyncio.FIRST_COMPLETED)
         if request not in done:
             request.cancel()
             await asyncio.gather(request, return_exceptions=True)
-            raise TransportError(f"NATS refused the request on {subject} ({self._refused.result()}); "
+            raise TransportError(f"NATS refused the request on {subject} ({refused.result()}); "
                                  "ask for permission to publish to connstats.v1.ctl.> and subscribe to _INBOX.>")
         try:
             msg = request.result()
@@ -66,9 +79,9 @@ class ControlClient:
                 "start `connstats up` or `connstats probe` there, or check --host and --nats") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             carries_deadline = "deadline_ms" in (body or {})
-            done = ", so nothing was changed (the request's deadline has passed)" if carries_deadline else ""
+            unchanged = ", so nothing was changed (the request's deadline has passed)" if carries_deadline else ""
             raise TransportError(
-                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s{done}; "
+                f"the probe for host {self.host!r} did not answer within {self.timeout:g} s{unchanged}; "
                 "check that it runs and is not overloaded") from None
         except nats.errors.MaxPayloadError:
             raise self._too_large(verb, len(data)) from None
@@ -78,14 +91,14 @@ class ControlClient:
 
     def _too_large(self, verb: str, size: int) -> TransportError:
         return TransportError(
-            f"the {verb} request is {size:,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+            f"the {verb} request is {size:,} bytes, more than the {self._client.max_payload:,} bytes the NATS server "
             "takes in one message (max_payload); send less (a policy: fewer or merged prefixes) or raise "
             "max_payload in the server's configuration")
 
     async def _on_error(self, exc: Exception) -> None:
         text = str(exc)
-        if "permissions violation" in text.lower() and not self._refused.done():
-            self._refused.set_result(text.removeprefix("nats: ").strip("'"))
+        if "permissions violation" in text.lower() and not self._refusal.done():
+            self._refusal.set_result(text.removeprefix("nats: ").strip("'"))
         log.debug("nats: %r", exc)
 
 

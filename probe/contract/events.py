@@ -91,7 +91,7 @@ class OutboxOverflow(Event, tag="outbox_overflow", kw_only=True):
 
 
 DEVICE_EVENTS: dict[str, type[DeviceEvent]] = {
-    cls.__struct_config__.tag: cls for cls in (Attached, Detached, Gone, Replaced, Lost)}
+    str(cls.__struct_config__.tag): cls for cls in (Attached, Detached, Gone, Replaced, Lost)}
 
 AnyEvent = Union[Attached, Detached, Gone, Replaced, Lost, Failed, HandoverLost, OutboxOverflow]
 
@@ -106,7 +106,8 @@ def device_event(kind: str, device: WireDevice, **context: Any) -> DeviceEvent:
 
 def event_body(event: Event) -> dict[str, Any]:
     """The JSON object of ``event`` (without the fields that do not apply)."""
-    return msgspec.to_builtins(event)
+    body: dict[str, Any] = msgspec.to_builtins(event)  # a struct: an object
+    return body
 
 
 _DECODER = msgspec.json.Decoder(AnyEvent)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field, replace
 from itertools import repeat
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .record import DIRECTIONS, VERDICTS, Envelope, FlowRecord, bulk_allocation, make_record
-from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Device, FlowColumns
+from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Column, Device, FlowColumns
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +31,7 @@ class FlowBatch:
     # mode, 0 off, 1 monitor, 2 protect, of the policy word it was judged under at its last
     # packet), for the self-metrics. Not on the wire: None for batches decoded from messages
     # or built from records.
-    judged: np.ndarray | None = field(default=None, compare=False)
+    judged: NDArray[np.void] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.columns.ifindex)
@@ -36,9 +39,10 @@ class FlowBatch:
     def __iter__(self) -> Iterator[FlowRecord]:
         return iter(self.records())
 
-    def column(self, name: str) -> Sequence:
-        """Any ``FlowRecord`` field as a sequence of ``len(self)`` Python values (envelope and
-        device fields repeated without a list made per record where it can)."""
+    def column(self, name: str) -> Iterable[Any]:
+        """Any ``FlowRecord`` field as ``len(self)`` Python values: a list, but envelope fields
+        and ``host`` an iterator that repeats the value (no list made per record). The values
+        are of the type of the field ``name`` names, known at run time only: Any."""
         if name in FLOW_COLUMNS:
             return as_list(getattr(self.columns, name))
         if name in INTERVAL_FIELDS:
@@ -47,14 +51,14 @@ class FlowBatch:
             return repeat(self.envelope.host, len(self))
         return self.device_column(name)
 
-    def device_column(self, name: str) -> list:
+    def device_column(self, name: str) -> list[Any]:
         """A device field per record: one dict lookup per record, in C."""
         by_ifindex = {d.ifindex: getattr(d, name) for d in self.devices}
         if len(set(by_ifindex.values())) == 1 and len(self):
             return list(repeat(next(iter(by_ifindex.values())), len(self)))
         return list(map(by_ifindex.__getitem__, as_list(self.columns.ifindex)))
 
-    def rows(self, names: Sequence[str]) -> Iterator[tuple]:
+    def rows(self, names: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         """Tuples of the named fields, record by record (for ``executemany``)."""
         return zip(*(self.column(name) for name in names), strict=True)
 
@@ -123,7 +127,7 @@ class FlowBatch:
         return cls(envelope, FlowColumns(*([] for _ in FLOW_COLUMNS)))
 
     @classmethod
-    def from_arrays(cls, envelope: Envelope, keys: np.ndarray, values: np.ndarray, *,
+    def from_arrays(cls, envelope: Envelope, keys: NDArray[np.void], values: NDArray[np.void], *,
                     mono_to_wall_ns: int, ifnames: Mapping[int, str],
                     labels: Mapping[int, tuple[str, str, str]] = {}) -> FlowBatch:
         """A batch from drained ``FLOW_KEY``/``FLOW_COUNTERS`` arrays, column by column;
@@ -157,7 +161,22 @@ _MODE_MASK = 3  # of the policy word (probe/policy/tables.py)
 JUDGED = np.dtype([("verdict", "u1"), ("mode", "u1")])  # FlowBatch.judged
 
 
-def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:
+class DeviceFields(Protocol):
+    """The device fields of a record: a ``FlowRecord``, a schema 1 row (``RecordV1``)."""
+
+    @property
+    def ifindex(self) -> int: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def container_id(self) -> str: ...
+    @property
+    def container_name(self) -> str: ...
+    @property
+    def container_image(self) -> str: ...
+
+
+def devices_of(records: Iterable[DeviceFields], error: type[Exception]) -> tuple[Device, ...]:
     """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it."""
     devices: dict[int, Device] = {}
     for r in records:
@@ -172,15 +191,18 @@ def devices_of(records: Sequence, error: type[Exception]) -> tuple[Device, ...]:
     return tuple(devices.values())
 
 
-def as_list(column: Sequence) -> list:
+def as_list(column: Column[_T]) -> list[_T]:
     """A column as Python values (numpy arrays converted, lists as they are)."""
-    return column.tolist() if isinstance(column, np.ndarray) else column
+    if isinstance(column, np.ndarray):
+        values: list[_T] = column.tolist()
+        return values
+    return column
 
 
 # -- addresses from the kernel's arrays ---------------------------------------------------
 
 
-def address_column(families: np.ndarray, column: np.ndarray) -> np.ndarray:
+def address_column(families: NDArray[np.generic], column: NDArray[np.void]) -> NDArray[np.object_]:
     """Text for a column of 16-byte address fields, as an array of str objects.
 
     Each distinct address is formatted once: IPv4 with numpy string operations on the
@@ -198,8 +220,8 @@ def address_column(families: np.ndarray, column: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(families == 6)
     if len(rows):
         addresses = np.ascontiguousarray(raw[rows]).view("V16").ravel().tolist()
-        text = {address: _inet6_ntoa(address) for address in set(addresses)}
-        out[rows] = [text[address] for address in addresses]
+        text6 = {address: _inet6_ntoa(address) for address in set(addresses)}
+        out[rows] = [text6[address] for address in addresses]
     return out
 
 

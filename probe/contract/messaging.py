@@ -32,7 +32,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamInfo
 
 from .errors import ConfigError, TransportError
 
@@ -148,8 +148,11 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream unless it exists. An existing stream is left as the operator set it,
     except for its replica count when ``config.num_replicas`` is set (not None): one that
     differs is updated (``TransportError`` saying what to do if the server refuses)."""
+    name = config.name
+    if not name:
+        raise ValueError("ensure_stream needs a stream config with a name")
     try:
-        info = await _stream_info(js, config.name)
+        info = await _stream_info(js, name)
         if config.num_replicas is not None:
             await _match_replicas(js, info.config, config.num_replicas)
         return
@@ -161,12 +164,12 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.add_stream(config)
         log.info("created stream %s for %s", config.name, ", ".join(config.subjects or ()))
     except nats.js.errors.BadRequestError as exc:
-        if not await _stream_exists(js, config.name):  # else: created meanwhile by another process
+        if not await _stream_exists(js, name):  # else: created meanwhile by another process
             raise TransportError(f"cannot create stream {config.name}: {exc.description}; "
                                  "check for another stream on the same subjects") from exc
     except (nats.errors.Error, OSError) as exc:
         timed_out = isinstance(exc, nats.errors.TimeoutError)  # while another process created it?
-        if await _stream_appears(js, config.name, within=5.0 if timed_out else 0.0):
+        if await _stream_appears(js, name, within=5.0 if timed_out else 0.0):
             return
         raise TransportError(f"cannot create stream {config.name}: {_reason(exc)}; {_create_hint(config, exc)}") from exc
 
@@ -174,7 +177,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 STREAM_READ_PATIENCE = 15.0  # seconds: a busy 3-node cluster has taken more than 5 to elect
 
 
-async def _stream_info(js: JetStreamContext, name: str, patience: float | None = None):
+async def _stream_info(js: JetStreamContext, name: str, patience: float | None = None) -> StreamInfo:
     """``js.stream_info(name)``, asked again for up to ``patience`` s (``STREAM_READ_PATIENCE``)
     while JetStream does not answer in time: a cluster that is electing its leaders (at
     start, or after a server died) answers a moment later."""

@@ -38,6 +38,8 @@ SELECTORS = ("containers", "images", "ifaces", "netns", "cidrs")
 PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: the classifier reads their ports
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _RULE_KEYS = ("from", "to", "proto", "ports")
+KeyPath = tuple[str | int, ...]  # of a value in the file: ("allow", 2, "ports"), ("groups", "web", "cidrs")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Group:
     images: tuple[str, ...] = ()
     ifaces: tuple[str, ...] = ()
     netns: tuple[str, ...] = ()
-    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    cidrs: tuple[Network, ...] = ()
 
     @property
     def selects_devices(self) -> bool:
@@ -125,18 +127,18 @@ def _group(name: str, body: Any, where: _Locator) -> Group:
     if not isinstance(body, dict) or not body:
         raise PolicyError(where.at(path, f"must be a table with one of {', '.join(SELECTORS)}, "
                                    'e.g. { containers = ["web*"] }'))
-    values: dict[str, tuple] = {}
+    values: dict[str, tuple[str, ...]] = {}
     for key, value in body.items():
         if key not in SELECTORS:
             raise PolicyError(where.at(path + (key,), f"unknown key; use {', '.join(SELECTORS)}"))
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise PolicyError(where.at(path + (key,), 'must be a list of non-empty strings, e.g. ["web*"]'))
         values[key] = tuple(value)
-    values["cidrs"] = tuple(_network(text, where, path + ("cidrs",)) for text in values.get("cidrs", ()))
-    return Group(name, **values)
+    cidrs = tuple(_network(text, where, path + ("cidrs",)) for text in values.pop("cidrs", ()))
+    return Group(name, **values, cidrs=cidrs)
 
 
-def _network(text: str, where: _Locator, path: tuple):
+def _network(text: str, where: _Locator, path: KeyPath) -> Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -157,7 +159,7 @@ def _rules(items: Any, known: set[str], where: _Locator) -> tuple[Rule, ...]:
     return tuple(_rule(i, item, known, where) for i, item in enumerate(items))
 
 
-def _rule(index: int, item: dict, known: set[str], where: _Locator) -> Rule:
+def _rule(index: int, item: dict[str, Any], known: set[str], where: _Locator) -> Rule:
     path = ("allow", index)
     for key in item:
         if key not in _RULE_KEYS:
@@ -176,7 +178,7 @@ def _rule(index: int, item: dict, known: set[str], where: _Locator) -> Rule:
     return Rule(ends[0], ends[1], proto, ports)
 
 
-def _proto(value: Any, where: _Locator, path: tuple) -> int:
+def _proto(value: Any, where: _Locator, path: KeyPath) -> int:
     if isinstance(value, str) and value in PROTO_NUMBERS:
         return PROTO_NUMBERS[value]
     if type(value) is int and 0 <= value <= 255:
@@ -186,7 +188,7 @@ def _proto(value: Any, where: _Locator, path: tuple) -> int:
                                'write e.g. proto = "tcp"'))
 
 
-def _ports(value: Any, proto: int, where: _Locator, path: tuple) -> tuple[tuple[int, int], ...]:
+def _ports(value: Any, proto: int, where: _Locator, path: KeyPath) -> tuple[tuple[int, int], ...]:
     if value is None:
         return ()
     if proto not in PORTED_PROTOCOLS:
@@ -197,7 +199,7 @@ def _ports(value: Any, proto: int, where: _Locator, path: tuple) -> tuple[tuple[
     return tuple(sorted(_port_range(v, where, path) for v in value))
 
 
-def _port_range(value: Any, where: _Locator, path: tuple) -> tuple[int, int]:
+def _port_range(value: Any, where: _Locator, path: KeyPath) -> tuple[int, int]:
     if type(value) is int and 0 <= value <= 65535:
         return value, value
     if isinstance(value, str):
@@ -220,11 +222,11 @@ class _Locator:
         self.lines = text.splitlines()
         self.source = source
 
-    def at(self, path: tuple, message: str) -> str:
+    def at(self, path: KeyPath, message: str) -> str:
         return f"{self.source} line {self.line(path)}: {_dotted(path)}: {message}"
 
-    def line(self, path: tuple) -> int:
-        if path[0] == "allow" and len(path) > 1:
+    def line(self, path: KeyPath) -> int:
+        if path[0] == "allow" and len(path) > 1 and isinstance(path[1], int):  # ("allow", rule index, ...)
             return self._in_table(_nth_header(self.lines, "[[allow]]", path[1]), path[2:])
         if path[0] == "groups" and len(path) > 1:
             header = _nth_header(self.lines, f"[groups.{path[1]}]", 0)
@@ -234,7 +236,7 @@ class _Locator:
         found = _first_match(self.lines, 0, rf"\s*(\[+\s*)?{re.escape(str(path[0]))}\b")
         return found + 1 if found is not None else 1
 
-    def _in_table(self, header: int | None, keys: tuple) -> int:
+    def _in_table(self, header: int | None, keys: KeyPath) -> int:
         if header is None:
             return 1
         if not keys:
@@ -261,7 +263,7 @@ def _first_match(lines: list[str], start: int, pattern: str) -> int | None:
     return next((i for i in range(start, len(lines)) if compiled.match(lines[i])), None)
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: KeyPath) -> str:
     text = str(path[0])
     for part in path[1:]:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"

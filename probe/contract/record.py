@@ -9,16 +9,20 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Iterator, Literal, TypeVar
 
 import msgspec
 
 from .errors import MessageError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 SCHEMA_VERSION = 2  # of the flow messages the probe sends (see wire_schema.py)
-DIRECTIONS = ("ingress", "egress")
+DIRECTIONS: tuple[Direction, Direction] = ("ingress", "egress")  # index = the kernel's direction
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}  # the one table of names: every output and --proto
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+_T = TypeVar("_T", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +33,8 @@ class FlowRecord:
     interval_end: int
     ifindex: int
     ifname: str
-    direction: str  # "ingress" | "egress", as seen from the container on a veth
-    family: int  # 4, 6, or 0 for non-IP frames
+    direction: Direction  # as seen from the container on a veth
+    family: Family  # 4, 6, or 0 for non-IP frames
     proto: int  # IP protocol number
     src_ip: str
     dst_ip: str
@@ -47,15 +51,16 @@ class FlowRecord:
     container_image: str = ""
     # The policy's verdict on the connection (probe/policy/): "allow", "deny", or "" when
     # its device is not governed by a policy.
-    verdict: str = ""
+    verdict: Verdict = ""
 
     @property
     def proto_name(self) -> str:
         return proto_name(self.proto)
 
 
-def _slot_constructor(cls):
-    """A constructor for a frozen, slotted dataclass that sets slots directly.
+def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor for a frozen, slotted dataclass that sets slots directly: it takes
+    every field, in order (none has a default).
 
     The generated ``__init__`` of a frozen dataclass calls ``object.__setattr__`` per
     field, which costs ~3 us per FlowRecord; writing through the slot descriptors
@@ -67,7 +72,8 @@ def _slot_constructor(cls):
     namespace["_cls"] = cls
     body = "".join(f"    _set_{n}(self, {n})\n" for n in names)
     exec(f"def make({', '.join(names)}):\n    self = _new(_cls)\n{body}    return self\n", namespace)
-    return namespace["make"]
+    make: Callable[..., _T] = namespace["make"]
+    return make
 
 
 make_record = _slot_constructor(FlowRecord)
@@ -79,7 +85,7 @@ class OverflowCount:
 
     ifindex: int
     ifname: str
-    direction: str
+    direction: Direction
     packets: int
     bytes: int
 
@@ -114,7 +120,7 @@ def proto_number(name: str) -> int:
 
 
 @contextmanager
-def bulk_allocation():
+def bulk_allocation() -> Iterator[None]:
     """Pause the cyclic GC while making many objects that hold no cycles (records, rows):
     the collections 100k new objects trigger would cost more than making them (~30%)."""
     enabled = gc.isenabled()

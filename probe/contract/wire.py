@@ -22,7 +22,7 @@ is the one import a caller needs.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence, TypeVar, Union
 
 import msgspec
 import numpy as np
@@ -40,10 +40,12 @@ from .wire_schema import (
     RECORD_FIELDS,
     Chunk,
     Chunks,
+    Column,
     Device,
     FlowColumns,
     Host,
     MessageV2,
+    OutgoingV2,
     ProtoNumber,
     overflow_to_wire,
 )
@@ -55,6 +57,7 @@ __all__ = [
     "encode_flows", "encode_message", "encode_message_v1", "record_to_wire",
 ]
 
+_T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Union[MessageV2, MessageV1])
 
@@ -78,7 +81,7 @@ def encode_flows(columns: FlowColumns) -> msgspec.Raw:
     return msgspec.Raw(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
-def _json_ready(column: Sequence):
+def _json_ready(column: Column[_T]) -> Column[_T]:
     if isinstance(column, np.ndarray):
         return np.ascontiguousarray(column) if column.dtype != object else column.tolist()
     return column
@@ -86,7 +89,7 @@ def _json_ready(column: Sequence):
 
 def encode_chunk(envelope: Envelope, devices: Sequence[Device], flows: FlowColumns | msgspec.Raw) -> bytes:
     """One message of ``envelope`` and ``devices`` around columns (or ``encode_flows``' bytes)."""
-    return _encoder.encode(MessageV2(
+    return _encoder.encode(OutgoingV2(
         envelope.host, envelope.boot_id, envelope.interval_seq, envelope.interval_start,
         envelope.interval_end, envelope.chunk, envelope.chunks, envelope.record_offset,
         overflow_to_wire(envelope.overflow), list(devices), flows,

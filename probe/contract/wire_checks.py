@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import socket
 from itertools import compress, repeat
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
 
 from .errors import MessageError
 from .wire_schema import FLOW_COLUMNS, Device, FlowColumns, WireEnvelope
@@ -47,7 +50,8 @@ def check_columns(columns: FlowColumns, devices: list[Device]) -> None:
         raise MessageError(f"ifindex {min(unknown)} has no entry in devices - at `$.flows.ifindex`")
 
 
-def check_addresses(families: list[int], columns: dict[str, list[str]], where: str) -> None:
+def check_addresses(families: Sequence[int] | NDArray[np.generic],
+                    columns: Mapping[str, Sequence[str] | NDArray[np.generic]], where: str) -> None:
     """Family 4 records carry IPv4 text, family 6 IPv6 text, family 0 empty addresses.
 
     Column-wise, in C: each column's texts of one family go through ``inet_pton`` in one

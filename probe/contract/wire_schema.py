@@ -5,9 +5,10 @@ in C; the rules that span fields are in ``wire_checks``. Schema 1 (rows) is in `
 """
 from __future__ import annotations
 
-from typing import Annotated, Sequence
+from typing import TYPE_CHECKING, Annotated, Sequence, TypeVar
 
 import msgspec
+import numpy as np
 
 from .record import (
     IFINDEX_LIMIT,
@@ -33,26 +34,36 @@ Host = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX)]
 Chunk = Annotated[int, msgspec.Meta(ge=0, lt=IFINDEX_LIMIT)]
 Chunks = Annotated[int, msgspec.Meta(ge=1, le=IFINDEX_LIMIT)]
 
+_T = TypeVar("_T")
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    # A column is a list where it was decoded from a message or made from records, a numpy
+    # array where the probe built it from the kernel's arrays (``FlowBatch.from_arrays``).
+    Column = list[_T] | NDArray[np.generic]
+else:
+    Column = list  # what msgspec decodes a column into (it knows no numpy arrays)
+
 
 class FlowColumns(msgspec.Struct, forbid_unknown_fields=True):
-    """One list per field of a flow; entry i of every list is record i."""
+    """One list (or numpy array: ``Column``) per field of a flow; entry i of every one is record i."""
 
-    ifindex: list[IfIndex]
-    direction: list[Direction]
-    family: list[Family]
-    proto: list[ProtoNumber]
-    src_ip: list[Address]
-    dst_ip: list[Address]
-    src_port: list[Port]
-    dst_port: list[Port]
-    packets: list[Count]
-    bytes: list[Count]
-    first_seen: list[Time]
-    last_seen: list[Time]
-    tcp_flags: list[Count]
+    ifindex: Column[IfIndex]
+    direction: Column[Direction]
+    family: Column[Family]
+    proto: Column[ProtoNumber]
+    src_ip: Column[Address]
+    dst_ip: Column[Address]
+    src_port: Column[Port]
+    dst_port: Column[Port]
+    packets: Column[Count]
+    bytes: Column[Count]
+    first_seen: Column[Time]
+    last_seen: Column[Time]
+    tcp_flags: Column[Count]
     # Added in schema 2 without a version bump: a message without it (a probe before
     # policies, or one where no device is governed) means "" for every record.
-    verdict: list[Verdict] = []
+    verdict: Column[Verdict] = []
 
 
 FLOW_COLUMNS: tuple[str, ...] = FlowColumns.__struct_fields__
@@ -98,6 +109,14 @@ class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True, tag_field="schema
 class MessageV2(WireEnvelope, tag=SCHEMA_VERSION):
     devices: list[Device]
     flows: FlowColumns
+
+
+class OutgoingV2(WireEnvelope, tag=SCHEMA_VERSION):
+    """``MessageV2`` as the probe encodes it (same keys, same order): ``flows`` may be JSON
+    already (``wire.encode_flows``), so that chunks are sized before their envelope is known."""
+
+    devices: list[Device]
+    flows: FlowColumns | msgspec.Raw
 
 
 def overflow_to_wire(overflow: Sequence[OverflowCount]) -> list[WireOverflow]:

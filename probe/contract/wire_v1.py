@@ -86,12 +86,12 @@ _V1_COLUMNS = {name: attrgetter(name) for name in FLOW_COLUMNS}
 def batch_v1(envelope: Envelope, records: list[RecordV1]) -> FlowBatch:
     """The decoded rows of a schema 1 message as a batch of columns, checked like schema 2."""
     columns = FlowColumns(*(list(map(_V1_COLUMNS[name], records)) for name in FLOW_COLUMNS))
-    columns.proto = list(map(_PROTOCOLS.__getitem__, columns.proto))
+    columns.proto = list(map(_PROTOCOLS.__getitem__, map(_V1_COLUMNS["proto"], records)))  # text to number
     check_addresses(columns.family, {"src_ip": columns.src_ip, "dst_ip": columns.dst_ip}, "$.records")
     return FlowBatch(envelope, columns, devices_of(records, MessageError))
 
 
-class _ProtocolNumbers(dict):
+class _ProtocolNumbers(dict[str, int]):
     """Protocol text -> number; a text not seen before is checked by ``proto_number``."""
 
     def __missing__(self, name: str) -> int:

@@ -132,7 +132,7 @@ def _current_counters(values: np.ndarray) -> np.ndarray:
     if values.dtype == FLOW_COUNTERS:
         return values
     current = np.zeros(len(values), FLOW_COUNTERS)
-    for name in values.dtype.names:
+    for name in values.dtype.names or ():
         current[name] = values[name]
     return current
 

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from ..contract.errors import ConfigError, ConnstatsError
 from ..contract.flow_batch import FlowBatch
-from ..contract.record import Envelope, FlowRecord
+from ..contract.record import Envelope
 from ..policy.tables import PolicyTables
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .handover import OldLayout, read_old_layout
@@ -132,7 +132,7 @@ class KernelProbe:
                 log.info("not adopting ifindex %d from the previous probe: %s", ifindex, exc)
         return adopted
 
-    def take_over_old_layouts(self) -> list[tuple[OldLayout, list[tuple[Envelope, list[FlowRecord]]]]]:
+    def take_over_old_layouts(self) -> list[tuple[OldLayout, list[tuple[Envelope, FlowBatch]]]]:
         """Adopt the devices of older map layouts, then read their maps (see handover.py);
         per old layout, the intervals to publish before ``retire`` unpins it."""
         if self.pins is None:

@@ -13,10 +13,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..contract.errors import KernelError
+
+if TYPE_CHECKING:
+    from bcc import BPF  # untyped: Any to mypy; imported where the classifier is loaded
 
 BPF_SOURCE = Path(__file__).with_name("flows.bpf.c")
 DEFAULT_CAPACITY = 131_072
@@ -59,7 +63,7 @@ FLOW_COUNTERS = np.dtype(
     ]
 )
 # The counters before the policy fields: older map layouts are read with it (handover.py).
-FLOW_COUNTERS_V1 = np.dtype([(name, FLOW_COUNTERS[name]) for name in FLOW_COUNTERS.names[:5]])
+FLOW_COUNTERS_V1 = np.dtype([(name, FLOW_COUNTERS[name]) for name in (FLOW_COUNTERS.names or ())[:5]])
 VERDICTS = ("", "allow", "deny")
 assert FLOW_KEY.itemsize == 44 and FLOW4_KEY.itemsize == 20 and FLOW_COUNTERS.itemsize == 48
 assert FLOW_COUNTERS_V1.itemsize == 40
@@ -278,7 +282,7 @@ def test_run(prog_fd: int, packet: bytes, repeat: int, ctx: bytes | None = None)
 class ClassifierProgram:
     """The loaded classifier: two program fds and its maps, from one BPF object."""
 
-    bpf: object
+    bpf: BPF
     capacity: int
     ingress_fd: int
     egress_fd: int
@@ -347,6 +351,7 @@ def load_classifier(capacity: int = DEFAULT_CAPACITY, overflow_capacity: int | N
         cflags.append(f"-DOVERFLOW_CAPACITY={overflow_capacity}")
     if pin_dir is not None:
         cflags.append(f'-DPIN_DIR="{pin_dir}"')
+    failure: Exception | None
     with _stderr_captured() as said:
         try:
             bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)

@@ -24,6 +24,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
 from ..contract.errors import TransportError
@@ -164,7 +165,7 @@ class FlowPublisher:
         self.outbox = Outbox(self.settings.state_dir, memory_cap=self.settings.memory_cap,
                              disk_cap=self.settings.disk_cap)
         self._nc: Client | None = None
-        self._js: Any = None
+        self._js: JetStreamContext | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
@@ -183,9 +184,9 @@ class FlowPublisher:
         """Connect, make sure the stream exists, and start draining the outbox."""
         self._nc = await connect(self.options, disconnected_cb=self._on_disconnect,
                                  reconnected_cb=self._on_reconnect)
-        self._js = self._nc.jetstream(timeout=self.options.request_timeout)
+        self._js = js = self._nc.jetstream(timeout=self.options.request_timeout)
         try:
-            await ensure_stream(self._js, flow_stream_config(self.settings.stream))
+            await ensure_stream(js, flow_stream_config(self.settings.stream))
         except TransportError:
             await self._nc.close()
             raise
@@ -195,7 +196,7 @@ class FlowPublisher:
     async def close(self, flush_timeout: float = 5.0) -> None:
         """Send what can be sent within ``flush_timeout``, keep the rest in the spool, disconnect."""
         if self._task is not None:
-            if self._nc.is_connected:  # else waiting is pointless: the spool keeps the rest
+            if self._client.is_connected:  # else waiting is pointless: the spool keeps the rest
                 await self.flush(flush_timeout)
             task, self._task = self._task, None
             task.cancel()
@@ -227,7 +228,7 @@ class FlowPublisher:
             log.warning("event %s not published: NATS is not connected; it is not retried", body["event"])
             return False
         try:
-            await self._js.publish(events_subject(self.settings.host), msgspec.json.encode(body), timeout=timeout)
+            await self._jetstream.publish(events_subject(self.settings.host), msgspec.json.encode(body), timeout=timeout)
             return True
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
             log.warning("event %s not published: %r; it is not retried", body["event"], exc)
@@ -309,10 +310,10 @@ class FlowPublisher:
         """Start publishing ``window`` in order; stop at the first message that cannot be sent now."""
         pending = []
         for message in window:
-            if not self._nc.is_connected:
+            if not self._client.is_connected:
                 break
             try:
-                future = await self._js.publish_async(
+                future = await self._jetstream.publish_async(
                     message.subject, message.payload, headers={Header.MSG_ID: message.msg_id})
             except (nats.errors.Error, OSError) as exc:
                 if not _is_permanent(exc):
@@ -353,8 +354,20 @@ class FlowPublisher:
 
     # -- connection state ---------------------------------------------------------------------
 
+    @property
+    def _client(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("the publisher is not started (start, or async with)")
+        return self._nc
+
+    @property
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("the publisher is not started (start, or async with)")
+        return self._js
+
     async def _wait_connected(self) -> None:
-        while not self._nc.is_connected:
+        while not self._client.is_connected:
             await asyncio.sleep(0.05)
 
     async def _on_disconnect(self) -> None:
@@ -363,7 +376,7 @@ class FlowPublisher:
         log.warning("NATS connection lost; %d messages wait in the outbox", len(self.outbox))
 
     async def _on_reconnect(self) -> None:
-        url = self._nc.connected_url
+        url = self._client.connected_url
         where = f"{url.hostname}:{url.port}" if url else "?"
         log.info("NATS connection back (%s); sending %d messages from the outbox", where, len(self.outbox))
         self._wake.set()

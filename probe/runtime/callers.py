@@ -13,6 +13,7 @@ the token admits it.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import grp
 import hmac
@@ -26,7 +27,9 @@ import struct
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Mapping
+
+from aiohttp import web
 
 from ..contract.errors import ConfigError
 from .private import PRIVATE_FILE_MODE
@@ -84,7 +87,9 @@ class TokenFile:
     def matches(self, offered: str | None) -> bool:
         """True if ``offered`` is the token, compared in constant time."""
         token = self.current()
-        return bool(offered and token) and hmac.compare_digest(offered.encode(), token.encode())
+        if not offered or not token:
+            return False
+        return hmac.compare_digest(offered.encode(), token.encode())
 
     def _write_temporary(self, token: str) -> Path:
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
@@ -135,11 +140,12 @@ def socket_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
         if -code in (errno.ENOENT, 0):
             return None
         raise OSError(-code, os.strerror(-code))
+    uid: int
     (uid,) = struct.unpack_from("=I", answer, _NLMSGHDR.size + _UID_OFFSET)
     return uid
 
 
-def peer_uid(transport: Any) -> int | None:
+def peer_uid(transport: asyncio.BaseTransport | None) -> int | None:
     """The uid of the process that owns the other end of ``transport``'s TCP connection,
     if that end is on this host (in this network namespace); None otherwise."""
     if transport is None:
@@ -173,12 +179,14 @@ class Callers:
         self.group = group
         self.gid = group_id(group) if group else None
         self.what = what
-        self._uids: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
-        self._logged: set[Any] = set()
+        self._uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int | None] = weakref.WeakKeyDictionary()
+        self._logged: set[int | str] = set()  # uids, and remote addresses of callers without one
 
-    def uid_of(self, request: Any) -> int | None:
+    def uid_of(self, request: web.BaseRequest) -> int | None:
         """The caller's uid, found once per connection."""
         transport = request.transport
+        if transport is None:  # the connection is gone
+            return None
         try:
             return self._uids[transport]
         except KeyError:
@@ -188,7 +196,7 @@ class Callers:
         uid = self._uids[transport] = peer_uid(transport)
         return uid
 
-    def refusal(self, request: Any, offered: str | None) -> Refusal | None:
+    def refusal(self, request: web.BaseRequest, offered: str | None) -> Refusal | None:
         """None if the caller is admitted, else why not and how to get in."""
         uid = self.uid_of(request)
         if uid in (0, os.geteuid()) or (uid is not None and self._in_group(uid)):  # the owner may read the token
@@ -222,7 +230,7 @@ class Callers:
         return Refusal(403, f"user {user_name(uid)} (uid {uid}) may not use {self.what}; run as root, "
                             f"{group}, or {self.token_hint()}")
 
-    def _log_once(self, uid: int | None, request: Any, refusal: Refusal) -> None:
+    def _log_once(self, uid: int | None, request: web.BaseRequest, refusal: Refusal) -> None:
         who = uid if uid is not None else (request.remote or "?")
         if who in self._logged or len(self._logged) >= MAX_LOGGED_REFUSALS:
             return
@@ -248,7 +256,7 @@ def group_id(name: str) -> int:
                           "or name another") from None
 
 
-def bearer(headers: Any) -> str | None:
+def bearer(headers: Mapping[str, str]) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
     auth = headers.get("Authorization", "")
     return auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else None

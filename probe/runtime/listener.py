@@ -46,10 +46,11 @@ def url_host(host: str) -> str:
 
 
 async def listen(app: web.Application, host: str, port: int, *, purpose: str, option: str,
-                 **runner_options: object) -> web.AppRunner:
+                 handler_cancellation: bool = False) -> web.AppRunner:
     """Serve ``app`` on ``host:port``; the runner to ``cleanup()`` when done. A port taken or
-    an address not on this host: ``ConfigError`` saying to pick another ``option``."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_options)
+    an address not on this host: ``ConfigError`` saying to pick another ``option``.
+    ``handler_cancellation``: aiohttp's, a handler cancelled when its client goes."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=handler_cancellation)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -6,6 +6,7 @@ and its JetStream store in the state directory; none of it is for other local us
 from __future__ import annotations
 
 import os
+from io import BufferedWriter
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -27,7 +28,7 @@ def write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def open_private_log(path: Path):
+def open_private_log(path: Path) -> BufferedWriter:
     """``path`` opened for appending (binary), mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
     os.fchmod(fd, PRIVATE_FILE_MODE)

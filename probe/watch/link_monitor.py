@@ -70,7 +70,8 @@ class LinkMonitor:
 
     def read(self) -> tuple[list[Any], bool]:
         """Every message queued now, and whether the kernel dropped some (ENOBUFS)."""
-        messages, overflowed = [], False
+        messages: list[Any] = []  # pyroute2's ifinfmsg (untyped)
+        overflowed = False
         while True:
             try:
                 data = self.sock.recv(1 << 20)

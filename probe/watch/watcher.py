@@ -128,6 +128,8 @@ class LinkWatcher:
     # -- what changes the picture --------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._monitor is None:  # closed meanwhile
+            return
         try:
             messages, overflowed = self._monitor.read()
         except OSError as exc:
@@ -219,7 +221,7 @@ class LinkWatcher:
             await self._release_foreign(vanished, link)
         if mine is not None and (link is None or link.key != mine.key or vanished == mine.key):
             await self._detach(mine, "gone")  # deleted (and maybe made anew under the same key)
-        elif mine is not None and not self.settings.wants_name(link.name):
+        elif mine is not None and link is not None and not self.settings.wants_name(link.name):
             await self._detach(mine, "detached")
         if link is None or not self.settings.wants(link):
             self._failures.pop(ifindex, None)
