@@ -15,7 +15,8 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
   and ``loads_toml`` (the same, then ``tomllib``), for whatever comes from outside.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
 - **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
-  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``), the flow stream
+  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``; read back by
+  ``host_of_subject``, ``host_mismatch`` and ``control_verb``, strictly), the flow stream
   (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
@@ -61,6 +62,7 @@ from .messaging import (
     ALERTS_WILDCARD,
     EVENTS_WILDCARD,
     FLOWS_WILDCARD,
+    HOST_KINDS,
     PREFIX,
     STREAM_NAME,
     NatsOptions,
@@ -68,11 +70,13 @@ from .messaging import (
     alerts_subject,
     connect,
     control_subject,
+    control_verb,
     ensure_stream,
     events_subject,
     flow_stream_config,
     flows_subject,
     host_from_token,
+    host_mismatch,
     host_of_subject,
     host_token,
     message_id,
@@ -112,9 +116,10 @@ __all__ = [
     "ConfigError", "ConnstatsError", "DeviceError", "KernelError", "MessageError",
     "StoreError", "StoreFull", "StoreUnavailable", "TransportError",
     # NATS
-    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
-    "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "HOST_KINDS", "PREFIX", "STREAM_NAME", "NatsOptions",
+    "StreamSettings", "alerts_subject", "connect", "control_subject", "control_verb", "ensure_stream", "events_subject",
+    "flow_stream_config", "flows_subject", "host_from_token", "host_mismatch", "host_of_subject", "host_token",
+    "message_id", "policy_subject", "redacted",
     # control, policy file
     "ControlClient", "Policy", "parse_policy",
 ]
