@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from connstats.probe.contract import PREFIX, connect, host_of_subject
+from connstats.probe.contract import connect, host_of_subject
 from connstats.sink.deadletters import DeadLetter, read_dead_letters
 from connstats.sink.deadletters import replay as replay_letters
 from connstats.sink.history import parse_time
@@ -23,8 +23,6 @@ from .render import Column, render
 app = typer.Typer(name="deadletter", no_args_is_help=True,
                   help="Messages the sink could not store or decode: list them, replay them once the "
                        "cause is fixed.")
-
-FLOWS_PREFIX = f"{PREFIX}.flows."
 
 Since = Annotated[Optional[str], typer.Option(
     metavar="WHEN", help="only those dead-lettered since: a duration ago (15m, 2h, 1d) or RFC 3339 [default: all]")]
@@ -75,10 +73,9 @@ def list_(
 
 
 def _host(subject: str) -> str:
-    try:
-        return host_of_subject(subject) if subject.startswith(FLOWS_PREFIX) else subject
-    except (UnicodeError, ValueError):
-        return subject
+    """The host of a flow subject; the subject as it is if it is none."""
+    host = host_of_subject(subject, "flows")
+    return subject if host is None else host
 
 
 @app.command()

@@ -38,7 +38,6 @@ from nats.js.api import Header
 
 from connstats.probe.contract import (
     FLOWS_WILDCARD,
-    PREFIX,
     STREAM_NAME,
     FlowBatch,
     MessageError,
@@ -50,7 +49,7 @@ from connstats.probe.contract import (
     decode_message,
     ensure_stream,
     flow_stream_config,
-    host_from_token,
+    host_mismatch,
 )
 from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.jetstream import DEADLETTER_SUBJECT, DEFAULT_DURABLE, deadletter_stream_config, sink_consumer_config
@@ -198,7 +197,7 @@ class FlowConsumer:
         batch = _decode(msg) if decoded is None else decoded
         if isinstance(batch, MessageError):
             return await self._dead_letter(msg, f"undecodable: {batch}", "undecodable")
-        wrong_host = _host_mismatch(msg.subject, batch.envelope.host)
+        wrong_host = host_mismatch(msg.subject, batch.envelope.host)
         if wrong_host:
             return await self._dead_letter(msg, wrong_host, "wrong_subject")
         try:
@@ -371,24 +370,6 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
-
-
-_FLOWS_PREFIX = f"{PREFIX}.flows."
-
-
-def _host_mismatch(subject: str, host: str) -> str:
-    """Why a message's body and subject disagree about its host; "" if they agree."""
-    token = subject[len(_FLOWS_PREFIX):] if subject.startswith(_FLOWS_PREFIX) else ""
-    try:
-        subject_host = host_from_token(token) if token and "." not in token else None
-    except (UnicodeError, ValueError):
-        subject_host = None
-    if subject_host is None:
-        return f"subject {subject} is not {_FLOWS_PREFIX}<host>; publish flows with connstats.probe.contract.flows_subject"
-    if subject_host != host:
-        return (f"host mismatch: the body says host {host!r} but subject {subject} is host "
-                f"{subject_host!r}; a probe publishes only its own host's flows")
-    return ""
 
 
 def _describe(exc: BaseException) -> str:

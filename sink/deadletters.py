@@ -20,13 +20,12 @@ import nats.js.errors
 from nats.js.api import Header
 from nats.js.client import JetStreamContext
 
-from connstats.probe.contract import PREFIX, TransportError
+from connstats.probe.contract import TransportError, host_of_subject
 
 from .consumer import REASON_CLASS_HEADER, REASON_HEADER, SEQUENCE_HEADER, SUBJECT_HEADER
 from .jetstream import DEADLETTER_STREAM_NAME
 
 REPLAY_OF_HEADER = "Connstats-Replay-Of"
-_FLOWS_PREFIX = f"{PREFIX}.flows."
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -78,7 +77,7 @@ async def replay(js: JetStreamContext, letters: list[DeadLetter]) -> Replayed:
     """Publish each letter to its original subject, then delete it from the dead-letter stream."""
     replayed, skipped = [], []
     for letter in letters:
-        if not letter.subject.startswith(_FLOWS_PREFIX) or letter.subject.count(".") != 3:
+        if host_of_subject(letter.subject, "flows") is None:
             skipped.append((letter, f"its subject {letter.subject!r} is not a flow subject"))
             continue
         headers = {Header.MSG_ID: f"replay/{DEADLETTER_STREAM_NAME}/{letter.seq}", REPLAY_OF_HEADER: str(letter.seq)}

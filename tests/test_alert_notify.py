@@ -1,5 +1,6 @@
-"""The notification queue (bounded, retrying, counting), the Alertmanager body, the chunk
-assembly, and the CLI's rules check: pure code and the installed command."""
+"""The notification queue (bounded, retrying, counting), the Alertmanager body and the CLI's
+rules check: pure code and the installed command (the chunk assembly is
+tests/test_flow_intervals.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,8 @@ import subprocess
 from pathlib import Path
 
 from connstats.probe.runtime.backoff import Backoff
-from connstats.sink.alerts.intervals import Intervals
 from connstats.sink.alerts.notify import DeliveryFailed, NotificationQueue, alertmanager_alerts, alertmanager_url
 from connstats.sink.alerts.stats import AlertStats
-from tests.alert_data import chunked, interval
 
 CONNSTATS = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "connstats"
 
@@ -76,27 +75,6 @@ async def test_the_queue_retries_drops_the_oldest_and_counts():
     # 3,4 failed (500) and were retried, then failed for good (400): dropped; 5,6 and 7 delivered
     assert target.delivered == [5, 6, 7]
     assert (stats.sent["test"], stats.failed["test"], stats.dropped["test"]) == (3, 2, 5)
-
-
-def test_chunks_come_together_once_and_late_ones_time_out():
-    now = [0.0]
-    intervals = Intervals(timeout=5.0, max_pending=2, clock=lambda: now[0])
-    parts = chunked("node-1", 0, [{"sport": i} for i in range(9)], 3)
-    assert intervals.add(parts[2]) == [] and intervals.add(parts[0]) == [] and intervals.add(parts[0]) == []
-    [whole] = intervals.add(parts[1])
-    assert [c.envelope.chunk for c in whole] == [0, 1, 2] and len(intervals) == 0
-    assert intervals.add(parts[1]) == [] and len(intervals) == 0  # redelivered after: not again
-    single = interval("node-1", 1, [{}])[0]
-    assert intervals.add(single)[0][0].envelope.interval_seq == 1 and intervals.add(single) == []
-    late = chunked("node-1", 2, [{"sport": i} for i in range(4)], 2)
-    assert intervals.add(late[1]) == []
-    now[0] = 4.9
-    assert intervals.expired() == []
-    now[0] = 5.0
-    assert [[c.envelope.chunk for c in chunks] for chunks in intervals.expired()] == [[1]]
-    crowd = [chunked("node-1", seq, [{}, {"sport": 2}], 2)[0] for seq in (3, 4, 5)]
-    assert [intervals.add(c) for c in crowd[:2]] == [[], []]
-    assert [[c.envelope.interval_seq for c in chunks] for chunks in intervals.add(crowd[2])] == [[3]]
 
 
 def test_the_cli_checks_a_rules_file_in_one_line(tmp_path):

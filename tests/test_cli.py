@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from dataclasses import replace
 
 import msgspec
 import pytest
@@ -15,14 +14,11 @@ from connstats.cli.doctor import Check, CheckFailed, effective_capabilities, run
 from connstats.cli.main import app
 from connstats.cli.options import OutputFormat
 from connstats.cli.render import Column, render, rfc3339
-from connstats.cli.top import IntervalAssembler
 from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
-from connstats.probe.contract.record import Envelope
-from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.sqlite_store import SqliteStore
-from tests.fixtures.control import SINCE, FakeDaemon, record
+from tests.fixtures.control import SINCE, FakeDaemon
 from tests.fixtures.history import C1, C2, C3, C4, write_all
 from tests.fixtures.nats import free_port
 
@@ -280,17 +276,6 @@ def test_render_formats():
     render(rows, columns, OutputFormat.json, out)
     assert msgspec.json.decode(out.getvalue()) == [{"name": "a", "n": 5, "t": "2026-09-21T14:13:20.000000000Z"},
                                             {"name": "bbbbbbbbbbbb", "n": 12345, "t": ""}]
-
-
-def test_top_shows_an_interval_once_all_chunks_arrived():
-    assembler = IntervalAssembler(iface="veth0")
-    base = Envelope("h", "b", 7, SINCE, SINCE + 5, chunks=2)
-    first = [record("veth0", 1, 1, 10), record("eth0", 2, 1, 10)]
-    second = [record("veth0", 3, 1, 10)]
-    assert assembler.add(FlowBatch.from_records(
-        Envelope("h", "b", 7, SINCE, SINCE + 5, chunk=1, chunks=2, record_offset=2), second)) is None
-    interval = assembler.add(FlowBatch.from_records(base, first))
-    assert interval.envelope == replace(base, chunks=1) and [r.src_port for r in interval] == [1, 3]
 
 
 def test_doctor_reports_pass_fail_and_skip():

@@ -91,6 +91,11 @@ async def test_bad_requests_get_an_error_reply_and_the_service_goes_on(control, 
         assert msgspec.json.decode(unknown.data) == {
             "ok": False, "kind": "ConfigError",
             "error": "unknown control verb 'reboot'; use one of attach, detach, list, stats, ping"}
+        odd = control_subject(HOST, "list").removesuffix(".list") + ".li%73t"  # 's' escaped: not a verb token
+        escaped = await nc.request(odd, b"", timeout=2)
+        assert msgspec.json.decode(escaped.data) == {
+            "ok": False, "kind": "ConfigError",
+            "error": f"subject {odd} is not connstats.v1.ctl.node-1%2Eexample.<verb>; send requests with ControlClient"}
     finally:
         await nc.close()
     assert await ask(options, "list") == {"devices": []}

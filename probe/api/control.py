@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 
 from ..contract.bounded import check_json
 from ..contract.errors import ConfigError, ConnstatsError, DeviceError, MessageError, TransportError
-from ..contract.messaging import PREFIX, NatsOptions, connect, host_token
+from ..contract.messaging import PREFIX, NatsOptions, connect, control_verb, host_token
 from ..contract.wire_v1 import record_to_wire
 from ..kernel.devices import AttachedDevice
 from ..seams import ProbePort
@@ -97,7 +97,12 @@ class ControlService:
         task.add_done_callback(self._serving.discard)
 
     async def _serve(self, msg: Msg) -> None:
-        await self._respond(msg, await self.answer(msg.subject.rsplit(".", 1)[-1], msg.data))
+        verb = control_verb(msg.subject, self.host)
+        if verb is None:  # a verb token that control_subject does not write
+            await self._respond(msg, _failure(ConfigError(
+                f"subject {msg.subject} is not {self.subject[:-1]}<verb>; send requests with ControlClient")))
+            return
+        await self._respond(msg, await self.answer(verb, msg.data))
 
     async def _respond(self, msg: Msg, reply: dict) -> None:
         if not msg.reply:

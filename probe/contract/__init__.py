@@ -8,6 +8,12 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
   access), ``FlowRecord``, ``Envelope``, ``OverflowCount``, ``RECORD_FIELDS``,
   ``encode_message``, ``decode_message`` (schema 2, and schema 1 from older probes), the
   bounds (``TIME_MIN``, ``COUNTER_LIMIT``, ...), ``proto_name``/``proto_number``.
+- **Flow intervals** (``intervals.py``, ``subscription.py``): ``IntervalAssembler`` puts the
+  chunks of one interval back together (complete, expired after ``CHUNK_TIMEOUT``, at most
+  ``MAX_PENDING_INTERVALS`` waiting, each chunk once) into an ``Interval``;
+  ``FlowSubscription`` takes flow messages (its own core NATS subscription, or messages the
+  caller fetched), decodes them, checks their host against their subject's and hands
+  whole intervals to a callback: what every flow subscriber uses.
 - **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
   ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
@@ -15,7 +21,8 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
   and ``loads_toml`` (the same, then ``tomllib``), for whatever comes from outside.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
 - **NATS** (``messaging.py``): subjects (``flows_subject``, ``events_subject``,
-  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``), the flow stream
+  ``alerts_subject``, ``control_subject``, ``host_token``/``host_from_token``; read back by
+  ``host_of_subject``, ``host_mismatch`` and ``control_verb``, strictly), the flow stream
   (``STREAM_NAME``, ``StreamSettings``, ``flow_stream_config``, ``ensure_stream``), the
   message id rule (``message_id``) and the connection (``NatsOptions``, ``connect``,
   ``redacted``).
@@ -57,10 +64,12 @@ from .events import (
     decode_event,
     event_body,
 )
+from .intervals import CHUNK_TIMEOUT, MAX_PENDING_INTERVALS, Interval, IntervalAssembler
 from .messaging import (
     ALERTS_WILDCARD,
     EVENTS_WILDCARD,
     FLOWS_WILDCARD,
+    HOST_KINDS,
     PREFIX,
     STREAM_NAME,
     NatsOptions,
@@ -68,11 +77,13 @@ from .messaging import (
     alerts_subject,
     connect,
     control_subject,
+    control_verb,
     ensure_stream,
     events_subject,
     flow_stream_config,
     flows_subject,
     host_from_token,
+    host_mismatch,
     host_of_subject,
     host_token,
     message_id,
@@ -96,6 +107,7 @@ from .record import (
     proto_name,
     proto_number,
 )
+from .subscription import FlowSubscription
 from .wire import RECORD_FIELDS, FlowBatch, decode_message, encode_message
 
 __all__ = [
@@ -103,6 +115,8 @@ __all__ = [
     "COUNTER_LIMIT", "DIRECTIONS", "IFINDEX_LIMIT", "IFNAME_MAX", "RECORD_FIELDS", "SCHEMA_VERSION", "TEXT_MAX",
     "TIME_MAX", "TIME_MIN", "VERDICTS", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
     "encode_message", "proto_name", "proto_number",
+    # flow intervals
+    "CHUNK_TIMEOUT", "MAX_PENDING_INTERVALS", "FlowSubscription", "Interval", "IntervalAssembler",
     # events
     "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
     "OutboxOverflow", "Replaced", "decode_event", "event_body",
@@ -112,9 +126,10 @@ __all__ = [
     "ConfigError", "ConnstatsError", "DeviceError", "KernelError", "MessageError",
     "StoreError", "StoreFull", "StoreUnavailable", "TransportError",
     # NATS
-    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "PREFIX", "STREAM_NAME", "NatsOptions",
-    "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream", "events_subject", "flow_stream_config",
-    "flows_subject", "host_from_token", "host_of_subject", "host_token", "message_id", "policy_subject", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "HOST_KINDS", "PREFIX", "STREAM_NAME", "NatsOptions",
+    "StreamSettings", "alerts_subject", "connect", "control_subject", "control_verb", "ensure_stream", "events_subject",
+    "flow_stream_config", "flows_subject", "host_from_token", "host_mismatch", "host_of_subject", "host_token",
+    "message_id", "policy_subject", "redacted",
     # control, policy file
     "ControlClient", "Policy", "parse_policy",
 ]

@@ -39,10 +39,10 @@ from .errors import ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "POLICY_WILDCARD", "PREFIX", "STREAM_NAME",
-    "NatsOptions", "StreamSettings", "alerts_subject", "connect", "control_subject", "ensure_stream",
-    "events_subject", "flow_stream_config", "flows_subject", "host_from_token", "host_of_subject", "host_token",
-    "message_id", "policy_subject", "redacted",
+    "ALERTS_WILDCARD", "EVENTS_WILDCARD", "FLOWS_WILDCARD", "HOST_KINDS", "POLICY_WILDCARD", "PREFIX", "STREAM_NAME",
+    "NatsOptions", "StreamSettings", "alerts_subject", "connect", "control_subject", "control_verb", "ensure_stream",
+    "events_subject", "flow_stream_config", "flows_subject", "host_from_token", "host_mismatch", "host_of_subject",
+    "host_token", "message_id", "policy_subject", "redacted",
 ]
 
 PREFIX = "connstats.v1"
@@ -105,9 +105,61 @@ def control_subject(host: str | None, verb: str) -> str:
     return f"{PREFIX}.ctl.{host_token(host)}.{host_token(verb)}"
 
 
-def host_of_subject(subject: str) -> str:
-    """The host name a flows or events subject was published for."""
-    return host_from_token(subject.rsplit(".", 1)[-1])
+HOST_KINDS = ("flows", "events", "alerts", "policy")  # the kinds whose subject is <PREFIX>.<kind>.<host>
+
+
+def host_of_subject(subject: str, kind: str | None = None) -> str | None:
+    """The host name a subject ``<PREFIX>.<kind>.<host token>`` was published for, e.g.
+    ``connstats.v1.flows.web-1%2Eexample`` -> ``web-1.example``; ``kind`` None takes any of
+    ``HOST_KINDS``. None if the subject does not fit: another prefix or kind, a token more
+    or fewer (``connstats.v1.ctl.<host>.<verb>``, ``connstats.v1.deadletter``), or a host
+    token that ``host_token`` would not have written (empty, a byte it escapes, ``%``
+    without two upper-case hex digits, an escape that is not UTF-8). The one rule for
+    every reader of a subject's host (the sink, the alert engine, the flow subscribers,
+    ``connstats deadletter``)."""
+    parts = subject.split(".")
+    if len(parts) != _HOST_SUBJECT_TOKENS or ".".join(parts[:-2]) != PREFIX:
+        return None
+    if parts[-2] not in ((kind,) if kind is not None else HOST_KINDS):
+        return None
+    return _host_of_token(parts[-1])
+
+
+def host_mismatch(subject: str, host: str, kind: str = "flows") -> str:
+    """Why a message's body (``host``) and its subject disagree about its host, in one line
+    for logs and dead-letter reasons; "" if they agree."""
+    subject_host = host_of_subject(subject, kind)
+    if subject_host is None:
+        return (f"subject {subject} is not {PREFIX}.{kind}.<host>; publish {kind} with "
+                f"connstats.probe.contract.{kind}_subject")
+    if subject_host != host:
+        return (f"host mismatch: the body says host {host!r} but subject {subject} is host "
+                f"{subject_host!r}; a probe publishes only its own host's {kind}")
+    return ""
+
+
+def control_verb(subject: str, host: str) -> str | None:
+    """The verb of a control request to ``host``: ``connstats.v1.ctl.<host token>.<verb
+    token>`` -> the verb; None if the subject does not fit (another host, or a token that
+    ``host_token`` would not have written), like ``host_of_subject``."""
+    parts = subject.split(".")
+    if len(parts) != _HOST_SUBJECT_TOKENS + 1 or ".".join(parts[:-3]) != PREFIX or parts[-3] != "ctl":
+        return None
+    if _host_of_token(parts[-2]) != host:
+        return None
+    return _host_of_token(parts[-1])
+
+
+_HOST_SUBJECT_TOKENS = PREFIX.count(".") + 3  # the prefix's tokens, the kind, the host
+
+
+def _host_of_token(token: str) -> str | None:
+    """``host_from_token(token)`` if ``token`` is what ``host_token`` writes for it, else None."""
+    try:
+        host = host_from_token(token)
+        return host if host_token(host) == token else None
+    except (UnicodeError, ConfigError):  # not ASCII, an escape that is not UTF-8; empty
+        return None
 
 
 def message_id(host: str, boot_id: str, interval_seq: int, chunk: int) -> str:

@@ -8,7 +8,6 @@
     states.py     pending / firing / resolved, fingerprints, re-sends, the storm cap
     engine.py     ``AlertEngine``: kinds + states, per interval and per tick
     baseline.py   the persisted baselines (new_peer, new_port, silent_host)
-    intervals.py  chunks of one interval put back together (with a timeout)
     notify.py     the bounded, retrying notification queue; NATS and webhook targets
     service.py    the running engine: consumer, timer, publisher, request/reply
     query.py      ``firing_alerts(nc)``: the alerts firing now, for the CLI and the web page

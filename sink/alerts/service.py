@@ -1,9 +1,9 @@
 """The running engine: flow messages in from JetStream, alerts out, and the firing list on
 request.
 
-    CONNSTATS ── durable pull consumer connstats-alerts (connstats.v1.flows.>) ──> decode
-        ──> Intervals (chunks put together) ──> AlertEngine.on_interval ──┐
-    timer (every ``tick`` s) ──> expired intervals, AlertEngine.tick ─────┤
+    CONNSTATS ── durable pull consumer connstats-alerts (connstats.v1.flows.>) ──> FlowSubscription.take
+        (decode, host check, chunks put together) ──> AlertEngine.on_interval ──┐
+    timer (every ``tick`` s) ──> expired intervals, AlertEngine.tick ────────────┤
                                                                          v
         NotificationQueue(NatsTarget)     -> connstats.v1.alerts.<host> (stream CONNSTATS_ALERTS)
         NotificationQueue(WebhookTarget)  -> POST <url>/api/v2/alerts, one queue per URL
@@ -28,21 +28,22 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from connstats.probe.contract import (
+    CHUNK_TIMEOUT,
     FLOWS_WILDCARD,
     STREAM_NAME,
-    MessageError,
+    FlowBatch,
+    FlowSubscription,
+    Interval,
+    IntervalAssembler,
     NatsOptions,
     StreamSettings,
     TransportError,
     connect,
-    decode_message,
     ensure_stream,
-    host_of_subject,
 )
 from connstats.probe.runtime.backoff import Backoff
 
 from .engine import AlertEngine
-from .intervals import Intervals
 from .metrics import AlertMetrics
 from .notify import NatsTarget, NotificationQueue, alerts_stream_config
 from .query import FIRING_SUBJECT, RESPONDERS
@@ -56,7 +57,7 @@ DURABLE = "connstats-alerts"
 class ServiceSettings:
     durable: str = DURABLE
     tick: float = 1.0  # seconds between timer evaluations
-    chunk_timeout: float = 5.0  # an interval missing chunks is evaluated after this
+    chunk_timeout: float = CHUNK_TIMEOUT  # an interval missing chunks is evaluated after this (s)
     batch: int = 64  # messages per fetch
     queue_capacity: int = 1000  # alerts waiting per target
     webhook_timeout: float = 5.0  # seconds per POST
@@ -78,7 +79,7 @@ class AlertService:
         self.settings = settings
         self.stream = stream  # its replicas: CONNSTATS_ALERTS's (--stream-replicas)
         self.metrics = metrics
-        self.intervals = Intervals(settings.chunk_timeout)
+        self.flows = FlowSubscription(self._evaluate, assembler=IntervalAssembler(settings.chunk_timeout))
         self.queues: list[NotificationQueue] = list(webhooks)
         self.ready = asyncio.Event()
 
@@ -172,27 +173,18 @@ class AlertService:
             log.debug("alert engine: message skipped", exc_info=True)
 
     def _take_message(self, msg: Msg) -> None:
-        try:
-            batch = decode_message(msg.data)
-        except MessageError:
+        if not self.flows.take(msg.subject, msg.data):  # undecodable, or not its subject's host
             self.engine.stats.undecodable += 1
-            return
-        if batch.envelope.host != host_of_subject(msg.subject):
-            self.engine.stats.undecodable += 1
-            return
-        for chunks in self.intervals.add(batch):
-            self._evaluate(chunks)
 
-    def _evaluate(self, chunks) -> None:
-        if len(chunks) < chunks[0].envelope.chunks:
+    def _evaluate(self, interval: Interval[FlowBatch]) -> None:
+        if not interval.complete:
             self.engine.stats.incomplete_intervals += 1
-        self._send(self.engine.on_interval(chunks))
+        self._send(self.engine.on_interval(interval.chunks))
 
     async def _tick(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.settings.tick)
-            for chunks in self.intervals.expired():
-                self._evaluate(chunks)
+            self.flows.expire()
             self._send(self.engine.tick())
 
     async def _answer(self, msg: Msg) -> None:

@@ -1,30 +1,31 @@
-"""The Live view's feed: one NATS subscription on ``connstats.v1.flows.>``, each message
-decoded once, and for each open page the top N connections of every interval after its
+"""The Live view's feed: one ``FlowSubscription`` on ``connstats.v1.flows.>`` (each message
+decoded once, in a worker thread, into numpy columns; the chunks of an interval put back
+together once), and for each open page the top N connections of every interval after its
 filters, picked column-wise (numpy) so that only N rows ever become Python objects or JSON.
 
-    NATS message ─ decode_message ─ ChunkColumns (numpy) ─┬─ page 1: filter mask, top N ─┐
-                                                          └─ page 2: ...                 │
-    all chunks of an interval in ─ merge the chunks' top N ─ one event per interval <────┘
+    NATS message ─ decode_message ─ ChunkColumns (numpy) ─ all chunks of an interval in ─┐
+        ┌─ page 1: per chunk filter mask, top N; the chunks' top N merged ─ one event <──┤
+        └─ page 2: ...                                                                  ─┘
 
-A chunked interval (``envelope.chunks`` > 1) is shown once all its chunks arrived; a page
-keeps at most ``MAX_PENDING_INTERVALS`` incomplete ones (lost chunks are forgotten). A page
-that reads too slowly loses its oldest events, never stalls the feed.
+A chunked interval (``envelope.chunks`` > 1) is shown once all its chunks arrived; one still
+missing chunks when it expires (``CHUNK_TIMEOUT``) or is pushed out (more than
+``MAX_PENDING_INTERVALS`` waiting) is not shown. Messages are read only while a page is
+open. A page that reads too slowly loses its oldest events, never stalls the feed.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from connstats.probe.contract import FLOWS_WILDCARD, FlowBatch, MessageError, decode_message, proto_name
+from connstats.probe.contract import FLOWS_WILDCARD, Envelope, FlowBatch, FlowSubscription, Interval, proto_name
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
-MAX_PENDING_INTERVALS = 16
 PAGE_QUEUE = 8  # events waiting for a slow page before the oldest is dropped
 FEED_QUEUE = 256  # NATS messages waiting to be decoded before new ones are dropped
 _U64_MAX = np.iinfo(np.uint64).max
@@ -105,40 +106,23 @@ def busiest(rows: list[dict], limit: int) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["bytes"], -r["packets"]))[:limit]
 
 
-@dataclass
-class _Pending:
-    first: Any  # the envelope
-    chunks: set[int] = field(default_factory=set)
-    rows: list[dict] = field(default_factory=list)
-    totals: list[int] = field(default_factory=lambda: [0, 0, 0])
-
-
 class LivePage:
-    """One open page: its filter, its incomplete intervals, its queue of finished ones."""
+    """One open page: its filter and its queue of finished intervals."""
 
     def __init__(self, wanted: LiveFilter) -> None:
         self.wanted = wanted
         self.events: asyncio.Queue[dict | None] = asyncio.Queue(PAGE_QUEUE)
         self.dropped = 0
-        self._pending: dict[tuple, _Pending] = {}
 
-    def add(self, chunk: ChunkColumns) -> None:
-        """Take one chunk; queue the interval's event once its last chunk is in."""
-        e = chunk.envelope
-        key = (e.host, e.boot_id, e.interval_seq)
-        pending = self._pending.setdefault(key, _Pending(e))
-        if e.chunk in pending.chunks:  # a redelivery
-            return
-        rows, totals = chunk.top(self.wanted)
-        pending.chunks.add(e.chunk)
-        pending.rows = busiest(pending.rows + rows, self.wanted.limit)
-        pending.totals = [a + b for a, b in zip(pending.totals, totals, strict=True)]
-        if len(pending.chunks) < e.chunks:
-            while len(self._pending) > MAX_PENDING_INTERVALS:
-                self._pending.pop(next(iter(self._pending)))
-            return
-        del self._pending[key]
-        self._queue(interval_event(e, pending))
+    def add(self, interval: Interval[ChunkColumns]) -> None:
+        """Queue one interval's event: its chunks' top N after the page's filters, merged."""
+        rows: list[dict] = []
+        totals = [0, 0, 0]
+        for chunk in interval.chunks:
+            chunk_rows, chunk_totals = chunk.top(self.wanted)
+            rows = busiest(rows + chunk_rows, self.wanted.limit)
+            totals = [a + b for a, b in zip(totals, chunk_totals, strict=True)]
+        self._queue(interval_event(interval.envelope, rows, totals))
 
     def close(self) -> None:
         """End the page's stream: ``None`` is its last event."""
@@ -151,64 +135,45 @@ class LivePage:
         self.events.put_nowait(event)
 
 
-def interval_event(envelope, pending: _Pending) -> dict[str, Any]:
-    connections, packets, nbytes = pending.totals
+def interval_event(envelope: Envelope, rows: list[dict], totals: list[int]) -> dict[str, Any]:
+    connections, packets, nbytes = totals
     return {"host": envelope.host, "interval_seq": envelope.interval_seq,
             "interval_start_ms": envelope.interval_start // 1_000_000,
             "interval_end_ms": envelope.interval_end // 1_000_000,
-            "connections": connections, "packets": packets, "bytes": nbytes, "rows": pending.rows}
+            "connections": connections, "packets": packets, "bytes": nbytes, "rows": rows}
 
 
 class LiveFeed:
-    """The NATS subscription shared by every open page; ``start()`` subscribes, ``close()`` stops."""
+    """The flow subscription shared by every open page; ``start()`` subscribes, ``close()`` stops."""
 
     def __init__(self, nc) -> None:
         self.nc = nc
         self.pages: set[LivePage] = set()
-        self.bad_messages = 0
-        self.dropped_messages = 0
-        self._messages: asyncio.Queue = asyncio.Queue(FEED_QUEUE)
-        self._task: asyncio.Task | None = None
-        self._subscription = None
+        self.flows = FlowSubscription(self._show, prepare=ChunkColumns)
+
+    @property
+    def bad_messages(self) -> int:
+        """Flow messages skipped: undecodable, or their host not their subject's."""
+        return self.flows.rejected
+
+    @property
+    def dropped_messages(self) -> int:
+        """Flow messages dropped unread: more than ``FEED_QUEUE`` waited to be decoded."""
+        return self.flows.dropped
 
     async def start(self) -> None:
-        self._subscription = await self.nc.subscribe(
-            FLOWS_WILDCARD, cb=self._received, pending_msgs_limit=FEED_QUEUE * 4,
-            pending_bytes_limit=1 << 30)
-        self._task = asyncio.create_task(self._decode_forever(), name="web-live-feed")
+        await self.flows.start(self.nc, FLOWS_WILDCARD, queue=FEED_QUEUE, active=lambda: bool(self.pages))
 
     async def close(self) -> None:
         for page in list(self.pages):
             page.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
+        await self.flows.close()
 
-    async def _received(self, msg) -> None:
-        if not self.pages:
-            return  # nobody watches: nothing to decode
-        try:
-            self._messages.put_nowait(msg.data)
-        except asyncio.QueueFull:
-            self.dropped_messages += 1
-
-    async def _decode_forever(self) -> None:
-        while True:
-            data = await self._messages.get()
+    def _show(self, interval: Interval[ChunkColumns]) -> None:
+        if not interval.complete:
+            return  # chunks lost: the page shows whole intervals only
+        for page in list(self.pages):
             try:
-                chunk = await asyncio.to_thread(_decode, data)
-            except MessageError as exc:
-                self.bad_messages += 1
-                log.debug("live feed: skipped a bad flow message: %s", exc)
-                continue
-            for page in list(self.pages):
-                try:
-                    page.add(chunk)
-                except Exception:  # one page's trouble must not stop the others
-                    log.exception("live feed: a page's interval failed")
-
-
-def _decode(data: bytes) -> ChunkColumns:
-    return ChunkColumns(decode_message(data))
+                page.add(interval)
+            except Exception:  # one page's trouble must not stop the others
+                log.exception("live feed: a page's interval failed")
