@@ -307,14 +307,14 @@ def test_query_validation(changes, message):
     (40000, 8080, 8080, "other"), (8080, 40000, 8080, "other"),
 ])
 async def test_the_service_port_is_one_rule_for_history_and_influx(tmp_path, src, dst, port, tag):
-    from connstats.sink.influx_store import service_port
+    from connstats.sink.influx_store import service_port_tag
 
     store = SqliteStore(tmp_path / "flows.sqlite")
     await store.write(FlowBatch.from_records(envelope(T0), [
         rec(T0, "veth0", "egress", 6, "10.0.0.1", src, "10.0.0.2", dst, 1, 100)]))
     await store.close()
     [row] = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, group_by="port"))
-    assert (row["port"], service_port(src, dst)) == (port, tag)
+    assert (row["port"], service_port_tag(src, dst)) == (port, tag)
 
 
 def test_the_history_columns_are_fields_of_a_record_by_name():
