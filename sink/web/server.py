@@ -37,8 +37,7 @@ from connstats.probe.contract import (
 )
 from connstats.probe.runtime.callers import Callers, TokenFile
 from connstats.probe.runtime.listener import is_loopback, json_response, listen, parse_listen_address
-from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
-from connstats.sink.stores import parse_store
+from connstats.sink.stores import StoreReader
 
 from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed, LivePage
@@ -83,28 +82,6 @@ class UiConfig:
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
     return parse_listen_address(text, "web page", f"{DEFAULT_UI}, or none")
-
-
-class StoreReader:
-    """Runs a ``HistoryQuery`` on the configured store (sink/history.py does the querying)."""
-
-    def __init__(self, spec: str, influx: Any = None) -> None:
-        self.kind, self.path = parse_store(spec)
-        self.influx = influx
-        self._influx_store = None
-
-    async def rows(self, query: HistoryQuery) -> list[dict]:
-        if self.kind == "sqlite":
-            return await asyncio.to_thread(sqlite_history, self.path, query)
-        if self._influx_store is None:
-            from connstats.sink.influx_store import InfluxStore
-
-            self._influx_store = InfluxStore(self.influx)
-        return await influx_history(self._influx_store, query)
-
-    async def close(self) -> None:
-        if self._influx_store is not None:
-            await self._influx_store.close()
 
 
 class WebUi:
