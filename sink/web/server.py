@@ -166,7 +166,8 @@ class WebUi:
     async def live(self, request: web.Request) -> web.StreamResponse:
         page = LivePage(live_filter(request.query))
         if len(self.feed.pages) >= self.max_live_pages:
-            return json_response({"error": f"{self.max_live_pages} live views are open already; close one and retry"}, 503)
+            return json_response({"error": f"{self.max_live_pages} live views are open already; close one and retry"},
+                                 503)
         response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
