@@ -225,16 +225,16 @@ class WebUi:
 
     async def learn(self, request: web.Request) -> web.Response:
         """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
-        from connstats.sink.policy_learn import check_policy, learn_policy, policy_toml
+        from connstats.sink.policy_learn import learn_policy, learned_policy_text
 
         query, peers = learn_params(request.query, self.config.host)
         own = await asyncio.to_thread(self.config.host_addresses) if query.host == self.config.host else []
-        policy = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
-        text = policy_toml(policy, [f"connstats policy learn (preview): host {query.host}"])
-        check_policy(text)
-        return json_response({"host": query.host, "since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000,
-                      "groups": len(policy.groups), "rules": len(policy.rules),
-                      "connections": policy.connections, "bytes": policy.bytes, "toml": text})
+        learned = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
+        text = learned_policy_text(learned, [f"connstats policy learn (preview): host {query.host}"])
+        return json_response({"host": query.host, "since_ms": query.since // 1_000_000,
+                              "until_ms": query.until // 1_000_000, "groups": len(learned.policy.groups),
+                              "rules": len(learned.policy.rules), "connections": learned.connections,
+                              "bytes": learned.bytes, "toml": text})
 
 
 async def _index(request: web.Request) -> web.FileResponse:
