@@ -16,7 +16,6 @@ from connstats.sink.history import (
     build_flux,
     build_sql,
     influx_history,
-    parse_duration,
     parse_time,
     sqlite_history,
 )
@@ -301,13 +300,6 @@ def test_aggregate_buckets_points_by_time():
 
 
 # -- times and validation -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, ns", [
-    ("15m", 900 * SECOND), ("1h30m", 5400 * SECOND), ("0.5s", SECOND // 2), ("2d", 172800 * SECOND),
-])
-def test_parse_duration(text, ns):
-    assert parse_duration(text) == ns
 
 
 def test_parse_time():

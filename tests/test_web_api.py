@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from connstats.probe.contract import NatsOptions, connect, encode_message, flows_subject, policy_subject
-from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.queries import build_map
 from connstats.sink.web.server import STATIC, UiConfig, build_ui
