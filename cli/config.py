@@ -57,9 +57,9 @@ def _float(value: Any) -> float:
 
 
 def _retention_seconds(value: Any) -> float:
-    from connstats.probe.runtime.durations import parse_duration
+    from connstats.probe.runtime.durations import duration_seconds
 
-    return parse_duration(str(value)) / 1e9
+    return duration_seconds(str(value))
 
 
 def _positive_int(value: Any) -> int:

@@ -1,7 +1,6 @@
 """``connstats history``: totals from the store, per connection (or port, iface, proto)."""
 from __future__ import annotations
 
-import asyncio
 import time
 from enum import Enum
 from typing import Annotated, Optional
@@ -10,7 +9,8 @@ import typer
 
 from connstats.probe.contract import proto_number
 from connstats.probe.runtime.durations import parse_duration
-from connstats.sink.history import GROUPS, HistoryQuery, influx_history, parse_time, sqlite_history
+from connstats.sink.history import GROUPS, HistoryQuery, parse_time
+from connstats.sink.stores import StoreReader
 
 from .config import Config, parse_store
 from .live import endpoint
@@ -61,20 +61,11 @@ def table_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
 
 def query_store(config: Config, store: str | None, query: HistoryQuery,
                 influx: tuple[str | None, str | None, str | None] = (None, None, None)) -> list[dict]:
-    """Rows of ``query`` from the store of ``--store`` (and ``influx``: url, org, bucket flags)."""
-    kind, path = parse_store(config.store_spec(store, influx[0]))
-    if kind == "sqlite":
-        return sqlite_history(path, query)
-    from connstats.sink.influx_store import InfluxStore
-
-    async def run() -> list[dict]:
-        backend = InfluxStore(config.influx(*influx))  # flags, env or [influxdb], like up and sink
-        try:
-            return await influx_history(backend, query)
-        finally:
-            await backend.close()
-
-    return asyncio.run(run())
+    """Rows of ``query`` from the store of ``--store`` (and ``influx``: url, org, bucket flags;
+    with the rest from the environment or [influxdb], like up and sink)."""
+    spec = config.store_spec(store, influx[0])
+    kind, _ = parse_store(spec)
+    return StoreReader(spec, config.influx(*influx) if kind == "influxdb" else None).read(query)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import typer
 
 from connstats.probe.contract import ConfigError
 from connstats.sink.history import parse_time
-from connstats.sink.policy_learn import PeerSettings, check_policy, learn_policy, learn_query, policy_toml
+from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 
 from .history import query_store
 from .options import ConfigFile, InfluxBucket, InfluxOrg, InfluxUrl, Store, load_config
@@ -48,16 +48,15 @@ def learn(
     settings = PeerSettings(peers.value, prefix4, prefix6)
     own = host_addresses(host_address) if host_address else own_addresses() if name == cfg.host() else []
     rows = query_store(cfg, store, query, (influx_url, influx_org, influx_bucket))
-    policy = learn_policy(rows, host_addresses=own, peers=settings)
+    learned = learn_policy(rows, host_addresses=own, peers=settings)
     span = f"{rfc3339(query.since, digits=0)} to {rfc3339(query.until, digits=0)}"
-    if not policy.groups:
+    if not learned.policy.groups:
         raise ConfigError(f"the store holds no traffic of host {name!r} from {span}; check --host and --since")
-    text = policy_toml(policy, [
+    text = learned_policy_text(learned, [
         f"connstats policy learn: host {name}, {span}",
-        f"allows the {_count(policy.connections, 'connection')} ({policy.bytes:,} bytes) seen, "
-        f"with {_count(len(policy.rules), 'rule')}",
+        f"allows the {_count(learned.connections, 'connection')} ({learned.bytes:,} bytes) seen, "
+        f"with {_count(len(learned.policy.rules), 'rule')}",
     ])
-    check_policy(text)
     if output is None:
         typer.echo(text, nl=False)
         return

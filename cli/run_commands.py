@@ -20,7 +20,7 @@ from connstats.probe.compose import (
     default_interfaces,
 )
 from connstats.probe.contract import ConfigError, StreamSettings, redacted
-from connstats.probe.runtime.durations import parse_duration
+from connstats.probe.runtime.durations import duration_seconds
 from connstats.probe.runtime.private import prepare_state_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
@@ -276,4 +276,4 @@ def sink(
 
 
 def _retention_flag(text: str | None) -> float | None:
-    return None if text is None else parse_duration(text) / 1e9
+    return None if text is None else duration_seconds(text)

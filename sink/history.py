@@ -7,7 +7,7 @@ read-only connection (WAL: it works while the sink writes); ``influx_history`` r
 with ``params=`` and adds rows up in Python (``aggregate``), so both stores give the same rows:
 
     keys (by --group-by)      connection: ifname, direction, proto, src_ip, src_port, dst_ip, dst_port
-                              port: proto, port (the server side: sink/store.py service_port)
+                              port: proto, port (the server side: sink/store.py server_port)
                               iface: ifname, direction        proto: proto
                               service (for `policy learn`): ifname, container_id, container_name,
                                 direction, proto, src_ip, dst_ip, port, server ("src", "dst", or
@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from connstats.probe.contract import DIRECTIONS, TIME_MAX, VERDICTS, ConfigError, StoreError, proto_name, proto_number
 from connstats.probe.runtime.durations import MAX_DURATION, is_duration, parse_duration
-from connstats.sink.store import known_ports, server_side, service_port
+from connstats.sink.store import known_ports, server_port, server_side
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "connection": ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port"),
@@ -149,7 +149,7 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
 _SQL_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "proto", "src_ip": "src_ip",
     "src_port": "src_port", "dst_ip": "dst_ip", "dst_port": "dst_port",
-    "port": "connstats_service_port(src_port, dst_port)",  # registered by sqlite_history
+    "port": "connstats_server_port(src_port, dst_port)",  # registered by sqlite_history
     "container_id": "container_id", "container_name": "container_name", "host": "host", "verdict": "verdict",
     "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
 }
@@ -239,7 +239,7 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         raise StoreError(f"cannot open {path} read-only: {exc}; check its permissions") from exc
     try:
         db.row_factory = sqlite3.Row
-        db.create_function("connstats_service_port", 2, _sql_service_port, deterministic=True)
+        db.create_function("connstats_server_port", 2, _sql_server_port, deterministic=True)
         db.create_function("connstats_server_side", 2, _sql_server_side, deterministic=True)
         sql, params = build_sql(query, overflow=_has_table(db, "overflow"))
         rows = [dict(row) for row in db.execute(sql, params)]
@@ -254,8 +254,8 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
     return sql_rows(rows, query)
 
 
-def _sql_service_port(src_port: int, dst_port: int) -> int:
-    return service_port(src_port, dst_port, _KNOWN)[0]
+def _sql_server_port(src_port: int, dst_port: int) -> int:
+    return server_port(src_port, dst_port, _KNOWN)[0]
 
 
 def _sql_server_side(src_port: int, dst_port: int) -> str:
@@ -370,7 +370,7 @@ def _point_row(point: dict) -> dict:
         row[name] = int(point.get(name) or 0)
     proto = point.get("proto")
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
-    row["port"] = service_port(row["src_port"], row["dst_port"], _KNOWN)[0]
+    row["port"] = server_port(row["src_port"], row["dst_port"], _KNOWN)[0]
     row["server"] = server_side(row["src_port"], row["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     row["verdict"] = point.get("verdict") or ""

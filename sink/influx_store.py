@@ -33,7 +33,7 @@ from influxdb_client.service.health_service import HealthService
 from influxdb_client.service.write_service import WriteService
 
 from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable, proto_name
-from connstats.sink.store import overflow_totals, service_port_column
+from connstats.sink.store import overflow_totals, service_port_tags
 
 MEASUREMENT = "connstats_flow"
 OVERFLOW_MEASUREMENT = "connstats_overflow"
@@ -116,7 +116,7 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     """One line of line protocol per record, in order, timestamps in nanoseconds; from the
     batch's columns (one f-string per record, no record object)."""
     envelope = batch.envelope
-    ports = service_port_column(batch.column("src_port"), batch.column("dst_port"), service_ports)
+    ports = service_port_tags(batch.column("src_port"), batch.column("dst_port"), service_ports)
     keys = list(zip(*(batch.column(tag) for tag in TAGS), ports, strict=True))
     tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
@@ -152,9 +152,9 @@ def _container_fields(ids, images) -> list[str]:
     return list(map(text.__getitem__, zip(ids, images, strict=True)))
 
 
-def service_port(src_port: int, dst_port: int, service_ports: frozenset[int] = frozenset()) -> str:
-    """The ``service_port`` tag value of one connection (the rule: ``store.service_port``)."""
-    return service_port_column([src_port], [dst_port], service_ports)[0]
+def service_port_tag(src_port: int, dst_port: int, service_ports: frozenset[int] = frozenset()) -> str:
+    """The ``service_port`` tag value of one connection (the rule: ``store.server_port``)."""
+    return service_port_tags([src_port], [dst_port], service_ports)[0]
 
 
 def escape_tag(value: str) -> str:

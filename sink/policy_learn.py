@@ -22,33 +22,35 @@ rows into groups and rules:
 - ARP and other non-IP frames, IPv6 neighbour discovery (ICMPv6 to or from link-local
   and multicast addresses) and DHCP are never blocked, so they get no rule.
 
-``policy_toml`` writes the policy file format of issue 11 in a deterministic order;
-``check_policy`` reads a policy text back with ``tomllib`` and checks every rule names a
-defined group.
+``learn_policy`` builds the policy file's own model (``Policy``, ``Group``, ``PolicyRule`` of
+probe/contract/policy_file.py); ``learned_policy_text`` writes it with that module's
+``format_policy`` and checks the text as the probe will, with ``parse_policy``.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
-from connstats.probe.contract.record import PROTO_NAMES, PROTO_NUMBERS
+from connstats.probe.contract import ConfigError, proto_number
+from connstats.probe.contract.policy_file import (
+    BUILTIN_GROUPS,
+    MAX_GROUPS,
+    MAX_NAME,
+    PORTED_PROTOCOLS,
+    Group,
+    Policy,
+    PolicyRule,
+    format_policy,
+    parse_policy,
+)
 from connstats.sink.history import HistoryQuery
 
-BUILT_IN = ("host", "world")
-GROUP_KEYS = ("containers", "cidrs", "images", "ifaces", "netns")
-PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # tcp, udp, sctp, udplite: rules name server ports
 _ICMPV6 = 58
-MAX_GROUPS = 62  # what a policy holds besides host and world (probe/policy: 64 bits with them)
-MAX_NAME = 63
 _DHCP_PORTS = (67, 546)  # the service port of DHCP (67/68) and DHCPv6 (546/547): the lower one
 _KIND_ORDER = ("containers", "netns", "ifaces", "cidrs")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")  # a group name the policy model takes
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -71,24 +73,17 @@ class PeerSettings:
 
 
 @dataclass(frozen=True)
-class Rule:
-    source: str
-    target: str
-    proto: int
-    ports: tuple[int | str, ...] = ()  # ints and "low-high" ranges; empty: any
-
-
-@dataclass
 class LearnedPolicy:
-    groups: dict[str, dict[str, list[str]]]
-    rules: list[Rule]
+    """The policy learned, and the connections and bytes of the range it allows."""
+
+    policy: Policy
     connections: int = 0
     bytes: int = 0
 
 
 @dataclass(frozen=True, order=True)
 class _Group:
-    """A group before it has a name: its kind (a ``GROUP_KEYS`` entry) and value."""
+    """A group before it has a name: its kind (a ``Group`` selector, ``_KIND_ORDER``) and value."""
 
     kind: str
     value: str
@@ -130,17 +125,19 @@ def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
         for client, server in orientations:
             source, target = (row.device if a == row.local else resolver.group(a) for a in (client, server))
             ports = rules[(source, target, row.proto)]
-            if row.proto in PORT_PROTOCOLS:
+            if row.proto in PORTED_PROTOCOLS:
                 ports.add(row.port)
         per_device = seen[(*orientations[0], row.proto, row.port)].setdefault(row.ifname, [0, 0])
         per_device[0] = max(per_device[0], row.connections)  # egress and ingress: the same clients
         per_device[1] += row.bytes
     rules, members = _merge_prefixes(rules)
     names = _names(devices | {g for key in rules for g in key[:2] if isinstance(g, _Group)}, members)
+    groups = tuple(_policy_group(names[g], g.kind, [m.value for m in members.get(g, (g,))])
+                   for g in sorted(names, key=names.get))
+    policy_rules = sorted((PolicyRule(_name(s, names), _name(t, names), proto, port_ranges(ports))
+                           for (s, t, proto), ports in rules.items()), key=lambda r: (r.source, r.target, r.proto))
     return LearnedPolicy(
-        groups={names[g]: {g.kind: [m.value for m in members.get(g, (g,))]} for g in sorted(names, key=names.get)},
-        rules=sorted((Rule(_name(s, names), _name(t, names), proto, port_ranges(ports))
-                      for (s, t, proto), ports in rules.items()), key=lambda r: (r.source, r.target, r.proto)),
+        Policy(groups, tuple(policy_rules)),
         connections=sum(max(c for c, _ in d.values()) for d in seen.values()),
         bytes=sum(max(b for _, b in d.values()) for d in seen.values()),
     )
@@ -157,7 +154,7 @@ def _parsed(row: dict) -> _Row | None:
         return None
     if proto == 17 and row["port"] in _DHCP_PORTS:
         return None
-    if proto in PORT_PROTOCOLS and row["port"] == 0:  # non-first fragments: part of their connection
+    if proto in PORTED_PROTOCOLS and row["port"] == 0:  # non-first fragments: part of their connection
         return None
     proto = 1 if proto == _ICMPV6 else proto  # a policy's icmp is ICMP and ICMPv6
     device = (_Group("containers", row["container_name"]) if row["container_id"]
@@ -266,7 +263,7 @@ def _names(groups: set[_Group], members: dict[_Group, list[_Group]] | None = Non
     (``net-<first prefix>-and-<n>-more`` for a group of several); a name taken already, or
     built in, gets its kind as suffix."""
     names: dict[_Group, str] = {}
-    taken = set(BUILT_IN)
+    taken = set(BUILTIN_GROUPS)
     members = members or {}
     for group in sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.value)):
         base = "net-" + group.value if group.kind == "cidrs" else group.value
@@ -288,104 +285,34 @@ def _name(group: _Group | str, names: dict[_Group, str]) -> str:
     return group if isinstance(group, str) else names[group]
 
 
-def port_ranges(ports: Iterable[int]) -> tuple[int | str, ...]:
-    """Sorted ports with contiguous runs merged: ``[80, 8000, 8001, 8002]`` -> ``(80, "8000-8002")``."""
-    out: list[int | str] = []
-    run: list[int] = []
-    for port in sorted(set(ports)) + [None]:
-        if run and (port is None or port != run[-1] + 1):
-            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
-            run = []
-        if port is not None:
-            run.append(port)
+def _policy_group(name: str, kind: str, values: list[str]) -> Group:
+    if kind == "cidrs":
+        return Group(name, cidrs=tuple(ipaddress.ip_network(v) for v in values))
+    return Group(name, **{kind: tuple(values)})
+
+
+def port_ranges(ports: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted ports with contiguous runs merged into inclusive ranges (a ``PolicyRule``'s):
+    ``[80, 8000, 8001, 8002]`` -> ``((80, 80), (8000, 8002))``."""
+    out: list[tuple[int, int]] = []
+    for port in sorted(set(ports)):
+        if out and port == out[-1][1] + 1:
+            out[-1] = (out[-1][0], port)
+        else:
+            out.append((port, port))
     return tuple(out)
 
 
-# -- TOML out and back in ---------------------------------------------------------------------
+# -- the policy file ---------------------------------------------------------------------------
 
 
-def policy_toml(policy: LearnedPolicy, header: Iterable[str] = ()) -> str:
-    """The policy file (issue 11's format): comment lines, ``[groups]``, then ``[[allow]]``."""
-    lines = [f"# {_comment(line)}" for line in header]
-    lines += ["[groups]"]
-    lines += [f"{_key(name)} = {{ {', '.join(f'{k} = {_array(v)}' for k, v in body.items())} }}"
-              for name, body in policy.groups.items()]
-    for rule in policy.rules:
-        lines += ["", "[[allow]]", f"from = {_string(rule.source)}", f"to = {_string(rule.target)}",
-                  f"proto = {_proto(rule.proto)}"]
-        if rule.ports:
-            lines.append(f"ports = {_array(rule.ports)}")
-    return "\n".join(lines) + "\n"
-
-
-def _string(text: str) -> str:
-    """A TOML basic string (escapes as TOML has them: \\", \\\\, \\n, \\uXXXX, ...)."""
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out) + '"'
-
-
-def _comment(text: str) -> str:
-    """Comment text on one line: control characters (a newline in a host name) shown escaped."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F else c for c in text)
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else _string(name)
-
-
-def _array(values: Iterable[int | str]) -> str:
-    return "[" + ", ".join(str(v) if isinstance(v, int) else _string(v) for v in values) + "]"
-
-
-def _proto(number: int) -> str:
-    return _string(PROTO_NAMES[number]) if number in PROTO_NAMES else str(number)
-
-
-def check_policy(text: str) -> dict:
-    """Read a policy text with ``tomllib``; every rule must name defined (or built-in) groups,
-    a protocol and valid ports. ``ConfigError`` says what is wrong."""
-    try:
-        doc = loads_toml(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"the policy is not valid TOML: {exc}; fix the file") from exc
-    except MessageError as exc:
-        raise ConfigError(f"the policy is {exc}") from None
-    groups, allow = doc.get("groups", {}), doc.get("allow", [])
-    if not isinstance(groups, dict) or not isinstance(allow, list):
-        raise ConfigError("the policy needs a [groups] table and [[allow]] tables; fix the file")
-    if len(groups) > MAX_GROUPS:
-        raise ConfigError(f"the policy has {len(groups)} groups, more than the {MAX_GROUPS} a policy holds; "
-                          "merge some (learn: --peers world, or a shorter --prefix4/--prefix6)")
-    for name, body in groups.items():
-        if name in BUILT_IN or not _NAME.fullmatch(name) or not _is_group_body(body):
-            raise ConfigError(f"group {name!r} is not a name (letters, digits, _ . -) with a table of "
-                              f"{', '.join(GROUP_KEYS)} lists; fix the file")
-    for number, rule in enumerate(allow, 1):
-        _check_rule(number, rule, set(groups) | set(BUILT_IN))
-    return doc
-
-
-def _is_group_body(body: object) -> bool:
-    return isinstance(body, dict) and set(body) <= set(GROUP_KEYS) and all(
-        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in body.values())
-
-
-def _check_rule(number: int, rule: dict, defined: set[str]) -> None:
-    where = f"[[allow]] number {number}"
-    for end in ("from", "to"):
-        if rule.get(end) not in defined:
-            raise ConfigError(f"{where}: {end} = {rule.get(end)!r} is no defined group; define it in [groups]")
-    proto = rule.get("proto")
-    if not (proto in PROTO_NUMBERS or (isinstance(proto, int) and 0 <= proto <= 255)):
-        raise ConfigError(f"{where}: proto = {proto!r} is not tcp, udp, icmp, icmpv6 or 0-255; fix the rule")
-    for port in rule.get("ports", []):
-        low, _, high = str(port).partition("-")
-        if not (low.isdigit() and (high or low).isdigit() and int(low) <= int(high or low) <= 65535):
-            raise ConfigError(f"{where}: port {port!r} is not a port or a range like 8000-8099; fix the rule")
+def learned_policy_text(learned: LearnedPolicy, header: Iterable[str] = ()) -> str:
+    """The policy file of ``learned`` (``format_policy``), checked as the probe will check it
+    (``parse_policy``); ``ConfigError`` (``PolicyError``) says what is wrong and what to do."""
+    room = MAX_GROUPS - len(BUILTIN_GROUPS)
+    if len(learned.policy.groups) > room:
+        raise ConfigError(f"the policy has {len(learned.policy.groups)} groups, more than the {room} a policy "
+                          "holds; merge some (learn: --peers world, or a shorter --prefix4/--prefix6)")
+    text = format_policy(learned.policy, header)
+    parse_policy(text, "the learned policy")
+    return text

@@ -54,10 +54,11 @@ def known_ports(service_ports: frozenset[int] = frozenset()) -> bytes:
     return bytes(table)
 
 
-def service_port(src_port: int, dst_port: int, known: bytes) -> tuple[int, bool]:
-    """The one rule for the server side of a connection, used by InfluxDB's ``service_port``
-    tag and by ``history --group-by port``: the service port (see ``known_ports``) of the
-    two, the lower one when both are; when neither is, the lower of the two, and False.
+def server_port(src_port: int, dst_port: int, known: bytes) -> tuple[int, bool]:
+    """(the server's port, whether it is a service port): the one rule for the server side
+    of a connection, used by InfluxDB's ``service_port`` tag (``service_port_tags``) and by
+    ``history --group-by port``. The service port (see ``known_ports``) of the two, the
+    lower one when both are, and True; when neither is, the lower of the two, and False.
     Port 0 means "no ports" (ICMP)."""
     if known[src_port]:
         return (min(src_port, dst_port) if known[dst_port] else src_port), True
@@ -67,22 +68,22 @@ def service_port(src_port: int, dst_port: int, known: bytes) -> tuple[int, bool]
 
 
 def server_side(src_port: int, dst_port: int, known: bytes) -> str:
-    """Which end of a record is the server by ``service_port``'s rule: ``"dst"`` or ``"src"``;
+    """Which end of a record is the server by ``server_port``'s rule: ``"dst"`` or ``"src"``;
     ``""`` when both ports are the same (ICMP's 0 and 0, NTP's 123 and 123): the ports
     cannot tell who opened the connection."""
     if src_port == dst_port:
         return ""
-    return "dst" if service_port(src_port, dst_port, known)[0] == dst_port else "src"
+    return "dst" if server_port(src_port, dst_port, known)[0] == dst_port else "src"
 
 
-def service_port_column(src_ports, dst_ports, service_ports: frozenset[int] = frozenset()) -> list[str]:
+def service_port_tags(src_ports, dst_ports, service_ports: frozenset[int] = frozenset()) -> list[str]:
     """``service_port`` per record as tag text; ``other`` where neither port is a service port
     (ephemeral ports would make a series per connection)."""
     known = known_ports(service_ports)
     texts: dict[tuple[int, int], str] = {}
     try:
         for pair in set(zip(src_ports, dst_ports, strict=True)):
-            port, is_service = service_port(*pair, known)
+            port, is_service = server_port(*pair, known)
             texts[pair] = _PORT_TEXT[port] if is_service else OTHER_PORT
     except IndexError:
         raise MessageError("a record has a port above 65535; fix the producer of the message") from None

@@ -12,7 +12,6 @@ from connstats.probe.contract.bounded import check_json, document_depth, json_de
 from connstats.probe.contract.errors import PolicyError
 from connstats.probe.contract.policy_file import parse_policy
 from connstats.sink.alerts.rules import RuleError, load_rules
-from connstats.sink.policy_learn import check_policy
 
 DEEP = "nested 1000 deep, deeper than the 32 levels of arrays and objects allowed; send flatter data"
 NESTED_JSON = b'{"a":' * 1000 + b"1" + b"}" * 1000
@@ -102,9 +101,6 @@ def test_every_toml_loader_refuses_1000_levels_in_one_line(tmp_path, text, deep)
     with pytest.raises(PolicyError) as caught:
         parse_policy(text, "web.toml")
     assert str(caught.value) == f"web.toml: {deep}"
-    with pytest.raises(ConfigError) as caught:
-        check_policy(text)
-    assert str(caught.value) == f"the policy is {deep}"
     with pytest.raises(ConfigError) as caught:
         load_config(path, env={})
     assert str(caught.value) == f"config file {path}: {deep}"

@@ -16,12 +16,12 @@ from connstats.sink.history import (
     build_flux,
     build_sql,
     influx_history,
-    parse_duration,
     parse_time,
     sqlite_history,
 )
 from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines
 from connstats.sink.sqlite_store import SqliteStore
+from connstats.sink.stores import StoreReader
 from tests.fixtures.history import ALL, C1, C2, C3, C4, SECOND, T0, T1, envelope, rec, write_all
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
 
@@ -177,6 +177,44 @@ async def test_the_web_page_groupings_are_the_same_on_both_stores(influx, db, gr
             ("node-1", "veth0", 5000), ("node-1", "veth0", 40000), ("node-1", "veth1", 443), ("node-2", "eth0", 0)}
 
 
+async def test_one_reader_reads_either_store_alike(influx, influx_server, db):
+    """The web page (``rows``) and ``connstats history`` (``read``) read through ``StoreReader``:
+    the same rows from SQLite and InfluxDB; one InfluxDB client for all queries of a reader."""
+    await write_all(influx)
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    by_port = HistoryQuery(**ALL, group_by="port", top=2)
+    sqlite = StoreReader(f"sqlite:{db}")
+    assert await sqlite.rows(HistoryQuery(**ALL)) == sqlite.read(HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+    async with StoreReader("influx", config) as reader:
+        assert await reader.rows(HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+        assert await reader.rows(by_port) == await sqlite.rows(by_port) == sqlite_history(db, by_port)
+        assert reader._influx is not None
+    assert (len(influx_server.queries), reader._influx) == (2, None)  # closed by async with
+
+
+def test_the_readers_synchronous_read_of_influxdb_closes_its_client(influx_server):
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+
+    async def write() -> None:
+        store = InfluxStore(config)
+        try:
+            await write_all(store)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    reader = StoreReader("influxdb", config)
+    assert reader.read(HistoryQuery(**ALL, top=1)) == [C2]
+    assert (len(influx_server.queries), reader._influx) == (1, None)
+
+
+@pytest.mark.parametrize("spec", ["postgres:x", "sqlite:", "influxdb:x", ""])
+def test_the_reader_refuses_a_spec_that_names_no_store(spec):
+    with pytest.raises(ConfigError) as caught:
+        StoreReader(spec)
+    assert str(caught.value) == f"store {spec!r} is not sqlite:PATH or influxdb; check --store"
+
+
 async def test_influx_sends_user_input_only_as_params(influx, influx_server):
     evil = 'x") |> drop() //'
     query = HistoryQuery(**ALL, iface=evil, port=53, proto=17, direction="egress", host="node-1",
@@ -264,13 +302,6 @@ def test_aggregate_buckets_points_by_time():
 # -- times and validation -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, ns", [
-    ("15m", 900 * SECOND), ("1h30m", 5400 * SECOND), ("0.5s", SECOND // 2), ("2d", 172800 * SECOND),
-])
-def test_parse_duration(text, ns):
-    assert parse_duration(text) == ns
-
-
 def test_parse_time():
     now = T0
     assert parse_time("15m", now) == T0 - 900 * SECOND
@@ -307,14 +338,14 @@ def test_query_validation(changes, message):
     (40000, 8080, 8080, "other"), (8080, 40000, 8080, "other"),
 ])
 async def test_the_service_port_is_one_rule_for_history_and_influx(tmp_path, src, dst, port, tag):
-    from connstats.sink.influx_store import service_port
+    from connstats.sink.influx_store import service_port_tag
 
     store = SqliteStore(tmp_path / "flows.sqlite")
     await store.write(FlowBatch.from_records(envelope(T0), [
         rec(T0, "veth0", "egress", 6, "10.0.0.1", src, "10.0.0.2", dst, 1, 100)]))
     await store.close()
     [row] = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, group_by="port"))
-    assert (row["port"], service_port(src, dst)) == (port, tag)
+    assert (row["port"], service_port_tag(src, dst)) == (port, tag)
 
 
 def test_the_history_columns_are_fields_of_a_record_by_name():

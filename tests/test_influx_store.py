@@ -20,7 +20,7 @@ from connstats.sink.influx_store import (
     encode_overflow_lines,
     escape_string,
     escape_tag,
-    service_port,
+    service_port_tag,
 )
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer, ParsedPoint, parse_line
 from tests.fixtures.records import flow_record
@@ -148,8 +148,8 @@ SERVICE_PORT_CASES = [
 
 
 @pytest.mark.parametrize("src, dst, ports, expected", SERVICE_PORT_CASES)
-def test_service_port(src, dst, ports, expected):
-    assert service_port(src, dst, ports) == expected
+def test_service_port_tag(src, dst, ports, expected):
+    assert service_port_tag(src, dst, ports) == expected
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -182,7 +182,7 @@ def test_encode_lines_matches_the_client_point_serialiser():
 def _point(envelope: Envelope, r: FlowRecord, timestamp: int) -> Point:
     point = Point("connstats_flow").time(timestamp, WritePrecision.NS)
     for key, value in (("host", envelope.host), ("ifname", r.ifname), ("direction", r.direction),
-                       ("proto", r.proto_name), ("service_port", service_port(r.src_port, r.dst_port))):
+                       ("proto", r.proto_name), ("service_port", service_port_tag(r.src_port, r.dst_port))):
         point.tag(key, value)
     for key in ("src_ip", "dst_ip", "src_port", "dst_port", "packets", "bytes", "first_seen",
                 "last_seen", "tcp_flags", "family", "ifindex"):

@@ -9,6 +9,7 @@ import pytest
 
 from connstats.cli.live import interval_summary
 from connstats.probe.contract.errors import PolicyError
+from connstats.probe.contract.policy_file import MAX_NAME, Group, Policy, PolicyRule, format_policy
 from connstats.probe.contract.record import Envelope
 from connstats.probe.contract.wire import FlowBatch, decode_message, encode_message
 from connstats.probe.policy import Endpoint, parse_policy, resolve
@@ -44,6 +45,63 @@ def test_a_good_file():
     assert policy.group("client").cidrs == (ipaddress.ip_network("10.0.7.0/24"), ipaddress.ip_network("fd00:7::/64"))
     assert [(r.source, r.target, r.proto, r.ports) for r in policy.rules] == [
         ("web", "db", 6, ((5432, 5432), (8000, 8099))), ("client", "world", 1, ())]
+
+
+def test_the_writer_writes_a_parsed_file_back_in_one_layout():
+    assert format_policy(parse_policy(GOOD), ["written back"]) == """\
+# written back
+[groups]
+web = { containers = ["web*"] }
+db = { containers = ["db"], images = ["postgres:*"] }
+client = { cidrs = ["10.0.7.0/24", "fd00:7::/64"] }
+edge = { ifaces = ["eth*"], netns = ["lab-*"] }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "tcp"
+ports = [5432, "8000-8099"]
+
+[[allow]]
+from = "client"
+to = "world"
+proto = "icmp"
+"""
+
+
+ODD = Policy(
+    (Group("my.app", containers=('we"b*', "back\\slash", "tab\there", "new\nline", "caf\u00e9"), images=("img:1",)),
+     Group("x" * MAX_NAME, ifaces=("eth0",), netns=("netns:4026532999",)),
+     Group("_dash-9", cidrs=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"),
+                             ipaddress.ip_network("192.0.2.7/32"))),
+     Group("one-netns", netns=("n",))),
+    (PolicyRule("my.app", "x" * MAX_NAME, 6, ((0, 0), (22, 22), (8000, 8099), (65535, 65535))),
+     PolicyRule("host", "world", 58),
+     PolicyRule("_dash-9", "host", 132, ((1, 65535),)),
+     PolicyRule("world", "my.app", 47),
+     PolicyRule("one-netns", "one-netns", 17, ((53, 53),)),
+     PolicyRule("my.app", "_dash-9", 1)),
+)
+
+
+def test_what_the_writer_writes_parses_back_to_the_same_policy():
+    """Quoted names and values, every selector, v4 and v6 prefixes, named and numbered
+    protocols, single ports and ranges up to 0 and 65535, the built-in groups."""
+    text = format_policy(ODD, ["a header"])
+    assert parse_policy(text) == ODD
+    assert format_policy(parse_policy(text), ["a header"]) == text
+    lines = text.splitlines()
+    assert lines[2] == '"my.app" = { containers = ["we\\"b*", "back\\\\slash", "tab\\u0009here", "new\\u000aline", ' \
+                       '"caf\u00e9"], images = ["img:1"] }'
+    assert lines[4] == '_dash-9 = { cidrs = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"] }'
+    assert [line for line in lines if line.startswith(("proto", "ports"))] == [
+        'proto = "tcp"', 'ports = [0, 22, "8000-8099", 65535]', 'proto = "icmpv6"', "proto = 132",
+        'ports = ["1-65535"]', "proto = 47", 'proto = "udp"', "ports = [53]", 'proto = "icmp"']
+
+
+def test_an_empty_policy_is_written_and_read_back():
+    assert format_policy(Policy((), ())) == "[groups]\n"
+    assert parse_policy("[groups]\n") == Policy((), ())
 
 
 def bad(old: str, new: str) -> str:

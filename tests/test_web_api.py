@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from connstats.probe.contract import NatsOptions, connect, encode_message, flows_subject, policy_subject
-from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from connstats.probe.contract.policy_file import parse_policy
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import HistoryQuery, sqlite_history
+from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.queries import build_map
 from connstats.sink.web.server import STATIC, UiConfig, build_ui
@@ -168,6 +171,24 @@ async def test_map_and_history_are_the_store_rows(web, store_path):
     assert len(rows) == 12 and history["every_ms"] == 300_000
     assert sorted((s["key"], p["time_ms"], p["bytes"], p["packets"]) for s in history["series"] for p in s["points"]) == \
         sorted((r["container_name"], r["time"] // MS, r["bytes"], r["packets"]) for r in rows)
+
+
+async def test_the_learn_preview_is_what_policy_learn_writes(web, store_path):
+    _, session = web
+    now = time.time_ns()
+    batches = [synthetic_batch("web-6", i, now - (30 - 5 * i) * 60 * SECOND, 300 * SECOND, 300, containers=3,
+                               peers=5, seed=i) for i in range(2)]
+    await write(store_path, *batches)
+    async with session.get("/api/policy/learn", params={"since": "1h", "host": "web-6", "peers": "prefix"}) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    query = learn_query(body["since_ms"] * MS, body["until_ms"] * MS, "web-6")
+    learned = learn_policy(sqlite_history(store_path, query), peers=PeerSettings("prefix"))
+    assert body["toml"] == learned_policy_text(learned, ["connstats policy learn (preview): host web-6"])
+    assert parse_policy(body["toml"]) == learned.policy
+    assert (body["groups"], body["rules"], body["connections"], body["bytes"]) == (
+        len(learned.policy.groups), len(learned.policy.rules), learned.connections, learned.bytes)
+    assert body["groups"] >= 3 and body["rules"] >= 3 and body["connections"] > 0
 
 
 async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_path, influx_server, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.web import run_async, start_ui
 from tests.web_data import SECOND, synthetic_batch

@@ -46,7 +46,7 @@ from ..contract.errors import ConfigError, ConnstatsError, DeviceError, KernelEr
 from ..contract.record import proto_name
 from ..kernel.devices import AttachedDevice, check_name
 from ..runtime.callers import Callers, bearer
-from ..runtime.listener import host_allowed, is_loopback, listen, origin_allowed, parse_listen_address
+from ..runtime.listener import host_allowed, is_loopback, json_response, listen, origin_allowed, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from ..seams import ProbePort
 from .totals import DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device
@@ -113,10 +113,6 @@ def device_to_json(device: AttachedDevice, action: str) -> dict[str, Any]:
     return {"iface": wire["name"], "device_id": wire["ifindex"], "action": action,
             "attached": action == "add", "direction_mode": wire["mode"],
             "inverted": wire["direction"] == "inverted"}
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 async def _encoded(totals: list[ConnectionTotal], overflow: list[OverflowTotal]) -> bytes:
@@ -244,7 +240,7 @@ class HttpApi:
             device = await self.probe.attach(iface, mode)
         else:
             device = await self.probe.detach(iface)  # its totals are forgotten on detach
-        return _json(device_to_json(device, action))
+        return json_response(device_to_json(device, action))
 
     async def all_devices(self, request: web.Request) -> web.StreamResponse:
         async def compute() -> bytes:
@@ -356,20 +352,20 @@ async def _errors_as_json(request: web.Request,
     try:
         return await handler(request)
     except RequestError as exc:
-        response = _json({"error": str(exc)}, exc.status)
+        response = json_response({"error": str(exc)}, exc.status)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
     except ConnstatsError as exc:
         status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
-        return _json({"error": str(exc)}, status)
+        return json_response({"error": str(exc)}, status)
     except web.HTTPException as exc:  # unknown path, wrong method, body too large
         if exc.status < 400:
             raise
-        response = _json({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
+        response = json_response({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         log.exception("HTTP %s %s failed", request.method, request.path)
-        return _json({"error": "internal error; see the probe's log"}, 500)
+        return json_response({"error": "internal error; see the probe's log"}, 500)

@@ -28,7 +28,8 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
   ``redacted``).
 - **Control** (``control.py``): ``ControlClient``, the requests on
   ``connstats.v1.ctl.<host>.<verb>`` (the service answering them is the probe's).
-- **The policy file** (``policy_file.py``): ``parse_policy`` -> ``Policy``.
+- **The policy file** (``policy_file.py``): ``parse_policy`` -> ``Policy`` (its ``Group``s and
+  ``PolicyRule``s) -> ``format_policy``.
 
 A new probe service implements ``start``/``close`` against ``connstats.probe.seams.ProbePort``;
 what only the sink uses (its durable consumer, the dead-letter stream) is
@@ -90,7 +91,7 @@ from .messaging import (
     policy_subject,
     redacted,
 )
-from .policy_file import Policy, parse_policy
+from .policy_file import Policy, PolicyRule, format_policy, parse_policy
 from .record import (
     COUNTER_LIMIT,
     DIRECTIONS,
@@ -131,5 +132,5 @@ __all__ = [
     "flow_stream_config", "flows_subject", "host_from_token", "host_mismatch", "host_of_subject", "host_token",
     "message_id", "policy_subject", "redacted",
     # control, policy file
-    "ControlClient", "Policy", "parse_policy",
+    "ControlClient", "Policy", "PolicyRule", "format_policy", "parse_policy",
 ]

@@ -1,4 +1,5 @@
-"""The policy file: TOML in, a checked ``Policy`` out (or a ``PolicyError`` naming line and key).
+"""The policy file: TOML in, a checked ``Policy`` out (or a ``PolicyError`` naming line and key),
+and a ``Policy`` back out as TOML (``format_policy``; ``policy learn`` writes through it).
 
     [groups]
     web    = { containers = ["web*"] }      # container name globs
@@ -14,6 +15,9 @@
 
 ``tomllib`` reports syntax errors with their line; for a key whose value is wrong the line is
 found in the text (``key_line``), so every error reads ``<file> line N: <key>: what; what to do``.
+
+``format_policy`` writes groups and rules in the model's order; what it writes parses back
+to the same ``Policy`` (tests/test_policy.py).
 """
 from __future__ import annotations
 
@@ -21,14 +25,15 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from .bounded import loads_toml
 from .errors import MessageError, PolicyError
-from .record import PROTO_NUMBERS
+from .record import PROTO_NAMES, PROTO_NUMBERS
 
 BUILTIN_GROUPS = ("host", "world")
 MAX_GROUPS = 64  # one bit each in the kernel's masks, built-ins included
+MAX_NAME = 63  # characters of a group name
 MAX_RULES = 4096
 # The kernel's address trie holds 65,536 entries (POLICY_PREFIXES in probe/kernel/flows_structs.h) for both
 # table sets: the policy in force and the one being built. Room is left for the addresses
@@ -36,7 +41,8 @@ MAX_RULES = 4096
 MAX_PREFIXES = 32_000
 SELECTORS = ("containers", "images", "ifaces", "netns", "cidrs")
 PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: the classifier reads their ports
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+_NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
 _RULE_KEYS = ("from", "to", "proto", "ports")
 KeyPath = tuple[str | int, ...]  # of a value in the file: ("allow", 2, "ports"), ("groups", "web", "cidrs")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -59,8 +65,8 @@ class Group:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """``source`` may open ``proto`` connections to ``target`` on ``ports`` (() = any port)."""
+class PolicyRule:
+    """An ``[[allow]]``: ``source`` may open ``proto`` connections to ``target`` on ``ports`` (() = any port)."""
 
     source: str
     target: str
@@ -71,7 +77,7 @@ class Rule:
 @dataclass(frozen=True)
 class Policy:
     groups: tuple[Group, ...]
-    rules: tuple[Rule, ...]
+    rules: tuple[PolicyRule, ...]
     text: str = field(default="", compare=False)  # the file as given (kept, shown, re-applied)
 
     @property
@@ -149,7 +155,7 @@ def _network(text: str, where: _Locator, path: KeyPath) -> Network:
 # -- rules --------------------------------------------------------------------------------
 
 
-def _rules(items: Any, known: set[str], where: _Locator) -> tuple[Rule, ...]:
+def _rules(items: Any, known: set[str], where: _Locator) -> tuple[PolicyRule, ...]:
     if isinstance(items, dict):
         items = [items]
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -159,7 +165,7 @@ def _rules(items: Any, known: set[str], where: _Locator) -> tuple[Rule, ...]:
     return tuple(_rule(i, item, known, where) for i, item in enumerate(items))
 
 
-def _rule(index: int, item: dict[str, Any], known: set[str], where: _Locator) -> Rule:
+def _rule(index: int, item: dict[str, Any], known: set[str], where: _Locator) -> PolicyRule:
     path = ("allow", index)
     for key in item:
         if key not in _RULE_KEYS:
@@ -175,7 +181,7 @@ def _rule(index: int, item: dict[str, Any], known: set[str], where: _Locator) ->
         ends.append(value)
     proto = _proto(item.get("proto"), where, path + ("proto",))
     ports = _ports(item.get("ports"), proto, where, path + ("ports",))
-    return Rule(ends[0], ends[1], proto, ports)
+    return PolicyRule(ends[0], ends[1], proto, ports)
 
 
 def _proto(value: Any, where: _Locator, path: KeyPath) -> int:
@@ -210,6 +216,61 @@ def _port_range(value: Any, where: _Locator, path: KeyPath) -> tuple[int, int]:
                 return low, high
     raise PolicyError(where.at(path, f"{value!r} is not a port 0-65535 or a range like \"8000-8099\"; "
                                "fix it"))
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def format_policy(policy: Policy, header: Iterable[str] = ()) -> str:
+    """The policy file of ``policy``: ``header`` as comment lines, ``[groups]``, then an
+    ``[[allow]]`` per rule, in the model's order; ``parse_policy`` reads it back as ``policy``."""
+    lines = [f"# {_comment(line)}" for line in header]
+    lines.append("[groups]")
+    for group in policy.groups:
+        selectors = ", ".join(f"{key} = {_array(values)}" for key, values in _selectors(group))
+        lines.append(f"{_key(group.name)} = {{ {selectors} }}")
+    for rule in policy.rules:
+        lines += ["", "[[allow]]", f"from = {_string(rule.source)}", f"to = {_string(rule.target)}",
+                  f"proto = {_proto_text(rule.proto)}"]
+        if rule.ports:
+            lines.append(f"ports = {_array(low if low == high else f'{low}-{high}' for low, high in rule.ports)}")
+    return "\n".join(lines) + "\n"
+
+
+def _selectors(group: Group) -> list[tuple[str, list[str]]]:
+    """A group's non-empty selectors, in ``SELECTORS`` order, as text."""
+    values = ((key, [str(value) for value in getattr(group, key)]) for key in SELECTORS)
+    return [(key, texts) for key, texts in values if texts]
+
+
+def _string(text: str) -> str:
+    """A TOML basic string (escapes as TOML has them: \\", \\\\, \\uXXXX for control characters)."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out) + '"'
+
+
+def _comment(text: str) -> str:
+    """Comment text on one line: control characters (a newline in a host name) shown escaped."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F else c for c in text)
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else _string(name)
+
+
+def _array(values: Iterable[int | str]) -> str:
+    return "[" + ", ".join(str(v) if isinstance(v, int) else _string(v) for v in values) + "]"
+
+
+def _proto_text(number: int) -> str:
+    return _string(PROTO_NAMES[number]) if number in PROTO_NAMES else str(number)
 
 
 # -- finding a key's line -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..contract.errors import KernelError, NotApplied, PolicyError
-from ..contract.policy_file import Rule
+from ..contract.policy_file import PolicyRule
 from ..kernel.loader import ClassifierProgram, delete_keys, read_map, update_batch, wait_for_grace_period
 from .job import ApplyJob
 from .resolve import WORLD_BIT, Resolved
@@ -182,7 +182,7 @@ def _sweep(ranges: list[tuple[int, int, int, int]]) -> Iterable[tuple[int, int, 
             yield first, bits, allowed_to
 
 
-def _protocols(rule: Rule) -> tuple[int, ...]:
+def _protocols(rule: PolicyRule) -> tuple[int, ...]:
     """``icmp`` means ICMP for IPv4 and ICMPv6 for IPv6."""
     return (_ICMP, _ICMPV6) if rule.proto == _ICMP else (rule.proto,)
 

@@ -8,12 +8,15 @@ endpoints (``--metrics``) and the web page (``--ui``, ``--listen``).
 A taken or unusable address is a ``ConfigError`` with one line saying which setting to change.
 Who may call, by ``Host`` and ``Origin`` (against DNS rebinding and cross-site requests), is
 ``host_allowed`` and ``origin_allowed``: the probe's HTTP API and the web page check the same.
+Both answer JSON through ``json_response``.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ..contract.errors import ConfigError
@@ -30,6 +33,11 @@ def parse_listen_address(text: str, setting: str, example: str, *, bare_port: bo
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"{setting} address {text!r} is not ADDR:PORT; use e.g. {example}")
     return host, int(port)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """``body`` as a JSON answer (msgspec-encoded) with ``status``."""
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 def is_loopback(host: str) -> bool:

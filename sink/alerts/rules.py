@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from connstats.probe.contract import ConfigError, MessageError, loads_toml, proto_number
-from connstats.probe.runtime.durations import parse_duration
+from connstats.probe.runtime.durations import duration_value
 
 from .table import FIELDS, Where
 
@@ -64,20 +64,19 @@ class Rule:
 
 
 def duration(value: Any) -> int:
-    if not isinstance(value, str):
-        raise Invalid(f"{value!r} is not a duration; write it as text, e.g. \"30s\"")
+    """A duration (probe/runtime/durations.py), as text: ``for = 30`` has no unit."""
     try:
-        return parse_duration(value)
+        return duration_value(value)
     except ConfigError as exc:
         raise Invalid(str(exc)) from None
 
 
 def positive_duration(value: Any) -> int:
     """A duration above 0: a window of "0s" holds no interval."""
-    ns = duration(value)
-    if ns <= 0:
-        raise Invalid(f"{value!r} is no time at all; use a duration above 0, e.g. \"30s\"")
-    return ns
+    try:
+        return duration_value(value, positive=True)
+    except ConfigError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def number(value: Any) -> float:

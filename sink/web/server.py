@@ -36,9 +36,8 @@ from connstats.probe.contract import (
     connect,
 )
 from connstats.probe.runtime.callers import Callers, TokenFile
-from connstats.probe.runtime.listener import is_loopback, listen, parse_listen_address
-from connstats.sink.history import HistoryQuery, influx_history, sqlite_history
-from connstats.sink.stores import parse_store
+from connstats.probe.runtime.listener import is_loopback, json_response, listen, parse_listen_address
+from connstats.sink.stores import StoreReader
 
 from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed, LivePage
@@ -83,28 +82,6 @@ class UiConfig:
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
     return parse_listen_address(text, "web page", f"{DEFAULT_UI}, or none")
-
-
-class StoreReader:
-    """Runs a ``HistoryQuery`` on the configured store (sink/history.py does the querying)."""
-
-    def __init__(self, spec: str, influx: Any = None) -> None:
-        self.kind, self.path = parse_store(spec)
-        self.influx = influx
-        self._influx_store = None
-
-    async def rows(self, query: HistoryQuery) -> list[dict]:
-        if self.kind == "sqlite":
-            return await asyncio.to_thread(sqlite_history, self.path, query)
-        if self._influx_store is None:
-            from connstats.sink.influx_store import InfluxStore
-
-            self._influx_store = InfluxStore(self.influx)
-        return await influx_history(self._influx_store, query)
-
-    async def close(self) -> None:
-        if self._influx_store is not None:
-            await self._influx_store.close()
 
 
 class WebUi:
@@ -189,7 +166,8 @@ class WebUi:
     async def live(self, request: web.Request) -> web.StreamResponse:
         page = LivePage(live_filter(request.query))
         if len(self.feed.pages) >= self.max_live_pages:
-            return _json({"error": f"{self.max_live_pages} live views are open already; close one and retry"}, 503)
+            return json_response({"error": f"{self.max_live_pages} live views are open already; close one and retry"},
+                                 503)
         response = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -214,11 +192,11 @@ class WebUi:
     async def map(self, request: web.Request) -> web.Response:
         query = map_query(request.query)
         body = build_map(await self.reader.rows(query))
-        return _json(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
+        return json_response(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
 
     async def history(self, request: web.Request) -> web.Response:
         query, series = history_query(request.query)
-        return _json(build_series(await self.reader.rows(query), query, series))
+        return json_response(build_series(await self.reader.rows(query), query, series))
 
     async def alerts(self, request: web.Request) -> web.Response:
         from connstats.sink.alerts import firing_alerts
@@ -226,7 +204,7 @@ class WebUi:
         alerts = await firing_alerts(self.nc)
         for alert in alerts:  # ns do not fit a JavaScript number exactly; ms do
             alert["started_ms"] = int(alert.get("started_at") or 0) // 1_000_000
-        return _json({"available": True, "alerts": alerts})
+        return json_response({"available": True, "alerts": alerts})
 
     async def policy(self, request: web.Request) -> web.Response:
         """The probe's active policy (``connstats policy show``) and its recent violations."""
@@ -236,27 +214,27 @@ class WebUi:
             async with ControlClient(self.config.nats, host, timeout=5.0) as client:
                 reply = await client.request("policy_show")
         except TransportError as exc:  # no probe answers: the page says so, with what was seen
-            return _json({"available": False, "host": host, "reason": str(exc), "violations": violations})
-        return _json({"available": True, "host": host, **reply, "violations": violations})
+            return json_response({"available": False, "host": host, "reason": str(exc), "violations": violations})
+        return json_response({"available": True, "host": host, **reply, "violations": violations})
 
     async def denied(self, request: web.Request) -> web.Response:
         """The connections the policy denied over a range, from the store (the ``verdict``
         column), through ``connstats history --verdict deny``'s query."""
         query, limit = violations_query(request.query, self.config.host)
-        return _json(build_violations(await self.reader.rows(query), query, limit))
+        return json_response(build_violations(await self.reader.rows(query), query, limit))
 
     async def learn(self, request: web.Request) -> web.Response:
         """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
-        from connstats.sink.policy_learn import check_policy, learn_policy, policy_toml
+        from connstats.sink.policy_learn import learn_policy, learned_policy_text
 
         query, peers = learn_params(request.query, self.config.host)
         own = await asyncio.to_thread(self.config.host_addresses) if query.host == self.config.host else []
-        policy = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
-        text = policy_toml(policy, [f"connstats policy learn (preview): host {query.host}"])
-        check_policy(text)
-        return _json({"host": query.host, "since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000,
-                      "groups": len(policy.groups), "rules": len(policy.rules),
-                      "connections": policy.connections, "bytes": policy.bytes, "toml": text})
+        learned = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
+        text = learned_policy_text(learned, [f"connstats policy learn (preview): host {query.host}"])
+        return json_response({"host": query.host, "since_ms": query.since // 1_000_000,
+                              "until_ms": query.until // 1_000_000, "groups": len(learned.policy.groups),
+                              "rules": len(learned.policy.rules), "connections": learned.connections,
+                              "bytes": learned.bytes, "toml": text})
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -270,10 +248,6 @@ async def _static(request: web.Request) -> web.FileResponse:
     if name not in STATIC_FILES:
         raise web.HTTPNotFound()
     return web.FileResponse(STATIC / name)
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 SECURITY_HEADERS = {
@@ -304,14 +278,14 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except ConnstatsError as exc:
         status = next((s for kind, s in _STATUS.items() if isinstance(exc, kind)), 500)
-        return _json({"error": str(exc)}, status)
+        return json_response({"error": str(exc)}, status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
+        return json_response({"error": f"{exc.reason.lower()}: {request.method} {request.path}"}, exc.status)
     except Exception:
         log.exception("web %s %s failed", request.method, request.path)
-        return _json({"error": "internal error; see the log of connstats ui"}, 500)
+        return json_response({"error": "internal error; see the log of connstats ui"}, 500)
 
 
 def build_ui(config: UiConfig) -> WebUi:

@@ -20,7 +20,7 @@ from influxdb_client import Point, WritePrecision
 
 from connstats.probe.contract.record import Envelope, FlowRecord, proto_name
 from connstats.probe.contract.wire import FlowBatch
-from connstats.sink.influx_store import chunked, encode_lines, service_port
+from connstats.sink.influx_store import chunked, encode_lines, service_port_tag
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.records import flow_record
 
@@ -53,7 +53,7 @@ def with_points(envelope: Envelope, records: list[FlowRecord]) -> list[str]:
     return [
         Point("connstats_flow")
         .tag("host", envelope.host).tag("ifname", r.ifname).tag("direction", r.direction)
-        .tag("proto", proto_name(r.proto)).tag("service_port", service_port(r.src_port, r.dst_port))
+        .tag("proto", proto_name(r.proto)).tag("service_port", service_port_tag(r.src_port, r.dst_port))
         .field("src_ip", r.src_ip).field("dst_ip", r.dst_ip)
         .field("src_port", r.src_port).field("dst_port", r.dst_port)
         .field("packets", r.packets).field("bytes", r.bytes)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
+from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.history import HistoryQuery, sqlite_history
 from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD
 from tests.fixtures.nats import free_port
 from tests.fixtures.web import fetch, wait_stored
