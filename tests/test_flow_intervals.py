@@ -20,8 +20,8 @@ from connstats.probe.contract import (
 )
 from connstats.probe.contract.intervals import Interval
 from tests.alert_data import chunked, interval
+from tests.fixtures.control import SINCE, record
 from tests.fixtures.wait import until_async
-from tests.test_control import SINCE, record
 
 
 def chunk_numbers(intervals: list[Interval]) -> list[list[int]]:
