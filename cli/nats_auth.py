@@ -15,7 +15,7 @@ The server gets them in ``<state>/nats-embedded.conf``; the CLI finds them in
 ``<state>/nats-credentials.json`` together with the URL they belong to. Both files are
 mode 0600 in a 0700 directory, so only root (the owner) can use the server: other local
 users get "Authorization Violation". The permissions below are the ones in
-deploy/nats-server.conf (tests/test_nats_auth.py checks that the two agree).
+deploy/nats-server.conf (tests/cli/test_nats_auth.py checks that the two agree).
 """
 from __future__ import annotations
 

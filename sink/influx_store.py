@@ -106,7 +106,7 @@ def _required(value: str | None, name: str, what: str) -> str:
 
 
 # Tags (besides host and service_port) and fields of a flow point; together with the host
-# they cover every field of a record (tests/test_influx_store.py checks it against wire.py).
+# they cover every field of a record (tests/sink/test_influx_store.py checks it against wire.py).
 TAGS = ("container_name", "direction", "ifname", "proto", "verdict")
 FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
           "ifindex", "last_seen", "packets", "src_ip", "src_port", "tcp_flags")

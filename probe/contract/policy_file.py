@@ -17,7 +17,7 @@ and a ``Policy`` back out as TOML (``format_policy``; ``policy learn`` writes th
 found in the text (``key_line``), so every error reads ``<file> line N: <key>: what; what to do``.
 
 ``format_policy`` writes groups and rules in the model's order; what it writes parses back
-to the same ``Policy`` (tests/test_policy.py).
+to the same ``Policy`` (tests/policy/test_policy.py).
 """
 from __future__ import annotations
 

@@ -229,7 +229,7 @@ async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxd
     """Every 4th connection denied: /api/policy/violations is `connstats history --verdict deny`'s
     rows of the host, per connection, the same from SQLite and from InfluxDB. (The InfluxDB
     test server runs no Flux: it is sent only the denied records of the host, so this checks
-    the InfluxDB path's grouping and sums; the Flux verdict filter is tests/test_history.py's.)"""
+    the InfluxDB path's grouping and sums; the Flux verdict filter is tests/sink/test_history.py's.)"""
     from connstats.sink.influx_store import InfluxConfig, InfluxStore
     from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 

@@ -19,7 +19,7 @@ from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
 from tests.fixtures.wait import until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONNSTATS = ROOT / ".venv" / "bin" / "connstats"
 CONNSTATS_SERVICES = ("probe", "sink")
 

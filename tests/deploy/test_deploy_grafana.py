@@ -30,7 +30,7 @@ from tests.fixtures import flux
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
 from tests.fixtures.records import flow_record
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"

@@ -1,7 +1,7 @@
 """deploy/: Docker Compose (docker-compose config), Kubernetes (kubernetes-validate,
 offline) and the Dockerfile; the probe's privileges and host paths are taken from the code
 and the systemd unit, so the three ways to deploy it grant the same. The dashboards:
-tests/test_deploy_grafana.py."""
+tests/deploy/test_deploy_grafana.py."""
 from __future__ import annotations
 
 import json
@@ -111,7 +111,7 @@ def test_compose_nats_is_a_three_node_jetstream_cluster():
 @needs_compose
 def test_compose_gives_the_nats_nodes_this_hosts_probe_user():
     """cluster.conf's probe user and subjects are the ones of the probe's role for CONNSTATS_HOST
-    (as tests/test_deploy_nats_cluster.py runs them), and the probe logs in as that user."""
+    (as tests/deploy/test_deploy_nats_cluster.py runs them), and the probe logs in as that user."""
     from tests.fixtures.deploy import PASSWORDS, probe_user_env
     services = compose_file()["services"]
     wanted = {**probe_user_env("web-1"), **{k: COMPOSE_ENV[k] for k in PASSWORDS}}

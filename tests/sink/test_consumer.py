@@ -26,7 +26,7 @@ from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
 from tests.fixtures.wait import until_async
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def options(server) -> NatsOptions:

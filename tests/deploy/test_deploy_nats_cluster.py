@@ -27,7 +27,7 @@ from tests.fixtures.deploy import HOST, PASSWORDS, node_env, probe_user_env
 from tests.fixtures.netns import _new_network, require_root
 from tests.fixtures.secure_nats import deployed_permissions, embedded_permissions
 
-CONF = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "cluster.conf"
+CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "cluster.conf"
 NODES = ("nats-1", "nats-2", "nats-3")
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -36,7 +36,7 @@ needs_nats_server = pytest.mark.skipif(not Path(NATS_SERVER).exists(), reason="n
 
 def test_cluster_conf_grants_each_role_what_nats_server_conf_grants():
     """deploy/nats/cluster.conf cannot drift from deploy/nats-server.conf: both are checked
-    against cli/nats_auth.py (tests/test_nats_auth.py checks nats-server.conf)."""
+    against cli/nats_auth.py (tests/cli/test_nats_auth.py checks nats-server.conf)."""
     text = CONF.read_text()
     for variable, value in probe_user_env(HOST).items():
         assert f"${variable}" in text

@@ -1,6 +1,6 @@
 """The notification queue (bounded, retrying, counting), the Alertmanager body and the CLI's
 rules check: pure code and the installed command (the chunk assembly is
-tests/test_flow_intervals.py)."""
+tests/contract/test_flow_intervals.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.alerts.notify import DeliveryFailed, NotificationQueue, alertmanager_alerts, alertmanager_url
 from connstats.sink.alerts.stats import AlertStats
 
-CONNSTATS = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "connstats"
+CONNSTATS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "connstats"
 
 FIRING = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",
           "severity": "warning", "host": "web-1", "engine": "web.example",
