@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import aiohttp
+import msgspec
 import numpy as np
 import pytest
 
@@ -114,6 +115,30 @@ async def test_a_message_nested_1000_deep_is_skipped_and_the_live_page_goes_on(w
     assert (event["packets"], event["bytes"]) == (sum(batch.columns.packets), sum(batch.columns.bytes))
     await until_async(lambda: ui.violations.skipped, 5, "the nested violation skipped")
     assert (ui.feed.bad_messages, ui.violations.skipped, list(ui.violations.events)) == (1, 1, [])
+
+
+VIOLATION = {"host": "web-1", "interval_seq": 4812, "interval_start": 1795000000000000000,
+             "interval_end": 1795000010000000000, "mode": "protect", "ifname": "veth3a9f2c1",
+             "container": "web-1", "proto": "tcp", "src_ip": "172.17.0.2", "src_port": 43512,
+             "dst_ip": "172.17.0.9", "dst_port": 22, "packets": 3, "bytes": 222,
+             "from_groups": ["web"], "to_groups": ["world"]}
+
+
+async def test_the_policy_view_lists_violations_and_skips_what_is_not_one(web, nats_server):
+    ui, session = web
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        for message in (VIOLATION, {"host": "web-1"}, VIOLATION | {"src_port": "x"}, [1],
+                        VIOLATION | {"host": "web-2"}, VIOLATION | {"dst_port": 23}):
+            await nc.publish(policy_subject("web-1"), msgspec.json.encode(message))
+        await until_async(lambda: len(ui.violations.events) + ui.violations.skipped == 6, 5, "6 messages seen")
+    finally:
+        await nc.close()
+    assert ui.violations.skipped == 3  # an object without the fields, a port as text, an array
+    async with session.get("/api/policy", params={"host": "web-1"}) as response:
+        body = await response.json()
+    assert (response.status, body["available"]) == (200, False)  # no probe answers for web-1
+    assert body["violations"] == [VIOLATION | {"dst_port": 23}, VIOLATION]  # the newest first, web-1's
 
 
 async def test_live_filters_column_wise(web, nats_server):
