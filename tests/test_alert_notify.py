@@ -6,6 +6,9 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import msgspec
+
+from connstats.probe.contract import AlertMessage
 from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.alerts.intervals import Intervals
 from connstats.sink.alerts.notify import DeliveryFailed, NotificationQueue, alertmanager_alerts, alertmanager_url
@@ -14,17 +17,16 @@ from tests.alert_data import chunked, interval
 
 CONNSTATS = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "connstats"
 
-FIRING = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",
-          "severity": "warning", "host": "web-1", "engine": "web.example",
-          "labels": {"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
-          "value": 184220, "threshold": 100000, "summary": "dst_port=5353: 184220 packets in 30s, above 100000",
-          "description": "", "started_at": 1_796_168_412_000_000_000, "ended_at": 0,
-          "sent_at": 1_796_168_412_250_000_000, "repeat_ns": 60_000_000_000}
+FIRING = AlertMessage(
+    fingerprint="0f3c2a9d81b4e6a7", state="firing", rule="udp-burst", kind="threshold", severity="warning",
+    host="web-1", engine="web.example", labels={"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
+    value=184220, threshold=100000, summary="dst_port=5353: 184220 packets in 30s, above 100000", description="",
+    started_at=1_796_168_412_000_000_000, ended_at=0, sent_at=1_796_168_412_250_000_000, repeat_ns=60_000_000_000)
 
 
 def test_the_alertmanager_body():
-    resolved = FIRING | {"state": "resolved", "ended_at": 1_796_168_472_500_000_000,
-                         "sent_at": 1_796_168_472_500_000_000, "value": 7.25, "description": "see runbook"}
+    resolved = msgspec.structs.replace(FIRING, state="resolved", ended_at=1_796_168_472_500_000_000,
+                                       sent_at=1_796_168_472_500_000_000, value=7.25, description="see runbook")
     assert alertmanager_alerts([FIRING, resolved]) == [
         {"labels": {"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
          "annotations": {"summary": "dst_port=5353: 184220 packets in 30s, above 100000", "value": "184220",

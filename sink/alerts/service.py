@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 
@@ -30,12 +29,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from connstats.probe.contract import (
     FLOWS_WILDCARD,
     STREAM_NAME,
+    AlertMessage,
+    FiringAlerts,
     MessageError,
     NatsOptions,
     StreamSettings,
     TransportError,
     connect,
     decode_message,
+    encode_firing,
     ensure_stream,
     host_of_subject,
 )
@@ -116,11 +118,11 @@ class AlertService:
             return contextlib.nullcontext()
         return self.metrics.watching(nc, js, self.queues)
 
-    def _send(self, alerts: list[dict]) -> None:
+    def _send(self, alerts: list[AlertMessage]) -> None:
         for alert in alerts:
-            log.info("alert %s %s %s value %s", alert["state"], alert["rule"],
-                     " ".join(f"{k}={v}" for k, v in alert["labels"].items() if k not in ("alertname", "severity")),
-                     alert["value"])
+            log.info("alert %s %s %s value %s", alert.state, alert.rule,
+                     " ".join(f"{k}={v}" for k, v in alert.labels.items() if k not in ("alertname", "severity")),
+                     alert.value)
         for queue in self.queues:
             queue.put(alerts)
 
@@ -197,9 +199,9 @@ class AlertService:
 
     async def _answer(self, msg: Msg) -> None:
         if msg.reply:
-            body = {"engine": self.engine.host, "alerts": self.engine.firing()}
+            body = FiringAlerts(engine=self.engine.host, alerts=self.engine.firing())
             try:
-                await msg.respond(json.dumps(body, separators=(",", ":")).encode())
+                await msg.respond(encode_firing(body))
             except nats.errors.Error as exc:
                 log.debug("alert engine: cannot answer %s: %r", msg.subject, exc)
 

@@ -14,6 +14,7 @@ import msgspec
 import nats
 import pytest
 
+from connstats.probe.contract.violations import ViolationMessage, decode_violation
 from connstats.probe.contract.wire import decode_message
 from tests.e2e.test_cli_e2e import (  # noqa: F401
     NO_HTTP_CLASH,
@@ -47,9 +48,9 @@ class Violations:
     def __init__(self, state: Path) -> None:
         credentials = json.loads((state / "nats-credentials.json").read_text())
         self.url, self.admin = credentials["url"], credentials["users"]["admin"]
-        self.events: list[dict] = []
+        self.events: list[ViolationMessage] = []
 
-    async def collect(self, act, settle: float) -> list[dict]:
+    async def collect(self, act, settle: float) -> list[ViolationMessage]:
         nc = await nats.connect(self.url, user=self.admin["user"], password=self.admin["password"])
         try:
             await nc.subscribe("connstats.v1.policy.>", cb=self._on_event)
@@ -61,7 +62,7 @@ class Violations:
         return self.events
 
     async def _on_event(self, msg) -> None:
-        self.events.append(json.loads(msg.data))
+        self.events.append(decode_violation(msg.data))  # what the probe sends is a ViolationMessage
 
 
 def test_apply_monitor_protect_restart_and_off(quiet_network, cs_env, start, tmp_path):
@@ -84,15 +85,15 @@ def test_apply_monitor_protect_restart_and_off(quiet_network, cs_env, start, tmp
     b_before = b.counters()
     events = asyncio.run(Violations(state).collect(monitored_traffic, settle=2.5))
     assert b.counters()["rx_packets"] - b_before["rx_packets"] == 500  # monitor drops nothing
-    mine = [e for e in events if e["src_port"] == 42001]
-    per_device_and_interval = [(e["ifname"], e["interval_seq"]) for e in mine]
+    mine = [e for e in events if e.src_port == 42001]
+    per_device_and_interval = [(e.ifname, e.interval_seq) for e in mine]
     assert len(per_device_and_interval) == len(set(per_device_and_interval))  # once per interval
     for ifname in (a.host_if, b.host_if):
-        assert sum(e["packets"] for e in mine if e["ifname"] == ifname) == 300
-        assert sum(e["bytes"] for e in mine if e["ifname"] == ifname) == 300 * (UDP_V4_OVERHEAD + SIZE)
-    assert {(e["mode"], e["proto"], e["dst_port"], tuple(e["from_groups"]), tuple(e["to_groups"])) for e in mine} == {
+        assert sum(e.packets for e in mine if e.ifname == ifname) == 300
+        assert sum(e.bytes for e in mine if e.ifname == ifname) == 300 * (UDP_V4_OVERHEAD + SIZE)
+    assert {(e.mode, e.proto, e.dst_port, tuple(e.from_groups), tuple(e.to_groups)) for e in mine} == {
         ("monitor", "udp", 5501, ("a",), ("b",))}
-    assert [e for e in events if e["dst_port"] == 5500] == []
+    assert [e for e in events if e.dst_port == 5500] == []
 
     protected = connstats(cs_env, "policy", "apply", str(path), "--mode", "protect")
     assert protected.returncode == 0, protected.stderr
