@@ -145,3 +145,15 @@ async def test_a_webhook_password_never_reaches_the_logs_or_errors():
     finally:
         await target.close()
         await runner.cleanup()
+
+
+def test_connstats_alerts_rows_are_the_alert_messages_fields():
+    from connstats.cli.alert import alert_row
+
+    row = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",
+           "severity": "warning", "host": "web-1", "value": 184220, "threshold": 100000,
+           "summary": "dst_port=5353: 184220 packets in 30s, above 100000", "description": "",
+           "started_at": 1_796_168_412_000_000_000, "ended_at": 0, "sent_at": 1_796_168_412_250_000_000,
+           "repeat_ns": 60_000_000_000, "engine": "web.example"}
+    assert alert_row(FIRING) == row | {"labels": "dst_port=5353"}
+    assert alert_row(FIRING, structured=True) == row | {"labels": {"dst_port": "5353"}}

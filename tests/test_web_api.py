@@ -12,7 +12,18 @@ import msgspec
 import numpy as np
 import pytest
 
-from connstats.probe.contract import NatsOptions, connect, encode_message, flows_subject, policy_subject
+from connstats.probe.contract import (
+    AlertMessage,
+    NatsOptions,
+    alerts_subject,
+    connect,
+    encode_alert,
+    encode_message,
+    ensure_stream,
+    flows_subject,
+    policy_subject,
+)
+from connstats.sink.alerts.notify import alerts_stream_config
 from connstats.sink.history import HistoryQuery, parse_duration, sqlite_history
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.queries import build_map
@@ -139,6 +150,28 @@ async def test_the_policy_view_lists_violations_and_skips_what_is_not_one(web, n
         body = await response.json()
     assert (response.status, body["available"]) == (200, False)  # no probe answers for web-1
     assert body["violations"] == [VIOLATION | {"dst_port": 23}, VIOLATION]  # the newest first, web-1's
+
+
+async def test_the_firing_alerts_are_the_stream_s_alert_messages_with_their_start_in_ms(web, nats_server):
+    ui, session = web
+    now = time.time_ns()
+    alert = AlertMessage(
+        fingerprint="0f3c2a9d81b4e6a7", state="firing", rule="udp-burst", kind="threshold", severity="warning",
+        host="web-1", labels={"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"}, value=184220,
+        threshold=100000, summary="dst_port=5353: 184220 packets in 30s, above 100000", description="",
+        started_at=now - 1_500_000_123, ended_at=0, sent_at=now, repeat_ns=60 * SECOND, engine="web-1")
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, alerts_stream_config())
+        await js.publish(alerts_subject("web-1"), encode_alert(alert))
+        await js.publish(alerts_subject("web-1"), b'{"state": "firing"}')  # not an alert: passed over
+    finally:
+        await nc.close()
+    async with session.get("/api/alerts") as response:
+        body = await response.json()
+    assert body == {"available": True, "alerts": [
+        msgspec.to_builtins(alert) | {"started_ms": (now - 1_500_000_123) // MS}]}
 
 
 async def test_live_filters_column_wise(web, nats_server):
