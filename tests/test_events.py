@@ -272,3 +272,8 @@ def test_the_firing_answer_refuses_what_is_not_one():
         "not the alert engine's answer: Object missing required field `alerts`")
     assert one_line_error(decode_firing, msgspec.json.encode({"engine": "e", "alerts": [ALERT | {"rule": 1}]})) == (
         "not the alert engine's answer: Expected `str`, got `int` - at `$.alerts[0].rule`")
+
+
+def test_an_unknown_event_type_is_quoted_short():
+    text = one_line_error(decode_event, b'{"event": "' + b"x" * 10_000 + b'"}')
+    assert text.startswith("not an event: Invalid value 'xxx") and text.endswith("...") and len(text) < 330
