@@ -8,9 +8,10 @@ from collections import Counter
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
 
+import msgspec
 import typer
 
-from connstats.probe.contract import ConfigError, connect, redacted
+from connstats.probe.contract import AlertMessage, ConfigError, connect, redacted
 from connstats.probe.runtime.private import private_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.alerts import firing_alerts, load_rules
@@ -114,7 +115,7 @@ def alerts(
     """The alerts firing now: when they started, their labels and value."""
     options = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key).options(load_config(config), name="connstats-cli")
 
-    async def query() -> list[dict]:
+    async def query() -> list[AlertMessage]:
         nc = await connect(options)
         try:
             return await firing_alerts(nc)
@@ -127,8 +128,8 @@ def alerts(
            empty="no alert is firing")
 
 
-def alert_row(alert: dict, structured: bool = False) -> dict:
-    group = {k: v for k, v in alert.get("labels", {}).items() if k not in ("alertname", "severity")}
+def alert_row(alert: AlertMessage, structured: bool = False) -> dict:
+    group = {k: v for k, v in alert.labels.items() if k not in ("alertname", "severity")}
     labels = group if structured else ",".join(f"{k}={v}" for k, v in group.items())
-    return {**alert, "labels": labels}
+    return {**msgspec.to_builtins(alert), "labels": labels}
 

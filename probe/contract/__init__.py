@@ -17,6 +17,11 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
 - **Events** (``events.py``) on ``connstats.v1.events.<host>``: ``Attached``, ``Detached``,
   ``Gone``, ``Replaced``, ``Lost`` (``DeviceEvent``), ``Failed``, ``HandoverLost``,
   ``OutboxOverflow``; ``event_body`` encodes one, ``decode_event`` reads one.
+- **Policy violations** (``violations.py``) on ``connstats.v1.policy.<host>``:
+  ``ViolationMessage``; ``encode_violation``, ``decode_violation``.
+- **Alerts** (``alerts.py``) on ``connstats.v1.alerts.<host>``: ``AlertMessage``;
+  ``encode_alert``, ``decode_alert``; the engine's answer of firing alerts ``FiringAlerts``
+  (``encode_firing``, ``decode_firing``).
 - **Bounds** (``bounded.py``): ``check_json`` (size and nesting, before any JSON decoder)
   and ``loads_toml`` (the same, then ``tomllib``), for whatever comes from outside.
 - **Errors** (``errors.py``): ``ConnstatsError`` and its tree.
@@ -37,6 +42,7 @@ what only the sink uses (its durable consumer, the dead-letter stream) is
 """
 from __future__ import annotations
 
+from .alerts import AlertMessage, FiringAlerts, decode_alert, decode_firing, encode_alert, encode_firing
 from .bounded import MAX_DEPTH, MAX_TOML_BYTES, check_json, loads_toml
 from .control import ControlClient
 from .errors import (
@@ -109,6 +115,7 @@ from .record import (
     proto_number,
 )
 from .subscription import FlowSubscription
+from .violations import ViolationMessage, decode_violation, encode_violation
 from .wire import RECORD_FIELDS, FlowBatch, decode_message, encode_message
 
 __all__ = [
@@ -121,6 +128,9 @@ __all__ = [
     # events
     "AnyEvent", "Attached", "DeviceEvent", "Detached", "Event", "Failed", "Gone", "HandoverLost", "Lost",
     "OutboxOverflow", "Replaced", "decode_event", "event_body",
+    # policy violations, alerts
+    "ViolationMessage", "decode_violation", "encode_violation",
+    "AlertMessage", "FiringAlerts", "decode_alert", "decode_firing", "encode_alert", "encode_firing",
     # bounds
     "MAX_DEPTH", "MAX_TOML_BYTES", "check_json", "loads_toml",
     # errors

@@ -63,3 +63,13 @@ class StoreFull(StoreUnavailable):
 
 class MessageError(ConnstatsError):
     """A message does not match the wire schema, or is too big or too deeply nested to decode."""
+
+
+MAX_REASON = 300  # characters of a decoder's reason in a MessageError
+
+
+def one_line(exc: Exception, limit: int = MAX_REASON) -> str:
+    """A decoder's reason as one line of at most ``limit`` characters (msgspec quotes a wrong
+    value in its reason, and a value can be as long as the message)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Union
 import msgspec
 
 from .bounded import check_json
-from .errors import MessageError
+from .errors import MessageError, one_line
 
 
 class WireDevice(Protocol):
@@ -120,4 +120,4 @@ def decode_event(data: bytes) -> AnyEvent:
     try:
         return _DECODER.decode(data)
     except msgspec.DecodeError as exc:
-        raise MessageError(f"not an event: {exc}") from None
+        raise MessageError(f"not an event: {one_line(exc)}") from None

@@ -1,8 +1,5 @@
-"""Violation events: each denied connection once per interval, on ``connstats.v1.policy.<host>``.
-
-    {"host", "interval_seq", "interval_start", "interval_end", "mode": "monitor"|"protect",
-     "ifname", "container", "proto", "src_ip", "src_port", "dst_ip", "dst_port",
-     "packets", "bytes", "from_groups": [...], "to_groups": [...]}
+"""Violation events: each denied connection once per interval, on ``connstats.v1.policy.<host>``,
+each a ``ViolationMessage`` of the contract (probe/contract/violations.py: its fields and JSON).
 
 A connection is its device, protocol and the unordered pair of endpoints: both directions
 of it (a request and its replies) make one event whose counts are their sum, and whose
@@ -15,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-import msgspec
 import nats.errors
 import numpy as np
 from nats.aio.client import Client
 
 from ..contract.messaging import NatsOptions, connect, policy_subject
 from ..contract.record import proto_name
+from ..contract.violations import ViolationMessage, encode_violation
 from .resolve import Resolved
 
 log = logging.getLogger("connstats.probe.policy")
@@ -32,7 +28,7 @@ _FIELDS = ("ifindex", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst
            "first_seen")
 
 
-def violations(batch, resolved: Resolved, mode: str) -> list[dict[str, Any]]:
+def violations(batch, resolved: Resolved, mode: str) -> list[ViolationMessage]:
     """The violation events of one interval's batch (pure)."""
     verdicts = np.asarray(batch.columns.verdict, dtype=object)
     rows = np.flatnonzero(verdicts == "deny")
@@ -40,36 +36,35 @@ def violations(batch, resolved: Resolved, mode: str) -> list[dict[str, Any]]:
         return []
     part = batch.take(rows.tolist())
     devices = {d.ifindex: d for d in part.devices}
-    found: dict[tuple, dict[str, Any]] = {}
+    found: dict[tuple, ViolationMessage] = {}
+    first_seen: dict[tuple, int] = {}  # of each connection's side seen first: its src
     for ifindex, direction, proto, src, sport, dst, dport, packets, nbytes, first in zip(
             *(part.column(name) for name in _FIELDS), strict=True):
         key = (ifindex, proto, frozenset(((src, sport), (dst, dport))))
         event = found.get(key)
-        if event is None or first < event["_first"]:
-            totals = (event["packets"], event["bytes"]) if event else (0, 0)
+        if event is None or first < first_seen[key]:
+            totals = (event.packets, event.bytes) if event else (0, 0)
             event = found[key] = _event(batch.envelope, mode, devices[ifindex], direction, proto, src, sport,
-                                        dst, dport, resolved, first)
-            event["packets"], event["bytes"] = totals
-        event["packets"] += packets
-        event["bytes"] += nbytes
-    for event in found.values():
-        del event["_first"]
+                                        dst, dport, resolved)
+            event.packets, event.bytes = totals
+            first_seen[key] = first
+        event.packets += packets
+        event.bytes += nbytes
     return list(found.values())
 
 
-def _event(envelope, mode, device, direction, proto, src, sport, dst, dport, resolved, first) -> dict:
+def _event(envelope, mode, device, direction, proto, src, sport, dst, dport, resolved) -> ViolationMessage:
     own = resolved.devices.get(device.ifindex, 0)
     from_groups, to_groups = resolved.groups_of(src), resolved.groups_of(dst)
     if direction == "egress":  # leaving the device's own end: the source is behind it
         from_groups |= own
     else:
         to_groups |= own
-    return {"host": envelope.host, "interval_seq": envelope.interval_seq,
-            "interval_start": envelope.interval_start, "interval_end": envelope.interval_end,
-            "mode": mode, "ifname": device.ifname, "container": device.container_name,
-            "proto": proto_name(proto), "src_ip": src, "src_port": sport, "dst_ip": dst, "dst_port": dport,
-            "packets": 0, "bytes": 0, "from_groups": resolved.names(from_groups),
-            "to_groups": resolved.names(to_groups), "_first": first}
+    return ViolationMessage(
+        host=envelope.host, interval_seq=envelope.interval_seq, interval_start=envelope.interval_start,
+        interval_end=envelope.interval_end, mode=mode, ifname=device.ifname, container=device.container_name,
+        proto=proto_name(proto), src_ip=src, src_port=sport, dst_ip=dst, dst_port=dport, packets=0, bytes=0,
+        from_groups=resolved.names(from_groups), to_groups=resolved.names(to_groups))
 
 
 class ViolationPublisher:
@@ -94,11 +89,11 @@ class ViolationPublisher:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _publish(self, events: list[dict]) -> None:
+    async def _publish(self, events: list[ViolationMessage]) -> None:
         sent = 0
         try:
             for event in events:
-                await self._nc.publish(self.subject, msgspec.json.encode(event))
+                await self._nc.publish(self.subject, encode_violation(event))
                 sent += 1
             await self._nc.flush(timeout=5)
             self.published += sent

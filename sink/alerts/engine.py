@@ -3,11 +3,11 @@
     on_interval(chunks)  one interval of one host (its chunks, in order): every rule's kind
                          observes it, then every rule is evaluated
     tick()               every rule is evaluated (time passes: windows slide, silent hosts)
-    firing()             the alerts firing now, as the JSON objects published
+    firing()             the alerts firing now, as the messages published
 
-Each returns the messages to send (``states.Alert.message``). The clock is the wall clock
-(``clock``, ns); windows are measured against the intervals' ``interval_end``. A rule whose
-kind raises is logged and counted, and the others go on.
+Each returns the messages to send (``states.Alert.message``: the contract's ``AlertMessage``).
+The clock is the wall clock (``clock``, ns); windows are measured against the intervals'
+``interval_end``. A rule whose kind raises is logged and counted, and the others go on.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
-from connstats.probe.contract import FlowBatch
+from connstats.probe.contract import AlertMessage, FlowBatch
 
 from .baseline import BaselineFile
 from .kinds import KINDS, Context, Kind
@@ -47,20 +47,20 @@ class AlertEngine:
                                                            {"start_ns": start})) for r in self.rules]
         self.states = [RuleStates(r, r.kind, host, k.pending_ns()) for r, k in zip(self.rules, self.kinds, strict=True)]
 
-    def on_interval(self, chunks: Sequence[FlowBatch], now_ns: int | None = None) -> list[dict[str, Any]]:
+    def on_interval(self, chunks: Sequence[FlowBatch], now_ns: int | None = None) -> list[AlertMessage]:
         table = FlowTable(chunks, self.vocabulary)
         self.stats.intervals += 1
         for rule, kind in zip(self.rules, self.kinds, strict=True):
             self._guarded(rule, kind.observe, table)
         return self.evaluate(now_ns)
 
-    def tick(self, now_ns: int | None = None) -> list[dict[str, Any]]:
+    def tick(self, now_ns: int | None = None) -> list[AlertMessage]:
         return self.evaluate(now_ns)
 
-    def evaluate(self, now_ns: int | None = None) -> list[dict[str, Any]]:
+    def evaluate(self, now_ns: int | None = None) -> list[AlertMessage]:
         now = self.clock() if now_ns is None else now_ns
         self.stats.evaluations += 1
-        out: list[dict[str, Any]] = []
+        out: list[AlertMessage] = []
         for rule, kind, states in zip(self.rules, self.kinds, self.states, strict=True):
             findings = self._guarded(rule, kind.evaluate, now)
             if findings is not None:
@@ -69,10 +69,10 @@ class AlertEngine:
         self.save(now)
         return out
 
-    def firing(self, now_ns: int | None = None) -> list[dict[str, Any]]:
+    def firing(self, now_ns: int | None = None) -> list[AlertMessage]:
         now = self.clock() if now_ns is None else now_ns
         alerts = [message for states in self.states for message in states.firing(now)]
-        return sorted(alerts, key=lambda m: (m["started_at"], m["rule"], m["fingerprint"]))
+        return sorted(alerts, key=lambda m: (m.started_at, m.rule, m.fingerprint))
 
     def save(self, now_ns: int | None = None, force: bool = False) -> None:
         """Write the baselines that changed (at most every 5 s unless ``force``)."""

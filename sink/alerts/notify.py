@@ -7,15 +7,15 @@ a failure that may pass (connection refused, timeout, HTTP 429 or 5xx, NATS away
 counted and retried with the shared ``Backoff`` (0.5 s doubling to 30 s), a permanent one
 (another HTTP 4xx) drops the batch, counted and logged.
 
-Targets: ``NatsTarget`` publishes each alert to JetStream on ``connstats.v1.alerts.<host>``
-(stream ``CONNSTATS_ALERTS``); ``WebhookTarget`` POSTs the Alertmanager v2 format
+Targets: ``NatsTarget`` publishes each alert (the contract's ``AlertMessage``, encoded with
+``encode_alert``) to JetStream on ``connstats.v1.alerts.<host>`` (stream
+``CONNSTATS_ALERTS``); ``WebhookTarget`` POSTs the Alertmanager v2 format
 (``alertmanager_alerts``) to ``<url>/api/v2/alerts``.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from collections import deque
 from typing import Any, Protocol
@@ -25,7 +25,15 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from connstats.probe.contract import ALERTS_WILDCARD, StreamSettings, alerts_subject, host_token, redacted
+from connstats.probe.contract import (
+    ALERTS_WILDCARD,
+    AlertMessage,
+    StreamSettings,
+    alerts_subject,
+    encode_alert,
+    host_token,
+    redacted,
+)
 from connstats.probe.runtime.backoff import Backoff
 
 from .stats import AlertStats
@@ -47,7 +55,7 @@ class DeliveryFailed(Exception):
 class Target(Protocol):
     name: str
 
-    async def deliver(self, alerts: list[dict[str, Any]]) -> None: ...
+    async def deliver(self, alerts: list[AlertMessage]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -60,7 +68,7 @@ class NotificationQueue:
         self.capacity = capacity
         self.batch = batch
         self.backoff = backoff or Backoff()
-        self._waiting: deque[dict[str, Any]] = deque()
+        self._waiting: deque[AlertMessage] = deque()
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -70,7 +78,7 @@ class NotificationQueue:
         """Alerts waiting (those in the batch being delivered included)."""
         return len(self._waiting)
 
-    def put(self, alerts: list[dict[str, Any]]) -> None:
+    def put(self, alerts: list[AlertMessage]) -> None:
         if not alerts:
             return
         self._waiting.extend(alerts)
@@ -116,13 +124,13 @@ class NotificationQueue:
         except asyncio.TimeoutError:
             return False
 
-    def _take(self, batch: list[dict[str, Any]]) -> None:
+    def _take(self, batch: list[AlertMessage]) -> None:
         """Remove ``batch`` from the front (what of it was not dropped meanwhile)."""
         taken = {id(alert) for alert in batch}
         while self._waiting and id(self._waiting[0]) in taken:
             self._waiting.popleft()
 
-    def _forget(self, batch: list[dict[str, Any]], reason: str) -> None:
+    def _forget(self, batch: list[AlertMessage], reason: str) -> None:
         self._take(batch)
         self.stats.dropped[self.target.name] += len(batch)
         log.warning("alerts to %s: %s", self.target.name, reason)
@@ -139,10 +147,6 @@ def alerts_stream_config(settings: StreamSettings = StreamSettings()) -> StreamC
                         num_replicas=settings.replicas)
 
 
-def alert_body(alert: dict[str, Any]) -> bytes:
-    return json.dumps(alert, separators=(",", ":")).encode()
-
-
 class NatsTarget:
     name = "nats"
 
@@ -150,11 +154,11 @@ class NatsTarget:
         self.js = js
         self.timeout = timeout
 
-    async def deliver(self, alerts: list[dict[str, Any]]) -> None:
+    async def deliver(self, alerts: list[AlertMessage]) -> None:
         for alert in alerts:  # the same message id on a retry: the stream keeps it once
-            msg_id = f"{alert['fingerprint']}/{alert['state']}/{alert['sent_at']}"
+            msg_id = f"{alert.fingerprint}/{alert.state}/{alert.sent_at}"
             try:
-                await self.js.publish(alerts_subject(alert["host"]), alert_body(alert), timeout=self.timeout,
+                await self.js.publish(alerts_subject(alert.host), encode_alert(alert), timeout=self.timeout,
                                       headers={"Nats-Msg-Id": msg_id})
             except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
                 raise DeliveryFailed(f"publish failed: {type(exc).__name__}") from exc
@@ -171,22 +175,22 @@ def rfc3339(ns: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9 // 10**6:03d}Z"
 
 
-def alertmanager_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def alertmanager_alerts(alerts: list[AlertMessage]) -> list[dict[str, Any]]:
     """The body of ``POST /api/v2/alerts``: labels, annotations, startsAt, endsAt, generatorURL.
     A resolved alert ends when it resolved (no later than now); a firing one is valid for
     four re-send periods, so Alertmanager resolves it if the engine goes away."""
     out = []
     for alert in alerts:
-        ends = alert["ended_at"] if alert["state"] == "resolved" else (
-            alert["sent_at"] + VALID_FOR_REPEATS * alert["repeat_ns"])
-        annotations = {"summary": alert["summary"], "description": alert["description"],
-                       "value": f"{alert['value']:g}" if isinstance(alert["value"], float) else str(alert["value"]),
-                       "host": alert["host"], "fingerprint": alert["fingerprint"]}
+        ends = alert.ended_at if alert.state == "resolved" else (
+            alert.sent_at + VALID_FOR_REPEATS * alert.repeat_ns)
+        annotations = {"summary": alert.summary, "description": alert.description,
+                       "value": f"{alert.value:g}" if isinstance(alert.value, float) else str(alert.value),
+                       "host": alert.host, "fingerprint": alert.fingerprint}
         out.append({
-            "labels": dict(alert["labels"]),
+            "labels": dict(alert.labels),
             "annotations": {k: v for k, v in annotations.items() if v},
-            "startsAt": rfc3339(alert["started_at"]), "endsAt": rfc3339(ends),
-            "generatorURL": f"connstats://{host_token(alert['engine'])}/alerts/{alert['rule']}",
+            "startsAt": rfc3339(alert.started_at), "endsAt": rfc3339(ends),
+            "generatorURL": f"connstats://{host_token(alert.engine)}/alerts/{alert.rule}",
         })
     return out
 
@@ -203,7 +207,7 @@ class WebhookTarget:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
-    async def deliver(self, alerts: list[dict[str, Any]]) -> None:
+    async def deliver(self, alerts: list[AlertMessage]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +30,8 @@ from connstats.probe.contract import (
     CHUNK_TIMEOUT,
     FLOWS_WILDCARD,
     STREAM_NAME,
+    AlertMessage,
+    FiringAlerts,
     FlowBatch,
     FlowSubscription,
     Interval,
@@ -39,6 +40,7 @@ from connstats.probe.contract import (
     StreamSettings,
     TransportError,
     connect,
+    encode_firing,
     ensure_stream,
 )
 from connstats.probe.runtime.backoff import Backoff
@@ -117,11 +119,11 @@ class AlertService:
             return contextlib.nullcontext()
         return self.metrics.watching(nc, js, self.queues)
 
-    def _send(self, alerts: list[dict]) -> None:
+    def _send(self, alerts: list[AlertMessage]) -> None:
         for alert in alerts:
-            log.info("alert %s %s %s value %s", alert["state"], alert["rule"],
-                     " ".join(f"{k}={v}" for k, v in alert["labels"].items() if k not in ("alertname", "severity")),
-                     alert["value"])
+            log.info("alert %s %s %s value %s", alert.state, alert.rule,
+                     " ".join(f"{k}={v}" for k, v in alert.labels.items() if k not in ("alertname", "severity")),
+                     alert.value)
         for queue in self.queues:
             queue.put(alerts)
 
@@ -189,9 +191,9 @@ class AlertService:
 
     async def _answer(self, msg: Msg) -> None:
         if msg.reply:
-            body = {"engine": self.engine.host, "alerts": self.engine.firing()}
+            body = FiringAlerts(engine=self.engine.host, alerts=self.engine.firing())
             try:
-                await msg.respond(json.dumps(body, separators=(",", ":")).encode())
+                await msg.respond(encode_firing(body))
             except nats.errors.Error as exc:
                 log.debug("alert engine: cannot answer %s: %r", msg.subject, exc)
 

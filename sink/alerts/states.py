@@ -10,13 +10,17 @@ messages to send:
   (label ``storm="true"``, value = how many) fires instead; it resolves once they are
   ``cap`` or fewer, and they fire one by one then.
 
-The message (``Alert.message``) is the JSON object published on NATS; see docs/alerts.md.
+The message (``Alert.message``) is the contract's ``AlertMessage``, published on NATS as
+JSON; see docs/alerts.md.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+
+import msgspec
+
+from connstats.probe.contract import AlertMessage
 
 from .kinds import Finding
 from .rules import Rule
@@ -44,16 +48,16 @@ class Alert:
     started_at: int = 0  # 0 while pending
     last_sent: int = 0
 
-    def message(self, state: str, now_ns: int, engine: str) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint, "state": state, "rule": self.rule.name, "kind": self.kind,
-            "severity": self.rule.severity, "host": self.host,
-            "labels": {"alertname": self.rule.name, "severity": self.rule.severity, **self.group},
-            "value": self.value, "threshold": self.threshold, "summary": self.summary,
-            "description": self.rule.description, "started_at": self.started_at,
-            "ended_at": now_ns if state == "resolved" else 0, "sent_at": now_ns,
-            "repeat_ns": self.rule.repeat_ns, "engine": engine,
-        }
+    def message(self, state: str, now_ns: int, engine: str) -> AlertMessage:
+        return AlertMessage(
+            fingerprint=self.fingerprint, state=state, rule=self.rule.name, kind=self.kind,
+            severity=self.rule.severity, host=self.host,
+            labels={"alertname": self.rule.name, "severity": self.rule.severity, **self.group},
+            value=self.value, threshold=self.threshold, summary=self.summary,
+            description=self.rule.description, started_at=self.started_at,
+            ended_at=now_ns if state == "resolved" else 0, sent_at=now_ns,
+            repeat_ns=self.rule.repeat_ns, engine=engine,
+        )
 
 
 class RuleStates:
@@ -65,8 +69,8 @@ class RuleStates:
         self.alerts: dict[str, Alert] = {}
         self.storm: Alert | None = None
 
-    def update(self, findings: list[Finding], now_ns: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def update(self, findings: list[Finding], now_ns: int) -> list[AlertMessage]:
+        out: list[AlertMessage] = []
         found: set[str] = set()
         due: list[Alert] = []
         for finding in findings:
@@ -84,10 +88,11 @@ class RuleStates:
         out += self._fire(due, now_ns)
         return out
 
-    def firing(self, now_ns: int) -> list[dict[str, Any]]:
+    def firing(self, now_ns: int) -> list[AlertMessage]:
         alerts = [a for a in self.alerts.values() if a.started_at]
         alerts += [self.storm] if self.storm else []
-        return [a.message("firing", now_ns, self.engine) | {"sent_at": a.last_sent} for a in alerts]
+        return [msgspec.structs.replace(a.message("firing", now_ns, self.engine), sent_at=a.last_sent)
+                for a in alerts]
 
     def firing_count(self) -> int:
         return sum(1 for a in self.alerts.values() if a.started_at) + (self.storm is not None)
@@ -101,7 +106,7 @@ class RuleStates:
         alert.value, alert.threshold, alert.summary = finding.value, finding.threshold, finding.summary
         return alert
 
-    def _fire(self, due: list[Alert], now_ns: int) -> list[dict[str, Any]]:
+    def _fire(self, due: list[Alert], now_ns: int) -> list[AlertMessage]:
         if len(due) > self.rule.cap:
             return self._storm(due, now_ns)
         out = [self._send(alert, "firing", now_ns, start=True) for alert in due]
@@ -110,7 +115,7 @@ class RuleStates:
             self.storm = None
         return out
 
-    def _storm(self, due: list[Alert], now_ns: int) -> list[dict[str, Any]]:
+    def _storm(self, due: list[Alert], now_ns: int) -> list[AlertMessage]:
         """One summary alert instead of ``len(due)``; they stay pending."""
         examples = "; ".join(a.summary for a in due[:3])
         summary = f"{len(due)} alerts of rule {self.rule.name} at once (cap {self.rule.cap}), e.g. {examples}"
@@ -128,7 +133,7 @@ class RuleStates:
             return [self._send(storm, "firing", now_ns)]
         return []
 
-    def _send(self, alert: Alert, state: str, now_ns: int, start: bool = False) -> dict[str, Any]:
+    def _send(self, alert: Alert, state: str, now_ns: int, start: bool = False) -> AlertMessage:
         if start:
             alert.started_at = now_ns
         alert.last_sent = now_ns

@@ -201,9 +201,9 @@ class WebUi:
     async def alerts(self, request: web.Request) -> web.Response:
         from connstats.sink.alerts import firing_alerts
 
-        alerts = await firing_alerts(self.nc)
-        for alert in alerts:  # ns do not fit a JavaScript number exactly; ms do
-            alert["started_ms"] = int(alert.get("started_at") or 0) // 1_000_000
+        firing = await firing_alerts(self.nc)
+        # started_ms: ns do not fit a JavaScript number exactly; ms do
+        alerts = [msgspec.to_builtins(alert) | {"started_ms": alert.started_at // 1_000_000} for alert in firing]
         return json_response({"available": True, "alerts": alerts})
 
     async def policy(self, request: web.Request) -> web.Response:

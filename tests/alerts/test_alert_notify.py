@@ -7,23 +7,25 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import msgspec
+
+from connstats.probe.contract import AlertMessage
 from connstats.probe.runtime.backoff import Backoff
 from connstats.sink.alerts.notify import DeliveryFailed, NotificationQueue, alertmanager_alerts, alertmanager_url
 from connstats.sink.alerts.stats import AlertStats
 
 CONNSTATS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "connstats"
 
-FIRING = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",
-          "severity": "warning", "host": "web-1", "engine": "web.example",
-          "labels": {"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
-          "value": 184220, "threshold": 100000, "summary": "dst_port=5353: 184220 packets in 30s, above 100000",
-          "description": "", "started_at": 1_796_168_412_000_000_000, "ended_at": 0,
-          "sent_at": 1_796_168_412_250_000_000, "repeat_ns": 60_000_000_000}
+FIRING = AlertMessage(
+    fingerprint="0f3c2a9d81b4e6a7", state="firing", rule="udp-burst", kind="threshold", severity="warning",
+    host="web-1", engine="web.example", labels={"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
+    value=184220, threshold=100000, summary="dst_port=5353: 184220 packets in 30s, above 100000", description="",
+    started_at=1_796_168_412_000_000_000, ended_at=0, sent_at=1_796_168_412_250_000_000, repeat_ns=60_000_000_000)
 
 
 def test_the_alertmanager_body():
-    resolved = FIRING | {"state": "resolved", "ended_at": 1_796_168_472_500_000_000,
-                         "sent_at": 1_796_168_472_500_000_000, "value": 7.25, "description": "see runbook"}
+    resolved = msgspec.structs.replace(FIRING, state="resolved", ended_at=1_796_168_472_500_000_000,
+                                       sent_at=1_796_168_472_500_000_000, value=7.25, description="see runbook")
     assert alertmanager_alerts([FIRING, resolved]) == [
         {"labels": {"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"},
          "annotations": {"summary": "dst_port=5353: 184220 packets in 30s, above 100000", "value": "184220",
@@ -121,3 +123,15 @@ async def test_a_webhook_password_never_reaches_the_logs_or_errors():
     finally:
         await target.close()
         await runner.cleanup()
+
+
+def test_connstats_alerts_rows_are_the_alert_messages_fields():
+    from connstats.cli.alert import alert_row
+
+    row = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",
+           "severity": "warning", "host": "web-1", "value": 184220, "threshold": 100000,
+           "summary": "dst_port=5353: 184220 packets in 30s, above 100000", "description": "",
+           "started_at": 1_796_168_412_000_000_000, "ended_at": 0, "sent_at": 1_796_168_412_250_000_000,
+           "repeat_ns": 60_000_000_000, "engine": "web.example"}
+    assert alert_row(FIRING) == row | {"labels": "dst_port=5353"}
+    assert alert_row(FIRING, structured=True) == row | {"labels": {"dst_port": "5353"}}

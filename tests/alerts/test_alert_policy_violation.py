@@ -27,16 +27,16 @@ def test_denied_packets_fire_per_group_and_allowed_or_ungoverned_ones_never_do()
                                     ({"container": "web", "dport": 22, "sport": 40001, "packets": 2}, "deny"),
                                     ({"ifname": "veth-b", "container": "db", "dport": 5432, "packets": 50},
                                      "allow")]), at(1))
-    assert [(m["state"], m["labels"], m["value"], m["threshold"]) for m in sent] == [
+    assert [(m.state, m.labels, m.value, m.threshold) for m in sent] == [
         ("firing", {"alertname": "segmentation", "severity": "warning", "container_name": "web", "dst_port": "22"},
          5, 0)]
-    assert sent[0]["summary"] == "container_name=web dst_port=22: 5 packets in 2s, above 0"
-    assert [m["state"] for m in e.tick(at(3))] == ["resolved"]
+    assert sent[0].summary == "container_name=web dst_port=22: 5 packets in 2s, above 0"
+    assert [m.state for m in e.tick(at(3))] == ["resolved"]
 
 
 def test_defaults_and_an_extra_condition():
     e = engine({"name": "v", "kind": "policy_violation", "where": {"direction": "ingress"}, "metric": "bytes"})
     sent = e.on_interval(judged(0, [({"dport": 22, "packets": 3}, "deny"),  # egress: not this rule's
                                     ({"dport": 23, "packets": 2, "direction": "ingress"}, "deny")]), at(0))
-    assert [(sorted(m["labels"]), m["value"]) for m in sent] == [
+    assert [(sorted(m.labels), m.value) for m in sent] == [
         (["alertname", "dst_ip", "dst_port", "host", "ifname", "proto", "severity", "src_ip"], 200)]

@@ -4,16 +4,25 @@ answering), and ``firing_alerts`` from the engine and from the stream."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
+import msgspec
 import pytest
 
-from connstats.probe.contract import StreamSettings, connect, ensure_stream, flow_stream_config, flows_subject
+from connstats.probe.contract import (
+    StreamSettings,
+    alerts_subject,
+    connect,
+    decode_alert,
+    encode_alert,
+    ensure_stream,
+    flow_stream_config,
+    flows_subject,
+)
 from connstats.sink.alerts import firing_alerts
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
-from connstats.sink.alerts.query import firing_from_stream
+from connstats.sink.alerts.query import FIRING_SUBJECT, RESPONDERS, firing_from_stream
 from connstats.sink.alerts.rules import parse_rules
 from connstats.sink.alerts.service import ServiceSettings
 from tests.fixtures.alerts import HOST, RULE, Receiver, publish
@@ -56,7 +65,7 @@ async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, f
         admin = await connect(role_nats.options("admin"))
         try:
             firing = await firing_alerts(admin)
-            assert [(a["labels"], a["value"], a["state"], a["host"]) for a in firing] == [
+            assert [(a.labels, a.value, a.state, a.host) for a in firing] == [
                 ({"alertname": "udp-burst", "severity": "warning", "ifname": "veth-a", "dst_port": "5353"},
                  700, "firing", HOST)]
             await until_async(lambda: len(receiver.bodies) == 2, 15.0)  # 2 s window, nothing more: resolved
@@ -76,10 +85,10 @@ async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, f
 
     stored = await read_stream(role_nats.url.replace("nats://", f"nats://admin:{role_nats.passwords['admin']}@"),
                                ALERTS_STREAM)
-    messages = [json.loads(m.data) for m in stored]
-    assert [(m.subject, a["state"], a["labels"], a["value"]) for m, a in zip(stored, messages, strict=True)] == [
+    messages = [decode_alert(m.data) for m in stored]  # what the engine published is an AlertMessage
+    assert [(m.subject, a.state, a.labels, a.value) for m, a in zip(stored, messages, strict=True)] == [
         ("connstats.v1.alerts.node-1", "firing", labels, 700), ("connstats.v1.alerts.node-1", "resolved", labels, 700)]
-    assert messages[1]["ended_at"] <= messages[1]["sent_at"]
+    assert messages[1].ended_at <= messages[1].sent_at
 
 
 async def test_a_webhook_failing_then_recovering_gets_the_alert(role_nats, flows):
@@ -111,11 +120,38 @@ async def test_firing_alerts_from_the_stream_when_no_engine_answers(role_nats, f
     admin = await connect(role_nats.options("admin"))
     try:
         kept = await firing_alerts(admin, timeout=0.5)
-        assert [(a["rule"], a["value"], a["state"]) for a in kept] == [("udp-burst", 900, "firing")]
+        assert [(a.rule, a.value, a.state) for a in kept] == [("udp-burst", 900, "firing")]
         later = time.time_ns() + 4 * 3600 * 10**9 + 10**9  # re-sends every 1h were due: not valid any more
         assert await firing_from_stream(admin, later) == []
     finally:
         await admin.close()
+
+
+async def test_what_is_not_an_alert_is_passed_over_in_the_stream_and_in_an_answer(role_nats, flows):
+    """Messages on the alerts stream and an answer on the firing subject are read with the
+    contract's decoders: whatever is not an ``AlertMessage`` (``FiringAlerts``) is passed over."""
+    async with Running(role_nats.options("alert"), rules=(RULE | {"window": "30s"},)) as service:
+        await publish(flows, 0, [{"packets": 900}])
+        await until_async(lambda: service.engine.stats.sent["nats"] == 1, 15.0)
+    alert = await connect(role_nats.options("alert"))
+    admin = await connect(role_nats.options("admin"))
+    try:
+        [good] = await firing_from_stream(admin)
+        js = alert.jetstream()
+        for bad in (b"not json", b"[]", b'{"a":' * 100 + b"1" + b"}" * 100, msgspec.json.encode({"state": "firing"}),
+                    encode_alert(msgspec.structs.replace(good, fingerprint="f2"))[:-1],
+                    encode_alert(good).replace(b'"value":900', b'"value":"900"')):
+            await js.publish(alerts_subject(HOST), bad)
+
+        async def wrong_answer(msg) -> None:  # an engine that is not one: its alerts lack fields
+            await msg.respond(b'{"engine": "x", "alerts": [{"state": "firing", "rule": "made-up"}]}')
+
+        await alert.subscribe(FIRING_SUBJECT, queue=RESPONDERS, cb=wrong_answer)
+        await alert.flush()
+        assert await firing_alerts(admin) == [good]  # from the stream, the broken ones passed over
+    finally:
+        await admin.close()
+        await alert.close()
 
 
 async def test_hostile_flow_messages_are_counted_and_skipped(role_nats, flows):

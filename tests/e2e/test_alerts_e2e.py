@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connstats.cli.nats_auth import CREDENTIALS_FILE, read_credentials
-from connstats.probe.contract import alerts_subject, decode_message
+from connstats.probe.contract import AlertMessage, alerts_subject, decode_alert, decode_message
 from tests.fixtures.alerts import THRESHOLD, Webhook
 from tests.fixtures.cli import NO_HTTP_CLASH, connstats
 from tests.fixtures.nats import read_stream
@@ -32,15 +32,17 @@ def admin_url(state: Path) -> str:
     return url.replace("nats://", f"nats://admin:{users.admin.password}@")
 
 
-def alerts_in(url: str) -> list[tuple[str, dict]]:
+def alerts_in(url: str) -> list[tuple[str, AlertMessage]]:
+    """The alert messages on the stream, each read with the contract's decoder."""
     try:
-        return [(m.subject, json.loads(m.data)) for m in stream(url, "CONNSTATS_ALERTS")]
+        stored = stream(url, "CONNSTATS_ALERTS")
     except Exception:  # the stream is created by the engine; not there yet
         return []
+    return [(m.subject, decode_alert(m.data)) for m in stored]
 
 
-def group(alert: dict) -> dict:
-    return {k: v for k, v in alert["labels"].items() if k not in ("alertname", "severity")}
+def group(alert: AlertMessage) -> dict:
+    return {k: v for k, v in alert.labels.items() if k not in ("alertname", "severity")}
 
 
 def test_up_threshold_fires_once_then_resolves_on_webhook_and_nats(quiet_network, cs_env, start, tmp_path):
@@ -79,7 +81,7 @@ def test_up_threshold_fires_once_then_resolves_on_webhook_and_nats(quiet_network
     ends = time.mktime(time.strptime(resolved["endsAt"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert ends <= resolved_at
     assert fired["generatorURL"].endswith("/alerts/udp-burst")
-    assert [(subject, a["state"], a["labels"], a["value"]) for subject, a in on_nats] == [
+    assert [(subject, a.state, a.labels, a.value) for subject, a in on_nats] == [
         (alerts_subject(host), "firing", labels, 1000), (alerts_subject(host), "resolved", labels, 1000)]
 
 
@@ -104,7 +106,7 @@ def test_new_port_after_learning_and_a_restart_keeps_the_baseline(quiet_network,
     url = admin_url(state)
 
     def new_ports() -> list[str]:
-        return [group(alert)["dst_port"] for _, alert in alerts_in(url) if alert["state"] == "firing"]
+        return [group(alert)["dst_port"] for _, alert in alerts_in(url) if alert.state == "firing"]
 
     engine = start("alert", "--rules", str(rules))  # finds up's NATS and logs in as its alert user
     engine.wait_for("connstats alert: 1 rules")
@@ -124,8 +126,8 @@ def test_new_port_after_learning_and_a_restart_keeps_the_baseline(quiet_network,
     time.sleep(2.5)
     a.traffic("udp", b.ipv4, 6003, 41005, 5, 50)
     until(lambda: new_ports() == ["6002", "6003"], timeout=40.0, what="new_port alert for 6003")
-    [(subject, last)] = [(s, m) for s, m in alerts_in(url) if m["state"] == "firing"][-1:]
-    assert (subject, last["labels"], last["value"]) == (
+    [(subject, last)] = [(s, m) for s, m in alerts_in(url) if m.state == "firing"][-1:]
+    assert (subject, last.labels, last.value) == (
         alerts_subject(socket.gethostname()),
         {"alertname": "new-port", "severity": "warning", "ifname": a.host_if, "dst_port": "6003"}, 1)
     assert again.interrupt() == 0 and up.interrupt() == 0
@@ -171,8 +173,8 @@ def test_overflow_spike_and_silent_host_with_a_separate_probe(quiet_network, cs_
                   *target, *NO_HTTP_CLASH)
     probe.wait_for("connstats probe: watching")
 
-    def fired(rule: str) -> list[dict]:
-        return [m for _, m in alerts_in(nats_server.url) if m["rule"] == rule and m["state"] == "firing"]
+    def fired(rule: str) -> list[AlertMessage]:
+        return [m for _, m in alerts_in(nats_server.url) if m.rule == rule and m.state == "firing"]
 
     a.traffic("udp-paced", b.ipv4, 5360, 42000, 400, 60, 4)  # 100 packets a second: the baseline
     time.sleep(1.0)
@@ -191,19 +193,19 @@ def test_overflow_spike_and_silent_host_with_a_separate_probe(quiet_network, cs_
     counted = sum(p for f in flows for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction, strict=True)
                   if port == 5600 and d == "egress")
     assert counted + sum(o.packets for o in overflow if o.direction == "egress") == 500 and overflowed > 0
-    assert [(group(m), m["host"], m["value"]) for m in fired("map-full")] == [
+    assert [(group(m), m.host, m.value) for m in fired("map-full")] == [
         ({"host": "e2e-probe", "ifname": a.host_if}, "e2e-probe", overflowed)]
 
     [spike] = fired("spike")
-    in_window = sum(p for f in flows if spike["sent_at"] - 2 * 10**9 < f.envelope.interval_end <= spike["sent_at"]
+    in_window = sum(p for f in flows if spike.sent_at - 2 * 10**9 < f.envelope.interval_end <= spike.sent_at
                     for p, port, d in zip(f.columns.packets, f.columns.dst_port, f.columns.direction, strict=True)
                     if port == 5360 and d == "egress")
-    assert (group(spike), spike["value"], spike["threshold"]) == (
+    assert (group(spike), spike.value, spike.threshold) == (
         {"ifname": a.host_if, "dst_port": "5360"}, in_window, 4)
-    assert 1000 <= spike["value"] <= 4400
+    assert 1000 <= spike.value <= 4400
 
     [silent] = fired("silent")
-    assert (silent["labels"], silent["host"], silent["severity"]) == (
+    assert (silent.labels, silent.host, silent.severity) == (
         {"alertname": "silent", "severity": "critical", "host": "e2e-probe"}, "e2e-probe", "critical")
-    assert 3.0 <= silent["value"] < 10.0
+    assert 3.0 <= silent.value < 10.0
 

@@ -50,15 +50,15 @@ def test_apply_monitor_protect_restart_and_off(quiet_network, cs_env, start, tmp
     b_before = b.counters()
     events = asyncio.run(Violations(state).collect(monitored_traffic, settle=2.5))
     assert b.counters()["rx_packets"] - b_before["rx_packets"] == 500  # monitor drops nothing
-    mine = [e for e in events if e["src_port"] == 42001]
-    per_device_and_interval = [(e["ifname"], e["interval_seq"]) for e in mine]
+    mine = [e for e in events if e.src_port == 42001]
+    per_device_and_interval = [(e.ifname, e.interval_seq) for e in mine]
     assert len(per_device_and_interval) == len(set(per_device_and_interval))  # once per interval
     for ifname in (a.host_if, b.host_if):
-        assert sum(e["packets"] for e in mine if e["ifname"] == ifname) == 300
-        assert sum(e["bytes"] for e in mine if e["ifname"] == ifname) == 300 * (UDP_V4_OVERHEAD + SIZE)
-    assert {(e["mode"], e["proto"], e["dst_port"], tuple(e["from_groups"]), tuple(e["to_groups"])) for e in mine} == {
+        assert sum(e.packets for e in mine if e.ifname == ifname) == 300
+        assert sum(e.bytes for e in mine if e.ifname == ifname) == 300 * (UDP_V4_OVERHEAD + SIZE)
+    assert {(e.mode, e.proto, e.dst_port, tuple(e.from_groups), tuple(e.to_groups)) for e in mine} == {
         ("monitor", "udp", 5501, ("a",), ("b",))}
-    assert [e for e in events if e["dst_port"] == 5500] == []
+    assert [e for e in events if e.dst_port == 5500] == []
 
     protected = connstats(cs_env, "policy", "apply", str(path), "--mode", "protect")
     assert protected.returncode == 0, protected.stderr

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+import msgspec
 import pytest
 
 from connstats.cli.live import interval_summary
 from connstats.probe.contract.errors import PolicyError
 from connstats.probe.contract.policy_file import MAX_NAME, Group, Policy, PolicyRule, format_policy
 from connstats.probe.contract.record import Envelope
+from connstats.probe.contract.violations import decode_violation, encode_violation
 from connstats.probe.contract.wire import FlowBatch, decode_message, encode_message
 from connstats.probe.policy import Endpoint, parse_policy, resolve
 from connstats.probe.policy.resolve import HOST_BIT, WORLD_BIT
@@ -227,11 +229,13 @@ def test_a_denied_connection_is_one_event_per_device_with_both_directions_summed
         flow("egress", "10.0.0.1", 40001, "10.0.0.2", 53, 9, "allow"),
         flow("egress", "10.0.0.1", 40002, "10.0.0.2", 53, 9, ""),
     ])
-    assert violations(batch, resolved, "protect") == [{
+    [event] = violations(batch, resolved, "protect")
+    assert msgspec.to_builtins(event) == {
         "host": "node-1", "interval_seq": 4, "interval_start": T0, "interval_end": T0 + 10**9, "mode": "protect",
         "ifname": "veth7", "container": "web-1", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 40000,
         "dst_ip": "10.0.0.2", "dst_port": 53, "packets": 5, "bytes": 500, "from_groups": ["web"],
-        "to_groups": ["world"]}]
+        "to_groups": ["world"]}
+    assert decode_violation(encode_violation(event)) == event  # what the publisher sends reads back
 
 
 def test_verdict_travels_in_schema_2_and_is_empty_when_absent():

@@ -8,12 +8,24 @@ import asyncio
 import time
 
 import aiohttp
+import msgspec
 import numpy as np
 import pytest
 
-from connstats.probe.contract import NatsOptions, connect, encode_message, flows_subject, policy_subject
+from connstats.probe.contract import (
+    AlertMessage,
+    NatsOptions,
+    alerts_subject,
+    connect,
+    encode_alert,
+    encode_message,
+    ensure_stream,
+    flows_subject,
+    policy_subject,
+)
 from connstats.probe.contract.policy_file import parse_policy
 from connstats.probe.runtime.durations import parse_duration
+from connstats.sink.alerts.notify import alerts_stream_config
 from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 from connstats.sink.sqlite_store import SqliteStore
@@ -117,6 +129,52 @@ async def test_a_message_nested_1000_deep_is_skipped_and_the_live_page_goes_on(w
     assert (event["packets"], event["bytes"]) == (sum(batch.columns.packets), sum(batch.columns.bytes))
     await until_async(lambda: ui.violations.skipped, 5, "the nested violation skipped")
     assert (ui.feed.bad_messages, ui.violations.skipped, list(ui.violations.events)) == (1, 1, [])
+
+
+VIOLATION = {"host": "web-1", "interval_seq": 4812, "interval_start": 1795000000000000000,
+             "interval_end": 1795000010000000000, "mode": "protect", "ifname": "veth3a9f2c1",
+             "container": "web-1", "proto": "tcp", "src_ip": "172.17.0.2", "src_port": 43512,
+             "dst_ip": "172.17.0.9", "dst_port": 22, "packets": 3, "bytes": 222,
+             "from_groups": ["web"], "to_groups": ["world"]}
+
+
+async def test_the_policy_view_lists_violations_and_skips_what_is_not_one(web, nats_server):
+    ui, session = web
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        for message in (VIOLATION, {"host": "web-1"}, VIOLATION | {"src_port": "x"}, [1],
+                        VIOLATION | {"host": "web-2"}, VIOLATION | {"dst_port": 23}):
+            await nc.publish(policy_subject("web-1"), msgspec.json.encode(message))
+        await until_async(lambda: len(ui.violations.events) + ui.violations.skipped == 6, 5, "6 messages seen")
+    finally:
+        await nc.close()
+    assert ui.violations.skipped == 3  # an object without the fields, a port as text, an array
+    async with session.get("/api/policy", params={"host": "web-1"}) as response:
+        body = await response.json()
+    assert (response.status, body["available"]) == (200, False)  # no probe answers for web-1
+    assert body["violations"] == [VIOLATION | {"dst_port": 23}, VIOLATION]  # the newest first, web-1's
+
+
+async def test_the_firing_alerts_are_the_stream_s_alert_messages_with_their_start_in_ms(web, nats_server):
+    ui, session = web
+    now = time.time_ns()
+    alert = AlertMessage(
+        fingerprint="0f3c2a9d81b4e6a7", state="firing", rule="udp-burst", kind="threshold", severity="warning",
+        host="web-1", labels={"alertname": "udp-burst", "severity": "warning", "dst_port": "5353"}, value=184220,
+        threshold=100000, summary="dst_port=5353: 184220 packets in 30s, above 100000", description="",
+        started_at=now - 1_500_000_123, ended_at=0, sent_at=now, repeat_ns=60 * SECOND, engine="web-1")
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, alerts_stream_config())
+        await js.publish(alerts_subject("web-1"), encode_alert(alert))
+        await js.publish(alerts_subject("web-1"), b'{"state": "firing"}')  # not an alert: passed over
+    finally:
+        await nc.close()
+    async with session.get("/api/alerts") as response:
+        body = await response.json()
+    assert body == {"available": True, "alerts": [
+        msgspec.to_builtins(alert) | {"started_ms": (now - 1_500_000_123) // MS}]}
 
 
 async def test_live_filters_column_wise(web, nats_server):
