@@ -6,19 +6,16 @@ import asyncio
 import sys
 from collections import Counter
 from typing import Annotated, Optional
-from urllib.parse import urlsplit
 
 import msgspec
 import typer
 
 from connstats.probe.contract import AlertMessage, ConfigError, connect, redacted
-from connstats.probe.runtime.private import private_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.alerts import firing_alerts, load_rules
-from connstats.sink.alerts.compose import AlertConfig, build_alerts
+from connstats.sink.alerts.compose import build_alerts
 
 from . import pipeline
-from .config import Config
 from .options import (
     ConfigFile,
     Format,
@@ -37,6 +34,7 @@ from .options import (
     load_config,
 )
 from .render import Column, render
+from .settings import alert_config, setup_logging
 
 app = typer.Typer()
 
@@ -47,30 +45,6 @@ ALERT_COLUMNS = (
     Column("host", "HOST", width=14), Column("labels", "LABELS", width=30), Column("value", "VALUE", "int"),
 )
 JSON_COLUMNS = (*ALERT_COLUMNS, Column("summary", "SUMMARY"), Column("fingerprint", "FINGERPRINT"))
-
-
-def check_webhook(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"--webhook {url!r} is not an http(s) URL; give e.g. http://alertmanager:9093")
-    return url
-
-
-def alert_config(config: Config, flags: NatsFlags, rules_file: str, webhooks: list[str] | None,
-                 host: str | None, stream_replicas: int | None = None) -> AlertConfig:
-    """The one ``AlertConfig`` of flags, environment and file (``alert`` and ``up --rules``)."""
-    from .run_commands import stream_settings  # run_commands imports this module
-
-    rules = load_rules(rules_file)
-    state_dir = config.state_dir()
-    try:
-        private_dir(state_dir)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the state directory {state_dir} (mode 0700): {exc.strerror}; "
-                          "set CONNSTATS_STATE_DIR to a directory you own") from exc
-    return AlertConfig(rules, flags.options(config, name="connstats-alert", role="alert"), config.host(host),
-                       state_dir, tuple(check_webhook(u) for u in webhooks or ()),
-                       stream=stream_settings(config, stream_replicas))
 
 
 @app.command()
@@ -87,8 +61,6 @@ def alert(
         return
     if rules is None:
         raise ConfigError("no rules file; pass --rules FILE (see `connstats alert --help`)")
-    from .run_commands import setup_logging
-
     cfg = load_config(config)
     alert_cfg = alert_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), rules, webhook, host,
                              stream_replicas)

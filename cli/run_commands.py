@@ -2,32 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
-from dataclasses import dataclass
 
 import typer
 
-from connstats.probe.compose import (
-    DEFAULT_CAPACITY,
-    DEFAULT_DOCKER_SOCKET,
-    HttpConfig,
-    ProbeConfig,
-    ProbeDaemon,
-    WatchConfig,
-    build_probe,
-    check_interfaces,
-    default_interfaces,
-)
-from connstats.probe.contract import ConfigError, StreamSettings, redacted
-from connstats.probe.runtime.durations import duration_seconds
+from connstats.probe.compose import ProbeConfig, ProbeDaemon, build_probe
+from connstats.probe.contract import ConfigError, redacted
 from connstats.probe.runtime.private import prepare_state_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
 
 from . import pipeline
-from .alert import alert_config
-from .config import DEFAULT_HTTP, Config
+from .config import Config
 from .live import LiveSummary
 from .options import (
     Auto,
@@ -59,96 +45,9 @@ from .options import (
     Webhooks,
     load_config,
 )
+from .settings import InfluxFlags, ProbeFlags, alert_config, probe_config, setup_logging, sink_config
 
 app = typer.Typer()
-DEFAULT_INTERVAL = 10.0
-
-
-def setup_logging(live: bool) -> None:
-    """INFO lines to stderr; on a terminal the live summary replaces the per-interval lines."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if live:
-        logging.getLogger("connstats.probe").setLevel(logging.WARNING)
-
-
-@dataclass(frozen=True)
-class ProbeFlags:
-    """Probe flags beyond NATS: which devices to attach as they appear, and map capacity."""
-
-    auto: list[str] | None = None
-    exclude: list[str] | None = None
-    docker_socket: str | None = None
-    capacity: int | None = None
-    on_exit: str | None = None
-    stream_replicas: int | None = None
-    http_group: str | None = None
-
-
-@dataclass(frozen=True)
-class InfluxFlags:
-    url: str | None = None
-    org: str | None = None
-    bucket: str | None = None
-
-
-def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, interval: float | None,
-                 host: str | None, http: str | None, probe_flags: ProbeFlags = ProbeFlags(),
-                 on_exit_default: str = "detach") -> ProbeConfig:
-    """The one ``ProbeConfig`` of flags, environment and file."""
-    ifaces = config.get("iface", iface) or []
-    auto = config.get("auto", probe_flags.auto) or ([] if ifaces else ["*"])
-    if ifaces:
-        check_interfaces(ifaces)
-    elif not config.get("auto", probe_flags.auto):
-        ifaces = default_interfaces()
-    if not ifaces and not auto:
-        raise ConfigError("no network interface other than loopback is up; name one with --iface")
-    docker_socket = config.get("docker_socket", probe_flags.docker_socket, DEFAULT_DOCKER_SOCKET)
-    seconds = config.get("interval", interval, DEFAULT_INTERVAL)
-    if seconds < 0.05:
-        raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
-    address = config.get("http", http)
-    return ProbeConfig(
-        host=config.host(host), nats=flags.options(config, name="connstats-probe", role="probe"),
-        ifaces=ifaces, interval=seconds, state_dir=prepare_state_dir(config.state_dir()),
-        capacity=config.get("capacity", probe_flags.capacity, DEFAULT_CAPACITY),
-        on_exit=config.get("on_exit", probe_flags.on_exit, on_exit_default),
-        http=HttpConfig(None if address == "none" else address or DEFAULT_HTTP,
-                        required=address not in (None, "none"), group=http_group(config, probe_flags.http_group)),
-        watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
-                          docker_socket=None if docker_socket == "none" else docker_socket),
-        stream=stream_settings(config, probe_flags.stream_replicas),
-    )
-
-
-def http_group(config: Config, flag: str | None) -> str | None:
-    """The group whose members may call the HTTP API and the web page; checked here."""
-    group = config.get("http_group", flag)
-    if group:
-        from connstats.probe.runtime.callers import group_id
-
-        group_id(group)  # no such group: a ConfigError before anything starts
-    return group or None
-
-
-def stream_settings(config: Config, replicas: int | None) -> StreamSettings:
-    """The streams' settings: replicas from --stream-replicas, env or file (None: not set)."""
-    return StreamSettings(replicas=config.get("stream_replicas", replicas))
-
-
-def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: str | None,
-                influx: InfluxFlags = InfluxFlags(), stream_replicas: int | None = None) -> SinkConfig:
-    """The one ``SinkConfig`` of flags, environment and file."""
-    spec = config.store_spec(store, influx.url)
-    if spec.startswith("sqlite:") and config.get("store", store) is None:
-        prepare_state_dir(config.state_dir())
-    return SinkConfig(
-        nats=flags.options(config, name="connstats-sink", role="sink"), store=spec,
-        retention_seconds=config.get("retention", _retention_flag(retention)),
-        influx=config.influx(influx.url, influx.org, influx.bucket) if spec.startswith("influx") else None,
-        stream=stream_settings(config, stream_replicas),
-    )
 
 
 def _banner(command: str, probe: ProbeConfig, daemon: ProbeDaemon, extra: str) -> str:
@@ -274,6 +173,3 @@ def sink(
     setup_logging(False)
     asyncio.run(pipeline.run_sink(build_sink(sink_cfg), metrics_address))
 
-
-def _retention_flag(text: str | None) -> float | None:
-    return None if text is None else duration_seconds(text)

@@ -33,7 +33,7 @@ from .options import (
     load_config,
 )
 from .policy_learn import own_addresses
-from .run_commands import http_group, setup_logging
+from .settings import http_group, setup_logging
 
 app = typer.Typer()
 

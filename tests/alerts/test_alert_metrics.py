@@ -11,9 +11,9 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connstats.cli.alert import alert_config
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
+from connstats.cli.settings import alert_config
 from connstats.probe.contract import (
     NatsOptions,
     StreamSettings,

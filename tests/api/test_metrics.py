@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
-from connstats.cli.run_commands import ProbeFlags, probe_config, sink_config
+from connstats.cli.settings import ProbeFlags, probe_config, sink_config
 from connstats.probe.api.http import HttpApi
 from connstats.probe.api.metrics import ProbeMetrics, interval_sums
 from connstats.probe.api.totals import ConnectionTotals

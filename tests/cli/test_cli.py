@@ -320,7 +320,7 @@ def test_permission_violation_is_one_line_without_the_password(auth_nats):
 
 def test_influx_settings_come_from_flag_env_or_file(tmp_path):
     from connstats.cli.options import NatsFlags
-    from connstats.cli.run_commands import InfluxFlags, sink_config
+    from connstats.cli.settings import InfluxFlags, sink_config
     from connstats.probe.contract.errors import StoreError
     from connstats.sink.influx_store import InfluxConfig
 

@@ -11,7 +11,7 @@ import pytest
 from connstats.cli.config import Config
 from connstats.cli.embedded_nats import EmbeddedNats, pick_port
 from connstats.cli.options import NatsFlags
-from connstats.cli.run_commands import ProbeFlags, probe_config
+from connstats.cli.settings import ProbeFlags, probe_config
 from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError, DeviceError
