@@ -1,6 +1,7 @@
 """connstats alerts: rules evaluated on the live flow stream, alerts on NATS and webhooks.
 
-    rules.py      the rules file (TOML): ``load_rules``, ``Rule``, ``RuleError``
+    rule_keys.py  what a rule is (``AlertRule``) and how its keys are read (common and each kind's)
+    rules.py      the rules file (TOML): ``load_rules``, ``RuleError``
     kinds/        one module per rule kind, registered in ``kinds.KINDS``
     table.py      one interval's columns: codes, masks, group keys (vectorised)
     groups.py     group-bys over packed integer keys
@@ -18,6 +19,7 @@ from __future__ import annotations
 from .engine import AlertEngine
 from .kinds import KINDS
 from .query import firing_alerts
-from .rules import Rule, RuleError, load_rules
+from .rule_keys import AlertRule
+from .rules import RuleError, load_rules
 
-__all__ = ["KINDS", "AlertEngine", "Rule", "RuleError", "firing_alerts", "load_rules"]
+__all__ = ["KINDS", "AlertEngine", "AlertRule", "RuleError", "firing_alerts", "load_rules"]

@@ -18,14 +18,14 @@ from .baseline import BASELINE_FILE, BaselineFile
 from .engine import AlertEngine
 from .metrics import AlertMetrics
 from .notify import NotificationQueue, WebhookTarget
-from .rules import Rule
+from .rule_keys import AlertRule
 from .service import AlertService, ServiceSettings
 from .stats import AlertStats
 
 
 @dataclass
 class AlertConfig:
-    rules: list[Rule]
+    rules: list[AlertRule]
     nats: NatsOptions
     host: str  # the engine's host: the subject of alerts that no single host raised
     state_dir: Path | None  # where the baselines are kept (None: not kept)

@@ -20,7 +20,7 @@ from connstats.probe.contract import AlertMessage, FlowBatch
 
 from .baseline import BaselineFile
 from .kinds import KINDS, Context, Kind
-from .rules import Rule
+from .rule_keys import AlertRule
 from .states import RuleStates
 from .stats import AlertStats
 from .table import FlowTable, Vocabulary
@@ -31,7 +31,7 @@ SAVE_EVERY_NS = 5 * 10**9
 
 
 class AlertEngine:
-    def __init__(self, rules: Sequence[Rule], host: str, baseline: BaselineFile | None = None, *,
+    def __init__(self, rules: Sequence[AlertRule], host: str, baseline: BaselineFile | None = None, *,
                  clock: Callable[[], int] = time.time_ns, stats: AlertStats | None = None) -> None:
         self.rules = list(rules)
         self.host = host
@@ -88,7 +88,7 @@ class AlertEngine:
         if self.baseline.save(self._saved):
             self._last_save = now
 
-    def _guarded(self, rule: Rule, call: Callable, argument: Any) -> Any:
+    def _guarded(self, rule: AlertRule, call: Callable, argument: Any) -> Any:
         try:
             return call(argument)
         except Exception as exc:  # a kind's bug or odd data must not stop the other rules

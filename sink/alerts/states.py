@@ -23,7 +23,7 @@ import msgspec
 from connstats.probe.contract import AlertMessage
 
 from .kinds import Finding
-from .rules import Rule
+from .rule_keys import AlertRule
 
 STORM_LABEL = "storm"
 
@@ -36,7 +36,7 @@ def fingerprint(rule: str, labels: dict[str, str]) -> str:
 
 @dataclass
 class Alert:
-    rule: Rule
+    rule: AlertRule
     kind: str
     group: dict[str, str]
     fingerprint: str
@@ -61,7 +61,7 @@ class Alert:
 
 
 class RuleStates:
-    def __init__(self, rule: Rule, kind: str, engine_host: str, pending_ns: int) -> None:
+    def __init__(self, rule: AlertRule, kind: str, engine_host: str, pending_ns: int) -> None:
         self.rule = rule
         self.kind = kind
         self.engine = engine_host

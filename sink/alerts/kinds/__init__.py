@@ -1,7 +1,7 @@
 """The rule kinds, one module each, registered in ``KINDS`` (``kind = "..."`` in a rule).
 
 Adding a kind is one module: a ``Kind`` subclass (``kinds/base.py``) with its ``name``,
-its ``options`` (the rule keys it takes, see ``rules.Option``), ``observe`` (one interval's
+its ``options`` (the rule keys it takes, see ``rule_keys.Option``), ``observe`` (one interval's
 ``Table``: columns, masks, group keys) and ``evaluate`` (the groups in alert now), plus
 one line here. Any record field is a column by name (``table.ids``, ``table.mask``), so a
 field added to the record later needs no change to the engine: ``policy_violation`` (the

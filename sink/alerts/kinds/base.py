@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..rules import Invalid, Option, Rule
+from ..rule_keys import AlertRule, Invalid, Option
 from ..table import Table, Vocabulary, label_text
 
 
@@ -42,7 +42,7 @@ class Kind:
     options: ClassVar[dict[str, Option]] = {}
     changed = False  # the baseline changed since ``baseline()`` was last called
 
-    def __init__(self, rule: Rule, context: Context) -> None:
+    def __init__(self, rule: AlertRule, context: Context) -> None:
         self.rule = rule
         self.vocabulary = context.vocabulary
         self.context = context

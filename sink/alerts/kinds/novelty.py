@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..groups import split
-from ..rules import Invalid, Option, duration, field_list, field_name, positive_duration, where
+from ..rule_keys import Invalid, Option, duration, field_list, field_name, positive_duration, where
 from ..table import Table
 from .base import Finding, Kind
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rules import Invalid, Option, field_list, number, one_of, positive_duration, where
+from ..rule_keys import Invalid, Option, field_list, number, one_of, positive_duration, where
 from ..table import RowTable, Table
 from .threshold import Threshold
 

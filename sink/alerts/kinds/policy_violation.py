@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..rules import METRICS, Option, field_list, number, one_of, positive_duration, where
+from ..rule_keys import METRICS, Option, field_list, number, one_of, positive_duration, where
 from .threshold import Threshold
 
 DENIED = (("verdict", frozenset({"deny"})),)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..rules import Invalid, Option
+from ..rule_keys import Invalid, Option
 from ..table import Table
 from .base import Finding, Kind
 

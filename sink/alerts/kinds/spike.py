@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..groups import isin_rows
-from ..rules import METRICS, Option, duration, field_list, number, one_of, positive_duration, positive_number, where
+from ..rule_keys import METRICS, Option, duration, field_list, number, one_of, positive_duration, positive_number, where
 from ..windows import values_at
 from .base import Finding
 from .threshold import Threshold

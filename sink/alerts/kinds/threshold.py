@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..groups import group_sum, key_sums
-from ..rules import METRICS, Option, field_list, number, one_of, positive_duration, where
+from ..rule_keys import METRICS, Option, field_list, number, one_of, positive_duration, where
 from ..table import Table
 from ..windows import WindowSums, values_at
 from .base import Finding, Kind, above_or_below
