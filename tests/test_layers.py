@@ -7,6 +7,8 @@
 
 The rules are checked on the source (every import statement, also those inside functions
 and under ``TYPE_CHECKING``) and on what a sink, alerts or web-page process really loads.
+No module of connstats imports itself back through others (no import circle, counting
+the imports inside functions, which is how a circle used to be hidden).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Collection
 
 import pytest
 
@@ -43,8 +46,9 @@ def _modules(package: str) -> dict[str, Path]:
     return found
 
 
-def _imports(module: str, path: Path) -> set[str]:
-    """The connstats modules that ``module`` imports anywhere in its source."""
+def _imports(module: str, path: Path, modules: Collection[str] = ()) -> set[str]:
+    """The connstats modules that ``module`` imports anywhere in its source. ``from P import
+    n`` is P.n when that is one of ``modules`` (a submodule), else P."""
     tree = ast.parse(path.read_text())
     here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = set()
@@ -54,8 +58,11 @@ def _imports(module: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = here[:len(here) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names if node.module is None)
+            submodules = {f"{target}.{alias.name}" for alias in node.names
+                          if node.module is None or f"{target}.{alias.name}" in modules}
+            found.update(submodules)
+            if not submodules or len(submodules) < len(node.names):
+                found.add(target)
     return {name for name in found if name == "connstats" or name.startswith("connstats.")}
 
 
@@ -110,3 +117,65 @@ def test_a_sink_process_loads_nothing_of_the_probe_but_contract_and_runtime(proc
     kernel_side = [name for name in loaded if name.split(".")[0] in ("bcc", "pyroute2")
                    or name.startswith("connstats.") and name.rsplit(".", 1)[-1] in ("kernel", "tc", "devices", "totals")]
     assert (probe_insides, kernel_side) == ([], [])
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import circle of ``graph`` (module -> the modules it imports) once, as the
+    modules in it, sorted: its strongly connected parts of more than one module, or a
+    module importing itself (Tarjan's algorithm, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for target in edges:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph.get(target, ())))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    part = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        part.append(member)
+                        if member == node:
+                            break
+                    if len(part) > 1 or node in graph.get(node, ()):
+                        circles.append(sorted(part))
+    return sorted(circles)
+
+
+def _import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports, anywhere in its source."""
+    modules = {name: path for package in packages for name, path in _modules(package).items()}
+    return {module: {n for n in _imports(module, path, modules) if n in modules} for module, path in modules.items()}
+
+
+def test_circles_are_found_also_through_an_import_inside_a_function(tmp_path):
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}, "e": {"a"}, "f": set()}
+    assert _circles(graph) == [["a", "b", "c"], ["d"]]
+    source = tmp_path / "a.py"
+    source.write_text("from . import b\n\n\ndef late():\n    from .c import x\n")
+    assert _imports("connstats.p.a", source, {"connstats.p.b", "connstats.p.c"}) == {"connstats.p.b", "connstats.p.c"}
+
+
+def test_no_module_of_connstats_imports_itself_back():
+    assert _circles(_import_graph(("connstats.probe", "connstats.sink", "connstats.cli"))) == []
