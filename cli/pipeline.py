@@ -88,9 +88,9 @@ async def _run_alerts(service: AlertService, stop: asyncio.Event, on_ready: Call
 
 
 async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
-                 on_ready: OnReady | None = None, daemon_hook: Callable[[ProbeDaemon], None] | None = None,
-                 drain_timeout: float = DRAIN_TIMEOUT, metrics_address: str | None = None,
-                 alerts: AlertConfig | None = None, ui: UiConfig | None = None) -> None:
+                 on_ready: OnReady | None = None, drain_timeout: float = DRAIN_TIMEOUT,
+                 metrics_address: str | None = None, alerts: AlertConfig | None = None,
+                 ui: UiConfig | None = None) -> None:
     """The whole pipeline on this host, until SIGINT/SIGTERM; see the module docstring.
     ``nats_url`` None: start an embedded nats-server, its users made here (probe, sink, admin,
     alert). Every part registers on one ``Telemetry`` (more services: pass it to their
@@ -118,8 +118,6 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             if ui is not None:
                 web = await _start_ui(ui, url, embedded)
             daemon = build_probe(probe)
-            if daemon_hook:
-                daemon_hook(daemon)
             engine = build_alerts(alerts) if alerts is not None else None
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
         finally:

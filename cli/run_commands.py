@@ -87,6 +87,8 @@ def up(
     live = sys.stdout.isatty()
     setup_logging(live)
     summary = LiveSummary("")
+    if live:
+        probe_cfg.interval_listeners.append(summary)
 
     def on_ready(daemon: ProbeDaemon) -> None:
         where = "embedded " if nats_url is None else ""
@@ -96,11 +98,7 @@ def up(
         print(banner, file=sys.stderr, flush=True)
         summary.banner = banner
 
-    def hook(daemon: ProbeDaemon) -> None:
-        if live:
-            daemon.on_interval(summary)
-
-    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready, hook,
+    asyncio.run(pipeline.run_up(probe_cfg, sink_cfg, nats_url, on_ready,
                                 metrics_address=cfg.get("metrics", metrics), alerts=alert_cfg, ui=ui_cfg))
 
 
@@ -143,10 +141,10 @@ def probe(
     probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)
-    daemon = build_probe(probe_cfg)
     summary = LiveSummary("")
     if live:
-        daemon.on_interval(summary)
+        probe_cfg.interval_listeners.append(summary)
+    daemon = build_probe(probe_cfg)
 
     def on_ready(daemon: ProbeDaemon) -> None:
         banner = _banner("probe", probe_cfg, daemon, f"NATS {redacted(probe_cfg.nats.servers)}; ")

@@ -3,9 +3,14 @@
     build_probe(config)
       KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
-                          └─> tracked totals ─> HTTP API (if an address is set)
-                          └─> ProbeMetrics on the Telemetry (its registry; /metrics, /readyz
-                              on the HTTP API's listener and on --metrics, if set)
+      the interval listeners, each interval given to them before it is published (the
+      recovered ones too), subscribed here and nowhere else, in this order:
+        ProbeMetrics.add_interval        self-metrics; the collector on the Telemetry's registry
+                                         (/metrics), not_ready on its /readyz as "probe"
+        ConnectionTotals                 totals since attach for the HTTP API (if an address is
+                                         set); a detached device forgotten (on_detach)
+        PolicyService.publish_violations denied connections -> violation events (a policy applied)
+        config.interval_listeners        more: the CLI's live summary, tests, add-ons
       services, each given the daemon as its ProbePort:
         ContainerIndex (shared by the two watchers below; closed after them)
         PolicyService   the active policy: applied, kept, re-resolved; violations
@@ -16,9 +21,11 @@
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
 
-The host name lives in ``ProbeConfig.host`` only; the parts get it from here. The CLI
-reaches the probe's insides only through this module (``__all__``): the root, and the
-defaults and device checks that fill a ``ProbeConfig``.
+The parts' constructors subscribe to nothing: what follows the probe's intervals and
+devices is wired in ``build_probe`` (a new listener is one line there). The host name
+lives in ``ProbeConfig.host`` only; the parts get it from here. The CLI reaches the
+probe's insides only through this module (``__all__``): the root, and the defaults and
+device checks that fill a ``ProbeConfig``.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from .api.control import control_service
 from .api.metrics import ProbeMetrics
 from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
-from .daemon import DaemonSettings, ProbeDaemon
+from .daemon import DaemonSettings, IntervalListener, ProbeDaemon
 from .kernel.devices import check_interfaces, default_interfaces
 from .kernel.kernel_probe import ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
@@ -38,16 +45,16 @@ from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
-from .seams import ProbePort, ServiceFactory
+from .seams import DetachListener, ProbePort, ServiceFactory
 from .watch.containers import DEFAULT_DOCKER_SOCKET, ContainerIndex
 from .watch.docker_watch import docker_watcher
 from .watch.guard import filter_guard
 from .watch.watcher import link_watcher
 
 __all__ = [
-    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "HttpConfig", "ProbeConfig", "ProbeDaemon",
-    "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_services", "metrics_services",
-    "watcher_services",
+    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "HttpApiParts", "HttpConfig", "ProbeConfig",
+    "ProbeDaemon", "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_api",
+    "metrics_services", "watcher_services",
 ]
 
 log = logging.getLogger("connstats.probe")
@@ -90,6 +97,7 @@ class ProbeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     services: list[ServiceFactory] = field(default_factory=list)  # more (tests, add-ons)
+    interval_listeners: list[IntervalListener] = field(default_factory=list)  # more: the live summary, ...
     stream: StreamSettings = field(default_factory=StreamSettings)  # the flow stream, if it is created
     telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
     metrics: str | None = None  # ADDR:PORT of a listener with only /metrics, /healthz, /readyz
@@ -106,41 +114,68 @@ class ProbeConfig:
 def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
+    telemetry = config.telemetry
     containers = ContainerIndex()
     policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
-    ProbeMetrics(daemon, config.telemetry, policy)  # before the first (recovered) interval is published
+    metrics = ProbeMetrics(daemon, policy)
+    telemetry.registry.register(metrics)
+    telemetry.add_check("probe", metrics.not_ready)
+    http = http_api(config.http, daemon, telemetry, config.state_dir)  # None: no HTTP API
+
+    # every interval, before it is published; subscribed before the first (recovered) one
+    daemon.on_interval(metrics.add_interval)
+    if http is not None:
+        daemon.on_interval(http.totals)
+        daemon.on_detach(http.forget)  # whoever detached it
+    daemon.on_interval(policy.publish_violations)
+    for listener in config.interval_listeners:
+        daemon.on_interval(listener)
+
     daemon.settings.services = [
         lambda _: containers,  # first: closed last, after the watchers that share it
         policy.bind,  # before the control plane, which answers its verbs
         control_service(config.nats, config.host, policy.verbs),
-        *http_services(config.http, daemon, config.telemetry, config.state_dir),
-        *metrics_services(config.metrics, config.telemetry),
+        *([http.service] if http is not None else []),
+        *metrics_services(config.metrics, telemetry),
         *watcher_services(config, containers),
         *config.services,
     ]
     return daemon
 
 
-def http_services(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None,
-                  state_dir: Path | None = None) -> list[ServiceFactory]:
+@dataclass(frozen=True)
+class HttpApiParts:
+    """The HTTP API of a probe: its service, and the totals it serves, which ``build_probe``
+    subscribes to the probe (``totals`` every interval, ``forget`` every detach)."""
+
+    service: ServiceFactory
+    totals: IntervalListener  # ConnectionTotals (api/totals.py)
+    forget: DetachListener  # a detached device's connections forgotten
+
+
+def http_api(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = None,
+             state_dir: Path | None = None) -> HttpApiParts | None:
     """The HTTP API on the probe's totals (and ``telemetry``'s /metrics, /healthz, /readyz),
-    if asked for and part of this build; it admits root, ``http.group`` and the token of
-    ``state_dir`` (none without one)."""
+    if asked for and part of this build (None otherwise); it admits root, ``http.group`` and
+    the token of ``state_dir`` (none without one). Subscribes nothing."""
     if not http.address:
-        return []
+        return None
     try:
-        from .api.http import http_service, tracked_totals
+        from .api.http import http_service
+        from .api.totals import ConnectionTotals, forgetting
     except ImportError as exc:
         if exc.name != HTTP_API_MODULE:
             raise
         if http.required:
             raise ConfigError("--http: the HTTP API is not part of this build; leave --http out") from None
         log.debug("no HTTP API in this build; not serving %s", http.address)
-        return []
+        return None
     from .runtime.callers import TOKEN_FILE, Callers, TokenFile
 
     callers = Callers(TokenFile(state_dir / TOKEN_FILE) if state_dir is not None else None, http.group)
-    return [http_service(http.address, tracked_totals(probe), telemetry, callers)]  # a bad address fails here
+    totals = ConnectionTotals()
+    service = http_service(http.address, totals, telemetry, callers)  # a bad address fails here
+    return HttpApiParts(service, totals, forgetting(totals, probe.live_records))
 
 
 def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:

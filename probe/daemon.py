@@ -1,12 +1,12 @@
 """The probe process at run time: a kernel probe, a publisher, and services around them.
 
     KernelProbe ── poll every interval ──> FlowPublisher ──> JetStream
-         ^                           └──> interval listeners (totals for the HTTP API)
+         ^                           └──> interval listeners (self-metrics, totals, violations)
          └── attach / detach / list / stats <── control plane (NATS request/reply, HTTP)
                                           <── watchers (netlink links, Docker containers)
 
-``build_probe`` (compose.py) decides which parts and services a probe has; this module
-runs them. Services (control plane, HTTP API, watchers, guard) are small objects with
+``build_probe`` (compose.py) decides which parts and services a probe has and subscribes
+the interval and detach listeners (``on_interval``, ``on_detach``); this module runs them. Services (control plane, HTTP API, watchers, guard) are small objects with
 ``start()`` and ``close()`` that see the daemon only through ``ProbePort`` (seams.py).
 """
 from __future__ import annotations

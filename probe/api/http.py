@@ -49,7 +49,7 @@ from ..runtime.callers import Callers, bearer
 from ..runtime.listener import host_allowed, is_loopback, json_response, listen, origin_allowed, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from ..seams import ProbePort
-from .totals import DEFAULT_MAX_ENTRIES, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view, forget_device
+from .totals import ConnectionTotal, ConnectionTotals, OverflowTotal, current_view
 
 log = logging.getLogger(__name__)
 
@@ -281,32 +281,18 @@ class HttpApi:
         return await current_view(self.totals, self.probe.live_records, set(since), since)
 
 
-def http_service(address: str = DEFAULT_HTTP_ADDRESS, totals: ConnectionTotals | None = None,
-                 telemetry: Telemetry | None = None, callers: Callers | None = None) -> Callable[[ProbePort], HttpApi]:
-    """A ``DaemonSettings.services`` factory for the HTTP API on ``address``. ``totals``
-    are the probe's (``tracked_totals``, made where the probe is composed); without them
-    the API tracks its own. ``telemetry``: also serve /metrics, /healthz, /readyz.
-    ``callers``: who is admitted (default: root only)."""
+def http_service(address: str, totals: ConnectionTotals, telemetry: Telemetry | None = None,
+                 callers: Callers | None = None) -> Callable[[ProbePort], HttpApi]:
+    """A ``DaemonSettings.services`` factory for the HTTP API on ``address``, serving
+    ``totals`` (the probe's: ``build_probe`` makes them and subscribes them to the probe,
+    every interval added and a detached device forgotten). ``telemetry``: also serve
+    /metrics, /healthz, /readyz. ``callers``: who is admitted (default: root only)."""
     host, port = parse_address(address)
 
     def factory(probe: ProbePort) -> HttpApi:
-        return HttpApi(probe, host, port, totals if totals is not None else tracked_totals(probe), telemetry,
-                       callers)
+        return HttpApi(probe, host, port, totals, telemetry, callers)
 
     return factory
-
-
-def tracked_totals(probe: ProbePort, max_entries: int = DEFAULT_MAX_ENTRIES) -> ConnectionTotals:
-    """Totals since attach that follow ``probe``: every interval is added, and a detached
-    device's connections are forgotten (whoever detached it)."""
-    totals = ConnectionTotals(max_entries)
-    probe.on_interval(totals)
-
-    async def forget(device: AttachedDevice) -> None:
-        await forget_device(totals, probe.live_records, device.ifindex)
-
-    probe.on_detach(forget)
-    return totals
 
 
 # -- request parsing and errors -----------------------------------------------------------------

@@ -1,13 +1,13 @@
 """The probe's self-metrics, read from what the probe keeps anyway (``ProbePort.status``),
 plus per-interval sums of the published batches (one vectorised group-by per interval).
 
-    build_probe ─ ProbeMetrics(probe, telemetry, policy service)
+    build_probe ─ ProbeMetrics(probe, policy service), then wires it:
         probe.on_interval ──> add_interval(batch): packets and bytes per (iface, direction),
                               overflow included; records per interval; poll and drain times
                               verdicts and drops per (iface, direction[, verdict])
         telemetry.registry ─> collect() at scrape time: the sums, map fill, outbox, publisher,
                               NATS reconnects, attached devices, attach failures, the policy
-        telemetry /readyz  ─> "probe": classifier loaded and NATS connected
+        telemetry /readyz  ─> not_ready() as "probe": classifier loaded and NATS connected
 
 ``connstats_packets_total``/``connstats_bytes_total`` count exactly what the published
 intervals carry (the records plus the envelope's overflow counts), so they equal the
@@ -36,7 +36,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..contract.flow_batch import FlowBatch
 from ..contract.record import VERDICTS
 from ..policy.tables import MODES
-from ..runtime.telemetry import Telemetry
 from ..seams import PolicyReport, PolicyReporter, ProbePort, ProbeStatus
 
 log = logging.getLogger("connstats.probe")
@@ -140,9 +139,10 @@ def _add(sums: dict, key: tuple, packets: int, nbytes: int) -> None:
 
 
 class ProbeMetrics:
-    """The collector of one probe; see the module docstring."""
+    """The collector of one probe; see the module docstring. Making one subscribes it to
+    nothing: whoever composes the probe registers it, its readiness and ``add_interval``."""
 
-    def __init__(self, probe: ProbePort, telemetry: Telemetry, policy: PolicyReporter | None = None) -> None:
+    def __init__(self, probe: ProbePort, policy: PolicyReporter | None = None) -> None:
         self.probe = probe
         self.policy = policy
         self.traffic: Sums = {}  # records and overflow
@@ -152,17 +152,14 @@ class ProbeMetrics:
         self.intervals = 0
         self._polled_seq = -1
         self._warned_at = {4: -1e9, 6: -1e9}
-        registry = telemetry.registry
+        # on no registry of their own: collect() yields them with the rest
         self.poll_seconds = Histogram("connstats_poll_duration_seconds", "One poll: flip the buffers, "
                                       "wait for the grace period, drain the flow maps, build the batch",
-                                      buckets=DURATION_BUCKETS, registry=registry)
+                                      buckets=DURATION_BUCKETS, registry=None)
         self.drain_seconds = Histogram("connstats_drain_duration_seconds", "The batch read of the flow "
-                                       "maps within one poll", buckets=DURATION_BUCKETS, registry=registry)
+                                       "maps within one poll", buckets=DURATION_BUCKETS, registry=None)
         self.records = Histogram("connstats_interval_records", "Connection records per published interval",
-                                 buckets=RECORD_BUCKETS, registry=registry)
-        registry.register(self)
-        telemetry.add_check("probe", self.not_ready)
-        probe.on_interval(self.add_interval)
+                                 buckets=RECORD_BUCKETS, registry=None)
 
     # -- per interval --------------------------------------------------------------------
 
@@ -222,6 +219,8 @@ class ProbeMetrics:
         yield _gauge("connstats_attached_devices", "Devices the classifier is attached to", status.attached_devices)
         yield _counter("connstats_attach_failures", "Attach requests that failed", status.attach_failures)
         yield from self._policy_metrics()
+        for histogram in (self.poll_seconds, self.drain_seconds, self.records):
+            yield from histogram.collect()
 
     def _policy_metrics(self) -> Iterable[Metric]:
         """Verdict and drop counters, 0 for every device and direction counted until seen (so

@@ -1,10 +1,10 @@
 """Per-connection counters since attach: what the HTTP API serves.
 
     every interval:  totals(batch)                    column-wise, in numpy: no Python per record
-    on detach:       await forget_device(totals, daemon, ifindex)
+    on detach:       await forget_device(totals, daemon, ifindex)   (``forgetting``: the listener)
     on read:         await current_view(totals, daemon, ifindex)   published + live interval
 
-``ConnectionTotals`` is an interval listener (``http_api.tracked_totals`` registers it): it adds each
+``ConnectionTotals`` is an interval listener (``build_probe`` subscribes it): it adds each
 published interval's records to one entry per connection, keyed by (ifindex, direction,
 proto, src_ip, dst_ip, src_port, dst_port), keeping the earliest ``first_seen``, the latest
 ``last_seen`` and the sums of packets and bytes. Each connection gets a small integer id
@@ -502,6 +502,16 @@ async def forget_device(totals: ConnectionTotals, live_records: LiveRecords, ifi
     """
     live = await live_records()
     return totals.forget(ifindex, live, until_ns=time.time_ns())
+
+
+def forgetting(totals: ConnectionTotals, live_records: LiveRecords) -> Callable[[Any], Awaitable[None]]:
+    """A detach listener (``ProbePort.on_detach``): each detached device (whoever detached
+    it) forgotten in ``totals`` with ``forget_device``."""
+
+    async def forget(device: Any) -> None:
+        await forget_device(totals, live_records, device.ifindex)
+
+    return forget
 
 
 async def current_view(totals: ConnectionTotals, live_records: LiveRecords,

@@ -9,7 +9,8 @@
     start:  the saved policy applied again (a restart keeps enforcing what was applied)
     every second: the attached devices and who is behind them; when that changed, resolve
         and install again (containers and devices that come and go)
-    every interval: denied connections -> violation events (violations.py)
+    every interval: denied connections -> violation events (violations.py), through
+        ``publish_violations``, which ``build_probe`` subscribes to the probe
 """
 from __future__ import annotations
 
@@ -67,7 +68,6 @@ class PolicyService:
 
     async def start(self) -> None:
         await self.violations.start()
-        self.probe.on_interval(self._on_interval)
         saved = self._load()
         if saved is not None:
             try:
@@ -219,7 +219,9 @@ class PolicyService:
             return None
         return saved
 
-    def _on_interval(self, batch) -> None:
+    def publish_violations(self, batch) -> None:
+        """An interval listener: the interval's denied connections as violation events,
+        while a policy is applied (nothing before ``start``)."""
         if self.resolved is not None:
             self.violations.interval(batch, self.resolved, self.mode)
 

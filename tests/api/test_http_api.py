@@ -22,7 +22,7 @@ from connstats.probe.api.http import (
     parse_address,
     protocol_text,
 )
-from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals
+from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals, forgetting
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
@@ -112,7 +112,8 @@ class RunningProbe:
 async def running_probe(nats_server, test_network):
     require_root()
     apis: list[HttpApi] = []
-    make_api = http_service("127.0.0.1:0")
+    totals = ConnectionTotals()
+    make_api = http_service("127.0.0.1:0", totals)
 
     def capture(daemon):
         apis.append(make_api(daemon))
@@ -126,6 +127,8 @@ async def running_probe(nats_server, test_network):
         services=[capture],
     )
     daemon = ProbeDaemon(settings)
+    daemon.on_interval(totals)  # as build_probe wires them
+    daemon.on_detach(forgetting(totals, daemon.live_records))
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     session = aiohttp.ClientSession()
@@ -254,16 +257,12 @@ async def test_bad_requests_answer_4xx_with_a_json_error(running_probe, test_net
 
 async def test_a_taken_port_is_a_one_line_config_error():
     class NoDaemon:
-        def on_interval(self, listener) -> None:
-            pass
+        pass
 
-        def on_detach(self, listener):
-            return lambda: None
-
-    first = http_service("127.0.0.1:0")(NoDaemon())
+    first = http_service("127.0.0.1:0", ConnectionTotals())(NoDaemon())
     await first.start()
     try:
-        second = http_service(f"127.0.0.1:{first.port}")(NoDaemon())
+        second = http_service(f"127.0.0.1:{first.port}", ConnectionTotals())(NoDaemon())
         with pytest.raises(ConfigError, match=rf"^cannot listen on 127.0.0.1:{first.port} for HTTP: "
                                               r"Address already in use; pick another --http ADDR:PORT$"):
             await second.start()

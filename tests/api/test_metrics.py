@@ -36,7 +36,7 @@ from connstats.probe.runtime.telemetry import MetricsServer, Telemetry, parse_me
 from connstats.probe.seams import PolicyReport, ProbeStatus
 from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
-from tests.fixtures.metrics import FakeProbe, interval, poll, record
+from tests.fixtures.metrics import FakeProbe, interval, poll, record, wired
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 from tests.fixtures.wait import until_async
 
@@ -46,6 +46,16 @@ def scrape(telemetry: Telemetry) -> dict[tuple, float]:
     text = telemetry.exposition().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_making_the_self_metrics_subscribes_them_to_nothing():
+    probe, telemetry = FakeProbe(), Telemetry(process_metrics=False)
+    metrics = ProbeMetrics(probe)
+    assert (probe.listeners, telemetry.checks, scrape(telemetry)) == ([], {}, {})
+    probe.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1)]))
+    assert metrics.intervals == 0
+    wired(probe, telemetry)
+    assert len(probe.listeners) == 1 and set(telemetry.checks) == {"probe"}
 
 
 # -- the probe ---------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ class FakePolicy:
 
 def test_policy_counters_add_up_per_interval_and_the_active_policy_is_read_at_scrape_time():
     probe, telemetry, policy = FakeProbe(), Telemetry(process_metrics=False), FakePolicy()
-    ProbeMetrics(probe, telemetry, policy)
+    wired(probe, telemetry, policy)
     got = scrape(telemetry)
     assert [got[f"connstats_policy_{name}", ()] for name in ("mode", "rules", "groups", "governed_devices",
             "violation_events_total", "violation_events_failed_total", "apply_failures_total")] == [0] * 7
@@ -148,7 +158,7 @@ def test_policy_counters_add_up_per_interval_and_the_active_policy_is_read_at_sc
 
 def test_counters_add_up_every_published_interval_with_overflow_included():
     probe, telemetry = FakeProbe(), Telemetry()
-    ProbeMetrics(probe, telemetry)
+    wired(probe, telemetry)
     probe.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1), record(3, "veth0", "ingress", 2, 90, 2)],
                            overflow=[OverflowCount(3, "veth0", "egress", 11, 1100)]), poll(1, 2, 0))
     probe.publish(interval(2, [record(3, "veth0", "egress", 4, 400, 1)]), poll(2, 1, 0, seconds=0.2, drain=0.15))
@@ -175,7 +185,7 @@ def test_counters_add_up_every_published_interval_with_overflow_included():
 
 def test_a_map_over_80_percent_full_is_a_warning_once_not_every_interval(caplog):
     probe = FakeProbe()
-    ProbeMetrics(probe, Telemetry(process_metrics=False))
+    wired(probe, Telemetry(process_metrics=False))
     with caplog.at_level(logging.WARNING, logger="connstats.probe"):
         probe.publish(interval(1, []), poll(1, entries4=80, entries6=80))
         assert caplog.records == []  # 80% is not above 80%
@@ -188,7 +198,7 @@ def test_a_map_over_80_percent_full_is_a_warning_once_not_every_interval(caplog)
 
 def test_publisher_devices_and_readiness_come_from_the_probe_status():
     probe, telemetry = FakeProbe(), Telemetry()
-    ProbeMetrics(probe, telemetry)
+    wired(probe, telemetry)
     assert telemetry.not_ready() == ["probe: the classifier is not loaded yet"]
     stats = PublisherStats(published_messages=7, published_records=70, duplicates=1, retries=3, rejected=2,
                            dropped_messages=4, dropped_records=40, outbox_depth=5, outbox_bytes=5000,
@@ -213,8 +223,8 @@ def test_publisher_devices_and_readiness_come_from_the_probe_status():
 def test_two_probes_in_one_process_have_registries_of_their_own():
     first, second = FakeProbe(), FakeProbe()
     telemetry_1, telemetry_2 = Telemetry(), Telemetry()
-    ProbeMetrics(first, telemetry_1)
-    ProbeMetrics(second, telemetry_2)  # no "Duplicated timeseries": another registry
+    wired(first, telemetry_1)
+    wired(second, telemetry_2)  # no "Duplicated timeseries": another registry
     first.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1)]))
     second.publish(interval(1, [record(3, "veth0", "egress", 7, 700, 1)]))
     key = ("connstats_packets_total", (("direction", "egress"), ("iface", "veth0")))
@@ -402,7 +412,7 @@ def test_a_failure_in_the_metrics_is_logged_and_never_stops_the_probe(caplog):
             return super().status()
 
     probe, telemetry = BrokenStatus(), Telemetry(process_metrics=False)
-    ProbeMetrics(probe, telemetry)
+    wired(probe, telemetry)
     probe.broken = True
     with caplog.at_level(logging.ERROR, logger="connstats.probe"):
         probe.publish(interval(7, [record(3, "veth0", "egress", 5, 500, 1)]))  # does not raise

@@ -67,7 +67,9 @@ def timed(function) -> float:
 def main() -> None:
     telemetry = Telemetry()
     probe = Probe()
-    ProbeMetrics(probe, telemetry)
+    collector = ProbeMetrics(probe)  # wired as build_probe wires it
+    telemetry.registry.register(collector)
+    probe.on_interval(collector.add_interval)
     limit = payload_limit(1 << 20)
     metrics, governed, publish, scrape = [], [], [], []
     for seq in range(ROUNDS):

@@ -12,7 +12,7 @@ from connstats.cli.config import Config
 from connstats.cli.embedded_nats import EmbeddedNats, pick_port
 from connstats.cli.options import NatsFlags
 from connstats.cli.settings import ProbeFlags, probe_config
-from connstats.probe.compose import HttpConfig, ProbeConfig, http_services, watcher_services
+from connstats.probe.compose import HttpConfig, ProbeConfig, http_api, watcher_services
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError, DeviceError
 from connstats.probe.contract.wire import FlowBatch
@@ -117,7 +117,10 @@ async def test_wait_until_stored_gives_up_after_the_timeout(nats_server):
 
 
 class FakePort:
-    """Where the HTTP API's totals are tracked."""
+    """Where the HTTP API's totals would be tracked (a subscription is kept as an attribute)."""
+
+    async def live_records(self) -> list:
+        return []
 
     def on_interval(self, listener) -> None:
         self.interval_listener = listener
@@ -151,21 +154,24 @@ def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):
-    assert http_services(HttpConfig(None), FakePort()) == []
+    assert http_api(HttpConfig(None), FakePort()) is None
     port = FakePort()
-    [factory] = http_services(HttpConfig("127.0.0.1:0"), port)
-    assert callable(factory) and factory(port).totals is port.interval_listener  # the probe's totals
+    parts = http_api(HttpConfig("127.0.0.1:0"), port)
+    assert parts.service(port).totals is parts.totals  # the API serves the totals build_probe subscribes
+    assert not hasattr(port, "interval_listener")  # ... and making them subscribed nothing
     with pytest.raises(ConfigError):
-        http_services(HttpConfig("no-port"), FakePort())
+        http_api(HttpConfig("no-port"), FakePort())
 
 
 def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp_path):
     from connstats.probe.compose import WatchConfig, build_probe
     from connstats.probe.watch.containers import ContainerIndex
 
+    shown: list = []  # the CLI's live summary, say
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path,
                          http=HttpConfig("127.0.0.1:0"),
-                         watch=WatchConfig(auto=["veth*"], docker_socket=str(tmp_path / "docker.sock")))
+                         watch=WatchConfig(auto=["veth*"], docker_socket=str(tmp_path / "docker.sock")),
+                         interval_listeners=[shown.append])
     daemon = build_probe(config)
     services = [factory(daemon) for factory in daemon.settings.services]
     assert [type(s).__name__ for s in services] == [
@@ -173,12 +179,13 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     index, policy, control, api, links, guard, docker = services
     assert isinstance(index, ContainerIndex) and links._index is index and docker._index is index
     assert policy.containers is index and control._handlers["policy_apply"] == policy.apply_verb
-    # the self-metrics and the totals follow every interval; the API serves the probe's telemetry
-    assert [getattr(f, "__self__", f) for f in daemon.interval_listeners] == [
-        daemon.interval_listeners[0].__self__, api.totals]
-    assert type(daemon.interval_listeners[0].__self__).__name__ == "ProbeMetrics"
+    # every interval to the self-metrics, the API's totals, the violations and the config's
+    # listeners, in this order; the API serves the probe's telemetry, where the self-metrics answer /readyz
+    metrics = config.telemetry.checks["probe"].__self__
+    assert type(metrics).__name__ == "ProbeMetrics" and metrics.policy is policy
+    assert daemon.interval_listeners == [metrics.add_interval, api.totals, policy.publish_violations, shown.append]
     assert api.telemetry is config.telemetry and set(config.telemetry.checks) == {"probe"}
-    assert len(daemon.detach_listeners) == 1  # ... and forget a detached device
+    assert len(daemon.detach_listeners) == 1  # ... and the totals forget a detached device
     assert (control.host, daemon.host, daemon.settings.publisher.host) == ("h", "h", "h")
     assert all(s.probe is daemon for s in (policy, control, api, links, guard, docker))
 
@@ -224,7 +231,6 @@ def test_http_none_turns_the_http_api_and_its_totals_off(tmp_path):
     config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
     off = probe_config(config, NatsFlags(), ["lo"], None, "h", "none", ProbeFlags(docker_socket="none"))
     assert (off.http.address, off.http.required) == (None, False)
-    port = FakePort()
-    assert http_services(off.http, port) == [] and not hasattr(port, "interval_listener")
+    assert http_api(off.http, FakePort()) is None
     default = probe_config(config, NatsFlags(), ["lo"], None, "h", None, ProbeFlags(docker_socket="none"))
     assert (default.http.address, default.http.required) == ("127.0.0.1:9102", False)

@@ -429,15 +429,14 @@ def exported_metrics() -> dict[str, set[str]]:
     registries built in-process by their own collectors, after one interval and one lag read."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from connstats.probe.api.metrics import ProbeMetrics
     from connstats.probe.contract import NatsOptions
     from connstats.probe.contract import OverflowCount as Overflow
     from connstats.probe.runtime.telemetry import Telemetry
     from connstats.sink.compose import SinkConfig, build_sink
-    from tests.fixtures.metrics import FakeProbe, interval, poll, record
+    from tests.fixtures.metrics import FakeProbe, interval, poll, record, wired
 
     probe, probe_telemetry = FakeProbe(), Telemetry()
-    ProbeMetrics(probe, probe_telemetry)
+    wired(probe, probe_telemetry)
     probe.publish(interval(1, [record(3, "veth0", "egress", 5, 500, 1)],
                            overflow=[Overflow(3, "veth0", "egress", 1, 60)]), poll(1, 1, 0))
     sink = build_sink(SinkConfig(nats=NatsOptions(servers=("nats://127.0.0.1:1",)), store="sqlite::memory:"))
