@@ -132,7 +132,7 @@ def _delete_link(ipr: Any, name: str) -> None:
 
 def check_nats(state: dict) -> str:
     from connstats.probe.contract import connect
-    from connstats.sink.run import check_jetstream
+    from connstats.sink.compose import check_jetstream
     options = state["nats"]
 
     async def probe() -> None:
@@ -159,7 +159,7 @@ def check_store(state: dict) -> str:
             return f"{Path(path).parent} does not exist yet; `up` and `sink` create it"
         raise CheckFailed(f"{Path(path).parent} does not exist and {ancestor} is not writable",
                           "create the directory or choose another --store sqlite:PATH")
-    from connstats.sink.run import check_store as ping
+    from connstats.sink.compose import check_store as ping
     from connstats.sink.stores import make_store
 
     async def probe() -> None:

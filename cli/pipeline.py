@@ -54,7 +54,8 @@ async def run_probe(daemon: ProbeDaemon, on_ready: OnReady | None = None,
 
 
 async def run_sink(sink: Sink, metrics_address: str | None = None) -> None:
-    """Run a built sink until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if given."""
+    """Run a built sink (its loop: ``Sink.run``, sink/compose.py) until SIGINT/SIGTERM;
+    /metrics etc. on ``metrics_address`` if given."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
         if metrics_address is None:

@@ -1,36 +1,52 @@
-"""The sink's composition root: one ``SinkConfig`` in, a runnable ``Sink`` out.
+"""The sink's composition root and its run loop: one ``SinkConfig`` in, a runnable ``Sink`` out.
 
     build_sink(config)
       store: SqliteStore(path, retention) | InfluxStore(InfluxConfig)     stores.make_store
-      Sink.run(stop): connect ─ JetStream answers ─ store answers ─ FlowConsumer until stop
       SinkMetrics on the Telemetry (config.telemetry; `up` passes the one it serves)
-      Sink.wait_until_stored(host): the consumer's ack floor reached the host's last flow message
+    Sink.run(stop) ─ consume_flows: connect ─ JetStream answers ─ store answers ─
+        NATS (CONNSTATS stream) --FlowConsumer--> decode_message --> Store.write --> ack
+        until ``stop``; then the store and the connection are closed
+    Sink.wait_until_stored(host): the consumer's ack floor reached the host's last flow message
 
-``connstats sink`` runs one; ``connstats up`` runs one next to a probe and, before
-stopping it, waits until it stored what the probe published last.
+Start-up failures are fatal (``TransportError``/``StoreError`` with a one-line message,
+which the CLI prints as ``error: ...``); failures while running are retried and counted.
+``connstats sink`` runs one (cli/pipeline.py ``run_sink``: until SIGINT/SIGTERM);
+``connstats up`` runs one next to a probe and, before stopping it, waits until it stored
+what the probe published last.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 
-from connstats.probe.contract import STREAM_NAME, ConnstatsError, NatsOptions, StreamSettings, connect, flows_subject
+from connstats.probe.contract import (
+    STREAM_NAME,
+    ConnstatsError,
+    NatsOptions,
+    StoreError,
+    StreamSettings,
+    TransportError,
+    connect,
+    flows_subject,
+)
 from connstats.probe.runtime.telemetry import Telemetry
 
-from .consumer import ConsumerSettings, ConsumerStats
+from .consumer import ConsumerSettings, ConsumerStats, FlowConsumer
 from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
 from .metrics import SinkMetrics
-from .run import check_store, run_sink
 from .store import Store
 from .stores import make_store, parse_store  # noqa: F401 (re-exported)
 
 log = logging.getLogger("connstats.sink")
+run_log = logging.getLogger("connstats.sink.run")  # the run loop's, named as when it was sink/run.py
 
 
 @dataclass
@@ -64,8 +80,8 @@ class Sink:
 
     async def run(self, stop: asyncio.Event) -> ConsumerStats:
         """Consume until ``stop``; closes the store and the connection."""
-        return await run_sink(self.config.nats, self.store, self.config.consumer, stream=self.config.stream,
-                              stop=stop, handle_signals=False, metrics=self.metrics)
+        return await consume_flows(self.config.nats, self.store, self.config.consumer, stop=stop,
+                                   stream=self.config.stream, metrics=self.metrics)
 
     async def wait_until_stored(self, host: str, timeout: float) -> bool:
         return await wait_until_stored(self.config.nats, host, timeout)
@@ -73,6 +89,65 @@ class Sink:
 
 def build_sink(config: SinkConfig) -> Sink:
     return Sink(config, make_store(config.store, config.retention_seconds, config.influx))
+
+
+# -- the run loop ----------------------------------------------------------------------------
+
+
+async def consume_flows(nats_options: NatsOptions, store: Store, settings: ConsumerSettings | None = None, *,
+                        stop: asyncio.Event, stream: StreamSettings | None = None,
+                        metrics: SinkMetrics | None = None) -> ConsumerStats:
+    """Connect, check JetStream and the store, then consume flows into ``store`` until
+    ``stop``; closes the store and the connection. ``metrics`` reads the consumer's
+    counters while it runs. Signals are the caller's (cli/pipeline.py)."""
+    try:
+        nc = await connect(nats_options, name="connstats-sink")
+    except TransportError:
+        await store.close()
+        raise
+    try:
+        await check_jetstream(nc)
+        await check_store(store)
+        on_write = metrics.write_seconds.observe if metrics is not None else None
+        async with FlowConsumer(nc, store, settings, stream, on_write) as consumer:
+            run_log.info("sink consuming %s as %s", consumer.settings.durable, nc.connected_url.hostname)
+            watching = metrics.watching(nc, consumer, store) if metrics is not None else contextlib.nullcontext()
+            async with watching:
+                await consumer.consume_forever(stop)
+            run_log.info("sink stopped: %s", consumer.stats)
+            return consumer.stats
+    finally:
+        await _close_quietly(nc)
+        await store.close()
+
+
+async def check_jetstream(nc: Client) -> None:
+    """Raise ``TransportError`` unless JetStream answers for this account."""
+    try:
+        await nc.jetstream().account_info()
+    except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+        raise TransportError(f"JetStream does not answer ({type(exc).__name__}); "
+                             "start nats-server with -js and check the account's permissions") from exc
+
+
+async def check_store(store: Store) -> None:
+    """Raise ``StoreError`` unless the store takes writes."""
+    try:
+        await store.ping()
+    except StoreError:
+        raise
+    except Exception as exc:  # a store that failed to translate its error still fails start-up
+        raise StoreError(f"the store is not usable: {exc!r}; check the store settings") from exc
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await nc.drain()
+    except (nats.errors.Error, asyncio.TimeoutError, OSError):
+        await nc.close()
+
+
+# -- after the run ---------------------------------------------------------------------------
 
 
 async def wait_until_stored(options: NatsOptions, host: str, timeout: float) -> bool:

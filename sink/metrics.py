@@ -1,9 +1,9 @@
 """The sink's self-metrics, read from the consumer's counters at scrape time.
 
     build_sink ─ SinkMetrics(telemetry, durable)
-      run_sink ─ metrics.watching(nc, consumer, store): while the consumer runs,
-                 every ``refresh_every`` s: consumer info (num_pending, num_ack_pending)
-                 and a store ping (for /readyz); never per message
+      consume_flows ─ metrics.watching(nc, consumer, store): while the consumer runs,
+                      every ``refresh_every`` s: consumer info (num_pending, num_ack_pending)
+                      and a store ping (for /readyz); never per message
       FlowConsumer(on_write=metrics.write_seconds.observe): one observation per message
       telemetry.registry ─> collect(): stored messages and records, dead letters by reason
                            class, store errors, naks, store full (gauge, pauses), lag,

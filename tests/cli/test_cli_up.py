@@ -19,9 +19,8 @@ from connstats.probe.contract.wire import FlowBatch
 from connstats.probe.kernel.devices import check_interfaces, default_interfaces
 from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.probe.runtime.private import write_private
-from connstats.sink.compose import wait_until_stored
+from connstats.sink.compose import consume_flows, wait_until_stored
 from connstats.sink.consumer import ConsumerSettings
-from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records
 
 
@@ -86,7 +85,7 @@ async def test_wait_until_stored_follows_the_consumer_ack_floor(nats_server):
     store = MemoryStore()
     stop = asyncio.Event()
     settings = ConsumerSettings(fetch_timeout=0.2)
-    sink = asyncio.create_task(run_sink(options, store, settings, stop=stop, handle_signals=False))
+    sink = asyncio.create_task(consume_flows(options, store, settings, stop=stop))
     async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
         for seq in range(5):
             envelope = sample_envelope(seq, host=host)
@@ -104,7 +103,7 @@ async def test_wait_until_stored_gives_up_after_the_timeout(nats_server):
     store = MemoryStore()
     stop = asyncio.Event()
     stop.set()  # the sink creates its consumer, then stops at once: nothing is acked
-    await run_sink(options, store, ConsumerSettings(fetch_timeout=0.2), stop=stop, handle_signals=False)
+    await consume_flows(options, store, ConsumerSettings(fetch_timeout=0.2), stop=stop)
     async with FlowPublisher(options, PublisherSettings(host=host)) as publisher:
         envelope = sample_envelope(0, host=host)
         await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, 3)))

@@ -21,8 +21,8 @@ from connstats.probe.contract.events import Attached
 from connstats.probe.contract.wire import FlowBatch, decode_message
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
+from connstats.sink.compose import consume_flows
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
-from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
 
 NODE1, NODE2 = "node-1", "node-2.example"
@@ -174,7 +174,7 @@ async def test_sink_consumes_acks_and_dead_letters(role_nats, connections):
     await probe.nc.jetstream().publish(flows_subject(NODE1), b"not a flow message")
 
     store, stop = MemoryStore(), asyncio.Event()
-    sink = asyncio.create_task(run_sink(role_nats.options("sink"), store, stop=stop, handle_signals=False))
+    sink = asyncio.create_task(consume_flows(role_nats.options("sink"), store, stop=stop))
     admin = await connections(role_nats.options("admin"))
     js = admin.nc.jetstream()
     try:
@@ -281,7 +281,7 @@ async def test_the_sink_role_can_tell_when_up_may_stop_its_sink(role_nats):
     sink_options = role_nats.options("sink")
     assert await wait_until_stored(sink_options, NODE1, timeout=0.3) is False  # no consumer yet
     store, stop = MemoryStore(), asyncio.Event()
-    sink = asyncio.create_task(run_sink(sink_options, store, stop=stop, handle_signals=False))
+    sink = asyncio.create_task(consume_flows(sink_options, store, stop=stop))
     try:
         assert await wait_until_stored(sink_options, NODE1, timeout=10) is True
         assert store.record_count() == 20

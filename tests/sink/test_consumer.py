@@ -1,4 +1,5 @@
-"""FlowConsumer and run_sink against a real nats-server: storing, back-off, dead letters, scale-out."""
+"""FlowConsumer and consume_flows against a real nats-server: storing, back-off, dead letters,
+scale-out."""
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,8 @@ from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.probe.contract.errors import StoreError, StoreUnavailable, TransportError
 from connstats.probe.contract.wire import FlowBatch, encode_message, encode_message_v1
 from connstats.probe.publish.publisher import FlowPublisher
+from connstats.sink.compose import consume_flows
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
-from connstats.sink.run import run_sink
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
 from tests.fixtures.wait import until_async
 
@@ -310,12 +311,19 @@ async def test_consumer_killed_mid_stream_is_replaced_with_exact_totals(nats_ser
 SINK_SCRIPT = """
 import asyncio, json, sys
 from connstats.probe.contract import NatsOptions
+from connstats.probe.runtime.lifecycle import stop_on_signals
 from connstats.sink.consumer import ConsumerSettings
-from connstats.sink.run import run_sink
+from connstats.sink.compose import consume_flows
 from connstats.sink.sqlite_store import SqliteStore
 url, path, ack_wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
-stats = asyncio.run(run_sink(NatsOptions(servers=(url,)), SqliteStore(path),
-                             ConsumerSettings(batch=4, ack_wait=ack_wait)))
+
+async def until_signalled():
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        return await consume_flows(NatsOptions(servers=(url,)), SqliteStore(path),
+                                   ConsumerSettings(batch=4, ack_wait=ack_wait), stop=stop)
+
+stats = asyncio.run(until_signalled())
 print(json.dumps(stats.__dict__), flush=True)
 """
 
@@ -392,32 +400,32 @@ async def test_sink_process_sigkilled_mid_stream_and_restarted_stores_exact_tota
     assert await consumer_state(nats_server) == (0, 0)
 
 
-# -- run_sink start-up checks -------------------------------------------------------------------
+# -- consume_flows start-up checks --------------------------------------------------------------
 
 
-async def test_run_sink_refuses_to_start_without_nats(nats_server):
+async def test_consume_flows_refuses_to_start_without_nats(nats_server):
     nats_server.kill()
     store = MemoryStore()
     with pytest.raises(TransportError) as caught:
-        await run_sink(NatsOptions(servers=(nats_server.url,), connect_timeout=0.5, reconnect_time_wait=0.1),
-                       store, handle_signals=False)
+        await consume_flows(NatsOptions(servers=(nats_server.url,), connect_timeout=0.5,
+                                        reconnect_time_wait=0.1), store, stop=asyncio.Event())
     assert str(caught.value).startswith("cannot connect to NATS at nats://127.0.0.1:")
     assert store.closed
 
 
-async def test_run_sink_refuses_to_start_without_the_store(nats_server):
+async def test_consume_flows_refuses_to_start_without_the_store(nats_server):
     store = MemoryStore()
     store.fail_until = time.monotonic() + 60
     with pytest.raises(StoreUnavailable):
-        await run_sink(options(nats_server), store, handle_signals=False)
+        await consume_flows(options(nats_server), store, stop=asyncio.Event())
     assert store.closed
 
 
-async def test_run_sink_consumes_until_stopped_and_closes(nats_server):
+async def test_consume_flows_consumes_until_stopped_and_closes(nats_server):
     await publish_intervals(nats_server, [250, 250])
     store = MemoryStore()
     stop = asyncio.Event()
-    sink = asyncio.create_task(run_sink(options(nats_server), store, stop=stop, handle_signals=False))
+    sink = asyncio.create_task(consume_flows(options(nats_server), store, stop=stop))
     await until_async(lambda: store.record_count() >= 500 or sink.done(), 10, "500 records stored")
     stop.set()
     stats = await asyncio.wait_for(sink, 5)

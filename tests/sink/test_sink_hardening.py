@@ -23,10 +23,10 @@ from connstats.probe.contract.errors import StoreError, StoreUnavailable
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
 from connstats.probe.contract.wire import FlowBatch, encode_message
 from connstats.probe.publish.publisher import FlowPublisher
+from connstats.sink.compose import consume_flows
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
-from connstats.sink.run import run_sink
 from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
@@ -600,7 +600,7 @@ async def test_a_foreign_flows_table_is_refused_at_start(tmp_path, nats_server):
         db.execute("CREATE TABLE flows (id INTEGER PRIMARY KEY, src TEXT, bytes INTEGER)")
         db.execute("PRAGMA user_version = 1")
     with pytest.raises(StoreError) as caught:
-        await run_sink(options(nats_server), SqliteStore(path), handle_signals=False)
+        await consume_flows(options(nats_server), SqliteStore(path), stop=asyncio.Event())
     assert str(caught.value) == (f"{path} has a flows table with other columns (id, src, bytes) than connstats "
                                  "writes; choose another file for --store")
     with sqlite3.connect(path) as db:
