@@ -31,7 +31,7 @@ from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.service import AlertService
 from connstats.sink.compose import Sink, SinkConfig, build_sink
-from connstats.sink.web.server import UiConfig, WebUi, build_ui
+from connstats.sink.web.compose import UiConfig, WebUi, build_ui
 
 from .config import NATS_URL_FILE
 from .embedded_nats import EmbeddedNats

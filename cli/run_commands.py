@@ -105,7 +105,7 @@ def up(
 def _ui_config(cfg: Config, flags: NatsFlags, ui: str | None, sink_cfg: SinkConfig, host: str,
                group: str | None = None):
     """The web page of ``up`` (loopback by default), or None for ``--ui none``."""
-    from connstats.sink.web.server import DEFAULT_UI, UiConfig
+    from connstats.sink.web.compose import DEFAULT_UI, UiConfig
 
     from .policy_learn import own_addresses
 

@@ -14,7 +14,7 @@ import typer
 
 from connstats.probe.runtime.lifecycle import stop_on_signals
 from connstats.probe.runtime.private import prepare_state_dir
-from connstats.sink.web.server import DEFAULT_UI, UiConfig, WebUi, build_ui
+from connstats.sink.web.compose import DEFAULT_UI, UiConfig, WebUi, build_ui
 
 from .config import Config
 from .options import (

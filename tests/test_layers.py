@@ -106,7 +106,7 @@ def _loaded(module: str) -> list[str]:
 
 @pytest.mark.parametrize("process", [
     "connstats.sink.compose",  # the sink: consumer, stores, its metrics
-    "connstats.sink.web.server",  # the web page
+    "connstats.sink.web.compose",  # the web page
     "connstats.sink.alerts.compose",  # the alert engine
 ])
 def test_a_sink_process_loads_nothing_of_the_probe_but_contract_and_runtime(process):

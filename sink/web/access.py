@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from connstats.probe.runtime.callers import TOKEN_FILE, Callers, bearer  # noqa: F401 (TOKEN_FILE: for server.py)
+from connstats.probe.runtime.callers import TOKEN_FILE, Callers, bearer  # noqa: F401 (TOKEN_FILE: for compose.py)
 from connstats.probe.runtime.listener import host_allowed, origin_allowed
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,16 @@
 Parameters and answers are in docs/http-and-web.md (``## Web page``). A bad parameter is a 400 with
 ``{"error": "..."}``; nothing a request sends reaches a traceback.
 
-``build_ui`` composes it (the one composition root of ``connstats ui``, also used by ``up``).
+``build_ui`` (compose.py) makes the parts and wires them; this module serves them:
+``WebUi`` starts the parts, listens and stops; ``PageApi`` answers the ``/api/`` requests
+with the parts it is given; ``page_routes`` says which handler answers which path.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import msgspec
 from aiohttp import web
@@ -35,11 +36,10 @@ from connstats.probe.contract import (
     TransportError,
     connect,
 )
-from connstats.probe.runtime.callers import Callers, TokenFile
 from connstats.probe.runtime.listener import is_loopback, json_response, listen, parse_listen_address
 from connstats.sink.stores import StoreReader
 
-from .access import TOKEN_FILE, AccessGuard
+from .access import AccessGuard
 from .live import LiveFeed, LivePage
 from .queries import (
     build_map,
@@ -63,77 +63,85 @@ KEEPALIVE_SECONDS = 15.0
 MAX_LIVE_PAGES = 64  # open live streams; each costs a filter and a top N per flow message
 
 
-@dataclass(frozen=True)
-class UiConfig:
-    listen: str  # ADDR:PORT
-    nats: NatsOptions
-    store: str  # sqlite:PATH or influxdb
-    state_dir: Path
-    influx: Any = None  # InfluxConfig for an influxdb store
-    required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
-    host: str = ""  # this host's name: the default host of a learn preview
-    host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``
-    http_group: str | None = None  # its members may use the page, besides root and holders of the token
-
-    def __post_init__(self) -> None:
-        parse_listen(self.listen)
-
-
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` of the page (``[v6]:PORT`` for IPv6); ``ConfigError`` otherwise."""
     return parse_listen_address(text, "web page", f"{DEFAULT_UI}, or none")
 
 
-class WebUi:
-    """The page's server as a service: ``start()`` connects and listens, ``close()`` stops."""
+class NatsLink:
+    """The page's one NATS connection, shared by the parts that subscribe and request:
+    ``start()`` connects (before those parts start), ``close()`` closes (after them)."""
 
-    def __init__(self, config: UiConfig) -> None:
-        self.config = config
-        self.host, self.port = parse_listen(config.listen)
-        self.reader = StoreReader(config.store, config.influx)
+    def __init__(self, options: NatsOptions) -> None:
+        self.options = options
+        self.client: Any = None
+
+    async def start(self) -> None:
+        self.client = await connect(self.options)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def subscribe(self, subject: str, **kwargs: Any) -> Any:
+        return await self.client.subscribe(subject, **kwargs)
+
+    async def request(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        return await self.client.request(subject, payload, **kwargs)
+
+    def jetstream(self) -> Any:
+        return self.client.jetstream()
+
+
+class Part(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class WebUi:
+    """The page's server as a service: ``start()`` renews the token, starts the ``parts`` in
+    order and listens; ``close()`` ends the open live streams, stops listening, then closes
+    the parts in reverse and the ``closables``. What it serves is ``build_ui``'s choice."""
+
+    def __init__(self, host: str, port: int, guard: AccessGuard, routes: Sequence[web.RouteDef], api: PageApi,
+                 parts: Sequence[Part] = (), closables: Sequence[Closable] = ()) -> None:
+        self.host, self.port = host, port
+        self.guard = guard
+        self.routes = list(routes)
+        self.api = api
+        self.parts = list(parts)
+        self.closables = list(closables)
         self.token: str | None = None
-        self.nc = None
-        self.feed: LiveFeed | None = None
-        self.violations: ViolationLog | None = None
-        self.callers = Callers(TokenFile(config.state_dir / TOKEN_FILE), config.http_group, "this page",
-                               browser=True)
-        self.guard: AccessGuard | None = None
-        self.max_live_pages = MAX_LIVE_PAGES
+        self._started: list[Part] = []
         self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        token = self.callers.token.current() or self.token  # the probe's API shares the file
+        token = self.guard.callers.token.current() or self.token  # the probe's API shares the file
         return f"http://{host}:{self.port}/" + (f"?token={token}" if token else "")
 
     def app(self) -> web.Application:
-        self.guard = AccessGuard(self.host, self.port, self.callers)
         app = web.Application(middlewares=[_errors_as_json, self.guard.middleware, _headers])
-        app.router.add_get("/", _index)
-        app.router.add_get("/static/{name}", _static)
-        app.router.add_get("/api/live", self.live)
-        app.router.add_get("/api/map", self.map)
-        app.router.add_get("/api/history", self.history)
-        app.router.add_get("/api/alerts", self.alerts)
-        app.router.add_get("/api/policy", self.policy)
-        app.router.add_get("/api/policy/learn", self.learn)
-        app.router.add_get("/api/policy/violations", self.denied)
+        app.router.add_routes(self.routes)
         return app
 
     async def start(self) -> None:
-        self.token = self.callers.token.renew()
-        self.nc = await connect(self.config.nats)
-        self.feed = LiveFeed(self.nc)
-        await self.feed.start()
-        self.violations = ViolationLog(self.nc)
-        await self.violations.start()
-        # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
+        self.token = self.guard.callers.token.renew()
         try:
+            for part in self.parts:
+                await part.start()
+                self._started.append(part)
+            # handler_cancellation: a closed live stream leaves the feed at once, not at its next write
             runner = await listen(self.app(), self.host, self.port, purpose="the web page", option="ADDR:PORT",
                                   handler_cancellation=True)
-        except ConfigError:
-            await self._close_nats()
+        except BaseException:
+            await self._close_parts()
             raise
         self._runner = runner
         if self.port == 0:
@@ -141,25 +149,52 @@ class WebUi:
             self.guard.listen_port = self.port  # asked for port 0: the real one
         if not is_loopback(self.host):
             log.warning("web page on %s:%d is reachable from the network; it requires the token "
-                        "kept in %s", self.host, self.port, self.config.state_dir / TOKEN_FILE)
+                        "kept in %s", self.host, self.port, self.guard.callers.token.path)
 
     async def close(self) -> None:
-        if self.feed is not None:
-            for page in list(self.feed.pages):
-                page.close()  # open streams end, so the server need not wait for them
+        self.api.end_streams()  # open streams end, so the server need not wait for them
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-        await self._close_nats()
-        await self.reader.close()
+        await self._close_parts()
+        for closable in self.closables:
+            await closable.close()
 
-    async def _close_nats(self) -> None:
-        if self.feed is not None:
-            await self.feed.close()
-        if self.violations is not None:
-            await self.violations.close()
-        if self.nc is not None:
-            await self.nc.close()
+    async def _close_parts(self) -> None:
+        while self._started:
+            await self._started.pop().close()
+
+
+def page_routes(api: PageApi) -> list[web.RouteDef]:
+    """The page, its own files, and the JSON API (the module docstring)."""
+    return [
+        web.get("/", _index), web.get("/static/{name}", _static),
+        web.get("/api/live", api.live), web.get("/api/map", api.map), web.get("/api/history", api.history),
+        web.get("/api/alerts", api.alerts), web.get("/api/policy", api.policy),
+        web.get("/api/policy/learn", api.learn), web.get("/api/policy/violations", api.denied),
+    ]
+
+
+class PageApi:
+    """The ``/api/`` handlers, on the parts ``build_ui`` gives them: the store ``reader``
+    (map, history, denied connections, learn preview), the live ``feed``, the recent
+    ``violations``, NATS (``nats``: the firing alerts; ``control``: a probe's policy), and
+    this host's name and addresses (the learn preview's defaults)."""
+
+    def __init__(self, reader: StoreReader, feed: LiveFeed, violations: ViolationLog, nats: NatsLink,
+                 control: NatsOptions, host: str = "", host_addresses: Callable[[], list[str]] = list) -> None:
+        self.reader = reader
+        self.feed = feed
+        self.violations = violations
+        self.nc = nats
+        self.control = control
+        self.host = host
+        self.host_addresses = host_addresses
+        self.max_live_pages = MAX_LIVE_PAGES
+
+    def end_streams(self) -> None:
+        for page in list(self.feed.pages):
+            page.close()
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -208,10 +243,10 @@ class WebUi:
 
     async def policy(self, request: web.Request) -> web.Response:
         """The probe's active policy (``connstats policy show``) and its recent violations."""
-        host, limit = policy_params(request.query, self.config.host)
+        host, limit = policy_params(request.query, self.host)
         violations = self.violations.recent(host, limit)
         try:
-            async with ControlClient(self.config.nats, host, timeout=5.0) as client:
+            async with ControlClient(self.control, host, timeout=5.0) as client:
                 reply = await client.request("policy_show")
         except TransportError as exc:  # no probe answers: the page says so, with what was seen
             return json_response({"available": False, "host": host, "reason": str(exc), "violations": violations})
@@ -220,15 +255,15 @@ class WebUi:
     async def denied(self, request: web.Request) -> web.Response:
         """The connections the policy denied over a range, from the store (the ``verdict``
         column), through ``connstats history --verdict deny``'s query."""
-        query, limit = violations_query(request.query, self.config.host)
+        query, limit = violations_query(request.query, self.host)
         return json_response(build_violations(await self.reader.rows(query), query, limit))
 
     async def learn(self, request: web.Request) -> web.Response:
         """What ``connstats policy learn`` would write for the range (sink/policy_learn.py)."""
         from connstats.sink.policy_learn import learn_policy, learned_policy_text
 
-        query, peers = learn_params(request.query, self.config.host)
-        own = await asyncio.to_thread(self.config.host_addresses) if query.host == self.config.host else []
+        query, peers = learn_params(request.query, self.host)
+        own = await asyncio.to_thread(self.host_addresses) if query.host == self.host else []
         learned = learn_policy(await self.reader.rows(query), host_addresses=own, peers=peers)
         text = learned_policy_text(learned, [f"connstats policy learn (preview): host {query.host}"])
         return json_response({"host": query.host, "since_ms": query.since // 1_000_000,
@@ -286,8 +321,3 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("web %s %s failed", request.method, request.path)
         return json_response({"error": "internal error; see the log of connstats ui"}, 500)
-
-
-def build_ui(config: UiConfig) -> WebUi:
-    """The one composition root of the web page's server."""
-    return WebUi(config)

@@ -29,8 +29,9 @@ from connstats.sink.alerts.notify import alerts_stream_config
 from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 from connstats.sink.sqlite_store import SqliteStore
+from connstats.sink.web.compose import UiConfig, build_ui
 from connstats.sink.web.queries import build_map
-from connstats.sink.web.server import STATIC, UiConfig, build_ui
+from connstats.sink.web.server import STATIC
 from tests.fixtures.wait import until_async
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
@@ -91,7 +92,7 @@ async def test_live_sends_only_the_top_n_of_a_chunked_interval(web, nats_server)
         async with session.get("/api/live", params={"limit": "25"}) as response:
             assert response.status == 200 and response.content_type == "text/event-stream"
             assert await response.content.readline() == b": connected\n"
-            while not ui.feed.pages:
+            while not ui.api.feed.pages:
                 await asyncio.sleep(0.01)
             for message in messages:
                 await nc.publish(flows_subject("web-1"), message)
@@ -118,7 +119,7 @@ async def test_a_message_nested_1000_deep_is_skipped_and_the_live_page_goes_on(w
     try:
         async with session.get("/api/live") as response:
             assert await response.content.readline() == b": connected\n"
-            await until_async(lambda: ui.feed.pages, 5, "the page in the feed")
+            await until_async(lambda: ui.api.feed.pages, 5, "the page in the feed")
             await nc.publish(flows_subject("web-1"), nested)
             await nc.publish(policy_subject("web-1"), nested)  # the Policy view's violations
             await nc.publish(flows_subject("web-1"), encode_message(batch))
@@ -127,8 +128,8 @@ async def test_a_message_nested_1000_deep_is_skipped_and_the_live_page_goes_on(w
         await nc.close()
     assert (event["host"], event["interval_seq"], event["connections"]) == ("web-1", 8, 40)
     assert (event["packets"], event["bytes"]) == (sum(batch.columns.packets), sum(batch.columns.bytes))
-    await until_async(lambda: ui.violations.skipped, 5, "the nested violation skipped")
-    assert (ui.feed.bad_messages, ui.violations.skipped, list(ui.violations.events)) == (1, 1, [])
+    await until_async(lambda: ui.api.violations.skipped, 5, "the nested violation skipped")
+    assert (ui.api.feed.bad_messages, ui.api.violations.skipped, list(ui.api.violations.events)) == (1, 1, [])
 
 
 VIOLATION = {"host": "web-1", "interval_seq": 4812, "interval_start": 1795000000000000000,
@@ -185,7 +186,7 @@ async def test_live_filters_column_wise(web, nats_server):
         params = {"container": "app-03", "proto": "udp", "port": "53", "limit": "1000"}
         async with session.get("/api/live", params=params) as response:
             await response.content.readline()
-            while not ui.feed.pages:
+            while not ui.api.feed.pages:
                 await asyncio.sleep(0.01)
             await nc.publish(flows_subject("web-2"), b"not a flow message")  # skipped, not fatal
             for message in chunked_messages(batch, 2_000):
@@ -199,7 +200,7 @@ async def test_live_filters_column_wise(web, nats_server):
     assert sorted((r["src_port"], r["bytes"]) for r in event["rows"]) == sorted(
         (c.src_port[i], c.bytes[i]) for i in expected)
     assert {(r["container"], r["ifname"], r["proto"]) for r in event["rows"]} == {("app-03", "veth003", "udp")}
-    assert ui.feed.bad_messages == 1
+    assert ui.api.feed.bad_messages == 1
 
 
 async def test_map_and_history_are_the_store_rows(web, store_path):
@@ -356,10 +357,10 @@ async def test_bad_parameters_get_400_with_a_json_error(web, path, params, messa
 
 async def test_live_views_are_bounded(web):
     ui, session = web
-    ui.max_live_pages = 2
+    ui.api.max_live_pages = 2
     first, second = await session.get("/api/live"), await session.get("/api/live")
     try:
-        while len(ui.feed.pages) < 2:
+        while len(ui.api.feed.pages) < 2:
             await asyncio.sleep(0.01)
         async with session.get("/api/live") as third:
             assert third.status == 503
@@ -368,9 +369,9 @@ async def test_live_views_are_bounded(web):
         first.close()
         second.close()
     deadline = time.monotonic() + 10
-    while ui.feed.pages and time.monotonic() < deadline:  # a closed stream leaves the feed
+    while ui.api.feed.pages and time.monotonic() < deadline:  # a closed stream leaves the feed
         await asyncio.sleep(0.02)
-    assert not ui.feed.pages
+    assert not ui.api.feed.pages
 
 
 async def test_foreign_host_and_origin_are_refused(web):
