@@ -22,7 +22,8 @@
         DockerWatcher   containers' veths, labelled (when a socket is given)
 
 The parts' constructors subscribe to nothing: what follows the probe's intervals and
-devices is wired in ``build_probe`` (a new listener is one line there). The host name
+devices is wired in ``build_probe`` (a new listener is one line there); only the link
+watcher hears of detaches on its own, while it runs (start to close). The host name
 lives in ``ProbeConfig.host`` only; the parts get it from here. The CLI reaches the
 probe's insides only through this module (``__all__``): the root, and the defaults and
 device checks that fill a ``ProbeConfig``.
