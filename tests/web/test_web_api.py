@@ -146,10 +146,10 @@ async def test_the_policy_view_lists_violations_and_skips_what_is_not_one(web, n
         for message in (VIOLATION, {"host": "web-1"}, VIOLATION | {"src_port": "x"}, [1],
                         VIOLATION | {"host": "web-2"}, VIOLATION | {"dst_port": 23}):
             await nc.publish(policy_subject("web-1"), msgspec.json.encode(message))
-        await until_async(lambda: len(ui.violations.events) + ui.violations.skipped == 6, 5, "6 messages seen")
+        await until_async(lambda: len(ui.api.violations.events) + ui.api.violations.skipped == 6, 5, "6 messages seen")
     finally:
         await nc.close()
-    assert ui.violations.skipped == 3  # an object without the fields, a port as text, an array
+    assert ui.api.violations.skipped == 3  # an object without the fields, a port as text, an array
     async with session.get("/api/policy", params={"host": "web-1"}) as response:
         body = await response.json()
     assert (response.status, body["available"]) == (200, False)  # no probe answers for web-1
