@@ -109,8 +109,8 @@ def test_protect_mode_verdict_and_drop_counters_equal_the_store_and_the_veths(qu
     assert [got[f"connstats_policy_{n}", ()] for n in ("mode", "rules", "groups", "governed_devices")] == [2, 1, 2, 2]
     assert got[("connstats_policy_apply_failures_total", ())] == 0
     # one event per denied connection per device and interval, each one counted when published
-    mine = [e for e in events if e["dst_port"] == DENIED]
-    assert len(mine) == len(events) and sum(e["packets"] for e in mine) == SENT_DENIED
+    mine = [e for e in events if e.dst_port == DENIED]
+    assert len(mine) == len(events) and sum(e.packets for e in mine) == SENT_DENIED
     assert got[("connstats_policy_violation_events_total", ())] == len(events)
     assert got[("connstats_policy_violation_events_failed_total", ())] == 0
 
