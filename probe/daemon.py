@@ -21,6 +21,7 @@ from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
+from .policy.tables import PolicyTables
 from .publish.publisher import FlowPublisher, PublisherSettings
 from .seams import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 
@@ -51,6 +52,20 @@ class ProbeDaemon:
         self.attach_failures = 0
 
     @property
+    def _kernel(self) -> KernelProbe:
+        """The kernel probe, which ``run`` loads before any service or interval needs it."""
+        if self.kernel is None:
+            raise RuntimeError("the probe is not running: no kernel probe loaded yet")
+        return self.kernel
+
+    @property
+    def _publisher(self) -> FlowPublisher:
+        """The publisher, which ``run`` connects before the first interval is published."""
+        if self.publisher is None:
+            raise RuntimeError("the probe is not running: no publisher connected yet")
+        return self.publisher
+
+    @property
     def host(self) -> str:
         return self.settings.probe.host
 
@@ -60,14 +75,14 @@ class ProbeDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Load, attach, then poll and publish until ``stop``; the last interval is not lost."""
-        self.kernel = await asyncio.to_thread(KernelProbe, self.settings.probe)
+        self.kernel = kernel = await asyncio.to_thread(KernelProbe, self.settings.probe)
         services: list[Service] = []
         try:
             async with FlowPublisher(self.settings.nats, self.settings.publisher) as publisher:
                 self.publisher = publisher
-                for device in await asyncio.to_thread(self.kernel.adopt):
+                for device in await asyncio.to_thread(kernel.adopt):
                     await self.publish_event(device_event("attached", device, source="adopted"))
-                for old in await publish_recovered(self.kernel, self._publish):
+                for old in await publish_recovered(kernel, self._publish):
                     if old.lost_entries:
                         await self.publish_event(HandoverLost(
                             layout=old.path.name, connections=old.lost_entries,
@@ -76,21 +91,21 @@ class ProbeDaemon:
                     await self.attach(name)
                 await _start_all(self, self.settings.services, services)
                 self.ready.set()
-                await poll_forever(self.kernel, self._publish, stop)
+                await poll_forever(kernel, self._publish, stop)
                 if not await publisher.flush(self.settings.shutdown_flush_seconds):
                     log.warning("NATS did not take every interval before shutdown; "
                                 "the rest stays in the outbox spool for the next start")
         finally:
             for service in reversed(services):
                 await service.close()
-            await asyncio.to_thread(self.kernel.close)
+            await asyncio.to_thread(kernel.close)
 
-    async def _publish(self, batch: "FlowBatch") -> None:
+    async def _publish(self, batch: FlowBatch) -> None:
         for listener in self.interval_listeners:
             listener(batch)
-        await self.publisher.submit(batch)
-        await self.publisher.make_durable(min(self.publisher.settings.ack_timeout,
-                                              self.settings.probe.interval / 2))
+        publisher = self._publisher
+        await publisher.submit(batch)
+        await publisher.make_durable(min(publisher.settings.ack_timeout, self.settings.probe.interval / 2))
 
     # -- ProbePort: what the control plane and the watchers call --------------------------
 
@@ -98,7 +113,7 @@ class ProbeDaemon:
                      labels: Labels | None = None, **context: Any) -> AttachedDevice:
         """Attach and publish an "attached" event carrying ``context`` (source, netns, ...)."""
         try:
-            device = await asyncio.to_thread(self.kernel.attach, name, mode, labels)
+            device = await asyncio.to_thread(self._kernel.attach, name, mode, labels)
         except Exception:
             self.attach_failures += 1
             raise
@@ -107,7 +122,7 @@ class ProbeDaemon:
 
     async def detach(self, name: str | int, reason: str = "detached", **context: Any) -> AttachedDevice:
         """Detach, forget the device's since-attach totals, publish ``reason`` as the event."""
-        device = await asyncio.to_thread(self.kernel.detach, name)
+        device = await asyncio.to_thread(self._kernel.detach, name)
         for forget in list(self.detach_listeners):
             await forget(device)
         await self.publish_event(device_event(reason, device, **context))
@@ -116,7 +131,7 @@ class ProbeDaemon:
     async def check_filters(self) -> list[FilterLoss]:
         """Release devices whose filter someone else replaced or removed; publish
         ``replaced`` or ``lost`` with what is in our place now (``hooks``)."""
-        lost = await asyncio.to_thread(self.kernel.check_filters)
+        lost = await asyncio.to_thread(self._kernel.check_filters)
         for loss in lost:
             for forget in list(self.detach_listeners):
                 await forget(loss.device)
@@ -124,16 +139,16 @@ class ProbeDaemon:
         return lost
 
     def devices(self) -> list[AttachedDevice]:
-        return self.kernel.devices.devices()
+        return self._kernel.devices.devices()
 
     def label(self, ifindex: int, labels: Labels) -> None:
-        self.kernel.label(ifindex, labels)
+        self._kernel.label(ifindex, labels)
 
-    def policy_tables(self):
-        return self.kernel.policy
+    def policy_tables(self) -> PolicyTables:
+        return self._kernel.policy
 
     async def live_records(self) -> FlowBatch:
-        return await asyncio.to_thread(self.kernel.peek)
+        return await asyncio.to_thread(self._kernel.peek)
 
     async def publish_event(self, event: Event) -> bool:
         if self.publisher is None:
