@@ -167,7 +167,7 @@ def addresses_in(netns_path: str | None) -> tuple[Address, ...]:
     return tuple(found)
 
 
-def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple] | None = None) -> list[Endpoint]:
+def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple[Address, ...]] | None = None) -> list[Endpoint]:
     """Attached devices (``AttachedDevice``) as endpoints: who is behind each (through the
     probe's ``ContainerIndex``) and that namespace's addresses (``cache``: netns inode ->
     addresses, filled as namespaces are first seen)."""
@@ -177,7 +177,7 @@ def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple] | N
         netns = container = None
         if containers is not None and device.link.peer_nsid is not None:
             netns, container = containers.owner(device.link.peer_nsid)
-        addresses: tuple = ()
+        addresses: tuple[Address, ...] = ()
         if netns is not None:
             if netns.inode not in cache:
                 path = f"/var/run/netns/{netns.name}" if netns.name else f"/proc/{netns.pid}/ns/net"

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..contract.errors import ConfigError, NotApplied, PolicyError
+from ..contract.flow_batch import FlowBatch
 from ..contract.policy_file import Policy, parse_policy
+from ..kernel.devices import AttachedDevice
 from ..runtime.private import write_private
 from ..seams import PolicyReport, ProbePort
-from ..watch.containers import ContainerIndex
+from ..watch.containers import Container, ContainerIndex, Netns
 from .job import ApplyJob
-from .resolve import Resolved, addresses_in, endpoints_of, resolve
+from .resolve import Address, Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
 from .violations import ViolationPublisher
 
@@ -35,7 +37,9 @@ log = logging.getLogger("connstats.probe.policy")
 
 STATE_FILE = "policy.json"
 ENFORCING = ("monitor", "protect")
-Handler = Callable[[dict], Awaitable[dict]]
+JsonObject = dict[str, Any]  # a request's or a reply's body: any JSON values
+Handler = Callable[[JsonObject], Awaitable[JsonObject]]
+Signature = tuple[tuple[int, str, int | None, Container | None], ...]
 
 
 class PolicyService:
@@ -51,9 +55,9 @@ class PolicyService:
         self.policy: Policy | None = None
         self.mode = "off"
         self.resolved: Resolved | None = None
-        self._seen: tuple = ()
-        self._addresses: dict[int, tuple] = {}  # netns inode -> its addresses
-        self._task: asyncio.Task | None = None
+        self._seen: Signature = ()
+        self._addresses: dict[int, tuple[Address, ...]] = {}  # netns inode -> its addresses
+        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._newest: ApplyJob | None = None  # the last apply or off that came in
         self.apply_failures = 0
@@ -61,6 +65,13 @@ class PolicyService:
     def bind(self, probe: ProbePort) -> PolicyService:
         self.probe = probe
         return self
+
+    @property
+    def _probe(self) -> ProbePort:
+        """The probe ``bind`` gave, which every verb, apply and recheck asks."""
+        if self.probe is None:
+            raise RuntimeError("the policy service is not bound to a probe (PolicyService.bind)")
+        return self.probe
 
     @property
     def verbs(self) -> dict[str, Handler]:
@@ -86,14 +97,14 @@ class PolicyService:
 
     # -- the verbs ------------------------------------------------------------------------
 
-    async def apply_verb(self, body: dict) -> dict:
+    async def apply_verb(self, body: JsonObject) -> JsonObject:
         try:
             return await self._apply_verb(body)
         except Exception:
             self.apply_failures += 1
             raise
 
-    async def _apply_verb(self, body: dict) -> dict:
+    async def _apply_verb(self, body: JsonObject) -> JsonObject:
         job = self._arrived(_job_of(body))  # first: it supersedes whatever came before it
         text, mode = body.get("text"), body.get("mode")
         if not isinstance(text, str):
@@ -112,22 +123,22 @@ class PolicyService:
         self._newest = job
         return job
 
-    async def show_verb(self, body: dict) -> dict:
+    async def show_verb(self, body: JsonObject) -> JsonObject:
         return self.summary() | {"text": self.policy.text if self.policy else ""}
 
-    async def off_verb(self, body: dict) -> dict:
+    async def off_verb(self, body: JsonObject) -> JsonObject:
         self._arrived(ApplyJob())
         async with self._lock:
-            await asyncio.to_thread(self.probe.policy_tables().off)
+            await asyncio.to_thread(self._probe.policy_tables().off)
             self.policy, self.resolved, self.mode = None, None, "off"
         self._save()
         log.info("policy removed")
         return self.summary()
 
-    def summary(self) -> dict[str, Any]:
-        governed = []
+    def summary(self) -> JsonObject:
+        governed: list[JsonObject] = []
         if self.resolved is not None:
-            names = {d.ifindex: d.name for d in self.probe.devices()}
+            names = {d.ifindex: d.name for d in self._probe.devices()}
             governed = [{"ifname": names.get(i, str(i)), "ifindex": i, "groups": self.resolved.names(mask)}
                         for i, mask in sorted(self.resolved.devices.items())]
         return {"mode": self.mode, "groups": len(self.policy.groups) if self.policy else 0,
@@ -152,7 +163,7 @@ class PolicyService:
             self._seen = ()  # resolve from scratch: addresses may have changed too
             self._addresses.clear()
             resolved = await asyncio.to_thread(self._resolve, policy)
-            await asyncio.to_thread(self.probe.policy_tables().install, resolved, mode, job)
+            await asyncio.to_thread(self._probe.policy_tables().install, resolved, mode, job)
             self.policy, self.resolved, self.mode = policy, resolved, mode
         log.info("policy applied: %s, %d groups, %d rules, %d governed devices", mode,
                  len(policy.groups), len(policy.rules), len(resolved.devices))
@@ -174,24 +185,24 @@ class PolicyService:
             if self.resolved is not None and (resolved.devices, resolved.prefixes) == (
                     self.resolved.devices, self.resolved.prefixes):
                 return False
-            await asyncio.to_thread(self.probe.policy_tables().install, resolved, self.mode)
+            await asyncio.to_thread(self._probe.policy_tables().install, resolved, self.mode)
             self.resolved = resolved
         log.info("policy re-resolved: %d governed devices", len(resolved.devices))
         return True
 
-    def _signature(self) -> tuple:
+    def _signature(self) -> Signature:
         """The attached devices and who is behind them (resolver lookups are cached)."""
         return tuple(sorted((d.ifindex, d.name, d.link.peer_nsid, self._owner(d)[1])
-                            for d in self.probe.devices()))
+                            for d in self._probe.devices()))
 
-    def _owner(self, device) -> tuple:
+    def _owner(self, device: AttachedDevice) -> tuple[Netns | None, Container | None]:
         if self.containers is None or device.link.peer_nsid is None:
             return None, None
         return self.containers.owner(device.link.peer_nsid)
 
     def _resolve(self, policy: Policy) -> Resolved:
         self._seen = self._signature()
-        return resolve(policy, endpoints_of(self.probe.devices(), self.containers, self._addresses),
+        return resolve(policy, endpoints_of(self._probe.devices(), self.containers, self._addresses),
                        addresses_in(None))
 
     # -- what survives a restart ----------------------------------------------------------
@@ -204,7 +215,7 @@ class PolicyService:
             return
         write_private(self.state_file, json.dumps({"mode": self.mode, "text": self.policy.text}) + "\n")
 
-    def _load(self) -> dict | None:
+    def _load(self) -> JsonObject | None:
         if self.state_file is None:
             return None
         try:
@@ -219,14 +230,14 @@ class PolicyService:
             return None
         return saved
 
-    def publish_violations(self, batch) -> None:
+    def publish_violations(self, batch: FlowBatch) -> None:
         """An interval listener: the interval's denied connections as violation events,
         while a policy is applied (nothing before ``start``)."""
         if self.resolved is not None:
             self.violations.interval(batch, self.resolved, self.mode)
 
 
-def _job_of(body: dict) -> ApplyJob:
+def _job_of(body: JsonObject) -> ApplyJob:
     """The request's time: ``within_ms`` from now, and no later than ``deadline_ms`` (unix
     time by the sender's clock: a request that sat in a queue is refused)."""
     within, deadline = body.get("within_ms"), body.get("deadline_ms")

@@ -17,6 +17,7 @@ import nats.errors
 import numpy as np
 from nats.aio.client import Client
 
+from ..contract.flow_batch import FlowBatch
 from ..contract.messaging import NatsOptions, connect, policy_subject
 from ..contract.record import proto_name
 from ..contract.violations import ViolationMessage, encode_violation
@@ -28,7 +29,7 @@ _FIELDS = ("ifindex", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst
            "first_seen")
 
 
-def violations(batch, resolved: Resolved, mode: str) -> list[ViolationMessage]:
+def violations(batch: FlowBatch, resolved: Resolved, mode: str) -> list[ViolationMessage]:
     """The violation events of one interval's batch (pure)."""
     verdicts = np.asarray(batch.columns.verdict, dtype=object)
     rows = np.flatnonzero(verdicts == "deny")
@@ -76,12 +77,12 @@ class ViolationPublisher:
         self.published = 0
         self.failed = 0  # events of batches whose publish or flush failed
         self._nc: Client | None = None
-        self._pending: set[asyncio.Task] = set()
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._nc = await connect(self.options, name="connstats-policy")
 
-    def interval(self, batch, resolved: Resolved, mode: str) -> None:
+    def interval(self, batch: FlowBatch, resolved: Resolved, mode: str) -> None:
         """Called with every interval before it is published (ProbePort.on_interval)."""
         events = violations(batch, resolved, mode)
         if events:
@@ -90,12 +91,15 @@ class ViolationPublisher:
             task.add_done_callback(self._pending.discard)
 
     async def _publish(self, events: list[ViolationMessage]) -> None:
+        nc = self._nc
+        if nc is None:
+            raise RuntimeError("violation events before ViolationPublisher.start connected to NATS")
         sent = 0
         try:
             for event in events:
-                await self._nc.publish(self.subject, encode_violation(event))
+                await nc.publish(self.subject, encode_violation(event))
                 sent += 1
-            await self._nc.flush(timeout=5)
+            await nc.flush(timeout=5)
             self.published += sent
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
             self.failed += len(events)
