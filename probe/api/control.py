@@ -42,6 +42,9 @@ from ..seams import ProbePort
 
 log = logging.getLogger(__name__)
 
+JsonObject = dict[str, Any]  # a request's or a reply's body: any JSON values
+Verb = Callable[[JsonObject], Awaitable[JsonObject]]  # a request's body -> the reply's
+
 VERBS = ("attach", "detach", "list", "stats", "ping")
 DEFAULT_STATS_LIMIT = 1000
 MAX_REQUEST_BYTES = 1024 * 1024  # NATS' default max_payload; a policy text fits
@@ -58,14 +61,14 @@ class ControlService:
     that sees the probe through ``ProbePort`` (``self.probe``)."""
 
     def __init__(self, probe: ProbePort, options: NatsOptions, host: str,
-                 more: dict[str, Callable[[dict], Awaitable[dict]]] | None = None) -> None:
+                 more: dict[str, Verb] | None = None) -> None:
         self.probe = probe
         self.options = options
         self.host = host
         self.subject = f"{PREFIX}.ctl.{host_token(host)}.*"
         self._nc: Client | None = None
-        self._serving: set[asyncio.Task] = set()
-        self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
+        self._serving: set[asyncio.Task[None]] = set()
+        self._handlers: dict[str, Verb] = {
             "attach": self._attach, "detach": self._detach, "list": self._list,
             "stats": self._stats, "ping": self._ping, **(more or {}),
         }
@@ -104,20 +107,21 @@ class ControlService:
             return
         await self._respond(msg, await self.answer(verb, msg.data))
 
-    async def _respond(self, msg: Msg, reply: dict) -> None:
+    async def _respond(self, msg: Msg, reply: JsonObject) -> None:
         if not msg.reply:
             return
         data = msgspec.json.encode(reply)
-        if len(data) > self._nc.max_payload:  # e.g. `policy show` of a policy near the limit
+        max_payload = _max_payload(self._nc)
+        if len(data) > max_payload:  # e.g. `policy show` of a policy near the limit
             data = msgspec.json.encode(_failure(TransportError(
-                f"the reply is {len(data):,} bytes, more than the {self._nc.max_payload:,} bytes the NATS server "
+                f"the reply is {len(data):,} bytes, more than the {max_payload:,} bytes the NATS server "
                 "takes in one message (max_payload); raise max_payload in the server's configuration")))
         try:
             await msg.respond(data)
         except (nats.errors.Error, OSError) as exc:
             log.warning("control reply on %s not sent: %r", msg.subject, exc)
 
-    async def answer(self, verb: str, data: bytes) -> dict[str, Any]:
+    async def answer(self, verb: str, data: bytes) -> JsonObject:
         """The reply to one request; never raises."""
         handler = self._handlers.get(verb)
         if handler is None:
@@ -134,21 +138,21 @@ class ControlService:
 
     # -- the verbs ----------------------------------------------------------------------
 
-    async def _attach(self, body: dict) -> dict:
+    async def _attach(self, body: JsonObject) -> JsonObject:
         device = await self.probe.attach(_text(body, "iface"), _text(body, "direction", "auto"))
         return {"device": device_to_wire(device)}
 
-    async def _detach(self, body: dict) -> dict:
+    async def _detach(self, body: JsonObject) -> JsonObject:
         device = await self.probe.detach(_text(body, "iface"))
         return {"device": device_to_wire(device)}
 
-    async def _list(self, body: dict) -> dict:
+    async def _list(self, body: JsonObject) -> JsonObject:
         return {"devices": [device_to_wire(d) for d in self.probe.devices()]}
 
-    async def _ping(self, body: dict) -> dict:
+    async def _ping(self, body: JsonObject) -> JsonObject:
         return {"host": self.host, "devices": len(self.probe.devices())}
 
-    async def _stats(self, body: dict) -> dict:
+    async def _stats(self, body: JsonObject) -> JsonObject:
         iface = _text(body, "iface", None)
         limit = body.get("limit", DEFAULT_STATS_LIMIT)
         if type(limit) is not int or limit < 0:
@@ -165,23 +169,28 @@ class ControlService:
         }
         return self._fitting(reply)
 
-    def _fitting(self, reply: dict) -> dict:
+    def _fitting(self, reply: JsonObject) -> JsonObject:
         """Drop the smallest records until the reply fits the server's max_payload."""
-        room = (self._nc.max_payload if self._nc else 1 << 20) - 1024
+        room = _max_payload(self._nc) - 1024
         while reply["records"] and len(msgspec.json.encode(reply)) > room:
             reply["records"] = reply["records"][: len(reply["records"]) // 2]
         return reply
 
 
 def control_service(options: NatsOptions, host: str,
-                    more: dict[str, Callable[[dict], Awaitable[dict]]] | None = None,
+                    more: dict[str, Verb] | None = None,
                     ) -> Callable[[ProbePort], ControlService]:
     """A ``ServiceFactory`` for ``DaemonSettings.services``; ``more`` verbs from other
     services (the policy's ``policy_apply``, ``policy_show``, ``policy_off``)."""
     return lambda probe: ControlService(probe, options, host, more)
 
 
-def _request_body(data: bytes) -> dict:
+def _max_payload(nc: Client | None) -> int:
+    """The most bytes the server takes in one message; NATS' default before connecting."""
+    return nc.max_payload if nc else 1 << 20
+
+
+def _request_body(data: bytes) -> JsonObject:
     if not data.strip():
         return {}
     try:
@@ -199,7 +208,7 @@ def _request_body(data: bytes) -> dict:
 _REQUIRED = object()
 
 
-def _text(body: dict, key: str, default: Any = _REQUIRED) -> Any:
+def _text(body: JsonObject, key: str, default: Any = _REQUIRED) -> Any:
     value = body.get(key, default)
     if value is _REQUIRED:
         raise ConfigError(f"the request lacks {key!r}")
@@ -208,5 +217,5 @@ def _text(body: dict, key: str, default: Any = _REQUIRED) -> Any:
     return value
 
 
-def _failure(exc: ConnstatsError) -> dict[str, Any]:
+def _failure(exc: ConnstatsError) -> JsonObject:
     return {"ok": False, "error": str(exc), "kind": type(exc).__name__}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import msgspec
 from aiohttp import web
@@ -99,7 +99,7 @@ def overflow_to_json(t: OverflowTotal) -> dict[str, Any]:
 
 
 def connections_to_json(totals: list[ConnectionTotal],
-                        overflow: list[OverflowTotal] = ()) -> dict[str, dict[str, Any]]:
+                        overflow: Sequence[OverflowTotal] = ()) -> dict[str, dict[str, Any]]:
     """``connection_<id>`` per connection, then ``overflow_<ifindex>_<direction>`` per device
     and direction with overflow: together a device's exact totals."""
     body = {f"connection_{t.id}": connection_to_json(t) for t in totals}
@@ -251,7 +251,7 @@ class HttpApi:
 
         return await self._send(request, await self.answers.get("all", compute))
 
-    async def one_device(self, request: web.Request) -> web.Response:
+    async def one_device(self, request: web.Request) -> web.StreamResponse:
         text = request.match_info["device_id"]
         if not (text.isascii() and text.isdigit()):
             raise RequestError(400, f"device id {text!r} is not an ifindex; use a number")
