@@ -50,7 +50,7 @@ def packed_keys(batch: FlowBatch) -> np.ndarray:
 
 def nonzero_words(words: np.ndarray) -> np.ndarray:
     """Which rows of ``words`` are not zero for every record: a bool per row."""
-    return words.any(axis=1)
+    return np.asarray(words.any(axis=1))  # a 2-D array: one bool per row, never a scalar
 
 
 def key_hashes(words: np.ndarray, used: np.ndarray) -> np.ndarray:

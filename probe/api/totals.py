@@ -57,12 +57,15 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 from itertools import compress
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Collection, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..contract.flow_batch import FlowBatch
 from ..contract.record import Envelope, FlowRecord
+from ..kernel.devices import AttachedDevice
+from ..seams import DetachListener
 from .key_index import KEY_WORDS, HashIndex, key_hashes, nonzero_words, packed_keys
 
 DEFAULT_MAX_ENTRIES = 262_144  # ~0.5 KiB each with the key: ~130 MiB at the cap
@@ -74,6 +77,10 @@ VIEW_RETRY_SECONDS = 0.01
 SINCE_SLACK_NS = 100_000_000
 
 ConnectionKey = tuple[int, str, int, str, str, int, int]
+# a record as ``_Interval.tuples`` gives it: (key, ifname, family, container_name, verdict,
+# packets, bytes, first_seen, last_seen)
+RecordTuple = tuple[ConnectionKey, str, int, str, str, int, int, int, int]
+Ifindexes = Collection[int] | None  # the devices a view is of; None: all
 
 
 def connection_key(r: FlowRecord) -> ConnectionKey:
@@ -159,18 +166,22 @@ class _Interval:
             column[keep] for column in (self.hashes, self.ifindex, self.packets, self.bytes,
                                         self.first_seen, self.last_seen))))
 
-    def field(self, name: str, at: np.ndarray) -> list:
-        """Field ``name`` of the records at positions ``at``, as Python values."""
+    def field(self, name: str, at: np.ndarray) -> list[Any]:
+        """Field ``name`` of the records at positions ``at``, as Python values (of the
+        type of the field ``name`` names: Any, as ``FlowBatch.column`` says)."""
         rows = self.rows[at]
         column = getattr(self.batch.columns, name, None)
         if isinstance(column, np.ndarray):
             return column[rows].tolist()
-        return list(map(self.batch.column(name).__getitem__, rows.tolist()))
+        values = self.batch.column(name)
+        if not isinstance(values, Sequence):  # an envelope field, repeated: not one read here
+            values = list(values)
+        return list(map(values.__getitem__, rows.tolist()))
 
     def keys(self, at: np.ndarray) -> list[ConnectionKey]:
         return list(zip(*(self.field(name, at) for name in _KEY_FIELDS), strict=True))
 
-    def tuples(self) -> list[tuple]:
+    def tuples(self) -> list[RecordTuple]:
         """(key, ifname, family, container_name, verdict, packets, bytes, first_seen, last_seen) per record."""
         everything = np.arange(len(self))
         return list(zip(self.keys(everything), *(self.field(name, everything) for name in _STATIC_FIELDS),
@@ -186,13 +197,26 @@ class _Columns:
               "first_seen": np.int64, "last_seen": np.int64, "family": np.int64, "hash": np.uint64,
               "ifname": object, "container_name": object, "verdict": object}
 
+    # the fields of DTYPES, set in __init__ by name
+    id: np.ndarray
+    ifindex: np.ndarray
+    packets: np.ndarray
+    bytes: np.ndarray
+    first_seen: np.ndarray
+    last_seen: np.ndarray
+    family: np.ndarray
+    hash: np.ndarray
+    ifname: np.ndarray
+    container_name: np.ndarray
+    verdict: np.ndarray
+
     def __init__(self) -> None:
         for name, dtype in self.DTYPES.items():
             setattr(self, name, np.zeros(0, dtype=dtype))
         self.words = np.zeros((KEY_WORDS, 0), dtype=np.uint64)
         self.used = np.zeros(KEY_WORDS, dtype=bool)
 
-    def append(self, fresh: dict[str, Any], words: np.ndarray) -> None:
+    def append(self, fresh: dict[str, npt.ArrayLike], words: np.ndarray) -> None:
         count = words.shape[1]
         for name, dtype in self.DTYPES.items():
             value = np.asarray(fresh[name], dtype=dtype)
@@ -275,7 +299,7 @@ class ConnectionTotals:
         at = new[first[order]]
         base = len(self._keys)
         keys = interval.keys(at)
-        fresh = dict(zip(_STATIC_FIELDS, (interval.field(name, at) for name in _STATIC_FIELDS), strict=True))
+        fresh: dict[str, npt.ArrayLike] = dict(zip(_STATIC_FIELDS, (interval.field(name, at) for name in _STATIC_FIELDS), strict=True))
         fresh.update(id=self._new_ids(keys), ifindex=interval.ifindex[at], hash=interval.hashes[at],
                      packets=0, bytes=0, first_seen=_NO_TIME[0], last_seen=_NO_TIME[1])
         self._columns.append(fresh, interval.words[:, at])
@@ -334,7 +358,7 @@ class ConnectionTotals:
                 total.bytes += o.bytes
                 total.last_interval_end = max(total.last_interval_end, envelope.interval_end)
 
-    def overflow_view(self, ifindexes: Any = None) -> list[OverflowTotal]:
+    def overflow_view(self, ifindexes: Ifindexes = None) -> list[OverflowTotal]:
         """Copies of the overflow totals of ``ifindexes`` (all if None), by ifindex and direction."""
         return [replace(t) for key, t in sorted(self._overflow.items())
                 if ifindexes is None or key[0] in ifindexes]
@@ -360,7 +384,7 @@ class ConnectionTotals:
         everything = np.arange(len(mine))
         self._forgotten[ifindex] = _Forgotten(
             until_ns=time.time_ns() if until_ns is None else until_ns,
-            residue_start=live.envelope.interval_start if len(mine) else None,
+            residue_start=live.envelope.interval_start if live is not None and len(mine) else None,
             residue=dict(zip(mine.keys(everything), zip(mine.packets.tolist(), mine.bytes.tolist(), strict=True), strict=True)),
         )
         return dropped
@@ -388,7 +412,7 @@ class ConnectionTotals:
             return True
         return live.envelope.interval_start == self.ingested_until
 
-    def view(self, live: FlowBatch | None = None, ifindexes: Any = None,
+    def view(self, live: FlowBatch | None = None, ifindexes: Ifindexes = None,
              since_ns: dict[int, int] | None = None) -> list[ConnectionTotal]:
         """Totals plus the ``live`` interval, for ``ifindexes`` (all if None), by id.
 
@@ -409,7 +433,7 @@ class ConnectionTotals:
             totals = [t for t in totals if t.last_seen >= since_ns.get(t.ifindex, 0) - SINCE_SLACK_NS]
         return sorted(totals, key=lambda t: t.id)
 
-    def _slots_on(self, ifindexes: Any) -> np.ndarray:
+    def _slots_on(self, ifindexes: Ifindexes) -> np.ndarray:
         if ifindexes is None:
             return np.arange(len(self))
         return np.flatnonzero(np.isin(self._columns.ifindex, np.fromiter(ifindexes, dtype=np.int64)))
@@ -421,12 +445,13 @@ class ConnectionTotals:
         fields = [columns[name][slots].tolist() for name in (
             "id", "ifname", "family", "packets", "bytes", "first_seen", "last_seen", "container_name",
             "verdict")]
-        return [ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:], packets, nbytes,
-                                first, last, container, verdict)
+        # key: a ConnectionKey, (ifindex, direction, proto, src_ip, dst_ip, src_port, dst_port)
+        return [ConnectionTotal(id, key[0], ifname, key[1], family, key[2], key[3], key[4], key[5], key[6],
+                                packets, nbytes, first, last, container, verdict)
                 for key, id, ifname, family, packets, nbytes, first, last, container, verdict
                 in zip([self._keys[s] for s in slots.tolist()], *fields, strict=True)]
 
-    def _live_records(self, live: FlowBatch, ifindexes: Any) -> _Interval:
+    def _live_records(self, live: FlowBatch, ifindexes: Ifindexes) -> _Interval:
         """The live interval's records on ``ifindexes``, less forgotten devices' residue."""
         records = _Interval.of(live)
         if self._forgotten:
@@ -504,18 +529,18 @@ async def forget_device(totals: ConnectionTotals, live_records: LiveRecords, ifi
     return totals.forget(ifindex, live, until_ns=time.time_ns())
 
 
-def forgetting(totals: ConnectionTotals, live_records: LiveRecords) -> Callable[[Any], Awaitable[None]]:
+def forgetting(totals: ConnectionTotals, live_records: LiveRecords) -> DetachListener:
     """A detach listener (``ProbePort.on_detach``): each detached device (whoever detached
     it) forgotten in ``totals`` with ``forget_device``."""
 
-    async def forget(device: Any) -> None:
+    async def forget(device: AttachedDevice) -> None:
         await forget_device(totals, live_records, device.ifindex)
 
     return forget
 
 
 async def current_view(totals: ConnectionTotals, live_records: LiveRecords,
-                       ifindexes: Any = None, since_ns: dict[int, int] | None = None,
+                       ifindexes: Ifindexes = None, since_ns: dict[int, int] | None = None,
                        ) -> list[ConnectionTotal]:
     """Published totals plus the current interval, read so that no interval counts twice.
 
