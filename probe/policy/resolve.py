@@ -20,9 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from ..contract.policy_file import BUILTIN_GROUPS, Group, Policy
+
+if TYPE_CHECKING:
+    from ..kernel.devices import AttachedDevice
 
 HOST_BIT = 1 << BUILTIN_GROUPS.index("host")
 WORLD_BIT = 1 << BUILTIN_GROUPS.index("world")
@@ -167,7 +170,35 @@ def addresses_in(netns_path: str | None) -> tuple[Address, ...]:
     return tuple(found)
 
 
-def endpoints_of(devices: Iterable, containers=None, cache: dict[int, tuple[Address, ...]] | None = None) -> list[Endpoint]:
+class _Netns(Protocol):
+    """What an endpoint reads of a network namespace (watch/containers.py's ``Netns``)."""
+
+    @property
+    def inode(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+
+
+class _Container(Protocol):
+    """What an endpoint reads of a container (watch/containers.py's ``Container``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def image(self) -> str: ...
+
+
+class Owners(Protocol):
+    """Who is behind a device's peer: the probe's ``ContainerIndex`` (watch/containers.py,
+    which this module may not import: it imports the policy tables through seams.py)."""
+
+    def owner(self, peer_nsid: int | None) -> tuple[_Netns | None, _Container | None]: ...
+
+
+def endpoints_of(devices: Iterable[AttachedDevice], containers: Owners | None = None,
+                 cache: dict[int, tuple[Address, ...]] | None = None) -> list[Endpoint]:
     """Attached devices (``AttachedDevice``) as endpoints: who is behind each (through the
     probe's ``ContainerIndex``) and that namespace's addresses (``cache``: netns inode ->
     addresses, filled as namespaces are first seen)."""

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 from ..contract.errors import ConfigError, NotApplied, PolicyError
 from ..contract.flow_batch import FlowBatch
@@ -31,12 +31,13 @@ from ..watch.containers import Container, ContainerIndex, Netns
 from .job import ApplyJob
 from .resolve import Address, Resolved, addresses_in, endpoints_of, resolve
 from .tables import MODES
-from .violations import ViolationPublisher
+from .violations import EnforcingMode, ViolationPublisher
 
 log = logging.getLogger("connstats.probe.policy")
 
 STATE_FILE = "policy.json"
 ENFORCING = ("monitor", "protect")
+Mode = Literal["off", "monitor", "protect"]  # tables.MODES
 JsonObject = dict[str, Any]  # a request's or a reply's body: any JSON values
 Handler = Callable[[JsonObject], Awaitable[JsonObject]]
 Signature = tuple[tuple[int, str, int | None, Container | None], ...]
@@ -53,7 +54,7 @@ class PolicyService:
         self.recheck_seconds = recheck_seconds
         self.probe: ProbePort | None = None
         self.policy: Policy | None = None
-        self.mode = "off"
+        self.mode: Mode = "off"
         self.resolved: Resolved | None = None
         self._seen: Signature = ()
         self._addresses: dict[int, tuple[Address, ...]] = {}  # netns inode -> its addresses
@@ -106,11 +107,10 @@ class PolicyService:
 
     async def _apply_verb(self, body: JsonObject) -> JsonObject:
         job = self._arrived(_job_of(body))  # first: it supersedes whatever came before it
-        text, mode = body.get("text"), body.get("mode")
+        text = body.get("text")
         if not isinstance(text, str):
             raise ConfigError("the request lacks the policy text ('text')")
-        if mode not in ENFORCING:
-            raise ConfigError(f"mode {mode!r} is not monitor or protect")
+        mode = _enforcing(body.get("mode"))
         policy = await asyncio.to_thread(parse_policy, text, str(body.get("source") or "policy"))
         await self.apply(policy, mode, job)
         self._save()
@@ -155,7 +155,7 @@ class PolicyService:
 
     # -- applying -------------------------------------------------------------------------
 
-    async def apply(self, policy: Policy, mode: str, job: ApplyJob | None = None) -> None:
+    async def apply(self, policy: Policy, mode: EnforcingMode, job: ApplyJob | None = None) -> None:
         """Make ``policy`` the one in force, or raise ``NotApplied`` when ``job`` stops first."""
         job = job if job is not None else self._arrived(ApplyJob())
         async with self._lock:
@@ -233,8 +233,17 @@ class PolicyService:
     def publish_violations(self, batch: FlowBatch) -> None:
         """An interval listener: the interval's denied connections as violation events,
         while a policy is applied (nothing before ``start``)."""
-        if self.resolved is not None:
+        if self.resolved is not None and self.mode != "off":  # a policy applied: both set together
             self.violations.interval(batch, self.resolved, self.mode)
+
+
+def _enforcing(mode: object) -> EnforcingMode:
+    """A request's ``mode``, which must be one that enforces."""
+    if mode == "monitor":
+        return "monitor"
+    if mode == "protect":
+        return "protect"
+    raise ConfigError(f"mode {mode!r} is not monitor or protect")
 
 
 def _job_of(body: JsonObject) -> ApplyJob:

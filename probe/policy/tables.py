@@ -167,7 +167,7 @@ def _sweep(ranges: list[tuple[int, int, int, int]]) -> Iterable[tuple[int, int, 
     for low, high, source, target in ranges:
         starts[low].append((source, target))
         ends[high + 1].append((source, target))
-    active: Counter = Counter()
+    active: Counter[tuple[int, int]] = Counter()
     cuts = sorted({0, 65536} | starts.keys() | ends.keys())
     for start, stop in zip(cuts, cuts[1:], strict=False):
         active.subtract(ends.get(start, ()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 import nats.errors
 import numpy as np
@@ -19,8 +20,9 @@ from nats.aio.client import Client
 
 from ..contract.flow_batch import FlowBatch
 from ..contract.messaging import NatsOptions, connect, policy_subject
-from ..contract.record import proto_name
+from ..contract.record import Envelope, proto_name
 from ..contract.violations import ViolationMessage, encode_violation
+from ..contract.wire_schema import Device
 from .resolve import Resolved
 
 log = logging.getLogger("connstats.probe.policy")
@@ -29,7 +31,12 @@ _FIELDS = ("ifindex", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst
            "first_seen")
 
 
-def violations(batch: FlowBatch, resolved: Resolved, mode: str) -> list[ViolationMessage]:
+EnforcingMode = Literal["monitor", "protect"]  # a policy's mode when it has violations (ViolationMessage.mode)
+# (ifindex, proto, {(src, sport), (dst, dport)}): a connection whichever side it is seen from
+ConnectionSides = tuple[int, int, frozenset[tuple[str, int]]]
+
+
+def violations(batch: FlowBatch, resolved: Resolved, mode: EnforcingMode) -> list[ViolationMessage]:
     """The violation events of one interval's batch (pure)."""
     verdicts = np.asarray(batch.columns.verdict, dtype=object)
     rows = np.flatnonzero(verdicts == "deny")
@@ -37,8 +44,8 @@ def violations(batch: FlowBatch, resolved: Resolved, mode: str) -> list[Violatio
         return []
     part = batch.take(rows.tolist())
     devices = {d.ifindex: d for d in part.devices}
-    found: dict[tuple, ViolationMessage] = {}
-    first_seen: dict[tuple, int] = {}  # of each connection's side seen first: its src
+    found: dict[ConnectionSides, ViolationMessage] = {}
+    first_seen: dict[ConnectionSides, int] = {}  # of each connection's side seen first: its src
     for ifindex, direction, proto, src, sport, dst, dport, packets, nbytes, first in zip(
             *(part.column(name) for name in _FIELDS), strict=True):
         key = (ifindex, proto, frozenset(((src, sport), (dst, dport))))
@@ -54,7 +61,8 @@ def violations(batch: FlowBatch, resolved: Resolved, mode: str) -> list[Violatio
     return list(found.values())
 
 
-def _event(envelope, mode, device, direction, proto, src, sport, dst, dport, resolved) -> ViolationMessage:
+def _event(envelope: Envelope, mode: EnforcingMode, device: Device, direction: str, proto: int, src: str, sport: int,
+           dst: str, dport: int, resolved: Resolved) -> ViolationMessage:
     own = resolved.devices.get(device.ifindex, 0)
     from_groups, to_groups = resolved.groups_of(src), resolved.groups_of(dst)
     if direction == "egress":  # leaving the device's own end: the source is behind it
@@ -82,7 +90,7 @@ class ViolationPublisher:
     async def start(self) -> None:
         self._nc = await connect(self.options, name="connstats-policy")
 
-    def interval(self, batch: FlowBatch, resolved: Resolved, mode: str) -> None:
+    def interval(self, batch: FlowBatch, resolved: Resolved, mode: EnforcingMode) -> None:
         """Called with every interval before it is published (ProbePort.on_interval)."""
         events = violations(batch, resolved, mode)
         if events:
