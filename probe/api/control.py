@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -208,7 +208,15 @@ def _request_body(data: bytes) -> JsonObject:
 _REQUIRED = object()
 
 
-def _text(body: JsonObject, key: str, default: Any = _REQUIRED) -> Any:
+_Default = TypeVar("_Default")
+
+
+@overload
+def _text(body: JsonObject, key: str) -> str: ...
+@overload
+def _text(body: JsonObject, key: str, default: _Default) -> str | _Default: ...
+def _text(body: JsonObject, key: str, default: object = _REQUIRED) -> object:
+    """``body[key]``, a string; ``default`` if it is absent (required without one)."""
     value = body.get(key, default)
     if value is _REQUIRED:
         raise ConfigError(f"the request lacks {key!r}")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Hashable, Sequence
 
 import msgspec
 from aiohttp import web
@@ -127,11 +127,11 @@ class SharedAnswers:
     one already running, so every answer is read after its request arrived."""
 
     def __init__(self) -> None:
-        self._next: dict[Any, asyncio.Future] = {}
+        self._next: dict[Hashable, asyncio.Future[bytes]] = {}
         self._one_at_a_time = asyncio.Lock()
         self.computed = 0  # how many computations ran (for tests and the README's figures)
 
-    async def get(self, key: Any, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         shared = self._next.get(key)
         if shared is not None:
             return await asyncio.shield(shared)
@@ -209,7 +209,8 @@ class HttpApi:
 
     @web.middleware
     async def _callers_checked(self, request: web.Request,
-                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                               ) -> web.StreamResponse:
         """403 unless ``Host`` names this API and ``Origin`` (if any) is its own; then 401/403
         unless the caller is root, in the ``--http-group``, or sends the token (runtime/callers.py)."""
         if request.method == "GET" and request.path in TELEMETRY_PATHS and self.telemetry is not None:
@@ -298,7 +299,7 @@ def http_service(address: str, totals: ConnectionTotals, telemetry: Telemetry | 
 # -- request parsing and errors -----------------------------------------------------------------
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request) -> object:
     data = await request.read()
     try:
         check_json(data, MAX_BODY_BYTES)
@@ -311,7 +312,7 @@ async def _json_body(request: web.Request) -> Any:
                                 '{"iface": "<name>", "action": "add"|"remove"}') from exc
 
 
-def _attach_request(body: Any) -> tuple[str, str, str | None]:
+def _attach_request(body: object) -> tuple[str, str, str | None]:
     if not isinstance(body, dict):
         raise RequestError(400, 'request body is not a JSON object; send {"iface": ..., "action": ...}')
     iface, action, mode = body.get("iface"), body.get("action"), body.get("mode")
@@ -333,7 +334,8 @@ _STATUS = {DeviceError: 400, ConfigError: 400, KernelError: 500}
 
 @web.middleware
 async def _errors_as_json(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          ) -> web.StreamResponse:
     """Every failure answers ``{"error": "..."}``: 4xx for the client's, 5xx for ours."""
     try:
         return await handler(request)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
@@ -53,6 +53,7 @@ DROPPED = DENY + 1  # a group kind: deny, judged under protect
 
 Sums = dict[tuple[str, str], list[int]]  # (iface, direction) -> [packets, bytes]
 VerdictSums = dict[tuple[str, str, str], list[int]]  # (iface, direction, verdict) -> [packets, bytes]
+SumKey = TypeVar("SumKey", tuple[str, str], tuple[str, str, str])  # of Sums, of VerdictSums
 
 
 class IntervalSums(NamedTuple):
@@ -132,10 +133,15 @@ def iface_label(ifindex: int, ifname: str) -> str:
     return UNATTRIBUTED if ifindex == 0 else f"ifindex-{ifindex}"
 
 
-def _add(sums: dict, key: tuple, packets: int, nbytes: int) -> None:
+def _add(sums: dict[SumKey, list[int]], key: SumKey, packets: int, nbytes: int) -> None:
     total = sums.setdefault(key, [0, 0])
     total[0] += packets
     total[1] += nbytes
+
+
+def _add_all(into: dict[SumKey, list[int]], found: dict[SumKey, list[int]]) -> None:
+    for key, (packets, nbytes) in found.items():
+        _add(into, key, packets, nbytes)
 
 
 class ProbeMetrics:
@@ -173,9 +179,9 @@ class ProbeMetrics:
     def _add(self, batch: FlowBatch) -> None:
         sums = interval_sums(batch, self._policy().mode)
         for into, found in ((self.traffic, sums.records), (self.traffic, sums.overflow),
-                            (self.overflow, sums.overflow), (self.verdicts, sums.verdicts), (self.dropped, sums.dropped)):
-            for key, (packets, nbytes) in found.items():
-                _add(into, key, packets, nbytes)
+                            (self.overflow, sums.overflow), (self.dropped, sums.dropped)):
+            _add_all(into, found)
+        _add_all(self.verdicts, sums.verdicts)
         self.intervals += 1
         self.records.observe(len(batch))
         report = self.probe.status().last_poll
@@ -247,7 +253,7 @@ class ProbeMetrics:
                        "too big for the kernel's tables, or the saved policy at start)", report.apply_failures)
 
 
-def _traffic(prefix: str, sums: dict, meaning: str, labels: tuple[str, ...] = ("iface", "direction")) -> Iterable[Metric]:
+def _traffic(prefix: str, sums: dict[SumKey, list[int]], meaning: str, labels: tuple[str, ...] = ("iface", "direction")) -> Iterable[Metric]:
     packets = CounterMetricFamily(f"{prefix}_packets", f"Packets {meaning}", labels=labels)
     nbytes = CounterMetricFamily(f"{prefix}_bytes", f"Bytes {meaning}", labels=labels)
     for key, (p, b) in sorted(sums.items()):
