@@ -366,12 +366,13 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
 def _point_row(point: dict) -> dict:
     row = {k: point.get(k) for k in ("ifname", "direction", "src_ip", "dst_ip")}
     row["host"] = point.get("host") or ""
-    for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen"):
-        row[name] = int(point.get(name) or 0)
+    numbers = {name: int(point.get(name) or 0)
+               for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen")}
+    row.update(numbers)
     proto = point.get("proto")
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
-    row["port"] = server_port(row["src_port"], row["dst_port"], _KNOWN)[0]
-    row["server"] = server_side(row["src_port"], row["dst_port"], _KNOWN)
+    row["port"] = server_port(numbers["src_port"], numbers["dst_port"], _KNOWN)[0]
+    row["server"] = server_side(numbers["src_port"], numbers["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     row["verdict"] = point.get("verdict") or ""
     return row
