@@ -26,6 +26,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import msgspec
 from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from connstats.probe.contract import (
     ConfigError,
@@ -74,7 +78,7 @@ class NatsLink:
 
     def __init__(self, options: NatsOptions) -> None:
         self.options = options
-        self.client: Any = None
+        self.client: Client | None = None
 
     async def start(self) -> None:
         self.client = await connect(self.options)
@@ -83,14 +87,19 @@ class NatsLink:
         if self.client is not None:
             await self.client.close()
 
-    async def subscribe(self, subject: str, **kwargs: Any) -> Any:
-        return await self.client.subscribe(subject, **kwargs)
+    def _connected(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("NatsLink is used before start()")
+        return self.client
 
-    async def request(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
-        return await self.client.request(subject, payload, **kwargs)
+    async def subscribe(self, subject: str, **kwargs: Any) -> Subscription:  # kwargs: Client.subscribe's
+        return await self._connected().subscribe(subject, **kwargs)
 
-    def jetstream(self) -> Any:
-        return self.client.jetstream()
+    async def request(self, subject: str, payload: bytes, **kwargs: Any) -> Msg:  # kwargs: Client.request's
+        return await self._connected().request(subject, payload, **kwargs)
+
+    def jetstream(self) -> JetStreamContext:
+        return self._connected().jetstream()
 
 
 class Part(Protocol):
