@@ -1,7 +1,6 @@
 # make run        install what running needs, then run connstats on this host (as root)
 # make test       install what running and testing need, lint, then run the whole test suite (as root)
 # make lint       ruff over probe/ sink/ cli/ tests/, mypy over what [tool.mypy] checks
-# make types-pending  mypy's errors in the code not type-checked yet, by package
 # make test-unit  the tests that need no kernel, NATS, Docker or browser: seconds
 SHELL := /bin/bash
 VENV := .venv
@@ -16,7 +15,7 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 UNIT := not kernel and not nats and not docker and not browser
 
-.PHONY: install install-test deb deb-test headers venv venv-test run lint types-pending mypy-tree test test-unit bench clean
+.PHONY: install install-test deb deb-test headers venv venv-test run lint mypy-tree test test-unit bench clean
 
 install: deb headers venv
 install-test: deb deb-test headers venv-test
@@ -67,12 +66,6 @@ lint: venv-test mypy-tree
 	echo "== ruff check probe sink cli tests"; $(VENV)/bin/ruff check probe sink cli tests || rc=1; \
 	echo "== mypy"; $(VENV)/bin/mypy || rc=1; \
 	exit $$rc
-
-# the packages [tool.mypy] does not check yet (follow_imports = "silent"), checked: errors by package
-types-pending: venv-test mypy-tree
-	@$(VENV)/bin/mypy -p connstats.probe -p connstats.sink -p connstats.cli > build/mypy/all.txt; \
-	sed -nE 's#^build/mypy/connstats/((probe/[a-z_]+(/|\.py))|sink/|cli/).*: error: .*#\1#p' build/mypy/all.txt \
-		| sort | uniq -c; tail -n 1 build/mypy/all.txt; echo "(all of them: build/mypy/all.txt)"
 
 # mypy reads probe/ sink/ cli/ as the package connstats.* through these symlinks (see [tool.mypy])
 mypy-tree:

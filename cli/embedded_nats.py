@@ -73,7 +73,7 @@ class EmbeddedNats:
         self.users = users  # None: no authentication (tests only; `up` always passes users)
         self.port = 0
         self._name = "connstats-embedded"
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -92,14 +92,14 @@ class EmbeddedNats:
         for _ in range(START_TRIES):
             self.port = pick_port(preferred)
             self._name = f"connstats-embedded-{secrets.token_hex(4)}"
-            self._spawn(binary, config)
-            if self._wait_ready(timeout):
+            process = self._spawn(binary, config)
+            if self._wait_ready(process, timeout):
                 return self.url
             preferred = 0  # the port was taken: let the kernel choose the next
         raise TransportError(f"the embedded nats-server found no free port in {START_TRIES} tries; "
                              f"see {self.state_dir / 'nats-server.log'}")
 
-    def _spawn(self, binary: str, config: Path | None) -> None:
+    def _spawn(self, binary: str, config: Path | None) -> subprocess.Popen[bytes]:
         store = private_dir(self.state_dir / "jetstream")
         command = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port),
                    "-n", self._name]
@@ -109,6 +109,7 @@ class EmbeddedNats:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=_die_with_parent)
+        return self._process
 
     def _write_config(self) -> Path | None:
         """The config file to pass with -c: ``config``, plus the users' block if any."""
@@ -132,11 +133,11 @@ class EmbeddedNats:
             process.kill()
             process.wait(timeout)
 
-    def _wait_ready(self, timeout: float) -> bool:
-        """True once our server answers; False if it exited because its port was taken."""
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> bool:
+        """True once our server (``process``) answers; False if it exited because its port was taken."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
                 self._process = None
                 if self._port_was_taken():

@@ -6,7 +6,7 @@ Otherwise: the probe's log line per interval (``interval N: C connections, P pac
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -41,9 +41,10 @@ def endpoint(ip: str, port: int) -> str:
     return f"{host}:{port}" if port else host
 
 
-def connection_row(r: FlowRecord | dict) -> dict:
+def connection_row(r: FlowRecord | dict[str, Any]) -> dict[str, Any]:
     """One table row for a record (or its wire dict); the container's name when known."""
-    get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
+    # a field's value: the wire dict's is JSON, as the probe's API sent it (`stats`)
+    get: Callable[[str], Any] = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
     proto = get("proto")
     return {
         "who": get("container_name") or get("ifname"),

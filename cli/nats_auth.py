@@ -147,7 +147,8 @@ class NatsUsers:
         def user(role: str) -> RoleUser:
             return RoleUser(str(document[role]["user"]), str(document[role]["password"]))
 
-        return cls(*(user(r) for r in ROLES[:4]), replay=user("replay") if "replay" in document else None)
+        return cls(user("probe"), user("sink"), user("admin"), user("alert"),
+                   replay=user("replay") if "replay" in document else None)
 
 
 def _quoted(subjects: tuple[str, ...]) -> str:

@@ -21,7 +21,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from connstats.probe.compose import ProbeConfig, ProbeDaemon, build_probe
 from connstats.probe.contract import ConfigError, NatsOptions
@@ -74,6 +74,8 @@ async def run_alerts(service: AlertService, on_ready: Callable[[], None] | None 
         if metrics_address is None:
             await _run_alerts(service, stop, on_ready)
             return
+        if service.metrics is None:
+            raise ValueError("run_alerts serves /metrics of an engine with metrics: build it with build_alerts")
         async with MetricsServer(service.metrics.telemetry, metrics_address):
             await _run_alerts(service, stop, on_ready)
 
@@ -103,7 +105,10 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
         alerts.telemetry = probe.telemetry  # the engine's metrics on up's one endpoint
     metrics = MetricsServer(probe.telemetry, metrics_address) if metrics_address else None
     state_dir = probe.state_dir
-    embedded = EmbeddedNats(state_dir, users=NatsUsers.generate(probe.host)) if nats_url is None else None
+    if state_dir is None:
+        raise ValueError("run_up keeps nats.url (and the embedded server's files) in the probe's state_dir: set it")
+    users = NatsUsers.generate(probe.host) if nats_url is None else None  # None: nats_url's own
+    embedded = EmbeddedNats(state_dir, users=users) if users is not None else None
     url_file, creds_file = state_dir / NATS_URL_FILE, state_dir / CREDENTIALS_FILE
     web: WebUi | None = None
     with stop_on_signals(stop):
@@ -111,13 +116,14 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
             creds_file.unlink(missing_ok=True)  # left by an `up` that was killed
             if metrics is not None:
                 await metrics.start()
-            url = await asyncio.to_thread(embedded.start) if embedded else nats_url
-            _use_nats(url, embedded, creds_file, probe=probe, sink=sink, alert=alerts)
+            url = await asyncio.to_thread(embedded.start) if embedded is not None else nats_url
+            assert url is not None  # nats_url None made the embedded server
+            _use_nats(url, users, creds_file, probe=probe, sink=sink, alert=alerts)
             write_private(url_file, url + "\n")  # a URL may carry credentials
             built_sink = build_sink(sink)
             await built_sink.check()  # before loading BPF: a bad store path fails fast
             if ui is not None:
-                web = await _start_ui(ui, url, embedded)
+                web = await _start_ui(ui, url, users)
             daemon = build_probe(probe)
             engine = build_alerts(alerts) if alerts is not None else None
             await _run_both(daemon, built_sink, stop, on_ready, drain_timeout, engine)
@@ -132,17 +138,23 @@ async def run_up(probe: ProbeConfig, sink: SinkConfig, nats_url: str | None,
                 await asyncio.to_thread(embedded.stop)
 
 
-def _use_nats(url: str, embedded: EmbeddedNats | None, creds_file: Path, **parts: object) -> None:
-    """Point every part's settings (``role=config``, None: not running) at ``url``; on the
-    embedded server, log each in as its role, its credentials written before nats.url so
-    the CLI finds the two together."""
+class _NatsPart(Protocol):
+    """The settings of a part of ``up`` (ProbeConfig, SinkConfig, AlertConfig): its NATS connection."""
+
+    nats: NatsOptions
+
+
+def _use_nats(url: str, users: NatsUsers | None, creds_file: Path, **parts: _NatsPart | None) -> None:
+    """Point every part's settings (``role=config``, None: not running) at ``url``; with the
+    embedded server's ``users``, log each in as its role, its credentials written before
+    nats.url so the CLI finds the two together."""
     running = {role: config for role, config in parts.items() if config is not None}
     for config in running.values():
         config.nats = _with_servers(config.nats, url)
-    if embedded is not None:
-        write_credentials(creds_file, url, embedded.users)
+    if users is not None:
+        write_credentials(creds_file, url, users)
         for role, config in running.items():
-            config.nats = embedded.users.login(config.nats, role)
+            config.nats = users.login(config.nats, role)
 
 
 async def _run_both(daemon: ProbeDaemon, sink: Sink, stop: asyncio.Event, on_ready: OnReady | None,
@@ -195,9 +207,9 @@ async def _announce_when_ready(daemon: ProbeDaemon, task: asyncio.Task, on_ready
         on_ready(daemon)
 
 
-async def _start_ui(ui: UiConfig, url: str, embedded: EmbeddedNats | None) -> WebUi | None:
+async def _start_ui(ui: UiConfig, url: str, users: NatsUsers | None) -> WebUi | None:
     nats = _with_servers(ui.nats, url)
-    web = build_ui(replace(ui, nats=embedded.users.login(nats, "admin") if embedded else nats))
+    web = build_ui(replace(ui, nats=users.login(nats, "admin") if users is not None else nats))
     try:
         await web.start()
     except ConfigError as exc:

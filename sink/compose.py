@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from connstats.probe.contract import (
     STREAM_NAME,
@@ -110,7 +111,8 @@ async def consume_flows(nats_options: NatsOptions, store: Store, settings: Consu
         await check_store(store)
         on_write = metrics.write_seconds.observe if metrics is not None else None
         async with FlowConsumer(nc, store, settings, stream, on_write) as consumer:
-            run_log.info("sink consuming %s as %s", consumer.settings.durable, nc.connected_url.hostname)
+            url = nc.connected_url  # None if the connection dropped since connect()
+            run_log.info("sink consuming %s as %s", consumer.settings.durable, url.hostname if url else "?")
             watching = metrics.watching(nc, consumer, store) if metrics is not None else contextlib.nullcontext()
             async with watching:
                 await consumer.consume_forever(stop)
@@ -167,6 +169,10 @@ async def wait_until_stored(options: NatsOptions, host: str, timeout: float) -> 
             target = (await js.get_last_msg(STREAM_NAME, flows_subject(host))).seq
         except nats.js.errors.NotFoundError:
             return True
+        if target is None:  # nats-py types the sequence Optional; JetStream always sends it
+            log.warning("cannot check that the sink stored everything: the stream's last flow "
+                        "message from %s came without a sequence", host)
+            return False
         deadline = time.monotonic() + timeout
         while True:
             if await _acked_through(js) >= target:
@@ -183,7 +189,7 @@ async def wait_until_stored(options: NatsOptions, host: str, timeout: float) -> 
         await nc.close()
 
 
-async def _acked_through(js) -> int:
+async def _acked_through(js: JetStreamContext) -> int:
     """The stream sequence up to which the sink's consumer acked everything (0: no consumer yet)."""
     try:
         floor = (await js.consumer_info(STREAM_NAME, DEFAULT_DURABLE)).ack_floor

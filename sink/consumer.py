@@ -29,11 +29,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import Header
 
 from connstats.probe.contract import (
@@ -98,7 +99,7 @@ class FlowConsumer:
         self.settings = settings or ConsumerSettings()
         self._stream = stream or StreamSettings()
         self._js = nc.jetstream()
-        self._sub: Any = None
+        self._sub: JetStreamContext.PullSubscription | None = None  # bound by start()
         self._backoff = Backoff(first=self.settings.backoff_min, ceiling=self.settings.backoff_max)
         self._last_dead_letter_warning = -1e9
         self._counts = dict(stored_messages=0, stored_records=0, dead_lettered=0, store_errors=0, naks=0,
@@ -141,6 +142,11 @@ class FlowConsumer:
                 pass
             self._sub = None
 
+    def _bound(self) -> JetStreamContext.PullSubscription:
+        if self._sub is None:
+            raise RuntimeError("FlowConsumer fetches between start() and close() (async with) only")
+        return self._sub
+
     @property
     def stats(self) -> ConsumerStats:
         return ConsumerStats(**self._counts)
@@ -167,7 +173,7 @@ class FlowConsumer:
 
     async def fetch_batch(self) -> list[Msg]:
         try:
-            return await self._sub.fetch(self.settings.batch, timeout=self.settings.fetch_timeout)
+            return await self._bound().fetch(self.settings.batch, timeout=self.settings.fetch_timeout)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return []
         except (nats.errors.Error, OSError) as exc:  # reconnecting, server restarting
@@ -357,7 +363,7 @@ class _Lookahead:
         return self._ready.pop(index)
 
 
-async def _settle(action: Any, *args: Any) -> None:
+async def _settle(action: Callable[..., Awaitable[None]], *args: float) -> None:
     """Ack/nak/term; if the connection is gone the server redelivers after ``ack_wait``."""
     try:
         await action(*args)

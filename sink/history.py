@@ -37,12 +37,15 @@ import time
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import quote
 
 from connstats.probe.contract import DIRECTIONS, TIME_MAX, VERDICTS, ConfigError, StoreError, proto_name, proto_number
 from connstats.probe.runtime.durations import MAX_DURATION, is_duration, parse_duration
 from connstats.sink.store import known_ports, server_port, server_side
+
+if TYPE_CHECKING:  # imports influxdb_client: loaded only for an influxdb store
+    from connstats.sink.influx_store import InfluxStore
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "connection": ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port"),
@@ -326,7 +329,7 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), params
 
 
-async def influx_history(store: Any, query: HistoryQuery) -> list[dict]:
+async def influx_history(store: InfluxStore, query: HistoryQuery) -> list[dict]:
     """Run ``build_flux`` on an ``InfluxStore`` and add the rows up like the SQL does."""
     flux, params = build_flux(query, store.config.bucket)
     return aggregate(await store.query(flux, params), query)
@@ -366,12 +369,13 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
 def _point_row(point: dict) -> dict:
     row = {k: point.get(k) for k in ("ifname", "direction", "src_ip", "dst_ip")}
     row["host"] = point.get("host") or ""
-    for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen"):
-        row[name] = int(point.get(name) or 0)
+    numbers = {name: int(point.get(name) or 0)
+               for name in ("src_port", "dst_port", "packets", "bytes", "first_seen", "last_seen")}
+    row.update(numbers)
     proto = point.get("proto")
     row["proto"] = proto_name(proto_number(str(proto))) if proto is not None else ""
-    row["port"] = server_port(row["src_port"], row["dst_port"], _KNOWN)[0]
-    row["server"] = server_side(row["src_port"], row["dst_port"], _KNOWN)
+    row["port"] = server_port(numbers["src_port"], numbers["dst_port"], _KNOWN)[0]
+    row["server"] = server_side(numbers["src_port"], numbers["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     row["verdict"] = point.get("verdict") or ""
     return row

@@ -33,6 +33,7 @@ from influxdb_client.service.health_service import HealthService
 from influxdb_client.service.write_service import WriteService
 
 from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable, proto_name
+from connstats.probe.contract.flow_batch import as_list
 from connstats.sink.store import overflow_totals, service_port_tags
 
 MEASUREMENT = "connstats_flow"
@@ -120,7 +121,7 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     keys = list(zip(*(batch.column(tag) for tag in TAGS), ports, strict=True))
     tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
-    src_ip, dst_ip = (_escaped(batch.column(name)) for name in ("src_ip", "dst_ip"))
+    src_ip, dst_ip = _escaped(as_list(batch.columns.src_ip)), _escaped(as_list(batch.columns.dst_ip))
     containers = _container_fields(batch.column("container_id"), batch.column("container_image"))
     return [
         f'{tag_sets[key]} bytes={nbytes}i,{container}dst_ip="{dst}",'
@@ -267,7 +268,8 @@ class InfluxStore:
             )
 
     def _query(self, flux: str, params: dict[str, Any] | None) -> list[dict]:
-        tables = self._client.query_api().query(flux, org=self.config.org, params=params)
+        # influxdb-client annotates `params: dict = None` but takes None (no bind parameters)
+        tables = self._client.query_api().query(flux, org=self.config.org, params=params)  # type: ignore[arg-type]
         return [dict(record.values) for table in tables for record in table.records]
 
 

@@ -133,7 +133,7 @@ def learn_policy(rows: Iterable[dict], *, host_addresses: Iterable[str] = (),
     rules, members = _merge_prefixes(rules)
     names = _names(devices | {g for key in rules for g in key[:2] if isinstance(g, _Group)}, members)
     groups = tuple(_policy_group(names[g], g.kind, [m.value for m in members.get(g, (g,))])
-                   for g in sorted(names, key=names.get))
+                   for g in sorted(names, key=names.__getitem__))
     policy_rules = sorted((PolicyRule(_name(s, names), _name(t, names), proto, port_ranges(ports))
                            for (s, t, proto), ports in rules.items()), key=lambda r: (r.source, r.target, r.proto))
     return LearnedPolicy(
@@ -193,7 +193,7 @@ def _orientations(row: _Row, first: dict[tuple, int]) -> list[tuple[Address, Add
         return [(row.src, row.dst)]
     if row.server == "src":
         return [(row.dst, row.src)]
-    forth = first.get((row.src, row.dst, row.proto, row.port))
+    forth = first.get((row.src, row.dst, row.proto, row.port), row.first_seen)  # _first_packets has it
     back = first.get((row.dst, row.src, row.proto, row.port))
     if back is None or forth < back:
         return [(row.src, row.dst)]
@@ -207,7 +207,7 @@ class _PeerGroups:
 
     def __init__(self, owners: dict[Address, _Group], own: set[Address], peers: PeerSettings) -> None:
         self.owners, self.own, self.peers = owners, own, peers
-        self.inside = {4: [a for a in (*owners, *own) if a.version == 4],
+        self.inside: dict[int, list[Address]] = {4: [a for a in (*owners, *own) if a.version == 4],
                        6: [a for a in (*owners, *own) if a.version == 6]}
         self.prefixes: dict[Address, _Group] = {}
 
@@ -222,7 +222,7 @@ class _PeerGroups:
             self.prefixes[address] = _Group("cidrs", str(self._outside_prefix(address)))
         return self.prefixes[address]
 
-    def _outside_prefix(self, address: Address):
+    def _outside_prefix(self, address: Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         """The peer's prefix (/24, /64), made longer while it would hold an address of a
         group or of this host (a rule for the prefix would allow those too)."""
         length = self.peers.prefix4 if address.version == 4 else self.peers.prefix6
@@ -286,9 +286,18 @@ def _name(group: _Group | str, names: dict[_Group, str]) -> str:
 
 
 def _policy_group(name: str, kind: str, values: list[str]) -> Group:
-    if kind == "cidrs":
-        return Group(name, cidrs=tuple(ipaddress.ip_network(v) for v in values))
-    return Group(name, **{kind: tuple(values)})
+    match kind:
+        case "cidrs":
+            return Group(name, cidrs=tuple(ipaddress.ip_network(v) for v in values))
+        case "containers":
+            return Group(name, containers=tuple(values))
+        case "images":
+            return Group(name, images=tuple(values))
+        case "ifaces":
+            return Group(name, ifaces=tuple(values))
+        case "netns":
+            return Group(name, netns=tuple(values))
+    raise ValueError(f"{kind!r} is not a kind of group")
 
 
 def port_ranges(ports: Iterable[int]) -> tuple[tuple[int, int], ...]:

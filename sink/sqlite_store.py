@@ -378,8 +378,9 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"SQLite {path} failed: {reason}; check the path, its permissions and free space")
 
 
-def _full(path: Path, reason: str) -> StoreFull:
-    return StoreFull(f"SQLite {path}: the disk is full ({reason}); free space or grow the filesystem")
+def _full(path: Path, reason: str | None) -> StoreFull:
+    """``reason``: the OSError's strerror (None if it was raised without one)."""
+    return StoreFull(f"SQLite {path}: the disk is full ({reason or 'no space left'}); free space or grow the filesystem")
 
 
 def _no_room(path: Path) -> bool:

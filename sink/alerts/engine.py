@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from connstats.probe.contract import AlertMessage, FlowBatch
 
@@ -24,6 +24,9 @@ from .rule_keys import AlertRule
 from .states import RuleStates
 from .stats import AlertStats
 from .table import FlowTable, Vocabulary
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class AlertEngine:
         if self.baseline.save(self._saved):
             self._last_save = now
 
-    def _guarded(self, rule: AlertRule, call: Callable, argument: Any) -> Any:
+    def _guarded(self, rule: AlertRule, call: Callable[[_A], _R], argument: _A) -> _R | None:
         try:
             return call(argument)
         except Exception as exc:  # a kind's bug or odd data must not stop the other rules

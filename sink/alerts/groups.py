@@ -10,6 +10,8 @@ object per record.
 """
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 _INT64_ROOM = 2**62
@@ -47,6 +49,10 @@ def _weights(radix) -> list[int]:
     return list(reversed(weights))
 
 
+@overload
+def group_sum(matrix: np.ndarray, values: np.ndarray, extra: None = None) -> tuple[np.ndarray, np.ndarray, None]: ...
+@overload
+def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The distinct rows of ``matrix``, the sum of ``values`` per row (int64, exact) and, if

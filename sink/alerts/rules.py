@@ -62,7 +62,8 @@ def parse_rule(table: dict, index: int, where_from: str = "rules") -> AlertRule:
 
     if "name" in table and not (isinstance(table["name"], str) and NAME.match(table["name"])):
         raise fail("name", f"{table['name']!r} is not a name of 1-128 letters, digits or _.:-; rename it")
-    kind = KINDS.get(table.get("kind")) if isinstance(table.get("kind"), str) else None
+    kind_name = table.get("kind")
+    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if "kind" in table and kind is None:
         raise fail("kind", f"unknown kind {table['kind']!r}; use one of {', '.join(KINDS)}")
     options = {**COMMON, **(kind.options if kind else {})}
@@ -81,6 +82,7 @@ def parse_rule(table: dict, index: int, where_from: str = "rules") -> AlertRule:
             values[key] = option.parse(table[key])
         except Invalid as exc:
             raise fail(key, str(exc)) from None
+    assert kind is not None  # COMMON makes "kind" required: a rule without a known kind failed above
     try:
         kind.check(values)
     except Invalid as exc:

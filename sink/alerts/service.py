@@ -204,8 +204,8 @@ async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None
     await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc
 
 
 async def _ack(msg: Msg) -> None:

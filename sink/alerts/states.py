@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -24,6 +25,8 @@ from connstats.probe.contract import AlertMessage
 
 from .kinds import Finding
 from .rule_keys import AlertRule
+
+AlertState = Literal["firing", "resolved"]  # AlertMessage.state
 
 STORM_LABEL = "storm"
 
@@ -48,7 +51,7 @@ class Alert:
     started_at: int = 0  # 0 while pending
     last_sent: int = 0
 
-    def message(self, state: str, now_ns: int, engine: str) -> AlertMessage:
+    def message(self, state: AlertState, now_ns: int, engine: str) -> AlertMessage:
         return AlertMessage(
             fingerprint=self.fingerprint, state=state, rule=self.rule.name, kind=self.kind,
             severity=self.rule.severity, host=self.host,
@@ -133,7 +136,7 @@ class RuleStates:
             return [self._send(storm, "firing", now_ns)]
         return []
 
-    def _send(self, alert: Alert, state: str, now_ns: int, start: bool = False) -> AlertMessage:
+    def _send(self, alert: Alert, state: AlertState, now_ns: int, start: bool = False) -> AlertMessage:
         if start:
             alert.started_at = now_ns
         alert.last_sent = now_ns

@@ -22,30 +22,33 @@ class Partial:
     sums: np.ndarray
 
 
+Totals = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, sums, host) of WindowSums.totals
+
+
 class WindowSums:
     def __init__(self, width: int, keep_ns: int) -> None:
         self.width = width  # columns of a group row
         self.keep_ns = keep_ns
         self._partials: list[Partial] = []
-        self._memo: dict[int, tuple[list[Partial], tuple]] = {}  # span -> (the partials inside, totals)
+        self._memo: dict[int, tuple[list[Partial], Totals]] = {}  # span -> (the partials inside, totals)
 
     def add(self, end_ns: int, host: int, rows: np.ndarray, sums: np.ndarray) -> None:
         if len(rows):
             self._partials.append(Partial(end_ns, host, rows, sums))
 
-    def totals(self, now_ns: int, span_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def totals(self, now_ns: int, span_ns: int) -> Totals:
         """``(rows, sums, host)`` over the partials that ended after ``now - span``; ``host``
         is the one host that sent a group's traffic, or -1 if several did."""
         self._partials = [p for p in self._partials if p.end_ns > now_ns - self.keep_ns]
         inside = [p for p in self._partials if p.end_ns > now_ns - span_ns]
-        before, cached = self._memo.get(span_ns, (None, None))
-        if cached is not None and len(before) == len(inside) and all(a is b for a, b in zip(before, inside, strict=True)):
-            return cached  # the timer's evaluations between intervals: nothing entered or left
+        memo = self._memo.get(span_ns)
+        if memo is not None and len(memo[0]) == len(inside) and all(a is b for a, b in zip(memo[0], inside, strict=True)):
+            return memo[1]  # the timer's evaluations between intervals: nothing entered or left
         result = self._totals(inside)
         self._memo[span_ns] = (inside, result)
         return result
 
-    def _totals(self, inside: list[Partial]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _totals(self, inside: list[Partial]) -> Totals:
         if not inside:
             return np.zeros((0, self.width), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if len(inside) == 1:  # already one row per group

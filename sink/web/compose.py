@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from connstats.probe.contract import NatsOptions
 from connstats.probe.runtime.callers import Callers, TokenFile
@@ -24,6 +24,9 @@ from .access import TOKEN_FILE, AccessGuard
 from .live import LiveFeed
 from .server import DEFAULT_UI, NatsLink, PageApi, StoreReader, WebUi, page_routes, parse_listen
 from .violations import ViolationLog
+
+if TYPE_CHECKING:  # imports influxdb_client, which the page loads only for an influxdb store
+    from connstats.sink.influx_store import InfluxConfig
 
 __all__ = ["DEFAULT_UI", "UiConfig", "WebUi", "build_ui"]
 
@@ -34,7 +37,7 @@ class UiConfig:
     nats: NatsOptions
     store: str  # sqlite:PATH or influxdb
     state_dir: Path
-    influx: Any = None  # InfluxConfig for an influxdb store
+    influx: InfluxConfig | None = None  # for an influxdb store
     required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
     host: str = ""  # this host's name: the default host of a learn preview
     host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``

@@ -256,6 +256,8 @@ def build_series(rows: list[dict], query: HistoryQuery, keep: int) -> dict[str, 
     by_label: dict[str, list[dict]] = {}
     for row in rows:
         by_label.setdefault(series_label(row, query.group_by), []).append(row)
+    if query.every is None:
+        raise ValueError("build_series takes a query in buckets: history_query's, which sets every")
     busiest = sorted(by_label, key=lambda k: (-sum(r["bytes"] for r in by_label[k]), k))[:keep]
     return {
         "group_by": query.group_by, "every_ms": query.every // _MS,

@@ -26,6 +26,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import msgspec
 from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from connstats.probe.contract import (
     ConfigError,
@@ -74,7 +78,7 @@ class NatsLink:
 
     def __init__(self, options: NatsOptions) -> None:
         self.options = options
-        self.client: Any = None
+        self.client: Client | None = None
 
     async def start(self) -> None:
         self.client = await connect(self.options)
@@ -83,14 +87,19 @@ class NatsLink:
         if self.client is not None:
             await self.client.close()
 
-    async def subscribe(self, subject: str, **kwargs: Any) -> Any:
-        return await self.client.subscribe(subject, **kwargs)
+    def _connected(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("NatsLink is used before start()")
+        return self.client
 
-    async def request(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
-        return await self.client.request(subject, payload, **kwargs)
+    async def subscribe(self, subject: str, **kwargs: Any) -> Subscription:  # kwargs: Client.subscribe's
+        return await self._connected().subscribe(subject, **kwargs)
 
-    def jetstream(self) -> Any:
-        return self.client.jetstream()
+    async def request(self, subject: str, payload: bytes, **kwargs: Any) -> Msg:  # kwargs: Client.request's
+        return await self._connected().request(subject, payload, **kwargs)
+
+    def jetstream(self) -> JetStreamContext:
+        return self._connected().jetstream()
 
 
 class Part(Protocol):
@@ -112,6 +121,9 @@ class WebUi:
                  parts: Sequence[Part] = (), closables: Sequence[Closable] = ()) -> None:
         self.host, self.port = host, port
         self.guard = guard
+        if guard.callers.token is None:
+            raise ValueError("the web page's callers need a token file: the page's URL carries its token")
+        self.token_file = guard.callers.token  # shared with the probe's API
         self.routes = list(routes)
         self.api = api
         self.parts = list(parts)
@@ -123,7 +135,7 @@ class WebUi:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        token = self.guard.callers.token.current() or self.token  # the probe's API shares the file
+        token = self.token_file.current() or self.token  # the probe's API shares the file
         return f"http://{host}:{self.port}/" + (f"?token={token}" if token else "")
 
     def app(self) -> web.Application:
@@ -132,7 +144,7 @@ class WebUi:
         return app
 
     async def start(self) -> None:
-        self.token = self.guard.callers.token.renew()
+        self.token = self.token_file.renew()
         try:
             for part in self.parts:
                 await part.start()
@@ -149,7 +161,7 @@ class WebUi:
             self.guard.listen_port = self.port  # asked for port 0: the real one
         if not is_loopback(self.host):
             log.warning("web page on %s:%d is reachable from the network; it requires the token "
-                        "kept in %s", self.host, self.port, self.guard.callers.token.path)
+                        "kept in %s", self.host, self.port, self.token_file.path)
 
     async def close(self) -> None:
         self.api.end_streams()  # open streams end, so the server need not wait for them

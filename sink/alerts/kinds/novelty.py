@@ -13,7 +13,7 @@ baseline is a sorted array searched with ``searchsorted``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .base import Finding, Kind
 
 class Novelty(Kind):
     noun = "value"
-    options: dict[str, Option] = {}
+    options: ClassVar[dict[str, Option]] = {}
 
     @classmethod
     def make_options(cls, field: str) -> dict[str, Option]:

@@ -67,6 +67,7 @@ class Threshold(Kind):
         if above is not None:
             hit = np.flatnonzero(sums > above)
             return [self.finding(rows[i], sums[i], hosts[i], above, "above") for i in hit]
+        assert below is not None  # check(): a rule has exactly one of above and below
         known, _, known_hosts = self.sums.totals(now_ns, 2 * self.window_ns)
         values = values_at(known, rows, sums)
         hit = np.flatnonzero(values < below)
