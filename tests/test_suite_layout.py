@@ -4,6 +4,7 @@ through the one builder (tests/fixtures/records.py)."""
 from __future__ import annotations
 
 import ast
+import textwrap
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -40,3 +41,36 @@ def test_flow_records_are_built_only_by_the_one_builder():
 
     assert [str(p.relative_to(TESTS)) for p in sorted(TESTS.rglob("*.py")) if p != RECORD_BUILDER
             and builds_records(p)] == []
+
+
+# Waiting lives in tests/fixtures/wait.py (until, until_async, steady); these may keep a clock loop.
+OWN_CLOCK = {
+    "fixtures/wait.py": "the helpers themselves",
+    "web_screenshots.py": "a script, not a test: it publishes for a while, it waits for nothing",
+}
+
+
+def _deadline_loops(source: str) -> list[int]:
+    """Lines of a ``time.monotonic()`` deadline loop: a ``while`` whose test reads the clock,
+    or a name ``deadline`` assigned; also in programs embedded as strings (run with ``-c``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.While) and any(
+                isinstance(n, ast.Attribute) and n.attr == "monotonic" for n in ast.walk(node.test)):
+            found.append(node.lineno)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+                isinstance(n, ast.Name) and n.id == "deadline" and isinstance(n.ctx, ast.Store)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for n in ast.walk(target)):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "time.monotonic" in node.value:
+            try:
+                found += [node.lineno + line - 1 for line in _deadline_loops(textwrap.dedent(node.value))]
+            except SyntaxError:
+                pass
+    return found
+
+
+def test_waits_go_through_the_one_until_helper():
+    loops = {str(p.relative_to(TESTS)): _deadline_loops(p.read_text()) for p in sorted(TESTS.rglob("*.py"))}
+    assert {path: lines for path, lines in loops.items() if lines and path not in OWN_CLOCK} == {}

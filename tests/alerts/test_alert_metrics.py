@@ -187,13 +187,11 @@ async def alerts_peers(cluster, timeout: float = 15.0) -> tuple[int, set]:
     """(replicas of CONNSTATS_ALERTS, the servers holding one) once every peer is known by name."""
     nc = await nats.connect(cluster.url_list)
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+        async def replicas() -> tuple[int, set]:
             info = await nc.jetstream().stream_info(ALERTS_STREAM)
-            peers = {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
-            if None not in peers or asyncio.get_running_loop().time() > deadline:
-                return info.config.num_replicas, peers
-            await asyncio.sleep(0.2)
+            return info.config.num_replicas, {info.cluster.leader, *(r.name for r in info.cluster.replicas or ())}
+
+        return await until_async(replicas, timeout, step=0.2, fail=False, accept=lambda found: None not in found[1])
     finally:
         await nc.close()
 

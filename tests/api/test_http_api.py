@@ -31,6 +31,7 @@ from connstats.probe.kernel.kernel_probe import ProbeSettings
 from connstats.probe.publish.publisher import PublisherSettings
 from tests.fixtures.netns import require_root
 from tests.fixtures.records import flow_record
+from tests.fixtures.wait import until_async
 
 UDP_V4_OVERHEAD = 14 + 20 + 8
 INTERVAL = 0.2
@@ -100,12 +101,8 @@ class RunningProbe:
     async def settled(self, device_id: int, packets: int, **match) -> tuple[str, dict]:
         """The one matching connection once it shows ``packets`` (the kernel counts as the
         datagrams are forwarded); then the exact fields are for the test to assert."""
-        deadline = time.monotonic() + 5
-        while True:
-            key, value = await self.connection(device_id, **match)
-            if value["total_packets"] == packets or time.monotonic() > deadline:
-                return key, value
-            await asyncio.sleep(0.02)
+        return await until_async(lambda: self.connection(device_id, **match), 5, step=0.02, fail=False,
+                                 accept=lambda found: found[1]["total_packets"] == packets)
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from tests.fixtures.deploy import HOST, PASSWORDS, node_env, probe_user_env
 from tests.fixtures.netns import _new_network, require_root
 from tests.fixtures.secure_nats import deployed_permissions, embedded_permissions
 
-CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "cluster.conf"
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "deploy" / "nats" / "cluster.conf"
 NODES = ("nats-1", "nats-2", "nats-3")
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -83,26 +84,22 @@ def cluster(three_hosts, tmp_path):
 
 
 CLIENT = textwrap.dedent("""
-    import asyncio, json, sys, time
+    import asyncio, json, sys
     import nats
     from connstats.probe.contract import StreamSettings, ensure_stream, flow_stream_config, flows_subject
+    from tests.fixtures.wait import until_async
 
     async def connect(user, password):
         servers = [f"nats://{user}:{password}@{name}:4222" for name in ("nats-1", "nats-2", "nats-3")]
         return await nats.connect(servers=servers, connect_timeout=2, max_reconnect_attempts=0)
 
     async def main(passwords, probe_user):
-        deadline, error = time.monotonic() + 30, None
-        while time.monotonic() < deadline:  # JetStream answers once the cluster elected its meta leader
-            try:
-                nc = await connect("sink", passwords["NATS_SINK_PASSWORD"])
-                await ensure_stream(nc.jetstream(), flow_stream_config(StreamSettings(replicas=3)))
-                break
-            except Exception as exc:
-                error = repr(exc)
-                await asyncio.sleep(0.5)
-        else:
-            raise SystemExit(f"no JetStream cluster: {error}")
+        async def stream_made():
+            nc = await connect("sink", passwords["NATS_SINK_PASSWORD"])
+            await ensure_stream(nc.jetstream(), flow_stream_config(StreamSettings(replicas=3)))
+            return nc
+        # JetStream answers once the cluster elected its meta leader
+        nc = await until_async(stream_made, 30, "JetStream cluster", step=0.5, retry_on=(Exception,))
         errors = []
         async def record(exc):
             errors.append(str(exc).lower())
@@ -111,9 +108,7 @@ CLIENT = textwrap.dedent("""
         acks = [await probe.jetstream().publish(flows_subject("web-1"), b"x" * n) for n in (10, 20, 30)]
         await probe.publish(flows_subject("web-2"), b"y" * 40)  # another host's flows: refused
         await probe.flush()
-        deadline = time.monotonic() + 10
-        while not errors and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until_async(lambda: errors, 10, fail=False)  # the test judges them
         await asyncio.sleep(0.5)  # a second error, if any, arrives too
         info = await nc.jetstream().stream_info("CONNSTATS")
         refused = None
@@ -142,7 +137,7 @@ def test_cluster_conf_forms_a_jetstream_cluster_with_three_replicas(cluster):
     started = time.monotonic()
     result = subprocess.run(["ip", "netns", "exec", hosts[0].netns, sys.executable, "-c", CLIENT, json.dumps(PASSWORDS),
                              probe_user_env(HOST)["NATS_PROBE_USER"]],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=REPO)  # CLIENT imports tests.fixtures
     logs = "\n".join((tmp_path / f"{name}.log").read_text(errors="replace")[-2000:] for name in NODES)
     assert result.returncode == 0, result.stderr[-3000:] + logs
     got = json.loads(result.stdout.strip().splitlines()[-1])

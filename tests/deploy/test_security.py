@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import msgspec
 import nats.errors
@@ -24,6 +23,7 @@ from connstats.probe.publish.publisher import FlowPublisher, PublisherSettings
 from connstats.sink.compose import consume_flows
 from connstats.sink.jetstream import DEADLETTER_STREAM_NAME, DEFAULT_DURABLE
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
+from tests.fixtures.wait import until_async
 
 NODE1, NODE2 = "node-1", "node-2.example"
 
@@ -44,13 +44,9 @@ class Connection:
 
     async def violation(self, timeout: float = 2.0) -> str:
         """The first permissions violation the server reported (nats-py lower-cases it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.errors if "permissions violation" in e.lower()]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"no permissions violation reported; errors: {self.errors}")
+        found = await until_async(lambda: [e for e in self.errors if "permissions violation" in e.lower()], timeout,
+                                  "permissions violation reported", step=0.01, detail=lambda: f"errors: {self.errors}")
+        return found[0]
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -177,11 +173,12 @@ async def test_sink_consumes_acks_and_dead_letters(role_nats, connections):
     sink = asyncio.create_task(consume_flows(role_nats.options("sink"), store, stop=stop))
     admin = await connections(role_nats.options("admin"))
     js = admin.nc.jetstream()
+
+    async def consumed() -> bool:
+        return (store.record_count() >= 42 and await _messages(js, DEADLETTER_STREAM_NAME) >= 1) or sink.done()
+
     try:
-        deadline = time.monotonic() + 10
-        while (store.record_count() < 42 or await _messages(js, DEADLETTER_STREAM_NAME) < 1) \
-                and time.monotonic() < deadline and not sink.done():
-            await asyncio.sleep(0.05)
+        await until_async(consumed, 10, fail=False)  # what the sink did is judged below
     finally:
         stop.set()
         stats = await asyncio.wait_for(sink, 10)

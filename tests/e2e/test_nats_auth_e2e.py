@@ -15,13 +15,13 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from connstats.probe.kernel.pins import PinnedInstance
 from tests.fixtures.netns import require_root, run_tag
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -87,11 +87,14 @@ def up(veth, root_env):
              "--docker-socket", "none"], env=root_env, stdout=subprocess.DEVNULL, stderr=err,
             stdin=subprocess.DEVNULL, cwd="/")
     try:
-        deadline = time.monotonic() + 60
-        while "connstats up: watching" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
+        def watching() -> bool:
+            if "connstats up: watching" in log.read_text():
+                return True
+            if process.poll() is not None:
                 pytest.fail(f"up did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+            return False
+
+        until(watching, 60, "'connstats up: watching'", detail=lambda: f"up did not start:\n{log.read_text()}")
         yield process, log
     finally:
         if process.poll() is None:

@@ -11,7 +11,6 @@ exact total the proof that the cluster delivered everything).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import nats
 import pytest
@@ -76,11 +75,14 @@ async def test_leader_killed_mid_stream_loses_and_doubles_nothing(quiet_network,
         assert kernel[a.host_if, "egress"] == (SENT, SENT * (UDP_V4_OVERHEAD + SIZE))
         expected = {key: value for key, value in kernel.items() if value != (0, 0)}  # + ICMP answers from b
 
-        deadline = time.monotonic() + 90  # a lost ack is redelivered after ack_wait
-        while store_totals(database) != expected:
-            assert time.monotonic() < deadline, f"stored {store_totals(database)}, sent {expected}"
+        def all_stored() -> bool:
+            if store_totals(database) == expected:
+                return True
             assert not any(task.done() for task in running), [t.exception() for t in running if t.done()]
-            await asyncio.sleep(0.25)
+            return False
+
+        await until_async(all_stored, 90, "exact totals stored", step=0.25,  # a lost ack is redelivered after ack_wait
+                          detail=lambda: f"stored {store_totals(database)}, sent {expected}")
         assert "Traceback" not in probe.stderr
         consumer_peers = await durable_peers(nats_cluster)
     finally:
@@ -113,13 +115,11 @@ async def durable_peers(cluster, timeout: float = 15.0) -> set:
     server shows as None for a moment)."""
     nc = await nats.connect(cluster.url_list)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def peers() -> set:
             info = await nc.jetstream().consumer_info(STREAM_NAME, "connstats-sink")
-            peers = {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
-            if None not in peers or time.monotonic() > deadline:
-                return peers
-            await asyncio.sleep(0.2)
+            return {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
+
+        return await until_async(peers, timeout, step=0.2, fail=False, accept=lambda found: None not in found)
     finally:
         await nc.close()
 
@@ -128,13 +128,11 @@ async def settled_peers(cluster, timeout: float = 15.0) -> tuple[int, set]:
     """(replicas configured, the servers holding one) once every peer is known by name."""
     nc = await nats.connect(cluster.url_list)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def replicas() -> tuple[int, set]:
             info = await nc.jetstream().stream_info(STREAM_NAME)
-            peers = {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or ())}
-            if None not in peers or time.monotonic() > deadline:
-                return info.config.num_replicas, peers
-            await asyncio.sleep(0.2)
+            return info.config.num_replicas, {info.cluster.leader, *(r.name for r in info.cluster.replicas or ())}
+
+        return await until_async(replicas, timeout, step=0.2, fail=False, accept=lambda found: None not in found[1])
     finally:
         await nc.close()
 

@@ -18,6 +18,7 @@ import pytest
 
 from connstats.probe.kernel.pins import PinnedInstance
 from tests.fixtures.cli import NO_HTTP_CLASH, UDP_V4_OVERHEAD, connstats
+from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -39,12 +40,9 @@ def stored_totals(env: dict, port: int) -> tuple[int, int]:
 
 
 def wait_for_totals(env: dict, port: int, expected: tuple[int, int], timeout: float = 30.0) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        totals = stored_totals(env, port)
-        if totals == expected or time.monotonic() > deadline:
-            return totals
-        time.sleep(0.5)
+    """The stored totals once they are ``expected``, or those after ``timeout``: the test judges them."""
+    return until(lambda: stored_totals(env, port), timeout, step=0.5, fail=False,
+                 accept=lambda totals: totals == expected)
 
 
 def test_sigterm_and_sigkill_at_random_moments_lose_nothing(quiet_network, cs_env, start, nats_server, tmp_path):

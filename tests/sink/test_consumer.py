@@ -53,12 +53,15 @@ async def consume_until(consumer: FlowConsumer, done, timeout: float = 20.0) -> 
     """Run ``consumer`` until ``done()`` is true (or fail after ``timeout``), then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.consume_forever(stop))
+    def finished() -> bool:
+        if done():
+            return True
+        assert not task.done(), task.exception()  # the consumer ended early: fail at once
+        return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert not task.done(), task.exception()
-            assert time.monotonic() < deadline, f"timed out; stats {consumer.stats}"
-            await asyncio.sleep(0.02)
+        await until_async(finished, timeout, "end of the consumption", step=0.02,
+                          detail=lambda: f"stats {consumer.stats}")
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -120,9 +123,7 @@ async def test_consumer_keeps_going_across_a_nats_restart(nats_server):
         await asyncio.sleep(1.0)
         await asyncio.to_thread(nats_server.start)
         await publish_intervals_from(nats_server, 3, [100] * 3)
-        deadline = time.monotonic() + 20
-        while store.record_count() < 600 and time.monotonic() < deadline and not task.done():
-            await asyncio.sleep(0.05)
+        await until_async(lambda: store.record_count() >= 600 or task.done(), 20, fail=False)  # then judged below
         stop.set()
         await asyncio.wait_for(task, 5)
     await nc.close()
@@ -353,9 +354,8 @@ def sqlite_keys(path: Path) -> set:
 
 
 async def wait_for_rows(paths: list[Path], expected: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(len(sqlite_keys(p)) for p in paths) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    """Until the stores hold ``expected`` rows, or ``timeout`` passed: the test judges them."""
+    await until_async(lambda: sum(len(sqlite_keys(p)) for p in paths) >= expected, timeout, fail=False)
 
 
 requires_sqlite_store = pytest.mark.skipif(

@@ -31,6 +31,7 @@ from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, 
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
 from tests.fixtures.records import flow_record
+from tests.fixtures.wait import until_async
 
 SECOND = 1_000_000_000
 T0 = 1_790_000_000 * SECOND
@@ -85,12 +86,16 @@ async def consume(server, store, settings: ConsumerSettings | None = None, *, do
                 await before()
             stop = asyncio.Event()
             task = asyncio.create_task(consumer.consume_forever(stop))
-            deadline = time.monotonic() + timeout
+
+            def finished() -> bool:
+                if done(consumer.stats):
+                    return True
+                assert not task.done(), task.exception()  # the consumer ended early: fail at once
+                return False
+
             try:
-                while not done(consumer.stats):
-                    assert not task.done(), task.exception()
-                    assert time.monotonic() < deadline, f"timed out; stats {consumer.stats}"
-                    await asyncio.sleep(0.02)
+                await until_async(finished, timeout, "end of the consumption", step=0.02,
+                                  detail=lambda: f"stats {consumer.stats}")
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 10)

@@ -368,10 +368,7 @@ async def test_live_views_are_bounded(web):
     finally:
         first.close()
         second.close()
-    deadline = time.monotonic() + 10
-    while ui.api.feed.pages and time.monotonic() < deadline:  # a closed stream leaves the feed
-        await asyncio.sleep(0.02)
-    assert not ui.api.feed.pages
+    await until_async(lambda: not ui.api.feed.pages, 10, "empty feed once the live views closed", step=0.02)
 
 
 async def test_foreign_host_and_origin_are_refused(web):
