@@ -2,7 +2,7 @@
 
 Each revision gets a detached git worktree (in a temp dir, removed on exit; an existing
 ``/work/bench-<short hash>`` at that commit is reused and left alone) and its own venv
-(``make venv`` there). Then every bench runs in rounds, old and new back to back (the
+(``pip install -e '.[test]'`` there, as ``make bench`` has it). Then every bench runs in rounds, old and new back to back (the
 order flips every round), each in its own worktree (cwd, ``PYTHONPATH=.``, its venv).
 A bench missing at one revision runs from the other revision's file with that revision's
 package (only meaningful for a bench written for both layouts, like bench_policy_compile).
@@ -27,13 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-# small but meaningful sizes: all of these, 3 rounds, take about 10 minutes on 2 cores
+# small but meaningful sizes: all of these, 3 rounds, take 12-15 minutes on 2 shared cores
 DEFAULT_BENCHES = [
     "web_live", "totals", "metrics", "alerts", "line_protocol:65536 3", "drain", "classifier:200000",
     "policy:200000", "pipeline:--intervals 2", "probe_cpu", "policy_compile:5000",
 ]
 NUMBER = r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?"
 FIGURE = re.compile(rf"({NUMBER})(?:\s?([%x]|[A-Za-zµ]+(?:-s)?(?:/[A-Za-z]+)?)(?![\w/]))?")
+VENV = ("test -x .venv/bin/python || python3 -m venv --system-site-packages .venv; "
+        ".venv/bin/pip install -q --disable-pip-version-check -e '.[test]'")
 TIME_UNITS = {"ns", "µs", "us", "ms", "s", "CPU-s", "CPU-ms"}
 
 
@@ -50,8 +52,38 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def start(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """In a process group of its own: stopped whole (nats-server, sinks, pip) by stop()."""
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGINT first (a bench's finally blocks clean up its namespaces), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def finish(proc: subprocess.Popen, timeout: float | None = None) -> str:
+    """Its stdout; on a non-zero exit, a RuntimeError with the end of its output."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        stop(proc)
+        raise
+    if proc.returncode:
+        tail = "\n".join((out + err).splitlines()[-15:])
+        raise RuntimeError(f"exit status {proc.returncode} in {proc.args}:\n{tail}")
+    return out
+
+
 def checkout(repo: Path, rev: str, tmp: Path, made: list[Path]) -> Path:
-    """A worktree of ``rev`` with its venv built: /work/bench-<hash> if it is there, else a new one."""
+    """A worktree of ``rev``: /work/bench-<hash> if it is there, else a new one in ``tmp``."""
     commit = git("rev-parse", "--verify", f"{rev}^{{commit}}", cwd=repo)
     short = commit[:7]
     cached = Path(f"/work/bench-{short}")
@@ -63,15 +95,25 @@ def checkout(repo: Path, rev: str, tmp: Path, made: list[Path]) -> Path:
         tree = tmp / f"{rev.replace('/', '_')}-{short}"
         git("worktree", "add", "--detach", "--quiet", str(tree), commit, cwd=repo)
         made.append(tree)
-    print(f"{rev} = {short}: venv in {tree}", file=sys.stderr, flush=True)
-    built = subprocess.run(["make", "venv"], cwd=tree, capture_output=True, text=True)
-    if built.returncode:
-        sys.exit(f"make venv failed in {tree}:\n{built.stdout}{built.stderr}")
-    where = subprocess.run([str(tree / ".venv/bin/python"), "-c", "import connstats.probe; print(connstats.probe.__file__)"],
-                           cwd=tree, capture_output=True, text=True, check=True).stdout.strip()
-    if not Path(where).resolve().is_relative_to(tree.resolve()):
-        sys.exit(f"{tree}'s venv imports connstats from {where}, not from its worktree")
+    print(f"{rev} = {short} in {tree}", file=sys.stderr, flush=True)
     return tree
+
+
+def build(trees: list[Path]) -> None:
+    """Each worktree's venv with the test extras (the fixtures some benches use import pytest),
+    all at once, the same way at every revision; then check that each imports its own tree."""
+    makes = [start(["sh", "-ec", VENV], tree) for tree in trees]
+    try:
+        for make in makes:
+            finish(make)
+    finally:
+        for make in makes:
+            stop(make)
+    for tree in trees:
+        code = "import connstats.probe, connstats.sink; print(connstats.probe.__file__, connstats.sink.__file__)"
+        for where in finish(start([str(tree / ".venv/bin/python"), "-c", code], tree)).split():
+            if not Path(where).resolve().is_relative_to(tree.resolve()):
+                sys.exit(f"{tree}'s venv imports {where}, not its worktree's")
 
 
 def figures(bench: str, out: str) -> dict[tuple, tuple[str, float, str, str]]:
@@ -96,13 +138,8 @@ def figures(bench: str, out: str) -> dict[tuple, tuple[str, float, str, str]]:
 
 
 def run(tree: Path, script: Path, args: list[str]) -> str:
-    env = os.environ | {"PYTHONPATH": "."}
-    done = subprocess.run([str(tree / ".venv/bin/python"), str(script), *args], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"exit status {done.returncode} in {tree}:\n{tail}")
-    return done.stdout
+    return finish(start([str(tree / ".venv/bin/python"), str(script), *args], tree, os.environ | {"PYTHONPATH": "."}),
+                  timeout=900)
 
 
 def shorten(text: str, width: int) -> str:
@@ -144,6 +181,8 @@ def main() -> int:
     tmp, made = Path(tempfile.mkdtemp(prefix="connstats-sbs-")), []
     try:
         trees = {"old": checkout(repo, opts.old, tmp, made), "new": checkout(repo, opts.new, tmp, made)}
+        print("building the venvs", file=sys.stderr, flush=True)
+        build(list(trees.values()))
         plan = []  # (name, args, {side: script})
         for spec in opts.benches:
             name, _, args = spec.partition(":")
