@@ -34,8 +34,9 @@ DEFAULT_BENCHES = [
 ]
 NUMBER = r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?"
 FIGURE = re.compile(rf"({NUMBER})(?:\s?([%x]|[A-Za-zµ]+(?:-s)?(?:/[A-Za-z]+)?)(?![\w/]))?")
-VENV = ("test -x .venv/bin/python || python3 -m venv --system-site-packages .venv; "
-        ".venv/bin/pip install -q --disable-pip-version-check -e '.[test]'")
+# Debian's python3, whose site-packages has bcc (python3-bpfcc), as the Makefile has it
+VENV = ("test -x .venv/bin/python || /usr/bin/python3 -m venv --system-site-packages .venv; "
+        ".venv/bin/pip install -q --disable-pip-version-check -e '.[test]'; .venv/bin/python -c 'import bcc'")
 TIME_UNITS = {"ns", "µs", "us", "ms", "s", "CPU-s", "CPU-ms"}
 
 
