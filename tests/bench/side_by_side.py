@@ -2,15 +2,16 @@
 
 Each revision gets a detached git worktree (in a temp dir, removed on exit; an existing
 ``/work/bench-<short hash>`` at that commit is reused and left alone) and its own venv
-(``pip install -e '.[test]'`` there, as ``make bench`` has it). Then every bench runs in rounds, old and new back to back (the
-order flips every round), each in its own worktree (cwd, ``PYTHONPATH=.``, its venv).
+(``pip install -e '.[test]'`` there, as ``make bench`` has it). Then every bench runs in
+rounds, old and new back to back (the order flips every round), each in its own worktree
+(cwd, ``PYTHONPATH=.``, its venv).
 A bench missing at one revision runs from the other revision's file with that revision's
 package (only meaningful for a bench written for both layouts, like bench_policy_compile).
 
 Every number followed by a unit (``12.3 ms``, ``481,204 records/s``, ``0.086 CPU-s``,
 ``7.7x``) is a figure, and so is every unitless number that changes between runs; figures
 are matched between runs by their line's text with the numbers removed (and the how-many-th
-such line it is). Numbers that are the same in every run (sizes, counts) are left out.
+such line it is). Other numbers that are the same in every run (sizes, counts) are left out.
 
     PYTHONPATH=. .venv/bin/python tests/bench/side_by_side.py [--old d8f8401] [--new HEAD]
         [--rounds 3] [BENCH[:ARGS] ...]        e.g. classifier:200000 "pipeline:--intervals 2"
