@@ -24,12 +24,15 @@ import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from connstats.probe.contract import ConfigError, MessageError, NatsOptions, loads_toml
-from connstats.sink.stores import parse_store  # noqa: F401 (where the CLI's modules find it)
+from connstats.sink.stores import parse_store
 
 from .nats_auth import CREDENTIALS_FILE, RoleUser, read_credentials
+
+if TYPE_CHECKING:
+    from connstats.sink.influx_store import InfluxConfig
 
 DEFAULT_CONFIG_FILE = Path("/etc/connstats/config.toml")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -188,7 +191,16 @@ class Config:
             return "influxdb"
         return f"sqlite:{self.state_dir() / SQLITE_FILE}"
 
-    def influx(self, url: str | None = None, org: str | None = None, bucket: str | None = None):
+    def store(self, flag: str | None = None, influx_url: str | None = None, influx_org: str | None = None,
+              influx_bucket: str | None = None) -> tuple[str, InfluxConfig | None]:
+        """The store spec, and its InfluxDB settings if it names InfluxDB (None for SQLite):
+        the one place the CLI decides which store ``up``, ``sink``, ``ui``, ``history`` and
+        ``policy learn`` use. A spec that is neither is a one-line ``ConfigError``."""
+        spec = self.store_spec(flag, influx_url)
+        kind, _ = parse_store(spec)
+        return spec, self.influx(influx_url, influx_org, influx_bucket) if kind == "influxdb" else None
+
+    def influx(self, url: str | None = None, org: str | None = None, bucket: str | None = None) -> InfluxConfig:
         """The InfluxDB settings (``InfluxConfig``), each by the precedence above."""
         from connstats.sink.influx_store import InfluxConfig
 

@@ -12,7 +12,7 @@ from connstats.probe.runtime.durations import parse_duration
 from connstats.sink.history import GROUPS, HistoryQuery, parse_time
 from connstats.sink.stores import StoreReader
 
-from .config import Config, parse_store
+from .config import Config
 from .live import endpoint
 from .options import ConfigFile, Format, OutputFormat, Store, load_config
 from .render import Column, render
@@ -63,9 +63,7 @@ def query_store(config: Config, store: str | None, query: HistoryQuery,
                 influx: tuple[str | None, str | None, str | None] = (None, None, None)) -> list[dict]:
     """Rows of ``query`` from the store of ``--store`` (and ``influx``: url, org, bucket flags;
     with the rest from the environment or [influxdb], like up and sink)."""
-    spec = config.store_spec(store, influx[0])
-    kind, _ = parse_store(spec)
-    return StoreReader(spec, config.influx(*influx) if kind == "influxdb" else None).read(query)
+    return StoreReader(*config.store(store, *influx)).read(query)
 
 
 @app.command()

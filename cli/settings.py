@@ -110,13 +110,13 @@ def stream_settings(config: Config, replicas: int | None) -> StreamSettings:
 def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: str | None,
                 influx: InfluxFlags = InfluxFlags(), stream_replicas: int | None = None) -> SinkConfig:
     """The one ``SinkConfig`` of flags, environment and file."""
-    spec = config.store_spec(store, influx.url)
-    if spec.startswith("sqlite:") and config.get("store", store) is None:
+    spec, influx_config = config.store(store, influx.url, influx.org, influx.bucket)
+    if influx_config is None and config.get("store", store) is None:
         prepare_state_dir(config.state_dir())
     return SinkConfig(
         nats=flags.options(config, name="connstats-sink", role="sink"), store=spec,
         retention_seconds=config.get("retention", _retention_flag(retention)),
-        influx=config.influx(influx.url, influx.org, influx.bucket) if spec.startswith("influx") else None,
+        influx=influx_config,
         stream=stream_settings(config, stream_replicas),
     )
 

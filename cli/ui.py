@@ -45,10 +45,9 @@ Listen = Annotated[Optional[str], typer.Option(
 def ui_config(config: Config, listen: str, flags: NatsFlags, store: str | None,
               influx: tuple[str | None, str | None, str | None] = (None, None, None),
               group: str | None = None) -> UiConfig:
-    spec = config.store_spec(store, influx[0])
+    spec, influx_config = config.store(store, *influx)
     return UiConfig(listen=listen, nats=flags.options(config, name="connstats-ui", role="admin"), store=spec,
-                    state_dir=prepare_state_dir(config.state_dir()),
-                    influx=config.influx(*influx) if spec.startswith("influx") else None,
+                    state_dir=prepare_state_dir(config.state_dir()), influx=influx_config,
                     host=config.host(), host_addresses=own_addresses, http_group=http_group(config, group))
 
 

@@ -17,6 +17,7 @@ from connstats.cli.render import Column, render, rfc3339
 from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
+from connstats.sink.influx_store import InfluxConfig
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.control import SINCE, FakeDaemon
 from tests.fixtures.history import C1, C2, C3, C4, write_all
@@ -86,6 +87,19 @@ def test_nats_url_falls_back_to_the_file_up_writes(tmp_path):
 
 def test_influxdb_url_in_the_environment_selects_influxdb():
     assert Config({}, {"INFLUXDB_V2_URL": "http://influx:8086"}, None).store_spec() == "influxdb"
+
+
+def test_one_rule_picks_the_store_and_its_influxdb_settings(tmp_path):
+    """``Config.store``: what up, sink, ui, history and policy learn all store to and read from."""
+    env = {"CONNSTATS_STATE_DIR": str(tmp_path)}
+    assert Config({}, env, None).store() == (f"sqlite:{tmp_path / 'flows.sqlite'}", None)
+    assert Config({}, env, None).store("sqlite:/x.db", "http://flag:8086") == ("sqlite:/x.db", None)
+    influx = {**env, "INFLUXDB_V2_URL": "http://v2:8086", "INFLUXDB_V2_ORG": "o", "INFLUXDB_V2_TOKEN": "t"}
+    assert Config({}, influx, None).store() == ("influxdb", InfluxConfig("http://v2:8086", "o", "t", "connstats"))
+    assert Config({}, {**influx, "CONNSTATS_STORE": "influx"}, None).store(None, None, None, "b")[1].bucket == "b"
+    with pytest.raises(ConfigError) as caught:
+        Config({}, env, None).store("influxdb:foo")
+    assert str(caught.value) == "store 'influxdb:foo' is not sqlite:PATH or influxdb; check --store"
 
 
 def test_bad_values_name_where_they_come_from(tmp_path):
