@@ -76,7 +76,7 @@ def alert(
               f"{redacted(alert_cfg.nats.servers)} as host {alert_cfg.host}{hooks}\n  Ctrl-C to stop",
               file=sys.stderr, flush=True)
 
-    asyncio.run(pipeline.run_alerts(service, on_ready, metrics_address))
+    asyncio.run(pipeline.run_alerts(service, alert_cfg.telemetry, on_ready, metrics_address))
 
 
 @app.command()

@@ -65,18 +65,16 @@ async def run_sink(sink: Sink, metrics_address: str | None = None) -> None:
             await sink.run(stop)
 
 
-async def run_alerts(service: AlertService, on_ready: Callable[[], None] | None = None,
+async def run_alerts(service: AlertService, telemetry: Telemetry, on_ready: Callable[[], None] | None = None,
                      metrics_address: str | None = None) -> None:
-    """Run a built alert engine until SIGINT/SIGTERM; /metrics etc. on ``metrics_address`` if
-    given (the Telemetry its builder registered its metrics on)."""
+    """Run a built alert engine until SIGINT/SIGTERM; ``telemetry``'s /metrics etc. (the one
+    ``build_alerts`` registered the engine's metrics on) on ``metrics_address`` if given."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
         if metrics_address is None:
             await _run_alerts(service, stop, on_ready)
             return
-        if service.metrics is None:
-            raise ValueError("run_alerts serves /metrics of an engine with metrics: build it with build_alerts")
-        async with MetricsServer(service.metrics.telemetry, metrics_address):
+        async with MetricsServer(telemetry, metrics_address):
             await _run_alerts(service, stop, on_ready)
 
 

@@ -69,7 +69,9 @@ class Sink:
     def __init__(self, config: SinkConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.metrics = SinkMetrics(config.telemetry, (config.consumer or ConsumerSettings()).durable)
+        self.metrics = SinkMetrics((config.consumer or ConsumerSettings()).durable)
+        config.telemetry.registry.register(self.metrics)
+        config.telemetry.add_check("sink", self.metrics.not_ready)
 
     async def check(self) -> None:
         """Raise ``StoreError`` (and close the store) unless it takes writes."""

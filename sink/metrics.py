@@ -1,6 +1,6 @@
 """The sink's self-metrics, read from the consumer's counters at scrape time.
 
-    build_sink ─ SinkMetrics(telemetry, durable)
+    build_sink ─ SinkMetrics(durable), registered on the Telemetry by build_sink
       consume_flows ─ metrics.watching(nc, consumer, store): while the consumer runs,
                       every ``refresh_every`` s: consumer info (num_pending, num_ack_pending)
                       and a store ping (for /readyz); never per message
@@ -23,7 +23,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.runtime.telemetry import Telemetry, refreshing
+from connstats.probe.runtime.telemetry import refreshing
 
 from .consumer import DEAD_LETTER_CLASSES, FlowConsumer
 from .store import Store
@@ -36,7 +36,7 @@ WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class SinkMetrics:
     """The collector and readiness check of one sink; see the module docstring."""
 
-    def __init__(self, telemetry: Telemetry, durable: str, refresh_every: float = 5.0) -> None:
+    def __init__(self, durable: str, refresh_every: float = 5.0) -> None:
         self.durable = durable
         self.refresh_every = refresh_every
         self.nc: Client | None = None
@@ -45,9 +45,7 @@ class SinkMetrics:
         self.pending: int | None = None  # None until the consumer info was read once
         self.ack_pending: int | None = None
         self.write_seconds = Histogram("connstats_sink_write_duration_seconds", "One message's write into "
-                                       "the store", buckets=WRITE_BUCKETS, registry=telemetry.registry)
-        telemetry.registry.register(self)
-        telemetry.add_check("sink", self.not_ready)
+                                       "the store", buckets=WRITE_BUCKETS, registry=None)  # collect() yields it
 
     @contextlib.asynccontextmanager
     async def watching(self, nc: Client, consumer: FlowConsumer, store: Store) -> AsyncIterator[None]:
@@ -103,6 +101,7 @@ class SinkMetrics:
                               "acknowledged (num_ack_pending)", self.durable, self.ack_pending)
         yield _counter("connstats_sink_nats_reconnects", "Times the sink's NATS connection came back",
                        self.nc.stats["reconnects"] if self.nc is not None else 0)
+        yield from self.write_seconds.collect()
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:

@@ -42,5 +42,7 @@ def build_alerts(config: AlertConfig) -> AlertService:
     webhooks = [NotificationQueue(WebhookTarget(url, config.service.webhook_timeout), stats,
                                   config.service.queue_capacity)
                 for url in config.webhooks]
-    metrics = AlertMetrics(config.telemetry, engine, config.service.durable)
+    metrics = AlertMetrics(engine, config.service.durable)
+    config.telemetry.registry.register(metrics)
+    config.telemetry.add_check("alerts", metrics.not_ready)
     return AlertService(engine, config.nats, webhooks, config.service, stream=config.stream, metrics=metrics)

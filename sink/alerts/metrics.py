@@ -1,6 +1,6 @@
 """The alert engine's self-metrics, read from its ``AlertStats`` at scrape time.
 
-    build_alerts ─ AlertMetrics(telemetry, engine, durable)
+    build_alerts ─ AlertMetrics(engine, durable), registered on the Telemetry by build_alerts
       AlertService.run ─ metrics.watching(nc, js, queues): while the engine runs, the
                  durable consumer's info (exists? num_pending, num_ack_pending) every
                  ``refresh_every`` s (every 0.5 s while it does not exist yet); never per message
@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connstats.probe.contract import STREAM_NAME
-from connstats.probe.runtime.telemetry import Telemetry, refreshing
+from connstats.probe.runtime.telemetry import refreshing
 from connstats.sink.metrics import consumer_gauge
 
 from .engine import AlertEngine
@@ -52,8 +52,7 @@ def by_kind(counts: Counter) -> dict[str, int]:
 class AlertMetrics:
     """The collector and readiness check of one alert engine; see the module docstring."""
 
-    def __init__(self, telemetry: Telemetry, engine: AlertEngine, durable: str, refresh_every: float = 5.0) -> None:
-        self.telemetry = telemetry
+    def __init__(self, engine: AlertEngine, durable: str, refresh_every: float = 5.0) -> None:
         self.engine = engine
         self.durable = durable
         self.refresh_every = refresh_every
@@ -62,8 +61,6 @@ class AlertMetrics:
         self.consumer_exists = False
         self.pending: int | None = None  # None until the consumer info was read once
         self.ack_pending: int | None = None
-        telemetry.registry.register(self)
-        telemetry.add_check("alerts", self.not_ready)
 
     @contextlib.asynccontextmanager
     async def watching(self, nc: Client, js, queues: Sequence[NotificationQueue]) -> AsyncIterator[None]:
