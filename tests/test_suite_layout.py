@@ -50,14 +50,23 @@ OWN_CLOCK = {
 }
 
 
+def _is_sleep(statement: ast.stmt) -> bool:
+    """``time.sleep(...)``, ``asyncio.sleep(...)`` or ``await asyncio.sleep(...)`` alone."""
+    call = statement.value if isinstance(statement, ast.Expr) else None
+    call = call.value if isinstance(call, ast.Await) else call
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "sleep"
+
+
 def _deadline_loops(source: str) -> list[int]:
     """Lines of a ``time.monotonic()`` deadline loop: a ``while`` whose test reads the clock,
-    or a name ``deadline`` assigned; also in programs embedded as strings (run with ``-c``)."""
+    a ``while`` whose whole body is a sleep (a poll with no deadline), or a name ``deadline`` assigned; also in programs embedded as strings (run with ``-c``)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.While) and any(
                 isinstance(n, ast.Attribute) and n.attr == "monotonic" for n in ast.walk(node.test)):
             found.append(node.lineno)
+        elif isinstance(node, ast.While) and len(node.body) == 1 and _is_sleep(node.body[0]):
+            found.append(node.lineno)  # a poll with no deadline at all: it waits for the test's timeout
         elif isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
                 isinstance(n, ast.Name) and n.id == "deadline" and isinstance(n.ctx, ast.Store)
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])

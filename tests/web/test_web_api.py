@@ -92,8 +92,7 @@ async def test_live_sends_only_the_top_n_of_a_chunked_interval(web, nats_server)
         async with session.get("/api/live", params={"limit": "25"}) as response:
             assert response.status == 200 and response.content_type == "text/event-stream"
             assert await response.content.readline() == b": connected\n"
-            while not ui.api.feed.pages:
-                await asyncio.sleep(0.01)
+            await until_async(lambda: ui.api.feed.pages, 10, "the page's live feed", step=0.01)
             for message in messages:
                 await nc.publish(flows_subject("web-1"), message)
             event, size = await next_event(response)
@@ -186,8 +185,7 @@ async def test_live_filters_column_wise(web, nats_server):
         params = {"container": "app-03", "proto": "udp", "port": "53", "limit": "1000"}
         async with session.get("/api/live", params=params) as response:
             await response.content.readline()
-            while not ui.api.feed.pages:
-                await asyncio.sleep(0.01)
+            await until_async(lambda: ui.api.feed.pages, 10, "the page's live feed", step=0.01)
             await nc.publish(flows_subject("web-2"), b"not a flow message")  # skipped, not fatal
             for message in chunked_messages(batch, 2_000):
                 await nc.publish(flows_subject("web-2"), message)
@@ -360,8 +358,7 @@ async def test_live_views_are_bounded(web):
     ui.api.max_live_pages = 2
     first, second = await session.get("/api/live"), await session.get("/api/live")
     try:
-        while len(ui.api.feed.pages) < 2:
-            await asyncio.sleep(0.01)
+        await until_async(lambda: len(ui.api.feed.pages) >= 2, 10, "two pages on the live feed", step=0.01)
         async with session.get("/api/live") as third:
             assert third.status == 503
             assert await third.json() == {"error": "2 live views are open already; close one and retry"}
