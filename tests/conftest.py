@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.fixtures.alerts import flows  # noqa: F401
 from tests.fixtures.browser import *  # noqa: F401,F403
 from tests.fixtures.cli import *  # noqa: F401,F403
 from tests.fixtures.control import auth_nats  # noqa: F401

@@ -14,14 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
 from connstats.cli.settings import alert_config
-from connstats.probe.contract import (
-    NatsOptions,
-    StreamSettings,
-    TransportError,
-    connect,
-    ensure_stream,
-    flow_stream_config,
-)
+from connstats.probe.contract import NatsOptions, StreamSettings, TransportError, ensure_stream, flow_stream_config
 from connstats.probe.runtime.telemetry import MetricsServer, Telemetry
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
@@ -70,14 +63,6 @@ class Engine:
     @property
     def stats(self):
         return self.service.engine.stats
-
-
-@pytest.fixture
-async def flows(role_nats):
-    nc = await connect(role_nats.options("probe", HOST))
-    await ensure_stream(nc.jetstream(), flow_stream_config(StreamSettings()))
-    yield nc
-    await nc.close()
 
 
 def by_target(name: str, nats_value: int, webhook_value: int) -> dict[tuple, float]:

@@ -7,18 +7,8 @@ import asyncio
 import time
 
 import msgspec
-import pytest
 
-from connstats.probe.contract import (
-    StreamSettings,
-    alerts_subject,
-    connect,
-    decode_alert,
-    encode_alert,
-    ensure_stream,
-    flow_stream_config,
-    flows_subject,
-)
+from connstats.probe.contract import alerts_subject, connect, decode_alert, encode_alert, flows_subject
 from connstats.sink.alerts import firing_alerts
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
@@ -48,14 +38,6 @@ class Running:
     async def __aexit__(self, *exc) -> None:
         self.stop.set()
         await asyncio.wait_for(self.task, 15)
-
-
-@pytest.fixture
-async def flows(role_nats):
-    nc = await connect(role_nats.options("probe", HOST))
-    await ensure_stream(nc.jetstream(), flow_stream_config(StreamSettings()))
-    yield nc
-    await nc.close()
 
 
 async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, flows):

@@ -25,6 +25,7 @@ from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.compose import consume_flows
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from tests.fixtures.nats import MemoryStore, read_stream, sample_envelope, sample_records
+from tests.fixtures.store import consume_until
 from tests.fixtures.wait import until_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,24 +48,6 @@ async def publish_intervals_from(server, first_seq: int, counts: list[int]) -> i
             messages += await publisher.submit(FlowBatch.from_records(envelope, sample_records(envelope, count)))
         assert await publisher.flush(20)
     return messages
-
-
-async def consume_until(consumer: FlowConsumer, done, timeout: float = 20.0) -> None:
-    """Run ``consumer`` until ``done()`` is true (or fail after ``timeout``), then stop it."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.consume_forever(stop))
-    def finished() -> bool:
-        if done():
-            return True
-        assert not task.done(), task.exception()  # the consumer ended early: fail at once
-        return False
-
-    try:
-        await until_async(finished, timeout, "end of the consumption", step=0.02,
-                          detail=lambda: f"stats {consumer.stats}")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 async def connected(server):

@@ -146,15 +146,6 @@ def test_build_sql_adds_overflow_to_device_totals():
 # -- InfluxDB ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def influx(influx_server):
-    store = InfluxStore(InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 async def test_influx_gives_the_same_rows_as_sqlite(influx, db):
     await write_all(influx)
     assert await influx_history(influx, HistoryQuery(**ALL)) == sqlite_history(db, HistoryQuery(**ALL))

@@ -198,17 +198,6 @@ def many(count: int) -> list[FlowRecord]:
                  packets=i + 1, bytes=64 * (i + 1)) for i in range(count)]
 
 
-@pytest.fixture
-async def influx(influx_server):
-    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows",
-                          timeout=2.0)
-    store = InfluxStore(config)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 async def test_write_sends_exactly_the_encoded_lines(influx, influx_server):
     records = many(3)
     await influx.write(FlowBatch.from_records(ENVELOPE, records))

@@ -26,12 +26,10 @@ from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.compose import consume_flows
 from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.history import HistoryQuery, aggregate, influx_history, sqlite_history
-from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from connstats.sink.sqlite_store import SCHEMA_VERSION, SqliteStore, flow_rows, repeated_key_totals
-from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
 from tests.fixtures.nats import read_stream
 from tests.fixtures.records import flow_record
-from tests.fixtures.wait import until_async
+from tests.fixtures.store import consume_until
 
 SECOND = 1_000_000_000
 T0 = 1_790_000_000 * SECOND
@@ -84,21 +82,7 @@ async def consume(server, store, settings: ConsumerSettings | None = None, *, do
         async with FlowConsumer(nc, store, settings) as consumer:
             if before is not None:
                 await before()
-            stop = asyncio.Event()
-            task = asyncio.create_task(consumer.consume_forever(stop))
-
-            def finished() -> bool:
-                if done(consumer.stats):
-                    return True
-                assert not task.done(), task.exception()  # the consumer ended early: fail at once
-                return False
-
-            try:
-                await until_async(finished, timeout, "end of the consumption", step=0.02,
-                                  detail=lambda: f"stats {consumer.stats}")
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 10)
+            await consume_until(consumer, lambda: done(consumer.stats), timeout)
             return consumer.stats
     finally:
         await nc.close()
@@ -113,15 +97,6 @@ def sqlite_totals(path, host: str | None = None) -> tuple[int, int, int]:
         where, args = ("WHERE host = ?", (host,)) if host else ("", ())
         return db.execute(f"SELECT count(*), coalesce(sum(packets), 0), coalesce(sum(bytes), 0) FROM flows {where}",
                           args).fetchone()
-
-
-@pytest.fixture
-async def influx(influx_server):
-    store = InfluxStore(InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows"))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # -- 1. overflow reaches the store ---------------------------------------------------------------
