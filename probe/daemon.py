@@ -19,11 +19,12 @@ from typing import Any, Callable
 from .contract.events import Event, HandoverLost, device_event
 from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
+from .contract.record import Owner
 from .kernel.devices import AttachedDevice, FilterLoss
 from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .policy.tables import PolicyTables
 from .publish.publisher import FlowPublisher, PublisherSettings
-from .seams import DetachListener, Labels, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
+from .seams import DetachListener, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 
 log = logging.getLogger("connstats.probe")
 
@@ -110,10 +111,10 @@ class ProbeDaemon:
     # -- ProbePort: what the control plane and the watchers call --------------------------
 
     async def attach(self, name: str | int, mode: str | None = None,
-                     labels: Labels | None = None, **context: Any) -> AttachedDevice:
+                     owner: Owner | None = None, **context: Any) -> AttachedDevice:
         """Attach and publish an "attached" event carrying ``context`` (source, netns, ...)."""
         try:
-            device = await asyncio.to_thread(self._kernel.attach, name, mode, labels)
+            device = await asyncio.to_thread(self._kernel.attach, name, mode, owner)
         except Exception:
             self.attach_failures += 1
             raise
@@ -141,8 +142,8 @@ class ProbeDaemon:
     def devices(self) -> list[AttachedDevice]:
         return self._kernel.devices.devices()
 
-    def label(self, ifindex: int, labels: Labels) -> None:
-        self._kernel.label(ifindex, labels)
+    def label(self, ifindex: int, owner: Owner) -> None:
+        self._kernel.label(ifindex, owner)
 
     def policy_tables(self) -> PolicyTables:
         return self._kernel.policy

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from .contract.events import Event
+from .contract.record import Owner
 from .kernel.devices import AttachedDevice, FilterLoss
 
-Labels = tuple[str, str, str]  # container id, container name (or netns name), image
-NO_LABELS: Labels = ("", "", "")
 DetachListener = Callable[[AttachedDevice], Awaitable[None]]
 IntervalListener = Callable[["FlowBatch"], None]  # one interval, before it is published
 
@@ -57,7 +56,7 @@ class ProbePort(Protocol):
     def interval(self) -> float:
         """Seconds per interval."""
 
-    async def attach(self, name: str | int, mode: str | None = None, labels: Labels | None = None,
+    async def attach(self, name: str | int, mode: str | None = None, owner: Owner | None = None,
                      **context: Any) -> AttachedDevice:
         """Attach and publish ``attached``; ``context`` are ``DeviceEvent`` fields (source, netns, ...)."""
 
@@ -70,8 +69,8 @@ class ProbePort(Protocol):
     def devices(self) -> list[AttachedDevice]:
         """The attached devices."""
 
-    def label(self, ifindex: int, labels: Labels) -> None:
-        """Label an attached device's records, unless it is labelled already."""
+    def label(self, ifindex: int, owner: Owner) -> None:
+        """Name the owner of an attached device's records, unless it is named already."""
 
     def policy_tables(self) -> PolicyTables:
         """The classifier's policy tables (probe/policy/tables.py)."""

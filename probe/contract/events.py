@@ -46,6 +46,9 @@ class DeviceEvent(Event, kw_only=True):
     container_id: str | None = None
     container_name: str | None = None
     container_image: str | None = None
+    pod: str | None = None
+    workload: str | None = None
+    runtime: str | None = None
     hooks: dict[str, Any] | None = None  # replaced/lost: what is in our place now, per hook
 
 

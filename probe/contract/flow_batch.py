@@ -14,8 +14,18 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .record import DIRECTIONS, VERDICTS, Envelope, FlowRecord, bulk_allocation, make_record
-from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, RECORD_FIELDS, Column, Device, FlowColumns
+from .record import (
+    DIRECTIONS,
+    NO_OWNER,
+    OWNER_FIELDS,
+    VERDICTS,
+    Envelope,
+    FlowRecord,
+    Owner,
+    bulk_allocation,
+    make_record,
+)
+from .wire_schema import FLOW_COLUMNS, INTERVAL_FIELDS, OPTIONAL_COLUMNS, RECORD_FIELDS, Column, Device, FlowColumns
 
 _T = TypeVar("_T")
 
@@ -129,9 +139,10 @@ class FlowBatch:
     @classmethod
     def from_arrays(cls, envelope: Envelope, keys: NDArray[np.void], values: NDArray[np.void], *,
                     mono_to_wall_ns: int, ifnames: Mapping[int, str],
-                    labels: Mapping[int, tuple[str, str, str]] = {}) -> FlowBatch:
+                    owners: Mapping[int, Owner] = {}) -> FlowBatch:
         """A batch from drained ``FLOW_KEY``/``FLOW_COUNTERS`` arrays, column by column;
-        ``labels`` maps an ifindex to its (container_id, container_name, container_image).
+        ``owners`` maps an ifindex to who is behind it. The process columns are empty
+        (``with_processes`` fills them).
 
         Its columns stay numpy arrays (text columns: arrays of str objects) until a chunk is
         encoded or a listener asks for Python values (``column``, ``records``)."""
@@ -145,14 +156,36 @@ class FlowBatch:
             last_seen=values["last_seen_ns"].astype(np.int64) + mono_to_wall_ns,
             tcp_flags=values["tcp_flags"],
             verdict=_VERDICT_TEXT[np.minimum(values["verdict"], len(VERDICTS) - 1)],
+            **_no_processes(len(keys)),
         )
-        no_labels = ("", "", "")
-        devices = tuple(Device(i, ifnames.get(i, ""), *labels.get(i, no_labels))
+        devices = tuple(device_of(i, ifnames.get(i, ""), owners.get(i, NO_OWNER))
                         for i in np.unique(keys["ifindex"]).tolist())
         judged = np.empty(len(values), JUDGED)
         judged["verdict"] = np.minimum(values["verdict"], len(VERDICTS) - 1)
         judged["mode"] = values["policy"] & _MODE_MASK
         return cls(envelope, columns, devices, judged)
+
+
+    def with_processes(self, process: Column[str], pid: Column[int], peer_process: Column[str],
+                       peer_pid: Column[int]) -> FlowBatch:
+        """The batch with its process columns replaced (one entry per record each)."""
+        columns = FlowColumns(**{f: getattr(self.columns, f) for f in FLOW_COLUMNS
+                                 if f not in _PROCESS_COLUMNS},
+                              process=process, pid=pid, peer_process=peer_process, peer_pid=peer_pid)
+        return FlowBatch(self.envelope, columns, self.devices, self.judged)
+
+
+_PROCESS_COLUMNS = ("process", "pid", "peer_process", "peer_pid")
+
+
+def _no_processes(count: int) -> dict[str, Column[Any]]:
+    return {name: np.full(count, OPTIONAL_COLUMNS[name], dtype=object if name.endswith("process") else np.uint32)
+            for name in _PROCESS_COLUMNS}
+
+
+def device_of(ifindex: int, ifname: str, owner: Owner) -> Device:
+    """The wire's ``Device`` for an attached device and its owner."""
+    return Device(ifindex, ifname, *(getattr(owner, f) for f in OWNER_FIELDS))
 
 
 _DIRECTION_TEXT = np.array(DIRECTIONS, dtype=object)
@@ -177,15 +210,16 @@ class DeviceFields(Protocol):
 
 
 def devices_of(records: Iterable[DeviceFields], error: type[Exception]) -> tuple[Device, ...]:
-    """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it."""
+    """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it.
+    A record without the owner fields added later (a schema 1 row) has them empty."""
     devices: dict[int, Device] = {}
     for r in records:
         device = devices.get(r.ifindex)
+        wanted = Device(r.ifindex, r.ifname, r.container_id, r.container_name, r.container_image,
+                        getattr(r, "pod", ""), getattr(r, "workload", ""), getattr(r, "runtime", ""))
         if device is None:
-            devices[r.ifindex] = Device(r.ifindex, r.ifname, r.container_id, r.container_name,
-                                        r.container_image)
-        elif (device.ifname, device.container_id, device.container_name, device.container_image) != (
-                r.ifname, r.container_id, r.container_name, r.container_image):
+            devices[r.ifindex] = wanted
+        elif device != wanted:
             raise error(f"ifindex {r.ifindex} has two names or owners ({device.ifname!r}, "
                         f"{r.ifname!r}) in one message")
     return tuple(devices.values())

@@ -49,9 +49,18 @@ class FlowRecord:
     container_id: str = ""
     container_name: str = ""
     container_image: str = ""
+    pod: str = ""  # "<k8s namespace>/<pod name>"
+    workload: str = ""  # app.kubernetes.io/name, else app, else the pod name without its suffixes
+    runtime: Runtime = ""  # who named the owner: docker, containerd, podman, netns
     # The policy's verdict on the connection (probe/policy/): "allow", "deny", or "" when
     # its device is not governed by a policy.
     verdict: Verdict = ""
+    # The program on each end (probe/identity/): the owner of the socket at the device's end
+    # and, when the other end is a socket on this host too, its owner; "" and 0 when unknown.
+    process: str = ""
+    pid: int = 0
+    peer_process: str = ""
+    peer_pid: int = 0
 
     @property
     def proto_name(self) -> str:
@@ -77,6 +86,22 @@ def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 
 make_record = _slot_constructor(FlowRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who is behind a device: a container, a pod's sandbox, a named network namespace."""
+
+    container_id: str = ""
+    container_name: str = ""  # or the network namespace's name
+    container_image: str = ""
+    pod: str = ""
+    workload: str = ""
+    runtime: Runtime = ""
+
+
+NO_OWNER = Owner()
+OWNER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Owner))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +188,8 @@ Family = Literal[0, 4, 6]
 Verdict = Literal["", "allow", "deny"]
 VERDICTS = ("", "allow", "deny")  # index = the kernel's VERDICT_* (probe/kernel/flows_structs.h)
 Direction = Literal["ingress", "egress"]
+Runtime = Literal["", "docker", "containerd", "podman", "netns"]
+RUNTIMES: tuple[Runtime, ...] = ("", "docker", "containerd", "podman", "netns")
+COMM_MAX = 15  # TASK_COMM_LEN - 1: a process name, from the kernel or /proc/<pid>/comm
+ProcessName = Annotated[str, msgspec.Meta(max_length=COMM_MAX)]
+Pid = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]

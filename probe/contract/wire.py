@@ -37,6 +37,7 @@ from .wire_schema import (
     DEVICE_FIELDS,
     FLOW_COLUMNS,
     INTERVAL_FIELDS,
+    OPTIONAL_COLUMNS,
     RECORD_FIELDS,
     Chunk,
     Chunks,
@@ -76,8 +77,10 @@ def encode_flows(columns: FlowColumns) -> msgspec.Raw:
     Numeric numpy columns go to orjson, which writes them in C without a Python int per
     value (5x faster than ``tolist`` + encode, same bytes); text columns are lists."""
     doc = {name: _json_ready(getattr(columns, name)) for name in FLOW_COLUMNS}
-    if not any(doc["verdict"]):  # no governed device: the message old sinks read too
-        del doc["verdict"]
+    for name in OPTIONAL_COLUMNS:  # nobody governed, no process known: what old sinks read too
+        column = doc[name]
+        if not (column.any() if isinstance(column, np.ndarray) else any(column)):
+            del doc[name]
     return msgspec.Raw(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
@@ -125,8 +128,10 @@ def decode_message(data: bytes) -> FlowBatch:
 
 def _batch_v2(envelope: Envelope, doc: MessageV2) -> FlowBatch:
     columns = doc.flows
-    if not columns.verdict and columns.ifindex:  # sent without the column: ungoverned
-        columns.verdict = [""] * len(columns.ifindex)
+    if columns.ifindex:
+        for name, empty in OPTIONAL_COLUMNS.items():
+            if not getattr(columns, name):  # sent without the column: nobody governed, no process
+                setattr(columns, name, [empty] * len(columns.ifindex))
     check_columns(columns, doc.devices)
     check_addresses(columns.family, {"src_ip": columns.src_ip, "dst_ip": columns.dst_ip}, "$.flows")
     return FlowBatch(envelope, columns, tuple(doc.devices))

@@ -23,7 +23,10 @@ from .record import (
     IfIndex,
     IfName,
     OverflowCount,
+    Pid,
     Port,
+    ProcessName,
+    Runtime,
     Text,
     Time,
     Verdict,
@@ -64,24 +67,38 @@ class FlowColumns(msgspec.Struct, forbid_unknown_fields=True):
     # Added in schema 2 without a version bump: a message without it (a probe before
     # policies, or one where no device is governed) means "" for every record.
     verdict: Column[Verdict] = []
+    # Added in schema 2 without a version bump, like verdict: absent when no record names a
+    # process (a probe before identity, or one with processes off).
+    process: Column[ProcessName] = []
+    pid: Column[Pid] = []
+    peer_process: Column[ProcessName] = []
+    peer_pid: Column[Pid] = []
 
 
 FLOW_COLUMNS: tuple[str, ...] = FlowColumns.__struct_fields__
-OPTIONAL_COLUMNS = ("verdict",)  # may be absent from a message: all "" then
-DEVICE_FIELDS = ("ifname", "container_id", "container_name", "container_image")
+# May be absent from a message: each column's empty value for every record then.
+OPTIONAL_COLUMNS: dict[str, str | int] = {"verdict": "", "process": "", "pid": 0, "peer_process": "",
+                                           "peer_pid": 0}
+DEVICE_FIELDS = ("ifname", "container_id", "container_name", "container_image", "pod", "workload",
+                 "runtime")
 INTERVAL_FIELDS = ("interval_start", "interval_end")
 RECORD_FIELDS: tuple[str, ...] = tuple(FlowRecord.__dataclass_fields__)
 assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, *DEVICE_FIELDS, *INTERVAL_FIELDS}
 
 
-class Device(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A device that records of the message were counted on, and who is behind it."""
+class Device(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A device that records of the message were counted on, and who is behind it (an
+    ``Owner``'s fields). Empty fields are left out of the message, so a device without a pod
+    encodes as before pods were added, and sinks from before read it."""
 
     ifindex: IfIndex
     ifname: IfName
     container_id: Ident = ""
     container_name: Text = ""
     container_image: Text = ""
+    pod: Text = ""
+    workload: Text = ""
+    runtime: Runtime = ""
 
 
 class WireOverflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

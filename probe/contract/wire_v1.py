@@ -22,8 +22,11 @@ from .record import (
     Ident,
     IfIndex,
     IfName,
+    Pid,
     Port,
+    ProcessName,
     ProtoText,
+    Runtime,
     Text,
     Time,
     Verdict,
@@ -52,7 +55,15 @@ class RecordV1(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
     container_id: Ident
     container_name: Text
     container_image: Text
-    verdict: Verdict = ""  # the control plane's stats rows carry it; v1 messages never did
+    # The control plane's stats rows carry these, when set; v1 messages never did.
+    verdict: Verdict = ""
+    pod: Text = ""
+    workload: Text = ""
+    runtime: Runtime = ""
+    process: ProcessName = ""
+    pid: Pid = 0
+    peer_process: ProcessName = ""
+    peer_pid: Pid = 0
 
 
 class MessageV1(WireEnvelope, tag=1):
@@ -67,7 +78,7 @@ def record_to_wire(r: FlowRecord) -> RecordV1:
     return RecordV1(r.ifname, r.ifindex, r.direction, proto_name(r.proto), r.family, r.src_ip,
                     r.dst_ip, r.src_port, r.dst_port, r.packets, r.bytes, r.first_seen,
                     r.last_seen, r.tcp_flags, r.container_id, r.container_name, r.container_image,
-                    r.verdict)
+                    r.verdict, r.pod, r.workload, r.runtime, r.process, r.pid, r.peer_process, r.peer_pid)
 
 
 def encode_message_v1(envelope: Envelope, records: Sequence[FlowRecord]) -> bytes:

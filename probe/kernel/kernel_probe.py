@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from ..contract.errors import ConfigError, ConnstatsError
 from ..contract.flow_batch import FlowBatch
-from ..contract.record import Envelope
+from ..contract.record import NO_OWNER, Envelope, Owner
 from ..policy.tables import PolicyTables
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .handover import OldLayout, read_old_layout
@@ -93,8 +93,8 @@ class KernelProbe:
         self.boot_id = self.poller.instance  # the same across restarts: message ids repeat
         # ifindex -> (container_id, container_name, container_image), kept after detach
         # so the final drain of a device that went away is still labelled.
-        self.labels: dict[int, tuple[str, str, str]] = {}
-        self._released: set[int] = set()  # detached; forget names and labels after one more drain
+        self.owners: dict[int, Owner] = {}
+        self._released: set[int] = set()  # detached; forget names and owners after one more drain
         self._lock = threading.Lock()
         self.last_poll: PollReport | None = None
 
@@ -173,26 +173,26 @@ class KernelProbe:
             self.poller.commit()
 
     def attach(self, name: str | int, mode: str | None = None,
-               labels: tuple[str, str, str] | None = None) -> AttachedDevice:
-        """Attach; ``labels`` (container id, name, image) apply from the first packet on."""
+               owner: Owner | None = None) -> AttachedDevice:
+        """Attach; ``owner`` names the records from the first packet on."""
         with self._lock:
             device = self.devices.attach(name, mode or self.settings.direction)
             self._released.discard(device.ifindex)
-            if labels is not None and any(labels):
-                self.labels[device.ifindex] = labels
-            elif labels is not None:  # nobody behind it (any more): drop an old owner's labels
-                self.labels.pop(device.ifindex, None)
+            if owner is not None and owner != NO_OWNER:
+                self.owners[device.ifindex] = owner
+            elif owner is not None:  # nobody behind it (any more): drop an old owner
+                self.owners.pop(device.ifindex, None)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
 
-    def label(self, ifindex: int, labels: tuple[str, str, str]) -> None:
-        """Label ``ifindex``'s records unless it is labelled already (a device attached by
+    def label(self, ifindex: int, owner: Owner) -> None:
+        """Name ``ifindex``'s owner unless it is named already (a device attached by
         somebody else, then found to be a container's or a namespace's)."""
-        if not any(labels):
+        if owner == NO_OWNER:
             return
         with self._lock:
-            self.labels.setdefault(ifindex, labels)
+            self.owners.setdefault(ifindex, owner)
 
     def detach(self, name: str | int) -> AttachedDevice:
         with self._lock:
@@ -228,10 +228,10 @@ class KernelProbe:
         return batch
 
     def _forget_released(self) -> None:
-        """Devices detached before this drain have had their last counts labelled: forget them."""
+        """Devices detached before this drain have had their last counts named: forget them."""
         for ifindex in self._released:
             self.devices.forget_name(ifindex)
-            self.labels.pop(ifindex, None)
+            self.owners.pop(ifindex, None)
         self._released.clear()
 
     def peek(self) -> FlowBatch:
@@ -241,7 +241,7 @@ class KernelProbe:
 
     def _records(self, interval: DrainedInterval) -> FlowBatch:
         """The interval as one batch of columns (its envelope: this probe's)."""
-        return interval.batch(self.envelope(interval), self.devices.names(), self.labels)
+        return interval.batch(self.envelope(interval), self.devices.names(), self.owners)
 
     def envelope(self, interval: DrainedInterval, boot_id: str | None = None) -> Envelope:
         return Envelope(

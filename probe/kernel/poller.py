@@ -29,7 +29,7 @@ import numpy as np
 
 from ..contract.errors import KernelError
 from ..contract.flow_batch import FlowBatch
-from ..contract.record import DIRECTIONS, Envelope, OverflowCount
+from ..contract.record import DIRECTIONS, Envelope, OverflowCount, Owner
 from .loader import (
     FLOW4_KEY,
     FLOW_COUNTERS,
@@ -60,10 +60,10 @@ class DrainedInterval:
         return len(self.keys)
 
     def batch(self, envelope: Envelope, ifnames: Mapping[int, str],
-              labels: Mapping[int, tuple[str, str, str]] = {}) -> FlowBatch:
+              owners: Mapping[int, Owner] = {}) -> FlowBatch:
         """The interval's columns, made from the arrays without an object per record."""
         return FlowBatch.from_arrays(envelope, self.keys, self.values, mono_to_wall_ns=self.mono_to_wall_ns,
-                                     ifnames=ifnames, labels=labels)
+                                     ifnames=ifnames, owners=owners)
 
     def overflow_counts(self, ifnames: Mapping[int, str]) -> tuple[OverflowCount, ...]:
         return tuple(

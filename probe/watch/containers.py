@@ -32,8 +32,9 @@ from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 
 from ..contract.errors import ConnstatsError
 from ..contract.events import Failed
+from ..contract.record import NO_OWNER, Owner, Runtime
 from ..kernel.devices import AttachedDevice, link_info
-from ..seams import NO_LABELS, ProbePort
+from ..seams import ProbePort
 
 log = logging.getLogger("connstats.probe.containers")
 
@@ -57,23 +58,29 @@ class Netns:
 
 @dataclass(frozen=True, slots=True)
 class Container:
+    """A container (or a pod's sandbox) that a runtime knows, with the pid of its first process."""
+
     id: str
     name: str
     image: str
     pid: int
+    runtime: Runtime = "docker"
+    pod: str = ""  # "<k8s namespace>/<pod name>" where the runtime knows the pod
+    workload: str = ""
 
     @property
-    def labels(self) -> tuple[str, str, str]:
-        return (self.id, self.name, self.image)
+    def owner(self) -> Owner:
+        return Owner(self.id, self.name, self.image, self.pod, self.workload, self.runtime)
 
 
-def owner_labels(netns: Netns | None, container: Container | None) -> tuple[str, str, str]:
-    """Record labels: Docker's (id, name, image), else ("", netns name or netns:<inode>, "")."""
+def owner_of(netns: Netns | None, container: Container | None) -> Owner:
+    """Who the records say is behind a device: the container, else the network namespace
+    (its name, or netns:<inode>), else nobody."""
     if container is not None:
-        return container.labels
+        return container.owner
     if netns is not None:
-        return ("", netns.label_name, "")
-    return NO_LABELS
+        return Owner(container_name=netns.label_name, runtime="netns")
+    return NO_OWNER
 
 
 def owner_fields(netns: Netns | None, container: Container | None) -> dict[str, Any]:
@@ -83,7 +90,10 @@ def owner_fields(netns: Netns | None, container: Container | None) -> dict[str, 
         out.update(netns=netns.inode, netns_name=netns.name, pid=netns.pid)
     if container is not None:
         out.update(pid=container.pid, container_id=container.id,
-                   container_name=container.name, container_image=container.image)
+                   container_name=container.name, container_image=container.image,
+                   runtime=container.runtime)
+        if container.pod:
+            out.update(pod=container.pod, workload=container.workload)
     return out
 
 
@@ -262,19 +272,19 @@ class ContainerIndex:
             await asyncio.to_thread(resolver.close)
 
 
-async def attach_labelled(probe: ProbePort, ifindex: int, labels: tuple[str, str, str],
-                          source: str, **fields: Any) -> AttachedDevice:
-    """Attach ``ifindex`` with its labels and publish one "attached" event saying who is
-    behind the device (``fields``). The labels apply from the first drained interval on."""
-    device = await probe.attach(ifindex, None, labels, source=source, **fields)
-    if labels != NO_LABELS:
-        log.info("%s (ifindex %d) is %s's%s", device.name, ifindex, labels[1],
+async def attach_owned(probe: ProbePort, ifindex: int, owner: Owner,
+                       source: str, **fields: Any) -> AttachedDevice:
+    """Attach ``ifindex`` with its owner and publish one "attached" event saying who is
+    behind the device (``fields``). The owner names records from the first drained interval on."""
+    device = await probe.attach(ifindex, None, owner, source=source, **fields)
+    if owner != NO_OWNER:
+        log.info("%s (ifindex %d) is %s's%s", device.name, ifindex, owner.pod or owner.container_name,
                  f" (pid {fields['pid']})" if fields.get("pid") else "")
     return device
 
 
 async def detach_quietly(probe: ProbePort, ifindex: int, reason: str, **fields: Any) -> AttachedDevice | None:
-    """Detach ``ifindex`` if it is attached (its labels stay for the final drain)."""
+    """Detach ``ifindex`` if it is attached (its owner stays for the final drain)."""
     if not any(d.ifindex == ifindex for d in probe.devices()):
         return None
     try:

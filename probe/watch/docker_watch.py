@@ -27,7 +27,7 @@ from .containers import (
     Container,
     ContainerIndex,
     Netns,
-    attach_labelled,
+    attach_owned,
     detach_quietly,
     owner_fields,
     peer_veths,
@@ -223,7 +223,7 @@ class DockerWatcher:
     async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str) -> None:
         container, netns = tracked.container, tracked.netns
         try:
-            await attach_labelled(self.probe, ifindex, container.labels, "docker",
+            await attach_owned(self.probe, ifindex, container.owner, "docker",
                                   **owner_fields(netns, container))
         except ConnstatsError as exc:
             self.errors += 1

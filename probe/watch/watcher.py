@@ -32,10 +32,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
+from ..contract.record import Owner
 from ..kernel.ownership import own_netns
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
-from .containers import ContainerIndex, attach_labelled, detach_quietly, owner_fields, owner_labels, report_failed
+from .containers import ContainerIndex, attach_owned, detach_quietly, owner_fields, owner_of, report_failed
 from .link_monitor import DeviceKey, LinkMonitor, LinkState, dump_links, link_state, still_there
 from .settings import DEFAULT_EXCLUDE, LinkPatterns, WatchSettings
 
@@ -240,11 +241,11 @@ class LinkWatcher:
         netns, container = (await asyncio.to_thread(self._index.owner, link.peer_nsid)
                             if link.peer_nsid is not None else (None, None))
         if any(d.ifindex == link.ifindex and d.name == link.name for d in self.probe.devices()):
-            self._adopt(link, owner_labels(netns, container))
+            self._adopt(link, owner_of(netns, container))
             return
         fields = owner_fields(netns, container)
         try:
-            await attach_labelled(self.probe, link.ifindex, owner_labels(netns, container),
+            await attach_owned(self.probe, link.ifindex, owner_of(netns, container),
                                   self.settings.source(link.name), **fields)
         except Exception as exc:
             await self._failed(link, exc, fields)
@@ -253,9 +254,9 @@ class LinkWatcher:
         self.attached[link.ifindex] = link
         self.stats["attached"] += 1
 
-    def _adopt(self, link: LinkState, labels: tuple[str, str, str]) -> None:
+    def _adopt(self, link: LinkState, owner: Owner) -> None:
         """Already attached (``--iface``, by hand, by Docker): track it, attach nothing twice."""
-        self.probe.label(link.ifindex, labels)
+        self.probe.label(link.ifindex, owner)
         self._failures.pop(link.ifindex, None)
         self.attached[link.ifindex] = link
 

@@ -278,7 +278,7 @@ class FakeDaemon:
         self.interval_listeners: list = []
         self.detach_listeners: list = []
 
-    async def attach(self, name, mode=None, labels=None):
+    async def attach(self, name, mode=None, owner=None):
         self.calls.append(("attach", name))
         return AttachedDevice(LinkInfo(42, name, "veth", True), mode or "auto", True, 1)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from connstats.probe.contract.errors import MessageError
-from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount, proto_name, proto_number
+from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount, Owner, proto_name, proto_number
 from connstats.probe.contract.wire import (
     FLOW_COLUMNS,
     RECORD_FIELDS,
@@ -39,9 +39,9 @@ def test_schema_2_is_the_documented_json():
         "schema": 2, "host": "node-1", "boot_id": "b00t", "interval_seq": 5,
         "interval_start": T0 + 1_000, "interval_end": T0 + 2_000, "chunk": 0, "chunks": 1, "record_offset": 0,
         "overflow": [{"ifindex": 7, "ifname": "veth0", "direction": "egress", "packets": 2, "bytes": 120}],
-        "devices": [
-            {"ifindex": 7, "ifname": "veth0", "container_id": "", "container_name": "web", "container_image": ""},
-            {"ifindex": 8, "ifname": "veth1", "container_id": "", "container_name": "", "container_image": ""},
+        "devices": [  # empty owner fields are left out
+            {"ifindex": 7, "ifname": "veth0", "container_name": "web"},
+            {"ifindex": 8, "ifname": "veth1"},
         ],
         "flows": {
             "ifindex": [7, 8], "direction": ["egress", "ingress"], "family": [4, 6], "proto": [6, 17],
@@ -71,7 +71,8 @@ def test_a_swapped_pair_of_ports_fails():
 
 def test_the_fields_of_a_record_are_the_columns_the_devices_and_the_interval():
     assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, "ifname", "container_id", "container_name",
-                                  "container_image", "interval_start", "interval_end"}
+                                  "container_image", "pod", "workload", "runtime", "interval_start",
+                                  "interval_end"}
 
 
 def test_slice_keeps_its_devices_and_moves_the_record_offset():
@@ -164,7 +165,7 @@ def test_a_batch_from_arrays_decodes_both_families_and_wall_clock():
     values["first_seen_ns"], values["last_seen_ns"], values["tcp_flags"] = 10, 20, [0, 0, 0x12]
     envelope = Envelope("h", "b", 1, 5, 50)
     batch = FlowBatch.from_arrays(envelope, keys, values, mono_to_wall_ns=1_000, ifnames={7: "veth7", 8: "veth8"},
-                                  labels={8: ("c1d", "db", "postgres:16")})
+                                  owners={8: Owner("c1d", "db", "postgres:16")})
     on_the_wire = FlowBatch.from_arrays(ENVELOPE, keys, values, mono_to_wall_ns=T0, ifnames={7: "veth7"})
     assert decode_message(encode_message(on_the_wire)).records() == on_the_wire.records()  # from numpy columns
     assert batch.records() == [

@@ -128,7 +128,7 @@ class FakeDaemon:
     def __init__(self) -> None:
         self.attached: list[str] = []
 
-    async def attach(self, name, mode=None, labels=None) -> AttachedDevice:
+    async def attach(self, name, mode=None, owner=None) -> AttachedDevice:
         self.attached.append(name)
         return AttachedDevice(LinkInfo(42, name, "veth", True), mode or "auto", True, 1)
 

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from connstats.probe.contract.errors import DeviceError
-from connstats.probe.watch.containers import Container, Netns, NetnsResolver, owner_fields, owner_labels, peer_veths
+from connstats.probe.contract.record import NO_OWNER, Owner
+from connstats.probe.watch.containers import Container, Netns, NetnsResolver, owner_fields, owner_of, peer_veths
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from tests.fixtures.netns import require_root, sh
 from tests.fixtures.watch import FakeDaemon
@@ -27,14 +28,17 @@ def test_container_from_inspect_takes_id_name_image_and_pid():
     assert container_from_inspect(bare) == Container("x", "", "sha256:abc", 0)
 
 
-@pytest.mark.parametrize("netns, container, labels", [
-    (None, None, ("", "", "")),
-    (Netns(4026532100, 3, 0, "blue"), None, ("", "blue", "")),
-    (Netns(4026532100, 3, 812, ""), None, ("", "netns:4026532100", "")),
-    (Netns(4026532100, 3, 812, ""), Container("abc", "web-1", "nginx:1.25", 812), ("abc", "web-1", "nginx:1.25")),
+@pytest.mark.parametrize("netns, container, owner", [
+    (None, None, NO_OWNER),
+    (Netns(4026532100, 3, 0, "blue"), None, Owner(container_name="blue", runtime="netns")),
+    (Netns(4026532100, 3, 812, ""), None, Owner(container_name="netns:4026532100", runtime="netns")),
+    (Netns(4026532100, 3, 812, ""), Container("abc", "web-1", "nginx:1.25", 812),
+     Owner("abc", "web-1", "nginx:1.25", runtime="docker")),
+    (None, Container("ff91", "web-7d9f8c6b5-x2x9z", "", 9, "containerd", "shop/web-7d9f8c6b5-x2x9z", "web"),
+     Owner("ff91", "web-7d9f8c6b5-x2x9z", "", "shop/web-7d9f8c6b5-x2x9z", "web", "containerd")),
 ])
-def test_labels_prefer_docker_then_the_netns_name_then_its_inode(netns, container, labels):
-    assert owner_labels(netns, container) == labels
+def test_owner_is_the_container_then_the_netns_name_then_its_inode(netns, container, owner):
+    assert owner_of(netns, container) == owner
 
 
 def test_event_fields_say_netns_pid_and_container():
@@ -42,7 +46,7 @@ def test_event_fields_say_netns_pid_and_container():
     assert owner_fields(netns, None) == {"netns": 4026532100, "netns_name": "", "pid": 812}
     assert owner_fields(netns, Container("abc", "web-1", "nginx:1.25", 812)) == {
         "netns": 4026532100, "netns_name": "", "pid": 812, "container_id": "abc",
-        "container_name": "web-1", "container_image": "nginx:1.25"}
+        "container_name": "web-1", "container_image": "nginx:1.25", "runtime": "docker"}
 
 
 class FakeProc:
@@ -147,7 +151,7 @@ async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detac
     daemon = watcher.probe
     await watcher._on_start(INSPECT["Id"])
     assert [d.ifindex for d in daemon.devices()] == [17, 19]
-    assert daemon.kernel.labels == {17: (INSPECT["Id"], "web-1", "nginx:1.25"), 19: (INSPECT["Id"], "web-1", "nginx:1.25")}
+    assert daemon.kernel.owners == {17: Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker"), 19: Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker")}
     assert watcher._index.by_netns == {4026532100: Container(INSPECT["Id"], "web-1", "nginx:1.25", 4242)}
     await watcher._on_start(INSPECT["Id"])  # the same start again (a resync): nothing new
     assert [e["event"] for e in daemon.events] == ["attached", "attached"]
@@ -155,11 +159,11 @@ async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detac
         "event": "attached", "ifname": "veth1a", "ifindex": 17, "direction_mode": "auto", "inverted": True,
         "source": "docker", "netns": 4026532100,
         "netns_name": "", "pid": 4242, "container_id": INSPECT["Id"], "container_name": "web-1",
-        "container_image": "nginx:1.25"}
+        "container_image": "nginx:1.25", "runtime": "docker"}
     await watcher._on_stop(INSPECT["Id"])
     assert daemon.devices() == [] and watcher.tracked == {} and watcher._index.by_netns == {}
     assert [(e["event"], e["ifindex"]) for e in daemon.events[2:]] == [("detached", 17), ("detached", 19)]
-    assert daemon.kernel.labels[17] == (INSPECT["Id"], "web-1", "nginx:1.25")  # for the final drain
+    assert daemon.kernel.owners[17] == Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker")  # for the final drain
     await watcher._on_stop(INSPECT["Id"])  # destroy after die: nothing left to do
     assert len(daemon.events) == 4 and watcher.errors == 0
 

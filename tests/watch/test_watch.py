@@ -4,6 +4,7 @@ import asyncio
 import pytest
 
 from connstats.probe.contract.errors import ConfigError, DeviceError
+from connstats.probe.contract.record import Owner
 from connstats.probe.runtime.backoff import Backoff
 from connstats.probe.watch.containers import Netns
 from connstats.probe.watch.link_monitor import DeviceKey, LinkState
@@ -90,10 +91,10 @@ async def test_excluded_and_unmatched_devices_are_left_alone(watcher):
 async def test_a_deleted_device_is_detached_as_gone_and_keeps_its_labels(watcher):
     watcher._index = FakeIndex({5: (Netns(4026532000, 5, 0, "blue"), None)})
     await see(watcher, link(9, "veth9", nsid=5))
-    assert watcher.probe.kernel.labels[9] == ("", "blue", "")
+    assert watcher.probe.kernel.owners[9] == Owner(container_name="blue", runtime="netns")
     await see(watcher, link(9, "veth9", nsid=5), gone=True)
     assert watcher.probe.devices() == []
-    assert watcher.probe.kernel.labels[9] == ("", "blue", "")  # the final drain is labelled
+    assert watcher.probe.kernel.owners[9] == Owner(container_name="blue", runtime="netns")  # the final drain is labelled
     assert summary(watcher.probe) == [("attached", "veth9", 9), ("gone", "veth9", 9)]
     assert (watcher.probe.events[0]["netns"], watcher.probe.events[0]["netns_name"]) == (4026532000, "blue")
     assert watcher.stats["gone"] == 1
@@ -187,16 +188,16 @@ async def test_a_veth_docker_knows_gets_the_container_labels(watcher):
     container = Container("c0ffee", "web-1", "nginx:1.25", 812)
     watcher._index = FakeIndex({5: (Netns(4026532000, 5, 812, ""), container)})
     await see(watcher, link(9, "veth9", nsid=5))
-    assert watcher.probe.kernel.labels[9] == ("c0ffee", "web-1", "nginx:1.25")
+    assert watcher.probe.kernel.owners[9] == Owner("c0ffee", "web-1", "nginx:1.25", runtime="docker")
     [event] = watcher.probe.events
     assert (event["container_id"], event["container_name"], event["pid"], event["netns"]) == (
         "c0ffee", "web-1", 812, 4026532000)
 
 
 async def test_a_device_with_no_owner_loses_stale_labels_of_its_ifindex(watcher):
-    watcher.probe.kernel.labels[9] = ("old", "former-owner", "img")
+    watcher.probe.kernel.owners[9] = Owner("old", "former-owner", "img")
     await see(watcher, link(9, "veth9"))
-    assert 9 not in watcher.probe.kernel.labels
+    assert 9 not in watcher.probe.kernel.owners
 
 
 async def test_a_device_attached_before_the_watcher_is_adopted_not_attached_twice(watcher):
