@@ -67,6 +67,9 @@ class Container:
     runtime: Runtime = "docker"
     pod: str = ""  # "<k8s namespace>/<pod name>" where the runtime knows the pod
     workload: str = ""
+    # The pod's labels (a pod's sandbox: kubelet's copy of the pod's metadata labels), for
+    # the policy's label selectors; a sorted tuple of pairs, so the container stays hashable.
+    pod_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def owner(self) -> Owner:
