@@ -63,6 +63,9 @@ Exclude = Annotated[Optional[list[str]], typer.Option(
 DockerSocket = Annotated[Optional[str], typer.Option(
     "--docker-socket", metavar="PATH", help="Docker Engine socket to watch containers on; "
     "'none' to disable [default: /var/run/docker.sock when present]")]
+PodmanSocket = Annotated[Optional[str], typer.Option(
+    "--podman-socket", metavar="PATH", help="rootful podman's API socket to watch containers and "
+    "pods on; 'none' to disable [default: /run/podman/podman.sock when present]")]
 InfluxUrl = Annotated[Optional[str], typer.Option(
     "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
     "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]
@@ -111,6 +114,6 @@ class NatsFlags:
 __all__ = [
     "Auto", "Capacity", "Config", "Retention", "ConfigFile", "DockerSocket", "Exclude", "Format", "Host", "Http", "HttpGroup", "Ifaces",
     "InfluxBucket", "InfluxOrg", "InfluxUrl", "Interval", "Metrics", "Nats", "NatsCreds",
-    "NatsFlags", "OnExit", "OutputFormat", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
+    "NatsFlags", "OnExit", "OutputFormat", "PodmanSocket", "Rules", "Store", "StreamReplicas", "TlsCa", "TlsCert", "TlsKey",
     "Ui", "Webhooks", "load_config",
 ]

@@ -12,7 +12,7 @@
         PolicyService.publish_violations denied connections -> violation events (a policy applied)
         config.interval_listeners        more: the CLI's live summary, tests, add-ons
       services, each given the daemon as its ProbePort:
-        ContainerIndex (shared by the two watchers below; closed after them)
+        ContainerIndex (shared by the watchers below; closed after them)
         PolicyService   the active policy: applied, kept, re-resolved; violations
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
         HttpApi         the earlier tool's endpoints, on the probe's totals (root, --http-group, token)
@@ -20,6 +20,7 @@
         LinkWatcher     deleted devices released, --iface kept, --auto attached
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
+        PodmanWatcher   the same on podman's socket, runtime "podman" (when a socket is given)
 
 The parts' constructors subscribe to nothing: what follows the probe's intervals and
 devices is wired in ``build_probe`` (a new listener is one line there); only the link
@@ -47,13 +48,14 @@ from .policy.violations import ViolationPublisher
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
 from .seams import DetachListener, ProbePort, ServiceFactory
-from .watch.containers import DEFAULT_DOCKER_SOCKET, ContainerIndex
+from .watch.containers import DEFAULT_DOCKER_SOCKET, DEFAULT_PODMAN_SOCKET, ContainerIndex
 from .watch.docker_watch import docker_watcher
 from .watch.guard import filter_guard
+from .watch.podman_watch import podman_watcher
 from .watch.watcher import link_watcher
 
 __all__ = [
-    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "HttpApiParts", "HttpConfig", "ProbeConfig",
+    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "DEFAULT_PODMAN_SOCKET", "HttpApiParts", "HttpConfig", "ProbeConfig",
     "ProbeDaemon", "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_api",
     "metrics_services", "watcher_services",
 ]
@@ -77,11 +79,13 @@ class HttpConfig:
 @dataclass
 class WatchConfig:
     """Devices that come and go: ``auto`` globs attached as they come up (minus
-    ``exclude`` and ``lo``), and Docker containers' veths (``docker_socket``; None: off)."""
+    ``exclude`` and ``lo``), and Docker's and podman's containers' veths (``docker_socket``,
+    ``podman_socket``; None: off)."""
 
     auto: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     docker_socket: str | None = None
+    podman_socket: str | None = None
 
 
 @dataclass
@@ -191,11 +195,14 @@ def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceF
 def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:
     """Services that keep the attached devices true: the link watcher (always: it releases
     deleted devices, keeps ``--iface`` names attached, attaches links matching ``--auto``),
-    the filter guard, and Docker containers' veths, labelled; both watchers share
-    ``containers``."""
+    the filter guard, and Docker's and podman's containers' veths, labelled; the watchers
+    share ``containers``. A container watcher whose socket is absent logs one line and
+    watches nothing."""
     watch = config.watch
     services = [link_watcher(watch.auto, exclude=watch.exclude, keep=config.ifaces, index=containers),
                 filter_guard()]
     if watch.docker_socket:
         services.append(docker_watcher(watch.docker_socket, index=containers))
+    if watch.podman_socket:
+        services.append(podman_watcher(watch.podman_socket, index=containers))
     return services

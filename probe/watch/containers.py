@@ -1,5 +1,5 @@
 """Who is behind a device: the peer namespace of a host-side veth, its pid, its container
-(the Docker side is docker_watch.py).
+(the runtimes' side is docker_watch.py, podman_watch.py).
 
     host veth ─ IFLA_LINK_NETNSID ─> nsid ─(RTM_GETNSID of each /proc/*/ns/net and
                                               /var/run/netns/*)─> Netns(inode, pid, name)
@@ -40,6 +40,7 @@ log = logging.getLogger("connstats.probe.containers")
 
 NSID_NOT_ASSIGNED = 0xFFFFFFFF
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DEFAULT_PODMAN_SOCKET = "/run/podman/podman.sock"  # rootful; systemd's podman.socket serves it
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
-"""The Docker watcher: attach to each container's host-side veths on start, labelled
-with its id, name and image; detach on die/destroy.
+"""The Docker-API watcher: attach to each container's host-side veths on start, labelled
+with its id, name, image and runtime; detach on die/destroy (podman: remove).
 
-The Engine's event stream (docker-py, blocking) is read in a thread and handed to the
-event loop; every (re)connect lists the running containers, so a missed event heals.
-Namespaces and the shared attach helpers come from ``containers.py``; the
-``ContainerIndex`` is the probe's, shared with the link watcher; the probe is seen
-through ``ProbePort``.
+One class for every engine that speaks the Docker Engine API: Docker itself
+(``runtime="docker"``) and podman's compatible socket (``runtime="podman"``, see
+podman_watch.py, which names pods). The event stream (docker-py, blocking) is read in a
+thread and handed to the event loop; every (re)connect lists the running containers, so
+a missed event heals. Containers sharing one network namespace (``--network
+container:X``, a podman pod) share its veths: the first one names them, the last one to
+go detaches them. Namespaces and the shared attach helpers come from ``containers.py``;
+the ``ContainerIndex`` is the probe's, shared with the link watcher and the other
+runtimes' watchers; the probe is seen through ``ProbePort``.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from ..contract.errors import ConnstatsError
+from ..contract.record import Runtime
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
 from .containers import (
@@ -37,23 +42,31 @@ from .containers import (
 log = logging.getLogger("connstats.probe.docker")
 
 
+ENGINE_NAMES = {"docker": "Docker", "podman": "podman"}
+
+
 @dataclass
 class DockerSettings:
     socket_path: str = DEFAULT_DOCKER_SOCKET
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
+    runtime: Runtime = "docker"  # who answers on the socket: on every Container and event
+
+    @property
+    def engine(self) -> str:
+        return ENGINE_NAMES.get(self.runtime, self.runtime)
 
     def backoff(self) -> Backoff:
         """Reconnects and attach retries: doubling from ``reconnect_min`` to ``reconnect_max``."""
         return Backoff(first=self.reconnect_min, ceiling=self.reconnect_max)
 
 
-def container_from_inspect(doc: dict[str, Any]) -> Container:
+def container_from_inspect(doc: dict[str, Any], runtime: Runtime = "docker") -> Container:
     """A ``Container`` from the Engine API's ``GET /containers/{id}/json`` answer."""
     return Container(
         id=doc["Id"], name=doc.get("Name", "").lstrip("/"),
         image=(doc.get("Config") or {}).get("Image") or doc.get("Image", ""),
-        pid=int((doc.get("State") or {}).get("Pid") or 0),
+        pid=int((doc.get("State") or {}).get("Pid") or 0), runtime=runtime,
     )
 
 
@@ -73,7 +86,7 @@ class DockerWatcher:
     a lost connection is retried with backoff and never stops the probe.
     """
 
-    EVENTS = ("start", "die", "destroy")
+    EVENTS = ("start", "die", "destroy", "remove")  # podman says remove where Docker says destroy
 
     def __init__(self, probe: ProbePort, settings: DockerSettings, index: ContainerIndex | None = None) -> None:
         self.probe = probe
@@ -90,20 +103,27 @@ class DockerWatcher:
         self._closing = threading.Event()
         self.connected = asyncio.Event()
 
+    @property
+    def source(self) -> str:
+        """What the attach events say attached the device: the runtime."""
+        return self.settings.runtime
+
     async def start(self) -> None:
-        if not os.path.exists(self.settings.socket_path):
-            log.info("no Docker socket at %s; not watching containers", self.settings.socket_path)
+        engine, path = self.settings.engine, self.settings.socket_path
+        if not os.path.exists(path):
+            log.info("no %s socket at %s; not watching %s containers", engine, path, engine)
             return
         try:
             import docker  # noqa: F401  docker-py, needed only when there is a socket
         except ImportError:
-            log.warning("a Docker socket is at %s but the `docker` package is missing; "
-                        "containers are not watched (pip install docker)", self.settings.socket_path)
+            log.warning("a %s socket is at %s but the `docker` package is missing; "
+                        "containers are not watched (pip install docker)", engine, path)
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [asyncio.create_task(self._connect_forever(loop), name="docker-events"),
-                       asyncio.create_task(self._handle_forever(), name="docker-handler")]
-        log.info("watching Docker containers on %s", self.settings.socket_path)
+        runtime = self.settings.runtime
+        self._tasks = [asyncio.create_task(self._connect_forever(loop), name=f"{runtime}-events"),
+                       asyncio.create_task(self._handle_forever(), name=f"{runtime}-handler")]
+        log.info("watching %s containers on %s", engine, path)
 
     async def close(self) -> None:
         self._closing.set()
@@ -139,7 +159,7 @@ class DockerWatcher:
                 if self._closing.is_set():
                     return
                 self.errors += 1
-                log.warning("Docker at %s: %s; retrying in %.1f s", self.settings.socket_path,
+                log.warning("%s at %s: %s; retrying in %.1f s", self.settings.engine, self.settings.socket_path,
                             _reason(exc), reconnects.delay(reconnects.failures + 1))
             self.connected.clear()
             self._close_stream()
@@ -195,9 +215,10 @@ class DockerWatcher:
         except Exception as exc:
             log.debug("inspect %s: %r", container_id[:12], exc)
             return  # gone already: its die event follows
-        container = container_from_inspect(doc)
+        container = container_from_inspect(doc, self.settings.runtime)
         if not (doc.get("State") or {}).get("Running") or container.pid <= 0:
             return
+        container = await self._naming(container_id, container)
         index = self._index
         netns = await asyncio.to_thread(index.resolver.netns_of_pid, container.pid)
         tracked = self.tracked.get(container_id)
@@ -207,46 +228,76 @@ class DockerWatcher:
             tracked = self.tracked[container_id] = _Tracked(container, netns)
             wanted = set()
         if netns is None:
-            log.info("container %s (%s) has no veth into this namespace", container.name, container.id[:12])
+            log.info("container %s (%s) has no veth into this namespace", container.name, container_id[:12])
+            return
+        if self._sharer(container_id, netns) is not None:
+            log.debug("container %s shares its network namespace; its first container names it", container_id[:12])
             return
         index.by_netns[netns.inode] = container
         veths = await asyncio.to_thread(self._veths, netns.nsid)
         for ifindex, ifname in veths:
             if ifindex in wanted and any(d.ifindex == ifindex for d in self.probe.devices()):
                 continue
-            await self._attach(tracked, ifindex, ifname)
+            await self._attach(tracked, ifindex, ifname, container_id)
+
+    async def _naming(self, container_id: str, container: Container) -> Container:
+        """Who a container's network namespace is named after: the container itself here
+        (podman_watch.py names a pod's after the pod)."""
+        return container
+
+    def _neighbours(self, container_id: str, netns: Netns | None) -> list[str]:
+        """The other tracked containers in ``netns``, those holding its veths first."""
+        if netns is None:
+            return []
+        others = [(not (t.ifindexes or t.failures), other_id) for other_id, t in self.tracked.items()
+                  if other_id != container_id and t.netns is not None and t.netns.inode == netns.inode]
+        return [other_id for _, other_id in sorted(others)]
+
+    def _sharer(self, container_id: str, netns: Netns) -> str | None:
+        """Another tracked container in ``netns`` that holds (or is attaching) its veths."""
+        holders = [i for i in self._neighbours(container_id, netns) if self.tracked[i].ifindexes or self.tracked[i].failures]
+        return holders[0] if holders else None
 
     def _veths(self, nsid: int) -> list[tuple[int, str]]:
         with IPRoute() as ipr:
             return peer_veths(ipr, nsid)
 
-    async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str) -> None:
+    async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str, container_id: str) -> None:
         container, netns = tracked.container, tracked.netns
         try:
-            await attach_owned(self.probe, ifindex, container.owner, "docker",
-                                  **owner_fields(netns, container))
+            await attach_owned(self.probe, ifindex, container.owner, self.source,
+                               **owner_fields(netns, container))
         except ConnstatsError as exc:
             self.errors += 1
             tracked.failures += 1
             delay = self._retry.delay(tracked.failures)
             log.warning("container %s: attach to %s failed: %s; retry in %.1f s",
                         container.name, ifname, exc, delay)
-            await report_failed(self.probe, ifindex, ifname, exc, tracked.failures, delay, "docker",
+            await report_failed(self.probe, ifindex, ifname, exc, tracked.failures, delay, self.source,
                                 **owner_fields(netns, container))
-            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, ("start", container.id))
+            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, ("start", container_id))
             return
         tracked.failures = 0
         if ifindex not in tracked.ifindexes:
             tracked.ifindexes.append(ifindex)
 
     async def _on_stop(self, container_id: str) -> None:
-        """die (or destroy): detach its veths (their labels stay for the final drain), forget it."""
+        """die (or destroy, remove): detach its veths (their labels stay for the final
+        drain), forget it; veths that another container in its namespace still uses are
+        handed to that one instead."""
         tracked = self.tracked.pop(container_id, None)
         if tracked is None:
             return
+        heirs = self._neighbours(container_id, tracked.netns)
+        if heirs and tracked.netns is not None:  # the namespace lives on: its veths stay
+            heir = self.tracked[heirs[0]]
+            heir.ifindexes.extend(i for i in tracked.ifindexes if i not in heir.ifindexes)
+            if tracked.ifindexes:
+                self._index.by_netns[tracked.netns.inode] = heir.container
+            return
         fields = owner_fields(tracked.netns, tracked.container)
         for ifindex in tracked.ifindexes:
-            await detach_quietly(self.probe, ifindex, "detached", source="docker", **fields)
+            await detach_quietly(self.probe, ifindex, "detached", source=self.source, **fields)
         if tracked.netns is not None:
             self._index.by_netns.pop(tracked.netns.inode, None)
 

@@ -138,7 +138,7 @@ def watchers(tmp_path, **flags) -> tuple[list[str], list[str], list[str]]:
 
 
 def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
-    no_docker = dict(docker_socket="none")
+    no_docker = dict(docker_socket="none", podman_socket="none")
     # no --iface: what is up now, and every device that comes up later
     ifaces, auto, names = watchers(tmp_path, **no_docker)
     always = ["LinkWatcher", "FilterGuard"]  # deleted devices released, --iface kept, filters checked
@@ -149,7 +149,26 @@ def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
     assert watchers(tmp_path, auto=["veth*"], exclude=["vethx*"], **no_docker) == ([], ["veth*"], always)
     # a Docker socket adds the container watcher (it waits quietly while the socket is absent)
     socket_path = str(tmp_path / "docker.sock")
-    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path)[2] == [*always, "DockerWatcher"]
+    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path, podman_socket="none")[2] == [
+        *always, "DockerWatcher"]
+    # ... and podman's socket a second one, on by default like Docker's
+    assert watchers(tmp_path, iface=["lo"], docker_socket="none")[2] == [*always, "PodmanWatcher"]
+    assert watchers(tmp_path, iface=["lo"], podman_socket=str(tmp_path / "podman.sock"))[2] == [
+        *always, "DockerWatcher", "PodmanWatcher"]
+
+
+def test_the_podman_socket_comes_from_flag_env_or_file_and_none_turns_it_off(tmp_path):
+    def podman_socket(env: dict, file: dict, flag: str | None = None) -> str | None:
+        config = Config(file, {"CONNSTATS_STATE_DIR": str(tmp_path), **env}, tmp_path / "c.toml")
+        built = probe_config(config, NatsFlags(), ["lo"], None, "h", "none", ProbeFlags(podman_socket=flag))
+        return built.watch.podman_socket
+
+    assert podman_socket({}, {}) == "/run/podman/podman.sock"
+    assert podman_socket({}, {"probe": {"podman_socket": "/f.sock"}}) == "/f.sock"
+    assert podman_socket({"CONNSTATS_PODMAN_SOCKET": "/e.sock"}, {"probe": {"podman_socket": "/f.sock"}}) == "/e.sock"
+    assert podman_socket({"CONNSTATS_PODMAN_SOCKET": "/e.sock"}, {}, "/flag.sock") == "/flag.sock"
+    assert podman_socket({"CONNSTATS_PODMAN_SOCKET": "none"}, {}) is None
+    assert podman_socket({}, {}, "none") is None
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):
@@ -169,14 +188,17 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     shown: list = []  # the CLI's live summary, say
     config = ProbeConfig(host="h", nats=NatsOptions(), ifaces=["lo"], interval=1.0, state_dir=tmp_path,
                          http=HttpConfig("127.0.0.1:0"),
-                         watch=WatchConfig(auto=["veth*"], docker_socket=str(tmp_path / "docker.sock")),
+                         watch=WatchConfig(auto=["veth*"], docker_socket=str(tmp_path / "docker.sock"),
+                                           podman_socket=str(tmp_path / "podman.sock")),
                          interval_listeners=[shown.append])
     daemon = build_probe(config)
     services = [factory(daemon) for factory in daemon.settings.services]
     assert [type(s).__name__ for s in services] == [
-        "ContainerIndex", "PolicyService", "ControlService", "HttpApi", "LinkWatcher", "FilterGuard", "DockerWatcher"]
-    index, policy, control, api, links, guard, docker = services
+        "ContainerIndex", "PolicyService", "ControlService", "HttpApi", "LinkWatcher", "FilterGuard", "DockerWatcher",
+        "PodmanWatcher"]
+    index, policy, control, api, links, guard, docker, podman = services
     assert isinstance(index, ContainerIndex) and links._index is index and docker._index is index
+    assert podman._index is index and (docker.source, podman.source) == ("docker", "podman")
     assert policy.containers is index and control._handlers["policy_apply"] == policy.apply_verb
     # every interval to the self-metrics, the API's totals, the violations and the config's
     # listeners, in this order; the API serves the probe's telemetry, where the self-metrics answer /readyz
@@ -186,7 +208,7 @@ def test_build_probe_makes_the_shared_objects_and_hands_them_to_the_services(tmp
     assert api.telemetry is config.telemetry and set(config.telemetry.checks) == {"probe"}
     assert len(daemon.detach_listeners) == 1  # ... and the totals forget a detached device
     assert (control.host, daemon.host, daemon.settings.publisher.host) == ("h", "h", "h")
-    assert all(s.probe is daemon for s in (policy, control, api, links, guard, docker))
+    assert all(s.probe is daemon for s in (policy, control, api, links, guard, docker, podman))
 
 
 def test_the_daemon_offers_every_method_of_the_service_port():

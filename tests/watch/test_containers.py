@@ -282,3 +282,39 @@ async def test_a_reconnect_settles_containers_that_died_while_away():
     assert [await watcher._queue.get(), await watcher._queue.get()] == [("die", INSPECT["Id"]), ("start", "other")]
     watcher._closing.set()
     await asyncio.wait_for(watcher._tasks[0], 2)
+
+
+# -- containers sharing one network namespace (--network container:X, a podman pod) ---------------
+
+SIDECAR = {**INSPECT, "Id": "5e2d" + "0" * 60, "Name": "/web-1-sidecar", "State": {"Running": True, "Pid": 4300}}
+
+
+async def test_a_second_container_in_the_namespace_neither_attaches_again_nor_detaches_it():
+    netns = Netns(4026532100, 3, 4242, "")
+    watcher = docker_watcher_with({INSPECT["Id"]: INSPECT, SIDECAR["Id"]: SIDECAR}, {4242: netns, 4300: netns},
+                                  {3: [(17, "veth1a")]})
+    daemon = watcher.probe
+    await watcher._on_start(INSPECT["Id"])
+    await watcher._on_start(SIDECAR["Id"])  # joined the first one's namespace
+    web = Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker")
+    assert [e["event"] for e in daemon.events] == ["attached"] and daemon.kernel.owners == {17: web}
+    assert watcher._index.by_netns[netns.inode].name == "web-1"  # the first one names it
+    await watcher._on_stop(INSPECT["Id"])  # the first goes, the sidecar keeps the namespace alive
+    assert [d.ifindex for d in daemon.devices()] == [17] and len(daemon.events) == 1
+    assert watcher.tracked[SIDECAR["Id"]].ifindexes == [17]
+    await watcher._on_stop(SIDECAR["Id"])  # the last one: detached
+    assert [(e["event"], e["ifindex"]) for e in daemon.events] == [("attached", 17), ("detached", 17)]
+    assert daemon.devices() == [] and watcher._index.by_netns == {} and watcher.errors == 0
+
+
+async def test_a_container_that_leaves_a_shared_namespace_first_keeps_the_veth_attached():
+    netns = Netns(4026532100, 3, 4242, "")
+    watcher = docker_watcher_with({INSPECT["Id"]: INSPECT, SIDECAR["Id"]: SIDECAR}, {4242: netns, 4300: netns},
+                                  {3: [(17, "veth1a")]})
+    await watcher._on_start(INSPECT["Id"])
+    await watcher._on_start(SIDECAR["Id"])
+    await watcher._on_stop(SIDECAR["Id"])
+    await watcher._on_start(INSPECT["Id"])  # a resync: still attached, nothing new
+    assert [e["event"] for e in watcher.probe.events] == ["attached"]
+    await watcher._on_stop(INSPECT["Id"])
+    assert [e["event"] for e in watcher.probe.events] == ["attached", "detached"]

@@ -1,0 +1,117 @@
+"""podman: the Docker-API watcher on podman's socket, ``runtime="podman"``, pods named
+after the pod.
+
+The first tests use a fake client (inspect, libpod answers); the last ones run a real
+podman service of the test's own (tests/fixtures/podman.py) and a real probe daemon.
+"""
+
+
+from connstats.probe.contract.record import Owner
+from connstats.probe.watch.containers import Container, Netns
+from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher
+from connstats.probe.watch.podman_watch import PodmanWatcher, pod_container, podman_watcher
+from tests.fixtures.watch import FakeDaemon
+
+INFRA_ID, POD_ID = "374b" + "1" * 60, "c213" + "2" * 60
+APP = {"Id": "62c2" + "3" * 60, "Name": "/web", "Image": "sha256:d98e", "Config": {"Image": "localhost/shop:1"},
+       "State": {"Running": True, "Pid": 5001}}
+INFRA = {"Id": INFRA_ID, "Name": "/c2132dd0bd0c-infra", "Image": "sha256:d98e",
+         "Config": {"Image": "localhost/pause:1"}, "State": {"Running": True, "Pid": 5000}}
+LONE = {**APP, "Id": "77aa" + "4" * 60, "Name": "/lone", "State": {"Running": True, "Pid": 6000}}
+LISTED = {APP["Id"]: {"Id": APP["Id"], "Pod": POD_ID, "PodName": "shop", "IsInfra": False},
+          INFRA_ID: {"Id": INFRA_ID, "Pod": POD_ID, "PodName": "shop", "IsInfra": True},
+          LONE["Id"]: {"Id": LONE["Id"], "Pod": "", "PodName": "", "IsInfra": False}}
+POD = {"Id": POD_ID, "Name": "shop", "InfraContainerID": INFRA_ID}
+
+
+class FakeClient:
+    def __init__(self, docs: dict) -> None:
+        self.docs = docs
+
+    def inspect_container(self, container_id: str) -> dict:
+        return self.docs[container_id]
+
+
+class FakeResolver:
+    def __init__(self, by_pid: dict) -> None:
+        self.by_pid = by_pid
+
+    def netns_of_pid(self, pid: int):
+        return self.by_pid.get(pid)
+
+
+def fake_libpod(path: str, **params: str):
+    """libpod's containers/json (filtered by id) and pods/{id}/json, from the tables above."""
+    if path == "containers/json":
+        import json
+
+        [wanted] = json.loads(params["filters"])["id"]
+        return [LISTED[wanted]]
+    assert path == f"pods/{POD_ID}/json", path
+    return POD
+
+
+def podman_with(netns_by_pid: dict, veths: dict) -> PodmanWatcher:
+    daemon = FakeDaemon()
+    index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
+    watcher = PodmanWatcher(daemon, DockerSettings("/nonexistent", runtime="podman"), index)
+    watcher._client = FakeClient({d["Id"]: d for d in (APP, INFRA, LONE)})
+    watcher._libpod = fake_libpod
+    watcher._veths = lambda nsid: veths.get(nsid, [])
+    for pairs in veths.values():
+        for ifindex, name in pairs:
+            daemon.kernel.names[ifindex] = name
+    return watcher
+
+
+def test_a_pod_member_is_named_after_the_pod_and_its_infra_container():
+    mine = Container(APP["Id"], "web", "localhost/shop:1", 5001, "podman")
+    assert pod_container(mine, LISTED[APP["Id"]], POD) == Container(INFRA_ID, "shop", "", 5001, "podman")
+    assert pod_container(mine, LISTED[LONE["Id"]], None) == mine  # not in a pod
+    assert pod_container(mine, LISTED[APP["Id"]], {**POD, "InfraContainerID": ""}) == mine  # a pod without infra
+
+
+async def test_a_pod_is_attached_once_named_after_the_pod_and_detached_when_its_last_container_goes():
+    netns = Netns(4026532200, 4, 5000, "")
+    watcher = podman_with({5000: netns, 5001: netns}, {4: [(31, "vethpod")]})
+    daemon = watcher.probe
+    await watcher._on_start(INFRA_ID)
+    await watcher._on_start(APP["Id"])
+    shop = Owner(INFRA_ID, "shop", "", runtime="podman")
+    assert daemon.kernel.owners == {31: shop}
+    [attached] = daemon.events
+    assert (attached["event"], attached["source"], attached["runtime"], attached["container_name"],
+            attached["container_id"]) == ("attached", "podman", "podman", "shop", INFRA_ID)
+    await watcher._on_stop(APP["Id"])
+    assert [d.ifindex for d in daemon.devices()] == [31]  # the pod lives on
+    await watcher._on_stop(INFRA_ID)
+    assert [(e["event"], e["source"]) for e in daemon.events] == [("attached", "podman"), ("detached", "podman")]
+    assert watcher.errors == 0
+
+
+async def test_a_container_outside_a_pod_is_named_after_itself_and_an_unanswering_libpod_is_no_error():
+    netns = Netns(4026532300, 5, 6000, "")
+    watcher = podman_with({6000: netns}, {5: [(41, "vethlone")]})
+    await watcher._on_start(LONE["Id"])
+    assert watcher.probe.kernel.owners == {41: Owner(LONE["Id"], "lone", "localhost/shop:1", runtime="podman")}
+
+    def refuses(path, **params):
+        raise ConnectionError("no libpod API")
+
+    watcher._libpod = refuses
+    assert await watcher._naming(APP["Id"], Container(APP["Id"], "web", "x", 1, "podman")) == Container(
+        APP["Id"], "web", "x", 1, "podman")
+
+
+def test_podman_says_remove_where_docker_says_destroy():
+    assert {"start", "die", "destroy", "remove"} == set(DockerWatcher.EVENTS)
+
+
+async def test_no_podman_socket_means_one_line_and_no_watching(tmp_path, caplog):
+    watcher = podman_watcher(str(tmp_path / "podman.sock"))(FakeDaemon())
+    with caplog.at_level("INFO", logger="connstats.probe"):
+        await watcher.start()
+    assert watcher._tasks == [] and watcher.source == "podman"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no podman socket at {tmp_path / 'podman.sock'}; not watching podman containers"]
+    await watcher.close()
