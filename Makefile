@@ -1,19 +1,20 @@
 # make run        install what running needs, then run connstats on this host (as root)
 # make test       install what running and testing need, lint, then run the whole test suite (as root)
 # make lint       ruff over probe/ sink/ cli/ tests/, mypy over what [tool.mypy] checks
-# make test-unit  the tests that need no kernel, NATS, Docker or browser: seconds
+# make test-unit  the tests that need no kernel, NATS, Docker, podman or browser: seconds
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # what `connstats up` needs: BCC, the venv, tc/ip, the embedded nats-server
 RUN_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server procps
-# what the tests add: a real dockerd with a busybox image, Chromium, compose checks,
-# traffic tools and nft counters as oracles
-TEST_PACKAGES := iperf3 iputils-ping docker.io busybox-static docker-compose chromium nftables
+# what the tests add: a real dockerd and a real podman (it brings conmon; runc comes with
+# docker.io) with a busybox image, Chromium, compose checks, traffic tools and nft counters
+# as oracles
+TEST_PACKAGES := iperf3 iputils-ping docker.io podman busybox-static docker-compose chromium nftables
 # pytest-xdist workers: the suite mostly waits on real processes, so one per core
 JOBS ?= $(shell nproc)
 ARGS ?=
-UNIT := not kernel and not nats and not docker and not browser
+UNIT := not kernel and not nats and not docker and not podman and not browser
 
 .PHONY: install install-test deb deb-test headers venv venv-test run lint mypy-tree test test-unit bench clean
 

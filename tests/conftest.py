@@ -18,16 +18,18 @@ from tests.fixtures.nats import *  # noqa: F401,F403
 from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401
 from tests.fixtures.netns import *  # noqa: F401,F403
 from tests.fixtures.netns import RUN_ENV, leftovers
+from tests.fixtures.podman import podman_host  # noqa: F401
 from tests.fixtures.probe import *  # noqa: F401,F403
 from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.tmpfs import *  # noqa: F401,F403
 
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and
-# `pytest -m "not kernel and not nats and not docker and not browser"`) runs the others.
+# `pytest -m "not kernel and not nats and not docker and not podman and not browser"`) runs the others.
 PARTS = {
     "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
+    "podman": {"podman_host"},
     "browser": {"browser_page", "strict_browser_page"},
 }
 _BEFORE = pytest.StashKey[set]()  # what was there before the run (another run's, or a kept probe's)
@@ -49,6 +51,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
         if item.get_closest_marker("docker"):  # one dockerd at a time: one worker runs them all
             item.add_marker(pytest.mark.xdist_group("docker"))
+        if item.get_closest_marker("podman"):  # they share podman's files outside their own dirs
+            item.add_marker(pytest.mark.xdist_group("podman"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -171,8 +171,11 @@ class DockerWatcher:
         if self._client is None:
             self._client = docker.APIClient(base_url=f"unix://{self.settings.socket_path}", timeout=10)
         self._client.ping()
-        self._stream = self._client.events(
-            decode=True, filters={"type": "container", "event": list(self.EVENTS)})
+        self._stream = self._client.events(decode=True, filters=self.event_filters())
+
+    def event_filters(self) -> dict[str, Any]:
+        """What the engine is asked to send: the container events the watcher acts on."""
+        return {"type": "container", "event": list(self.EVENTS)}
 
     def _running(self) -> list[dict[str, Any]]:
         return self._client.containers(filters={"status": "running"})

@@ -2,14 +2,20 @@
 after the pod.
 
 The first tests use a fake client (inspect, libpod answers); the last ones run a real
-podman service of the test's own (tests/fixtures/podman.py) and a real probe daemon.
+podman service of the test's own (tests/fixtures/podman.py), real namespaces and veths,
+and a fake kernel (no BPF: tests/e2e/test_podman.py counts with the real one).
 """
-
+import asyncio
+import contextlib
+import json
+import os
 
 from connstats.probe.contract.record import Owner
-from connstats.probe.watch.containers import Container, Netns
+from connstats.probe.watch.containers import Container, ContainerIndex, Netns
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher
 from connstats.probe.watch.podman_watch import PodmanWatcher, pod_container, podman_watcher
+from tests.fixtures.podman import IMAGE
+from tests.fixtures.wait import until_async
 from tests.fixtures.watch import FakeDaemon
 
 INFRA_ID, POD_ID = "374b" + "1" * 60, "c213" + "2" * 60
@@ -43,8 +49,6 @@ class FakeResolver:
 def fake_libpod(path: str, **params: str):
     """libpod's containers/json (filtered by id) and pods/{id}/json, from the tables above."""
     if path == "containers/json":
-        import json
-
         [wanted] = json.loads(params["filters"])["id"]
         return [LISTED[wanted]]
     assert path == f"pods/{POD_ID}/json", path
@@ -115,3 +119,78 @@ async def test_no_podman_socket_means_one_line_and_no_watching(tmp_path, caplog)
     assert [r.getMessage() for r in caplog.records] == [
         f"no podman socket at {tmp_path / 'podman.sock'}; not watching podman containers"]
     await watcher.close()
+
+
+# -- a real podman service (root): real namespaces and veths, a fake kernel ---------------------------
+
+
+@contextlib.asynccontextmanager
+async def watching(podman_host, daemon: FakeDaemon):
+    index = ContainerIndex()
+    watcher = podman_watcher(podman_host.socket, index=index, reconnect_min=0.05)(daemon)
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 10)
+        yield watcher
+    finally:
+        await watcher.close()
+        await index.close()
+
+
+def mine(daemon: FakeDaemon, ifindex: int) -> list[tuple]:
+    return [(e["event"], e["source"], e.get("runtime"), e.get("container_name"))
+            for e in daemon.events if e["ifindex"] == ifindex]
+
+
+async def test_a_podman_container_is_attached_as_podmans_and_released_on_die_and_on_remove(podman_host):
+    web_ns, db_ns = podman_host.netns(), podman_host.netns()
+    daemon = FakeDaemon()
+    for ns in (web_ns, db_ns):
+        daemon.kernel.names[ns.host_ifindex] = ns.host_if
+    async with watching(podman_host, daemon) as watcher:
+        web = await asyncio.to_thread(podman_host.run, "csp-web", web_ns, "sleep", "600")
+        await until_async(lambda: web_ns.host_ifindex in daemon.kernel.attached, 10, "attach of the container's veth")
+        assert daemon.kernel.owners[web_ns.host_ifindex] == Owner(web["Id"], "csp-web", IMAGE, runtime="podman")
+        [attached] = daemon.events
+        assert attached == {
+            "event": "attached", "ifname": web_ns.host_if, "ifindex": web_ns.host_ifindex, "direction_mode": "auto",
+            "inverted": True, "source": "podman", "netns": os.stat(f"/var/run/netns/{web_ns.netns}").st_ino,
+            "netns_name": web_ns.netns, "pid": web["State"]["Pid"], "container_id": web["Id"],
+            "container_name": "csp-web", "container_image": IMAGE, "runtime": "podman"}
+
+        db = await asyncio.to_thread(podman_host.run, "csp-db", db_ns, "sleep", "600")
+        await until_async(lambda: db_ns.host_ifindex in daemon.kernel.attached, 10, "attach of the second veth")
+
+        await asyncio.to_thread(podman_host.api.kill, web["Id"])  # die
+        await until_async(lambda: web_ns.host_ifindex not in daemon.kernel.attached, 10, "release after die")
+        await asyncio.to_thread(podman_host.api.remove_container, db["Id"], force=True)  # die, remove
+        await until_async(lambda: db_ns.host_ifindex not in daemon.kernel.attached, 10, "release after remove")
+        assert watcher.errors == 0 and watcher.tracked == {}
+    assert mine(daemon, web_ns.host_ifindex) == [("attached", "podman", "podman", "csp-web"),
+                                                 ("detached", "podman", "podman", "csp-web")]
+    assert mine(daemon, db_ns.host_ifindex) == [("attached", "podman", "podman", "csp-db"),
+                                                ("detached", "podman", "podman", "csp-db")]
+
+
+async def test_a_podman_pod_is_named_after_the_pod_and_released_when_the_pod_goes(podman_host):
+    infra = await asyncio.to_thread(podman_host.pod, "csp-shop")
+    pod_ns = podman_host.veth_into(infra["State"]["Pid"])  # as CNI would, before the probe starts
+    veth = pod_ns.host_ifindex  # (the veth goes with the pod's namespace)
+    daemon = FakeDaemon()
+    daemon.kernel.names[veth] = pod_ns.host_if
+    shop = Owner(infra["Id"], "csp-shop", "", runtime="podman")
+    async with watching(podman_host, daemon) as watcher:
+        await until_async(lambda: veth in daemon.kernel.attached, 10, "attach of the pod's veth")
+        app = await asyncio.to_thread(podman_host.run_in_pod, "csp-shop-web", "csp-shop", "sleep", "600")
+        await until_async(lambda: app["Id"] in watcher.tracked, 10, "the pod's app container")
+        assert os.stat(f"/proc/{app['State']['Pid']}/ns/net").st_ino == os.stat(
+            f"/proc/{infra['State']['Pid']}/ns/net").st_ino
+        await asyncio.to_thread(podman_host.api.remove_container, app["Id"], force=True)
+        await until_async(lambda: app["Id"] not in watcher.tracked, 10, "the app container's remove")
+        assert veth in daemon.kernel.attached  # the pod lives on
+        await asyncio.to_thread(podman_host.cli, "pod", "rm", "--force", "csp-shop")
+        await until_async(lambda: veth not in daemon.kernel.attached, 10, "release of the pod's veth")
+        assert watcher.errors == 0
+    assert daemon.kernel.owners == {veth: shop}
+    assert mine(daemon, veth) == [("attached", "podman", "podman", "csp-shop"),
+                                                 ("detached", "podman", "podman", "csp-shop")]
