@@ -227,6 +227,7 @@ class DockerWatcher:
         tracked = self.tracked.get(container_id)
         if tracked is not None and tracked.container.pid == container.pid:
             wanted = set(tracked.ifindexes)
+            tracked.netns = tracked.netns or netns  # it had no veth at its start; now it has
         else:
             tracked = self.tracked[container_id] = _Tracked(container, netns)
             wanted = set()

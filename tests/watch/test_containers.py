@@ -307,6 +307,19 @@ async def test_a_second_container_in_the_namespace_neither_attaches_again_nor_de
     assert daemon.devices() == [] and watcher._index.by_netns == {} and watcher.errors == 0
 
 
+async def test_a_container_whose_veth_came_after_its_start_is_attached_at_the_next_resync():
+    netns = Netns(4026532100, 3, 4242, "")
+    watcher = docker_watcher_with({INSPECT["Id"]: INSPECT, SIDECAR["Id"]: SIDECAR}, {}, {3: [(17, "veth1a")]})
+    await watcher._on_start(INSPECT["Id"])  # no veth into its namespace yet: no nsid
+    assert watcher.probe.events == [] and watcher.tracked[INSPECT["Id"]].netns is None
+    watcher._index.resolver.by_pid.update({4242: netns, 4300: netns})
+    await watcher._on_start(INSPECT["Id"])  # a resync, same pid
+    await watcher._on_start(SIDECAR["Id"])
+    assert [(e["event"], e["netns"]) for e in watcher.probe.events] == [("attached", netns.inode)]
+    await watcher._on_stop(SIDECAR["Id"])
+    assert [d.ifindex for d in watcher.probe.devices()] == [17]
+
+
 async def test_a_container_that_leaves_a_shared_namespace_first_keeps_the_veth_attached():
     netns = Netns(4026532100, 3, 4242, "")
     watcher = docker_watcher_with({INSPECT["Id"]: INSPECT, SIDECAR["Id"]: SIDECAR}, {4242: netns, 4300: netns},

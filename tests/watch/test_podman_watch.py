@@ -107,8 +107,12 @@ async def test_a_container_outside_a_pod_is_named_after_itself_and_an_unanswerin
         APP["Id"], "web", "x", 1, "podman")
 
 
-def test_podman_says_remove_where_docker_says_destroy():
+def test_podman_says_remove_where_docker_says_destroy_and_is_asked_for_every_container_event():
     assert {"start", "die", "destroy", "remove"} == set(DockerWatcher.EVENTS)
+    docker = DockerWatcher(FakeDaemon(), DockerSettings("/nonexistent"))
+    podman = podman_watcher("/nonexistent")(FakeDaemon())
+    assert docker.event_filters() == {"type": "container", "event": ["start", "die", "destroy", "remove"]}
+    assert podman.event_filters() == {"type": "container"}  # podman 4.3 filters "die" as "died"
 
 
 async def test_no_podman_socket_means_one_line_and_no_watching(tmp_path, caplog):
