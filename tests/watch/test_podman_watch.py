@@ -189,10 +189,10 @@ async def test_a_podman_pod_is_named_after_the_pod_and_released_when_the_pod_goe
         await until_async(lambda: app["Id"] in watcher.tracked, 10, "the pod's app container")
         assert os.stat(f"/proc/{app['State']['Pid']}/ns/net").st_ino == os.stat(
             f"/proc/{infra['State']['Pid']}/ns/net").st_ino
-        await asyncio.to_thread(podman_host.api.remove_container, app["Id"], force=True)
+        await asyncio.to_thread(podman_host.cli, "rm", "--force", "--time", "0", app["Id"])
         await until_async(lambda: app["Id"] not in watcher.tracked, 10, "the app container's remove")
         assert veth in daemon.kernel.attached  # the pod lives on
-        await asyncio.to_thread(podman_host.cli, "pod", "rm", "--force", "csp-shop")
+        await asyncio.to_thread(podman_host.cli, "pod", "rm", "--force", "--time", "0", "csp-shop")
         await until_async(lambda: veth not in daemon.kernel.attached, 10, "release of the pod's veth")
         assert watcher.errors == 0
     assert daemon.kernel.owners == {veth: shop}
