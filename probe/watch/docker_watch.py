@@ -14,25 +14,13 @@ import errno
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Hashable
 
-from pyroute2 import IPRoute
-
-from ..contract.errors import ConnstatsError
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
-from .containers import (
-    DEFAULT_DOCKER_SOCKET,
-    Container,
-    ContainerIndex,
-    Netns,
-    attach_owned,
-    detach_quietly,
-    owner_fields,
-    peer_veths,
-    report_failed,
-)
+from .claims import Tracked, VethClaims
+from .containers import DEFAULT_DOCKER_SOCKET, Container, ContainerIndex
 
 log = logging.getLogger("connstats.probe.docker")
 
@@ -57,14 +45,6 @@ def container_from_inspect(doc: dict[str, Any]) -> Container:
     )
 
 
-@dataclass
-class _Tracked:
-    container: Container
-    netns: Netns | None
-    ifindexes: list[int] = field(default_factory=list)
-    failures: int = 0
-
-
 class DockerWatcher:
     """Attaches to each running container's host-side veths, labelled; detaches on die.
 
@@ -78,17 +58,27 @@ class DockerWatcher:
     def __init__(self, probe: ProbePort, settings: DockerSettings, index: ContainerIndex | None = None) -> None:
         self.probe = probe
         self.settings = settings
-        self.tracked: dict[str, _Tracked] = {}
-        self.errors = 0
+        self._errors = 0
         self._own_index = index is None  # none given: a private one, closed with the watcher
         self._index = index if index is not None else ContainerIndex()
-        self._retry = settings.backoff()
+        self.claims = VethClaims(probe, self._index, "docker", settings.backoff(), self._start_again)
         self._client: Any = None
         self._stream: Any = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._closing = threading.Event()
         self.connected = asyncio.Event()
+
+    @property
+    def tracked(self) -> dict[Hashable, Tracked]:
+        return self.claims.tracked
+
+    @property
+    def errors(self) -> int:
+        return self._errors + self.claims.errors
+
+    def _start_again(self, container_id: Hashable) -> None:
+        self._queue.put_nowait(("start", container_id))
 
     async def start(self) -> None:
         if not os.path.exists(self.settings.socket_path):
@@ -138,7 +128,7 @@ class DockerWatcher:
             except Exception as exc:
                 if self._closing.is_set():
                     return
-                self.errors += 1
+                self._errors += 1
                 log.warning("Docker at %s: %s; retrying in %.1f s", self.settings.socket_path,
                             _reason(exc), reconnects.delay(reconnects.failures + 1))
             self.connected.clear()
@@ -186,7 +176,7 @@ class DockerWatcher:
                 else:
                     await self._on_stop(container_id)
             except Exception as exc:
-                self.errors += 1
+                self._errors += 1
                 log.warning("container %s %s: %s", container_id[:12], action, _reason(exc))
 
     async def _on_start(self, container_id: str) -> None:
@@ -198,57 +188,11 @@ class DockerWatcher:
         container = container_from_inspect(doc)
         if not (doc.get("State") or {}).get("Running") or container.pid <= 0:
             return
-        index = self._index
-        netns = await asyncio.to_thread(index.resolver.netns_of_pid, container.pid)
-        tracked = self.tracked.get(container_id)
-        if tracked is not None and tracked.container.pid == container.pid:
-            wanted = set(tracked.ifindexes)
-        else:
-            tracked = self.tracked[container_id] = _Tracked(container, netns)
-            wanted = set()
-        if netns is None:
-            log.info("container %s (%s) has no veth into this namespace", container.name, container.id[:12])
-            return
-        index.by_netns[netns.inode] = container
-        veths = await asyncio.to_thread(self._veths, netns.nsid)
-        for ifindex, ifname in veths:
-            if ifindex in wanted and any(d.ifindex == ifindex for d in self.probe.devices()):
-                continue
-            await self._attach(tracked, ifindex, ifname)
-
-    def _veths(self, nsid: int) -> list[tuple[int, str]]:
-        with IPRoute() as ipr:
-            return peer_veths(ipr, nsid)
-
-    async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str) -> None:
-        container, netns = tracked.container, tracked.netns
-        try:
-            await attach_owned(self.probe, ifindex, container.owner, "docker",
-                                  **owner_fields(netns, container))
-        except ConnstatsError as exc:
-            self.errors += 1
-            tracked.failures += 1
-            delay = self._retry.delay(tracked.failures)
-            log.warning("container %s: attach to %s failed: %s; retry in %.1f s",
-                        container.name, ifname, exc, delay)
-            await report_failed(self.probe, ifindex, ifname, exc, tracked.failures, delay, "docker",
-                                **owner_fields(netns, container))
-            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, ("start", container.id))
-            return
-        tracked.failures = 0
-        if ifindex not in tracked.ifindexes:
-            tracked.ifindexes.append(ifindex)
+        await self.claims.claim(container_id, container)
 
     async def _on_stop(self, container_id: str) -> None:
         """die (or destroy): detach its veths (their labels stay for the final drain), forget it."""
-        tracked = self.tracked.pop(container_id, None)
-        if tracked is None:
-            return
-        fields = owner_fields(tracked.netns, tracked.container)
-        for ifindex in tracked.ifindexes:
-            await detach_quietly(self.probe, ifindex, "detached", source="docker", **fields)
-        if tracked.netns is not None:
-            self._index.by_netns.pop(tracked.netns.inode, None)
+        await self.claims.release(container_id)
 
 
 def _reason(exc: BaseException) -> str:
