@@ -63,6 +63,9 @@ Exclude = Annotated[Optional[list[str]], typer.Option(
 DockerSocket = Annotated[Optional[str], typer.Option(
     "--docker-socket", metavar="PATH", help="Docker Engine socket to watch containers on; "
     "'none' to disable [default: /var/run/docker.sock when present]")]
+ContainerdSocket = Annotated[Optional[str], typer.Option(
+    "--containerd-socket", metavar="PATH", help="containerd socket to watch pods and containers on "
+    "(read-only calls); 'none' to disable [default: /run/containerd/containerd.sock when present]")]
 InfluxUrl = Annotated[Optional[str], typer.Option(
     "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
     "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]

@@ -19,6 +19,7 @@ from .options import (
     Auto,
     Capacity,
     ConfigFile,
+    ContainerdSocket,
     DockerSocket,
     Exclude,
     Host,
@@ -66,6 +67,7 @@ def up(
     influx_url: InfluxUrl = None, influx_org: InfluxOrg = None, influx_bucket: InfluxBucket = None,
     metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
     webhook: Webhooks = None, ui: Ui = None, http_group: HttpGroup = None,
+    containerd_socket: ContainerdSocket = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -78,7 +80,8 @@ def up(
         raise ConfigError("--webhook needs --rules FILE: the alert engine sends the webhooks")
     alert_cfg = alert_config(cfg, flags, rules, webhook, host, stream_replicas) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
-                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas, http_group),
+                             ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas, http_group,
+                                        containerd_socket),
                              "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
                            stream_replicas)
@@ -125,7 +128,7 @@ def probe(
     tls_cert: TlsCert = None, tls_key: TlsKey = None, config: ConfigFile = None,
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, on_exit: OnExit = None, stream_replicas: StreamReplicas = None,
-    metrics: Metrics = None, http_group: HttpGroup = None,
+    metrics: Metrics = None, http_group: HttpGroup = None, containerd_socket: ContainerdSocket = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS.
 
@@ -137,7 +140,7 @@ def probe(
     cfg = load_config(config)
     probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
                              host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas,
-                                                    http_group), "keep")
+                                                    http_group, containerd_socket), "keep")
     probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from connstats.probe.compose import (
     DEFAULT_CAPACITY,
+    DEFAULT_CONTAINERD_SOCKET,
     DEFAULT_DOCKER_SOCKET,
     HttpConfig,
     ProbeConfig,
@@ -53,6 +54,7 @@ class ProbeFlags:
     on_exit: str | None = None
     stream_replicas: int | None = None
     http_group: str | None = None
+    containerd_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
     if not ifaces and not auto:
         raise ConfigError("no network interface other than loopback is up; name one with --iface")
     docker_socket = config.get("docker_socket", probe_flags.docker_socket, DEFAULT_DOCKER_SOCKET)
+    containerd_socket = config.get("containerd_socket", probe_flags.containerd_socket, DEFAULT_CONTAINERD_SOCKET)
     seconds = config.get("interval", interval, DEFAULT_INTERVAL)
     if seconds < 0.05:
         raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
@@ -87,7 +90,8 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
         http=HttpConfig(None if address == "none" else address or DEFAULT_HTTP,
                         required=address not in (None, "none"), group=http_group(config, probe_flags.http_group)),
         watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
-                          docker_socket=None if docker_socket == "none" else docker_socket),
+                          docker_socket=None if docker_socket == "none" else docker_socket,
+                          containerd_socket=None if containerd_socket == "none" else containerd_socket),
         stream=stream_settings(config, probe_flags.stream_replicas),
     )
 
