@@ -9,9 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # what `connstats up` needs: BCC, the venv, tc/ip, the embedded nats-server
 RUN_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server procps
-# what the tests add: a real dockerd with a busybox image, Chromium, compose checks,
+# what the tests add: a real dockerd and containerd with a busybox image, Chromium, compose checks,
 # traffic tools and nft counters as oracles
-TEST_PACKAGES := iperf3 iputils-ping docker.io busybox-static docker-compose chromium nftables
+TEST_PACKAGES := iperf3 iputils-ping docker.io containerd busybox-static docker-compose chromium nftables
 # pytest-xdist workers: the suite mostly waits on real processes, so one per core
 JOBS ?= $(shell nproc)
 ARGS ?=

@@ -68,8 +68,8 @@ class ContainerdClient:
         await self._channel.close()
 
     def subscribe(self) -> Any:
-        """The event stream of every namespace (a call: ``await call.wait_for_connection()``,
-        then ``events(call)``)."""
+        """The event stream of every namespace, as a call for ``events`` (containerd sends its
+        headers with the first event: a wait for the connection would wait for that)."""
         filters = [f'topic=="{topic}"' for topic in TOPICS]
         return self._events.Subscribe(self._pb["events"].SubscribeRequest(filters=filters))
 

@@ -32,7 +32,7 @@ from .pods import PodMeta, pod_meta
 
 if TYPE_CHECKING:
     from .containerd_api.services.containers.v1.containers_pb2 import Container as ContainerMsg
-    from .containerd_client import ContainerdClient
+    from .containerd_client import ContainerdClient, Event
 
 log = logging.getLogger("connstats.probe.containerd")
 
@@ -124,10 +124,14 @@ class ContainerdWatcher:
 
         reconnects = self.settings.backoff()
         while True:
+            reader: asyncio.Task[None] | None = None
             try:
                 self._client = client = ContainerdClient(self.settings.socket_path)
-                call = client.subscribe()  # first: what happens while we list is not lost
-                await call.wait_for_connection()
+                # Subscribe first, so that nothing happening while we list is lost; what comes
+                # meanwhile waits in ``events`` until the list is queued (containerd sends a
+                # stream's headers with its first event: nothing to wait for before listing)
+                events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+                reader = asyncio.create_task(_read(client, events), name="containerd-stream")
                 running = await self._running(client)
                 for key in set(self.tracked) - set(running):  # gone while we were away
                     self._queue.put_nowait(("stop", key, 0, None))
@@ -135,15 +139,19 @@ class ContainerdWatcher:
                     self._queue.put_nowait(("start", key, pid, message))
                 self.connected.set()
                 reconnects.reset()
-                async for event in client.events(call):
+                while not isinstance(event := await events.get(), BaseException):
                     self._on_event(event.namespace, event.topic, event.container_id, event.of_init, event.pid)
-                raise ConnectionError("the event stream ended")
+                raise event
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._errors += 1
                 log.warning("containerd at %s: %s; retrying in %.1f s", self.settings.socket_path,
                             _reason(exc), reconnects.delay(reconnects.failures + 1))
+            finally:
+                if reader is not None:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
             self.connected.clear()
             await self._close_client()
             await asyncio.sleep(reconnects.next())
@@ -211,6 +219,18 @@ class ContainerdWatcher:
             log.debug("container %s of pod %s shares its sandbox's namespace", container_id[:12], meta.pod)
             return
         await self.claims.claim(key, container)
+
+
+async def _read(client: ContainerdClient, into: asyncio.Queue[Event | BaseException]) -> None:
+    """The event stream into ``into``, ended by the error that ended it."""
+    try:
+        async for event in client.events(client.subscribe()):
+            into.put_nowait(event)
+        into.put_nowait(ConnectionError("the event stream ended"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        into.put_nowait(exc)
 
 
 def _reason(exc: BaseException) -> str:
