@@ -12,7 +12,7 @@
         PolicyService.publish_violations denied connections -> violation events (a policy applied)
         config.interval_listeners        more: the CLI's live summary, tests, add-ons
       services, each given the daemon as its ProbePort:
-        ContainerIndex (shared by the two watchers below; closed after them)
+        ContainerIndex (shared by the watchers below; closed after them)
         PolicyService   the active policy: applied, kept, re-resolved; violations
         ControlService  NATS request/reply on connstats.v1.ctl.<host>.* (policy verbs included)
         HttpApi         the earlier tool's endpoints, on the probe's totals (root, --http-group, token)

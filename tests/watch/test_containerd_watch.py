@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import os
 
-import pytest
-
 from connstats.probe.contract.record import Owner
 from connstats.probe.watch.containerd_watch import ContainerdSettings, ContainerdWatcher
 from connstats.probe.watch.containers import Container
