@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 if TYPE_CHECKING:
@@ -45,24 +46,18 @@ class ContainerdClient:
     def __init__(self, socket_path: str) -> None:
         import grpc
 
-        from .containerd_api.events import container_pb2 as container_events
-        from .containerd_api.events import task_pb2 as task_events
-        from .containerd_api.services.containers.v1 import containers_pb2, containers_pb2_grpc
-        from .containerd_api.services.events.v1 import events_pb2, events_pb2_grpc
-        from .containerd_api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
-        from .containerd_api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-
+        api = load_api()
         self._grpc = grpc
         self._channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
-        self._namespaces = namespace_pb2_grpc.NamespacesStub(self._channel)
-        self._containers = containers_pb2_grpc.ContainersStub(self._channel)
-        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
-        self._events = events_pb2_grpc.EventsStub(self._channel)
-        self._pb: dict[str, Any] = {"namespaces": namespace_pb2, "containers": containers_pb2,
-                                    "tasks": tasks_pb2, "events": events_pb2}
+        self._namespaces = api.namespace_pb2_grpc.NamespacesStub(self._channel)
+        self._containers = api.containers_pb2_grpc.ContainersStub(self._channel)
+        self._tasks = api.tasks_pb2_grpc.TasksStub(self._channel)
+        self._events = api.events_pb2_grpc.EventsStub(self._channel)
+        self._pb: dict[str, Any] = {"namespaces": api.namespace_pb2, "containers": api.containers_pb2,
+                                    "tasks": api.tasks_pb2, "events": api.events_pb2}
         self._payloads: dict[str, Any] = {
-            "/tasks/start": task_events.TaskStart, "/tasks/exit": task_events.TaskExit,
-            "/tasks/delete": task_events.TaskDelete, "/containers/delete": container_events.ContainerDelete}
+            "/tasks/start": api.task_pb2.TaskStart, "/tasks/exit": api.task_pb2.TaskExit,
+            "/tasks/delete": api.task_pb2.TaskDelete, "/containers/delete": api.container_pb2.ContainerDelete}
 
     async def close(self) -> None:
         await self._channel.close()
@@ -123,6 +118,20 @@ class ContainerdClient:
                 return None
             raise
         return answer.process
+
+
+def load_api() -> SimpleNamespace:
+    """The generated modules the client uses, by module name; importing them checks the grpcio
+    and protobuf versions they were generated for (an error names the version wanted)."""
+    from .containerd_api.events import container_pb2, task_pb2
+    from .containerd_api.services.containers.v1 import containers_pb2, containers_pb2_grpc
+    from .containerd_api.services.events.v1 import events_pb2, events_pb2_grpc
+    from .containerd_api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
+    from .containerd_api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+
+    return SimpleNamespace(**{module.__name__.rpartition(".")[2]: module for module in (
+        container_pb2, task_pb2, containers_pb2, containers_pb2_grpc, events_pb2, events_pb2_grpc,
+        namespace_pb2, namespace_pb2_grpc, tasks_pb2, tasks_pb2_grpc)})
 
 
 def _in(namespace: str) -> tuple[tuple[str, str], ...]:

@@ -103,6 +103,14 @@ class ContainerdWatcher:
             log.warning("a containerd socket is at %s but the `grpcio` package is missing; "
                         "pods are not watched (pip install grpcio protobuf)", path)
             return
+        try:  # the stubs check the grpcio and protobuf they were generated for
+            from .containerd_client import load_api
+
+            load_api()
+        except Exception as exc:
+            log.warning("a containerd socket is at %s but containerd's API does not load (%s); pods are "
+                        "not watched (pip install 'grpcio>=1.85.4' 'protobuf>=7.35.1,<8')", path, _reason(exc))
+            return
         self._tasks = [asyncio.create_task(self._connect_forever(), name="containerd-events"),
                        asyncio.create_task(self._handle_forever(), name="containerd-handler")]
         log.info("watching containerd containers on %s%s", path,

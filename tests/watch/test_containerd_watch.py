@@ -122,6 +122,27 @@ async def test_a_restarted_containerd_is_reconnected_without_a_second_attach(con
         assert watcher.errors >= 1  # the lost stream, counted
 
 
+async def test_dockers_own_namespace_is_left_to_the_docker_watcher(containerd):
+    before, after, pod = containerd.pod_network(), containerd.pod_network(), containerd.pod_network()
+    cgroup = f"{containerd.cgroup_parent}/moby"
+    containerd.run("listed", before.path, {}, {}, f"{cgroup}/listed", namespace="moby")
+    daemon = FakeDaemon()
+    for net in (before, after, pod):
+        daemon.kernel.names[net.ifindex] = net.host_if
+    settings = ContainerdSettings(containerd.socket, skip_namespaces=("moby",))
+    watcher = ContainerdWatcher(daemon, settings)
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 10)
+        await asyncio.to_thread(containerd.run, "started", after.path, {}, {}, f"{cgroup}/started", "moby")
+        sandbox_id, _ = await asyncio.to_thread(containerd.run_sandbox, pod)
+        await attached(daemon, pod.ifindex)  # in order: moby's start event came first
+        assert [(e["event"], e["ifindex"]) for e in daemon.events] == [("attached", pod.ifindex)]
+        assert set(watcher.tracked) == {("k8s.io", sandbox_id)}
+    finally:
+        await watcher.close()
+
+
 async def test_no_socket_means_no_watching(tmp_path, caplog):
     watcher = ContainerdWatcher(FakeDaemon(), ContainerdSettings(str(tmp_path / "containerd.sock")))
     with caplog.at_level("INFO", "connstats.probe.containerd"):
@@ -146,4 +167,27 @@ async def test_a_socket_without_grpcio_is_one_warning(tmp_path, caplog, monkeypa
         assert watcher._tasks == []
         assert caplog.messages == [f"a containerd socket is at {path} but the `grpcio` package is missing; "
                                    "pods are not watched (pip install grpcio protobuf)"]
+        await watcher.close()
+
+
+async def test_stubs_that_do_not_load_are_one_warning(tmp_path, caplog, monkeypatch):
+    import socket as sockets
+
+    from connstats.probe.watch import containerd_client
+
+    def old_protobuf():
+        raise ImportError("cannot import name 'runtime_version' from 'google.protobuf'")
+
+    path = str(tmp_path / "containerd.sock")
+    with sockets.socket(sockets.AF_UNIX) as server:
+        server.bind(path)
+        monkeypatch.setattr(containerd_client, "load_api", old_protobuf)
+        watcher = ContainerdWatcher(FakeDaemon(), ContainerdSettings(path))
+        with caplog.at_level("INFO", "connstats.probe.containerd"):
+            await watcher.start()
+        assert watcher._tasks == []
+        assert caplog.messages == [
+            f"a containerd socket is at {path} but containerd's API does not load (cannot import name "
+            "'runtime_version' from 'google.protobuf'); pods are not watched (pip install 'grpcio>=1.85.4' "
+            "'protobuf>=7.35.1,<8')"]
         await watcher.close()
