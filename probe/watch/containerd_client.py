@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .containerd_api.types.task.task_pb2 import Process
 
 NAMESPACE_HEADER = "containerd-namespace"
-RUNNING = 2  # containerd.v1.types.Status.RUNNING
+ALIVE = (2, 4, 5)  # containerd.v1.types.Status RUNNING, PAUSED, PAUSING: the namespace is held
 TIMEOUT = 10.0  # seconds for one unary call
 # the events the watcher follows, of every namespace (one stream; filters are ORed)
 TOPICS = ("/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete")

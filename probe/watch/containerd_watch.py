@@ -165,14 +165,14 @@ class ContainerdWatcher:
             await asyncio.sleep(reconnects.next())
 
     async def _running(self, client: ContainerdClient) -> dict[Key, tuple[int, ContainerMsg]]:
-        """Every running task of every namespace watched, with its container's record."""
-        from .containerd_client import RUNNING, task_id
+        """Every live task (running or paused) of every namespace watched, with its container's record."""
+        from .containerd_client import ALIVE, task_id
 
         found: dict[Key, tuple[int, ContainerMsg]] = {}
         for namespace in await client.namespaces():
             if namespace in self.settings.skip_namespaces:
                 continue
-            pids = {task_id(t): t.pid for t in await client.tasks(namespace) if t.status == RUNNING and t.pid > 0}
+            pids = {task_id(t): t.pid for t in await client.tasks(namespace) if t.status in ALIVE and t.pid > 0}
             async for message in client.containers(namespace):
                 if message.id in pids:
                     found[(namespace, message.id)] = (pids[message.id], message)
