@@ -148,7 +148,7 @@ class ContainerdWatcher:
                 self.connected.set()
                 reconnects.reset()
                 while not isinstance(event := await events.get(), BaseException):
-                    self._on_event(event.namespace, event.topic, event.container_id, event.of_init, event.pid)
+                    self._on_event(event)
                 raise event
             except asyncio.CancelledError:
                 raise
@@ -178,11 +178,11 @@ class ContainerdWatcher:
                     found[(namespace, message.id)] = (pids[message.id], message)
         return found
 
-    def _on_event(self, namespace: str, topic: str, container_id: str, of_init: bool, pid: int) -> None:
-        if namespace in self.settings.skip_namespaces or not of_init:
+    def _on_event(self, event: Event) -> None:
+        if event.namespace in self.settings.skip_namespaces or not event.of_init:
             return  # Docker's own, or an exec'd process of a container
-        key = (namespace, container_id)  # in order: a stop after its start, claimed or not (a no-op)
-        self._queue.put_nowait(("start" if topic == "/tasks/start" else "stop", key, pid, None))
+        key = (event.namespace, event.container_id)  # queued in order: a stop after its start (a no-op if unclaimed)
+        self._queue.put_nowait(("start" if event.topic == "/tasks/start" else "stop", key, event.pid, None))
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None

@@ -83,21 +83,28 @@ async def test_a_pod_started_before_the_watcher_is_found_when_it_lists(container
 
 
 async def test_a_killed_task_is_detached_and_its_owner_stays_for_the_last_interval(containerd):
-    net, later = containerd.pod_network(), containerd.pod_network()
-    async with watching(containerd, net, later) as (watcher, daemon):
+    net, between, later = containerd.pod_network(), containerd.pod_network(), containerd.pod_network()
+    async with watching(containerd, net, between, later) as (watcher, daemon):
         sandbox_id, pid = await asyncio.to_thread(containerd.run_sandbox, net)
         await attached(daemon, net.ifindex)
         owner = daemon.kernel.owners[net.ifindex]
+        await asyncio.to_thread(containerd.exec, sandbox_id, "/bin/true")  # an exec'd process's exit: no stop
+        between_id, _ = await asyncio.to_thread(containerd.run_sandbox, between, "api-5c7b9d8f4-q8w7z")
+        await attached(daemon, between.ifindex)  # in order: the exec's exit is handled
+        assert net.ifindex in {d.ifindex for d in daemon.devices()}
+        await asyncio.to_thread(containerd.remove, between_id)
+        await until_async(lambda: between.ifindex not in {d.ifindex for d in daemon.devices()}, 10, "a detach")
         await asyncio.to_thread(containerd.kill, sandbox_id)
         await until_async(lambda: daemon.devices() == [], 10, "the detach after the task's exit")
         assert [(e["event"], e["ifindex"], e.get("pod")) for e in daemon.events] == [
-            ("attached", net.ifindex, POD), ("detached", net.ifindex, POD)]
+            ("attached", net.ifindex, POD), ("attached", between.ifindex, "shop/api-5c7b9d8f4-q8w7z"),
+            ("detached", between.ifindex, "shop/api-5c7b9d8f4-q8w7z"), ("detached", net.ifindex, POD)]
         assert daemon.kernel.owners[net.ifindex] == owner  # the final drain still names the pod
         assert watcher.tracked == {} and watcher._index.by_netns == {}
         await asyncio.to_thread(containerd.remove, sandbox_id)  # /tasks/delete, /containers/delete: nothing more
         await asyncio.to_thread(containerd.run_sandbox, later, "api-5c7b9d8f4-q8w7z")
         await attached(daemon, later.ifindex)  # in order: the delete events are handled
-        assert [(e["event"], e["ifindex"]) for e in daemon.events[2:]] == [("attached", later.ifindex)]
+        assert [(e["event"], e["ifindex"]) for e in daemon.events[4:]] == [("attached", later.ifindex)]
         assert watcher.errors == 0
 
 
