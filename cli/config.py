@@ -104,6 +104,7 @@ SETTINGS: dict[str, Setting] = {
     "exclude": Setting("CONNSTATS_EXCLUDE", "probe", "exclude", _names),
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),
     "podman_socket": Setting("CONNSTATS_PODMAN_SOCKET", "probe", "podman_socket"),
+    "containerd_socket": Setting("CONNSTATS_CONTAINERD_SOCKET", "probe", "containerd_socket"),
     "metrics": Setting("CONNSTATS_METRICS", "metrics", "address"),
     "stream_replicas": Setting("CONNSTATS_STREAM_REPLICAS", "nats", "stream_replicas", _positive_int),
     "influx_url": Setting("CONNSTATS_INFLUX_URL", "influxdb", "url", env_fallback="INFLUXDB_V2_URL"),

@@ -66,6 +66,9 @@ DockerSocket = Annotated[Optional[str], typer.Option(
 PodmanSocket = Annotated[Optional[str], typer.Option(
     "--podman-socket", metavar="PATH", help="rootful podman's API socket to watch containers and "
     "pods on; 'none' to disable [default: /run/podman/podman.sock when present]")]
+ContainerdSocket = Annotated[Optional[str], typer.Option(
+    "--containerd-socket", metavar="PATH", help="containerd socket to watch pods and containers on "
+    "(read-only calls); 'none' to disable [default: /run/containerd/containerd.sock when present]")]
 InfluxUrl = Annotated[Optional[str], typer.Option(
     "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
     "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]

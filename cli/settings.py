@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from connstats.probe.compose import (
     DEFAULT_CAPACITY,
+    DEFAULT_CONTAINERD_SOCKET,
     DEFAULT_DOCKER_SOCKET,
     DEFAULT_PODMAN_SOCKET,
     HttpConfig,
@@ -55,6 +56,7 @@ class ProbeFlags:
     stream_replicas: int | None = None
     http_group: str | None = None
     podman_socket: str | None = None
+    containerd_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
         raise ConfigError("no network interface other than loopback is up; name one with --iface")
     docker_socket = config.get("docker_socket", probe_flags.docker_socket, DEFAULT_DOCKER_SOCKET)
     podman_socket = config.get("podman_socket", probe_flags.podman_socket, DEFAULT_PODMAN_SOCKET)
+    containerd_socket = config.get("containerd_socket", probe_flags.containerd_socket, DEFAULT_CONTAINERD_SOCKET)
     seconds = config.get("interval", interval, DEFAULT_INTERVAL)
     if seconds < 0.05:
         raise ConfigError(f"interval {seconds:g} s is too short; use at least 0.05")
@@ -91,7 +94,8 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
                         required=address not in (None, "none"), group=http_group(config, probe_flags.http_group)),
         watch=WatchConfig(auto=auto, exclude=config.get("exclude", probe_flags.exclude, []),
                           docker_socket=None if docker_socket == "none" else docker_socket,
-                          podman_socket=None if podman_socket == "none" else podman_socket),
+                          podman_socket=None if podman_socket == "none" else podman_socket,
+                          containerd_socket=None if containerd_socket == "none" else containerd_socket),
         stream=stream_settings(config, probe_flags.stream_replicas),
     )
 

@@ -21,6 +21,7 @@
         FilterGuard     our filters replaced or removed by somebody else
         DockerWatcher   containers' veths, labelled (when a socket is given)
         PodmanWatcher   the same on podman's socket, runtime "podman" (when a socket is given)
+        ContainerdWatcher  pods' (sandboxes') veths, labelled with the pod (when its socket exists)
 
 The parts' constructors subscribe to nothing: what follows the probe's intervals and
 devices is wired in ``build_probe`` (a new listener is one line there); only the link
@@ -32,6 +33,7 @@ device checks that fill a ``ProbeConfig``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from .policy.violations import ViolationPublisher
 from .publish.publisher import PublisherSettings
 from .runtime.telemetry import MetricsServer, Telemetry
 from .seams import DetachListener, ProbePort, ServiceFactory
+from .watch.containerd_watch import DEFAULT_CONTAINERD_SOCKET, DOCKER_NAMESPACE, containerd_watcher
 from .watch.containers import DEFAULT_DOCKER_SOCKET, DEFAULT_PODMAN_SOCKET, ContainerIndex
 from .watch.docker_watch import docker_watcher
 from .watch.guard import filter_guard
@@ -55,7 +58,7 @@ from .watch.podman_watch import podman_watcher
 from .watch.watcher import link_watcher
 
 __all__ = [
-    "DEFAULT_CAPACITY", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "DEFAULT_PODMAN_SOCKET", "HttpApiParts", "HttpConfig", "ProbeConfig",
+    "DEFAULT_CAPACITY", "DEFAULT_CONTAINERD_SOCKET", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "DEFAULT_PODMAN_SOCKET", "HttpApiParts", "HttpConfig", "ProbeConfig",
     "ProbeDaemon", "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_api",
     "metrics_services", "watcher_services",
 ]
@@ -79,13 +82,14 @@ class HttpConfig:
 @dataclass
 class WatchConfig:
     """Devices that come and go: ``auto`` globs attached as they come up (minus
-    ``exclude`` and ``lo``), and Docker's and podman's containers' veths (``docker_socket``,
-    ``podman_socket``; None: off)."""
+    ``exclude`` and ``lo``), Docker's and podman's containers' veths (``docker_socket``,
+    ``podman_socket``) and pods' through containerd (``containerd_socket``); None: off."""
 
     auto: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     docker_socket: str | None = None
     podman_socket: str | None = None
+    containerd_socket: str | None = None
 
 
 @dataclass
@@ -195,9 +199,10 @@ def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceF
 def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = None) -> list[ServiceFactory]:
     """Services that keep the attached devices true: the link watcher (always: it releases
     deleted devices, keeps ``--iface`` names attached, attaches links matching ``--auto``),
-    the filter guard, and Docker's and podman's containers' veths, labelled; the watchers
-    share ``containers``. A container watcher whose socket is absent logs one line and
-    watches nothing."""
+    the filter guard, Docker's and podman's containers' veths, labelled, and pods' through
+    containerd when its socket exists (without Docker's namespace ``moby`` while Docker is
+    watched); the watchers share ``containers``. A Docker or podman watcher whose socket is
+    absent logs one line and watches nothing."""
     watch = config.watch
     services = [link_watcher(watch.auto, exclude=watch.exclude, keep=config.ifaces, index=containers),
                 filter_guard()]
@@ -205,4 +210,7 @@ def watcher_services(config: ProbeConfig, containers: ContainerIndex | None = No
         services.append(docker_watcher(watch.docker_socket, index=containers))
     if watch.podman_socket:
         services.append(podman_watcher(watch.podman_socket, index=containers))
+    if watch.containerd_socket and os.path.exists(watch.containerd_socket):
+        skip = (DOCKER_NAMESPACE,) if watch.docker_socket and os.path.exists(watch.docker_socket) else ()
+        services.append(containerd_watcher(watch.containerd_socket, index=containers, skip_namespaces=skip))
     return services

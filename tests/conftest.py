@@ -11,6 +11,7 @@ import pytest
 from tests.fixtures.alerts import flows  # noqa: F401
 from tests.fixtures.browser import *  # noqa: F401,F403
 from tests.fixtures.cli import *  # noqa: F401,F403
+from tests.fixtures.containerd import containerd  # noqa: F401
 from tests.fixtures.control import auth_nats  # noqa: F401
 from tests.fixtures.docker import *  # noqa: F401,F403
 from tests.fixtures.influx import *  # noqa: F401,F403
@@ -26,7 +27,7 @@ from tests.fixtures.tmpfs import *  # noqa: F401,F403
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and
 # `pytest -m "not kernel and not nats and not docker and not podman and not browser"`) runs the others.
 PARTS = {
-    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network"},
+    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network", "containerd"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
     "podman": {"podman_host"},

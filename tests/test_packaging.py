@@ -20,5 +20,8 @@ def test_wheel_holds_only_the_connstats_namespace(tmp_path):
         n.removeprefix("connstats/probe/kernel/") for n in names}  # the classifier and its headers
     static = {n.removeprefix("connstats/sink/web/static/") for n in names if n.startswith("connstats/sink/web/static/")}
     assert static == {p.name for p in (ROOT / "sink" / "web" / "static").iterdir()}  # the web page's files
+    sources = {f"connstats/{path.relative_to(ROOT).as_posix()}" for top in ("probe", "sink", "cli")
+               for path in (ROOT / top).rglob("__init__.py")}
+    assert sources <= set(names)  # every package, the generated containerd API's too (pyproject lists them)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "connstats = connstats.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -5,10 +5,9 @@ One class for every engine that speaks the Docker Engine API: Docker itself
 (``runtime="docker"``) and podman's compatible socket (``runtime="podman"``, see
 podman_watch.py, which names pods). The event stream (docker-py, blocking) is read in a
 thread and handed to the event loop; every (re)connect lists the running containers, so
-a missed event heals. Containers sharing one network namespace (``--network
-container:X``, a podman pod) share its veths: the first one names them, the last one to
-go detaches them. Namespaces and the shared attach helpers come from ``containers.py``;
-the ``ContainerIndex`` is the probe's, shared with the link watcher and the other
+a missed event heals. What is done with a container's pid (its namespace, veths, attach,
+release, containers sharing a namespace) is claims.py's, shared with the containerd
+watcher; the ``ContainerIndex`` is the probe's, shared with the link watcher and the other
 runtimes' watchers; the probe is seen through ``ProbePort``.
 """
 from __future__ import annotations
@@ -18,29 +17,16 @@ import errno
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Hashable
 
-from pyroute2 import IPRoute
-
-from ..contract.errors import ConnstatsError
 from ..contract.record import Runtime
 from ..runtime.backoff import Backoff
 from ..seams import ProbePort
-from .containers import (
-    DEFAULT_DOCKER_SOCKET,
-    Container,
-    ContainerIndex,
-    Netns,
-    attach_owned,
-    detach_quietly,
-    owner_fields,
-    peer_veths,
-    report_failed,
-)
+from .claims import Tracked, VethClaims
+from .containers import DEFAULT_DOCKER_SOCKET, Container, ContainerIndex
 
 log = logging.getLogger("connstats.probe.docker")
-
 
 ENGINE_NAMES = {"docker": "Docker", "podman": "podman"}
 
@@ -70,14 +56,6 @@ def container_from_inspect(doc: dict[str, Any], runtime: Runtime = "docker") -> 
     )
 
 
-@dataclass
-class _Tracked:
-    container: Container
-    netns: Netns | None
-    ifindexes: list[int] = field(default_factory=list)
-    failures: int = 0
-
-
 class DockerWatcher:
     """Attaches to each running container's host-side veths, labelled; detaches on die.
 
@@ -91,11 +69,10 @@ class DockerWatcher:
     def __init__(self, probe: ProbePort, settings: DockerSettings, index: ContainerIndex | None = None) -> None:
         self.probe = probe
         self.settings = settings
-        self.tracked: dict[str, _Tracked] = {}
-        self.errors = 0
+        self._errors = 0
         self._own_index = index is None  # none given: a private one, closed with the watcher
         self._index = index if index is not None else ContainerIndex()
-        self._retry = settings.backoff()
+        self.claims = VethClaims(probe, self._index, settings.runtime, settings.backoff(), self._start_again)
         self._client: Any = None
         self._stream: Any = None
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -107,6 +84,17 @@ class DockerWatcher:
     def source(self) -> str:
         """What the attach events say attached the device: the runtime."""
         return self.settings.runtime
+
+    @property
+    def tracked(self) -> dict[Hashable, Tracked]:
+        return self.claims.tracked
+
+    @property
+    def errors(self) -> int:
+        return self._errors + self.claims.errors
+
+    def _start_again(self, container_id: Hashable) -> None:
+        self._queue.put_nowait(("start", container_id))
 
     async def start(self) -> None:
         engine, path = self.settings.engine, self.settings.socket_path
@@ -158,7 +146,7 @@ class DockerWatcher:
             except Exception as exc:
                 if self._closing.is_set():
                     return
-                self.errors += 1
+                self._errors += 1
                 log.warning("%s at %s: %s; retrying in %.1f s", self.settings.engine, self.settings.socket_path,
                             _reason(exc), reconnects.delay(reconnects.failures + 1))
             self.connected.clear()
@@ -209,7 +197,7 @@ class DockerWatcher:
                 else:
                     await self._on_stop(container_id)
             except Exception as exc:
-                self.errors += 1
+                self._errors += 1
                 log.warning("container %s %s: %s", container_id[:12], action, _reason(exc))
 
     async def _on_start(self, container_id: str) -> None:
@@ -221,89 +209,17 @@ class DockerWatcher:
         container = container_from_inspect(doc, self.settings.runtime)
         if not (doc.get("State") or {}).get("Running") or container.pid <= 0:
             return
-        container = await self._naming(container_id, container)
-        index = self._index
-        netns = await asyncio.to_thread(index.resolver.netns_of_pid, container.pid)
-        tracked = self.tracked.get(container_id)
-        if tracked is not None and tracked.container.pid == container.pid:
-            wanted = set(tracked.ifindexes)
-            tracked.netns = tracked.netns or netns  # it had no veth at its start; now it has
-        else:
-            tracked = self.tracked[container_id] = _Tracked(container, netns)
-            wanted = set()
-        if netns is None:
-            log.info("container %s (%s) has no veth into this namespace", container.name, container_id[:12])
-            return
-        if self._sharer(container_id, netns) is not None:
-            log.debug("container %s shares its network namespace; its first container names it", container_id[:12])
-            return
-        index.by_netns[netns.inode] = container
-        veths = await asyncio.to_thread(self._veths, netns.nsid)
-        for ifindex, ifname in veths:
-            if ifindex in wanted and any(d.ifindex == ifindex for d in self.probe.devices()):
-                continue
-            await self._attach(tracked, ifindex, ifname, container_id)
+        await self.claims.claim(container_id, await self._naming(container_id, container))
 
     async def _naming(self, container_id: str, container: Container) -> Container:
         """Who a container's network namespace is named after: the container itself here
         (podman_watch.py names a pod's after the pod)."""
         return container
 
-    def _neighbours(self, container_id: str, netns: Netns | None) -> list[str]:
-        """The other tracked containers in ``netns``, those holding its veths first."""
-        if netns is None:
-            return []
-        others = [(not (t.ifindexes or t.failures), other_id) for other_id, t in self.tracked.items()
-                  if other_id != container_id and t.netns is not None and t.netns.inode == netns.inode]
-        return [other_id for _, other_id in sorted(others)]
-
-    def _sharer(self, container_id: str, netns: Netns) -> str | None:
-        """Another tracked container in ``netns`` that holds (or is attaching) its veths."""
-        holders = [i for i in self._neighbours(container_id, netns) if self.tracked[i].ifindexes or self.tracked[i].failures]
-        return holders[0] if holders else None
-
-    def _veths(self, nsid: int) -> list[tuple[int, str]]:
-        with IPRoute() as ipr:
-            return peer_veths(ipr, nsid)
-
-    async def _attach(self, tracked: _Tracked, ifindex: int, ifname: str, container_id: str) -> None:
-        container, netns = tracked.container, tracked.netns
-        try:
-            await attach_owned(self.probe, ifindex, container.owner, self.source,
-                               **owner_fields(netns, container))
-        except ConnstatsError as exc:
-            self.errors += 1
-            tracked.failures += 1
-            delay = self._retry.delay(tracked.failures)
-            log.warning("container %s: attach to %s failed: %s; retry in %.1f s",
-                        container.name, ifname, exc, delay)
-            await report_failed(self.probe, ifindex, ifname, exc, tracked.failures, delay, self.source,
-                                **owner_fields(netns, container))
-            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, ("start", container_id))
-            return
-        tracked.failures = 0
-        if ifindex not in tracked.ifindexes:
-            tracked.ifindexes.append(ifindex)
-
     async def _on_stop(self, container_id: str) -> None:
-        """die (or destroy, remove): detach its veths (their labels stay for the final
-        drain), forget it; veths that another container in its namespace still uses are
-        handed to that one instead."""
-        tracked = self.tracked.pop(container_id, None)
-        if tracked is None:
-            return
-        heirs = self._neighbours(container_id, tracked.netns)
-        if heirs and tracked.netns is not None:  # the namespace lives on: its veths stay
-            heir = self.tracked[heirs[0]]
-            heir.ifindexes.extend(i for i in tracked.ifindexes if i not in heir.ifindexes)
-            if tracked.ifindexes:
-                self._index.by_netns[tracked.netns.inode] = heir.container
-            return
-        fields = owner_fields(tracked.netns, tracked.container)
-        for ifindex in tracked.ifindexes:
-            await detach_quietly(self.probe, ifindex, "detached", source=self.source, **fields)
-        if tracked.netns is not None:
-            self._index.by_netns.pop(tracked.netns.inode, None)
+        """die (or destroy, remove): detach its veths (their owner stays for the final
+        drain) and forget it; veths another container in its namespace still uses stay."""
+        await self.claims.release(container_id)
 
 
 def _reason(exc: BaseException) -> str:

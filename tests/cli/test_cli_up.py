@@ -138,7 +138,7 @@ def watchers(tmp_path, **flags) -> tuple[list[str], list[str], list[str]]:
 
 
 def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
-    no_docker = dict(docker_socket="none", podman_socket="none")
+    no_docker = dict(docker_socket="none", podman_socket="none", containerd_socket="none")
     # no --iface: what is up now, and every device that comes up later
     ifaces, auto, names = watchers(tmp_path, **no_docker)
     always = ["LinkWatcher", "FilterGuard"]  # deleted devices released, --iface kept, filters checked
@@ -149,12 +149,13 @@ def test_watchers_follow_iface_auto_and_docker_flags(tmp_path):
     assert watchers(tmp_path, auto=["veth*"], exclude=["vethx*"], **no_docker) == ([], ["veth*"], always)
     # a Docker socket adds the container watcher (it waits quietly while the socket is absent)
     socket_path = str(tmp_path / "docker.sock")
-    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path, podman_socket="none")[2] == [
-        *always, "DockerWatcher"]
+    assert watchers(tmp_path, iface=["lo"], docker_socket=socket_path, podman_socket="none",
+                    containerd_socket="none")[2] == [*always, "DockerWatcher"]
     # ... and podman's socket a second one, on by default like Docker's
-    assert watchers(tmp_path, iface=["lo"], docker_socket="none")[2] == [*always, "PodmanWatcher"]
-    assert watchers(tmp_path, iface=["lo"], podman_socket=str(tmp_path / "podman.sock"))[2] == [
-        *always, "DockerWatcher", "PodmanWatcher"]
+    assert watchers(tmp_path, iface=["lo"], docker_socket="none", containerd_socket="none")[2] == [
+        *always, "PodmanWatcher"]
+    assert watchers(tmp_path, iface=["lo"], podman_socket=str(tmp_path / "podman.sock"),
+                    containerd_socket="none")[2] == [*always, "DockerWatcher", "PodmanWatcher"]
 
 
 def test_the_podman_socket_comes_from_flag_env_or_file_and_none_turns_it_off(tmp_path):
@@ -169,6 +170,38 @@ def test_the_podman_socket_comes_from_flag_env_or_file_and_none_turns_it_off(tmp
     assert podman_socket({"CONNSTATS_PODMAN_SOCKET": "/e.sock"}, {}, "/flag.sock") == "/flag.sock"
     assert podman_socket({"CONNSTATS_PODMAN_SOCKET": "none"}, {}) is None
     assert podman_socket({}, {}, "none") is None
+
+
+def test_the_containerd_watcher_only_when_its_socket_exists(tmp_path):
+    import socket as sockets
+
+    from connstats.probe.watch.containerd_watch import DOCKER_NAMESPACE, ContainerdWatcher
+
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
+    containerd, docker = str(tmp_path / "containerd.sock"), str(tmp_path / "docker.sock")
+
+    def built(**flags) -> list:
+        plan = probe_config(config, NatsFlags(), ["lo"], None, "h", None, ProbeFlags(**{"podman_socket": "none", **flags}))
+        return [factory(object()) for factory in watcher_services(plan)][2:]
+
+    assert built(docker_socket="none", containerd_socket=containerd) == []  # no socket there
+    with sockets.socket(sockets.AF_UNIX) as server:
+        server.bind(containerd)
+        [watcher] = built(docker_socket="none", containerd_socket=containerd)
+        assert isinstance(watcher, ContainerdWatcher) and watcher.settings.socket_path == containerd
+        assert watcher.settings.skip_namespaces == ()
+        with sockets.socket(sockets.AF_UNIX) as docker_server:  # Docker watched: its namespace is left to it
+            docker_server.bind(docker)
+            _, watcher = built(docker_socket=docker, containerd_socket=containerd)
+            assert watcher.settings.skip_namespaces == (DOCKER_NAMESPACE,)
+        assert built(docker_socket="none", containerd_socket="none") == []
+    # the environment and the file, as for the Docker socket
+    env = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path), "CONNSTATS_CONTAINERD_SOCKET": "none"}, None)
+    assert probe_config(env, NatsFlags(), ["lo"], None, "h", None, ProbeFlags()).watch.containerd_socket is None
+    file = Config({"probe": {"containerd_socket": "/x.sock"}}, {"CONNSTATS_STATE_DIR": str(tmp_path)}, None)
+    assert probe_config(file, NatsFlags(), ["lo"], None, "h", None, ProbeFlags()).watch.containerd_socket == "/x.sock"
+    default = probe_config(config, NatsFlags(), ["lo"], None, "h", None, ProbeFlags())
+    assert default.watch.containerd_socket == "/run/containerd/containerd.sock"
 
 
 def test_the_http_api_only_when_an_address_is_set(tmp_path):

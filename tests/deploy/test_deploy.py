@@ -216,6 +216,18 @@ def test_k8s_probe_daemonset_has_the_host_access_and_health_checks():
     assert annotations["prometheus.io/port"] == str(probe_metrics_port())
 
 
+def test_k8s_probe_names_pods_through_the_nodes_containerd_socket():
+    from connstats.probe.compose import DEFAULT_CONTAINERD_SOCKET
+
+    pod = k8s("DaemonSet", "connstats-probe")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert option(container["args"], "--containerd-socket") == DEFAULT_CONTAINERD_SOCKET
+    [volume] = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == DEFAULT_CONTAINERD_SOCKET]
+    assert volume["hostPath"]["type"] == "Socket"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert (mount["mountPath"], mount["readOnly"]) == (DEFAULT_CONTAINERD_SOCKET, True)
+
+
 def test_is_loopback():
     assert [is_loopback(a) for a in ("127.0.0.1:9102", "127.0.0.2:1", "[::1]:9102", "localhost:9102")] == [True] * 4
     assert [is_loopback(a) for a in ("0.0.0.0:9102", "$(POD_IP):9102", "[::]:9102", "10.0.0.5:9102",

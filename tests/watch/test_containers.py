@@ -138,7 +138,7 @@ def docker_watcher_with(docs: dict, netns_by_pid: dict, veths: dict) -> DockerWa
     index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
     watcher = DockerWatcher(daemon, DockerSettings("/nonexistent", reconnect_min=0.01, reconnect_max=0.02), index)
     watcher._client = FakeClient(docs)
-    watcher._veths = lambda nsid: veths.get(nsid, [])
+    watcher.claims.veths = lambda nsid: veths.get(nsid, [])
     for pairs in veths.values():
         for ifindex, name in pairs:
             daemon.kernel.names[ifindex] = name

@@ -61,7 +61,7 @@ def podman_with(netns_by_pid: dict, veths: dict) -> PodmanWatcher:
     watcher = PodmanWatcher(daemon, DockerSettings("/nonexistent", runtime="podman"), index)
     watcher._client = FakeClient({d["Id"]: d for d in (APP, INFRA, LONE)})
     watcher._libpod = fake_libpod
-    watcher._veths = lambda nsid: veths.get(nsid, [])
+    watcher.claims.veths = lambda nsid: veths.get(nsid, [])
     for pairs in veths.values():
         for ifindex, name in pairs:
             daemon.kernel.names[ifindex] = name
