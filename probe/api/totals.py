@@ -501,8 +501,9 @@ class ConnectionTotals:
                 if id is None:
                     id = self._pending_ids[key] = self._next_id
                     self._next_id += 1
-                merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:],
-                                              packets, nbytes, first, last, container, verdict, *who)
+                merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, key[2], key[3], key[4],
+                                              key[5], key[6], packets, nbytes, first, last, container, verdict,
+                                              *who)
                 continue
             total.packets += packets
             total.bytes += nbytes
