@@ -189,6 +189,8 @@ POD_CASES = {
         {**WEB, **sums(14), **seen(T0, T1)}, {**DB, **sums(4), **seen(T0, T0)}]),
     "a pod glob with a prefix": (dict(group_by="pod", pod="shop/web-*"), [{**WEB, **sums(14), **seen(T0, T1)}]),
     "a pod glob with a class": (dict(group_by="pod", pod="shop/[a-d]?-[0-9]"), [{**DB, **sums(4), **seen(T0, T0)}]),
+    "a pod glob with a negated class": (dict(group_by="pod", pod="shop/[!w]*"), [{**DB, **sums(4), **seen(T0, T0)}]),
+    "a pod glob with ?": (dict(group_by="pod", pod="shop/db-?"), [{**DB, **sums(4), **seen(T0, T0)}]),
     "no pod": (dict(group_by="iface", pod=""), [
         {"ifname": "eth0", "direction": "egress", **sums(3), **seen(T0, T0)}]),
     "a workload": (dict(group_by="process", workload="db"), [{"process": "postgres", **sums(4), **seen(T0, T0)}]),
@@ -241,7 +243,8 @@ async def test_a_file_of_schema_3_reads_as_without_pods_and_processes(tmp_path):
 
 def test_the_pod_glob_and_names_travel_as_parameters():
     sql, params = build_sql(HistoryQuery(since=T0, until=T1, pod="shop/*", workload="web", process="nginx"))
-    assert "connstats_glob(:pod, pod) AND workload = :workload AND process = :process" in sql
+    assert "pod GLOB :pod AND workload = :workload AND process = :process" in sql
+    assert "connstats_glob(:pod, pod)" in build_sql(HistoryQuery(since=T0, until=T1, pod="shop/[!a]*"))[0]
     assert "overflow" not in sql and (params["pod"], params["workload"], params["process"]) == ("shop/*", "web", "nginx")
     flux, params = build_flux(HistoryQuery(since=T0, until=T1, pod="shop/*", workload="web", process=""), "flows")
     assert flux.splitlines()[3:5] == ["  |> filter(fn: (r) => r.workload == p_workload)",
