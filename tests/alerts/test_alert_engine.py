@@ -72,6 +72,11 @@ def test_pods_workloads_runtimes_and_processes_are_where_keys():
                 "by": ["process"], "where": {"pod": ""}})
     assert [(m.labels["process"], m.value) for m in e.on_interval(interval("node-1", 0, WHO_ROWS), at(0))] == [
         ("sshd", 100)]
+    # a message in which no record names a process leaves the four columns out: they read as "" and 0
+    e = engine({"name": "host-programs", "kind": "threshold", "metric": "packets", "window": "1s", "above": 0,
+                "by": ["process", "pid"], "where": {"pod": ""}})
+    unnamed = e.on_interval(interval("node-1", 0, [{"ifname": "veth-c", "packets": 9}]), at(0))
+    assert [(m.labels["process"], m.labels["pid"], m.value) for m in unnamed] == [("", "0", 9)]
 
 
 def test_for_delays_firing_and_a_short_blip_never_fires():
