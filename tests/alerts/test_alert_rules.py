@@ -82,11 +82,12 @@ BAD = [
     (RULE.replace('window = "30s"\n', ''), "rule 'r1': key 'window': missing; a threshold rule needs it"),
     (RULE + 'by = ["ifname", "port"]\n', "rule 'r1': key 'by': unknown field 'port'; use one of interval_start, "
      "interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, dst_port, packets, "
-     "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, verdict, host"),
+     "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, pod, workload, "
+     "runtime, verdict, process, pid, peer_process, peer_pid, host"),
     (RULE + 'where = { prot = "udp" }\n', "rule 'r1': key 'where': unknown field 'prot'; use one of "
      "interval_start, interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, "
      "dst_port, packets, bytes, first_seen, last_seen, tcp_flags, container_id, container_name, "
-     "container_image, verdict, host"),
+     "container_image, pod, workload, runtime, verdict, process, pid, peer_process, peer_pid, host"),
     (RULE + 'where = { proto = "udpp" }\n',
      "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (RULE + 'below = 3\n', "rule 'r1': key 'above': give exactly one of above and below"),

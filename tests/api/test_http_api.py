@@ -7,6 +7,7 @@ a's datagrams are "egress" on a's veth and "ingress" on b's. A UDP datagram over
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import time
@@ -25,6 +26,7 @@ from connstats.probe.api.http import (
 from connstats.probe.api.totals import ConnectionTotal, ConnectionTotals, forgetting
 from connstats.probe.contract import NatsOptions
 from connstats.probe.contract.errors import ConfigError
+from connstats.probe.contract.record import Owner
 from connstats.probe.daemon import DaemonSettings, ProbeDaemon
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.kernel.kernel_probe import ProbeSettings
@@ -61,6 +63,10 @@ def test_connection_json_has_the_seed_fields_and_the_added_ones():
         "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web", "verdict": "deny",
     }
     assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "ICMPV6", "0"]
+    known = dataclasses.replace(total, pod="shop/web-1", workload="web", runtime="containerd", process="nginx",
+                                pid=42, peer_process="", peer_pid=0)
+    assert connection_to_json(known) == connection_to_json(total) | {
+        "pod": "shop/web-1", "workload": "web", "runtime": "containerd", "process": "nginx", "pid": 42}
 
 
 # -- a real daemon ------------------------------------------------------------------------------
@@ -193,6 +199,28 @@ async def test_totals_since_attach_are_exact_and_stay_exact_across_intervals(run
     status, only_b = await probe.get(f"{STATS}/{device_b}")
     assert {v["device_id"] for v in only_b.values()} == {device_b}
     assert set(only_b) == {k for k, v in everything.items() if v["device_id"] == device_b}
+
+
+async def test_a_device_s_pod_shows_in_its_connections_and_no_key_where_nothing_is_known(running_probe,
+                                                                                      test_network):
+    probe = running_probe
+    a, b = test_network.hosts
+    owner = Owner(container_id="c0ffee", container_name="web", pod="shop/web-1", workload="web", runtime="containerd")
+    device_a = (await probe.daemon.attach(a.host_if, owner=owner)).ifindex
+    device_b = (await probe.attach(b.host_if))["device_id"]
+    a.traffic("udp", b.ipv4, 5353, 40003, 30, 100)
+    udp = dict(protocol="UDP", dst_port=5353, src_port=40003)
+    _, on_a = await probe.settled(device_a, 30, **udp)
+    assert (on_a["total_bytes"], on_a["container_name"], on_a["pod"], on_a["workload"], on_a["runtime"]) == (
+        30 * (UDP_V4_OVERHEAD + 100), "web", "shop/web-1", "web", "containerd")
+    _, on_b = await probe.settled(device_b, 30, **udp)
+    assert on_b["total_bytes"] == 30 * (UDP_V4_OVERHEAD + 100)
+    await wait_intervals(3)  # published now: the totals keep them
+    _, published = await probe.connection(device_a, **udp)
+    assert (published["total_packets"], published["pod"]) == (30, "shop/web-1")
+    for entry in (published, (await probe.connection(device_b, **udp))[1]):
+        assert not {"process", "pid", "peer_process", "peer_pid"} & set(entry)  # no process known here
+    assert not {"pod", "workload", "runtime"} & set((await probe.connection(device_b, **udp))[1])
 
 
 async def test_remove_forgets_the_totals_and_add_starts_from_zero(running_probe, test_network):
