@@ -30,7 +30,7 @@ from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.compose import UiConfig, build_ui
-from connstats.sink.web.queries import build_map
+from connstats.sink.web.graph import build_map
 from connstats.sink.web.server import STATIC
 from tests.fixtures.wait import until_async
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
