@@ -19,13 +19,14 @@ from tests.fixtures.nats_cluster import nats_cluster  # noqa: F401
 from tests.fixtures.netns import *  # noqa: F401,F403
 from tests.fixtures.netns import RUN_ENV, leftovers
 from tests.fixtures.probe import *  # noqa: F401,F403
+from tests.fixtures.routed import routed_namespaces  # noqa: F401
 from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.tmpfs import *  # noqa: F401,F403
 
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and
 # `pytest -m "not kernel and not nats and not docker and not browser"`) runs the others.
 PARTS = {
-    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network"},
+    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network", "routed_namespaces"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
     "browser": {"browser_page", "strict_browser_page"},
