@@ -32,6 +32,7 @@ from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.compose import UiConfig, build_ui
 from connstats.sink.web.graph import build_map
 from connstats.sink.web.server import STATIC
+from tests.fixtures.records import envelope, flow_batch, flow_record
 from tests.fixtures.wait import until_async
 from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
@@ -395,3 +396,28 @@ async def test_a_static_name_of_5000_characters_is_a_404(web, caplog):
         assert (response.status, response.content_type) == (200, "text/css")
         assert await response.read() == (STATIC / "style.css").read_bytes()
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_live_rows_name_the_pod_and_the_process_on_each_end(web, nats_server):
+    ui, session = web
+    of = envelope("web-3", 5, start=time.time_ns() - 10 * SECOND)
+    batch = flow_batch(of, [
+        flow_record(of, ifindex=21, ifname="vethapi", container_name="api-0", pod="shop/api-0", workload="api",
+                    runtime="containerd", direction="ingress", src_ip="10.244.0.5", src_port=41000,
+                    dst_ip="10.244.0.6", dst_port=8080, packets=10, bytes=5000, process="api-server", pid=977,
+                    peer_process="curl", peer_pid=812),
+        flow_record(of, ifindex=22, ifname="vethleg", container_name="legacy", direction="egress", proto=17,
+                    src_ip="172.17.0.2", src_port=5000, dst_ip="198.51.100.53", dst_port=53, packets=1, bytes=80),
+    ])
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        async with session.get("/api/live") as response:
+            assert await response.content.readline() == b": connected\n"
+            await until_async(lambda: ui.api.feed.pages, 5, "the page in the feed")
+            await nc.publish(flows_subject("web-3"), encode_message(batch))
+            event, _ = await next_event(response)
+    finally:
+        await nc.close()
+    assert [(r["container"], r["pod"], r["process"], r["pid"], r["peer_process"], r["peer_pid"], r["bytes"])
+            for r in event["rows"]] == [("api-0", "shop/api-0", "api-server", 977, "curl", 812, 5000),
+                                        ("legacy", "", "", 0, "", 0, 80)]

@@ -66,13 +66,11 @@ cs.views.map = (() => {
     return `M ${p(start)} A ${radius} ${radius} 0 ${end - start > Math.PI ? 1 : 0} 1 ${p(end)}`;
   }
 
-  function processText(name, pid) { return name ? (pid ? `${name} (${pid})` : name) : ""; }
-
   function title(n) {
     const lines = [n.kind === "pod" ? `pod ${n.namespace}/${n.label}` : n.kind === "host" ? `host ${n.label}` : n.label];
     if (n.workload) lines.push(`workload ${n.workload}`);
     lines.push(cs.bytes(n.bytes));
-    if (n.processes && n.processes.length) lines.push("processes: " + n.processes.map(([p, pid]) => processText(p, pid)).join(", "));
+    if (n.processes && n.processes.length) lines.push("processes: " + n.processes.map(([p, pid]) => cs.process(p, pid)).join(", "));
     return lines.join("\n");
   }
 
@@ -124,8 +122,8 @@ cs.views.map = (() => {
     document.getElementById("map-node-title").textContent =
       `${node.kind === "pod" ? `${node.namespace}/${node.label}` : node.label}: ${rows.length} connections, ${cs.bytes(node.bytes)}`;
     document.querySelector("#map-connections tbody").innerHTML = rows.slice(0, 500).map(c =>
-      `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(processText(c[10], c[11]))}</td>` +
-      `<td>${cs.escape(cs.endpoint(c[5], c[6]))}</td><td>${cs.escape(processText(c[12], c[13]))}</td>` +
+      `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(cs.process(c[10], c[11]))}</td>` +
+      `<td>${cs.escape(cs.endpoint(c[5], c[6]))}</td><td>${cs.escape(cs.process(c[12], c[13]))}</td>` +
       `<td class="num">${c[7]}</td><td class="num">${c[8]}</td><td class="${c[9]}">${c[9]}</td></tr>`).join("");
   }
 
