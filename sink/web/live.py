@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from connstats.probe.contract import FLOWS_WILDCARD, Envelope, FlowBatch, FlowSubscription, Interval, proto_name
+from connstats.probe.contract.wire import Device
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,15 @@ class ChunkColumns:
                 "dst_ip": c.dst_ip[i], "dst_port": int(self.dst_port[i]),
                 "packets": int(self.packets[i]), "bytes": int(self.bytes[i]),
                 "verdict": self._optional(c.verdict, i, ""),  # absent: no policy
-                "pod": device.pod if device else "", "process": self._optional(c.process, i, ""),
-                "pid": int(self._optional(c.pid, i, 0)), "peer_process": self._optional(c.peer_process, i, ""),
-                "peer_pid": int(self._optional(c.peer_pid, i, 0))}
+                **self._who(device, i)}
+
+    def _who(self, device: Device | None, i: int) -> dict[str, Any]:
+        """The pod and the process on each end, each only when known (a row stays small)."""
+        c = self.columns
+        who = {"pod": device.pod if device else "", "process": self._optional(c.process, i, ""),
+               "pid": int(self._optional(c.pid, i, 0)), "peer_process": self._optional(c.peer_process, i, ""),
+               "peer_pid": int(self._optional(c.peer_pid, i, 0))}
+        return {name: value for name, value in who.items() if value}
 
     def _optional(self, column: Any, i: int, empty: Any) -> Any:
         """An optional column's value (verdict, process, ...): a message without it has none."""
