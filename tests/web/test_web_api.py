@@ -34,7 +34,7 @@ from connstats.sink.web.graph import build_map
 from connstats.sink.web.server import STATIC
 from tests.fixtures.records import envelope, flow_batch, flow_record
 from tests.fixtures.wait import until_async
-from tests.web_data import SECOND, chunked_messages, synthetic_batch
+from tests.web_data import POD_NODE, SECOND, chunked_messages, pod_records, synthetic_batch
 
 MS = 1_000_000
 
@@ -280,6 +280,47 @@ async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_pat
             await ui.close()
     assert answers[0] == answers[1]
     assert len(answers[0][0]["connections"]) == 300
+
+
+async def test_the_map_names_pods_and_processes_alike_from_sqlite_and_influxdb(nats_server, store_path,
+                                                                                 influx_server, tmp_path):
+    """A node's pods in SQLite and in the InfluxDB v2 API test server: the same map, pods
+    named and in their namespaces, each end's process on the connections."""
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    of = envelope(POD_NODE, 1, start=time.time_ns() - 60 * SECOND)
+    batch = flow_batch(of, pod_records(of))
+    await write(store_path, batch)
+    influx = InfluxStore(config)
+    await influx.write(batch)
+    await influx.close()
+    answers = []
+    for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/map", params={"since": "15m"}) as response:
+                    answers.append(await response.json())
+        finally:
+            await ui.close()
+    sqlite, influxdb = ({k: v for k, v in body.items() if not k.endswith("_ms")} for body in answers)
+    assert sqlite == influxdb
+    assert [(n["id"], n["namespace"], n["workload"], n["processes"]) for n in sqlite["nodes"] if n["kind"] == "pod"] == [
+        (f"pod:{POD_NODE}/{pod}", pod.split("/")[0], workload, processes)
+        for pod, workload, processes in sorted([
+            ("kube-system/coredns-abc12-zz9x8", "coredns", [["coredns", 55]]),
+            ("payments/gateway-5c4f-k2j9d", "gateway", []), ("payments/ledger-0", "ledger", []),
+            ("shop/api-0", "api", [["api-server", 977]]), ("shop/db-0", "db", [["postgres", 70]]),
+            ("shop/web-7d9f8c6b5-x2x9z", "web", [["curl", 812]])])]
+    fields = sqlite["connection_fields"]
+    assert sorted((c[fields.index("source_process")], c[fields.index("target_process")], c[fields.index("bytes")])
+                  for c in sqlite["connections"]) == [
+        ("", "", 80), ("", "", 700), ("", "api-server", 900), ("api-server", "postgres", 1200), ("coredns", "", 160),
+        ("curl", "api-server", 5000)]
 
 
 async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxdb(

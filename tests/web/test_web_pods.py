@@ -7,50 +7,16 @@ from __future__ import annotations
 import math
 
 from connstats.sink.sqlite_store import SqliteStore
-from tests.fixtures.records import SECOND, envelope, flow_batch, flow_record
+from tests.fixtures.records import SECOND, envelope, flow_batch
 from tests.fixtures.web import run_async, start_ui
-
-NODE = "k8s-node-1"
-PODS = {  # ifindex: (ifname, pod, workload)
-    11: ("vethweb", "shop/web-7d9f8c6b5-x2x9z", "web"), 12: ("vethapi", "shop/api-0", "api"),
-    13: ("vethdb", "shop/db-0", "db"), 14: ("vethdns", "kube-system/coredns-abc12-zz9x8", "coredns"),
-    15: ("vethled", "payments/ledger-0", "ledger"), 16: ("vethpay", "payments/gateway-5c4f-k2j9d", "gateway"),
-}
-
-
-def records(of):
-    def pod(ifindex, **fields):
-        ifname, name, workload = PODS[ifindex]
-        return flow_record(of, ifindex=ifindex, ifname=ifname, pod=name, workload=workload, runtime="containerd",
-                           container_name=name.split("/")[1], container_id=f"{ifindex:064x}", **fields)
-
-    call = dict(proto=6, src_ip="10.244.0.5", src_port=41000, dst_ip="10.244.0.6", dst_port=8080, packets=10,
-                bytes=5000)
-    return [
-        pod(11, direction="egress", process="curl", pid=812, peer_process="api-server", peer_pid=977, **call),
-        pod(12, direction="ingress", process="api-server", pid=977, peer_process="curl", peer_pid=812, **call),
-        pod(12, direction="ingress", proto=6, src_ip="203.0.113.4", src_port=50000, dst_ip="10.244.0.6",
-            dst_port=8080, packets=3, bytes=900, process="api-server", pid=977),
-        pod(12, direction="egress", proto=6, src_ip="10.244.0.6", src_port=43000, dst_ip="10.244.0.7",
-            dst_port=5432, packets=4, bytes=1200, process="api-server", pid=977, peer_process="postgres", peer_pid=70),
-        pod(13, direction="ingress", proto=6, src_ip="10.244.0.6", src_port=43000, dst_ip="10.244.0.7",
-            dst_port=5432, packets=4, bytes=1200, process="postgres", pid=70, peer_process="api-server", peer_pid=977),
-        pod(14, direction="egress", proto=17, src_ip="10.244.1.2", src_port=999, dst_ip="198.51.100.53",
-            dst_port=53, packets=2, bytes=160, process="coredns", pid=55),
-        pod(15, direction="egress", proto=6, src_ip="10.244.2.3", src_port=44000, dst_ip="10.244.2.4",
-            dst_port=9000, packets=5, bytes=700),
-        pod(16, direction="ingress", proto=6, src_ip="10.244.2.3", src_port=44000, dst_ip="10.244.2.4",
-            dst_port=9000, packets=5, bytes=700),
-        flow_record(of, ifindex=17, ifname="vethleg", container_name="legacy", container_id="f" * 64,
-                    runtime="docker", direction="egress", proto=17, src_ip="172.17.0.2", src_port=5000,
-                    dst_ip="198.51.100.53", dst_port=53, packets=1, bytes=80),
-    ]
+from tests.web_data import POD_NODE as NODE
+from tests.web_data import PODS, pod_records
 
 
 async def fill(path, now_ns: int) -> None:
     store = SqliteStore(path)
     of = envelope(NODE, 1, start=now_ns - 70 * SECOND, seconds=10)
-    await store.write(flow_batch(of, records(of)))
+    await store.write(flow_batch(of, pod_records(of)))
     await store.close()
 
 
