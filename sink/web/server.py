@@ -253,9 +253,10 @@ class PageApi:
     async def history(self, request: web.Request) -> web.Response:
         query, series, fit = history_query(request.query)
         rows = await self.reader.rows(query)
+        fitted = fit is not None and bool(rows)  # no data: the asked range stays
         if fit is not None:
             query, rows = fit_to_data(query, rows, fit)
-        return json_response(build_series(rows, query, series) | {"fit": fit is not None})
+        return json_response(build_series(rows, query, series) | {"fit": fitted})
 
     async def alerts(self, request: web.Request) -> web.Response:
         from connstats.sink.alerts import firing_alerts
