@@ -28,9 +28,12 @@ def peer_ip(i: int) -> str:
 
 
 def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connections: int, *,
-                    containers: int = 20, peers: int = 400, seed: int = 0, deny_every: int = 0) -> FlowBatch:
+                    containers: int = 20, peers: int = 400, seed: int = 0, deny_every: int = 0,
+                    namespaces: tuple[str, ...] = ()) -> FlowBatch:
     """``connections`` distinct connections (egress, from a container's veth) in one interval;
-    with ``deny_every`` N, under a policy: every Nth connection denied, the others allowed."""
+    with ``deny_every`` N, under a policy: every Nth connection denied, the others allowed;
+    with ``namespaces``, the containers are pods in them (in turn), each sending from a
+    program of its own (``app-NN``, pid 1000 + N)."""
     rng = np.random.default_rng(seed)
     n = np.arange(connections)
     owner = n % containers
@@ -48,10 +51,13 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         packets=packets.tolist(), bytes=nbytes.tolist(), first_seen=[start_ns + 1] * connections,
         last_seen=[start_ns + length_ns - 1] * connections, tcp_flags=[0] * connections,
         verdict=(np.where(n % deny_every == 0, "deny", "allow").tolist() if deny_every else [""] * connections),
-        process=[""] * connections, pid=[0] * connections, peer_process=[""] * connections,
+        process=[f"app-{c:02d}" if namespaces else "" for c in owner.tolist()],
+        pid=[1000 + c if namespaces else 0 for c in owner.tolist()], peer_process=[""] * connections,
         peer_pid=[0] * connections,  # every column has one entry per record (decoding fills absent ones)
     )
-    devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1")
+    devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1",
+                           **({"pod": f"{namespaces[c % len(namespaces)]}/app-{c:02d}-7d9f8c6b5-x{c:03d}z",
+                               "workload": f"app-{c:02d}", "runtime": "containerd"} if namespaces else {}))
                     for c in range(min(containers, connections)))
     envelope = Envelope(host, BOOT_ID, seq, start_ns, start_ns + length_ns)
     return FlowBatch(envelope, columns, devices)

@@ -24,7 +24,7 @@ _MS = 1_000_000
 _SECOND = 1_000_000_000
 NICE_BUCKETS = ("1s", "5s", "10s", "30s", "1m", "5m", "15m", "1h", "6h", "1d", "7d")
 MAX_POINTS = 240
-HISTORY_GROUPS = ("container", "iface", "port")
+HISTORY_GROUPS = ("container", "pod", "iface", "port")
 MAX_SERIES = 50
 
 
@@ -251,6 +251,8 @@ def build_violations(rows: list[dict], query: HistoryQuery, limit: int) -> dict[
 def series_label(row: dict, group_by: str) -> str:
     if group_by == "container":
         return row["container_name"] or f"(no container, {row['host']})"
+    if group_by == "pod":
+        return row["pod"] or "(no pod)"
     if group_by == "iface":
         return f"{row['ifname']} {row['direction']}"
     return f"{row['proto']}/{row['port']}"

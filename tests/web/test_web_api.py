@@ -296,7 +296,7 @@ async def test_the_map_names_pods_and_processes_alike_from_sqlite_and_influxdb(n
     influx = InfluxStore(config)
     await influx.write(batch)
     await influx.close()
-    answers = []
+    answers, histories = [], []
     for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
         ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
                                state_dir=tmp_path, influx=influx_config))
@@ -305,10 +305,17 @@ async def test_the_map_names_pods_and_processes_alike_from_sqlite_and_influxdb(n
             async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
                 async with session.get("/api/map", params={"since": "15m"}) as response:
                     answers.append(await response.json())
+                async with session.get("/api/history", params={"since": "15m", "group_by": "pod"}) as response:
+                    histories.append(await response.json())
         finally:
             await ui.close()
     sqlite, influxdb = ({k: v for k, v in body.items() if not k.endswith("_ms")} for body in answers)
     assert sqlite == influxdb
+    assert histories[0]["series"] == histories[1]["series"]
+    assert [(s["key"], sum(p["bytes"] for p in s["points"])) for s in histories[0]["series"]] == [
+        ("shop/api-0", 7100), ("shop/web-7d9f8c6b5-x2x9z", 5000), ("shop/db-0", 1200),
+        ("payments/gateway-5c4f-k2j9d", 700), ("payments/ledger-0", 700), ("kube-system/coredns-abc12-zz9x8", 160),
+        ("(no pod)", 80)]
     assert [(n["id"], n["namespace"], n["workload"], n["processes"]) for n in sqlite["nodes"] if n["kind"] == "pod"] == [
         (f"pod:{POD_NODE}/{pod}", pod.split("/")[0], workload, processes)
         for pod, workload, processes in sorted([

@@ -51,6 +51,8 @@ def test_pods_are_named_and_grouped_by_namespace_and_processes_shown(nats_server
     assert page.evaluate("""() => [...document.querySelectorAll('#map-svg .cluster')]
         .map(c => [c.dataset.namespace, Number(c.dataset.members)])""") == [["kube-system", 1], ["payments", 2],
                                                                             ["shop", 3]]
+    assert page.evaluate("[...document.querySelectorAll('#map-svg text.cluster-name')].map(t => t.textContent)") == [
+        "kube-system", "payments", "shop"]
 
     # hover: the pod, its workload, bytes and the programs at its end
     api = f"pod:{NODE}/shop/api-0"

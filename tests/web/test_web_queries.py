@@ -186,3 +186,9 @@ def test_the_default_chart_range_fits_the_data():
     assert fit_to_data(hour, [], Fit()) == (replace(hour, every=30 * SECOND), [])
     with pytest.raises(ConfigError, match="fit='yes' is not 1"):
         history_query({"fit": "yes"})
+
+
+def test_history_per_pod():
+    query, _, _ = history_query({"group_by": "pod"})
+    rows = [{"time": 0, "pod": pod, "bytes": b, "packets": 1} for pod, b in (("shop/api-0", 5), ("", 9))]
+    assert [s["key"] for s in build_series(rows, query, keep=8)["series"]] == ["(no pod)", "shop/api-0"]

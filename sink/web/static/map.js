@@ -77,11 +77,13 @@ cs.views.map = (() => {
   function render(body) {
     data = body;
     const {at, clusters} = layout(body.nodes, body.edges);
-    const parts = clusters.map(c => {
+    // the namespaces' bands under everything, their names over everything
+    const parts = clusters.map(c => `<path class="cluster" d="${arc(c.start, c.end, INNER)}" ` +
+      `data-namespace="${cs.escape(c.namespace)}" data-members="${c.members}"></path>`);
+    const names = clusters.map(c => {
       const middle = (c.start + c.end) / 2, r = INNER - 48;
-      return `<g class="cluster" data-namespace="${cs.escape(c.namespace)}" data-members="${c.members}">` +
-        `<path d="${arc(c.start, c.end, INNER)}"></path><text x="${(CENTER + r * Math.cos(middle)).toFixed(1)}" ` +
-        `y="${(CENTER + r * Math.sin(middle) + 4).toFixed(1)}" text-anchor="middle">${cs.escape(c.namespace)}</text></g>`;
+      return `<text class="cluster-name" x="${(CENTER + r * Math.cos(middle)).toFixed(1)}" ` +
+        `y="${(CENTER + r * Math.sin(middle) + 4).toFixed(1)}" text-anchor="middle">${cs.escape(c.namespace)}</text>`;
     });
     const maxBytes = body.edges.reduce((m, e) => Math.max(m, e.bytes), 1);
     const scale = Math.log1p(maxBytes);
@@ -106,7 +108,7 @@ cs.views.map = (() => {
         parts.push(`<text x="${(p.x + dx).toFixed(1)}" y="${(p.y + 4).toFixed(1)}" text-anchor="${anchor}">${cs.escape(n.label)}</text>`);
       }
     }
-    document.getElementById("map-svg").innerHTML = parts.join("");
+    document.getElementById("map-svg").innerHTML = parts.concat(names).join("");
   }
 
   function select(id) {
