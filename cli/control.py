@@ -47,8 +47,12 @@ RECORD_COLUMNS = tuple(Column(key, key, kind) for key, kind in (
     ("ifname", "text"), ("direction", "text"), ("proto", "text"), ("src_ip", "text"),
     ("src_port", "int"), ("dst_ip", "text"), ("dst_port", "int"), ("packets", "int"),
     ("bytes", "int"), ("first_seen", "time"), ("last_seen", "time"), ("container_name", "text"),
-    ("verdict", "text"),
+    ("verdict", "text"), ("pod", "text"), ("workload", "text"), ("runtime", "text"), ("process", "text"),
+    ("pid", "int"), ("peer_process", "text"), ("peer_pid", "int"),
 ))
+# what a stats row leaves out when it is empty (RecordV1 omits defaults)
+_ROW_DEFAULTS = {"verdict": "", "pod": "", "workload": "", "runtime": "", "process": "", "pid": 0,
+                 "peer_process": "", "peer_pid": 0}
 
 
 def request(config: Config, flags: NatsFlags, host: str | None, verb: str, body: dict | None = None,
@@ -118,7 +122,7 @@ def stats(
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
     body: dict[str, Any] = {"limit": limit} | ({"iface": iface} if iface else {})
     reply = request(load_config(config), flags, host, "stats", body, timeout)
-    records = [r | {"verdict": r.get("verdict", "")} for r in reply["records"]]  # rows omit an empty one
+    records = [_ROW_DEFAULTS | r for r in reply["records"]]  # rows omit empty fields
     if format is not OutputFormat.table:
         render(records, RECORD_COLUMNS, format)
         return

@@ -26,12 +26,19 @@ CONNECTION_COLUMNS = (
     Column("packets", "PKTS", "int"),
     Column("bytes", "BYTES", "bytes"),
 )
-VERDICT_COLUMN = Column("verdict", "POLICY")  # shown when a row's device is governed
+# Shown only when some row has one: a table of a host without pods, processes or a policy
+# stays as narrow as before.
+OPTIONAL_COLUMNS = (
+    Column("pod", "POD", width=24),  # the pod's <namespace>/<name>
+    Column("process", "PROCESS", width=15),  # the program at the device's end
+    Column("verdict", "POLICY"),  # the device is governed
+)
 
 
 def connection_columns(rows: list[dict]) -> tuple[Column, ...]:
-    """The connection table's columns: the policy's verdict too when any row has one."""
-    return CONNECTION_COLUMNS + (VERDICT_COLUMN,) if any(row["verdict"] for row in rows) else CONNECTION_COLUMNS
+    """The connection table's columns: the pod, the process and the policy's verdict too when
+    any row has one."""
+    return CONNECTION_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row[c.key] for row in rows))
 
 
 def endpoint(ip: str, port: int) -> str:
@@ -42,7 +49,8 @@ def endpoint(ip: str, port: int) -> str:
 
 
 def connection_row(r: FlowRecord | dict[str, Any]) -> dict[str, Any]:
-    """One table row for a record (or its wire dict); the container's name when known."""
+    """One table row for a record (or its wire dict); the container's name when known, the pod
+    and process when known ("" otherwise; the wire dict leaves them out then)."""
     # a field's value: the wire dict's is JSON, as the probe's API sent it (`stats`)
     get: Callable[[str], Any] = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
     proto = get("proto")
@@ -53,6 +61,7 @@ def connection_row(r: FlowRecord | dict[str, Any]) -> dict[str, Any]:
         "source": endpoint(get("src_ip"), get("src_port")),
         "destination": endpoint(get("dst_ip"), get("dst_port")),
         "packets": get("packets"), "bytes": get("bytes"), "verdict": get("verdict") or "",
+        "pod": get("pod") or "", "process": get("process") or "",
     }
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
-from connstats.probe.contract.wire import OPTIONAL_COLUMNS
+from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS
 from connstats.sink.store import overflow_totals
 
 SCHEMA_VERSION = 4  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change

@@ -9,7 +9,8 @@ Answers are JSON. Connection stats are an object keyed ``connection_<id>`` (the 
 stable for as long as the connection is tracked) holding the earlier tool's fields
 (``device_id``, ``src_port``, ``dst_port``, ``direction``, ``protocol``, ``timestamp``,
 ``total_packets``, ``total_bytes``) and added ones (``src_ip``, ``dst_ip``, ``ifname``,
-``family``, ``first_seen``, ``container_name``, ``verdict``). Counters are since attach: the published
+``family``, ``first_seen``, ``container_name``, ``verdict``; ``pod``, ``workload``, ``runtime``,
+``process``, ``pid``, ``peer_process``, ``peer_pid`` only when known). Counters are since attach: the published
 intervals plus the current one. ``timestamp`` and ``first_seen`` are integer nanoseconds
 since the Unix epoch, UTC. Errors are ``{"error": "..."}`` with a 4xx status (5xx only
 for a failure of the probe itself), never a traceback.
@@ -49,7 +50,7 @@ from ..runtime.callers import Callers, bearer
 from ..runtime.listener import host_allowed, is_loopback, json_response, listen, origin_allowed, parse_listen_address
 from ..runtime.telemetry import TELEMETRY_PATHS, Telemetry, add_routes
 from ..seams import ProbePort
-from .totals import ConnectionTotal, ConnectionTotals, OverflowTotal, current_view
+from .totals import WHO, ConnectionTotal, ConnectionTotals, OverflowTotal, current_view
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def connection_to_json(t: ConnectionTotal) -> dict[str, Any]:
         "total_packets": t.packets, "total_bytes": t.bytes,
         "src_ip": t.src_ip, "dst_ip": t.dst_ip, "ifname": t.ifname, "family": t.family,
         "first_seen": t.first_seen, "container_name": t.container_name, "verdict": t.verdict,
+        **{name: value for name in WHO if (value := getattr(t, name))},
     }
 
 

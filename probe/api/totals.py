@@ -23,7 +23,8 @@ first published; ``_keys[slot]`` is its ``ConnectionKey``, and every other field
 array indexed by slot (``_Columns``): ``id``, ``ifindex``, ``packets`` and ``bytes``
 (uint64: each interval's counts are below 2**63), ``first_seen``, ``last_seen``, the fields
 outside the key (``family``, ``ifname``, ``container_name``: those of the connection's
-first published record), and the packed key with its hash. A packed key (``packed_keys``)
+first published record; ``verdict``: its latest; the owner and process fields ``WHO``: the
+latest that is not empty), and the packed key with its hash. A packed key (``packed_keys``)
 is 14 uint64 words, a column per connection: (ifindex, ports), (direction, protocol), then
 each address's text NUL-padded to 48 bytes; ``HashIndex`` finds a slot by the key's hash
 and checks the packed key (open addressing, one numpy pass per probing step).
@@ -78,8 +79,9 @@ SINCE_SLACK_NS = 100_000_000
 
 ConnectionKey = tuple[int, str, int, str, str, int, int]
 # a record as ``_Interval.tuples`` gives it: (key, ifname, family, container_name, verdict,
-# packets, bytes, first_seen, last_seen)
-RecordTuple = tuple[ConnectionKey, str, int, str, str, int, int, int, int]
+# pod, workload, runtime, process, pid, peer_process, peer_pid, packets, bytes, first_seen,
+# last_seen)
+RecordTuple = tuple[Any, ...]
 Ifindexes = Collection[int] | None  # the devices a view is of; None: all
 
 
@@ -120,10 +122,20 @@ class ConnectionTotal:
     last_seen: int
     container_name: str
     verdict: str = ""  # the policy's verdict in the connection's latest interval
+    # who: the latest known (not empty) of the connection's records; "" and 0 when none was
+    pod: str = ""
+    workload: str = ""
+    runtime: str = ""
+    process: str = ""
+    pid: int = 0
+    peer_process: str = ""
+    peer_pid: int = 0
 
 
 _KEY_FIELDS = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
-_STATIC_FIELDS = ("ifname", "family", "container_name", "verdict")  # per connection, outside the key
+WHO = ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid")  # the latest known
+_WHO_DEVICE = ("pod", "workload", "runtime")  # of those, the device's (FlowBatch.devices)
+_STATIC_FIELDS = ("ifname", "family", "container_name", "verdict", *WHO)  # per connection, outside the key
 _NO_TIME = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # first_seen, last_seen of a fresh slot
 class _Interval:
     """The records of one batch as columns: packed keys, their hashes, counters.
@@ -178,11 +190,19 @@ class _Interval:
             values = list(values)
         return list(map(values.__getitem__, rows.tolist()))
 
+    def filled(self, name: str) -> bool:
+        """Whether some record has field ``name`` (one of ``WHO``) set; cheap: per device, or
+        one pass over a numpy column."""
+        if name in _WHO_DEVICE:
+            return any(getattr(d, name) for d in self.batch.devices)
+        column = getattr(self.batch.columns, name)
+        return bool(column.any() if isinstance(column, np.ndarray) else any(column))
+
     def keys(self, at: np.ndarray) -> list[ConnectionKey]:
         return list(zip(*(self.field(name, at) for name in _KEY_FIELDS), strict=True))
 
     def tuples(self) -> list[RecordTuple]:
-        """(key, ifname, family, container_name, verdict, packets, bytes, first_seen, last_seen) per record."""
+        """(key, *_STATIC_FIELDS, packets, bytes, first_seen, last_seen) per record."""
         everything = np.arange(len(self))
         return list(zip(self.keys(everything), *(self.field(name, everything) for name in _STATIC_FIELDS),
                         self.packets.tolist(), self.bytes.tolist(), self.first_seen.tolist(),
@@ -195,7 +215,8 @@ class _Columns:
 
     DTYPES = {"id": np.int64, "ifindex": np.int64, "packets": np.uint64, "bytes": np.uint64,
               "first_seen": np.int64, "last_seen": np.int64, "family": np.int64, "hash": np.uint64,
-              "ifname": object, "container_name": object, "verdict": object}
+              "ifname": object, "container_name": object, "verdict": object,
+              **{name: np.int64 if name.endswith("pid") else object for name in WHO}}
 
     # the fields of DTYPES, set in __init__ by name
     id: np.ndarray
@@ -209,6 +230,13 @@ class _Columns:
     ifname: np.ndarray
     container_name: np.ndarray
     verdict: np.ndarray
+    pod: np.ndarray
+    workload: np.ndarray
+    runtime: np.ndarray
+    process: np.ndarray
+    pid: np.ndarray
+    peer_process: np.ndarray
+    peer_pid: np.ndarray
 
     def __init__(self) -> None:
         for name, dtype in self.DTYPES.items():
@@ -327,6 +355,7 @@ class ConnectionTotals:
         np.minimum.at(c.first_seen, slots, interval.first_seen)
         np.maximum.at(c.last_seen, slots, interval.last_seen)
         c.verdict[slots] = interval.field("verdict", np.arange(len(interval)))  # the latest one
+        _set_known({name: getattr(c, name) for name in WHO}, interval, slots)
 
     def _evict(self, count: int) -> None:
         victims = np.argsort(self._columns.last_seen, kind="stable")[:count]
@@ -444,11 +473,11 @@ class ConnectionTotals:
         columns = {name: getattr(self._columns, name) for name in ("id", "ifname", "family")} | counters
         fields = [columns[name][slots].tolist() for name in (
             "id", "ifname", "family", "packets", "bytes", "first_seen", "last_seen", "container_name",
-            "verdict")]
+            "verdict", *WHO)]
         # key: a ConnectionKey, (ifindex, direction, proto, src_ip, dst_ip, src_port, dst_port)
         return [ConnectionTotal(id, key[0], ifname, key[1], family, key[2], key[3], key[4], key[5], key[6],
-                                packets, nbytes, first, last, container, verdict)
-                for key, id, ifname, family, packets, nbytes, first, last, container, verdict
+                                packets, nbytes, first, last, container, verdict, *who)
+                for key, id, ifname, family, packets, nbytes, first, last, container, verdict, *who
                 in zip([self._keys[s] for s in slots.tolist()], *fields, strict=True)]
 
     def _live_records(self, live: FlowBatch, ifindexes: Ifindexes) -> _Interval:
@@ -464,15 +493,17 @@ class ConnectionTotals:
     def _live_only(self, records: _Interval) -> list[ConnectionTotal]:
         """Connections seen live but not yet published, with the id they will be published with."""
         merged: dict[ConnectionKey, ConnectionTotal] = {}
-        for key, ifname, family, container, verdict, packets, nbytes, first, last in records.tuples():
+        for key, ifname, family, container, verdict, *rest in records.tuples():
+            who, (packets, nbytes, first, last) = rest[:len(WHO)], rest[len(WHO):]
             total = merged.get(key)
             if total is None:
                 id = self._pending_ids.get(key)
                 if id is None:
                     id = self._pending_ids[key] = self._next_id
                     self._next_id += 1
-                merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, *key[2:],
-                                              packets, nbytes, first, last, container, verdict)
+                merged[key] = ConnectionTotal(id, key[0], ifname, key[1], family, key[2], key[3], key[4],
+                                              key[5], key[6], packets, nbytes, first, last, container, verdict,
+                                              *who)
                 continue
             total.packets += packets
             total.bytes += nbytes
@@ -480,10 +511,13 @@ class ConnectionTotals:
             total.last_seen = max(total.last_seen, last)
             total.container_name = container or total.container_name
             total.verdict = verdict
+            for name, value in zip(WHO, who, strict=True):
+                if value:
+                    setattr(total, name, value)
         return list(merged.values())
 
 
-_LIVE_FIELDS = ("packets", "bytes", "first_seen", "last_seen", "container_name", "verdict")  # what a live read adds to
+_LIVE_FIELDS = ("packets", "bytes", "first_seen", "last_seen", "container_name", "verdict", *WHO)  # what a live read adds to
 
 
 def _add_tracked_live(counters: dict[str, np.ndarray], records: _Interval, slots: np.ndarray) -> None:
@@ -497,6 +531,19 @@ def _add_tracked_live(counters: dict[str, np.ndarray], records: _Interval, slots
     named = names != ""
     counters["container_name"][slots[named]] = names[named]
     counters["verdict"][slots] = records.field("verdict", np.arange(len(records)))  # the latest
+    _set_known(counters, records, slots)
+
+
+def _set_known(columns: dict[str, np.ndarray], records: _Interval, slots: np.ndarray) -> None:
+    """Each ``WHO`` field that a record of ``records`` has (not empty) becomes its slot's
+    (the later record wins); a field no record has costs one check."""
+    everything = np.arange(len(records))
+    for name in WHO:
+        if not len(records) or not records.filled(name):
+            continue
+        values = np.asarray(records.field(name, everything), dtype=columns[name].dtype)
+        known = values != (0 if name.endswith("pid") else "")
+        columns[name][slots[known]] = values[known]
 
 
 def _subtract_residue(interval: _Interval, mine: np.ndarray,

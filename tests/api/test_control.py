@@ -12,7 +12,7 @@ from connstats.probe.api.control import ControlService
 from connstats.probe.contract import NatsOptions, control_subject
 from connstats.probe.contract.control import ControlClient
 from connstats.probe.contract.errors import DeviceError, TransportError
-from tests.fixtures.control import HOST, SINCE, FakeDaemon
+from tests.fixtures.control import HOST, SINCE, FakeDaemon, record
 from tests.fixtures.nats import free_port
 
 
@@ -71,6 +71,22 @@ async def test_stats_busiest_first_with_iface_and_limit(control):
     assert [r["src_port"] for r in one["records"]] == [1002]
     with pytest.raises(DeviceError):
         await ask(options, "stats", {"iface": "eth9"})
+
+
+async def test_stats_rows_carry_the_pod_and_processes_where_known(control):
+    daemon, options = control
+    web = dict(pod="shop/web-1", workload="web", runtime="containerd")
+    daemon.records = [record("veth0", 1000, 1, 100, **web, process="nginx", pid=42, peer_process="curl",
+                             peer_pid=7),
+                      record("veth0", 1002, 2, 300, **web), record("eth0", 1001, 5, 900, process="sshd", pid=1)]
+    await ask(options, "attach", {"iface": "veth0", "direction": "auto"})
+    await ask(options, "attach", {"iface": "eth0", "direction": "auto"})
+    rows = {r["src_port"]: {k: r[k] for k in ("pod", "workload", "runtime", "process", "pid", "peer_process",
+                                              "peer_pid") if k in r}
+            for r in (await ask(options, "stats"))["records"]}
+    assert rows == {  # an empty field is left out, as before pods and processes
+        1000: {**web, "process": "nginx", "pid": 42, "peer_process": "curl", "peer_pid": 7},
+        1002: web, 1001: {"process": "sshd", "pid": 1}}
 
 
 @pytest.mark.parametrize("payload, error", [

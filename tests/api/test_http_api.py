@@ -7,6 +7,7 @@ a's datagrams are "egress" on a's veth and "ingress" on b's. A UDP datagram over
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import time
@@ -61,6 +62,10 @@ def test_connection_json_has_the_seed_fields_and_the_added_ones():
         "family": 6, "first_seen": 1_790_000_000_000_000_001, "container_name": "web", "verdict": "deny",
     }
     assert [protocol_text(p) for p in (1, 6, 17, 58, 0)] == ["ICMP", "TCP", "UDP", "ICMPV6", "0"]
+    known = dataclasses.replace(total, pod="shop/web-1", workload="web", runtime="containerd", process="nginx",
+                                pid=42, peer_process="", peer_pid=0)
+    assert connection_to_json(known) == connection_to_json(total) | {
+        "pod": "shop/web-1", "workload": "web", "runtime": "containerd", "process": "nginx", "pid": 42}
 
 
 # -- a real daemon ------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ def envelope(seq: int) -> Envelope:
 
 def rec(seq: int, packets: int, *, ifindex: int = 7, direction: str = "egress", proto: int = 17,
         sport: int = 40001, dport: int = 5353, first: int = 100, last: int = 900,
-        live: int = 0, container: str = "") -> FlowRecord:
+        live: int = 0, container: str = "", **who) -> FlowRecord:
     """A record of interval ``seq``; ``first``/``last`` are ms into it; 100 bytes a packet.
 
-    ``live`` is the ms into the interval of a live read (0: the published interval).
+    ``live`` is the ms into the interval of a live read (0: the published interval); ``who``:
+    pod, workload, runtime, process, pid, peer_process, peer_pid.
     """
     start = T0 + seq * SECOND
     end = start + (live * 1_000_000 if live else SECOND)
@@ -35,7 +36,7 @@ def rec(seq: int, packets: int, *, ifindex: int = 7, direction: str = "egress", 
                        direction=direction, family=4, proto=proto, src_ip="10.0.0.1", dst_ip="10.0.0.2",
                        src_port=sport, dst_port=dport, packets=packets, bytes=packets * 100,
                        first_seen=start + first * 1_000_000, last_seen=start + last * 1_000_000, tcp_flags=0,
-                       container_name=container)
+                       container_name=container, **who)
 
 
 def batch(envelope: Envelope, records: list[FlowRecord]) -> FlowBatch:
@@ -337,3 +338,26 @@ def test_a_connection_carries_the_verdict_of_its_latest_interval_live_included()
                        dataclasses.replace(rec(2, 1, sport=40003, live=500), verdict="deny")])
     assert {t.src_port: (t.packets, t.verdict) for t in totals.view(live)} == {
         40001: (9, "deny"), 40002: (1, ""), 40003: (1, "deny")}
+
+
+WEB = dict(pod="shop/web-1", workload="web", runtime="containerd")
+
+
+def test_a_connection_keeps_the_latest_known_pod_and_processes_live_included():
+    totals = ConnectionTotals()
+    totals(batch(envelope(0), [rec(0, 3, **WEB, process="nginx", pid=42), rec(0, 1, ifindex=8, sport=40002)]))
+    assert {t.src_port: (t.packets, t.pod, t.workload, t.runtime, t.process, t.pid, t.peer_process, t.peer_pid)
+            for t in totals.view()} == {40001: (3, "shop/web-1", "web", "containerd", "nginx", 42, "", 0),
+                                        40002: (1, "", "", "", "", 0, "", 0)}
+    # a later interval that does not know the process keeps the known one; one that knows more adds it
+    totals(batch(envelope(1), [rec(1, 2, **WEB), rec(1, 5, ifindex=8, sport=40002, process="curl", pid=7,
+                                                     peer_process="nginx", peer_pid=42)]))
+    assert {t.src_port: (t.packets, t.pod, t.process, t.pid, t.peer_process, t.peer_pid) for t in totals.view()} == {
+        40001: (5, "shop/web-1", "nginx", 42, "", 0), 40002: (6, "", "curl", 7, "nginx", 42)}
+    live = live_batch([rec(2, 4, live=500, **WEB, process="nginx", pid=43, peer_process="curl", peer_pid=7),
+                       rec(2, 1, sport=40003, live=500, **WEB, process="sh", pid=99)])
+    assert {t.src_port: (t.packets, t.pod, t.process, t.pid, t.peer_process, t.peer_pid)
+            for t in totals.view(live)} == {40001: (9, "shop/web-1", "nginx", 43, "curl", 7),
+                                            40002: (6, "", "curl", 7, "nginx", 42),
+                                            40003: (1, "shop/web-1", "sh", 99, "", 0)}
+    assert {t.src_port: t.pid for t in totals.view()} == {40001: 42, 40002: 7}  # the live read changed no total

@@ -11,15 +11,16 @@ from typer.testing import CliRunner
 
 from connstats.cli.config import Config, load_config, parse_store
 from connstats.cli.doctor import Check, CheckFailed, effective_capabilities, run_checks
+from connstats.cli.live import interval_summary
 from connstats.cli.main import app
 from connstats.cli.options import OutputFormat
 from connstats.cli.render import Column, render, rfc3339
 from connstats.probe.api.control import ControlService
-from connstats.probe.contract import NatsOptions
+from connstats.probe.contract import Envelope, FlowBatch, NatsOptions
 from connstats.probe.contract.errors import ConfigError
 from connstats.sink.influx_store import InfluxConfig
 from connstats.sink.sqlite_store import SqliteStore
-from tests.fixtures.control import SINCE, FakeDaemon
+from tests.fixtures.control import SINCE, FakeDaemon, record
 from tests.fixtures.history import C1, C2, C3, C4, write_all, write_pods
 from tests.fixtures.nats import free_port
 
@@ -307,6 +308,46 @@ def test_attach_list_stats_detach(fake_probe):
     assert [(r["src_port"], r["packets"], r["bytes"], r["container_name"]) for r in stats_json] == [
         (1002, 2, 300, "web"), (1000, 1, 100, "web")]
     assert run("detach", "veth0", *target).stdout == "detached veth0 (ifindex 3, veth, direction inverted)\n"
+
+
+def test_stats_shows_pod_and_process_columns_only_when_some_row_has_one(fake_probe):
+    daemon, target = fake_probe
+    web = dict(pod="shop/web-7d9f-x2", workload="web", runtime="containerd")
+    daemon.records = [record("veth0", 1000, 1, 100, **web, process="nginx", pid=42, peer_process="curl", peer_pid=7),
+                      record("veth0", 1002, 2, 300, **web), record("eth0", 1001, 5, 900, process="sshd", pid=1)]
+    run("attach", "veth0", *target)
+    run("attach", "eth0", *target)
+    assert run("stats", *target).stdout == (
+        "3 connections, 8 packets, 1300 bytes so far this interval\n"
+        "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES POD              PROCESS\n"
+        "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900                  sshd\n"
+        "web       out udp   10.0.0.1:1002 10.0.0.2:53    2   300 shop/web-7d9f-x2\n"
+        "web       out udp   10.0.0.1:1000 10.0.0.2:53    1   100 shop/web-7d9f-x2 nginx\n")
+    assert run("stats", "eth0", *target).stdout == (
+        "1 connections, 5 packets, 900 bytes so far this interval\n"
+        "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES PROCESS\n"
+        "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900 sshd\n")
+    rows = msgspec.json.decode(run("stats", "--format", "json", *target).stdout)
+    assert [{k: r[k] for k in ("src_port", "pod", "workload", "runtime", "process", "pid", "peer_process",
+                               "peer_pid")} for r in rows] == [
+        {"src_port": 1001, "pod": "", "workload": "", "runtime": "", "process": "sshd", "pid": 1,
+         "peer_process": "", "peer_pid": 0},
+        {"src_port": 1002, **web, "process": "", "pid": 0, "peer_process": "", "peer_pid": 0},
+        {"src_port": 1000, **web, "process": "nginx", "pid": 42, "peer_process": "curl", "peer_pid": 7}]
+    csv_header = run("stats", "--format", "csv", *target).stdout.splitlines()[0]
+    assert csv_header.endswith(",container_name,verdict,pod,workload,runtime,process,pid,peer_process,peer_pid")
+
+
+def test_top_shows_pod_and_process_columns_only_when_some_row_has_one():
+    env = Envelope("node-1", "b", 3, SINCE, SINCE + 5 * 10**9)
+    plain = [record("eth0", 1001, 5, 900)]
+    assert "POD" not in interval_summary(FlowBatch.from_records(env, plain))
+    named = plain + [record("veth0", 1000, 1, 100, pod="shop/web-1", workload="web", runtime="containerd",
+                            process="nginx", pid=42)]
+    assert interval_summary(FlowBatch.from_records(env, named)).splitlines()[2:] == [
+        "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES POD        PROCESS",
+        "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900",
+        "web       out udp   10.0.0.1:1000 10.0.0.2:53    1   100 shop/web-1 nginx"]
 
 
 def test_control_errors_are_one_line(fake_probe):

@@ -173,6 +173,13 @@ RECORDS = [
 HAS_VERDICT = "verdict" in {f.name for f in dataclasses.fields(FlowRecord)}
 VERDICTS = {0: "allow", 2: "deny"} if HAS_VERDICT else {}
 RECORDS = [dataclasses.replace(r, verdict=VERDICTS[i]) if i in VERDICTS else r for i, r in enumerate(RECORDS)]
+# veth0 is a pod's; the first two connections (its egress and ingress) and the host's DNS query
+# name their programs.
+WHO = {0: dict(pod="shop/web-1", workload="web", runtime="containerd", process="nginx", pid=42,
+               peer_process="curl", peer_pid=7),
+       1: dict(pod="shop/web-1", workload="web", runtime="containerd", process="nginx", pid=42),
+       2: dict(process="curl", pid=900)}
+RECORDS = [dataclasses.replace(r, **WHO.get(i, {})) for i, r in enumerate(RECORDS)]
 # The next interval: the first connection again (a second time window for the panels).
 LATER = Envelope(host="node-1", boot_id="boot", interval_seq=2, interval_start=T0 + 10 * SECOND,
                  interval_end=T0 + 20 * SECOND)
@@ -274,7 +281,9 @@ def grafana_substitute(query: str, selected: dict[str, list[str]] | None = None)
 
     def regex(match: re.Match) -> str:
         values = selected.get(match.group(1))
-        return "(" + "|".join(re.escape(v) for v in values) + ")" if values else ALL
+        # Grafana's escapeRegex (packages/grafana-data/src/text/string.ts) escapes "/" too, which
+        # ends a Flux regex literal (a pod is "<namespace>/<name>")
+        return "(" + "|".join(re.escape(v).replace("/", "\\/") for v in values) + ")" if values else ALL
 
     return re.sub(r"\$\{(\w+):regex\}", regex, text)
 
@@ -344,6 +353,14 @@ PANEL_RESULTS = {
     "connections": ("Top connections", {}, ("ifname", "direction", "src_ip", "src_port", "dst_port", "bytes", "packets"), [
         ("veth0", "ingress", "10.0.0.1", 443, 51234, 20_000, 10), ("veth0", "egress", "10.0.0.2", 51234, 443, 4456, 16),
         ("eth0", "ingress", "fd00::2", 22, 60000, 900, 5), ("eth0", "egress", "10.0.0.9", 40000, 53, 240, 3)]),
+    "pods": ("Bytes per pod", {}, ("pod", "direction", "_time", "_value"), [
+        ("shop/web-1", "egress", W1, per_second(3456)), ("shop/web-1", "egress", W2, per_second(1000)),
+        ("shop/web-1", "ingress", W1, per_second(20_000))]),
+    "one pod": ("Bytes per pod", {"pod": ["shop/web-1"]}, ("pod", "direction", "_value"), [
+        ("shop/web-1", "egress", per_second(3456)), ("shop/web-1", "egress", per_second(1000)),
+        ("shop/web-1", "ingress", per_second(20_000))]),
+    "another pod": ("Bytes per pod", {"pod": ["shop/db-0"]}, ("pod",), []),
+    "processes": ("Top processes", {}, ("process", "_value"), [("nginx", 3456 + 20_000 + 1000), ("curl", 240)]),
     "overflow": ("Overflow (flow map full)", {}, ("ifname", "direction", "_time", "_value"), [
         ("veth0", "egress", W1, per_second(7)), ("eth0", "ingress", W1, per_second(2))]),
     "verdicts": ("Policy verdicts", {}, ("verdict", "direction", "_time", "_value"), [
@@ -389,10 +406,10 @@ async def test_panel_gets_exactly_what_was_written_on_a_real_influxdb(written_re
 async def test_variables_list_the_written_tag_values(written):
     _, store = written
     values = {}
-    for variable in ("host", "iface", "container"):
+    for variable in ("host", "iface", "container", "pod"):
         rows = await run(store, grafana_substitute(panel_query(f"variable {variable}")))
         values[variable] = [row["_value"] for row in rows]
-    assert values == {"host": ["node-1"], "iface": ["eth0", "veth0"], "container": ["web-1"]}
+    assert values == {"host": ["node-1"], "iface": ["eth0", "veth0"], "container": ["web-1"], "pod": ["shop/web-1"]}
 
 
 async def test_the_test_server_says_what_it_cannot_run(written):
