@@ -382,7 +382,7 @@ async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxd
     ("/api/map", {"since": "1h", "until": "2h"}, "--until must be later than --since"),
     ("/api/map", {"port": "70000"}, "port='70000' is not a whole number from 0 to 65535"),
     ("/api/map", {"colour": "red"}, "unknown parameter 'colour'"),
-    ("/api/history", {"group_by": "planet"}, "group_by='planet' is not one of container, iface, port"),
+    ("/api/history", {"group_by": "planet"}, "group_by='planet' is not one of container, pod, iface, port"),
     ("/api/history", {"every": "1ms"}, "every=1ms makes more than 2400 points; use a wider bucket"),
     ("/api/history", {"every": "soon"}, "'soon' is not a duration"),
     ("/api/history", {"proto": "carrier-pigeon"}, "carrier-pigeon"),
