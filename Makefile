@@ -16,7 +16,7 @@ TEST_PACKAGES := iperf3 iputils-ping docker.io containerd podman busybox-static 
 # pytest-xdist workers: the suite mostly waits on real processes, so one per core
 JOBS ?= $(shell nproc)
 ARGS ?=
-UNIT := not kernel and not nats and not docker and not podman and not containerd and not browser
+UNIT := not kernel and not nats and not docker and not podman and not browser
 
 .PHONY: install install-test deb deb-test headers venv venv-test run lint mypy-tree test test-unit bench clean \
 	api-tools containerd-api containerd-api-check

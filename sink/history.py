@@ -13,8 +13,8 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
                               service (for `policy learn`): ifname, container_id, container_name,
                                 direction, proto, src_ip, dst_ip, port, server ("src", "dst", or
                                 "" when both ports are equal: sink/store.py server_side)
-    attributes (not keys)     connection: pod, workload, runtime, process, pid, peer_process,
-                                peer_pid; pod: workload, runtime. The greatest value among the
+    attributes (not keys)     connection (and the web map's connection_owner): pod, workload,
+                                runtime, process, pid, peer_process, peer_pid; pod: workload, runtime. The greatest value among the
                                 row's records ("" or 0 where none was known), so a connection
                                 whose process became known later is still one row
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
@@ -78,6 +78,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "connection": ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid"),
     "pod": ("workload", "runtime"),
 }
+ATTRIBUTES["connection_owner"] = ATTRIBUTES["connection"]  # the web page's map: pods and processes
 NUMBERS = ("pid", "peer_pid")  # of the attributes: 0 where unknown (the others "")
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
 DERIVED = ("port", "server")  # keys computed from the ports, not columns of a record

@@ -13,6 +13,7 @@ import numpy as np
 
 from connstats.probe.contract import Envelope, FlowBatch, encode_message
 from connstats.probe.contract.wire import Device, FlowColumns
+from tests.fixtures.records import flow_record
 
 BOOT_ID = "00000000-0000-4000-8000-00000000web0"
 SECOND = 1_000_000_000
@@ -27,9 +28,12 @@ def peer_ip(i: int) -> str:
 
 
 def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connections: int, *,
-                    containers: int = 20, peers: int = 400, seed: int = 0, deny_every: int = 0) -> FlowBatch:
+                    containers: int = 20, peers: int = 400, seed: int = 0, deny_every: int = 0,
+                    namespaces: tuple[str, ...] = ()) -> FlowBatch:
     """``connections`` distinct connections (egress, from a container's veth) in one interval;
-    with ``deny_every`` N, under a policy: every Nth connection denied, the others allowed."""
+    with ``deny_every`` N, under a policy: every Nth connection denied, the others allowed;
+    with ``namespaces``, the containers are pods in them (in turn), each sending from a
+    program of its own (``app-NN``, pid 1000 + N)."""
     rng = np.random.default_rng(seed)
     n = np.arange(connections)
     owner = n % containers
@@ -47,10 +51,13 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         packets=packets.tolist(), bytes=nbytes.tolist(), first_seen=[start_ns + 1] * connections,
         last_seen=[start_ns + length_ns - 1] * connections, tcp_flags=[0] * connections,
         verdict=(np.where(n % deny_every == 0, "deny", "allow").tolist() if deny_every else [""] * connections),
-        process=[""] * connections, pid=[0] * connections, peer_process=[""] * connections,
+        process=[f"app-{c:02d}" if namespaces else "" for c in owner.tolist()],
+        pid=[1000 + c if namespaces else 0 for c in owner.tolist()], peer_process=[""] * connections,
         peer_pid=[0] * connections,  # every column has one entry per record (decoding fills absent ones)
     )
-    devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1")
+    devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1",
+                           **({"pod": f"{namespaces[c % len(namespaces)]}/app-{c:02d}-7d9f8c6b5-x{c:03d}z",
+                               "workload": f"app-{c:02d}", "runtime": "containerd"} if namespaces else {}))
                     for c in range(min(containers, connections)))
     envelope = Envelope(host, BOOT_ID, seq, start_ns, start_ns + length_ns)
     return FlowBatch(envelope, columns, devices)
@@ -65,3 +72,42 @@ def chunked_messages(batch: FlowBatch, chunk_records: int) -> list[bytes]:
         envelope = replace(part.envelope, chunk=index, chunks=count)
         messages.append(encode_message(part.with_envelope(envelope)))
     return messages
+
+
+POD_NODE = "k8s-node-1"  # pod_records: a Kubernetes node's pods (and one Docker container)
+PODS = {  # ifindex: (ifname, pod, workload)
+    11: ("vethweb", "shop/web-7d9f8c6b5-x2x9z", "web"), 12: ("vethapi", "shop/api-0", "api"),
+    13: ("vethdb", "shop/db-0", "db"), 14: ("vethdns", "kube-system/coredns-abc12-zz9x8", "coredns"),
+    15: ("vethled", "payments/ledger-0", "ledger"), 16: ("vethpay", "payments/gateway-5c4f-k2j9d", "gateway"),
+}
+
+
+def pod_records(of) -> list:
+    """Six pods in three Kubernetes namespaces, the process on each end where known, and a
+    Docker container without a pod, in interval ``of``."""
+    def pod(ifindex, **fields):
+        ifname, name, workload = PODS[ifindex]
+        return flow_record(of, ifindex=ifindex, ifname=ifname, pod=name, workload=workload, runtime="containerd",
+                           container_name=name.split("/")[1], container_id=f"{ifindex:064x}", **fields)
+
+    call = dict(proto=6, src_ip="10.244.0.5", src_port=41000, dst_ip="10.244.0.6", dst_port=8080, packets=10,
+                bytes=5000)
+    return [
+        pod(11, direction="egress", process="curl", pid=812, peer_process="api-server", peer_pid=977, **call),
+        pod(12, direction="ingress", process="api-server", pid=977, peer_process="curl", peer_pid=812, **call),
+        pod(12, direction="ingress", proto=6, src_ip="203.0.113.4", src_port=50000, dst_ip="10.244.0.6",
+            dst_port=8080, packets=3, bytes=900, process="api-server", pid=977),
+        pod(12, direction="egress", proto=6, src_ip="10.244.0.6", src_port=43000, dst_ip="10.244.0.7",
+            dst_port=5432, packets=4, bytes=1200, process="api-server", pid=977, peer_process="postgres", peer_pid=70),
+        pod(13, direction="ingress", proto=6, src_ip="10.244.0.6", src_port=43000, dst_ip="10.244.0.7",
+            dst_port=5432, packets=4, bytes=1200, process="postgres", pid=70, peer_process="api-server", peer_pid=977),
+        pod(14, direction="egress", proto=17, src_ip="10.244.1.2", src_port=999, dst_ip="198.51.100.53",
+            dst_port=53, packets=2, bytes=160, process="coredns", pid=55),
+        pod(15, direction="egress", proto=6, src_ip="10.244.2.3", src_port=44000, dst_ip="10.244.2.4",
+            dst_port=9000, packets=5, bytes=700),
+        pod(16, direction="ingress", proto=6, src_ip="10.244.2.3", src_port=44000, dst_ip="10.244.2.4",
+            dst_port=9000, packets=5, bytes=700),
+        flow_record(of, ifindex=17, ifname="vethleg", container_name="legacy", container_id="f" * 64,
+                    runtime="docker", direction="egress", proto=17, src_ip="172.17.0.2", src_port=5000,
+                    dst_ip="198.51.100.53", dst_port=53, packets=1, bytes=80),
+    ]

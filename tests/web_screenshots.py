@@ -5,8 +5,8 @@ the Alerts and Policy views are taken by tests/e2e/test_web_e2e.py with
     PYTHONPATH=. .venv/bin/python tests/web_screenshots.py
 
 Runs the real ``connstats ui`` against a nats-server it starts (tests/fixtures/nats.py) and a
-SQLite store filled through the real ``SqliteStore`` with synthetic containers and peers
-(tests/web_data.py); live intervals are published as real flow messages. Everything runs
+SQLite store filled through the real ``SqliteStore`` with synthetic pods (in three Kubernetes
+namespaces, with their processes) and peers (tests/web_data.py); live intervals are published as real flow messages. Everything runs
 on loopback and is stopped at the end.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.web_data import SECOND, chunked_messages, synthetic_batch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "screenshots"
-SHAPE = dict(containers=6, peers=24, deny_every=23)
+SHAPE = dict(containers=6, peers=24, deny_every=23, namespaces=("shop", "payments", "kube-system"))
 
 
 async def fill(path: Path) -> None:
@@ -81,7 +81,7 @@ def main() -> None:
             page.screenshot(path=str(OUT / "live.png"))
             page.click("#tabs button[data-view=map]")
             page.wait_for_function("document.getElementById('map-svg').dataset.renderMs", timeout=30_000)
-            page.locator("#map-svg .node.container").first.dispatch_event("click")
+            page.locator("#map-svg .node.pod").first.dispatch_event("click")
             page.screenshot(path=str(OUT / "map.png"))
             page.click("#tabs button[data-view=history]")
             page.wait_for_function("document.getElementById('history-svg').dataset.every", timeout=30_000)

@@ -2,7 +2,8 @@
 
     build_ui(config)                 ``connstats ui``, and ``connstats up`` (--ui)
       NatsLink        the one NATS connection the parts below share (connected at start)
-      StoreReader     the store: the map, history, denied connections, the learn preview
+      StoreReader     the store: the map (its node of this host by host_addresses), history,
+                      denied connections, the learn preview
       LiveFeed        the Live view: one subscription on the flows for every open page
       ViolationLog    the Policy view's recent violations (connstats.v1.policy.>)
       Callers         root, the --http-group, or the token in <state>/ui-token
@@ -39,8 +40,8 @@ class UiConfig:
     state_dir: Path
     influx: InfluxConfig | None = None  # for an influxdb store
     required: bool = True  # False: `up`'s default page; a taken port is a warning, not fatal
-    host: str = ""  # this host's name: the default host of a learn preview
-    host_addresses: Callable[[], list[str]] = list  # this host's addresses: the group ``host``
+    host: str = ""  # this host's name: its map node, the default host of a learn preview
+    host_addresses: Callable[[], list[str]] = list  # this host's addresses: its map node, the group ``host``
     http_group: str | None = None  # its members may use the page, besides root and holders of the token
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from connstats.probe.contract import FLOWS_WILDCARD, Envelope, FlowBatch, FlowSubscription, Interval, proto_name
+from connstats.probe.contract.wire import Device
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,20 @@ class ChunkColumns:
                 "proto": proto_name(int(self.proto[i])), "src_ip": c.src_ip[i], "src_port": int(self.src_port[i]),
                 "dst_ip": c.dst_ip[i], "dst_port": int(self.dst_port[i]),
                 "packets": int(self.packets[i]), "bytes": int(self.bytes[i]),
-                "verdict": c.verdict[i] if len(c.verdict) == len(self) else ""}  # absent: no policy
+                "verdict": self._optional(c.verdict, i, ""),  # absent: no policy
+                **self._who(device, i)}
+
+    def _who(self, device: Device | None, i: int) -> dict[str, Any]:
+        """The pod and the process on each end, each only when known (a row stays small)."""
+        c = self.columns
+        who = {"pod": device.pod if device else "", "process": self._optional(c.process, i, ""),
+               "pid": int(self._optional(c.pid, i, 0)), "peer_process": self._optional(c.peer_process, i, ""),
+               "peer_pid": int(self._optional(c.peer_pid, i, 0))}
+        return {name: value for name, value in who.items() if value}
+
+    def _optional(self, column: Any, i: int, empty: Any) -> Any:
+        """An optional column's value (verdict, process, ...): a message without it has none."""
+        return column[i] if len(column) == len(self) else empty
 
 
 def _and(left: np.ndarray | None, right: np.ndarray) -> np.ndarray:

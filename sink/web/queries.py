@@ -1,8 +1,9 @@
 """The API's parameters and the shapes of its answers, as pure functions.
 
 Query strings become ``LiveFilter``s and ``HistoryQuery``s (the query code of ``connstats
-history``, sink/history.py); store rows become the map's nodes and edges and the history
-chart's series. Every bad parameter raises ``ConfigError``, which the API answers with 400.
+history``, sink/history.py); store rows become the history chart's series, its range
+fitted to the data when asked (the map's nodes and edges: graph.py). Every bad parameter
+raises ``ConfigError``, which the API answers with 400.
 
 Times leave the API as milliseconds since the epoch (JavaScript numbers are exact there);
 counters are exact up to 2**53 in a browser.
@@ -10,18 +11,20 @@ counters are exact up to 2**53 in a browser.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from connstats.probe.contract import ConfigError, MessageError, proto_number
 from connstats.probe.runtime.durations import parse_duration
-from connstats.sink.history import OVERFLOW, HistoryQuery, parse_time
+from connstats.sink.history import HistoryQuery, parse_time
 
 from .live import MAX_LIMIT, LiveFilter
 
 _MS = 1_000_000
+_SECOND = 1_000_000_000
 NICE_BUCKETS = ("1s", "5s", "10s", "30s", "1m", "5m", "15m", "1h", "6h", "1d", "7d")
 MAX_POINTS = 240
-HISTORY_GROUPS = ("container", "iface", "port")
+HISTORY_GROUPS = ("container", "pod", "iface", "port")
 MAX_SERIES = 50
 
 
@@ -98,26 +101,105 @@ def map_query(params: Mapping[str, str]) -> HistoryQuery:
     return _range_query(params, "connection_owner")
 
 
-def history_query(params: Mapping[str, str]) -> tuple[HistoryQuery, int]:
-    """The query (``every`` chosen for about ``MAX_POINTS`` points if not given) and how
-    many series to keep."""
-    _only(params, (*RANGE_PARAMS, "group_by", "every", "series"))
+@dataclass(frozen=True)
+class Fit:
+    """Narrow a chart's range to the span of the data in it (``fit_to_data``); ``every`` is
+    the bucket asked for, or None to choose one for the fitted range."""
+
+    every: int | None = None
+
+
+FIT_MIN_NS = 30 * _SECOND  # a fitted range is never shorter
+FIT_READ_POINTS = 3600  # a fitted chart reads at most this many buckets per series: 1 s over an hour
+
+
+def history_query(params: Mapping[str, str]) -> tuple[HistoryQuery, int, Fit | None]:
+    """The query (``every`` chosen for about ``MAX_POINTS`` points if not given), how many
+    series to keep, and with ``fit=1`` the ``Fit`` to apply to its rows: the query then reads
+    in fine buckets (1 s over an hour; the asked ``every`` if given), and ``fit_to_data``
+    picks the range and adds them up into the chart's."""
+    _only(params, (*RANGE_PARAMS, "group_by", "every", "series", "fit"))
     group_by = params.get("group_by") or "container"
     if group_by not in HISTORY_GROUPS:
         raise ConfigError(f"group_by={group_by!r} is not one of {', '.join(HISTORY_GROUPS)}")
     query = _range_query(params, group_by)
-    every = parse_duration(params["every"]) if params.get("every") else _bucket_for(query.until - query.since)
-    if (query.until - query.since) // every > 10 * MAX_POINTS:
+    asked = parse_duration(params["every"]) if params.get("every") else None
+    span = query.until - query.since
+    if asked is not None and span // asked > 10 * MAX_POINTS:
         raise ConfigError(f"every={params.get('every')} makes more than {10 * MAX_POINTS} points; use a wider bucket")
     series = _int(params, "series", 1, MAX_SERIES) or 8
-    return HistoryQuery(**{**query.__dict__, "every": every}), series
+    if _fit(params):
+        return replace(query, every=asked or _bucket_for(span, points=FIT_READ_POINTS)), series, Fit(asked)
+    return replace(query, every=asked or _bucket_for(span)), series, None
 
 
-def _bucket_for(span_ns: int) -> int:
+def _fit(params: Mapping[str, str]) -> bool:
+    text = params.get("fit") or "0"
+    if text not in ("0", "1"):
+        raise ConfigError(f"fit={text[:40]!r} is not 1 (fit the range to the data) or 0")
+    return text == "1"
+
+
+def _bucket_for(span_ns: int, at_least: int = 0, points: int = MAX_POINTS) -> int:
+    """The first of ``NICE_BUCKETS`` (each a multiple of the one before) that cuts the span
+    into at most ``points`` and is at least ``at_least`` long."""
     for text in NICE_BUCKETS:
-        if span_ns // parse_duration(text) <= MAX_POINTS:
-            return parse_duration(text)
+        bucket = parse_duration(text)
+        if span_ns // bucket <= points and bucket >= at_least:
+            return bucket
     return parse_duration(NICE_BUCKETS[-1])
+
+
+def fit_to_data(query: HistoryQuery, rows: list[dict], fit: Fit) -> tuple[HistoryQuery, list[dict]]:
+    """The chart's range narrowed to its data, and the rows (in the fine buckets of the
+    query ``history_query`` made) added up into the range's buckets.
+
+    The range runs from the bucket of the first point to the end of the last one's (or the
+    last packet seen, if later; never past the asked end), at least ``FIT_MIN_NS`` long (reaching back before the data when it is
+    shorter, but not before the asked start); it never starts before the asked range but
+    for an interval that began before it. The buckets are about ``MAX_POINTS`` over the
+    range, never shorter than the ones read, nor than the step between one series'
+    consecutive points (the probe's interval): a bucket shorter than the interval would
+    leave every other bucket empty and break the lines. Without data the asked range stays."""
+    if not rows:
+        return replace(query, every=fit.every or _bucket_for(query.until - query.since)), rows
+    times = [r["time"] for r in rows]
+    first = min(times)
+    read = query.every or _SECOND  # the buckets the rows come in
+    until = min(query.until, max([max(times) + read, *(r["last_seen"] or 0 for r in rows)]))
+    every = fit.every or _bucket_for(max(until - first, FIT_MIN_NS), at_least=max(read, _step(rows, query.keys)))
+    since = max(min(first, until - FIT_MIN_NS), min(first, query.since)) // every * every
+    fitted = replace(query, since=since, until=until, every=every)
+    return fitted, _rebucket(rows, fitted)
+
+
+def _step(rows: list[dict], keys: tuple[str, ...]) -> int:
+    """The largest, over the series, of the shortest step between two of its points."""
+    times: dict[tuple, set[int]] = {}
+    for row in rows:
+        times.setdefault(tuple(row[k] for k in keys), set()).add(row["time"])
+    steps = [min(b - a for a, b in zip(ordered, ordered[1:], strict=False))
+             for ordered in (sorted(found) for found in times.values()) if len(ordered) > 1]
+    return max(steps, default=0)
+
+
+def _rebucket(rows: list[dict], query: HistoryQuery) -> list[dict]:
+    if query.every is None:
+        raise ValueError("_rebucket takes a query in buckets")
+    every = query.every
+    out: dict[tuple, dict] = {}
+    for row in rows:
+        time_ns = row["time"] // every * every
+        key = (time_ns, *(row[k] for k in query.keys))
+        total = out.get(key)
+        if total is None:
+            out[key] = {**row, "time": time_ns}
+            continue
+        total["packets"] += row["packets"]
+        total["bytes"] += row["bytes"]
+        total["first_seen"] = min(filter(None, (total["first_seen"], row["first_seen"])), default=None)
+        total["last_seen"] = max(filter(None, (total["last_seen"], row["last_seen"])), default=None)
+    return list(out.values())
 
 
 def learn_params(params: Mapping[str, str], default_host: str):
@@ -163,89 +245,14 @@ def build_violations(rows: list[dict], query: HistoryQuery, limit: int) -> dict[
     }
 
 
-# -- the map ----------------------------------------------------------------------------------
-
-
-def _local_node(row: dict) -> tuple[str, str, str]:
-    """(id, kind, label) of the container or device that counted ``row``."""
-    if row["container_name"] and row["container_name"] != OVERFLOW:
-        return f"container:{row['host']}/{row['container_name']}", "container", row["container_name"]
-    return f"device:{row['host']}/{row['ifname']}", "device", f"{row['ifname']} ({row['host']})"
-
-
-def _ends(row: dict) -> tuple[str, str]:
-    """(local address, remote address): directions are as seen from the device's owner."""
-    if row["direction"] == "egress":
-        return row["src_ip"], row["dst_ip"]
-    return row["dst_ip"], row["src_ip"]
-
-
-def build_map(rows: list[dict]) -> dict[str, Any]:
-    """Nodes (containers, devices, outside peers) and edges (sender -> receiver) from rows
-    grouped by ``connection_owner``.
-
-    An address is a node's if that node sent from it (egress source), else if it received
-    at it (ingress destination) from somebody else; any other address is an outside peer.
-    (A bridge in hairpin mode floods a frame back to its sender, whose ingress then shows
-    the receiver's address as its own end: that must not make the address the sender's.) A connection seen on both ends' devices is counted once,
-    on the sender's egress: an ingress row whose sender is a known node is left out.
-    An edge's ``verdict`` is ``deny`` if any of its connections was denied (by the policy,
-    in monitor or protect mode), else ``allow`` if any was allowed, else empty."""
-    rows = [r for r in rows if r["src_ip"] != OVERFLOW]
-    nodes: dict[str, dict] = {}
-    owner: dict[str, str] = {}
-    for row in sorted(rows, key=lambda r: r["direction"] != "egress"):  # egress first: see below
-        node_id, kind, label = _local_node(row)
-        nodes.setdefault(node_id, {"id": node_id, "kind": kind, "label": label, "bytes": 0, "packets": 0})
-        if row["direction"] == "egress" or owner.get(row["src_ip"]) != node_id:  # not its own frame back
-            owner.setdefault(_ends(row)[0], node_id)
-    edges: dict[tuple[str, str], dict] = {}
-    connections = []
-    for row in rows:
-        remote = _ends(row)[1]
-        if row["direction"] == "ingress" and remote in owner:
-            continue  # the sender's device counted it as egress
-        here, there = _local_node(row)[0], owner.get(remote) or _peer(nodes, remote)
-        sender, receiver = (here, there) if row["direction"] == "egress" else (there, here)
-        edge = edges.setdefault((sender, receiver), {"source": sender, "target": receiver, "bytes": 0,
-                                                     "packets": 0, "connections": 0, "verdict": ""})
-        edge["verdict"] = _worse(edge["verdict"], row.get("verdict") or "")
-        edge["bytes"] += row["bytes"]
-        edge["packets"] += row["packets"]
-        edge["connections"] += 1
-        for node_id in {sender, receiver}:
-            nodes[node_id]["bytes"] += row["bytes"]
-            nodes[node_id]["packets"] += row["packets"]
-        connections.append([sender, receiver, row["proto"], row["src_ip"], row["src_port"], row["dst_ip"],
-                            row["dst_port"], row["packets"], row["bytes"], row.get("verdict") or ""])
-    return {"nodes": sorted(nodes.values(), key=lambda n: (n["kind"], n["id"])),
-            "edges": sorted(edges.values(), key=lambda e: (-e["bytes"], e["source"], e["target"])),
-            "connection_fields": ["source", "target", "proto", "src_ip", "src_port", "dst_ip", "dst_port",
-                                  "packets", "bytes", "verdict"],
-            "connections": connections}
-
-
-_VERDICT_RANK = {"": 0, "allow": 1, "deny": 2}
-
-
-def _worse(a: str, b: str) -> str:
-    """An edge's verdict: deny if any of its connections was denied, else allow if any was
-    allowed, else "" (no policy governs it)."""
-    return max(a, b, key=lambda v: _VERDICT_RANK.get(v, 0))
-
-
-def _peer(nodes: dict[str, dict], address: str) -> str:
-    node_id = f"peer:{address}"
-    nodes.setdefault(node_id, {"id": node_id, "kind": "peer", "label": address, "bytes": 0, "packets": 0})
-    return node_id
-
-
 # -- history ----------------------------------------------------------------------------------
 
 
 def series_label(row: dict, group_by: str) -> str:
     if group_by == "container":
         return row["container_name"] or f"(no container, {row['host']})"
+    if group_by == "pod":
+        return row["pod"] or "(no pod)"
     if group_by == "iface":
         return f"{row['ifname']} {row['direction']}"
     return f"{row['proto']}/{row['port']}"

@@ -3,8 +3,9 @@
     GET /                    the page (static/index.html)
     GET /static/NAME         its own files (app.js, style.css, ...); any other name is a 404
     GET /api/live            server-sent events: one per interval, its top N connections
-    GET /api/map             nodes and edges over a time range, from the store
-    GET /api/history         bytes and packets over time per container, interface or port
+    GET /api/map             nodes and edges over a time range, from the store (graph.py)
+    GET /api/history         bytes and packets over time per container, interface or port,
+                             the range fitted to the data with fit=1
     GET /api/alerts          the alerts firing now (connstats.sink.alerts.firing_alerts)
     GET /api/policy          a probe's active policy and mode, and its recent violations
     GET /api/policy/violations  the denied connections of a time range, from the store
@@ -44,11 +45,12 @@ from connstats.probe.runtime.listener import is_loopback, json_response, listen,
 from connstats.sink.stores import StoreReader
 
 from .access import AccessGuard
+from .graph import build_map
 from .live import LiveFeed, LivePage
 from .queries import (
-    build_map,
     build_series,
     build_violations,
+    fit_to_data,
     history_query,
     learn_params,
     live_filter,
@@ -191,7 +193,8 @@ class PageApi:
     """The ``/api/`` handlers, on the parts ``build_ui`` gives them: the store ``reader``
     (map, history, denied connections, learn preview), the live ``feed``, the recent
     ``violations``, NATS (``nats``: the firing alerts; ``control``: a probe's policy), and
-    this host's name and addresses (the learn preview's defaults)."""
+    this host's name and addresses (the map's node of this host, the learn preview's
+    defaults)."""
 
     def __init__(self, reader: StoreReader, feed: LiveFeed, violations: ViolationLog, nats: NatsLink,
                  control: NatsOptions, host: str = "", host_addresses: Callable[[], list[str]] = list) -> None:
@@ -238,12 +241,22 @@ class PageApi:
 
     async def map(self, request: web.Request) -> web.Response:
         query = map_query(request.query)
-        body = build_map(await self.reader.rows(query))
+        rows = await self.reader.rows(query)
+        body = build_map(rows, await self.own_addresses())
         return json_response(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
 
+    async def own_addresses(self) -> dict[str, list[str]]:
+        """This host's addresses, by its name: the map's node of this host (the page knows
+        no other host's addresses; their records keep theirs as outside peers)."""
+        return {self.host: await asyncio.to_thread(self.host_addresses)} if self.host else {}
+
     async def history(self, request: web.Request) -> web.Response:
-        query, series = history_query(request.query)
-        return json_response(build_series(await self.reader.rows(query), query, series))
+        query, series, fit = history_query(request.query)
+        rows = await self.reader.rows(query)
+        fitted = fit is not None and bool(rows)  # no data: the asked range stays
+        if fit is not None:
+            query, rows = fit_to_data(query, rows, fit)
+        return json_response(build_series(rows, query, series) | {"fit": fitted})
 
     async def alerts(self, request: web.Request) -> web.Response:
         from connstats.sink.alerts import firing_alerts

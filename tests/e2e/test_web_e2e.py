@@ -114,7 +114,7 @@ def test_live_map_and_history_show_the_real_traffic(quiet_network, cs_env, start
     page.click(f".node[data-id='{source}']")
     assert page.locator("#map-connections tbody tr").count() == 2
     assert page.inner_text("#map-connections tbody tr >> nth=0").split("\t") == [
-        "udp", f"{a.ipv4}:40101", f"{b.ipv4}:5353", "1000", "142000", ""]  # no policy: no verdict
+        "udp", f"{a.ipv4}:40101", "", f"{b.ipv4}:5353", "", "1000", "142000", ""]  # no policy, no process known
 
     # History: exactly the points the store returns, per interface, every 5 s
     page.click("#tabs button[data-view=history]")

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import os
 
-import pytest
-
 from connstats.probe.contract.record import Owner
 from connstats.probe.watch.containerd_watch import ContainerdSettings, ContainerdWatcher
 from connstats.probe.watch.containers import Container
@@ -16,8 +14,6 @@ from tests.fixtures.watch import FakeDaemon
 
 POD = "shop/web-7d9f8c6b5-x2x9z"
 POD_OWNER_LABELS = (("app", "web"), ("pod-template-hash", "7d9f8c6b5"))
-
-pytestmark = pytest.mark.containerd
 
 
 @contextlib.asynccontextmanager

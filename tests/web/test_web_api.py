@@ -30,10 +30,11 @@ from connstats.sink.history import HistoryQuery, sqlite_history
 from connstats.sink.policy_learn import PeerSettings, learn_policy, learn_query, learned_policy_text
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.web.compose import UiConfig, build_ui
-from connstats.sink.web.queries import build_map
+from connstats.sink.web.graph import build_map
 from connstats.sink.web.server import STATIC
+from tests.fixtures.records import envelope, flow_batch, flow_record
 from tests.fixtures.wait import until_async
-from tests.web_data import SECOND, chunked_messages, synthetic_batch
+from tests.web_data import POD_NODE, SECOND, chunked_messages, pod_records, synthetic_batch
 
 MS = 1_000_000
 
@@ -281,6 +282,54 @@ async def test_map_and_history_are_the_same_from_influxdb(nats_server, store_pat
     assert len(answers[0][0]["connections"]) == 300
 
 
+async def test_the_map_names_pods_and_processes_alike_from_sqlite_and_influxdb(nats_server, store_path,
+                                                                                 influx_server, tmp_path):
+    """A node's pods in SQLite and in the InfluxDB v2 API test server: the same map, pods
+    named and in their namespaces, each end's process on the connections."""
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    of = envelope(POD_NODE, 1, start=time.time_ns() - 60 * SECOND)
+    batch = flow_batch(of, pod_records(of))
+    await write(store_path, batch)
+    influx = InfluxStore(config)
+    await influx.write(batch)
+    await influx.close()
+    answers, histories = [], []
+    for store, influx_config in ((f"sqlite:{store_path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/map", params={"since": "15m"}) as response:
+                    answers.append(await response.json())
+                async with session.get("/api/history", params={"since": "15m", "group_by": "pod"}) as response:
+                    histories.append(await response.json())
+        finally:
+            await ui.close()
+    sqlite, influxdb = ({k: v for k, v in body.items() if not k.endswith("_ms")} for body in answers)
+    assert sqlite == influxdb
+    assert histories[0]["series"] == histories[1]["series"]
+    assert [(s["key"], sum(p["bytes"] for p in s["points"])) for s in histories[0]["series"]] == [
+        ("shop/api-0", 7100), ("shop/web-7d9f8c6b5-x2x9z", 5000), ("shop/db-0", 1200),
+        ("payments/gateway-5c4f-k2j9d", 700), ("payments/ledger-0", 700), ("kube-system/coredns-abc12-zz9x8", 160),
+        ("(no pod)", 80)]
+    assert [(n["id"], n["namespace"], n["workload"], n["processes"]) for n in sqlite["nodes"] if n["kind"] == "pod"] == [
+        (f"pod:{POD_NODE}/{pod}", pod.split("/")[0], workload, processes)
+        for pod, workload, processes in sorted([
+            ("kube-system/coredns-abc12-zz9x8", "coredns", [["coredns", 55]]),
+            ("payments/gateway-5c4f-k2j9d", "gateway", []), ("payments/ledger-0", "ledger", []),
+            ("shop/api-0", "api", [["api-server", 977]]), ("shop/db-0", "db", [["postgres", 70]]),
+            ("shop/web-7d9f8c6b5-x2x9z", "web", [["curl", 812]])])]
+    fields = sqlite["connection_fields"]
+    assert sorted((c[fields.index("source_process")], c[fields.index("target_process")], c[fields.index("bytes")])
+                  for c in sqlite["connections"]) == [
+        ("", "", 80), ("", "", 700), ("", "api-server", 900), ("api-server", "postgres", 1200), ("coredns", "", 160),
+        ("curl", "api-server", 5000)]
+
+
 async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxdb(
         nats_server, store_path, influx_server, tmp_path):
     """Every 4th connection denied: /api/policy/violations is `connstats history --verdict deny`'s
@@ -333,7 +382,7 @@ async def test_denied_connections_are_the_stores_deny_rows_in_sqlite_and_influxd
     ("/api/map", {"since": "1h", "until": "2h"}, "--until must be later than --since"),
     ("/api/map", {"port": "70000"}, "port='70000' is not a whole number from 0 to 65535"),
     ("/api/map", {"colour": "red"}, "unknown parameter 'colour'"),
-    ("/api/history", {"group_by": "planet"}, "group_by='planet' is not one of container, iface, port"),
+    ("/api/history", {"group_by": "planet"}, "group_by='planet' is not one of container, pod, iface, port"),
     ("/api/history", {"every": "1ms"}, "every=1ms makes more than 2400 points; use a wider bucket"),
     ("/api/history", {"every": "soon"}, "'soon' is not a duration"),
     ("/api/history", {"proto": "carrier-pigeon"}, "carrier-pigeon"),
@@ -395,3 +444,30 @@ async def test_a_static_name_of_5000_characters_is_a_404(web, caplog):
         assert (response.status, response.content_type) == (200, "text/css")
         assert await response.read() == (STATIC / "style.css").read_bytes()
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_live_rows_name_the_pod_and_the_process_on_each_end(web, nats_server):
+    ui, session = web
+    of = envelope("web-3", 5, start=time.time_ns() - 10 * SECOND)
+    batch = flow_batch(of, [
+        flow_record(of, ifindex=21, ifname="vethapi", container_name="api-0", pod="shop/api-0", workload="api",
+                    runtime="containerd", direction="ingress", src_ip="10.244.0.5", src_port=41000,
+                    dst_ip="10.244.0.6", dst_port=8080, packets=10, bytes=5000, process="api-server", pid=977,
+                    peer_process="curl", peer_pid=812),
+        flow_record(of, ifindex=22, ifname="vethleg", container_name="legacy", direction="egress", proto=17,
+                    src_ip="172.17.0.2", src_port=5000, dst_ip="198.51.100.53", dst_port=53, packets=1, bytes=80),
+    ])
+    nc = await connect(NatsOptions(servers=(nats_server.url,)))
+    try:
+        async with session.get("/api/live") as response:
+            assert await response.content.readline() == b": connected\n"
+            await until_async(lambda: ui.api.feed.pages, 5, "the page in the feed")
+            await nc.publish(flows_subject("web-3"), encode_message(batch))
+            event, _ = await next_event(response)
+    finally:
+        await nc.close()
+    who = ("pod", "process", "pid", "peer_process", "peer_pid")
+    assert [(r["container"], r["bytes"], {k: r[k] for k in who if k in r}) for r in event["rows"]] == [
+        ("api-0", 5000, {"pod": "shop/api-0", "process": "api-server", "pid": 977, "peer_process": "curl",
+                         "peer_pid": 812}),
+        ("legacy", 80, {})]  # nothing known: left out

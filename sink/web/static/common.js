@@ -24,6 +24,8 @@ const cs = {
 
   endpoint(ip, port) { return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`; },
 
+  process(name, pid) { return name ? (pid ? `${name} (${pid})` : name) : ""; },  // "" when not known
+
   bytes(n) {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let i = 0;

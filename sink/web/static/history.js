@@ -56,14 +56,17 @@ cs.views.history = (() => {
     const params = cs.formParams(form);
     const metric = params.metric;
     delete params.metric;
+    if (params.since === "fit") Object.assign(params, {since: "1h", fit: "1"});  // the data's span in the last hour
     const summary = document.getElementById("history-summary");
     try {
       const body = await cs.api("history", params);
       render(body, metric);
       const svg = document.getElementById("history-svg");
-      Object.assign(svg.dataset, {metric, since: body.since_ms, until: body.until_ms, every: body.every_ms});
+      Object.assign(svg.dataset, {metric, since: body.since_ms, until: body.until_ms, every: body.every_ms,
+                                  fit: body.fit ? "1" : "0"});
       const points = body.series.reduce((n, s) => n + s.points.length, 0);
-      summary.textContent = `${body.series.length} series, ${points} points, one per ${body.every_ms / 1000} s`;
+      summary.textContent = `${body.series.length} series, ${points} points, one per ${body.every_ms / 1000} s` +
+        (body.fit ? `, from ${new Date(body.since_ms).toLocaleString()} to ${new Date(body.until_ms).toLocaleString()} (the data's span)` : "");
     } catch (error) {
       summary.textContent = `error: ${error.message}`;
     }

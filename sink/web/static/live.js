@@ -35,11 +35,12 @@ cs.views.live = (() => {
     const body = document.querySelector("#live-table tbody");
     body.innerHTML = rows.map(r =>
       `<tr data-proto="${r.proto}" data-src-port="${r.src_port}" data-dst-port="${r.dst_port}" data-ifname="${cs.escape(r.ifname)}">` +
-      `<td>${cs.escape(r.host)}</td><td>${cs.escape(r.ifname)}</td><td>${cs.escape(r.container)}</td>` +
+      `<td>${cs.escape(r.host)}</td><td>${cs.escape(r.ifname)}</td><td>${cs.escape(r.pod || r.container)}</td>` +
       `<td>${r.direction === "ingress" ? "in" : "out"}</td><td>${r.proto}</td>` +
       `<td>${cs.escape(cs.endpoint(r.src_ip, r.src_port))}</td><td>${cs.escape(cs.endpoint(r.dst_ip, r.dst_port))}</td>` +
       `<td class="num packets">${r.packets}</td><td class="num bytes" title="${cs.bytes(r.bytes)}">${r.bytes}</td>` +
-      `<td class="${r.verdict}">${r.verdict}</td></tr>`).join("");
+      `<td class="${r.verdict}">${r.verdict}</td><td>${cs.escape(cs.process(r.process, r.pid))}</td>` +
+      `<td>${cs.escape(cs.process(r.peer_process, r.peer_pid))}</td></tr>`).join("");
     const summary = document.getElementById("live-summary");
     const parts = [...latest.values()].map(e =>
       `${cs.escape(e.host)}: interval ${e.interval_seq} (${new Date(e.interval_end_ms).toLocaleTimeString()}), ` +

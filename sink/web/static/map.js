@@ -1,19 +1,33 @@
 "use strict";
-// Map: who talked to whom over a time range. A deterministic layout, no forces: containers
-// and devices on an inner circle (sorted by id), outside peers on an outer circle, each
-// peer next to the node it exchanged the most bytes with. Edge width follows bytes (log).
+// Map: who talked to whom over a time range. A deterministic layout, no forces: pods
+// (grouped by Kubernetes namespace), containers, hosts and devices on an inner circle, a
+// lone host in the middle, outside peers on an outer circle, each peer next to the node it
+// exchanged the most bytes with. Edge width follows bytes (log).
 cs.views.map = (() => {
   const SIZE = 1000, CENTER = 500, INNER = 230, OUTER = 440, PEER_LABELS = 60;
   let data = null;
   let loaded = false;
 
-  function layout(nodes, edges) {
+  // The inner ring: pods grouped by Kubernetes namespace (namespaces in name order), then
+  // the other containers, hosts and devices in the server's order. One host alone sits in
+  // the middle, its containers around it.
+  function ring(nodes) {
     const local = nodes.filter(n => n.kind !== "peer");
+    const hosts = local.filter(n => n.kind === "host");
+    const centre = hosts.length === 1 && local.length > 1 ? hosts[0] : null;
+    const around = local.filter(n => n !== centre).map((n, i) => [n, i]).sort(([a, i], [b, j]) =>
+      (a.namespace ? 0 : 1) - (b.namespace ? 0 : 1) || (a.namespace < b.namespace ? -1 : a.namespace > b.namespace ? 1 : 0) || i - j);
+    return {centre, around: around.map(([n]) => n)};
+  }
+
+  function layout(nodes, edges) {
+    const {centre, around} = ring(nodes);
     const peers = nodes.filter(n => n.kind === "peer");
     const at = new Map();
-    local.forEach((n, i) => {
-      const angle = 2 * Math.PI * i / Math.max(local.length, 1) - Math.PI / 2;
-      const radius = local.length === 1 ? 0 : INNER;
+    if (centre) at.set(centre.id, {x: CENTER, y: CENTER, angle: 0});
+    around.forEach((n, i) => {
+      const angle = 2 * Math.PI * i / Math.max(around.length, 1) - Math.PI / 2;
+      const radius = around.length === 1 && !centre ? 0 : INNER;
       at.set(n.id, {x: CENTER + radius * Math.cos(angle), y: CENTER + radius * Math.sin(angle), angle});
     });
     const partner = new Map();  // peer -> [bytes, local node angle]
@@ -30,15 +44,49 @@ cs.views.map = (() => {
       const angle = 2 * Math.PI * i / Math.max(order.length, 1) - Math.PI / 2;
       at.set(id, {x: CENTER + OUTER * Math.cos(angle), y: CENTER + OUTER * Math.sin(angle), angle});
     });
-    return at;
+    return {at, clusters: clusters(around)};
+  }
+
+  // One band per Kubernetes namespace over the arc of the ring its pods take.
+  function clusters(around) {
+    const step = 2 * Math.PI / Math.max(around.length, 1), out = [];
+    around.forEach((n, i) => {
+      if (!n.namespace) return;
+      const last = out[out.length - 1];
+      if (last && last.namespace === n.namespace) last.to = i; else out.push({namespace: n.namespace, from: i, to: i});
+    });
+    return out.map(c => ({...c, start: step * (c.from - 0.45) - Math.PI / 2, end: step * (c.to + 0.45) - Math.PI / 2,
+                         members: c.to - c.from + 1}));
+  }
+
+  function arc(start, end, radius) {
+    if (end - start >= 2 * Math.PI - 1e-6)
+      return `M ${CENTER - radius} ${CENTER} a ${radius} ${radius} 0 1 1 ${2 * radius} 0 a ${radius} ${radius} 0 1 1 ${-2 * radius} 0`;
+    const p = a => `${(CENTER + radius * Math.cos(a)).toFixed(1)} ${(CENTER + radius * Math.sin(a)).toFixed(1)}`;
+    return `M ${p(start)} A ${radius} ${radius} 0 ${end - start > Math.PI ? 1 : 0} 1 ${p(end)}`;
+  }
+
+  function title(n) {
+    const lines = [n.kind === "pod" ? `pod ${n.namespace}/${n.label}` : n.kind === "host" ? `host ${n.label}` : n.label];
+    if (n.workload) lines.push(`workload ${n.workload}`);
+    lines.push(cs.bytes(n.bytes));
+    if (n.processes && n.processes.length) lines.push("processes: " + n.processes.map(([p, pid]) => cs.process(p, pid)).join(", "));
+    return lines.join("\n");
   }
 
   function render(body) {
     data = body;
-    const at = layout(body.nodes, body.edges);
+    const {at, clusters} = layout(body.nodes, body.edges);
+    // the namespaces' bands under everything, their names over everything
+    const parts = clusters.map(c => `<path class="cluster" d="${arc(c.start, c.end, INNER)}" ` +
+      `data-namespace="${cs.escape(c.namespace)}" data-members="${c.members}"></path>`);
+    const names = clusters.map(c => {
+      const middle = (c.start + c.end) / 2, r = INNER - 48;
+      return `<text class="cluster-name" x="${(CENTER + r * Math.cos(middle)).toFixed(1)}" ` +
+        `y="${(CENTER + r * Math.sin(middle) + 4).toFixed(1)}" text-anchor="middle">${cs.escape(c.namespace)}</text>`;
+    });
     const maxBytes = body.edges.reduce((m, e) => Math.max(m, e.bytes), 1);
     const scale = Math.log1p(maxBytes);
-    const parts = [];
     for (const e of body.edges) {
       const a = at.get(e.source), b = at.get(e.target);
       const width = (0.5 + 7.5 * Math.log1p(e.bytes) / scale).toFixed(2);
@@ -53,13 +101,14 @@ cs.views.map = (() => {
       const p = at.get(n.id);
       const r = (n.kind === "peer" ? 3 : 6) + 8 * Math.log1p(n.bytes) / maxNode;
       parts.push(`<circle class="node ${n.kind}" cx="${p.x.toFixed(1)}" cy="${p.y.toFixed(1)}" r="${r.toFixed(1)}" ` +
-        `data-id="${cs.escape(n.id)}" data-bytes="${n.bytes}"><title>${cs.escape(n.label)}: ${cs.bytes(n.bytes)}</title></circle>`);
+        `data-id="${cs.escape(n.id)}" data-bytes="${n.bytes}" data-namespace="${cs.escape(n.namespace || "")}">` +
+        `<title>${cs.escape(title(n))}</title></circle>`);
       if (n.kind !== "peer" || labelPeers) {
         const dx = p.x >= CENTER ? r + 3 : -(r + 3), anchor = p.x >= CENTER ? "start" : "end";
         parts.push(`<text x="${(p.x + dx).toFixed(1)}" y="${(p.y + 4).toFixed(1)}" text-anchor="${anchor}">${cs.escape(n.label)}</text>`);
       }
     }
-    document.getElementById("map-svg").innerHTML = parts.join("");
+    document.getElementById("map-svg").innerHTML = parts.concat(names).join("");
   }
 
   function select(id) {
@@ -73,9 +122,10 @@ cs.views.map = (() => {
       e.classList.add("hl");
     const rows = data.connections.filter(c => c[0] === id || c[1] === id).sort((a, b) => b[8] - a[8]);
     document.getElementById("map-node-title").textContent =
-      `${node.label}: ${rows.length} connections, ${cs.bytes(node.bytes)}`;
+      `${node.kind === "pod" ? `${node.namespace}/${node.label}` : node.label}: ${rows.length} connections, ${cs.bytes(node.bytes)}`;
     document.querySelector("#map-connections tbody").innerHTML = rows.slice(0, 500).map(c =>
-      `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(cs.endpoint(c[5], c[6]))}</td>` +
+      `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(cs.process(c[10], c[11]))}</td>` +
+      `<td>${cs.escape(cs.endpoint(c[5], c[6]))}</td><td>${cs.escape(cs.process(c[12], c[13]))}</td>` +
       `<td class="num">${c[7]}</td><td class="num">${c[8]}</td><td class="${c[9]}">${c[9]}</td></tr>`).join("");
   }
 
