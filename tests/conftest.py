@@ -25,7 +25,7 @@ from tests.fixtures.tmpfs import *  # noqa: F401,F403
 # A test that asks for one of these fixtures needs that real part: `make test-unit` (and
 # `pytest -m "not kernel and not nats and not docker and not browser"`) runs the others.
 PARTS = {
-    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network"},
+    "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network", "pair_network"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
     "browser": {"browser_page", "strict_browser_page"},
