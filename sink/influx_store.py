@@ -4,9 +4,9 @@ Split the Vector way: ``InfluxConfig`` (settings), ``encode_lines`` (pure: a bat
 columns in, line protocol out) and ``InfluxStore`` (I/O only, through ``influxdb-client``).
 
 One point per record in measurement ``connstats_flow``. Tags have bounded cardinality
-(host, ifname, direction, proto, service_port, container_name, verdict; an empty one is
-left out); addresses, ports, container
-id and image and the counters are fields.
+(host, ifname, direction, proto, service_port, container_name, pod, workload, runtime,
+process, verdict; an empty one is left out); addresses, ports, container id and image, the
+counters, pid, peer_process and peer_pid (left out when empty or 0) are fields.
 A point's timestamp is ``interval_start + record_offset + i`` (ns), ``i`` being the
 record's index in its message: connections of one interval never overwrite each other,
 and a redelivered message overwrites its own identical points.
@@ -108,9 +108,9 @@ def _required(value: str | None, name: str, what: str) -> str:
 
 # Tags (besides host and service_port) and fields of a flow point; together with the host
 # they cover every field of a record (tests/sink/test_influx_store.py checks it against wire.py).
-TAGS = ("container_name", "direction", "ifname", "proto", "verdict")
+TAGS = ("container_name", "direction", "ifname", "pod", "process", "proto", "runtime", "verdict", "workload")
 FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
-          "ifindex", "last_seen", "packets", "src_ip", "src_port", "tcp_flags")
+          "ifindex", "last_seen", "packets", "peer_pid", "peer_process", "pid", "src_ip", "src_port", "tcp_flags")
 
 
 def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) -> list[str]:
@@ -123,16 +123,17 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     base = envelope.interval_start + envelope.record_offset
     src_ip, dst_ip = _escaped(as_list(batch.columns.src_ip)), _escaped(as_list(batch.columns.dst_ip))
     containers = _container_fields(batch.column("container_id"), batch.column("container_image"))
+    processes = _process_fields(batch.column("peer_pid"), batch.column("peer_process"), batch.column("pid"))
     return [
         f'{tag_sets[key]} bytes={nbytes}i,{container}dst_ip="{dst}",'
         f"dst_port={dport}i,family={family}i,first_seen={first}i,"
-        f'ifindex={ifindex}i,last_seen={last}i,packets={packets}i,src_ip="{src}",'
+        f'ifindex={ifindex}i,last_seen={last}i,packets={packets}i,{process}src_ip="{src}",'
         f"src_port={sport}i,tcp_flags={flags}i {base + i}"
-        for i, (key, nbytes, container, dst, dport, family, first, ifindex, last, packets, src, sport, flags)
+        for i, (key, nbytes, container, dst, dport, family, first, ifindex, last, packets, process, src, sport, flags)
         in enumerate(zip(keys, *(batch.column(name) for name in ("bytes",)), containers, dst_ip,
                          *(batch.column(name) for name in ("dst_port", "family", "first_seen", "ifindex",
                                                           "last_seen", "packets")),
-                         src_ip, batch.column("src_port"), batch.column("tcp_flags"), strict=True))
+                         processes, src_ip, batch.column("src_port"), batch.column("tcp_flags"), strict=True))
     ]
 
 
@@ -151,6 +152,20 @@ def _container_fields(ids, images) -> list[str]:
     text = {pair: (f'container_id="{escape_string(pair[0])}",container_image="{escape_string(pair[1])}",'
                    if any(pair) else "") for pair in set(zip(ids, images, strict=True))}
     return list(map(text.__getitem__, zip(ids, images, strict=True)))
+
+
+def _process_fields(peer_pids, peer_processes, pids) -> list[str]:
+    """``peer_pid``, ``peer_process`` and ``pid`` fields per record, each left out when 0 or ""."""
+    if not (any(pids) or any(peer_pids) or any(peer_processes)):
+        return [""] * len(pids)
+    triples = list(zip(peer_pids, peer_processes, pids, strict=True))
+    text: dict[tuple, str] = {}
+    for triple in set(triples):
+        peer_pid, peer_process, pid = triple
+        text[triple] = ((f"peer_pid={peer_pid}i," if peer_pid else "")
+                        + (f'peer_process="{escape_string(peer_process)}",' if peer_process else "")
+                        + (f"pid={pid}i," if pid else ""))
+    return list(map(text.__getitem__, triples))
 
 
 def service_port_tag(src_port: int, dst_port: int, service_ports: frozenset[int] = frozenset()) -> str:
@@ -176,11 +191,12 @@ def _escaped(texts: list[str]) -> list[str]:
     return [escape_string(text) for text in texts]
 
 
-def _tag_set(host: str, container_name: str, direction: str, ifname: str, proto: int,
-             verdict: str, port: str) -> str:
+def _tag_set(host: str, container_name: str, direction: str, ifname: str, pod: str, process: str, proto: int,
+             runtime: str, verdict: str, workload: str, port: str) -> str:
     tags = (
         ("container_name", container_name), ("direction", direction), ("host", host),
-        ("ifname", ifname), ("proto", proto_name(proto)), ("service_port", port), ("verdict", verdict),
+        ("ifname", ifname), ("pod", pod), ("process", process), ("proto", proto_name(proto)),
+        ("runtime", runtime), ("service_port", port), ("verdict", verdict), ("workload", workload),
     )  # sorted by key, as InfluxDB prefers; empty values are left out
     return MEASUREMENT + "".join(_tag_pair(k, v) for k, v in tags)
 

@@ -27,11 +27,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
+from connstats.probe.contract.wire import OPTIONAL_COLUMNS
 from connstats.sink.store import overflow_totals
 
-SCHEMA_VERSION = 3  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
+SCHEMA_VERSION = 4  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
 
 # The flows table's columns: the host, then every field of a record, by name (rows are
@@ -89,13 +92,36 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (_OVERFLOW_TABLE,),  # 1 -> 2: packets and bytes that found the flow map full
     # 2 -> 3: the policy's verdict (allow, deny, "" when the device is not governed)
     ("ALTER TABLE flows ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",),
+    # 3 -> 4: who is behind the device (pod, workload, runtime) and the program on each end
+    tuple(f"ALTER TABLE flows ADD COLUMN {column}" for column in (
+        "pod TEXT NOT NULL DEFAULT ''", "workload TEXT NOT NULL DEFAULT ''", "runtime TEXT NOT NULL DEFAULT ''",
+        "process TEXT NOT NULL DEFAULT ''", "pid INTEGER NOT NULL DEFAULT 0",
+        "peer_process TEXT NOT NULL DEFAULT ''", "peer_pid INTEGER NOT NULL DEFAULT 0")),
 )
 _TABLES = ("flows", "overflow")
 
-_INSERT = (
-    f"INSERT INTO flows ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT DO NOTHING"
-)
+# Columns with a default ('' or 0) that most messages leave empty: who is behind a device, the
+# verdict and the processes. A message writes only those of them that some record fills (the
+# column's default fills the rest), so a host without pods or processes pays nothing for them.
+_DEVICE_DEFAULTED = ("container_id", "container_name", "container_image", "pod", "workload", "runtime")
+_RECORD_DEFAULTED = tuple(OPTIONAL_COLUMNS)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert(columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO flows ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING")
+
+
+def written_columns(batch: FlowBatch) -> tuple[str, ...]:
+    """``_COLUMNS`` without the defaulted ones that no record of ``batch`` fills."""
+    empty = {name for name in _DEVICE_DEFAULTED if not any(getattr(d, name) for d in batch.devices)}
+    for name in _RECORD_DEFAULTED:
+        column = getattr(batch.columns, name)
+        if not (column.any() if isinstance(column, np.ndarray) else any(column)):
+            empty.add(name)
+    return tuple(c for c in _COLUMNS if c not in empty) if empty else _COLUMNS
+
 _INSERT_OVERFLOW = (
     f"INSERT INTO overflow ({', '.join(_OVERFLOW_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_OVERFLOW_COLUMNS))}) ON CONFLICT DO NOTHING"
@@ -211,7 +237,8 @@ class SqliteStore:
         envelope = batch.envelope
         with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
-            if db.executemany(_INSERT, batch.rows(_COLUMNS)).rowcount < len(batch):  # a redelivery, or repeated keys
+            columns = written_columns(batch)
+            if db.executemany(_insert(columns), batch.rows(columns)).rowcount < len(batch):  # a redelivery, or repeated keys
                 db.executemany(_SET_TOTALS, [(*(row[i] for i in _SUMMED), *(row[i] for i in _KEY))
                                              for row in repeated_key_totals(flow_rows(batch))])
             if envelope.overflow:

@@ -89,7 +89,7 @@ def bench_bare_executemany(intervals, tmp: Path, per_message: int) -> float:
     """The same rows, prebuilt, into the same table (made by SqliteStore), same pragmas."""
     import sqlite3
 
-    from connstats.sink.sqlite_store import _INSERT, flow_rows
+    from connstats.sink.sqlite_store import _COLUMNS, _insert, flow_rows
     path = tmp / "bare.sqlite"
     asyncio.run(_touch(path))
     rows = [flow_rows(batch) for batch in intervals]
@@ -100,7 +100,7 @@ def bench_bare_executemany(intervals, tmp: Path, per_message: int) -> float:
     for interval in rows:
         for i in range(0, len(interval), per_message):
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(_INSERT, interval[i:i + per_message])
+            db.executemany(_insert(_COLUMNS), interval[i:i + per_message])
             db.execute("COMMIT")
     elapsed = time.perf_counter() - start
     db.close()

@@ -72,6 +72,17 @@ ENCODE_CASES = {
         [f"connstats_flow,container_name=web\\ 1,{TAGS[len('connstats_flow,'):]} "
          f'{FIELDS.replace("bytes=3456i,", "bytes=3456i,container_id=" + chr(34) + "c0ffee" + chr(34) + ",container_image=" + chr(34) + "nginx:1.27" + chr(34) + ",")} {T0}'],
     ),
+    "pod, workload, runtime and process are tags; pid and the peer are fields": (
+        ENVELOPE, [flow(pod="shop/web-7d9f-x2", workload="web", runtime="containerd", process="nginx", pid=4242,
+                        peer_process="curl", peer_pid=77),
+                   flow(ifindex=4, ifname="eth0", src_port=51235, process="nginx", pid=4243)],
+        frozenset(),
+        ["connstats_flow,direction=egress,host=node-1,ifname=veth0,pod=shop/web-7d9f-x2,process=nginx,proto=tcp,"
+         f"runtime=containerd,service_port=443,workload=web "
+         f"{FIELDS.replace('packets=12i,', 'packets=12i,peer_pid=77i,peer_process=' + chr(34) + 'curl' + chr(34) + ',pid=4242i,')} {T0}",
+         "connstats_flow,direction=egress,host=node-1,ifname=eth0,process=nginx,proto=tcp,service_port=443 "
+         f"{FIELDS.replace('packets=12i,', 'packets=12i,pid=4243i,').replace('51234', '51235').replace('ifindex=3i', 'ifindex=4i')} {T0 + 1}"],
+    ),
     "no records, no lines": (ENVELOPE, [], frozenset(), []),
 }
 
@@ -205,6 +216,20 @@ async def test_write_sends_exactly_the_encoded_lines(influx, influx_server):
     (request,) = influx_server.writes
     assert (request.org, request.bucket, request.precision, request.gzip) == (TEST_ORG, "flows", "ns", True)
     assert sum(p.fields["bytes"] for p in influx_server.points()) == 64 * 6
+
+
+async def test_pods_and_processes_reach_the_server_as_tags_and_fields(influx, influx_server):
+    records = [flow(pod="shop/web-1", workload="web", runtime="containerd", process="nginx", pid=4242,
+                    peer_process="curl", peer_pid=77),
+               flow(ifindex=4, ifname="eth0", src_port=51235)]
+    await influx.write(FlowBatch.from_records(ENVELOPE, records))
+    first, second = influx_server.points()
+    assert {k: first.tags[k] for k in ("pod", "workload", "runtime", "process")} == {
+        "pod": "shop/web-1", "workload": "web", "runtime": "containerd", "process": "nginx"}
+    assert {k: first.fields[k] for k in ("pid", "peer_process", "peer_pid")} == {
+        "pid": 4242, "peer_process": "curl", "peer_pid": 77}
+    assert set(second.tags) == {"direction", "host", "ifname", "proto", "service_port"}
+    assert "pid" not in second.fields and "peer_process" not in second.fields and "peer_pid" not in second.fields
 
 
 async def test_empty_message_sends_no_request(influx, influx_server):
@@ -450,7 +475,8 @@ def test_tags_and_fields_are_every_field_of_a_record_by_name():
 
     record = flow(ifindex=9, src_port=51234, dst_port=443, packets=12, bytes=3456, family=4, tcp_flags=5,
                   first_seen=T0 + 5, last_seen=T0 + 9, container_id="c0ffee", container_name="web",
-                  container_image="nginx:1", verdict="deny")
+                  container_image="nginx:1", verdict="deny", pod="shop/web-1", workload="web",
+                  runtime="podman", process="nginx", pid=31, peer_process="curl", peer_pid=32)
     (line,) = encode_lines(FlowBatch.from_records(ENVELOPE, [record]))
     point = parse_line(line)
     assert set(influx_store.TAGS) | set(influx_store.FIELDS) == set(RECORD_FIELDS) - {"interval_start", "interval_end"}

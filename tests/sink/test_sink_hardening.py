@@ -193,7 +193,8 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 1 wrote
         db.execute("DROP TABLE overflow")
-        db.execute("ALTER TABLE flows DROP COLUMN verdict")
+        for column in ("verdict", *VERSION_4_COLUMNS):
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 1")
     assert sqlite_history(path, HistoryQuery(**ALL, group_by="iface"))[0]["packets"] == 1  # readable before
     env, records = counted_and_overflowed()
@@ -202,10 +203,10 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
                                           interval_end=T0 + 20 * SECOND), []))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert db.execute("SELECT count(*), sum(packets) FROM flows").fetchone() == (1, 1)
         assert db.execute("SELECT packets FROM overflow").fetchall() == [(485,)]
-        assert db.execute("SELECT verdict FROM flows").fetchall() == [("",)]
+        assert db.execute("SELECT verdict, pod, process, pid FROM flows").fetchall() == [("", "", "", 0)]
 
 
 async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_path):
@@ -214,7 +215,8 @@ async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_p
     await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 2 wrote
-        db.execute("ALTER TABLE flows DROP COLUMN verdict")
+        for column in ("verdict", *VERSION_4_COLUMNS):
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 2")
     store = SqliteStore(path)
     later = dataclasses.replace(envelope(), interval_seq=1, interval_start=T0 + 10 * SECOND,
@@ -222,9 +224,36 @@ async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_p
     await store.write(FlowBatch.from_records(later, [dataclasses.replace(flow(later, 0), verdict="deny")]))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert db.execute("SELECT interval_start, verdict FROM flows ORDER BY interval_start").fetchall() == [
             (T0, ""), (T0 + 10 * SECOND, "deny")]
+
+
+VERSION_4_COLUMNS = ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid")
+
+
+async def test_a_version_3_file_gets_the_pod_and_process_columns_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    first = envelope()
+    store = SqliteStore(path)
+    await store.write(FlowBatch.from_records(first, [flow_record(first, verdict="allow")]))
+    await store.close()
+    with sqlite3.connect(path) as db:  # back to what version 3 wrote
+        for column in VERSION_4_COLUMNS:
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 3")
+    later = dataclasses.replace(first, interval_seq=1, interval_start=T0 + 10 * SECOND, interval_end=T0 + 20 * SECOND)
+    store = SqliteStore(path)
+    await store.write(FlowBatch.from_records(later, [flow_record(
+        later, pod="shop/web-7d9f-x2", workload="web", runtime="containerd", process="nginx", pid=4242,
+        peer_process="curl", peer_pid=77)]))
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute(f"SELECT interval_start, verdict, {', '.join(VERSION_4_COLUMNS)} FROM flows "
+                          "ORDER BY interval_start").fetchall() == [
+            (T0, "allow", "", "", "", "", 0, "", 0),
+            (T0 + 10 * SECOND, "", "shop/web-7d9f-x2", "web", "containerd", "nginx", 4242, "curl", 77)]
 
 
 # -- 2. repeated keys in one message are summed ----------------------------------------------------

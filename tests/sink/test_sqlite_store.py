@@ -10,7 +10,15 @@ import pytest
 from connstats.probe.contract.errors import StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
-from connstats.sink.sqlite_store import _COLUMNS, _MIGRATIONS, _SCHEMA_V1, SCHEMA_VERSION, SqliteStore, flow_rows
+from connstats.sink.sqlite_store import (
+    _COLUMNS,
+    _MIGRATIONS,
+    _SCHEMA_V1,
+    SCHEMA_VERSION,
+    SqliteStore,
+    flow_rows,
+    written_columns,
+)
 from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
@@ -68,7 +76,39 @@ async def test_columns_hold_the_record_and_empty_container_fields(store):
         "dst_port": 443, "packets": 1, "bytes": 100, "first_seen": T0 + 1, "last_seen": T0 + 2,
         "tcp_flags": 0x18, "interval_start": T0, "interval_end": T0 + INTERVAL,
         "container_id": "", "container_name": "", "container_image": "", "verdict": "",
+        "pod": "", "workload": "", "runtime": "", "process": "", "pid": 0, "peer_process": "", "peer_pid": 0,
     }
+
+
+async def test_pod_workload_runtime_and_both_processes_are_stored_column_by_column(store):
+    envelope, _ = message(0)
+    records = [
+        flow_record(envelope, ifindex=3, ifname="veth0", src_port=40001, pod="shop/web-7d9f-x2", workload="web",
+                    runtime="containerd", process="nginx", pid=4242, peer_process="curl", peer_pid=77),
+        flow_record(envelope, ifindex=3, ifname="veth0", src_port=40002, pod="shop/web-7d9f-x2", workload="web",
+                    runtime="containerd", process="nginx", pid=4243),
+        flow_record(envelope, ifindex=9, ifname="eth0", src_port=40003, process="sshd", pid=1 << 31),
+    ]
+    await store.write(FlowBatch.from_records(envelope, records))
+    with sqlite3.connect(store.path) as db:
+        rows = db.execute("SELECT ifname, src_port, pod, workload, runtime, process, pid, peer_process, peer_pid "
+                          "FROM flows ORDER BY src_port").fetchall()
+    assert rows == [
+        ("veth0", 40001, "shop/web-7d9f-x2", "web", "containerd", "nginx", 4242, "curl", 77),
+        ("veth0", 40002, "shop/web-7d9f-x2", "web", "containerd", "nginx", 4243, "", 0),
+        ("eth0", 40003, "", "", "", "sshd", 2_147_483_648, "", 0),
+    ]
+
+
+def test_a_message_writes_only_the_defaulted_columns_some_record_fills():
+    envelope, records = message(2)
+    defaulted = ("container_id", "container_name", "container_image", "pod", "workload", "runtime", "verdict",
+                 "process", "pid", "peer_process", "peer_pid")
+    assert written_columns(FlowBatch.from_records(envelope, records)) == tuple(
+        c for c in _COLUMNS if c not in defaulted)
+    records[1] = flow_record(envelope, src_port=1, pod="shop/web-1", peer_pid=9)
+    assert set(_COLUMNS) - set(written_columns(FlowBatch.from_records(envelope, records))) == set(defaulted) - {
+        "pod", "peer_pid"}
 
 
 def test_flow_rows_is_one_tuple_per_record_in_column_order():
@@ -88,7 +128,8 @@ def test_flow_rows_is_one_tuple_per_record_in_column_order():
 def test_the_columns_are_the_host_and_the_fields_of_a_record_declared_once():
     assert _COLUMNS == ("host", *RECORD_FIELDS)
     assert set(RECORD_FIELDS) == {*FLOW_COLUMNS, "ifname", "container_id", "container_name",
-                                  "container_image", "interval_start", "interval_end"}
+                                  "container_image", "pod", "workload", "runtime", "interval_start",
+                                  "interval_end"}
     db = sqlite3.connect(":memory:")
     for statement in (*_SCHEMA_V1, *(s for steps in _MIGRATIONS for s in steps)):
         db.execute(statement)
