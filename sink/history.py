@@ -10,8 +10,8 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
                               port: proto, port (the server side: sink/store.py server_port)
                               iface: ifname, direction        proto: proto
                               service (for `policy learn`): ifname, container_id, container_name,
-                                direction, proto, src_ip, dst_ip, port, server ("src", "dst", or
-                                "" when both ports are equal: sink/store.py server_side)
+                                pod, direction, proto, src_ip, dst_ip, port, server ("src", "dst",
+                                or "" when both ports are equal: sink/store.py server_side)
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
                               service adds connections (distinct client ports)
     with --every              time (start of the bucket, ns)
@@ -56,8 +56,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "container": ("host", "container_name"),
     "connection_owner": ("host", "ifname", "container_name", "direction", "proto", "src_ip", "src_port",
                          "dst_ip", "dst_port", "verdict"),
-    "service": ("ifname", "container_id", "container_name", "direction", "proto", "src_ip", "dst_ip", "port",
-                "server"),
+    "service": ("ifname", "container_id", "container_name", "pod", "direction", "proto", "src_ip", "dst_ip",
+                "port", "server"),
 }
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
 DERIVED = ("port", "server")  # keys computed from the ports, not columns of a record
@@ -155,12 +155,16 @@ _SQL_KEYS = {
     "port": "connstats_server_port(src_port, dst_port)",  # registered by sqlite_history
     "container_id": "container_id", "container_name": "container_name", "host": "host", "verdict": "verdict",
     "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
+    "pod": "pod",
 }
+_SQL_SINCE_SCHEMA_4 = frozenset({"pod"})  # a file the sink has not opened since it came has none: ''
+
 _SQL_CLIENT_PORT = "CASE connstats_server_side(src_port, dst_port) WHEN 'src' THEN dst_port ELSE src_port END"
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
     "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
     "container_id": "''", "container_name": "'(overflow)'", "server": "''", "host": "host", "verdict": "''",
+    "pod": "''",
 }
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
@@ -171,8 +175,10 @@ _SQL_OVERFLOW_FILTERS = ("iface", "direction", "host")
 _LOW = 0xFFFFFFFF
 
 
-def build_sql(query: HistoryQuery, *, overflow: bool = True) -> tuple[str, dict[str, Any]]:
-    """The SELECT and its named parameters; ``overflow=False`` for a file without the table.
+def build_sql(query: HistoryQuery, *, overflow: bool = True,
+              missing: frozenset[str] = frozenset()) -> tuple[str, dict[str, Any]]:
+    """The SELECT and its named parameters; ``overflow=False`` for a file without the table,
+    ``missing``: columns the file's flows table lacks (an older schema), read as ''.
 
     Each counter comes back as ``<name>_hi`` and ``<name>_lo``, the sums of its high and
     low 32 bits; ``sql_rows`` joins them. Sorting and ``top`` happen in Python.
@@ -187,7 +193,8 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True) -> tuple[str, dict[
             params[name] = value
             if name in _SQL_OVERFLOW_FILTERS:
                 overflow_where.append(clause)
-    parts = [_select_part(query, _SQL_KEYS, "first_seen, last_seen", "flows", where)]
+    flows = {k: "''" if k in missing else column for k, column in _SQL_KEYS.items()}
+    parts = [_select_part(query, flows, "first_seen, last_seen", "flows", where)]
     if overflow and query.with_overflow:
         parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, "NULL, NULL", "overflow", overflow_where))
     columns = list(query.keys)
@@ -244,7 +251,7 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         db.row_factory = sqlite3.Row
         db.create_function("connstats_server_port", 2, _sql_server_port, deterministic=True)
         db.create_function("connstats_server_side", 2, _sql_server_side, deterministic=True)
-        sql, params = build_sql(query, overflow=_has_table(db, "overflow"))
+        sql, params = build_sql(query, overflow=_has_table(db, "overflow"), missing=_missing_columns(db))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
@@ -273,6 +280,12 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
+def _missing_columns(db: sqlite3.Connection) -> frozenset[str]:
+    """Columns of schema 4 the flows table lacks: the sink migrates a file when it opens it."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(flows)")}
+    return _SQL_SINCE_SCHEMA_4 - have if have else frozenset()
+
+
 # -- InfluxDB -----------------------------------------------------------------------------------
 
 # protocols whose points were tagged with their number before they had a name (58, icmpv6)
@@ -281,7 +294,8 @@ _FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "prot
 _FLUX_COLUMNS = ("_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
 _FLUX_CONTAINER_COLUMNS = ("container_id", "container_name")  # kept only when a grouping needs them
-_FLUX_OPTIONAL_COLUMNS = (*_FLUX_CONTAINER_COLUMNS, "verdict")  # verdict: a tag only where one was given
+# verdict and pod: tags only where a record has one
+_FLUX_OPTIONAL_COLUMNS = (*_FLUX_CONTAINER_COLUMNS, "verdict", "pod")
 
 
 def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
@@ -378,12 +392,13 @@ def _point_row(point: dict) -> dict:
     row["server"] = server_side(numbers["src_port"], numbers["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     row["verdict"] = point.get("verdict") or ""
+    row["pod"] = point.get("pod") or ""
     return row
 
 
 def _overflow_row(point: dict) -> dict:
     return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
-            "host": point.get("host") or "", "container_name": OVERFLOW, "verdict": "",
+            "host": point.get("host") or "", "container_name": OVERFLOW, "verdict": "", "pod": "",
             "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
             "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
             "first_seen": None, "last_seen": None}
