@@ -81,7 +81,7 @@ class Group:
 
     @property
     def selects_pods(self) -> bool:
-        return bool(self.pods or self.k8s_namespaces or self.labels)
+        return any(getattr(self, key) for key in POD_SELECTORS)
 
 
 @dataclass(frozen=True)
