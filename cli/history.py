@@ -1,4 +1,5 @@
-"""``connstats history``: totals from the store, per connection (or port, iface, proto)."""
+"""``connstats history``: totals from the store, per connection (or port, iface, proto, pod,
+workload, process)."""
 from __future__ import annotations
 
 import time
@@ -25,6 +26,9 @@ class GroupBy(str, Enum):
     port = "port"
     iface = "iface"
     proto = "proto"
+    pod = "pod"
+    workload = "workload"
+    process = "process"
 
 
 class Direction(str, Enum):
@@ -39,24 +43,35 @@ class Verdict(str, Enum):
 
 
 _KINDS = {"src_port": "int", "dst_port": "int", "port": "int", "packets": "int", "bytes": "int",
-          "first_seen": "time", "last_seen": "time", "time": "time"}
+          "first_seen": "time", "last_seen": "time", "time": "time", "pid": "int", "peer_pid": "int"}
+# Table columns for the pod and the process, shown only when a row has one.
+_WHO = {"pod": Column("pod", "POD", width=24), "workload": Column("workload", "WORKLOAD", width=16),
+        "runtime": Column("runtime", "RUNTIME"), "process": Column("process", "PROCESS", width=15)}
+_WHO_IN_TABLE = {"connection": ("pod", "process"), "pod": ("workload",)}
 
 
-def data_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
-    names = (("time",) if every else ()) + keys + ("packets", "bytes", "first_seen", "last_seen")
+def data_columns(keys: tuple[str, ...], every: bool, attributes: tuple[str, ...] = ()) -> list[Column]:
+    names = (("time",) if every else ()) + keys + attributes + ("packets", "bytes", "first_seen", "last_seen")
     return [Column(n, n, _KINDS.get(n, "text")) for n in names]
 
 
-def table_columns(keys: tuple[str, ...], every: bool) -> list[Column]:
-    """Compact for the terminal: endpoints as ip:port, human byte counts."""
+def table_columns(keys: tuple[str, ...], every: bool, shown: tuple[str, ...] = ()) -> list[Column]:
+    """Compact for the terminal: endpoints as ip:port, human byte counts; ``shown``: the pod and
+    process columns some row fills (a column empty in every row is left out)."""
     columns = [Column("time", "TIME", "time")] if every else []
     if keys == GROUPS["connection"]:
         columns += [Column("ifname", "IFACE", width=12), Column("dir", "DIR"), Column("proto", "PROTO"),
                     Column("source", "SOURCE", width=21), Column("destination", "DESTINATION", width=21)]
     else:
-        columns += [Column(k, k.upper(), _KINDS.get(k, "text")) for k in keys]
+        columns += [_WHO.get(k) or Column(k, k.upper(), _KINDS.get(k, "text")) for k in keys]
+    columns += [_WHO[name] for name in shown]
     return columns + [Column("packets", "PKTS", "int"), Column("bytes", "BYTES", "bytes"),
                       Column("last_seen", "LAST SEEN", "time")]
+
+
+def filled(rows: list[dict], names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``names`` that some row has a value for."""
+    return tuple(name for name in names if any(row.get(name) for row in rows))
 
 
 def query_store(config: Config, store: str | None, query: HistoryQuery,
@@ -77,6 +92,9 @@ def history(
     host: Annotated[Optional[str], typer.Option("--host", metavar="NAME", help="only this probe's host")] = None,
     container: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this container")] = None,
     verdict: Annotated[Optional[Verdict], typer.Option(help="the policy's verdict; none: ungoverned devices")] = None,
+    pod: Annotated[Optional[str], typer.Option(metavar="GLOB", help="only pods matching, e.g. 'shop/web-*'")] = None,
+    workload: Annotated[Optional[str], typer.Option(metavar="NAME", help="only this workload")] = None,
+    process: Annotated[Optional[str], typer.Option(metavar="NAME", help="only connections of this program")] = None,
     group_by: Annotated[GroupBy, typer.Option("--group-by", help="one row per ...")] = GroupBy.connection,
     every: Annotated[Optional[str], typer.Option(metavar="DURATION", help="time buckets, e.g. 1m")] = None,
     top: Annotated[Optional[int], typer.Option(metavar="N", help="only the N busiest rows (per bucket)")] = None,
@@ -90,16 +108,19 @@ def history(
         proto=proto_number(proto.lower()) if proto else None,
         direction=direction.value if direction else None, host=host, container=container,
         verdict=(verdict.value if verdict is not Verdict.none else "") if verdict else None,
-        group_by=group_by.value, every=parse_duration(every) if every else None, top=top,
+        pod=pod, workload=workload, process=process, group_by=group_by.value,
+        every=parse_duration(every) if every else None, top=top,
     )
     rows = query_store(cfg, store, query)
     every_given = query.every is not None
     if format is not OutputFormat.table:
-        render(rows, data_columns(query.keys, every_given), format)
+        render(rows, data_columns(query.keys, every_given, query.attributes), format)
         return
+    shown = filled(rows, _WHO_IN_TABLE.get(query.group_by, ()))
     for row in rows:
+        row.update({name: "-" for name in _WHO if row.get(name) == ""})  # no pod, no process known
         if "src_ip" in row:
             row["source"] = endpoint(row["src_ip"], row["src_port"])
             row["destination"] = endpoint(row["dst_ip"], row["dst_port"])
             row["dir"] = "in" if row["direction"] == "ingress" else "out"
-    render(rows, table_columns(query.keys, every_given), format, empty="no traffic in this range")
+    render(rows, table_columns(query.keys, every_given, shown), format, empty="no traffic in this range")

@@ -9,12 +9,20 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
     keys (by --group-by)      connection: ifname, direction, proto, src_ip, src_port, dst_ip, dst_port
                               port: proto, port (the server side: sink/store.py server_port)
                               iface: ifname, direction        proto: proto
+                              pod: pod       workload: workload       process: process
                               service (for `policy learn`): ifname, container_id, container_name,
                                 pod, direction, proto, src_ip, dst_ip, port, server ("src", "dst",
                                 or "" when both ports are equal: sink/store.py server_side)
+    attributes (not keys)     connection: pod, workload, runtime, process, pid, peer_process,
+                                peer_pid; pod: workload, runtime. The greatest value among the
+                                row's records ("" or 0 where none was known), so a connection
+                                whose process became known later is still one row
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
                               service adds connections (distinct client ports)
     with --every              time (start of the bucket, ns)
+
+Filters: --pod is a glob (``shop/web-*``: ``*``, ``?``, ``[...]``, case-sensitive,
+``fnmatch.fnmatchcase`` on both stores); --workload and --process are exact names.
 
 Rows are sorted by bytes, then packets (within each bucket, buckets in time order);
 ``top`` keeps the first N (per bucket). SQLite selects intervals that overlap the range;
@@ -22,9 +30,10 @@ InfluxDB selects points (one per record, stamped with its interval's start) in t
 
 Overflow (packets and bytes that found the flow map full) belongs to a device and
 direction, not to a connection: ``--group-by iface`` adds it to the device's totals; the
-other groupings show it as its own row whose proto (and addresses) read ``(overflow)``,
-ports 0 and no first/last seen. A filter on port, protocol, container or verdict leaves it out,
-as it cannot say which connections overflowed.
+other groupings show it as its own row whose proto (and addresses, container, pod, workload
+and process) read ``(overflow)``, ports 0 and no first/last seen. A filter on port, protocol,
+container, verdict, pod, workload or process leaves it out, as it cannot say which
+connections overflowed.
 
 Sums are exact for any number of rows: SQLite adds the high and low 32 bits of each
 counter separately (its own SUM stops at 2**63) and Python joins them.
@@ -32,6 +41,7 @@ counter separately (its own SUM stops at 2**63) and Python joins them.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -58,7 +68,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
                          "dst_ip", "dst_port", "verdict"),
     "service": ("ifname", "container_id", "container_name", "pod", "direction", "proto", "src_ip", "dst_ip",
                 "port", "server"),
+    "pod": ("pod",),
+    "workload": ("workload",),
+    "process": ("process",),
 }
+# Shown with each row of a grouping without being part of its key: the greatest value among
+# the row's records (text compares by code point in SQLite and Python alike).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "connection": ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid"),
+    "pod": ("workload", "runtime"),
+}
+NUMBERS = ("pid", "peer_pid")  # of the attributes: 0 where unknown (the others "")
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
 DERIVED = ("port", "server")  # keys computed from the ports, not columns of a record
 MEASUREMENT = "connstats_flow"
@@ -79,6 +99,9 @@ class HistoryQuery:
     host: str | None = None
     container: str | None = None
     verdict: str | None = None  # "allow", "deny", or "" (devices no policy governs)
+    pod: str | None = None  # a glob: "shop/*"
+    workload: str | None = None
+    process: str | None = None
     group_by: str = "connection"
     every: int | None = None  # bucket width, ns
     top: int | None = None
@@ -108,16 +131,28 @@ class HistoryQuery:
         return GROUPS[self.group_by]
 
     @property
+    def attributes(self) -> tuple[str, ...]:
+        return ATTRIBUTES.get(self.group_by, ())
+
+    @property
     def with_overflow(self) -> bool:
-        """Overflow has no port, protocol, container, verdict or address: a filter on one, or
-        the service grouping, leaves it out."""
-        return (self.port is None and self.proto is None and self.container is None and self.verdict is None
+        """Overflow has no port, protocol, container, verdict, pod, workload, process or
+        address: a filter on one, or the service grouping, leaves it out."""
+        return (all(getattr(self, name) is None for name in _NOT_IN_OVERFLOW)
                 and not self.counts_clients)
 
     @property
     def counts_clients(self) -> bool:
         """The service grouping also counts connections: distinct client ports per row."""
         return self.group_by == "service"
+
+
+_NOT_IN_OVERFLOW = ("port", "proto", "container", "verdict", "pod", "workload", "process")
+
+
+def pod_matches(pattern: str, pod: str) -> bool:
+    """The ``--pod`` glob, the same on both stores (SQLite calls it as ``connstats_glob``)."""
+    return fnmatch.fnmatchcase(pod, pattern)
 
 
 def _check_time(option: str, ns: int) -> None:
@@ -155,21 +190,25 @@ _SQL_KEYS = {
     "port": "connstats_server_port(src_port, dst_port)",  # registered by sqlite_history
     "container_id": "container_id", "container_name": "container_name", "host": "host", "verdict": "verdict",
     "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
-    "pod": "pod",
+    **{name: name for name in ATTRIBUTES["connection"]},
 }
-_SQL_SINCE_SCHEMA_4 = frozenset({"pod"})  # a file the sink has not opened since it came has none: ''
-
+# Columns that schema 4 added (sink/sqlite_store.py), read as their default from an older file
+# (one a sink has not opened since connstats was upgraded): no pod, no process.
+_SQL_DEFAULTS = {name: "0" if name in NUMBERS else "''" for name in ATTRIBUTES["connection"]}
 _SQL_CLIENT_PORT = "CASE connstats_server_side(src_port, dst_port) WHEN 'src' THEN dst_port ELSE src_port END"
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
     "src_port": "0", "dst_ip": "'(overflow)'", "dst_port": "0", "port": "0",
     "container_id": "''", "container_name": "'(overflow)'", "server": "''", "host": "host", "verdict": "''",
-    "pod": "''",
+    **_SQL_DEFAULTS, "pod": "'(overflow)'", "workload": "'(overflow)'", "process": "'(overflow)'",
 }
+_SQL_OVERFLOW_ATTRIBUTES = _SQL_DEFAULTS  # an attribute of an overflow row: none known
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
     "proto": "proto = :proto", "direction": "direction = :direction", "host": "host = :host",
     "container": "container_name = :container", "verdict": "verdict = :verdict",
+    "pod": "connstats_glob(:pod, {pod})",  # registered by sqlite_history
+    "workload": "{workload} = :workload", "process": "{process} = :process",  # {column}: _SQL_KEYS
 }
 _SQL_OVERFLOW_FILTERS = ("iface", "direction", "host")
 _LOW = 0xFFFFFFFF
@@ -178,26 +217,27 @@ _LOW = 0xFFFFFFFF
 def build_sql(query: HistoryQuery, *, overflow: bool = True,
               missing: frozenset[str] = frozenset()) -> tuple[str, dict[str, Any]]:
     """The SELECT and its named parameters; ``overflow=False`` for a file without the table,
-    ``missing``: columns the file's flows table lacks (an older schema), read as ''.
+    ``missing``: columns of ``_SQL_DEFAULTS`` the file does not have yet (read as defaults).
 
     Each counter comes back as ``<name>_hi`` and ``<name>_lo``, the sums of its high and
     low 32 bits; ``sql_rows`` joins them. Sorting and ``top`` happen in Python.
     """
+    keys = _SQL_KEYS | {name: _SQL_DEFAULTS[name] for name in missing}
     params: dict[str, Any] = {"since": query.since, "until": query.until}
     where = ["interval_end > :since", "interval_start < :until"]
     overflow_where = list(where)
     for name, clause in _SQL_FILTERS.items():
         value = getattr(query, name)
         if value is not None:
-            where.append(clause)
+            where.append(clause.format_map(keys))
             params[name] = value
             if name in _SQL_OVERFLOW_FILTERS:
                 overflow_where.append(clause)
-    flows = {k: "''" if k in missing else column for k, column in _SQL_KEYS.items()}
-    parts = [_select_part(query, flows, "first_seen, last_seen", "flows", where)]
+    parts = [_select_part(query, keys, keys, "first_seen, last_seen", "flows", where)]
     if overflow and query.with_overflow:
-        parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, "NULL, NULL", "overflow", overflow_where))
-    columns = list(query.keys)
+        parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, _SQL_OVERFLOW_ATTRIBUTES, "NULL, NULL", "overflow",
+                                  overflow_where))
+    columns = list(query.keys) + [f"MAX({a}) AS {a}" for a in query.attributes]
     group = list(query.keys)
     if query.every is not None:
         columns.insert(0, "(interval_start / :every) * :every AS time")
@@ -211,9 +251,11 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True,
     return sql, params
 
 
-def _select_part(query: HistoryQuery, keys: dict[str, str], seen: str, table: str, where: list[str]) -> str:
+def _select_part(query: HistoryQuery, keys: dict[str, str], attributes: dict[str, str], seen: str, table: str,
+                 where: list[str]) -> str:
     columns = ["interval_start"] if query.every is not None else []
     columns += [f"{keys[k]} AS {k}" for k in query.keys]
+    columns += [f"{attributes[a]} AS {a}" for a in query.attributes]
     if query.counts_clients:
         columns.append(f"{_SQL_CLIENT_PORT} AS client_port")
     return (f"SELECT {', '.join(columns)}, packets, bytes, {seen} FROM {table} "
@@ -225,7 +267,7 @@ def sql_rows(rows: Iterable[dict], query: HistoryQuery) -> list[dict]:
     out = []
     for row in rows:
         result = {"time": row["time"]} if query.every is not None else {}
-        result |= {k: row[k] for k in query.keys}
+        result |= {k: row[k] for k in (*query.keys, *query.attributes)}
         if isinstance(result.get("proto"), int):
             result["proto"] = proto_name(result["proto"])
         for name in ("packets", "bytes"):
@@ -251,6 +293,7 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         db.row_factory = sqlite3.Row
         db.create_function("connstats_server_port", 2, _sql_server_port, deterministic=True)
         db.create_function("connstats_server_side", 2, _sql_server_side, deterministic=True)
+        db.create_function("connstats_glob", 2, pod_matches, deterministic=True)
         sql, params = build_sql(query, overflow=_has_table(db, "overflow"), missing=_missing_columns(db))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
@@ -275,27 +318,28 @@ def _sql_server_side(src_port: int, dst_port: int) -> str:
 _KNOWN = known_ports()
 
 
+def _missing_columns(db: sqlite3.Connection) -> frozenset[str]:
+    """The columns of ``_SQL_DEFAULTS`` that the flows table lacks (a file of schema 3 or older)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(flows)")}
+    return frozenset(name for name in _SQL_DEFAULTS if present and name not in present)
+
+
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     """The overflow table comes with schema version 2; older files have none yet."""
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
-def _missing_columns(db: sqlite3.Connection) -> frozenset[str]:
-    """Columns of schema 4 the flows table lacks: the sink migrates a file when it opens it."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(flows)")}
-    return _SQL_SINCE_SCHEMA_4 - have if have else frozenset()
 
 
 # -- InfluxDB -----------------------------------------------------------------------------------
 
 # protocols whose points were tagged with their number before they had a name (58, icmpv6)
 _TAGGED_BY_NUMBER_BEFORE = frozenset({58})
-_FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host"}
+_FLUX_TAG_FILTERS = {"iface": "ifname", "direction": "direction", "proto": "proto", "host": "host",
+                     "workload": "workload", "process": "process"}
+_FLUX_MAYBE_ABSENT = ("workload", "process")  # tags left out when empty: "" is a tag that does not exist
 _FLUX_COLUMNS = ("_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", "dst_ip",
                  "dst_port", "packets", "bytes", "first_seen", "last_seen")
 _FLUX_CONTAINER_COLUMNS = ("container_id", "container_name")  # kept only when a grouping needs them
-# verdict and pod: tags only where a record has one
-_FLUX_OPTIONAL_COLUMNS = (*_FLUX_CONTAINER_COLUMNS, "verdict", "pod")
+_FLUX_OPTIONAL_COLUMNS = (*_FLUX_CONTAINER_COLUMNS, "verdict", *ATTRIBUTES["connection"])  # kept when needed
 
 
 def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
@@ -305,7 +349,8 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
     influxdb-client sends each ``params`` key as a top-level option of the query, so the
     Flux names them directly; the ``p_`` prefix keeps them clear of Flux's own names.
     Overflow points have no proto tag and no port or container field, so a filter on one
-    of those leaves them out, as in SQL.
+    of those leaves them out, as in SQL. The ``--pod`` glob is matched by ``aggregate`` (a
+    bind parameter cannot be a regular expression), on the kept ``pod`` column.
     """
     params: dict[str, Any] = {
         "p_bucket": bucket, "p_measurement": MEASUREMENT,
@@ -320,7 +365,9 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
              f"  |> filter(fn: (r) => {measurements})"]
     for name, tag in _FLUX_TAG_FILTERS.items():
         value = getattr(query, name)
-        if value is not None:
+        if value == "" and name in _FLUX_MAYBE_ABSENT:
+            lines.append(f"  |> filter(fn: (r) => not exists r.{tag})")
+        elif value is not None:
             lines.append(f"  |> filter(fn: (r) => r.{tag} == p_{name})")
             params[f"p_{name}"] = proto_name(value) if name == "proto" else value
             if name == "proto" and value in _TAGGED_BY_NUMBER_BEFORE:
@@ -338,7 +385,8 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
         params["p_verdict"] = query.verdict
     elif query.verdict == "":
         lines.insert(3, "  |> filter(fn: (r) => not exists r.verdict)")
-    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_OPTIONAL_COLUMNS if c in query.keys))
+    wanted = {*query.keys, *query.attributes, *(("pod",) if query.pod is not None else ())}
+    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_OPTIONAL_COLUMNS if c in wanted))
     lines.append("  |> keep(columns: [" + ", ".join(f'"{c}"' for c in keep) + "])")
     return "\n".join(lines), params
 
@@ -358,7 +406,9 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         overflow = point.get("_measurement") == OVERFLOW_MEASUREMENT
         if overflow and not query.with_overflow:
             continue
-        row = _overflow_row(point) if overflow else _point_row(point)
+        row = _overflow_row(point, query.attributes) if overflow else _point_row(point)
+        if query.pod is not None and not pod_matches(query.pod, row["pod"]):
+            continue
         key = tuple(row[k] for k in query.keys)
         if query.every is not None:
             key = (_time_ns(point.get("_time")) // query.every * query.every, *key)
@@ -372,7 +422,9 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         total["bytes"] += row["bytes"]
         total["first_seen"] = _least(total["first_seen"], row["first_seen"])
         total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
-    rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in query.keys},
+        for name in query.attributes:
+            total[name] = max(total[name], row[name])
+    rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in (*query.keys, *query.attributes)},
              **{v: r[v] for v in VALUES}} for r in groups.values()]
     if query.counts_clients:
         for key, row in zip(groups, rows, strict=True):
@@ -392,13 +444,17 @@ def _point_row(point: dict) -> dict:
     row["server"] = server_side(numbers["src_port"], numbers["dst_port"], _KNOWN)
     row["container_id"], row["container_name"] = (point.get(k) or "" for k in _FLUX_CONTAINER_COLUMNS)
     row["verdict"] = point.get("verdict") or ""
-    row["pod"] = point.get("pod") or ""
+    for name in ATTRIBUTES["connection"]:  # tags and fields left out when empty
+        row[name] = int(point.get(name) or 0) if name in NUMBERS else point.get(name) or ""
     return row
 
 
-def _overflow_row(point: dict) -> dict:
+def _overflow_row(point: dict, attributes: tuple[str, ...]) -> dict:
+    """Keys of an overflow row read ``(overflow)``; its ``attributes``, none known, "" or 0."""
     return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
-            "host": point.get("host") or "", "container_name": OVERFLOW, "verdict": "", "pod": "",
+            "host": point.get("host") or "", "container_name": OVERFLOW, "verdict": "",
+            **{name: 0 if name in NUMBERS else "" for name in ATTRIBUTES["connection"]},
+            **{name: OVERFLOW for name in ("pod", "workload", "process") if name not in attributes},
             "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
             "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
             "first_seen": None, "last_seen": None}

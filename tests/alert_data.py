@@ -19,12 +19,14 @@ def envelope(host: str, seq: int, *, seconds: float = 1.0, overflow=(), boot: st
 
 def record(env: Envelope, ifname: str = "veth-a", *, direction: str = "egress", proto: int = 17,
            src: str = "10.0.0.1", dst: str = "10.0.0.2", sport: int = 40000, dport: int = 5353,
-           packets: int = 1, size: int = 100, container: str = "") -> FlowRecord:
+           packets: int = 1, size: int = 100, container: str = "", **who) -> FlowRecord:
+    """``who``: pod, workload, runtime (the same for every record of a device), process, pid,
+    peer_process, peer_pid."""
     return flow_record(interval_start=env.interval_start, interval_end=env.interval_end,
                        ifindex=IFINDEX[ifname], ifname=ifname, direction=direction, family=4, proto=proto,
                        src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, packets=packets,
                        bytes=packets * size, first_seen=env.interval_start, last_seen=env.interval_end - 1,
-                       tcp_flags=0, container_id="", container_name=container, container_image="")
+                       tcp_flags=0, container_id="", container_name=container, container_image="", **who)
 
 
 def interval(host: str, seq: int, rows: list[dict], **kwargs) -> list[FlowBatch]:

@@ -47,6 +47,8 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         packets=packets.tolist(), bytes=nbytes.tolist(), first_seen=[start_ns + 1] * connections,
         last_seen=[start_ns + length_ns - 1] * connections, tcp_flags=[0] * connections,
         verdict=(np.where(n % deny_every == 0, "deny", "allow").tolist() if deny_every else [""] * connections),
+        process=[""] * connections, pid=[0] * connections, peer_process=[""] * connections,
+        peer_pid=[0] * connections,  # every column has one entry per record (decoding fills absent ones)
     )
     devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1")
                     for c in range(min(containers, connections)))

@@ -36,6 +36,44 @@ def test_threshold_fires_once_with_its_labels_and_value_and_resolves():
     assert e.firing(at(3)) == [] and e.tick(at(4)) == []
 
 
+WEB = {"pod": "shop/web-1", "workload": "web", "runtime": "containerd"}
+DB = {"pod": "shop/db-0", "workload": "db", "runtime": "containerd"}
+WHO_ROWS = [  # through the wire: the process columns travel only because some record has one
+    {"ifname": "veth-a", **WEB, "process": "nginx", "pid": 42, "peer_process": "curl", "peer_pid": 7, "packets": 20},
+    {"ifname": "veth-a", **WEB, "process": "nginx", "pid": 42, "peer_process": "curl", "peer_pid": 7, "packets": 5,
+     "sport": 40001},
+    {"ifname": "veth-a", **WEB, "process": "nginx", "pid": 43, "packets": 3, "sport": 40002},
+    {"ifname": "veth-b", **DB, "process": "postgres", "pid": 9, "packets": 5},
+    {"ifname": "veth-c", "process": "sshd", "pid": 1, "packets": 100},  # the host: no pod, no runtime
+]
+
+
+def test_pods_workloads_runtimes_and_processes_are_by_keys():
+    e = engine({"name": "busy-program", "kind": "threshold", "metric": "bytes", "window": "1s", "above": 1000,
+                "by": ["pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid"],
+                "where": {"runtime": "containerd"}})
+    sent = e.on_interval(interval("node-1", 0, WHO_ROWS), at(0))
+    assert [(m.labels, m.value) for m in sent] == [(
+        {"alertname": "busy-program", "severity": "warning", "pod": "shop/web-1", "workload": "web",
+         "runtime": "containerd", "process": "nginx", "pid": "42", "peer_process": "curl", "peer_pid": "7"}, 2500)]
+
+
+def test_pods_workloads_runtimes_and_processes_are_where_keys():
+    e = engine({"name": "db-traffic", "kind": "threshold", "metric": "packets", "window": "1s", "above": 4,
+                "by": ["ifname"], "where": {"pod": "shop/db-0", "workload": "db", "runtime": "containerd",
+                                            "process": "postgres", "pid": 9, "peer_process": "", "peer_pid": 0}})
+    assert [(m.labels["ifname"], m.value) for m in e.on_interval(interval("node-1", 0, WHO_ROWS), at(0))] == [
+        ("veth-b", 5)]
+    e = engine({"name": "nginx-42-without-peer", "kind": "threshold", "metric": "packets", "window": "1s",
+                "above": 0, "by": ["process", "pid"], "where": {"pod": "shop/web-1", "peer_pid": 0}})
+    assert [(m.labels, m.value) for m in e.on_interval(interval("node-1", 0, WHO_ROWS), at(0))] == [
+        ({"alertname": "nginx-42-without-peer", "severity": "warning", "process": "nginx", "pid": "43"}, 3)]
+    e = engine({"name": "host-programs", "kind": "threshold", "metric": "packets", "window": "1s", "above": 0,
+                "by": ["process"], "where": {"pod": ""}})
+    assert [(m.labels["process"], m.value) for m in e.on_interval(interval("node-1", 0, WHO_ROWS), at(0))] == [
+        ("sshd", 100)]
+
+
 def test_for_delays_firing_and_a_short_blip_never_fires():
     e = engine(UDP_BURST | {"for": "2s", "window": "1s"})
     assert e.on_interval(interval("node-1", 0, [{"packets": 600}]), at(0)) == []

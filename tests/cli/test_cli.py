@@ -20,7 +20,7 @@ from connstats.probe.contract.errors import ConfigError
 from connstats.sink.influx_store import InfluxConfig
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.control import SINCE, FakeDaemon
-from tests.fixtures.history import C1, C2, C3, C4, write_all
+from tests.fixtures.history import C1, C2, C3, C4, write_all, write_pods
 from tests.fixtures.nats import free_port
 
 runner = CliRunner()
@@ -217,6 +217,50 @@ def test_history_table_and_csv(flows_db):
         "eth0,ingress,2,196,2023-11-14T22:13:30.000000001Z,2023-11-14T22:13:30.000000002Z\n")
     empty = run("history", "--store", flows_db, "--since", "1h")
     assert (empty.exit_code, empty.stdout) == (0, "no traffic in this range\n")
+
+
+@pytest.fixture
+async def pods_db(tmp_path):
+    store = SqliteStore(tmp_path / "pods.sqlite")
+    await write_pods(store)
+    await store.close()
+    return f"sqlite:{tmp_path / 'pods.sqlite'}"
+
+
+def test_history_by_pod_workload_and_process(pods_db):
+    common = ("history", "--store", pods_db, "--since", "2023-11-14T00:00:00Z", "--until", "2023-11-15T00:00:00Z")
+    assert run(*common).stdout == (
+        "IFACE DIR PROTO SOURCE         DESTINATION    POD              PROCESS  PKTS BYTES LAST SEEN\n"
+        "veth0 out tcp   10.0.0.1:40000 10.0.0.2:5432  shop/web-7d9f-x2 nginx      11  1.1K 2023-11-14T22:13:30Z\n"
+        "veth1 out tcp   10.0.0.1:5432  10.0.0.2:40000 shop/db-0        postgres    4   400 2023-11-14T22:13:20Z\n"
+        "veth0 out tcp   10.0.0.1:40001 10.0.0.2:443   shop/web-7d9f-x2 curl        3   300 2023-11-14T22:13:20Z\n"
+        "eth0  out tcp   10.0.0.1:22    10.0.0.2:50000 -                sshd        2   200 2023-11-14T22:13:20Z\n"
+        "eth0  out tcp   10.0.0.1:123   10.0.0.2:123   -                -           1   100 2023-11-14T22:13:20Z\n")
+    assert run(*common, "--group-by", "pod").stdout == (
+        "POD              WORKLOAD PKTS BYTES LAST SEEN\n"
+        "shop/web-7d9f-x2 web        14  1.4K 2023-11-14T22:13:30Z\n"
+        "shop/db-0        db          4   400 2023-11-14T22:13:20Z\n"
+        "-                -           3   300 2023-11-14T22:13:20Z\n")
+    assert run(*common, "--group-by", "process", "--workload", "web").stdout == (
+        "PROCESS PKTS BYTES LAST SEEN\n"
+        "-          6   600 2023-11-14T22:13:30Z\n"
+        "nginx      5   500 2023-11-14T22:13:20Z\n"
+        "curl       3   300 2023-11-14T22:13:20Z\n")
+    assert run(*common, "--pod", "shop/web-*", "--process", "curl", "--format", "csv").stdout == (
+        "ifname,direction,proto,src_ip,src_port,dst_ip,dst_port,pod,workload,runtime,process,pid,peer_process,"
+        "peer_pid,packets,bytes,first_seen,last_seen\n"
+        "veth0,egress,tcp,10.0.0.1,40001,10.0.0.2,443,shop/web-7d9f-x2,web,containerd,curl,4300,,0,3,300,"
+        "2023-11-14T22:13:20.000000001Z,2023-11-14T22:13:20.000000002Z\n")
+    assert history_json(pods_db, "--group-by", "workload", "--pod", "shop/*") == [
+        {"workload": "web", "packets": 14, "bytes": 1400, "first_seen": "2023-11-14T22:13:20.000000001Z",
+         "last_seen": "2023-11-14T22:13:30.000000002Z"},
+        {"workload": "db", "packets": 4, "bytes": 400, "first_seen": "2023-11-14T22:13:20.000000001Z",
+         "last_seen": "2023-11-14T22:13:20.000000002Z"}]
+    assert history_json(pods_db, "--process", "nginx") == [{
+        "ifname": "veth0", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 40000,
+        "dst_ip": "10.0.0.2", "dst_port": 5432, "pod": "shop/web-7d9f-x2", "workload": "web", "runtime": "containerd",
+        "process": "nginx", "pid": 4242, "peer_process": "postgres", "peer_pid": 77, "packets": 5, "bytes": 500,
+        "first_seen": "2023-11-14T22:13:20.000000001Z", "last_seen": "2023-11-14T22:13:20.000000002Z"}]
 
 
 # -- control commands against a control service in its own thread --------------------------------

@@ -22,7 +22,7 @@ from connstats.sink.history import (
 from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.stores import StoreReader
-from tests.fixtures.history import ALL, C1, C2, C3, C4, SECOND, T0, T1, envelope, rec, write_all
+from tests.fixtures.history import ALL, C1, C2, C3, C4, SECOND, T0, T1, envelope, rec, write_all, write_pods
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
 
 
@@ -116,12 +116,16 @@ def test_file_without_flows(tmp_path):
 def test_build_sql_binds_every_value():
     sql, params = build_sql(HistoryQuery(since=1, until=2, iface="eth0", port=53, top=5))
     assert sql == (
-        "SELECT ifname, direction, proto, src_ip, src_port, dst_ip, dst_port, "
+        "SELECT ifname, direction, proto, src_ip, src_port, dst_ip, dst_port, MAX(pod) AS pod, "
+        "MAX(workload) AS workload, MAX(runtime) AS runtime, MAX(process) AS process, MAX(pid) AS pid, "
+        "MAX(peer_process) AS peer_process, MAX(peer_pid) AS peer_pid, "
         "SUM(packets >> 32) AS packets_hi, SUM(packets & 4294967295) AS packets_lo, "
         "SUM(bytes >> 32) AS bytes_hi, SUM(bytes & 4294967295) AS bytes_lo, "
         "MIN(first_seen) AS first_seen, MAX(last_seen) AS last_seen FROM ("
         "SELECT ifname AS ifname, direction AS direction, proto AS proto, src_ip AS src_ip, "
-        "src_port AS src_port, dst_ip AS dst_ip, dst_port AS dst_port, packets, bytes, first_seen, "
+        "src_port AS src_port, dst_ip AS dst_ip, dst_port AS dst_port, pod AS pod, workload AS workload, "
+        "runtime AS runtime, process AS process, pid AS pid, peer_process AS peer_process, peer_pid AS peer_pid, "
+        "packets, bytes, first_seen, "
         "last_seen FROM flows WHERE interval_end > :since AND interval_start < :until AND ifname = :iface "
         "AND (src_port = :port OR dst_port = :port)) "
         "GROUP BY ifname, direction, proto, src_ip, src_port, dst_ip, dst_port")  # a port filter: no overflow
@@ -151,6 +155,98 @@ async def test_influx_gives_the_same_rows_as_sqlite(influx, db):
     assert await influx_history(influx, HistoryQuery(**ALL)) == sqlite_history(db, HistoryQuery(**ALL))
     query = HistoryQuery(**ALL, group_by="port", top=2)
     assert await influx_history(influx, query) == sqlite_history(db, query)
+    for group_by in ("pod", "workload", "process"):  # nobody known: one row of "", as on SQLite
+        query = HistoryQuery(**ALL, group_by=group_by)
+        rows = sqlite_history(db, query)
+        assert await influx_history(influx, query) == rows
+        assert [(r[group_by], r["packets"], r["bytes"]) for r in rows] == [("", 27, 6796)]
+
+
+WEB = {"pod": "shop/web-7d9f-x2", "workload": "web", "runtime": "containerd"}
+DB = {"pod": "shop/db-0", "workload": "db", "runtime": "containerd"}
+HOST = {"pod": "", "workload": "", "runtime": ""}
+
+
+def seen(first: int, last: int) -> dict:
+    return {"first_seen": first + 1, "last_seen": last + 2}
+
+
+def sums(packets: int) -> dict:
+    return {"packets": packets, "bytes": 100 * packets}
+
+
+POD_CASES = {
+    "group by pod": (dict(group_by="pod"), [
+        {**WEB, **sums(14), **seen(T0, T1)}, {**DB, **sums(4), **seen(T0, T0)}, {**HOST, **sums(3), **seen(T0, T0)}]),
+    "group by workload": (dict(group_by="workload"), [
+        {"workload": "web", **sums(14), **seen(T0, T1)}, {"workload": "db", **sums(4), **seen(T0, T0)},
+        {"workload": "", **sums(3), **seen(T0, T0)}]),
+    "group by process; one known later is still its connection's": (dict(group_by="process"), [
+        {"process": "", **sums(7), **seen(T0, T1)}, {"process": "nginx", **sums(5), **seen(T0, T0)},
+        {"process": "postgres", **sums(4), **seen(T0, T0)}, {"process": "curl", **sums(3), **seen(T0, T0)},
+        {"process": "sshd", **sums(2), **seen(T0, T0)}]),
+    "a pod glob": (dict(group_by="pod", pod="shop/*"), [
+        {**WEB, **sums(14), **seen(T0, T1)}, {**DB, **sums(4), **seen(T0, T0)}]),
+    "a pod glob with a prefix": (dict(group_by="pod", pod="shop/web-*"), [{**WEB, **sums(14), **seen(T0, T1)}]),
+    "a pod glob with a class": (dict(group_by="pod", pod="shop/[a-d]?-[0-9]"), [{**DB, **sums(4), **seen(T0, T0)}]),
+    "no pod": (dict(group_by="iface", pod=""), [
+        {"ifname": "eth0", "direction": "egress", **sums(3), **seen(T0, T0)}]),
+    "a workload": (dict(group_by="process", workload="db"), [{"process": "postgres", **sums(4), **seen(T0, T0)}]),
+    "a process": (dict(process="nginx"), [
+        {"ifname": "veth0", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 40000,
+         "dst_ip": "10.0.0.2", "dst_port": 5432, **WEB, "process": "nginx", "pid": 4242, "peer_process": "postgres",
+         "peer_pid": 77, **sums(5), **seen(T0, T0)}]),
+    "no process": (dict(group_by="iface", process=""), [
+        {"ifname": "veth0", "direction": "egress", **sums(6), **seen(T1, T1)},
+        {"ifname": "eth0", "direction": "egress", **sums(1), **seen(T0, T0)}]),
+    "a connection names its pod and both processes": (dict(top=2), [
+        {"ifname": "veth0", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 40000,
+         "dst_ip": "10.0.0.2", "dst_port": 5432, **WEB, "process": "nginx", "pid": 4242, "peer_process": "postgres",
+         "peer_pid": 77, **sums(11), **seen(T0, T1)},
+        {"ifname": "veth1", "direction": "egress", "proto": "tcp", "src_ip": "10.0.0.1", "src_port": 5432,
+         "dst_ip": "10.0.0.2", "dst_port": 40000, **DB, "process": "postgres", "pid": 77, "peer_process": "nginx",
+         "peer_pid": 4242, **sums(4), **seen(T0, T0)}]),
+}
+
+
+@pytest.mark.parametrize("query, expected", POD_CASES.values(), ids=POD_CASES.keys())
+async def test_pods_and_processes_give_the_same_rows_on_both_stores(flux_influx, tmp_path, query, expected):
+    """Filters run where the store runs them: in SQL, in Flux on the test server that runs it."""
+    _, influx = flux_influx
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    await write_pods(store)
+    await store.close()
+    await write_pods(influx)
+    rows = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, **query))
+    assert rows == expected
+    assert await influx_history(influx, HistoryQuery(**ALL, **query)) == expected
+
+
+async def test_a_file_of_schema_3_reads_as_without_pods_and_processes(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    store = SqliteStore(path)
+    await write_all(store)
+    await store.close()
+    with sqlite3.connect(path) as db:  # what a sink of schema 3 left, not opened since
+        for column in ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid"):
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 3")
+    assert sqlite_history(path, HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+    assert sqlite_history(path, HistoryQuery(**ALL, group_by="pod")) == [
+        {"pod": "", "workload": "", "runtime": "", "packets": 27, "bytes": 6796, "first_seen": T0 + 1,
+         "last_seen": T1 + 2}]
+    assert sqlite_history(path, HistoryQuery(**ALL, pod="shop/*")) == []
+    assert [r["packets"] for r in sqlite_history(path, HistoryQuery(**ALL, process="", group_by="proto"))] == [18, 7, 2]
+
+
+def test_the_pod_glob_and_names_travel_as_parameters():
+    sql, params = build_sql(HistoryQuery(since=T0, until=T1, pod="shop/*", workload="web", process="nginx"))
+    assert "connstats_glob(:pod, pod) AND workload = :workload AND process = :process" in sql
+    assert "overflow" not in sql and (params["pod"], params["workload"], params["process"]) == ("shop/*", "web", "nginx")
+    flux, params = build_flux(HistoryQuery(since=T0, until=T1, pod="shop/*", workload="web", process=""), "flows")
+    assert flux.splitlines()[3:5] == ["  |> filter(fn: (r) => r.workload == p_workload)",
+                                      "  |> filter(fn: (r) => not exists r.process)"]
+    assert "shop" not in flux and '"pod"' in flux.splitlines()[-1] and params["p_workload"] == "web"
 
 
 @pytest.mark.parametrize("group_by", ["container", "connection_owner"])
@@ -261,7 +357,8 @@ def test_build_flux_text():
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
         "  |> filter(fn: (r) => r.src_port == p_port or r.dst_port == p_port)",
         '  |> keep(columns: ["_time", "_measurement", "host", "ifname", "direction", "proto", "src_ip", "src_port", '
-        '"dst_ip", "dst_port", "packets", "bytes", "first_seen", "last_seen"])',
+        '"dst_ip", "dst_port", "packets", "bytes", "first_seen", "last_seen", "pod", "workload", "runtime", '
+        '"process", "pid", "peer_process", "peer_pid"])',
     ])
     assert params["p_port"] == 443 and params["p_bucket"] == "flows" and "p_overflow" not in params
     flux, params = build_flux(HistoryQuery(since=T0, until=T1, iface="veth0"), "flows")
@@ -313,7 +410,7 @@ def test_parse_time_errors(text, message):
 
 @pytest.mark.parametrize("changes, message", [
     ({"group_by": "host"}, "--group-by 'host' is not one of connection, port, iface, proto, container, "
-                           "connection_owner, service"),
+                           "connection_owner, service, pod, workload, process"),
     ({"port": 70000}, "--port 70000 is not between 0 and 65535"),
     ({"until": ALL["since"]}, "--until must be later than --since"),
     ({"every": 0}, "--every must be a positive duration, e.g. 1m"),

@@ -147,6 +147,8 @@ async def test_overflow_is_its_own_row_per_connection_and_the_stores_agree(tmp_p
     for query, expected_first in [
         (HistoryQuery(**ALL), {"ifname": "veth0", "direction": "egress", "proto": "(overflow)",
                                "src_ip": "(overflow)", "src_port": 0, "dst_ip": "(overflow)", "dst_port": 0,
+                               "pod": "", "workload": "", "runtime": "", "process": "", "pid": 0,
+                               "peer_process": "", "peer_pid": 0,
                                "packets": 485, "bytes": 485 * 1387, "first_seen": None, "last_seen": None}),
         (HistoryQuery(**ALL, group_by="proto"), {"proto": "(overflow)", "packets": 485, "bytes": 485 * 1387,
                                                  "first_seen": None, "last_seen": None}),
@@ -159,7 +161,7 @@ async def test_overflow_is_its_own_row_per_connection_and_the_stores_agree(tmp_p
     assert [(r["proto"], r["packets"], r["bytes"]) for r in by_proto] == [
         ("(overflow)", 485, 485 * 1387), ("tcp", 120, 12_000)]
     # A filter on port, protocol or container cannot say which connections overflowed: no overflow.
-    for filters in ({"port": 443}, {"proto": 6}, {"container": ""}):
+    for filters in ({"port": 443}, {"proto": 6}, {"container": ""}, {"pod": "*"}, {"workload": ""}, {"process": ""}):
         query = HistoryQuery(**ALL, group_by="iface", **filters)
         assert [(r["packets"], r["bytes"]) for r in sqlite_history(tmp_path / "flows.sqlite", query)] == [(120, 12_000)]
         assert [(r["packets"], r["bytes"]) for r in await influx_history(influx, query)] == [(120, 12_000)]
