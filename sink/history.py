@@ -11,10 +11,11 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
                               iface: ifname, direction        proto: proto
                               pod: pod       workload: workload       process: process
                               service (for `policy learn`): ifname, container_id, container_name,
-                                direction, proto, src_ip, dst_ip, port, server ("src", "dst", or
-                                "" when both ports are equal: sink/store.py server_side)
+                                pod, direction, proto, src_ip, dst_ip, port, server ("src", "dst",
+                                or "" when both ports are equal: sink/store.py server_side)
     attributes (not keys)     connection (and the web map's connection_owner): pod, workload,
-                                runtime, process, pid, peer_process, peer_pid; pod: workload, runtime. The greatest value among the
+                                runtime, process, pid, peer_process,
+                                peer_pid; pod: workload, runtime. The greatest value among the
                                 row's records ("" or 0 where none was known), so a connection
                                 whose process became known later is still one row
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
@@ -66,8 +67,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "container": ("host", "container_name"),
     "connection_owner": ("host", "ifname", "container_name", "direction", "proto", "src_ip", "src_port",
                          "dst_ip", "dst_port", "verdict"),
-    "service": ("ifname", "container_id", "container_name", "direction", "proto", "src_ip", "dst_ip", "port",
-                "server"),
+    "service": ("ifname", "container_id", "container_name", "pod", "direction", "proto", "src_ip", "dst_ip",
+                "port", "server"),
     "pod": ("pod",),
     "workload": ("workload",),
     "process": ("process",),

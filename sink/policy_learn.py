@@ -7,9 +7,9 @@ number of client ports; client ports never reach Python. ``learn_policy`` turns 
 rows into groups and rules:
 
 - the device a row was counted on is its *local* end (the source of what it sends,
-  ``egress``, the destination of what it receives); the device is a group: a Docker
-  container (``containers``), a netns-only container (``netns``), or, with no container,
-  the device itself (``ifaces``);
+  ``egress``, the destination of what it receives); the device is a group: a Kubernetes
+  pod's workload (``pods``, see ``pod_glob``), a Docker container (``containers``), a
+  netns-only container (``netns``), or, with no container, the device itself (``ifaces``);
 - the other end, the *peer*, is the group of the container that address belongs to (an
   address seen as the local end on that container's device), else ``host`` (one of this
   host's addresses, which the caller gives), else ``world`` or, with ``peers="prefix"``,
@@ -50,7 +50,15 @@ from connstats.sink.history import HistoryQuery
 
 _ICMPV6 = 58
 _DHCP_PORTS = (67, 546)  # the service port of DHCP (67/68) and DHCPv6 (546/547): the lower one
-_KIND_ORDER = ("containers", "netns", "ifaces", "cidrs")
+_KIND_ORDER = ("pods", "containers", "netns", "ifaces", "cidrs")
+# The characters Kubernetes draws generated name suffixes from (its rand.String and the
+# pod-template-hash's SafeEncodeString): no vowels, no 0, 1 or 3, so a word is rarely one.
+_GENERATED = "[bcdfghjklmnpqrstvwxz2456789]"
+_POD_SUFFIXES = (
+    re.compile(rf"^(.+)-{_GENERATED}{{6,10}}-{_GENERATED}{{5}}$"),  # Deployment: <name>-<hash>-<xxxxx>
+    re.compile(rf"^(.+)-{_GENERATED}{{5}}$"),  # DaemonSet, Job, ReplicaSet: <name>-<xxxxx>
+    re.compile(r"^(.+)-(0|[1-9][0-9]{0,8})$"),  # StatefulSet: <name>-<ordinal>
+)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -157,12 +165,34 @@ def _parsed(row: dict) -> _Row | None:
     if proto in PORTED_PROTOCOLS and row["port"] == 0:  # non-first fragments: part of their connection
         return None
     proto = 1 if proto == _ICMPV6 else proto  # a policy's icmp is ICMP and ICMPv6
-    device = (_Group("containers", row["container_name"]) if row["container_id"]
+    pod = row.get("pod") or ""  # a store without pods (an older file, InfluxDB before them) has none
+    device = (_Group("pods", pod_glob(pod)) if pod
+              else _Group("containers", row["container_name"]) if row["container_id"]
               else _Group("netns", row["container_name"]) if row["container_name"]
               else _Group("ifaces", row["ifname"]))
     local = src if row["direction"] == "egress" else dst
     return _Row(device, src, dst, local, proto, row["port"], row["server"], row["bytes"],
                 row.get("connections", 1), row["first_seen"] or 0, row["ifname"])
+
+
+def pod_glob(pod: str) -> str:
+    """The pods of the workload ``pod`` ("<namespace>/<name>") belongs to, as a ``pods`` glob:
+    the name less the suffix Kubernetes generates (a Deployment's pod-template-hash and
+    five characters, a DaemonSet's or Job's five, a StatefulSet's ordinal), then ``-*``;
+    a name with no such suffix stays as it is (a pod made by hand). So the group still holds
+    when the workload's pods are replaced; it also holds other pods whose names begin with
+    the same ``<name>-``."""
+    namespace, _, name = pod.partition("/")
+    for suffix in _POD_SUFFIXES:
+        match = suffix.match(name)
+        if match:
+            return f"{namespace}/{_glob_escaped(match[1])}-*"
+    return f"{namespace}/{_glob_escaped(name)}"
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by fnmatch (a pod name has none of *?[, but a store may)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _owners(rows: list[_Row], host_addresses: Iterable[str]) -> tuple[dict[Address, _Group], set[Address]]:
@@ -258,15 +288,17 @@ def _prefix_order(prefix: str) -> tuple:
 
 
 def _names(groups: set[_Group], members: dict[_Group, list[_Group]] | None = None) -> dict[_Group, str]:
-    """A TOML-friendly name per group: the container, netns or device name (characters other
-    than letters, digits, ``_`` and ``-`` made ``-``), ``net-<prefix>`` for prefixes
+    """A TOML-friendly name per group: the container, netns or device name, the pods' glob
+    without ``-*`` ("shop/web-*": shop-web) (characters other than letters, digits, ``_``
+    and ``-`` made ``-``), ``net-<prefix>`` for prefixes
     (``net-<first prefix>-and-<n>-more`` for a group of several); a name taken already, or
     built in, gets its kind as suffix."""
     names: dict[_Group, str] = {}
     taken = set(BUILTIN_GROUPS)
     members = members or {}
     for group in sorted(groups, key=lambda g: (_KIND_ORDER.index(g.kind), g.value)):
-        base = "net-" + group.value if group.kind == "cidrs" else group.value
+        base = ("net-" + group.value if group.kind == "cidrs"
+                else group.value.removesuffix("-*") if group.kind == "pods" else group.value)
         if len(members.get(group, ())) > 1:
             base += f"-and-{len(members[group]) - 1}-more"
         name = re.sub(r"[^A-Za-z0-9_-]", "-", base).lstrip("-")[:MAX_NAME] or group.kind
@@ -291,6 +323,8 @@ def _policy_group(name: str, kind: str, values: list[str]) -> Group:
             return Group(name, cidrs=tuple(ipaddress.ip_network(v) for v in values))
         case "containers":
             return Group(name, containers=tuple(values))
+        case "pods":
+            return Group(name, pods=tuple(values))
         case "images":
             return Group(name, images=tuple(values))
         case "ifaces":

@@ -29,7 +29,7 @@ from tests.fixtures.tmpfs import *  # noqa: F401,F403
 # `pytest -m "not kernel and not nats and not docker and not podman and not browser"`) runs the others.
 PARTS = {
     "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network", "containerd",
-               "routed_namespaces"},
+               "routed_namespaces", "pair_network"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
     "podman": {"podman_host"},

@@ -5,7 +5,8 @@ and a ``Policy`` back out as TOML (``format_policy``; ``policy learn`` writes th
     web    = { containers = ["web*"] }      # container name globs
     db     = { containers = ["db"] }
     client = { cidrs = ["10.0.7.0/24"] }    # v4 and v6 prefixes
-    # also images = [...], ifaces = [...], netns = [...]; built in: host, world
+    shop   = { k8s_namespaces = ["shop"], labels = { app = "web" } }   # pods: every pod selector matches
+    # also images = [...], ifaces = [...], netns = [...], pods = ["shop/web-*"]; built in: host, world
 
     [[allow]]
     from = "web"
@@ -39,7 +40,14 @@ MAX_RULES = 4096
 # table sets: the policy in force and the one being built. Room is left for the addresses
 # of the devices and the host.
 MAX_PREFIXES = 32_000
-SELECTORS = ("containers", "images", "ifaces", "netns", "cidrs")
+SELECTORS = ("containers", "images", "ifaces", "netns", "pods", "k8s_namespaces", "labels", "cidrs")
+POD_SELECTORS = ("pods", "k8s_namespaces", "labels")  # a pod matches a group's when it matches each it has
+MAX_LABELS = 32  # label pairs of one group
+# Kubernetes' own limits: a label name is 63 characters, with a DNS subdomain prefix of up to 253 and
+# "/" before it; a value is at most 63, possibly empty. Names and values start and end alphanumeric.
+_LABEL_PART = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"^([a-z0-9]([a-z0-9.-]{{0,251}}[a-z0-9])?/)?{_LABEL_PART}$")
+_LABEL_VALUE = re.compile(rf"^({_LABEL_PART})?$")
 PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: the classifier reads their ports
 _NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}$")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
@@ -50,18 +58,30 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class Group:
-    """A named set of endpoints: devices (and their containers' addresses) and prefixes."""
+    """A named set of endpoints: devices (and their containers' addresses) and prefixes.
+
+    ``pods`` (globs over "<k8s namespace>/<pod name>"), ``k8s_namespaces`` (globs) and
+    ``labels`` (pairs, sorted, each equal to one of the pod's) select pods together: a pod
+    is in the group when it matches every one of them the group has. The group is the union
+    of that and its other selectors."""
 
     name: str
     containers: tuple[str, ...] = ()
     images: tuple[str, ...] = ()
     ifaces: tuple[str, ...] = ()
     netns: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()
+    k8s_namespaces: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
     cidrs: tuple[Network, ...] = ()
 
     @property
     def selects_devices(self) -> bool:
-        return bool(self.containers or self.images or self.ifaces or self.netns)
+        return bool(self.containers or self.images or self.ifaces or self.netns or self.selects_pods)
+
+    @property
+    def selects_pods(self) -> bool:
+        return any(getattr(self, key) for key in POD_SELECTORS)
 
 
 @dataclass(frozen=True)
@@ -134,14 +154,56 @@ def _group(name: str, body: Any, where: _Locator) -> Group:
         raise PolicyError(where.at(path, f"must be a table with one of {', '.join(SELECTORS)}, "
                                    'e.g. { containers = ["web*"] }'))
     values: dict[str, tuple[str, ...]] = {}
+    labels: tuple[tuple[str, str], ...] = ()
     for key, value in body.items():
         if key not in SELECTORS:
             raise PolicyError(where.at(path + (key,), f"unknown key; use {', '.join(SELECTORS)}"))
+        if key == "labels":
+            labels = _labels(value, where, path + (key,))
+            continue
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise PolicyError(where.at(path + (key,), 'must be a list of non-empty strings, e.g. ["web*"]'))
+            raise PolicyError(where.at(path + (key,), 'must be a list of non-empty strings, e.g. '
+                                       + _EXAMPLES.get(key, '["web*"]')))
+        for text in value:
+            _check_glob(key, text, where, path + (key,))
         values[key] = tuple(value)
     cidrs = tuple(_network(text, where, path + ("cidrs",)) for text in values.pop("cidrs", ()))
-    return Group(name, **values, cidrs=cidrs)
+    return Group(name, **values, labels=labels, cidrs=cidrs)
+
+
+_EXAMPLES = {"pods": '["shop/web-*"]', "k8s_namespaces": '["shop"]'}
+
+
+def _check_glob(key: str, text: str, where: _Locator, path: KeyPath) -> None:
+    """A pod glob names the namespace and the pod; a namespace glob only the namespace."""
+    if key == "pods" and "/" not in text:
+        raise PolicyError(where.at(path, f"{text!r} has no '/'; write <namespace>/<pod name>, globs allowed, "
+                                   'e.g. "shop/web-*" or "*/web-*"'))
+    if key == "k8s_namespaces" and "/" in text:
+        raise PolicyError(where.at(path, f"{text!r} is not a namespace name (no '/'); select pods with "
+                                   'pods = ["<namespace>/<pod name>"]'))
+
+
+def _labels(value: Any, where: _Locator, path: KeyPath) -> tuple[tuple[str, str], ...]:
+    """``{ app = "web", "app.kubernetes.io/name" = "shop" }`` as sorted pairs."""
+    if not isinstance(value, dict) or not value:
+        raise PolicyError(where.at(path, 'must be a table of at least one label, e.g. labels = { app = "web" }'))
+    if len(value) > MAX_LABELS:
+        raise PolicyError(where.at(path, f"{len(value)} labels; at most {MAX_LABELS}, keep the ones that decide"))
+    for key, text in value.items():
+        if not isinstance(text, str):
+            hint = ("; quote a name with dots, e.g. \"app.kubernetes.io/name\" = \"web\""
+                    if isinstance(text, dict) else "")
+            raise PolicyError(where.at(path, f"the value of {key!r} is not a string; write e.g. "
+                                       f'{_key(key)} = "web"{hint}'))
+        if not _LABEL_KEY.match(key):
+            raise PolicyError(where.at(path, f"{key!r} is not a Kubernetes label name (an optional DNS prefix "
+                                       "and '/', then up to 63 letters, digits, '-', '_', '.'); fix it"))
+        if not _LABEL_VALUE.match(text):
+            raise PolicyError(where.at(path, f"the value {text!r} of {key!r} is not a Kubernetes label value "
+                                       "(up to 63 letters, digits, '-', '_', '.', alphanumeric at both ends); "
+                                       "fix it"))
+    return tuple(sorted(value.items()))
 
 
 def _network(text: str, where: _Locator, path: KeyPath) -> Network:
@@ -227,7 +289,7 @@ def format_policy(policy: Policy, header: Iterable[str] = ()) -> str:
     lines = [f"# {_comment(line)}" for line in header]
     lines.append("[groups]")
     for group in policy.groups:
-        selectors = ", ".join(f"{key} = {_array(values)}" for key, values in _selectors(group))
+        selectors = ", ".join(f"{key} = {text}" for key, text in _selectors(group))
         lines.append(f"{_key(group.name)} = {{ {selectors} }}")
     for rule in policy.rules:
         lines += ["", "[[allow]]", f"from = {_string(rule.source)}", f"to = {_string(rule.target)}",
@@ -237,10 +299,18 @@ def format_policy(policy: Policy, header: Iterable[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _selectors(group: Group) -> list[tuple[str, list[str]]]:
-    """A group's non-empty selectors, in ``SELECTORS`` order, as text."""
-    values = ((key, [str(value) for value in getattr(group, key)]) for key in SELECTORS)
-    return [(key, texts) for key, texts in values if texts]
+def _selectors(group: Group) -> list[tuple[str, str]]:
+    """A group's non-empty selectors, in ``SELECTORS`` order, as TOML values."""
+    out = []
+    for key in SELECTORS:
+        values = getattr(group, key)
+        if not values:
+            continue
+        if key == "labels":
+            out.append((key, "{ " + ", ".join(f"{_key(k)} = {_string(v)}" for k, v in values) + " }"))
+        else:
+            out.append((key, _array(str(value) for value in values)))
+    return out
 
 
 def _string(text: str) -> str:

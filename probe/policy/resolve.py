@@ -6,7 +6,9 @@
         └─ resolve(policy, endpoints, host) ─> Resolved: {ifindex: group mask},
                                                          {prefix: group mask}
 
-A device is governed when a group selects it (containers, images, ifaces, netns globs).
+A device is governed when a group selects it (containers, images, ifaces, netns globs, or
+its pod: pods and k8s_namespaces globs and labels, all of those the group has matching).
+A device whose owner has no pod (Docker, netns-only, a host device) matches no pod selector.
 A group's addresses are its prefixes plus the addresses behind the devices it selects,
 so a rule from ``web`` to ``db`` matches on db's veth by web's address and vice versa.
 Bit 0 is ``host``, bit 1 ``world``; ``world`` is every address no group's prefix holds.
@@ -44,6 +46,8 @@ class Endpoint:
     image: str = ""
     netns: str = ""  # the namespace's name (netns-only containers)
     addresses: tuple[Address, ...] = ()
+    pod: str = ""  # "<k8s namespace>/<pod name>" when a runtime knows the pod
+    pod_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,19 @@ def selects(group: Group, endpoint: Endpoint) -> bool:
     return (any_match(endpoint.container.lstrip("/"), group.containers)
             or any_match(endpoint.image, group.images)
             or any_match(endpoint.ifname, group.ifaces)
-            or any_match(endpoint.netns, group.netns))
+            or any_match(endpoint.netns, group.netns)
+            or selects_pod(group, endpoint.pod, endpoint.pod_labels))
+
+
+def selects_pod(group: Group, pod: str, labels: tuple[tuple[str, str], ...]) -> bool:
+    """Is ``pod`` ("<namespace>/<name>", "" for none) in the group by its pod selectors? Each
+    one the group has must match: a pods glob, a k8s_namespaces glob, every label pair."""
+    if not pod or not group.selects_pods:
+        return False
+    namespace = pod.split("/", 1)[0]
+    return ((not group.pods or any(fnmatchcase(pod, glob) for glob in group.pods))
+            and (not group.k8s_namespaces or any(fnmatchcase(namespace, glob) for glob in group.k8s_namespaces))
+            and set(group.labels) <= set(labels))
 
 
 def _nested(own: dict[Network, int]) -> dict[Network, int]:
@@ -188,6 +204,10 @@ class _Container(Protocol):
     def name(self) -> str: ...
     @property
     def image(self) -> str: ...
+    @property
+    def pod(self) -> str: ...
+    @property
+    def pod_labels(self) -> tuple[tuple[str, str], ...]: ...
 
 
 class Owners(Protocol):
@@ -217,5 +237,6 @@ def endpoints_of(devices: Iterable[AttachedDevice], containers: Owners | None = 
         endpoints.append(Endpoint(
             device.ifindex, device.name, container=container.name if container else "",
             image=container.image if container else "", netns=netns.name if netns else "",
-            addresses=addresses))
+            addresses=addresses, pod=container.pod if container else "",
+            pod_labels=container.pod_labels if container else ()))
     return endpoints

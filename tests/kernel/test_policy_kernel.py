@@ -1,14 +1,16 @@
 """The policy in the kernel: exact counts, verdicts and drops on real veths.
 
 Topology (tests/fixtures/netns.py): namespaces a and b behind host-side veths on a bridge.
-Groups select the veths (``ifaces``); their addresses come from the namespaces behind them
-(resolve.endpoints_of, through the real ContainerIndex). The oracle is the kernel's own
+Groups select the veths (``ifaces``), or the pods the ContainerIndex says are behind them
+(``pods``, ``k8s_namespaces``, ``labels``); their addresses come from the namespaces behind
+them (resolve.endpoints_of, through the real ContainerIndex). The oracle is the kernel's own
 veth counters and what the hop after the drop (b's veth) counted.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +27,8 @@ from connstats.probe.policy.job import ApplyJob
 from connstats.probe.policy.resolve import addresses_in, endpoints_of
 from connstats.probe.policy.service import PolicyService
 from connstats.probe.policy.tables import ADDR_KEY, GROUPS_VALUE, PolicyTables
-from connstats.probe.watch.containers import ContainerIndex
+from connstats.probe.watch.containers import Container, ContainerIndex
+from tests.fixtures.policy import udp_receiver
 from tests.fixtures.wait import until
 
 pytestmark = pytest.mark.kernel
@@ -493,3 +496,91 @@ def test_a_superseded_apply_never_takes_effect_after_its_successor(probe, police
     probe.poll()
     assert record_totals(probe, ifname=a.host_if, dst_port=5501) == (30, 30 * (UDP4 + 10), {"deny"})
     assert record_totals(probe, ifname=b.host_if, dst_port=5501)[:2] == (0, 0)
+
+
+# -- pods: selected through the ContainerIndex, as a runtime's watcher fills it -------------
+
+POD_POLICY = """\
+[groups]
+web = { pods = ["shop/web-*"] }
+db  = { k8s_namespaces = ["shop"], labels = { app = "db" } }
+
+[[allow]]
+from = "web"
+to = "db"
+proto = "udp"
+ports = [5500]
+"""
+
+
+def pod_sandbox(pod: str, **labels: str) -> Container:
+    """A pod's sandbox as the containerd watcher would index it (the netns is the pod's)."""
+    name = pod.split("/")[1]
+    return Container(f"sandbox-{name}", name, "registry.k8s.io/pause:3.9", 0, runtime="containerd", pod=pod,
+                     workload=name.split("-")[0], pod_labels=tuple(sorted(labels.items())))
+
+
+@pytest.fixture
+def pods_network(pair_network):
+    """The pair, quiet, with a UDP socket on b's 5500 (no port unreachable goes back to a)."""
+    a, b = pair_network.hosts
+    a.quiet([b]), b.quiet([a])
+    receiver = udp_receiver(["ip", "netns", "exec", b.netns], b.ipv4, 5500)
+    yield a, b
+    receiver.kill(), receiver.wait(), receiver.stdout.close()
+
+
+def test_pod_selectors_protect_and_follow_the_pods_labels(probe, policer, pods_network, tmp_path):
+    """a is the pod shop/web-..., b the pod shop/db-0 labelled app=db: a may send to b on udp
+    5500 only. Then b's labels change (app=cache): b leaves the group db, its address is
+    world, and the same datagrams are dropped; labelled app=db again, they pass again."""
+    a, b = pods_network
+    index = policer.index
+    inode = {host.netns: os.stat(f"/var/run/netns/{host.netns}").st_ino for host in (a, b)}
+    index.by_netns[inode[a.netns]] = pod_sandbox("shop/web-7d9f8c-x2k4q", app="web")
+    index.by_netns[inode[b.netns]] = pod_sandbox("shop/db-0", app="db", tier="data")
+    a_dev, b_dev = probe.attach(a.host_if), probe.attach(b.host_if)
+    a_index, b_index = a_dev.ifindex, b_dev.ifindex
+    service = PolicyService(violations=None, state_dir=tmp_path, containers=index).bind(
+        ProbeOfTheService(probe, policer.tables))
+    asyncio.run(service.apply(parse_policy(POD_POLICY), "protect"))
+    resolved = service.resolved
+    assert resolved.devices == {a_index: resolved.bit("web"), b_index: resolved.bit("db")}
+    assert resolved.names(resolved.groups_of(b.ipv4)) == ["db"]
+
+    a_before, b_before = a.counters(), b.counters()
+    a.traffic("udp", b.ipv4, 5500, 45000, 200, 100)  # web -> db 5500: allowed
+    a.traffic("udp", b.ipv4, 5501, 45001, 300, 100)  # another port: dropped
+    b.traffic("udp", a.ipv4, 5500, 45002, 100, 100)  # db may not open to web: dropped
+    probe.poll()
+    a_after, b_after = a.counters(), b.counters()
+    assert (b_after["rx_packets"] - b_before["rx_packets"], b_after["rx_bytes"] - b_before["rx_bytes"]) == (
+        200, 200 * (UDP4 + 100))
+    assert a_after["rx_packets"] - a_before["rx_packets"] == 0
+    assert (a_after["tx_packets"] - a_before["tx_packets"], b_after["tx_packets"] - b_before["tx_packets"]) == (
+        500, 100)
+    for host, direction, port, verdict, packets in (
+            (a, "egress", 45000, "allow", 200), (b, "ingress", 45000, "allow", 200),
+            (a, "egress", 45001, "deny", 300), (b, "ingress", 45001, "", 0),
+            (b, "egress", 45002, "deny", 100), (a, "ingress", 45002, "", 0)):
+        expected = (packets, packets * (UDP4 + 100), {verdict} if packets else set())
+        assert record_totals(probe, ifname=host.host_if, direction=direction, src_port=port) == expected
+
+    index.by_netns[inode[b.netns]] = pod_sandbox("shop/db-0", app="cache", tier="data")
+    assert asyncio.run(service.recheck()) is True
+    assert service.resolved.devices == {a_index: resolved.bit("web")}
+    b_before = b.counters()
+    a.traffic("udp", b.ipv4, 5500, 45003, 150, 100)
+    probe.poll()
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 0
+    assert record_totals(probe, ifname=a.host_if, direction="egress", src_port=45003) == (
+        150, 150 * (UDP4 + 100), {"deny"})
+
+    index.by_netns[inode[b.netns]] = pod_sandbox("shop/db-0", app="db")
+    assert asyncio.run(service.recheck()) is True
+    b_before = b.counters()
+    a.traffic("udp", b.ipv4, 5500, 45004, 50, 100)
+    probe.poll()
+    assert b.counters()["rx_packets"] - b_before["rx_packets"] == 50
+    assert record_totals(probe, ifname=b.host_if, direction="ingress", src_port=45004) == (
+        50, 50 * (UDP4 + 100), {"allow"})

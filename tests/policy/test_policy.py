@@ -76,19 +76,24 @@ ODD = Policy(
      Group("x" * MAX_NAME, ifaces=("eth0",), netns=("netns:4026532999",)),
      Group("_dash-9", cidrs=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"),
                              ipaddress.ip_network("192.0.2.7/32"))),
-     Group("one-netns", netns=("n",))),
+     Group("one-netns", netns=("n",)),
+     Group("shop-web", pods=("shop/web-*", "*/we\"b?"), k8s_namespaces=("shop", "shop-[ab]*"),
+           labels=(("app", "web"), ("app.kubernetes.io/name", "web_1.x"), ("example.com/tier", ""))),
+     Group("by-label", labels=(("app", "db"),), containers=("db",))),
     (PolicyRule("my.app", "x" * MAX_NAME, 6, ((0, 0), (22, 22), (8000, 8099), (65535, 65535))),
      PolicyRule("host", "world", 58),
      PolicyRule("_dash-9", "host", 132, ((1, 65535),)),
      PolicyRule("world", "my.app", 47),
      PolicyRule("one-netns", "one-netns", 17, ((53, 53),)),
-     PolicyRule("my.app", "_dash-9", 1)),
+     PolicyRule("my.app", "_dash-9", 1),
+     PolicyRule("shop-web", "by-label", 6, ((5432, 5432),))),
 )
 
 
 def test_what_the_writer_writes_parses_back_to_the_same_policy():
-    """Quoted names and values, every selector, v4 and v6 prefixes, named and numbered
-    protocols, single ports and ranges up to 0 and 65535, the built-in groups."""
+    """Quoted names and values, every selector (pod globs and labels too), v4 and v6
+    prefixes, named and numbered protocols, single ports and ranges up to 0 and 65535, the
+    built-in groups."""
     text = format_policy(ODD, ["a header"])
     assert parse_policy(text) == ODD
     assert format_policy(parse_policy(text), ["a header"]) == text
@@ -96,9 +101,14 @@ def test_what_the_writer_writes_parses_back_to_the_same_policy():
     assert lines[2] == '"my.app" = { containers = ["we\\"b*", "back\\\\slash", "tab\\u0009here", "new\\u000aline", ' \
                        '"caf\u00e9"], images = ["img:1"] }'
     assert lines[4] == '_dash-9 = { cidrs = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"] }'
+    assert lines[6:8] == [
+        'shop-web = { pods = ["shop/web-*", "*/we\\"b?"], k8s_namespaces = ["shop", "shop-[ab]*"], labels = { '
+        'app = "web", "app.kubernetes.io/name" = "web_1.x", "example.com/tier" = "" } }',
+        'by-label = { containers = ["db"], labels = { app = "db" } }']
     assert [line for line in lines if line.startswith(("proto", "ports"))] == [
         'proto = "tcp"', 'ports = [0, 22, "8000-8099", 65535]', 'proto = "icmpv6"', "proto = 132",
-        'ports = ["1-65535"]', "proto = 47", 'proto = "udp"', "ports = [53]", 'proto = "icmp"']
+        'ports = ["1-65535"]', "proto = 47", 'proto = "udp"', "ports = [53]", 'proto = "icmp"', 'proto = "tcp"',
+        "ports = [5432]"]
 
 
 def test_an_empty_policy_is_written_and_read_back():
@@ -115,8 +125,8 @@ def bad(old: str, new: str) -> str:
     ("[groups\n", "p: not valid TOML (Expected ']' at the end of a table declaration (at line 1, column 8)); fix the syntax"),
     (GOOD + "\n[deny]\nx = 1\n", "p line 18: deny: unknown section 'deny'; use [groups] and [[allow]]"),
     (bad("web    =", "host   ="), "p line 2: groups.host: 'host' is built in; give the group another name"),
-    (bad('images = ["postgres:*"]', 'labels = ["x"]'), "p line 3: groups.db.labels: unknown key; use containers, "
-     "images, ifaces, netns, cidrs"),
+    (bad('images = ["postgres:*"]', 'label = ["x"]'), "p line 3: groups.db.label: unknown key; use containers, "
+     "images, ifaces, netns, pods, k8s_namespaces, labels, cidrs"),
     (bad('"10.0.7.0/24"', '"10.0.7.0/33"'), "p line 4: groups.client.cidrs: '10.0.7.0/33' is not an address prefix; "
      "write e.g. 10.0.7.0/24 or fd00::/64"),
     (bad('containers = ["web*"]', "containers = []"), None),  # an empty list selects nothing: allowed
@@ -138,6 +148,33 @@ def bad(old: str, new: str) -> str:
      '"8000-8099"; fix it'),
     (bad('proto = "tcp"', 'proto = "tcp"\nport = 1'), "p line 11: allow[0].port: unknown key; use from, to, proto, "
      "ports"),
+    (bad('images = ["postgres:*"]', 'labels = { app = 5 }'), "p line 3: groups.db.labels: the value of 'app' is "
+     'not a string; write e.g. app = "web"'),
+    (bad('images = ["postgres:*"]', 'labels = { app.kubernetes.io = "x" }'), "p line 3: groups.db.labels: the "
+     "value of 'app' is not a string; write e.g. app = \"web\"; quote a name with dots, e.g. "
+     '"app.kubernetes.io/name" = "web"'),
+    (bad('images = ["postgres:*"]', "labels = {}"), "p line 3: groups.db.labels: must be a table of at least "
+     'one label, e.g. labels = { app = "web" }'),
+    (bad('images = ["postgres:*"]', 'labels = ["app=web"]'), "p line 3: groups.db.labels: must be a table of at "
+     'least one label, e.g. labels = { app = "web" }'),
+    (bad('images = ["postgres:*"]', 'labels = { "-app" = "web" }'), "p line 3: groups.db.labels: '-app' is not a "
+     "Kubernetes label name (an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_', '.'); fix it"),
+    (bad('images = ["postgres:*"]', 'labels = { app = "web!" }'), "p line 3: groups.db.labels: the value 'web!' "
+     "of 'app' is not a Kubernetes label value (up to 63 letters, digits, '-', '_', '.', alphanumeric at both "
+     "ends); fix it"),
+    (bad('images = ["postgres:*"]', 'labels = { app = "' + "x" * 64 + '" }'), "p line 3: groups.db.labels: the "
+     "value '" + "x" * 64 + "' of 'app' is not a Kubernetes label value (up to 63 letters, digits, '-', '_', '.', "
+     "alphanumeric at both ends); fix it"),
+    (bad('images = ["postgres:*"]', "labels = { " + ", ".join(f'l{i} = "v"' for i in range(33)) + " }"),
+     "p line 3: groups.db.labels: 33 labels; at most 32, keep the ones that decide"),
+    (bad('images = ["postgres:*"]', 'pods = ["db-*"]'), "p line 3: groups.db.pods: 'db-*' has no '/'; write "
+     '<namespace>/<pod name>, globs allowed, e.g. "shop/web-*" or "*/web-*"'),
+    (bad('images = ["postgres:*"]', 'pods = ["shop/db", ""]'), "p line 3: groups.db.pods: must be a list of "
+     'non-empty strings, e.g. ["shop/web-*"]'),
+    (bad('images = ["postgres:*"]', 'k8s_namespaces = ["shop/db"]'), "p line 3: groups.db.k8s_namespaces: "
+     "'shop/db' is not a namespace name (no '/'); select pods with pods = [\"<namespace>/<pod name>\"]"),
+    (bad('images = ["postgres:*"]', "k8s_namespaces = [1]"), "p line 3: groups.db.k8s_namespaces: must be a list "
+     'of non-empty strings, e.g. ["shop"]'),
     ("[groups]\n" + "".join(f"g{i} = {{ ifaces = ['x'] }}\n" for i in range(63)),
      "p line 1: groups: 63 groups; at most 62 fit, merge some"),
 ])
@@ -178,6 +215,34 @@ def test_groups_resolve_to_governed_devices_and_nested_prefixes():
     assert resolved.groups_of("192.0.2.1") == HOST_BIT
     assert resolved.groups_of("10.0.9.4") == resolved.groups_of("8.8.8.8") == WORLD_BIT
     assert resolved.names(web | client) == ["web", "client"]
+
+
+POD_GROUPS = """\
+[groups]
+web      = { pods = ["shop/web-*"] }
+shop     = { k8s_namespaces = ["shop*"] }
+labelled = { labels = { app = "web", "app.kubernetes.io/part-of" = "shop" } }
+narrow   = { k8s_namespaces = ["shop"], labels = { app = "web" } }
+either   = { containers = ["legacy"], pods = ["*/db-0"] }
+"""
+
+
+def test_pod_selectors_match_the_pod_name_its_namespace_and_every_label_pair():
+    policy = parse_policy(POD_GROUPS)
+    web, shop, labelled, narrow, either = (resolve(policy, [], []).bit(n)
+                                           for n in ("web", "shop", "labelled", "narrow", "either"))
+    both_labels = (("app", "web"), ("app.kubernetes.io/part-of", "shop"), ("pod-template-hash", "7d9f"))
+    resolved = resolve(policy, [
+        endpoint(1, "veth1", "10.0.1.1", pod="shop/web-7d9f-abc12", pod_labels=both_labels),
+        endpoint(2, "veth2", "10.0.1.2", pod="shop-b/web-1", pod_labels=(("app", "web"),)),  # one pair of two
+        endpoint(3, "veth3", "10.0.1.3", pod="other/db-0", pod_labels=both_labels),
+        endpoint(4, "veth4", "10.0.1.4", container="legacy"),
+        endpoint(5, "veth5", "10.0.1.5", container="web-1", netns="shop"),  # no pod: no pod selector
+        endpoint(6, "veth6", "10.0.1.6", pod="shop/api-0", pod_labels=(("app", "web2"),)),
+    ], [])
+    assert resolved.devices == {1: web | shop | labelled | narrow, 2: shop, 3: labelled | either, 4: either, 6: shop}
+    assert resolved.groups_of("10.0.1.1") == web | shop | labelled | narrow
+    assert resolved.groups_of("10.0.1.5") == WORLD_BIT
 
 
 def test_rules_become_port_prefixes_with_every_covering_rule_ored_in():

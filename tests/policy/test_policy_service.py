@@ -70,8 +70,28 @@ class QuietViolations:
     def interval(self, batch, resolved, mode) -> None: ...
 
 
-def service(tmp_path, probe: FakeProbe) -> PolicyService:
-    return PolicyService(QuietViolations(), tmp_path, containers=None, recheck_seconds=3600).bind(probe)
+@dataclass(frozen=True)
+class Pod:
+    """What the resolver reads of a watch.containers.Container."""
+
+    name: str = "shop_web"
+    image: str = "pause"
+    pod: str = ""
+    pod_labels: tuple[tuple[str, str], ...] = ()
+
+
+class FakeContainers:
+    """The ContainerIndex's owner look-up: peer nsid -> (no netns, the container behind it)."""
+
+    def __init__(self) -> None:
+        self.by_nsid: dict[int, Pod] = {}
+
+    def owner(self, peer_nsid):
+        return None, self.by_nsid.get(peer_nsid)
+
+
+def service(tmp_path, probe: FakeProbe, containers=None) -> PolicyService:
+    return PolicyService(QuietViolations(), tmp_path, containers=containers, recheck_seconds=3600).bind(probe)
 
 
 def test_apply_show_off_and_the_state_file(tmp_path):
@@ -114,6 +134,28 @@ def test_the_saved_policy_is_applied_again_at_start_and_a_new_device_is_governed
 
     asyncio.run(run())
     assert probe.tables.installed == [({7: 4}, "protect"), ({7: 4, 9: 4}, "protect")]
+
+
+def test_a_pod_that_comes_changes_its_labels_and_goes_is_resolved_again(tmp_path):
+    text = '[groups]\nweb = { k8s_namespaces = ["shop"], labels = { app = "web" } }\n'
+    containers = FakeContainers()
+    probe = FakeProbe(Device(7, "veth-a", Link(peer_nsid=1)), Device(8, "veth-b", Link(peer_nsid=2)))
+
+    async def run():
+        policy = service(tmp_path, probe, containers)
+        await policy.apply_verb({"text": text, "mode": "protect"})
+        steps = []
+        for change in (lambda: containers.by_nsid.update({1: Pod(pod="shop/web-1", pod_labels=(("app", "web"),))}),
+                       lambda: containers.by_nsid.update({2: Pod(pod="shop/db-0", pod_labels=(("app", "db"),))}),
+                       lambda: containers.by_nsid.update({2: Pod(pod="shop/db-0", pod_labels=(("app", "web"),))}),
+                       lambda: containers.by_nsid.pop(1)):
+            change()
+            steps.append(await policy.recheck())
+        return steps
+
+    assert asyncio.run(run()) == [True, False, True, True]  # a db pod in shop is not web: the tables stay
+    assert probe.tables.installed == [({}, "protect"), ({7: 4}, "protect"), ({7: 4, 8: 4}, "protect"),
+                                      ({8: 4}, "protect")]
 
 
 @pytest.mark.parametrize("saved", ['{"mode": "protect"', '{"mode": "wild", "text": ""}',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import sqlite3
 import tomllib
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from connstats.probe.contract.errors import ConfigError, PolicyError
 from connstats.probe.contract.policy_file import Group, Policy, PolicyRule, parse_policy
 from connstats.probe.contract.record import Envelope, FlowRecord
 from connstats.probe.contract.wire import FlowBatch
+from connstats.probe.policy import Endpoint, resolve
 from connstats.sink.history import influx_history, sqlite_history
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from connstats.sink.policy_learn import (
@@ -23,6 +25,7 @@ from connstats.sink.policy_learn import (
     learn_policy,
     learn_query,
     learned_policy_text,
+    pod_glob,
     port_ranges,
 )
 from connstats.sink.sqlite_store import SqliteStore
@@ -44,6 +47,7 @@ class End:
     ifname: str = ""
     container_id: str = ""
     container_name: str = ""
+    pod: str = ""
 
     def record(self, start: int, direction: str, proto: int, src: str, dst: str, sport: int, dport: int,
                packets: int, nbytes: int, first: int) -> FlowRecord:
@@ -52,7 +56,8 @@ class End:
                            src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, packets=packets,
                            bytes=nbytes, first_seen=first, last_seen=first + 5, tcp_flags=0,
                            container_id=self.container_id, container_name=self.container_name,
-                           container_image="img:1" if self.container_id else "")
+                           container_image="img:1" if self.container_id else "", pod=self.pod,
+                           workload=self.pod.split("/")[-1].split("-")[0], runtime="containerd" if self.pod else "")
 
 
 WEB = End("10.0.0.2", 11, "veth-web", "a" * 64, "web")
@@ -278,6 +283,85 @@ async def test_odd_names_are_made_plain_and_never_clash(tmp_path):
         ("x" * 57 + "-netns", "web"), ("x" * 63, "web")]  # by name: "-" before "x"
 
 
+WEB_1 = End("10.244.1.5", 31, "veth1a", "f" * 64, "web", "shop/web-7d9f8c4b5d-x2k4q")
+WEB_2 = End("10.244.1.6", 32, "veth2b", "9" * 64, "web", "shop/web-7d9f8c4b5d-p9zmn")  # its replica
+DB_0 = End("10.244.1.7", 33, "veth3c", "8" * 64, "db", "shop/db-0")  # a StatefulSet's
+BY_HAND = End("10.244.1.8", 34, "veth4d", "7" * 64, "debug", "tools/debug")  # no generated suffix
+CACHE = End("10.0.0.4", 35, "veth-cache", "6" * 64, "cache")  # Docker: no pod
+
+
+async def test_pods_are_grouped_by_workload_as_a_glob_of_their_names(tmp_path):
+    records = (conn(WEB_1, DB_0, 6, 40000, 5432) + conn(WEB_2, DB_0, 6, 40001, 5432) + conn(WEB_2, CACHE, 6, 40002, 6379)
+               + conn(End("198.51.100.7"), WEB_1, 6, 50000, 443) + conn(BY_HAND, DB_0, 6, 40003, 5432))
+    text = await learned(tmp_path, records)
+    assert text == """\
+[groups]
+cache = { containers = ["cache"] }
+shop-db = { pods = ["shop/db-*"] }
+shop-web = { pods = ["shop/web-*"] }
+tools-debug = { pods = ["tools/debug"] }
+
+[[allow]]
+from = "shop-web"
+to = "cache"
+proto = "tcp"
+ports = [6379]
+
+[[allow]]
+from = "shop-web"
+to = "shop-db"
+proto = "tcp"
+ports = [5432]
+
+[[allow]]
+from = "tools-debug"
+to = "shop-db"
+proto = "tcp"
+ports = [5432]
+
+[[allow]]
+from = "world"
+to = "shop-web"
+proto = "tcp"
+ports = [443]
+"""
+    policy = parse_policy(text)
+    endpoints = [Endpoint(end.ifindex, end.ifname, container=end.container_name, pod=end.pod,
+                          addresses=(ipaddress.ip_address(end.ip),)) for end in (WEB_1, WEB_2, DB_0, BY_HAND, CACHE)]
+    resolved = resolve(policy, [*endpoints, Endpoint(36, "veth5e", pod="shop/web-7d9f8c4b5d-n4w2t")], [])
+    assert {ifindex: resolved.names(mask) for ifindex, mask in resolved.devices.items()} == {
+        31: ["shop-web"], 32: ["shop-web"], 33: ["shop-db"], 34: ["tools-debug"], 35: ["cache"],
+        36: ["shop-web"]}  # a replica that came later is in its workload's group too
+
+
+@pytest.mark.parametrize("pod,glob", [
+    ("shop/web-7d9f8c4b5d-x2k4q", "shop/web-*"),  # Deployment: pod-template-hash and five characters
+    ("shop/web-api-5c6b4f9d8-zz2x9", "shop/web-api-*"),
+    ("kube-system/kube-proxy-x7zqk", "kube-system/kube-proxy-*"),  # DaemonSet
+    ("shop/db-0", "shop/db-*"), ("shop/db-12", "shop/db-*"),  # StatefulSet
+    ("shop/my-nginx", "shop/my-nginx"),  # vowels: a word, not a generated suffix
+    ("shop/web", "shop/web"), ("shop/db-01", "shop/db-01"),
+])
+def test_the_glob_of_a_pods_workload(pod, glob):
+    assert pod_glob(pod) == glob
+
+
+async def test_a_file_from_before_pods_is_learned_without_them(tmp_path):
+    """A schema 3 file (the sink has not opened it since pods came): no pod column, no pods."""
+    path = tmp_path / "flows.sqlite"
+    await store_records(path, conn(WEB, DB, 6, 40000, 5432))
+    db = sqlite3.connect(path)
+    for column in ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid"):
+        db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    rows = sqlite_history(path, learn_query(RANGE["since"], RANGE["until"], HOST))
+    assert {row["pod"] for row in rows} == {""}
+    assert learned_policy_text(learn_policy(rows)).splitlines()[:3] == [
+        "[groups]", 'db = { containers = ["db"] }', 'web = { containers = ["web"] }']
+
+
 def test_port_ranges():
     assert port_ranges([]) == ()
     assert port_ranges([5, 3, 4, 4, 9, 1]) == ((1, 1), (3, 5), (9, 9))
@@ -407,7 +491,7 @@ proto = "tcp"
 ports = [443]
 """
     (sent,) = influx_server.queries
-    assert '"container_id", "container_name"])' in sent["query"]
+    assert '"container_id", "container_name", "pod"])' in sent["query"]
 
 
 async def test_a_prefix_never_holds_an_address_of_a_group_or_the_host(tmp_path):
