@@ -9,6 +9,7 @@ from connstats.probe.contract.errors import MessageError
 from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount, Owner, proto_name, proto_number
 from connstats.probe.contract.wire import (
     FLOW_COLUMNS,
+    OPTIONAL_COLUMNS,
     RECORD_FIELDS,
     FlowBatch,
     decode_message,
@@ -50,8 +51,9 @@ def test_schema_2_is_the_documented_json():
             "last_seen": [T0 + 1_900] * 2, "tcp_flags": [24, 24],
         },
     }
-    # verdict is left out while no record has one (what sinks before policies read)
-    assert tuple(msgspec.json.decode(data)["flows"]) == tuple(c for c in FLOW_COLUMNS if c != "verdict")
+    # verdict and the process columns are left out while no record has one (what sinks
+    # before policies, and before processes, read)
+    assert tuple(msgspec.json.decode(data)["flows"]) == tuple(c for c in FLOW_COLUMNS if c not in OPTIONAL_COLUMNS)
 
 
 def test_schema_2_round_trip_keeps_every_field_and_iterates_records():
