@@ -78,6 +78,7 @@ class VethClaims:
         else:
             tracked = self.tracked[key] = Tracked(container, netns)
             wanted = set()
+        self.index.by_id[container.id] = container  # for a veth that comes later (ContainerIndex.by_cgroup)
         if netns is None:
             log.info("%s container %s (%s) has no veth into this namespace", self.source, container.name,
                      container.id[:12])
@@ -119,6 +120,8 @@ class VethClaims:
         tracked = self.tracked.pop(key, None)
         if tracked is None:
             return
+        if not any(t.container.id == tracked.container.id for t in self.tracked.values()):
+            self.index.by_id.pop(tracked.container.id, None)
         heirs = self._neighbours(key, tracked.netns)
         if heirs and tracked.netns is not None:  # the namespace lives on: its veths stay
             heir = self.tracked[heirs[0]]

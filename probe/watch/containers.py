@@ -35,6 +35,7 @@ from ..contract.events import Failed
 from ..contract.record import NO_OWNER, Owner, Runtime
 from ..kernel.devices import AttachedDevice, link_info
 from ..seams import ProbePort
+from .cgroups import candidate_ids
 
 log = logging.getLogger("connstats.probe.containers")
 
@@ -249,13 +250,16 @@ def peer_veths(ipr: IPRoute, nsid: int) -> list[tuple[int, str]]:
 
 
 class ContainerIndex:
-    """The netns resolver and what Docker said about each namespace; one per probe, made
-    where the probe is composed and shared by the link and Docker watchers. A service:
-    ``close()`` releases the resolver's netlink socket (``start()`` does nothing)."""
+    """The netns resolver and what the runtimes said about each namespace; one per probe,
+    made where the probe is composed and shared by the link watcher and the runtimes'
+    watchers. A service: ``close()`` releases the resolver's netlink socket (``start()``
+    does nothing)."""
 
-    def __init__(self, resolver: NetnsResolver | None = None) -> None:
+    def __init__(self, resolver: NetnsResolver | None = None, proc: str = "/proc") -> None:
         self._resolver = resolver
-        self.by_netns: dict[int, Container] = {}  # netns inode -> container
+        self._proc = Path(proc)
+        self.by_netns: dict[int, Container] = {}  # netns inode -> the container that names it
+        self.by_id: dict[str, Container] = {}  # every container a runtime's watcher follows
 
     @property
     def resolver(self) -> NetnsResolver:
@@ -264,8 +268,30 @@ class ContainerIndex:
         return self._resolver
 
     def owner(self, peer_nsid: int | None) -> tuple[Netns | None, Container | None]:
+        """The namespace behind a peer nsid and the container that names it: the one a
+        runtime's watcher registered for it, else the one the cgroup of a process in it
+        belongs to (``by_cgroup``). Blocking (reads /proc)."""
         netns = self.resolver.lookup(peer_nsid)
-        return netns, (self.by_netns.get(netns.inode) if netns else None)
+        if netns is None:
+            return None, None
+        return netns, self.by_netns.get(netns.inode) or self.by_cgroup(netns)
+
+    def by_cgroup(self, netns: Netns) -> Container | None:
+        """The slow path, for a veth that came before its runtime's watcher knew the
+        namespace (a network made after the container started): the namespace's lowest
+        pid -> its /proc/<pid>/cgroup -> a container id a watcher follows. Registered for
+        the namespace when found."""
+        if not netns.pid or not self.by_id:
+            return None
+        try:
+            text = (self._proc / str(netns.pid) / "cgroup").read_text()
+        except OSError:  # the process is gone
+            return None
+        for container_id in candidate_ids(text):
+            container = self.by_id.get(container_id)
+            if container is not None:
+                return self.by_netns.setdefault(netns.inode, container)
+        return None
 
     async def start(self) -> None:
         pass

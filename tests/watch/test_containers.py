@@ -11,7 +11,15 @@ import pytest
 
 from connstats.probe.contract.errors import DeviceError
 from connstats.probe.contract.record import NO_OWNER, Owner
-from connstats.probe.watch.containers import Container, Netns, NetnsResolver, owner_fields, owner_of, peer_veths
+from connstats.probe.watch.containers import (
+    Container,
+    ContainerIndex,
+    Netns,
+    NetnsResolver,
+    owner_fields,
+    owner_of,
+    peer_veths,
+)
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from tests.fixtures.netns import require_root, sh
 from tests.fixtures.watch import FakeDaemon
@@ -114,6 +122,28 @@ def test_resolver_rescans_when_the_anchor_pid_is_gone_and_names_win(tmp_path):
     assert resolver.rescans == 4
 
 
+def test_a_namespace_no_watcher_registered_is_named_by_the_cgroup_of_its_lowest_pid(tmp_path):
+    """The slow path: a veth that came after its container's start (the runtime's watcher
+    found no veth then) is named by /proc/<pid>/cgroup -> a container id a watcher follows."""
+    fake = FakeProc(tmp_path)
+    inode = fake.add_pid(812)
+    fake.add_pid(900, like=812)
+    fake.nsids[inode] = 3
+    sandbox_id = "ff91d738e71a" + "0" * 52
+    (fake.proc / "812/cgroup").write_text(
+        "4:memory:/kubepods/besteffort/pod8712f785-1a3e-41ec-a00b-e2dcc77431cb/" + sandbox_id + "\n0::/\n")
+    sandbox = Container(sandbox_id, "web-7d9f8c6b5-x2x9z", "", 812, "containerd", "shop/web-7d9f8c6b5-x2x9z", "web")
+    index = ContainerIndex(fake.resolver(), proc=str(fake.proc))
+    assert index.owner(3) == (Netns(inode, 3, 812, ""), None)  # no watcher follows it yet
+    index.by_id["0523533b9a53" + "0" * 52] = Container("0523533b9a53" + "0" * 52, "app", "img", 900, "containerd")
+    assert index.owner(3) == (Netns(inode, 3, 812, ""), None)  # another container's id: not this one
+    index.by_id[sandbox_id] = sandbox
+    assert index.owner(3) == (Netns(inode, 3, 812, ""), sandbox)
+    assert index.by_netns == {inode: sandbox}  # registered: the next lookup reads nothing
+    (fake.proc / "812/cgroup").unlink()
+    assert index.owner(3) == (Netns(inode, 3, 812, ""), sandbox)
+
+
 # -- the Docker watcher, with a fake Engine client -----------------------------------------------
 
 
@@ -135,7 +165,7 @@ class FakeResolver:
 
 def docker_watcher_with(docs: dict, netns_by_pid: dict, veths: dict) -> DockerWatcher:
     daemon = FakeDaemon()
-    index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
+    index = ContainerIndex(FakeResolver(netns_by_pid))
     watcher = DockerWatcher(daemon, DockerSettings("/nonexistent", reconnect_min=0.01, reconnect_max=0.02), index)
     watcher._client = FakeClient(docs)
     watcher.claims.veths = lambda nsid: veths.get(nsid, [])
@@ -153,6 +183,7 @@ async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detac
     assert [d.ifindex for d in daemon.devices()] == [17, 19]
     assert daemon.kernel.owners == {17: Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker"), 19: Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker")}
     assert watcher._index.by_netns == {4026532100: Container(INSPECT["Id"], "web-1", "nginx:1.25", 4242)}
+    assert watcher._index.by_id == {INSPECT["Id"]: Container(INSPECT["Id"], "web-1", "nginx:1.25", 4242)}
     await watcher._on_start(INSPECT["Id"])  # the same start again (a resync): nothing new
     assert [e["event"] for e in daemon.events] == ["attached", "attached"]
     assert daemon.events[0] == {
@@ -162,6 +193,7 @@ async def test_start_attaches_every_veth_of_the_container_labelled_and_die_detac
         "container_image": "nginx:1.25", "runtime": "docker"}
     await watcher._on_stop(INSPECT["Id"])
     assert daemon.devices() == [] and watcher.tracked == {} and watcher._index.by_netns == {}
+    assert watcher._index.by_id == {}  # followed no more: the slow path cannot find it
     assert [(e["event"], e["ifindex"]) for e in daemon.events[2:]] == [("detached", 17), ("detached", 19)]
     assert daemon.kernel.owners[17] == Owner(INSPECT["Id"], "web-1", "nginx:1.25", runtime="docker")  # for the final drain
     await watcher._on_stop(INSPECT["Id"])  # destroy after die: nothing left to do

@@ -57,7 +57,7 @@ def fake_libpod(path: str, **params: str):
 
 def podman_with(netns_by_pid: dict, veths: dict) -> PodmanWatcher:
     daemon = FakeDaemon()
-    index = type("Index", (), {"resolver": FakeResolver(netns_by_pid), "by_netns": {}})()
+    index = ContainerIndex(FakeResolver(netns_by_pid))
     watcher = PodmanWatcher(daemon, DockerSettings("/nonexistent", runtime="podman"), index)
     watcher._client = FakeClient({d["Id"]: d for d in (APP, INFRA, LONE)})
     watcher._libpod = fake_libpod
