@@ -1,12 +1,12 @@
 """Policy violations, one type, published as JSON on ``connstats.v1.policy.<host>``.
 
     {"host", "interval_seq", "interval_start", "interval_end", "mode": "monitor"|"protect",
-     "ifname", "container", "proto", "src_ip", "src_port", "dst_ip", "dst_port",
+     "ifname", "container", "pod", "proto", "src_ip", "src_port", "dst_ip", "dst_port",
      "packets", "bytes", "from_groups": [...], "to_groups": [...]}
 
 One ``ViolationMessage`` is one denied connection on one device in one interval (the probe's
 ``probe/policy/violations.py`` makes them): both directions summed, ``src`` the side seen
-first. Every field is always there (``container`` is ``""`` when nobody is known), in this
+first. Every field is always there (``container`` and ``pod`` are ``""`` when nobody is known), in this
 order. ``encode_violation`` is the one encoder, ``decode_violation`` reads one back with
 every type and bound checked, or raises a one-line ``MessageError``.
 """
@@ -40,6 +40,7 @@ class ViolationMessage(msgspec.Struct, kw_only=True):
     mode: Literal["monitor", "protect"]
     ifname: IfName
     container: Text  # "" when nobody is known behind the device
+    pod: Text = ""  # "<k8s namespace>/<name>" when the device is a pod's; "" (and absent before pods)
     proto: ProtoText  # its name (tcp, udp, icmp, icmpv6) or its number as text
     src_ip: Address
     src_port: Port

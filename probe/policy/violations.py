@@ -72,6 +72,7 @@ def _event(envelope: Envelope, mode: EnforcingMode, device: Device, direction: s
     return ViolationMessage(
         host=envelope.host, interval_seq=envelope.interval_seq, interval_start=envelope.interval_start,
         interval_end=envelope.interval_end, mode=mode, ifname=device.ifname, container=device.container_name,
+        pod=device.pod,
         proto=proto_name(proto), src_ip=src, src_port=sport, dst_ip=dst, dst_port=dport, packets=0, bytes=0,
         from_groups=resolved.names(from_groups), to_groups=resolved.names(to_groups))
 

@@ -83,12 +83,12 @@ def test_the_contract_loads_no_bpf_and_no_netlink():
 
 VIOLATION = {"host": "node-1", "interval_seq": 4812, "interval_start": 1795000000000000000,
              "interval_end": 1795000010000000000, "mode": "protect", "ifname": "veth3a9f2c1",
-             "container": "web-1", "proto": "tcp", "src_ip": "172.17.0.2", "src_port": 43512,
+             "container": "web-1", "pod": "", "proto": "tcp", "src_ip": "172.17.0.2", "src_port": 43512,
              "dst_ip": "172.17.0.9", "dst_port": 22, "packets": 3, "bytes": 222,
              "from_groups": ["web"], "to_groups": ["world"]}
 VIOLATION_JSON = (b'{"host":"node-1","interval_seq":4812,"interval_start":1795000000000000000,'
                   b'"interval_end":1795000010000000000,"mode":"protect","ifname":"veth3a9f2c1",'
-                  b'"container":"web-1","proto":"tcp","src_ip":"172.17.0.2","src_port":43512,'
+                  b'"container":"web-1","pod":"","proto":"tcp","src_ip":"172.17.0.2","src_port":43512,'
                   b'"dst_ip":"172.17.0.9","dst_port":22,"packets":3,"bytes":222,'
                   b'"from_groups":["web"],"to_groups":["world"]}')
 ALERT = {"fingerprint": "0f3c2a9d81b4e6a7", "state": "firing", "rule": "udp-burst", "kind": "threshold",

@@ -277,27 +277,28 @@ T0 = 1_800_000_000 * 1_000_000_000
 ENVELOPE = Envelope("node-1", "b00t", 4, T0, T0 + 10**9)
 
 
-def flow(direction, src, sport, dst, dport, packets, verdict, ifindex=7, first=1):
+def flow(direction, src, sport, dst, dport, packets, verdict, ifindex=7, first=1, pod=""):
     return flow_record(interval_start=T0, interval_end=T0 + 10**9, ifindex=ifindex, ifname=f"veth{ifindex}",
                        direction=direction, family=4, proto=17, src_ip=src, dst_ip=dst, src_port=sport,
                        dst_port=dport, packets=packets, bytes=packets * 100, first_seen=T0 + first,
-                       last_seen=T0 + 5, tcp_flags=0, container_name="web-1", verdict=verdict)
+                       last_seen=T0 + 5, tcp_flags=0, container_name="web-1", verdict=verdict, pod=pod)
 
 
 def test_a_denied_connection_is_one_event_per_device_with_both_directions_summed():
     policy = parse_policy('[groups]\nweb = { containers = ["web*"] }\n'
                           '[[allow]]\nfrom = "web"\nto = "world"\nproto = "tcp"\n')
     resolved = resolve(policy, [endpoint(7, "veth7", "10.0.0.1", container="web-1")], [])
+    pod = "shop/web-1"  # the device is a pod's: the event names it
     batch = FlowBatch.from_records(ENVELOPE, [
-        flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "deny", first=2),
-        flow("ingress", "10.0.0.2", 53, "10.0.0.1", 40000, 2, "deny", first=3),
-        flow("egress", "10.0.0.1", 40001, "10.0.0.2", 53, 9, "allow"),
-        flow("egress", "10.0.0.1", 40002, "10.0.0.2", 53, 9, ""),
+        flow("egress", "10.0.0.1", 40000, "10.0.0.2", 53, 3, "deny", first=2, pod=pod),
+        flow("ingress", "10.0.0.2", 53, "10.0.0.1", 40000, 2, "deny", first=3, pod=pod),
+        flow("egress", "10.0.0.1", 40001, "10.0.0.2", 53, 9, "allow", pod=pod),
+        flow("egress", "10.0.0.1", 40002, "10.0.0.2", 53, 9, "", pod=pod),
     ])
     [event] = violations(batch, resolved, "protect")
     assert msgspec.to_builtins(event) == {
         "host": "node-1", "interval_seq": 4, "interval_start": T0, "interval_end": T0 + 10**9, "mode": "protect",
-        "ifname": "veth7", "container": "web-1", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 40000,
+        "ifname": "veth7", "container": "web-1", "pod": "shop/web-1", "proto": "udp", "src_ip": "10.0.0.1", "src_port": 40000,
         "dst_ip": "10.0.0.2", "dst_port": 53, "packets": 5, "bytes": 500, "from_groups": ["web"],
         "to_groups": ["world"]}
     assert decode_violation(encode_violation(event)) == event  # what the publisher sends reads back
