@@ -32,7 +32,7 @@ def _request(seq: int, nsid: int | None) -> bytes:
 
 def _parse(data: bytes, seq: int) -> tuple[list[bytes], bool]:
     """The IFA_ADDRESS values of one read of the dump, and whether it ended."""
-    found = []
+    found: list[bytes] = []
     off = 0
     while off + 16 <= len(data):
         length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", data, off)

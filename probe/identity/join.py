@@ -24,8 +24,10 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: hi ^ lo * _MIX is one-to-one in lo 
 
 def owner_keys(netns: NDArray, proto: NDArray, port: NDArray) -> NDArray[np.uint64]:
     """One u64 per (netns inode, protocol, port): 32 | 8 | 16 bits."""
-    return ((np.asarray(netns, dtype=np.uint64) << np.uint64(24))
-            | (np.asarray(proto, dtype=np.uint64) << np.uint64(16)) | np.asarray(port, dtype=np.uint64))
+    keys: NDArray[np.uint64] = np.left_shift(np.asarray(netns, dtype=np.uint64), np.uint64(24))
+    keys |= np.left_shift(np.asarray(proto, dtype=np.uint64), np.uint64(16))
+    keys |= np.asarray(port, dtype=np.uint64)
+    return keys
 
 
 @dataclass(frozen=True)

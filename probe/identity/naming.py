@@ -26,7 +26,7 @@ from ..kernel.devices import AttachedDevice
 from ..kernel.ownership import own_netns
 from ..watch.containers import NetnsResolver
 from .addresses import address_map, dump_addresses
-from .btf import Btf, BtfError, VMLINUX_BTF, sock_offsets
+from .btf import VMLINUX_BTF, Btf, BtfError, sock_offsets
 from .join import AddressTable, OwnerTable, name_connections
 from .prefill import prefill_rows
 from .socket_owners import SocketOwners, Tracepoints, tracefs_events
