@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 ADDRESS_BYTES = 16
 NAMED_PROTOCOLS = (6, 17)
+_TABLE_AT_MOST = 1 << 20
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: hi ^ lo * _MIX is one-to-one in lo for a given hi
 
 
@@ -35,19 +36,20 @@ class OwnerTable:
     """The owners of local sockets, sorted by key, with each entry's pid and process name."""
 
     keys: NDArray[np.uint64]
-    pids: NDArray[np.uint32]
-    names: NDArray[np.object_]
+    pids: NDArray[np.uint32]  # one more than keys: the last is "nobody" (0)
+    names: NDArray[np.object_]  # one more than keys: the last is "nobody" ("")
 
     @classmethod
     def of(cls, netns: NDArray, proto: NDArray, port: NDArray, pids: NDArray,
            names: NDArray[np.object_]) -> OwnerTable:
         keys = owner_keys(netns, proto, port)
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], np.asarray(pids, dtype=np.uint32)[order], np.asarray(names, dtype=object)[order])
+        return cls(keys[order], np.append(np.asarray(pids, dtype=np.uint32)[order], np.uint32(0)),
+                   np.append(np.asarray(names, dtype=object)[order], np.array([""], dtype=object)))
 
     @classmethod
     def empty(cls) -> OwnerTable:
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint32), np.zeros(0, object))
+        return cls(np.zeros(0, np.uint64), np.zeros(1, np.uint32), np.array([""], dtype=object))
 
     def lookup(self, keys: NDArray[np.uint64], wanted: NDArray[np.bool_]) -> tuple[NDArray[np.object_], NDArray[np.uint32]]:
         """(name, pid) per key; "" and 0 where the key is not in the table or not ``wanted``."""
@@ -55,9 +57,8 @@ class OwnerTable:
             return np.full(len(keys), "", dtype=object), np.zeros(len(keys), np.uint32)
         at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         hit = wanted & (self.keys[at] == keys)
-        at = np.where(hit, at, len(self.keys))  # one past the end: the "nobody" entry below
-        names = np.append(self.names, np.array([""], dtype=object))
-        return names[at], np.append(self.pids, np.uint32(0))[at]
+        at = np.where(hit, at, len(self.keys))  # one past the end: the "nobody" entry
+        return self.names[at], self.pids[at]
 
 
 def address_halves(raw: NDArray[np.void]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
@@ -104,6 +105,14 @@ class ProcessColumns:
 
 def device_netns_column(ifindex: NDArray, device_netns: Mapping[int, int], default: int) -> NDArray[np.uint64]:
     """Per record, the netns of its device's end (``default``: a device not in the map)."""
+    ifindex = np.asarray(ifindex)
+    top = int(ifindex.max()) if len(ifindex) else 0
+    if top < _TABLE_AT_MOST:  # ifindexes are small numbers: a table indexed by them
+        table = np.full(top + 1, default, dtype=np.uint64)
+        for i, netns in device_netns.items():
+            if i <= top:
+                table[i] = netns
+        return table[ifindex]
     distinct, inverse = np.unique(ifindex, return_inverse=True)
     per_device = np.array([device_netns.get(i, default) for i in distinct.tolist()], dtype=np.uint64)
     return per_device[inverse.ravel()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class ProcessNamer:
         self._peer_of: dict[int, int] = {}  # ifindex -> peer netns inode (veths)
         self._comms: dict[tuple[int, int], str] = {}  # (pid, start ticks) -> /proc comm
         self._snapshot: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()  # the device maps: attach (any thread) against name (the poll)
         self.prefill([self.host_netns])
 
     @classmethod
@@ -103,18 +105,22 @@ class ProcessNamer:
         sockets that were open in that namespace before (a container older than the probe)."""
         netns = self._resolver.lookup(device.link.peer_nsid) if device.link.peer_nsid is not None else None
         if netns is None:
-            self._device_netns[device.ifindex] = self.host_netns
+            with self._lock:
+                self._device_netns[device.ifindex] = self.host_netns
             return
-        self._device_netns[device.ifindex] = netns.inode if device.inverted else self.host_netns
-        self._peer_of[device.ifindex] = netns.inode
-        self._peers[netns.inode] = _Peer(netns.nsid, self._dump(netns.nsid), time.monotonic_ns())
+        peer = _Peer(netns.nsid, self._dump(netns.nsid), time.monotonic_ns())
+        with self._lock:
+            self._device_netns[device.ifindex] = netns.inode if device.inverted else self.host_netns
+            self._peer_of[device.ifindex] = netns.inode
+            self._peers[netns.inode] = peer
         self.prefill([netns.inode])
 
     def forget(self, ifindex: int) -> None:
-        self._device_netns.pop(ifindex, None)
-        inode = self._peer_of.pop(ifindex, None)
-        if inode is not None and inode not in self._peer_of.values():
-            self._peers.pop(inode, None)
+        with self._lock:
+            self._device_netns.pop(ifindex, None)
+            inode = self._peer_of.pop(ifindex, None)
+            if inode is not None and inode not in self._peer_of.values():
+                self._peers.pop(inode, None)
 
     def prefill(self, netns: Iterable[int]) -> int:
         added = self.owners.prefill(prefill_rows(netns, self._proc))
@@ -132,10 +138,12 @@ class ProcessNamer:
     def addresses(self) -> AddressTable:
         """Our addresses (dumped now) and each peer namespace's (dumped again when old)."""
         now = time.monotonic_ns()
-        for peer in self._peers.values():
+        with self._lock:
+            peers = dict(self._peers)
+        for peer in peers.values():
             if now - peer.dumped_ns > ADDRESS_REFRESH_NS:
                 peer.addresses, peer.dumped_ns = self._dump(peer.nsid), now
-        by_netns = {inode: peer.addresses for inode, peer in self._peers.items()}
+        by_netns = {inode: peer.addresses for inode, peer in peers.items()}
         by_netns[self.host_netns] = self._dump(None)
         return AddressTable.of(address_map(by_netns))
 
@@ -151,8 +159,12 @@ class ProcessNamer:
         named = name_connections(table, self.addresses(), ifindex=keys["ifindex"],
                                  egress=keys["direction"] == EGRESS, proto=keys["proto"], sport=keys["sport"],
                                  dport=keys["dport"], src=keys["src"], dst=keys["dst"],
-                                 device_netns=self._device_netns, default_netns=self.host_netns)
+                                 device_netns=self._device_netns_now(), default_netns=self.host_netns)
         return batch.with_processes(named.process, named.pid, named.peer_process, named.peer_pid)
+
+    def _device_netns_now(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._device_netns)
 
     def sweep(self) -> int:
         """Forget (of the last snapshot) the sockets closed more than an interval ago, and UDP

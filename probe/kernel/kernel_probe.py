@@ -97,8 +97,13 @@ class KernelProbe:
 
     def __init__(self, settings: ProbeSettings, namer: Namer | None = None) -> None:
         self.settings = settings
-        self.namer = namer  # None: the process columns stay empty
-        self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
+        self.namer = namer  # None: the process columns stay empty; ours to close from here on
+        try:
+            self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
+        except BaseException:
+            if namer is not None:
+                namer.close()
+            raise
         try:
             self.program = load_classifier(settings.capacity, pin_dir=pin_dir)
         except BaseException:
@@ -202,8 +207,8 @@ class KernelProbe:
                 self.owners[device.ifindex] = owner
             elif owner is not None:  # nobody behind it (any more): drop an old owner
                 self.owners.pop(device.ifindex, None)
-            if self.namer is not None:
-                self._name_safely(self.namer.attached, device)
+        if self.namer is not None:  # reads /proc: not under the lock the poll waits for
+            self._name_safely(self.namer.attached, device)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
@@ -278,7 +283,7 @@ class KernelProbe:
         """A naming step; its failure is logged and costs only the names (None)."""
         try:
             return step(*args)
-        except (OSError, ConnstatsError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 (the interval goes out unnamed rather than not at all)
             self.naming_failures += 1
             log.warning("naming processes failed (%s): %s", getattr(step, "__name__", step), exc)
             return None
