@@ -62,7 +62,7 @@ from .watch.watcher import link_watcher
 __all__ = [
     "DEFAULT_CAPACITY", "DEFAULT_CONTAINERD_SOCKET", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "DEFAULT_PODMAN_SOCKET", "HttpApiParts", "HttpConfig", "ProbeConfig",
     "ProbeDaemon", "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_api",
-    "metrics_services", "watcher_services",
+    "metrics_services", "process_support", "watcher_services",
 ]
 
 log = logging.getLogger("connstats.probe")
@@ -189,6 +189,14 @@ def http_api(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = N
     totals = ConnectionTotals()
     service = http_service(http.address, totals, telemetry, callers)  # a bad address fails here
     return HttpApiParts(service, totals, forgetting(totals, probe.live_records))
+
+
+def process_support() -> str:
+    """What this kernel offers for naming processes (``connstats doctor``); ``KernelError``
+    saying what is missing. Loads nothing."""
+    from .identity.naming import kernel_support
+
+    return kernel_support().describe()
 
 
 def process_namer(config: ProbeConfig) -> Callable[[], Namer | None]:

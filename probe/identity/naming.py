@@ -27,7 +27,7 @@ from ..kernel.devices import AttachedDevice
 from ..kernel.ownership import own_netns
 from ..watch.containers import NetnsResolver
 from .addresses import address_map, dump_addresses
-from .btf import VMLINUX_BTF, Btf, BtfError, sock_offsets
+from .btf import VMLINUX_BTF, Btf, BtfError, SockOffsets, sock_offsets
 from .join import AddressTable, OwnerTable, name_connections
 from .prefill import prefill_rows
 from .socket_owners import SocketOwners, Tracepoints, tracefs_events
@@ -44,6 +44,38 @@ class _Peer:
     nsid: int
     addresses: list[bytes]
     dumped_ns: int
+
+
+@dataclass(frozen=True)
+class Support:
+    """What this kernel offers the namer."""
+
+    offsets: SockOffsets
+    tracepoints: Tracepoints
+
+    def describe(self) -> str:
+        o = self.offsets
+        udp = ("TCP and UDP" if self.tracepoints.send_recv_length
+               else "TCP only: no sock:sock_send_length tracepoint in this kernel, UDP sockets stay unnamed")
+        return f"{udp}; struct sock offsets from BTF: net {o.skc_net}, port {o.skc_num}, inum {o.net_ns}+{o.ns_inum}"
+
+
+def kernel_support(btf_path: Path = VMLINUX_BTF) -> Support:
+    """The BTF offsets and tracepoints the namer needs (tracefs mounted if it is nowhere);
+    ``KernelError`` saying what is missing."""
+    try:
+        offsets = sock_offsets(Btf.read(btf_path))
+    except (OSError, BtfError) as exc:
+        raise KernelError(f"no usable kernel BTF at {btf_path} ({exc}); a kernel built with "
+                          "CONFIG_DEBUG_INFO_BTF names processes") from None
+    events = tracefs_events()
+    if events is None:
+        raise KernelError("tracefs is not mounted and mounting it at /sys/kernel/tracing failed; mount it "
+                          "(mount -t tracefs nodev /sys/kernel/tracing) as root")
+    found = Tracepoints.found(events)
+    if not found.set_state:
+        raise KernelError("this kernel has no sock:inet_sock_set_state tracepoint")
+    return Support(offsets, found)
 
 
 class ProcessNamer:
@@ -69,25 +101,12 @@ class ProcessNamer:
         """The namer, its tracepoints attached; None (and one log line saying why) if this
         kernel cannot name processes."""
         try:
-            offsets = sock_offsets(Btf.read(btf_path))
-        except (OSError, BtfError) as exc:
-            log.warning("processes not named: no usable kernel BTF at %s (%s)", btf_path, exc)
-            return None
-        events = tracefs_events()
-        if events is None:
-            log.warning("processes not named: tracefs is not mounted and mounting it at /sys/kernel/tracing failed")
-            return None
-        found = Tracepoints.found(events)
-        if not found.set_state:
-            log.warning("processes not named: this kernel has no sock:inet_sock_set_state tracepoint")
-            return None
-        try:
-            owners = SocketOwners(offsets, udp=found.send_recv_length)
+            found = kernel_support(btf_path)
+            owners = SocketOwners(found.offsets, udp=found.tracepoints.send_recv_length)
         except KernelError as exc:
             log.warning("processes not named: %s", exc)
             return None
-        log.info("naming processes (TCP%s)", " and UDP" if found.send_recv_length else
-                 "; UDP not: no sock:sock_send_length tracepoint in this kernel")
+        log.info("naming processes (%s)", found.describe())
         try:
             return cls(owners, interval)
         except BaseException:

@@ -131,3 +131,48 @@ def test_a_server_started_before_the_probe_is_named(veth_netns, named_programs):
             named_programs.server_name, tcp.pid, named_programs.client_name, client.pid)
     sent = veth.counted("sent")
     assert (records["egress"].packets, records["egress"].bytes) == (sent[0], sent[1] + ETHERNET * sent[0])
+
+
+class FailingNamer:
+    """A namer whose every step fails: the probe must count and publish all the same."""
+
+    closed = False
+
+    def attached(self, device) -> None:
+        raise OSError(5, "attached failed")
+
+    def forget(self, ifindex: int) -> None:
+        pass
+
+    def name(self, batch, keys):
+        raise RuntimeError("name failed")
+
+    def sweep(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_namer_costs_the_names_not_the_interval(veth_netns, named_programs):
+    veth = veth_netns
+    namer = FailingNamer()
+    probe = KernelProbe(ProbeSettings(capacity=1024, host="proc-test"), namer)
+    try:
+        probe.attach(veth.host_if)
+        server = start_program(named_programs, veth, "server", in_netns=False, proto="udp", address=veth.host4,
+                               port=9700, count=3, size=50)
+        try:
+            assert server.line()["ready"] == 9700
+            start_program(named_programs, veth, "client", in_netns=True, proto="udp", address=veth.host4, port=9700,
+                          count=3, size=50).finish()
+            server.finish()
+        finally:
+            server.stop()
+        records = drained(probe, "udp", 9700)
+        assert probe.naming_failures == 2  # attached() and name()
+    finally:
+        probe.close()
+    assert namer.closed
+    assert {(r.direction, r.packets, r.bytes, r.process, r.pid) for r in records.values()} == {
+        ("egress", 3, 3 * (ETHERNET + 20 + 8 + 50), "", 0), ("ingress", 3, 3 * (ETHERNET + 20 + 8 + 50), "", 0)}
