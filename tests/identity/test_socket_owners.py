@@ -97,6 +97,13 @@ def test_both_ends_of_a_connection_are_named(named, veth_netns, named_programs, 
     assert egress.src_port == local_port and ingress.dst_port == local_port
 
 
+def listener_closed(namer) -> bool:
+    keys, values = namer.owners.snapshot()
+    [closed] = [int(v["closed_ns"]) for k, v in zip(keys, values, strict=True)
+                if (int(k["port"]), int(k["proto"])) == (9500, 6)]
+    return closed != 0
+
+
 def test_a_server_started_before_the_probe_is_named(veth_netns, named_programs):
     veth = veth_netns
     tcp = start_program(named_programs, veth, "server", in_netns=True, proto="tcp", address=veth.peer4, port=9500,
@@ -118,9 +125,15 @@ def test_a_server_started_before_the_probe_is_named(veth_netns, named_programs):
             client = start_program(named_programs, veth, "client", in_netns=False, proto="tcp", address=veth.peer4,
                                    port=9500, count=5, size=100)
             client.finish()
-            tcp.finish()
+            assert tcp.line()["got"] == 500  # served; its listener is still open
             wait_settled(veth)
             records = drained(probe, "tcp", 9500)
+            # the entry /proc gave has no socket address: the accepted socket's close must
+            # leave it, the listener's close tombstone it
+            assert listener_closed(namer) is False
+            tcp.let_go()
+            tcp.process.wait(10)
+            assert listener_closed(namer) is True
         finally:
             probe.close()
     finally:
