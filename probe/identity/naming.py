@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -196,22 +196,9 @@ class ProcessNamer:
         return gone
 
     def process_names(self, owners: np.ndarray) -> np.ndarray:
-        """Each entry's process name: ``/proc/<pid>/comm`` (the process's, not the thread's)
-        if that process was there when the entry was written, else the kernel's thread name."""
-        comms, inverse = np.unique(owners["comm"], return_inverse=True)
-        names = np.array([c.decode(errors="replace") for c in comms.tolist()], dtype=object)[inverse.ravel()]
-        boot_minus_mono = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
-        pids, inverse = np.unique(owners["pid"], return_inverse=True)
-        started = np.zeros(len(pids), np.int64)
-        proc_names = np.full(len(pids), None, dtype=object)
-        for i, pid in enumerate(pids.tolist()):
-            found = self._process(pid)
-            if found is not None:
-                started[i] = found[0] - boot_minus_mono
-                proc_names[i] = found[1]
-        use = (proc_names[inverse] != None) & (started[inverse] <= owners["seen_ns"].astype(np.int64))  # noqa: E711
-        names[use] = proc_names[inverse][use]
-        return names
+        """Each entry's process name (see ``choose_names``), from /proc as it is now."""
+        living = {pid: found for pid in np.unique(owners["pid"]).tolist() if (found := self._process(pid))}
+        return choose_names(owners, living, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns())
 
     def _process(self, pid: int) -> tuple[int, str] | None:
         """(start time on CLOCK_BOOTTIME in ns, comm) of a living process, cached by start time."""
@@ -227,3 +214,22 @@ class ProcessNamer:
         except (OSError, ValueError, IndexError):
             return None
         return ticks * 10**9 // _TICKS, comm
+
+
+def choose_names(owners: np.ndarray, living: Mapping[int, tuple[int, str]], boot_minus_mono: int) -> np.ndarray:
+    """Each ``OWNER`` entry's process name: the process's own name (``living``: pid -> (start on
+    CLOCK_BOOTTIME in ns, /proc comm)) if it was running when the entry was written, else the
+    thread name the kernel saw (the process is gone, or its pid now names a newer one)."""
+    comms, inverse = np.unique(owners["comm"], return_inverse=True)
+    names = np.array([c.decode(errors="replace") for c in comms.tolist()], dtype=object)[inverse.ravel()]
+    pids, at = np.unique(owners["pid"], return_inverse=True)
+    started = np.full(len(pids), np.iinfo(np.int64).max, dtype=np.int64)  # gone: never "before"
+    comm = np.full(len(pids), "", dtype=object)
+    for i, pid in enumerate(pids.tolist()):
+        if pid in living:
+            started[i] = living[pid][0] - boot_minus_mono
+            comm[i] = living[pid][1]
+    at = at.ravel()
+    use = started[at] <= owners["seen_ns"].astype(np.int64)
+    names[use] = comm[at][use]
+    return names

@@ -1,4 +1,5 @@
-"""The join at drain on made-up arrays: which socket owner each end of a record gets."""
+"""The join at drain on made-up arrays: which socket owner each end of a record gets, and
+which name an owner gets."""
 from __future__ import annotations
 
 import ipaddress
@@ -7,6 +8,8 @@ import numpy as np
 
 from connstats.probe.identity.addresses import address_map
 from connstats.probe.identity.join import AddressTable, OwnerTable, name_connections
+from connstats.probe.identity.naming import choose_names
+from connstats.probe.identity.socket_owners import OWNER
 
 HOST, POD = 4026531833, 4026532174
 VETH, ETH = 12, 2
@@ -70,3 +73,13 @@ def test_empty_tables_name_nobody():
                              device_netns={}, default_netns=HOST)
     assert (named.process.tolist(), named.pid.tolist(), named.peer_process.tolist(), named.peer_pid.tolist()) == (
         [""], [0], [""], [0])
+
+
+def test_the_process_name_from_proc_only_when_that_process_wrote_the_entry():
+    owners = np.zeros(4, OWNER)
+    owners["pid"] = [10, 11, 12, 10]
+    owners["seen_ns"] = [5_000, 5_000, 5_000, 9_000]
+    owners["comm"] = [b"worker-thread", b"old-name", b"gone", b"worker-thread"]
+    living = {10: (1_000 + 100, "nginx"),  # started before its entries were written (boot = mono + 100)
+              11: (7_000 + 100, "newcomer")}  # the pid was reused after its entry: not its socket
+    assert choose_names(owners, living, boot_minus_mono=100).tolist() == ["nginx", "old-name", "gone", "nginx"]
