@@ -10,12 +10,14 @@ order flips each round; figures are medians and B/A ratios within this run.
     2. connections/s of a connect()+close() loop (netns a) against accept()+close() (netns b)
     3. iperf3 TCP (per send()/recv() call only) and UDP with 64-byte datagrams (the hooks'
        worst case: one call per datagram each side)
-    4. the join alone: 131,072 synthetic records against 65,536 owners
+    4. the join alone: 131,072 synthetic records against 65,536 owners; the /proc scan that
+       names sockets older than the probe, with 2,000 sockets held in a namespace
 
     sudo .venv/bin/python tests/bench/bench_socket_hooks.py [rounds] [seconds] [connections]
 """
 import ctypes
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import numpy as np
 
 from connstats.probe.identity.join import AddressTable, OwnerTable, name_connections
 from connstats.probe.identity.naming import ProcessNamer
+from connstats.probe.identity.prefill import prefill_rows
 from connstats.probe.kernel.devices import DeviceRegistry
 from connstats.probe.kernel.loader import libbpf, load_classifier
 from tests.fixtures.netns import _new_network
@@ -133,6 +136,37 @@ def join_alone() -> float:
     return 1000 * statistics.median(times)
 
 
+HOLDER = r"""
+import socket, sys
+held = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0)); held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def prefill_scan(b, namer: ProcessNamer, processes: int = 20, sockets: int = 100) -> tuple[float, int]:
+    """(ms, rows) for the /proc scan of netns ``b`` and ours with ``processes`` x ``sockets``
+    UDP sockets held in ``b`` (median of 5)."""
+    holders = [subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", HOLDER, str(sockets)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        inode = os.stat(f"/var/run/netns/{b.netns}").st_ino
+        times, rows = [], 0
+        for _ in range(5):
+            started = time.perf_counter()
+            rows = len(prefill_rows([inode, namer.host_netns]))
+            times.append(time.perf_counter() - started)
+        return 1000 * statistics.median(times), rows
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 def line(name: str, a: list[float], b: list[float], unit: str, scale: float = 1.0) -> None:
     ma, mb = statistics.median(a) / scale, statistics.median(b) / scale
     print(f"  {name:26s} A {ma:10,.1f}  B {mb:10,.1f} {unit:8s} B/A {mb / ma:5.3f}   "
@@ -188,6 +222,8 @@ def main() -> None:
         line("iperf3 UDP 64 B", results["udp bit/s"]["A"], results["udp bit/s"]["B"], "Mbit/s", 1e6)
         line("iperf3 UDP 64 B", results["udp datagram/s"]["A"], results["udp datagram/s"]["B"], "kdgram/s", 1e3)
         print(f"  {'join alone, 131,072 records':26s} {join_alone():10.1f} ms (65,536 owners, 200 addresses)")
+        ms, rows = prefill_scan(b, namer)
+        print(f"  {'prefill scan of /proc':26s} {ms:10.1f} ms for {rows:,} owned sockets (20 processes x 100 in a netns)")
     finally:
         STATS.write_text(stats_before)
         iperf_server.kill()
