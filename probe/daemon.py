@@ -173,6 +173,8 @@ class ProbeDaemon:
             loaded=self.ready.is_set(), publisher=publisher.stats if publisher is not None else None,
             attached_devices=len(kernel.devices.devices()) if kernel is not None else 0,
             attach_failures=self.attach_failures, last_poll=kernel.last_poll if kernel is not None else None,
+            naming_processes=kernel is not None and kernel.namer is not None,
+            naming_failures=kernel.naming_failures if kernel is not None else 0,
         )
 
     def on_interval(self, listener: IntervalListener) -> None:
