@@ -118,17 +118,35 @@ def device_netns_column(ifindex: NDArray, device_netns: Mapping[int, int], defau
     return per_device[inverse.ravel()]
 
 
+def in_every_namespace(raw: NDArray[np.void], family: NDArray) -> NDArray[np.bool_]:
+    """Loopback, link-local and unspecified addresses: every namespace has them, so the
+    address map names none; a local end there is taken on the device's word."""
+    octets = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, ADDRESS_BYTES)
+    v4 = (np.asarray(family) == 4) & ((octets[:, 0] == 127) | ((octets[:, 0] == 169) & (octets[:, 1] == 254))
+                                      | ~octets[:, :4].any(axis=1))
+    zero_head = ~octets[:, :15].any(axis=1)
+    v6 = (np.asarray(family) == 6) & (((octets[:, 0] == 0xFE) & ((octets[:, 1] & 0xC0) == 0x80))
+                                      | (zero_head & (octets[:, 15] <= 1)))
+    return v4 | v6
+
+
 def name_connections(owners: OwnerTable, addresses: AddressTable, *, ifindex: NDArray, egress: NDArray[np.bool_],
-                     proto: NDArray, sport: NDArray, dport: NDArray, src: NDArray[np.void], dst: NDArray[np.void],
-                     device_netns: Mapping[int, int], default_netns: int) -> ProcessColumns:
+                     family: NDArray, proto: NDArray, sport: NDArray, dport: NDArray, src: NDArray[np.void],
+                     dst: NDArray[np.void], device_netns: Mapping[int, int], default_netns: int) -> ProcessColumns:
     """Both ends' processes for each record. ``egress``: the device's end sent it, so its local
-    port is the source port; ``device_netns``: ifindex -> the netns of the device's end."""
+    port is the source port; ``device_netns``: ifindex -> the netns of the device's end. The
+    local end is named only if its address is that namespace's (or one every namespace has):
+    forwarded traffic, whose ends are elsewhere, is not named after a local socket that
+    happens to have its port."""
     egress = np.asarray(egress, dtype=bool)
     wanted = np.isin(proto, NAMED_PROTOCOLS)
     local_port = np.where(egress, sport, dport)
     remote_port = np.where(egress, dport, sport)
     local_ns = device_netns_column(ifindex, device_netns, default_netns)
+    local_address = np.where(egress, src, dst)
+    local_known = addresses.lookup(local_address)
+    local_here = (local_known == local_ns) | ((local_known == 0) & in_every_namespace(local_address, family))
     remote_ns = addresses.lookup(np.where(egress, dst, src))
-    process, pid = owners.lookup(owner_keys(local_ns, proto, local_port), wanted)
+    process, pid = owners.lookup(owner_keys(local_ns, proto, local_port), wanted & local_here)
     peer_process, peer_pid = owners.lookup(owner_keys(remote_ns, proto, remote_port), wanted & (remote_ns != 0))
     return ProcessColumns(process, pid, peer_process, peer_pid)

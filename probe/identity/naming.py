@@ -160,7 +160,7 @@ class ProcessNamer:
         with self._lock:
             peers = dict(self._peers)
         for peer in peers.values():
-            if now - peer.dumped_ns > ADDRESS_REFRESH_NS:
+            if not peer.addresses or now - peer.dumped_ns > ADDRESS_REFRESH_NS:
                 peer.addresses, peer.dumped_ns = self._dump(peer.nsid), now
         by_netns = {inode: peer.addresses for inode, peer in peers.items()}
         by_netns[self.host_netns] = self._dump(None)
@@ -176,7 +176,8 @@ class ProcessNamer:
         table = OwnerTable.of(owner_keys["netns"], owner_keys["proto"], owner_keys["port"], owners["pid"],
                               self.process_names(owners))
         named = name_connections(table, self.addresses(), ifindex=keys["ifindex"],
-                                 egress=keys["direction"] == EGRESS, proto=keys["proto"], sport=keys["sport"],
+                                 egress=keys["direction"] == EGRESS, family=keys["family"], proto=keys["proto"],
+                                 sport=keys["sport"],
                                  dport=keys["dport"], src=keys["src"], dst=keys["dst"],
                                  device_netns=self._device_netns_now(), default_netns=self.host_netns)
         return batch.with_processes(named.process, named.pid, named.peer_process, named.peer_pid)

@@ -128,7 +128,7 @@ def join_alone() -> float:
     for _ in range(5):
         started = time.perf_counter()
         name_connections(owners, addresses, ifindex=rng.integers(1, 200, n).astype(np.uint32),
-                         egress=rng.random(n) < 0.5, proto=np.where(rng.random(n) < 0.5, 6, 17).astype(np.uint8),
+                         egress=rng.random(n) < 0.5, family=np.full(n, 4, np.uint8), proto=np.where(rng.random(n) < 0.5, 6, 17).astype(np.uint8),
                          sport=rng.integers(1, 65536, n).astype(np.uint16),
                          dport=rng.integers(1, 65536, n).astype(np.uint16), src=column, dst=column,
                          device_netns={i: int(netns[i % 3]) for i in range(1, 200)}, default_netns=int(netns[0]))

@@ -34,8 +34,9 @@ ADDRESSES = AddressTable.of(address_map({HOST: [raw("10.241.0.1"), raw("fd74::1"
 def join(rows: list[tuple]) -> list[tuple]:
     """rows: (ifindex, egress, proto, src, sport, dst, dport) -> (process, pid, peer_process, peer_pid)."""
     ifindex, egress, proto, src, sport, dst, dport = zip(*rows, strict=True)
+    family = np.array([6 if ":" in address else 4 for address in src], np.uint8)
     named = name_connections(OWNERS, ADDRESSES, ifindex=np.array(ifindex, np.uint32), egress=np.array(egress),
-                             proto=np.array(proto, np.uint8), sport=np.array(sport, np.uint16),
+                             family=family, proto=np.array(proto, np.uint8), sport=np.array(sport, np.uint16),
                              dport=np.array(dport, np.uint16), src=column(*src), dst=column(*dst),
                              device_netns={VETH: POD}, default_netns=HOST)
     return list(zip(named.process.tolist(), named.pid.tolist(), named.peer_process.tolist(),
@@ -50,6 +51,9 @@ def test_each_end_by_direction_device_netns_and_remote_address():
         (ETH, True, 6, "10.241.0.1", 40000, "192.0.2.9", 443),  # host device: own netns; the remote is elsewhere
         (VETH, True, 1, "10.241.0.2", 0, "10.241.0.1", 0),  # ICMP: nobody
         (VETH, True, 6, "10.241.0.2", 40001, "10.241.0.1", 8081),  # ports nobody owns
+        (ETH, True, 6, "192.0.2.7", 40000, "198.51.100.1", 443),  # forwarded: its source is not ours
+        (VETH, True, 6, "10.241.0.1", 40000, "10.241.0.2", 8080),  # the veth's end with the host's address
+        (VETH, True, 17, "fe80::2", 5353, "fe80::1", 40000),  # link-local: every netns has one, the device says
     ]) == [
         ("curl", 11, "nginx", 22),
         ("curl", 11, "nginx", 22),
@@ -57,6 +61,9 @@ def test_each_end_by_direction_device_netns_and_remote_address():
         ("hosttcp", 55, "", 0),
         ("", 0, "", 0),
         ("", 0, "", 0),
+        ("", 0, "", 0),
+        ("", 0, "", 0),
+        ("dig", 33, "", 0),
     ]
 
 
@@ -68,7 +75,7 @@ def test_loopback_link_local_and_shared_addresses_name_no_namespace():
 
 def test_empty_tables_name_nobody():
     named = name_connections(OwnerTable.empty(), AddressTable.of({}), ifindex=np.array([VETH], np.uint32),
-                             egress=np.array([True]), proto=np.array([6], np.uint8), sport=np.array([1], np.uint16),
+                             egress=np.array([True]), family=np.array([4]), proto=np.array([6], np.uint8), sport=np.array([1], np.uint16),
                              dport=np.array([2], np.uint16), src=column("10.0.0.1"), dst=column("10.0.0.2"),
                              device_netns={}, default_netns=HOST)
     assert (named.process.tolist(), named.pid.tolist(), named.peer_process.tolist(), named.peer_pid.tolist()) == (
