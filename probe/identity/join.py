@@ -145,7 +145,9 @@ def name_connections(owners: OwnerTable, addresses: AddressTable, *, ifindex: ND
     local_ns = device_netns_column(ifindex, device_netns, default_netns)
     local_address = np.where(egress, src, dst)
     local_known = addresses.lookup(local_address)
-    local_here = (local_known == local_ns) | ((local_known == 0) & in_every_namespace(local_address, family))
+    local_here = local_known == local_ns
+    unknown = np.flatnonzero((local_known == 0) & wanted)
+    local_here[unknown] = in_every_namespace(local_address[unknown], np.asarray(family)[unknown])
     remote_ns = addresses.lookup(np.where(egress, dst, src))
     process, pid = owners.lookup(owner_keys(local_ns, proto, local_port), wanted & local_here)
     peer_process, peer_pid = owners.lookup(owner_keys(remote_ns, proto, remote_port), wanted & (remote_ns != 0))
