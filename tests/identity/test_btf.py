@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import struct
 import subprocess
@@ -9,6 +10,7 @@ import subprocess
 import pytest
 
 from connstats.probe.identity.btf import VMLINUX_BTF, Btf, BtfError, sock_offsets
+from connstats.probe.identity.naming import ProcessNamer
 
 STRUCTS = ("sock", "sock_common", "net", "ns_common", "socket")
 
@@ -75,3 +77,15 @@ def test_a_made_up_blob_with_an_anonymous_union_and_a_typedef():
         btf.offset("nothing")
     with pytest.raises(BtfError, match="not BTF"):
         Btf(b"\0" * 24 + strings)
+
+
+@pytest.mark.parametrize("content", [None, b"\0" * 64], ids=["missing", "not-btf"])
+def test_without_usable_btf_processes_are_off_with_one_log_line(tmp_path, caplog, content):
+    path = tmp_path / "vmlinux"
+    if content is not None:
+        path.write_bytes(content)
+    with caplog.at_level(logging.INFO, "connstats.probe.identity"):
+        assert ProcessNamer.start(1.0, btf_path=path) is None
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"processes not named: no usable kernel BTF at {path} (")
+    assert line.endswith("a kernel built with CONFIG_DEBUG_INFO_BTF names processes")
