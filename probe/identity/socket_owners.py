@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +50,11 @@ def tracefs_events(mount: bool = True) -> Path | None:
             return path / "events"
     if not mount:
         return None
-    done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_DIRS[0])],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        log.debug("mounting tracefs failed: %s", done.stderr.strip())
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nodev", os.fsencode(TRACEFS_DIRS[0]), b"tracefs", ctypes.c_ulong(0), None) != 0:
+        log.debug("mounting tracefs failed: %s", os.strerror(ctypes.get_errno()))
         return None
+    log.info("mounted tracefs at %s (the socket-owner tracepoints' formats are read there)", TRACEFS_DIRS[0])
     return TRACEFS_DIRS[0] / "events" if (TRACEFS_DIRS[0] / "events").is_dir() else None
 
 
