@@ -12,7 +12,7 @@ RUN_PACKAGES := python3-bpfcc python3-venv libbpf1 iproute2 nats-server procps
 # what the tests add: a real dockerd, containerd and podman (it brings conmon; runc comes with
 # docker.io) with a busybox image, Chromium, compose checks,
 # traffic tools and nft counters as oracles
-TEST_PACKAGES := iperf3 iputils-ping docker.io containerd podman busybox-static docker-compose chromium nftables
+TEST_PACKAGES := iperf3 iputils-ping docker.io containerd podman busybox-static docker-compose chromium nftables bpftool
 # pytest-xdist workers: the suite mostly waits on real processes, so one per core
 JOBS ?= $(shell nproc)
 ARGS ?=

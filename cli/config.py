@@ -75,6 +75,18 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{value!r} is not true or false")
+
+
 def _names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [name.strip() for name in value.split(",") if name.strip()]
@@ -105,6 +117,7 @@ SETTINGS: dict[str, Setting] = {
     "docker_socket": Setting("CONNSTATS_DOCKER_SOCKET", "probe", "docker_socket"),
     "podman_socket": Setting("CONNSTATS_PODMAN_SOCKET", "probe", "podman_socket"),
     "containerd_socket": Setting("CONNSTATS_CONTAINERD_SOCKET", "probe", "containerd_socket"),
+    "processes": Setting("CONNSTATS_PROCESSES", "probe", "processes", _bool),
     "metrics": Setting("CONNSTATS_METRICS", "metrics", "address"),
     "stream_replicas": Setting("CONNSTATS_STREAM_REPLICAS", "nats", "stream_replicas", _positive_int),
     "influx_url": Setting("CONNSTATS_INFLUX_URL", "influxdb", "url", env_fallback="INFLUXDB_V2_URL"),

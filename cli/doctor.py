@@ -1,6 +1,7 @@
 """``connstats doctor``: check, in order, everything connstats needs on this host.
 
-    privileges ─ bcc ─ kernel headers ─ BPF load ─ TC attach (throwaway veth pair) ─ NATS ─ store
+    privileges ─ bcc ─ kernel headers ─ BPF load ─ TC attach (throwaway veth pair) ─ processes
+    (BTF, tracefs, tracepoints) ─ pinned state ─ NATS ─ store
 
 Each check prints ``pass`` or ``FAIL`` with what it saw, and on failure the fix. A check
 whose prerequisite failed is skipped. The exit status is 1 if any check failed.
@@ -176,6 +177,16 @@ def check_store(state: dict) -> str:
     return f"{spec} takes writes"
 
 
+def check_processes(state: dict) -> str:
+    from connstats.probe.compose import process_support
+    try:
+        return process_support()
+    except ConnstatsError as exc:
+        raise CheckFailed(f"processes cannot be named: {exc}",
+                          "run the probe with --no-processes, or on a kernel with BTF and the sock tracepoints; "
+                          "counting works either way") from None
+
+
 def check_pinned_state(state: dict) -> str:
     from connstats.probe.kernel.leftovers import leftovers
 
@@ -196,6 +207,7 @@ CHECKS = (
     Check("kernel headers", check_headers),
     Check("BPF load", check_bpf_load, ("privileges", "bcc", "kernel headers")),
     Check("TC attach", check_tc_attach, ("BPF load",)),
+    Check("processes", check_processes, ("privileges",)),
     Check("pinned state", check_pinned_state, ("privileges",)),
     Check("NATS", check_nats),
     Check("store", check_store),

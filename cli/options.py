@@ -69,6 +69,9 @@ PodmanSocket = Annotated[Optional[str], typer.Option(
 ContainerdSocket = Annotated[Optional[str], typer.Option(
     "--containerd-socket", metavar="PATH", help="containerd socket to watch pods and containers on "
     "(read-only calls); 'none' to disable [default: /run/containerd/containerd.sock when present]")]
+Processes = Annotated[Optional[bool], typer.Option(
+    "--processes/--no-processes", help="name the process on each end of a connection (socket-owner "
+    "tracepoints, read at every drain) [default: on where the kernel has BTF and the tracepoints]")]
 InfluxUrl = Annotated[Optional[str], typer.Option(
     "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
     "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]

@@ -57,6 +57,7 @@ class ProbeFlags:
     http_group: str | None = None
     podman_socket: str | None = None
     containerd_socket: str | None = None
+    processes: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
                           podman_socket=None if podman_socket == "none" else podman_socket,
                           containerd_socket=None if containerd_socket == "none" else containerd_socket),
         stream=stream_settings(config, probe_flags.stream_replicas),
+        processes=config.get("processes", probe_flags.processes, True),
     )
 
 

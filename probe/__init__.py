@@ -11,9 +11,12 @@
     watch/      devices that come and go: link monitor, Docker, containers, filter guard
     api/        the HTTP API and its totals, the control service, the self-metrics
     policy/     microsegmentation: resolve, kernel tables, the policy service, violations
+    identity/   the process on each end of a connection: socket-owner tracepoints, BTF
+                offsets, the join at drain
     daemon.py   ProbeDaemon, which runs one interval after the other
     seams.py    ProbePort, what a service may ask of it
     compose.py  build_probe, the composition root (and the CLI's one door into the probe)
 
-Importing this package does not import bcc; only ``connstats.probe.kernel.loader`` does.
+Importing this package does not import bcc; only ``connstats.probe.kernel.loader``
+and ``connstats.probe.identity.socket_owners`` do.
 """

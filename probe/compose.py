@@ -1,6 +1,7 @@
 """The probe's composition root: one ``ProbeConfig`` in, a runnable ``ProbeDaemon`` out.
 
     build_probe(config)
+      ProcessNamer (socket-owner tracepoints, the join)   unless processes is off; loaded first
       KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
       the interval listeners, each interval given to them before it is published (the
@@ -36,6 +37,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .api.control import control_service
 from .api.metrics import ProbeMetrics
@@ -43,7 +45,7 @@ from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
 from .daemon import DaemonSettings, IntervalListener, ProbeDaemon
 from .kernel.devices import check_interfaces, default_interfaces
-from .kernel.kernel_probe import ProbeSettings
+from .kernel.kernel_probe import Namer, ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
@@ -60,7 +62,7 @@ from .watch.watcher import link_watcher
 __all__ = [
     "DEFAULT_CAPACITY", "DEFAULT_CONTAINERD_SOCKET", "DEFAULT_DOCKER_SOCKET", "DEFAULT_HTTP_ADDRESS", "DEFAULT_PODMAN_SOCKET", "HttpApiParts", "HttpConfig", "ProbeConfig",
     "ProbeDaemon", "WatchConfig", "build_probe", "check_interfaces", "default_interfaces", "http_api",
-    "metrics_services", "watcher_services",
+    "metrics_services", "process_support", "watcher_services",
 ]
 
 log = logging.getLogger("connstats.probe")
@@ -110,6 +112,7 @@ class ProbeConfig:
     stream: StreamSettings = field(default_factory=StreamSettings)  # the flow stream, if it is created
     telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
     metrics: str | None = None  # ADDR:PORT of a listener with only /metrics, /healthz, /readyz
+    processes: bool = True  # name the process on each end of a connection (socket-owner tracepoints)
 
     def kernel_settings(self) -> ProbeSettings:
         return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
@@ -122,7 +125,8 @@ class ProbeConfig:
 
 def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
-    daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings()))
+    daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings(),
+                                        namer=process_namer(config) if config.processes else None))
     telemetry = config.telemetry
     containers = ContainerIndex()
     policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
@@ -185,6 +189,22 @@ def http_api(http: HttpConfig, probe: ProbePort, telemetry: Telemetry | None = N
     totals = ConnectionTotals()
     service = http_service(http.address, totals, telemetry, callers)  # a bad address fails here
     return HttpApiParts(service, totals, forgetting(totals, probe.live_records))
+
+
+def process_support() -> str:
+    """What this kernel offers for naming processes (``connstats doctor``); ``KernelError``
+    saying what is missing. Loads nothing."""
+    from .identity.naming import kernel_support
+
+    return kernel_support().describe()
+
+
+def process_namer(config: ProbeConfig) -> Callable[[], Namer | None]:
+    """The process namer's maker: the daemon loads it just before the classifier; None from
+    it (one log line says why) when this kernel cannot name processes."""
+    from .identity.naming import ProcessNamer
+
+    return lambda: ProcessNamer.start(config.interval)
 
 
 def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:

@@ -21,7 +21,7 @@ from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
 from .contract.record import Owner
 from .kernel.devices import AttachedDevice, FilterLoss
-from .kernel.kernel_probe import KernelProbe, ProbeSettings, poll_forever, publish_recovered
+from .kernel.kernel_probe import KernelProbe, Namer, ProbeSettings, poll_forever, publish_recovered
 from .policy.tables import PolicyTables
 from .publish.publisher import FlowPublisher, PublisherSettings
 from .seams import DetachListener, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
@@ -40,6 +40,7 @@ class DaemonSettings:
     publisher: PublisherSettings
     shutdown_flush_seconds: float = 10.0
     services: list[ServiceFactory] = field(default_factory=list)
+    namer: Callable[[], Namer | None] | None = None  # names processes (its tracepoints load first)
 
 
 class ProbeDaemon:
@@ -76,7 +77,7 @@ class ProbeDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Load, attach, then poll and publish until ``stop``; the last interval is not lost."""
-        self.kernel = kernel = await asyncio.to_thread(KernelProbe, self.settings.probe)
+        self.kernel = kernel = await asyncio.to_thread(self._load)
         services: list[Service] = []
         try:
             async with FlowPublisher(self.settings.nats, self.settings.publisher) as publisher:
@@ -100,6 +101,12 @@ class ProbeDaemon:
             for service in reversed(services):
                 await service.close()
             await asyncio.to_thread(kernel.close)
+
+    def _load(self) -> KernelProbe:
+        """The kernel probe, with the process namer if one is asked for (and this kernel has
+        what it needs): its tracepoints go first, so no socket opened meanwhile is missed."""
+        namer = self.settings.namer() if self.settings.namer is not None else None
+        return KernelProbe(self.settings.probe, namer)
 
     async def _publish(self, batch: FlowBatch) -> None:
         for listener in self.interval_listeners:
@@ -166,6 +173,8 @@ class ProbeDaemon:
             loaded=self.ready.is_set(), publisher=publisher.stats if publisher is not None else None,
             attached_devices=len(kernel.devices.devices()) if kernel is not None else 0,
             attach_failures=self.attach_failures, last_poll=kernel.last_poll if kernel is not None else None,
+            naming_processes=kernel is not None and kernel.namer is not None,
+            naming_failures=kernel.naming_failures if kernel is not None else 0,
         )
 
     def on_interval(self, listener: IntervalListener) -> None:

@@ -32,6 +32,8 @@ class ProbeStatus:
     attached_devices: int
     attach_failures: int
     last_poll: PollReport | None  # None before the first poll
+    naming_processes: bool = False  # the process namer runs (--processes, and the kernel can)
+    naming_failures: int = 0  # naming steps that failed (the records went out unnamed)
 
 
 @dataclass(frozen=True)

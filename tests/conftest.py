@@ -21,6 +21,7 @@ from tests.fixtures.netns import *  # noqa: F401,F403
 from tests.fixtures.netns import RUN_ENV, leftovers
 from tests.fixtures.podman import podman_host  # noqa: F401
 from tests.fixtures.probe import *  # noqa: F401,F403
+from tests.fixtures.processes import named_programs, veth_netns  # noqa: F401
 from tests.fixtures.routed import routed_namespaces  # noqa: F401
 from tests.fixtures.secure_nats import *  # noqa: F401,F403
 from tests.fixtures.tmpfs import *  # noqa: F401,F403
@@ -29,7 +30,7 @@ from tests.fixtures.tmpfs import *  # noqa: F401,F403
 # `pytest -m "not kernel and not nats and not docker and not podman and not browser"`) runs the others.
 PARTS = {
     "kernel": {"classifier", "probe", "tiny_probe", "test_network", "quiet_network", "containerd",
-               "routed_namespaces", "pair_network"},
+               "routed_namespaces", "pair_network", "veth_netns"},
     "nats": {"nats_server", "nats_server_factory", "nats_cluster", "secure_nats_factory", "role_nats"},
     "docker": {"dockerd"},
     "podman": {"podman_host"},

@@ -224,6 +224,10 @@ class ProbeMetrics:
         yield from _publisher(status)
         yield _gauge("connstats_attached_devices", "Devices the classifier is attached to", status.attached_devices)
         yield _counter("connstats_attach_failures", "Attach requests that failed", status.attach_failures)
+        yield _gauge("connstats_process_naming", "1 while the probe names the processes of connections",
+                     int(status.naming_processes))
+        yield _counter("connstats_process_naming_failures", "Naming steps that failed (those records went out "
+                       "without process names)", status.naming_failures)
         yield from self._policy_metrics()
         for histogram in (self.poll_seconds, self.drain_seconds, self.records):
             yield from histogram.collect()

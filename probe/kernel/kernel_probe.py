@@ -2,8 +2,8 @@
 
     load classifier (maps pinned per state directory) ─ adopt the devices and the
     pending interval of the probe before ─ attach devices ─┐
-        └─ every interval: poll (flip, grace, read) ─ publish(batch) until
-           durable ─ commit (empty the read buffer)
+        └─ every interval: poll (flip, grace, read) ─ [name the processes] ─
+           publish(batch) until durable ─ commit (empty the read buffer)
     on stop: [detach,] one last poll, publish, commit; --on-exit keep leaves the filters
     and the pinned maps counting for the next start, detach removes both
 """
@@ -16,7 +16,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
+
+import numpy as np
 
 from ..contract.errors import ConfigError, ConnstatsError
 from ..contract.flow_batch import FlowBatch
@@ -56,6 +58,20 @@ class ProbeSettings:
 ON_EXIT = ("keep", "detach")
 
 
+class Namer(Protocol):
+    """Fills a drained interval's process columns (identity/naming.py ``ProcessNamer``)."""
+
+    def attached(self, device: AttachedDevice) -> None: ...
+
+    def forget(self, ifindex: int) -> None: ...
+
+    def name(self, batch: FlowBatch, keys: np.ndarray) -> FlowBatch: ...
+
+    def sweep(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class PollReport:
     """The last ``poll()``: its map read (interval, drain time, entries), the whole poll's
@@ -79,13 +95,21 @@ class KernelProbe:
     threads; one lock keeps attach, detach and poll from interleaving.
     """
 
-    def __init__(self, settings: ProbeSettings) -> None:
+    def __init__(self, settings: ProbeSettings, namer: Namer | None = None) -> None:
         self.settings = settings
-        self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
+        self.namer = namer  # None: the process columns stay empty; ours to close from here on
+        try:
+            self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
+        except BaseException:
+            if namer is not None:
+                namer.close()
+            raise
         try:
             self.program = load_classifier(settings.capacity, pin_dir=pin_dir)
         except BaseException:
             self._release_pins(remove=False)
+            if namer is not None:
+                namer.close()
             raise
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
         self.policy = PolicyTables(self.program)  # the policy service's way into the kernel
@@ -97,6 +121,7 @@ class KernelProbe:
         self._released: set[int] = set()  # detached; forget names and owners after one more drain
         self._lock = threading.Lock()
         self.last_poll: PollReport | None = None
+        self.naming_failures = 0
 
     @staticmethod
     def _take_pins(settings: ProbeSettings):
@@ -182,6 +207,8 @@ class KernelProbe:
                 self.owners[device.ifindex] = owner
             elif owner is not None:  # nobody behind it (any more): drop an old owner
                 self.owners.pop(device.ifindex, None)
+        if self.namer is not None:  # reads /proc: not under the lock the poll waits for
+            self._name_safely(self.namer.attached, device)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
@@ -221,6 +248,8 @@ class KernelProbe:
         with self._lock:
             interval = self.poller.poll()
             batch = self._records(interval)
+            if self.namer is not None:
+                self._name_safely(self.namer.sweep)
             self._forget_released()
         self.last_poll = PollReport(self.poller.last_read, time.perf_counter() - started,
                                     self.settings.capacity)
@@ -232,6 +261,8 @@ class KernelProbe:
         for ifindex in self._released:
             self.devices.forget_name(ifindex)
             self.owners.pop(ifindex, None)
+            if self.namer is not None:
+                self.namer.forget(ifindex)
         self._released.clear()
 
     def peek(self) -> FlowBatch:
@@ -240,8 +271,22 @@ class KernelProbe:
             return self._records(self.poller.peek())
 
     def _records(self, interval: DrainedInterval) -> FlowBatch:
-        """The interval as one batch of columns (its envelope: this probe's)."""
-        return interval.batch(self.envelope(interval), self.devices.names(), self.owners)
+        """The interval as one batch of columns (its envelope: this probe's), its processes
+        named if a namer is set."""
+        batch = interval.batch(self.envelope(interval), self.devices.names(), self.owners)
+        if self.namer is None:
+            return batch
+        named = self._name_safely(self.namer.name, batch, interval.keys)
+        return batch if named is None else named
+
+    def _name_safely(self, step, *args):
+        """A naming step; its failure is logged and costs only the names (None)."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 (the interval goes out unnamed rather than not at all)
+            self.naming_failures += 1
+            log.warning("naming processes failed (%s): %s", getattr(step, "__name__", step), exc)
+            return None
 
     def envelope(self, interval: DrainedInterval, boot_id: str | None = None) -> Envelope:
         return Envelope(
@@ -273,6 +318,8 @@ class KernelProbe:
         remove = not self.poller.pending and (not self.keeps_counting or idle)
         self.devices.close()
         self.program.close()
+        if self.namer is not None:
+            self.namer.close()
         self._release_pins(remove)
 
 

@@ -203,7 +203,8 @@ def test_publisher_devices_and_readiness_come_from_the_probe_status():
     stats = PublisherStats(published_messages=7, published_records=70, duplicates=1, retries=3, rejected=2,
                            dropped_messages=4, dropped_records=40, outbox_depth=5, outbox_bytes=5000,
                            connected=False, reconnects=6)
-    probe.current = ProbeStatus(loaded=True, publisher=stats, attached_devices=2, attach_failures=1, last_poll=None)
+    probe.current = ProbeStatus(loaded=True, publisher=stats, attached_devices=2, attach_failures=1, last_poll=None,
+                                naming_processes=True, naming_failures=3)
     assert telemetry.not_ready() == ["probe: NATS is not connected"]
     got = scrape(telemetry)
     expected = {
@@ -211,6 +212,7 @@ def test_publisher_devices_and_readiness_come_from_the_probe_status():
         "connstats_outbox_messages": 5, "connstats_outbox_bytes": 5000,
         "connstats_outbox_dropped_messages_total": 4, "connstats_outbox_dropped_records_total": 40,
         "connstats_nats_reconnects_total": 6, "connstats_attached_devices": 2, "connstats_attach_failures_total": 1,
+        "connstats_process_naming": 1, "connstats_process_naming_failures_total": 3,
     }
     assert {name: got[name, ()] for name in expected} == expected
     assert got["connstats_publish_errors_total", (("kind", "retried"),)] == 3

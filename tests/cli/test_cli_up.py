@@ -288,3 +288,23 @@ def test_http_none_turns_the_http_api_and_its_totals_off(tmp_path):
     assert http_api(off.http, FakePort()) is None
     default = probe_config(config, NatsFlags(), ["lo"], None, "h", None, ProbeFlags(docker_socket="none"))
     assert (default.http.address, default.http.required) == ("127.0.0.1:9102", False)
+
+
+@pytest.mark.parametrize("file, env, flag, named", [
+    ({}, {}, None, True),  # on by default
+    ({"probe": {"processes": False}}, {}, None, False),
+    ({"probe": {"processes": False}}, {"CONNSTATS_PROCESSES": "yes"}, None, True),
+    ({}, {"CONNSTATS_PROCESSES": "off"}, None, False),
+    ({}, {"CONNSTATS_PROCESSES": "on"}, False, False),  # the flag wins
+])
+def test_processes_follow_flag_env_and_file(tmp_path, file, env, flag, named):
+    config = Config(file, {"CONNSTATS_STATE_DIR": str(tmp_path), **env}, None)
+    built = probe_config(config, NatsFlags(), ["lo"], None, "h", "none",
+                         ProbeFlags(docker_socket="none", processes=flag))
+    assert built.processes is named
+
+
+def test_a_processes_setting_that_is_not_a_yes_or_no_is_refused(tmp_path):
+    config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path), "CONNSTATS_PROCESSES": "maybe"}, None)
+    with pytest.raises(ConfigError, match="CONNSTATS_PROCESSES: 'maybe' is not true or false"):
+        probe_config(config, NatsFlags(), ["lo"], None, "h", "none", ProbeFlags(docker_socket="none"))
