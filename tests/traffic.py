@@ -9,6 +9,7 @@
 Prints one JSON line with what was sent.
 """
 import json
+import os
 import socket
 import sys
 import time
@@ -24,7 +25,7 @@ def udp(dst: str, port: str, sport: str, count: str, size: str) -> dict:
     payload = b"x" * int(size)
     for _ in range(int(count)):
         sock.sendto(payload, (dst, int(port)))
-    return {"sent": int(count)}
+    return {"sent": int(count), "pid": os.getpid()}  # the sender, as the probe names it
 
 
 def udp_paced(dst: str, port: str, sport: str, count: str, size: str, seconds: str) -> dict:

@@ -106,7 +106,7 @@ class ProcessNamer:
         except KernelError as exc:
             log.warning("processes not named: %s", exc)
             return None
-        log.info("naming processes (%s)", found.describe())
+        log.debug("naming processes (%s)", found.describe())  # a refused start stays one line; doctor says it
         try:
             return cls(owners, interval)
         except BaseException:

@@ -4,7 +4,9 @@ and the real SQLite store), talk to the host. The host is one node named for it,
 outside address per veth."""
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,8 @@ def test_two_namespaces_talking_to_the_host_draw_one_host_node(routed_namespaces
                "--ui", f"127.0.0.1:{ui}")
     try:
         up.wait_for("connstats up: watching")
-        a.traffic("udp", a_host_end, ports[0], 40101, 1000, 100)
-        b.traffic("udp", b_host_end, ports[1], 40102, 500, 100)
+        senders = [a.traffic("udp", a_host_end, ports[0], 40101, 1000, 100)["pid"],
+                   b.traffic("udp", b_host_end, ports[1], 40102, 500, 100)["pid"]]
         store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
         wait_stored(store, ports[0], 1000)
         wait_stored(store, ports[1], 500)
@@ -63,9 +65,13 @@ def test_two_namespaces_talking_to_the_host_draw_one_host_node(routed_namespaces
         assert sorted(page.evaluate("[...document.querySelectorAll('#map-svg text')].map(t => t.textContent)")) == sorted(
             [a.netns, b.netns, host])
         page.click(f".node[data-id='host:{host}']")
+        # each end's program: the sender in its namespace, the receiver this test's own process
+        sender, receiver = Path(sys.executable).name[:15], f"{Path('/proc/self/comm').read_text().strip()} ({os.getpid()})"
         assert [page.inner_text(f"#map-connections tbody tr >> nth={i}").split("\t") for i in range(2)] == [
-            ["udp", f"{a.ipv4}:40101", "", f"{a_host_end}:{ports[0]}", "", "1000", "142000", ""],
-            ["udp", f"{b.ipv4}:40102", "", f"{b_host_end}:{ports[1]}", "", "500", "71000", ""]]
+            ["udp", f"{a.ipv4}:40101", f"{sender} ({senders[0]})", f"{a_host_end}:{ports[0]}", receiver, "1000",
+             "142000", ""],
+            ["udp", f"{b.ipv4}:40102", f"{sender} ({senders[1]})", f"{b_host_end}:{ports[1]}", receiver, "500",
+             "71000", ""]]
         assert up.interrupt() == 0
         assert "Traceback" not in up.stderr
     finally:
