@@ -106,7 +106,10 @@ class ProcessNamer:
         except KernelError as exc:
             log.warning("processes not named: %s", exc)
             return None
-        log.debug("naming processes (%s)", found.describe())  # a refused start stays one line; doctor says it
+        if found.tracepoints.send_recv_length:  # a refused start stays one line: doctor says the rest
+            log.debug("naming processes (%s)", found.describe())
+        else:
+            log.warning("naming processes: %s", found.describe())
         try:
             return cls(owners, interval)
         except BaseException:
