@@ -9,7 +9,6 @@
 Prints one JSON line with what was sent.
 """
 import json
-import os
 import socket
 import sys
 import time
@@ -25,7 +24,7 @@ def udp(dst: str, port: str, sport: str, count: str, size: str) -> dict:
     payload = b"x" * int(size)
     for _ in range(int(count)):
         sock.sendto(payload, (dst, int(port)))
-    return {"sent": int(count), "pid": os.getpid()}  # the sender, as the probe names it
+    return {"sent": int(count)}
 
 
 def udp_paced(dst: str, port: str, sport: str, count: str, size: str, seconds: str) -> dict:

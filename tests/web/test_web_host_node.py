@@ -4,6 +4,7 @@ and the real SQLite store), talk to the host. The host is one node named for it,
 outside address per veth."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -38,8 +39,12 @@ def test_two_namespaces_talking_to_the_host_draw_one_host_node(routed_namespaces
                "--ui", f"127.0.0.1:{ui}")
     try:
         up.wait_for("connstats up: watching")
-        senders = [a.traffic("udp", a_host_end, ports[0], 40101, 1000, 100)["pid"],
-                   b.traffic("udp", b_host_end, ports[1], 40102, 500, 100)["pid"]]
+        senders = []  # `ip netns exec` execs the program: its pid is the sender's
+        for host, address, port, sport, count in ((a, a_host_end, ports[0], 40101, 1000),
+                                                  (b, b_host_end, ports[1], 40102, 500)):
+            sender = host.popen_traffic("udp", address, port, sport, count, 100)
+            assert json.loads(sender.communicate(timeout=60)[0]) == {"sent": count}
+            senders.append(sender.pid)
         store = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
         wait_stored(store, ports[0], 1000)
         wait_stored(store, ports[1], 500)
