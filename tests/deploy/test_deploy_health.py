@@ -17,6 +17,7 @@ import pytest
 from tests.fixtures.deploy import COMPOSE_ENV, DEPLOY, compose_file, docker_compose, needs_compose, option
 from tests.fixtures.http import http_request
 from tests.fixtures.nats import free_port
+from tests.fixtures.runtimes import stop_daemon
 from tests.fixtures.wait import until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,13 +107,7 @@ def sink(nats_server, tmp_path):
                                 f"sqlite:{tmp_path / 'flows.sqlite'}", "--metrics", f"127.0.0.1:{port}"],
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     yield port
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
+    stop_daemon(process)
     log.close()
 
 

@@ -22,7 +22,7 @@ from connstats.probe.watch.containers import (
 )
 from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher, container_from_inspect
 from tests.fixtures.netns import require_root, sh
-from tests.fixtures.watch import FakeDaemon
+from tests.fixtures.watch import FakeClient, FakeDaemon, FakeResolver
 
 INSPECT = {
     "Id": "4f1c" + "0" * 60, "Name": "/web-1", "Image": "sha256:abc",
@@ -145,22 +145,6 @@ def test_a_namespace_no_watcher_registered_is_named_by_the_cgroup_of_its_lowest_
 
 
 # -- the Docker watcher, with a fake Engine client -----------------------------------------------
-
-
-class FakeClient:
-    def __init__(self, docs: dict) -> None:
-        self.docs = docs
-
-    def inspect_container(self, container_id: str) -> dict:
-        return self.docs[container_id]
-
-
-class FakeResolver:
-    def __init__(self, by_pid: dict) -> None:
-        self.by_pid = by_pid
-
-    def netns_of_pid(self, pid: int):
-        return self.by_pid.get(pid)
 
 
 def docker_watcher_with(docs: dict, netns_by_pid: dict, veths: dict) -> DockerWatcher:

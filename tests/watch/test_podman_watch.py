@@ -16,7 +16,7 @@ from connstats.probe.watch.docker_watch import DockerSettings, DockerWatcher
 from connstats.probe.watch.podman_watch import PodmanWatcher, pod_container, podman_watcher
 from tests.fixtures.podman import IMAGE
 from tests.fixtures.wait import until_async
-from tests.fixtures.watch import FakeDaemon
+from tests.fixtures.watch import FakeClient, FakeDaemon, FakeResolver
 
 INFRA_ID, POD_ID = "374b" + "1" * 60, "c213" + "2" * 60
 APP = {"Id": "62c2" + "3" * 60, "Name": "/web", "Image": "sha256:d98e", "Config": {"Image": "localhost/shop:1"},
@@ -28,22 +28,6 @@ LISTED = {APP["Id"]: {"Id": APP["Id"], "Pod": POD_ID, "PodName": "shop", "IsInfr
           INFRA_ID: {"Id": INFRA_ID, "Pod": POD_ID, "PodName": "shop", "IsInfra": True},
           LONE["Id"]: {"Id": LONE["Id"], "Pod": "", "PodName": "", "IsInfra": False}}
 POD = {"Id": POD_ID, "Name": "shop", "InfraContainerID": INFRA_ID}
-
-
-class FakeClient:
-    def __init__(self, docs: dict) -> None:
-        self.docs = docs
-
-    def inspect_container(self, container_id: str) -> dict:
-        return self.docs[container_id]
-
-
-class FakeResolver:
-    def __init__(self, by_pid: dict) -> None:
-        self.by_pid = by_pid
-
-    def netns_of_pid(self, pid: int):
-        return self.by_pid.get(pid)
 
 
 def fake_libpod(path: str, **params: str):
