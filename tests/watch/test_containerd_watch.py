@@ -8,7 +8,7 @@ import os
 
 from connstats.probe.contract.record import Owner
 from connstats.probe.watch.containerd_watch import ContainerdSettings, ContainerdWatcher
-from connstats.probe.watch.containers import Container
+from connstats.probe.watch.containers import Container, ContainerIndex
 from tests.fixtures.wait import until_async
 from tests.fixtures.watch import FakeDaemon
 
@@ -65,6 +65,31 @@ async def test_a_sandbox_names_its_veth_with_its_pod_and_an_app_container_does_n
         assert watcher.errors == 0
 
 
+async def test_a_veth_that_comes_after_its_pod_started_is_named_by_the_cgroup_of_the_pods_process(containerd):
+    """The slow path (ContainerIndex.by_cgroup) on containerd's own cgroup layout: the sandbox
+    started in a namespace without a veth, so the watcher could name none; the veth a CNI
+    adds afterwards is found to be the pod's from /proc/<pid>/cgroup, as the link watcher
+    asks when it sees the new veth."""
+    net = containerd.pod_network(veth=False)
+    index = ContainerIndex()
+    daemon = FakeDaemon()
+    watcher = ContainerdWatcher(daemon, ContainerdSettings(containerd.socket, reconnect_min=0.05, reconnect_max=0.2),
+                                index)
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.connected.wait(), 10)
+        sandbox_id, pid = await asyncio.to_thread(containerd.run_sandbox, net)
+        await until_async(lambda: ("k8s.io", sandbox_id) in watcher.tracked, 10, "the sandbox followed")
+        assert (daemon.devices(), index.by_netns) == ([], {})  # no veth: nothing attached, nothing named
+        await asyncio.to_thread(containerd.add_veth, net)
+        nsid = index.resolver.nsid_of_pid(pid)
+        netns, owner = await asyncio.to_thread(index.owner, nsid)
+        sandbox = Container(sandbox_id, "web-7d9f8c6b5-x2x9z", "", pid, "containerd", POD, "web", POD_OWNER_LABELS)
+        assert (netns.inode, netns.pid, owner) == (inode(net.path), pid, sandbox)
+        assert index.by_netns == {inode(net.path): sandbox}
+    finally:
+        await watcher.close()
+        await index.close()
 async def test_a_pod_started_before_the_watcher_is_found_when_it_lists(containerd):
     net, other = containerd.pod_network(), containerd.pod_network()
     sandbox_id, pid = containerd.run_sandbox(net, labels={"app.kubernetes.io/name": "shop-web", "app": "web"})
