@@ -118,6 +118,14 @@ def device_netns_column(ifindex: NDArray, device_netns: Mapping[int, int], defau
     return per_device[inverse.ravel()]
 
 
+def loopback(raw: NDArray[np.void], family: NDArray) -> NDArray[np.bool_]:
+    """127.0.0.0/8 and ::1: an address whose packets never leave their namespace."""
+    octets = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, ADDRESS_BYTES)
+    v4 = (np.asarray(family) == 4) & (octets[:, 0] == 127)
+    v6 = (np.asarray(family) == 6) & ~octets[:, :15].any(axis=1) & (octets[:, 15] == 1)
+    return v4 | v6
+
+
 def in_every_namespace(raw: NDArray[np.void], family: NDArray) -> NDArray[np.bool_]:
     """Loopback, link-local and unspecified addresses: every namespace has them, so the
     address map names none; a local end there is taken on the device's word."""
@@ -137,7 +145,8 @@ def name_connections(owners: OwnerTable, addresses: AddressTable, *, ifindex: ND
     port is the source port; ``device_netns``: ifindex -> the netns of the device's end. The
     local end is named only if its address is that namespace's (or one every namespace has):
     forwarded traffic, whose ends are elsewhere, is not named after a local socket that
-    happens to have its port."""
+    happens to have its port. The other end is looked for in the namespace its address is
+    on, or, for a loopback address, in the local end's own."""
     egress = np.asarray(egress, dtype=bool)
     wanted = np.isin(proto, NAMED_PROTOCOLS)
     local_port = np.where(egress, sport, dport)
@@ -148,7 +157,10 @@ def name_connections(owners: OwnerTable, addresses: AddressTable, *, ifindex: ND
     local_here = local_known == local_ns
     unknown = np.flatnonzero((local_known == 0) & wanted)
     local_here[unknown] = in_every_namespace(local_address[unknown], np.asarray(family)[unknown])
-    remote_ns = addresses.lookup(np.where(egress, dst, src))
+    remote_address = np.where(egress, dst, src)
+    remote_ns = addresses.lookup(remote_address)
+    looped = np.flatnonzero((remote_ns == 0) & wanted)  # to a loopback address: the other end is here too
+    remote_ns[looped] = np.where(loopback(remote_address[looped], np.asarray(family)[looped]), local_ns[looped], 0)
     process, pid = owners.lookup(owner_keys(local_ns, proto, local_port), wanted & local_here)
     peer_process, peer_pid = owners.lookup(owner_keys(remote_ns, proto, remote_port), wanted & (remote_ns != 0))
     return ProcessColumns(process, pid, peer_process, peer_pid)

@@ -67,6 +67,25 @@ def test_each_end_by_direction_device_netns_and_remote_address():
     ]
 
 
+LO = 1
+
+
+def test_a_loopback_peer_is_in_the_local_end_s_own_namespace():
+    """Over lo (or any device) to 127.0.0.0/8 or ::1, both ends are sockets of that one
+    namespace: the sender's and the receiver's programs are both named."""
+    assert join([
+        (LO, True, 6, "127.0.0.1", 40000, "127.0.0.1", 8080),  # the host's hosttcp to the host's nginx
+        (LO, False, 6, "127.0.0.1", 40000, "127.0.0.1", 8080),  # the same packets, arriving
+        (LO, True, 6, "127.0.0.9", 40000, "127.0.0.1", 8081),  # to a loopback port nobody owns
+        (VETH, True, 17, "::1", 5353, "::1", 5353),  # in the pod's namespace: the pod's dig, both ends
+    ]) == [
+        ("hosttcp", 55, "nginx", 22),
+        ("nginx", 22, "hosttcp", 55),
+        ("hosttcp", 55, "", 0),
+        ("dig", 33, "dig", 33),
+    ]
+
+
 def test_loopback_link_local_and_shared_addresses_name_no_namespace():
     mapped = address_map({HOST: [raw("127.0.0.1"), raw("fe80::1"), raw("10.9.9.9"), raw("10.1.1.1")],
                           POD: [raw("::1"), raw("10.9.9.9"), raw("169.254.1.1"), raw("10.2.2.2")]})
