@@ -177,7 +177,8 @@ def test_a_non_loopback_address_requires_the_token(test_network, cs_env, start, 
     for path in ("/", "/api/history", "/api/live", "/static/live.js"):
         status, _ = remote(path)
         assert status == 401, path
-    assert remote("/api/history", {"Authorization": "Bearer " + token[:-1] + "x"})[0] == 401
+    wrong = token[:-1] + ("x" if token[-1] != "x" else "y")  # one character off (a token may end in x)
+    assert remote("/api/history", {"Authorization": "Bearer " + wrong})[0] == 401
     status, body = remote("/api/history?since=15m", {"Authorization": "Bearer " + token})
     assert status == 200 and json.loads(body)["group_by"] == "container"
     assert json.loads(remote("/api/map")[1]) == {
