@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS
@@ -115,11 +113,7 @@ def _insert(columns: tuple[str, ...]) -> str:
 
 def written_columns(batch: FlowBatch) -> tuple[str, ...]:
     """``_COLUMNS`` without the defaulted ones that no record of ``batch`` fills."""
-    empty = {name for name in _DEVICE_DEFAULTED if not any(getattr(d, name) for d in batch.devices)}
-    for name in _RECORD_DEFAULTED:
-        column = getattr(batch.columns, name)
-        if not (column.any() if isinstance(column, np.ndarray) else any(column)):
-            empty.add(name)
+    empty = {name for name in (*_DEVICE_DEFAULTED, *_RECORD_DEFAULTED) if not batch.filled(name)}
     return tuple(c for c in _COLUMNS if c not in empty) if empty else _COLUMNS
 
 _INSERT_OVERFLOW = (

@@ -134,7 +134,6 @@ class ConnectionTotal:
 
 _KEY_FIELDS = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
 WHO = ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid")  # the latest known
-_WHO_DEVICE = ("pod", "workload", "runtime")  # of those, the device's (FlowBatch.devices)
 _STATIC_FIELDS = ("ifname", "family", "container_name", "verdict", *WHO)  # per connection, outside the key
 _NO_TIME = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # first_seen, last_seen of a fresh slot
 class _Interval:
@@ -189,14 +188,6 @@ class _Interval:
         if not isinstance(values, Sequence):  # an envelope field, repeated: not one read here
             values = list(values)
         return list(map(values.__getitem__, rows.tolist()))
-
-    def filled(self, name: str) -> bool:
-        """Whether some record has field ``name`` (one of ``WHO``) set; cheap: per device, or
-        one pass over a numpy column."""
-        if name in _WHO_DEVICE:
-            return any(getattr(d, name) for d in self.batch.devices)
-        column = getattr(self.batch.columns, name)
-        return bool(column.any() if isinstance(column, np.ndarray) else any(column))
 
     def keys(self, at: np.ndarray) -> list[ConnectionKey]:
         return list(zip(*(self.field(name, at) for name in _KEY_FIELDS), strict=True))
@@ -539,7 +530,7 @@ def _set_known(columns: dict[str, np.ndarray], records: _Interval, slots: np.nda
     (the later record wins); a field no record has costs one check."""
     everything = np.arange(len(records))
     for name in WHO:
-        if not len(records) or not records.filled(name):
+        if not len(records) or not records.batch.filled(name):
             continue
         values = np.asarray(records.field(name, everything), dtype=columns[name].dtype)
         known = values != (0 if name.endswith("pid") else "")

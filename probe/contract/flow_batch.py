@@ -61,6 +61,13 @@ class FlowBatch:
             return repeat(self.envelope.host, len(self))
         return self.device_column(name)
 
+    def filled(self, name: str) -> bool:
+        """Whether some record has field ``name`` set (not "" or 0): a column in any record,
+        a device field on any of the batch's devices. One pass, in C for numpy columns."""
+        if name in FLOW_COLUMNS:
+            return any_set(getattr(self.columns, name))
+        return any(getattr(d, name) for d in self.devices)
+
     def device_column(self, name: str) -> list[Any]:
         """A device field per record: one dict lookup per record, in C."""
         by_ifindex = {d.ifindex: getattr(d, name) for d in self.devices}
@@ -223,6 +230,11 @@ def devices_of(records: Iterable[DeviceFields], error: type[Exception]) -> tuple
             raise error(f"ifindex {r.ifindex} has two names or owners ({device.ifname!r}, "
                         f"{r.ifname!r}) in one message")
     return tuple(devices.values())
+
+
+def any_set(column: Column[Any]) -> bool:
+    """Whether some entry of ``column`` is set (not "" or 0)."""
+    return bool(column.any() if isinstance(column, np.ndarray) else any(column))
 
 
 def as_list(column: Column[_T]) -> list[_T]:

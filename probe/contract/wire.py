@@ -30,7 +30,7 @@ import orjson
 
 from .bounded import check_json
 from .errors import MessageError
-from .flow_batch import FlowBatch
+from .flow_batch import FlowBatch, any_set
 from .record import SCHEMA_VERSION, Envelope, OverflowCount
 from .wire_checks import check_addresses, check_columns, check_envelope, schema_reason
 from .wire_schema import (
@@ -78,8 +78,7 @@ def encode_flows(columns: FlowColumns) -> msgspec.Raw:
     value (5x faster than ``tolist`` + encode, same bytes); text columns are lists."""
     doc = {name: _json_ready(getattr(columns, name)) for name in FLOW_COLUMNS}
     for name in OPTIONAL_COLUMNS:  # nobody governed, no process known: what old sinks read too
-        column = doc[name]
-        if not (column.any() if isinstance(column, np.ndarray) else any(column)):
+        if not any_set(getattr(columns, name)):
             del doc[name]
     return msgspec.Raw(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
