@@ -22,6 +22,7 @@ from .record import (
     Envelope,
     FlowRecord,
     Owner,
+    Runtime,
     bulk_allocation,
     make_record,
 )
@@ -214,16 +215,21 @@ class DeviceFields(Protocol):
     def container_name(self) -> str: ...
     @property
     def container_image(self) -> str: ...
+    @property
+    def pod(self) -> str: ...
+    @property
+    def workload(self) -> str: ...
+    @property
+    def runtime(self) -> Runtime: ...
 
 
 def devices_of(records: Iterable[DeviceFields], error: type[Exception]) -> tuple[Device, ...]:
-    """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it.
-    A record without the owner fields added later (a schema 1 row) has them empty."""
+    """Each ifindex's device once; ``error`` if two records of one ifindex disagree on it."""
     devices: dict[int, Device] = {}
     for r in records:
         device = devices.get(r.ifindex)
         wanted = Device(r.ifindex, r.ifname, r.container_id, r.container_name, r.container_image,
-                        getattr(r, "pod", ""), getattr(r, "workload", ""), getattr(r, "runtime", ""))
+                        r.pod, r.workload, r.runtime)
         if device is None:
             devices[r.ifindex] = wanted
         elif device != wanted:
