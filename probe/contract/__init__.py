@@ -5,7 +5,7 @@ package imports nothing else of connstats (tests/test_layers.py checks it).
 
 - **Flow messages** (``record.py``, ``flow_batch.py``, ``wire.py``; the schema in
   ``wire_schema.py``): ``FlowBatch`` (one interval's columns; ``records()`` for per-record
-  access), ``FlowRecord``, ``Envelope``, ``OverflowCount``, ``RECORD_FIELDS``,
+  access), ``FlowRecord``, ``Envelope``, ``OverflowCount``, ``DropCount``, ``RECORD_FIELDS``,
   ``encode_message``, ``decode_message`` (schema 2, and schema 1 from older probes), the
   bounds (``TIME_MIN``, ``COUNTER_LIMIT``, ...), ``proto_name``/``proto_number``.
 - **Flow intervals** (``intervals.py``, ``subscription.py``): ``IntervalAssembler`` puts the
@@ -108,6 +108,7 @@ from .record import (
     TIME_MAX,
     TIME_MIN,
     VERDICTS,
+    DropCount,
     Envelope,
     FlowRecord,
     OverflowCount,
@@ -121,7 +122,7 @@ from .wire import RECORD_FIELDS, FlowBatch, decode_message, encode_message
 __all__ = [
     # flow messages
     "COUNTER_LIMIT", "DIRECTIONS", "IFINDEX_LIMIT", "IFNAME_MAX", "RECORD_FIELDS", "SCHEMA_VERSION", "TEXT_MAX",
-    "TIME_MAX", "TIME_MIN", "VERDICTS", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
+    "TIME_MAX", "TIME_MIN", "VERDICTS", "DropCount", "Envelope", "FlowBatch", "FlowRecord", "OverflowCount", "decode_message",
     "encode_message", "proto_name", "proto_number",
     # flow intervals
     "CHUNK_TIMEOUT", "MAX_PENDING_INTERVALS", "FlowSubscription", "Interval", "IntervalAssembler",

@@ -19,6 +19,7 @@ from .record import (
     NO_OWNER,
     OWNER_FIELDS,
     VERDICTS,
+    DropCount,
     Envelope,
     FlowRecord,
     Owner,
@@ -149,8 +150,8 @@ class FlowBatch:
                     mono_to_wall_ns: int, ifnames: Mapping[int, str],
                     owners: Mapping[int, Owner] = {}) -> FlowBatch:
         """A batch from drained ``FLOW_KEY``/``FLOW_COUNTERS`` arrays, column by column;
-        ``owners`` maps an ifindex to who is behind it. The process columns are empty
-        (``with_processes`` fills them).
+        ``owners`` maps an ifindex to who is behind it. The process and quality columns are
+        empty (``with_columns`` fills them).
 
         Its columns stay numpy arrays (text columns: arrays of str objects) until a chunk is
         encoded or a listener asks for Python values (``column``, ``records``)."""
@@ -164,7 +165,7 @@ class FlowBatch:
             last_seen=values["last_seen_ns"].astype(np.int64) + mono_to_wall_ns,
             tcp_flags=values["tcp_flags"],
             verdict=_VERDICT_TEXT[np.minimum(values["verdict"], len(VERDICTS) - 1)],
-            **_no_processes(len(keys)),
+            **_empty_optional(len(keys)),
         )
         devices = tuple(device_of(i, ifnames.get(i, ""), owners.get(i, NO_OWNER))
                         for i in np.unique(keys["ifindex"]).tolist())
@@ -177,18 +178,27 @@ class FlowBatch:
     def with_processes(self, process: Column[str], pid: Column[int], peer_process: Column[str],
                        peer_pid: Column[int]) -> FlowBatch:
         """The batch with its process columns replaced (one entry per record each)."""
-        columns = FlowColumns(**{f: getattr(self.columns, f) for f in FLOW_COLUMNS
-                                 if f not in _PROCESS_COLUMNS},
-                              process=process, pid=pid, peer_process=peer_process, peer_pid=peer_pid)
+        return self.with_columns(process=process, pid=pid, peer_process=peer_process, peer_pid=peer_pid)
+
+    def with_columns(self, **replaced: Column[Any]) -> FlowBatch:
+        """The batch with the named optional columns replaced (one entry per record each):
+        the process columns (identity), the quality columns (quality)."""
+        unknown = set(replaced) - set(OPTIONAL_COLUMNS)
+        if unknown:
+            raise ValueError(f"only optional columns are replaced, not {sorted(unknown)}")
+        columns = FlowColumns(**{f: replaced.get(f, getattr(self.columns, f)) for f in FLOW_COLUMNS})
         return FlowBatch(self.envelope, columns, self.devices, self.judged)
 
+    def with_drops(self, drops: Sequence[DropCount]) -> FlowBatch:
+        """The batch with its envelope's unmatched drops replaced."""
+        return self.with_envelope(replace(self.envelope, drops=tuple(drops)))
 
-_PROCESS_COLUMNS = ("process", "pid", "peer_process", "peer_pid")
 
-
-def _no_processes(count: int) -> dict[str, Column[Any]]:
-    return {name: np.full(count, OPTIONAL_COLUMNS[name], dtype=object if name.endswith("process") else np.uint32)
-            for name in _PROCESS_COLUMNS}
+def _empty_optional(count: int) -> dict[str, Column[Any]]:
+    """The process and quality columns of ``count`` records that have none (verdict is the
+    kernel's)."""
+    return {name: np.full(count, empty, dtype=object if isinstance(empty, str) else np.uint64)
+            for name, empty in OPTIONAL_COLUMNS.items() if name != "verdict"}
 
 
 def device_of(ifindex: int, ifname: str, owner: Owner) -> Device:

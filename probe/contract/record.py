@@ -61,6 +61,17 @@ class FlowRecord:
     pid: int = 0
     peer_process: str = ""
     peer_pid: int = 0
+    # How well (probe/quality/): the smoothed RTT samples of the TCP socket that sent the
+    # record's packets (microseconds; 0: none in the interval), the segments it
+    # retransmitted, and the record's packets the kernel dropped with the most frequent
+    # reason (the kernel's skb_drop_reason name, "" when nothing was dropped).
+    rtt_min_us: int = 0
+    rtt_avg_us: int = 0
+    rtt_max_us: int = 0
+    retransmits: int = 0
+    drop_packets: int = 0
+    drop_bytes: int = 0
+    drop_reason: str = ""
 
     @property
     def proto_name(self) -> str:
@@ -116,6 +127,18 @@ class OverflowCount:
 
 
 @dataclass(frozen=True, slots=True)
+class DropCount:
+    """Packets the kernel dropped on a device that belong to no record of the interval (no
+    socket, an unknown protocol, a connection the flow map had no room for), per reason."""
+
+    ifindex: int
+    ifname: str
+    reason: str
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """What a flow message says about the interval its records belong to."""
 
@@ -129,6 +152,7 @@ class Envelope:
     record_offset: int = 0  # index of this chunk's first record within the interval
     overflow: tuple[OverflowCount, ...] = field(default=())
     schema: int = SCHEMA_VERSION
+    drops: tuple[DropCount, ...] = field(default=())  # only chunk 0 carries them, like overflow
 
 
 def proto_name(number: int) -> str:
@@ -193,3 +217,8 @@ RUNTIMES: tuple[Runtime, ...] = ("", "docker", "containerd", "podman", "netns")
 COMM_MAX = 15  # TASK_COMM_LEN - 1: a process name, from the kernel or /proc/<pid>/comm
 ProcessName = Annotated[str, msgspec.Meta(max_length=COMM_MAX)]
 Pid = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
+Micros = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]  # an RTT in microseconds (the kernel's u32)
+DROP_REASON_MAX = 64
+# The kernel's skb_drop_reason names (read from the kfree_skb tracepoint's format): capitals,
+# digits and underscores, or a number where the kernel's format names none.
+DropReason = Annotated[str, msgspec.Meta(max_length=DROP_REASON_MAX, pattern="^[A-Z0-9_]*$")]

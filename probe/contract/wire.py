@@ -31,7 +31,7 @@ import orjson
 from .bounded import check_json
 from .errors import MessageError
 from .flow_batch import FlowBatch, any_set
-from .record import SCHEMA_VERSION, Envelope, OverflowCount
+from .record import SCHEMA_VERSION, DropCount, Envelope, OverflowCount
 from .wire_checks import check_addresses, check_columns, check_envelope, schema_reason
 from .wire_schema import (
     DEVICE_FIELDS,
@@ -48,6 +48,7 @@ from .wire_schema import (
     MessageV2,
     OutgoingV2,
     ProtoNumber,
+    drops_to_wire,
     overflow_to_wire,
 )
 from .wire_v1 import MessageV1, batch_v1, encode_message_v1, record_to_wire
@@ -77,7 +78,7 @@ def encode_flows(columns: FlowColumns) -> msgspec.Raw:
     Numeric numpy columns go to orjson, which writes them in C without a Python int per
     value (5x faster than ``tolist`` + encode, same bytes); text columns are lists."""
     doc = {name: _json_ready(getattr(columns, name)) for name in FLOW_COLUMNS}
-    for name in OPTIONAL_COLUMNS:  # nobody governed, no process known: what old sinks read too
+    for name in OPTIONAL_COLUMNS:  # nobody governed, no process, no RTT known: what old sinks read too
         if not any_set(getattr(columns, name)):
             del doc[name]
     return msgspec.Raw(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -94,7 +95,7 @@ def encode_chunk(envelope: Envelope, devices: Sequence[Device], flows: FlowColum
     return _encoder.encode(OutgoingV2(
         envelope.host, envelope.boot_id, envelope.interval_seq, envelope.interval_start,
         envelope.interval_end, envelope.chunk, envelope.chunks, envelope.record_offset,
-        overflow_to_wire(envelope.overflow), list(devices), flows,
+        overflow_to_wire(envelope.overflow), list(devices), flows, drops_to_wire(envelope.drops),
     ))
 
 
@@ -119,6 +120,8 @@ def decode_message(data: bytes) -> FlowBatch:
         overflow=tuple(OverflowCount(o.ifindex, o.ifname, o.direction, o.packets, o.bytes)
                        for o in doc.overflow),
         schema=SCHEMA_VERSION if isinstance(doc, MessageV2) else 1,
+        drops=tuple(DropCount(d.ifindex, d.ifname, d.reason, d.packets, d.bytes)
+                    for d in getattr(doc, "drops", ())),
     )
     if isinstance(doc, MessageV2):
         return _batch_v2(envelope, doc)
@@ -129,7 +132,7 @@ def _batch_v2(envelope: Envelope, doc: MessageV2) -> FlowBatch:
     columns = doc.flows
     if columns.ifindex:
         for name, empty in OPTIONAL_COLUMNS.items():
-            if not getattr(columns, name):  # sent without the column: nobody governed, no process
+            if not getattr(columns, name):  # sent without the column: nobody governed, no process, ...
                 setattr(columns, name, [empty] * len(columns.ifindex))
     check_columns(columns, doc.devices)
     check_addresses(columns.family, {"src_ip": columns.src_ip, "dst_ip": columns.dst_ip}, "$.flows")

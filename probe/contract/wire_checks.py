@@ -33,6 +33,8 @@ def check_envelope(doc: WireEnvelope) -> None:
         raise MessageError(f"chunk {doc.chunk} is not below chunks {doc.chunks} - at `$.chunk`")
     if doc.overflow and doc.chunk != 0:
         raise MessageError(f"chunk {doc.chunk} carries overflow; only chunk 0 does - at `$.overflow`")
+    if getattr(doc, "drops", None) and doc.chunk != 0:
+        raise MessageError(f"chunk {doc.chunk} carries drops; only chunk 0 does - at `$.drops`")
 
 
 def check_columns(columns: FlowColumns, devices: list[Device]) -> None:

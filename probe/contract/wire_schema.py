@@ -17,11 +17,14 @@ from .record import (
     Address,
     Count,
     Direction,
+    DropCount,
+    DropReason,
     Family,
     FlowRecord,
     Ident,
     IfIndex,
     IfName,
+    Micros,
     OverflowCount,
     Pid,
     Port,
@@ -73,12 +76,26 @@ class FlowColumns(msgspec.Struct, forbid_unknown_fields=True):
     pid: Column[Pid] = []
     peer_process: Column[ProcessName] = []
     peer_pid: Column[Pid] = []
+    # Added in schema 2 without a version bump, like verdict: absent when no record has one
+    # (a probe before quality, or one with the quality hooks off).
+    rtt_min_us: Column[Micros] = []
+    rtt_avg_us: Column[Micros] = []
+    rtt_max_us: Column[Micros] = []
+    retransmits: Column[Count] = []
+    drop_packets: Column[Count] = []
+    drop_bytes: Column[Count] = []
+    drop_reason: Column[DropReason] = []
 
 
 FLOW_COLUMNS: tuple[str, ...] = FlowColumns.__struct_fields__
 # May be absent from a message: each column's empty value for every record then.
 OPTIONAL_COLUMNS: dict[str, str | int] = {"verdict": "", "process": "", "pid": 0, "peer_process": "",
-                                           "peer_pid": 0}
+                                           "peer_pid": 0, "rtt_min_us": 0, "rtt_avg_us": 0, "rtt_max_us": 0,
+                                           "retransmits": 0, "drop_packets": 0, "drop_bytes": 0,
+                                           "drop_reason": ""}
+PROCESS_COLUMNS = ("process", "pid", "peer_process", "peer_pid")
+QUALITY_COLUMNS = ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets", "drop_bytes",
+                   "drop_reason")
 DEVICE_FIELDS = ("ifname", "container_id", "container_name", "container_image", "pod", "workload",
                  "runtime")
 INTERVAL_FIELDS = ("interval_start", "interval_end")
@@ -109,8 +126,18 @@ class WireOverflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     bytes: Count
 
 
-class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True, tag_field="schema"):
-    """What every schema's message carries around its records; ``schema`` is the tag."""
+class WireDrop(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    ifindex: IfIndex
+    ifname: IfName
+    reason: DropReason
+    packets: Count
+    bytes: Count
+
+
+class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True, tag_field="schema", omit_defaults=True):
+    """What every schema's message carries around its records; ``schema`` is the tag.
+    ``drops`` (added in schema 2 without a version bump) is left out when empty, so sinks
+    from before read a message without drops."""
 
     host: Host
     boot_id: Ident
@@ -126,6 +153,7 @@ class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True, tag_field="schema
 class MessageV2(WireEnvelope, tag=SCHEMA_VERSION):
     devices: list[Device]
     flows: FlowColumns
+    drops: list[WireDrop] = []
 
 
 class OutgoingV2(WireEnvelope, tag=SCHEMA_VERSION):
@@ -134,7 +162,12 @@ class OutgoingV2(WireEnvelope, tag=SCHEMA_VERSION):
 
     devices: list[Device]
     flows: FlowColumns | msgspec.Raw
+    drops: list[WireDrop] = []
 
 
 def overflow_to_wire(overflow: Sequence[OverflowCount]) -> list[WireOverflow]:
     return [WireOverflow(o.ifindex, o.ifname, o.direction, o.packets, o.bytes) for o in overflow]
+
+
+def drops_to_wire(drops: Sequence[DropCount]) -> list[WireDrop]:
+    return [WireDrop(d.ifindex, d.ifname, d.reason, d.packets, d.bytes) for d in drops]

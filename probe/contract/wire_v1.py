@@ -16,12 +16,14 @@ from .record import (
     Address,
     Count,
     Direction,
+    DropReason,
     Envelope,
     Family,
     FlowRecord,
     Ident,
     IfIndex,
     IfName,
+    Micros,
     Pid,
     Port,
     ProcessName,
@@ -64,6 +66,13 @@ class RecordV1(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
     pid: Pid = 0
     peer_process: ProcessName = ""
     peer_pid: Pid = 0
+    rtt_min_us: Micros = 0
+    rtt_avg_us: Micros = 0
+    rtt_max_us: Micros = 0
+    retransmits: Count = 0
+    drop_packets: Count = 0
+    drop_bytes: Count = 0
+    drop_reason: DropReason = ""
 
 
 class MessageV1(WireEnvelope, tag=1):
@@ -78,7 +87,9 @@ def record_to_wire(r: FlowRecord) -> RecordV1:
     return RecordV1(r.ifname, r.ifindex, r.direction, proto_name(r.proto), r.family, r.src_ip,
                     r.dst_ip, r.src_port, r.dst_port, r.packets, r.bytes, r.first_seen,
                     r.last_seen, r.tcp_flags, r.container_id, r.container_name, r.container_image,
-                    r.verdict, r.pod, r.workload, r.runtime, r.process, r.pid, r.peer_process, r.peer_pid)
+                    r.verdict, r.pod, r.workload, r.runtime, r.process, r.pid, r.peer_process, r.peer_pid,
+                    r.rtt_min_us, r.rtt_avg_us, r.rtt_max_us, r.retransmits, r.drop_packets, r.drop_bytes,
+                    r.drop_reason)
 
 
 def encode_message_v1(envelope: Envelope, records: Sequence[FlowRecord]) -> bytes:

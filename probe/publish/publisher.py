@@ -104,7 +104,7 @@ def _assemble(envelope: Envelope, part: FlowBatch, flows: msgspec.Raw, index: in
               count: int) -> tuple[Envelope, bytes]:
     offset = part.envelope.record_offset  # set by slice()
     chunk = replace(envelope, chunk=index, chunks=count, record_offset=offset,
-                    overflow=envelope.overflow if index == 0 else ())
+                    overflow=envelope.overflow if index == 0 else (), drops=envelope.drops if index == 0 else ())
     return chunk, encode_chunk(chunk, part.devices, flows)
 
 
