@@ -9,7 +9,9 @@ request.
         NotificationQueue(WebhookTarget)  -> POST <url>/api/v2/alerts, one queue per URL
     connstats.v1.ctl._alerts.firing (request/reply) <- firing_alerts(nc)
 
-The durable consumer starts with new messages when it is created and resumes where it left
+The durable consumer starts with the messages stored from the moment the engine started
+(``CLOCK_MARGIN`` before it), even when it is created later, once the first probe or sink
+made the stream: an interval published in between is not missed. It resumes where it left
 off after a restart, so an engine that was away evaluates what it missed (windows still
 follow the intervals' own times). A message that does not decode, or whose host is not its
 subject's, is counted and skipped.
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import nats.errors
 import nats.js.errors
@@ -66,8 +69,13 @@ class ServiceSettings:
     drain_timeout: float = 3.0  # on stop: how long queued alerts may take to go out
 
 
-def consumer_config(durable: str) -> ConsumerConfig:
-    return ConsumerConfig(durable_name=durable, filter_subject=FLOWS_WILDCARD, deliver_policy=DeliverPolicy.NEW,
+CLOCK_MARGIN = timedelta(seconds=2)  # a server clock a little behind ours loses no message
+
+
+def consumer_config(durable: str, since: datetime) -> ConsumerConfig:
+    """The durable consumer, when it is made: the messages the stream stored from ``since`` on."""
+    return ConsumerConfig(durable_name=durable, filter_subject=FLOWS_WILDCARD,
+                          deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since - CLOCK_MARGIN,
                           ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=1024, max_deliver=-1)
 
 
@@ -84,9 +92,11 @@ class AlertService:
         self.flows = FlowSubscription(self._evaluate, assembler=IntervalAssembler(settings.chunk_timeout))
         self.queues: list[NotificationQueue] = list(webhooks)
         self.ready = asyncio.Event()
+        self.started = datetime.now(timezone.utc)  # run() sets it again: the consumer starts there
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect (``TransportError`` if NATS is not there), then evaluate until ``stop``."""
+        self.started = datetime.now(timezone.utc)
         nc = await connect(self.nats)
         tasks: list[asyncio.Task] = []
         try:
@@ -134,7 +144,7 @@ class AlertService:
         while not stop.is_set():
             try:
                 return await js.pull_subscribe(FLOWS_WILDCARD, durable=self.settings.durable, stream=STREAM_NAME,
-                                               config=consumer_config(self.settings.durable))
+                                               config=consumer_config(self.settings.durable, self.started))
             except nats.js.errors.NotFoundError:
                 if not wait:
                     return None

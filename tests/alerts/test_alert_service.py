@@ -8,7 +8,16 @@ import time
 
 import msgspec
 
-from connstats.probe.contract import alerts_subject, connect, decode_alert, encode_alert, flows_subject
+from connstats.probe.contract import (
+    StreamSettings,
+    alerts_subject,
+    connect,
+    decode_alert,
+    encode_alert,
+    ensure_stream,
+    flow_stream_config,
+    flows_subject,
+)
 from connstats.sink.alerts import firing_alerts
 from connstats.sink.alerts.compose import AlertConfig, build_alerts
 from connstats.sink.alerts.notify import ALERTS_STREAM
@@ -71,6 +80,23 @@ async def test_firing_and_resolved_reach_the_webhook_and_the_stream(role_nats, f
     assert [(m.subject, a.state, a.labels, a.value) for m, a in zip(stored, messages, strict=True)] == [
         ("connstats.v1.alerts.node-1", "firing", labels, 700), ("connstats.v1.alerts.node-1", "resolved", labels, 700)]
     assert messages[1].ended_at <= messages[1].sent_at
+
+
+async def test_an_engine_started_before_the_stream_misses_no_interval(role_nats):
+    """`up` starts its engine and its probe together: the probe makes the flow stream and
+    publishes an interval before the engine's next look for the stream (every 0.5 s). The
+    consumer made then starts where the engine started, not with the messages after it."""
+    async with Receiver() as receiver, Running(role_nats.options("alert"), receiver.url) as service:
+        probe = await connect(role_nats.options("probe", HOST))
+        try:
+            await ensure_stream(probe.jetstream(), flow_stream_config(StreamSettings()))
+            await publish(probe, 0, [{"dport": 5353, "packets": 700}])
+            await until_async(lambda: len(receiver.bodies) == 1, 15.0)
+        finally:
+            await probe.close()
+        assert service.engine.stats.sent[f"{receiver.url}/api/v2/alerts"] == 1
+    [(_, fired)] = receiver.bodies
+    assert [(a["labels"]["dst_port"], a["annotations"]["value"]) for a in fired] == [("5353", "700")]
 
 
 async def test_a_webhook_failing_then_recovering_gets_the_alert(role_nats, flows):
