@@ -114,7 +114,6 @@ class NetnsResolver:
         self._rtnl = NsidQuery()
         self._lock = threading.Lock()
         self._by_nsid: dict[int, Netns] = {}
-        self._nsid_of_inode: dict[int, int] = {}  # inodes already asked about
         self.rescans = 0
 
     def close(self) -> None:
@@ -146,20 +145,18 @@ class NetnsResolver:
         return _inode(anchor) == netns.inode
 
     def _rescan(self) -> None:
+        """Ask each namespace's nsid afresh: the kernel reuses both namespace inodes and
+        nsids, so an inode's nsid from an earlier scan may belong to a namespace that died
+        (a container gone, another made in its inode under a new nsid)."""
         self.rescans += 1
         found: dict[int, Netns] = {}
         for inode, pid, name, path in self._candidates():
-            nsid = self._nsid_of_inode.get(inode)
+            nsid = self._ask_path(path)
             if nsid is None:
-                nsid = self._ask_path(path)
-                if nsid is None:
-                    continue  # no id yet: nothing of ours links there
-                self._nsid_of_inode[inode] = nsid
+                continue  # no id yet: nothing of ours links there
             known = found.get(nsid)
             found[nsid] = Netns(inode, nsid, pid or (known.pid if known else 0),
                                 name or (known.name if known else ""))
-        live = {n.inode for n in found.values()}
-        self._nsid_of_inode = {i: n for i, n in self._nsid_of_inode.items() if i in live}
         self._by_nsid = found
 
     def _candidates(self) -> Iterable[tuple[int, int, str, Path]]:
