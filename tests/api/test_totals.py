@@ -189,11 +189,27 @@ async def test_current_view_waits_for_an_interval_the_listener_has_not_seen():
     assert live.calls > 1
 
 
+async def test_current_view_waits_for_an_interval_as_long_as_its_publishing_takes():
+    """Publishing a polled interval took longer than 0.2 s on a loaded host: the view then
+    served the totals alone, without that interval's packets."""
+    totals = ConnectionTotals()
+    totals(batch(envelope(0), [rec(0, 3)]))
+    live = FakeLive([rec(2, 1, live=950)])
+
+    async def add_interval_1():
+        await asyncio.sleep(0.6)
+        totals(batch(envelope(1), [rec(1, 2)]))
+
+    task = asyncio.create_task(add_interval_1())
+    assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (6, 600)}
+    await task
+
+
 async def test_current_view_serves_the_totals_alone_when_the_live_read_never_fits():
     totals = ConnectionTotals()
     totals(batch(envelope(0), [rec(0, 3)]))
     live = FakeLive([rec(5, 1, live=950)])
-    assert counts(await current_view(totals, live)) == {(7, "egress", 40001): (3, 300)}
+    assert counts(await current_view(totals, live, deadline=0.1)) == {(7, "egress", 40001): (3, 300)}
 
 
 async def test_forget_device_reads_the_live_interval_after_the_detach():
