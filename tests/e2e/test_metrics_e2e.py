@@ -144,21 +144,29 @@ def test_overflow_counters_equal_the_stored_overflow_and_a_full_map_is_a_warning
     assert kernel[a.host_if, "egress"] == (CONNECTIONS, CONNECTIONS * (UDP_V4_OVERHEAD + SIZE))
     database = Path(cs_env["CONNSTATS_STATE_DIR"]) / "flows.sqlite"
 
+    def overflow_of(got: dict) -> dict:
+        return {(dict(k[1])["iface"], dict(k[1])["direction"]): (v, got[("connstats_overflow_bytes_total", k[1])])
+                for k, v in got.items() if k[0] == "connstats_overflow_packets_total"}
+
+    def stored_overflow() -> dict:
+        with sqlite3.connect(database) as db:
+            return {(i, d): (p, b) for i, d, p, b in db.execute(
+                "SELECT ifname, direction, SUM(packets), SUM(bytes) FROM overflow GROUP BY 1, 2")}
+
     def settled():
+        # the metrics count an interval before it is published: the last one may still be on
+        # its way to the store when they already equal the kernel's (1 full run read the store
+        # then, without its overflow)
         got = samples(endpoint)
         done = (all(traffic_of(got, *key) == counts for key, counts in kernel.items())
                 and got[("connstats_outbox_messages", ())] == 0
-                and got[("connstats_sink_messages_total", ())] == got[("connstats_published_messages_total", ())])
+                and got[("connstats_sink_messages_total", ())] == got[("connstats_published_messages_total", ())]
+                and store_totals(database) == {k: v for k, v in kernel.items() if v != (0, 0)})
         return got if done else None
 
     got = until(settled, 30, "counters equal to the kernel's, published and stored")
-    with sqlite3.connect(database) as db:
-        stored_overflow = {(i, d): (p, b) for i, d, p, b in db.execute(
-            "SELECT ifname, direction, SUM(packets), SUM(bytes) FROM overflow GROUP BY 1, 2")}
-    overflow = {(dict(k[1])["iface"], dict(k[1])["direction"]): (v, got[("connstats_overflow_bytes_total", k[1])])
-                for k, v in got.items() if k[0] == "connstats_overflow_packets_total"}
-    assert overflow == stored_overflow and (a.host_if, "egress") in overflow  # 500 connections, 16 places
-    assert store_totals(database) == {k: v for k, v in kernel.items() if v != (0, 0)}
+    overflow = overflow_of(got)
+    assert overflow == stored_overflow() and (a.host_if, "egress") in overflow  # 500 connections, 16 places
     assert got[("connstats_map_capacity", (("family", "ipv4"),))] == 16
     warning = re.search(r"the IPv4 flow map was (\d+)% full \((\d+) of 16 connections\) in the last interval; "
                         r"beyond it packets are counted per device only: raise --capacity or shorten --interval",
