@@ -4,59 +4,24 @@ container sockets, traffic through two watched veths, several reasons, drops tha
 to no record, and sockets carried to the next interval."""
 from __future__ import annotations
 
-import ipaddress
-
-import numpy as np
 import pytest
 
 from connstats.probe.contract.record import DropCount
 from connstats.probe.contract.wire_schema import QUALITY_COLUMNS
-from connstats.probe.kernel.loader import FLOW_KEY
 from connstats.probe.quality.join import DeviceEnds, SocketCarry, join_quality
-from connstats.probe.quality.tables import DROP_KEY, DROP_VALUE, SOCK_KEY, SOCK_STATS, QualitySnapshot
+from tests.fixtures.quality import flow_keys
+from tests.fixtures.quality import quality_snapshot as snapshot
 
 HOST, A, B, ELSEWHERE = 4026531840, 4026532001, 4026532002, 4026532999
 ETH, VETH_A, VETH_B = 2, 10, 11  # the veths' other ends are ifindex 2 in A and B, like eth0 here
 DEVICES = [DeviceEnds(ETH, HOST), DeviceEnds(VETH_A, HOST, A, 2), DeviceEnds(VETH_B, HOST, B, 2)]
 IFNAMES = {ETH: "eth0", VETH_A: "veth-a", VETH_B: "veth-b"}
-REASONS = {2: "NO_SOCKET", 5: "SOCKET_RCVBUFF", 12: "NETFILTER_DROP", 71: "TCP_INVALID_SEQUENCE"}
 TCP, UDP = 6, 17
 NONE = (0, 0, 0, 0, 0, 0, "")
 
 # per family: container A, container B, the host's end of veth-a, somewhere beyond eth0, the host there
 NET = {4: ("10.0.0.2", "10.0.1.2", "10.0.0.1", "192.0.2.7", "192.0.2.1"),
        6: ("fd00::2", "fd00:1::2", "fd00::1", "2001:db8::7", "2001:db8::1")}
-
-
-def raw(text: str) -> bytes:
-    return ipaddress.ip_address(text).packed.ljust(16, b"\0")
-
-
-def family(text: str) -> int:
-    return 6 if ":" in text else 4
-
-
-def flow_keys(*rows) -> np.ndarray:
-    """rows: (ifindex, direction, proto, src, sport, dst, dport)."""
-    keys = np.zeros(len(rows), FLOW_KEY)
-    for i, (ifindex, direction, proto, src, sport, dst, dport) in enumerate(rows):
-        keys[i] = (ifindex, {"ingress": 0, "egress": 1}[direction], family(src), proto, 0, raw(src), raw(dst),
-                   sport, dport)
-    return keys
-
-
-def snapshot(sockets=(), drops=()) -> QualitySnapshot:
-    """sockets: (netns, src, sport, dst, dport, (rtt min, max, sum, samples, retransmitted));
-    drops: (netns, ifindex, reason, proto, src, sport, dst, dport, packets, bytes)."""
-    socket_keys, socket_stats = np.zeros(len(sockets), SOCK_KEY), np.zeros(len(sockets), SOCK_STATS)
-    for i, (netns, src, sport, dst, dport, stats) in enumerate(sockets):
-        socket_keys[i] = (netns, family(src), 0, sport, dport, 0, raw(src), raw(dst))
-        socket_stats[i] = stats
-    drop_keys, drop_values = np.zeros(len(drops), DROP_KEY), np.zeros(len(drops), DROP_VALUE)
-    for i, (netns, ifindex, reason, proto, src, sport, dst, dport, packets, nbytes) in enumerate(drops):
-        drop_keys[i] = (netns, ifindex, reason, family(src), proto, sport, dport, 0, raw(src), raw(dst))
-        drop_values[i] = (packets, nbytes)
-    return QualitySnapshot(socket_keys, socket_stats, drop_keys, drop_values, REASONS)
 
 
 def rows_of(columns: dict) -> list[tuple]:
@@ -135,14 +100,14 @@ def test_drops_of_no_record_are_counted_per_device_and_reason_and_unwatched_devi
         (A, 2, 2, UDP, b, 9, a, 9999, 2, 100),  # to a port nobody listens on, in A: veth-a
         (A, 2, 2, UDP, b, 9, a, 9998, 3, 150),
         (A, 2, 12, 1, b, 0, a, 0, 1, 98),  # ICMP
-        (HOST, ETH, 3, 0, remote, 0, host, 0, 4, 240),  # not even IP
+        (HOST, ETH, 9, 0, remote, 0, host, 0, 4, 240),  # a code the format names not
         (HOST, 99, 12, TCP, a, 40000, b, 80, 7, 700),  # a device nobody watches
         (ELSEWHERE, 2, 12, TCP, a, 40000, b, 80, 7, 700),  # a namespace none of ours leads to
         (HOST, 2, 12, TCP, a, 40000, b, 80, 1, 50),  # eth0: the record is veth-a's, not eth0's
     ]
     joined = join(keys, snapshot(drops=drops))
     assert rows_of(joined.columns) == [NONE]
-    assert joined.drops == (DropCount(ETH, "eth0", "3", 4, 240), DropCount(ETH, "eth0", "NETFILTER_DROP", 1, 50),
+    assert joined.drops == (DropCount(ETH, "eth0", "9", 4, 240), DropCount(ETH, "eth0", "NETFILTER_DROP", 1, 50),
                             DropCount(VETH_A, "veth-a", "NO_SOCKET", 5, 250),
                             DropCount(VETH_A, "veth-a", "NETFILTER_DROP", 1, 98))
 
