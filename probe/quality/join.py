@@ -199,7 +199,7 @@ def _unmatched(device, reason, packets, nbytes, snapshot: QualitySnapshot,
     np.add.at(summed_bytes, inverse.ravel(), nbytes)
     return tuple(DropCount(int(g >> 32), ifnames.get(int(g >> 32), ""), snapshot.reason_name(int(g & 0xFFFFFFFF)),
                            p, b)
-                 for g, p, b in zip(groups.tolist(), summed_packets.tolist(), summed_bytes.tolist()))
+                 for g, p, b in zip(groups.tolist(), summed_packets.tolist(), summed_bytes.tolist(), strict=True))
 
 
 def _names(codes: NDArray[np.uint64], snapshot: QualitySnapshot) -> NDArray[np.object_]:

@@ -2,13 +2,18 @@
 joins only the copy flipped out at a poll, and what a batch gets from it."""
 from __future__ import annotations
 
+import logging
+import sys
+import types
+
 import numpy as np
 
+from connstats.probe.contract.errors import KernelError
 from connstats.probe.contract.flow_batch import FlowBatch
 from connstats.probe.contract.record import DropCount, Envelope
 from connstats.probe.kernel.devices import AttachedDevice, LinkInfo
 from connstats.probe.kernel.loader import FLOW_COUNTERS
-from connstats.probe.quality.enricher import QualityEnricher
+from connstats.probe.quality.enricher import QualityEnricher, start_quality
 from tests.fixtures.quality import FakeResolver, FakeTables, flow_keys, quality_snapshot
 
 HOST, POD = 4026531840, 4026532174
@@ -99,3 +104,35 @@ def test_socket_stats_without_a_record_twice_are_counted_as_expired():
         quality.flip()
         quality.enrich(batch_of(keys), keys)
     assert quality.expired_sockets == 1
+
+
+def test_without_the_tracepoints_module_the_probe_runs_without_quality_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "connstats.probe.quality.quality", None)  # a build without it
+    with caplog.at_level(logging.WARNING, logger="connstats.probe.quality"):
+        assert start_quality() is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("quality not measured: this build has no quality tracepoints (")
+
+
+def test_a_kernel_without_the_tracepoints_is_one_line_and_no_quality(monkeypatch, caplog):
+    class QualityTracepoints:
+        @classmethod
+        def start(cls):
+            raise KernelError("this kernel has no skb:kfree_skb tracepoint")
+
+    module = types.ModuleType("connstats.probe.quality.quality")
+    module.QualityTracepoints = QualityTracepoints  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connstats.probe.quality.quality", module)
+    with caplog.at_level(logging.WARNING, logger="connstats.probe.quality"):
+        assert start_quality() is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "quality not measured: this kernel has no skb:kfree_skb tracepoint"]
+
+
+def test_tracepoints_that_start_are_the_enrichers_tables(monkeypatch):
+    module = types.ModuleType("connstats.probe.quality.quality")
+    module.QualityTracepoints = FakeTables  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connstats.probe.quality.quality", module)
+    quality = start_quality()
+    assert quality is not None and isinstance(quality.tables, FakeTables)
+    quality.close()

@@ -26,11 +26,11 @@ NET = {4: ("10.0.0.2", "10.0.1.2", "10.0.0.1", "192.0.2.7", "192.0.2.1"),
 
 def rows_of(columns: dict) -> list[tuple]:
     assert set(columns) == set(QUALITY_COLUMNS)
-    return list(zip(*(columns[name].tolist() for name in QUALITY_COLUMNS)))
+    return list(zip(*(columns[name].tolist() for name in QUALITY_COLUMNS), strict=True))
 
 
-def join(keys, snap, carried=SocketCarry()):
-    return join_quality(keys, snap, DEVICES, HOST, IFNAMES, carried)
+def join(keys, snap, carried: SocketCarry | None = None):
+    return join_quality(keys, snap, DEVICES, HOST, IFNAMES, carried or SocketCarry())
 
 
 @pytest.mark.parametrize("fam", [4, 6], ids=["ipv4", "ipv6"])
