@@ -27,8 +27,8 @@ Which record carries what (docs/quality.md says the same):
   into one ``DropCount`` per device and reason, so device totals of drops are complete.
   Drops on devices nobody watches are ignored.
 
-Pure numpy: no kernel. Tuples are packed into 40-byte rows and numbered with one
-``np.unique``; (tuple number, namespace or device) pairs are u64 keys matched with
+Pure numpy: no kernel. Tuples are packed into 40-byte rows and numbered once (a 64-bit
+mix of the rows, sorted, then checked row by row); (tuple number, namespace or device) pairs are u64 keys matched with
 ``searchsorted``, never a Python loop per record.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ from .tables import SOCK_KEY, SOCK_STATS, QualitySnapshot
 
 TCP = 6
 _AF = {2: 4, 10: 6}  # AF_INET, AF_INET6 -> the classifier's family numbers
-_TUPLE = np.dtype([(f"w{i}", "<u8") for i in range(5)])  # family, proto, ports, src, dst: 40 bytes
+_TUPLE_BYTES = 40  # family, proto, ports, src, dst: five u64 words
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 _U32_MAX = np.uint64(0xFFFFFFFF)
 
 
@@ -122,34 +123,58 @@ def empty_columns(count: int) -> dict[str, np.ndarray]:
 # -- sockets -------------------------------------------------------------------------------
 
 def _socket_columns(record_tuples, tcp, table: _DeviceTable, ifindex, sock_tuples, sock_netns, stats):
-    """The RTT and retransmit columns, and which sockets found a record."""
+    """The RTT and retransmit columns, and which sockets found a record: the sockets are
+    merged per (tuple, netns) first, so each record meets at most one per kind of match."""
     count = len(record_tuples)
-    sock_key = _pair_key(sock_tuples, sock_netns)
+    groups, group_of = np.unique(_pair_key(sock_tuples, sock_netns), return_inverse=True)
+    group_of = group_of.ravel()
+    merged = _merge(stats, group_of, len(groups))
     own, peer = table.column(ifindex, table.netns), table.column(ifindex, table.peer_netns)
     on_peer = np.flatnonzero(tcp & (peer != 0))
     on_own = np.flatnonzero(tcp & (own != 0))
-    s1, r1 = _pairs(sock_key, _pair_key(record_tuples[on_peer], peer[on_peer]))
-    s2, r2 = _pairs(sock_key, _pair_key(record_tuples[on_own], own[on_own]))
-    matched = np.zeros(len(sock_key), bool)
-    matched[s1] = True
-    fallback = ~matched[s2]  # the host's devices only for a socket no veth of its own carries
-    socks = np.concatenate([s1, s2[fallback]])
-    records = np.concatenate([on_peer[r1], on_own[r2[fallback]]])
-    matched[socks] = True
-    columns = {name: np.zeros(count, np.uint64) for name in ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits")}
-    picked = stats[socks]
-    sampled = picked["rtt_samples"] > 0
+    peer_group = _lookup(groups, _pair_key(record_tuples[on_peer], peer[on_peer]))
+    own_group = _lookup(groups, _pair_key(record_tuples[on_own], own[on_own]))
+    matched = np.zeros(len(groups), bool)
+    matched[peer_group[peer_group >= 0]] = True
+    fallback = own_group >= 0
+    fallback[fallback] = ~matched[own_group[fallback]]  # the host's devices only for a socket no veth of its own carries
+    matched[own_group[fallback]] = True
     rtt_min = np.full(count, _U32_MAX, np.uint64)
-    np.minimum.at(rtt_min, records[sampled], picked["rtt_min_us"][sampled].astype(np.uint64))
-    np.maximum.at(columns["rtt_max_us"], records[sampled], picked["rtt_max_us"][sampled].astype(np.uint64))
+    columns = {name: np.zeros(count, np.uint64) for name in ("rtt_max_us", "retransmits")}
     total, samples = np.zeros(count, np.uint64), np.zeros(count, np.uint64)
-    np.add.at(total, records, picked["rtt_sum_us"].astype(np.uint64))
-    np.add.at(samples, records, picked["rtt_samples"].astype(np.uint64))
-    np.add.at(columns["retransmits"], records, picked["retrans_segs"].astype(np.uint64))
+    for records, group in ((on_peer[peer_group >= 0], peer_group[peer_group >= 0]),
+                           (on_own[fallback], own_group[fallback])):  # each record at most once per kind
+        rtt_min[records] = np.minimum(rtt_min[records], merged["min"][group])
+        columns["rtt_max_us"][records] = np.maximum(columns["rtt_max_us"][records], merged["max"][group])
+        total[records] += merged["sum"][group]
+        samples[records] += merged["samples"][group]
+        columns["retransmits"][records] += merged["retransmits"][group]
     has = samples > 0
     columns["rtt_min_us"] = np.where(has, rtt_min, np.uint64(0))
+    columns["rtt_avg_us"] = np.zeros(count, np.uint64)
     columns["rtt_avg_us"][has] = total[has] // samples[has]
-    return columns, matched
+    return columns, matched[group_of]
+
+
+def _merge(stats: np.ndarray, group_of: NDArray[np.intp], groups: int) -> dict[str, NDArray[np.uint64]]:
+    """The stats of the sockets of each group: the least minimum and the greatest maximum of
+    those with samples, sums of the rest."""
+    merged = {"min": np.full(groups, _U32_MAX, np.uint64),
+              **{name: np.zeros(groups, np.uint64) for name in ("max", "sum", "samples", "retransmits")}}
+    sampled = stats["rtt_samples"] > 0
+    np.minimum.at(merged["min"], group_of[sampled], stats["rtt_min_us"][sampled].astype(np.uint64))
+    np.maximum.at(merged["max"], group_of[sampled], stats["rtt_max_us"][sampled].astype(np.uint64))
+    for name, field_name in (("sum", "rtt_sum_us"), ("samples", "rtt_samples"), ("retransmits", "retrans_segs")):
+        np.add.at(merged[name], group_of, stats[field_name].astype(np.uint64))
+    return merged
+
+
+def _lookup(ordered: NDArray[np.uint64], wanted: NDArray[np.uint64]) -> NDArray[np.intp]:
+    """The index of each wanted key in ``ordered`` (sorted, distinct); -1: not there."""
+    if not len(ordered):
+        return np.full(len(wanted), -1, np.intp)
+    at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+    return np.where(ordered[at] == wanted, at, -1)
 
 
 # -- drops ---------------------------------------------------------------------------------
@@ -257,40 +282,50 @@ def _family(family: NDArray) -> NDArray[np.uint8]:
     return family
 
 
-def _pack(family, proto, src, sport, dst, dport) -> NDArray[np.void]:
-    """One 40-byte row per tuple: family, proto, sport, dport (little-endian), src, dst."""
-    raw = np.zeros((len(family), _TUPLE.itemsize), np.uint8)
+def _pack(family, proto, src, sport, dst, dport) -> NDArray[np.uint64]:
+    """One row of five u64 words per tuple: family, proto, sport, dport (little-endian), src, dst."""
+    raw = np.zeros((len(family), _TUPLE_BYTES), np.uint8)
     raw[:, 0] = family
     raw[:, 1] = proto
     raw[:, 2:4] = np.ascontiguousarray(sport, dtype="<u2").view(np.uint8).reshape(-1, 2)
     raw[:, 4:6] = np.ascontiguousarray(dport, dtype="<u2").view(np.uint8).reshape(-1, 2)
     raw[:, 8:24] = np.ascontiguousarray(src).view(np.uint8).reshape(-1, 16)
     raw[:, 24:40] = np.ascontiguousarray(dst).view(np.uint8).reshape(-1, 16)
-    return raw.view(_TUPLE).reshape(-1)
+    return raw.view("<u8")
 
 
-def _number(*packed: NDArray[np.void]) -> list[NDArray[np.uint64]]:
-    """The same number for the same tuple, across all the arrays given."""
-    _, inverse = np.unique(np.concatenate(packed), return_inverse=True)
-    inverse = inverse.ravel().astype(np.uint64)
+def _number(*packed: NDArray[np.uint64]) -> list[NDArray[np.uint64]]:
+    """The same number for the same tuple, across all the arrays given: numbered by a 64-bit
+    mix of the words (one argsort), checked word by word; should two tuples ever share a
+    mix, by all five words (a lexsort: 15x slower)."""
+    words = np.concatenate(packed)
+    mixed = np.zeros(len(words), np.uint64)
+    for column in words.T:
+        mixed = (mixed ^ column) * _MIX
+        mixed ^= mixed >> np.uint64(29)
+    distinct, numbers = np.unique(mixed, return_inverse=True)
+    numbers = numbers.ravel().astype(np.uint64)
+    first = np.zeros(len(distinct), np.intp)
+    first[numbers[::-1]] = np.arange(len(numbers) - 1, -1, -1)  # each number's first row
+    if (words != words[first[numbers]]).any():
+        numbers = _number_exactly(words)
     cuts = np.cumsum([len(p) for p in packed])[:-1]
-    return np.split(inverse, cuts)
+    return np.split(numbers, cuts)
+
+
+def _number_exactly(words: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    order = np.lexsort(words.T[::-1])
+    ordered = words[order]
+    new = np.ones(len(ordered), bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    numbers = np.empty(len(ordered), np.uint64)
+    numbers[order] = np.cumsum(new) - 1
+    return numbers
 
 
 def _pair_key(high: NDArray, low: NDArray) -> NDArray[np.uint64]:
     """(tuple number or ifindex) << 32 | (namespace inode or ifindex)."""
     return (np.asarray(high, dtype=np.uint64) << np.uint64(32)) | np.asarray(low, dtype=np.uint64)
-
-
-def _pairs(left: NDArray[np.uint64], right: NDArray[np.uint64]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Every (i, j) with ``left[i] == right[j]``."""
-    order = np.argsort(right, kind="stable")
-    ordered = right[order]
-    lo, hi = np.searchsorted(ordered, left, "left"), np.searchsorted(ordered, left, "right")
-    counts = hi - lo
-    li = np.repeat(np.arange(len(left)), counts)
-    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    return li, order[np.repeat(lo, counts) + offsets]
 
 
 def _first(keys: NDArray[np.uint64], order: NDArray[np.intp], wanted: NDArray[np.uint64]) -> NDArray[np.intp]:
