@@ -89,14 +89,14 @@ def join_quality(keys: np.ndarray, snapshot: QualitySnapshot, devices: Sequence[
     sock_keys = np.concatenate([carried.keys, snapshot.socket_keys])
     sock_stats = np.concatenate([carried.stats, snapshot.socket_stats])
     drop_keys = snapshot.drop_keys
-    family = _family(sock_keys["family"])
+    family, saddr, daddr = _unmapped(_family(sock_keys["family"]), sock_keys["saddr"], sock_keys["daddr"])
+    drop_family = _family(drop_keys["family"])
     tuple_ids = _number(
         _pack(keys["family"], keys["proto"], keys["src"], keys["sport"], keys["dst"], keys["dport"]),
-        _pack(family, np.full(len(sock_keys), TCP), sock_keys["saddr"], sock_keys["sport"], sock_keys["daddr"],
-              sock_keys["dport"]),
-        _pack(drop_keys["family"], drop_keys["proto"], drop_keys["src"], drop_keys["sport"], drop_keys["dst"],
+        _pack(family, np.full(len(sock_keys), TCP), saddr, sock_keys["sport"], daddr, sock_keys["dport"]),
+        _pack(drop_family, drop_keys["proto"], drop_keys["src"], drop_keys["sport"], drop_keys["dst"],
               drop_keys["dport"]),
-        _pack(drop_keys["family"], drop_keys["proto"], drop_keys["dst"], drop_keys["dport"], drop_keys["src"],
+        _pack(drop_family, drop_keys["proto"], drop_keys["dst"], drop_keys["dport"], drop_keys["src"],
               drop_keys["sport"]),
     )
     record_tuples, sock_tuples, drop_tuples, reverse_tuples = tuple_ids
@@ -280,6 +280,24 @@ def _family(family: NDArray) -> NDArray[np.uint8]:
     for af, number in _AF.items():
         family[family == af] = number
     return family
+
+
+def _unmapped(family: NDArray[np.uint8], saddr: NDArray[np.void],
+              daddr: NDArray[np.void]) -> tuple[NDArray[np.uint8], NDArray[np.void], NDArray[np.void]]:
+    """An IPv6 socket talking IPv4 (both ends ::ffff:a.b.c.d, a dual-stack listener's) as the
+    IPv4 tuple its packets have on the wire, which is what the classifier counted."""
+    src = np.ascontiguousarray(saddr).view(np.uint8).reshape(-1, 16)
+    dst = np.ascontiguousarray(daddr).view(np.uint8).reshape(-1, 16)
+    mapped = ((family == 6) & ~src[:, :10].any(axis=1) & (src[:, 10] == 0xFF) & (src[:, 11] == 0xFF)
+              & ~dst[:, :10].any(axis=1) & (dst[:, 10] == 0xFF) & (dst[:, 11] == 0xFF))
+    if not mapped.any():
+        return family, saddr, daddr
+    src, dst, family = src.copy(), dst.copy(), family.copy()
+    for address in (src, dst):
+        address[mapped, :4] = address[mapped, 12:16]
+        address[mapped, 4:] = 0
+    family[mapped] = 4
+    return family, src.view("V16").reshape(-1), dst.view("V16").reshape(-1)
 
 
 def _pack(family, proto, src, sport, dst, dport) -> NDArray[np.uint64]:

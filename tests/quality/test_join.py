@@ -65,6 +65,16 @@ def test_retransmits_without_rtt_samples_leave_the_rtt_empty_and_af_numbers_are_
     assert rows_of(join(keys, snap).columns) == [(0, 0, 0, 4, 0, 0, "")]
 
 
+def test_an_ipv6_socket_talking_ipv4_gets_the_ipv4_records():
+    a, b, _, _, _ = NET[4]
+    keys = flow_keys((VETH_B, "egress", TCP, b, 80, a, 40000), (VETH_B, "egress", TCP, b, 81, a, 40000))
+    snap = snapshot(sockets=[(B, f"::ffff:{b}", 80, f"::ffff:{a}", 40000, (20, 40, 60, 2, 3)),
+                             (B, f"::ffff:{b}", 81, "fd00::9", 40000, (20, 40, 60, 2, 3))])  # not both mapped: no
+    joined = join(keys, snap)
+    assert rows_of(joined.columns) == [(20, 30, 40, 3, 0, 0, ""), NONE]
+    assert len(joined.carry) == 1
+
+
 @pytest.mark.parametrize("fam", [4, 6], ids=["ipv4", "ipv6"])
 def test_drops_go_to_the_record_of_the_device_they_passed_with_the_most_frequent_reason(fam):
     a, b, _, remote, host = NET[fam]
