@@ -93,7 +93,12 @@ class QualityEnricher:
             ends = DeviceEnds(device.ifindex, self.host_netns)
         else:
             ends = DeviceEnds(device.ifindex, self.host_netns, peer.inode, device.link.peer_ifindex or 0)
-        self.forget(device.ifindex)  # attached again: maybe another namespace now
+        with self._lock:
+            same = self._devices.get(device.ifindex) == ends
+            self._names[device.ifindex] = device.name
+        if same:  # attached again (replaced in place): watched already
+            return
+        self.forget(device.ifindex)  # attached again, its other end elsewhere now
         with self._lock:
             self._devices[device.ifindex], self._names[device.ifindex] = ends, device.name
             netns, pairs = self._claim(ends)

@@ -56,9 +56,13 @@ def test_each_namespace_and_device_end_is_watched_while_some_attached_device_nee
     assert tables.watching() == [("forget_device", HOST, 13), ("forget_device", POD, 3), ("forget_device", POD, 0),
                                  ("forget_netns", POD)]
     tables.calls.clear()
-    quality.attached(device(2, "eth0"))  # attached again: forgotten, then watched again
-    assert tables.watching() == [("forget_device", HOST, 2), ("forget_netns", HOST), ("watch_netns", HOST),
-                                 ("watch_device", HOST, 2)]
+    quality.attached(device(2, "eth0"))  # attached again (replaced in place): nothing to do
+    assert tables.watching() == []
+    quality.attached(device(12, "veth-pod", NSID, 2))
+    tables.calls.clear()
+    quality.attached(device(12, "veth-pod", None))  # attached again, its other end gone: only its own end
+    assert tables.watching() == [("forget_device", HOST, 12), ("forget_device", POD, 2), ("forget_device", POD, 0),
+                                 ("forget_netns", POD), ("watch_device", HOST, 12)]
     quality.close()
     assert tables.closed
 
