@@ -321,11 +321,9 @@ def _number(*packed: NDArray[np.uint64]) -> list[NDArray[np.uint64]]:
     for column in words.T:
         mixed = (mixed ^ column) * _MIX
         mixed ^= mixed >> np.uint64(29)
-    distinct, numbers = np.unique(mixed, return_inverse=True)
-    numbers = numbers.ravel().astype(np.uint64)
-    first = np.zeros(len(distinct), np.intp)
-    first[numbers[::-1]] = np.arange(len(numbers) - 1, -1, -1)  # each number's first row
-    if (words != words[first[numbers]]).any():
+    _, first, inverse = np.unique(mixed, return_index=True, return_inverse=True)
+    numbers: NDArray[np.uint64] = inverse.ravel().astype(np.uint64)
+    if (words != words[first[numbers]]).any():  # not every row equals its number's first
         numbers = _number_exactly(words)
     cuts = np.cumsum([len(p) for p in packed])[:-1]
     return np.split(numbers, cuts)

@@ -4,6 +4,7 @@ container sockets, traffic through two watched veths, several reasons, drops tha
 to no record, and sockets carried to the next interval."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from connstats.probe.contract.record import DropCount
@@ -140,3 +141,12 @@ def test_a_socket_without_a_record_is_carried_once_then_given_up():
 def test_nothing_in_nothing_out():
     joined = join(flow_keys(), snapshot())
     assert (rows_of(joined.columns), joined.drops, len(joined.carry), joined.expired) == ([], (), 0, 0)
+
+
+def test_tuples_whose_mix_collides_are_still_told_apart(monkeypatch):
+    monkeypatch.setattr("connstats.probe.quality.join._MIX", np.uint64(0))  # every tuple mixes to 0
+    a, b, _, _, _ = NET[4]
+    keys = flow_keys((VETH_A, "egress", TCP, a, 40000, b, 80), (VETH_A, "ingress", TCP, b, 80, a, 40000))
+    snap = snapshot(sockets=[(A, a, 40000, b, 80, (100, 300, 600, 3, 2))],
+                    drops=[(A, 2, 12, TCP, b, 80, a, 40000, 1, 60)])
+    assert rows_of(join(keys, snap).columns) == [(100, 200, 300, 2, 0, 0, ""), (0, 0, 0, 0, 1, 60, "NETFILTER_DROP")]
