@@ -118,6 +118,7 @@ SETTINGS: dict[str, Setting] = {
     "podman_socket": Setting("CONNSTATS_PODMAN_SOCKET", "probe", "podman_socket"),
     "containerd_socket": Setting("CONNSTATS_CONTAINERD_SOCKET", "probe", "containerd_socket"),
     "processes": Setting("CONNSTATS_PROCESSES", "probe", "processes", _bool),
+    "quality": Setting("CONNSTATS_QUALITY", "probe", "quality", _bool),
     "metrics": Setting("CONNSTATS_METRICS", "metrics", "address"),
     "stream_replicas": Setting("CONNSTATS_STREAM_REPLICAS", "nats", "stream_replicas", _positive_int),
     "influx_url": Setting("CONNSTATS_INFLUX_URL", "influxdb", "url", env_fallback="INFLUXDB_V2_URL"),

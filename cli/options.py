@@ -72,6 +72,10 @@ ContainerdSocket = Annotated[Optional[str], typer.Option(
 Processes = Annotated[Optional[bool], typer.Option(
     "--processes/--no-processes", help="name the process on each end of a connection (socket-owner "
     "tracepoints, read at every drain) [default: on where the kernel has BTF and the tracepoints]")]
+Quality = Annotated[Optional[bool], typer.Option(
+    "--quality/--no-quality", help="measure RTT, retransmitted segments and kernel drops with their reason "
+    "per connection (tcp_probe, tcp_retransmit_skb and kfree_skb tracepoints, joined at every drain) "
+    "[default: on where the kernel has the tracepoints]")]
 InfluxUrl = Annotated[Optional[str], typer.Option(
     "--influx-url", metavar="URL", help="InfluxDB 2.x URL for --store influxdb [default: "
     "CONNSTATS_INFLUX_URL, INFLUXDB_V2_URL, [influxdb] url]; the token comes from INFLUXDB_V2_TOKEN")]

@@ -37,6 +37,7 @@ from .options import (
     OnExit,
     PodmanSocket,
     Processes,
+    Quality,
     Retention,
     Rules,
     Store,
@@ -70,7 +71,7 @@ def up(
     metrics: Metrics = None, stream_replicas: StreamReplicas = None, rules: Rules = None,
     webhook: Webhooks = None, ui: Ui = None, http_group: HttpGroup = None,
     podman_socket: PodmanSocket = None,
-    containerd_socket: ContainerdSocket = None, processes: Processes = None,
+    containerd_socket: ContainerdSocket = None, processes: Processes = None, quality: Quality = None,
 ) -> None:
     """Run the whole pipeline on this host in the foreground: probe, sink, and NATS if needed.
 
@@ -84,7 +85,7 @@ def up(
     alert_cfg = alert_config(cfg, flags, rules, webhook, host, stream_replicas) if rules is not None else None
     probe_cfg = probe_config(cfg, flags, iface, interval, host, http,
                              ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas, http_group,
-                                        podman_socket, containerd_socket, processes),
+                                        podman_socket, containerd_socket, processes, quality),
                              "detach")
     sink_cfg = sink_config(cfg, flags, store, retention, InfluxFlags(influx_url, influx_org, influx_bucket),
                            stream_replicas)
@@ -132,7 +133,7 @@ def probe(
     auto: Auto = None, exclude: Exclude = None, docker_socket: DockerSocket = None,
     capacity: Capacity = None, on_exit: OnExit = None, stream_replicas: StreamReplicas = None,
     metrics: Metrics = None, http_group: HttpGroup = None, podman_socket: PodmanSocket = None,
-    containerd_socket: ContainerdSocket = None, processes: Processes = None,
+    containerd_socket: ContainerdSocket = None, processes: Processes = None, quality: Quality = None,
 ) -> None:
     """Run only the probe: count connections on interfaces and publish them to NATS.
 
@@ -144,7 +145,8 @@ def probe(
     cfg = load_config(config)
     probe_cfg = probe_config(cfg, NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key), iface, interval,
                              host, http, ProbeFlags(auto, exclude, docker_socket, capacity, on_exit, stream_replicas,
-                                                    http_group, podman_socket, containerd_socket, processes), "keep")
+                                                    http_group, podman_socket, containerd_socket, processes,
+                                                    quality), "keep")
     probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)

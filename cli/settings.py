@@ -58,6 +58,7 @@ class ProbeFlags:
     podman_socket: str | None = None
     containerd_socket: str | None = None
     processes: bool | None = None
+    quality: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def probe_config(config: Config, flags: NatsFlags, iface: list[str] | None, inte
                           containerd_socket=None if containerd_socket == "none" else containerd_socket),
         stream=stream_settings(config, probe_flags.stream_replicas),
         processes=config.get("processes", probe_flags.processes, True),
+        quality=config.get("quality", probe_flags.quality, True),
     )
 
 

@@ -2,6 +2,7 @@
 
     build_probe(config)
       ProcessNamer (socket-owner tracepoints, the join)   unless processes is off; loaded first
+      QualityEnricher (RTT, retransmit, drop tracepoints) unless quality is off; loaded next
       KernelProbe (classifier, pinned maps, devices)      ProbeSettings, derived
         └─ every interval ─> FlowPublisher (outbox) ─> JetStream       PublisherSettings, derived
       the interval listeners, each interval given to them before it is published (the
@@ -45,7 +46,7 @@ from .contract.errors import ConfigError
 from .contract.messaging import NatsOptions, StreamSettings
 from .daemon import DaemonSettings, IntervalListener, ProbeDaemon
 from .kernel.devices import check_interfaces, default_interfaces
-from .kernel.kernel_probe import Namer, ProbeSettings
+from .kernel.kernel_probe import Enricher, ProbeSettings
 from .kernel.loader import DEFAULT_CAPACITY
 from .policy.service import PolicyService
 from .policy.violations import ViolationPublisher
@@ -113,6 +114,7 @@ class ProbeConfig:
     telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
     metrics: str | None = None  # ADDR:PORT of a listener with only /metrics, /healthz, /readyz
     processes: bool = True  # name the process on each end of a connection (socket-owner tracepoints)
+    quality: bool = True  # RTT, retransmits and drops per connection (the quality tracepoints)
 
     def kernel_settings(self) -> ProbeSettings:
         return ProbeSettings(ifaces=list(self.ifaces), interval=self.interval, host=self.host,
@@ -125,8 +127,10 @@ class ProbeConfig:
 
 def build_probe(config: ProbeConfig) -> ProbeDaemon:
     """The probe of ``config``, not started: ``await daemon.run(stop)`` runs it."""
+    enrichers = [*([process_namer(config)] if config.processes else []),
+                 *([quality_enricher()] if config.quality else [])]
     daemon = ProbeDaemon(DaemonSettings(config.kernel_settings(), config.nats, config.publisher_settings(),
-                                        namer=process_namer(config) if config.processes else None))
+                                        enrichers=enrichers))
     telemetry = config.telemetry
     containers = ContainerIndex()
     policy = PolicyService(ViolationPublisher(config.nats, config.host), config.state_dir, containers)
@@ -199,12 +203,20 @@ def process_support() -> str:
     return kernel_support().describe()
 
 
-def process_namer(config: ProbeConfig) -> Callable[[], Namer | None]:
+def process_namer(config: ProbeConfig) -> Callable[[], Enricher | None]:
     """The process namer's maker: the daemon loads it just before the classifier; None from
     it (one log line says why) when this kernel cannot name processes."""
     from .identity.naming import ProcessNamer
 
     return lambda: ProcessNamer.start(config.interval)
+
+
+def quality_enricher() -> Callable[[], Enricher | None]:
+    """The quality enricher's maker: its tracepoints are imported and loaded only when the
+    daemon calls it; None from it (one log line says why) when this build or kernel has none."""
+    from .quality.enricher import start_quality
+
+    return start_quality
 
 
 def metrics_services(address: str | None, telemetry: Telemetry) -> list[ServiceFactory]:

@@ -21,14 +21,16 @@ from .contract.flow_batch import FlowBatch
 from .contract.messaging import NatsOptions
 from .contract.record import Owner
 from .kernel.devices import AttachedDevice, FilterLoss
-from .kernel.kernel_probe import KernelProbe, Namer, ProbeSettings, poll_forever, publish_recovered
+from .kernel.kernel_probe import Enricher, KernelProbe, ProbeSettings, poll_forever, publish_recovered
 from .policy.tables import PolicyTables
 from .publish.publisher import FlowPublisher, PublisherSettings
+from .quality.enricher import QualityEnricher
 from .seams import DetachListener, ProbePort, ProbeStatus, Service, ServiceFactory  # noqa: F401 (re-exported)
 
 log = logging.getLogger("connstats.probe")
 
 IntervalListener = Callable[[FlowBatch], None]  # one published interval
+EnricherMaker = Callable[[], Enricher | None]  # None: this kernel or build cannot (it logged why)
 
 
 @dataclass
@@ -40,7 +42,9 @@ class DaemonSettings:
     publisher: PublisherSettings
     shutdown_flush_seconds: float = 10.0
     services: list[ServiceFactory] = field(default_factory=list)
-    namer: Callable[[], Namer | None] | None = None  # names processes (its tracepoints load first)
+    # fill optional columns: the process namer, the quality join; their tracepoints load
+    # first, in this order, before the classifier
+    enrichers: list[EnricherMaker] = field(default_factory=list)
 
 
 class ProbeDaemon:
@@ -103,10 +107,19 @@ class ProbeDaemon:
             await asyncio.to_thread(kernel.close)
 
     def _load(self) -> KernelProbe:
-        """The kernel probe, with the process namer if one is asked for (and this kernel has
-        what it needs): its tracepoints go first, so no socket opened meanwhile is missed."""
-        namer = self.settings.namer() if self.settings.namer is not None else None
-        return KernelProbe(self.settings.probe, namer)
+        """The kernel probe, with the enrichers asked for (those this kernel has what they
+        need for): their tracepoints go first, so no socket opened meanwhile is missed."""
+        enrichers: list[Enricher] = []
+        try:
+            for make in self.settings.enrichers:
+                enricher = make()
+                if enricher is not None:
+                    enrichers.append(enricher)
+        except BaseException:
+            for enricher in enrichers:
+                enricher.close()
+            raise
+        return KernelProbe(self.settings.probe, *enrichers)  # closes them if it fails
 
     async def _publish(self, batch: FlowBatch) -> None:
         for listener in self.interval_listeners:
@@ -173,13 +186,22 @@ class ProbeDaemon:
             loaded=self.ready.is_set(), publisher=publisher.stats if publisher is not None else None,
             attached_devices=len(kernel.devices.devices()) if kernel is not None else 0,
             attach_failures=self.attach_failures, last_poll=kernel.last_poll if kernel is not None else None,
-            naming_processes=kernel is not None and kernel.namer is not None,
+            naming_processes=kernel is not None and kernel.enricher("processes") is not None,
             naming_failures=kernel.naming_failures if kernel is not None else 0,
+            **_quality_status(kernel),
         )
 
     def on_interval(self, listener: IntervalListener) -> None:
         """Call ``listener`` with every interval before it is published (totals, live view)."""
         self.interval_listeners.append(listener)
+
+
+def _quality_status(kernel: KernelProbe | None) -> dict[str, Any]:
+    quality = kernel.enricher("quality") if kernel is not None else None
+    if kernel is None or not isinstance(quality, QualityEnricher):
+        return {}
+    return {"measuring_quality": True, "quality_failures": kernel.failures.get("quality", 0),
+            "quality_sockets_expired": quality.expired_sockets}
 
 
 async def _start_all(daemon: ProbePort, factories: list[ServiceFactory], started: list[Service]) -> None:

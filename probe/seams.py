@@ -34,6 +34,9 @@ class ProbeStatus:
     last_poll: PollReport | None  # None before the first poll
     naming_processes: bool = False  # the process namer runs (--processes, and the kernel can)
     naming_failures: int = 0  # naming steps that failed (the records went out unnamed)
+    measuring_quality: bool = False  # the quality join runs (--quality, and the kernel can)
+    quality_failures: int = 0  # quality steps that failed (those records went out without it)
+    quality_sockets_expired: int = 0  # socket stats that found no record in two intervals
 
 
 @dataclass(frozen=True)

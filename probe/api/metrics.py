@@ -4,7 +4,8 @@ plus per-interval sums of the published batches (one vectorised group-by per int
     build_probe ─ ProbeMetrics(probe, policy service), then wires it:
         probe.on_interval ──> add_interval(batch): packets and bytes per (iface, direction),
                               overflow included; records per interval; poll and drain times
-                              verdicts and drops per (iface, direction[, verdict])
+                              verdicts and drops per (iface, direction[, verdict]);
+                              kernel drops per (ifname, reason), retransmits per ifname
         telemetry.registry ─> collect() at scrape time: the sums, map fill, outbox, publisher,
                               NATS reconnects, attached devices, attach failures, the policy
         telemetry /readyz  ─> not_ready() as "probe": classifier loaded and NATS connected
@@ -22,12 +23,19 @@ protect -> monitor leaves those dropped packets out of the dropped counter, moni
 protect counts the passed ones in; overflow has no verdict. The active policy (mode,
 rules, governed devices, violation events, failed applies) is read from the policy
 service at scrape time.
+
+The quality counters come from the quality columns and the envelope's drops
+(``quality_sums``): ``connstats_drops_total``/``connstats_drop_bytes_total`` per device and
+reason count every drop the intervals carry (a record's drops all count under its
+``drop_reason``, the most frequent of its interval, since a record names only that one; the
+envelope's drops of no record are per reason already), and
+``connstats_retransmits_total`` the retransmitted segments per device.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, NamedTuple, TypeVar
+from typing import Any, Iterable, NamedTuple, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
@@ -80,6 +88,49 @@ def interval_sums(batch: FlowBatch, mode_now: str = "off") -> IntervalSums:
     for o in batch.envelope.overflow:
         _add(sums.overflow, (iface_label(o.ifindex, o.ifname), o.direction), o.packets, o.bytes)
     return sums
+
+
+class QualitySums(NamedTuple):
+    drops: dict[tuple[str, str], list[int]]  # (ifname, reason) -> [packets, bytes]
+    retransmits: dict[str, int]  # ifname -> retransmitted segments
+
+
+def quality_sums(batch: FlowBatch) -> QualitySums:
+    """Drops per (device, reason) of the records and the envelope's drops, retransmits per
+    device, grouped column-wise over the records that have some."""
+    sums = QualitySums({}, {})
+    names = {d.ifindex: d.ifname for d in batch.devices}
+    cols = batch.columns
+    ifindex = np.asarray(cols.ifindex, dtype=np.int64)
+    if len(batch) and len(cols.drop_packets) == len(batch):
+        packets = np.asarray(cols.drop_packets, dtype=np.uint64)
+        at = np.flatnonzero(packets)
+        reason = np.asarray(cols.drop_reason, dtype=object)[at].astype(str)
+        for i, why, p, b in _grouped(ifindex[at], reason, packets[at],
+                                     np.asarray(cols.drop_bytes, dtype=np.uint64)[at]):
+            _add(sums.drops, (iface_label(i, names.get(i, "")), why), p, b)
+    if len(batch) and len(cols.retransmits) == len(batch):
+        segments = np.asarray(cols.retransmits, dtype=np.uint64)
+        at = np.flatnonzero(segments)
+        for i, _, count in _grouped(ifindex[at], np.zeros(len(at), np.uint8), segments[at]):
+            label = iface_label(i, names.get(i, ""))
+            sums.retransmits[label] = sums.retransmits.get(label, 0) + count
+    for d in batch.envelope.drops:
+        _add(sums.drops, (iface_label(d.ifindex, d.ifname), d.reason), d.packets, d.bytes)
+    return sums
+
+
+def _grouped(ifindex: np.ndarray, label: np.ndarray, *values: np.ndarray) -> Iterable[tuple[Any, ...]]:
+    """(ifindex, label, the sums of ``values``) per distinct (ifindex, label), exact in uint64."""
+    devices, device_at = np.unique(ifindex, return_inverse=True)
+    labels, label_at = np.unique(label, return_inverse=True)
+    groups, group_at = np.unique(device_at.ravel() * len(labels) + label_at.ravel(), return_inverse=True)
+    sums = [np.zeros(len(groups), np.uint64) for _ in values]
+    for total, value in zip(sums, values, strict=True):
+        np.add.at(total, group_at.ravel(), value)
+    for g, *totals in zip(groups.tolist(), *(total.tolist() for total in sums), strict=True):
+        device, n = divmod(g, len(labels))
+        yield (int(devices[device]), labels[n].item(), *totals)
 
 
 def judgement(batch: FlowBatch, mode_now: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +206,8 @@ class ProbeMetrics:
         self.overflow: Sums = {}
         self.verdicts: VerdictSums = {}  # governed records
         self.dropped: Sums = {}  # deny records judged under protect
+        self.kernel_drops: dict[tuple[str, str], list[int]] = {}  # (ifname, reason) -> [packets, bytes]
+        self.retransmits: dict[str, int] = {}  # ifname -> retransmitted segments
         self.intervals = 0
         self._polled_seq = -1
         self._warned_at = {4: -1e9, 6: -1e9}
@@ -182,6 +235,10 @@ class ProbeMetrics:
                             (self.overflow, sums.overflow), (self.dropped, sums.dropped)):
             _add_all(into, found)
         _add_all(self.verdicts, sums.verdicts)
+        quality = quality_sums(batch)
+        _add_all(self.kernel_drops, quality.drops)
+        for ifname, count in quality.retransmits.items():
+            self.retransmits[ifname] = self.retransmits.get(ifname, 0) + count
         self.intervals += 1
         self.records.observe(len(batch))
         report = self.probe.status().last_poll
@@ -228,9 +285,29 @@ class ProbeMetrics:
                      int(status.naming_processes))
         yield _counter("connstats_process_naming_failures", "Naming steps that failed (those records went out "
                        "without process names)", status.naming_failures)
+        yield from self._quality_metrics(status)
         yield from self._policy_metrics()
         for histogram in (self.poll_seconds, self.drain_seconds, self.records):
             yield from histogram.collect()
+
+    def _quality_metrics(self, status: ProbeStatus) -> Iterable[Metric]:
+        packets = CounterMetricFamily("connstats_drops", "Packets the kernel dropped on a watched device, by "
+                                      "reason, in published intervals", labels=["ifname", "reason"])
+        nbytes = CounterMetricFamily("connstats_drop_bytes", "Their bytes", labels=["ifname", "reason"])
+        for key, (p, b) in sorted(self.kernel_drops.items()):
+            packets.add_metric(list(key), p)
+            nbytes.add_metric(list(key), b)
+        retransmits = CounterMetricFamily("connstats_retransmits", "TCP segments retransmitted by the sockets "
+                                          "behind a device, in published intervals", labels=["ifname"])
+        for ifname, count in sorted(self.retransmits.items()):
+            retransmits.add_metric([ifname], count)
+        yield from (packets, nbytes, retransmits)
+        yield _gauge("connstats_quality", "1 while the probe measures RTT, retransmits and drops",
+                     int(status.measuring_quality))
+        yield _counter("connstats_quality_failures", "Quality steps that failed (those records went out "
+                       "without their quality)", status.quality_failures)
+        yield _counter("connstats_quality_sockets_expired", "Socket stats that found no record in two "
+                       "intervals, given up", status.quality_sockets_expired)
 
     def _policy_metrics(self) -> Iterable[Metric]:
         """Verdict and drop counters, 0 for every device and direction counted until seen (so

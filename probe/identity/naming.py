@@ -3,7 +3,7 @@ devices, and the join, as the one step ``KernelProbe`` runs on each drained inte
 
     start:    BTF offsets ─ tracefs ─ load the tracepoints ─ prefill our namespace from /proc
     attached: a device's end's namespace (a veth's peer, or ours); its addresses; prefill it
-    name:     snapshot the owners ─ /proc/<pid>/comm per pid ─ join (join.py) ─ with_processes
+    enrich:   snapshot the owners ─ /proc/<pid>/comm per pid ─ join (join.py) ─ with_processes
     sweep:    entries closed an interval ago, UDP ones idle for 10 minutes
 
 Anything missing (no BTF, no tracefs, no tracepoint, no root) turns the naming off with one
@@ -79,7 +79,10 @@ def kernel_support(btf_path: Path = VMLINUX_BTF) -> Support:
 
 
 class ProcessNamer:
-    """Fills the process columns of each interval from the socket owners (KernelProbe's namer)."""
+    """Fills the process columns of each interval from the socket owners (one of
+    KernelProbe's enrichers)."""
+
+    kind = "processes"
 
     def __init__(self, owners: SocketOwners, interval: float, resolver: NetnsResolver | None = None,
                  proc: Path = Path("/proc")) -> None:
@@ -171,7 +174,10 @@ class ProcessNamer:
 
     # -- each interval ------------------------------------------------------------------
 
-    def name(self, batch: FlowBatch, keys: np.ndarray) -> FlowBatch:
+    def flip(self) -> None:
+        """The owner table is one map, kept across intervals: nothing flips."""
+
+    def enrich(self, batch: FlowBatch, keys: np.ndarray) -> FlowBatch:
         """``batch`` (made from the drained ``keys``, FLOW_KEY) with its process columns."""
         owner_keys, owners = self._snapshot = self.owners.snapshot()
         if not len(batch):

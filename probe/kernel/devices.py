@@ -44,6 +44,7 @@ class LinkInfo:
     up: bool = False  # IFF_UP when it was read
     peer_nsid: int | None = None  # IFLA_LINK_NETNSID: a veth whose peer is in another namespace
     loopback: bool = False
+    peer_ifindex: int | None = None  # IFLA_LINK of a veth: its peer's ifindex (in the peer's namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ def link_info(msg) -> LinkInfo:
         up=bool(msg["flags"] & IFF_UP),
         peer_nsid=msg.get_attr("IFLA_LINK_NETNSID"),
         loopback=msg["ifi_type"] == ARPHRD_LOOPBACK,
+        peer_ifindex=msg.get_attr("IFLA_LINK") if kind == "veth" else None,
     )
 
 

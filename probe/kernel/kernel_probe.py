@@ -2,7 +2,8 @@
 
     load classifier (maps pinned per state directory) ─ adopt the devices and the
     pending interval of the probe before ─ attach devices ─┐
-        └─ every interval: poll (flip, grace, read) ─ [name the processes] ─
+        └─ every interval: poll (flip [and the enrichers' tables], grace, read) ─
+           [enrichers: name the processes, join the quality tables] ─
            publish(batch) until durable ─ commit (empty the read buffer)
     on stop: [detach,] one last poll, publish, commit; --on-exit keep leaves the filters
     and the pinned maps counting for the next start, detach removes both
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -56,16 +57,32 @@ class ProbeSettings:
 
 
 ON_EXIT = ("keep", "detach")
+_DOING = {"processes": "naming processes", "quality": "joining the quality tables"}
 
 
-class Namer(Protocol):
-    """Fills a drained interval's process columns (identity/naming.py ``ProcessNamer``)."""
+class Enricher(Protocol):
+    """Fills optional columns of each drained interval from tables of its own: the process
+    names (identity/naming.py ``ProcessNamer``), the quality (quality/enricher.py
+    ``QualityEnricher``). A failing step costs only its columns (``KernelProbe.failures``).
+
+    attached/forget: a device was attached / its last interval is drained
+    flip:            at the classifier's flip, before the grace period (tables that flip too)
+    enrich:          the drained batch (made from ``keys``, FLOW_KEY) with its columns
+    sweep:           after each poll: forget what the interval no longer needs
+    """
+
+    @property
+    def kind(self) -> str:
+        """What it fills, for logs and metrics: "processes", "quality"."""
+        ...
 
     def attached(self, device: AttachedDevice) -> None: ...
 
     def forget(self, ifindex: int) -> None: ...
 
-    def name(self, batch: FlowBatch, keys: np.ndarray) -> FlowBatch: ...
+    def flip(self) -> None: ...
+
+    def enrich(self, batch: FlowBatch, keys: np.ndarray) -> FlowBatch: ...
 
     def sweep(self) -> int: ...
 
@@ -95,21 +112,20 @@ class KernelProbe:
     threads; one lock keeps attach, detach and poll from interleaving.
     """
 
-    def __init__(self, settings: ProbeSettings, namer: Namer | None = None) -> None:
+    def __init__(self, settings: ProbeSettings, *enrichers: Enricher) -> None:
         self.settings = settings
-        self.namer = namer  # None: the process columns stay empty; ours to close from here on
+        self.enrichers: Sequence[Enricher] = enrichers  # in order; ours to close from here on
+        self.failures: dict[str, int] = {e.kind: 0 for e in enrichers}  # failed steps per kind
         try:
             self.pins, self._probe_lock, pin_dir = self._take_pins(settings)
         except BaseException:
-            if namer is not None:
-                namer.close()
+            self._close_enrichers()
             raise
         try:
             self.program = load_classifier(settings.capacity, pin_dir=pin_dir)
         except BaseException:
             self._release_pins(remove=False)
-            if namer is not None:
-                namer.close()
+            self._close_enrichers()
             raise
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
         self.policy = PolicyTables(self.program)  # the policy service's way into the kernel
@@ -121,7 +137,14 @@ class KernelProbe:
         self._released: set[int] = set()  # detached; forget names and owners after one more drain
         self._lock = threading.Lock()
         self.last_poll: PollReport | None = None
-        self.naming_failures = 0
+
+    def enricher(self, kind: str) -> Enricher | None:
+        """The enricher of that kind, if the probe runs one."""
+        return next((e for e in self.enrichers if e.kind == kind), None)
+
+    @property
+    def naming_failures(self) -> int:
+        return self.failures.get("processes", 0)
 
     @staticmethod
     def _take_pins(settings: ProbeSettings):
@@ -207,8 +230,8 @@ class KernelProbe:
                 self.owners[device.ifindex] = owner
             elif owner is not None:  # nobody behind it (any more): drop an old owner
                 self.owners.pop(device.ifindex, None)
-        if self.namer is not None:  # reads /proc: not under the lock the poll waits for
-            self._name_safely(self.namer.attached, device)
+        for enricher in self.enrichers:  # reads /proc, netlink: not under the lock the poll waits for
+            self._safely(enricher, enricher.attached, device)
         log.info("attached %s (ifindex %d, %s, direction %s)", device.name, device.ifindex,
                  device.link.kind or "device", "inverted" if device.inverted else "normal")
         return device
@@ -246,23 +269,28 @@ class KernelProbe:
     def poll(self) -> FlowBatch:
         started = time.perf_counter()
         with self._lock:
-            interval = self.poller.poll()
+            interval = self.poller.poll(on_flip=self._flip)
             batch = self._records(interval)
-            if self.namer is not None:
-                self._name_safely(self.namer.sweep)
+            for enricher in self.enrichers:
+                self._safely(enricher, enricher.sweep)
             self._forget_released()
         self.last_poll = PollReport(self.poller.last_read, time.perf_counter() - started,
                                     self.settings.capacity)
         _log_interval(interval)
         return batch
 
+    def _flip(self) -> None:
+        """At the classifier's flip: the enrichers' tables flip with it."""
+        for enricher in self.enrichers:
+            self._safely(enricher, enricher.flip)
+
     def _forget_released(self) -> None:
-        """Devices detached before this drain have had their last counts named: forget them."""
+        """Devices detached before this drain have had their last counts enriched: forget them."""
         for ifindex in self._released:
             self.devices.forget_name(ifindex)
             self.owners.pop(ifindex, None)
-            if self.namer is not None:
-                self.namer.forget(ifindex)
+            for enricher in self.enrichers:
+                self._safely(enricher, enricher.forget, ifindex)
         self._released.clear()
 
     def peek(self) -> FlowBatch:
@@ -271,22 +299,30 @@ class KernelProbe:
             return self._records(self.poller.peek())
 
     def _records(self, interval: DrainedInterval) -> FlowBatch:
-        """The interval as one batch of columns (its envelope: this probe's), its processes
-        named if a namer is set."""
+        """The interval as one batch of columns (its envelope: this probe's), filled by each
+        enricher in turn."""
         batch = interval.batch(self.envelope(interval), self.devices.names(), self.owners)
-        if self.namer is None:
-            return batch
-        named = self._name_safely(self.namer.name, batch, interval.keys)
-        return batch if named is None else named
+        for enricher in self.enrichers:
+            enriched = self._safely(enricher, enricher.enrich, batch, interval.keys)
+            batch = batch if enriched is None else enriched
+        return batch
 
-    def _name_safely(self, step, *args):
-        """A naming step; its failure is logged and costs only the names (None)."""
+    def _safely(self, enricher: Enricher, step, *args):
+        """An enricher's step; its failure is logged and costs only its columns (None)."""
         try:
             return step(*args)
-        except Exception as exc:  # noqa: BLE001 (the interval goes out unnamed rather than not at all)
-            self.naming_failures += 1
-            log.warning("naming processes failed (%s): %s", getattr(step, "__name__", step), exc)
+        except Exception as exc:  # noqa: BLE001 (the interval goes out without them rather than not at all)
+            self.failures[enricher.kind] = self.failures.get(enricher.kind, 0) + 1
+            log.warning("%s failed (%s): %s", _DOING.get(enricher.kind, enricher.kind),
+                        getattr(step, "__name__", step), exc)
             return None
+
+    def _close_enrichers(self) -> None:
+        for enricher in self.enrichers:
+            try:
+                enricher.close()
+            except Exception as exc:  # noqa: BLE001 (one that fails to close does not keep the rest open)
+                log.warning("closing the %s enricher failed: %s", enricher.kind, exc)
 
     def envelope(self, interval: DrainedInterval, boot_id: str | None = None) -> Envelope:
         return Envelope(
@@ -318,8 +354,7 @@ class KernelProbe:
         remove = not self.poller.pending and (not self.keeps_counting or idle)
         self.devices.close()
         self.program.close()
-        if self.namer is not None:
-            self.namer.close()
+        self._close_enrichers()
         self._release_pins(remove)
 
 

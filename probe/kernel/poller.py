@@ -14,6 +14,7 @@ same sequence number, times and record order, so its messages get the same ids a
 JetStream drops the copies it already has.
 
     poll:    state.pending = (buffer b, seq N, start, end); next = N + 1; active = 1 - b
+             on_flip() (side tables flip with the classifier: the quality tables)
              grace period; read buffer b                         -> DrainedInterval N
     commit:  state.clearing = 1; empty buffer b; state.pending = state.clearing = 0
 """
@@ -23,7 +24,7 @@ import ctypes
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -138,8 +139,10 @@ class MapPoller:
             return None
         return self._pending_interval(state)
 
-    def poll(self) -> DrainedInterval:
-        """End the current interval and return its counters; ``commit()`` when it is durable."""
+    def poll(self, on_flip: Callable[[], None] | None = None) -> DrainedInterval:
+        """End the current interval and return its counters; ``commit()`` when it is durable.
+        ``on_flip`` runs right after the flip, before the one grace period: tables that
+        flip with the classifier's (quality/) are read after it too."""
         state = self._state()
         if state.pending:
             raise KernelError("the previous interval was not committed; this is a bug in connstats")
@@ -151,6 +154,8 @@ class MapPoller:
         state.next_seq, state.next_start_ns = state.next_seq + 1, flip_wall
         self._save(state)
         self._set_active(1 - buffer)
+        if on_flip is not None:
+            on_flip()
         wait_for_grace_period()
         return self._pending_interval(state)
 

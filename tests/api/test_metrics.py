@@ -17,10 +17,11 @@ from connstats.cli.config import Config
 from connstats.cli.options import NatsFlags
 from connstats.cli.settings import ProbeFlags, probe_config, sink_config
 from connstats.probe.api.http import HttpApi
-from connstats.probe.api.metrics import ProbeMetrics, interval_sums
+from connstats.probe.api.metrics import ProbeMetrics, interval_sums, quality_sums
 from connstats.probe.api.totals import ConnectionTotals
 from connstats.probe.contract import (
     ConfigError,
+    DropCount,
     FlowBatch,
     NatsOptions,
     OverflowCount,
@@ -38,6 +39,7 @@ from connstats.sink.compose import SinkConfig, build_sink
 from connstats.sink.consumer import FlowConsumer
 from tests.fixtures.metrics import FakeProbe, interval, poll, record, wired
 from tests.fixtures.nats import MemoryStore, sample_envelope, sample_records
+from tests.fixtures.records import envelope, flow_batch, flow_record
 from tests.fixtures.wait import until_async
 
 
@@ -181,6 +183,42 @@ def test_counters_add_up_every_published_interval_with_overflow_included():
     assert got["connstats_map_entries", (("family", "ipv4"),)] == 1
     assert got["connstats_map_entries", (("family", "ipv6"),)] == 0
     assert got["connstats_map_capacity", (("family", "ipv6"),)] == 100
+
+
+def test_kernel_drops_by_reason_and_retransmits_are_counted_per_device_from_the_quality_columns():
+    probe, telemetry = FakeProbe(), Telemetry(process_metrics=False)
+    wired(probe, telemetry)
+    veth, eth = dict(ifindex=3, ifname="veth0"), dict(ifindex=4, ifname="eth0")
+    batch = flow_batch(envelope(), [
+        flow_record(**veth, drop_packets=3, drop_bytes=300, drop_reason="NETFILTER_DROP", retransmits=4),
+        flow_record(**veth, src_port=40001, drop_packets=1, drop_bytes=50, drop_reason="SOCKET_RCVBUFF"),
+        flow_record(**eth, retransmits=2), flow_record(**veth, src_port=40002),
+        flow_record(**eth, src_port=40001, retransmits=5, drop_packets=2, drop_bytes=100, drop_reason="NETFILTER_DROP"),
+    ]).with_drops([DropCount(3, "veth0", "NETFILTER_DROP", 2, 120), DropCount(9, "", "NO_SOCKET", 1, 60)])
+    assert quality_sums(batch) == ({("veth0", "NETFILTER_DROP"): [5, 420], ("veth0", "SOCKET_RCVBUFF"): [1, 50],
+                                    ("eth0", "NETFILTER_DROP"): [2, 100], ("ifindex-9", "NO_SOCKET"): [1, 60]},
+                                   {"veth0": 4, "eth0": 7})
+    probe.publish(batch)
+    probe.publish(batch)
+    probe.current = ProbeStatus(**{**vars(probe.current), "measuring_quality": True, "quality_failures": 2,
+                                   "quality_sockets_expired": 5})
+    got = scrape(telemetry)
+    drops = {key: value for key, value in got.items() if key[0].startswith("connstats_drop")}
+    assert drops == {
+        ("connstats_drops_total", (("ifname", "eth0"), ("reason", "NETFILTER_DROP"))): 4,
+        ("connstats_drops_total", (("ifname", "ifindex-9"), ("reason", "NO_SOCKET"))): 2,
+        ("connstats_drops_total", (("ifname", "veth0"), ("reason", "NETFILTER_DROP"))): 10,
+        ("connstats_drops_total", (("ifname", "veth0"), ("reason", "SOCKET_RCVBUFF"))): 2,
+        ("connstats_drop_bytes_total", (("ifname", "eth0"), ("reason", "NETFILTER_DROP"))): 200,
+        ("connstats_drop_bytes_total", (("ifname", "ifindex-9"), ("reason", "NO_SOCKET"))): 120,
+        ("connstats_drop_bytes_total", (("ifname", "veth0"), ("reason", "NETFILTER_DROP"))): 840,
+        ("connstats_drop_bytes_total", (("ifname", "veth0"), ("reason", "SOCKET_RCVBUFF"))): 100}
+    assert {key: value for key, value in got.items() if key[0] == "connstats_retransmits_total"} == {
+        ("connstats_retransmits_total", (("ifname", "eth0"),)): 14,
+        ("connstats_retransmits_total", (("ifname", "veth0"),)): 8}
+    assert [got[name, ()] for name in ("connstats_quality", "connstats_quality_failures_total",
+                                       "connstats_quality_sockets_expired_total")] == [1, 2, 5]
+    assert quality_sums(interval(3, [record(3, "veth0", "egress", 5, 500, 1)])) == ({}, {})
 
 
 def test_a_map_over_80_percent_full_is_a_warning_once_not_every_interval(caplog):

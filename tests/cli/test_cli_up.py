@@ -304,6 +304,20 @@ def test_processes_follow_flag_env_and_file(tmp_path, file, env, flag, named):
     assert built.processes is named
 
 
+@pytest.mark.parametrize("file, env, flag, measured", [
+    ({}, {}, None, True),  # on by default
+    ({"probe": {"quality": False}}, {}, None, False),
+    ({"probe": {"quality": False}}, {"CONNSTATS_QUALITY": "yes"}, None, True),
+    ({}, {"CONNSTATS_QUALITY": "off"}, None, False),
+    ({}, {"CONNSTATS_QUALITY": "on"}, False, False),  # the flag wins
+])
+def test_quality_follows_flag_env_and_file(tmp_path, file, env, flag, measured):
+    config = Config(file, {"CONNSTATS_STATE_DIR": str(tmp_path), **env}, None)
+    built = probe_config(config, NatsFlags(), ["lo"], None, "h", "none",
+                         ProbeFlags(docker_socket="none", quality=flag))
+    assert (built.quality, built.processes) == (measured, True)
+
+
 def test_a_processes_setting_that_is_not_a_yes_or_no_is_refused(tmp_path):
     config = Config({}, {"CONNSTATS_STATE_DIR": str(tmp_path), "CONNSTATS_PROCESSES": "maybe"}, None)
     with pytest.raises(ConfigError, match="CONNSTATS_PROCESSES: 'maybe' is not true or false"):

@@ -114,7 +114,7 @@ def test_a_server_started_before_the_probe_is_named(veth_netns, named_programs):
         assert (tcp.line()["ready"], udp.line()["ready"]) == (9500, 9501)
         probe = named_probe(veth)  # both sockets exist already: only /proc knows their owner
         try:
-            namer = probe.namer
+            namer = probe.enricher("processes")
             assert isinstance(namer, ProcessNamer)
             keys, values = namer.owners.snapshot()
             found = {(int(k["port"]), int(k["proto"])): (int(v["pid"]), int(v["kind"]))
@@ -149,6 +149,7 @@ def test_a_server_started_before_the_probe_is_named(veth_netns, named_programs):
 class FailingNamer:
     """A namer whose every step fails: the probe must count and publish all the same."""
 
+    kind = "processes"
     closed = False
 
     def attached(self, device) -> None:
@@ -157,8 +158,11 @@ class FailingNamer:
     def forget(self, ifindex: int) -> None:
         pass
 
-    def name(self, batch, keys):
-        raise RuntimeError("name failed")
+    def flip(self) -> None:
+        pass
+
+    def enrich(self, batch, keys):
+        raise RuntimeError("enrich failed")
 
     def sweep(self) -> int:
         return 0
@@ -183,7 +187,7 @@ def test_a_failing_namer_costs_the_names_not_the_interval(veth_netns, named_prog
         finally:
             server.stop()
         records = drained(probe, "udp", 9700)
-        assert probe.naming_failures == 2  # attached() and name()
+        assert probe.naming_failures == 2  # attached() and enrich()
     finally:
         probe.close()
     assert namer.closed
