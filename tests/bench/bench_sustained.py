@@ -257,6 +257,7 @@ class Run:
     up: subprocess.Popen
     metrics_url: str
     rows: RowCounter
+    db_path: Path
     js: object
     generator: Generator
     t0: float = field(default_factory=time.monotonic)
@@ -324,7 +325,8 @@ async def drive(run: Run, args: argparse.Namespace, intervals: int) -> float:
     last = await run.next_interval(last, args.interval)
     print(header(), flush=True)
     run.t0 = time.monotonic()
-    before = None
+    before = await run.sample()  # the baseline: what start-up took (BCC compiling the classifier)
+    print(line(before, None) + "   (start-up, before the first block)", flush=True)
     for _ in range(intervals):
         sent, seconds = await run.generator.send(args.connections)
         sample = await run.sample()
@@ -376,13 +378,16 @@ def summary(run: Run, args: argparse.Namespace, intervals: int, published_at: fl
     print(f"lag              peak {max(s.lag_messages for s in run.samples)} messages, "
           f"{peak_lag.lag_seconds:.1f} s (at {peak_lag.t:.0f} s); "
           f"done {done_at - published_at:.1f} s after the last interval was published")
-    up_cpu = final.up_cpu
-    print(f"CPU              up {up_cpu:.1f} CPU-s ({up_cpu / span:.2f} cores; "
-          f"{up_cpu / rows * 1e5 if rows else 0:.2f} CPU-s per 100k records): main thread {final.main_cpu:.1f} "
-          f"CPU-s, worker threads {final.worker_cpu:.1f} CPU-s; nats-server {final.nats_cpu:.1f} CPU-s")
+    up_cpu, nats_cpu = final.up_cpu - first.up_cpu, final.nats_cpu - first.nats_cpu
+    print(f"CPU              up {up_cpu:.1f} CPU-s after start-up ({first.up_cpu:.1f} before the first block) = "
+          f"{up_cpu / span:.2f} cores, {up_cpu / rows * 1e5:.2f} CPU-s per 100k records: main thread "
+          f"{final.main_cpu - first.main_cpu:.1f}, worker threads {final.worker_cpu - first.worker_cpu:.1f}; "
+          f"nats-server {nats_cpu:.1f} CPU-s ({nats_cpu / rows * 1e5:.2f} per 100k records)")
     rss = [s.rss_kib for s in run.samples]
     print(f"RSS              up {statistics.median(rss) / 1024:.0f} MiB median, {max(rss) / 1024:.0f} MiB highest "
           f"sampled, {final.hwm_kib / 1024:.0f} MiB peak (VmHWM)")
+    disk = sum(p.stat().st_size for p in run.db_path.parent.glob(run.db_path.name + "*"))
+    print(f"disk             {disk / 2**20:,.0f} MiB (the SQLite file and its WAL), {disk / rows:.0f} bytes per row")
     print(f"overflow         {overflow_packets:,} packets, {overflow_bytes:,} bytes (an interval held more "
           f"connections than the map)" if overflow_packets else "overflow         none")
     print(f"exact            rows stored {rows:,} == records published {published:,}: {rows == published}")
@@ -404,8 +409,8 @@ async def bench(args: argparse.Namespace, tmp: Path, net: BenchNet, up: subproce
     nc = await nats.connect(credentials["url"], user=admin["user"], password=admin["password"])
     try:
         until(lambda: (tmp / "flows.db").exists(), 60, "the SQLite file")
-        run = Run(up, f"http://127.0.0.1:{metrics_port}/metrics", RowCounter(tmp / "flows.db"), nc.jetstream(),
-                  generator)
+        db = tmp / "flows.db"
+        run = Run(up, f"http://127.0.0.1:{metrics_port}/metrics", RowCounter(db), db, nc.jetstream(), generator)
         await until_async(lambda: consumer_exists(run.js), 60, "the sink's consumer")
         intervals = max(1, round(args.minutes * 60 / args.interval))
         published_at = await drive(run, args, intervals)
