@@ -250,6 +250,7 @@ class Sample:
     gen_cpu: float
     rss_kib: int
     hwm_kib: int
+    gauge_lag: float  # the sink's own connstats_sink_consumer_lag_seconds (refreshed every 5 s)
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Run:
         sample = Sample(time.monotonic() - self.t0, int(metrics.get("connstats_published_records_total", 0)),
                         self.rows.count(), lag_messages, lag_seconds, cpu_seconds(self.up.pid), main, workers,
                         cpu_seconds(nats_pid) if nats_pid else 0.0, self.generator.cpu(), mem["VmRSS"],
-                        mem["VmHWM"])
+                        mem["VmHWM"], metrics.get("connstats_sink_consumer_lag_seconds", -1.0))
         self.samples.append(sample)
         return sample
 
@@ -377,7 +378,8 @@ def summary(run: Run, args: argparse.Namespace, intervals: int, published_at: fl
           f"while writing)")
     print(f"lag              peak {max(s.lag_messages for s in run.samples)} messages, "
           f"{peak_lag.lag_seconds:.1f} s (at {peak_lag.t:.0f} s); "
-          f"done {done_at - published_at:.1f} s after the last interval was published")
+          f"done {done_at - published_at:.1f} s after the last interval was published; the sink's own "
+          f"connstats_sink_consumer_lag_seconds peaked at {max(s.gauge_lag for s in run.samples):.1f} s")
     up_cpu, nats_cpu = final.up_cpu - first.up_cpu, final.nats_cpu - first.nats_cpu
     print(f"CPU              up {up_cpu:.1f} CPU-s after start-up ({first.up_cpu:.1f} before the first block) = "
           f"{up_cpu / span:.2f} cores, {up_cpu / rows * 1e5:.2f} CPU-s per 100k records: main thread "

@@ -517,3 +517,20 @@ def test_list_and_stats_end_with_the_sinks_backlog_when_a_sink_consumer_exists(f
     asyncio.run(sink(consume=True))
     assert run("list", *target).stdout.splitlines()[-1] == "sink connstats-sink: caught up (0 messages pending)"
     assert run("stats", *target).stdout.splitlines()[-1] == "sink connstats-sink: caught up (0 messages pending)"
+
+
+def test_the_lag_warning_setting_comes_from_env_or_file_and_reaches_the_sink(tmp_path):
+    from connstats.cli.options import NatsFlags
+    from connstats.cli.settings import sink_config
+
+    state = {"CONNSTATS_STATE_DIR": str(tmp_path)}
+    assert sink_config(Config({}, state, None), NatsFlags(), None, None).lag_warning_intervals == 3
+    file = {"sink": {"lag_warning_intervals": 5}}
+    assert sink_config(Config(file, state, None), NatsFlags(), None, None).lag_warning_intervals == 5
+    env = {**state, "CONNSTATS_LAG_WARNING_INTERVALS": "1.5"}
+    assert sink_config(Config(file, env, None), NatsFlags(), None, None).lag_warning_intervals == 1.5
+    path = tmp_path / "c.toml"
+    path.write_text("[sink]\nlag_warning_intervals = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        sink_config(load_config(path, env=state), NatsFlags(), None, None)
+    assert str(caught.value) == f"{path}: sink.lag_warning_intervals: 0 is not a positive number; fix the setting"
