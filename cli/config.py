@@ -75,6 +75,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _positive_float(value: Any) -> float:
+    number = _float(value)
+    if number <= 0:
+        raise ConfigError(f"{number:g} is not a positive number")
+    return number
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -110,6 +117,8 @@ SETTINGS: dict[str, Setting] = {
     "ui": Setting("CONNSTATS_UI", "ui", "listen"),
     "store": Setting("CONNSTATS_STORE", "sink", "store"),
     "retention": Setting("CONNSTATS_RETENTION", "sink", "retention", _retention_seconds),
+    "lag_warning_intervals": Setting("CONNSTATS_LAG_WARNING_INTERVALS", "sink", "lag_warning_intervals",
+                                     _positive_float),
     "capacity": Setting("CONNSTATS_CAPACITY", "probe", "capacity", _positive_int),
     "on_exit": Setting("CONNSTATS_ON_EXIT", "probe", "on_exit"),
     "auto": Setting("CONNSTATS_AUTO", "probe", "auto", _names),

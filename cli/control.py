@@ -1,13 +1,18 @@
-"""``attach``, ``detach``, ``list`` and ``stats``: requests to the running probe over NATS."""
+"""``attach``, ``detach``, ``list`` and ``stats``: requests to the running probe over NATS.
+
+``list`` and ``stats`` (as a table) end with the sink's backlog when a sink consumer exists
+on the stream: messages behind and the age of the oldest (sink/backlog.py)."""
 from __future__ import annotations
 
 import asyncio
 from enum import Enum
 from typing import Annotated, Any, Optional
 
+import nats.errors
 import typer
 
-from connstats.probe.contract import ControlClient
+from connstats.probe.contract import ConnstatsError, ControlClient, connect
+from connstats.sink.backlog import read_backlog
 
 from .config import Config
 from .live import connection_columns, connection_row
@@ -108,6 +113,8 @@ def list_devices(
     flags = NatsFlags(nats, nats_creds, tls_ca, tls_cert, tls_key)
     reply = request(load_config(config), flags, host, "list", {}, timeout)
     render(reply["devices"], DEVICE_COLUMNS, format, empty="no device is attached")
+    if format is OutputFormat.table:
+        _echo_backlog(load_config(config), flags, timeout)
 
 
 @app.command()
@@ -130,3 +137,23 @@ def stats(
                f"so far this interval" + (f" (showing {len(records)})" if len(records) < reply["connections"] else ""))
     rows = [connection_row(r) for r in records]
     render(rows, connection_columns(rows), format, empty="(no traffic)")
+    _echo_backlog(load_config(config), flags, timeout)
+
+
+def _echo_backlog(config: Config, flags: NatsFlags, timeout: float) -> None:
+    """The sink's backlog in one line, if a sink consumer exists; nothing if it cannot be read."""
+    options = flags.options(config, name="connstats-cli")
+
+    async def read():
+        nc = await connect(options)
+        try:
+            return await asyncio.wait_for(read_backlog(nc.jetstream()), timeout)
+        finally:
+            await nc.close()
+
+    try:
+        backlog = asyncio.run(read())
+    except (ConnstatsError, nats.errors.Error, asyncio.TimeoutError, OSError):
+        return
+    if backlog is not None:
+        typer.echo(backlog.describe())

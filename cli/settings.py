@@ -28,6 +28,7 @@ from connstats.probe.runtime.durations import duration_seconds
 from connstats.probe.runtime.private import prepare_state_dir, private_dir
 from connstats.sink.alerts import load_rules
 from connstats.sink.alerts.compose import AlertConfig
+from connstats.sink.backlog import DEFAULT_LAG_WARNING_INTERVALS
 from connstats.sink.compose import SinkConfig
 
 from .config import DEFAULT_HTTP, Config
@@ -128,6 +129,7 @@ def sink_config(config: Config, flags: NatsFlags, store: str | None, retention: 
     return SinkConfig(
         nats=flags.options(config, name="connstats-sink", role="sink"), store=spec,
         retention_seconds=config.get("retention", _retention_flag(retention)),
+        lag_warning_intervals=config.get("lag_warning_intervals", None, DEFAULT_LAG_WARNING_INTERVALS),
         influx=influx_config,
         stream=stream_settings(config, stream_replicas),
     )

@@ -39,6 +39,7 @@ from connstats.probe.contract import (
 )
 from connstats.probe.runtime.telemetry import Telemetry
 
+from .backlog import DEFAULT_LAG_WARNING_INTERVALS
 from .consumer import ConsumerSettings, ConsumerStats, FlowConsumer
 from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
@@ -61,6 +62,7 @@ class SinkConfig:
     consumer: ConsumerSettings | None = None
     stream: StreamSettings = field(default_factory=StreamSettings)  # the streams, if they are created
     telemetry: Telemetry = field(default_factory=Telemetry)  # `up` passes the one all its parts share
+    lag_warning_intervals: float = DEFAULT_LAG_WARNING_INTERVALS  # warn when the sink is more intervals behind
 
 
 class Sink:
@@ -69,7 +71,8 @@ class Sink:
     def __init__(self, config: SinkConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.metrics = SinkMetrics((config.consumer or ConsumerSettings()).durable)
+        self.metrics = SinkMetrics((config.consumer or ConsumerSettings()).durable,
+                                   lag_warning_intervals=config.lag_warning_intervals)
         config.telemetry.registry.register(self.metrics)
         config.telemetry.add_check("sink", self.metrics.not_ready)
 

@@ -2,8 +2,10 @@
 
     build_sink ─ SinkMetrics(durable), registered on the Telemetry by build_sink
       consume_flows ─ metrics.watching(nc, consumer, store): while the consumer runs,
-                      every ``refresh_every`` s: consumer info (num_pending, num_ack_pending)
-                      and a store ping (for /readyz); never per message
+                      every ``refresh_every`` s: the backlog (sink/backlog.py: num_pending,
+                      num_ack_pending, the lag in seconds; LagWarning logs when it is more than
+                      ``lag_warning_intervals`` intervals) and a store ping (for /readyz);
+                      never per message
       FlowConsumer(on_write=metrics.write_seconds.observe): one observation per message
       telemetry.registry ─> collect(): stored messages and records, dead letters by reason
                            class, store errors, naks, store full (gauge, pauses), lag,
@@ -12,19 +14,17 @@
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator, Iterable
 
-import nats.errors
 from nats.aio.client import Client
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from connstats.probe.contract import STREAM_NAME
 from connstats.probe.runtime.telemetry import refreshing
 
+from .backlog import DEFAULT_LAG_WARNING_INTERVALS, LagWarning, read_backlog_quietly
 from .consumer import DEAD_LETTER_CLASSES, FlowConsumer
 from .store import Store
 
@@ -36,7 +36,8 @@ WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class SinkMetrics:
     """The collector and readiness check of one sink; see the module docstring."""
 
-    def __init__(self, durable: str, refresh_every: float = 5.0) -> None:
+    def __init__(self, durable: str, refresh_every: float = 5.0,
+                 lag_warning_intervals: float = DEFAULT_LAG_WARNING_INTERVALS) -> None:
         self.durable = durable
         self.refresh_every = refresh_every
         self.nc: Client | None = None
@@ -44,6 +45,8 @@ class SinkMetrics:
         self.store_answers = False
         self.pending: int | None = None  # None until the consumer info was read once
         self.ack_pending: int | None = None
+        self.lag_seconds: float | None = None
+        self.lag_warning = LagWarning(lag_warning_intervals)
         self.write_seconds = Histogram("connstats_sink_write_duration_seconds", "One message's write into "
                                        "the store", buckets=WRITE_BUCKETS, registry=None)  # collect() yields it
 
@@ -59,11 +62,10 @@ class SinkMetrics:
             self.store_answers = False
 
     async def refresh(self, nc: Client, store: Store) -> None:
-        try:
-            info = await nc.jetstream().consumer_info(STREAM_NAME, self.durable)
-            self.pending, self.ack_pending = info.num_pending, info.num_ack_pending
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-            log.debug("consumer info for the metrics failed: %r", exc)
+        backlog = await read_backlog_quietly(nc.jetstream(), self.durable)
+        if backlog is not None:
+            self.pending, self.ack_pending, self.lag_seconds = backlog.pending, backlog.ack_pending, backlog.lag_seconds
+            self.lag_warning.observe(backlog)
         try:
             await store.ping()
             self.store_answers = True
@@ -99,6 +101,8 @@ class SinkMetrics:
                               "delivered yet (num_pending)", self.durable, self.pending)
         yield consumer_gauge("connstats_sink_consumer_ack_pending", "Messages delivered and not yet "
                               "acknowledged (num_ack_pending)", self.durable, self.ack_pending)
+        yield consumer_gauge("connstats_sink_consumer_lag_seconds", "Age of the oldest flow message the "
+                              "consumer has not acknowledged (0 when none waits)", self.durable, self.lag_seconds)
         yield _counter("connstats_sink_nats_reconnects", "Times the sink's NATS connection came back",
                        self.nc.stats["reconnects"] if self.nc is not None else 0)
         yield from self.write_seconds.collect()
@@ -108,7 +112,7 @@ def _counter(name: str, documentation: str, value: float) -> Metric:
     return CounterMetricFamily(name, documentation, value=value)
 
 
-def consumer_gauge(name: str, documentation: str, consumer: str, value: int | None) -> Metric:
+def consumer_gauge(name: str, documentation: str, consumer: str, value: float | None) -> Metric:
     gauge = GaugeMetricFamily(name, documentation, labels=["consumer"])
     if value is not None:
         gauge.add_metric([consumer], value)

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
+import time
 
 import msgspec
+import nats
 import pytest
 from typer.testing import CliRunner
 
@@ -18,11 +21,14 @@ from connstats.cli.render import Column, render, rfc3339
 from connstats.probe.api.control import ControlService
 from connstats.probe.contract import Envelope, FlowBatch, NatsOptions
 from connstats.probe.contract.errors import ConfigError
+from connstats.sink.consumer import FlowConsumer
 from connstats.sink.influx_store import InfluxConfig
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.control import SINCE, FakeDaemon, record
 from tests.fixtures.history import C1, C2, C3, C4, write_all, write_pods
-from tests.fixtures.nats import free_port
+from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records
+from tests.fixtures.store import consume_until, publish_batches
+from tests.fixtures.wait import until_async
 
 runner = CliRunner()
 
@@ -466,3 +472,65 @@ def test_retention_comes_from_flag_env_or_file_and_reaches_the_sqlite_store(tmp_
     assert Config({}, {}, None).get("retention") is None
     store = make_store(f"sqlite:{tmp_path / 'flows.sqlite'}", 3600)
     assert store.retention_ns == 3600 * 10**9
+
+
+def test_list_and_stats_end_with_the_sinks_backlog_when_a_sink_consumer_exists(fake_probe, nats_server):
+    daemon, target = fake_probe
+    run("attach", "veth0", *target)
+    assert run("list", *target).stdout.splitlines()[-1].startswith("veth0 ")  # no sink yet: nothing more
+    batches = [FlowBatch.from_records(sample_envelope(seq), sample_records(sample_envelope(seq), 10))
+               for seq in range(3)]
+
+    async def sink(consume: bool) -> float:
+        """The sink's consumer, stopped (3 intervals wait) or catching up; the oldest message's time."""
+        nc = await nats.connect(nats_server.url)
+        consumer = FlowConsumer(nc, MemoryStore())
+        await consumer.start()
+        if consume:
+            await consume_until(consumer, lambda: consumer.stats.stored_messages == 3)
+
+            async def acked() -> bool:  # an ack reaches the server a moment after it was sent
+                info = await nc.jetstream().consumer_info("CONNSTATS", "connstats-sink")
+                return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+            await until_async(acked, 5, "the acks")
+        else:
+            await publish_batches(nats_server.url, batches)
+        published = (await nc.jetstream().get_msg("CONNSTATS", seq=1)).time.timestamp()
+        await consumer.close()
+        await nc.close()
+        return published
+
+    published = asyncio.run(sink(consume=False))
+    before = time.time()
+    lines = run("list", *target).stdout.splitlines()
+    age = time.time() - published
+    behind = re.fullmatch(r"sink connstats-sink: 3 messages behind \(3 not yet delivered\), oldest (\d+\.\d) s old, "
+                          r"(\d+\.\d) intervals", lines[-1])
+    assert behind is not None, lines
+    assert round(before - published, 1) - 0.1 <= float(behind[1]) <= round(age, 1) + 0.1
+    assert float(behind[2]) == round(float(behind[1]) / 10, 1)  # the intervals are 10 s long
+    assert lines[:-1] == run("list", *target).stdout.splitlines()[:-1]
+    assert run("stats", *target).stdout.splitlines()[-1].startswith("sink connstats-sink: 3 messages behind (3 ")
+    assert [d["name"] for d in msgspec.json.decode(run("list", "--format", "json", *target).stdout)] == ["veth0"]
+
+    asyncio.run(sink(consume=True))
+    assert run("list", *target).stdout.splitlines()[-1] == "sink connstats-sink: caught up (0 messages pending)"
+    assert run("stats", *target).stdout.splitlines()[-1] == "sink connstats-sink: caught up (0 messages pending)"
+
+
+def test_the_lag_warning_setting_comes_from_env_or_file_and_reaches_the_sink(tmp_path):
+    from connstats.cli.options import NatsFlags
+    from connstats.cli.settings import sink_config
+
+    state = {"CONNSTATS_STATE_DIR": str(tmp_path)}
+    assert sink_config(Config({}, state, None), NatsFlags(), None, None).lag_warning_intervals == 3
+    file = {"sink": {"lag_warning_intervals": 5}}
+    assert sink_config(Config(file, state, None), NatsFlags(), None, None).lag_warning_intervals == 5
+    env = {**state, "CONNSTATS_LAG_WARNING_INTERVALS": "1.5"}
+    assert sink_config(Config(file, env, None), NatsFlags(), None, None).lag_warning_intervals == 1.5
+    path = tmp_path / "c.toml"
+    path.write_text("[sink]\nlag_warning_intervals = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        sink_config(load_config(path, env=state), NatsFlags(), None, None)
+    assert str(caught.value) == f"{path}: sink.lag_warning_intervals: 0 is not a positive number; fix the setting"
