@@ -1,0 +1,225 @@
+"""The quality tables against the kernel's own counters, exactly, IPv4 and IPv6: the sender
+namespace's TcpRetransSegs, an nft rule's named counter, a UDP socket's drops in
+/proc/net/udp, and the RTT `ss` shows; with flips during the traffic (no count lost or
+counted twice). Two namespaces on one veth pair (tests/fixtures/linked.py)."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import numpy as np
+import pytest
+
+from connstats.probe.kernel.loader import wait_for_grace_period
+from connstats.probe.quality.tables import QualitySnapshot
+from tests.fixtures.linked import DATAGRAMS, RECEIVER, SENDER, SINK, End, line, say, stop
+from tests.fixtures.wait import until
+
+pytestmark = pytest.mark.kernel
+
+FAMILY = {4: 2, 6: 10}
+IP_UDP_HEADERS = {4: 20 + 8, 6: 40 + 8}
+
+
+def drain(quality) -> QualitySnapshot:
+    """One interval: flip, wait until no program writes the old copy, read and empty it."""
+    quality.flip()
+    wait_for_grace_period()
+    return quality.collect()
+
+
+def packed(address: str) -> np.void:
+    raw = ipaddress.ip_address(address).packed
+    return np.void(raw + bytes(16 - len(raw)))
+
+
+def socket_rows(snapshots: list[QualitySnapshot], end: End, family: int, sport: int, peer: End,
+                dport: int) -> np.ndarray:
+    """The SOCK_STATS rows of one socket (its own end first), of every snapshot."""
+    rows = []
+    for snap in snapshots:
+        k = snap.socket_keys
+        mask = ((k["netns"] == end.inode) & (k["family"] == FAMILY[family]) & (k["sport"] == sport)
+                & (k["dport"] == dport) & (k["saddr"] == packed(end.address(family)))
+                & (k["daddr"] == packed(peer.address(family))))
+        rows.append(snap.socket_stats[mask])
+    return np.concatenate(rows)
+
+
+def drop_totals(snapshots: list[QualitySnapshot], at: End, reason: str, family: int, src: End, sport: int,
+                dst: End, dport: int) -> tuple[int, int]:
+    """Packets and bytes dropped on ``at``'s eth0 for that reason and UDP 5-tuple."""
+    packets = nbytes = 0
+    for snap in snapshots:
+        code = {name: c for c, name in snap.reasons.items()}[reason]
+        k = snap.drop_keys
+        mask = ((k["netns"] == at.inode) & (k["ifindex"] == at.ifindex) & (k["reason"] == code)
+                & (k["family"] == FAMILY[family]) & (k["proto"] == 17) & (k["sport"] == sport)
+                & (k["dport"] == dport) & (k["src"] == packed(src.address(family)))
+                & (k["dst"] == packed(dst.address(family))))
+        packets += int(snap.drop_values["packets"][mask].sum())
+        nbytes += int(snap.drop_values["bytes"][mask].sum())
+    return packets, nbytes
+
+
+def sampled_rtt_us(end: End, dport: int) -> int | None:
+    """The smoothed RTT `ss -ti` shows for the connection to ``dport`` (µs), None once gone."""
+    out = end.run("ss", "-tinH", "state", "established", "dport", f"= :{dport}").stdout
+    match = re.search(r"\brtt:([\d.]+)/", out)
+    return round(float(match.group(1)) * 1000) if match else None
+
+
+def transfer(quality, sender: End, receiver: End, family: int, port: int, chunks: int, chunk: int,
+             flip: bool = False):
+    """Send ``chunks`` times ``chunk`` bytes over TCP; (the sender's port, the snapshots, the
+    `ss` RTT samples). Between two chunks the tables are drained (``flip``) or `ss` is read;
+    never after the last. A chunk is done once all of it is acknowledged, so the RTT `ss` shows
+    is the one the next chunk's first ACK records (tcp_probe fires only while established)."""
+    server = receiver.start(RECEIVER, family, receiver.address(family), port)
+    client = None
+    snapshots: list[QualitySnapshot] = []
+    samples: list[int] = []
+    try:
+        assert line(server) == {"ready": True}
+        client = sender.start(SENDER, family, receiver.address(family), port)
+        sport = line(client)["port"]
+        for n in range(chunks):
+            if n and flip:
+                snapshots.append(drain(quality))
+            elif n:
+                rtt = sampled_rtt_us(sender, port)
+                assert rtt is not None, "ss does not see the connection"
+                samples.append(rtt)
+            say(client, str(chunk))
+            assert line(client) == {"sent": chunk}
+        assert client.stdin is not None
+        client.stdin.close()
+        assert line(client) == {"done": True}
+        assert line(server) == {"got": chunks * chunk}
+    finally:
+        for process in (client, server):
+            if process is not None:
+                stop(process)
+    snapshots += [drain(quality), drain(quality)]
+    return sport, snapshots, samples
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_retransmitted_segments_equal_the_senders_TcpRetransSegs(quality, linked_namespaces, family):
+    a, b = linked_namespaces
+    quality.watch_netns(a.inode)
+    quality.watch_netns(b.inode)
+    port = 9600 + family
+    b.nft(f"table inet loss {{\n chain input {{\n type filter hook input priority 0\n"
+          f" tcp dport {port} numgen random mod 100 < 3 drop\n }}\n}}\n")
+    before = a.nstat("TcpRetransSegs")
+    sport, snapshots, _ = transfer(quality, a, b, family, port, 12, 500_000, flip=True)
+    retransmitted = a.nstat("TcpRetransSegs") - before
+
+    rows = socket_rows(snapshots, a, family, sport, b, port)
+    assert retransmitted > 0
+    assert int(rows["retrans_segs"].sum()) == retransmitted
+    quality.forget_netns(a.inode)
+    quality.forget_netns(b.inode)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_rtt_of_an_unshaped_transfer_brackets_ss_and_stays_low(quality, linked_namespaces, family):
+    a, b = linked_namespaces
+    quality.watch_netns(a.inode)
+    port = 9610 + family
+    sport, snapshots, samples = transfer(quality, a, b, family, port, 20, 500_000)
+    rows = socket_rows(snapshots, a, family, sport, b, port)
+    assert samples, "ss never saw the connection"
+    merged = merge_rtt(rows)
+    assert all(merged["min"] <= s <= merged["max"] for s in samples), (samples, merged)
+    assert 0 < merged["max"] < 20_000
+    quality.forget_netns(a.inode)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_htb_queue_raises_the_rtt_of_a_bulk_transfer_above_100ms(quality, linked_namespaces, family):
+    a, b = linked_namespaces
+    quality.watch_netns(a.inode)
+    a.run("tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10")
+    a.run("tc", "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb", "rate", "8mbit")
+    a.run("tc", "qdisc", "add", "dev", "eth0", "parent", "1:10", "handle", "10:", "pfifo", "limit", "300")
+    port = 9620 + family
+    sport, snapshots, samples = transfer(quality, a, b, family, port, 6, 400_000)
+    merged = merge_rtt(socket_rows(snapshots, a, family, sport, b, port))
+    assert samples, "ss never saw the connection"
+    assert all(merged["min"] <= s <= merged["max"] for s in samples), (samples, merged)
+    assert merged["max"] > 100_000
+    quality.forget_netns(a.inode)
+
+
+def merge_rtt(rows: np.ndarray) -> dict[str, int]:
+    sampled = rows[rows["rtt_samples"] > 0]
+    assert len(sampled), "no RTT sample"
+    return {"min": int(sampled["rtt_min_us"].min()), "max": int(sampled["rtt_max_us"].max()),
+            "samples": int(sampled["rtt_samples"].sum())}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_netfilter_drops_equal_the_rules_counter(quality, linked_namespaces, family):
+    a, b = linked_namespaces
+    quality.watch_device(b.inode, b.ifindex)
+    port, count = 9630 + family, 700
+    b.nft(f"table inet qdrop {{\n counter dropped {{\n }}\n chain input {{\n type filter hook input priority 0\n"
+          f" udp dport {port} counter name dropped drop\n }}\n}}\n")
+    sender = a.start(DATAGRAMS, family, b.address(family), port, count)
+    snapshots = []
+    try:
+        while sender.poll() is None:
+            snapshots.append(drain(quality))
+        sport = line(sender)["port"]
+    finally:
+        stop(sender)
+    counted = until(lambda: (c := b.counter("qdrop", "dropped"))[0] == count and c, what="all datagrams counted")
+    snapshots += [drain(quality), drain(quality)]
+    sizes = sum(IP_UDP_HEADERS[family] + 100 + (i * 37) % 1000 for i in range(count))
+    assert counted == (count, sizes)
+    assert drop_totals(snapshots, b, "NETFILTER_DROP", family, a, sport, b, port) == counted
+    quality.forget_device(b.inode, b.ifindex)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_full_socket_buffer_drops_equal_the_sockets_drops(quality, linked_namespaces, family):
+    a, b = linked_namespaces
+    quality.watch_device(b.inode, b.ifindex)
+    port, count = 9640 + family, 300
+    b.nft(f"table inet arrived {{\n counter datagrams {{\n }}\n chain pre {{\n type filter hook prerouting priority -300\n"
+          f" udp dport {port} counter name datagrams\n }}\n}}\n")
+    sink = b.start(SINK, family, b.address(family), port)
+    try:
+        assert line(sink) == {"ready": True}
+        sender = a.start(DATAGRAMS, family, b.address(family), port, count)
+        sport = line(sender)["port"]
+        stop(sender)
+        until(lambda: b.counter("arrived", "datagrams")[0] == count, what="every datagram in b")
+        snapshots = [drain(quality), drain(quality)]  # after a grace period: each one queued or dropped
+        dropped = b.udp_drops(family, port)
+        say(sink, "read")
+        queued = line(sink)["queued"]
+    finally:
+        stop(sink)
+    sizes = [IP_UDP_HEADERS[family] + 100 + (i * 37) % 1000 for i in range(count)]
+    queued_bytes = sum(IP_UDP_HEADERS[family] + size for size in queued)
+    assert dropped == count - len(queued) > 0
+    assert drop_totals(snapshots, b, "SOCKET_RCVBUFF", family, a, sport, b, port) == (dropped,
+                                                                                      sum(sizes) - queued_bytes)
+    quality.forget_device(b.inode, b.ifindex)
+
+
+def test_other_namespaces_and_devices_are_not_counted(quality, linked_namespaces):
+    a, b = linked_namespaces  # watched: nothing
+    port = 9650
+    b.nft(f"table inet qdrop {{\n chain input {{\n type filter hook input priority 0\n udp dport {port} drop\n }}\n}}\n")
+    sport, snapshots, _ = transfer(quality, a, b, 4, 9651, 2, 100_000)
+    sender = a.start(DATAGRAMS, 4, b.address(4), port, 50)
+    line(sender)
+    stop(sender)
+    snapshots.append(drain(quality))
+    for snap in snapshots:
+        assert not np.isin(snap.socket_keys["netns"], [a.inode, b.inode]).any()
+        assert not np.isin(snap.drop_keys["netns"], [a.inode, b.inode]).any()
