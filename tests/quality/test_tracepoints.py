@@ -141,11 +141,14 @@ def test_retransmitted_segments_equal_the_senders_TcpRetransSegs(quality, linked
 def test_failed_retransmission_attempts_are_not_counted(quality, linked_namespaces, family):
     """The htb class slows to 50 kbit/s under a chunk in flight until a retransmission
     timeout fired: it found its segment still in the queue (-EBUSY, not counted by
-    TcpRetransSegs; seen in the tracepoint's trace: 5 such attempts in one run)."""
+    TcpRetransSegs; seen in the tracepoint's trace: 5 such attempts in one run); an nft rule
+    drops every 8th skb, so that retransmissions that succeed are counted beside them."""
     a, b = linked_namespaces
     quality.watch_netns(a.inode)
     shape(a)
     port = 9660 + family
+    b.nft(f"table inet loss {{\n chain input {{\n type filter hook input priority 0\n"
+          f" tcp dport {port} numgen inc mod 8 == 7 drop\n }}\n}}\n")  # and some that succeed
     server = b.start(RECEIVER, family, b.address(family), port)
     client = None
     try:
@@ -170,6 +173,7 @@ def test_failed_retransmission_attempts_are_not_counted(quality, linked_namespac
                 stop(process)
     retransmitted = a.nstat("TcpRetransSegs") - before
     rows = socket_rows([drain(quality), drain(quality)], a, family, sport, b, port)
+    assert retransmitted > 0
     assert int(rows["retrans_segs"].sum()) == retransmitted
     quality.forget_netns(a.inode)
 
