@@ -263,11 +263,11 @@ static __always_inline u64 parse_packet(const void *skb, u16 protocol, struct dr
     bpf_probe_read_kernel(&data, sizeof(data), (const char *)skb + OFF_SKB_DATA);
     bpf_probe_read_kernel(&nh, sizeof(nh), (const char *)skb + OFF_SKB_NETWORK_HEADER);
     bpf_probe_read_kernel(&len, sizeof(len), (const char *)skb + OFF_SKB_LEN);
-    u64 from_nh = (u64)len + (u64)(data - head) - nh;
-    if (nh == 0xffff || (u64)(data - head) < nh)
-        from_nh = len;
-    if (!head || nh == 0xffff)
-        return from_nh;
+    // data may be behind the network header (pulled on receive) or before it (an L2 header
+    // pushed on transmit): the bytes from the network header on are len + (data - head) - nh
+    s64 from_nh = (s64)len + (s64)(data - head) - (s64)nh;
+    if (nh == 0xffff || !head || from_nh <= 0)
+        return len;
     u8 *ip = head + nh;
     if (protocol == ETH_P_IP) {
         u8 hdr[20] = {};

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from connstats.probe.kernel.loader import wait_for_grace_period
-from connstats.probe.quality.quality import kernel_support
+from connstats.probe.quality.quality import QualityTracepoints, kernel_support
 from connstats.probe.quality.tables import QualitySnapshot
 from tests.fixtures.linked import DATAGRAMS, RECEIVER, SENDER, SINK, End, line, say, stop
 from tests.fixtures.wait import until
@@ -293,3 +293,27 @@ def test_this_kernel_has_what_the_hooks_need(quality):
     names = set(quality.reasons.values())
     assert {"NETFILTER_DROP", "SOCKET_RCVBUFF", "TCP_INVALID_SEQUENCE"} <= names
     assert not names & {"NOT_DROPPED_YET", "CONSUMED"}  # this kernel lists only drops
+
+
+def test_a_full_table_counts_what_it_lost(linked_namespaces):
+    """Room for one drop key: the first sender's datagrams are counted, each of the second's
+    (another source port: another key) is counted as lost, and it is said once."""
+    a, b = linked_namespaces
+    small = QualityTracepoints.start(sockets_capacity=1, drops_capacity=1)
+    try:
+        small.watch_device(b.inode, b.ifindex)
+        port, count = 9670, 40
+        b.nft(f"table inet qdrop {{\n counter dropped {{\n }}\n chain input {{\n type filter hook input priority 0\n"
+              f" udp dport {port} counter name dropped drop\n }}\n}}\n")
+        for n in (1, 2):
+            sender = a.start(DATAGRAMS, 4, b.address(4), port, count)
+            line(sender)
+            stop(sender)
+            until(lambda n=n: b.counter("qdrop", "dropped")[0] == n * count, what="the datagrams dropped")
+        snapshot = drain(small)
+        assert snapshot.drop_values["packets"].tolist() == [count]
+        assert small.lost == count
+        drain(small)
+        assert small.lost == count
+    finally:
+        small.close()
