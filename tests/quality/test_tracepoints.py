@@ -317,3 +317,32 @@ def test_a_full_table_counts_what_it_lost(linked_namespaces):
         assert small.lost == count
     finally:
         small.close()
+
+
+def test_an_ipv6_socket_talking_ipv4_is_keyed_as_ipv4(quality, linked_namespaces):
+    """A dual-stack socket's addresses are ::ffff:a.b.c.d in the tracepoints; the key has the
+    IPv4 address, as the classifier's records do."""
+    a, b = linked_namespaces
+    quality.watch_netns(a.inode)
+    port = 9680
+    server = b.start(RECEIVER, 4, b.ipv4, port)
+    client = None
+    try:
+        assert line(server) == {"ready": True}
+        client = a.start(SENDER, 6, f"::ffff:{b.ipv4}", port)
+        sport = line(client)["port"]
+        for _ in range(3):
+            say(client, "200000")
+            assert line(client) == {"sent": 200_000}
+        assert client.stdin is not None
+        client.stdin.close()
+        assert line(client) == {"done": True}
+    finally:
+        for process in (client, server):
+            if process is not None:
+                stop(process)
+    snapshots = [drain(quality), drain(quality)]
+    ours = np.concatenate([snap.socket_keys[snap.socket_keys["netns"] == a.inode] for snap in snapshots])
+    assert set(ours["family"].tolist()) == {2}
+    assert int(socket_rows(snapshots, a, 4, sport, b, port)["rtt_samples"].sum()) > 0
+    quality.forget_netns(a.inode)
