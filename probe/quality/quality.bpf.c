@@ -7,7 +7,7 @@
 //   skb:kfree_skb              packets and bytes per (device, reason, 5-tuple)
 //
 // Filters first: sockets of namespaces not in `watched_netns` and drops on devices not in
-// `watched_devices` return before any other map is touched. Struct fields the tracepoints
+// `watched_devices` ((netns, 0): drops without a device in that namespace) return before any other map is touched. Struct fields the tracepoints
 // do not carry (a socket's namespace, an skb's device, headers and segment counts) are read
 // at offsets from the running kernel's BTF, passed as -DOFF_* (offsets.py): the headers BCC
 // compiles with may be an older kernel's.
@@ -235,10 +235,15 @@ static __always_inline int drop_place(const void *skb, const void *rx_sk, struct
         key->ifindex = where.ifindex;
         return 1;
     }
-    void *sk = 0;  // no device (yet, or any more): the namespace of its socket
+    // no device (yet, or any more): the namespace of its socket, watched as (netns, 0)
+    void *sk = 0;
+    struct device_key where = {};
     bpf_probe_read_kernel(&sk, sizeof(sk), (const char *)skb + OFF_SKB_SK);
-    key->netns = sk_netns(sk ? sk : rx_sk);
-    return key->netns && watched_netns.lookup(&key->netns);
+    where.netns = sk_netns(sk ? sk : rx_sk);
+    if (!where.netns || !watched_devices.lookup(&where))
+        return 0;
+    key->netns = where.netns;
+    return 1;
 }
 
 static __always_inline void read_ports(struct drop_key *key, const u8 *l4)

@@ -148,7 +148,7 @@ class QualityTracepoints:
     # -- the filters ----------------------------------------------------------------------
 
     def watch_netns(self, inode: int) -> None:
-        """Count RTT and retransmits of the sockets in this namespace (and its device-less drops)."""
+        """Count RTT and retransmits of the sockets in this namespace."""
         table = self.bpf[b"watched_netns"]
         table[table.Key(inode)] = table.Leaf(1)
 
@@ -156,7 +156,8 @@ class QualityTracepoints:
         _delete(self.bpf[b"watched_netns"], self.bpf[b"watched_netns"].Key(inode))
 
     def watch_device(self, netns: int, ifindex: int) -> None:
-        """Count the drops of packets on this device (ifindex in the namespace of that inode)."""
+        """Count the drops of packets on this device (ifindex in the namespace of that inode);
+        ifindex 0: the drops of packets without a device, by their socket's namespace."""
         table = self.bpf[b"watched_devices"]
         table[table.Key(netns, ifindex)] = table.Leaf(1)
 

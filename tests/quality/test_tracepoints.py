@@ -4,6 +4,7 @@ namespace's TcpRetransSegs, an nft rule's named counter, a UDP socket's drops in
 counted twice). Two namespaces on one veth pair (tests/fixtures/linked.py)."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 
@@ -346,3 +347,24 @@ def test_an_ipv6_socket_talking_ipv4_is_keyed_as_ipv4(quality, linked_namespaces
     assert set(ours["family"].tolist()) == {2}
     assert int(socket_rows(snapshots, a, 4, sport, b, port)["rtt_samples"].sum()) > 0
     quality.forget_netns(a.inode)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_drops_without_a_device_count_in_their_sockets_namespace(quality, linked_namespaces, family):
+    """Dropped in the OUTPUT hook, before the packet has a device: (netns, ifindex 0)."""
+    a, b = linked_namespaces
+    quality.watch_device(a.inode, 0)
+    port, count = 9690 + family, 120
+    a.nft(f"table inet qout {{\n counter dropped {{\n }}\n chain output {{\n type filter hook output priority 0\n"
+          f" udp dport {port} counter name dropped drop\n }}\n}}\n")
+    sender = a.start(DATAGRAMS, family, b.address(family), port, count)
+    try:
+        sport = line(sender)["port"]
+    finally:
+        stop(sender)
+    snapshots = [drain(quality), drain(quality)]
+    sizes = sum(IP_UDP_HEADERS[family] + 100 + (i * 37) % 1000 for i in range(count))
+    assert a.counter("qout", "dropped") == (count, sizes)
+    no_device = dataclasses.replace(a, ifindex=0)
+    assert drop_totals(snapshots, no_device, "NETFILTER_DROP", family, a, sport, b, port) == (count, sizes)
+    quality.forget_device(a.inode, 0)
