@@ -1,0 +1,1 @@
+"""The quality tracepoints against the kernel's own counters, and their pure parts."""
