@@ -192,15 +192,11 @@ def _remove_user(users: dict[K, set[int]], keys: list[K], ifindex: int) -> list[
 
 def start_quality() -> QualityEnricher | None:
     """The enricher on the quality tracepoints; None (and one log line saying why) if this
-    build or kernel has none."""
+    kernel cannot measure quality. Imported here: the loader imports bcc."""
+    from .quality import QualityTracepoints
+
     try:
-        from .quality import QualityTracepoints  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        log.warning("quality not measured: this build has no quality tracepoints (%s)", exc)
-        return None
-    try:
-        starter = getattr(QualityTracepoints, "start", QualityTracepoints)
-        tables: QualityTables = starter()
+        tables: QualityTables = QualityTracepoints.start()
     except KernelError as exc:
         log.warning("quality not measured: %s", exc)
         return None
