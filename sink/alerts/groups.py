@@ -81,6 +81,10 @@ def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None =
     return rows, sums, np.where(low == high, low, -1)
 
 
+@overload
+def group_max(matrix: np.ndarray, values: np.ndarray, extra: None = None) -> tuple[np.ndarray, np.ndarray, None]: ...
+@overload
+def group_max(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def group_max(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """As ``group_sum``, but the greatest of ``values`` per row (e.g. an RTT over a window)."""

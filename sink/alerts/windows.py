@@ -8,10 +8,9 @@ than ``keep`` are dropped. ``WindowSums(..., reduce=group_max)`` keeps maxima in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-
-from typing import Callable
 
 from .groups import group_sum, pack_rows
 

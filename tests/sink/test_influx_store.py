@@ -16,8 +16,8 @@ from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import (
     InfluxConfig,
     InfluxStore,
-    encode_lines,
     encode_drop_lines,
+    encode_lines,
     encode_overflow_lines,
     escape_string,
     escape_tag,
