@@ -178,12 +178,14 @@ def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
     and the drop reason of the row with the most dropped packets (the first row's other
     columns). Empty when no key repeats."""
     merged: dict[tuple, list] = {}
+    rtt_packets: dict[tuple, int] = {}  # per key: the packets of the rows with an RTT (its average's weight)
     repeated: set[tuple] = set()
     for row in rows:
         key = tuple(row[i] for i in _KEY)
         total = merged.get(key)
         if total is None:
             merged[key] = list(row)
+            rtt_packets[key] = row[_PACKETS] if row[_RTT_MAX] else 0
             continue
         repeated.add(key)
         total[_PACKETS] += row[_PACKETS]
@@ -191,25 +193,27 @@ def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
         total[_FIRST] = min(total[_FIRST], row[_FIRST])
         total[_LAST] = max(total[_LAST], row[_LAST])
         total[_FLAGS] |= row[_FLAGS]
-        _merge_quality(total, row)
+        rtt_packets[key] = _merge_quality(total, row, rtt_packets[key])
     return [tuple(merged[key]) for key in merged if key in repeated]
 
 
-def _merge_quality(total: list, row: tuple) -> None:
-    """``row``'s quality columns into ``total``'s (``total[_PACKETS]`` already includes ``row``'s)."""
+def _merge_quality(total: list, row: tuple, weight: int) -> int:
+    """``row``'s quality columns into ``total``'s, whose average RTT weighs ``weight`` packets;
+    returns the weight of the merged average."""
     if row[_RTT_MAX]:
-        if total[_RTT_MAX]:
-            before = total[_PACKETS] - row[_PACKETS]
-            total[_RTT_AVG] = (total[_RTT_AVG] * before + row[_RTT_AVG] * row[_PACKETS]) // max(1, total[_PACKETS])
+        if weight:
+            total[_RTT_AVG] = (total[_RTT_AVG] * weight + row[_RTT_AVG] * row[_PACKETS]) // (weight + row[_PACKETS])
             total[_RTT_MIN] = min(total[_RTT_MIN], row[_RTT_MIN])
             total[_RTT_MAX] = max(total[_RTT_MAX], row[_RTT_MAX])
         else:
             total[_RTT_MIN], total[_RTT_AVG], total[_RTT_MAX] = row[_RTT_MIN], row[_RTT_AVG], row[_RTT_MAX]
+        weight += row[_PACKETS]
     if row[_DROP_PACKETS] > total[_DROP_PACKETS]:
         total[_DROP_REASON] = row[_DROP_REASON]
     total[_RETRANSMITS] += row[_RETRANSMITS]
     total[_DROP_PACKETS] += row[_DROP_PACKETS]
     total[_DROP_BYTES] += row[_DROP_BYTES]
+    return weight
 
 
 def overflow_rows(envelope: Envelope) -> list[tuple]:

@@ -333,6 +333,26 @@ async def test_repeated_keys_give_the_same_history_in_both_stores(tmp_path, infl
     assert await influx_history(influx, HistoryQuery(**ALL)) == rows
 
 
+async def test_repeated_keys_merge_their_quality_columns(tmp_path):
+    """Retransmits and drops summed, the least and greatest RTT, the average weighted by the packets
+    of the records that have one, the reason of the record with the most dropped packets."""
+    env = envelope()
+    first = flow(env, 0, packets=1, drop_packets=2, drop_bytes=200, drop_reason="NO_SOCKET")  # no RTT
+    records = [first,
+               dataclasses.replace(first, packets=10, rtt_min_us=100, rtt_avg_us=300, rtt_max_us=900, retransmits=4,
+                                   drop_packets=5, drop_bytes=500, drop_reason="NETFILTER_DROP"),
+               dataclasses.replace(first, packets=30, rtt_min_us=50, rtt_avg_us=700, rtt_max_us=800, retransmits=1,
+                                   drop_packets=1, drop_bytes=100, drop_reason="SOCKET_RCVBUFF")]
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    for _ in range(2):  # a redelivery changes nothing
+        await store.write(FlowBatch.from_records(env, records))
+    await store.close()
+    with sqlite3.connect(tmp_path / "flows.sqlite") as db:
+        assert db.execute("SELECT packets, rtt_min_us, rtt_avg_us, rtt_max_us, retransmits, drop_packets, drop_bytes, "
+                          "drop_reason FROM flows").fetchall() == [
+            (41, 50, (10 * 300 + 30 * 700) // 40, 900, 5, 8, 800, "NETFILTER_DROP")]
+
+
 def test_repeated_key_totals_is_empty_without_repeats():
     env = envelope()
     records = [flow(env, i, packets=1, nbytes=10, first_seen=T0 + i, last_seen=T0 + i, tcp_flags=1 << i)
