@@ -118,6 +118,7 @@ def _required(value: str | None, name: str, what: str) -> str:
 # they cover every field of a record (tests/sink/test_influx_store.py checks it against wire.py).
 TAGS = ("container_name", "direction", "drop_reason", "ifname", "pod", "process", "proto", "runtime", "verdict",
         "workload")
+_TAGS_BUT_DROPS = tuple(tag for tag in TAGS if tag != "drop_reason")
 FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
           "ifindex", "last_seen", "packets", "peer_pid", "peer_process", "pid", "src_ip", "src_port", "tcp_flags",
           *sorted(QUALITY_NUMBERS := ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets",
@@ -129,20 +130,22 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     batch's columns (one f-string per record, no record object)."""
     envelope = batch.envelope
     ports = service_port_tags(batch.column("src_port"), batch.column("dst_port"), service_ports)
-    keys = list(zip(*(batch.column(tag) for tag in TAGS), ports, strict=True))
-    tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
+    tags = TAGS if batch.filled("drop_reason") else _TAGS_BUT_DROPS  # most batches drop nothing
+    keys = list(zip(*(batch.column(tag) for tag in tags), ports, strict=True))
+    tag_sets = {key: _tag_set(envelope.host, port=key[-1], **dict(zip(tags, key, strict=False))) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
     src_ip, dst_ip = _escaped(as_list(batch.columns.src_ip)), _escaped(as_list(batch.columns.dst_ip))
     containers = _container_fields(batch.column("container_id"), batch.column("container_image"))
+    if any(batch.filled(name) for name in QUALITY_NUMBERS):  # the quality fields follow the container's
+        containers = [c + q for c, q in zip(containers, _quality_fields(batch), strict=True)]
     processes = _process_fields(batch.column("peer_pid"), batch.column("peer_process"), batch.column("pid"))
-    qualities = _quality_fields(batch)
     return [
-        f'{tag_sets[key]} bytes={nbytes}i,{container}{quality}dst_ip="{dst}",'
+        f'{tag_sets[key]} bytes={nbytes}i,{container}dst_ip="{dst}",'
         f"dst_port={dport}i,family={family}i,first_seen={first}i,"
         f'ifindex={ifindex}i,last_seen={last}i,packets={packets}i,{process}src_ip="{src}",'
         f"src_port={sport}i,tcp_flags={flags}i {base + i}"
-        for i, (key, nbytes, container, quality, dst, dport, family, first, ifindex, last, packets, process, src, sport, flags)
-        in enumerate(zip(keys, *(batch.column(name) for name in ("bytes",)), containers, qualities, dst_ip,
+        for i, (key, nbytes, container, dst, dport, family, first, ifindex, last, packets, process, src, sport, flags)
+        in enumerate(zip(keys, *(batch.column(name) for name in ("bytes",)), containers, dst_ip,
                          *(batch.column(name) for name in ("dst_port", "family", "first_seen", "ifindex",
                                                           "last_seen", "packets")),
                          processes, src_ip, batch.column("src_port"), batch.column("tcp_flags"), strict=True))
@@ -170,11 +173,8 @@ def encode_drop_lines(envelope: Envelope) -> list[str]:
 
 
 def _quality_fields(batch: FlowBatch) -> list[str]:
-    """The quality number fields per record (sorted by name), each left out when 0; "" for
-    every record of a batch that has none (a probe without the quality hooks)."""
+    """The quality number fields per record (sorted by name), each left out when 0."""
     names = sorted(QUALITY_NUMBERS)
-    if not any(batch.filled(name) for name in names):
-        return [""] * len(batch)
     return ["".join(f"{name}={value}i," for name, value in zip(names, values, strict=True) if value)
             for values in zip(*(batch.column(name) for name in names), strict=True)]
 
@@ -223,8 +223,8 @@ def _escaped(texts: list[str]) -> list[str]:
     return [escape_string(text) for text in texts]
 
 
-def _tag_set(host: str, container_name: str, direction: str, drop_reason: str, ifname: str, pod: str, process: str,
-             proto: int, runtime: str, verdict: str, workload: str, port: str) -> str:
+def _tag_set(host: str, container_name: str, direction: str, ifname: str, pod: str, process: str, proto: int,
+             runtime: str, verdict: str, workload: str, port: str, drop_reason: str = "") -> str:
     tags = (
         ("container_name", container_name), ("direction", direction), ("drop_reason", drop_reason), ("host", host),
         ("ifname", ifname), ("pod", pod), ("process", process), ("proto", proto_name(proto)),
