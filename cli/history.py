@@ -1,5 +1,5 @@
 """``connstats history``: totals from the store, per connection (or port, iface, proto, pod,
-workload, process)."""
+workload, process), with ``--quality`` their RTT, retransmits and drops too."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,7 @@ import typer
 
 from connstats.probe.contract import proto_number
 from connstats.probe.runtime.durations import parse_duration
-from connstats.sink.history import GROUPS, HistoryQuery, parse_time
+from connstats.sink.history import GROUPS, QUALITY, HistoryQuery, parse_time
 from connstats.sink.stores import StoreReader
 
 from .config import Config
@@ -31,6 +31,13 @@ class GroupBy(str, Enum):
     process = "process"
 
 
+class Sort(str, Enum):
+    bytes = "bytes"
+    rtt = "rtt"  # by rtt_max_us
+    retransmits = "retransmits"
+    drops = "drops"  # by drop_packets
+
+
 class Direction(str, Enum):
     ingress = "ingress"
     egress = "egress"
@@ -43,21 +50,32 @@ class Verdict(str, Enum):
 
 
 _KINDS = {"src_port": "int", "dst_port": "int", "port": "int", "packets": "int", "bytes": "int",
-          "first_seen": "time", "last_seen": "time", "time": "time", "pid": "int", "peer_pid": "int"}
+          "first_seen": "time", "last_seen": "time", "time": "time", "pid": "int", "peer_pid": "int",
+          **{name: "int" for name in QUALITY if name != "drop_reason"}}
 # Table columns for the pod and the process, shown only when a row has one.
 _WHO = {"pod": Column("pod", "POD", width=24), "workload": Column("workload", "WORKLOAD", width=16),
         "runtime": Column("runtime", "RUNTIME"), "process": Column("process", "PROCESS", width=15)}
 _WHO_IN_TABLE = {"connection": ("pod", "process"), "pod": ("workload",)}
 
 
-def data_columns(keys: tuple[str, ...], every: bool, attributes: tuple[str, ...] = ()) -> list[Column]:
-    names = (("time",) if every else ()) + keys + attributes + ("packets", "bytes", "first_seen", "last_seen")
+# The table's quality columns (--quality or a --sort by one), in place of LAST SEEN.
+QUALITY_COLUMNS = [Column("rtt_avg_us", "RTT AVG", "us"), Column("rtt_max_us", "RTT MAX", "us"),
+                   Column("retransmits", "RETX", "int"), Column("drop_packets", "DROPS", "int"),
+                   Column("drop_reason", "REASON", width=20)]
+
+
+def data_columns(keys: tuple[str, ...], every: bool, attributes: tuple[str, ...] = (),
+                 quality: bool = False) -> list[Column]:
+    names = ((("time",) if every else ()) + keys + attributes + ("packets", "bytes", "first_seen", "last_seen")
+             + (QUALITY if quality else ()))
     return [Column(n, n, _KINDS.get(n, "text")) for n in names]
 
 
-def table_columns(keys: tuple[str, ...], every: bool, shown: tuple[str, ...] = ()) -> list[Column]:
+def table_columns(keys: tuple[str, ...], every: bool, shown: tuple[str, ...] = (),
+                  quality: bool = False) -> list[Column]:
     """Compact for the terminal: endpoints as ip:port, human byte counts; ``shown``: the pod and
-    process columns some row fills (a column empty in every row is left out)."""
+    process columns some row fills (a column empty in every row is left out); ``quality``: RTT
+    (in ms), retransmits and drops in place of the last seen time."""
     columns = [Column("time", "TIME", "time")] if every else []
     if keys == GROUPS["connection"]:
         columns += [Column("ifname", "IFACE", width=12), Column("dir", "DIR"), Column("proto", "PROTO"),
@@ -65,8 +83,8 @@ def table_columns(keys: tuple[str, ...], every: bool, shown: tuple[str, ...] = (
     else:
         columns += [_WHO.get(k) or Column(k, k.upper(), _KINDS.get(k, "text")) for k in keys]
     columns += [_WHO[name] for name in shown]
-    return columns + [Column("packets", "PKTS", "int"), Column("bytes", "BYTES", "bytes"),
-                      Column("last_seen", "LAST SEEN", "time")]
+    columns += [Column("packets", "PKTS", "int"), Column("bytes", "BYTES", "bytes")]
+    return columns + (QUALITY_COLUMNS if quality else [Column("last_seen", "LAST SEEN", "time")])
 
 
 def filled(rows: list[dict], names: tuple[str, ...]) -> tuple[str, ...]:
@@ -98,6 +116,9 @@ def history(
     group_by: Annotated[GroupBy, typer.Option("--group-by", help="one row per ...")] = GroupBy.connection,
     every: Annotated[Optional[str], typer.Option(metavar="DURATION", help="time buckets, e.g. 1m")] = None,
     top: Annotated[Optional[int], typer.Option(metavar="N", help="only the N busiest rows (per bucket)")] = None,
+    sort: Annotated[Sort, typer.Option(help="busiest by bytes, or the worst by RTT (max), retransmits or drops; "
+                                            "all but bytes imply --quality")] = Sort.bytes,
+    quality: Annotated[bool, typer.Option("--quality", help="add RTT, retransmits and drops (and their reason)")] = False,
     format: Format = OutputFormat.table, store: Store = None, config: ConfigFile = None,
 ) -> None:
     """Traffic totals from the store over a time range, busiest first."""
@@ -109,12 +130,12 @@ def history(
         direction=direction.value if direction else None, host=host, container=container,
         verdict=(verdict.value if verdict is not Verdict.none else "") if verdict else None,
         pod=pod, workload=workload, process=process, group_by=group_by.value,
-        every=parse_duration(every) if every else None, top=top,
+        every=parse_duration(every) if every else None, top=top, quality=quality, sort=sort.value,
     )
     rows = query_store(cfg, store, query)
     every_given = query.every is not None
     if format is not OutputFormat.table:
-        render(rows, data_columns(query.keys, every_given, query.attributes), format)
+        render(rows, data_columns(query.keys, every_given, query.attributes, query.with_quality), format)
         return
     shown = filled(rows, _WHO_IN_TABLE.get(query.group_by, ()))
     for row in rows:
@@ -122,5 +143,6 @@ def history(
         if "src_ip" in row:
             row["source"] = endpoint(row["src_ip"], row["src_port"])
             row["destination"] = endpoint(row["dst_ip"], row["dst_port"])
-            row["dir"] = "in" if row["direction"] == "ingress" else "out"
-    render(rows, table_columns(query.keys, every_given, shown), format, empty="no traffic in this range")
+            row["dir"] = {"ingress": "in", "egress": "out"}.get(row["direction"], "-")  # drops: no direction
+    render(rows, table_columns(query.keys, every_given, shown, query.with_quality), format,
+           empty="no traffic in this range")

@@ -32,12 +32,15 @@ OPTIONAL_COLUMNS = (
     Column("pod", "POD", width=24),  # the pod's <namespace>/<name>
     Column("process", "PROCESS", width=15),  # the program at the device's end
     Column("verdict", "POLICY"),  # the device is governed
+    Column("rtt_max_us", "RTT", "us"),  # the greatest smoothed RTT of the interval, in ms
+    Column("retransmits", "RETX", "int"),  # retransmitted segments
+    Column("drop_packets", "DROPS", "int"),  # packets the kernel dropped
 )
 
 
 def connection_columns(rows: list[dict]) -> tuple[Column, ...]:
-    """The connection table's columns: the pod, the process and the policy's verdict too when
-    any row has one."""
+    """The connection table's columns: the pod, the process, the policy's verdict, the RTT,
+    retransmits and drops too when any row has one."""
     return CONNECTION_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row[c.key] for row in rows))
 
 
@@ -62,6 +65,8 @@ def connection_row(r: FlowRecord | dict[str, Any]) -> dict[str, Any]:
         "destination": endpoint(get("dst_ip"), get("dst_port")),
         "packets": get("packets"), "bytes": get("bytes"), "verdict": get("verdict") or "",
         "pod": get("pod") or "", "process": get("process") or "",
+        "rtt_max_us": get("rtt_max_us") or 0, "retransmits": get("retransmits") or 0,
+        "drop_packets": get("drop_packets") or 0,
     }
 
 
@@ -71,9 +76,11 @@ def interval_summary(batch: FlowBatch, limit: int = 10) -> str:
     packets = int(np.sum(batch.columns.packets, dtype=np.uint64)) if len(batch) else 0
     nbytes = int(np.sum(batch.columns.bytes, dtype=np.uint64)) if len(batch) else 0
     lost = sum(o.packets for o in envelope.overflow)
+    dropped = sum(d.packets for d in envelope.drops)
     head = (f"{rfc3339(envelope.interval_end, digits=0)}  interval {envelope.interval_seq}: "
             f"{len(batch)} connections, {packets} packets, {human_bytes(nbytes)}B"
-            + (f", {lost} packets over capacity" if lost else ""))
+            + (f", {lost} packets over capacity" if lost else "")
+            + (f", {dropped} dropped outside connections" if dropped else ""))
     rows = [connection_row(r) for r in batch.busiest(limit).records()]
     return head + "\n\n" + table_text(rows, connection_columns(rows), empty="(no traffic)")
 

@@ -24,7 +24,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 class Column:
     key: str
     header: str
-    kind: str = "text"  # text | int | time | bytes
+    kind: str = "text"  # text | int | time | bytes | us (microseconds; the table shows ms to 0.1, "-" for 0)
     width: int = 0  # table only: cut longer text to this many characters (0: never)
 
 
@@ -63,6 +63,8 @@ def table_value(column: Column, value: Any) -> str:
         return rfc3339(value, digits=0) if value else "-"
     if column.kind == "bytes":
         return human_bytes(value)
+    if column.kind == "us":  # ms to a tenth, cut (not rounded) in integers
+        return f"{value // 1000}.{value % 1000 // 100}" if value else "-"
     text = str(value)
     if column.width and len(text) > column.width:
         return text[: column.width - 1] + "…"
@@ -97,6 +99,6 @@ def table_text(rows: Sequence[dict], columns: Sequence[Column], *, empty: str = 
 
 
 def _line(cells: Sequence[str], columns: Sequence[Column], widths: Sequence[int]) -> str:
-    parts = [cell.rjust(w) if c.kind in ("int", "bytes") else cell.ljust(w)
+    parts = [cell.rjust(w) if c.kind in ("int", "bytes", "us") else cell.ljust(w)
              for cell, c, w in zip(cells, columns, widths, strict=True)]
     return " ".join(parts).rstrip()

@@ -21,11 +21,18 @@ with ``params=`` and adds rows up in Python (``aggregate``), so both stores give
     values                    packets, bytes, first_seen, last_seen (ns since the epoch, UTC);
                               service adds connections (distinct client ports)
     with --every              time (start of the bucket, ns)
+    with --quality (or a      rtt_min_us (least of the known minimums), rtt_max_us (greatest of the
+      --sort other than         maximums), rtt_avg_us (the records' averages weighted by their
+      bytes)                    packets, of records with an RTT; floor), retransmits, drop_packets,
+                                drop_bytes (summed), drop_reason (the reason with the most dropped
+                                packets; ties: the first by name). 0 or "" where none is known
 
 Filters: --pod is a glob (``shop/web-*``: ``*``, ``?``, ``[...]``, case-sensitive,
 ``fnmatch.fnmatchcase`` on both stores); --workload and --process are exact names.
 
-Rows are sorted by bytes, then packets (within each bucket, buckets in time order);
+Rows are sorted by bytes, then packets (within each bucket, buckets in time order), or with
+``sort``: ``rtt`` by rtt_max_us (the worst round trip is what a slow connection shows; an
+average hides it), ``retransmits``, ``drops`` by drop_packets, each then by bytes and packets;
 ``top`` keeps the first N (per bucket). SQLite selects intervals that overlap the range;
 InfluxDB selects points (one per record, stamped with its interval's start) in the range.
 
@@ -35,6 +42,13 @@ other groupings show it as its own row whose proto (and addresses, container, po
 and process) read ``(overflow)``, ports 0 and no first/last seen. A filter on port, protocol,
 container, verdict, pod, workload or process leaves it out, as it cannot say which
 connections overflowed.
+
+Drops of packets that belong to no record (per device and kernel drop reason) come with
+``quality`` the same way as overflow, with the same filters leaving them out (and a
+direction filter too: they have none): their rows read ``(drops)`` where overflow's read
+``(overflow)``, direction "", packets and bytes 0 and drop_packets, drop_bytes and
+drop_reason from the drops; ``--group-by iface`` gives each device with drops a row of
+direction "".
 
 Sums are exact for any number of rows: SQLite adds the high and low 32 bits of each
 counter separately (its own SUM stops at 2**63) and Python joins them.
@@ -82,10 +96,15 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 ATTRIBUTES["connection_owner"] = ATTRIBUTES["connection"]  # the web page's map: pods and processes
 NUMBERS = ("pid", "peer_pid")  # of the attributes: 0 where unknown (the others "")
 VALUES = ("packets", "bytes", "first_seen", "last_seen")
+QUALITY = ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets", "drop_bytes", "drop_reason")
+QUALITY_SUMS = ("retransmits", "drop_packets", "drop_bytes")  # counters, summed exactly
+SORTS = {"bytes": (), "rtt": ("rtt_max_us",), "retransmits": ("retransmits",), "drops": ("drop_packets",)}
 DERIVED = ("port", "server")  # keys computed from the ports, not columns of a record
 MEASUREMENT = "connstats_flow"
 OVERFLOW_MEASUREMENT = "connstats_overflow"
 OVERFLOW = "(overflow)"  # proto and addresses of an overflow row
+DROPS = "(drops)"  # proto and addresses of a row of drops that belong to no record
+DROP_MEASUREMENT = "connstats_drop"
 MAX_TOP = 1_000_000
 _NS = 1_000_000_000
 
@@ -107,10 +126,16 @@ class HistoryQuery:
     group_by: str = "connection"
     every: int | None = None  # bucket width, ns
     top: int | None = None
+    quality: bool = False  # the rows carry RTT, retransmits and drops (``QUALITY``)
+    sort: str = "bytes"  # one of SORTS; any but bytes implies quality
 
     def __post_init__(self) -> None:
         if self.group_by not in GROUPS:
             raise ConfigError(f"--group-by {self.group_by!r} is not one of {', '.join(GROUPS)}")
+        if self.sort not in SORTS:
+            raise ConfigError(f"--sort {self.sort!r} is not one of {', '.join(SORTS)}")
+        if self.with_quality and self.counts_clients:
+            raise ConfigError("the service grouping has no quality columns; leave out --quality and --sort")
         if self.verdict is not None and self.verdict not in VERDICTS:
             raise ConfigError(f"--verdict {self.verdict!r} is not allow, deny or none")
         if self.direction is not None and self.direction not in DIRECTIONS:
@@ -135,6 +160,16 @@ class HistoryQuery:
     @property
     def attributes(self) -> tuple[str, ...]:
         return ATTRIBUTES.get(self.group_by, ())
+
+    @property
+    def with_quality(self) -> bool:
+        return self.quality or self.sort != "bytes"
+
+    @property
+    def with_drops(self) -> bool:
+        """Drops of no record come with the quality columns, under overflow's filters and
+        without a direction filter (they have no direction)."""
+        return self.with_quality and self.with_overflow and self.direction is None
 
     @property
     def with_overflow(self) -> bool:
@@ -194,9 +229,10 @@ _SQL_KEYS = {
     "server": "connstats_server_side(src_port, dst_port)",  # registered by sqlite_history
     **{name: name for name in ATTRIBUTES["connection"]},
 }
-# Columns that schema 4 added (sink/sqlite_store.py), read as their default from an older file
-# (one a sink has not opened since connstats was upgraded): no pod, no process.
+# Columns that schema 4 (pods, processes) and 5 (quality) added (sink/sqlite_store.py), read as
+# their default from an older file (one a sink has not opened since connstats was upgraded).
 _SQL_DEFAULTS = {name: "0" if name in NUMBERS else "''" for name in ATTRIBUTES["connection"]}
+_SQL_QUALITY_DEFAULTS = {name: "''" if name == "drop_reason" else "0" for name in QUALITY}
 _SQL_CLIENT_PORT = "CASE connstats_server_side(src_port, dst_port) WHEN 'src' THEN dst_port ELSE src_port END"
 _SQL_OVERFLOW_KEYS = {
     "ifname": "ifname", "direction": "direction", "proto": "'(overflow)'", "src_ip": "'(overflow)'",
@@ -205,6 +241,11 @@ _SQL_OVERFLOW_KEYS = {
     **_SQL_DEFAULTS, "pod": "'(overflow)'", "workload": "'(overflow)'", "process": "'(overflow)'",
 }
 _SQL_OVERFLOW_ATTRIBUTES = _SQL_DEFAULTS  # an attribute of an overflow row: none known
+_SQL_DROP_KEYS = {name: f"'{DROPS}'" if value == f"'{OVERFLOW}'" else value
+                  for name, value in _SQL_OVERFLOW_KEYS.items()} | {"direction": "''"}
+# The quality values each part of the union gives, in QUALITY order.
+_SQL_DROP_QUALITY = {**_SQL_QUALITY_DEFAULTS, "drop_packets": "packets", "drop_bytes": "bytes",
+                     "drop_reason": "reason"}
 _SQL_FILTERS = {
     "iface": "ifname = :iface", "port": "(src_port = :port OR dst_port = :port)",
     "proto": "proto = :proto", "direction": "direction = :direction", "host": "host = :host",
@@ -214,17 +255,25 @@ _SQL_FILTERS = {
 }
 _SQL_OVERFLOW_FILTERS = ("iface", "direction", "host")
 _LOW = 0xFFFFFFFF
+# Per group (and drop reason): the RTT's least known minimum, greatest maximum and the sums
+# that weight the averages by packets (TOTAL: a float, exact below 2**53, never an overflow).
+_SQL_RTT = ("MIN(NULLIF(rtt_min_us, 0)) AS rtt_min_us, MAX(rtt_max_us) AS rtt_max_us, "
+            "TOTAL(CASE WHEN rtt_avg_us > 0 THEN rtt_avg_us * packets END) AS rtt_weighted, "
+            "TOTAL(CASE WHEN rtt_avg_us > 0 THEN packets END) AS rtt_weight")
 
 
-def build_sql(query: HistoryQuery, *, overflow: bool = True,
+def build_sql(query: HistoryQuery, *, overflow: bool = True, drops: bool = True,
               missing: frozenset[str] = frozenset()) -> tuple[str, dict[str, Any]]:
-    """The SELECT and its named parameters; ``overflow=False`` for a file without the table,
-    ``missing``: columns of ``_SQL_DEFAULTS`` the file does not have yet (read as defaults).
+    """The SELECT and its named parameters; ``overflow=False`` (``drops=False``) for a file
+    without the table, ``missing``: columns of ``_SQL_DEFAULTS`` and ``_SQL_QUALITY_DEFAULTS``
+    the file does not have yet (read as defaults).
 
     Each counter comes back as ``<name>_hi`` and ``<name>_lo``, the sums of its high and
-    low 32 bits; ``sql_rows`` joins them. Sorting and ``top`` happen in Python.
+    low 32 bits; ``sql_rows`` joins them. With quality, rows are grouped by drop reason too
+    and ``sql_rows`` joins a group's reasons. Sorting and ``top`` happen in Python.
     """
-    keys = _SQL_KEYS | {name: _SQL_DEFAULTS[name] for name in missing}
+    keys = _SQL_KEYS | {name: _SQL_DEFAULTS[name] for name in missing if name in _SQL_DEFAULTS}
+    quality = {name: _SQL_QUALITY_DEFAULTS[name] if name in missing else name for name in QUALITY}
     params: dict[str, Any] = {"since": query.since, "until": query.until}
     where = ["interval_end > :since", "interval_start < :until"]
     overflow_where = list(where)
@@ -235,9 +284,18 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True,
             params[name] = value
             if name in _SQL_OVERFLOW_FILTERS:
                 overflow_where.append(clause)
-    parts = [_select_part(query, keys, keys, "first_seen, last_seen", "flows", where)]
+    values = "packets, bytes, {}"
+    if query.with_quality:
+        values += ", {}"
+    parts = [_select_part(query, keys, keys, values.format("first_seen, last_seen", _quality(quality)), "flows",
+                          where)]
     if overflow and query.with_overflow:
-        parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, _SQL_OVERFLOW_ATTRIBUTES, "NULL, NULL", "overflow",
+        parts.append(_select_part(query, _SQL_OVERFLOW_KEYS, _SQL_OVERFLOW_ATTRIBUTES,
+                                  values.format("NULL, NULL", _quality(_SQL_QUALITY_DEFAULTS)), "overflow",
+                                  overflow_where))
+    if drops and query.with_drops:
+        parts.append(_select_part(query, _SQL_DROP_KEYS, _SQL_OVERFLOW_ATTRIBUTES,
+                                  f"0 AS packets, 0 AS bytes, NULL, NULL, {_quality(_SQL_DROP_QUALITY)}", "drops",
                                   overflow_where))
     columns = list(query.keys) + [f"MAX({a}) AS {a}" for a in query.attributes]
     group = list(query.keys)
@@ -245,12 +303,21 @@ def build_sql(query: HistoryQuery, *, overflow: bool = True,
         columns.insert(0, "(interval_start / :every) * :every AS time")
         group.insert(0, "time")
         params["every"] = query.every
-    sums = ", ".join(f"SUM({c} >> 32) AS {c}_hi, SUM({c} & {_LOW}) AS {c}_lo" for c in ("packets", "bytes"))
+    counters = ("packets", "bytes", *(QUALITY_SUMS if query.with_quality else ()))
+    sums = ", ".join(f"SUM({c} >> 32) AS {c}_hi, SUM({c} & {_LOW}) AS {c}_lo" for c in counters)
+    if query.with_quality:
+        sums += f", {_SQL_RTT}"
+        columns.append("drop_reason")
+        group.append("drop_reason")
     if query.counts_clients:
         sums += ", COUNT(DISTINCT client_port) AS connections"
     sql = (f"SELECT {', '.join(columns)}, {sums}, MIN(first_seen) AS first_seen, "
            f"MAX(last_seen) AS last_seen FROM ({' UNION ALL '.join(parts)}) GROUP BY {', '.join(group)}")
     return sql, params
+
+
+def _quality(columns: dict[str, str]) -> str:
+    return ", ".join(f"{columns[name]} AS {name}" for name in QUALITY)
 
 
 def _sql_filter(name: str, value: Any, clause: str) -> str:
@@ -260,32 +327,79 @@ def _sql_filter(name: str, value: Any, clause: str) -> str:
     return "{pod} GLOB :pod" if name == "pod" and "[" not in value else clause
 
 
-def _select_part(query: HistoryQuery, keys: dict[str, str], attributes: dict[str, str], seen: str, table: str,
+def _select_part(query: HistoryQuery, keys: dict[str, str], attributes: dict[str, str], values: str, table: str,
                  where: list[str]) -> str:
     columns = ["interval_start"] if query.every is not None else []
     columns += [f"{keys[k]} AS {k}" for k in query.keys]
     columns += [f"{attributes[a]} AS {a}" for a in query.attributes]
     if query.counts_clients:
         columns.append(f"{_SQL_CLIENT_PORT} AS client_port")
-    return (f"SELECT {', '.join(columns)}, packets, bytes, {seen} FROM {table} "
+    return (f"SELECT {', '.join(columns)}, {values} FROM {table} "
             f"WHERE {' AND '.join(where)}")
 
 
 def sql_rows(rows: Iterable[dict], query: HistoryQuery) -> list[dict]:
-    """Rows from ``build_sql``: counters joined from their halves, protocols named, sorted, top N."""
+    """Rows from ``build_sql``: counters joined from their halves, protocols named, a group's
+    drop reasons joined (with quality), sorted, top N."""
     out = []
     for row in rows:
         result = {"time": row["time"]} if query.every is not None else {}
         result |= {k: row[k] for k in (*query.keys, *query.attributes)}
         if isinstance(result.get("proto"), int):
             result["proto"] = proto_name(result["proto"])
-        for name in ("packets", "bytes"):
+        for name in ("packets", "bytes", *(QUALITY_SUMS if query.with_quality else ())):
             result[name] = (row[f"{name}_hi"] << 32) + row[f"{name}_lo"]
         result["first_seen"], result["last_seen"] = row["first_seen"], row["last_seen"]
         if query.counts_clients:
             result["connections"] = row["connections"]
+        if query.with_quality:
+            result |= {"rtt_min_us": row["rtt_min_us"] or 0, "rtt_max_us": row["rtt_max_us"] or 0,
+                       "rtt_weighted": int(row["rtt_weighted"]), "rtt_weight": int(row["rtt_weight"]),
+                       "reasons": {row["drop_reason"]: result["drop_packets"]} if row["drop_reason"] else {}}
         out.append(result)
+    if query.with_quality:
+        out = _joined_reasons(out, query)
     return _sorted_top(out, query)
+
+
+def _joined_reasons(rows: list[dict], query: HistoryQuery) -> list[dict]:
+    """Rows of one group (and bucket) that differ in drop reason only, added up into one."""
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row.get("time"), *(row[k] for k in query.keys))
+        total = groups.get(key)
+        if total is None:
+            groups[key] = row
+            continue
+        total["packets"] += row["packets"]
+        total["bytes"] += row["bytes"]
+        total["first_seen"] = _least(total["first_seen"], row["first_seen"])
+        total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
+        for name in query.attributes:
+            total[name] = max(total[name], row[name])
+        add_quality(total, row)
+    return [finish_quality(row) for row in groups.values()]
+
+
+def add_quality(total: dict, row: dict) -> None:
+    """``row``'s quality partials into ``total``'s: rtt_min_us (0: none), rtt_max_us,
+    rtt_weighted and rtt_weight (the sums of rtt_avg_us * packets and of packets over records
+    with an RTT), the ``QUALITY_SUMS`` and ``reasons`` (drop packets per reason)."""
+    if row["rtt_min_us"]:
+        total["rtt_min_us"] = min(total["rtt_min_us"] or row["rtt_min_us"], row["rtt_min_us"])
+    total["rtt_max_us"] = max(total["rtt_max_us"], row["rtt_max_us"])
+    for name in ("rtt_weighted", "rtt_weight", *QUALITY_SUMS):
+        total[name] += row[name]
+    for reason, packets in row["reasons"].items():
+        total["reasons"][reason] = total["reasons"].get(reason, 0) + packets
+
+
+def finish_quality(row: dict) -> dict:
+    """The partials of ``add_quality`` made into the ``QUALITY`` values of a row."""
+    weighted, weight, reasons = row.pop("rtt_weighted"), row.pop("rtt_weight"), row.pop("reasons")
+    row["rtt_avg_us"] = weighted // weight if weight else 0
+    row["drop_reason"] = min(reasons, key=lambda r: (-reasons[r], r)) if reasons else ""
+    return row
 
 
 def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 5.0) -> list[dict]:
@@ -303,7 +417,8 @@ def sqlite_history(path: str | Path, query: HistoryQuery, busy_timeout: float = 
         db.create_function("connstats_server_port", 2, _sql_server_port, deterministic=True)
         db.create_function("connstats_server_side", 2, _sql_server_side, deterministic=True)
         db.create_function("connstats_glob", 2, pod_matches, deterministic=True)
-        sql, params = build_sql(query, overflow=_has_table(db, "overflow"), missing=_missing_columns(db))
+        sql, params = build_sql(query, overflow=_has_table(db, "overflow"), drops=_has_table(db, "drops"),
+                                missing=_missing_columns(db))
         rows = [dict(row) for row in db.execute(sql, params)]
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
@@ -328,13 +443,14 @@ _KNOWN = known_ports()
 
 
 def _missing_columns(db: sqlite3.Connection) -> frozenset[str]:
-    """The columns of ``_SQL_DEFAULTS`` that the flows table lacks (a file of schema 3 or older)."""
+    """The columns of ``_SQL_DEFAULTS`` and ``_SQL_QUALITY_DEFAULTS`` that the flows table
+    lacks (a file of schema 4 or older)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(flows)")}
-    return frozenset(name for name in _SQL_DEFAULTS if present and name not in present)
+    return frozenset(name for name in (*_SQL_DEFAULTS, *QUALITY) if present and name not in present)
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    """The overflow table comes with schema version 2; older files have none yet."""
+    """The overflow table comes with schema version 2, drops with 5; older files have none yet."""
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
@@ -369,6 +485,9 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
     if query.with_overflow:
         measurements += " or r._measurement == p_overflow"
         params["p_overflow"] = OVERFLOW_MEASUREMENT
+    if query.with_drops:
+        measurements += " or r._measurement == p_drops"
+        params["p_drops"] = DROP_MEASUREMENT
     lines = ["from(bucket: p_bucket)",
              "  |> range(start: p_start, stop: p_stop)",
              f"  |> filter(fn: (r) => {measurements})"]
@@ -395,7 +514,8 @@ def build_flux(query: HistoryQuery, bucket: str) -> tuple[str, dict[str, Any]]:
     elif query.verdict == "":
         lines.insert(3, "  |> filter(fn: (r) => not exists r.verdict)")
     wanted = {*query.keys, *query.attributes, *(("pod",) if query.pod is not None else ())}
-    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_OPTIONAL_COLUMNS if c in wanted))
+    keep = (*_FLUX_COLUMNS, *(c for c in _FLUX_OPTIONAL_COLUMNS if c in wanted),
+            *(QUALITY if query.with_quality else ()))
     lines.append("  |> keep(columns: [" + ", ".join(f'"{c}"' for c in keep) + "])")
     return "\n".join(lines), params
 
@@ -412,10 +532,19 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
     groups: dict[tuple, dict] = {}
     clients: dict[tuple, set[int]] = {}  # the service grouping's client ports per row
     for point in points:
-        overflow = point.get("_measurement") == OVERFLOW_MEASUREMENT
-        if overflow and not query.with_overflow:
-            continue
-        row = _overflow_row(point, query.attributes) if overflow else _point_row(point)
+        measurement = point.get("_measurement")
+        if measurement == OVERFLOW_MEASUREMENT:
+            if not query.with_overflow:
+                continue
+            row = _overflow_row(point, query.attributes)
+        elif measurement == DROP_MEASUREMENT:
+            if not query.with_drops:
+                continue
+            row = _drop_row(point, query.attributes)
+        else:
+            row = _point_row(point)
+        if query.with_quality:
+            _quality_partials(row, point, measurement == MEASUREMENT)
         if query.pod is not None and not pod_matches(query.pod, row["pod"]):
             continue
         key = tuple(row[k] for k in query.keys)
@@ -433,8 +562,13 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
         for name in query.attributes:
             total[name] = max(total[name], row[name])
+        if query.with_quality:
+            add_quality(total, row)
+    values = (*VALUES, *(_PARTIALS if query.with_quality else ()))
     rows = [{**({"time": r["time"]} if "time" in r else {}), **{k: r[k] for k in (*query.keys, *query.attributes)},
-             **{v: r[v] for v in VALUES}} for r in groups.values()]
+             **{v: r[v] for v in values}} for r in groups.values()]
+    if query.with_quality:
+        rows = [finish_quality(row) for row in rows]
     if query.counts_clients:
         for key, row in zip(groups, rows, strict=True):
             row["connections"] = len(clients[key])
@@ -458,6 +592,33 @@ def _point_row(point: dict) -> dict:
     return row
 
 
+_PARTIALS = ("rtt_min_us", "rtt_max_us", "rtt_weighted", "rtt_weight", *QUALITY_SUMS, "reasons")
+
+
+def _quality_partials(row: dict, point: dict, flow: bool) -> None:
+    """What ``add_quality`` adds up, from a point (fields left out when 0, the reason a tag);
+    a drop point's packets and bytes are its drop_packets and drop_bytes."""
+    numbers = {name: int(point.get(name) or 0) for name in QUALITY if name != "drop_reason"}
+    if not flow:
+        numbers = dict.fromkeys(numbers, 0)
+        if point.get("_measurement") == DROP_MEASUREMENT:
+            numbers["drop_packets"], numbers["drop_bytes"] = int(point.get("packets") or 0), int(point.get("bytes") or 0)
+    with_rtt = numbers["rtt_avg_us"] > 0
+    row |= {"rtt_min_us": numbers["rtt_min_us"], "rtt_max_us": numbers["rtt_max_us"],
+            "rtt_weighted": numbers["rtt_avg_us"] * row["packets"] if with_rtt else 0,
+            "rtt_weight": row["packets"] if with_rtt else 0, **{name: numbers[name] for name in QUALITY_SUMS}}
+    reason = point.get("drop_reason") or ""
+    row["reasons"] = {reason: numbers["drop_packets"]} if reason else {}
+
+
+def _drop_row(point: dict, attributes: tuple[str, ...]) -> dict:
+    """Keys of a row of drops of no record read ``(drops)``, its direction ""; no packets or
+    bytes counted (the drops are in its quality values)."""
+    row = _overflow_row(point, attributes)
+    return row | {name: DROPS for name, value in row.items() if value == OVERFLOW} | {
+        "direction": "", "packets": 0, "bytes": 0}
+
+
 def _overflow_row(point: dict, attributes: tuple[str, ...]) -> dict:
     """Keys of an overflow row read ``(overflow)``; its ``attributes``, none known, "" or 0."""
     return {"ifname": point.get("ifname") or "", "direction": point.get("direction"), "proto": OVERFLOW,
@@ -478,8 +639,11 @@ def _greatest(a: int | None, b: int | None) -> int | None:
 
 
 def _sorted_top(rows: list[dict], query: HistoryQuery) -> list[dict]:
-    """Buckets in time order; within each, by bytes, then packets (most first), then keys."""
-    rows.sort(key=lambda r: (r.get("time", 0), -r["bytes"], -r["packets"], *map(str, (r[k] for k in query.keys))))
+    """Buckets in time order; within each, by the sort's value (``SORTS``), then bytes, then
+    packets (most first), then keys."""
+    first = SORTS[query.sort]
+    rows.sort(key=lambda r: (r.get("time", 0), *(-r[name] for name in first), -r["bytes"], -r["packets"],
+                             *map(str, (r[k] for k in query.keys))))
     return _top_per_bucket(rows, query)
 
 

@@ -5,8 +5,12 @@ columns in, line protocol out) and ``InfluxStore`` (I/O only, through ``influxdb
 
 One point per record in measurement ``connstats_flow``. Tags have bounded cardinality
 (host, ifname, direction, proto, service_port, container_name, pod, workload, runtime,
-process, verdict; an empty one is left out); addresses, ports, container id and image, the
-counters, pid, peer_process and peer_pid (left out when empty or 0) are fields.
+process, verdict, drop_reason; an empty one is left out); addresses, ports, container id and
+image, the counters, pid, peer_process and peer_pid, and the quality numbers rtt_min_us,
+rtt_avg_us, rtt_max_us, retransmits, drop_packets and drop_bytes (each left out when empty or
+0: an RTT of 0 is "no sample") are fields. ``drop_reason`` is a tag: its values are the names
+of the kernel's ``skb_drop_reason`` enum (some 100, fewer in practice), a bounded set that
+Flux groups and filters by without a pivot.
 A point's timestamp is ``interval_start + record_offset + i`` (ns), ``i`` being the
 record's index in its message: connections of one interval never overwrite each other,
 and a redelivered message overwrites its own identical points.
@@ -14,6 +18,9 @@ and a redelivered message overwrites its own identical points.
 Overflow counts (packets and bytes that found the flow map full) are points of their own
 measurement ``connstats_overflow``: tags host, ifname, direction; fields packets, bytes,
 ifindex; timestamp ``interval_start + i`` for the interval's i-th device and direction.
+Drops that belong to no record are points of measurement ``connstats_drop`` the same way:
+tags host, ifname, drop_reason; fields packets, bytes, ifindex; timestamp
+``interval_start + i`` for the interval's i-th device and reason.
 """
 from __future__ import annotations
 
@@ -34,10 +41,11 @@ from influxdb_client.service.write_service import WriteService
 
 from connstats.probe.contract import Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable, proto_name
 from connstats.probe.contract.flow_batch import as_list
-from connstats.sink.store import overflow_totals, service_port_tags
+from connstats.sink.store import drop_totals, overflow_totals, service_port_tags
 
 MEASUREMENT = "connstats_flow"
 OVERFLOW_MEASUREMENT = "connstats_overflow"
+DROP_MEASUREMENT = "connstats_drop"
 MAX_LINES_PER_REQUEST = 5_000
 GZIP_LEVEL = 1  # fastest; see InfluxStore.__init__
 
@@ -108,9 +116,13 @@ def _required(value: str | None, name: str, what: str) -> str:
 
 # Tags (besides host and service_port) and fields of a flow point; together with the host
 # they cover every field of a record (tests/sink/test_influx_store.py checks it against wire.py).
-TAGS = ("container_name", "direction", "ifname", "pod", "process", "proto", "runtime", "verdict", "workload")
+TAGS = ("container_name", "direction", "drop_reason", "ifname", "pod", "process", "proto", "runtime", "verdict",
+        "workload")
+_TAGS_BUT_DROPS = tuple(tag for tag in TAGS if tag != "drop_reason")
 FIELDS = ("bytes", "container_id", "container_image", "dst_ip", "dst_port", "family", "first_seen",
-          "ifindex", "last_seen", "packets", "peer_pid", "peer_process", "pid", "src_ip", "src_port", "tcp_flags")
+          "ifindex", "last_seen", "packets", "peer_pid", "peer_process", "pid", "src_ip", "src_port", "tcp_flags",
+          *sorted(QUALITY_NUMBERS := ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets",
+                                      "drop_bytes")))
 
 
 def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) -> list[str]:
@@ -118,11 +130,14 @@ def encode_lines(batch: FlowBatch, service_ports: frozenset[int] = frozenset()) 
     batch's columns (one f-string per record, no record object)."""
     envelope = batch.envelope
     ports = service_port_tags(batch.column("src_port"), batch.column("dst_port"), service_ports)
-    keys = list(zip(*(batch.column(tag) for tag in TAGS), ports, strict=True))
-    tag_sets = {key: _tag_set(envelope.host, *key) for key in set(keys)}
+    tags = TAGS if batch.filled("drop_reason") else _TAGS_BUT_DROPS  # most batches drop nothing
+    keys = list(zip(*(batch.column(tag) for tag in tags), ports, strict=True))
+    tag_sets = {key: _tag_set(envelope.host, port=key[-1], **dict(zip(tags, key, strict=False))) for key in set(keys)}
     base = envelope.interval_start + envelope.record_offset
     src_ip, dst_ip = _escaped(as_list(batch.columns.src_ip)), _escaped(as_list(batch.columns.dst_ip))
     containers = _container_fields(batch.column("container_id"), batch.column("container_image"))
+    if any(batch.filled(name) for name in QUALITY_NUMBERS):  # the quality fields follow the container's
+        containers = [c + q for c, q in zip(containers, _quality_fields(batch), strict=True)]
     processes = _process_fields(batch.column("peer_pid"), batch.column("peer_process"), batch.column("pid"))
     return [
         f'{tag_sets[key]} bytes={nbytes}i,{container}dst_ip="{dst}",'
@@ -145,6 +160,23 @@ def encode_overflow_lines(envelope: Envelope) -> list[str]:
         + f" bytes={nbytes}i,ifindex={ifindex}i,packets={packets}i {envelope.interval_start + i}"
         for i, (ifindex, ifname, direction, packets, nbytes) in enumerate(overflow_totals(envelope))
     ]
+
+
+def encode_drop_lines(envelope: Envelope) -> list[str]:
+    """One line per device and reason of the envelope's drops of no record (repeats summed)."""
+    return [
+        DROP_MEASUREMENT + _tag_pair("drop_reason", reason) + _tag_pair("host", envelope.host)
+        + _tag_pair("ifname", ifname)
+        + f" bytes={nbytes}i,ifindex={ifindex}i,packets={packets}i {envelope.interval_start + i}"
+        for i, (ifindex, ifname, reason, packets, nbytes) in enumerate(drop_totals(envelope))
+    ]
+
+
+def _quality_fields(batch: FlowBatch) -> list[str]:
+    """The quality number fields per record (sorted by name), each left out when 0."""
+    names = sorted(QUALITY_NUMBERS)
+    return ["".join(f"{name}={value}i," for name, value in zip(names, values, strict=True) if value)
+            for values in zip(*(batch.column(name) for name in names), strict=True)]
 
 
 def _container_fields(ids, images) -> list[str]:
@@ -192,9 +224,9 @@ def _escaped(texts: list[str]) -> list[str]:
 
 
 def _tag_set(host: str, container_name: str, direction: str, ifname: str, pod: str, process: str, proto: int,
-             runtime: str, verdict: str, workload: str, port: str) -> str:
+             runtime: str, verdict: str, workload: str, port: str, drop_reason: str = "") -> str:
     tags = (
-        ("container_name", container_name), ("direction", direction), ("host", host),
+        ("container_name", container_name), ("direction", direction), ("drop_reason", drop_reason), ("host", host),
         ("ifname", ifname), ("pod", pod), ("process", process), ("proto", proto_name(proto)),
         ("runtime", runtime), ("service_port", port), ("verdict", verdict), ("workload", workload),
     )  # sorted by key, as InfluxDB prefers; empty values are left out
@@ -276,6 +308,8 @@ class InfluxStore:
         lines = encode_lines(batch, self.config.service_ports)
         if envelope.overflow:
             lines += encode_overflow_lines(envelope)
+        if envelope.drops:
+            lines += encode_drop_lines(envelope)
         for body in chunked(lines):
             self._writer.post_write(
                 org=self.config.org, bucket=self.config.bucket, body=gzip.compress(body, GZIP_LEVEL),

@@ -9,7 +9,8 @@ A redelivered message is a no-op: rows have a natural primary key and are insert
 ``ON CONFLICT DO NOTHING``. Two records of one message with the same key are summed
 (``repeated_key_totals``), never dropped; the check costs nothing unless SQLite reports
 fewer inserted rows than it was given. Overflow counts (per device, direction and
-interval) go to their own table the same way. WAL mode lets a reader (the CLI) query
+interval) go to their own table the same way, and so do drops of packets that belong to no
+record (per device and kernel drop reason, table ``drops``). WAL mode lets a reader (the CLI) query
 while the sink writes. The file and its ``-wal``/``-shm`` are readable by their owner only.
 """
 from __future__ import annotations
@@ -30,9 +31,9 @@ from typing import Callable
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
 from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS
-from connstats.sink.store import overflow_totals
+from connstats.sink.store import drop_totals, overflow_totals
 
-SCHEMA_VERSION = 4  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
+SCHEMA_VERSION = 5  # PRAGMA user_version; bump and add a step to _MIGRATIONS on change
 PRUNE_EVERY_NS = 60 * 1_000_000_000
 
 # The flows table's columns: the host, then every field of a record, by name (rows are
@@ -85,6 +86,20 @@ _OVERFLOW_TABLE = """CREATE TABLE IF NOT EXISTS overflow (
         PRIMARY KEY (interval_start, host, ifindex, direction)
     ) WITHOUT ROWID"""
 
+_DROP_COLUMNS = ("host", "ifindex", "ifname", "reason", "packets", "bytes", "interval_start", "interval_end")
+
+_DROPS_TABLE = """CREATE TABLE IF NOT EXISTS drops (
+        host TEXT NOT NULL,
+        ifindex INTEGER NOT NULL,
+        ifname TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        packets INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        interval_start INTEGER NOT NULL,
+        interval_end INTEGER NOT NULL,
+        PRIMARY KEY (interval_start, host, ifindex, reason)
+    ) WITHOUT ROWID"""
+
 # Statements that take a file at user_version N to N + 1 (index N - 1 after version 1).
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (_OVERFLOW_TABLE,),  # 1 -> 2: packets and bytes that found the flow map full
@@ -95,11 +110,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "pod TEXT NOT NULL DEFAULT ''", "workload TEXT NOT NULL DEFAULT ''", "runtime TEXT NOT NULL DEFAULT ''",
         "process TEXT NOT NULL DEFAULT ''", "pid INTEGER NOT NULL DEFAULT 0",
         "peer_process TEXT NOT NULL DEFAULT ''", "peer_pid INTEGER NOT NULL DEFAULT 0")),
+    # 4 -> 5: how well (RTT, retransmitted segments, kernel drops and their reason; 0 or '' when
+    # unknown), and the drops that belong to no record, per device and reason
+    (*(f"ALTER TABLE flows ADD COLUMN {column}" for column in (
+        "rtt_min_us INTEGER NOT NULL DEFAULT 0", "rtt_avg_us INTEGER NOT NULL DEFAULT 0",
+        "rtt_max_us INTEGER NOT NULL DEFAULT 0", "retransmits INTEGER NOT NULL DEFAULT 0",
+        "drop_packets INTEGER NOT NULL DEFAULT 0", "drop_bytes INTEGER NOT NULL DEFAULT 0",
+        "drop_reason TEXT NOT NULL DEFAULT ''")), _DROPS_TABLE),
 )
-_TABLES = ("flows", "overflow")
+_TABLES = ("flows", "overflow", "drops")
 
 # Columns with a default ('' or 0) that most messages leave empty: who is behind a device, the
-# verdict and the processes. A message writes only those of them that some record fills (the
+# verdict, the processes and the quality columns. A message writes only those of them that some record fills (the
 # column's default fills the rest), so a host without pods or processes pays nothing for them.
 _DEVICE_DEFAULTED = ("container_id", "container_name", "container_image", "pod", "workload", "runtime")
 _RECORD_DEFAULTED = tuple(OPTIONAL_COLUMNS)
@@ -120,14 +142,20 @@ _INSERT_OVERFLOW = (
     f"INSERT INTO overflow ({', '.join(_OVERFLOW_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_OVERFLOW_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
+_INSERT_DROPS = (
+    f"INSERT INTO drops ({', '.join(_DROP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_DROP_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 # interval_end >= interval_start, so the first bound only lets the index narrow the scan.
 _PRUNE = tuple(f"DELETE FROM {table} WHERE interval_start < ?1 AND interval_end < ?1" for table in _TABLES)
 
 # Positions in a flow row: the natural key, and the counters summed over duplicates.
 _KEY = tuple(_COLUMNS.index(c) for c in (
     "interval_start", "host", "ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port"))
-_SUMMED = _PACKETS, _BYTES, _FIRST, _LAST, _FLAGS = tuple(
-    _COLUMNS.index(c) for c in ("packets", "bytes", "first_seen", "last_seen", "tcp_flags"))
+_SUMMED = (_PACKETS, _BYTES, _FIRST, _LAST, _FLAGS, _RETRANSMITS, _DROP_PACKETS, _DROP_BYTES, _RTT_MIN, _RTT_AVG,
+           _RTT_MAX, _DROP_REASON) = tuple(_COLUMNS.index(c) for c in (
+    "packets", "bytes", "first_seen", "last_seen", "tcp_flags", "retransmits", "drop_packets", "drop_bytes",
+    "rtt_min_us", "rtt_avg_us", "rtt_max_us", "drop_reason"))
 # Sets a repeated key's row to the totals of its repeats: the same values on a first
 # delivery (after the insert kept the first repeat) and on a redelivery, so it is idempotent.
 _SET_TOTALS = (
@@ -144,16 +172,20 @@ def flow_rows(batch: FlowBatch) -> list[tuple]:
 
 
 def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
-    """For each natural key that more than one row has: one row with packets and bytes
-    summed, the least first_seen, the greatest last_seen and the flags OR-ed (the first
-    row's other columns). Empty when no key repeats."""
+    """For each natural key that more than one row has: one row with packets, bytes,
+    retransmits and drops summed, the least first_seen, the greatest last_seen, the flags
+    OR-ed, the least and greatest RTT (of those known), the average RTT weighted by packets
+    and the drop reason of the row with the most dropped packets (the first row's other
+    columns). Empty when no key repeats."""
     merged: dict[tuple, list] = {}
+    rtt_packets: dict[tuple, int] = {}  # per key: the packets of the rows with an RTT (its average's weight)
     repeated: set[tuple] = set()
     for row in rows:
         key = tuple(row[i] for i in _KEY)
         total = merged.get(key)
         if total is None:
             merged[key] = list(row)
+            rtt_packets[key] = row[_PACKETS] if row[_RTT_MAX] else 0
             continue
         repeated.add(key)
         total[_PACKETS] += row[_PACKETS]
@@ -161,7 +193,27 @@ def repeated_key_totals(rows: list[tuple]) -> list[tuple]:
         total[_FIRST] = min(total[_FIRST], row[_FIRST])
         total[_LAST] = max(total[_LAST], row[_LAST])
         total[_FLAGS] |= row[_FLAGS]
+        rtt_packets[key] = _merge_quality(total, row, rtt_packets[key])
     return [tuple(merged[key]) for key in merged if key in repeated]
+
+
+def _merge_quality(total: list, row: tuple, weight: int) -> int:
+    """``row``'s quality columns into ``total``'s, whose average RTT weighs ``weight`` packets;
+    returns the weight of the merged average."""
+    if row[_RTT_MAX]:
+        if weight:
+            total[_RTT_AVG] = (total[_RTT_AVG] * weight + row[_RTT_AVG] * row[_PACKETS]) // (weight + row[_PACKETS])
+            total[_RTT_MIN] = min(total[_RTT_MIN], row[_RTT_MIN])
+            total[_RTT_MAX] = max(total[_RTT_MAX], row[_RTT_MAX])
+        else:
+            total[_RTT_MIN], total[_RTT_AVG], total[_RTT_MAX] = row[_RTT_MIN], row[_RTT_AVG], row[_RTT_MAX]
+        weight += row[_PACKETS]
+    if row[_DROP_PACKETS] > total[_DROP_PACKETS]:
+        total[_DROP_REASON] = row[_DROP_REASON]
+    total[_RETRANSMITS] += row[_RETRANSMITS]
+    total[_DROP_PACKETS] += row[_DROP_PACKETS]
+    total[_DROP_BYTES] += row[_DROP_BYTES]
+    return weight
 
 
 def overflow_rows(envelope: Envelope) -> list[tuple]:
@@ -169,6 +221,12 @@ def overflow_rows(envelope: Envelope) -> list[tuple]:
     return [(envelope.host, ifindex, ifname, direction, packets, nbytes, envelope.interval_start,
              envelope.interval_end)
             for ifindex, ifname, direction, packets, nbytes in overflow_totals(envelope)]
+
+
+def drop_rows(envelope: Envelope) -> list[tuple]:
+    """One row per device and reason of the envelope's drops, in ``_DROP_COLUMNS`` order; repeats summed."""
+    return [(envelope.host, ifindex, ifname, reason, packets, nbytes, envelope.interval_start, envelope.interval_end)
+            for ifindex, ifname, reason, packets, nbytes in drop_totals(envelope)]
 
 
 class SqliteStore:
@@ -237,6 +295,8 @@ class SqliteStore:
                                              for row in repeated_key_totals(flow_rows(batch))])
             if envelope.overflow:
                 db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
+            if envelope.drops:
+                db.executemany(_INSERT_DROPS, drop_rows(envelope))
 
     @contextlib.contextmanager
     def _writer_turn(self):

@@ -12,7 +12,7 @@ class Store(Protocol):
         """Raise ``StoreError`` (or ``StoreUnavailable``) unless the store can take writes."""
 
     async def write(self, batch: FlowBatch) -> None:
-        """Store one message's records (columns) and its overflow durably; return only once they are stored.
+        """Store one message's records (columns), its overflow and its drops durably; return only once they are stored.
 
         Idempotent: writing the same message again changes nothing. Records of one message
         that share a key are summed, never dropped. Raise ``StoreUnavailable`` for failures
@@ -35,6 +35,18 @@ def overflow_totals(envelope: Envelope) -> list[tuple[int, str, str, int, int]]:
         total[2] += o.bytes
     return [(ifindex, ifname, direction, packets, nbytes)
             for (ifindex, direction), (ifname, packets, nbytes) in totals.items()]
+
+
+def drop_totals(envelope: Envelope) -> list[tuple[int, str, str, int, int]]:
+    """(ifindex, ifname, reason, packets, bytes) per device and reason of the envelope's drops
+    (those that belong to no record), in order of appearance; repeats summed, as ``overflow_totals``."""
+    totals: dict[tuple[int, str], list] = {}
+    for d in envelope.drops:
+        total = totals.setdefault((d.ifindex, d.reason), [d.ifname, 0, 0])
+        total[1] += d.packets
+        total[2] += d.bytes
+    return [(ifindex, ifname, reason, packets, nbytes)
+            for (ifindex, reason), (ifname, packets, nbytes) in totals.items()]
 
 
 # -- the service port: one rule for every store and for history -------------------------------

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from connstats.probe.contract import Envelope, FlowBatch, FlowRecord, OverflowCount, decode_message, encode_message
+from connstats.probe.contract import (
+    DropCount,
+    Envelope,
+    FlowBatch,
+    FlowRecord,
+    OverflowCount,
+    decode_message,
+    encode_message,
+)
 from tests.fixtures.records import flow_record
 
 SECOND = 1_000_000_000
@@ -11,10 +19,10 @@ T0 = 1_790_000_000 * SECOND
 IFINDEX = {"veth-a": 11, "veth-b": 12, "veth-c": 13}
 
 
-def envelope(host: str, seq: int, *, seconds: float = 1.0, overflow=(), boot: str = "boot-1") -> Envelope:
+def envelope(host: str, seq: int, *, seconds: float = 1.0, overflow=(), boot: str = "boot-1", drops=()) -> Envelope:
     start = T0 + int(seq * seconds * SECOND)
     return Envelope(host=host, boot_id=boot, interval_seq=seq, interval_start=start,
-                    interval_end=start + int(seconds * SECOND), overflow=tuple(overflow))
+                    interval_end=start + int(seconds * SECOND), overflow=tuple(overflow), drops=tuple(drops))
 
 
 def record(env: Envelope, ifname: str = "veth-a", *, direction: str = "egress", proto: int = 17,
@@ -37,7 +45,7 @@ def interval(host: str, seq: int, rows: list[dict], **kwargs) -> list[FlowBatch]
 
 
 def chunked(host: str, seq: int, rows: list[dict], chunks: int, **kwargs) -> list[FlowBatch]:
-    """The same interval split into ``chunks`` messages (overflow in chunk 0 only)."""
+    """The same interval split into ``chunks`` messages (overflow and drops in chunk 0 only)."""
     env = envelope(host, seq, **kwargs)
     batch = FlowBatch.from_records(env, [record(env, **row) for row in rows])
     step = -(-len(batch) // chunks)
@@ -45,10 +53,16 @@ def chunked(host: str, seq: int, rows: list[dict], chunks: int, **kwargs) -> lis
     for index in range(chunks):
         part = batch.slice(index * step, (index + 1) * step)
         part = part.with_envelope(replace(part.envelope, chunk=index, chunks=chunks,
-                                          overflow=env.overflow if index == 0 else ()))
+                                          overflow=env.overflow if index == 0 else (),
+                                          drops=env.drops if index == 0 else ()))
         out.append(decode_message(encode_message(part)))
     return out
 
 
 def overflow(ifname: str, packets: int, direction: str = "egress") -> OverflowCount:
     return OverflowCount(IFINDEX[ifname], ifname, direction, packets, packets * 100)
+
+
+def dropped(ifname: str, packets: int, reason: str = "NO_SOCKET") -> DropCount:
+    """Drops of no record on ``ifname`` (the envelope's), 60 bytes each."""
+    return DropCount(IFINDEX[ifname], ifname, reason, packets, packets * 60)

@@ -13,6 +13,7 @@ import numpy as np
 
 from connstats.probe.contract import Envelope, FlowBatch, encode_message
 from connstats.probe.contract.wire import Device, FlowColumns
+from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS, QUALITY_COLUMNS
 from tests.fixtures.records import flow_record
 
 BOOT_ID = "00000000-0000-4000-8000-00000000web0"
@@ -54,6 +55,7 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         process=[f"app-{c:02d}" if namespaces else "" for c in owner.tolist()],
         pid=[1000 + c if namespaces else 0 for c in owner.tolist()], peer_process=[""] * connections,
         peer_pid=[0] * connections,  # every column has one entry per record (decoding fills absent ones)
+        **{name: [OPTIONAL_COLUMNS[name]] * connections for name in QUALITY_COLUMNS},  # no RTT, no drops
     )
     devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1",
                            **({"pod": f"{namespaces[c % len(namespaces)]}/app-{c:02d}-7d9f8c6b5-x{c:03d}z",

@@ -81,6 +81,28 @@ def group_sum(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None =
     return rows, sums, np.where(low == high, low, -1)
 
 
+@overload
+def group_max(matrix: np.ndarray, values: np.ndarray, extra: None = None) -> tuple[np.ndarray, np.ndarray, None]: ...
+@overload
+def group_max(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def group_max(matrix: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """As ``group_sum``, but the greatest of ``values`` per row (e.g. an RTT over a window)."""
+    if len(matrix) == 0:
+        return matrix, np.zeros(0, dtype=np.int64), None if extra is None else np.zeros(0, dtype=np.int64)
+    (keys,) = pack_rows(matrix)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    maxima = np.maximum.reduceat(np.asarray(values, dtype=np.int64)[order], starts)
+    rows = matrix[order[starts]]
+    if extra is None:
+        return rows, maxima, None
+    ordered = np.asarray(extra, dtype=np.int64)[order]
+    low, high = np.minimum.reduceat(ordered, starts), np.maximum.reduceat(ordered, starts)
+    return rows, maxima, np.where(low == high, low, -1)
+
+
 def combine(columns: list[np.ndarray], radix: tuple[int, ...], length: int) -> np.ndarray | None:
     """One int64 key per record from id columns with ``radix`` distinct ids each (mixed
     radix); None when the key space does not fit in 62 bits."""

@@ -3,11 +3,12 @@
 A kind adds one partial per interval (the group rows and their sums, and the host that sent
 the interval); ``totals(now, span)`` group-sums every partial whose interval ended within
 ``span`` of ``now`` (the same set of partials twice in a row: summed once). Partials older
-than ``keep`` are dropped.
+than ``keep`` are dropped. ``WindowSums(..., reduce=group_max)`` keeps maxima instead.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -26,9 +27,10 @@ Totals = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, sums, host) of Wind
 
 
 class WindowSums:
-    def __init__(self, width: int, keep_ns: int) -> None:
+    def __init__(self, width: int, keep_ns: int, reduce: Callable[..., Totals] = group_sum) -> None:
         self.width = width  # columns of a group row
         self.keep_ns = keep_ns
+        self.reduce = reduce  # of partials' rows, values and hosts: one row per group
         self._partials: list[Partial] = []
         self._memo: dict[int, tuple[list[Partial], Totals]] = {}  # span -> (the partials inside, totals)
 
@@ -56,7 +58,7 @@ class WindowSums:
         rows = np.concatenate([p.rows for p in inside])
         sums = np.concatenate([p.sums for p in inside])
         hosts = np.concatenate([np.full(len(p.rows), p.host, dtype=np.int64) for p in inside])
-        return group_sum(rows, sums, hosts)
+        return self.reduce(rows, sums, hosts)
 
 
 def values_at(rows: np.ndarray, among_rows: np.ndarray, among_values: np.ndarray) -> np.ndarray:

@@ -66,7 +66,35 @@ def test_every_kind_parses(tmp_path):
     assert (rules[4].by, rules[4].options["above"]) == (("host",), 0)
     assert (rules[5].severity, rules[5].for_ns) == ("critical", 60 * 10**9)
     assert set(KINDS) == {"threshold", "new_peer", "new_port", "spike", "overflow", "silent_host",
-                          "policy_violation"}
+                          "policy_violation", "rtt", "retransmit_ratio", "drops"}
+
+
+def test_the_quality_kinds_parse_with_their_defaults(tmp_path):
+    rtt, ratio, drops = load_rules(write(tmp_path, '''
+[[rule]]
+name = "slow"
+kind = "rtt"
+above = 100
+
+[[rule]]
+name = "lossy"
+kind = "retransmit_ratio"
+by = ["container_name"]
+above = 0.02
+
+[[rule]]
+name = "dropped"
+kind = "drops"
+by = ["ifname", "drop_reason"]
+where = { drop_reason = "NETFILTER_DROP" }
+above = 0
+'''))
+    assert (rtt.kind, dict(rtt.options)) == ("rtt", {"window": 60 * 10**9, "above": 100, "statistic": "max"})
+    assert (ratio.by, dict(ratio.options)) == (("container_name",), {"window": 60 * 10**9, "above": 0.02,
+                                                                     "min_packets": 100})
+    assert (drops.by, drops.where, dict(drops.options)) == (
+        ("ifname", "drop_reason"), (("drop_reason", frozenset({"NETFILTER_DROP"})),),
+        {"metric": "packets", "window": 60 * 10**9, "above": 0})
 
 
 RULE = '[[rule]]\nname = "r1"\nkind = "threshold"\nmetric = "packets"\nwindow = "30s"\nabove = 5\n'
@@ -74,7 +102,7 @@ RULE = '[[rule]]\nname = "r1"\nkind = "threshold"\nmetric = "packets"\nwindow = 
 BAD = [
     (RULE.replace('kind = "threshold"', 'kind = "treshold"'),
      "rule 'r1': key 'kind': unknown kind 'treshold'; use one of threshold, new_peer, new_port, spike, overflow, silent_host, "
-     "policy_violation"),
+     "policy_violation, rtt, retransmit_ratio, drops"),
     (RULE + 'abve = 3\n', "rule 'r1': key 'abve': unknown key for kind 'threshold'; use one of name, kind, "
      "severity, for, repeat, cap, description, metric, by, where, window, above, below"),
     (RULE.replace('"30s"', '"30x"'),
@@ -83,11 +111,13 @@ BAD = [
     (RULE + 'by = ["ifname", "port"]\n', "rule 'r1': key 'by': unknown field 'port'; use one of interval_start, "
      "interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, dst_port, packets, "
      "bytes, first_seen, last_seen, tcp_flags, container_id, container_name, container_image, pod, workload, "
-     "runtime, verdict, process, pid, peer_process, peer_pid, host"),
+     "runtime, verdict, process, pid, peer_process, peer_pid, rtt_min_us, rtt_avg_us, rtt_max_us, retransmits, "
+     "drop_packets, drop_bytes, drop_reason, host"),
     (RULE + 'where = { prot = "udp" }\n', "rule 'r1': key 'where': unknown field 'prot'; use one of "
      "interval_start, interval_end, ifindex, ifname, direction, family, proto, src_ip, dst_ip, src_port, "
      "dst_port, packets, bytes, first_seen, last_seen, tcp_flags, container_id, container_name, "
-     "container_image, pod, workload, runtime, verdict, process, pid, peer_process, peer_pid, host"),
+     "container_image, pod, workload, runtime, verdict, process, pid, peer_process, peer_pid, rtt_min_us, "
+     "rtt_avg_us, rtt_max_us, retransmits, drop_packets, drop_bytes, drop_reason, host"),
     (RULE + 'where = { proto = "udpp" }\n',
      "rule 'r1': key 'where': unknown protocol 'udpp'; use tcp, udp, icmp, icmpv6 or a number 0-255"),
     (RULE + 'below = 3\n', "rule 'r1': key 'above': give exactly one of above and below"),
@@ -114,6 +144,22 @@ BAD = [
      "rule 'sp': key 'factor': nan is not a finite number; write e.g. 1000 or 0.5"),
     ('[[rule]]\nname = "sp"\nkind = "spike"\nmetric = "bytes"\nwindow = "0s"\nfactor = 5\n',
      "rule 'sp': key 'window': '0s' is no time at all; use a duration above 0, e.g. \"30s\""),
+    # issue 20: the quality kinds
+    ('[[rule]]\nname = "q"\nkind = "rtt"\n', "rule 'q': key 'above': missing; a rtt rule needs it"),
+    ('[[rule]]\nname = "q"\nkind = "rtt"\nabove = 0\n', "rule 'q': key 'above': 0 is not above 0; use a positive number"),
+    ('[[rule]]\nname = "q"\nkind = "rtt"\nabove = 100\nstatistic = "p99"\n',
+     "rule 'q': key 'statistic': 'p99' is not one of max, avg"),
+    ('[[rule]]\nname = "q"\nkind = "retransmit_ratio"\nabove = "2%"\n',
+     "rule 'q': key 'above': '2%' is not a number; write e.g. 1000 or 0.5"),
+    ('[[rule]]\nname = "q"\nkind = "retransmit_ratio"\nabove = 0.02\nmin_packets = 0\n',
+     "rule 'q': key 'min_packets': 0 is not a whole number of at least 1"),
+    ('[[rule]]\nname = "q"\nkind = "drops"\nabove = 10\nby = ["reason"]\n',
+     "rule 'q': key 'by': unknown field 'reason'; use one of interval_start, interval_end, ifindex, ifname, "
+     "direction, family, proto, src_ip, dst_ip, src_port, dst_port, packets, bytes, first_seen, last_seen, tcp_flags, "
+     "container_id, container_name, container_image, pod, workload, runtime, verdict, process, pid, peer_process, "
+     "peer_pid, rtt_min_us, rtt_avg_us, rtt_max_us, retransmits, drop_packets, drop_bytes, drop_reason, host"),
+    ('[[rule]]\nname = "q"\nkind = "drops"\nabove = 10\nmetric = "segments"\n',
+     "rule 'q': key 'metric': 'segments' is not one of packets, bytes"),
 ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import re
 import threading
@@ -19,13 +20,13 @@ from connstats.cli.main import app
 from connstats.cli.options import OutputFormat
 from connstats.cli.render import Column, render, rfc3339
 from connstats.probe.api.control import ControlService
-from connstats.probe.contract import Envelope, FlowBatch, NatsOptions
+from connstats.probe.contract import DropCount, Envelope, FlowBatch, NatsOptions
 from connstats.probe.contract.errors import ConfigError
 from connstats.sink.consumer import FlowConsumer
 from connstats.sink.influx_store import InfluxConfig
 from connstats.sink.sqlite_store import SqliteStore
 from tests.fixtures.control import SINCE, FakeDaemon, record
-from tests.fixtures.history import C1, C2, C3, C4, write_all, write_pods
+from tests.fixtures.history import C1, C2, C3, C4, write_all, write_pods, write_quality
 from tests.fixtures.nats import MemoryStore, free_port, sample_envelope, sample_records
 from tests.fixtures.store import consume_until, publish_batches
 from tests.fixtures.wait import until_async
@@ -227,6 +228,36 @@ def test_history_table_and_csv(flows_db):
 
 
 @pytest.fixture
+async def quality_db(tmp_path):
+    store = SqliteStore(tmp_path / "quality.sqlite")
+    await write_quality(store)
+    await store.close()
+    return f"sqlite:{tmp_path / 'quality.sqlite'}"
+
+
+def test_history_quality_sorts_and_columns(quality_db):
+    common = ("history", "--store", quality_db, "--since", "2023-11-14T00:00:00Z", "--until", "2023-11-15T00:00:00Z")
+    assert run(*common, "--sort", "rtt").stdout == (
+        "IFACE DIR PROTO   SOURCE         DESTINATION    PKTS BYTES RTT AVG RTT MAX RETX DROPS REASON\n"
+        "veth0 out tcp     10.0.0.1:40000 10.0.0.2:443     40  3.9K     0.3     0.9    7     3 NETFILTER_DROP\n"
+        "veth1 in  tcp     10.0.0.3:443   10.0.0.1:40001    2  4.9K       -       -    0     0\n"
+        "veth0 out udp     10.0.0.1:5000  10.0.0.2:53       4   400       -       -    0     3 SOCKET_RCVBUFF\n"
+        "veth0 -   (drops) (drops)        (drops)           0     0       -       -    0     5 NO_SOCKET\n"
+        "veth1 -   (drops) (drops)        (drops)           0     0       -       -    0     1 NO_SOCKET\n")
+    assert run(*common, "--quality", "--group-by", "iface", "--format", "csv").stdout == (
+        "ifname,direction,packets,bytes,first_seen,last_seen,rtt_min_us,rtt_avg_us,rtt_max_us,retransmits,"
+        "drop_packets,drop_bytes,drop_reason\n"
+        "veth1,ingress,2,5000,2023-11-14T22:13:30.000000001Z,2023-11-14T22:13:30.000000002Z,0,0,0,0,0,0,\n"
+        "veth0,egress,44,4400,2023-11-14T22:13:20.000000001Z,2023-11-14T22:13:30.000000002Z,50,350,900,7,6,600,"
+        "SOCKET_RCVBUFF\n"
+        "veth0,,0,0,,,0,0,0,0,5,500,NO_SOCKET\n"
+        "veth1,,0,0,,,0,0,0,0,1,60,NO_SOCKET\n")
+    assert [(r["src_port"], r["retransmits"]) for r in history_json(quality_db, "--sort", "retransmits", "--top", "2")
+            ] == [(40000, 7), (443, 0)]
+    assert "rtt_max_us" not in history_json(quality_db)[0]  # without --quality, rows as before
+
+
+@pytest.fixture
 async def pods_db(tmp_path):
     store = SqliteStore(tmp_path / "pods.sqlite")
     await write_pods(store)
@@ -354,6 +385,23 @@ def test_top_shows_pod_and_process_columns_only_when_some_row_has_one():
         "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES POD        PROCESS",
         "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900",
         "web       out udp   10.0.0.1:1000 10.0.0.2:53    1   100 shop/web-1 nginx"]
+
+
+def test_top_shows_rtt_retransmits_and_drops_only_when_some_row_has_one():
+    env = Envelope("node-1", "b", 3, SINCE, SINCE + 5 * 10**9)
+    plain = [record("eth0", 1001, 5, 900)]
+    assert "RTT" not in interval_summary(FlowBatch.from_records(env, plain))
+    slow = plain + [record("eth0", 1000, 40, 60000, rtt_max_us=123_456, retransmits=3),
+                    record("eth0", 1002, 2, 120, drop_packets=7, drop_reason="SOCKET_RCVBUFF")]
+    env = dataclasses.replace(env, drops=(DropCount(2, "eth0", "NO_SOCKET", 9, 540),))
+    text = interval_summary(FlowBatch.from_records(env, slow))
+    assert text.splitlines()[0].endswith("3 connections, 47 packets, 59.6KB, 9 dropped outside connections")
+    assert text.splitlines()[2:] == [
+        "IFACE/CTR DIR PROTO SOURCE        DESTINATION PKTS BYTES   RTT RETX DROPS",
+        "eth0      out udp   10.0.0.1:1000 10.0.0.2:53   40 58.6K 123.4    3     0",
+        "eth0      out udp   10.0.0.1:1001 10.0.0.2:53    5   900     -    0     0",
+        "eth0      out udp   10.0.0.1:1002 10.0.0.2:53    2   120     -    0     7"]
+    assert max(len(line) for line in text.splitlines()[2:]) < 80
 
 
 def test_control_errors_are_one_line(fake_probe):

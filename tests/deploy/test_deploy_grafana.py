@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from connstats.probe.contract.flow_batch import FlowBatch
-from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.record import DropCount, Envelope, FlowRecord, OverflowCount
 from connstats.sink import influx_store
 from connstats.sink.influx_store import InfluxConfig, InfluxStore
 from tests.fixtures import flux
@@ -152,7 +152,8 @@ def test_provisioning_names_the_data_sources_the_dashboards_use():
 SECOND = 1_000_000_000
 T0 = (time.time_ns() // (10 * SECOND) - 30) * 10 * SECOND  # 5 minutes ago, on a 10 s window
 ENVELOPE = Envelope(host="node-1", boot_id="boot", interval_seq=1, interval_start=T0, interval_end=T0 + 10 * SECOND,
-                    overflow=(OverflowCount(3, "veth0", "egress", 7, 700), OverflowCount(4, "eth0", "ingress", 2, 180)))
+                    overflow=(OverflowCount(3, "veth0", "egress", 7, 700), OverflowCount(4, "eth0", "ingress", 2, 180)),
+                    drops=(DropCount(4, "eth0", "NO_SOCKET", 6, 360), DropCount(3, "veth0", "NETFILTER_DROP", 2, 120)))
 RECORDS = [
     flow_record(interval_start=T0, interval_end=T0 + 10 * SECOND, ifindex=3, ifname="veth0", direction="egress",
                 family=4, proto=6, src_ip="10.0.0.2", dst_ip="10.0.0.1", src_port=51234, dst_port=443,
@@ -180,11 +181,19 @@ WHO = {0: dict(pod="shop/web-1", workload="web", runtime="containerd", process="
        1: dict(pod="shop/web-1", workload="web", runtime="containerd", process="nginx", pid=42),
        2: dict(process="curl", pid=900)}
 RECORDS = [dataclasses.replace(r, **WHO.get(i, {})) for i, r in enumerate(RECORDS)]
+# How well (issue 20): the web connection's RTT, retransmits and a drop; the DNS query's full socket buffer;
+# ssh's RTT.
+QUALITY = {0: dict(rtt_min_us=800, rtt_avg_us=1500, rtt_max_us=2500, retransmits=2, drop_packets=1, drop_bytes=60,
+                   drop_reason="TCP_INVALID_SEQUENCE"),
+           2: dict(drop_packets=3, drop_bytes=240, drop_reason="SOCKET_RCVBUFF"),
+           3: dict(rtt_min_us=20_000, rtt_avg_us=30_000, rtt_max_us=40_000)}
+RECORDS = [dataclasses.replace(r, **QUALITY.get(i, {})) for i, r in enumerate(RECORDS)]
 # The next interval: the first connection again (a second time window for the panels).
 LATER = Envelope(host="node-1", boot_id="boot", interval_seq=2, interval_start=T0 + 10 * SECOND,
                  interval_end=T0 + 20 * SECOND)
 LATER_RECORDS = [dataclasses.replace(RECORDS[0], interval_start=T0 + 10 * SECOND, interval_end=T0 + 20 * SECOND,
-                                     packets=4, bytes=1000)]
+                                     packets=4, bytes=1000, rtt_max_us=9000, retransmits=5, drop_packets=0,
+                                     drop_bytes=0, drop_reason="")]
 FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
 # Written once the policy issue lands; a query may name them only behind `exists r.<name>`.
 PENDING_TAGS = {"verdict"}
@@ -214,7 +223,8 @@ def written_names(server) -> dict[str, set[str]]:
 async def test_the_store_writes_the_names_its_constants_declare(written):
     server, _ = written
     names = written_names(server)
-    assert names["measurements"] == {influx_store.MEASUREMENT, influx_store.OVERFLOW_MEASUREMENT}
+    assert names["measurements"] == {influx_store.MEASUREMENT, influx_store.OVERFLOW_MEASUREMENT,
+                                     influx_store.DROP_MEASUREMENT}
     assert names["tags"] == set(influx_store.TAGS) | {"host", "service_port"}
     assert names["fields"] == set(influx_store.FIELDS)
 
@@ -366,6 +376,17 @@ PANEL_RESULTS = {
     "verdicts": ("Policy verdicts", {}, ("verdict", "direction", "_time", "_value"), [
         ("allow", "egress", W1, per_second(12)), ("allow", "egress", W2, per_second(4)),
         ("deny", "egress", W1, per_second(3))] if HAS_VERDICT else []),
+    "rtt": ("Round-trip time (max)", {}, ("ifname", "_time", "_value"), [
+        ("veth0", W1, 2.5), ("veth0", W2, 9.0), ("eth0", W1, 40.0)]),
+    "rtt of one device": ("Round-trip time (max)", {"iface": ["veth0"]}, ("ifname", "_value"), [
+        ("veth0", 2.5), ("veth0", 9.0)]),
+    "retransmits": ("TCP retransmits", {}, ("ifname", "_time", "_value"), [
+        ("veth0", W1, per_second(2)), ("veth0", W2, per_second(5))]),
+    "drops by reason, of connections and of none": ("Drops by reason", {}, ("drop_reason", "_time", "_value"), [
+        ("NETFILTER_DROP", W1, per_second(2)), ("NO_SOCKET", W1, per_second(6)),
+        ("SOCKET_RCVBUFF", W1, per_second(3)), ("TCP_INVALID_SEQUENCE", W1, per_second(1))]),
+    "drops of one device": ("Drops by reason", {"iface": ["eth0"]}, ("drop_reason", "_value"), [
+        ("NO_SOCKET", per_second(6)), ("SOCKET_RCVBUFF", per_second(3))]),
 }
 
 

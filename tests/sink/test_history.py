@@ -22,7 +22,25 @@ from connstats.sink.history import (
 from connstats.sink.influx_store import InfluxConfig, InfluxStore, encode_lines
 from connstats.sink.sqlite_store import SqliteStore
 from connstats.sink.stores import StoreReader
-from tests.fixtures.history import ALL, C1, C2, C3, C4, SECOND, T0, T1, envelope, rec, write_all, write_pods
+from tests.fixtures.history import (
+    ALL,
+    C1,
+    C2,
+    C3,
+    C4,
+    NO_WHO,
+    Q1,
+    Q2,
+    Q3,
+    SECOND,
+    T0,
+    T1,
+    envelope,
+    rec,
+    write_all,
+    write_pods,
+    write_quality,
+)
 from tests.fixtures.influx import TEST_ORG, TEST_TOKEN, InfluxTestServer
 
 
@@ -452,3 +470,107 @@ def test_the_history_columns_are_fields_of_a_record_by_name():
     assert flux <= {"host", *influx_store.TAGS, *influx_store.FIELDS}
     assert set(history._SQL_KEYS) - set(history.DERIVED) == {
         k for k in history._SQL_KEYS.values() if k in {"host", *RECORD_FIELDS}}
+
+
+# -- quality: RTT, retransmits and drops (issue 20) ----------------------------------------------
+
+NO_QUALITY = {"rtt_min_us": 0, "rtt_avg_us": 0, "rtt_max_us": 0, "retransmits": 0, "drop_packets": 0,
+              "drop_bytes": 0, "drop_reason": ""}
+CONNECTION = ("ifname", "direction", "proto", "src_ip", "src_port", "dst_ip", "dst_port")
+
+
+def q_row(q: dict, **values) -> dict:
+    return {**{k: q[k] for k in CONNECTION}, **NO_WHO, **NO_QUALITY, **values}
+
+
+# Q1: 10 packets at 200 us and 30 at 400 us: (2000 + 12000) / 40 = 350 us; its reasons: 2 NETFILTER_DROP
+# against 1 TCP_INVALID_SEQUENCE.
+QR1 = q_row(dict(Q1, proto="tcp"), packets=40, bytes=4000, first_seen=T0 + 1, last_seen=T1 + 2, rtt_min_us=50,
+            rtt_avg_us=350, rtt_max_us=900, retransmits=7, drop_packets=3, drop_bytes=300, drop_reason="NETFILTER_DROP")
+QR2 = q_row(dict(Q2, proto="udp"), packets=4, bytes=400, first_seen=T0 + 1, last_seen=T0 + 2, drop_packets=3,
+            drop_bytes=300, drop_reason="SOCKET_RCVBUFF")
+QR3 = q_row(dict(Q3, proto="tcp"), packets=2, bytes=5000, first_seen=T1 + 1, last_seen=T1 + 2)
+
+
+def drops_row(ifname: str, packets: int, nbytes: int) -> dict:
+    return {"ifname": ifname, "direction": "", "proto": "(drops)", "src_ip": "(drops)", "src_port": 0,
+            "dst_ip": "(drops)", "dst_port": 0, **NO_WHO, **NO_QUALITY, "packets": 0, "bytes": 0, "first_seen": None,
+            "last_seen": None, "drop_packets": packets, "drop_bytes": nbytes, "drop_reason": "NO_SOCKET"}
+
+
+D0, D1 = drops_row("veth0", 5, 500), drops_row("veth1", 1, 60)
+
+
+def iface(ifname: str, direction: str, **values) -> dict:
+    return {"ifname": ifname, "direction": direction, **NO_QUALITY, **values}
+
+
+QUALITY_CASES = {
+    "by bytes": (dict(quality=True), [QR3, QR1, QR2, D0, D1]),
+    "by rtt: the greatest rtt_max_us": (dict(sort="rtt"), [QR1, QR3, QR2, D0, D1]),
+    "by retransmits": (dict(sort="retransmits"), [QR1, QR3, QR2, D0, D1]),
+    "by drops: a tie goes by bytes": (dict(sort="drops", top=3), [D0, QR1, QR2]),
+    "a direction filter leaves the drops of no record out": (dict(quality=True, direction="egress"), [QR1, QR2]),
+    "a port filter too": (dict(sort="drops", port=443), [QR1, QR3]),
+    "device totals: drops of no record have no direction": (dict(quality=True, group_by="iface"), [
+        iface("veth1", "ingress", packets=2, bytes=5000, first_seen=T1 + 1, last_seen=T1 + 2),
+        iface("veth0", "egress", packets=44, bytes=4400, first_seen=T0 + 1, last_seen=T1 + 2, rtt_min_us=50,
+              rtt_avg_us=350, rtt_max_us=900, retransmits=7, drop_packets=6, drop_bytes=600,
+              drop_reason="SOCKET_RCVBUFF"),
+        iface("veth0", "", packets=0, bytes=0, first_seen=None, last_seen=None, drop_packets=5, drop_bytes=500,
+              drop_reason="NO_SOCKET"),
+        iface("veth1", "", packets=0, bytes=0, first_seen=None, last_seen=None, drop_packets=1, drop_bytes=60,
+              drop_reason="NO_SOCKET")]),
+    "per bucket": (dict(sort="rtt", group_by="proto", every=10 * SECOND), [
+        {"time": T0, "proto": "tcp", **NO_QUALITY, "packets": 10, "bytes": 1000, "first_seen": T0 + 1,
+         "last_seen": T0 + 2, "rtt_min_us": 100, "rtt_avg_us": 200, "rtt_max_us": 300, "retransmits": 2,
+         "drop_packets": 1, "drop_bytes": 100, "drop_reason": "TCP_INVALID_SEQUENCE"},
+        {"time": T0, "proto": "udp", **NO_QUALITY, "packets": 4, "bytes": 400, "first_seen": T0 + 1,
+         "last_seen": T0 + 2, "drop_packets": 3, "drop_bytes": 300, "drop_reason": "SOCKET_RCVBUFF"},
+        {"time": T0, "proto": "(drops)", **NO_QUALITY, "packets": 0, "bytes": 0, "first_seen": None,
+         "last_seen": None, "drop_packets": 5, "drop_bytes": 500, "drop_reason": "NO_SOCKET"},
+        {"time": T1, "proto": "tcp", **NO_QUALITY, "packets": 32, "bytes": 8000, "first_seen": T1 + 1,
+         "last_seen": T1 + 2, "rtt_min_us": 50, "rtt_avg_us": 400, "rtt_max_us": 900, "retransmits": 5,
+         "drop_packets": 2, "drop_bytes": 200, "drop_reason": "NETFILTER_DROP"},
+        {"time": T1, "proto": "(drops)", **NO_QUALITY, "packets": 0, "bytes": 0, "first_seen": None,
+         "last_seen": None, "drop_packets": 1, "drop_bytes": 60, "drop_reason": "NO_SOCKET"}]),
+}
+
+
+@pytest.mark.parametrize("query, expected", QUALITY_CASES.values(), ids=QUALITY_CASES.keys())
+async def test_quality_gives_the_same_rows_on_both_stores(flux_influx, tmp_path, query, expected):
+    _, influx = flux_influx
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    await write_quality(store)
+    await store.close()
+    await write_quality(influx)
+    rows = sqlite_history(tmp_path / "flows.sqlite", HistoryQuery(**ALL, **query))
+    assert rows == expected
+    assert await influx_history(influx, HistoryQuery(**ALL, **query)) == expected
+
+
+async def test_without_quality_the_rows_are_as_before(db):
+    assert sqlite_history(db, HistoryQuery(**ALL)) == [C2, C3, C1, C4]
+
+
+async def test_a_file_of_schema_4_reads_with_quality_as_nothing_known(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    store = SqliteStore(path)
+    await write_quality(store)
+    await store.close()
+    with sqlite3.connect(path) as db:  # what a sink of schema 4 left, not opened since
+        db.execute("DROP TABLE drops")
+        for column in NO_QUALITY:
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 4")
+    assert sqlite_history(path, HistoryQuery(**ALL, sort="rtt")) == [
+        {**row, **NO_QUALITY} for row in (QR3, QR1, QR2)]
+
+
+def test_a_sort_and_quality_are_checked():
+    with pytest.raises(ConfigError) as caught:
+        HistoryQuery(**ALL, sort="latency")
+    assert str(caught.value) == "--sort 'latency' is not one of bytes, rtt, retransmits, drops"
+    with pytest.raises(ConfigError) as caught:
+        HistoryQuery(**ALL, group_by="service", quality=True)
+    assert str(caught.value) == "the service grouping has no quality columns; leave out --quality and --sort"

@@ -11,11 +11,12 @@ import pytest
 from influxdb_client import Point, WritePrecision
 
 from connstats.probe.contract.errors import MessageError, StoreError, StoreFull, StoreUnavailable
-from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.record import DropCount, Envelope, FlowRecord, OverflowCount
 from connstats.probe.contract.wire import FlowBatch
 from connstats.sink.influx_store import (
     InfluxConfig,
     InfluxStore,
+    encode_drop_lines,
     encode_lines,
     encode_overflow_lines,
     escape_string,
@@ -83,6 +84,21 @@ ENCODE_CASES = {
          "connstats_flow,direction=egress,host=node-1,ifname=eth0,process=nginx,proto=tcp,service_port=443 "
          f"{FIELDS.replace('packets=12i,', 'packets=12i,pid=4243i,').replace('51234', '51235').replace('ifindex=3i', 'ifindex=4i')} {T0 + 1}"],
     ),
+    "quality numbers are fields left out when 0, the drop reason a tag": (
+        ENVELOPE, [flow(rtt_min_us=120, rtt_avg_us=180, rtt_max_us=4_000_000_000, retransmits=3, drop_packets=2,
+                        drop_bytes=2900, drop_reason="TCP_INVALID_SEQUENCE"),
+                   flow(src_port=51235, proto=17, drop_packets=9, drop_bytes=1 << 40, drop_reason="SOCKET_RCVBUFF"),
+                   flow(src_port=51236)],
+        frozenset(),
+        ["connstats_flow,direction=egress,drop_reason=TCP_INVALID_SEQUENCE,host=node-1,ifname=veth0,proto=tcp,"
+         "service_port=443 " + FIELDS.replace("bytes=3456i,", "bytes=3456i,drop_bytes=2900i,drop_packets=2i,"
+                                              "retransmits=3i,rtt_avg_us=180i,rtt_max_us=4000000000i,rtt_min_us=120i,")
+         + f" {T0}",
+         "connstats_flow,direction=egress,drop_reason=SOCKET_RCVBUFF,host=node-1,ifname=veth0,proto=udp,"
+         "service_port=443 " + FIELDS.replace("bytes=3456i,", f"bytes=3456i,drop_bytes={1 << 40}i,drop_packets=9i,")
+         .replace("51234", "51235") + f" {T0 + 1}",
+         f"{TAGS} {FIELDS.replace('51234', '51236')} {T0 + 2}"],
+    ),
     "no records, no lines": (ENVELOPE, [], frozenset(), []),
 }
 
@@ -115,6 +131,27 @@ async def test_write_sends_overflow_after_the_records(influx, influx_server):
     assert influx_server.lines == encode_lines(FlowBatch.from_records(envelope, [BASE])) + encode_overflow_lines(envelope)
     assert [(p.measurement, p.fields["packets"]) for p in influx_server.points()] == [
         ("connstats_flow", 12), ("connstats_overflow", 7)]
+
+
+def test_encode_drop_lines_sums_repeats_per_device_and_reason():
+    envelope = dataclasses.replace(ENVELOPE, drops=(
+        DropCount(3, "veth 0", "NETFILTER_DROP", 7, 700), DropCount(0, "", "NO_SOCKET", 2, 120),
+        DropCount(3, "veth 0", "NETFILTER_DROP", 1, 100)))
+    assert encode_drop_lines(envelope) == [
+        f"connstats_drop,drop_reason=NETFILTER_DROP,host=node-1,ifname=veth\\ 0 bytes=800i,ifindex=3i,packets=8i {T0}",
+        f"connstats_drop,drop_reason=NO_SOCKET,host=node-1 bytes=120i,ifindex=0i,packets=2i {T0 + 1}"]
+    assert encode_drop_lines(ENVELOPE) == []
+
+
+async def test_write_sends_the_drops_of_no_record_after_the_overflow(influx, influx_server):
+    envelope = dataclasses.replace(ENVELOPE, overflow=(OverflowCount(3, "veth0", "egress", 7, 700),),
+                                   drops=(DropCount(3, "veth0", "NETFILTER_DROP", 5, 300),))
+    record = flow(retransmits=4, rtt_max_us=900, drop_packets=1, drop_bytes=60, drop_reason="NETFILTER_DROP")
+    await influx.write(FlowBatch.from_records(envelope, [record]))
+    assert [(p.measurement, p.tags.get("drop_reason"), p.fields["packets"], p.fields.get("retransmits"))
+            for p in influx_server.points()] == [
+        ("connstats_flow", "NETFILTER_DROP", 12, 4), ("connstats_overflow", None, 7, None),
+        ("connstats_drop", "NETFILTER_DROP", 5, None)]
 
 
 TAG_CASES = {
@@ -476,12 +513,14 @@ def test_tags_and_fields_are_every_field_of_a_record_by_name():
     record = flow(ifindex=9, src_port=51234, dst_port=443, packets=12, bytes=3456, family=4, tcp_flags=5,
                   first_seen=T0 + 5, last_seen=T0 + 9, container_id="c0ffee", container_name="web",
                   container_image="nginx:1", verdict="deny", pod="shop/web-1", workload="web",
-                  runtime="podman", process="nginx", pid=31, peer_process="curl", peer_pid=32)
+                  runtime="podman", process="nginx", pid=31, peer_process="curl", peer_pid=32, rtt_min_us=41,
+                  rtt_avg_us=42, rtt_max_us=43, retransmits=44, drop_packets=45, drop_bytes=46,
+                  drop_reason="NETFILTER_DROP")
     (line,) = encode_lines(FlowBatch.from_records(ENVELOPE, [record]))
     point = parse_line(line)
     assert set(influx_store.TAGS) | set(influx_store.FIELDS) == set(RECORD_FIELDS) - {"interval_start", "interval_end"}
     assert set(point.tags) == {*influx_store.TAGS, "host", "service_port"}
     assert point.fields == {name: getattr(record, name) for name in influx_store.FIELDS}
-    assert {name: point.tags[name] for name in ("container_name", "direction", "ifname")} == {
-        "container_name": "web", "direction": "egress", "ifname": "veth0"}
+    assert {name: point.tags[name] for name in ("container_name", "direction", "drop_reason", "ifname")} == {
+        "container_name": "web", "direction": "egress", "drop_reason": "NETFILTER_DROP", "ifname": "veth0"}
     assert (point.tags["proto"], point.time) == ("tcp", T0)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from connstats.cli.main import app
 from connstats.probe.contract import NatsOptions, flows_subject
 from connstats.probe.contract.errors import StoreError, StoreUnavailable
-from connstats.probe.contract.record import Envelope, FlowRecord, OverflowCount
+from connstats.probe.contract.record import DropCount, Envelope, FlowRecord, OverflowCount
 from connstats.probe.contract.wire import FlowBatch, encode_message
 from connstats.probe.publish.publisher import FlowPublisher
 from connstats.sink.compose import consume_flows
@@ -195,7 +195,8 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 1 wrote
         db.execute("DROP TABLE overflow")
-        for column in ("verdict", *VERSION_4_COLUMNS):
+        db.execute("DROP TABLE drops")
+        for column in ("verdict", *VERSION_4_COLUMNS, *VERSION_5_COLUMNS):
             db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 1")
     assert sqlite_history(path, HistoryQuery(**ALL, group_by="iface"))[0]["packets"] == 1  # readable before
@@ -205,10 +206,12 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path):
                                           interval_end=T0 + 20 * SECOND), []))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert db.execute("SELECT count(*), sum(packets) FROM flows").fetchone() == (1, 1)
         assert db.execute("SELECT packets FROM overflow").fetchall() == [(485,)]
-        assert db.execute("SELECT verdict, pod, process, pid FROM flows").fetchall() == [("", "", "", 0)]
+        assert db.execute("SELECT verdict, pod, process, pid, rtt_max_us, drop_reason FROM flows").fetchall() == [
+            ("", "", "", 0, 0, "")]
+        assert db.execute("SELECT count(*) FROM drops").fetchone() == (0,)
 
 
 async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_path):
@@ -217,7 +220,8 @@ async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_p
     await store.write(FlowBatch.from_records(envelope(), [flow(envelope(), 0)]))
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 2 wrote
-        for column in ("verdict", *VERSION_4_COLUMNS):
+        db.execute("DROP TABLE drops")
+        for column in ("verdict", *VERSION_4_COLUMNS, *VERSION_5_COLUMNS):
             db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 2")
     store = SqliteStore(path)
@@ -226,12 +230,14 @@ async def test_a_version_2_file_gets_the_verdict_column_and_keeps_its_rows(tmp_p
     await store.write(FlowBatch.from_records(later, [dataclasses.replace(flow(later, 0), verdict="deny")]))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
         assert db.execute("SELECT interval_start, verdict FROM flows ORDER BY interval_start").fetchall() == [
             (T0, ""), (T0 + 10 * SECOND, "deny")]
 
 
 VERSION_4_COLUMNS = ("pod", "workload", "runtime", "process", "pid", "peer_process", "peer_pid")
+VERSION_5_COLUMNS = ("rtt_min_us", "rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets", "drop_bytes",
+                     "drop_reason")
 
 
 async def test_a_version_3_file_gets_the_pod_and_process_columns_and_keeps_its_rows(tmp_path):
@@ -241,7 +247,8 @@ async def test_a_version_3_file_gets_the_pod_and_process_columns_and_keeps_its_r
     await store.write(FlowBatch.from_records(first, [flow_record(first, verdict="allow")]))
     await store.close()
     with sqlite3.connect(path) as db:  # back to what version 3 wrote
-        for column in VERSION_4_COLUMNS:
+        db.execute("DROP TABLE drops")
+        for column in (*VERSION_4_COLUMNS, *VERSION_5_COLUMNS):
             db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 3")
     later = dataclasses.replace(first, interval_seq=1, interval_start=T0 + 10 * SECOND, interval_end=T0 + 20 * SECOND)
@@ -251,11 +258,39 @@ async def test_a_version_3_file_gets_the_pod_and_process_columns_and_keeps_its_r
         peer_process="curl", peer_pid=77)]))
     await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
         assert db.execute(f"SELECT interval_start, verdict, {', '.join(VERSION_4_COLUMNS)} FROM flows "
                           "ORDER BY interval_start").fetchall() == [
             (T0, "allow", "", "", "", "", 0, "", 0),
             (T0 + 10 * SECOND, "", "shop/web-7d9f-x2", "web", "containerd", "nginx", 4242, "curl", 77)]
+
+
+async def test_a_version_4_file_gets_the_quality_columns_and_the_drops_table_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    first = envelope()
+    store = SqliteStore(path)
+    await store.write(FlowBatch.from_records(first, [flow_record(first, verdict="allow", process="nginx", pid=42)]))
+    await store.close()
+    with sqlite3.connect(path) as db:  # back to what version 4 wrote
+        db.execute("DROP TABLE drops")
+        for column in VERSION_5_COLUMNS:
+            db.execute(f"ALTER TABLE flows DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 4")
+    later = dataclasses.replace(first, interval_seq=1, interval_start=T0 + 10 * SECOND, interval_end=T0 + 20 * SECOND,
+                                drops=(DropCount(3, "veth0", "NO_SOCKET", 4, 240),))
+    store = SqliteStore(path)
+    await store.write(FlowBatch.from_records(later, [flow_record(
+        later, rtt_min_us=80, rtt_avg_us=95, rtt_max_us=130, retransmits=2, drop_packets=1, drop_bytes=1500,
+        drop_reason="NETFILTER_DROP")]))
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute(f"SELECT interval_start, verdict, process, pid, {', '.join(VERSION_5_COLUMNS)} FROM flows "
+                          "ORDER BY interval_start").fetchall() == [
+            (T0, "allow", "nginx", 42, 0, 0, 0, 0, 0, 0, ""),
+            (T0 + 10 * SECOND, "", "", 0, 80, 95, 130, 2, 1, 1500, "NETFILTER_DROP")]
+        assert db.execute("SELECT host, ifname, reason, packets, bytes FROM drops").fetchall() == [
+            (HOST, "veth0", "NO_SOCKET", 4, 240)]
 
 
 # -- 2. repeated keys in one message are summed ----------------------------------------------------
@@ -296,6 +331,26 @@ async def test_repeated_keys_give_the_same_history_in_both_stores(tmp_path, infl
     assert [(r["src_ip"], r["packets"], r["bytes"], r["first_seen"], r["last_seen"]) for r in rows] == [
         ("10.0.0.1", TOP, 4305, T0 + 2, T0 + 9), ("10.0.0.2", 2, 200, T0 + 1, T0 + 2)]
     assert await influx_history(influx, HistoryQuery(**ALL)) == rows
+
+
+async def test_repeated_keys_merge_their_quality_columns(tmp_path):
+    """Retransmits and drops summed, the least and greatest RTT, the average weighted by the packets
+    of the records that have one, the reason of the record with the most dropped packets."""
+    env = envelope()
+    first = flow(env, 0, packets=1, drop_packets=2, drop_bytes=200, drop_reason="NO_SOCKET")  # no RTT
+    records = [first,
+               dataclasses.replace(first, packets=10, rtt_min_us=100, rtt_avg_us=300, rtt_max_us=900, retransmits=4,
+                                   drop_packets=5, drop_bytes=500, drop_reason="NETFILTER_DROP"),
+               dataclasses.replace(first, packets=30, rtt_min_us=50, rtt_avg_us=700, rtt_max_us=800, retransmits=1,
+                                   drop_packets=1, drop_bytes=100, drop_reason="SOCKET_RCVBUFF")]
+    store = SqliteStore(tmp_path / "flows.sqlite")
+    for _ in range(2):  # a redelivery changes nothing
+        await store.write(FlowBatch.from_records(env, records))
+    await store.close()
+    with sqlite3.connect(tmp_path / "flows.sqlite") as db:
+        assert db.execute("SELECT packets, rtt_min_us, rtt_avg_us, rtt_max_us, retransmits, drop_packets, drop_bytes, "
+                          "drop_reason FROM flows").fetchall() == [
+            (41, 50, (10 * 300 + 30 * 700) // 40, 900, 5, 8, 800, "NETFILTER_DROP")]
 
 
 def test_repeated_key_totals_is_empty_without_repeats():

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from connstats.probe.contract.errors import StoreError, StoreFull, StoreUnavailable
-from connstats.probe.contract.record import Envelope, FlowRecord
+from connstats.probe.contract.record import DropCount, Envelope, FlowRecord
 from connstats.probe.contract.wire import FLOW_COLUMNS, RECORD_FIELDS, FlowBatch
 from connstats.sink.sqlite_store import (
     _COLUMNS,
@@ -77,6 +77,8 @@ async def test_columns_hold_the_record_and_empty_container_fields(store):
         "tcp_flags": 0x18, "interval_start": T0, "interval_end": T0 + INTERVAL,
         "container_id": "", "container_name": "", "container_image": "", "verdict": "",
         "pod": "", "workload": "", "runtime": "", "process": "", "pid": 0, "peer_process": "", "peer_pid": 0,
+        "rtt_min_us": 0, "rtt_avg_us": 0, "rtt_max_us": 0, "retransmits": 0, "drop_packets": 0, "drop_bytes": 0,
+        "drop_reason": "",
     }
 
 
@@ -100,15 +102,46 @@ async def test_pod_workload_runtime_and_both_processes_are_stored_column_by_colu
     ]
 
 
+async def test_the_quality_columns_and_the_drops_of_no_record_are_stored(store):
+    envelope, _ = message(0)
+    envelope = dataclasses.replace(envelope, drops=(
+        DropCount(3, "veth0", "NETFILTER_DROP", 7, 700), DropCount(3, "veth0", "NO_SOCKET", 2, 120),
+        DropCount(3, "veth0", "NETFILTER_DROP", 1, 100), DropCount(9, "eth0", "NETFILTER_DROP", 5, 1 << 40)))
+    records = [
+        flow_record(envelope, src_port=40001, rtt_min_us=110, rtt_avg_us=250, rtt_max_us=4_000_000_000,
+                    retransmits=31, drop_packets=3, drop_bytes=4500, drop_reason="TCP_INVALID_SEQUENCE"),
+        flow_record(envelope, src_port=40002, proto=17, drop_packets=12, drop_bytes=1 << 33,
+                    drop_reason="SOCKET_RCVBUFF"),
+        flow_record(envelope, src_port=40003),
+    ]
+    await store.write(FlowBatch.from_records(envelope, records))
+    await store.write(FlowBatch.from_records(envelope, records))  # a redelivery changes nothing
+    with sqlite3.connect(store.path) as db:
+        rows = db.execute("SELECT src_port, rtt_min_us, rtt_avg_us, rtt_max_us, retransmits, drop_packets, "
+                          "drop_bytes, drop_reason FROM flows ORDER BY src_port").fetchall()
+        drops = db.execute("SELECT * FROM drops ORDER BY ifindex, reason").fetchall()
+    assert rows == [
+        (40001, 110, 250, 4_000_000_000, 31, 3, 4500, "TCP_INVALID_SEQUENCE"),
+        (40002, 0, 0, 0, 0, 12, 1 << 33, "SOCKET_RCVBUFF"),
+        (40003, 0, 0, 0, 0, 0, 0, ""),
+    ]
+    end = envelope.interval_end
+    assert drops == [("node-1", 3, "veth0", "NETFILTER_DROP", 8, 800, T0, end),
+                     ("node-1", 3, "veth0", "NO_SOCKET", 2, 120, T0, end),
+                     ("node-1", 9, "eth0", "NETFILTER_DROP", 5, 1 << 40, T0, end)]
+
+
 def test_a_message_writes_only_the_defaulted_columns_some_record_fills():
     envelope, records = message(2)
     defaulted = ("container_id", "container_name", "container_image", "pod", "workload", "runtime", "verdict",
-                 "process", "pid", "peer_process", "peer_pid")
+                 "process", "pid", "peer_process", "peer_pid", "rtt_min_us", "rtt_avg_us", "rtt_max_us",
+                 "retransmits", "drop_packets", "drop_bytes", "drop_reason")
     assert written_columns(FlowBatch.from_records(envelope, records)) == tuple(
         c for c in _COLUMNS if c not in defaulted)
-    records[1] = flow_record(envelope, src_port=1, pod="shop/web-1", peer_pid=9)
+    records[1] = flow_record(envelope, src_port=1, pod="shop/web-1", peer_pid=9, rtt_max_us=900,
+                             drop_reason="NETFILTER_DROP")
     assert set(_COLUMNS) - set(written_columns(FlowBatch.from_records(envelope, records))) == set(defaulted) - {
-        "pod", "peer_pid"}
+        "pod", "peer_pid", "rtt_max_us", "drop_reason"}
 
 
 def test_flow_rows_is_one_tuple_per_record_in_column_order():

@@ -10,16 +10,20 @@ records the policy denied) is a threshold with a fixed ``verdict = "deny"`` cond
 from __future__ import annotations
 
 from .base import Context, Finding, Kind
+from .drops import Drops
 from .new_peer import NewPeer
 from .new_port import NewPort
 from .overflow import Overflow
 from .policy_violation import PolicyViolation
+from .retransmit_ratio import RetransmitRatio
+from .rtt import Rtt
 from .silent_host import SilentHost
 from .spike import Spike
 from .threshold import Threshold
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (Threshold, NewPeer, NewPort, Spike, Overflow, SilentHost, PolicyViolation)
+    kind.name: kind for kind in (Threshold, NewPeer, NewPort, Spike, Overflow, SilentHost, PolicyViolation, Rtt,
+                                 RetransmitRatio, Drops)
 }
 
 __all__ = ["KINDS", "Context", "Finding", "Kind"]
