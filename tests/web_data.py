@@ -13,6 +13,7 @@ import numpy as np
 
 from connstats.probe.contract import Envelope, FlowBatch, encode_message
 from connstats.probe.contract.wire import Device, FlowColumns
+from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS, QUALITY_COLUMNS
 from tests.fixtures.records import flow_record
 
 BOOT_ID = "00000000-0000-4000-8000-00000000web0"
@@ -54,6 +55,7 @@ def synthetic_batch(host: str, seq: int, start_ns: int, length_ns: int, connecti
         process=[f"app-{c:02d}" if namespaces else "" for c in owner.tolist()],
         pid=[1000 + c if namespaces else 0 for c in owner.tolist()], peer_process=[""] * connections,
         peer_pid=[0] * connections,  # every column has one entry per record (decoding fills absent ones)
+        **{name: [OPTIONAL_COLUMNS[name]] * connections for name in QUALITY_COLUMNS},  # none measured
     )
     devices = tuple(Device(1000 + c, f"veth{c:03d}", f"{c:064x}", f"app-{c:02d}", "demo:1",
                            **({"pod": f"{namespaces[c % len(namespaces)]}/app-{c:02d}-7d9f8c6b5-x{c:03d}z",
@@ -156,7 +158,6 @@ async def write_with_quality(path, batches: list[FlowBatch]) -> None:
     """``batches`` into a SQLite store with their quality: through ``SqliteStore`` alone once it
     keeps quality (schema 5); with an older store, the rest written as schema 5 will (its
     columns and its ``drops`` table, like ``overflow``), so the page reads what it will read."""
-    from connstats.probe.contract.wire_schema import OPTIONAL_COLUMNS, QUALITY_COLUMNS
     from connstats.sink import sqlite_store
 
     store = sqlite_store.SqliteStore(path)

@@ -64,6 +64,7 @@ def test_the_map_colours_edges_by_rtt_or_drops_and_shows_each_one_s_quality(nats
     ab = page.locator(EDGE.format(A, B))
     assert [ab.get_attribute(f"data-{k}") for k in ("rtt-max-us", "retransmits", "drop-packets", "drop-reason")] == [
         "4000", "10", "40", "NETFILTER_DROP"]
+    ab.hover()  # the tooltip is made on the first hover
     assert ab.locator("title").text_content() == (
         "a → b\n1 connections, 200 packets, 293.0 KiB\nRTT max 4.0 ms\n10 retransmits\n"
         "40 dropped (5.9 KiB), mostly NETFILTER_DROP")

@@ -88,9 +88,10 @@ cs.views.map = (() => {
       `data-drop-reason="${cs.escape(e.drop_reason)}"`;
   }
 
-  function label(id) { const n = data.nodes.find(n => n.id === id); return n ? n.label : id; }
-
+  // An edge's tooltip, made when the pointer first reaches it (a title per edge up front
+  // would triple the drawing time of a big map).
   function edgeTitle(e) {
+    const label = id => { const n = data.nodes.find(n => n.id === id); return n ? n.label : id; };
     const lines = [`${label(e.source)} → ${label(e.target)}`,
       `${e.connections} connections, ${e.packets} packets, ${cs.bytes(e.bytes)}`];
     if (e.rtt_max_us) lines.push(`RTT max ${cs.rtt(e.rtt_max_us)}`);
@@ -112,15 +113,15 @@ cs.views.map = (() => {
     });
     const maxBytes = body.edges.reduce((m, e) => Math.max(m, e.bytes), 1);
     const scale = Math.log1p(maxBytes);
-    for (const e of body.edges) {
+    body.edges.forEach((e, i) => {
       const a = at.get(e.source), b = at.get(e.target);
       const width = (0.5 + 7.5 * Math.log1p(e.bytes) / scale).toFixed(2);
       parts.push(`<line class="edge${e.verdict ? " " + e.verdict : ""}${body.quality ? qualityClasses(e) : ""}" ` +
         `x1="${a.x.toFixed(1)}" y1="${a.y.toFixed(1)}" ` +
         `x2="${b.x.toFixed(1)}" y2="${b.y.toFixed(1)}" stroke-width="${width}" data-source="${cs.escape(e.source)}" ` +
         `data-target="${cs.escape(e.target)}" data-bytes="${e.bytes}" data-packets="${e.packets}" ` +
-        `data-verdict="${e.verdict}"${body.quality ? qualityData(e) : ""}><title>${cs.escape(edgeTitle(e))}</title></line>`);
-    }
+        `data-verdict="${e.verdict}" data-i="${i}"${body.quality ? qualityData(e) : ""}></line>`);
+    });
     const maxNode = Math.log1p(body.nodes.reduce((m, n) => Math.max(m, n.bytes), 1));
     const labelPeers = body.nodes.filter(n => n.kind === "peer").length <= PEER_LABELS;
     for (const n of body.nodes) {
@@ -195,6 +196,13 @@ cs.views.map = (() => {
     };
     colour.addEventListener("change", paint);
     paint();
+    document.getElementById("map-svg").addEventListener("mouseover", e => {
+      const edge = e.target;
+      if (!edge.classList.contains("edge") || edge.firstChild) return;
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = edgeTitle(data.edges[Number(edge.dataset.i)]);
+      edge.appendChild(title);
+    });
     document.getElementById("map-svg").addEventListener("click", e => {
       if (e.target.classList.contains("node")) select(e.target.dataset.id);
     });
