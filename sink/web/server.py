@@ -48,8 +48,8 @@ from connstats.sink.stores import StoreReader
 
 from .access import AccessGuard
 from .graph import build_map
-from .quality import StoredQuality, sqlite_quality, with_quality
 from .live import LiveFeed, LivePage
+from .quality import StoredQuality, sqlite_quality, with_quality
 from .queries import (
     build_series,
     build_violations,
