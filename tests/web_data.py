@@ -121,8 +121,8 @@ AB = dict(proto=6, src_ip="10.60.0.2", src_port=40000, dst_ip="10.60.0.3", dst_p
 
 
 def quality_batches(start_ns: int) -> list[FlowBatch]:
-    """Two 10 s intervals of containers a, b and c: a -> b (TCP; RTT and retransmits on a's
-    egress, drops on b's ingress, two reasons), a -> 203.0.113.9:443 (RTT 60-120 ms), b ->
+    """Two 10 s intervals of containers a, b and c: a -> b (TCP, 100 then 300 packets; RTT and
+    retransmits on a's egress, drops on b's ingress, two reasons), a -> 203.0.113.9:443 (RTT 60-120 ms), b ->
     198.51.100.53:53 (1,500 dropped), c -> 198.51.100.53:53 (no quality); device drops with
     no connection on vethA and on eth9 (which has no record)."""
     from connstats.probe.contract import DropCount
@@ -133,13 +133,14 @@ def quality_batches(start_ns: int) -> list[FlowBatch]:
                            direction=direction, **fields)
 
     batches = []
-    for seq, (rtt, retransmits, drops, reason, device_drops) in enumerate(
-            (((800, 1500, 2500), 7, 30, "NETFILTER_DROP", 12), ((700, 2500, 4000), 3, 10, "TCP_INVALID_SEQUENCE", 8))):
+    for seq, (sent, rtt, retransmits, drops, reason, device_drops) in enumerate(
+            ((100, (800, 1500, 2500), 7, 30, "NETFILTER_DROP", 12),
+             (300, (700, 2700, 4000), 3, 10, "TCP_INVALID_SEQUENCE", 8))):
         of = Envelope(QUALITY_NODE, BOOT_ID, seq + 1, start_ns + seq * 10 * SECOND, start_ns + (seq + 1) * 10 * SECOND)
         records = [
-            rec(of, 21, "egress", **AB, packets=100, bytes=150_000, rtt_min_us=rtt[0], rtt_avg_us=rtt[1],
+            rec(of, 21, "egress", **AB, packets=sent, bytes=1500 * sent, rtt_min_us=rtt[0], rtt_avg_us=rtt[1],
                 rtt_max_us=rtt[2], retransmits=retransmits),
-            rec(of, 22, "ingress", **AB, packets=100 - drops, bytes=150_000 - 150 * drops, drop_packets=drops,
+            rec(of, 22, "ingress", **AB, packets=sent - drops, bytes=1500 * (sent - drops), drop_packets=drops,
                 drop_bytes=150 * drops, drop_reason=reason),
             rec(of, 21, "egress", proto=6, src_ip="10.60.0.2", src_port=40001, dst_ip="203.0.113.9", dst_port=443,
                 packets=50, bytes=60_000, rtt_min_us=60_000, rtt_avg_us=90_000, rtt_max_us=120_000),

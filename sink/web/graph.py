@@ -27,12 +27,13 @@ Rows may carry ``pod``, ``workload``, ``process``, ``pid``, ``peer_process`` and
 is the program at the device's end, ``peer_process`` the one at the other end when it is
 on this host too: so on egress the sender's is ``process``, on ingress the receiver's.
 
-Rows may carry the quality fields too (``rtt_min_us``, ``rtt_avg_us``, ``rtt_samples``,
-``rtt_max_us``, ``retransmits``, ``drop_packets``, ``drop_bytes``, ``drop_reason``: quality.py
-reads them). A connection's quality is that of all its rows, whichever device counted them
-(drops are reported on the receiver's device, retransmits on the sender's): RTT least,
-greatest and mean over the intervals, retransmits and drops summed, the reason of the most
-dropped packets. An edge carries its connections' greatest RTT, their retransmits and drops
+Rows may carry the quality fields too (``rtt_min_us``, ``rtt_avg_us``, ``rtt_max_us``,
+``retransmits``, ``drop_packets``, ``drop_bytes``, ``drop_reason``, and the average's
+partials ``rtt_weighted`` and ``rtt_weight``: quality.py reads them). A connection's quality
+is that of all its rows, whichever device counted them (drops are reported on the
+receiver's device, retransmits on the sender's): RTT least, greatest and the records'
+averages weighted by their packets (as ``connstats history --quality``), retransmits and
+drops summed, the reason of the most dropped packets. An edge carries its connections' greatest RTT, their retransmits and drops
 and the commonest reason. The map has ``quality`` true and these fields only when some row
 has one. Drops that belong to no connection (the store's device drops) are listed on the
 node of their device: its owner, the host, or a node of the device itself.
@@ -57,13 +58,13 @@ _QUALITY_SIGNS = ("rtt_max_us", "retransmits", "drop_packets")  # a row with one
 
 @dataclass
 class Quality:
-    """Quality added up over rows: RTT least, greatest and mean over the intervals,
+    """Quality added up over rows: RTT least, greatest and average weighted by packets,
     retransmits and drops summed, dropped packets per reason."""
 
     rtt_min_us: int = 0
     rtt_max_us: int = 0
-    rtt_total: int = 0  # the intervals' average RTTs, summed
-    rtt_samples: int = 0  # intervals with an RTT
+    rtt_weighted: int = 0  # the records' average RTTs times their packets, summed
+    rtt_weight: int = 0  # the packets of records with an RTT
     retransmits: int = 0
     drop_packets: int = 0
     drop_bytes: int = 0
@@ -73,17 +74,18 @@ class Quality:
     def of(row: dict) -> Quality | None:
         if not any(row.get(name) for name in _QUALITY_SIGNS):
             return None
-        samples = row.get("rtt_samples") or (1 if row.get("rtt_avg_us") else 0)
+        average = row.get("rtt_avg_us") or 0  # a row without the partials: its packets weigh it
+        weight = row.get("rtt_weight", row["packets"] if average else 0)
         reason = row.get("drop_reason") or ""
-        return Quality(row.get("rtt_min_us") or 0, row.get("rtt_max_us") or 0, (row.get("rtt_avg_us") or 0) * samples,
-                       samples, row.get("retransmits") or 0, row.get("drop_packets") or 0, row.get("drop_bytes") or 0,
+        return Quality(row.get("rtt_min_us") or 0, row.get("rtt_max_us") or 0,
+                       row.get("rtt_weighted", average * weight), weight, row.get("retransmits") or 0, row.get("drop_packets") or 0, row.get("drop_bytes") or 0,
                        {reason: row.get("drop_packets") or 0} if row.get("drop_packets") else {})
 
     def add(self, other: Quality) -> None:
         self.rtt_min_us = min(filter(None, (self.rtt_min_us, other.rtt_min_us)), default=0)
         self.rtt_max_us = max(self.rtt_max_us, other.rtt_max_us)
-        self.rtt_total += other.rtt_total
-        self.rtt_samples += other.rtt_samples
+        self.rtt_weighted += other.rtt_weighted
+        self.rtt_weight += other.rtt_weight
         self.retransmits += other.retransmits
         self.drop_packets += other.drop_packets
         self.drop_bytes += other.drop_bytes
@@ -92,7 +94,7 @@ class Quality:
 
     @property
     def rtt_avg_us(self) -> int:
-        return (self.rtt_total + self.rtt_samples // 2) // self.rtt_samples if self.rtt_samples else 0
+        return self.rtt_weighted // self.rtt_weight if self.rtt_weight else 0
 
     @property
     def drop_reason(self) -> str:

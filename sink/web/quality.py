@@ -43,15 +43,17 @@ class StoredQuality:
 
 
 def quality_sql(query: HistoryQuery, present: frozenset[str]) -> tuple[str, dict[str, Any]]:
-    """Per map row key and drop reason: the least and greatest RTT, the sum and count of the
-    intervals' average RTTs, the sums of retransmits and drops; records without any left out."""
+    """Per map row key and drop reason: the least and greatest RTT, the records' average RTTs
+    weighted by their packets (``rtt_weighted`` over ``rtt_weight``, as ``connstats history
+    --quality`` weighs them), the sums of retransmits and drops; records without any left out."""
     column = {name: name if name in present else _DEFAULTS[name] for name in QUALITY_FIELDS}
     where, params = _where(query, _FILTERS)
     where.append(f"({column['rtt_max_us']} > 0 OR {column['retransmits']} > 0 OR {column['drop_packets']} > 0)")
     keys = ", ".join(KEYS)
     sql = (f"SELECT {keys}, {column['drop_reason']} AS drop_reason, "
-           f"MIN(NULLIF({column['rtt_min_us']}, 0)) AS rtt_min_us, SUM({column['rtt_avg_us']}) AS rtt_sum, "
-           f"SUM({column['rtt_avg_us']} > 0) AS rtt_samples, MAX({column['rtt_max_us']}) AS rtt_max_us, "
+           f"MIN(NULLIF({column['rtt_min_us']}, 0)) AS rtt_min_us, MAX({column['rtt_max_us']}) AS rtt_max_us, "
+           f"TOTAL(CASE WHEN {column['rtt_avg_us']} > 0 THEN {column['rtt_avg_us']} * packets END) AS rtt_weighted, "
+           f"TOTAL(CASE WHEN {column['rtt_avg_us']} > 0 THEN packets END) AS rtt_weight, "
            + ", ".join(f"SUM({column[c]}) AS {c}" for c in COUNTERS)
            + f" FROM flows WHERE {' AND '.join(where)} GROUP BY {keys}, drop_reason")
     return sql, params
@@ -80,22 +82,21 @@ def quality_by_key(rows: list[dict]) -> dict[tuple, dict[str, Any]]:
     out: dict[tuple, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: (-(r["drop_packets"] or 0), r["drop_reason"])):
         key = tuple(proto_name(row[k]) if k == "proto" and isinstance(row[k], int) else row[k] for k in KEYS)
-        seen = out.setdefault(key, {"rtt_min_us": 0, "rtt_sum": 0, "rtt_samples": 0, "rtt_max_us": 0,
+        seen = out.setdefault(key, {"rtt_min_us": 0, "rtt_weighted": 0, "rtt_weight": 0, "rtt_max_us": 0,
                                     **dict.fromkeys(COUNTERS, 0), "drop_reason": ""})
         if row["rtt_min_us"]:
             seen["rtt_min_us"] = min(filter(None, (seen["rtt_min_us"], row["rtt_min_us"])))
         seen["rtt_max_us"] = max(seen["rtt_max_us"], row["rtt_max_us"] or 0)
-        for name in ("rtt_sum", "rtt_samples", *COUNTERS):
-            seen[name] += row[name] or 0
+        for name in ("rtt_weighted", "rtt_weight", *COUNTERS):
+            seen[name] += int(row[name] or 0)
         if row["drop_packets"] and not seen["drop_reason"]:
             seen["drop_reason"] = row["drop_reason"]
     return {key: _finished(seen) for key, seen in out.items()}
 
 
 def _finished(seen: dict[str, Any]) -> dict[str, Any]:
-    """``rtt_avg_us`` the mean of the intervals' averages, over ``rtt_samples`` intervals."""
-    samples, total = seen["rtt_samples"], seen.pop("rtt_sum")
-    return {**seen, "rtt_avg_us": (total + samples // 2) // samples if samples else 0}
+    """``rtt_avg_us`` the packet-weighted average (floor); its partials stay for graph.py."""
+    return {**seen, "rtt_avg_us": seen["rtt_weighted"] // seen["rtt_weight"] if seen["rtt_weight"] else 0}
 
 
 def with_quality(rows: list[dict], quality: dict[tuple, dict[str, Any]]) -> list[dict]:

@@ -36,7 +36,8 @@ async def test_the_map_carries_each_connection_s_quality_edges_and_device_drops(
     quality = {(c["source"], c["target"]): (c["rtt_avg_us"], c["rtt_max_us"], c["retransmits"], c["drop_packets"],
                                            c["drop_reason"]) for c in (dict(zip(fields, c, strict=True))
                                                                         for c in body["connections"])}
-    assert quality == {(A, B): (2000, 4000, 10, 40, "NETFILTER_DROP"), (A, WEB): (90_000, 120_000, 0, 0, ""),
+    assert quality == {(A, B): (2400, 4000, 10, 40, "NETFILTER_DROP"),  # (1500 * 100 + 2700 * 300) / 400
+                       (A, WEB): (90_000, 120_000, 0, 0, ""),
                        (B, DNS): (0, 0, 0, 1500, "QDISC_DROP"), (C, DNS): (0, 0, 0, 0, "")}
     assert len(body["connections"]) == 4  # b's ingress of a -> b is drawn from a's egress, its drops with it
     drops = {n["id"]: n.get("drops") for n in body["nodes"]}

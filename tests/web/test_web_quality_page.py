@@ -66,7 +66,7 @@ def test_the_map_colours_edges_by_rtt_or_drops_and_shows_each_one_s_quality(nats
         "4000", "10", "40", "NETFILTER_DROP"]
     ab.hover()  # the tooltip is made on the first hover
     assert ab.locator("title").text_content() == (
-        "a → b\n1 connections, 200 packets, 293.0 KiB\nRTT max 4.0 ms\n10 retransmits\n"
+        "a → b\n1 connections, 400 packets, 585.9 KiB\nRTT max 4.0 ms\n10 retransmits\n"
         "40 dropped (5.9 KiB), mostly NETFILTER_DROP")
     pairs = [(A, B), (A, "peer:203.0.113.9"), (B, "peer:198.51.100.53"), (f"container:{NODE}/c", "peer:198.51.100.53")]
     strokes = {}
@@ -84,7 +84,7 @@ def test_the_map_colours_edges_by_rtt_or_drops_and_shows_each_one_s_quality(nats
     page.click(f".node[data-id='{A}']")
     rows = page.locator("#map-connections tbody tr")
     assert [rows.nth(i).inner_text().split("\t") for i in range(rows.count())] == [
-        ["tcp", "10.60.0.2:40000", "", "10.60.0.3:5432", "", "200", "300000", "", "2.0 ms", "4.0 ms", "10",
+        ["tcp", "10.60.0.2:40000", "", "10.60.0.3:5432", "", "400", "600000", "", "2.4 ms", "4.0 ms", "10",
          "40 (NETFILTER_DROP)"],
         ["tcp", "10.60.0.2:40001", "", "203.0.113.9:443", "", "100", "120000", "", "90.0 ms", "120.0 ms", "", ""]]
     assert page.inner_text("#map-node-drops") == (
