@@ -244,8 +244,7 @@ class PageApi:
 
     async def map(self, request: web.Request) -> web.Response:
         query = map_query(request.query)
-        rows = await self.reader.rows(query)
-        quality = await self.quality(query)
+        rows, quality = await asyncio.gather(self.reader.rows(query), self.quality(query))  # two threads
         body = build_map(with_quality(rows, quality.rows), await self.own_addresses(), quality.drops)
         return json_response(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
 
