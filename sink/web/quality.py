@@ -108,7 +108,10 @@ def with_quality(rows: list[dict], quality: dict[tuple, dict[str, Any]]) -> list
 
 def sqlite_quality(path: str | Path, query: HistoryQuery, busy_timeout: float = 5.0) -> StoredQuality:
     """The quality of the map's rows and the device drops of ``query``'s range, from a
-    read-only connection; nothing from a file that has neither (schema 4 or older)."""
+    read-only connection; nothing from a file that has neither (schema 4 or older), nor
+    from a missing file (the map's rows, read beside, say what is wrong with it)."""
+    if not Path(path).is_file():
+        return StoredQuality()
     try:
         db = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True, timeout=busy_timeout)
     except sqlite3.Error as exc:

@@ -62,6 +62,8 @@ async def test_a_store_without_quality_reads_none_and_the_map_is_as_before(tmp_p
     query = HistoryQuery(since=start - SECOND, until=start + 20 * SECOND, group_by="connection_owner")
     quality = sqlite_quality(path, query)
     assert (quality.rows, quality.drops) == ({}, [])
+    missing = sqlite_quality(tmp_path / "none.sqlite", query)  # the map's rows, read beside, say it is missing
+    assert (missing.rows, missing.drops) == ({}, [])
     body = read_map(path, query.since, query.until)
     plain = build_map(sqlite_history(path, query))
     assert body == plain and body["quality"] is False and len(body["connections"]) == 300
