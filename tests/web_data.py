@@ -113,3 +113,89 @@ def pod_records(of) -> list:
                     runtime="docker", direction="egress", proto=17, src_ip="172.17.0.2", src_port=5000,
                     dst_ip="198.51.100.53", dst_port=53, packets=1, bytes=80),
     ]
+
+
+QUALITY_NODE = "qual-1"  # quality_batches: RTT, retransmits and drops on three containers' connections
+QUALITY_DEVICES = {21: ("vethA", "a"), 22: ("vethB", "b"), 23: ("vethC", "c")}  # ifindex: (ifname, container)
+AB = dict(proto=6, src_ip="10.60.0.2", src_port=40000, dst_ip="10.60.0.3", dst_port=5432)  # a -> b, TCP
+
+
+def quality_batches(start_ns: int) -> list[FlowBatch]:
+    """Two 10 s intervals of containers a, b and c: a -> b (TCP, 100 then 300 packets; RTT and
+    retransmits on a's egress, drops on b's ingress, two reasons), a -> 203.0.113.9:443 (RTT 60-120 ms), b ->
+    198.51.100.53:53 (1,500 dropped), c -> 198.51.100.53:53 (no quality); device drops with
+    no connection on vethA and on eth9 (which has no record)."""
+    from connstats.probe.contract import DropCount
+
+    def rec(of, ifindex, direction, **fields):
+        ifname, name = QUALITY_DEVICES[ifindex]
+        return flow_record(of, ifindex=ifindex, ifname=ifname, container_name=name, container_id=f"{ifindex:064x}",
+                           direction=direction, **fields)
+
+    batches = []
+    for seq, (sent, rtt, retransmits, drops, reason, device_drops) in enumerate(
+            ((100, (800, 1500, 2500), 7, 30, "NETFILTER_DROP", 12),
+             (300, (700, 2700, 4000), 3, 10, "TCP_INVALID_SEQUENCE", 8))):
+        of = Envelope(QUALITY_NODE, BOOT_ID, seq + 1, start_ns + seq * 10 * SECOND, start_ns + (seq + 1) * 10 * SECOND)
+        records = [
+            rec(of, 21, "egress", **AB, packets=sent, bytes=1500 * sent, rtt_min_us=rtt[0], rtt_avg_us=rtt[1],
+                rtt_max_us=rtt[2], retransmits=retransmits),
+            rec(of, 22, "ingress", **AB, packets=sent - drops, bytes=1500 * (sent - drops), drop_packets=drops,
+                drop_bytes=150 * drops, drop_reason=reason),
+            rec(of, 21, "egress", proto=6, src_ip="10.60.0.2", src_port=40001, dst_ip="203.0.113.9", dst_port=443,
+                packets=50, bytes=60_000, rtt_min_us=60_000, rtt_avg_us=90_000, rtt_max_us=120_000),
+            rec(of, 22, "egress", proto=17, src_ip="10.60.0.3", src_port=5353, dst_ip="198.51.100.53", dst_port=53,
+                packets=2000, bytes=160_000, drop_packets=750, drop_bytes=60_000, drop_reason="QDISC_DROP"),
+            rec(of, 23, "egress", proto=17, src_ip="10.60.0.4", src_port=5353, dst_ip="198.51.100.53", dst_port=53,
+                packets=4, bytes=320),
+        ]
+        batch = FlowBatch.from_records(of, records)
+        batches.append(batch.with_drops((DropCount(21, "vethA", "NETFILTER_DROP", device_drops, 70 * device_drops),
+                                         DropCount(9, "eth9", "NO_SOCKET", 5, 300))))
+    return batches
+
+
+async def write_with_quality(path, batches: list[FlowBatch]) -> None:
+    """``batches`` into a SQLite store with their quality: through ``SqliteStore`` alone once it
+    keeps quality (schema 5); with an older store, the rest written as schema 5 will (its
+    columns and its ``drops`` table, like ``overflow``), so the page reads what it will read."""
+    from connstats.sink import sqlite_store
+
+    store = sqlite_store.SqliteStore(path)
+    keeps_quality = sqlite_store.SCHEMA_VERSION >= 5
+    for batch in batches:
+        await store.write(batch if keeps_quality else batch.with_drops(()).with_columns(
+            **{name: [OPTIONAL_COLUMNS[name]] * len(batch) for name in QUALITY_COLUMNS}))
+    await store.close()
+    if not keeps_quality:
+        _add_quality_as_schema_5(path, batches, QUALITY_COLUMNS)
+
+
+def _add_quality_as_schema_5(path, batches: list[FlowBatch], names: tuple[str, ...]) -> None:
+    import sqlite3
+
+    from connstats.probe.contract.flow_batch import as_list
+
+    db = sqlite3.connect(path)
+    try:
+        for name in names:
+            kind = "TEXT NOT NULL DEFAULT ''" if name == "drop_reason" else "INTEGER NOT NULL DEFAULT 0"
+            db.execute(f"ALTER TABLE flows ADD COLUMN {name} {kind}")
+        db.execute("CREATE TABLE drops (host TEXT NOT NULL, ifindex INTEGER NOT NULL, ifname TEXT NOT NULL, "
+                   "reason TEXT NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL, "
+                   "interval_start INTEGER NOT NULL, interval_end INTEGER NOT NULL, "
+                   "PRIMARY KEY (interval_start, host, ifindex, reason)) WITHOUT ROWID")
+        key = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
+        for batch in batches:
+            e, c = batch.envelope, {n: as_list(getattr(batch.columns, n)) for n in (*names, *key)}
+            for i in range(len(batch)):
+                updated = db.execute(f"UPDATE flows SET {', '.join(f'{n} = ?' for n in names)} WHERE interval_start = ? "
+                           f"AND host = ? AND {' AND '.join(f'{k} = ?' for k in key)}",
+                                     [c[n][i] for n in names] + [e.interval_start, e.host] + [c[k][i] for k in key])
+                assert updated.rowcount == 1, f"record {i} of interval {e.interval_seq} not in the store"
+            db.executemany("INSERT INTO drops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(e.host, d.ifindex, d.ifname, d.reason, d.packets, d.bytes, e.interval_start,
+                             e.interval_end) for d in e.drops])
+        db.commit()
+    finally:
+        db.close()

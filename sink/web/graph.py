@@ -26,12 +26,23 @@ Rows may carry ``pod``, ``workload``, ``process``, ``pid``, ``peer_process`` and
 ``peer_pid`` (stores that know them); a row without them is drawn as before. ``process``
 is the program at the device's end, ``peer_process`` the one at the other end when it is
 on this host too: so on egress the sender's is ``process``, on ingress the receiver's.
+
+Rows may carry the quality fields too (``rtt_min_us``, ``rtt_avg_us``, ``rtt_max_us``,
+``retransmits``, ``drop_packets``, ``drop_bytes``, ``drop_reason``, and the average's
+partials ``rtt_weighted`` and ``rtt_weight``: quality.py reads them). A connection's quality
+is that of all its rows, whichever device counted them (drops are reported on the
+receiver's device, retransmits on the sender's): RTT least, greatest and the records'
+averages weighted by their packets (as ``connstats history --quality``), retransmits and
+drops summed, the reason of the most dropped packets. An edge carries its connections' greatest RTT, their retransmits and drops
+and the commonest reason. The map has ``quality`` true and these fields only when some row
+has one. Drops that belong to no connection (the store's device drops) are listed on the
+node of their device: its owner, the host, or a node of the device itself.
 """
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from connstats.sink.history import OVERFLOW
@@ -40,6 +51,58 @@ MAX_NODE_PROCESSES = 8  # per node: the programs that moved the most bytes there
 
 CONNECTION_FIELDS = ["source", "target", "proto", "src_ip", "src_port", "dst_ip", "dst_port", "packets", "bytes",
                      "verdict", "source_process", "source_pid", "target_process", "target_pid"]
+QUALITY_CONNECTION_FIELDS = ["rtt_avg_us", "rtt_max_us", "retransmits", "drop_packets", "drop_reason"]
+QUALITY_EDGE_FIELDS = ("rtt_max_us", "retransmits", "drop_packets", "drop_bytes", "drop_reason")
+_QUALITY_SIGNS = ("rtt_max_us", "retransmits", "drop_packets")  # a row with one of them set has quality
+
+
+@dataclass
+class Quality:
+    """Quality added up over rows: RTT least, greatest and average weighted by packets,
+    retransmits and drops summed, dropped packets per reason."""
+
+    rtt_min_us: int = 0
+    rtt_max_us: int = 0
+    rtt_weighted: int = 0  # the records' average RTTs times their packets, summed
+    rtt_weight: int = 0  # the packets of records with an RTT
+    retransmits: int = 0
+    drop_packets: int = 0
+    drop_bytes: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def of(row: dict) -> Quality | None:
+        if not any(row.get(name) for name in _QUALITY_SIGNS):
+            return None
+        average = row.get("rtt_avg_us") or 0  # a row without the partials: its packets weigh it
+        weight = row.get("rtt_weight", row["packets"] if average else 0)
+        reason = row.get("drop_reason") or ""
+        return Quality(row.get("rtt_min_us") or 0, row.get("rtt_max_us") or 0,
+                       row.get("rtt_weighted", average * weight), weight, row.get("retransmits") or 0, row.get("drop_packets") or 0, row.get("drop_bytes") or 0,
+                       {reason: row.get("drop_packets") or 0} if row.get("drop_packets") else {})
+
+    def add(self, other: Quality) -> None:
+        self.rtt_min_us = min(filter(None, (self.rtt_min_us, other.rtt_min_us)), default=0)
+        self.rtt_max_us = max(self.rtt_max_us, other.rtt_max_us)
+        self.rtt_weighted += other.rtt_weighted
+        self.rtt_weight += other.rtt_weight
+        self.retransmits += other.retransmits
+        self.drop_packets += other.drop_packets
+        self.drop_bytes += other.drop_bytes
+        for reason, packets in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + packets
+
+    @property
+    def rtt_avg_us(self) -> int:
+        return self.rtt_weighted // self.rtt_weight if self.rtt_weight else 0
+
+    @property
+    def drop_reason(self) -> str:
+        """The reason of the most dropped packets (ties: the first by name); "" without drops."""
+        return min(self.reasons.items(), key=lambda item: (-item[1], item[0]))[0] if self.reasons else ""
+
+    def fields(self, names: Collection[str]) -> list:
+        return [getattr(self, name) for name in names]
 
 
 @dataclass(frozen=True)
@@ -113,6 +176,13 @@ class _Graph:
         self.egress = {_key(r) for r in rows if r["direction"] == "egress"}
         self.edges: dict[tuple[str, str], dict] = {}
         self.connections: list[list] = []
+        self.quality: dict[tuple, Quality] = {}  # per connection, from all its rows; drawn once
+        for row in rows:
+            if (found := Quality.of(row)) is not None:
+                self.quality.setdefault(_key(row), Quality()).add(found)
+        self.has_quality = bool(self.quality)
+        self.edge_quality: dict[tuple[str, str], Quality] = {}
+        self.device_nodes: dict[tuple[str, str], str] = {}  # (host, ifname) -> the node of its rows
 
     def is_host(self, row: dict, address: str) -> bool:
         return address in self.host_addresses.get(row["host"], ())
@@ -127,7 +197,9 @@ class _Graph:
         who = owner_node(row)
         if who is None:
             who = host_node(row["host"]) if self.is_host(row, ends(row)[0]) else device_node(row)
-        return self.add(who)
+        node_id = self.add(who)
+        self.device_nodes.setdefault((row["host"], row["ifname"]), node_id)
+        return node_id
 
     def learn_owners(self, rows: list[dict]) -> None:
         """An address is a node's if that node sent from it (egress first), else if it
@@ -176,23 +248,39 @@ class _Graph:
             if process[0]:
                 seen = self.processes.setdefault(node_id, {})
                 seen[process] = seen.get(process, 0) + row["bytes"]
-        self.connections.append([sender, receiver, row["proto"], row["src_ip"], row["src_port"], row["dst_ip"],
-                                 row["dst_port"], row["packets"], row["bytes"], row.get("verdict") or "",
-                                 *sent_by, *received_by])
+        connection = [sender, receiver, row["proto"], row["src_ip"], row["src_port"], row["dst_ip"], row["dst_port"],
+                      row["packets"], row["bytes"], row.get("verdict") or "", *sent_by, *received_by]
+        if self.has_quality:
+            quality = self.quality.pop(_key(row), None) or Quality()  # a connection drawn twice: its quality once
+            self.edge_quality.setdefault((sender, receiver), Quality()).add(quality)
+            connection += quality.fields(QUALITY_CONNECTION_FIELDS)
+        self.connections.append(connection)
+
+    def add_drops(self, drops: list[dict]) -> None:
+        """Device drops (host, ifname, reason, packets, bytes) on the node of their device."""
+        for drop in sorted(drops, key=lambda d: (-d["packets"], d["host"], d["ifname"], d["reason"])):
+            node_id = self.device_nodes.get((drop["host"], drop["ifname"])) or self.add(device_node(drop))
+            self.nodes[node_id].setdefault("drops", []).append(
+                [drop["ifname"], drop["reason"], drop["packets"], drop["bytes"]])
 
     def body(self) -> dict[str, Any]:
         for node_id, seen in self.processes.items():
             busiest = sorted(seen.items(), key=lambda item: (-item[1], item[0]))[:MAX_NODE_PROCESSES]
             self.nodes[node_id]["processes"] = [[name, pid] for (name, pid), _ in busiest]
+        for edge_key, quality in self.edge_quality.items():
+            self.edges[edge_key].update(zip(QUALITY_EDGE_FIELDS, quality.fields(QUALITY_EDGE_FIELDS), strict=True))
+        fields = CONNECTION_FIELDS + (QUALITY_CONNECTION_FIELDS if self.has_quality else [])
         return {"nodes": sorted(self.nodes.values(), key=lambda n: (n["kind"], n["id"])),
                 "edges": sorted(self.edges.values(), key=lambda e: (-e["bytes"], e["source"], e["target"])),
-                "connection_fields": CONNECTION_FIELDS, "connections": self.connections}
+                "connection_fields": fields, "connections": self.connections, "quality": self.has_quality}
 
 
-def build_map(rows: list[dict], host_addresses: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
+def build_map(rows: list[dict], host_addresses: Mapping[str, Collection[str]] | None = None,
+              drops: list[dict] | None = None) -> dict[str, Any]:
     """Nodes (pods, containers, hosts, devices, outside peers) and edges (sender ->
     receiver) from rows grouped by ``connection_owner``; ``host_addresses`` maps a host's
-    name to its own addresses (the module docstring says how each is used).
+    name to its own addresses; ``drops``: the device drops that belong to no connection
+    (the module docstring says how each is used).
 
     An edge's ``verdict`` is ``deny`` if any of its connections was denied (by the policy,
     in monitor or protect mode), else ``allow`` if any was allowed, else empty."""
@@ -203,6 +291,7 @@ def build_map(rows: list[dict], host_addresses: Mapping[str, Collection[str]] | 
         if row["direction"] == "ingress" and graph.counted_by_sender(row):
             continue
         graph.draw(row)
+    graph.add_drops(drops or [])
     return graph.body()
 
 

@@ -30,6 +30,8 @@ MAX_LIMIT = 1000
 PAGE_QUEUE = 8  # events waiting for a slow page before the oldest is dropped
 FEED_QUEUE = 256  # NATS messages waiting to be decoded before new ones are dropped
 _U64_MAX = np.iinfo(np.uint64).max
+LIVE_QUALITY = {"rtt_avg_us": 0, "rtt_max_us": 0, "retransmits": 0, "drop_packets": 0, "drop_bytes": 0,
+                "drop_reason": ""}  # a row's quality fields, each sent only when set
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class ChunkColumns:
                 "dst_ip": c.dst_ip[i], "dst_port": int(self.dst_port[i]),
                 "packets": int(self.packets[i]), "bytes": int(self.bytes[i]),
                 "verdict": self._optional(c.verdict, i, ""),  # absent: no policy
-                **self._who(device, i)}
+                **self._who(device, i), **self._quality(i)}
 
     def _who(self, device: Device | None, i: int) -> dict[str, Any]:
         """The pod and the process on each end, each only when known (a row stays small)."""
@@ -106,6 +108,13 @@ class ChunkColumns:
                "pid": int(self._optional(c.pid, i, 0)), "peer_process": self._optional(c.peer_process, i, ""),
                "peer_pid": int(self._optional(c.peer_pid, i, 0))}
         return {name: value for name, value in who.items() if value}
+
+    def _quality(self, i: int) -> dict[str, Any]:
+        """RTT, retransmits and drops with their reason, each only when set (a message
+        without the quality columns has none)."""
+        c = self.columns
+        quality = {name: self._optional(getattr(c, name), i, empty) for name, empty in LIVE_QUALITY.items()}
+        return {name: int(value) if name != "drop_reason" else value for name, value in quality.items() if value}
 
     def _optional(self, column: Any, i: int, empty: Any) -> Any:
         """An optional column's value (verdict, process, ...): a message without it has none."""
@@ -150,11 +159,17 @@ class LivePage:
 
 
 def interval_event(envelope: Envelope, rows: list[dict], totals: list[int]) -> dict[str, Any]:
+    """One interval's event; ``drops`` (the device drops that belong to no connection) only
+    when the interval has some."""
     connections, packets, nbytes = totals
-    return {"host": envelope.host, "interval_seq": envelope.interval_seq,
-            "interval_start_ms": envelope.interval_start // 1_000_000,
-            "interval_end_ms": envelope.interval_end // 1_000_000,
-            "connections": connections, "packets": packets, "bytes": nbytes, "rows": rows}
+    event = {"host": envelope.host, "interval_seq": envelope.interval_seq,
+             "interval_start_ms": envelope.interval_start // 1_000_000,
+             "interval_end_ms": envelope.interval_end // 1_000_000,
+             "connections": connections, "packets": packets, "bytes": nbytes, "rows": rows}
+    if envelope.drops:
+        event["drops"] = [{"ifname": d.ifname, "reason": d.reason, "packets": d.packets, "bytes": d.bytes}
+                          for d in envelope.drops]
+    return event
 
 
 class LiveFeed:

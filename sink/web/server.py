@@ -3,7 +3,8 @@
     GET /                    the page (static/index.html)
     GET /static/NAME         its own files (app.js, style.css, ...); any other name is a 404
     GET /api/live            server-sent events: one per interval, its top N connections
-    GET /api/map             nodes and edges over a time range, from the store (graph.py)
+    GET /api/map             nodes and edges over a time range, from the store (graph.py), with
+                             their RTT, retransmits and drops where the store has them (quality.py)
     GET /api/history         bytes and packets over time per container, interface or port,
                              the range fitted to the data with fit=1
     GET /api/alerts          the alerts firing now (connstats.sink.alerts.firing_alerts)
@@ -42,11 +43,13 @@ from connstats.probe.contract import (
     connect,
 )
 from connstats.probe.runtime.listener import is_loopback, json_response, listen, parse_listen_address
+from connstats.sink.history import HistoryQuery
 from connstats.sink.stores import StoreReader
 
 from .access import AccessGuard
 from .graph import build_map
 from .live import LiveFeed, LivePage
+from .quality import StoredQuality, sqlite_quality, with_quality
 from .queries import (
     build_series,
     build_violations,
@@ -241,9 +244,16 @@ class PageApi:
 
     async def map(self, request: web.Request) -> web.Response:
         query = map_query(request.query)
-        rows = await self.reader.rows(query)
-        body = build_map(rows, await self.own_addresses())
+        rows, quality = await asyncio.gather(self.reader.rows(query), self.quality(query))  # two threads
+        body = build_map(with_quality(rows, quality.rows), await self.own_addresses(), quality.drops)
         return json_response(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
+
+    async def quality(self, query: HistoryQuery) -> StoredQuality:
+        """The RTT, retransmits and drops of the map's rows and its device drops (quality.py):
+        from a SQLite store that has them, else none."""
+        if self.reader.kind != "sqlite":
+            return StoredQuality()
+        return await asyncio.to_thread(sqlite_quality, self.reader.path, query)
 
     async def own_addresses(self) -> dict[str, list[str]]:
         """This host's addresses, by its name: the map's node of this host (the page knows

@@ -26,6 +26,10 @@ const cs = {
 
   process(name, pid) { return name ? (pid ? `${name} (${pid})` : name) : ""; },  // "" when not known
 
+  rtt(us) { return !us ? "" : us < 1000 ? `${us} µs` : `${(us / 1000).toFixed(1)} ms`; },  // "" when not measured
+
+  drops(packets, reason) { return packets ? `${packets}${reason ? ` (${reason})` : ""}` : ""; },
+
   bytes(n) {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let i = 0;

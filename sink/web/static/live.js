@@ -40,11 +40,20 @@ cs.views.live = (() => {
       `<td>${cs.escape(cs.endpoint(r.src_ip, r.src_port))}</td><td>${cs.escape(cs.endpoint(r.dst_ip, r.dst_port))}</td>` +
       `<td class="num packets">${r.packets}</td><td class="num bytes" title="${cs.bytes(r.bytes)}">${r.bytes}</td>` +
       `<td class="${r.verdict}">${r.verdict}</td><td>${cs.escape(cs.process(r.process, r.pid))}</td>` +
-      `<td>${cs.escape(cs.process(r.peer_process, r.peer_pid))}</td></tr>`).join("");
+      `<td>${cs.escape(cs.process(r.peer_process, r.peer_pid))}</td>` +
+      `<td class="num quality rtt" data-us="${r.rtt_avg_us || 0}">${cs.rtt(r.rtt_avg_us)}</td>` +
+      `<td class="num quality rtt-max" data-us="${r.rtt_max_us || 0}">${cs.rtt(r.rtt_max_us)}</td>` +
+      `<td class="num quality retransmits">${r.retransmits || ""}</td>` +
+      `<td class="quality drops" title="${r.drop_bytes ? cs.bytes(r.drop_bytes) : ""}">` +
+      `${cs.escape(cs.drops(r.drop_packets, r.drop_reason))}</td></tr>`).join("");
+    // the quality columns only when some row shown has RTT, retransmits or drops
+    const quality = rows.some(r => r.rtt_max_us || r.retransmits || r.drop_packets);
+    document.getElementById("live-table").classList.toggle("with-quality", quality);
     const summary = document.getElementById("live-summary");
     const parts = [...latest.values()].map(e =>
       `${cs.escape(e.host)}: interval ${e.interval_seq} (${new Date(e.interval_end_ms).toLocaleTimeString()}), ` +
-      `${e.connections} connections, ${e.packets} packets, ${cs.bytes(e.bytes)}`);
+      `${e.connections} connections, ${e.packets} packets, ${cs.bytes(e.bytes)}` + (e.drops ?
+      `; dropped with no connection: ${e.drops.map(d => `${cs.escape(d.ifname)} ${cs.escape(d.reason)} ${d.packets}`).join(", ")}` : ""));
     summary.innerHTML = parts.join("<br>") || "waiting for the next interval…";
     const table = document.getElementById("live-table");
     table.dataset.intervals = [...latest.values()].map(e => `${e.host}:${e.interval_seq}`).join(" ");

@@ -2,7 +2,8 @@
 // Map: who talked to whom over a time range. A deterministic layout, no forces: pods
 // (grouped by Kubernetes namespace), containers, hosts and devices on an inner circle, a
 // lone host in the middle, outside peers on an outer circle, each peer next to the node it
-// exchanged the most bytes with. Edge width follows bytes (log).
+// exchanged the most bytes with. Edge width follows bytes (log); its colour the verdict, or
+// (chosen) its greatest RTT or its drops, where the store has them.
 cs.views.map = (() => {
   const SIZE = 1000, CENTER = 500, INNER = 230, OUTER = 440, PEER_LABELS = 60;
   let data = null;
@@ -70,7 +71,32 @@ cs.views.map = (() => {
     const lines = [n.kind === "pod" ? `pod ${n.namespace}/${n.label}` : n.kind === "host" ? `host ${n.label}` : n.label];
     if (n.workload) lines.push(`workload ${n.workload}`);
     lines.push(cs.bytes(n.bytes));
+    if (n.drops) lines.push("dropped with no connection: " + n.drops.map(d => `${d[0]} ${d[1]} ${d[2]}`).join(", "));
     if (n.processes && n.processes.length) lines.push("processes: " + n.processes.map(([p, pid]) => cs.process(p, pid)).join(", "));
+    return lines.join("\n");
+  }
+
+  // An edge's colour bucket by its greatest RTT and by its drops (style.css colours them
+  // under the chosen mode); an edge without RTT samples is "rtt-none".
+  const RTT_STEPS_US = [1000, 10000, 50000, 100000], DROP_STEPS = [1, 10, 100, 1000];
+  const bucket = (value, steps) => steps.filter(s => value >= s).length;
+  function qualityClasses(e) {
+    return ` ${e.rtt_max_us ? `rtt-${bucket(e.rtt_max_us, RTT_STEPS_US)}` : "rtt-none"} drop-${bucket(e.drop_packets, DROP_STEPS)}`;
+  }
+  function qualityData(e) {
+    return ` data-rtt-max-us="${e.rtt_max_us}" data-retransmits="${e.retransmits}" data-drop-packets="${e.drop_packets}" ` +
+      `data-drop-reason="${cs.escape(e.drop_reason)}"`;
+  }
+
+  // An edge's tooltip, made when the pointer first reaches it (a title per edge up front
+  // would triple the drawing time of a big map).
+  function edgeTitle(e) {
+    const label = id => { const n = data.nodes.find(n => n.id === id); return n ? n.label : id; };
+    const lines = [`${label(e.source)} → ${label(e.target)}`,
+      `${e.connections} connections, ${e.packets} packets, ${cs.bytes(e.bytes)}`];
+    if (e.rtt_max_us) lines.push(`RTT max ${cs.rtt(e.rtt_max_us)}`);
+    if (e.retransmits) lines.push(`${e.retransmits} retransmits`);
+    if (e.drop_packets) lines.push(`${e.drop_packets} dropped (${cs.bytes(e.drop_bytes)}), mostly ${e.drop_reason}`);
     return lines.join("\n");
   }
 
@@ -87,14 +113,15 @@ cs.views.map = (() => {
     });
     const maxBytes = body.edges.reduce((m, e) => Math.max(m, e.bytes), 1);
     const scale = Math.log1p(maxBytes);
-    for (const e of body.edges) {
+    body.edges.forEach((e, i) => {
       const a = at.get(e.source), b = at.get(e.target);
       const width = (0.5 + 7.5 * Math.log1p(e.bytes) / scale).toFixed(2);
-      parts.push(`<line class="edge${e.verdict ? " " + e.verdict : ""}" x1="${a.x.toFixed(1)}" y1="${a.y.toFixed(1)}" ` +
+      parts.push(`<line class="edge${e.verdict ? " " + e.verdict : ""}${body.quality ? qualityClasses(e) : ""}" ` +
+        `x1="${a.x.toFixed(1)}" y1="${a.y.toFixed(1)}" ` +
         `x2="${b.x.toFixed(1)}" y2="${b.y.toFixed(1)}" stroke-width="${width}" data-source="${cs.escape(e.source)}" ` +
         `data-target="${cs.escape(e.target)}" data-bytes="${e.bytes}" data-packets="${e.packets}" ` +
-        `data-verdict="${e.verdict}"></line>`);
-    }
+        `data-verdict="${e.verdict}" data-i="${i}"${body.quality ? qualityData(e) : ""}></line>`);
+    });
     const maxNode = Math.log1p(body.nodes.reduce((m, n) => Math.max(m, n.bytes), 1));
     const labelPeers = body.nodes.filter(n => n.kind === "peer").length <= PEER_LABELS;
     for (const n of body.nodes) {
@@ -126,7 +153,15 @@ cs.views.map = (() => {
     document.querySelector("#map-connections tbody").innerHTML = rows.slice(0, 500).map(c =>
       `<tr><td>${c[2]}</td><td>${cs.escape(cs.endpoint(c[3], c[4]))}</td><td>${cs.escape(cs.process(c[10], c[11]))}</td>` +
       `<td>${cs.escape(cs.endpoint(c[5], c[6]))}</td><td>${cs.escape(cs.process(c[12], c[13]))}</td>` +
-      `<td class="num">${c[7]}</td><td class="num">${c[8]}</td><td class="${c[9]}">${c[9]}</td></tr>`).join("");
+      `<td class="num">${c[7]}</td><td class="num">${c[8]}</td><td class="${c[9]}">${c[9]}</td>` +
+      (data.quality ? `<td class="num quality">${cs.rtt(c[14])}</td><td class="num quality">${cs.rtt(c[15])}</td>` +
+       `<td class="num quality">${c[16] || ""}</td><td class="quality">${cs.escape(cs.drops(c[17], c[18]))}</td>` : "") +
+      `</tr>`).join("");
+    document.getElementById("map-connections").classList.toggle("with-quality", data.quality);
+    const drops = document.getElementById("map-node-drops");
+    drops.hidden = !node.drops;
+    drops.textContent = node.drops ? "dropped on the device with no connection: " + node.drops.map(d =>
+      `${d[0]} ${d[1]}: ${d[2]} packets (${cs.bytes(d[3])})`).join(", ") : "";
   }
 
   async function load() {
@@ -154,6 +189,20 @@ cs.views.map = (() => {
 
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("map-filters").addEventListener("submit", e => { e.preventDefault(); load(); });
+    const colour = document.getElementById("map-colour");
+    const paint = () => {  // the mode lives on the svg: style.css colours the edges, nothing is redrawn
+      document.getElementById("map-svg").dataset.colour = colour.value;
+      document.getElementById("map-legend").dataset.mode = colour.value;
+    };
+    colour.addEventListener("change", paint);
+    paint();
+    document.getElementById("map-svg").addEventListener("mouseover", e => {
+      const edge = e.target;
+      if (!edge.classList.contains("edge") || edge.firstChild) return;
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = edgeTitle(data.edges[Number(edge.dataset.i)]);
+      edge.appendChild(title);
+    });
     document.getElementById("map-svg").addEventListener("click", e => {
       if (e.target.classList.contains("node")) select(e.target.dataset.id);
     });
