@@ -156,46 +156,10 @@ def quality_batches(start_ns: int) -> list[FlowBatch]:
 
 
 async def write_with_quality(path, batches: list[FlowBatch]) -> None:
-    """``batches`` into a SQLite store with their quality: through ``SqliteStore`` alone once it
-    keeps quality (schema 5); with an older store, the rest written as schema 5 will (its
-    columns and its ``drops`` table, like ``overflow``), so the page reads what it will read."""
+    """``batches`` into a SQLite store, their quality columns and drops with them."""
     from connstats.sink import sqlite_store
 
     store = sqlite_store.SqliteStore(path)
-    keeps_quality = sqlite_store.SCHEMA_VERSION >= 5
     for batch in batches:
-        await store.write(batch if keeps_quality else batch.with_drops(()).with_columns(
-            **{name: [OPTIONAL_COLUMNS[name]] * len(batch) for name in QUALITY_COLUMNS}))
+        await store.write(batch)
     await store.close()
-    if not keeps_quality:
-        _add_quality_as_schema_5(path, batches, QUALITY_COLUMNS)
-
-
-def _add_quality_as_schema_5(path, batches: list[FlowBatch], names: tuple[str, ...]) -> None:
-    import sqlite3
-
-    from connstats.probe.contract.flow_batch import as_list
-
-    db = sqlite3.connect(path)
-    try:
-        for name in names:
-            kind = "TEXT NOT NULL DEFAULT ''" if name == "drop_reason" else "INTEGER NOT NULL DEFAULT 0"
-            db.execute(f"ALTER TABLE flows ADD COLUMN {name} {kind}")
-        db.execute("CREATE TABLE drops (host TEXT NOT NULL, ifindex INTEGER NOT NULL, ifname TEXT NOT NULL, "
-                   "reason TEXT NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL, "
-                   "interval_start INTEGER NOT NULL, interval_end INTEGER NOT NULL, "
-                   "PRIMARY KEY (interval_start, host, ifindex, reason)) WITHOUT ROWID")
-        key = ("ifindex", "direction", "proto", "src_ip", "dst_ip", "src_port", "dst_port")
-        for batch in batches:
-            e, c = batch.envelope, {n: as_list(getattr(batch.columns, n)) for n in (*names, *key)}
-            for i in range(len(batch)):
-                updated = db.execute(f"UPDATE flows SET {', '.join(f'{n} = ?' for n in names)} WHERE interval_start = ? "
-                           f"AND host = ? AND {' AND '.join(f'{k} = ?' for k in key)}",
-                                     [c[n][i] for n in names] + [e.interval_start, e.host] + [c[k][i] for k in key])
-                assert updated.rowcount == 1, f"record {i} of interval {e.interval_seq} not in the store"
-            db.executemany("INSERT INTO drops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(e.host, d.ifindex, d.ifname, d.reason, d.packets, d.bytes, e.interval_start,
-                             e.interval_end) for d in e.drops])
-        db.commit()
-    finally:
-        db.close()
