@@ -1,7 +1,7 @@
 """``connstats doctor``: check, in order, everything connstats needs on this host.
 
     privileges ─ bcc ─ kernel headers ─ BPF load ─ TC attach (throwaway veth pair) ─ processes
-    (BTF, tracefs, tracepoints) ─ pinned state ─ NATS ─ store
+    (BTF, tracefs, tracepoints) ─ quality (BTF, tracefs, tracepoints) ─ pinned state ─ NATS ─ store
 
 Each check prints ``pass`` or ``FAIL`` with what it saw, and on failure the fix. A check
 whose prerequisite failed is skipped. The exit status is 1 if any check failed.
@@ -187,6 +187,16 @@ def check_processes(state: dict) -> str:
                           "counting works either way") from None
 
 
+def check_quality(state: dict) -> str:
+    from connstats.probe.compose import quality_support
+    try:
+        return quality_support()
+    except ConnstatsError as exc:
+        raise CheckFailed(f"RTT, retransmits and drops cannot be measured: {exc}",
+                          "run the probe with --no-quality, or on a kernel with BTF and the tcp and skb "
+                          "tracepoints; counting works either way") from None
+
+
 def check_pinned_state(state: dict) -> str:
     from connstats.probe.kernel.leftovers import leftovers
 
@@ -208,6 +218,7 @@ CHECKS = (
     Check("BPF load", check_bpf_load, ("privileges", "bcc", "kernel headers")),
     Check("TC attach", check_tc_attach, ("BPF load",)),
     Check("processes", check_processes, ("privileges",)),
+    Check("quality", check_quality, ("privileges",)),
     Check("pinned state", check_pinned_state, ("privileges",)),
     Check("NATS", check_nats),
     Check("store", check_store),

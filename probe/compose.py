@@ -42,7 +42,7 @@ from typing import Callable
 
 from .api.control import control_service
 from .api.metrics import ProbeMetrics
-from .contract.errors import ConfigError
+from .contract.errors import ConfigError, KernelError
 from .contract.messaging import NatsOptions, StreamSettings
 from .daemon import DaemonSettings, IntervalListener, ProbeDaemon
 from .kernel.devices import check_interfaces, default_interfaces
@@ -201,6 +201,17 @@ def process_support() -> str:
     from .identity.naming import kernel_support
 
     return kernel_support().describe()
+
+
+def quality_support() -> str:
+    """What this kernel offers for RTT, retransmits and drops (``connstats doctor``);
+    ``KernelError`` saying what is missing. Loads nothing (mounts tracefs if it can)."""
+    from .quality.quality import REQUIRED, kernel_support
+
+    found = kernel_support()
+    if found.problem is not None:
+        raise KernelError(found.problem)
+    return f"tracepoints {', '.join(REQUIRED)} and BTF present"
 
 
 def process_namer(config: ProbeConfig) -> Callable[[], Enricher | None]:

@@ -211,12 +211,12 @@ def test_doctor_passes_here_and_names_the_fix_for_nats(cs_env, nats_server):
     assert good.returncode == 0, good.stdout
     assert [line.split(":")[0] for line in good.stdout.splitlines()] == [
         "[pass] privileges", "[pass] bcc", "[pass] kernel headers", "[pass] BPF load", "[pass] TC attach",
-        "[pass] processes", "[pass] pinned state", "[pass] NATS", "[pass] store"]
+        "[pass] processes", "[pass] quality", "[pass] pinned state", "[pass] NATS", "[pass] store"]
     assert not Path("/sys/class/net/csdoctor0").exists()
     url = f"nats://127.0.0.1:{free_port()}"
     bad = doctor_alone(cs_env, "--nats", url)
     assert bad.returncode == 1
-    assert bad.stdout.splitlines()[7:9] == [
+    assert bad.stdout.splitlines()[8:10] == [
         f"[FAIL] NATS: cannot connect to NATS at {url}: NoServersError; check the URL, that nats-server "
         "runs, and the credentials",
         "       fix: start `connstats up` (it runs an embedded nats-server), or `nats-server -js`, or pass --nats URL",
