@@ -3,7 +3,7 @@ the join, as one of the enrichers ``KernelProbe`` runs on each drained interval.
 
     attached: the device's own end (the host's namespace) and, for a veth, its other end's
               namespace (IFLA_LINK_NETNSID) and ifindex (IFLA_LINK) ─ watched in the tables
-    flip:     at the classifier's flip, the tables flip to their other copy
+    flip:     a grace period after the classifier's flip, the tables flip to their other copy
     enrich:   after the grace period: collect the flipped-out copy ─ join (join.py) ─
               with_columns (the seven quality columns) ─ with_drops (drops of no record)
     forget:   a detached device's last interval is drained: unwatched
@@ -142,7 +142,7 @@ class QualityEnricher:
     # -- each interval ------------------------------------------------------------------
 
     def flip(self) -> None:
-        """At the classifier's flip (before its grace period)."""
+        """A grace period after the classifier's flip (see ``MapPoller.poll``)."""
         if self._flipped:  # the copy flipped out at the poll before was never joined
             self.tables.collect()
             self.lost_snapshots += 1
