@@ -9,7 +9,9 @@ drops and their reason) per map row, and the drops that belong to no connection 
 A SQLite file of schema 4 or older has no quality columns and no ``drops`` table: nothing is
 read and the map is drawn as before (the quality columns missing one by one read as 0 and
 "", as sink/history.py reads the process columns). Only records that have some quality are
-read back (a store where none has reads no row). InfluxDB stores: no quality on the map yet.
+read back (a store where none has reads no row). An InfluxDB store is asked the map's query
+with ``quality`` (``influx_quality``): its rows carry their quality already, its ``(drops)``
+rows are the device drops.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from connstats.probe.contract import StoreError, proto_name
-from connstats.sink.history import GROUPS, HistoryQuery
+from connstats.sink.history import DROPS, GROUPS, HistoryQuery
 
 KEYS = GROUPS["connection_owner"]  # a map row's key: what the map's query groups by
 COUNTERS = ("retransmits", "drop_packets", "drop_bytes")
@@ -133,3 +135,16 @@ def sqlite_quality(path: str | Path, query: HistoryQuery, busy_timeout: float = 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}  # table: ours, never the caller's
+
+
+def split_drops(rows: list[dict]) -> tuple[list[dict], list[dict[str, Any]]]:
+    """The rows of a history query with ``quality`` as the map's rows (each with its quality)
+    and its device drops (its ``(drops)`` rows: host, ifname, reason, packets, bytes)."""
+    kept, drops = [], []
+    for row in rows:
+        if row["proto"] == DROPS:
+            drops.append({"host": row["host"], "ifname": row["ifname"], "reason": row["drop_reason"],
+                          "packets": row["drop_packets"], "bytes": row["drop_bytes"]})
+        else:
+            kept.append(row)
+    return kept, drops

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -49,7 +50,7 @@ from connstats.sink.stores import StoreReader
 from .access import AccessGuard
 from .graph import build_map
 from .live import LiveFeed, LivePage
-from .quality import StoredQuality, sqlite_quality, with_quality
+from .quality import StoredQuality, split_drops, sqlite_quality, with_quality
 from .queries import (
     build_series,
     build_violations,
@@ -244,15 +245,17 @@ class PageApi:
 
     async def map(self, request: web.Request) -> web.Response:
         query = map_query(request.query)
-        rows, quality = await asyncio.gather(self.reader.rows(query), self.quality(query))  # two threads
-        body = build_map(with_quality(rows, quality.rows), await self.own_addresses(), quality.drops)
+        if self.reader.kind == "sqlite":
+            rows, quality = await asyncio.gather(self.reader.rows(query), self.quality(query))  # two threads
+            rows, drops = with_quality(rows, quality.rows), quality.drops
+        else:  # InfluxDB: one query, its rows with their quality
+            rows, drops = split_drops(await self.reader.rows(replace(query, quality=True)))
+        body = build_map(rows, await self.own_addresses(), drops)
         return json_response(body | {"since_ms": query.since // 1_000_000, "until_ms": query.until // 1_000_000})
 
     async def quality(self, query: HistoryQuery) -> StoredQuality:
-        """The RTT, retransmits and drops of the map's rows and its device drops (quality.py):
-        from a SQLite store that has them, else none."""
-        if self.reader.kind != "sqlite":
-            return StoredQuality()
+        """The RTT, retransmits and drops of the map's rows and its device drops from a SQLite
+        store (quality.py); none from a file without them."""
         return await asyncio.to_thread(sqlite_quality, self.reader.path, query)
 
     async def own_addresses(self) -> dict[str, list[str]]:

@@ -68,3 +68,43 @@ async def test_a_store_without_quality_reads_none_and_the_map_is_as_before(tmp_p
     plain = build_map(sqlite_history(path, query))
     assert body == plain and body["quality"] is False and len(body["connections"]) == 300
     assert "rtt_max_us" not in body["edges"][0] and "rtt_avg_us" not in body["connection_fields"]
+
+
+async def test_the_map_from_influxdb_carries_the_same_quality_as_from_sqlite(nats_server, influx_server, tmp_path):
+    """The page's /api/map on an InfluxDB store asks the map's query with quality: the same
+    edges, connections and device drops as from SQLite. (The InfluxDB test server returns
+    every point it holds: the range covers all of them.)"""
+    import aiohttp
+
+    from connstats.probe.contract import NatsOptions
+    from connstats.sink.influx_store import InfluxConfig, InfluxStore
+    from connstats.sink.web.compose import UiConfig, build_ui
+    from tests.fixtures.influx import TEST_ORG, TEST_TOKEN
+
+    path, start = tmp_path / "flows.sqlite", time.time_ns() - 60 * SECOND
+    batches = quality_batches(start)
+    await write_with_quality(path, batches)
+    config = InfluxConfig(url=influx_server.url, org=TEST_ORG, token=TEST_TOKEN, bucket="flows")
+    influx = InfluxStore(config)
+    for batch in batches:
+        await influx.write(batch)
+    await influx.close()
+    answers = []
+    for store, influx_config in ((f"sqlite:{path}", None), ("influxdb", config)):
+        ui = build_ui(UiConfig(listen="127.0.0.1:0", nats=NatsOptions(servers=(nats_server.url,)), store=store,
+                               state_dir=tmp_path, influx=influx_config, host="elsewhere"))
+        await ui.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ui.port}") as session:
+                async with session.get("/api/map", params={"since": "2026-01-01T00:00:00Z",
+                                                          "until": "2030-01-01T00:00:00Z"}) as response:
+                    assert response.status == 200, await response.text()
+                    answers.append(await response.json())
+        finally:
+            await ui.close()
+    sqlite_map, influx_map = answers
+    assert influx_map["quality"] is True
+    for part in ("edges", "nodes", "connections", "connection_fields"):
+        assert influx_map[part] == sqlite_map[part], part
+    assert [n["drops"] for n in influx_map["nodes"] if n["id"] == f"device:{NODE}/eth9"] == [
+        [["eth9", "NO_SOCKET", 10, 600]]]
