@@ -61,11 +61,14 @@ def prog_id(fd: int) -> int:
     return info[1]  # struct bpf_prog_info: type, id, ...
 
 
-def run_stats(ids: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """hook -> (run_cnt, run_time_ns) as bpftool reports them."""
+def run_stats(ids: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """hook -> (run_cnt, run_time_ns, recursion_misses) as bpftool reports them: a miss is a
+    call the kernel skipped because a BPF tracing program was already running on that CPU
+    (a softirq's kfree_skb while tcp_probe's program runs): its event is not counted."""
     progs = json.loads(sh("bpftool", "prog", "show", "--json").stdout)
     by_id = {p["id"]: p for p in progs}
-    return {name: (by_id[i].get("run_cnt", 0), by_id[i].get("run_time_ns", 0)) for name, i in ids.items()}
+    return {name: (by_id[i].get("run_cnt", 0), by_id[i].get("run_time_ns", 0), by_id[i].get("recursion_misses", 0))
+            for name, i in ids.items()}
 
 
 def busy_seconds() -> float:
@@ -176,7 +179,7 @@ def main() -> None:
         STATS.write_text("1")
         results = {k: {"A": [], "B": []} for k in ("clean", "lossy")}
         busy = {k: [] for k in ("clean", "lossy")}  # B rounds: busy CPU-s
-        calls = {k: {name: [0, 0] for name in hooks.names} for k in ("clean", "lossy")}
+        calls = {k: {name: [0, 0, 0] for name in hooks.names} for k in ("clean", "lossy")}
         received = {k: 0.0 for k in ("clean", "lossy")}  # B rounds: bytes
         checks = {"sockets": 0, "samples": 0, "counted": 0, "nstat": 0, "drop bytes": 0, "nft bytes": 0,
                   "nft skbs": 0}
@@ -203,8 +206,8 @@ def main() -> None:
                     busy[kind].append(cpu)
                     received[kind] += bits / 8 * SECONDS
                     for name in hooks.names:
-                        calls[kind][name][0] += after[name][0] - before[name][0]
-                        calls[kind][name][1] += after[name][1] - before[name][1]
+                        for field in range(3):
+                            calls[kind][name][field] += after[name][field] - before[name][field]
                     if kind == "lossy":
                         retrans = nstat(a, "TcpRetransSegs") - retrans
                         for key, value in (("sockets", sockets), ("samples", samples), ("counted", counted),
@@ -234,13 +237,14 @@ def report(watched, results, busy, calls, received, checks) -> None:
     line("iperf3 TCP a -> host -> b", results["clean"]["A"], results["clean"]["B"], "Gbit/s", 1e9)
     line("the same, every 32nd skb lost", results["lossy"]["A"], results["lossy"]["B"], "Gbit/s", 1e9)
     for kind, title in (("clean", "iperf3 TCP"), ("lossy", "every 32nd skb lost")):
-        total = sum(ns for _, ns in calls[kind].values())
+        total = sum(ns for _, ns, _ in calls[kind].values())
         gigabytes = received[kind] / 1e9
         print(f"  {title} (B rounds, bpf_stats): hooks {total / 1e6:,.1f} ms in the kernel for "
               f"{gigabytes:,.1f} GB = {total / 1e6 / gigabytes:.2f} ms per GB received, "
               f"{100 * total / 1e9 / sum(busy[kind]):.3f} % of the host's busy CPU time")
-        for name, (count, ns) in calls[kind].items():
-            print(f"    {name:22s} {count:>11,} calls {ns / max(count, 1):7.1f} ns/call {count / gigabytes:>10,.0f} calls/GB")
+        for name, (count, ns, missed) in calls[kind].items():
+            print(f"    {name:22s} {count:>11,} calls {ns / max(count, 1):7.1f} ns/call {count / gigabytes:>10,.0f} calls/GB"
+                  f" {missed:>8,} missed (recursion)")
     print(f"  the hooks counted (B rounds, lossy): {checks['counted']:,} retransmitted segments of a's sockets; "
           f"a's TcpRetransSegs (nstat) {checks['nstat']:,}")
     print(f"    drops: {checks['drop bytes']:,} bytes; the nft rule's counter {checks['nft bytes']:,} bytes "
