@@ -17,7 +17,9 @@ within this run (kernel.bpf_stats_enabled=1 in both, then restored).
     4. a check that the hooks counted: retransmitted segments in a's tables against a's
        TcpRetransSegs (nstat), drop bytes against the nft rule's counter
 
-    sudo .venv/bin/python tests/bench/bench_quality_hooks.py [rounds] [seconds]
+    sudo .venv/bin/python tests/bench/bench_quality_hooks.py [rounds] [seconds] [bitrate]
+
+bitrate: iperf3's -b (e.g. 500M; 0, the default: as fast as it goes).
 """
 import ctypes
 import json
@@ -40,6 +42,7 @@ from tests.fixtures.wait import until
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+BITRATE = sys.argv[3] if len(sys.argv) > 3 else "0"
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 HOOKS = {"tcp_probe": b"tcp:tcp_probe", "tcp_retransmit_skb": b"tcp:tcp_retransmit_skb",
          "tcp_retransmit_synack": b"tcp:tcp_retransmit_synack", "kfree_skb": b"skb:kfree_skb"}
@@ -112,7 +115,8 @@ def lost_counter(host: TestHost) -> tuple[int, int]:
 
 def iperf(a: TestHost, b: TestHost) -> float:
     """Received bits/s of one TCP transfer from a to b."""
-    out = json.loads(a.run("iperf3", "-c", b.ipv4, "-p", str(PORT), "-t", str(SECONDS), "-J").stdout)
+    out = json.loads(a.run("iperf3", "-c", b.ipv4, "-p", str(PORT), "-t", str(SECONDS), "-b", BITRATE,
+                            "-J").stdout)
     return out["end"]["sum_received"]["bits_per_second"]
 
 
@@ -123,13 +127,16 @@ def settled(host: TestHost) -> bool:
 
 
 def drain(tables: QualityTracepoints, a_inode: int) -> tuple[int, int, int, int]:
-    """Flip, wait, collect: (sockets of a, RTT samples, a's retransmitted segments, drop bytes)."""
+    """Flip, wait, collect: (sockets of a, RTT samples, a's retransmitted segments, bytes
+    dropped by netfilter)."""
     tables.flip()
     wait_for_grace_period()
     snap = tables.collect()
     of_a = snap.socket_keys["netns"] == a_inode
+    [netfilter] = [code for code, name in tables.reasons.items() if name == "NETFILTER_DROP"]
     return (int(of_a.sum()), int(snap.socket_stats["rtt_samples"].sum()),
-            int(snap.socket_stats["retrans_segs"][of_a].sum()), int(snap.drop_values["bytes"].sum()))
+            int(snap.socket_stats["retrans_segs"][of_a].sum()),
+            int(snap.drop_values["bytes"][snap.drop_keys["reason"] == netfilter].sum()))
 
 
 def line(name: str, a: list[float], b: list[float], unit: str, scale: float = 1.0) -> None:
@@ -231,7 +238,7 @@ def main() -> None:
 
 
 def report(watched, results, busy, calls, received, checks) -> None:
-    print(f"quality tracepoints, {ROUNDS} alternating rounds x {SECONDS} s (A = classifier on both veths, "
+    print(f"quality tracepoints, {ROUNDS} alternating rounds x {SECONDS} s at -b {BITRATE} (A = classifier on both veths, "
           f"B = + the tracepoints; {watched[0]} namespaces, {watched[1]} devices watched), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     line("iperf3 TCP a -> host -> b", results["clean"]["A"], results["clean"]["B"], "Gbit/s", 1e9)
@@ -247,7 +254,7 @@ def report(watched, results, busy, calls, received, checks) -> None:
                   f" {missed:>8,} missed (recursion)")
     print(f"  the hooks counted (B rounds, lossy): {checks['counted']:,} retransmitted segments of a's sockets; "
           f"a's TcpRetransSegs (nstat) {checks['nstat']:,}")
-    print(f"    drops: {checks['drop bytes']:,} bytes; the nft rule's counter {checks['nft bytes']:,} bytes "
+    print(f"    drops (NETFILTER_DROP): {checks['drop bytes']:,} bytes; the nft rule's counter {checks['nft bytes']:,} bytes "
           f"({checks['nft skbs']:,} skbs); {checks['sockets']} socket entries of a, {checks['samples']:,} RTT samples")
 
 
