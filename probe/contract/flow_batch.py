@@ -308,8 +308,9 @@ def store_order(keys: NDArray[np.void]) -> NDArray[np.intp]:
     families = keys["family"]
     device = ((keys["ifindex"].astype(np.int64) << 9) | (keys["proto"].astype(np.int64))
               | (_DIRECTION_RANK[np.minimum(keys["direction"], len(DIRECTIONS) - 1)] << 8))
-    ends = ((_text_rank(families, keys["dst"]) + 1) << 32) | (keys["sport"].astype(np.int64) << 16) | keys["dport"]
-    return np.lexsort((ends, _text_rank(families, keys["src"]), device))  # the last key first
+    ports = (keys["sport"].astype(np.int64) << 16) | keys["dport"]
+    return np.lexsort((ports, _text_rank(families, keys["dst"]), _text_rank(families, keys["src"]),
+                       device))  # the last key first
 
 
 def _text_rank(families: NDArray[np.generic], column: NDArray[np.void]) -> NDArray[np.int64]:
