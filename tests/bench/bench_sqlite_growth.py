@@ -5,7 +5,7 @@ Each interval is made the way the probe makes one: a FLOW_KEY/FLOW_COUNTERS arra
 destinations, every tenth IPv6) in the random order a hash map is read in, put into the
 stores' key order where this revision's probe does that (``store_order``), then
 ``FlowBatch.from_arrays``, ``encode_interval`` into messages of 1 MiB, and each message
-decoded as the sink decodes it. Only the stores' writes are timed: ``SqliteStore.write``
+decoded as the sink decodes it. Only the stores' writes are timed (wall and CPU time of this process): ``SqliteStore.write``
 per message, or ``SqliteStore.write_many`` of up to ``--batch`` messages where this
 revision has it (as its consumer calls it).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sqlite3
 import statistics
 import sys
@@ -99,8 +100,9 @@ def messages(seq: int, records: int, host: str = "bench-1") -> list[FlowBatch]:
     return [decode_message(payload) for _, payload in encode_interval(batch, payload_limit(1 << 20))]
 
 
-def write(store: SqliteStore, chunks: list[FlowBatch], batch: int) -> float:
-    """Seconds to store ``chunks`` the way this revision's consumer does."""
+def write(store: SqliteStore, chunks: list[FlowBatch], batch: int) -> tuple[float, float]:
+    """Seconds and CPU-seconds (this process, all threads) to store ``chunks`` the way this
+    revision's consumer does."""
     many = getattr(store, "write_many", None)
 
     async def run() -> None:
@@ -111,9 +113,9 @@ def write(store: SqliteStore, chunks: list[FlowBatch], batch: int) -> float:
             for at in range(0, len(chunks), batch):
                 await many(chunks[at:at + batch])
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     asyncio.run(run())
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def prefill(path: Path, template_start: int, rows: int, records: int) -> int:
@@ -141,17 +143,25 @@ def prefill(path: Path, template_start: int, rows: int, records: int) -> int:
 
 
 def measure(store: SqliteStore, path: Path, seqs: range, records: int, every: int, batch: int,
-            rows: int) -> tuple[list[float], int]:
-    rates = []
+            rows: int) -> tuple[list[float], list[float], int]:
+    """Records/s and records per CPU-second of each interval, and the rows after them."""
+    rates, per_cpu = [], []
     for seq in seqs:
         chunks = messages(seq, records)
-        seconds = write(store, chunks, batch)
+        seconds, cpu = write(store, chunks, batch)
         rates.append(records / seconds)
+        per_cpu.append(records / cpu)
         if (seq - seqs.start) % every == 0 or seq == seqs.stop - 1:
-            print(f"interval {seq:4d}: {rows:>12,} rows before, {records / seconds:>9,.0f} records/s "
-                  f"({len(chunks)} messages)", flush=True)
+            print(f"interval {seq:4d}: {rows:>12,} rows before, {records / seconds:>9,.0f} records/s, "
+                  f"{records / cpu:>9,.0f} records/CPU-s ({len(chunks)} messages)", flush=True)
         rows += records
-    return rates, rows
+    return rates, per_cpu, rows
+
+
+def summary(first: str, a: list[float], ca: list[float], second: str, b: list[float], cb: list[float]) -> None:
+    ma, mb, mca, mcb = (statistics.median(v) for v in (a, b, ca, cb))
+    print(f"{first} {ma:,.0f} records/s, {second} {mb:,.0f} records/s, {second}/{first} {mb / ma:.2f}x")
+    print(f"{first} {mca:,.0f} records/CPU-s, {second} {mcb:,.0f} records/CPU-s, {second}/{first} {mcb / mca:.2f}x")
 
 
 def main() -> int:
@@ -163,28 +173,26 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16, help="messages per write_many (where there is one)")
     parser.add_argument("--dir", default=None, help="where the file goes (a temporary directory by default)")
     opts = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the temporary directory goes on kill too
     with tempfile.TemporaryDirectory(prefix="connstats-growth-", dir=opts.dir) as tmp:
         path = Path(tmp) / "flows.sqlite"
         store = SqliteStore(path)
         print(f"{opts.records:,} new connections per interval; probe sorts into key order: "
               f"{store_order is not None}; write_many: {hasattr(store, 'write_many')}", flush=True)
-        empty, rows = measure(store, path, range(opts.intervals), opts.records, opts.every, opts.batch, 0)
-        if not opts.prefill:
-            asyncio.run(store.close())
-            first, last = statistics.median(empty[:3]), statistics.median(empty[-3:])
-            print(f"first 3 intervals {first:,.0f} records/s, last 3 {last:,.0f} records/s, "
-                  f"last/first {last / first:.2f}x")
-            return 0
+        empty, empty_cpu, rows = measure(store, path, range(opts.intervals), opts.records, opts.every,
+                                         opts.batch, 0)
         asyncio.run(store.close())
+        if not opts.prefill:
+            summary("first 3 intervals", empty[:3], empty_cpu[:3], "last 3", empty[-3:], empty_cpu[-3:])
+            return 0
         started = time.perf_counter()
         rows = prefill(path, START, opts.prefill, opts.records)
         print(f"prefilled to {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
         store = SqliteStore(path)
-        full, rows = measure(store, path, range(opts.intervals, 2 * opts.intervals), opts.records, opts.every,
-                             opts.batch, rows)
+        full, full_cpu, rows = measure(store, path, range(opts.intervals, 2 * opts.intervals), opts.records,
+                                       opts.every, opts.batch, rows)
         asyncio.run(store.close())
-        a, b = statistics.median(empty), statistics.median(full)
-        print(f"empty table {a:,.0f} records/s, full table {b:,.0f} records/s, full/empty {b / a:.2f}x")
+        summary("empty table", empty, empty_cpu, "full table", full, full_cpu)
     return 0
 
 
