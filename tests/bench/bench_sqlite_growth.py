@@ -160,8 +160,8 @@ def measure(store: SqliteStore, path: Path, seqs: range, records: int, every: in
 
 def summary(first: str, a: list[float], ca: list[float], second: str, b: list[float], cb: list[float]) -> None:
     ma, mb, mca, mcb = (statistics.median(v) for v in (a, b, ca, cb))
-    print(f"{first} {ma:,.0f} records/s, {second} {mb:,.0f} records/s, {second}/{first} {mb / ma:.2f}x")
-    print(f"{first} {mca:,.0f} records/CPU-s, {second} {mcb:,.0f} records/CPU-s, {second}/{first} {mcb / mca:.2f}x")
+    print(f"{first} {ma:,.0f} records/s, {second} {mb:,.0f} records/s: {mb / ma:.2f}x")
+    print(f"{first} {mca:,.0f} records/CPU-s, {second} {mcb:,.0f} records/CPU-s: {mcb / mca:.2f}x")
 
 
 def main() -> int:
@@ -183,7 +183,7 @@ def main() -> int:
                                          opts.batch, 0)
         asyncio.run(store.close())
         if not opts.prefill:
-            summary("first 3 intervals", empty[:3], empty_cpu[:3], "last 3", empty[-3:], empty_cpu[-3:])
+            summary("first 3 intervals", empty[:3], empty_cpu[:3], "last 3 intervals", empty[-3:], empty_cpu[-3:])
             return 0
         started = time.perf_counter()
         rows = prefill(path, START, opts.prefill, opts.records)
