@@ -80,7 +80,7 @@ class ConsumerSettings:
     backoff_max: float = 30.0
     max_attempts: int = 3  # failed writes of one message, while others are stored, before it is dead-lettered
     full_pause_max: float = 5.0  # the longest pause while the store is full (someone may free space at any time)
-    write_group: int = 16  # messages per store transaction, for a store with write_many (SQLite)
+    write_group: int = 8  # messages per store transaction, for a store with write_many (SQLite); each is held decoded
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class FlowConsumer:
             group = self._storable_run(messages, decoded, index) if grouping else []
             if len(group) > 1:
                 if await self._write_group(messages[index:index + len(group)], group,
-                                           functools.partial(decoded.prepare_run, index + len(group), len(group))):
+                                           functools.partial(decoded.prepare, index + len(group))):
                     decoded.forget(index, len(group))
                     index += len(group)
                     continue
@@ -405,10 +405,6 @@ class _Lookahead:
     def prepare(self, index: int) -> None:
         if index < len(self.messages) and index not in self._ready:
             self._ready[index] = _decode(self.messages[index])
-
-    def prepare_run(self, index: int, count: int) -> None:
-        for at in range(index, index + count):
-            self.prepare(at)
 
     def forget(self, index: int, count: int) -> None:
         for at in range(index, index + count):

@@ -17,7 +17,7 @@ the rate on an empty table and on a table of ROWS rows side by side, without the
 that writing ROWS rows at the old rate takes. The summary line gives both and their ratio.
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_sqlite_growth.py [--intervals 3]
-        [--records 130000] [--prefill 10000000] [--every 1] [--batch 16]
+        [--records 130000] [--prefill 10000000] [--every 1] [--batch 8]
 """
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=130_000)
     parser.add_argument("--prefill", type=int, default=0, help="rows the table holds before the second run")
     parser.add_argument("--every", type=int, default=1, help="print every n-th interval")
-    parser.add_argument("--batch", type=int, default=16, help="messages per write_many (where there is one)")
+    parser.add_argument("--batch", type=int, default=8, help="messages per write_many (where there is one)")
     parser.add_argument("--dir", default=None, help="where the file goes (a temporary directory by default)")
     opts = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the temporary directory goes on kill too
