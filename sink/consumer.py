@@ -3,7 +3,10 @@
 Every sink process binds to the same durable pull consumer (``connstats-sink``), so the
 server spreads messages over them; that is how the sink scales out. For each message:
 
-* decoded and stored   -> ``ack`` (only after ``store.write`` returned);
+* decoded and stored   -> ``ack`` (only after ``store.write`` returned; with a store that has
+  ``write_many``, up to ``write_group`` messages in a row are stored in one transaction and
+  acked after it: a crash between the commit and the acks redelivers them, and the store's
+  writes are idempotent);
 * ``MessageError``, a body whose ``host`` is not the subject's, or a ``StoreError`` that
   retrying cannot fix -> copy the payload to ``connstats.v1.deadletter`` with the reason
   and origin in headers, then ``term`` it;
@@ -77,6 +80,7 @@ class ConsumerSettings:
     backoff_max: float = 30.0
     max_attempts: int = 3  # failed writes of one message, while others are stored, before it is dead-lettered
     full_pause_max: float = 5.0  # the longest pause while the store is full (someone may free space at any time)
+    write_group: int = 8  # messages per store transaction, for a store with write_many (SQLite); each is held decoded
 
 
 @dataclass(frozen=True)
@@ -182,14 +186,30 @@ class FlowConsumer:
             return []
 
     async def handle_batch(self, messages: list[Msg]) -> float:
-        """Handle messages in order; return how long to pause fetching (0 if none)."""
+        """Handle messages in order; return how long to pause fetching (0 if none).
+
+        With a store that has ``write_many``, runs of up to ``write_group`` storable messages
+        go in one transaction and are acked after it; a run that fails is handled again one
+        message at a time (below), and so is the rest of the batch."""
         stored, failed = self._counts["stored_messages"], self._counts["store_errors"]
         decoded = _Lookahead(messages)
-        for index, msg in enumerate(messages):
-            delay = await self.handle(msg, decoded.take(index), functools.partial(decoded.prepare, index + 1))
+        grouping = callable(getattr(self.store, "write_many", None)) and self.settings.write_group > 1
+        index = 0
+        while index < len(messages):
+            group = self._storable_run(messages, decoded, index) if grouping else []
+            if len(group) > 1:
+                if await self._write_group(messages[index:index + len(group)], group,
+                                           functools.partial(decoded.prepare, index + len(group))):
+                    decoded.forget(index, len(group))
+                    index += len(group)
+                    continue
+                grouping = False
+            delay = await self.handle(messages[index], decoded.take(index),
+                                      functools.partial(decoded.prepare, index + 1))
             if delay:  # the store itself fails: hand back the rest too
                 await self._nak_all(messages[index + 1:], delay)
                 return delay
+            index += 1
         if self._counts["store_errors"] > failed and self._counts["stored_messages"] == stored:
             return self._backoff.next()  # writes failed and none succeeded: do not fetch again at once
         return 0.0
@@ -227,11 +247,39 @@ class FlowConsumer:
         return 0.0
 
     async def _write(self, batch: FlowBatch, meanwhile: Callable[[], None] | None) -> None:
-        write = asyncio.ensure_future(self.store.write(batch))
-        if meanwhile is not None:
-            await asyncio.sleep(0)  # the write starts (its thread, for the real stores)
-            meanwhile()
-        await write
+        await _overlapped(self.store.write(batch), meanwhile)
+
+    def _storable_run(self, messages: list[Msg], decoded: _Lookahead, index: int) -> list[FlowBatch]:
+        """The decoded messages from ``index`` on (at most ``write_group``) up to the first that
+        is not to be stored (undecodable, another host's)."""
+        run: list[FlowBatch] = []
+        for at in range(index, min(len(messages), index + self.settings.write_group)):
+            batch = decoded.peek(at)
+            if isinstance(batch, MessageError) or host_mismatch(messages[at].subject, batch.envelope.host):
+                break
+            run.append(batch)
+        return run
+
+    async def _write_group(self, messages: list[Msg], batches: list[FlowBatch],
+                           meanwhile: Callable[[], None]) -> bool:
+        """Store ``batches`` in one transaction, then ack them all; False (nothing acked, nothing
+        counted) if the write failed: the caller handles them one by one."""
+        started = time.perf_counter()
+        try:
+            await _overlapped(self.store.write_many(batches), meanwhile)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - handled per message next, where each error has its rule
+            log.debug("writing %d messages in one transaction failed (%s); writing them one by one",
+                      len(batches), _describe(exc))
+            return False
+        if self._on_write is not None:
+            self._on_write(time.perf_counter() - started)
+        for msg in messages:
+            self._stored(msg)
+        for msg in messages:
+            await _settle(msg.ack)
+        self._counts["stored_messages"] += len(messages)
+        self._counts["stored_records"] += sum(map(len, batches))
+        return True
 
     def _stored(self, msg: Msg) -> None:
         if self.full_since is not None:
@@ -358,9 +406,26 @@ class _Lookahead:
         if index < len(self.messages) and index not in self._ready:
             self._ready[index] = _decode(self.messages[index])
 
+    def forget(self, index: int, count: int) -> None:
+        for at in range(index, index + count):
+            self._ready.pop(at, None)
+
+    def peek(self, index: int) -> FlowBatch | MessageError:
+        self.prepare(index)
+        return self._ready[index]
+
     def take(self, index: int) -> FlowBatch | MessageError:
         self.prepare(index)
         return self._ready.pop(index)
+
+
+async def _overlapped(write: Awaitable[None], meanwhile: Callable[[], None] | None) -> None:
+    """Await ``write``, running ``meanwhile`` once it has started (in its thread, for the real stores)."""
+    started = asyncio.ensure_future(write)
+    if meanwhile is not None:
+        await asyncio.sleep(0)
+        meanwhile()
+    await started
 
 
 async def _settle(action: Callable[..., Awaitable[None]], *args: float) -> None:

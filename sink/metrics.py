@@ -6,7 +6,8 @@
                       num_ack_pending, the lag in seconds; LagWarning logs when it is more than
                       ``lag_warning_intervals`` intervals) and a store ping (for /readyz);
                       never per message
-      FlowConsumer(on_write=metrics.write_seconds.observe): one observation per message
+      FlowConsumer(on_write=metrics.write_seconds.observe): one observation per write (one
+                      message, or a run of them in one transaction)
       telemetry.registry ─> collect(): stored messages and records, dead letters by reason
                            class, store errors, naks, store full (gauge, pauses), lag,
                            NATS reconnects
@@ -47,8 +48,9 @@ class SinkMetrics:
         self.ack_pending: int | None = None
         self.lag_seconds: float | None = None
         self.lag_warning = LagWarning(lag_warning_intervals)
-        self.write_seconds = Histogram("connstats_sink_write_duration_seconds", "One message's write into "
-                                       "the store", buckets=WRITE_BUCKETS, registry=None)  # collect() yields it
+        self.write_seconds = Histogram("connstats_sink_write_duration_seconds", "One write into the store (a "
+                                       "message, or a run of them in one transaction)", buckets=WRITE_BUCKETS,
+                                       registry=None)  # collect() yields it
 
     @contextlib.asynccontextmanager
     async def watching(self, nc: Client, consumer: FlowConsumer, store: Store) -> AsyncIterator[None]:

@@ -2,8 +2,10 @@
 
 ``flow_rows`` is the pure encode step (a batch's columns in, row tuples out, zipped from the
 columns without an object per record); ``SqliteStore`` does
-only I/O: it opens the file, keeps the schema, inserts each message in one transaction
-off the event loop and, when a retention is set, prunes old rows at most once a minute.
+only I/O: it opens the file, keeps the schema, inserts each message (``write``), or several
+(``write_many``, as the consumer calls it), in one transaction off the event loop and, when a
+retention is set, prunes old rows at most once a minute. The probe sends an interval's
+records in the table's key order (``store_order``), so the rows go to the end of the table.
 
 A redelivered message is a no-op: rows have a natural primary key and are inserted with
 ``ON CONFLICT DO NOTHING``. Two records of one message with the same key are summed
@@ -26,7 +28,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from connstats.probe.contract import RECORD_FIELDS, Envelope, FlowBatch, StoreError, StoreFull, StoreUnavailable
 from connstats.probe.contract.record import bulk_allocation  # an allocator setting, not part of the contract
@@ -253,7 +255,12 @@ class SqliteStore:
         await asyncio.to_thread(self._locked, self._check_writable)
 
     async def write(self, batch: FlowBatch) -> None:
-        await asyncio.to_thread(self._locked, self._insert, batch)
+        await asyncio.to_thread(self._locked, self._insert, (batch,))
+
+    async def write_many(self, batches: Sequence[FlowBatch]) -> None:
+        """Several messages in one transaction: all of them stored, or (on any error) none.
+        Each one exactly as ``write`` stores it (idempotent, repeats summed per message)."""
+        await asyncio.to_thread(self._locked, self._insert, batches)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._locked, self._close)
@@ -284,19 +291,12 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         db.execute("ROLLBACK")
 
-    def _insert(self, batch: FlowBatch) -> None:
+    def _insert(self, batches: Sequence[FlowBatch]) -> None:
         db = self._connection()
-        envelope = batch.envelope
         with bulk_allocation(), self._writer_turn(), _transaction(db):
             self._prune_if_due(db)
-            columns = written_columns(batch)
-            if db.executemany(_insert(columns), batch.rows(columns)).rowcount < len(batch):  # a redelivery, or repeated keys
-                db.executemany(_SET_TOTALS, [(*(row[i] for i in _SUMMED), *(row[i] for i in _KEY))
-                                             for row in repeated_key_totals(flow_rows(batch))])
-            if envelope.overflow:
-                db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
-            if envelope.drops:
-                db.executemany(_INSERT_DROPS, drop_rows(envelope))
+            for batch in batches:
+                _insert_message(db, batch)
 
     @contextlib.contextmanager
     def _writer_turn(self):
@@ -330,6 +330,19 @@ class SqliteStore:
         if self._turn is not None:
             os.close(self._turn)
             self._turn = None
+
+
+def _insert_message(db: sqlite3.Connection, batch: FlowBatch) -> None:
+    """One message's rows, overflow and drops, inside the caller's transaction."""
+    envelope = batch.envelope
+    columns = written_columns(batch)
+    if db.executemany(_insert(columns), batch.rows(columns)).rowcount < len(batch):  # a redelivery, or repeated keys
+        db.executemany(_SET_TOTALS, [(*(row[i] for i in _SUMMED), *(row[i] for i in _KEY))
+                                     for row in repeated_key_totals(flow_rows(batch))])
+    if envelope.overflow:
+        db.executemany(_INSERT_OVERFLOW, overflow_rows(envelope))
+    if envelope.drops:
+        db.executemany(_INSERT_DROPS, drop_rows(envelope))
 
 
 class _transaction:

@@ -275,9 +275,7 @@ def address_column(families: NDArray[np.generic], column: NDArray[np.void]) -> N
     if len(rows):
         distinct, inverse = np.unique(np.ascontiguousarray(raw[rows, :4]).view(np.uint32).ravel(),
                                       return_inverse=True)
-        octets = distinct.view(np.uint8).reshape(-1, 4)
-        text = np.strings.add(np.strings.add(_OCTET_DOT[octets[:, 0]], _OCTET_DOT[octets[:, 1]]),
-                              np.strings.add(_OCTET_DOT[octets[:, 2]], _OCTET[octets[:, 3]]))
+        text = _octets_text(distinct.view(np.uint8).reshape(-1, 4))
         out[rows] = np.array(text.tolist(), dtype=object)[inverse.ravel()]
     rows = np.flatnonzero(families == 6)
     if len(rows):
@@ -293,3 +291,64 @@ _OCTET_DOT = np.array([f"{i}." for i in range(256)])
 
 def _inet6_ntoa(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+# -- the stores' key order ----------------------------------------------------------------
+
+
+def store_order(keys: NDArray[np.void]) -> NDArray[np.intp]:
+    """The order of ``keys`` (FLOW_KEY) in the stores' key: ifindex, direction, proto, source
+    and destination address as text (SQLite's BINARY collation: byte by byte, a prefix
+    first), source and destination port (interval and host are the same for a whole batch).
+
+    A pure function of the keys: the same interval read again comes out in the same order.
+    An interval sent in this order is one ascending run of a ``WITHOUT ROWID`` table's key,
+    so each message's rows go to the end of the table's B-tree instead of pages all over the
+    interval's range (docs/performance.md)."""
+    families = keys["family"]
+    device = ((keys["ifindex"].astype(np.int64) << 9) | (keys["proto"].astype(np.int64))
+              | (_DIRECTION_RANK[np.minimum(keys["direction"], len(DIRECTIONS) - 1)] << 8))
+    ports = (keys["sport"].astype(np.int64) << 16) | keys["dport"]
+    return np.lexsort((ports, _text_rank(families, keys["dst"]), _text_rank(families, keys["src"]),
+                       device))  # the last key first
+
+
+def _text_rank(families: NDArray[np.generic], column: NDArray[np.void]) -> NDArray[np.int64]:
+    """Per row, a number that orders the rows as ``address_column``'s text does ("" first).
+
+    IPv4 without text: compared byte by byte, "a.b.c.d" orders as its octets' texts do, one
+    after the other (the dot sorts before any digit, like the end of the text after the last
+    octet), so the octets' places among the texts "0".."255" make an integer key. IPv6 texts
+    (and the IPv4 ones, only when a batch has both) are compared as text, once per distinct address."""
+    rank = np.full(len(column), -1, dtype=np.int64)  # family 0 (non-IP): ""
+    raw = np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
+    rows4, rows6 = np.flatnonzero(families == 4), np.flatnonzero(families == 6)
+    octets = _OCTET_RANK[raw[rows4, :4]].astype(np.int64)
+    key4 = (octets[:, 0] << 24) | (octets[:, 1] << 16) | (octets[:, 2] << 8) | octets[:, 3]
+    if not len(rows6):
+        rank[rows4] = key4
+        return rank
+    distinct4, inverse4 = np.unique(key4, return_inverse=True)
+    text4 = _octets_text(_OCTET_BY_RANK[(distinct4[:, None] >> np.array([24, 16, 8, 0])) & 255])
+    distinct6, inverse6 = np.unique(np.ascontiguousarray(raw[rows6]).view("V16").ravel(), return_inverse=True)
+    text6 = np.array([_inet6_ntoa(address) for address in distinct6.tolist()], dtype=str)
+    order6 = np.argsort(text6, kind="stable")
+    # each IPv6 text's place among the IPv4 ones; an address's rank is its place among both
+    among4 = np.searchsorted(text4, text6[order6])
+    rank6 = np.empty(len(text6), dtype=np.int64)
+    rank6[order6] = np.arange(len(text6)) + among4
+    rank4 = np.arange(len(text4)) + np.searchsorted(among4, np.arange(len(text4)), side="right")
+    rank[rows4] = rank4[inverse4.ravel()]
+    rank[rows6] = rank6[inverse6.ravel()]
+    return rank
+
+
+def _octets_text(octets: NDArray[np.integer]) -> NDArray[np.str_]:
+    """"a.b.c.d" per row of four octets."""
+    return np.strings.add(np.strings.add(_OCTET_DOT[octets[:, 0]], _OCTET_DOT[octets[:, 1]]),
+                          np.strings.add(_OCTET_DOT[octets[:, 2]], _OCTET[octets[:, 3]]))
+
+
+_OCTET_BY_RANK = np.argsort(_OCTET)  # the octets in the order of their texts ("0" < "1" < "10" < "100" ...)
+_OCTET_RANK = np.argsort(_OCTET_BY_RANK).astype(np.int64)  # an octet's place in that order
+_DIRECTION_RANK = np.argsort(np.argsort(np.array(DIRECTIONS))).astype(np.int64)  # "egress" before "ingress"

@@ -10,8 +10,9 @@ durable (acknowledged by JetStream, or in the outbox spool on disk). Where the p
 is lives in the ``probe_state`` map, pinned with the others: a probe killed at any
 moment leaves either one ``pending`` interval (flipped out, maybe not stored) or
 nothing to do, and the next probe's ``recover()`` reads that interval again with the
-same sequence number, times and record order, so its messages get the same ids and
-JetStream drops the copies it already has.
+same sequence number, times and record order (the stores' key order, ``store_order``: a
+pure function of the interval's contents), so its messages get the same ids and contents
+and JetStream drops the copies it already has.
 
     poll:    state.pending = (buffer b, seq N, start, end); next = N + 1; active = 1 - b
              on_flip() (side tables flip with the classifier: the quality tables)
@@ -29,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..contract.errors import KernelError
-from ..contract.flow_batch import FlowBatch
+from ..contract.flow_batch import FlowBatch, store_order
 from ..contract.record import DIRECTIONS, Envelope, OverflowCount, Owner
 from .loader import (
     FLOW4_KEY,
@@ -52,7 +53,7 @@ class DrainedInterval:
     seq: int
     start_ns: int  # wall clock, UTC
     end_ns: int
-    keys: np.ndarray  # FLOW_KEY, in read order; messages fix the order for replays
+    keys: np.ndarray  # FLOW_KEY, in the stores' key order (store_order; a live view's: read order)
     values: np.ndarray  # FLOW_COUNTERS
     overflow: tuple[tuple[int, int, int, int], ...]  # (ifindex, direction, packets, bytes)
     mono_to_wall_ns: int
@@ -192,6 +193,8 @@ class MapPoller:
     def _pending_interval(self, state) -> DrainedInterval:
         started = time.perf_counter()
         keys, values, contents = self._read_buffer(state.pending_buffer)
+        order = store_order(keys)  # a pure function of the contents: a replay gives the same messages
+        keys, values = keys[order], values[order]
         self.last_read = MapRead(state.pending_seq, time.perf_counter() - started,
                                  len(contents.keys4), len(contents.keys6))
         self._read = contents

@@ -14,6 +14,7 @@ import pytest
 from connstats.probe.contract.errors import ConfigError
 from connstats.probe.kernel.kernel_probe import KernelProbe, ProbeSettings
 from connstats.probe.kernel.pins import PinnedInstance
+from tests.fixtures.traffic import SEND_FROM_MANY_PORTS
 
 pytestmark = pytest.mark.kernel
 
@@ -29,7 +30,8 @@ CHILD = textwrap.dedent("""
     batch = probe.poll()
     envelope, records = batch.envelope, batch.records()
     print(json.dumps([envelope.boot_id, envelope.interval_seq, envelope.interval_start,
-                      envelope.interval_end, [[r.src_port, r.packets, r.bytes] for r in records]]), flush=True)
+                      envelope.interval_end, [[r.src_port, r.packets, r.bytes, r.ifindex, r.direction, r.proto,
+                                               r.src_ip, r.dst_ip, r.dst_port] for r in records]]), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # before commit: the interval is pending
 """)
 
@@ -49,7 +51,7 @@ def test_an_interval_polled_and_not_committed_is_recovered_identically(test_netw
                             json.dumps(udp_command(a, b, 42000, 400))], capture_output=True, text=True)
     assert child.returncode == -9, child.stderr
     boot_id, seq, start, end, rows = json.loads(child.stdout)
-    assert [row for row in rows if row[0] == 42000] == [[42000, 400, 400 * 142]]
+    assert [row[:3] for row in rows if row[0] == 42000] == [[42000, 400, 400 * 142]]
 
     probe = KernelProbe(ProbeSettings(capacity=1024, host="pin-test", state_dir=state_dir,
                                       device_locks=locks, on_exit="detach"))
@@ -60,7 +62,7 @@ def test_an_interval_polled_and_not_committed_is_recovered_identically(test_netw
         envelope, records = batch.envelope, batch.records()
         assert (envelope.boot_id, envelope.interval_seq, envelope.interval_start, envelope.interval_end) == (
             boot_id, seq, start, end)
-        assert [[r.src_port, r.packets, r.bytes] for r in records] == rows
+        assert [[r.src_port, r.packets, r.bytes] for r in records] == [row[:3] for row in rows]
         probe.commit()
         assert probe.recover() is None
         batch = probe.finish()
@@ -72,6 +74,36 @@ def test_an_interval_polled_and_not_committed_is_recovered_identically(test_netw
     finally:
         probe.close()
     assert not instance.path.exists()
+
+
+def test_an_interval_goes_out_in_the_stores_key_order_and_comes_back_in_the_same(test_network, tmp_path):
+    """Many connections (the map's read order is its hash order): polled, and read again after a
+    crash, in the order of the SQLite table's key, so the messages of a replay are the same."""
+    a, b = test_network.hosts
+    state_dir, locks = tmp_path / "state", str(tmp_path / "locks")
+    state_dir.mkdir()
+    many_ports = ["ip", "netns", "exec", a.netns, sys.executable, "-c", SEND_FROM_MANY_PORTS, b.ipv4, "41000",
+                  "300", "20"]
+    child = subprocess.run([sys.executable, "-c", CHILD, str(state_dir), a.host_if, locks, json.dumps(many_ports)],
+                           capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr
+    rows = json.loads(child.stdout)[4]
+    sent = [row for row in rows if 41000 <= row[0] < 41300]
+    assert [row[:3] for row in sent] == [[port, 1, 20 + 28 + 14] for port in range(41000, 41300)]
+    key = [(ifindex, direction.encode(), proto, src.encode(), dst.encode(), sport, dport)
+           for sport, _, _, ifindex, direction, proto, src, dst, dport in rows]
+    assert key == sorted(key)
+
+    probe = KernelProbe(ProbeSettings(capacity=1024, host="pin-test", state_dir=state_dir,
+                                      device_locks=locks, on_exit="detach"))
+    try:
+        probe.adopt()
+        records = probe.recover().records()
+        assert [[r.src_port, r.packets, r.bytes, r.ifindex, r.direction, r.proto, r.src_ip, r.dst_ip, r.dst_port]
+                for r in records] == rows
+        probe.commit()
+    finally:
+        probe.close()
 
 
 def test_a_second_probe_on_the_same_state_directory_is_refused(tmp_path):
