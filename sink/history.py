@@ -371,12 +371,7 @@ def _joined_reasons(rows: list[dict], query: HistoryQuery) -> list[dict]:
         if total is None:
             groups[key] = row
             continue
-        total["packets"] += row["packets"]
-        total["bytes"] += row["bytes"]
-        total["first_seen"] = _least(total["first_seen"], row["first_seen"])
-        total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
-        for name in query.attributes:
-            total[name] = max(total[name], row[name])
+        _add_counts(total, row, query.attributes)
         add_quality(total, row)
     return [finish_quality(row) for row in groups.values()]
 
@@ -556,12 +551,7 @@ def aggregate(points: Iterable[dict], query: HistoryQuery) -> list[dict]:
         if total is None:
             groups[key] = row | ({"time": key[0]} if query.every is not None else {})
             continue
-        total["packets"] += row["packets"]
-        total["bytes"] += row["bytes"]
-        total["first_seen"] = _least(total["first_seen"], row["first_seen"])
-        total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
-        for name in query.attributes:
-            total[name] = max(total[name], row[name])
+        _add_counts(total, row, query.attributes)
         if query.with_quality:
             add_quality(total, row)
     values = (*VALUES, *(_PARTIALS if query.with_quality else ()))
@@ -628,6 +618,16 @@ def _overflow_row(point: dict, attributes: tuple[str, ...]) -> dict:
             "src_ip": OVERFLOW, "dst_ip": OVERFLOW, "src_port": 0, "dst_port": 0, "port": 0,
             "packets": int(point.get("packets") or 0), "bytes": int(point.get("bytes") or 0),
             "first_seen": None, "last_seen": None}
+
+
+def _add_counts(total: dict, row: dict, attributes: tuple[str, ...]) -> None:
+    """``row``'s packets, bytes, seen times and attributes into ``total``'s (same group)."""
+    total["packets"] += row["packets"]
+    total["bytes"] += row["bytes"]
+    total["first_seen"] = _least(total["first_seen"], row["first_seen"])
+    total["last_seen"] = _greatest(total["last_seen"], row["last_seen"])
+    for name in attributes:
+        total[name] = max(total[name], row[name])
 
 
 def _least(a: int | None, b: int | None) -> int | None:
