@@ -95,3 +95,15 @@ def test_after_loading_the_programs_the_compilers_memory_is_given_back():
         assert rss <= 200 * MIB, f"RSS after start-up {rss // MIB} MiB"
     finally:
         probe.close()
+
+
+def test_up_with_a_sqlite_store_does_not_load_the_influxdb_client():
+    """influxdb_client costs ~13 MiB resident: only an influxdb store imports it."""
+    code = ("import sys, connstats.cli.main, connstats.probe.compose, connstats.sink.compose\n"
+            "from connstats.sink.stores import make_store\n"
+            "import tempfile, os\n"
+            "store = make_store('sqlite:' + os.path.join(tempfile.mkdtemp(), 'f.db'))\n"
+            "print('influxdb_client' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
