@@ -15,7 +15,7 @@ compile at start), and RSS once the sink has stored everything. Once with ``--ht
 and once with the HTTP API (``--http-runs both``, the default).
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_rss.py [--intervals 6] [--connections 130000]
-        [--http-runs none|api|both]
+        [--http-runs none|api|both|skip] [--startup-runs 1]
     PYTHONPATH=. .venv/bin/python tests/bench/side_by_side.py --old main --new HEAD --rounds 2 rss
 """
 from __future__ import annotations
@@ -193,7 +193,8 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=6, help="blocks of new connections, one per interval")
     parser.add_argument("--connections", type=int, default=130_000)
     parser.add_argument("--interval", type=float, default=2.0)
-    parser.add_argument("--http-runs", choices=("none", "api", "both"), default="both")
+    parser.add_argument("--http-runs", choices=("none", "api", "both", "skip"), default="both",
+                        help="full-map runs of up: with --http none, with the HTTP API, both, or none (skip)")
     parser.add_argument("--startup-runs", type=int, default=1)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -202,7 +203,7 @@ def main() -> None:
     print(f"\n{args.intervals} intervals x {args.connections:,} new UDP connections every {args.interval:g} s "
           f"through connstats up ({os.cpu_count()} cores)")
     t0 = time.monotonic()
-    for http in {"none": (False,), "api": (True,), "both": (False, True)}[args.http_runs]:
+    for http in {"none": (False,), "api": (True,), "both": (False, True), "skip": ()}[args.http_runs]:
         one_run(args, http)
     print(f"({time.monotonic() - t0:.0f} s)")
 
