@@ -8,6 +8,7 @@ import typer
 
 from connstats.probe.compose import ProbeConfig, ProbeDaemon, build_probe
 from connstats.probe.contract import ConfigError, redacted
+from connstats.probe.runtime.memory import bound_heap
 from connstats.probe.runtime.private import prepare_state_dir
 from connstats.probe.runtime.telemetry import parse_metrics_address
 from connstats.sink.compose import SinkConfig, build_sink
@@ -93,6 +94,7 @@ def up(
     ui_cfg = _ui_config(cfg, flags, ui, sink_cfg, probe_cfg.host, probe_cfg.http.group)
     live = sys.stdout.isatty()
     setup_logging(live)
+    bound_heap()  # the per-interval arrays go back to the system when freed (runtime/memory.py)
     summary = LiveSummary("")
     if live:
         probe_cfg.interval_listeners.append(summary)
@@ -150,6 +152,7 @@ def probe(
     probe_cfg.metrics = cfg.get("metrics", metrics)  # not in probe_config: `up` serves its own
     live = sys.stdout.isatty()
     setup_logging(live)
+    bound_heap()
     summary = LiveSummary("")
     if live:
         probe_cfg.interval_listeners.append(summary)
@@ -178,5 +181,6 @@ def sink(
     if metrics_address:
         parse_metrics_address(metrics_address)  # a bad address fails before anything starts
     setup_logging(False)
+    bound_heap()
     asyncio.run(pipeline.run_sink(build_sink(sink_cfg), metrics_address))
 

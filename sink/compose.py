@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -41,11 +42,13 @@ from connstats.probe.runtime.telemetry import Telemetry
 
 from .backlog import DEFAULT_LAG_WARNING_INTERVALS
 from .consumer import ConsumerSettings, ConsumerStats, FlowConsumer
-from .influx_store import InfluxConfig
 from .jetstream import DEFAULT_DURABLE
 from .metrics import SinkMetrics
 from .store import Store
 from .stores import make_store, parse_store  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # imports influxdb_client (~13 MiB resident): only an influxdb store loads it
+    from .influx_store import InfluxConfig
 
 log = logging.getLogger("connstats.sink")
 run_log = logging.getLogger("connstats.sink.run")  # the run loop's, named as when it was sink/run.py

@@ -72,7 +72,8 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 @dataclass(frozen=True)
 class ConsumerSettings:
     durable: str = DEFAULT_DURABLE
-    batch: int = 64  # messages per fetch
+    batch: int = 64  # messages per fetch, at most
+    batch_bytes: int = 16 << 20  # payload per fetch, about: fewer messages when they are large (below)
     fetch_timeout: float = 1.0  # seconds a fetch waits for the first message
     ack_wait: float = 30.0  # the server redelivers a message not acked within this
     max_ack_pending: int = 1024
@@ -116,6 +117,11 @@ class FlowConsumer:
         self._full_backoff = Backoff(first=self.settings.backoff_min,
                                      ceiling=min(self.settings.backoff_max, self.settings.full_pause_max))
         self.full_since: float | None = None  # monotonic time the store was first found full, while it is
+        # messages the next fetch asks for: ``batch``, or as many of the last fetch's largest
+        # as fit ``batch_bytes`` (a full map's messages are ~1 MiB each: a fetch of 64 and one
+        # fetched ahead held 128 MiB while the sink was behind); the first: as many of the
+        # largest message the server takes
+        self.fetch_size = self._fitting(getattr(nc, "max_payload", 0) or 1 << 20)
 
     async def __aenter__(self) -> FlowConsumer:
         await self.start()
@@ -164,26 +170,37 @@ class FlowConsumer:
         batch fetched ahead during a pause, or when ``stop`` came, is handed back (nak)."""
         ahead: asyncio.Future | None = None
         while not stop.is_set():
-            messages = await (ahead or self.fetch_batch())
-            ahead = asyncio.ensure_future(self.fetch_batch()) if len(messages) == self.settings.batch else None
+            messages, asked = await (ahead or self._fetch_counted())
+            ahead = asyncio.ensure_future(self._fetch_counted()) if len(messages) == asked else None
             pause = await self.handle_batch(messages)
             if pause:
                 if ahead is not None:
-                    await self._nak_all(await ahead, pause)
+                    await self._nak_all((await ahead)[0], pause)
                     ahead = None
                 await _sleep_unless(stop, pause)
         if ahead is not None:
-            await self._nak_all(await ahead, 0)
+            await self._nak_all((await ahead)[0], 0)
+
+    async def _fetch_counted(self) -> tuple[list[Msg], int]:
+        asked = self.fetch_size
+        return await self.fetch_batch(), asked
 
     async def fetch_batch(self) -> list[Msg]:
+        """Up to ``fetch_size`` messages; the next ``fetch_size`` from the largest of them."""
         try:
-            return await self._bound().fetch(self.settings.batch, timeout=self.settings.fetch_timeout)
+            messages = await self._bound().fetch(self.fetch_size, timeout=self.settings.fetch_timeout)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return []
         except (nats.errors.Error, OSError) as exc:  # reconnecting, server restarting
             log.debug("fetch failed: %r", exc)
             await asyncio.sleep(self.settings.fetch_timeout)
             return []
+        if messages:
+            self.fetch_size = self._fitting(max(len(msg.data) for msg in messages))
+        return messages
+
+    def _fitting(self, message_bytes: int) -> int:
+        return max(1, min(self.settings.batch, self.settings.batch_bytes // max(message_bytes, 1)))
 
     async def handle_batch(self, messages: list[Msg]) -> float:
         """Handle messages in order; return how long to pause fetching (0 if none).

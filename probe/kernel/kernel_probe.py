@@ -25,6 +25,7 @@ from ..contract.errors import ConfigError, ConnstatsError
 from ..contract.flow_batch import FlowBatch
 from ..contract.record import NO_OWNER, Envelope, Owner
 from ..policy.tables import PolicyTables
+from ..runtime.memory import drop_compiler_pages, release_freed_memory
 from .devices import AttachedDevice, DeviceRegistry, FilterLoss
 from .handover import OldLayout, read_old_layout
 from .leftovers import attached_in_pins
@@ -127,6 +128,11 @@ class KernelProbe:
             self._release_pins(remove=False)
             self._close_enrichers()
             raise
+        # every BPF program is loaded (the enrichers' before): what clang and LLVM freed, and
+        # their code's pages, go back (runtime/memory.py)
+        self.released_kib = release_freed_memory(), drop_compiler_pages()
+        log.debug("loaded the BPF programs; released %d KiB the compilers freed and %d KiB of their code",
+                  *self.released_kib)
         self.devices = DeviceRegistry(self.program, DeviceLocks(settings.device_locks))
         self.policy = PolicyTables(self.program)  # the policy service's way into the kernel
         self.poller = MapPoller(self.program)

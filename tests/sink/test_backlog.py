@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connstats.probe.contract import STREAM_NAME, Envelope, FlowBatch
 from connstats.sink.backlog import Backlog, LagWarning, read_backlog
-from connstats.sink.consumer import FlowConsumer
+from connstats.sink.consumer import ConsumerSettings, FlowConsumer
 from connstats.sink.metrics import SinkMetrics
 from tests.fixtures.nats import BOOT_ID, SECOND, MemoryStore, sample_records
 from tests.fixtures.store import consume_until, publish_batches
@@ -148,5 +148,35 @@ async def test_without_a_sink_consumer_there_is_no_backlog(nats_server):
         await consumer.close()
         assert await read_backlog(nc.jetstream(), "no-such-sink") is None
         assert await read_backlog(nc.jetstream()) == Backlog("connstats-sink", 0, 0, 0.0)
+    finally:
+        await nc.close()
+
+
+async def test_a_fetch_asks_for_as_many_messages_as_fit_the_byte_budget(nats_server):
+    """Large messages come fewer per fetch: the first fetch takes as many of the largest the
+    server admits (max_payload) as fit ``batch_bytes``, the next as many of the largest just
+    fetched; small ones come ``batch`` at a time."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        streams = FlowConsumer(nc, MemoryStore())
+        await streams.start()  # the streams exist
+        await streams.close()
+        await publish_batches(nats_server.url, intervals(9, 200, 10.0))
+        sizes = [len((await nc.jetstream().get_msg(STREAM_NAME, seq=seq)).data) for seq in range(1, 10)]
+        budget = 3 * max(sizes)
+        assert 4 * min(sizes) > budget  # 3 of any of them fit, never 4
+        consumer = FlowConsumer(nc, MemoryStore(), ConsumerSettings(durable="budget", batch=64, batch_bytes=budget))
+        await consumer.start()
+        assert consumer.fetch_size == 1  # max_payload (1 MiB) > the budget
+        fetched = [len(await consumer.fetch_batch()) for _ in range(4)]
+        assert fetched == [1, 3, 3, 2]
+        assert consumer.fetch_size == 3
+        await consumer.close()
+
+        small = FlowConsumer(nc, MemoryStore(), ConsumerSettings(durable="small", batch=4))
+        await small.start()
+        assert small.fetch_size == 4
+        assert len(await small.fetch_batch()) == 4
+        await small.close()
     finally:
         await nc.close()
